@@ -1,0 +1,11 @@
+//! Pure model code of veer: event types, per-user profiles and change detectors.
+//!
+//! Nothing here knows about dataflow. The `veer-operators` crate drives these types from timely
+//! operators, one user at a time, in event-time order.
+
+pub mod event;
+
+pub use event::{Behavior, Event, Id};
+pub mod alert;
+
+pub use alert::{Alert, AlertKind, CategoryShare};
