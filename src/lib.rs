@@ -1,1 +1,16 @@
+//! veer: real-time detection of abrupt shifts in e-commerce users' interests.
+//!
+//! The library facade behind the `veer` binary: input readers ([`sources`]), the replay and
+//! late-data policy ([`ingest`]), the dataflow wiring ([`pipeline`]), the labelled-stream
+//! generator ([`generate`]) and the scorer ([`eval`]). Operators live in `veer-operators` and
+//! the pure detectors in `veer-models`.
+
+pub mod config;
+pub mod eval;
+pub mod generate;
+pub mod ingest;
+pub mod pipeline;
+pub mod progress;
+pub mod sources;
+pub mod stats;
 pub mod truth;

@@ -1,1 +1,370 @@
-fn main() {}
+//! The `veer` command line: `run`, `generate` and `eval`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+use veer::config::{parse_duration, DetectorChoice, FileConfig, ReplayOrder};
+use veer::eval::{self, EvalConfig, ScoredAlert, UserTimeline};
+use veer::generate::{self, GenFormat, GenerateConfig};
+use veer::pipeline::{self, AlertOutput, EventSource, RunSettings, RunSummary};
+use veer::sources::{Format, MissingCategory, SourceOptions};
+
+/// Real-time detection of abrupt shifts in e-commerce users' interests.
+#[derive(Parser)]
+#[command(name = "veer", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read behaviour events and write an alert for each user whose interests shift.
+    ///
+    /// Without --input, generates a labelled stream in memory, runs it and prints the score.
+    Run(RunArgs),
+    /// Write a deterministic labelled stream with planted shifts and decoys.
+    Generate(GenerateArgs),
+    /// Score an alert file against a truth file with the contract's rule.
+    Eval(EvalArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Jsonl,
+    Taobao,
+    Retailrocket,
+    Rees46,
+}
+
+impl From<FormatArg> for Format {
+    fn from(value: FormatArg) -> Format {
+        match value {
+            FormatArg::Jsonl => Format::Jsonl,
+            FormatArg::Taobao => Format::Taobao,
+            FormatArg::Retailrocket => Format::RetailRocket,
+            FormatArg::Rees46 => Format::Rees46,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum MissingCategoryArg {
+    /// An event whose item has no category is a bad record.
+    Bad,
+    /// The item id stands in for the category.
+    Item,
+}
+
+#[derive(Args)]
+struct InputArgs {
+    /// Input file, plain or gzip-compressed; `-` for standard input. Repeat for several files.
+    #[arg(long = "input", value_name = "PATH")]
+    inputs: Vec<String>,
+    /// Input format; detected from the file's first line when absent.
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// RetailRocket item_properties files (default: item_properties*.csv beside the events).
+    #[arg(long = "item-properties", value_name = "PATH")]
+    item_properties: Vec<PathBuf>,
+    /// RetailRocket category_tree.csv, whose root categories become topics.
+    #[arg(long, value_name = "PATH")]
+    category_tree: Option<PathBuf>,
+    /// RetailRocket items without a category: bad records, or the item id as the category
+    /// (default: bad when item properties are found, item otherwise, with a warning).
+    #[arg(long, value_enum)]
+    missing_category: Option<MissingCategoryArg>,
+}
+
+impl InputArgs {
+    fn source_options(&self) -> SourceOptions {
+        SourceOptions {
+            format: self.format.map(Format::from),
+            item_properties: self.item_properties.clone(),
+            category_tree: self.category_tree.clone(),
+            missing_category: self.missing_category.map(|choice| match choice {
+                MissingCategoryArg::Bad => MissingCategory::Bad,
+                MissingCategoryArg::Item => MissingCategory::Item,
+            }),
+        }
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    /// Alert output: a file of JSON lines, or `-` for standard output.
+    #[arg(long, value_name = "PATH|-")]
+    alerts: Option<String>,
+    /// Dead-letter file: one JSON line per bad or late input line, with its line number.
+    #[arg(long, value_name = "PATH")]
+    dead_letter: Option<PathBuf>,
+    /// Worker threads; users are partitioned across them (default 1).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Configuration file (TOML); command-line options override it.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Replay order of a file: auto sorts by event time when the file is grouped by user or
+    /// far out of order (default auto).
+    #[arg(long, value_enum)]
+    order: Option<ReplayOrder>,
+    /// Allowed out-of-orderness before an event is late, e.g. 10m (default 10m).
+    #[arg(long, value_name = "DURATION")]
+    out_of_orderness: Option<String>,
+    /// Population window for group learning and trends, e.g. 1h (default 1h).
+    #[arg(long, value_name = "DURATION")]
+    window: Option<String>,
+    /// Shift detector: shift (CUSUM over groups) or baseline (reference rule).
+    #[arg(long, value_enum)]
+    detector: Option<DetectorChoice>,
+    /// Truth file to score the alerts against after the run.
+    #[arg(long, value_name = "PATH")]
+    truth: Option<PathBuf>,
+    /// Scoring horizon, e.g. 3d (default 3d).
+    #[arg(long, default_value = "3d", value_name = "DURATION")]
+    horizon: String,
+    /// Users of the built-in generated stream, when no --input is given.
+    #[arg(long, default_value_t = 2000)]
+    generate_users: usize,
+    /// Hide the progress display.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Number of users.
+    #[arg(long, default_value_t = 2000)]
+    users: usize,
+    /// Days of event time (at least 5).
+    #[arg(long, default_value_t = 9)]
+    days: u32,
+    /// Random seed; the same seed gives byte-identical files.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Fraction of users with a planted interest shift.
+    #[arg(long, default_value_t = 0.2)]
+    shift_frac: f64,
+    /// Output format of the events.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    format: GenFormatArg,
+    /// Harder stream: more low-activity users and more ramped shifts.
+    #[arg(long)]
+    harder: bool,
+    /// Events output file.
+    #[arg(long, value_name = "PATH")]
+    out: PathBuf,
+    /// Truth output file.
+    #[arg(long, value_name = "PATH")]
+    truth: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum GenFormatArg {
+    Jsonl,
+    Taobao,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Truth file (JSON lines).
+    #[arg(long, value_name = "PATH")]
+    truth: PathBuf,
+    /// Alert file (JSON lines).
+    #[arg(long, value_name = "PATH")]
+    alerts: PathBuf,
+    /// Events of the run, for delays in events (optional).
+    #[arg(long, value_name = "PATH")]
+    events: Option<String>,
+    /// Format of --events; detected when absent.
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// Horizon after the onset within which an alert counts, e.g. 3d.
+    #[arg(long, default_value = "3d", value_name = "DURATION")]
+    horizon: String,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("VEER_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Generate(args) => generate_files(args),
+        Command::Eval(args) => eval_files(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn duration_arg(name: &str, text: &str) -> anyhow::Result<std::time::Duration> {
+    parse_duration(text).map_err(|message| anyhow::anyhow!("--{name}: {message}"))
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let mut time = file.time.clone();
+    if let Some(order) = args.order {
+        time.order = order;
+    }
+    if let Some(text) = &args.out_of_orderness {
+        time.out_of_orderness = duration_arg("out-of-orderness", text)?;
+    }
+    if let Some(text) = &args.window {
+        time.window = duration_arg("window", text)?;
+    }
+    let horizon_secs = duration_arg("horizon", &args.horizon)?.as_secs() as i64;
+
+    let generated = args.input.inputs.is_empty();
+    let (source, truth, timeline) = if generated {
+        let config = GenerateConfig { users: args.generate_users, ..GenerateConfig::default() };
+        tracing::info!(users = config.users, days = config.days, seed = config.seed, "generating the built-in labelled stream");
+        let stream = generate::generate(&config);
+        let timeline: UserTimeline = stream.events.iter().map(|event| (event.user.clone(), event.ts_secs())).collect();
+        (EventSource::Memory(stream.events), Some(stream.truth), Some(timeline))
+    } else {
+        let truth = match &args.truth {
+            Some(path) => Some(read_truth(path)?),
+            None => None,
+        };
+        (EventSource::Inputs { paths: args.input.inputs.clone(), options: args.input.source_options() }, truth, None)
+    };
+
+    let alerts = match args.alerts.as_deref() {
+        Some("-") => AlertOutput::Stdout,
+        Some(path) => AlertOutput::File(PathBuf::from(path)),
+        None if generated => AlertOutput::Discard,
+        None => AlertOutput::Stdout,
+    };
+    let settings = RunSettings {
+        source,
+        alerts,
+        dead_letter: args.dead_letter.clone().or(file.run.dead_letter.clone()),
+        workers: args.workers.unwrap_or(file.run.workers),
+        order: time.order,
+        out_of_orderness: time.out_of_orderness,
+        max_future_skew: time.max_future_skew,
+        window: time.window,
+        detector: args.detector.unwrap_or(file.run.detector),
+        detector_config: file.detector.clone(),
+        groups: file.groups.clone(),
+        progress: !args.no_progress,
+        keep_alerts: truth.is_some(),
+    };
+    let summary = pipeline::run(settings)?;
+    eprint!("{}", summary.to_text());
+    if !summary.accounts_for_every_line() {
+        tracing::error!("line counts do not add up; please report this with the input");
+    }
+    if let Some(truth) = truth {
+        let timeline = match timeline {
+            Some(timeline) => Some(timeline),
+            None => Some(timeline_of_inputs(&args.input)?),
+        };
+        print_score(&summary, &truth, timeline.as_ref(), horizon_secs);
+    }
+    Ok(())
+}
+
+fn print_score(summary: &RunSummary, truth: &[veer::truth::TruthRecord], timeline: Option<&UserTimeline>, horizon_secs: i64) {
+    let alerts: Vec<ScoredAlert> = summary
+        .kept_alerts
+        .iter()
+        .map(|alert| ScoredAlert { user: alert.user.clone(), kind: alert.kind, ts: alert.ts })
+        .collect();
+    let score = eval::score(truth, &alerts, timeline, &EvalConfig { horizon_secs });
+    println!("{}", score.to_table());
+    println!("{}", score.to_json_line());
+}
+
+fn read_truth(path: &Path) -> anyhow::Result<Vec<veer::truth::TruthRecord>> {
+    let file = std::fs::File::open(path)
+        .map_err(|error| anyhow::anyhow!("cannot open truth file {}: {error}", path.display()))?;
+    eval::read_truth(std::io::BufReader::new(file)).map_err(|error| anyhow::anyhow!("truth file {}: {error}", path.display()))
+}
+
+fn timeline_of_inputs(input: &InputArgs) -> anyhow::Result<UserTimeline> {
+    let (events, _) = veer::ingest::read_events(input.inputs.clone(), input.source_options())?;
+    Ok(events.iter().map(|event| (event.user.clone(), event.ts_secs())).collect())
+}
+
+fn generate_files(args: GenerateArgs) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&args.shift_frac) {
+        anyhow::bail!("invalid --shift-frac {}: must be between 0 and 1", args.shift_frac);
+    }
+    if args.days < 5 {
+        anyhow::bail!("invalid --days {}: at least 5 days are needed to plant shifts", args.days);
+    }
+    let config = GenerateConfig {
+        users: args.users,
+        days: args.days,
+        seed: args.seed,
+        shift_frac: args.shift_frac,
+        harder: args.harder,
+        ..GenerateConfig::default()
+    };
+    let started = std::time::Instant::now();
+    let stream = generate::generate(&config);
+    let format = match args.format {
+        GenFormatArg::Jsonl => GenFormat::Jsonl,
+        GenFormatArg::Taobao => GenFormat::Taobao,
+    };
+    let create = |path: &Path| {
+        std::fs::File::create(path)
+            .map(std::io::BufWriter::new)
+            .map_err(|error| anyhow::anyhow!("cannot create {}: {error}", path.display()))
+    };
+    let mut out = create(&args.out)?;
+    generate::write_events(&stream.events, format, &mut out)?;
+    out.flush()?;
+    let mut truth = create(&args.truth)?;
+    generate::write_truth(&stream.truth, &mut truth)?;
+    truth.flush()?;
+    eprintln!(
+        "wrote {} events of {} users to {} and {} truth records to {} in {:.2}s",
+        stream.events.len(),
+        config.users,
+        args.out.display(),
+        stream.truth.len(),
+        args.truth.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn eval_files(args: EvalArgs) -> anyhow::Result<()> {
+    let horizon_secs = duration_arg("horizon", &args.horizon)?.as_secs() as i64;
+    let truth = read_truth(&args.truth)?;
+    let file = std::fs::File::open(&args.alerts)
+        .map_err(|error| anyhow::anyhow!("cannot open alert file {}: {error}", args.alerts.display()))?;
+    let alerts = eval::read_alerts(std::io::BufReader::new(file))
+        .map_err(|error| anyhow::anyhow!("alert file {}: {error}", args.alerts.display()))?;
+    let timeline = match &args.events {
+        Some(path) => {
+            let options = SourceOptions { format: args.format.map(Format::from), ..SourceOptions::default() };
+            let (events, _) = veer::ingest::read_events(vec![path.clone()], options)?;
+            Some(events.iter().map(|event| (event.user.clone(), event.ts_secs())).collect::<UserTimeline>())
+        }
+        None => None,
+    };
+    let score = eval::score(&truth, &alerts, timeline.as_ref(), &EvalConfig { horizon_secs });
+    println!("{}", score.to_table());
+    println!("{}", score.to_json_line());
+    Ok(())
+}

@@ -191,6 +191,20 @@ impl Event {
         })
     }
 
+    /// Returns whether two events are exact duplicates: every field equal except the line.
+    pub fn same_content(&self, other: &Event) -> bool {
+        self.ts_ms == other.ts_ms
+            && self.user == other.user
+            && self.category == other.category
+            && self.item == other.item
+            && self.behavior == other.behavior
+            && self.topic == other.topic
+            && self.price.map(f64::to_bits) == other.price.map(f64::to_bits)
+            && self.brand == other.brand
+            && self.dwell_ms == other.dwell_ms
+            && self.session == other.session
+    }
+
     /// Returns the event time in Unix seconds, rounded down.
     pub fn ts_secs(&self) -> i64 {
         self.ts_ms.div_euclid(1000)

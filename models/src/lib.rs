@@ -7,5 +7,10 @@ pub mod event;
 
 pub use event::{Behavior, Event, Id};
 pub mod alert;
+pub mod groups;
+pub mod detector;
+pub mod baseline;
 
 pub use alert::{Alert, AlertKind, CategoryShare};
+pub use detector::{Detector, DetectorConfig, ShiftDetector, UserState};
+pub use groups::{GroupConfig, GroupKey, GroupMap, PopulationDelta, PopulationInfo, PopulationModel};

@@ -1,0 +1,80 @@
+//! A deliberately simple reference detector, used to judge how much the real one adds.
+//!
+//! Rule: after a user has `warm_up` events, alert when a leaf category that was new to the
+//! user in one session comes back in a later session. At most one alert per user per day.
+
+use std::collections::HashMap;
+
+use crate::alert::{Alert, AlertKind, CategoryShare};
+use crate::detector::Detector;
+use crate::event::{Event, Id};
+use crate::groups::GroupMap;
+
+/// The baseline detector's per-user state.
+#[derive(Clone, Debug, Default)]
+pub struct BaselineState {
+    /// Session in which each category was first seen, and whether it has been seen in a later one.
+    first_seen: HashMap<Id, (u64, bool, i64)>,
+    session: u64,
+    last_ts: Option<i64>,
+    events: u64,
+    quiet_until: i64,
+}
+
+/// The "new category comes back" baseline.
+#[derive(Clone, Debug)]
+pub struct BaselineDetector {
+    /// Events a user must have before any alert.
+    pub warm_up: u64,
+    /// Gap that ends a session, in seconds.
+    pub session_gap_secs: i64,
+}
+
+impl Default for BaselineDetector {
+    fn default() -> Self {
+        BaselineDetector { warm_up: 15, session_gap_secs: 30 * 60 }
+    }
+}
+
+impl Detector for BaselineDetector {
+    type State = BaselineState;
+
+    fn observe(&self, state: &mut BaselineState, event: &Event, _groups: &GroupMap, alerts: &mut Vec<Alert>) {
+        let ts = event.ts_secs();
+        if state.last_ts.is_none_or(|last| ts - last > self.session_gap_secs) {
+            state.session += 1;
+        }
+        state.last_ts = Some(ts);
+        state.events += 1;
+        let warm = state.events > self.warm_up;
+        let session = state.session;
+        let entry = state.first_seen.entry(event.category.clone());
+        match entry {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                // Categories of the warm-up period are the user's usual ones, never "new".
+                slot.insert((session, !warm, ts));
+            }
+            std::collections::hash_map::Entry::Occupied(mut slot) => {
+                let (first_session, returned, first_ts) = slot.get_mut();
+                if !*returned && *first_session != session {
+                    *returned = true;
+                    let onset = *first_ts;
+                    if ts >= state.quiet_until {
+                        state.quiet_until = ts + 24 * 3600;
+                        alerts.push(Alert {
+                            user: event.user.clone(),
+                            kind: AlertKind::InterestShift,
+                            ts,
+                            onset_ts: onset,
+                            score: 0.5,
+                            from: Vec::new(),
+                            to: vec![CategoryShare { category: event.category.clone(), share: 1.0 }],
+                            signals: vec![("returning_new_category".into(), 1.0)],
+                            events_since_onset: 0,
+                        });
+                    }
+                }
+            }
+        }
+    }
+}

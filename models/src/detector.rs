@@ -1,0 +1,585 @@
+//! Per-user change detection: a lasting move of a user's activity between interest groups.
+//!
+//! Each user keeps a *reference* profile: decayed weights of the leaf categories they were
+//! active in, read at the level of [`GroupKey`]s (learned category groups or the input's own
+//! topics). An event is *novel* when its group holds less than a set share of that reference.
+//! Users explore, so novelty alone means little; what matters is novelty well above the
+//! user's own exploring rate. A one-sided CUSUM test measures exactly that: each novel event
+//! adds `ln(q / p)` and each usual one adds `ln((1 - q) / (1 - p))`, where `p` is the user's
+//! measured exploring rate and `q` the novelty rate expected after a shift.
+//!
+//! While the CUSUM statistic is above zero the events form a *run*, held out of the reference
+//! so that a shift cannot teach the reference its new groups before it is judged. An alarm
+//! needs more than a high statistic:
+//!
+//! - novel events in at least two sessions, so a single session in unrelated categories (a
+//!   gift) is not a shift;
+//! - novel events after the run's first session that return to groups the run already
+//!   visited, so a lasting interest is told apart from scattered exploration;
+//! - no burst: events arriving faster than a person browses are rolled back out of the test
+//!   and reported once as an `anomaly` alert;
+//! - no population trend: a novel event in a group that the whole population is moving
+//!   towards (a seasonal trend) is not evidence about this user.
+//!
+//! After an alarm the run becomes the user's new reference and the detector re-arms after a
+//! refractory period, so one shift gives one alert.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::alert::{Alert, AlertKind, CategoryShare};
+use crate::event::{Event, Id};
+use crate::groups::{GroupKey, GroupMap};
+
+/// Settings of the shift detector; see the module documentation for their roles.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DetectorConfig {
+    /// A group with less than this share of the reference is novel to the user.
+    pub novel_share: f64,
+    /// Novelty rate expected once a user's interests have shifted.
+    pub shift_novelty: f64,
+    /// Prior exploring rate of a user with little history.
+    pub prior_explore: f64,
+    /// Weight, in events, of the prior exploring rate.
+    pub prior_weight: f64,
+    /// CUSUM alarm threshold (natural-log likelihood ratio).
+    pub threshold: f64,
+    /// Minimum novel events in a run before an alarm.
+    pub min_novel_events: u32,
+    /// Minimum novel events after the run's first session that return to the run's groups.
+    pub min_recurring_events: u32,
+    /// Reference events needed before a user is judged.
+    pub min_reference_events: u32,
+    /// Per-event decay of the reference weights (half-life of about 70 events at 0.99).
+    pub reference_decay: f64,
+    /// Gap that ends a session, in seconds, when the input has no session ids.
+    pub session_gap_secs: i64,
+    /// Events in `burst_span_secs` that make a burst.
+    pub burst_events: usize,
+    /// Time span of a burst, in seconds.
+    pub burst_span_secs: i64,
+    /// Events after an alarm during which no new shift alarm is raised.
+    pub refractory_events: u32,
+    /// Time after an alarm, in seconds, during which no new shift alarm is raised.
+    pub refractory_secs: i64,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        DetectorConfig {
+            novel_share: 0.1,
+            shift_novelty: 0.85,
+            prior_explore: 0.2,
+            prior_weight: 10.0,
+            threshold: 6.0,
+            min_novel_events: 5,
+            min_recurring_events: 2,
+            min_reference_events: 15,
+            reference_decay: 0.99,
+            session_gap_secs: 30 * 60,
+            burst_events: 30,
+            burst_span_secs: 90,
+            refractory_events: 20,
+            refractory_secs: 24 * 3600,
+        }
+    }
+}
+
+/// An invalid detector setting, named with its value.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("invalid detector setting {name} = {value}: {expected}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+impl DetectorConfig {
+    /// Checks every setting and returns the first invalid one.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let unit = |name: &'static str, value: f64| {
+            if value > 0.0 && value < 1.0 {
+                Ok(())
+            } else {
+                Err(ConfigError { name, value: value.to_string(), expected: "a number strictly between 0 and 1" })
+            }
+        };
+        unit("novel_share", self.novel_share)?;
+        unit("shift_novelty", self.shift_novelty)?;
+        unit("prior_explore", self.prior_explore)?;
+        unit("reference_decay", self.reference_decay)?;
+        if self.prior_explore >= self.shift_novelty {
+            return Err(ConfigError {
+                name: "prior_explore",
+                value: self.prior_explore.to_string(),
+                expected: "a rate below shift_novelty",
+            });
+        }
+        let positive = |name: &'static str, value: f64| {
+            if value.is_finite() && value > 0.0 {
+                Ok(())
+            } else {
+                Err(ConfigError { name, value: value.to_string(), expected: "a positive number" })
+            }
+        };
+        positive("threshold", self.threshold)?;
+        positive("prior_weight", self.prior_weight)?;
+        positive("session_gap_secs", self.session_gap_secs as f64)?;
+        positive("burst_span_secs", self.burst_span_secs as f64)?;
+        if self.burst_events < 3 {
+            return Err(ConfigError {
+                name: "burst_events",
+                value: self.burst_events.to_string(),
+                expected: "at least 3",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Highest exploring rate used in the test; above it a shift cannot be told from browsing.
+const MAX_EXPLORE: f64 = 0.6;
+/// Lowest exploring rate used in the test, so one novel event never decides alone.
+const MIN_EXPLORE: f64 = 0.03;
+/// Longest run kept; older run events move into the reference.
+const MAX_RUN: usize = 256;
+/// Categories listed in an alert's `from` and `to`.
+const LISTED_CATEGORIES: usize = 3;
+/// Reference weight kept after an alarm, as a fraction, so the run becomes the new reference.
+const REBASE_KEEP: f64 = 0.25;
+
+/// One event held in a run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct RunEvent {
+    category: Id,
+    group: GroupKey,
+    weight: f64,
+    session: u64,
+    novel: bool,
+}
+
+/// Decayed category weights, with the decay applied lazily through a shared scale.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct DecayedWeights {
+    categories: HashMap<Id, f64>,
+    groups: HashMap<GroupKey, f64>,
+    /// Group of each category under the group map version `groups_version`.
+    category_group: HashMap<Id, GroupKey>,
+    groups_version: u64,
+    total: f64,
+    scale: f64,
+    events: u64,
+}
+
+impl DecayedWeights {
+    fn decay(&mut self, factor: f64) {
+        if self.scale == 0.0 {
+            self.scale = 1.0;
+        }
+        self.scale *= factor;
+        if self.scale < 1e-9 {
+            // Fold the scale into the stored weights before it underflows.
+            let scale = self.scale;
+            self.categories.values_mut().for_each(|weight| *weight *= scale);
+            self.groups.values_mut().for_each(|weight| *weight *= scale);
+            self.total *= scale;
+            self.scale = 1.0;
+            self.categories.retain(|_, weight| *weight > 1e-6);
+        }
+    }
+
+    fn add(&mut self, category: &Id, group: &GroupKey, weight: f64) {
+        if self.scale == 0.0 {
+            self.scale = 1.0;
+        }
+        let stored = weight / self.scale;
+        *self.categories.entry(category.clone()).or_default() += stored;
+        *self.groups.entry(group.clone()).or_default() += stored;
+        self.category_group.insert(category.clone(), group.clone());
+        self.total += stored;
+        self.events += 1;
+    }
+
+    fn scale_all(&mut self, factor: f64) {
+        self.scale = if self.scale == 0.0 { factor } else { self.scale * factor };
+    }
+
+    /// Rebuilds the per-group weights when the group map has changed since the last call.
+    fn sync_groups(&mut self, groups: &GroupMap, topics: &HashMap<Id, Id>) {
+        if self.groups_version == groups.version {
+            return;
+        }
+        self.groups.clear();
+        self.category_group.clear();
+        for (category, weight) in &self.categories {
+            let group = groups.group_of(category, topics.get(category));
+            *self.groups.entry(group.clone()).or_default() += weight;
+            self.category_group.insert(category.clone(), group);
+        }
+        self.groups_version = groups.version;
+    }
+
+    fn group_share(&self, group: &GroupKey) -> f64 {
+        if self.total <= 0.0 {
+            return 0.0;
+        }
+        self.groups.get(group).copied().unwrap_or(0.0) / self.total
+    }
+
+    fn top_categories(&self, count: usize) -> Vec<CategoryShare> {
+        if self.total <= 0.0 {
+            return Vec::new();
+        }
+        let mut entries: Vec<(&Id, f64)> =
+            self.categories.iter().map(|(category, weight)| (category, *weight / self.total)).collect();
+        entries.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        entries
+            .into_iter()
+            .take(count)
+            .map(|(category, share)| CategoryShare { category: category.clone(), share })
+            .collect()
+    }
+
+    fn group_distribution(&self) -> BTreeMap<GroupKey, f64> {
+        let mut distribution = BTreeMap::new();
+        if self.total > 0.0 {
+            for (group, weight) in &self.groups {
+                distribution.insert(group.clone(), weight / self.total);
+            }
+        }
+        distribution
+    }
+}
+
+/// Everything the shift detector keeps about one user.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UserState {
+    reference: DecayedWeights,
+    /// Topic of each category seen with one, so a group map change keeps topics.
+    topics: HashMap<Id, Id>,
+    /// Decayed counts of novel and all judged events, for the exploring rate.
+    explore_novel: f64,
+    explore_total: f64,
+    cusum: f64,
+    run: Vec<RunEvent>,
+    run_start_ts: i64,
+    run_start_session: u64,
+    /// Event time of each event since the run started, for the alert's event count.
+    run_len_at_session_start: usize,
+    cusum_at_session_start: f64,
+    session: u64,
+    session_id: Option<Box<str>>,
+    last_ts: Option<i64>,
+    sessions_in_reference: HashSet<u64>,
+    /// Recent event times and categories, for burst detection.
+    recent: VecDeque<(i64, Id)>,
+    in_burst: bool,
+    refractory_events: u32,
+    refractory_until_ts: i64,
+    /// Events observed, including skipped ones.
+    pub events: u64,
+    /// Alerts raised for this user.
+    pub alerts: u64,
+}
+
+impl UserState {
+    /// Returns the user's current interest: the top categories of the reference with shares.
+    pub fn interest(&self, count: usize) -> Vec<CategoryShare> {
+        self.reference.top_categories(count)
+    }
+
+    /// Returns the user's measured exploring rate, clamped to the range the test uses.
+    pub fn explore_rate(&self, config: &DetectorConfig) -> f64 {
+        let rate = (self.explore_novel + config.prior_explore * config.prior_weight)
+            / (self.explore_total + config.prior_weight);
+        rate.clamp(MIN_EXPLORE, MAX_EXPLORE)
+    }
+}
+
+/// A per-user change detector: reads one user's events in time order and raises alerts.
+pub trait Detector: Send + 'static {
+    /// Per-user state, created empty for a new user.
+    type State: Default + Send + 'static;
+
+    /// Feeds one event of `state`'s user and appends any alerts it raises.
+    fn observe(&self, state: &mut Self::State, event: &Event, groups: &GroupMap, alerts: &mut Vec<Alert>);
+}
+
+/// The CUSUM shift detector described in the module documentation.
+#[derive(Clone, Debug)]
+pub struct ShiftDetector {
+    config: DetectorConfig,
+}
+
+impl ShiftDetector {
+    /// Creates a detector, rejecting invalid settings.
+    pub fn new(config: DetectorConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        Ok(ShiftDetector { config })
+    }
+
+    /// Returns the detector's settings.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.config
+    }
+
+    /// Starts a new session when the gap or the input's session id says so.
+    fn track_session(&self, state: &mut UserState, event: &Event) {
+        let ts = event.ts_secs();
+        let new_session = match (state.last_ts, &event.session) {
+            (None, _) => true,
+            (Some(_), Some(id)) if state.session_id.as_deref() != Some(id) => true,
+            (Some(last), _) => ts - last > self.config.session_gap_secs,
+        };
+        state.last_ts = Some(ts);
+        if new_session {
+            state.session += 1;
+            state.session_id = event.session.clone();
+            state.run_len_at_session_start = state.run.len();
+            state.cusum_at_session_start = state.cusum;
+            state.in_burst = false;
+            state.recent.clear();
+        }
+    }
+
+    /// Tracks the event rate; on the start of a burst, rolls the session's events out of the
+    /// run and returns an anomaly alert.
+    fn track_burst(&self, state: &mut UserState, event: &Event, user_ref: &DecayedWeights) -> Option<Alert> {
+        let ts = event.ts_secs();
+        state.recent.push_back((ts, event.category.clone()));
+        if state.recent.len() > self.config.burst_events {
+            state.recent.pop_front();
+        }
+        if state.in_burst || state.recent.len() < self.config.burst_events {
+            return None;
+        }
+        let first_ts = state.recent.front().map_or(ts, |entry| entry.0);
+        if ts - first_ts > self.config.burst_span_secs {
+            return None;
+        }
+        state.in_burst = true;
+        // The burst's events so far were judged as if a person made them: take them back.
+        state.run.truncate(state.run_len_at_session_start);
+        state.cusum = if state.run.is_empty() { 0.0 } else { state.cusum_at_session_start };
+        let mut counts: BTreeMap<&Id, usize> = BTreeMap::new();
+        for (_, category) in &state.recent {
+            *counts.entry(category).or_default() += 1;
+        }
+        let span = (ts - first_ts).max(1) as f64;
+        let rate_per_minute = state.recent.len() as f64 * 60.0 / span;
+        Some(Alert {
+            user: event.user.clone(),
+            kind: AlertKind::Anomaly,
+            ts,
+            onset_ts: first_ts,
+            score: (rate_per_minute / (rate_per_minute + 20.0)).clamp(0.0, 1.0),
+            from: user_ref.top_categories(LISTED_CATEGORIES),
+            to: shares_of_counts(counts, state.recent.len()),
+            signals: vec![
+                ("rate_per_minute".into(), rate_per_minute),
+                ("burst_events".into(), state.recent.len() as f64),
+            ],
+            events_since_onset: state.recent.len() as u64,
+        })
+    }
+
+    fn add_to_reference(&self, state: &mut UserState, category: &Id, group: &GroupKey, weight: f64, session: u64) {
+        state.reference.decay(self.config.reference_decay);
+        state.reference.add(category, group, weight);
+        state.sessions_in_reference.insert(session);
+        if state.sessions_in_reference.len() > 4 {
+            // Only "at least two sessions" is ever asked, so a few are enough.
+            let oldest = *state.sessions_in_reference.iter().min().unwrap_or(&0);
+            state.sessions_in_reference.remove(&oldest);
+        }
+    }
+
+    /// Moves a run that ended without an alarm into the reference and the exploring rate.
+    fn dissolve_run(&self, state: &mut UserState) {
+        let run = std::mem::take(&mut state.run);
+        for entry in &run {
+            self.count_exploration(state, entry.novel);
+            self.add_to_reference(state, &entry.category, &entry.group, entry.weight, entry.session);
+        }
+    }
+
+    fn count_exploration(&self, state: &mut UserState, novel: bool) {
+        // Decay the counts so the rate follows the user's recent habits.
+        state.explore_novel = state.explore_novel * 0.98 + if novel { 1.0 } else { 0.0 };
+        state.explore_total = state.explore_total * 0.98 + 1.0;
+    }
+
+    /// Returns whether the run meets every alarm condition besides the statistic.
+    fn run_confirms(&self, state: &UserState) -> bool {
+        let novel: Vec<&RunEvent> = state.run.iter().filter(|entry| entry.novel).collect();
+        if (novel.len() as u32) < self.config.min_novel_events {
+            return false;
+        }
+        let first_session = novel[0].session;
+        let first_groups: HashSet<&GroupKey> =
+            novel.iter().filter(|entry| entry.session == first_session).map(|entry| &entry.group).collect();
+        let recurring = novel
+            .iter()
+            .filter(|entry| entry.session != first_session && first_groups.contains(&entry.group))
+            .count() as u32;
+        recurring >= self.config.min_recurring_events
+    }
+
+    fn raise_shift(&self, state: &mut UserState, event: &Event, explore: f64) -> Alert {
+        let ts = event.ts_secs();
+        let threshold = self.config.threshold;
+        let novel: Vec<&RunEvent> = state.run.iter().filter(|entry| entry.novel).collect();
+        let mut counts: BTreeMap<&Id, usize> = BTreeMap::new();
+        let mut run_groups: BTreeMap<GroupKey, f64> = BTreeMap::new();
+        for entry in &novel {
+            *counts.entry(&entry.category).or_default() += 1;
+            *run_groups.entry(entry.group.clone()).or_default() += 1.0 / novel.len() as f64;
+        }
+        let sessions: HashSet<u64> = novel.iter().map(|entry| entry.session).collect();
+        let divergence = jensen_shannon(&state.reference.group_distribution(), &run_groups);
+        let to = shares_of_counts(counts, novel.len());
+        let alert = Alert {
+            user: event.user.clone(),
+            kind: AlertKind::InterestShift,
+            ts,
+            onset_ts: state.run_start_ts,
+            score: 1.0 - 0.5 * (-(state.cusum - threshold) / threshold).exp(),
+            from: state.reference.top_categories(LISTED_CATEGORIES),
+            to,
+            signals: vec![
+                ("cusum".into(), state.cusum),
+                ("novel_share".into(), novel.len() as f64 / state.run.len() as f64),
+                ("divergence".into(), divergence),
+                ("explore_rate".into(), explore),
+                ("sessions".into(), sessions.len() as f64),
+            ],
+            events_since_onset: state.run.len() as u64,
+        };
+
+        // The run becomes the new reference, so the same shift does not alarm again.
+        state.reference.scale_all(REBASE_KEEP);
+        let run = std::mem::take(&mut state.run);
+        for entry in &run {
+            self.add_to_reference(state, &entry.category, &entry.group, entry.weight, entry.session);
+        }
+        state.cusum = 0.0;
+        state.refractory_events = self.config.refractory_events;
+        state.refractory_until_ts = ts + self.config.refractory_secs;
+        state.alerts += 1;
+        alert
+    }
+}
+
+impl Detector for ShiftDetector {
+    type State = UserState;
+
+    fn observe(&self, state: &mut UserState, event: &Event, groups: &GroupMap, alerts: &mut Vec<Alert>) {
+        state.events += 1;
+        let weight = event.behavior.interest_weight();
+        if weight <= 0.0 {
+            return;
+        }
+        if let Some(topic) = &event.topic {
+            state.topics.insert(event.category.clone(), topic.clone());
+        }
+        self.track_session(state, event);
+        let reference = std::mem::take(&mut state.reference);
+        let burst = self.track_burst(state, event, &reference);
+        state.reference = reference;
+        if let Some(alert) = burst {
+            state.alerts += 1;
+            alerts.push(alert);
+        }
+        if state.in_burst {
+            return;
+        }
+
+        state.reference.sync_groups(groups, &state.topics);
+        let group = groups.group_of(&event.category, event.topic.as_ref());
+        let session = state.session;
+        let warm = state.reference.events >= u64::from(self.config.min_reference_events)
+            && state.sessions_in_reference.len() >= 2;
+        if !warm {
+            self.add_to_reference(state, &event.category, &group, weight, session);
+            return;
+        }
+
+        let novel = state.reference.group_share(&group) < self.config.novel_share;
+        if novel && groups.trend(&group).is_some() {
+            // The population as a whole moves this way: no evidence about this user.
+            if state.run.is_empty() {
+                self.add_to_reference(state, &event.category, &group, weight, session);
+            }
+            return;
+        }
+
+        let explore = state.explore_rate(&self.config);
+        let q = self.config.shift_novelty;
+        let step = if novel { (q / explore).ln() } else { ((1.0 - q) / (1.0 - explore)).ln() };
+        let was_active = !state.run.is_empty();
+        state.cusum = (state.cusum + step).max(0.0);
+        if state.refractory_events > 0 {
+            state.refractory_events -= 1;
+        }
+
+        if state.cusum <= 0.0 {
+            if was_active {
+                self.dissolve_run(state);
+            }
+            self.count_exploration(state, novel);
+            self.add_to_reference(state, &event.category, &group, weight, session);
+            return;
+        }
+        if !was_active {
+            state.run_start_ts = event.ts_secs();
+            state.run_start_session = session;
+            state.run_len_at_session_start = 0;
+            state.cusum_at_session_start = 0.0;
+        }
+        state.run.push(RunEvent { category: event.category.clone(), group, weight, session, novel });
+        if state.run.len() > MAX_RUN {
+            let oldest = state.run.remove(0);
+            self.count_exploration(state, oldest.novel);
+            self.add_to_reference(state, &oldest.category, &oldest.group, oldest.weight, oldest.session);
+            state.run_len_at_session_start = state.run_len_at_session_start.saturating_sub(1);
+        }
+
+        let refractory = state.refractory_events > 0 || event.ts_secs() < state.refractory_until_ts;
+        if state.cusum >= self.config.threshold && !refractory && self.run_confirms(state) {
+            let alert = self.raise_shift(state, event, explore);
+            alerts.push(alert);
+        }
+    }
+}
+
+/// Turns category counts into shares, largest first, ties by id.
+fn shares_of_counts(counts: BTreeMap<&Id, usize>, total: usize) -> Vec<CategoryShare> {
+    let mut entries: Vec<(&Id, usize)> = counts.into_iter().collect();
+    entries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+    entries
+        .into_iter()
+        .take(LISTED_CATEGORIES)
+        .map(|(category, count)| CategoryShare {
+            category: category.clone(),
+            share: count as f64 / total.max(1) as f64,
+        })
+        .collect()
+}
+
+/// Jensen-Shannon divergence (natural log, so in 0..ln 2) of two distributions over groups.
+pub fn jensen_shannon(left: &BTreeMap<GroupKey, f64>, right: &BTreeMap<GroupKey, f64>) -> f64 {
+    let mut keys: Vec<&GroupKey> = left.keys().chain(right.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let term = |p: f64, m: f64| if p > 0.0 { p * (p / m).ln() } else { 0.0 };
+    let mut divergence = 0.0;
+    for key in keys {
+        let p = left.get(key).copied().unwrap_or(0.0);
+        let q = right.get(key).copied().unwrap_or(0.0);
+        let m = (p + q) / 2.0;
+        divergence += 0.5 * term(p, m) + 0.5 * term(q, m);
+    }
+    divergence
+}

@@ -1,0 +1,365 @@
+//! Category groups learned from the population's sessions, and population interest trends.
+//!
+//! Real shoppers touch new leaf categories all the time, so a new leaf category says little
+//! about a change of interest. Interest is stable at a coarser level: families of related
+//! categories. Where the data has no category tree, veer learns such families from
+//! co-occurrence: two categories that the same sessions visit together belong together.
+//!
+//! The learning is incremental and windowed. Each window (an hour of event time by default)
+//! every worker counts, per leaf category, the sessions that touched it, and per pair of
+//! categories the sessions that touched both. Those per-window [`PopulationDelta`]s are summed in
+//! one place, and after each window a new [`GroupMap`] is derived: each category is linked to
+//! the partner it co-occurs with most strongly (cosine of session counts), and the connected
+//! components of those links are the groups. Because the deltas are summed in window order and
+//! every tie is broken by id, the map is the same whatever the number of workers.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Id;
+
+/// The unit of interest that the detector compares over time.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum GroupKey {
+    /// An upper-level category from the input's own category tree.
+    Topic(Id),
+    /// A learned group, named by its smallest leaf category.
+    Learned(Id),
+}
+
+/// Per-window population counts from one worker, summed before groups are rebuilt.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PopulationDelta {
+    /// End of the window in Unix milliseconds (exclusive).
+    pub window_end: u64,
+    /// Sessions that touched each leaf category.
+    pub sessions: BTreeMap<Id, u32>,
+    /// Sessions that touched both categories of a pair, with the smaller id first.
+    pub pairs: BTreeMap<(Id, Id), u32>,
+    /// Interest-weighted events per leaf category, for population trends.
+    pub events: BTreeMap<Id, u32>,
+}
+
+impl PopulationDelta {
+    /// Adds another worker's counts for the same window.
+    pub fn merge(&mut self, other: PopulationDelta) {
+        for (category, count) in other.sessions {
+            *self.sessions.entry(category).or_default() += count;
+        }
+        for (pair, count) in other.pairs {
+            *self.pairs.entry(pair).or_default() += count;
+        }
+        for (category, count) in other.events {
+            *self.events.entry(category).or_default() += count;
+        }
+    }
+}
+
+/// Settings of group learning and population trends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Minimum sessions on a category before it is linked to a partner.
+    pub min_sessions: u32,
+    /// Minimum sessions shared by a pair before it can link two categories.
+    pub min_pair_sessions: u32,
+    /// Minimum cosine association (shared / sqrt(product of session counts)) for a link.
+    pub min_association: f64,
+    /// Number of recent windows summed for a group's current population share.
+    pub trend_windows: usize,
+    /// Current share over baseline share at which a group counts as trending.
+    pub trend_ratio: f64,
+    /// Minimum interest-weighted events of a group in the recent windows to judge a trend.
+    pub trend_min_events: u32,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            min_sessions: 3,
+            min_pair_sessions: 2,
+            min_association: 0.1,
+            trend_windows: 6,
+            trend_ratio: 2.5,
+            trend_min_events: 20,
+        }
+    }
+}
+
+/// The current mapping from leaf categories to learned groups, and the trending groups.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PopulationInfo {
+    /// End of the last window included, in Unix milliseconds.
+    pub window_end: u64,
+    /// Leaf category to group representative, only for categories in a group of two or more.
+    pub groups: Vec<(Id, Id)>,
+    /// Groups whose recent population share is well above their long-run share, with the ratio.
+    pub trending: Vec<(GroupKey, f64)>,
+}
+
+/// A lookup structure built from [`PopulationInfo`] on each worker.
+#[derive(Clone, Debug, Default)]
+pub struct GroupMap {
+    representative: HashMap<Id, Id>,
+    trending: HashMap<GroupKey, f64>,
+    /// Increases on every update, so that per-user caches can tell when to rebuild.
+    pub version: u64,
+}
+
+impl GroupMap {
+    /// Replaces the mapping with the one in `info`.
+    pub fn apply(&mut self, info: &PopulationInfo) {
+        self.representative = info.groups.iter().cloned().collect();
+        self.trending = info.trending.iter().cloned().collect();
+        self.version += 1;
+    }
+
+    /// Returns the group of a leaf category, preferring the input's own topic when it has one.
+    pub fn group_of(&self, category: &Id, topic: Option<&Id>) -> GroupKey {
+        if let Some(topic) = topic {
+            return GroupKey::Topic(topic.clone());
+        }
+        let representative = self.representative.get(category).unwrap_or(category);
+        GroupKey::Learned(representative.clone())
+    }
+
+    /// Returns the trend ratio of a group, or `None` when it is not trending.
+    pub fn trend(&self, group: &GroupKey) -> Option<f64> {
+        self.trending.get(group).copied()
+    }
+
+    /// Returns the number of leaf categories that belong to a group of two or more.
+    pub fn grouped_categories(&self) -> usize {
+        self.representative.len()
+    }
+}
+
+/// The population state kept in one place: cumulative co-occurrence and trend history.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PopulationModel {
+    config: GroupConfig,
+    sessions: BTreeMap<Id, u64>,
+    pairs: BTreeMap<(Id, Id), u64>,
+    /// Interest-weighted events per group in the most recent windows, oldest first.
+    recent: Vec<BTreeMap<GroupKey, u64>>,
+    /// Long-run events per group, with exponential decay per window.
+    baseline: BTreeMap<GroupKey, f64>,
+    baseline_total: f64,
+    windows_seen: u64,
+    current: PopulationInfo,
+}
+
+/// Per-window decay of the long-run trend baseline (a half-life of about three days of
+/// hourly windows).
+const BASELINE_DECAY: f64 = 0.99;
+
+impl PopulationModel {
+    /// Creates an empty model.
+    pub fn new(config: GroupConfig) -> Self {
+        PopulationModel { config, ..Default::default() }
+    }
+
+    /// Adds one window's summed counts, rebuilds the groups and trends, and returns them.
+    pub fn add_window(&mut self, delta: &PopulationDelta) -> &PopulationInfo {
+        for (category, count) in &delta.sessions {
+            *self.sessions.entry(category.clone()).or_default() += u64::from(*count);
+        }
+        for (pair, count) in &delta.pairs {
+            *self.pairs.entry(pair.clone()).or_default() += u64::from(*count);
+        }
+        let groups = self.build_groups();
+        let lookup: HashMap<&Id, &Id> = groups.iter().map(|(leaf, rep)| (leaf, rep)).collect();
+        let mut window_counts: BTreeMap<GroupKey, u64> = BTreeMap::new();
+        for (category, count) in &delta.events {
+            let representative = lookup.get(category).copied().unwrap_or(category);
+            *window_counts.entry(GroupKey::Learned(representative.clone())).or_default() +=
+                u64::from(*count);
+        }
+        let trending = self.update_trends(window_counts);
+        self.windows_seen += 1;
+        self.current = PopulationInfo { window_end: delta.window_end, groups, trending };
+        &self.current
+    }
+
+    /// Links each category to its strongest partner and returns the connected components as
+    /// (leaf, representative) pairs for components of two or more, sorted by leaf.
+    fn build_groups(&self) -> Vec<(Id, Id)> {
+        let config = &self.config;
+        let mut best: BTreeMap<&Id, (f64, &Id)> = BTreeMap::new();
+        for ((left, right), shared) in &self.pairs {
+            if *shared < u64::from(config.min_pair_sessions) {
+                continue;
+            }
+            let left_sessions = self.sessions.get(left).copied().unwrap_or(0);
+            let right_sessions = self.sessions.get(right).copied().unwrap_or(0);
+            let floor = u64::from(config.min_sessions);
+            if left_sessions < floor || right_sessions < floor {
+                continue;
+            }
+            let association = *shared as f64 / ((left_sessions * right_sessions) as f64).sqrt();
+            if association < config.min_association {
+                continue;
+            }
+            for (from, to) in [(left, right), (right, left)] {
+                // Pairs are visited in id order, so on equal association the smaller partner
+                // wins, whatever order the counts arrived in.
+                let entry = best.entry(from).or_insert((association, to));
+                if association > entry.0 {
+                    *entry = (association, to);
+                }
+            }
+        }
+
+        let index: BTreeMap<&Id, usize> =
+            best.keys().chain(best.values().map(|(_, to)| to)).map(|id| (*id, 0)).collect();
+        let ids: Vec<&Id> = index.keys().copied().collect();
+        let position: HashMap<&Id, usize> =
+            ids.iter().enumerate().map(|(at, id)| (*id, at)).collect();
+        let mut parent: Vec<usize> = (0..ids.len()).collect();
+        for (from, (_, to)) in &best {
+            union(&mut parent, position[from], position[to]);
+        }
+        // The root of each component is its smallest id, because `union` keeps the smaller root.
+        let mut groups = Vec::with_capacity(ids.len());
+        for (at, id) in ids.iter().enumerate() {
+            let root = find(&mut parent, at);
+            groups.push(((*id).clone(), ids[root].clone()));
+        }
+        groups
+    }
+
+    /// Records a window's per-group counts and returns the groups now trending.
+    fn update_trends(&mut self, window_counts: BTreeMap<GroupKey, u64>) -> Vec<(GroupKey, f64)> {
+        let config = &self.config;
+        self.recent.push(window_counts);
+        let mut trending = Vec::new();
+        if self.recent.len() > config.trend_windows {
+            let oldest = self.recent.remove(0);
+            // Windows leave the recent set into the long-run baseline, so a trend is judged
+            // against what came before it, not against itself.
+            for value in self.baseline.values_mut() {
+                *value *= BASELINE_DECAY;
+            }
+            self.baseline_total *= BASELINE_DECAY;
+            for (group, count) in oldest {
+                *self.baseline.entry(group).or_default() += count as f64;
+                self.baseline_total += count as f64;
+            }
+        }
+        if self.baseline_total <= 0.0 {
+            return trending;
+        }
+        let mut recent_counts: BTreeMap<&GroupKey, u64> = BTreeMap::new();
+        for window in &self.recent {
+            for (group, count) in window {
+                *recent_counts.entry(group).or_default() += count;
+            }
+        }
+        let recent_total: u64 = recent_counts.values().sum();
+        if recent_total == 0 {
+            return trending;
+        }
+        for (group, count) in recent_counts {
+            if count < u64::from(config.trend_min_events) {
+                continue;
+            }
+            let recent_share = count as f64 / recent_total as f64;
+            let baseline_count = self.baseline.get(group).copied().unwrap_or(0.0);
+            // Half an event of prior keeps a group never seen before from an infinite ratio.
+            let baseline_share = (baseline_count + 0.5) / (self.baseline_total + 0.5);
+            let ratio = recent_share / baseline_share;
+            if ratio >= config.trend_ratio {
+                trending.push((group.clone(), ratio));
+            }
+        }
+        trending
+    }
+}
+
+fn find(parent: &mut [usize], mut at: usize) -> usize {
+    while parent[at] != at {
+        parent[at] = parent[parent[at]];
+        at = parent[at];
+    }
+    at
+}
+
+fn union(parent: &mut [usize], left: usize, right: usize) {
+    let (left, right) = (find(parent, left), find(parent, right));
+    if left != right {
+        let (low, high) = if left < right { (left, right) } else { (right, left) };
+        parent[high] = low;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(value: u64) -> Id {
+        Id::from(value)
+    }
+
+    fn delta_with_sessions(sessions: &[&[u64]]) -> PopulationDelta {
+        let mut delta = PopulationDelta { window_end: 3_600_000, ..Default::default() };
+        for session in sessions {
+            for (at, category) in session.iter().enumerate() {
+                *delta.sessions.entry(id(*category)).or_default() += 1;
+                *delta.events.entry(id(*category)).or_default() += 1;
+                for other in &session[..at] {
+                    let pair = if other < category { (id(*other), id(*category)) } else { (id(*category), id(*other)) };
+                    *delta.pairs.entry(pair).or_default() += 1;
+                }
+            }
+        }
+        delta
+    }
+
+    #[test]
+    fn groups_follow_co_visited_categories() {
+        let mut model = PopulationModel::new(GroupConfig::default());
+        let sessions: Vec<&[u64]> = vec![&[1, 2], &[2, 3], &[1, 3], &[1, 2, 3], &[7, 8], &[7, 8], &[8, 9], &[7, 9], &[9, 8]];
+        let info = model.add_window(&delta_with_sessions(&sessions)).clone();
+        let mut map = GroupMap::default();
+        map.apply(&info);
+        assert_eq!(map.group_of(&id(3), None), GroupKey::Learned(id(1)));
+        assert_eq!(map.group_of(&id(9), None), GroupKey::Learned(id(7)));
+        assert_ne!(map.group_of(&id(1), None), map.group_of(&id(7), None));
+        assert_eq!(map.group_of(&id(42), None), GroupKey::Learned(id(42)));
+    }
+
+    #[test]
+    fn topic_overrides_learned_group() {
+        let map = GroupMap::default();
+        let topic = Id::Text("electronics".into());
+        assert_eq!(map.group_of(&id(5), Some(&topic)), GroupKey::Topic(topic.clone()));
+    }
+
+    #[test]
+    fn merged_deltas_equal_one_delta() {
+        let sessions_a: Vec<&[u64]> = vec![&[1, 2], &[2, 3]];
+        let sessions_b: Vec<&[u64]> = vec![&[1, 3], &[1, 2, 3]];
+        let mut merged = delta_with_sessions(&sessions_a);
+        merged.merge(delta_with_sessions(&sessions_b));
+        let all: Vec<&[u64]> = sessions_a.into_iter().chain(sessions_b).collect();
+        assert_eq!(merged, delta_with_sessions(&all));
+    }
+
+    #[test]
+    fn trend_flags_a_group_that_jumps() {
+        let config = GroupConfig { trend_windows: 2, trend_min_events: 5, ..GroupConfig::default() };
+        let mut model = PopulationModel::new(config);
+        let steady: Vec<&[u64]> = vec![&[1], &[1], &[1], &[2], &[2], &[2]];
+        for window in 0..6 {
+            let mut delta = delta_with_sessions(&steady);
+            delta.window_end = (window + 1) * 3_600_000;
+            assert!(model.add_window(&delta).trending.is_empty(), "window {window}");
+        }
+        let mut jump = delta_with_sessions(&[&[5], &[5], &[5], &[5], &[5], &[5], &[1]]);
+        jump.window_end = 7 * 3_600_000;
+        let info = model.add_window(&jump).clone();
+        assert_eq!(info.trending.len(), 1);
+        assert_eq!(info.trending[0].0, GroupKey::Learned(id(5)));
+    }
+}

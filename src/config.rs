@@ -1,0 +1,152 @@
+//! Settings of a run: every option of `veer run`, read from `veer.toml` and overridden by the
+//! command line. `veer.toml` at the repository root lists every key with its default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use veer_models::{DetectorConfig, GroupConfig};
+
+/// How a file's events are replayed into the dataflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplayOrder {
+    /// Event time for files grouped by user or far out of order, arrival order otherwise.
+    Auto,
+    /// Sort the whole input by event time before the replay; nothing is late.
+    EventTime,
+    /// Replay in file order; events behind the watermark are late.
+    Arrival,
+}
+
+/// Which per-user detector raises `interest_shift` alerts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DetectorChoice {
+    /// The CUSUM group-shift detector.
+    Shift,
+    /// The "new category comes back in a later session" reference rule.
+    Baseline,
+}
+
+/// Event-time settings.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeConfig {
+    /// How far behind the newest event an event may arrive and still be on time.
+    #[serde(with = "duration_text")]
+    pub out_of_orderness: Duration,
+    /// An event further ahead of the newest one than this does not move the watermark
+    /// until several such events agree, so one corrupt timestamp cannot make the rest late.
+    #[serde(with = "duration_text")]
+    pub max_future_skew: Duration,
+    /// Length of the population windows (group learning and trends).
+    #[serde(with = "duration_text")]
+    pub window: Duration,
+    /// How a file is replayed.
+    pub order: ReplayOrder,
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        TimeConfig {
+            out_of_orderness: Duration::from_secs(600),
+            max_future_skew: Duration::from_secs(24 * 3600),
+            window: Duration::from_secs(3600),
+            order: ReplayOrder::Auto,
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub time: TimeConfig,
+    pub detector: DetectorConfig,
+    pub groups: GroupConfig,
+    pub run: RunFileConfig,
+}
+
+/// `[run]` keys that the command line can also set.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunFileConfig {
+    pub workers: usize,
+    pub detector: DetectorChoice,
+    pub dead_letter: Option<PathBuf>,
+}
+
+impl Default for RunFileConfig {
+    fn default() -> Self {
+        RunFileConfig { workers: 1, detector: DetectorChoice::Shift, dead_letter: None }
+    }
+}
+
+impl FileConfig {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| anyhow::anyhow!("cannot read config file {}: {error}", path.display()))?;
+        let config: FileConfig = toml::from_str(&text)
+            .map_err(|error| anyhow::anyhow!("invalid config file {}: {error}", path.display()))?;
+        config.detector.validate().map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+        Ok(config)
+    }
+}
+
+/// Parses a duration such as `10s`, `100ms`, `5m`, `2h` or `3d`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected a number and a unit such as 10s, 100ms, 5m, 2h or 3d"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        other => return Err(format!("invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(format!("invalid duration {text:?}: must be a non-negative number"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+mod duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("3d"), Ok(Duration::from_secs(259_200)));
+        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn shipped_config_matches_defaults() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/veer.toml");
+        let loaded = FileConfig::load(Path::new(path)).expect("veer.toml loads");
+        assert_eq!(loaded, FileConfig::default());
+    }
+}

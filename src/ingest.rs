@@ -1,0 +1,381 @@
+//! Reading inputs: parsing on a reader thread, the replay order, the late-data policy and the
+//! dead-letter output.
+//!
+//! Every physical line of every input ends in exactly one of these counts: an event sent on,
+//! a skipped line (blank, or a header of a format that has one), a bad record, or a late
+//! event. Exact duplicates are found later, after events are routed by user, and are counted
+//! out of the events sent, so that `lines = events + duplicates + late + bad + skipped`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{Receiver, Sender};
+use serde_json::{Map, Value};
+use veer_models::Event;
+
+use crate::config::ReplayOrder;
+use crate::sources::{self, BadRecord, LineSplitter, Parsed, SourceOptions};
+
+/// Events per batch sent from the reader thread.
+const BATCH: usize = 4096;
+
+/// Counts of the lines of all inputs, by what became of them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LineCounts {
+    pub lines: u64,
+    pub events: u64,
+    pub skipped: u64,
+    pub bad: u64,
+    pub late: u64,
+    /// Events older than an event on an earlier line: how far the input is from time order.
+    pub out_of_order: u64,
+    /// Bytes of (decompressed) input read.
+    pub bytes: u64,
+}
+
+/// One message from the reader thread.
+pub enum Chunk {
+    /// Parsed events in file order.
+    Events(Vec<Event>),
+    /// The reader finished; its counts of lines, skipped and bad records and bytes.
+    Done(LineCounts),
+    /// An input could not be opened or read.
+    Failed(String),
+}
+
+/// The dead-letter output: one JSON object per bad or late line.
+#[derive(Clone)]
+pub struct DeadLetter {
+    inner: Arc<Mutex<Option<BufWriter<File>>>>,
+}
+
+impl DeadLetter {
+    /// Creates the dead-letter file, or a sink that only counts when `path` is `None`.
+    pub fn create(path: Option<&Path>) -> anyhow::Result<DeadLetter> {
+        let writer = match path {
+            Some(path) => Some(BufWriter::new(File::create(path).map_err(|error| {
+                anyhow::anyhow!("cannot create dead-letter file {}: {error}", path.display())
+            })?)),
+            None => None,
+        };
+        Ok(DeadLetter { inner: Arc::new(Mutex::new(writer)) })
+    }
+
+    fn write(&self, object: Map<String, Value>) {
+        let mut guard = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(writer) = guard.as_mut() {
+            if let Err(error) = writeln!(writer, "{}", Value::Object(object)) {
+                tracing::error!(%error, "failed to write a dead-letter record");
+            }
+        }
+    }
+
+    /// Records a line that could not be parsed.
+    pub fn bad(&self, file: &str, record: &BadRecord) {
+        let mut object = Map::new();
+        object.insert("file".into(), Value::from(file));
+        object.insert("line".into(), Value::from(record.line));
+        object.insert("kind".into(), Value::from("bad"));
+        object.insert("reason".into(), Value::from(record.reason.as_str()));
+        object.insert("raw".into(), Value::from(record.raw.as_str()));
+        self.write(object);
+    }
+
+    /// Records an event that arrived behind the watermark.
+    pub fn late(&self, file: &str, event: &Event, watermark_ms: u64) {
+        let mut object = Map::new();
+        object.insert("file".into(), Value::from(file));
+        object.insert("line".into(), Value::from(event.line));
+        object.insert("kind".into(), Value::from("late"));
+        object.insert(
+            "reason".into(),
+            Value::from(format!(
+                "late: event time {} ms is behind the event-time frontier {} ms",
+                event.ts_ms, watermark_ms
+            )),
+        );
+        object.insert("ts".into(), Value::from(event.ts_secs()));
+        object.insert("ts_ms".into(), Value::from(event.ts_ms));
+        object.insert("frontier_ms".into(), Value::from(watermark_ms));
+        object.insert("user".into(), event.user.to_json());
+        object.insert("category".into(), event.category.to_json());
+        object.insert("behavior".into(), Value::from(event.behavior.name()));
+        self.write(object);
+    }
+
+    /// Flushes buffered records to the file.
+    pub fn flush(&self) {
+        let mut guard = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(writer) = guard.as_mut() {
+            if let Err(error) = writer.flush() {
+                tracing::error!(%error, "failed to flush the dead-letter file");
+            }
+        }
+    }
+}
+
+/// Returns the display name of an input path.
+pub fn input_name(path: &str) -> &str {
+    if path == "-" {
+        "<stdin>"
+    } else {
+        path
+    }
+}
+
+/// Starts the reader thread over `paths` and returns the channel its chunks arrive on.
+///
+/// `progress` receives the number of bytes read so far, for the progress display.
+pub fn spawn_reader(
+    paths: Vec<String>,
+    options: SourceOptions,
+    dead_letter: DeadLetter,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+) -> Receiver<Chunk> {
+    let (sender, receiver) = crossbeam_channel::bounded(64);
+    std::thread::Builder::new()
+        .name("veer-reader".into())
+        .spawn(move || {
+            let mut counts = LineCounts::default();
+            for path in &paths {
+                if let Err(message) = read_one(path, &options, &dead_letter, &sender, &mut counts, &progress) {
+                    let _ = sender.send(Chunk::Failed(message));
+                    return;
+                }
+            }
+            dead_letter.flush();
+            let _ = sender.send(Chunk::Done(counts));
+        })
+        .expect("the reader thread starts");
+    receiver
+}
+
+fn read_one(
+    path: &str,
+    options: &SourceOptions,
+    dead_letter: &DeadLetter,
+    sender: &Sender<Chunk>,
+    counts: &mut LineCounts,
+    progress: &std::sync::atomic::AtomicU64,
+) -> Result<(), String> {
+    let name = input_name(path);
+    let mut reader = sources::open_input(path).map_err(|error| format!("cannot open input {name}: {error}"))?;
+    let format = match options.format {
+        Some(format) => format,
+        None => {
+            let head = std::io::BufRead::fill_buf(&mut reader)
+                .map_err(|error| format!("cannot read input {name}: {error}"))?;
+            sources::detect_format(head).ok_or_else(|| {
+                format!("cannot detect the format of {name}; pass --format jsonl|taobao|retailrocket|rees46")
+            })?
+        }
+    };
+    let events_path = (path != "-").then(|| PathBuf::from(path));
+    let (mut parser, warnings) = sources::make_parser(format, options, events_path.as_deref())
+        .map_err(|error| error.to_string())?;
+    for warning in warnings {
+        tracing::warn!(input = name, "{warning}");
+    }
+    tracing::info!(input = name, format = %format, "reading input");
+
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut splitter = LineSplitter::new(reader);
+    let limit = splitter.max_line_bytes();
+    loop {
+        let next = splitter.next_line().map_err(|error| format!("failed reading {name}: {error}"))?;
+        let Some(line) = next else { break };
+        counts.lines += 1;
+        counts.bytes += line.bytes.len() as u64 + 1;
+        if counts.lines % 65_536 == 0 {
+            progress.store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+        let parsed = if line.truncated {
+            Parsed::Bad(BadRecord {
+                line: line.number,
+                reason: format!("line longer than {limit} bytes"),
+                raw: String::from_utf8_lossy(&line.bytes[..line.bytes.len().min(1024)]).into_owned(),
+            })
+        } else {
+            parser.parse(line.number, line.bytes)
+        };
+        match parsed {
+            Parsed::Event(event) => {
+                counts.events += 1;
+                batch.push(event);
+                if batch.len() >= BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                    if sender.send(Chunk::Events(full)).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Parsed::Skip => counts.skipped += 1,
+            Parsed::Bad(record) => {
+                counts.bad += 1;
+                dead_letter.bad(name, &record);
+            }
+        }
+    }
+    progress.store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
+    if !batch.is_empty() {
+        let _ = sender.send(Chunk::Events(batch));
+    }
+    Ok(())
+}
+
+/// Reads every event of `paths` in file order, without a dead-letter file.
+pub fn read_events(paths: Vec<String>, options: SourceOptions) -> anyhow::Result<(Vec<Event>, LineCounts)> {
+    let dead_letter = DeadLetter::create(None)?;
+    let receiver = spawn_reader(paths, options, dead_letter, Arc::new(std::sync::atomic::AtomicU64::new(0)));
+    let mut events = Vec::new();
+    for chunk in receiver {
+        match chunk {
+            Chunk::Events(mut batch) => events.append(&mut batch),
+            Chunk::Done(counts) => return Ok((events, counts)),
+            Chunk::Failed(message) => anyhow::bail!(message),
+        }
+    }
+    anyhow::bail!("the reader thread stopped unexpectedly")
+}
+
+/// Facts about a whole input that decide how it is replayed.
+#[derive(Clone, Debug, Default)]
+pub struct OrderProfile {
+    /// Events older than an event on an earlier line.
+    pub out_of_order: u64,
+    /// Events that would be late if replayed in arrival order.
+    pub late_in_arrival: u64,
+    /// Each user's events form one contiguous block, as in dumps sorted by user.
+    pub grouped_by_user: bool,
+}
+
+/// Measures how far `events` (in file order) are from time order.
+pub fn profile_order(events: &[Event], out_of_orderness_ms: i64) -> OrderProfile {
+    let mut profile = OrderProfile { grouped_by_user: true, ..Default::default() };
+    let mut newest = i64::MIN;
+    let mut finished_users = std::collections::HashSet::new();
+    let mut current_user = None;
+    for event in events {
+        if event.ts_ms < newest {
+            profile.out_of_order += 1;
+            if event.ts_ms < newest.saturating_sub(out_of_orderness_ms) {
+                profile.late_in_arrival += 1;
+            }
+        }
+        newest = newest.max(event.ts_ms);
+        if current_user != Some(&event.user) {
+            if let Some(previous) = current_user {
+                finished_users.insert(previous.clone());
+            }
+            if finished_users.contains(&event.user) {
+                profile.grouped_by_user = false;
+            }
+            current_user = Some(&event.user);
+        }
+    }
+    profile
+}
+
+/// Share of events that may be late in arrival order before `auto` sorts the input instead.
+const AUTO_LATE_SHARE: f64 = 0.05;
+
+/// Decides whether a fully read input is replayed sorted by event time.
+pub fn replay_sorted(order: ReplayOrder, profile: &OrderProfile, events: usize) -> bool {
+    match order {
+        ReplayOrder::EventTime => true,
+        ReplayOrder::Arrival => false,
+        ReplayOrder::Auto => {
+            if profile.out_of_order == 0 {
+                return false;
+            }
+            let late_share = profile.late_in_arrival as f64 / events.max(1) as f64;
+            profile.grouped_by_user || late_share > AUTO_LATE_SHARE
+        }
+    }
+}
+
+/// The watermark of an arrival-order replay: the newest event time less the allowed
+/// out-of-orderness, guarded against single far-future timestamps.
+#[derive(Clone, Debug)]
+pub struct Watermark {
+    out_of_orderness_ms: i64,
+    max_future_skew_ms: i64,
+    newest: Option<i64>,
+    far_streak: u32,
+    far_earliest: i64,
+}
+
+/// Consecutive far-ahead events that convince the watermark the stream really jumped.
+const FAR_STREAK: u32 = 8;
+
+impl Watermark {
+    /// Creates a watermark with the given tolerances in milliseconds.
+    pub fn new(out_of_orderness_ms: i64, max_future_skew_ms: i64) -> Self {
+        Watermark { out_of_orderness_ms, max_future_skew_ms, newest: None, far_streak: 0, far_earliest: i64::MAX }
+    }
+
+    /// Returns the current watermark in milliseconds (0 before any event).
+    pub fn current(&self) -> u64 {
+        self.newest.map_or(0, |newest| newest.saturating_sub(self.out_of_orderness_ms).max(0) as u64)
+    }
+
+    /// Returns whether an event at `ts_ms` is late, and otherwise takes it into account.
+    pub fn observe(&mut self, ts_ms: i64) -> bool {
+        if (ts_ms as u64) < self.current() && self.newest.is_some() {
+            return true;
+        }
+        match self.newest {
+            None => self.newest = Some(ts_ms),
+            Some(newest) if ts_ms > newest.saturating_add(self.max_future_skew_ms) => {
+                self.far_streak += 1;
+                self.far_earliest = self.far_earliest.min(ts_ms);
+                if self.far_streak >= FAR_STREAK {
+                    self.newest = Some(self.far_earliest);
+                    self.far_streak = 0;
+                    self.far_earliest = i64::MAX;
+                }
+            }
+            Some(newest) => {
+                self.far_streak = 0;
+                self.far_earliest = i64::MAX;
+                self.newest = Some(newest.max(ts_ms));
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_marks_late_events() {
+        let mut watermark = Watermark::new(600_000, 86_400_000);
+        assert!(!watermark.observe(10_000_000));
+        assert!(!watermark.observe(9_970_000), "30 s behind is on time");
+        assert!(watermark.observe(9_000_000), "1000 s behind is late");
+        assert_eq!(watermark.current(), 9_400_000);
+    }
+
+    #[test]
+    fn one_far_future_event_does_not_move_the_watermark() {
+        let mut watermark = Watermark::new(600_000, 86_400_000);
+        watermark.observe(10_000_000);
+        watermark.observe(10_000_000 + 400 * 86_400_000);
+        assert_eq!(watermark.current(), 9_400_000);
+        assert!(!watermark.observe(10_001_000));
+    }
+
+    #[test]
+    fn a_real_jump_moves_the_watermark() {
+        let mut watermark = Watermark::new(0, 1000);
+        watermark.observe(0);
+        for step in 0..FAR_STREAK {
+            watermark.observe(1_000_000 + i64::from(step));
+        }
+        assert_eq!(watermark.current(), 1_000_000);
+    }
+}

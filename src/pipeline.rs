@@ -1,0 +1,451 @@
+//! Wiring of `veer run`: the reader thread, the timely workers and the run summary.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle};
+use veer_models::baseline::BaselineDetector;
+use veer_models::{AlertKind, Detector, DetectorConfig, Event, GroupConfig, ShiftDetector};
+use veer_operators::{
+    detect_shifts, order_by_event_time, population_groups, session_cooccurrence, write_alerts, AlertCounter,
+    DetectStats,
+};
+
+use crate::config::{DetectorChoice, ReplayOrder};
+use crate::ingest::{self, Chunk, DeadLetter, LineCounts, Watermark};
+use crate::sources::SourceOptions;
+
+/// Where the alerts go.
+#[derive(Clone, Debug)]
+pub enum AlertOutput {
+    /// Standard output.
+    Stdout,
+    /// A file, created or truncated.
+    File(std::path::PathBuf),
+    /// Nowhere: alerts are only counted.
+    Discard,
+}
+
+/// Where the events come from.
+pub enum EventSource {
+    /// Input paths (`-` for standard input), read on a reader thread.
+    Inputs { paths: Vec<String>, options: SourceOptions },
+    /// Events already in memory, such as a generated stream, sorted by time.
+    Memory(Vec<Event>),
+}
+
+/// Everything a run needs.
+pub struct RunSettings {
+    pub source: EventSource,
+    pub alerts: AlertOutput,
+    pub dead_letter: Option<std::path::PathBuf>,
+    pub workers: usize,
+    pub order: ReplayOrder,
+    pub out_of_orderness: Duration,
+    pub max_future_skew: Duration,
+    pub window: Duration,
+    pub detector: DetectorChoice,
+    pub detector_config: DetectorConfig,
+    pub groups: GroupConfig,
+    /// Show a progress bar on standard error.
+    pub progress: bool,
+    /// Keep the alerts in the summary, for scoring.
+    pub keep_alerts: bool,
+}
+
+/// What a run did, for the end-of-run summary.
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    pub counts: LineCounts,
+    pub duplicates: u64,
+    pub users: u64,
+    pub alerts: BTreeMap<AlertKind, u64>,
+    pub replayed_sorted: bool,
+    pub wall: Duration,
+    pub workers: usize,
+    /// The alerts in output order, when `keep_alerts` was set.
+    pub kept_alerts: Vec<veer_models::Alert>,
+}
+
+impl RunSummary {
+    /// Returns events processed after duplicates were dropped.
+    pub fn unique_events(&self) -> u64 {
+        self.counts.events - self.duplicates
+    }
+
+    /// Returns whether the line counts add up: lines = events + duplicates + late + bad + skipped.
+    pub fn accounts_for_every_line(&self) -> bool {
+        let counts = &self.counts;
+        counts.lines == counts.events + counts.late + counts.bad + counts.skipped
+    }
+
+    /// Renders the end-of-run summary as aligned text.
+    pub fn to_text(&self) -> String {
+        let counts = &self.counts;
+        let seconds = self.wall.as_secs_f64();
+        let rate = if seconds > 0.0 { self.unique_events() as f64 / seconds } else { 0.0 };
+        let alert = |kind| self.alerts.get(&kind).copied().unwrap_or(0);
+        let order = if self.replayed_sorted { "sorted by event time" } else { "arrival order" };
+        let mut text = String::new();
+        text.push_str(&format!("lines read        {:>12}\n", counts.lines));
+        text.push_str(&format!("  events          {:>12}\n", self.unique_events()));
+        text.push_str(&format!("  duplicates      {:>12}  (dropped)\n", self.duplicates));
+        text.push_str(&format!("  late            {:>12}\n", counts.late));
+        text.push_str(&format!("  bad             {:>12}\n", counts.bad));
+        text.push_str(&format!("  skipped         {:>12}  (blank or header lines)\n", counts.skipped));
+        text.push_str(&format!("out of order      {:>12}  (older than an earlier line; replay: {order})\n", counts.out_of_order));
+        text.push_str(&format!("users             {:>12}\n", self.users));
+        text.push_str(&format!("alerts            {:>12}\n", alert(AlertKind::InterestShift) + alert(AlertKind::Anomaly)));
+        text.push_str(&format!("  interest_shift  {:>12}\n", alert(AlertKind::InterestShift)));
+        text.push_str(&format!("  anomaly         {:>12}\n", alert(AlertKind::Anomaly)));
+        text.push_str(&format!("workers           {:>12}\n", self.workers));
+        text.push_str(&format!("wall time         {:>11.3}s\n", seconds));
+        text.push_str(&format!("events per second {:>12.0}\n", rate));
+        text
+    }
+}
+
+/// Per-worker results returned when the worker finishes.
+#[derive(Default)]
+struct WorkerResult {
+    duplicates: u64,
+    stats: DetectStats,
+    alerts: BTreeMap<AlertKind, u64>,
+    kept_alerts: Vec<veer_models::Alert>,
+    ingest: Option<(LineCounts, bool)>,
+    error: Option<String>,
+}
+
+/// Runs the main job and returns its summary.
+pub fn run(settings: RunSettings) -> anyhow::Result<RunSummary> {
+    settings.detector_config.validate()?;
+    if settings.workers == 0 {
+        anyhow::bail!("invalid --workers 0: at least one worker thread is needed");
+    }
+    let started = Instant::now();
+    let dead_letter = DeadLetter::create(settings.dead_letter.as_deref())?;
+    let alert_writer: Option<Box<dyn Write + Send>> = match &settings.alerts {
+        AlertOutput::Stdout => Some(Box::new(std::io::BufWriter::new(std::io::stdout()))),
+        AlertOutput::File(path) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .map_err(|error| anyhow::anyhow!("cannot create alert file {}: {error}", path.display()))?,
+        ))),
+        AlertOutput::Discard => None,
+    };
+
+    let bytes_read = Arc::new(AtomicU64::new(0));
+    let input_label = match &settings.source {
+        EventSource::Inputs { paths, .. } => paths.iter().map(|path| ingest::input_name(path)).collect::<Vec<_>>().join(","),
+        EventSource::Memory(_) => "<generated>".to_string(),
+    };
+    let feed = match settings.source {
+        EventSource::Inputs { paths, options } => {
+            Feed::Reader(ingest::spawn_reader(paths, options, dead_letter.clone(), bytes_read.clone()))
+        }
+        EventSource::Memory(events) => Feed::Memory(events),
+    };
+    let shared = Arc::new(Shared {
+        feed: Mutex::new(Some(feed)),
+        alert_writer: Mutex::new(alert_writer),
+        dead_letter,
+        input_label,
+        order: settings.order,
+        out_of_orderness_ms: settings.out_of_orderness.as_millis() as i64,
+        max_future_skew_ms: settings.max_future_skew.as_millis() as i64,
+        window_ms: (settings.window.as_millis() as u64).max(1),
+        session_gap_ms: settings.detector_config.session_gap_secs * 1000,
+        detector: settings.detector,
+        detector_config: settings.detector_config,
+        groups: settings.groups,
+        progress: settings.progress,
+        keep_alerts: settings.keep_alerts,
+        bytes_read,
+    });
+
+    let config = timely::Config::process(settings.workers);
+    let worker_shared = shared.clone();
+    let guards = timely::execute(config, move |worker| {
+        let shared = worker_shared.clone();
+        match shared.detector {
+            DetectorChoice::Shift => {
+                let detector = ShiftDetector::new(shared.detector_config.clone()).expect("validated above");
+                run_worker(worker, &shared, detector)
+            }
+            DetectorChoice::Baseline => run_worker(worker, &shared, BaselineDetector::default()),
+        }
+    })
+    .map_err(|error| anyhow::anyhow!("failed to start the timely workers: {error}"))?;
+
+    let mut summary = RunSummary { workers: settings.workers, ..Default::default() };
+    for result in guards.join() {
+        let result = result.map_err(|error| anyhow::anyhow!("a worker failed: {error}"))?;
+        if let Some(error) = result.error {
+            anyhow::bail!(error);
+        }
+        summary.duplicates += result.duplicates;
+        summary.users += result.stats.users;
+        for (kind, count) in result.alerts {
+            *summary.alerts.entry(kind).or_default() += count;
+        }
+        summary.kept_alerts.extend(result.kept_alerts);
+        if let Some((counts, sorted)) = result.ingest {
+            summary.counts = counts;
+            summary.replayed_sorted = sorted;
+        }
+    }
+    shared.dead_letter.flush();
+    summary.wall = started.elapsed();
+    Ok(summary)
+}
+
+enum Feed {
+    Reader(crossbeam_channel::Receiver<Chunk>),
+    Memory(Vec<Event>),
+}
+
+struct Shared {
+    feed: Mutex<Option<Feed>>,
+    alert_writer: Mutex<Option<Box<dyn Write + Send>>>,
+    dead_letter: DeadLetter,
+    /// Input names for late records, which no longer know their file.
+    input_label: String,
+    order: ReplayOrder,
+    out_of_orderness_ms: i64,
+    max_future_skew_ms: i64,
+    window_ms: u64,
+    session_gap_ms: i64,
+    detector: DetectorChoice,
+    detector_config: DetectorConfig,
+    groups: GroupConfig,
+    progress: bool,
+    keep_alerts: bool,
+    bytes_read: Arc<AtomicU64>,
+}
+
+/// Adapts a `Send` writer for the sink, which lives on one worker thread.
+struct WriterOnWorker(Box<dyn Write + Send>);
+
+impl Write for WriterOnWorker {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buffer)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+fn run_worker<D: Detector>(
+    worker: &mut timely::worker::Worker,
+    shared: &Shared,
+    detector: D,
+) -> WorkerResult {
+    let index = worker.index();
+    let duplicates = Rc::new(Cell::new(0u64));
+    let stats = Rc::new(RefCell::new(DetectStats::default()));
+    let alert_counts: AlertCounter = Default::default();
+    alert_counts.borrow_mut().keep = shared.keep_alerts;
+    let writer: Option<Box<dyn Write>> = if index == 0 {
+        let taken = shared.alert_writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        taken.map(|writer| Box::new(WriterOnWorker(writer)) as Box<dyn Write>)
+    } else {
+        None
+    };
+
+    let mut input: InputHandle<u64, Event> = InputHandle::new();
+    let probe = ProbeHandle::new();
+    {
+        let duplicates = duplicates.clone();
+        let stats = stats.clone();
+        let alert_counts = alert_counts.clone();
+        let window_ms = shared.window_ms;
+        let session_gap_ms = shared.session_gap_ms;
+        let groups = shared.groups.clone();
+        let probe = probe.clone();
+        let input = &mut input;
+        worker.dataflow::<u64, _, _>(move |scope| {
+            let events = order_by_event_time(input.to_stream(scope), duplicates);
+            let deltas = session_cooccurrence(events.clone(), window_ms, session_gap_ms);
+            let population = population_groups(deltas, groups).broadcast();
+            let alerts = detect_shifts(events, population, detector, window_ms, stats);
+            alerts.clone().probe_with(&probe);
+            write_alerts(alerts, writer, alert_counts);
+        });
+    }
+
+    let mut result = WorkerResult::default();
+    if index == 0 {
+        let feed = shared.feed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        match feed {
+            Some(feed) => match feed_input(worker, &mut input, &probe, shared, feed) {
+                Ok(ingest) => result.ingest = Some(ingest),
+                Err(message) => result.error = Some(message),
+            },
+            None => result.error = Some("the input was already taken by another worker".into()),
+        }
+    }
+    drop(input);
+    while worker.step_or_park(None) {}
+
+    result.duplicates = duplicates.get();
+    result.stats = stats.borrow().clone();
+    let mut tally = alert_counts.borrow_mut();
+    result.alerts = tally.by_kind.clone();
+    result.kept_alerts = std::mem::take(&mut tally.kept);
+    drop(tally);
+    result
+}
+
+/// Events sent between two waits for the dataflow to catch up.
+const FEED_BATCH: usize = 16_384;
+
+/// Sends the input into the dataflow on worker 0, advancing event time as it goes.
+fn feed_input(
+    worker: &mut timely::worker::Worker,
+    input: &mut InputHandle<u64, Event>,
+    probe: &ProbeHandle<u64>,
+    shared: &Shared,
+    feed: Feed,
+) -> Result<(LineCounts, bool), String> {
+    let progress = crate::progress::Progress::new(shared.progress);
+    match feed {
+        Feed::Memory(mut events) => {
+            events.sort_by(Event::processing_cmp);
+            let mut counts = LineCounts { lines: events.len() as u64, events: events.len() as u64, ..Default::default() };
+            progress.processing(events.len() as u64);
+            send_sorted(worker, input, probe, events, &progress);
+            counts.bytes = 0;
+            progress.finish();
+            Ok((counts, true))
+        }
+        Feed::Reader(receiver) => {
+            let mut buffered: Vec<Event> = Vec::new();
+            let mut counts;
+            let stream_arrival = shared.order == ReplayOrder::Arrival;
+            let mut watermark = Watermark::new(shared.out_of_orderness_ms, shared.max_future_skew_ms);
+            let mut late = 0u64;
+            let mut out_of_order = 0u64;
+            let mut newest = i64::MIN;
+            let mut streamed = 0u64;
+            loop {
+                let chunk = receiver.recv().map_err(|_| "the reader thread stopped unexpectedly".to_string())?;
+                progress.reading(shared.bytes_read.load(Ordering::Relaxed));
+                match chunk {
+                    Chunk::Events(events) if stream_arrival => {
+                        for event in events {
+                            if event.ts_ms < newest {
+                                out_of_order += 1;
+                            }
+                            newest = newest.max(event.ts_ms);
+                            let current = watermark.current();
+                            if watermark.observe(event.ts_ms) {
+                                late += 1;
+                                shared.dead_letter.late(&shared.input_label, &event, current);
+                                continue;
+                            }
+                            input.send(event);
+                            streamed += 1;
+                        }
+                        let target = watermark.current();
+                        if target > *input.time() {
+                            input.advance_to(target);
+                        }
+                        worker.step_while(|| probe.less_than(input.time()));
+                        progress.processed(streamed);
+                    }
+                    Chunk::Events(mut events) => buffered.append(&mut events),
+                    Chunk::Done(done) => {
+                        counts = done;
+                        break;
+                    }
+                    Chunk::Failed(message) => return Err(message),
+                }
+            }
+            if stream_arrival {
+                counts.late = late;
+                counts.events -= late;
+                counts.out_of_order = out_of_order;
+                progress.finish();
+                return Ok((counts, false));
+            }
+
+            let profile = ingest::profile_order(&buffered, shared.out_of_orderness_ms);
+            counts.out_of_order = profile.out_of_order;
+            let sorted = ingest::replay_sorted(shared.order, &profile, buffered.len());
+            if sorted && profile.out_of_order > 0 {
+                tracing::info!(
+                    out_of_order = profile.out_of_order,
+                    grouped_by_user = profile.grouped_by_user,
+                    "input is not in time order; replaying it sorted by event time"
+                );
+            }
+            progress.processing(buffered.len() as u64);
+            if sorted {
+                buffered.sort_by(Event::processing_cmp);
+                send_sorted(worker, input, probe, buffered, &progress);
+            } else {
+                let mut sent = 0u64;
+                let mut since_step = 0usize;
+                for event in buffered {
+                    let current = watermark.current();
+                    if watermark.observe(event.ts_ms) {
+                        counts.late += 1;
+                        counts.events -= 1;
+                        shared.dead_letter.late(&shared.input_label, &event, current);
+                        continue;
+                    }
+                    input.send(event);
+                    sent += 1;
+                    since_step += 1;
+                    if since_step >= FEED_BATCH {
+                        since_step = 0;
+                        advance_and_wait(worker, input, probe, watermark.current());
+                        progress.processed(sent);
+                    }
+                }
+            }
+            progress.finish();
+            Ok((counts, sorted))
+        }
+    }
+}
+
+fn send_sorted(
+    worker: &mut timely::worker::Worker,
+    input: &mut InputHandle<u64, Event>,
+    probe: &ProbeHandle<u64>,
+    events: Vec<Event>,
+    progress: &crate::progress::Progress,
+) {
+    let mut sent = 0u64;
+    let mut since_step = 0usize;
+    for event in events {
+        let time = event.ts_ms as u64;
+        if since_step >= FEED_BATCH && time > *input.time() {
+            since_step = 0;
+            advance_and_wait(worker, input, probe, time);
+            progress.processed(sent);
+        }
+        input.send(event);
+        sent += 1;
+        since_step += 1;
+    }
+}
+
+fn advance_and_wait(
+    worker: &mut timely::worker::Worker,
+    input: &mut InputHandle<u64, Event>,
+    probe: &ProbeHandle<u64>,
+    time: u64,
+) {
+    if time > *input.time() {
+        input.advance_to(time);
+    }
+    worker.step_while(|| probe.less_than(input.time()));
+}

@@ -1,0 +1,398 @@
+//! Input readers: turn lines of the supported behaviour-log formats into [`Event`]s.
+//!
+//! [`open_input`] opens a file or stdin and decodes gzip. [`detect_format`] guesses the format
+//! from the first bytes when the user did not name one. [`make_parser`] builds the
+//! [`LineParser`] of a format, which for RetailRocket loads the item-to-category snapshots
+//! first. [`LineSplitter`] cuts the input into physical lines, and
+//! [`LineSplitter::next_parsed`] hands each line to the parser. A parser returns an event, a
+//! skip (a blank line or a header) or a bad record with the line number and a reason. A bad
+//! line never stops the read.
+//!
+//! ```
+//! use veer::sources::{make_parser, Format, LineSplitter, Parsed, SourceOptions};
+//!
+//! let input: &[u8] = b"1,2,3,pv,1511658000\n\n1,2,3,clk,1511658001\n";
+//! let (mut parser, _warnings) = make_parser(Format::Taobao, &SourceOptions::default(), None)?;
+//! let mut lines = LineSplitter::new(input);
+//! let mut events = Vec::new();
+//! let mut bad_lines = Vec::new();
+//! while let Some(parsed) = lines.next_parsed(parser.as_mut())? {
+//!     match parsed {
+//!         Parsed::Event(event) => events.push(event),
+//!         Parsed::Skip => {}
+//!         Parsed::Bad(record) => bad_lines.push(record.line),
+//!     }
+//! }
+//! assert_eq!(events[0].ts_ms, 1_511_658_000_000);
+//! assert_eq!(bad_lines, vec![3]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use veer_models::Event;
+
+mod fields;
+mod item_catalog;
+mod jsonl;
+mod lines;
+mod rees46;
+mod retailrocket;
+mod taobao;
+mod time;
+
+pub use item_catalog::ItemCatalog;
+pub use lines::{Line, LineSplitter, DEFAULT_MAX_LINE_BYTES};
+
+/// Size of the read buffer of [`open_input`]; large buffers keep most lines on the fast path
+/// of [`LineSplitter`], which returns lines in place without copying.
+const READ_BUFFER_BYTES: usize = 256 * 1024;
+
+/// Maximum length in bytes of [`BadRecord::raw`].
+pub const MAX_RAW_BYTES: usize = 1024;
+
+/// An input format that veer reads natively.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// One JSON object per line with the contract's field names.
+    Jsonl,
+    /// Alibaba Taobao UserBehavior CSV without header.
+    Taobao,
+    /// RetailRocket `events.csv`, with categories from its item properties files.
+    RetailRocket,
+    /// REES46 multi-category store CSV.
+    Rees46,
+}
+
+impl Format {
+    /// All formats, in the order of their names in help text.
+    pub const ALL: [Format; 4] = [
+        Format::Jsonl,
+        Format::Taobao,
+        Format::RetailRocket,
+        Format::Rees46,
+    ];
+
+    /// Returns the name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Jsonl => "jsonl",
+            Format::Taobao => "taobao",
+            Format::RetailRocket => "retailrocket",
+            Format::Rees46 => "rees46",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+impl FromStr for Format {
+    type Err = SourceError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Format::ALL
+            .into_iter()
+            .find(|format| format.name() == name)
+            .ok_or_else(|| SourceError::UnknownFormat { name: name.into() })
+    }
+}
+
+/// A line that could not be turned into an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadRecord {
+    /// 1-based physical line number.
+    pub line: u64,
+    pub reason: String,
+    /// The line as text, cut to at most [`MAX_RAW_BYTES`] bytes, with invalid UTF-8 replaced
+    /// by U+FFFD.
+    pub raw: String,
+}
+
+impl BadRecord {
+    /// Creates a bad record, converting and cutting the raw line.
+    pub fn new(line: u64, reason: impl Into<String>, raw: &[u8]) -> Self {
+        let mut text = String::from_utf8_lossy(&raw[..raw.len().min(MAX_RAW_BYTES)]).into_owned();
+        // Replacement characters take 3 bytes for 1 invalid byte, so cut again on a char boundary.
+        if text.len() > MAX_RAW_BYTES {
+            let mut end = MAX_RAW_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        BadRecord {
+            line,
+            reason: reason.into(),
+            raw: text,
+        }
+    }
+}
+
+/// The result of parsing one line.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Parsed {
+    Event(Event),
+    /// A blank line, or a header line of a format that has one.
+    Skip,
+    Bad(BadRecord),
+}
+
+/// A parser of one input format, fed one physical line at a time.
+pub trait LineParser: Send {
+    /// Parses one line, given without its line ending. `line_no` is the 1-based physical line
+    /// number, copied into the event or bad record.
+    fn parse(&mut self, line_no: u64, line: &[u8]) -> Parsed;
+}
+
+/// What a RetailRocket reader does with an event whose item has no `categoryid` property.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MissingCategory {
+    /// The event is a bad record.
+    Bad,
+    /// The item id is used as the category id.
+    Item,
+}
+
+impl FromStr for MissingCategory {
+    type Err = SourceError;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "bad" => Ok(MissingCategory::Bad),
+            "item" => Ok(MissingCategory::Item),
+            _ => Err(SourceError::UnknownMissingCategory { name: name.into() }),
+        }
+    }
+}
+
+impl fmt::Display for MissingCategory {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(match self {
+            MissingCategory::Bad => "bad",
+            MissingCategory::Item => "item",
+        })
+    }
+}
+
+/// Settings of the readers that come from the command line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceOptions {
+    /// Input format, or `None` to detect it from the first bytes.
+    pub format: Option<Format>,
+    /// RetailRocket `item_properties*.csv` files. When empty, they are looked for beside the
+    /// events file.
+    pub item_properties: Vec<PathBuf>,
+    /// RetailRocket `category_tree.csv`. When `None`, it is looked for beside the events file.
+    pub category_tree: Option<PathBuf>,
+    /// RetailRocket policy for items without a category. When `None`: `Bad` if item properties
+    /// were found, else `Item` with a warning.
+    pub missing_category: Option<MissingCategory>,
+}
+
+/// An error that stops reading an input before it starts.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("unknown input format {name:?}; use one of jsonl, taobao, retailrocket, rees46")]
+    UnknownFormat { name: String },
+
+    #[error("unknown missing-category policy {name:?}; use bad or item")]
+    UnknownMissingCategory { name: String },
+
+    #[error("failed to read {}: {source}; check that the file exists and is readable", path.display())]
+    Io { path: PathBuf, source: io::Error },
+
+    #[error(
+        "{}: line 1 is {found:?}, expected the header {expected:?}; {hint}",
+        path.display()
+    )]
+    InvalidHeader {
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+        hint: &'static str,
+    },
+
+    #[error(
+        "no RetailRocket item properties (item_properties*.csv) found {location}, but \
+         --missing-category bad needs them; pass --item-properties FILE or use \
+         --missing-category item"
+    )]
+    NoItemProperties { location: String },
+}
+
+/// Opens a file, or stdin for `-`, and decodes it when it is gzip.
+///
+/// Gzip is recognised by its magic bytes `1f 8b`, whatever the file name, and concatenated
+/// gzip members are read one after the other. Errors name the path.
+pub fn open_input(path: &str) -> io::Result<Box<dyn BufRead + Send>> {
+    if path == "-" {
+        return wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, io::stdin()));
+    }
+    let file = File::open(path)
+        .map_err(|error| io::Error::new(error.kind(), format!("cannot open {path}: {error}")))?;
+    wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, file))
+}
+
+fn wrap_decoder<R: Read + Send + 'static>(
+    mut reader: BufReader<R>,
+) -> io::Result<Box<dyn BufRead + Send>> {
+    let head = loop {
+        match reader.fill_buf() {
+            Ok(head) => break head,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        }
+    };
+    // NOTE: a first read that returns a single byte (possible on a pipe) hides the magic bytes,
+    // and such gzip input is then read as text and fails line by line.
+    if head.starts_with(&[0x1f, 0x8b]) {
+        let decoder = flate2::read::MultiGzDecoder::new(reader);
+        return Ok(Box::new(BufReader::with_capacity(
+            READ_BUFFER_BYTES,
+            decoder,
+        )));
+    }
+    Ok(Box::new(reader))
+}
+
+/// Guesses the format from the first bytes of the decoded input.
+///
+/// Looks at up to 8 non-blank complete lines and returns the format of the first line that
+/// is a known header, a JSON object or a data row of a CSV format. A UTF-8 byte order mark is
+/// ignored. The Taobao header `user_id,item_id,...` gives `Taobao`, although the format has no
+/// header, so that the reader reports that line as bad rather than the whole input as unknown.
+pub fn detect_format(head: &[u8]) -> Option<Format> {
+    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    head.split(|&byte| byte == b'\n')
+        .map(|line| line.trim_ascii())
+        .filter(|line| !line.is_empty())
+        .take(8)
+        .find_map(detect_line_format)
+}
+
+fn detect_line_format(line: &[u8]) -> Option<Format> {
+    if line.starts_with(b"{") {
+        return Some(Format::Jsonl);
+    }
+    if line.starts_with(b"timestamp,visitorid,event,itemid") {
+        return Some(Format::RetailRocket);
+    }
+    if line.starts_with(b"event_time,event_type,product_id") {
+        return Some(Format::Rees46);
+    }
+    if line.starts_with(b"user_id,item_id,category_id,behavior_type") {
+        return Some(Format::Taobao);
+    }
+    let mut fields: [&[u8]; 9] = [b""; 9];
+    let count = fields::split_plain(line, &mut fields);
+    let digits = |field: &[u8]| !field.is_empty() && field.iter().all(u8::is_ascii_digit);
+    match count {
+        5 if matches!(fields[3], b"pv" | b"buy" | b"cart" | b"fav") && digits(fields[4]) => {
+            Some(Format::Taobao)
+        }
+        5 if matches!(fields[2], b"view" | b"addtocart" | b"transaction")
+            && digits(fields[0]) =>
+        {
+            Some(Format::RetailRocket)
+        }
+        9 if fields[0].ends_with(b" UTC") => Some(Format::Rees46),
+        _ => None,
+    }
+}
+
+/// Builds the parser of `format`, and returns it with warnings for the log.
+///
+/// `events_path` is the events file, used by RetailRocket to find `item_properties*.csv` and
+/// `category_tree.csv` beside it when `options` names none; `None` for stdin.
+pub fn make_parser(
+    format: Format,
+    options: &SourceOptions,
+    events_path: Option<&Path>,
+) -> Result<(Box<dyn LineParser>, Vec<String>), SourceError> {
+    let mut warnings = Vec::new();
+    if format != Format::RetailRocket {
+        let retailrocket_options = [
+            (!options.item_properties.is_empty(), "--item-properties"),
+            (options.category_tree.is_some(), "--category-tree"),
+            (options.missing_category.is_some(), "--missing-category"),
+        ];
+        for (_, option) in retailrocket_options.iter().filter(|(given, _)| *given) {
+            warnings.push(format!(
+                "{option} is ignored: it applies only to the retailrocket format, and the input \
+                 format is {format}"
+            ));
+        }
+    }
+    let parser: Box<dyn LineParser> = match format {
+        Format::Jsonl => Box::new(jsonl::JsonlParser::new()),
+        Format::Taobao => Box::new(taobao::TaobaoParser::new()),
+        Format::Rees46 => Box::new(rees46::Rees46Parser::new()),
+        Format::RetailRocket => {
+            let (parser, catalog_warnings) =
+                retailrocket::RetailRocketParser::from_options(options, events_path)?;
+            warnings.extend(catalog_warnings);
+            Box::new(parser)
+        }
+    };
+    Ok((parser, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_names_round_trip() {
+        for format in Format::ALL {
+            assert_eq!(format.to_string().parse::<Format>().unwrap(), format);
+        }
+        let error = "csv".parse::<Format>().unwrap_err().to_string();
+        assert!(error.contains("\"csv\""), "{error}");
+        assert!(error.contains("rees46"), "{error}");
+    }
+
+    #[test]
+    fn missing_category_names() {
+        assert_eq!("bad".parse::<MissingCategory>().unwrap(), MissingCategory::Bad);
+        assert_eq!("item".parse::<MissingCategory>().unwrap(), MissingCategory::Item);
+        assert!("Item".parse::<MissingCategory>().is_err());
+    }
+
+    #[test]
+    fn raw_text_is_bounded() {
+        let record = BadRecord::new(3, "reason", &[b'x'; 5000]);
+        assert_eq!(record.raw.len(), MAX_RAW_BYTES);
+        let record = BadRecord::new(3, "reason", &[0xff; 2000]);
+        assert!(record.raw.len() <= MAX_RAW_BYTES, "{}", record.raw.len());
+        assert!(record.raw.starts_with('\u{FFFD}'));
+        // A multi-byte character cut at the limit becomes one replacement character.
+        let mut raw = vec![b'a'; MAX_RAW_BYTES - 1];
+        raw.extend_from_slice("é".as_bytes());
+        let record = BadRecord::new(1, "reason", &raw);
+        assert!(record.raw.len() <= MAX_RAW_BYTES, "{}", record.raw.len());
+    }
+
+    #[test]
+    fn detects_rows_without_header() {
+        assert_eq!(detect_format(b"543462,1715,1464116,pv,1511658000\r\n"), Some(Format::Taobao));
+        assert_eq!(
+            detect_format(b"1431328072718,7002,view,200,\n"),
+            Some(Format::RetailRocket)
+        );
+        assert_eq!(
+            detect_format(b"2019-10-01 00:00:00 UTC,view,1,2,,,1.0,3,s\n"),
+            Some(Format::Rees46)
+        );
+        assert_eq!(detect_format(b"\n\n  {\"user\":1}"), Some(Format::Jsonl));
+        assert_eq!(detect_format(b"hello world\n"), None);
+        assert_eq!(detect_format(b""), None);
+    }
+}

@@ -1,0 +1,154 @@
+//! Reader of Alibaba Taobao UserBehavior CSV: `user_id,item_id,category_id,behavior_type,timestamp`.
+//!
+//! The format has no header, ids are decimal integers, the behaviour is one of `pv`, `cart`,
+//! `fav` and `buy`, and the timestamp is in Unix seconds.
+
+use veer_models::{Behavior, Event, Id};
+
+use super::fields::{self, invalid_value, wrong_field_count};
+use super::time;
+use super::{BadRecord, LineParser, Parsed};
+
+const FIELD_COUNT: usize = 5;
+
+/// Parser of the `taobao` format.
+#[derive(Debug, Default)]
+pub(crate) struct TaobaoParser;
+
+impl TaobaoParser {
+    pub(crate) fn new() -> Self {
+        TaobaoParser
+    }
+}
+
+impl LineParser for TaobaoParser {
+    fn parse(&mut self, line_no: u64, line: &[u8]) -> Parsed {
+        if line.is_empty() {
+            return Parsed::Skip;
+        }
+        match parse_event(line_no, line) {
+            Ok(event) => Parsed::Event(event),
+            Err(reason) => Parsed::Bad(BadRecord::new(line_no, reason, line)),
+        }
+    }
+}
+
+fn parse_event(line_no: u64, line: &[u8]) -> Result<Event, String> {
+    if line.starts_with(b"user_id,") {
+        return Err("unexpected header line; the taobao format has no header".into());
+    }
+    let mut fields: [&[u8]; FIELD_COUNT] = [b""; FIELD_COUNT];
+    let count = fields::split_plain(line, &mut fields);
+    if count != FIELD_COUNT {
+        return Err(wrong_field_count(FIELD_COUNT, count));
+    }
+    let [user, item, category, behavior, timestamp] = fields;
+
+    let user = integer_id(user, "user id")?;
+    let item = integer_id(item, "item id")?;
+    let category = integer_id(category, "category id")?;
+    let behavior = match behavior {
+        b"pv" => Behavior::View,
+        b"cart" => Behavior::Cart,
+        b"fav" => Behavior::Fav,
+        b"buy" => Behavior::Buy,
+        other => return Err(invalid_value("behavior_type", other, "pv, cart, fav or buy")),
+    };
+    let ts_ms = time::parse_seconds_digits(timestamp)
+        .map_err(|error| error.reason("timestamp", timestamp, "an integer number of Unix seconds"))?;
+
+    Ok(Event {
+        ts_ms,
+        user,
+        category,
+        item,
+        behavior,
+        topic: None,
+        price: None,
+        brand: None,
+        dwell_ms: None,
+        session: None,
+        line: line_no,
+    })
+}
+
+/// Reads an id column, which in this format must be a decimal integer.
+///
+/// Leading zeros are accepted and dropped, because the column holds numbers. An id of more than
+/// 38 digits (which would not fit `u128`) is rejected rather than kept as text.
+fn integer_id(field: &[u8], name: &str) -> Result<Id, String> {
+    let first_significant = field
+        .iter()
+        .position(|&byte| byte != b'0')
+        .unwrap_or(field.len().saturating_sub(1));
+    fields::parse_decimal(&field[first_significant..])
+        .map(Id::Int)
+        .ok_or_else(|| invalid_value(name, field, "an integer of at most 38 digits"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(line: &[u8]) -> String {
+        match TaobaoParser::new().parse(4, line) {
+            Parsed::Bad(record) => record.reason,
+            other => panic!("expected a bad record, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn row_becomes_event() {
+        let Parsed::Event(event) = TaobaoParser::new().parse(9, b"1,2268318,2520377,pv,1511544070")
+        else {
+            panic!("expected an event");
+        };
+        assert_eq!(event.user, Id::Int(1));
+        assert_eq!(event.item, Id::Int(2_268_318));
+        assert_eq!(event.category, Id::Int(2_520_377));
+        assert_eq!(event.behavior, Behavior::View);
+        assert_eq!(event.ts_ms, 1_511_544_070_000);
+        assert_eq!(event.line, 9);
+    }
+
+    #[test]
+    fn behaviors_are_the_four_taobao_names() {
+        let behavior = |name: &str| match TaobaoParser::new().parse(1, format!("1,2,3,{name},4").as_bytes()) {
+            Parsed::Event(event) => Some(event.behavior),
+            _ => None,
+        };
+        assert_eq!(behavior("pv"), Some(Behavior::View));
+        assert_eq!(behavior("cart"), Some(Behavior::Cart));
+        assert_eq!(behavior("fav"), Some(Behavior::Fav));
+        assert_eq!(behavior("buy"), Some(Behavior::Buy));
+        assert_eq!(behavior("view"), None);
+        assert_eq!(behavior("clk"), None);
+    }
+
+    #[test]
+    fn leading_zeros_are_the_same_integer() {
+        let Parsed::Event(event) = TaobaoParser::new().parse(1, b"007,0,00,pv,1") else {
+            panic!("expected an event");
+        };
+        assert_eq!(event.user, Id::Int(7));
+        assert_eq!(event.item, Id::Int(0));
+        assert_eq!(event.category, Id::Int(0));
+    }
+
+    #[test]
+    fn malformed_rows() {
+        assert!(reason(b"user_id,item_id,category_id,behavior_type,timestamp").contains("header"));
+        assert!(reason(b"1,2,3,pv").contains("expected 5 comma-separated fields, found 4"));
+        assert!(reason(b"1,2,3,pv,5,6").contains("found 6"));
+        assert!(reason(b"1,2,3,clk,5").contains("behavior_type \"clk\""));
+        assert!(reason(b"1,2,3,pv,15116OO200").contains("timestamp \"15116OO200\""));
+        assert!(reason(b"1,2,3,pv,-5").contains("negative"));
+        assert!(reason(b"1,2,3,\xff\xfe,5").contains("behavior_type is not valid UTF-8"));
+        assert!(reason(b"1,2\xc3,3,pv,5").contains("item id is not valid UTF-8"));
+        assert!(reason(b"1,,3,pv,5").contains("item id \"\""));
+        assert!(reason(b"1,a1,3,pv,5").contains("an integer of at most 38 digits"));
+        let long_id = format!("1,{},3,pv,5", "1".repeat(39));
+        let found = reason(long_id.as_bytes());
+        assert!(found.contains("item id") && found.contains("at most 38 digits"), "{found}");
+    }
+}
