@@ -15,11 +15,12 @@
 //! - `burst` decoy: a bot-like run of 50 to 300 views, 1 to 5 seconds apart, across many
 //!   families;
 //! - `seasonal` decoy: one or two families are boosted for one to two days for 10 % to 20 % of
-//!   all users, with one record per affected user.
+//!   all users, with one record per affected user who has a session in the trend window.
 //!
 //! Shifted users, `one_off` users, `burst` users and seasonal users are disjoint sets. The
 //! output depends only on the [`GenerateConfig`]: every random draw comes from ChaCha8 streams
-//! seeded by `seed`.
+//! seeded by `seed`. [`crate::stats`] measures how close a stream is to real data, and the
+//! integration tests compare the default stream with a Taobao UserBehavior sample.
 
 use std::io::{self, Write};
 
@@ -49,8 +50,8 @@ const FAMILY_ZIPF: f64 = 1.0;
 const LEAF_ZIPF: f64 = 0.3;
 /// Smallest and largest number of items in a leaf category (log-uniform in between).
 const LEAF_ITEMS: (f64, f64) = (100.0, 4_000.0);
-/// Zipf exponent of item popularity inside a leaf; below 1, because most items of the real data
-/// have a single event.
+/// Zipf exponent of item popularity inside a leaf. It is below 1 because most items of the real
+/// data have a single event.
 const ITEM_ZIPF: f64 = 0.5;
 /// Largest category id, close to the largest Taobao category ids (about 5.2 million).
 const MAX_CATEGORY_ID: u64 = 5_000_000;
@@ -71,16 +72,19 @@ const FAMILY_JUMP: f64 = 0.04;
 const ITEM_REVIEW: f64 = 0.15;
 /// Probability that a cart, fav or buy is on an item already viewed in the session.
 const ACTION_ON_VIEWED: f64 = 0.7;
-/// Probabilities of cart, fav and buy per event; the rest are views.
+/// Probabilities of cart, fav and buy per event, and the rest are views.
 /// They are above the real shares because the views of burst decoys dilute them.
-const ACTION_SHARES: [(Behavior, f64); 3] =
-    [(Behavior::Cart, 0.058), (Behavior::Fav, 0.031), (Behavior::Buy, 0.023)];
+const ACTION_SHARES: [(Behavior, f64); 3] = [
+    (Behavior::Cart, 0.058),
+    (Behavior::Fav, 0.031),
+    (Behavior::Buy, 0.023),
+];
 
 /// Median and log-space standard deviation of a user's sessions per day.
 const SESSIONS_PER_DAY: (f64, f64) = (1.65, 0.55);
 /// Median and log-space standard deviation of a user's typical session length, in events.
 const SESSION_LENGTH: (f64, f64) = (3.2, 0.55);
-/// Fewest events of a user before decoys; the Taobao sample's least active user has 4.
+/// Minimum number of events of a user before decoys, as in the Taobao sample.
 const MIN_USER_EVENTS: usize = 4;
 /// Log-space standard deviation of one session's length around the user's typical length.
 const SESSION_LENGTH_SPREAD: f64 = 0.9;
@@ -108,13 +112,18 @@ const TREND_FAMILY_RANKS: std::ops::Range<u32> = 10..60;
 const _: () = assert!(TREND_FAMILY_RANKS.end as usize <= FAMILY_COUNT);
 /// Probability that an affected user's session inside the trend window follows the trend.
 const SEASONAL_BOOST: f64 = 0.6;
+/// Range of the gap between two views of a burst, in seconds.
+const BURST_GAP_SECS: std::ops::RangeInclusive<i64> = 1..=5;
+/// Probability that the next view of a burst is in another popularity-weighted family.
+const BURST_FAMILY_SWITCH: f64 = 0.7;
 
 /// Settings of [`generate`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerateConfig {
     /// Number of users.
     pub users: usize,
-    /// Length of the stream in days; at least 5, so that shifts have 2 days on either side.
+    /// Length of the stream in days. It must be at least 5, so that shifts have 2 days on either
+    /// side.
     pub days: u32,
     /// Seed of every random draw.
     pub seed: u64,
@@ -143,7 +152,8 @@ impl Default for GenerateConfig {
 /// A generated stream with its ground truth.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Generated {
-    /// Events sorted by [`Event::processing_cmp`]; `line` is the 1-based position in that order.
+    /// Events sorted by [`Event::processing_cmp`], with `line` set to the 1-based position in that
+    /// order.
     pub events: Vec<Event>,
     /// Truth records sorted by user, then time.
     pub truth: Vec<TruthRecord>,
@@ -152,7 +162,7 @@ pub struct Generated {
 /// Output format of [`write_events`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GenFormat {
-    /// The contract's JSON lines, with `ts` in Unix seconds.
+    /// The contract's JSON lines, with `ts` in Unix seconds (milliseconds are dropped).
     Jsonl,
     /// Taobao UserBehavior CSV without header: `user,item,category,pv|cart|fav|buy,ts`.
     Taobao,
@@ -160,56 +170,85 @@ pub enum GenFormat {
 
 /// Generates a labelled stream.
 ///
+/// # Examples
+///
+/// ```
+/// use veer::generate::{generate, GenerateConfig};
+/// use veer::truth::TruthRecord;
+///
+/// let config = GenerateConfig { users: 50, ..GenerateConfig::default() };
+/// let stream = generate(&config);
+/// let shifts = stream
+///     .truth
+///     .iter()
+///     .filter(|record| matches!(record, TruthRecord::InterestShift { .. }))
+///     .count();
+/// assert_eq!(shifts, 10); // round(50 users × shift_frac 0.2)
+/// assert_eq!(generate(&config), stream);
+/// ```
+///
 /// # Panics
 ///
 /// Panics if `days` is below 5, if `shift_frac` is outside 0..=1, or if `users` exceeds
 /// 2^31 - 2.
 pub fn generate(config: &GenerateConfig) -> Generated {
-    assert!(config.days >= 5, "days must be at least 5, got {}", config.days);
+    assert!(
+        config.days >= 5,
+        "days must be at least 5, got {}",
+        config.days
+    );
     assert!(
         (0.0..=1.0).contains(&config.shift_frac),
         "shift_frac must be in 0..=1, got {}",
         config.shift_frac
     );
-    assert!(config.users < LARGE_ID_MODULUS as usize, "too many users: {}", config.users);
+    assert!(
+        config.users < LARGE_ID_MODULUS as usize,
+        "too many users: {}",
+        config.users
+    );
 
     let mut rng = stream_rng(config.seed, 0);
     let catalogue = Catalogue::new(&mut rng);
     let plan = PopulationPlan::new(config, &mut rng);
 
-    let mut raw_events = Vec::new();
+    // Events as (ts, user id, category id, item id, behaviour): with integer ids and no optional
+    // fields, sorting these tuples gives `Event::processing_cmp` order, much faster.
+    let mut keys: Vec<(i64, u64, u64, u64, Behavior)> = Vec::new();
     let mut truth = Vec::new();
     for (index, role) in plan.roles.iter().enumerate() {
         let user_rng = stream_rng(config.seed, index as u64 + 1);
         let mut user = UserSimulation::new(config, &catalogue, &plan, role, user_rng);
         user.simulate();
-        let user_id = Id::from(plan.user_ids.apply(index as u64));
-        if let Some(record) = user.truth_record(&catalogue, &user_id) {
+        let user_id = plan.user_ids.apply(index as u64);
+        if let Some(record) = user.truth_record(&catalogue, &Id::from(user_id)) {
             truth.push(record);
         }
-        raw_events.extend(user.events.into_iter().map(|event| (index, event)));
+        keys.extend(user.events.iter().map(|raw| {
+            let category = catalogue.leaf_ids[raw.leaf as usize];
+            let item = catalogue.item_ids.apply(u64::from(raw.item));
+            (raw.ts, user_id, category, item, raw.behavior)
+        }));
     }
+    keys.sort_unstable();
 
-    let mut events: Vec<Event> = raw_events
+    let events = keys
         .into_iter()
-        .map(|(index, raw)| Event {
-            ts_ms: raw.ts * 1000,
-            user: Id::from(plan.user_ids.apply(index as u64)),
-            category: catalogue.leaf_id(raw.leaf),
-            item: Id::from(catalogue.item_ids.apply(u64::from(raw.item))),
-            behavior: raw.behavior,
+        .enumerate()
+        .map(|(position, (ts, user, category, item, behavior))| Event {
+            ts_ms: ts * 1000,
+            user: Id::from(user),
+            category: Id::from(category),
+            item: Id::from(item),
+            behavior,
             topic: None,
             price: None,
             brand: None,
             dwell_ms: None,
             session: None,
-            line: 0,
+            line: position as u64 + 1,
         })
         .collect();
-    events.sort_by(Event::processing_cmp);
-    for (position, event) in events.iter_mut().enumerate() {
-        event.line = position as u64 + 1;
-    }
     sort_truth(&mut truth);
     Generated { events, truth }
 }
@@ -218,12 +257,8 @@ pub fn generate(config: &GenerateConfig) -> Generated {
 ///
 /// Events that are not already in [`Event::processing_cmp`] order are written from a sorted
 /// copy. Taobao CSV cannot encode `search` or `remove_from_cart`, nor text ids that contain a
-/// comma or a line break; such events fail with [`io::ErrorKind::InvalidInput`].
-pub fn write_events(
-    events: &[Event],
-    format: GenFormat,
-    out: &mut impl Write,
-) -> io::Result<()> {
+/// comma or a line break, so such events fail with [`io::ErrorKind::InvalidInput`].
+pub fn write_events(events: &[Event], format: GenFormat, out: &mut impl Write) -> io::Result<()> {
     let mut ordered: Vec<&Event> = events.iter().collect();
     if !events.is_sorted_by(|a, b| a.processing_cmp(b).is_le()) {
         ordered.sort_by(|a, b| a.processing_cmp(b));
@@ -263,7 +298,13 @@ fn truth_time(record: &TruthRecord) -> i64 {
 }
 
 fn sort_truth(truth: &mut [TruthRecord]) {
-    truth.sort_by_cached_key(|record| (record.user().clone(), truth_time(record), record.to_json_line()));
+    truth.sort_by_cached_key(|record| {
+        (
+            record.user().clone(),
+            truth_time(record),
+            record.to_json_line(),
+        )
+    });
 }
 
 fn push_json_id(id: &Id, line: &mut String) {
@@ -313,7 +354,8 @@ fn format_taobao_line(event: &Event, line: &mut String) -> io::Result<()> {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "behaviour {} of the event on line {} has no Taobao name; write it as jsonl",
+                    "behaviour {} of the event on line {} cannot be written as Taobao CSV, \
+                     which has only pv, cart, fav and buy; use the jsonl format",
                     other.name(),
                     event.line
                 ),
@@ -325,7 +367,10 @@ fn format_taobao_line(event: &Event, line: &mut String) -> io::Result<()> {
         if text.contains([',', '\n', '\r']) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("id {text:?} of the event on line {} cannot be written as Taobao CSV", event.line),
+                format!(
+                    "id {text:?} of the event on line {} cannot be written as Taobao CSV",
+                    event.line
+                ),
             ));
         }
         line.push_str(&text);
@@ -337,8 +382,8 @@ fn format_taobao_line(event: &Event, line: &mut String) -> io::Result<()> {
     Ok(())
 }
 
-/// Returns the ChaCha8 generator of one stream of a seed; stream 0 is the population plan and
-/// stream `i + 1` is the user at index `i`.
+/// Returns the ChaCha8 generator of one stream of a seed. Stream 0 draws the catalogue and the
+/// population plan, and stream `i + 1` draws the user at index `i`.
 fn stream_rng(seed: u64, stream: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(stream);
@@ -346,7 +391,7 @@ fn stream_rng(seed: u64, stream: u64) -> ChaCha8Rng {
 }
 
 fn standard_normal(rng: &mut ChaCha8Rng) -> f64 {
-    // Box-Muller transform; `1 - u` keeps the logarithm's argument in (0, 1].
+    // Box-Muller transform. `1 - u` keeps the logarithm's argument in (0, 1].
     let u1: f64 = 1.0 - rng.gen::<f64>();
     let u2: f64 = rng.gen();
     (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
@@ -404,12 +449,14 @@ impl Cumulative {
     fn sample(&self, rng: &mut ChaCha8Rng) -> usize {
         let total = *self.totals.last().expect("weights must not be empty");
         let target = rng.gen::<f64>() * total;
-        self.totals.partition_point(|&sum| sum <= target).min(self.totals.len() - 1)
+        self.totals
+            .partition_point(|&sum| sum <= target)
+            .min(self.totals.len() - 1)
     }
 }
 
-/// A bijection from 0..modulus to 1..=modulus that scatters consecutive indices; the modulus is
-/// prime, so every non-zero multiplier gives a permutation.
+/// A bijection from 0..modulus to 1..=modulus that scatters consecutive indices. Because the
+/// modulus is prime, every non-zero multiplier gives a permutation.
 #[derive(Clone, Copy, Debug)]
 struct ScatteredIds {
     modulus: u64,
@@ -563,29 +610,44 @@ impl Interests {
             }
         }
         let weights = Cumulative::new((0..count).map(|_| -(1.0 - rng.gen::<f64>()).ln()));
-        let favorites = families.iter().map(|&family| catalogue.sample_leaf(family, rng)).collect();
-        Interests { families, weights, favorites }
+        let favorites = families
+            .iter()
+            .map(|&family| catalogue.sample_leaf(family, rng))
+            .collect();
+        Interests {
+            families,
+            weights,
+            favorites,
+        }
     }
 
     fn sample_family(&self, rng: &mut ChaCha8Rng) -> u32 {
         self.families[self.weights.sample(rng)]
     }
 
-    /// Samples the focus leaf of a need in `family`: the favourite leaf if `family` is an
-    /// interest and a draw says so, else a popularity-weighted leaf.
+    /// Samples the focus leaf of a need in `family`. For an interest family it is the favourite
+    /// leaf with probability `FAVORITE_FOCUS`, and otherwise a popularity-weighted leaf.
     fn sample_focus(&self, catalogue: &Catalogue, family: u32, rng: &mut ChaCha8Rng) -> u32 {
-        match self.families.iter().position(|&interest| interest == family) {
+        match self
+            .families
+            .iter()
+            .position(|&interest| interest == family)
+        {
             Some(position) if rng.gen::<f64>() < FAVORITE_FOCUS => self.favorites[position],
             _ => catalogue.sample_leaf(family, rng),
         }
     }
 }
 
-/// What happens to one user.
+/// The planted change of one user, if any.
 #[derive(Clone, Debug)]
 enum Role {
     Normal,
-    Shift { onset: i64, ramp_secs: i64 },
+    /// Interests change from `onset` (Unix seconds), linearly over `ramp_secs` (0 for abrupt).
+    Shift {
+        onset: i64,
+        ramp_secs: i64,
+    },
     OneOff,
     Burst,
     Seasonal,
@@ -595,6 +657,7 @@ enum Role {
 struct PopulationPlan {
     user_ids: ScatteredIds,
     roles: Vec<Role>,
+    /// Families of the seasonal trend. A family's index is its popularity rank.
     trend_families: Vec<u32>,
     /// Start and end of the seasonal trend window, Unix seconds.
     trend_window: (i64, i64),
@@ -604,7 +667,8 @@ struct PopulationPlan {
 
 impl PopulationPlan {
     fn new(config: &GenerateConfig, rng: &mut ChaCha8Rng) -> PopulationPlan {
-        let user_ids = ScatteredIds::new(id_modulus(config.users as u64 * 10, USER_ID_MODULUS), rng);
+        let user_ids =
+            ScatteredIds::new(id_modulus(config.users as u64 * 10, USER_ID_MODULUS), rng);
 
         let mut order: Vec<usize> = (0..config.users).collect();
         for i in (1..order.len()).rev() {
@@ -616,7 +680,11 @@ impl PopulationPlan {
         let bursts = count(BURST_SHARE);
         let seasonal = count(rng.gen_range(SEASONAL_SHARE.0..SEASONAL_SHARE.1));
 
-        let ramped_share = if config.harder { RAMPED_SHARE.1 } else { RAMPED_SHARE.0 };
+        let ramped_share = if config.harder {
+            RAMPED_SHARE.1
+        } else {
+            RAMPED_SHARE.0
+        };
         let onset_low = config.start_ts + 2 * DAY_SECS;
         let onset_high = config.start_ts + (i64::from(config.days) - 2) * DAY_SECS;
         let mut roles = vec![Role::Normal; config.users];
@@ -651,8 +719,9 @@ impl PopulationPlan {
             trend_families.push(second);
         }
         let last_day = i64::from(config.days) - 3;
-        let trend_start =
-            config.start_ts + rng.gen_range(2..=last_day) * DAY_SECS + rng.gen_range(0..12 * HOUR_SECS);
+        let trend_start = config.start_ts
+            + rng.gen_range(2..=last_day) * DAY_SECS
+            + rng.gen_range(0..12 * HOUR_SECS);
         let trend_end = (trend_start + rng.gen_range(DAY_SECS..=2 * DAY_SECS))
             .min(config.start_ts + (i64::from(config.days) - 1) * DAY_SECS);
 
@@ -666,7 +735,7 @@ impl PopulationPlan {
     }
 }
 
-/// One event before ids are assigned; `ts` is in Unix seconds.
+/// One event before ids are assigned, with `ts` in Unix seconds.
 #[derive(Clone, Copy, Debug)]
 struct RawEvent {
     ts: i64,
@@ -675,8 +744,8 @@ struct RawEvent {
     behavior: Behavior,
 }
 
-/// Where a session's need came from; only interest needs may continue into the next session,
-/// and only they may move to another family during the session.
+/// Source of a session's need. Only interest needs may continue into the next session or move to
+/// another family during the session.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum NeedSource {
     OldInterest,
@@ -699,7 +768,8 @@ struct UserSimulation<'a> {
     sessions_per_day: f64,
     session_length: f64,
     events: Vec<RawEvent>,
-    /// Events of the decoy session, burst or trend sessions, in time order.
+    /// Events of the one-off session, the burst or the trend sessions, in time order. The first
+    /// one's time is the decoy's `ts`.
     decoy_events: Vec<RawEvent>,
 }
 
@@ -719,11 +789,19 @@ impl<'a> UserSimulation<'a> {
 
         let mut sessions_per_day = lognormal(&mut rng, SESSIONS_PER_DAY.0, SESSIONS_PER_DAY.1);
         let mut session_length = lognormal(&mut rng, SESSION_LENGTH.0, SESSION_LENGTH.1);
-        let low_share = if config.harder { LOW_ACTIVITY_SHARE.1 } else { LOW_ACTIVITY_SHARE.0 };
+        let low_share = if config.harder {
+            LOW_ACTIVITY_SHARE.1
+        } else {
+            LOW_ACTIVITY_SHARE.0
+        };
         if rng.gen::<f64>() < low_share {
             sessions_per_day *= LOW_ACTIVITY_FACTOR;
         }
-        let active_share = if config.harder { SHIFT_ACTIVE_SHARE.1 } else { SHIFT_ACTIVE_SHARE.0 };
+        let active_share = if config.harder {
+            SHIFT_ACTIVE_SHARE.1
+        } else {
+            SHIFT_ACTIVE_SHARE.0
+        };
         if matches!(role, Role::Shift { .. }) && rng.gen::<f64>() < active_share {
             sessions_per_day = sessions_per_day.max(SESSIONS_PER_DAY.0);
             session_length = session_length.max(SESSION_LENGTH.0);
@@ -773,7 +851,7 @@ impl<'a> UserSimulation<'a> {
         let mut previous: Option<(u32, u32, NeedSource)> = None;
         let mut session_end = i64::MIN;
         for start in starts {
-            // Two draws close together would otherwise interleave; run them one after another.
+            // Two draws close together would otherwise interleave, so the later one waits.
             let start = start.max(session_end + 1_900);
             let need = self.choose_need(start, previous);
             let length = self.sample_session_length();
@@ -816,7 +894,11 @@ impl<'a> UserSimulation<'a> {
     }
 
     /// Chooses the session's family, focus leaf and their source at time `at`.
-    fn choose_need(&mut self, at: i64, previous: Option<(u32, u32, NeedSource)>) -> (u32, u32, NeedSource) {
+    fn choose_need(
+        &mut self,
+        at: i64,
+        previous: Option<(u32, u32, NeedSource)>,
+    ) -> (u32, u32, NeedSource) {
         let (window_start, window_end) = self.plan.trend_window;
         if matches!(self.role, Role::Seasonal)
             && (window_start..window_end).contains(&at)
@@ -824,7 +906,11 @@ impl<'a> UserSimulation<'a> {
         {
             let families = &self.plan.trend_families;
             let family = families[self.rng.gen_range(0..families.len())];
-            return (family, self.catalogue.sample_leaf(family, &mut self.rng), NeedSource::Decoy);
+            return (
+                family,
+                self.catalogue.sample_leaf(family, &mut self.rng),
+                NeedSource::Decoy,
+            );
         }
 
         let source = self.interest_source(at);
@@ -836,12 +922,17 @@ impl<'a> UserSimulation<'a> {
         let interests = select_interests(&self.interests, &self.new_interests, source);
         let family = if self.rng.gen::<f64>() < EXPLORE {
             let excluded = interests.families.clone();
-            self.catalogue.sample_family_outside(&excluded, &mut self.rng)
+            self.catalogue
+                .sample_family_outside(&excluded, &mut self.rng)
         } else {
             interests.sample_family(&mut self.rng)
         };
         let leaf = interests.sample_focus(self.catalogue, family, &mut self.rng);
-        let source = if interests.families.contains(&family) { source } else { NeedSource::Explore };
+        let source = if interests.families.contains(&family) {
+            source
+        } else {
+            NeedSource::Explore
+        };
         (family, leaf, source)
     }
 
@@ -853,14 +944,17 @@ impl<'a> UserSimulation<'a> {
         if at < onset {
             return NeedSource::OldInterest;
         }
-        let progress = if ramp_secs == 0 { 1.0 } else { (at - onset) as f64 / ramp_secs as f64 };
+        let progress = if ramp_secs == 0 {
+            1.0
+        } else {
+            (at - onset) as f64 / ramp_secs as f64
+        };
         if self.rng.gen::<f64>() < progress {
             NeedSource::NewInterest
         } else {
             NeedSource::OldInterest
         }
     }
-
 
     fn sample_session_length(&mut self) -> usize {
         let length = lognormal(&mut self.rng, self.session_length, SESSION_LENGTH_SPREAD);
@@ -882,7 +976,7 @@ impl<'a> UserSimulation<'a> {
         Behavior::View
     }
 
-    /// Simulates one session; returns its events and the time of its last event.
+    /// Simulates one session and returns its events and the time of its last event.
     fn run_session(
         &mut self,
         start: i64,
@@ -898,13 +992,16 @@ impl<'a> UserSimulation<'a> {
             if position > 0 {
                 at += self.sample_gap();
                 let draw: f64 = self.rng.gen();
-                let from_interests = matches!(source, NeedSource::OldInterest | NeedSource::NewInterest);
+                let from_interests =
+                    matches!(source, NeedSource::OldInterest | NeedSource::NewInterest);
                 if draw < FAMILY_JUMP && from_interests {
                     let interests = select_interests(&self.interests, &self.new_interests, source);
                     family = interests.sample_family(&mut self.rng);
                     leaf = self.catalogue.sample_leaf(family, &mut self.rng);
                 } else if draw < FAMILY_JUMP + LEAF_SWITCH {
-                    leaf = if family == self.catalogue.family_of(focus) && self.rng.gen::<f64>() < FOCUS_RETURN {
+                    leaf = if family == self.catalogue.family_of(focus)
+                        && self.rng.gen::<f64>() < FOCUS_RETURN
+                    {
                         focus
                     } else {
                         self.catalogue.sample_leaf(family, &mut self.rng)
@@ -916,7 +1013,11 @@ impl<'a> UserSimulation<'a> {
             }
 
             let behavior = self.sample_behavior();
-            let reuse = if behavior == Behavior::View { ITEM_REVIEW } else { ACTION_ON_VIEWED };
+            let reuse = if behavior == Behavior::View {
+                ITEM_REVIEW
+            } else {
+                ACTION_ON_VIEWED
+            };
             let (event_leaf, item) = if !viewed.is_empty() && self.rng.gen::<f64>() < reuse {
                 viewed[self.rng.gen_range(0..viewed.len())]
             } else {
@@ -925,20 +1026,30 @@ impl<'a> UserSimulation<'a> {
             if behavior == Behavior::View {
                 viewed.push((event_leaf, item));
             }
-            events.push(RawEvent { ts: at, leaf: event_leaf, item, behavior });
+            events.push(RawEvent {
+                ts: at,
+                leaf: event_leaf,
+                item,
+                behavior,
+            });
         }
         (events, at)
     }
 
     /// Removes the user's regular events in `from..to`, to make room for a decoy.
     fn clear_span(&mut self, from: i64, to: i64) {
-        self.events.retain(|event| event.ts < from || event.ts >= to);
+        self.events
+            .retain(|event| event.ts < from || event.ts >= to);
     }
 
     /// Draws a decoy start between the end of the first day and the start of the last day.
     fn sample_decoy_start(&mut self, diurnal: bool) -> i64 {
         let day = self.rng.gen_range(1..i64::from(self.config.days) - 1);
-        let time = if diurnal { self.sample_time_of_day() } else { self.rng.gen_range(0..DAY_SECS) };
+        let time = if diurnal {
+            self.sample_time_of_day()
+        } else {
+            self.rng.gen_range(0..DAY_SECS)
+        };
         self.config.start_ts + day * DAY_SECS + time
     }
 
@@ -946,7 +1057,9 @@ impl<'a> UserSimulation<'a> {
         let start = self.sample_decoy_start(true);
         let mut excluded = self.interests.families.clone();
         excluded.extend_from_slice(&self.plan.trend_families);
-        let family = self.catalogue.sample_family_outside(&excluded, &mut self.rng);
+        let family = self
+            .catalogue
+            .sample_family_outside(&excluded, &mut self.rng);
         let leaf = self.catalogue.sample_leaf(family, &mut self.rng);
         let length = self.rng.gen_range(3..=12);
 
@@ -966,17 +1079,24 @@ impl<'a> UserSimulation<'a> {
         let length = self.rng.gen_range(50..=300);
         let mut events = Vec::with_capacity(length);
         let mut at = start;
-        let mut leaf = self.catalogue.sample_leaf(self.catalogue.sample_family(&mut self.rng), &mut self.rng);
+        let mut leaf = self
+            .catalogue
+            .sample_leaf(self.catalogue.sample_family(&mut self.rng), &mut self.rng);
         for position in 0..length {
             if position > 0 {
-                at += self.rng.gen_range(1..=5);
-                if self.rng.gen::<f64>() < 0.7 {
+                at += self.rng.gen_range(BURST_GAP_SECS);
+                if self.rng.gen::<f64>() < BURST_FAMILY_SWITCH {
                     let family = self.catalogue.sample_family(&mut self.rng);
                     leaf = self.catalogue.sample_leaf(family, &mut self.rng);
                 }
             }
             let item = self.catalogue.sample_item(leaf, &mut self.rng);
-            events.push(RawEvent { ts: at, leaf, item, behavior: Behavior::View });
+            events.push(RawEvent {
+                ts: at,
+                leaf,
+                item,
+                behavior: Behavior::View,
+            });
         }
         self.clear_span(start - 1_800, at + 1_800);
         self.decoy_events = events.clone();
@@ -1001,8 +1121,14 @@ impl<'a> UserSimulation<'a> {
             Role::Seasonal => decoy(DecoyKind::Seasonal),
             Role::Shift { onset, ramp_secs } => {
                 let split = self.events.partition_point(|event| event.ts < onset);
-                let settled = self.events.partition_point(|event| event.ts < onset + ramp_secs);
-                let after = if settled < self.events.len() { settled } else { split };
+                let settled = self
+                    .events
+                    .partition_point(|event| event.ts < onset + ramp_secs);
+                let after = if settled < self.events.len() {
+                    settled
+                } else {
+                    split
+                };
                 Some(TruthRecord::InterestShift {
                     user: user.clone(),
                     onset_ts: onset,
@@ -1036,5 +1162,159 @@ fn dominant_leaves(catalogue: &Catalogue, events: &[RawEvent], count: usize) -> 
         }
     }
     counts.sort_by_key(|&(_, events, first)| (std::cmp::Reverse(events), first));
-    counts.iter().take(count).map(|&(leaf, _, _)| catalogue.leaf_id(leaf)).collect()
+    counts
+        .iter()
+        .take(count)
+        .map(|&(leaf, _, _)| catalogue.leaf_id(leaf))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Simulates every user whose role matches, calls `check` on each and returns their number.
+    fn simulate_users(
+        config: &GenerateConfig,
+        role_matches: impl Fn(&Role) -> bool,
+        check: impl Fn(&UserSimulation, &Catalogue),
+    ) -> usize {
+        let mut rng = stream_rng(config.seed, 0);
+        let catalogue = Catalogue::new(&mut rng);
+        let plan = PopulationPlan::new(config, &mut rng);
+        let mut checked = 0;
+        for (index, role) in plan
+            .roles
+            .iter()
+            .enumerate()
+            .filter(|(_, role)| role_matches(role))
+        {
+            let user_rng = stream_rng(config.seed, index as u64 + 1);
+            let mut user = UserSimulation::new(config, &catalogue, &plan, role, user_rng);
+            user.simulate();
+            check(&user, &catalogue);
+            checked += 1;
+        }
+        checked
+    }
+
+    #[test]
+    fn shifted_users_follow_new_families() {
+        let config = GenerateConfig::default();
+        let totals = std::cell::RefCell::new([0usize; 4]);
+        let checked = simulate_users(
+            &config,
+            |role| matches!(role, Role::Shift { .. }),
+            |user, catalogue| {
+                let Role::Shift { onset, ramp_secs } = *user.role else {
+                    unreachable!()
+                };
+                let new_families = &user.new_interests.as_ref().unwrap().families;
+                let mut totals = totals.borrow_mut();
+                for event in &user.events {
+                    let family = catalogue.family_of(event.leaf);
+                    if event.ts < onset {
+                        totals[0] += 1;
+                        totals[1] += usize::from(user.interests.families.contains(&family));
+                    } else if event.ts >= onset + ramp_secs {
+                        totals[2] += 1;
+                        totals[3] += usize::from(new_families.contains(&family));
+                    }
+                }
+            },
+        );
+        assert_eq!(checked, 400);
+        let [before, in_old, after, in_new] = totals.into_inner();
+        let old_share = in_old as f64 / before as f64;
+        let new_share = in_new as f64 / after as f64;
+        assert!(
+            old_share >= 0.85,
+            "{old_share:.3} of events before the onset in old families"
+        );
+        assert!(
+            new_share >= 0.85,
+            "{new_share:.3} of events after the ramp in new families"
+        );
+    }
+
+    #[test]
+    fn one_off_session_is_unrelated_and_alone() {
+        let config = GenerateConfig::default();
+        let checked = simulate_users(
+            &config,
+            |role| matches!(role, Role::OneOff),
+            |user, catalogue| {
+                let session = &user.decoy_events;
+                assert!(
+                    (3..=12).contains(&session.len()),
+                    "one-off of {} events",
+                    session.len()
+                );
+                let family = catalogue.family_of(session[0].leaf);
+                assert!(!user.interests.families.contains(&family));
+                for event in session {
+                    assert_eq!(catalogue.family_of(event.leaf), family);
+                }
+                let (start, end) = (session[0].ts, session[session.len() - 1].ts);
+                let others = user
+                    .events
+                    .iter()
+                    .filter(|e| (start - 1_800..end + 1_800).contains(&e.ts))
+                    .count();
+                assert_eq!(
+                    others,
+                    session.len(),
+                    "other events within 30 min of the one-off"
+                );
+            },
+        );
+        assert_eq!(checked, 100);
+    }
+
+    #[test]
+    fn family_of_inverts_family_leaves() {
+        let catalogue = Catalogue::new(&mut stream_rng(1, 0));
+        for (family, leaves) in catalogue.family_leaves.iter().enumerate() {
+            for &leaf in leaves {
+                assert_eq!(catalogue.family_of(leaf), family as u32);
+            }
+        }
+    }
+
+    #[test]
+    fn scattered_ids_are_a_permutation() {
+        let ids = ScatteredIds::new(101, &mut stream_rng(3, 0));
+        let mut values: Vec<u64> = (0..101).map(|index| ids.apply(index)).collect();
+        values.sort_unstable();
+        assert_eq!(values, (1..=101).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn poisson_mean_matches() {
+        let mut rng = stream_rng(5, 0);
+        for mean in [0.3, 1.65, 12.0, 50.0] {
+            let total: u32 = (0..20_000).map(|_| poisson(&mut rng, mean)).sum();
+            let sample_mean = f64::from(total) / 20_000.0;
+            assert!(
+                (sample_mean - mean).abs() < 0.05 * mean + 0.02,
+                "mean {mean}: {sample_mean}"
+            );
+        }
+    }
+
+    #[test]
+    fn cumulative_samples_by_weight() {
+        let weights = Cumulative::new([1.0, 0.0, 3.0]);
+        let mut rng = stream_rng(9, 0);
+        let mut counts = [0usize; 3];
+        for _ in 0..40_000 {
+            counts[weights.sample(&mut rng)] += 1;
+        }
+        assert_eq!(counts[1], 0);
+        let share = counts[2] as f64 / 40_000.0;
+        assert!(
+            (share - 0.75).abs() < 0.01,
+            "share of the weight-3 index {share}"
+        );
+    }
 }

@@ -161,7 +161,7 @@ fn read_one(
     progress: &std::sync::atomic::AtomicU64,
 ) -> Result<(), String> {
     let name = input_name(path);
-    let mut reader = sources::open_input(path).map_err(|error| format!("cannot open input {name}: {error}"))?;
+    let mut reader = sources::open_input(path).map_err(|error| error.to_string())?;
     let format = match options.format {
         Some(format) => format,
         None => {
@@ -192,11 +192,7 @@ fn read_one(
             progress.store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
         }
         let parsed = if line.truncated {
-            Parsed::Bad(BadRecord {
-                line: line.number,
-                reason: format!("line longer than {limit} bytes"),
-                raw: String::from_utf8_lossy(&line.bytes[..line.bytes.len().min(1024)]).into_owned(),
-            })
+            Parsed::Bad(BadRecord::new(line.number, format!("line longer than {limit} bytes"), line.bytes))
         } else {
             parser.parse(line.number, line.bytes)
         };

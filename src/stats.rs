@@ -1,9 +1,11 @@
 //! Realism statistics of an event stream, for comparing a generated stream with real data.
 //!
-//! Every statistic is a median over users (or over sessions), so that a few very active users
-//! or bots do not dominate it. Time-based statistics use the stream's span: the 0.1 % and
-//! 99.9 % quantiles of the event times, so that a few late or corrupt timestamps (the Taobao
-//! UserBehavior data has some months before its nominal start) do not stretch it. Events
+//! Apart from the counts, the span and the behaviour mix, every statistic is a median over users
+//! (or over sessions), so that a few very active users or bots do not dominate it.
+//!
+//! Time-based statistics use the stream's span, from the 0.1 % to the 99.9 % quantile of the
+//! event times, so that a few late or corrupt timestamps do not stretch it. The Taobao
+//! UserBehavior data, for example, has a row 2.5 months before its nominal start. Events
 //! outside the span are left out of every statistic except `users`, `events` and
 //! `behavior_mix`.
 //!
@@ -22,7 +24,8 @@ const USUAL_COVERAGE: f64 = 0.8;
 
 const DAY_MS: f64 = 86_400_000.0;
 
-/// Realism statistics of an event stream; see [`compute`]. A median over no values is NaN.
+/// Realism statistics of an event stream, as computed by [`compute`]. A median over no values is
+/// NaN.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StreamStats {
     /// Distinct users.
@@ -40,8 +43,8 @@ pub struct StreamStats {
     pub events_per_session: f64,
     /// Median over users of the number of distinct categories.
     pub distinct_categories_per_user: f64,
-    /// Shares of `view`, `cart`, `fav` and `buy` among all events; other behaviours count in
-    /// the total only.
+    /// Shares of `view`, `cart`, `fav` and `buy` among all events. Other behaviours count in the
+    /// total only.
     pub behavior_mix: [f64; 4],
     /// Median, over users with events in both parts, of the share of second-part events whose
     /// category is outside the user's usual categories. The usual categories are the user's
@@ -57,6 +60,17 @@ pub struct StreamStats {
 }
 
 /// Computes the statistics of `events`, in any order.
+///
+/// # Examples
+///
+/// ```
+/// use veer::generate::{generate, GenerateConfig};
+///
+/// let stream = generate(&GenerateConfig { users: 100, ..GenerateConfig::default() });
+/// let stats = veer::stats::compute(&stream.events);
+/// assert_eq!(stats.users, 100);
+/// assert!((stats.behavior_mix[0] - 0.9).abs() < 0.03, "view share {}", stats.behavior_mix[0]);
+/// ```
 pub fn compute(events: &[Event]) -> StreamStats {
     let mut behavior_counts = [0usize; 4];
     for event in events {
@@ -82,7 +96,9 @@ pub fn compute(events: &[Event]) -> StreamStats {
             Row {
                 user: *user_index.entry(&event.user).or_insert(next_user),
                 ts_ms: event.ts_ms,
-                category: *category_index.entry(&event.category).or_insert(next_category),
+                category: *category_index
+                    .entry(&event.category)
+                    .or_insert(next_category),
             }
         })
         .collect();
@@ -150,7 +166,11 @@ impl StreamStats {
             "recurring new",
         ];
         let separators = vec!["---"; columns.len()];
-        format!("| {} |\n| {} |", columns.join(" | "), separators.join(" | "))
+        format!(
+            "| {} |\n| {} |",
+            columns.join(" | "),
+            separators.join(" | ")
+        )
     }
 
     /// Formats the statistics as one row of the table of [`StreamStats::markdown_header`].
@@ -254,8 +274,12 @@ impl PerUser {
             usual.push(category);
             covered += count;
         }
-        let outside = second.iter().filter(|row| !usual.contains(&row.category)).count();
-        self.outside_usual.push(outside as f64 / second.len() as f64);
+        let outside = second
+            .iter()
+            .filter(|row| !usual.contains(&row.category))
+            .count();
+        self.outside_usual
+            .push(outside as f64 / second.len() as f64);
 
         let mut new_sessions: HashMap<u32, Vec<usize>> = HashMap::new();
         let mut new_events = 0;
@@ -268,15 +292,17 @@ impl PerUser {
                 }
             }
         }
-        self.new_category.push(new_events as f64 / second.len() as f64);
+        self.new_category
+            .push(new_events as f64 / second.len() as f64);
         if !new_sessions.is_empty() {
             let recurring = new_sessions.values().filter(|seen| seen.len() >= 2).count();
-            self.recurring_new.push(recurring as f64 / new_sessions.len() as f64);
+            self.recurring_new
+                .push(recurring as f64 / new_sessions.len() as f64);
         }
     }
 }
 
-/// Returns the median, averaging the two middle values of an even count; NaN when empty.
+/// Returns the median, averaging the two middle values of an even count, or NaN when empty.
 fn median(mut values: Vec<f64>) -> f64 {
     if values.is_empty() {
         return f64::NAN;
@@ -310,8 +336,8 @@ mod tests {
         }
     }
 
-    /// One user over 9 days: categories 1 and 2 on days 1-5, then categories 2 and 3, with 3 in
-    /// two sessions.
+    /// Returns one user's events over 9 days: categories 1 and 2 on days 1-5, then 2, 3 and 4,
+    /// with 3 in two sessions.
     fn one_user_stream() -> Vec<Event> {
         let day = 86_400;
         vec![
@@ -333,7 +359,10 @@ mod tests {
         assert_eq!(stats.events, 8);
         assert!((stats.days - 9.0).abs() < 1e-9, "days {}", stats.days);
         assert_eq!(stats.distinct_categories_per_user, 4.0);
-        assert_eq!(stats.behavior_mix, [5.0 / 8.0, 1.0 / 8.0, 1.0 / 8.0, 1.0 / 8.0]);
+        assert_eq!(
+            stats.behavior_mix,
+            [5.0 / 8.0, 1.0 / 8.0, 1.0 / 8.0, 1.0 / 8.0]
+        );
         // Sessions: [0, 60, 120], [day], [6 day, +60], [8 day], [9 day].
         assert!((stats.sessions_per_day - 5.0 / 9.0).abs() < 1e-9);
         assert_eq!(stats.events_per_session, 1.0);
@@ -358,12 +387,21 @@ mod tests {
         let mut events = Vec::new();
         for user in 0..20 {
             for hour in 0..100 {
-                events.push(event(user, hour % 7, Behavior::View, 1_000_000 + hour as i64 * 3_600));
+                events.push(event(
+                    user,
+                    hour % 7,
+                    Behavior::View,
+                    1_000_000 + hour as i64 * 3_600,
+                ));
             }
         }
         events.push(event(0, 1, Behavior::View, 0));
         let stats = compute(&events);
-        assert!((stats.days - 99.0 / 24.0).abs() < 1e-9, "days {}", stats.days);
+        assert!(
+            (stats.days - 99.0 / 24.0).abs() < 1e-9,
+            "days {}",
+            stats.days
+        );
     }
 
     #[test]

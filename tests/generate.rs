@@ -10,11 +10,17 @@ use veer_models::{Behavior, Event, Id};
 
 const DAY: i64 = 86_400;
 
-const TAOBAO_SAMPLE: &str =
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/taobao_ub_usersorted/UserBehavior.csv");
+const TAOBAO_SAMPLE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../shared/data/taobao_ub_usersorted/UserBehavior.csv"
+);
 
 fn small_config(seed: u64) -> GenerateConfig {
-    GenerateConfig { users: 300, seed, ..GenerateConfig::default() }
+    GenerateConfig {
+        users: 300,
+        seed,
+        ..GenerateConfig::default()
+    }
 }
 
 fn shifts(truth: &[TruthRecord]) -> Vec<(&Id, i64)> {
@@ -31,7 +37,9 @@ fn decoys(truth: &[TruthRecord]) -> Vec<(&Id, DecoyKind, i64)> {
     truth
         .iter()
         .filter_map(|record| match record {
-            TruthRecord::Decoy { user, decoy, ts, .. } => Some((user, *decoy, *ts)),
+            TruthRecord::Decoy {
+                user, decoy, ts, ..
+            } => Some((user, *decoy, *ts)),
             TruthRecord::InterestShift { .. } => None,
         })
         .collect()
@@ -53,7 +61,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// Reads a Taobao UserBehavior CSV, skipping lines that are not 5 valid fields.
 fn read_taobao(path: &str) -> Vec<Event> {
     let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|error| panic!("cannot read the Taobao sample {path}: {error}"));
+        .unwrap_or_else(|error| panic!("failed to read the Taobao sample {path}: {error}"));
     text.lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(',').collect();
@@ -106,7 +114,10 @@ fn events_sorted_and_numbered() {
     let generated = generate(&small_config(3));
     assert!(!generated.events.is_empty());
     for pair in generated.events.windows(2) {
-        assert!(pair[0].processing_cmp(&pair[1]).is_le(), "events out of order: {pair:?}");
+        assert!(
+            pair[0].processing_cmp(&pair[1]).is_le(),
+            "events out of order: {pair:?}"
+        );
     }
     for (position, event) in generated.events.iter().enumerate() {
         assert_eq!(event.line, position as u64 + 1);
@@ -126,13 +137,25 @@ fn planted_label_counts() {
     let shifted: BTreeSet<&Id> = shifts.iter().map(|(user, _)| *user).collect();
     assert_eq!(shifted.len(), shifts.len(), "a user has two shifts");
     for (user, kind, _) in &decoys {
-        assert!(!shifted.contains(user), "user {user} has a shift and a {} decoy", kind.name());
+        assert!(
+            !shifted.contains(user),
+            "user {user} has a shift and a {} decoy",
+            kind.name()
+        );
     }
 
     let count = |kind: DecoyKind| decoys.iter().filter(|decoy| decoy.1 == kind).count();
     let users = config.users as f64;
-    assert!(count(DecoyKind::OneOff) as f64 >= 0.04 * users, "{} one_off", count(DecoyKind::OneOff));
-    assert!(count(DecoyKind::Burst) as f64 >= 0.04 * users, "{} burst", count(DecoyKind::Burst));
+    assert!(
+        count(DecoyKind::OneOff) as f64 >= 0.04 * users,
+        "{} one_off",
+        count(DecoyKind::OneOff)
+    );
+    assert!(
+        count(DecoyKind::Burst) as f64 >= 0.04 * users,
+        "{} burst",
+        count(DecoyKind::Burst)
+    );
     let seasonal = count(DecoyKind::Seasonal) as f64;
     assert!(seasonal >= 0.05 * users, "{seasonal} seasonal");
     assert!(seasonal <= 0.20 * users, "{seasonal} seasonal");
@@ -140,7 +163,10 @@ fn planted_label_counts() {
     let earliest = config.start_ts + 2 * DAY;
     let latest = config.start_ts + (i64::from(config.days) - 2) * DAY;
     for (user, onset) in &shifts {
-        assert!((earliest..latest).contains(onset), "user {user} has onset {onset}");
+        assert!(
+            (earliest..latest).contains(onset),
+            "user {user} has onset {onset}"
+        );
     }
 }
 
@@ -152,13 +178,19 @@ fn shifted_users_leave_old_categories() {
 
     // Share of a user's events after `settled` whose category the user visited before `split`.
     let old_share = |events: &[&Event], split: i64, settled: i64| -> Option<f64> {
-        let before: BTreeSet<&Id> =
-            events.iter().filter(|e| e.ts_secs() < split).map(|e| &e.category).collect();
+        let before: BTreeSet<&Id> = events
+            .iter()
+            .filter(|e| e.ts_secs() < split)
+            .map(|e| &e.category)
+            .collect();
         let after: Vec<&&Event> = events.iter().filter(|e| e.ts_secs() >= settled).collect();
         if before.is_empty() || after.len() < 5 {
             return None;
         }
-        let old = after.iter().filter(|e| before.contains(&e.category)).count();
+        let old = after
+            .iter()
+            .filter(|e| before.contains(&e.category))
+            .count();
         Some(old as f64 / after.len() as f64)
     };
 
@@ -174,11 +206,21 @@ fn shifted_users_leave_old_categories() {
         .filter_map(|(_, events)| old_share(events, split, split + 2 * DAY))
         .collect();
 
-    assert!(shifted.len() >= 200, "only {} shifted users with enough events", shifted.len());
+    assert!(
+        shifted.len() >= 200,
+        "only {} shifted users with enough events",
+        shifted.len()
+    );
     let shifted_median = median(shifted);
     let unlabelled_median = median(unlabelled);
-    assert!(shifted_median <= 0.1, "shifted users keep {shifted_median:.3} in old categories");
-    assert!(unlabelled_median >= 0.25, "unlabelled users keep {unlabelled_median:.3}");
+    assert!(
+        shifted_median <= 0.1,
+        "shifted users keep {shifted_median:.3} in old categories"
+    );
+    assert!(
+        unlabelled_median >= 0.25,
+        "unlabelled users keep {unlabelled_median:.3}"
+    );
 }
 
 #[test]
@@ -190,27 +232,51 @@ fn shifted_users_stay_active() {
         .iter()
         .filter(|(user, onset)| {
             let window = *onset..onset + 3 * DAY;
-            by_user[user].iter().filter(|e| window.contains(&e.ts_secs())).count() >= 10
+            by_user[user]
+                .iter()
+                .filter(|e| window.contains(&e.ts_secs()))
+                .count()
+                >= 10
         })
         .count();
     let share = active as f64 / shifts.len() as f64;
-    assert!(share >= 0.8, "only {share:.3} of shifts have 10 events within 3 days");
-    assert!(share < 1.0, "every shift is active; the stream should keep some sparse ones");
+    assert!(
+        share >= 0.8,
+        "only {share:.3} of shifts have 10 events within 3 days"
+    );
+    assert!(
+        share < 1.0,
+        "every shift is active; the stream should keep some sparse ones"
+    );
 }
 
 #[test]
 fn burst_decoys_are_fast() {
     let generated = generate(&GenerateConfig::default());
     let by_user = events_by_user(&generated.events);
-    for (user, _, start) in decoys(&generated.truth).iter().filter(|d| d.1 == DecoyKind::Burst) {
+    for (user, _, start) in decoys(&generated.truth)
+        .iter()
+        .filter(|d| d.1 == DecoyKind::Burst)
+    {
         let burst: Vec<i64> = by_user[user]
             .iter()
             .map(|e| e.ts_secs())
             .filter(|ts| (*start..start + 1_500).contains(ts))
             .collect();
-        assert!(burst.len() >= 50, "burst of user {user} has {} events", burst.len());
-        let slowest = burst.windows(2).map(|pair| pair[1] - pair[0]).max().unwrap();
-        assert!(slowest <= 5, "burst of user {user} has a gap of {slowest} s");
+        assert!(
+            burst.len() >= 50,
+            "burst of user {user} has {} events",
+            burst.len()
+        );
+        let slowest = burst
+            .windows(2)
+            .map(|pair| pair[1] - pair[0])
+            .max()
+            .unwrap();
+        assert!(
+            slowest <= 5,
+            "burst of user {user} has a gap of {slowest} s"
+        );
     }
 }
 
@@ -220,7 +286,15 @@ fn seasonal_decoys_share_a_trend() {
     let seasonal: Vec<&TruthRecord> = generated
         .truth
         .iter()
-        .filter(|r| matches!(r, TruthRecord::Decoy { decoy: DecoyKind::Seasonal, .. }))
+        .filter(|r| {
+            matches!(
+                r,
+                TruthRecord::Decoy {
+                    decoy: DecoyKind::Seasonal,
+                    ..
+                }
+            )
+        })
         .collect();
     let times: Vec<i64> = decoys(&generated.truth)
         .iter()
@@ -238,7 +312,11 @@ fn seasonal_decoys_share_a_trend() {
             trend_categories.extend(categories);
         }
     }
-    assert!(seasonal.len() >= 100, "only {} seasonal decoys", seasonal.len());
+    assert!(
+        seasonal.len() >= 100,
+        "only {} seasonal decoys",
+        seasonal.len()
+    );
     assert!(
         trend_categories.len() <= 80,
         "{} seasonal decoys name {} distinct categories",
@@ -250,7 +328,10 @@ fn seasonal_decoys_share_a_trend() {
 #[test]
 fn harder_has_fewer_events_per_user() {
     let default = stats::compute(&generate(&small_config(5)).events);
-    let harder_config = GenerateConfig { harder: true, ..small_config(5) };
+    let harder_config = GenerateConfig {
+        harder: true,
+        ..small_config(5)
+    };
     let harder = stats::compute(&generate(&harder_config).events);
     assert!(
         harder.events_per_user_per_day < default.events_per_user_per_day,
@@ -282,7 +363,10 @@ fn jsonl_and_taobao_lines() {
 
     let expected = format!("{},{},{},", event.user, event.item, event.category);
     let first = taobao.lines().next().unwrap();
-    assert!(first.starts_with(&expected), "{first:?} does not start with {expected:?}");
+    assert!(
+        first.starts_with(&expected),
+        "{first:?} does not start with {expected:?}"
+    );
     for line in taobao.lines() {
         let behavior = line.split(',').nth(3).unwrap();
         assert!(["pv", "cart", "fav", "buy"].contains(&behavior), "{line:?}");
@@ -321,7 +405,10 @@ fn truth_lines_parse_back_sorted() {
         .collect();
     assert_eq!(parsed, generated.truth);
     for pair in parsed.windows(2) {
-        assert!(pair[0].user() <= pair[1].user(), "truth not sorted by user: {pair:?}");
+        assert!(
+            pair[0].user() <= pair[1].user(),
+            "truth not sorted by user: {pair:?}"
+        );
     }
 }
 
@@ -329,25 +416,34 @@ fn truth_lines_parse_back_sorted() {
 #[test]
 fn default_stream_matches_taobao_sample() {
     let real = stats::compute(&read_taobao(TAOBAO_SAMPLE));
-    assert!(real.users > 800, "the Taobao sample has only {} users", real.users);
+    assert!(
+        real.users > 800,
+        "the Taobao sample has only {} users",
+        real.users
+    );
     let generated = stats::compute(&generate(&GenerateConfig::default()).events);
     println!("{}", StreamStats::markdown_header());
     println!("{}", generated.to_markdown_row("generator, default"));
     println!("{}", real.to_markdown_row("Taobao sample"));
 
     let names = ["view", "cart", "fav", "buy"];
-    for ((name, generated_share), real_share) in
-        names.iter().zip(generated.behavior_mix).zip(real.behavior_mix)
+    for ((name, generated_share), real_share) in names
+        .iter()
+        .zip(generated.behavior_mix)
+        .zip(real.behavior_mix)
     {
         let gap = (generated_share - real_share).abs();
-        assert!(gap <= 0.03, "{name} share {generated_share:.3} vs real {real_share:.3}");
+        assert!(
+            gap <= 0.03,
+            "{name} share {generated_share:.3} vs real {real_share:.3}"
+        );
     }
 
     let within_factor = |name: &str, generated: f64, real: f64, factor: f64| {
         let ratio = generated / real;
         assert!(
             (1.0 / factor..=factor).contains(&ratio),
-            "{name}: generated {generated:.2} vs real {real:.2}, ratio {ratio:.2} outside factor {factor}"
+            "{name}: generated {generated:.2} vs real {real:.2}, ratio {ratio:.2} beyond {factor}"
         );
     };
     within_factor(
@@ -362,16 +458,44 @@ fn default_stream_matches_taobao_sample() {
         real.events_per_user_per_day,
         1.5,
     );
-    within_factor("sessions per day", generated.sessions_per_day, real.sessions_per_day, 1.5);
-    within_factor("events per session", generated.events_per_session, real.events_per_session, 1.5);
+    within_factor(
+        "sessions per day",
+        generated.sessions_per_day,
+        real.sessions_per_day,
+        1.5,
+    );
+    within_factor(
+        "events per session",
+        generated.events_per_session,
+        real.events_per_session,
+        1.5,
+    );
 
     let within_gap = |name: &str, generated: f64, real: f64, tolerance: f64| {
         let gap = (generated - real).abs();
-        assert!(gap <= tolerance, "{name}: generated {generated:.3} vs real {real:.3}");
+        assert!(
+            gap <= tolerance,
+            "{name}: generated {generated:.3} vs real {real:.3}"
+        );
     };
-    within_gap("new category share", generated.new_category_share, real.new_category_share, 0.15);
-    within_gap("outside usual share", generated.outside_usual_share, real.outside_usual_share, 0.15);
-    within_gap("recurring new share", generated.recurring_new_share, real.recurring_new_share, 0.15);
+    within_gap(
+        "new category share",
+        generated.new_category_share,
+        real.new_category_share,
+        0.15,
+    );
+    within_gap(
+        "outside usual share",
+        generated.outside_usual_share,
+        real.outside_usual_share,
+        0.15,
+    );
+    within_gap(
+        "recurring new share",
+        generated.recurring_new_share,
+        real.recurring_new_share,
+        0.15,
+    );
 }
 
 #[test]
@@ -379,7 +503,10 @@ fn default_stream_matches_taobao_sample() {
 fn million_events_speed() {
     let users = 10_000;
     let started = std::time::Instant::now();
-    let generated = generate(&GenerateConfig { users, ..GenerateConfig::default() });
+    let generated = generate(&GenerateConfig {
+        users,
+        ..GenerateConfig::default()
+    });
     let generated_in = started.elapsed();
     let mut output = Vec::new();
     write_events(&generated.events, GenFormat::Jsonl, &mut output).unwrap();

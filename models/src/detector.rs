@@ -12,9 +12,9 @@
 //! so that a shift cannot teach the reference its new groups before it is judged. An alarm
 //! needs more than a high statistic:
 //!
-//! - novel events in at least two sessions, so a single session in unrelated categories (a
-//!   gift) is not a shift;
-//! - novel events after the run's first session that return to groups the run already
+//! - at least two mostly-novel sessions in a row, so a single session in unrelated categories
+//!   (a gift), or exploring now and then between usual sessions, is not a shift;
+//! - novel events in later sessions that return to groups that earlier sessions of the run
 //!   visited, so a lasting interest is told apart from scattered exploration;
 //! - no burst: events arriving faster than a person browses are rolled back out of the test
 //!   and reported once as an `anomaly` alert;
@@ -50,8 +50,17 @@ pub struct DetectorConfig {
     pub min_novel_events: u32,
     /// Minimum novel events after the run's first session that return to the run's groups.
     pub min_recurring_events: u32,
+    /// Consecutive mostly-novel sessions, ending with the current one, needed for an alarm.
+    pub min_sessions: u32,
+    /// Share of a session's judged events that must be novel for it to support an alarm.
+    pub session_novel_share: f64,
+    /// Time from the run's first novel event to an alarm, in seconds: a user's visit to a
+    /// dormant interest is often a cluster of sessions, a shift lasts.
+    pub min_run_span_secs: i64,
     /// Reference events needed before a user is judged.
     pub min_reference_events: u32,
+    /// Distinct sessions in the reference needed before a user is judged.
+    pub min_reference_sessions: u32,
     /// Per-event decay of the reference weights (half-life of about 70 events at 0.99).
     pub reference_decay: f64,
     /// Gap that ends a session, in seconds, when the input has no session ids.
@@ -60,9 +69,10 @@ pub struct DetectorConfig {
     pub burst_events: usize,
     /// Time span of a burst, in seconds.
     pub burst_span_secs: i64,
-    /// Events after an alarm during which no new shift alarm is raised.
+    /// Events after an alarm that go straight into the reference, unjudged.
     pub refractory_events: u32,
-    /// Time after an alarm, in seconds, during which no new shift alarm is raised.
+    /// Time after an alarm, in seconds, during which events go straight into the reference.
+    /// Both this and `refractory_events` must pass before the user is judged again.
     pub refractory_secs: i64,
 }
 
@@ -76,13 +86,17 @@ impl Default for DetectorConfig {
             threshold: 6.0,
             min_novel_events: 5,
             min_recurring_events: 2,
+            min_sessions: 2,
+            min_run_span_secs: 0,
+            session_novel_share: 0.5,
             min_reference_events: 15,
+            min_reference_sessions: 2,
             reference_decay: 0.99,
             session_gap_secs: 30 * 60,
-            burst_events: 30,
-            burst_span_secs: 90,
+            burst_events: 12,
+            burst_span_secs: 45,
             refractory_events: 20,
-            refractory_secs: 24 * 3600,
+            refractory_secs: 3 * 24 * 3600,
         }
     }
 }
@@ -389,8 +403,8 @@ impl ShiftDetector {
         state.reference.decay(self.config.reference_decay);
         state.reference.add(category, group, weight);
         state.sessions_in_reference.insert(session);
-        if state.sessions_in_reference.len() > 4 {
-            // Only "at least two sessions" is ever asked, so a few are enough.
+        if state.sessions_in_reference.len() > self.config.min_reference_sessions as usize {
+            // Only "at least min_reference_sessions" is ever asked, so that many are enough.
             let oldest = *state.sessions_in_reference.iter().min().unwrap_or(&0);
             state.sessions_in_reference.remove(&oldest);
         }
@@ -412,18 +426,55 @@ impl ShiftDetector {
     }
 
     /// Returns whether the run meets every alarm condition besides the statistic.
-    fn run_confirms(&self, state: &UserState) -> bool {
-        let novel: Vec<&RunEvent> = state.run.iter().filter(|entry| entry.novel).collect();
-        if (novel.len() as u32) < self.config.min_novel_events {
+    ///
+    /// The run's latest sessions must each be mostly novel, at least `min_sessions` of them in
+    /// a row: a user who explores now and then returns to their usual groups in between, while
+    /// a user whose interests moved does not. Among those sessions, novel events after the
+    /// first must return to groups that earlier ones visited.
+    fn run_confirms(&self, state: &UserState, now_secs: i64) -> bool {
+        if now_secs - state.run_start_ts < self.config.min_run_span_secs {
             return false;
         }
-        let first_session = novel[0].session;
-        let first_groups: HashSet<&GroupKey> =
-            novel.iter().filter(|entry| entry.session == first_session).map(|entry| &entry.group).collect();
-        let recurring = novel
+        let novel_total = state.run.iter().filter(|entry| entry.novel).count() as u32;
+        if novel_total < self.config.min_novel_events {
+            return false;
+        }
+        // Per session of the run, newest first: (session, judged events, novel events).
+        let mut sessions: Vec<(u64, u32, u32)> = Vec::new();
+        for entry in state.run.iter().rev() {
+            match sessions.last_mut() {
+                Some(last) if last.0 == entry.session => {
+                    last.1 += 1;
+                    last.2 += u32::from(entry.novel);
+                }
+                _ => sessions.push((entry.session, 1, u32::from(entry.novel))),
+            }
+        }
+        let supporting = sessions
             .iter()
-            .filter(|entry| entry.session != first_session && first_groups.contains(&entry.group))
-            .count() as u32;
+            .take_while(|(_, judged, novel)| {
+                f64::from(*novel) >= self.config.session_novel_share * f64::from(*judged)
+            })
+            .count();
+        if (supporting as u32) < self.config.min_sessions {
+            return false;
+        }
+        let oldest_supporting = sessions[supporting - 1].0;
+        // Groups of earlier sessions only: a group repeated inside one session is no return.
+        let mut earlier_groups: HashSet<&GroupKey> = HashSet::new();
+        let mut session_groups: Vec<&GroupKey> = Vec::new();
+        let mut current_session = oldest_supporting;
+        let mut recurring = 0u32;
+        for entry in state.run.iter().filter(|entry| entry.novel && entry.session >= oldest_supporting) {
+            if entry.session != current_session {
+                earlier_groups.extend(session_groups.drain(..));
+                current_session = entry.session;
+            }
+            if earlier_groups.contains(&entry.group) {
+                recurring += 1;
+            }
+            session_groups.push(&entry.group);
+        }
         recurring >= self.config.min_recurring_events
     }
 
@@ -500,7 +551,7 @@ impl Detector for ShiftDetector {
         let group = groups.group_of(&event.category, event.topic.as_ref());
         let session = state.session;
         let warm = state.reference.events >= u64::from(self.config.min_reference_events)
-            && state.sessions_in_reference.len() >= 2;
+            && state.sessions_in_reference.len() >= self.config.min_reference_sessions as usize;
         if !warm {
             self.add_to_reference(state, &event.category, &group, weight, session);
             return;
@@ -515,14 +566,19 @@ impl Detector for ShiftDetector {
             return;
         }
 
+        if state.refractory_events > 0 || event.ts_secs() < state.refractory_until_ts {
+            // Right after an alarm the new interests are still forming; they teach the
+            // reference instead of starting a second alarm for the same shift.
+            state.refractory_events = state.refractory_events.saturating_sub(1);
+            self.add_to_reference(state, &event.category, &group, weight, session);
+            return;
+        }
+
         let explore = state.explore_rate(&self.config);
         let q = self.config.shift_novelty;
         let step = if novel { (q / explore).ln() } else { ((1.0 - q) / (1.0 - explore)).ln() };
         let was_active = !state.run.is_empty();
         state.cusum = (state.cusum + step).max(0.0);
-        if state.refractory_events > 0 {
-            state.refractory_events -= 1;
-        }
 
         if state.cusum <= 0.0 {
             if was_active {
@@ -546,8 +602,7 @@ impl Detector for ShiftDetector {
             state.run_len_at_session_start = state.run_len_at_session_start.saturating_sub(1);
         }
 
-        let refractory = state.refractory_events > 0 || event.ts_secs() < state.refractory_until_ts;
-        if state.cusum >= self.config.threshold && !refractory && self.run_confirms(state) {
+        if state.cusum >= self.config.threshold && self.run_confirms(state, event.ts_secs()) {
             let alert = self.raise_shift(state, event, explore);
             alerts.push(alert);
         }

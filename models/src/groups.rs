@@ -66,10 +66,14 @@ pub struct GroupConfig {
     pub min_pair_sessions: u32,
     /// Minimum cosine association (shared / sqrt(product of session counts)) for a link.
     pub min_association: f64,
+    /// Strongest partners each category is linked to.
+    pub links_per_category: usize,
     /// Number of recent windows summed for a group's current population share.
     pub trend_windows: usize,
     /// Current share over baseline share at which a group counts as trending.
     pub trend_ratio: f64,
+    /// Minimum Poisson z-score of the recent count against the baseline expectation.
+    pub trend_min_z: f64,
     /// Minimum interest-weighted events of a group in the recent windows to judge a trend.
     pub trend_min_events: u32,
 }
@@ -80,9 +84,11 @@ impl Default for GroupConfig {
             min_sessions: 3,
             min_pair_sessions: 2,
             min_association: 0.1,
+            links_per_category: 3,
             trend_windows: 6,
             trend_ratio: 2.5,
-            trend_min_events: 20,
+            trend_min_z: 4.0,
+            trend_min_events: 50,
         }
     }
 }
@@ -182,11 +188,11 @@ impl PopulationModel {
         &self.current
     }
 
-    /// Links each category to its strongest partner and returns the connected components as
+    /// Links each category to its strongest partners and returns the connected components as
     /// (leaf, representative) pairs for components of two or more, sorted by leaf.
     fn build_groups(&self) -> Vec<(Id, Id)> {
         let config = &self.config;
-        let mut best: BTreeMap<&Id, (f64, &Id)> = BTreeMap::new();
+        let mut partners: BTreeMap<&Id, Vec<(f64, &Id)>> = BTreeMap::new();
         for ((left, right), shared) in &self.pairs {
             if *shared < u64::from(config.min_pair_sessions) {
                 continue;
@@ -201,24 +207,21 @@ impl PopulationModel {
             if association < config.min_association {
                 continue;
             }
-            for (from, to) in [(left, right), (right, left)] {
-                // Pairs are visited in id order, so on equal association the smaller partner
-                // wins, whatever order the counts arrived in.
-                let entry = best.entry(from).or_insert((association, to));
-                if association > entry.0 {
-                    *entry = (association, to);
-                }
-            }
+            partners.entry(left).or_default().push((association, right));
+            partners.entry(right).or_default().push((association, left));
         }
 
-        let index: BTreeMap<&Id, usize> =
-            best.keys().chain(best.values().map(|(_, to)| to)).map(|id| (*id, 0)).collect();
-        let ids: Vec<&Id> = index.keys().copied().collect();
+        let ids: Vec<&Id> = partners.keys().copied().collect();
         let position: HashMap<&Id, usize> =
             ids.iter().enumerate().map(|(at, id)| (*id, at)).collect();
         let mut parent: Vec<usize> = (0..ids.len()).collect();
-        for (from, (_, to)) in &best {
-            union(&mut parent, position[from], position[to]);
+        for (from, list) in &mut partners {
+            // Strongest first; on equal association the smaller id, so the links never depend
+            // on the order the counts arrived in.
+            list.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+            for (_, to) in list.iter().take(config.links_per_category) {
+                union(&mut parent, position[from], position[to]);
+            }
         }
         // The root of each component is its smallest id, because `union` keeps the smaller root.
         let mut groups = Vec::with_capacity(ids.len());
@@ -269,7 +272,9 @@ impl PopulationModel {
             // Half an event of prior keeps a group never seen before from an infinite ratio.
             let baseline_share = (baseline_count + 0.5) / (self.baseline_total + 0.5);
             let ratio = recent_share / baseline_share;
-            if ratio >= config.trend_ratio {
+            let expected = baseline_share * recent_total as f64;
+            let z = (count as f64 - expected) / expected.max(1.0).sqrt();
+            if ratio >= config.trend_ratio && z >= config.trend_min_z {
                 trending.push((group.clone(), ratio));
             }
         }

@@ -151,6 +151,18 @@ pub fn population_groups<'scope>(
                 let end = *entry.key();
                 let delta = entry.remove();
                 let info = model.add_window(&delta).clone();
+                let mut sizes: HashMap<&Id, usize> = HashMap::new();
+                for (_, representative) in &info.groups {
+                    *sizes.entry(representative).or_default() += 1;
+                }
+                tracing::debug!(
+                    window_end = end,
+                    grouped_categories = info.groups.len(),
+                    groups = sizes.len(),
+                    largest_group = sizes.values().max().copied().unwrap_or(0),
+                    trending = info.trending.len(),
+                    "population groups rebuilt"
+                );
                 if let Some(capability) = held.at(end) {
                     output.session(&capability).give(info);
                 }

@@ -76,6 +76,48 @@ pub(crate) fn split_quoted(line: &[u8]) -> Result<Vec<Cow<'_, [u8]>>, &'static s
     }
 }
 
+/// Reads a field of 1 to 19 decimal digits (leading zeros allowed) at `*position`, and moves
+/// `*position` past the comma that ends it, or to the end of the line.
+///
+/// Returns `None`, with `*position` unspecified, for anything else. This is the fast path of
+/// the CSV readers, which fall back to a field-by-field parse with reasons on `None`.
+#[inline]
+pub(crate) fn take_digits(line: &[u8], position: &mut usize) -> Option<u64> {
+    let start = *position;
+    let mut value: u64 = 0;
+    let mut cursor = start;
+    while let Some(&byte) = line.get(cursor) {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            if byte != b',' {
+                return None;
+            }
+            break;
+        }
+        value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
+        cursor += 1;
+    }
+    let length = cursor - start;
+    if length == 0 || length > 19 {
+        return None;
+    }
+    *position = cursor + 1;
+    Some(value)
+}
+
+/// Returns the field at `*position` and moves `*position` past the comma that ends it, or past
+/// the end of the line for the last field.
+#[inline]
+pub(crate) fn take_field<'a>(line: &'a [u8], position: &mut usize) -> &'a [u8] {
+    let rest = line.get(*position..).unwrap_or_default();
+    let length = rest
+        .iter()
+        .position(|&byte| byte == b',')
+        .unwrap_or(rest.len());
+    *position += length + 1;
+    &rest[..length]
+}
+
 /// Parses canonical decimal digits (no sign, no leading zero, at most 38 digits), with the same
 /// rule as [`Id::parse_int`] but on bytes.
 pub(crate) fn parse_canonical_int(field: &[u8]) -> Option<u128> {
@@ -120,7 +162,9 @@ pub(crate) fn id_from_bytes(field: &[u8]) -> Option<Id> {
     if let Some(value) = parse_canonical_int(field) {
         return Some(Id::Int(value));
     }
-    std::str::from_utf8(field).ok().map(|text| Id::Text(text.into()))
+    std::str::from_utf8(field)
+        .ok()
+        .map(|text| Id::Text(text.into()))
 }
 
 /// Quotes a field value for a bad-record reason, cut to 40 bytes and with invalid UTF-8 replaced.
@@ -213,6 +257,27 @@ mod tests {
             );
         }
         assert_eq!(id_from_bytes(b"\xff1"), None);
+    }
+
+    #[test]
+    fn digit_fields_in_place() {
+        let line = b"12,007,x,99999999999999999999,";
+        let mut position = 0;
+        assert_eq!(take_digits(line, &mut position), Some(12));
+        assert_eq!(take_digits(line, &mut position), Some(7));
+        assert_eq!(take_digits(line, &mut position), None);
+        position = 9;
+        assert_eq!(take_digits(line, &mut position), None, "20 digits");
+        assert_eq!(take_digits(b"5", &mut 0), Some(5));
+        assert_eq!(take_digits(b"", &mut 0), None);
+        assert_eq!(take_digits(b",", &mut 0), None);
+        assert_eq!(take_digits(b"1\r", &mut 0), None);
+
+        let mut position = 0;
+        assert_eq!(take_field(b"pv,1", &mut position), b"pv");
+        assert_eq!(take_field(b"pv,1", &mut position), b"1");
+        assert_eq!(position, 5);
+        assert_eq!(take_field(b"pv,1", &mut position), b"");
     }
 
     #[test]

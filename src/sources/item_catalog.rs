@@ -23,7 +23,7 @@ pub struct ItemCatalog {
     /// Category snapshots of each item as (time in Unix ms, category), sorted by time, with
     /// consecutive snapshots of the same category merged.
     snapshots: HashMap<Id, Vec<(i64, Id)>>,
-    /// Root ancestor of each category of the tree; a root maps to itself.
+    /// Root ancestor of each category of the tree. A root maps to itself.
     roots: HashMap<Id, Id>,
 }
 
@@ -58,7 +58,9 @@ impl ItemCatalog {
     pub fn category_at(&self, item: &Id, ts_ms: i64) -> Option<&Id> {
         let snapshots = self.snapshots.get(item)?;
         let after = snapshots.partition_point(|(snapshot_ms, _)| *snapshot_ms <= ts_ms);
-        snapshots.get(after.saturating_sub(1)).map(|(_, category)| category)
+        snapshots
+            .get(after.saturating_sub(1))
+            .map(|(_, category)| category)
     }
 
     /// Returns the root ancestor of `category` in the category tree, or `None` when the
@@ -84,16 +86,22 @@ impl ItemCatalog {
     ) -> Result<(), SourceError> {
         let mut skipped = SkippedRows::default();
         let mut category_rows: u64 = 0;
-        read_rows(path, PROPERTIES_HEADER, PROPERTIES_HINT, |line_no, line| {
-            match parse_category_row(line) {
+        read_rows(
+            path,
+            PROPERTIES_HEADER,
+            PROPERTIES_HINT,
+            |line_no, line| match parse_category_row(line) {
                 Ok(None) => {}
                 Ok(Some((item, ts_ms, category))) => {
                     category_rows += 1;
-                    self.snapshots.entry(item).or_default().push((ts_ms, category));
+                    self.snapshots
+                        .entry(item)
+                        .or_default()
+                        .push((ts_ms, category));
                 }
                 Err(reason) => skipped.add(line_no, reason),
-            }
-        })?;
+            },
+        )?;
         if category_rows == 0 {
             warnings.push(format!(
                 "{}: no categoryid rows, so no item gets a category from this file",
@@ -111,14 +119,17 @@ impl ItemCatalog {
     ) -> Result<(), SourceError> {
         let mut parents: HashMap<Id, Option<Id>> = HashMap::new();
         let mut skipped = SkippedRows::default();
-        read_rows(path, TREE_HEADER, TREE_HINT, |line_no, line| {
-            match parse_tree_row(line) {
+        read_rows(
+            path,
+            TREE_HEADER,
+            TREE_HINT,
+            |line_no, line| match parse_tree_row(line) {
                 Ok((category, parent)) => {
                     parents.insert(category, parent);
                 }
                 Err(reason) => skipped.add(line_no, reason),
-            }
-        })?;
+            },
+        )?;
         skipped.warn(path, "rows", warnings);
 
         let mut in_cycles = 0;
@@ -149,7 +160,8 @@ const TREE_HINT: &str = "--category-tree takes RetailRocket category_tree.csv";
 /// Returns `None` when the chain of parents has a cycle.
 fn find_root<'a>(parents: &'a HashMap<Id, Option<Id>>, category: &'a Id) -> Option<&'a Id> {
     let mut current = category;
-    // A chain without a cycle visits each category at most once.
+    // Without a cycle, the chain reaches a root within `parents.len()` steps, because it
+    // cannot visit a category twice.
     for _ in 0..=parents.len() {
         match parents.get(current) {
             Some(Some(parent)) => current = parent,
@@ -308,13 +320,24 @@ mod tests {
     fn category_rows() {
         assert_eq!(
             parse_category_row(b"1431226800000,200,categoryid,1338"),
-            Ok(Some((Id::from(200u64), 1_431_226_800_000, Id::from(1338u64))))
+            Ok(Some((
+                Id::from(200u64),
+                1_431_226_800_000,
+                Id::from(1338u64)
+            )))
         );
         assert_eq!(
             parse_category_row(b"\"1431226800000\",\"200\",categoryid,\"1338\""),
-            Ok(Some((Id::from(200u64), 1_431_226_800_000, Id::from(1338u64))))
+            Ok(Some((
+                Id::from(200u64),
+                1_431_226_800_000,
+                Id::from(1338u64)
+            )))
         );
-        assert_eq!(parse_category_row(b"1,400,283,\"n12.000,n5.000\""), Ok(None));
+        assert_eq!(
+            parse_category_row(b"1,400,283,\"n12.000,n5.000\""),
+            Ok(None)
+        );
         assert_eq!(parse_category_row(b"1,400,available,1"), Ok(None));
         assert!(parse_category_row(b"1,400").is_err());
         assert!(parse_category_row(b"x,400,categoryid,5").is_err());

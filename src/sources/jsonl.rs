@@ -43,9 +43,17 @@ impl LineParser for JsonlParser {
 fn json_error_reason(error: &serde_json::Error) -> String {
     let message = error.to_string();
     let message = message
-        .strip_suffix(&format!(" at line {} column {}", error.line(), error.column()))
+        .strip_suffix(&format!(
+            " at line {} column {}",
+            error.line(),
+            error.column()
+        ))
         .unwrap_or(&message);
-    format!("invalid JSON event at column {}: {message}", error.column())
+    // serde_json reports column 0 for an error at the first value, before any byte is read.
+    match error.column() {
+        0 => format!("invalid JSON event: {message}"),
+        column => format!("invalid JSON event at column {column}: {message}"),
+    }
 }
 
 /// The recognised fields of one event object, kept as JSON values until they are checked.
@@ -144,7 +152,9 @@ impl EventFields {
             behavior,
             topic: None,
             price: price(self.price)?,
-            brand: optional(self.brand).map(|value| id(&value, "brand")).transpose()?,
+            brand: optional(self.brand)
+                .map(|value| id(&value, "brand"))
+                .transpose()?,
             dwell_ms: dwell(self.dwell_ms)?,
             session: session(self.session)?,
             line: line_no,
@@ -312,8 +322,12 @@ mod tests {
 
     #[test]
     fn big_ids_keep_every_digit() {
-        let line = |user: &str| format!(r#"{{"user":{user},"category":1,"behavior":"view","ts":1}}"#);
-        assert_eq!(event(&line("9196877626998784")).user, Id::Int(9_196_877_626_998_784));
+        let line =
+            |user: &str| format!(r#"{{"user":{user},"category":1,"behavior":"view","ts":1}}"#);
+        assert_eq!(
+            event(&line("9196877626998784")).user,
+            Id::Int(9_196_877_626_998_784)
+        );
         assert_eq!(
             event(&line("123456789012345678901")).user,
             Id::Int(123_456_789_012_345_678_901)
@@ -348,7 +362,10 @@ mod tests {
     #[test]
     fn timestamp_forms() {
         let ts = |value: &str| {
-            event(&format!(r#"{{"user":1,"category":1,"behavior":"view","ts":{value}}}"#)).ts_ms
+            event(&format!(
+                r#"{{"user":1,"category":1,"behavior":"view","ts":{value}}}"#
+            ))
+            .ts_ms
         };
         assert_eq!(ts("1511539200"), 1_511_539_200_000);
         assert_eq!(ts("1511539200123"), 1_511_539_200_123);
@@ -364,7 +381,9 @@ mod tests {
     #[test]
     fn timestamp_rejections() {
         let reason_for = |value: &str| {
-            reason(&format!(r#"{{"user":1,"category":1,"behavior":"view","ts":{value}}}"#))
+            reason(&format!(
+                r#"{{"user":1,"category":1,"behavior":"view","ts":{value}}}"#
+            ))
         };
         assert!(reason_for("-5").contains("negative"));
         assert!(reason_for("\"yesterday\"").contains("is not Unix seconds"));
@@ -376,22 +395,67 @@ mod tests {
     #[test]
     fn bad_shapes() {
         let cases = [
-            (r#"{"user":1,"item":1,"category":{"id":41},"behavior":"view","ts":1}"#, "category is an object"),
-            (r#"{"user":1,"category":[4],"behavior":"view","ts":1}"#, "category is an array"),
-            (r#"{"user":1,"category":null,"behavior":"view","ts":1}"#, "category is null"),
+            (
+                r#"{"user":1,"item":1,"category":{"id":41},"behavior":"view","ts":1}"#,
+                "category is an object",
+            ),
+            (
+                r#"{"user":1,"category":[4],"behavior":"view","ts":1}"#,
+                "category is an array",
+            ),
+            (
+                r#"{"user":1,"category":null,"behavior":"view","ts":1}"#,
+                "category is null",
+            ),
             (r#"[7777,1,41,"view",1511539800]"#, "expected a JSON object"),
-            (r#"{"user":1,"category":4,"behavior":"view","ts":1,}"#, "trailing comma"),
-            (r#"{"user":null,"category":4,"behavior":"view","ts":1}"#, "user is null"),
-            (r#"{"category":4,"behavior":"view","ts":1}"#, "missing field user"),
-            (r#"{"user":1,"behavior":"view","ts":1}"#, "missing field category"),
-            (r#"{"user":1,"category":4,"ts":1}"#, "missing field behavior"),
-            (r#"{"user":1,"category":4,"behavior":"view"}"#, "missing field ts"),
-            (r#"{"user":1,"user":2,"category":4,"behavior":"view","ts":1}"#, "duplicate field"),
-            (r#"{"user":"","category":4,"behavior":"view","ts":1}"#, "user is an empty string"),
-            (r#"{"user":true,"category":4,"behavior":"view","ts":1}"#, "user is a boolean"),
-            (r#"{"user":1,"category":4,"behavior":"view","ts":1,"price":"abc"}"#, "price"),
-            (r#"{"user":1,"category":4,"behavior":"view","ts":1,"dwell_ms":-3}"#, "dwell_ms"),
-            (r#"{"user":1,"category":4,"behavior":"view","ts":1} x"#, "trailing characters"),
+            (
+                r#"{"user":1,"category":4,"behavior":"view","ts":1,}"#,
+                "trailing comma",
+            ),
+            (
+                r#"{"user":null,"category":4,"behavior":"view","ts":1}"#,
+                "user is null",
+            ),
+            (
+                r#"{"category":4,"behavior":"view","ts":1}"#,
+                "missing field user",
+            ),
+            (
+                r#"{"user":1,"behavior":"view","ts":1}"#,
+                "missing field category",
+            ),
+            (
+                r#"{"user":1,"category":4,"ts":1}"#,
+                "missing field behavior",
+            ),
+            (
+                r#"{"user":1,"category":4,"behavior":"view"}"#,
+                "missing field ts",
+            ),
+            (
+                r#"{"user":1,"user":2,"category":4,"behavior":"view","ts":1}"#,
+                "duplicate field",
+            ),
+            (
+                r#"{"user":"","category":4,"behavior":"view","ts":1}"#,
+                "user is an empty string",
+            ),
+            (
+                r#"{"user":true,"category":4,"behavior":"view","ts":1}"#,
+                "user is a boolean",
+            ),
+            (
+                r#"{"user":1,"category":4,"behavior":"view","ts":1,"price":"abc"}"#,
+                "price",
+            ),
+            (
+                r#"{"user":1,"category":4,"behavior":"view","ts":1,"dwell_ms":-3}"#,
+                "dwell_ms",
+            ),
+            (
+                r#"{"user":1,"category":4,"behavior":"view","ts":1} x"#,
+                "trailing characters",
+            ),
             (r#"{"user":1,"#, "EOF"),
         ];
         for (line, expected) in cases {

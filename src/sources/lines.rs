@@ -25,14 +25,14 @@ pub struct Line<'a> {
 ///
 /// A UTF-8 byte order mark at the start of the input is removed, and a last line without a
 /// final newline is still returned. A line longer than the limit is returned cut to the limit
-/// with `truncated` set: the rest of it is read and dropped, so the next call starts at the
-/// next line and memory stays bounded by the limit plus the reader's buffer.
+/// with `truncated` set. The rest of that line is read and dropped, so the next call starts at
+/// the next line, and memory stays bounded by the limit plus the reader's buffer.
 pub struct LineSplitter<R: BufRead> {
     reader: R,
     max_line_bytes: usize,
     line_number: u64,
-    /// Bytes of the reader's buffer that belong to the last returned line; consumed on the next
-    /// call, because the returned slice borrows them.
+    /// Number of bytes of the reader's buffer that belong to the last returned line. They are
+    /// consumed on the next call, because the returned slice borrows them.
     pending_consume: usize,
     /// Content of a line that spans more than one fill of the reader's buffer.
     spill: Vec<u8>,
@@ -54,7 +54,10 @@ impl<R: BufRead> LineSplitter<R> {
 
     /// Sets the maximum line length in bytes, not counting the line ending. Must be at least 1.
     pub fn with_max_line_bytes(mut self, max_line_bytes: usize) -> Self {
-        assert!(max_line_bytes > 0, "the maximum line length must be at least 1 byte");
+        assert!(
+            max_line_bytes > 0,
+            "the maximum line length must be at least 1 byte"
+        );
         self.max_line_bytes = max_line_bytes;
         self
     }
@@ -95,11 +98,15 @@ impl<R: BufRead> LineSplitter<R> {
             self.line_number += 1;
             let content = &buffer[..position];
             let content = content.strip_suffix(b"\r").unwrap_or(content);
-            return Ok(Some(cut_line(content, self.line_number, self.max_line_bytes)));
+            return Ok(Some(cut_line(
+                content,
+                self.line_number,
+                self.max_line_bytes,
+            )));
         }
 
         // Slow path: gather the line across buffer fills, keeping at most one byte more than
-        // the limit so that a final `\r` can still be told apart from content.
+        // the limit so that a final `\r` can still be distinguished from content.
         self.spill.clear();
         let keep = self.max_line_bytes.saturating_add(1);
         let mut total: u64 = 0;
@@ -126,7 +133,8 @@ impl<R: BufRead> LineSplitter<R> {
             }
             total += chunk.len() as u64;
             let room = keep.saturating_sub(self.spill.len());
-            self.spill.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            self.spill
+                .extend_from_slice(&chunk[..chunk.len().min(room)]);
             self.reader.consume(consumed);
             if complete {
                 break;
@@ -136,10 +144,14 @@ impl<R: BufRead> LineSplitter<R> {
         self.line_number += 1;
         let content_length = total - u64::from(ends_with_cr);
         if content_length <= self.max_line_bytes as u64 {
-            // The whole line fits, so `spill` holds all of it, plus the `\r` if there was one.
+            // The whole line fits, so `spill` contains all of it, plus the `\r` if there was one.
             self.spill.truncate(content_length as usize);
         }
-        Ok(Some(cut_line(&self.spill, self.line_number, self.max_line_bytes)))
+        Ok(Some(cut_line(
+            &self.spill,
+            self.line_number,
+            self.max_line_bytes,
+        )))
     }
 
     /// Reads the next line and parses it, turning a line over the limit into a bad record.
@@ -155,7 +167,11 @@ impl<R: BufRead> LineSplitter<R> {
         };
         if line.truncated {
             let reason = format!("line longer than {max_line_bytes} bytes");
-            return Ok(Some(Parsed::Bad(BadRecord::new(line.number, reason, line.bytes))));
+            return Ok(Some(Parsed::Bad(BadRecord::new(
+                line.number,
+                reason,
+                line.bytes,
+            ))));
         }
         Ok(Some(parser.parse(line.number, line.bytes)))
     }
@@ -202,7 +218,11 @@ mod tests {
     fn crlf_blank_and_unterminated_lines() {
         for capacity in [1, 2, 3, 7, 8192] {
             let lines = split(b"a,b\r\n\r\n\nlast\r", capacity, 100);
-            assert_eq!(contents(&lines), vec![&b"a,b"[..], b"", b"", b"last"], "{capacity}");
+            assert_eq!(
+                contents(&lines),
+                vec![&b"a,b"[..], b"", b"", b"last"],
+                "{capacity}"
+            );
             let numbers: Vec<u64> = lines.iter().map(|line| line.0).collect();
             assert_eq!(numbers, vec![1, 2, 3, 4]);
         }
@@ -219,7 +239,11 @@ mod tests {
     fn bom_removed_only_from_line_one() {
         for capacity in [1, 2, 8192] {
             let lines = split(b"\xEF\xBB\xBFa\n\xEF\xBB\xBFb", capacity, 100);
-            assert_eq!(contents(&lines), vec![&b"a"[..], b"\xEF\xBB\xBFb"], "{capacity}");
+            assert_eq!(
+                contents(&lines),
+                vec![&b"a"[..], b"\xEF\xBB\xBFb"],
+                "{capacity}"
+            );
         }
     }
 
@@ -247,7 +271,11 @@ mod tests {
         let first = splitter.next_line().unwrap().unwrap();
         assert!(first.truncated);
         assert_eq!(first.bytes.len(), 10);
-        assert!(splitter.spill.capacity() < 1000, "{}", splitter.spill.capacity());
+        assert!(
+            splitter.spill.capacity() < 1000,
+            "{}",
+            splitter.spill.capacity()
+        );
         let second = splitter.next_line().unwrap().unwrap();
         assert_eq!(second.bytes, b"ok");
         assert_eq!(second.number, 2);

@@ -48,7 +48,7 @@ mod time;
 pub use item_catalog::ItemCatalog;
 pub use lines::{Line, LineSplitter, DEFAULT_MAX_LINE_BYTES};
 
-/// Size of the read buffer of [`open_input`]; large buffers keep most lines on the fast path
+/// Size of the read buffer of [`open_input`]. A large buffer keeps most lines on the fast path
 /// of [`LineSplitter`], which returns lines in place without copying.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -265,8 +265,8 @@ fn wrap_decoder<R: Read + Send + 'static>(
 
 /// Guesses the format from the first bytes of the decoded input.
 ///
-/// Looks at up to 8 non-blank complete lines and returns the format of the first line that
-/// is a known header, a JSON object or a data row of a CSV format. A UTF-8 byte order mark is
+/// Returns the format of the first of up to 8 non-blank lines that is a known header, a JSON
+/// object or a data row of a CSV format. The last line of `head` may be cut off. A UTF-8 byte order mark is
 /// ignored. The Taobao header `user_id,item_id,...` gives `Taobao`, although the format has no
 /// header, so that the reader reports that line as bad rather than the whole input as unknown.
 pub fn detect_format(head: &[u8]) -> Option<Format> {
@@ -298,9 +298,7 @@ fn detect_line_format(line: &[u8]) -> Option<Format> {
         5 if matches!(fields[3], b"pv" | b"buy" | b"cart" | b"fav") && digits(fields[4]) => {
             Some(Format::Taobao)
         }
-        5 if matches!(fields[2], b"view" | b"addtocart" | b"transaction")
-            && digits(fields[0]) =>
-        {
+        5 if matches!(fields[2], b"view" | b"addtocart" | b"transaction") && digits(fields[0]) => {
             Some(Format::RetailRocket)
         }
         9 if fields[0].ends_with(b" UTC") => Some(Format::Rees46),
@@ -310,8 +308,8 @@ fn detect_line_format(line: &[u8]) -> Option<Format> {
 
 /// Builds the parser of `format`, and returns it with warnings for the log.
 ///
-/// `events_path` is the events file, used by RetailRocket to find `item_properties*.csv` and
-/// `category_tree.csv` beside it when `options` names none; `None` for stdin.
+/// `events_path` is the events file, or `None` for stdin. RetailRocket looks for
+/// `item_properties*.csv` and `category_tree.csv` beside it when `options` names none.
 pub fn make_parser(
     format: Format,
     options: &SourceOptions,
@@ -361,8 +359,14 @@ mod tests {
 
     #[test]
     fn missing_category_names() {
-        assert_eq!("bad".parse::<MissingCategory>().unwrap(), MissingCategory::Bad);
-        assert_eq!("item".parse::<MissingCategory>().unwrap(), MissingCategory::Item);
+        assert_eq!(
+            "bad".parse::<MissingCategory>().unwrap(),
+            MissingCategory::Bad
+        );
+        assert_eq!(
+            "item".parse::<MissingCategory>().unwrap(),
+            MissingCategory::Item
+        );
         assert!("Item".parse::<MissingCategory>().is_err());
     }
 
@@ -382,7 +386,10 @@ mod tests {
 
     #[test]
     fn detects_rows_without_header() {
-        assert_eq!(detect_format(b"543462,1715,1464116,pv,1511658000\r\n"), Some(Format::Taobao));
+        assert_eq!(
+            detect_format(b"543462,1715,1464116,pv,1511658000\r\n"),
+            Some(Format::Taobao)
+        );
         assert_eq!(
             detect_format(b"1431328072718,7002,view,200,\n"),
             Some(Format::RetailRocket)

@@ -32,6 +32,13 @@ impl LineParser for Rees46Parser {
         if line.is_empty() || line == HEADER {
             return Parsed::Skip;
         }
+        if line_no == 1 && line.first().is_some_and(u8::is_ascii_alphabetic) {
+            let reason = format!(
+                "unexpected header; expected {:?} with the columns in that order",
+                String::from_utf8_lossy(HEADER)
+            );
+            return Parsed::Bad(BadRecord::new(line_no, reason, line));
+        }
         let result = if memchr::memchr(b'"', line).is_some() {
             match fields::split_quoted(line) {
                 Ok(quoted) => parse_fields(line_no, &quoted, quoted.len()),
@@ -56,7 +63,11 @@ fn parse_fields<F: AsRef<[u8]>>(line_no: u64, fields: &[F], count: usize) -> Res
     let field = |index: usize| fields[index].as_ref();
     let event_time = field(0);
     let ts_ms = time::parse_utc_suffixed(event_time).map_err(|error| {
-        error.reason("event_time", event_time, "a time like 2019-10-01 00:00:00 UTC")
+        error.reason(
+            "event_time",
+            event_time,
+            "a time like 2019-10-01 00:00:00 UTC",
+        )
     })?;
     let behavior = parse_behavior(field(1))?;
     let item = required_id(field(2), "product_id")?;
@@ -86,7 +97,13 @@ fn parse_behavior(field: &[u8]) -> Result<Behavior, String> {
     std::str::from_utf8(field)
         .ok()
         .and_then(Behavior::parse)
-        .ok_or_else(|| invalid_value("event_type", field, "view, cart, remove_from_cart or purchase"))
+        .ok_or_else(|| {
+            invalid_value(
+                "event_type",
+                field,
+                "view, cart, remove_from_cart or purchase",
+            )
+        })
 }
 
 fn required_id(field: &[u8], name: &str) -> Result<Id, String> {
@@ -159,7 +176,10 @@ mod tests {
         assert_eq!(event.brand, None);
         assert_eq!(event.price, Some(543.10));
         assert_eq!(event.user, Id::Int(519_107_250));
-        assert_eq!(event.session.as_deref(), Some("566511c2-e2e3-422b-b695-cf8e6e792ca8"));
+        assert_eq!(
+            event.session.as_deref(),
+            Some("566511c2-e2e3-422b-b695-cf8e6e792ca8")
+        );
         assert_eq!(event.line, 2);
     }
 
@@ -190,8 +210,22 @@ mod tests {
     }
 
     #[test]
+    fn other_header_is_reported() {
+        let parsed = Rees46Parser::new().parse(1, b"event_time,event_type,product_id,user_id");
+        let Parsed::Bad(record) = parsed else {
+            panic!("expected a bad record, got {parsed:?}");
+        };
+        assert!(
+            record.reason.starts_with("unexpected header"),
+            "{}",
+            record.reason
+        );
+    }
+
+    #[test]
     fn quoted_fields() {
-        let Parsed::Event(event) = parse(b"2019-10-01 00:00:04 UTC,view,1,2,,\"a, b\",1.5,3,s") else {
+        let Parsed::Event(event) = parse(b"2019-10-01 00:00:04 UTC,view,1,2,,\"a, b\",1.5,3,s")
+        else {
             panic!("expected an event");
         };
         assert_eq!(event.brand, Some(Id::Text("a, b".into())));
@@ -203,11 +237,14 @@ mod tests {
         let truncated = b"2019-10-01 02:50:00 UTC,view,10900305,2053013555069845885,appliances.kitchen.mixer,elenberg,25.71,52040330";
         assert!(reason(truncated).contains("expected 9 comma-separated fields, found 8"));
         assert!(reason(b"2019-10-01 00:00:04,view,1,2,,,1,3,s").contains("event_time"));
-        assert!(reason(b"2019-10-01 00:00:04 UTC,scroll,1,2,,,1,3,s").contains("event_type \"scroll\""));
+        assert!(
+            reason(b"2019-10-01 00:00:04 UTC,scroll,1,2,,,1,3,s").contains("event_type \"scroll\"")
+        );
         assert!(reason(b"2019-10-01 00:00:04 UTC,view,1,2,,,NaN,3,s").contains("price \"NaN\""));
         assert!(reason(b"2019-10-01 00:00:04 UTC,view,1,2,,,abc,3,s").contains("price"));
         assert!(reason(b"2019-10-01 00:00:04 UTC,view,1,,,,1,3,s").contains("category_id is empty"));
         assert!(reason(b"2019-10-01 00:00:04 UTC,view,1,2,,,1,,s").contains("user_id is empty"));
-        assert!(reason(b"2019-10-01 00:00:04 UTC,view,1,2,,\xff,1,3,s").contains("brand is not valid UTF-8"));
+        assert!(reason(b"2019-10-01 00:00:04 UTC,view,1,2,,\xff,1,3,s")
+            .contains("brand is not valid UTF-8"));
     }
 }

@@ -103,7 +103,9 @@ impl RetailRocketParser {
             None => match self.missing_category {
                 MissingCategory::Item => (item.clone(), None),
                 MissingCategory::Bad => {
-                    return Err(format!("item {item} has no categoryid in the item properties"))
+                    return Err(format!(
+                        "item {item} has no categoryid in the item properties"
+                    ))
                 }
             },
         };
@@ -128,6 +130,13 @@ impl LineParser for RetailRocketParser {
     fn parse(&mut self, line_no: u64, line: &[u8]) -> Parsed {
         if line.is_empty() || line == HEADER {
             return Parsed::Skip;
+        }
+        if line_no == 1 && line.first().is_some_and(u8::is_ascii_alphabetic) {
+            let reason = format!(
+                "unexpected header; expected {:?} with the columns in that order",
+                String::from_utf8_lossy(HEADER)
+            );
+            return Parsed::Bad(BadRecord::new(line_no, reason, line));
         }
         match self.parse_event(line_no, line) {
             Ok(event) => Parsed::Event(event),
@@ -191,7 +200,8 @@ mod tests {
 
     #[test]
     fn float_transaction_id_is_ignored() {
-        let parsed = parser(MissingCategory::Item).parse(3, b"1438829821179,264810,transaction,325310,14418.0");
+        let parsed = parser(MissingCategory::Item)
+            .parse(3, b"1438829821179,264810,transaction,325310,14418.0");
         let Parsed::Event(event) = parsed else {
             panic!("expected an event, got {parsed:?}");
         };
@@ -210,7 +220,10 @@ mod tests {
         let Parsed::Bad(record) = parsed else {
             panic!("expected a bad record, got {parsed:?}");
         };
-        assert_eq!(record.reason, "item 400 has no categoryid in the item properties");
+        assert_eq!(
+            record.reason,
+            "item 400 has no categoryid in the item properties"
+        );
         assert_eq!(record.line, 4);
     }
 
@@ -225,6 +238,20 @@ mod tests {
         assert!(reason(b"1438829821179,1,scroll,400,").contains("event \"scroll\""));
         assert!(reason(b"1438829821179,,view,400,").contains("visitorid is empty"));
         assert!(reason(b"-1438829821179,1,view,400,").contains("negative"));
+    }
+
+    #[test]
+    fn other_column_order_is_reported() {
+        let parsed = parser(MissingCategory::Item)
+            .parse(1, b"timestamp,visitorid,itemid,event,transactionid");
+        let Parsed::Bad(record) = parsed else {
+            panic!("expected a bad record, got {parsed:?}");
+        };
+        assert!(
+            record.reason.starts_with("unexpected header"),
+            "{}",
+            record.reason
+        );
     }
 
     #[test]

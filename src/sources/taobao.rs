@@ -26,11 +26,49 @@ impl LineParser for TaobaoParser {
         if line.is_empty() {
             return Parsed::Skip;
         }
+        if let Some(event) = parse_common_event(line_no, line) {
+            return Parsed::Event(event);
+        }
         match parse_event(line_no, line) {
             Ok(event) => Parsed::Event(event),
             Err(reason) => Parsed::Bad(BadRecord::new(line_no, reason, line)),
         }
     }
+}
+
+/// Parses a row in one pass when every id has at most 19 digits, the common case. Returns
+/// `None` for any other row, which [`parse_event`] then parses or rejects with a reason.
+#[inline]
+fn parse_common_event(line_no: u64, line: &[u8]) -> Option<Event> {
+    let mut position = 0;
+    let user = fields::take_digits(line, &mut position)?;
+    let item = fields::take_digits(line, &mut position)?;
+    let category = fields::take_digits(line, &mut position)?;
+    let behavior = match fields::take_field(line, &mut position) {
+        b"pv" => Behavior::View,
+        b"cart" => Behavior::Cart,
+        b"fav" => Behavior::Fav,
+        b"buy" => Behavior::Buy,
+        _ => return None,
+    };
+    let seconds = fields::take_digits(line, &mut position)?;
+    // The timestamp must be the last field, and small enough for milliseconds in `i64`.
+    if position != line.len() + 1 || seconds >= 1 << 53 {
+        return None;
+    }
+    Some(Event {
+        ts_ms: seconds as i64 * 1000,
+        user: Id::Int(u128::from(user)),
+        category: Id::Int(u128::from(category)),
+        item: Id::Int(u128::from(item)),
+        behavior,
+        topic: None,
+        price: None,
+        brand: None,
+        dwell_ms: None,
+        session: None,
+        line: line_no,
+    })
 }
 
 fn parse_event(line_no: u64, line: &[u8]) -> Result<Event, String> {
@@ -52,10 +90,17 @@ fn parse_event(line_no: u64, line: &[u8]) -> Result<Event, String> {
         b"cart" => Behavior::Cart,
         b"fav" => Behavior::Fav,
         b"buy" => Behavior::Buy,
-        other => return Err(invalid_value("behavior_type", other, "pv, cart, fav or buy")),
+        other => {
+            return Err(invalid_value(
+                "behavior_type",
+                other,
+                "pv, cart, fav or buy",
+            ))
+        }
     };
-    let ts_ms = time::parse_seconds_digits(timestamp)
-        .map_err(|error| error.reason("timestamp", timestamp, "an integer number of Unix seconds"))?;
+    let ts_ms = time::parse_seconds_digits(timestamp).map_err(|error| {
+        error.reason("timestamp", timestamp, "an integer number of Unix seconds")
+    })?;
 
     Ok(Event {
         ts_ms,
@@ -74,7 +119,7 @@ fn parse_event(line_no: u64, line: &[u8]) -> Result<Event, String> {
 
 /// Reads an id column, which in this format must be a decimal integer.
 ///
-/// Leading zeros are accepted and dropped, because the column holds numbers. An id of more than
+/// Leading zeros are accepted and dropped, because the column contains numbers. An id of more than
 /// 38 digits (which would not fit `u128`) is rejected rather than kept as text.
 fn integer_id(field: &[u8], name: &str) -> Result<Id, String> {
     let first_significant = field
@@ -113,16 +158,41 @@ mod tests {
 
     #[test]
     fn behaviors_are_the_four_taobao_names() {
-        let behavior = |name: &str| match TaobaoParser::new().parse(1, format!("1,2,3,{name},4").as_bytes()) {
-            Parsed::Event(event) => Some(event.behavior),
-            _ => None,
-        };
+        let behavior =
+            |name: &str| match TaobaoParser::new().parse(1, format!("1,2,3,{name},4").as_bytes()) {
+                Parsed::Event(event) => Some(event.behavior),
+                _ => None,
+            };
         assert_eq!(behavior("pv"), Some(Behavior::View));
         assert_eq!(behavior("cart"), Some(Behavior::Cart));
         assert_eq!(behavior("fav"), Some(Behavior::Fav));
         assert_eq!(behavior("buy"), Some(Behavior::Buy));
         assert_eq!(behavior("view"), None);
         assert_eq!(behavior("clk"), None);
+    }
+
+    #[test]
+    fn one_pass_parse_matches_field_parse() {
+        let lines: [&[u8]; 9] = [
+            b"1,2268318,2520377,pv,1511544070",
+            b"007,0,00,buy,0",
+            b"1234567890123456789,2,3,fav,1",
+            b"12345678901234567890,2,3,cart,1",
+            b"1,2,3,pv,1511544070,",
+            b"1,2,3,pv,",
+            b"1,2,3,pv,9007199254740992",
+            b"1,2,3,pv, 1",
+            b"1,2,3,PV,1",
+        ];
+        for line in lines {
+            let shown = String::from_utf8_lossy(line);
+            if let Some(event) = parse_common_event(5, line) {
+                assert_eq!(Ok(event), parse_event(5, line), "{shown}");
+            }
+        }
+        assert!(parse_common_event(5, lines[0]).is_some());
+        assert!(parse_common_event(5, lines[3]).is_none(), "20 digits");
+        assert!(parse_common_event(5, lines[6]).is_none(), "2^53 seconds");
     }
 
     #[test]
@@ -149,6 +219,9 @@ mod tests {
         assert!(reason(b"1,a1,3,pv,5").contains("an integer of at most 38 digits"));
         let long_id = format!("1,{},3,pv,5", "1".repeat(39));
         let found = reason(long_id.as_bytes());
-        assert!(found.contains("item id") && found.contains("at most 38 digits"), "{found}");
+        assert!(
+            found.contains("item id") && found.contains("at most 38 digits"),
+            "{found}"
+        );
     }
 }

@@ -8,7 +8,7 @@
 /// would be the year 33658, and as milliseconds it is September 2001.
 const MILLIS_FROM: u128 = 1_000_000_000_000;
 
-/// Why a time could not be read.
+/// Reason a time could not be parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum TimeError {
     /// Not in any accepted form.
@@ -33,8 +33,8 @@ impl TimeError {
 
 /// Parses an epoch number: seconds below 10^12, milliseconds from 10^12 on.
 ///
-/// Accepts decimal digits with an optional fraction (`1511539200.25` is 1511539200250 ms; the
-/// fraction of milliseconds is dropped) and, as a fallback, an exponent form such as `1.5e9`.
+/// Accepts decimal digits with an optional fraction, so `1511539200.25` is 1511539200250 ms.
+/// Fractions of a millisecond are dropped. An exponent form such as `1.5e9` is accepted too.
 pub(crate) fn parse_epoch(text: &[u8]) -> Result<i64, TimeError> {
     if let Some(rest) = text.strip_prefix(b"-") {
         return match parse_epoch(rest) {
@@ -207,13 +207,17 @@ fn parse_date_time(text: &[u8]) -> Option<(i64, &[u8])> {
     let mut rest = rest;
     let mut millis_of_second = 0;
     if let Some(fraction) = rest.strip_prefix(b".") {
-        let length = fraction.iter().take_while(|byte| byte.is_ascii_digit()).count();
+        let length = fraction
+            .iter()
+            .take_while(|byte| byte.is_ascii_digit())
+            .count();
         if length == 0 {
             return None;
         }
         for position in 0..3 {
             let digit = fraction.get(position).filter(|_| position < length);
-            millis_of_second = millis_of_second * 10 + digit.map_or(0, |byte| i64::from(byte - b'0'));
+            millis_of_second =
+                millis_of_second * 10 + digit.map_or(0, |byte| i64::from(byte - b'0'));
         }
         rest = &fraction[length..];
     }
@@ -280,7 +284,10 @@ mod tests {
         assert_eq!(parse_epoch(b"1."), Err(TimeError::Invalid));
         assert_eq!(parse_epoch(b".5"), Err(TimeError::Invalid));
         assert_eq!(parse_epoch(b"+5"), Err(TimeError::Invalid));
-        assert_eq!(parse_epoch(b"99999999999999999999"), Err(TimeError::OutOfRange));
+        assert_eq!(
+            parse_epoch(b"99999999999999999999"),
+            Err(TimeError::OutOfRange)
+        );
         assert_eq!(parse_epoch(&[b'9'; 60]), Err(TimeError::OutOfRange));
         assert_eq!(parse_epoch(b"1e400"), Err(TimeError::OutOfRange));
         assert_eq!(parse_epoch(b"e9"), Err(TimeError::Invalid));
@@ -289,26 +296,59 @@ mod tests {
     #[test]
     fn digit_only_forms() {
         assert_eq!(parse_seconds_digits(b"1511658000"), Ok(1_511_658_000_000));
-        assert_eq!(parse_seconds_digits(b"-1511658000"), Err(TimeError::Negative));
-        assert_eq!(parse_seconds_digits(b"1511658000.0"), Err(TimeError::Invalid));
-        assert_eq!(parse_seconds_digits(b"9223372036854775807"), Err(TimeError::OutOfRange));
+        assert_eq!(
+            parse_seconds_digits(b"-1511658000"),
+            Err(TimeError::Negative)
+        );
+        assert_eq!(
+            parse_seconds_digits(b"1511658000.0"),
+            Err(TimeError::Invalid)
+        );
+        assert_eq!(
+            parse_seconds_digits(b"9223372036854775807"),
+            Err(TimeError::OutOfRange)
+        );
         assert_eq!(parse_millis_digits(b"1431328072718"), Ok(1_431_328_072_718));
         assert_eq!(parse_millis_digits(b"00012"), Ok(12));
-        assert_eq!(parse_millis_digits(b"99999999999999999999"), Err(TimeError::OutOfRange));
+        assert_eq!(
+            parse_millis_digits(b"99999999999999999999"),
+            Err(TimeError::OutOfRange)
+        );
         assert_eq!(parse_millis_digits(b""), Err(TimeError::Invalid));
     }
 
     #[test]
     fn rfc3339_forms() {
         assert_eq!(parse_rfc3339(b"1970-01-01T00:00:00Z"), Ok(0));
-        assert_eq!(parse_rfc3339(b"2017-11-25T00:00:00Z"), Ok(1_511_568_000_000));
-        assert_eq!(parse_rfc3339(b"2017-11-25T08:00:00+08:00"), Ok(1_511_568_000_000));
-        assert_eq!(parse_rfc3339(b"2017-11-24T19:30:00-04:30"), Ok(1_511_568_000_000));
-        assert_eq!(parse_rfc3339(b"2017-11-25t00:00:00.5z"), Ok(1_511_568_000_500));
-        assert_eq!(parse_rfc3339(b"2017-11-25 00:00:00.123456Z"), Ok(1_511_568_000_123));
+        assert_eq!(
+            parse_rfc3339(b"2017-11-25T00:00:00Z"),
+            Ok(1_511_568_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339(b"2017-11-25T08:00:00+08:00"),
+            Ok(1_511_568_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339(b"2017-11-24T19:30:00-04:30"),
+            Ok(1_511_568_000_000)
+        );
+        assert_eq!(
+            parse_rfc3339(b"2017-11-25t00:00:00.5z"),
+            Ok(1_511_568_000_500)
+        );
+        assert_eq!(
+            parse_rfc3339(b"2017-11-25 00:00:00.123456Z"),
+            Ok(1_511_568_000_123)
+        );
         assert_eq!(parse_rfc3339(b"2000-02-29T00:00:00Z"), Ok(951_782_400_000));
-        assert_eq!(parse_rfc3339(b"2016-12-31T23:59:60Z"), Ok(1_483_228_800_000));
-        assert_eq!(parse_rfc3339(b"2400-03-01T00:00:00Z"), Ok(13_574_649_600_000));
+        assert_eq!(
+            parse_rfc3339(b"2016-12-31T23:59:60Z"),
+            Ok(1_483_228_800_000)
+        );
+        assert_eq!(
+            parse_rfc3339(b"2400-03-01T00:00:00Z"),
+            Ok(13_574_649_600_000)
+        );
     }
 
     #[test]
@@ -329,16 +369,34 @@ mod tests {
             let shown = String::from_utf8_lossy(text);
             assert_eq!(parse_rfc3339(text), Err(TimeError::Invalid), "{shown}");
         }
-        assert_eq!(parse_rfc3339(b"1969-12-31T23:59:59Z"), Err(TimeError::Negative));
+        assert_eq!(
+            parse_rfc3339(b"1969-12-31T23:59:59Z"),
+            Err(TimeError::Negative)
+        );
     }
 
     #[test]
     fn rees46_time() {
-        assert_eq!(parse_utc_suffixed(b"2019-10-01 00:00:00 UTC"), Ok(1_569_888_000_000));
-        assert_eq!(parse_utc_suffixed(b"2019-10-01 02:50:00 UTC"), Ok(1_569_898_200_000));
-        assert_eq!(parse_utc_suffixed(b"2019-10-01T00:00:00Z"), Ok(1_569_888_000_000));
-        assert_eq!(parse_utc_suffixed(b"2019-10-01 00:00:00"), Err(TimeError::Invalid));
-        assert_eq!(parse_utc_suffixed(b"2019-10-01 00:00 UTC"), Err(TimeError::Invalid));
+        assert_eq!(
+            parse_utc_suffixed(b"2019-10-01 00:00:00 UTC"),
+            Ok(1_569_888_000_000)
+        );
+        assert_eq!(
+            parse_utc_suffixed(b"2019-10-01 02:50:00 UTC"),
+            Ok(1_569_898_200_000)
+        );
+        assert_eq!(
+            parse_utc_suffixed(b"2019-10-01T00:00:00Z"),
+            Ok(1_569_888_000_000)
+        );
+        assert_eq!(
+            parse_utc_suffixed(b"2019-10-01 00:00:00"),
+            Err(TimeError::Invalid)
+        );
+        assert_eq!(
+            parse_utc_suffixed(b"2019-10-01 00:00 UTC"),
+            Err(TimeError::Invalid)
+        );
     }
 
     #[test]
