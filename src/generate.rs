@@ -168,6 +168,20 @@ pub enum GenFormat {
     Taobao,
 }
 
+/// Returns each leaf category of the catalogue with the index of its family, for judging how
+/// well learned category groups recover the families.
+pub fn category_families(config: &GenerateConfig) -> Vec<(Id, u32)> {
+    let mut rng = stream_rng(config.seed, 0);
+    let catalogue = Catalogue::new(&mut rng);
+    let mut families = Vec::new();
+    for (family, leaves) in catalogue.family_leaves.iter().enumerate() {
+        for leaf in leaves {
+            families.push((catalogue.leaf_id(*leaf), family as u32));
+        }
+    }
+    families
+}
+
 /// Generates a labelled stream.
 ///
 /// # Examples

@@ -79,7 +79,7 @@ pub struct DetectorConfig {
 impl Default for DetectorConfig {
     fn default() -> Self {
         DetectorConfig {
-            novel_share: 0.1,
+            novel_share: 0.03,
             shift_novelty: 0.85,
             prior_explore: 0.2,
             prior_weight: 10.0,
@@ -88,9 +88,9 @@ impl Default for DetectorConfig {
             min_recurring_events: 2,
             min_sessions: 2,
             min_run_span_secs: 0,
-            session_novel_share: 0.5,
-            min_reference_events: 15,
-            min_reference_sessions: 2,
+            session_novel_share: 1.0,
+            min_reference_events: 25,
+            min_reference_sessions: 6,
             reference_decay: 0.99,
             session_gap_secs: 30 * 60,
             burst_events: 12,
@@ -124,6 +124,13 @@ impl DetectorConfig {
         unit("shift_novelty", self.shift_novelty)?;
         unit("prior_explore", self.prior_explore)?;
         unit("reference_decay", self.reference_decay)?;
+        if !(self.session_novel_share > 0.0 && self.session_novel_share <= 1.0) {
+            return Err(ConfigError {
+                name: "session_novel_share",
+                value: self.session_novel_share.to_string(),
+                expected: "a share in (0, 1]",
+            });
+        }
         if self.prior_explore >= self.shift_novelty {
             return Err(ConfigError {
                 name: "prior_explore",

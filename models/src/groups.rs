@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Id;
+use crate::event::{Event, Id};
 
 /// The unit of interest that the detector compares over time.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -138,6 +138,76 @@ impl GroupMap {
     /// Returns the number of leaf categories that belong to a group of two or more.
     pub fn grouped_categories(&self) -> usize {
         self.representative.len()
+    }
+}
+
+/// Categories of one session kept for pair counting; later ones still count per category.
+const SESSION_CATEGORIES: usize = 16;
+
+/// The part of a user's session that co-occurrence counting needs.
+#[derive(Clone, Debug)]
+struct OpenSession {
+    last_ts_ms: i64,
+    session_id: Option<Box<str>>,
+    categories: Vec<Id>,
+}
+
+/// Counts, for a stream of events in per-user time order, the sessions touching each category
+/// and each pair of categories.
+///
+/// A session ends after `session_gap_ms` without events or when the input's session id
+/// changes. Events without interest weight (`remove_from_cart`) are ignored.
+#[derive(Clone, Debug)]
+pub struct SessionCounter {
+    session_gap_ms: i64,
+    sessions: HashMap<Id, OpenSession>,
+}
+
+impl SessionCounter {
+    /// Creates a counter with the given session gap in milliseconds.
+    pub fn new(session_gap_ms: i64) -> Self {
+        SessionCounter { session_gap_ms, sessions: HashMap::new() }
+    }
+
+    /// Adds one event to `delta`, which must be the delta of the event's window.
+    pub fn count(&mut self, event: Event, delta: &mut PopulationDelta) {
+        if event.behavior.interest_weight() <= 0.0 {
+            return;
+        }
+        *delta.events.entry(event.category.clone()).or_default() += 1;
+        let session = self.sessions.entry(event.user).or_insert_with(|| OpenSession {
+            last_ts_ms: i64::MIN,
+            session_id: None,
+            categories: Vec::new(),
+        });
+        let gap_exceeded = event.ts_ms.saturating_sub(session.last_ts_ms) > self.session_gap_ms;
+        let id_changed = event.session.is_some() && event.session != session.session_id;
+        if gap_exceeded || id_changed {
+            session.categories.clear();
+            session.session_id = event.session;
+        }
+        session.last_ts_ms = event.ts_ms;
+        if session.categories.contains(&event.category) {
+            return;
+        }
+        *delta.sessions.entry(event.category.clone()).or_default() += 1;
+        if session.categories.len() >= SESSION_CATEGORIES {
+            return;
+        }
+        for other in &session.categories {
+            let pair = if *other < event.category {
+                (other.clone(), event.category.clone())
+            } else {
+                (event.category.clone(), other.clone())
+            };
+            *delta.pairs.entry(pair).or_default() += 1;
+        }
+        session.categories.push(event.category);
+    }
+
+    /// Returns the number of users with an open session.
+    pub fn users(&self) -> usize {
+        self.sessions.len()
     }
 }
 

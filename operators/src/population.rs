@@ -12,19 +12,10 @@ use std::collections::{BTreeMap, HashMap};
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
+use veer_models::groups::SessionCounter;
 use veer_models::{Event, GroupConfig, Id, PopulationDelta, PopulationInfo, PopulationModel};
 
 use crate::capability::HeldCapability;
-
-/// Categories of one session kept for pair counting; later ones still count per category.
-const SESSION_CATEGORIES: usize = 16;
-
-/// The part of a user's session that co-occurrence counting needs.
-struct OpenSession {
-    last_ts_ms: i64,
-    session_id: Option<Box<str>>,
-    categories: Vec<Id>,
-}
 
 /// Returns the exclusive end, in milliseconds, of the window that contains `ts_ms`.
 pub fn window_end(ts_ms: u64, window_ms: u64) -> u64 {
@@ -42,7 +33,7 @@ pub fn session_cooccurrence<'scope>(
     session_gap_ms: i64,
 ) -> StreamVec<'scope, u64, PopulationDelta> {
     events.unary_frontier(Pipeline, "SessionCooccurrence", move |_, _| {
-        let mut sessions: HashMap<Id, OpenSession> = HashMap::new();
+        let mut counter = SessionCounter::new(session_gap_ms);
         let mut open: BTreeMap<u64, PopulationDelta> = BTreeMap::new();
         let mut held = HeldCapability::default();
         move |(input, frontier), output| {
@@ -51,15 +42,12 @@ pub fn session_cooccurrence<'scope>(
                 held.hold(&capability, port);
                 for batch in data {
                     for event in batch.drain(..) {
-                        if event.behavior.interest_weight() <= 0.0 {
-                            continue;
-                        }
                         let end = window_end(event.ts_ms as u64, window_ms);
                         let delta = open.entry(end).or_insert_with(|| PopulationDelta {
                             window_end: end,
                             ..Default::default()
                         });
-                        count_event(&mut sessions, delta, event, session_gap_ms);
+                        counter.count(event, delta);
                     }
                 }
             });
@@ -77,43 +65,6 @@ pub fn session_cooccurrence<'scope>(
             held.settle(open.keys().next().copied());
         }
     })
-}
-
-fn count_event(
-    sessions: &mut HashMap<Id, OpenSession>,
-    delta: &mut PopulationDelta,
-    event: Event,
-    session_gap_ms: i64,
-) {
-    *delta.events.entry(event.category.clone()).or_default() += 1;
-    let session = sessions.entry(event.user).or_insert_with(|| OpenSession {
-        last_ts_ms: i64::MIN,
-        session_id: None,
-        categories: Vec::new(),
-    });
-    let gap_exceeded = event.ts_ms.saturating_sub(session.last_ts_ms) > session_gap_ms;
-    let id_changed = event.session.is_some() && event.session != session.session_id;
-    if gap_exceeded || id_changed {
-        session.categories.clear();
-        session.session_id = event.session;
-    }
-    session.last_ts_ms = event.ts_ms;
-    if session.categories.contains(&event.category) {
-        return;
-    }
-    *delta.sessions.entry(event.category.clone()).or_default() += 1;
-    if session.categories.len() >= SESSION_CATEGORIES {
-        return;
-    }
-    for other in &session.categories {
-        let pair = if *other < event.category {
-            (other.clone(), event.category.clone())
-        } else {
-            (event.category.clone(), other.clone())
-        };
-        *delta.pairs.entry(pair).or_default() += 1;
-    }
-    session.categories.push(event.category);
 }
 
 /// Sums every worker's window counts on worker 0 and emits the groups and trends after each
