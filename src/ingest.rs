@@ -167,6 +167,10 @@ fn read_one(
         None => {
             let head = std::io::BufRead::fill_buf(&mut reader)
                 .map_err(|error| format!("cannot read input {name}: {error}"))?;
+            if head.is_empty() {
+                tracing::info!(input = name, "input is empty");
+                return Ok(());
+            }
             sources::detect_format(head).ok_or_else(|| {
                 format!("cannot detect the format of {name}; pass --format jsonl|taobao|retailrocket|rees46")
             })?

@@ -30,6 +30,17 @@ enum Command {
     Generate(GenerateArgs),
     /// Score an alert file against a truth file with the contract's rule.
     Eval(EvalArgs),
+    /// Print per-user statistics of event files as a Markdown table (realism checks).
+    Stats(StatsArgs),
+}
+
+#[derive(Args)]
+struct StatsArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    /// Also generate the built-in default stream and add its row.
+    #[arg(long)]
+    with_generated: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -200,6 +211,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Generate(args) => generate_files(args),
         Command::Eval(args) => eval_files(args),
+        Command::Stats(args) => print_stats(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -273,9 +285,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::error!("line counts do not add up; please report this with the input");
     }
     if let Some(truth) = truth {
+        // The run's own events, so standard input is not read twice.
         let timeline = match timeline {
             Some(timeline) => Some(timeline),
-            None => Some(timeline_of_inputs(&args.input)?),
+            None => Some(summary.timeline.iter().cloned().collect::<UserTimeline>()),
         };
         print_score(&summary, &truth, timeline.as_ref(), horizon_secs);
     }
@@ -297,11 +310,6 @@ fn read_truth(path: &Path) -> anyhow::Result<Vec<veer::truth::TruthRecord>> {
     let file = std::fs::File::open(path)
         .map_err(|error| anyhow::anyhow!("cannot open truth file {}: {error}", path.display()))?;
     eval::read_truth(std::io::BufReader::new(file)).map_err(|error| anyhow::anyhow!("truth file {}: {error}", path.display()))
-}
-
-fn timeline_of_inputs(input: &InputArgs) -> anyhow::Result<UserTimeline> {
-    let (events, _) = veer::ingest::read_events(input.inputs.clone(), input.source_options())?;
-    Ok(events.iter().map(|event| (event.user.clone(), event.ts_secs())).collect())
 }
 
 fn generate_files(args: GenerateArgs) -> anyhow::Result<()> {
@@ -366,5 +374,18 @@ fn eval_files(args: EvalArgs) -> anyhow::Result<()> {
     let score = eval::score(&truth, &alerts, timeline.as_ref(), &EvalConfig { horizon_secs });
     println!("{}", score.to_table());
     println!("{}", score.to_json_line());
+    Ok(())
+}
+
+fn print_stats(args: StatsArgs) -> anyhow::Result<()> {
+    println!("{}", veer::stats::StreamStats::markdown_header());
+    if args.with_generated {
+        let stream = generate::generate(&GenerateConfig::default());
+        println!("{}", veer::stats::compute(&stream.events).to_markdown_row("generator, default"));
+    }
+    for path in &args.input.inputs {
+        let (events, _) = veer::ingest::read_events(vec![path.clone()], args.input.source_options())?;
+        println!("{}", veer::stats::compute(&events).to_markdown_row(path));
+    }
     Ok(())
 }

@@ -56,7 +56,7 @@ pub struct RunSettings {
     pub groups: GroupConfig,
     /// Show a progress bar on standard error.
     pub progress: bool,
-    /// Keep the alerts in the summary, for scoring.
+    /// Keep the alerts, and each event's user and time, in the summary, for scoring.
     pub keep_alerts: bool,
 }
 
@@ -72,6 +72,8 @@ pub struct RunSummary {
     pub workers: usize,
     /// The alerts in output order, when `keep_alerts` was set.
     pub kept_alerts: Vec<veer_models::Alert>,
+    /// The user and time (Unix seconds) of every event sent on, when `keep_alerts` was set.
+    pub timeline: Vec<(veer_models::Id, i64)>,
 }
 
 impl RunSummary {
@@ -120,6 +122,7 @@ struct WorkerResult {
     alerts: BTreeMap<AlertKind, u64>,
     kept_alerts: Vec<veer_models::Alert>,
     ingest: Option<(LineCounts, bool)>,
+    timeline: Vec<(veer_models::Id, i64)>,
     error: Option<String>,
 }
 
@@ -195,6 +198,7 @@ pub fn run(settings: RunSettings) -> anyhow::Result<RunSummary> {
             *summary.alerts.entry(kind).or_default() += count;
         }
         summary.kept_alerts.extend(result.kept_alerts);
+        summary.timeline.extend(result.timeline);
         if let Some((counts, sorted)) = result.ingest {
             summary.counts = counts;
             summary.replayed_sorted = sorted;
@@ -283,7 +287,7 @@ fn run_worker<D: Detector>(
     if index == 0 {
         let feed = shared.feed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         match feed {
-            Some(feed) => match feed_input(worker, &mut input, &probe, shared, feed) {
+            Some(feed) => match feed_input(worker, &mut input, &probe, shared, feed, &mut result.timeline) {
                 Ok(ingest) => result.ingest = Some(ingest),
                 Err(message) => result.error = Some(message),
             },
@@ -312,13 +316,20 @@ fn feed_input(
     probe: &ProbeHandle<u64>,
     shared: &Shared,
     feed: Feed,
+    timeline: &mut Vec<(veer_models::Id, i64)>,
 ) -> Result<(LineCounts, bool), String> {
+    let mut record = |event: &Event| {
+        if shared.keep_alerts {
+            timeline.push((event.user.clone(), event.ts_secs()));
+        }
+    };
     let progress = crate::progress::Progress::new(shared.progress);
     match feed {
         Feed::Memory(mut events) => {
             events.sort_by(Event::processing_cmp);
             let mut counts = LineCounts { lines: events.len() as u64, events: events.len() as u64, ..Default::default() };
             progress.processing(events.len() as u64);
+            events.iter().for_each(&mut record);
             send_sorted(worker, input, probe, events, &progress);
             counts.bytes = 0;
             progress.finish();
@@ -349,6 +360,7 @@ fn feed_input(
                                 shared.dead_letter.late(&shared.input_label, &event, current);
                                 continue;
                             }
+                            record(&event);
                             input.send(event);
                             streamed += 1;
                         }
@@ -388,6 +400,7 @@ fn feed_input(
             progress.processing(buffered.len() as u64);
             if sorted {
                 buffered.sort_by(Event::processing_cmp);
+                buffered.iter().for_each(&mut record);
                 send_sorted(worker, input, probe, buffered, &progress);
             } else {
                 let mut sent = 0u64;
@@ -400,6 +413,7 @@ fn feed_input(
                         shared.dead_letter.late(&shared.input_label, &event, current);
                         continue;
                     }
+                    record(&event);
                     input.send(event);
                     sent += 1;
                     since_step += 1;

@@ -103,3 +103,137 @@ pub fn run_veer(args: &[&str]) -> RunOutput {
 pub fn arg(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
 }
+
+/// Exit code and output of one run of the `veer` binary.
+pub struct CommandOutput {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the `veer` binary with exactly `args`: no alert, dead-letter or progress option is
+/// added, and standard input is empty.
+pub fn run_veer_exact(args: &[&str]) -> CommandOutput {
+    let output = Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args(args)
+        .env("VEER_LOG", "warn")
+        .output()
+        .expect("the veer binary runs");
+    CommandOutput {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs `veer run` like [`run_veer`], with `input` written to the child's standard input.
+pub fn run_veer_with_stdin(args: &[&str], input: &[u8]) -> RunOutput {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let alerts_path = folder.path().join("alerts.jsonl");
+    let dead_path = folder.path().join("dead.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_veer"))
+        .arg("run")
+        .args(args)
+        .arg("--alerts")
+        .arg(&alerts_path)
+        .arg("--dead-letter")
+        .arg(&dead_path)
+        .arg("--no-progress")
+        .env("VEER_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the veer binary starts");
+    // A separate thread writes standard input, so that a child that fills its output pipes
+    // before reading all of its input cannot block the test.
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let bytes = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        // A child that exits early closes the pipe, and its exit code reports why.
+        let _ = stdin.write_all(&bytes);
+    });
+    let output = child.wait_with_output().expect("the veer binary finishes");
+    writer.join().expect("the stdin writer thread finishes");
+
+    let alerts_text = std::fs::read_to_string(&alerts_path).unwrap_or_default();
+    let dead_text = std::fs::read_to_string(&dead_path).unwrap_or_default();
+    let parse = |text: &str| -> Vec<Value> {
+        text.lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect()
+    };
+    RunOutput {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        alerts: parse(&alerts_text),
+        alerts_text,
+        dead_letter: parse(&dead_text),
+    }
+}
+
+/// Prefixes of the summary lines that differ between runs of the same input: timing, and the
+/// worker count itself.
+const TIMING_SUMMARY_LINES: [&str; 3] = ["wall time", "events per second", "workers"];
+
+impl RunOutput {
+    /// Returns the end-of-run summary, from `lines read` on, without the lines about wall
+    /// time, throughput and the worker count.
+    pub fn summary_without_timing(&self) -> Vec<String> {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        let start = lines
+            .iter()
+            .position(|line| line.starts_with("lines read"))
+            .unwrap_or_else(|| panic!("no summary in the output:\n{}", self.stderr));
+        lines[start..]
+            .iter()
+            .filter(|line| {
+                !TIMING_SUMMARY_LINES
+                    .iter()
+                    .any(|prefix| line.trim_start().starts_with(prefix))
+            })
+            .map(|line| line.to_string())
+            .collect()
+    }
+}
+
+/// Writes a labelled stream into `folder` with `veer generate` and returns the paths of the
+/// events file and the truth file.
+pub fn generate_stream(folder: &Path, users: usize, days: u32, seed: u64) -> (PathBuf, PathBuf) {
+    let events = folder.join("events.jsonl");
+    let truth = folder.join("truth.jsonl");
+    let users = users.to_string();
+    let days = days.to_string();
+    let seed = seed.to_string();
+    let output = run_veer_exact(&[
+        "generate",
+        "--users",
+        &users,
+        "--days",
+        &days,
+        "--seed",
+        &seed,
+        "--out",
+        arg(&events),
+        "--truth",
+        arg(&truth),
+    ]);
+    assert_eq!(output.status, 0, "veer generate failed:\n{}", output.stderr);
+    (events, truth)
+}
+
+/// Parses the last non-empty line of a command's standard output as JSON: the score line of
+/// `veer run --truth` and `veer eval`.
+pub fn score_line(stdout: &str) -> Value {
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .unwrap_or_else(|| panic!("no output line in:\n{stdout}"));
+    serde_json::from_str(last)
+        .unwrap_or_else(|error| panic!("last output line is not JSON ({error}): {last}"))
+}

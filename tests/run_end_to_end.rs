@@ -1,0 +1,575 @@
+//! End-to-end runs of the real `veer` binary: determinism across workers, line accounting on
+//! every shared sample, replay order, stdin and gzip input, scoring, and error messages.
+
+mod common;
+
+use std::io::Write;
+use std::path::Path;
+
+use common::{
+    arg, generate_stream, run_veer, run_veer_exact, run_veer_with_stdin, score_line, shared,
+    RunOutput,
+};
+use serde_json::Value;
+
+const TAOBAO_USERSORTED: &str = "data/taobao_ub_usersorted/UserBehavior.csv";
+const CASE_ONE_SHIFT: &str = "cases/01-one-shift-one-alert/input.jsonl";
+const CASE_LATE_EVENTS: &str = "cases/04-late-events-accounted/input.jsonl";
+
+/// Asserts `lines read = events + duplicates + late + bad + skipped`, and that the dead-letter
+/// file has one record per bad or late line.
+fn assert_every_line_accounted(run: &RunOutput, label: &str) {
+    let lines = run.summary_count("lines read");
+    let events = run.summary_count("events");
+    let duplicates = run.summary_count("duplicates");
+    let late = run.summary_count("late");
+    let bad = run.summary_count("bad");
+    let skipped = run.summary_count("skipped");
+    assert_eq!(
+        lines,
+        events + duplicates + late + bad + skipped,
+        "{label}: lines {lines} != events {events} + duplicates {duplicates} + late {late} \
+         + bad {bad} + skipped {skipped}"
+    );
+    assert_eq!(
+        run.dead_letter.len() as u64,
+        bad + late,
+        "{label}: dead-letter records != bad + late"
+    );
+}
+
+/// Returns the user id as written in an alert id: a string id without quotes, a number as printed.
+fn user_in_alert_id(user: &Value) -> String {
+    match user.as_str() {
+        Some(text) => text.to_string(),
+        None => user.to_string(),
+    }
+}
+
+/// Asserts that an alert has every field the data contract requires, with valid values.
+fn assert_alert_follows_contract(alert: &Value) {
+    let object = alert
+        .as_object()
+        .unwrap_or_else(|| panic!("alert is not a JSON object: {alert}"));
+    for field in [
+        "alert_id", "user", "kind", "ts", "onset_ts", "score", "severity", "from", "to", "signals",
+    ] {
+        assert!(object.contains_key(field), "alert lacks `{field}`: {alert}");
+    }
+
+    let kind = alert["kind"]
+        .as_str()
+        .unwrap_or_else(|| panic!("kind is not a string: {alert}"));
+    assert!(
+        ["interest_shift", "anomaly"].contains(&kind),
+        "unknown kind {kind}: {alert}"
+    );
+    let ts = alert["ts"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("ts is not an integer: {alert}"));
+    let onset_ts = alert["onset_ts"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("onset_ts is not an integer: {alert}"));
+    assert!(onset_ts <= ts, "onset_ts {onset_ts} after ts {ts}: {alert}");
+
+    let score = alert["score"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("score is not a number: {alert}"));
+    assert!(
+        (0.0..=1.0).contains(&score),
+        "score {score} outside 0..1: {alert}"
+    );
+    let severity = alert["severity"]
+        .as_str()
+        .unwrap_or_else(|| panic!("severity is not a string: {alert}"));
+    assert!(
+        ["low", "medium", "high"].contains(&severity),
+        "unknown severity {severity}: {alert}"
+    );
+
+    for side in ["from", "to"] {
+        let shares = alert[side]
+            .as_array()
+            .unwrap_or_else(|| panic!("`{side}` is not an array: {alert}"));
+        for share in shares {
+            assert!(
+                share.get("category").is_some(),
+                "`{side}` entry without category: {alert}"
+            );
+            assert!(
+                share["share"].is_number(),
+                "`{side}` entry without a numeric share: {alert}"
+            );
+        }
+    }
+    assert!(
+        alert["signals"].is_object(),
+        "signals is not an object: {alert}"
+    );
+
+    let expected_id = format!("{}-{ts}-{kind}", user_in_alert_id(&alert["user"]));
+    assert_eq!(
+        alert["alert_id"],
+        expected_id.as_str(),
+        "alert_id is not user-ts-kind: {alert}"
+    );
+}
+
+/// Runs `input` with each worker count and asserts identical, non-empty alert bytes and
+/// identical summary counts.
+fn assert_same_output_for_workers(input: &Path, workers: &[&str]) {
+    let reference = run_veer(&["--input", arg(input), "--workers", workers[0]]);
+    assert_eq!(
+        reference.status, 0,
+        "workers {}: {}",
+        workers[0], reference.stderr
+    );
+    assert!(
+        !reference.alerts_text.is_empty(),
+        "no alert from {}",
+        input.display()
+    );
+    for &count in &workers[1..] {
+        let run = run_veer(&["--input", arg(input), "--workers", count]);
+        assert_eq!(run.status, 0, "workers {count}: {}", run.stderr);
+        assert!(
+            run.alerts_text == reference.alerts_text,
+            "alert bytes differ between {} and {count} workers on {}",
+            workers[0],
+            input.display()
+        );
+        assert_eq!(
+            run.summary_without_timing(),
+            reference.summary_without_timing(),
+            "summary differs between {} and {count} workers",
+            workers[0]
+        );
+        assert_eq!(
+            run.summary_count("workers").to_string(),
+            count,
+            "the summary names the worker count"
+        );
+    }
+}
+
+#[test]
+fn generated_stream_same_for_any_workers() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let (events, _truth) = generate_stream(folder.path(), 600, 9, 3);
+    assert_same_output_for_workers(&events, &["1", "2", "4"]);
+}
+
+#[test]
+fn taobao_sample_same_for_any_workers() {
+    assert_same_output_for_workers(&shared(TAOBAO_USERSORTED), &["1", "2"]);
+}
+
+#[test]
+fn every_sample_accounts_for_every_line() {
+    let samples: [(&str, &[&str]); 11] = [
+        (TAOBAO_USERSORTED, &[]),
+        ("data/taobao_ub_timesorted/UserBehavior.csv", &[]),
+        ("data/taobao_ub_subsample_crlf/UserBehavior.csv", &[]),
+        ("data/rees46_2019oct/2019-Oct.csv", &[]),
+        ("data/retailrocket_events_sample/events.csv", &[]),
+        (CASE_ONE_SHIFT, &[]),
+        (CASE_LATE_EVENTS, &[]),
+        (
+            "cases/07-retailrocket-bom-crlf/events.csv",
+            &["--format", "retailrocket"],
+        ),
+        ("cases/08-taobao-malformed-lines/input.csv", &[]),
+        ("cases/09-json-ids-and-shapes/input.jsonl", &[]),
+        ("cases/12-rees46-duplicate-rows/input.csv", &[]),
+    ];
+    for (relative, options) in samples {
+        let input = shared(relative);
+        let mut args = vec!["--input", arg(&input)];
+        args.extend_from_slice(options);
+        let run = run_veer(&args);
+        assert_eq!(run.status, 0, "{relative}: {}", run.stderr);
+        assert!(
+            run.summary_count("lines read") > 0,
+            "{relative}: no line read"
+        );
+        assert_every_line_accounted(&run, relative);
+    }
+}
+
+#[test]
+fn taobao_sample_end_to_end() {
+    let run = run_veer(&["--input", arg(&shared(TAOBAO_USERSORTED))]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+
+    let order_line = run
+        .stderr
+        .lines()
+        .find(|line| line.starts_with("out of order"))
+        .unwrap_or_else(|| panic!("no `out of order` line:\n{}", run.stderr));
+    assert!(
+        order_line.contains("sorted by event time"),
+        "a file grouped by user must be replayed sorted: {order_line}"
+    );
+    assert_eq!(run.summary_count("out of order"), 84_392);
+
+    assert_eq!(run.summary_count("bad"), 1);
+    assert_eq!(
+        run.dead_lines("bad"),
+        vec![84_476],
+        "the truncated last line is the bad one"
+    );
+    assert_eq!(run.summary_count("late"), 0);
+    assert_eq!(run.summary_count("users"), 815);
+    assert_every_line_accounted(&run, TAOBAO_USERSORTED);
+
+    let shifts = run
+        .alerts
+        .iter()
+        .filter(|alert| alert["kind"] == "interest_shift")
+        .count();
+    assert!(shifts >= 1, "no interest_shift alert on the Taobao sample");
+    assert_eq!(
+        run.summary_count("interest_shift"),
+        shifts as u64,
+        "summary and alert file disagree"
+    );
+    assert_eq!(
+        run.summary_count("alerts"),
+        run.alerts.len() as u64,
+        "summary and alert file disagree"
+    );
+    for alert in &run.alerts {
+        assert_alert_follows_contract(alert);
+    }
+}
+
+#[test]
+fn generated_alerts_follow_contract() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let (events, _truth) = generate_stream(folder.path(), 300, 9, 5);
+    let run = run_veer(&["--input", arg(&events)]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(!run.alerts.is_empty(), "no alert on the generated stream");
+    for alert in &run.alerts {
+        assert_alert_follows_contract(alert);
+    }
+}
+
+#[test]
+fn order_flag_decides_late_events() {
+    let input = shared(CASE_LATE_EVENTS);
+
+    let by_time = run_veer(&["--input", arg(&input), "--order", "event-time"]);
+    assert_eq!(by_time.status, 0, "{}", by_time.stderr);
+    assert_eq!(
+        by_time.summary_count("late"),
+        0,
+        "a sorted replay has no late event"
+    );
+    assert!(
+        by_time.dead_letter.is_empty(),
+        "dead letters: {:?}",
+        by_time.dead_letter
+    );
+    assert_every_line_accounted(&by_time, "--order event-time");
+
+    let by_arrival = run_veer(&["--input", arg(&input), "--order", "arrival"]);
+    assert_eq!(by_arrival.status, 0, "{}", by_arrival.stderr);
+    assert_eq!(by_arrival.summary_count("late"), 4);
+    assert_eq!(by_arrival.dead_lines("late"), vec![175, 191, 208, 224]);
+    assert_every_line_accounted(&by_arrival, "--order arrival");
+}
+
+#[test]
+fn taobao_in_arrival_order_is_mostly_late() {
+    let run = run_veer(&[
+        "--input",
+        arg(&shared(TAOBAO_USERSORTED)),
+        "--order",
+        "arrival",
+    ]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let late = run.summary_count("late");
+    assert!(
+        late > 80_000,
+        "only {late} late events in a file grouped by user"
+    );
+    let order_line = run
+        .stderr
+        .lines()
+        .find(|line| line.starts_with("out of order"))
+        .expect("an `out of order` line");
+    assert!(order_line.contains("arrival order"), "{order_line}");
+    assert_every_line_accounted(&run, "--order arrival");
+}
+
+/// Returns `bytes` compressed as one gzip member.
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).expect("gzip into memory");
+    encoder.finish().expect("gzip into memory")
+}
+
+#[test]
+fn stdin_and_gzip_give_same_alerts() {
+    let input = shared(CASE_ONE_SHIFT);
+    let plain = std::fs::read(&input).expect("case input is readable");
+    let from_file = run_veer(&["--input", arg(&input)]);
+    assert_eq!(from_file.status, 0, "{}", from_file.stderr);
+    assert!(!from_file.alerts_text.is_empty(), "no alert from the file");
+
+    let from_stdin = run_veer_with_stdin(&["--input", "-"], &plain);
+    assert_eq!(from_stdin.status, 0, "{}", from_stdin.stderr);
+    assert_eq!(from_stdin.alerts_text, from_file.alerts_text, "stdin");
+    assert_eq!(
+        from_stdin.summary_count("lines read"),
+        from_file.summary_count("lines read")
+    );
+
+    // The `.jsonl` name hides the compression, so only the magic bytes can reveal it.
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let compressed_path = folder.path().join("input.jsonl");
+    let compressed = gzip(&plain);
+    std::fs::write(&compressed_path, &compressed).expect("write the gzip copy");
+    let from_gzip = run_veer(&["--input", arg(&compressed_path)]);
+    assert_eq!(from_gzip.status, 0, "{}", from_gzip.stderr);
+    assert_eq!(from_gzip.alerts_text, from_file.alerts_text, "gzip file");
+    assert_eq!(from_gzip.summary_count("bad"), 0);
+
+    let from_gzip_stdin = run_veer_with_stdin(&["--input", "-"], &compressed);
+    assert_eq!(from_gzip_stdin.status, 0, "{}", from_gzip_stdin.stderr);
+    assert_eq!(
+        from_gzip_stdin.alerts_text, from_file.alerts_text,
+        "gzip on stdin"
+    );
+}
+
+#[test]
+fn eval_agrees_with_run_truth() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let (events, truth) = generate_stream(folder.path(), 400, 9, 11);
+    let alerts = folder.path().join("alerts.jsonl");
+
+    let run = run_veer_exact(&[
+        "run",
+        "--input",
+        arg(&events),
+        "--alerts",
+        arg(&alerts),
+        "--truth",
+        arg(&truth),
+        "--no-progress",
+    ]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let run_score = score_line(&run.stdout);
+
+    let eval = run_veer_exact(&[
+        "eval",
+        "--truth",
+        arg(&truth),
+        "--alerts",
+        arg(&alerts),
+        "--events",
+        arg(&events),
+    ]);
+    assert_eq!(eval.status, 0, "{}", eval.stderr);
+    let eval_score = score_line(&eval.stdout);
+
+    assert_eq!(
+        eval_score, run_score,
+        "veer eval and veer run --truth score the same alerts differently"
+    );
+    let alert_text = std::fs::read_to_string(&alerts).expect("alert file");
+    let shift_alerts = alert_text
+        .lines()
+        .filter(|line| line.contains("\"kind\":\"interest_shift\""))
+        .count();
+    assert!(
+        shift_alerts > 0,
+        "no interest_shift alert, so the comparison proves little"
+    );
+    assert_eq!(
+        run_score["alerts"], shift_alerts,
+        "the score counts the interest_shift alerts of the file"
+    );
+}
+
+#[test]
+fn default_run_scores_generated_stream() {
+    let run = run_veer_exact(&["run"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let score = score_line(&run.stdout);
+    let f1 = score["f1"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no numeric f1 in {score}"));
+    assert!(f1 > 0.0, "F1 {f1} on the built-in stream: {score}");
+    assert!(
+        score["shifts"].as_u64().unwrap_or(0) > 0,
+        "the built-in stream plants shifts: {score}"
+    );
+}
+
+#[test]
+fn missing_input_names_path() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let missing = folder.path().join("no-such-events.jsonl");
+    let run = run_veer(&["--input", arg(&missing)]);
+    assert_ne!(run.status, 0, "a missing input must fail the run");
+    assert!(
+        run.stderr.contains(arg(&missing)),
+        "the error does not name the path:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn zero_workers_rejected() {
+    let run = run_veer(&["--input", arg(&shared(CASE_ONE_SHIFT)), "--workers", "0"]);
+    assert_ne!(run.status, 0, "--workers 0 must be rejected");
+    assert!(
+        run.stderr.contains("--workers 0"),
+        "the error does not name the option:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn unknown_format_rejected() {
+    let run = run_veer(&["--input", arg(&shared(CASE_ONE_SHIFT)), "--format", "xml"]);
+    assert_eq!(
+        run.status, 2,
+        "clap exits with 2 on an invalid value:\n{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("'xml'"), "{}", run.stderr);
+    assert!(run.stderr.contains("--format"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("retailrocket"),
+        "the error lists the valid formats:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn unknown_config_key_names_file() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let config = folder.path().join("veer-typo.toml");
+    std::fs::write(
+        &config,
+        "[time]\nout_of_orderness = \"10m\"\nout_of_ordernes = \"5m\"\n",
+    )
+    .expect("write config");
+    let run = run_veer(&[
+        "--input",
+        arg(&shared(CASE_ONE_SHIFT)),
+        "--config",
+        arg(&config),
+    ]);
+    assert_ne!(run.status, 0, "an unknown config key must be rejected");
+    assert!(
+        run.stderr.contains(arg(&config)),
+        "the error does not name the file:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("out_of_ordernes"),
+        "the error does not name the key:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn retailrocket_without_properties_warns() {
+    let run = run_veer(&[
+        "--input",
+        arg(&shared("data/retailrocket_events_sample/events.csv")),
+    ]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let warnings = run
+        .stderr
+        .lines()
+        .filter(|line| line.contains("--item-properties"))
+        .count();
+    assert_eq!(
+        warnings, 1,
+        "expected one warning naming --item-properties:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.summary_count("events") > 0,
+        "events without a category still run by item id"
+    );
+}
+
+#[test]
+fn veer_beats_baseline_f1() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let (events, truth) = generate_stream(folder.path(), 600, 9, 3);
+    let f1_of = |detector: &str| -> f64 {
+        let run = run_veer(&[
+            "--input",
+            arg(&events),
+            "--truth",
+            arg(&truth),
+            "--detector",
+            detector,
+        ]);
+        assert_eq!(run.status, 0, "--detector {detector}: {}", run.stderr);
+        let score = score_line(&run.stdout);
+        score["f1"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no numeric f1 for {detector}: {score}"))
+    };
+    let shift_f1 = f1_of("shift");
+    let baseline_f1 = f1_of("baseline");
+    assert!(
+        shift_f1 >= 1.5 * baseline_f1,
+        "veer F1 {shift_f1:.4} is below 1.5 x baseline F1 {baseline_f1:.4}"
+    );
+}
+
+/// An empty input must give an empty run that exits 0, not a format error, because it has
+/// nothing to detect.
+#[test]
+fn empty_input_gives_empty_run() {
+    let input = shared("cases/13-degenerate-model-inputs/input-empty.jsonl");
+    let run = run_veer(&["--input", arg(&input)]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.summary_count("lines read"), 0);
+    assert_eq!(run.summary_count("events"), 0);
+    assert!(run.alerts_text.is_empty(), "{}", run.alerts_text);
+
+    let from_stdin = run_veer_with_stdin(&["--input", "-"], b"");
+    assert_eq!(from_stdin.status, 0, "{}", from_stdin.stderr);
+    assert_eq!(from_stdin.summary_count("events"), 0);
+}
+
+/// Scoring a run read from stdin must use the events of that run, because stdin cannot be
+/// read a second time.
+#[test]
+fn stdin_truth_scores_like_file() {
+    let input = shared(CASE_ONE_SHIFT);
+    let truth = shared("cases/01-one-shift-one-alert/truth.jsonl");
+    let from_file = run_veer(&["--input", arg(&input), "--truth", arg(&truth)]);
+    assert_eq!(from_file.status, 0, "{}", from_file.stderr);
+
+    let plain = std::fs::read(&input).expect("case input is readable");
+    let detected = run_veer_with_stdin(&["--input", "-", "--truth", arg(&truth)], &plain);
+    assert_eq!(detected.status, 0, "format detected: {}", detected.stderr);
+    assert_eq!(
+        score_line(&detected.stdout),
+        score_line(&from_file.stdout),
+        "format detected"
+    );
+
+    let named = run_veer_with_stdin(
+        &["--input", "-", "--format", "jsonl", "--truth", arg(&truth)],
+        &plain,
+    );
+    assert_eq!(named.status, 0, "--format jsonl: {}", named.stderr);
+    assert_eq!(
+        score_line(&named.stdout),
+        score_line(&from_file.stdout),
+        "--format jsonl"
+    );
+}
