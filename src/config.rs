@@ -79,18 +79,26 @@ pub struct RunFileConfig {
 
 impl Default for RunFileConfig {
     fn default() -> Self {
-        RunFileConfig { workers: 1, detector: DetectorChoice::Shift, dead_letter: None }
+        RunFileConfig {
+            workers: 1,
+            detector: DetectorChoice::Shift,
+            dead_letter: None,
+        }
     }
 }
 
 impl FileConfig {
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| anyhow::anyhow!("cannot read config file {}: {error}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            anyhow::anyhow!("cannot read config file {}: {error}", path.display())
+        })?;
         let config: FileConfig = toml::from_str(&text)
             .map_err(|error| anyhow::anyhow!("invalid config file {}: {error}", path.display()))?;
-        config.detector.validate().map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+        config
+            .detector
+            .validate()
+            .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
         Ok(config)
     }
 }
@@ -98,7 +106,9 @@ impl FileConfig {
 /// Parses a duration such as `10s`, `100ms`, `5m`, `2h` or `3d`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: f64 = number
         .parse()
@@ -109,10 +119,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
         "d" => value * 86_400.0,
-        other => return Err(format!("invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {text:?}: use ms, s, m, h or d"
+            ))
+        }
     };
     if !seconds.is_finite() || seconds < 0.0 {
-        return Err(format!("invalid duration {text:?}: must be a non-negative number"));
+        return Err(format!(
+            "invalid duration {text:?}: must be a non-negative number"
+        ));
     }
     Ok(Duration::from_secs_f64(seconds))
 }

@@ -60,11 +60,16 @@ impl DeadLetter {
             })?)),
             None => None,
         };
-        Ok(DeadLetter { inner: Arc::new(Mutex::new(writer)) })
+        Ok(DeadLetter {
+            inner: Arc::new(Mutex::new(writer)),
+        })
     }
 
     fn write(&self, object: Map<String, Value>) {
-        let mut guard = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(writer) = guard.as_mut() {
             if let Err(error) = writeln!(writer, "{}", Value::Object(object)) {
                 tracing::error!(%error, "failed to write a dead-letter record");
@@ -107,7 +112,10 @@ impl DeadLetter {
 
     /// Flushes buffered records to the file.
     pub fn flush(&self) {
-        let mut guard = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(writer) = guard.as_mut() {
             if let Err(error) = writer.flush() {
                 tracing::error!(%error, "failed to flush the dead-letter file");
@@ -140,7 +148,14 @@ pub fn spawn_reader(
         .spawn(move || {
             let mut counts = LineCounts::default();
             for path in &paths {
-                if let Err(message) = read_one(path, &options, &dead_letter, &sender, &mut counts, &progress) {
+                if let Err(message) = read_one(
+                    path,
+                    &options,
+                    &dead_letter,
+                    &sender,
+                    &mut counts,
+                    &progress,
+                ) {
                     let _ = sender.send(Chunk::Failed(message));
                     return;
                 }
@@ -188,15 +203,21 @@ fn read_one(
     let mut splitter = LineSplitter::new(reader);
     let limit = splitter.max_line_bytes();
     loop {
-        let next = splitter.next_line().map_err(|error| format!("failed reading {name}: {error}"))?;
+        let next = splitter
+            .next_line()
+            .map_err(|error| format!("failed reading {name}: {error}"))?;
         let Some(line) = next else { break };
         counts.lines += 1;
         counts.bytes += line.bytes.len() as u64 + 1;
-        if counts.lines % 65_536 == 0 {
+        if counts.lines.is_multiple_of(65_536) {
             progress.store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
         }
         let parsed = if line.truncated {
-            Parsed::Bad(BadRecord::new(line.number, format!("line longer than {limit} bytes"), line.bytes))
+            Parsed::Bad(BadRecord::new(
+                line.number,
+                format!("line longer than {limit} bytes"),
+                line.bytes,
+            ))
         } else {
             parser.parse(line.number, line.bytes)
         };
@@ -226,9 +247,17 @@ fn read_one(
 }
 
 /// Reads every event of `paths` in file order, without a dead-letter file.
-pub fn read_events(paths: Vec<String>, options: SourceOptions) -> anyhow::Result<(Vec<Event>, LineCounts)> {
+pub fn read_events(
+    paths: Vec<String>,
+    options: SourceOptions,
+) -> anyhow::Result<(Vec<Event>, LineCounts)> {
     let dead_letter = DeadLetter::create(None)?;
-    let receiver = spawn_reader(paths, options, dead_letter, Arc::new(std::sync::atomic::AtomicU64::new(0)));
+    let receiver = spawn_reader(
+        paths,
+        options,
+        dead_letter,
+        Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    );
     let mut events = Vec::new();
     for chunk in receiver {
         match chunk {
@@ -253,7 +282,10 @@ pub struct OrderProfile {
 
 /// Measures how far `events` (in file order) are from time order.
 pub fn profile_order(events: &[Event], out_of_orderness_ms: i64) -> OrderProfile {
-    let mut profile = OrderProfile { grouped_by_user: true, ..Default::default() };
+    let mut profile = OrderProfile {
+        grouped_by_user: true,
+        ..Default::default()
+    };
     let mut newest = i64::MIN;
     let mut finished_users = std::collections::HashSet::new();
     let mut current_user = None;
@@ -313,12 +345,20 @@ const FAR_STREAK: u32 = 8;
 impl Watermark {
     /// Creates a watermark with the given tolerances in milliseconds.
     pub fn new(out_of_orderness_ms: i64, max_future_skew_ms: i64) -> Self {
-        Watermark { out_of_orderness_ms, max_future_skew_ms, newest: None, far_streak: 0, far_earliest: i64::MAX }
+        Watermark {
+            out_of_orderness_ms,
+            max_future_skew_ms,
+            newest: None,
+            far_streak: 0,
+            far_earliest: i64::MAX,
+        }
     }
 
     /// Returns the current watermark in milliseconds (0 before any event).
     pub fn current(&self) -> u64 {
-        self.newest.map_or(0, |newest| newest.saturating_sub(self.out_of_orderness_ms).max(0) as u64)
+        self.newest.map_or(0, |newest| {
+            newest.saturating_sub(self.out_of_orderness_ms).max(0) as u64
+        })
     }
 
     /// Returns whether an event at `ts_ms` is late, and otherwise takes it into account.

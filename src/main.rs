@@ -202,7 +202,9 @@ struct EvalArgs {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("VEER_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("VEER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -245,17 +247,40 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let generated = args.input.inputs.is_empty();
     let (source, truth, timeline) = if generated {
-        let config = GenerateConfig { users: args.generate_users, ..GenerateConfig::default() };
-        tracing::info!(users = config.users, days = config.days, seed = config.seed, "generating the built-in labelled stream");
+        let config = GenerateConfig {
+            users: args.generate_users,
+            ..GenerateConfig::default()
+        };
+        tracing::info!(
+            users = config.users,
+            days = config.days,
+            seed = config.seed,
+            "generating the built-in labelled stream"
+        );
         let stream = generate::generate(&config);
-        let timeline: UserTimeline = stream.events.iter().map(|event| (event.user.clone(), event.ts_secs())).collect();
-        (EventSource::Memory(stream.events), Some(stream.truth), Some(timeline))
+        let timeline: UserTimeline = stream
+            .events
+            .iter()
+            .map(|event| (event.user.clone(), event.ts_secs()))
+            .collect();
+        (
+            EventSource::Memory(stream.events),
+            Some(stream.truth),
+            Some(timeline),
+        )
     } else {
         let truth = match &args.truth {
             Some(path) => Some(read_truth(path)?),
             None => None,
         };
-        (EventSource::Inputs { paths: args.input.inputs.clone(), options: args.input.source_options() }, truth, None)
+        (
+            EventSource::Inputs {
+                paths: args.input.inputs.clone(),
+                options: args.input.source_options(),
+            },
+            truth,
+            None,
+        )
     };
 
     let alerts = match args.alerts.as_deref() {
@@ -295,11 +320,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_score(summary: &RunSummary, truth: &[veer::truth::TruthRecord], timeline: Option<&UserTimeline>, horizon_secs: i64) {
+fn print_score(
+    summary: &RunSummary,
+    truth: &[veer::truth::TruthRecord],
+    timeline: Option<&UserTimeline>,
+    horizon_secs: i64,
+) {
     let alerts: Vec<ScoredAlert> = summary
         .kept_alerts
         .iter()
-        .map(|alert| ScoredAlert { user: alert.user.clone(), kind: alert.kind, ts: alert.ts })
+        .map(|alert| ScoredAlert {
+            user: alert.user.clone(),
+            kind: alert.kind,
+            ts: alert.ts,
+        })
         .collect();
     let score = eval::score(truth, &alerts, timeline, &EvalConfig { horizon_secs });
     println!("{}", score.to_table());
@@ -309,15 +343,22 @@ fn print_score(summary: &RunSummary, truth: &[veer::truth::TruthRecord], timelin
 fn read_truth(path: &Path) -> anyhow::Result<Vec<veer::truth::TruthRecord>> {
     let file = std::fs::File::open(path)
         .map_err(|error| anyhow::anyhow!("cannot open truth file {}: {error}", path.display()))?;
-    eval::read_truth(std::io::BufReader::new(file)).map_err(|error| anyhow::anyhow!("truth file {}: {error}", path.display()))
+    eval::read_truth(std::io::BufReader::new(file))
+        .map_err(|error| anyhow::anyhow!("truth file {}: {error}", path.display()))
 }
 
 fn generate_files(args: GenerateArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.shift_frac) {
-        anyhow::bail!("invalid --shift-frac {}: must be between 0 and 1", args.shift_frac);
+        anyhow::bail!(
+            "invalid --shift-frac {}: must be between 0 and 1",
+            args.shift_frac
+        );
     }
     if args.days < 5 {
-        anyhow::bail!("invalid --days {}: at least 5 days are needed to plant shifts", args.days);
+        anyhow::bail!(
+            "invalid --days {}: at least 5 days are needed to plant shifts",
+            args.days
+        );
     }
     let config = GenerateConfig {
         users: args.users,
@@ -359,19 +400,33 @@ fn generate_files(args: GenerateArgs) -> anyhow::Result<()> {
 fn eval_files(args: EvalArgs) -> anyhow::Result<()> {
     let horizon_secs = duration_arg("horizon", &args.horizon)?.as_secs() as i64;
     let truth = read_truth(&args.truth)?;
-    let file = std::fs::File::open(&args.alerts)
-        .map_err(|error| anyhow::anyhow!("cannot open alert file {}: {error}", args.alerts.display()))?;
+    let file = std::fs::File::open(&args.alerts).map_err(|error| {
+        anyhow::anyhow!("cannot open alert file {}: {error}", args.alerts.display())
+    })?;
     let alerts = eval::read_alerts(std::io::BufReader::new(file))
         .map_err(|error| anyhow::anyhow!("alert file {}: {error}", args.alerts.display()))?;
     let timeline = match &args.events {
         Some(path) => {
-            let options = SourceOptions { format: args.format.map(Format::from), ..SourceOptions::default() };
+            let options = SourceOptions {
+                format: args.format.map(Format::from),
+                ..SourceOptions::default()
+            };
             let (events, _) = veer::ingest::read_events(vec![path.clone()], options)?;
-            Some(events.iter().map(|event| (event.user.clone(), event.ts_secs())).collect::<UserTimeline>())
+            Some(
+                events
+                    .iter()
+                    .map(|event| (event.user.clone(), event.ts_secs()))
+                    .collect::<UserTimeline>(),
+            )
         }
         None => None,
     };
-    let score = eval::score(&truth, &alerts, timeline.as_ref(), &EvalConfig { horizon_secs });
+    let score = eval::score(
+        &truth,
+        &alerts,
+        timeline.as_ref(),
+        &EvalConfig { horizon_secs },
+    );
     println!("{}", score.to_table());
     println!("{}", score.to_json_line());
     Ok(())
@@ -381,10 +436,14 @@ fn print_stats(args: StatsArgs) -> anyhow::Result<()> {
     println!("{}", veer::stats::StreamStats::markdown_header());
     if args.with_generated {
         let stream = generate::generate(&GenerateConfig::default());
-        println!("{}", veer::stats::compute(&stream.events).to_markdown_row("generator, default"));
+        println!(
+            "{}",
+            veer::stats::compute(&stream.events).to_markdown_row("generator, default")
+        );
     }
     for path in &args.input.inputs {
-        let (events, _) = veer::ingest::read_events(vec![path.clone()], args.input.source_options())?;
+        let (events, _) =
+            veer::ingest::read_events(vec![path.clone()], args.input.source_options())?;
         println!("{}", veer::stats::compute(&events).to_markdown_row(path));
     }
     Ok(())

@@ -14,8 +14,8 @@ use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle};
 use veer_models::baseline::BaselineDetector;
 use veer_models::{AlertKind, Detector, DetectorConfig, Event, GroupConfig, ShiftDetector};
 use veer_operators::{
-    detect_shifts, order_by_event_time, population_groups, session_cooccurrence, write_alerts, AlertCounter,
-    DetectStats,
+    detect_shifts, order_by_event_time, population_groups, session_cooccurrence, write_alerts,
+    AlertCounter, DetectStats,
 };
 
 use crate::config::{DetectorChoice, ReplayOrder};
@@ -36,7 +36,10 @@ pub enum AlertOutput {
 /// Where the events come from.
 pub enum EventSource {
     /// Input paths (`-` for standard input), read on a reader thread.
-    Inputs { paths: Vec<String>, options: SourceOptions },
+    Inputs {
+        paths: Vec<String>,
+        options: SourceOptions,
+    },
     /// Events already in memory, such as a generated stream, sorted by time.
     Memory(Vec<Event>),
 }
@@ -92,21 +95,47 @@ impl RunSummary {
     pub fn to_text(&self) -> String {
         let counts = &self.counts;
         let seconds = self.wall.as_secs_f64();
-        let rate = if seconds > 0.0 { self.unique_events() as f64 / seconds } else { 0.0 };
+        let rate = if seconds > 0.0 {
+            self.unique_events() as f64 / seconds
+        } else {
+            0.0
+        };
         let alert = |kind| self.alerts.get(&kind).copied().unwrap_or(0);
-        let order = if self.replayed_sorted { "sorted by event time" } else { "arrival order" };
+        let order = if self.replayed_sorted {
+            "sorted by event time"
+        } else {
+            "arrival order"
+        };
         let mut text = String::new();
         text.push_str(&format!("lines read        {:>12}\n", counts.lines));
         text.push_str(&format!("  events          {:>12}\n", self.unique_events()));
-        text.push_str(&format!("  duplicates      {:>12}  (dropped)\n", self.duplicates));
+        text.push_str(&format!(
+            "  duplicates      {:>12}  (dropped)\n",
+            self.duplicates
+        ));
         text.push_str(&format!("  late            {:>12}\n", counts.late));
         text.push_str(&format!("  bad             {:>12}\n", counts.bad));
-        text.push_str(&format!("  skipped         {:>12}  (blank or header lines)\n", counts.skipped));
-        text.push_str(&format!("out of order      {:>12}  (older than an earlier line; replay: {order})\n", counts.out_of_order));
+        text.push_str(&format!(
+            "  skipped         {:>12}  (blank or header lines)\n",
+            counts.skipped
+        ));
+        text.push_str(&format!(
+            "out of order      {:>12}  (older than an earlier line; replay: {order})\n",
+            counts.out_of_order
+        ));
         text.push_str(&format!("users             {:>12}\n", self.users));
-        text.push_str(&format!("alerts            {:>12}\n", alert(AlertKind::InterestShift) + alert(AlertKind::Anomaly)));
-        text.push_str(&format!("  interest_shift  {:>12}\n", alert(AlertKind::InterestShift)));
-        text.push_str(&format!("  anomaly         {:>12}\n", alert(AlertKind::Anomaly)));
+        text.push_str(&format!(
+            "alerts            {:>12}\n",
+            alert(AlertKind::InterestShift) + alert(AlertKind::Anomaly)
+        ));
+        text.push_str(&format!(
+            "  interest_shift  {:>12}\n",
+            alert(AlertKind::InterestShift)
+        ));
+        text.push_str(&format!(
+            "  anomaly         {:>12}\n",
+            alert(AlertKind::Anomaly)
+        ));
         text.push_str(&format!("workers           {:>12}\n", self.workers));
         text.push_str(&format!("wall time         {:>11.3}s\n", seconds));
         text.push_str(&format!("events per second {:>12.0}\n", rate));
@@ -137,21 +166,29 @@ pub fn run(settings: RunSettings) -> anyhow::Result<RunSummary> {
     let alert_writer: Option<Box<dyn Write + Send>> = match &settings.alerts {
         AlertOutput::Stdout => Some(Box::new(std::io::BufWriter::new(std::io::stdout()))),
         AlertOutput::File(path) => Some(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .map_err(|error| anyhow::anyhow!("cannot create alert file {}: {error}", path.display()))?,
+            std::fs::File::create(path).map_err(|error| {
+                anyhow::anyhow!("cannot create alert file {}: {error}", path.display())
+            })?,
         ))),
         AlertOutput::Discard => None,
     };
 
     let bytes_read = Arc::new(AtomicU64::new(0));
     let input_label = match &settings.source {
-        EventSource::Inputs { paths, .. } => paths.iter().map(|path| ingest::input_name(path)).collect::<Vec<_>>().join(","),
+        EventSource::Inputs { paths, .. } => paths
+            .iter()
+            .map(|path| ingest::input_name(path))
+            .collect::<Vec<_>>()
+            .join(","),
         EventSource::Memory(_) => "<generated>".to_string(),
     };
     let feed = match settings.source {
-        EventSource::Inputs { paths, options } => {
-            Feed::Reader(ingest::spawn_reader(paths, options, dead_letter.clone(), bytes_read.clone()))
-        }
+        EventSource::Inputs { paths, options } => Feed::Reader(ingest::spawn_reader(
+            paths,
+            options,
+            dead_letter.clone(),
+            bytes_read.clone(),
+        )),
         EventSource::Memory(events) => Feed::Memory(events),
     };
     let shared = Arc::new(Shared {
@@ -178,7 +215,8 @@ pub fn run(settings: RunSettings) -> anyhow::Result<RunSummary> {
         let shared = worker_shared.clone();
         match shared.detector {
             DetectorChoice::Shift => {
-                let detector = ShiftDetector::new(shared.detector_config.clone()).expect("validated above");
+                let detector =
+                    ShiftDetector::new(shared.detector_config.clone()).expect("validated above");
                 run_worker(worker, &shared, detector)
             }
             DetectorChoice::Baseline => run_worker(worker, &shared, BaselineDetector::default()),
@@ -186,7 +224,10 @@ pub fn run(settings: RunSettings) -> anyhow::Result<RunSummary> {
     })
     .map_err(|error| anyhow::anyhow!("failed to start the timely workers: {error}"))?;
 
-    let mut summary = RunSummary { workers: settings.workers, ..Default::default() };
+    let mut summary = RunSummary {
+        workers: settings.workers,
+        ..Default::default()
+    };
     for result in guards.join() {
         let result = result.map_err(|error| anyhow::anyhow!("a worker failed: {error}"))?;
         if let Some(error) = result.error {
@@ -256,7 +297,11 @@ fn run_worker<D: Detector>(
     let alert_counts: AlertCounter = Default::default();
     alert_counts.borrow_mut().keep = shared.keep_alerts;
     let writer: Option<Box<dyn Write>> = if index == 0 {
-        let taken = shared.alert_writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let taken = shared
+            .alert_writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
         taken.map(|writer| Box::new(WriterOnWorker(writer)) as Box<dyn Write>)
     } else {
         None
@@ -285,9 +330,20 @@ fn run_worker<D: Detector>(
 
     let mut result = WorkerResult::default();
     if index == 0 {
-        let feed = shared.feed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let feed = shared
+            .feed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
         match feed {
-            Some(feed) => match feed_input(worker, &mut input, &probe, shared, feed, &mut result.timeline) {
+            Some(feed) => match feed_input(
+                worker,
+                &mut input,
+                &probe,
+                shared,
+                feed,
+                &mut result.timeline,
+            ) {
                 Ok(ingest) => result.ingest = Some(ingest),
                 Err(message) => result.error = Some(message),
             },
@@ -327,7 +383,11 @@ fn feed_input(
     match feed {
         Feed::Memory(mut events) => {
             events.sort_by(Event::processing_cmp);
-            let mut counts = LineCounts { lines: events.len() as u64, events: events.len() as u64, ..Default::default() };
+            let mut counts = LineCounts {
+                lines: events.len() as u64,
+                events: events.len() as u64,
+                ..Default::default()
+            };
             progress.processing(events.len() as u64);
             events.iter().for_each(&mut record);
             send_sorted(worker, input, probe, events, &progress);
@@ -339,13 +399,16 @@ fn feed_input(
             let mut buffered: Vec<Event> = Vec::new();
             let mut counts;
             let stream_arrival = shared.order == ReplayOrder::Arrival;
-            let mut watermark = Watermark::new(shared.out_of_orderness_ms, shared.max_future_skew_ms);
+            let mut watermark =
+                Watermark::new(shared.out_of_orderness_ms, shared.max_future_skew_ms);
             let mut late = 0u64;
             let mut out_of_order = 0u64;
             let mut newest = i64::MIN;
             let mut streamed = 0u64;
             loop {
-                let chunk = receiver.recv().map_err(|_| "the reader thread stopped unexpectedly".to_string())?;
+                let chunk = receiver
+                    .recv()
+                    .map_err(|_| "the reader thread stopped unexpectedly".to_string())?;
                 progress.reading(shared.bytes_read.load(Ordering::Relaxed));
                 match chunk {
                     Chunk::Events(events) if stream_arrival => {
@@ -357,7 +420,9 @@ fn feed_input(
                             let current = watermark.current();
                             if watermark.observe(event.ts_ms) {
                                 late += 1;
-                                shared.dead_letter.late(&shared.input_label, &event, current);
+                                shared
+                                    .dead_letter
+                                    .late(&shared.input_label, &event, current);
                                 continue;
                             }
                             record(&event);
@@ -410,7 +475,9 @@ fn feed_input(
                     if watermark.observe(event.ts_ms) {
                         counts.late += 1;
                         counts.events -= 1;
-                        shared.dead_letter.late(&shared.input_label, &event, current);
+                        shared
+                            .dead_letter
+                            .late(&shared.input_label, &event, current);
                         continue;
                     }
                     record(&event);
@@ -437,17 +504,15 @@ fn send_sorted(
     events: Vec<Event>,
     progress: &crate::progress::Progress,
 ) {
-    let mut sent = 0u64;
     let mut since_step = 0usize;
-    for event in events {
+    for (sent, event) in events.into_iter().enumerate() {
         let time = event.ts_ms as u64;
         if since_step >= FEED_BATCH && time > *input.time() {
             since_step = 0;
             advance_and_wait(worker, input, probe, time);
-            progress.processed(sent);
+            progress.processed(sent as u64);
         }
         input.send(event);
-        sent += 1;
         since_step += 1;
     }
 }

@@ -40,9 +40,19 @@ impl DecoyKind {
 #[derive(Clone, Debug, PartialEq)]
 pub enum TruthRecord {
     /// From `onset_ts` (Unix seconds) on, the user's preferences are replaced.
-    InterestShift { user: Id, onset_ts: i64, from: Vec<Id>, to: Vec<Id> },
+    InterestShift {
+        user: Id,
+        onset_ts: i64,
+        from: Vec<Id>,
+        to: Vec<Id>,
+    },
     /// A change that an engine should not report as a shift, at `ts` (Unix seconds).
-    Decoy { user: Id, decoy: DecoyKind, ts: i64, categories: Vec<Id> },
+    Decoy {
+        user: Id,
+        decoy: DecoyKind,
+        ts: i64,
+        categories: Vec<Id>,
+    },
 }
 
 impl TruthRecord {
@@ -58,14 +68,24 @@ impl TruthRecord {
         let ids = |list: &[Id]| Value::Array(list.iter().map(Id::to_json).collect());
         let mut object = Map::new();
         match self {
-            TruthRecord::InterestShift { user, onset_ts, from, to } => {
+            TruthRecord::InterestShift {
+                user,
+                onset_ts,
+                from,
+                to,
+            } => {
                 object.insert("user".into(), user.to_json());
                 object.insert("kind".into(), Value::String("interest_shift".into()));
                 object.insert("onset_ts".into(), Value::from(*onset_ts));
                 object.insert("from".into(), ids(from));
                 object.insert("to".into(), ids(to));
             }
-            TruthRecord::Decoy { user, decoy, ts, categories } => {
+            TruthRecord::Decoy {
+                user,
+                decoy,
+                ts,
+                categories,
+            } => {
                 object.insert("user".into(), user.to_json());
                 object.insert("kind".into(), Value::String("decoy".into()));
                 object.insert("decoy".into(), Value::String(decoy.name().into()));
@@ -81,7 +101,10 @@ impl TruthRecord {
         let value: Value =
             serde_json::from_str(line).map_err(|error| format!("invalid JSON: {error}"))?;
         let object = value.as_object().ok_or("not a JSON object")?;
-        let user = object.get("user").and_then(id_from_json).ok_or("missing or invalid `user`")?;
+        let user = object
+            .get("user")
+            .and_then(id_from_json)
+            .ok_or("missing or invalid `user`")?;
         let int = |name: &str| {
             object
                 .get(name)
@@ -104,11 +127,19 @@ impl TruthRecord {
             }),
             Some("decoy") => {
                 let name = object.get("decoy").and_then(Value::as_str).unwrap_or("");
-                let decoy = DecoyKind::parse(name)
-                    .ok_or(format!("unknown decoy kind {name:?}; expected one_off, burst or seasonal"))?;
-                Ok(TruthRecord::Decoy { user, decoy, ts: int("ts")?, categories: id_list("categories") })
+                let decoy = DecoyKind::parse(name).ok_or(format!(
+                    "unknown decoy kind {name:?}; expected one_off, burst or seasonal"
+                ))?;
+                Ok(TruthRecord::Decoy {
+                    user,
+                    decoy,
+                    ts: int("ts")?,
+                    categories: id_list("categories"),
+                })
             }
-            other => Err(format!("unknown kind {other:?}; expected interest_shift or decoy")),
+            other => Err(format!(
+                "unknown kind {other:?}; expected interest_shift or decoy"
+            )),
         }
     }
 }

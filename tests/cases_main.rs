@@ -6,7 +6,10 @@ use common::{arg, run_veer, shared};
 
 fn assert_ts_between(alert: &serde_json::Value, low: i64, high: i64) {
     let ts = alert["ts"].as_i64().expect("ts is an integer");
-    assert!(ts >= low && ts <= high, "alert ts {ts} outside {low}..={high}");
+    assert!(
+        ts >= low && ts <= high,
+        "alert ts {ts} outside {low}..={high}"
+    );
 }
 
 /// A detector must re-arm after an alarm: one lasting shift gives exactly one alert.
@@ -23,13 +26,24 @@ fn one_shift_gives_one_alert() {
     assert_ts_between(shifts[0], 1_511_712_000, 1_511_812_974);
     assert_eq!(shifts[0]["from"][0]["category"], 3);
     assert_eq!(shifts[0]["to"][0]["category"], 41);
-    assert_eq!(run.alerts_of("101").len(), 1, "no further alert after the horizon");
+    assert_eq!(
+        run.alerts_of("101").len(),
+        1,
+        "no further alert after the horizon"
+    );
     assert!(run.alerts_of("102").is_empty());
     assert!(run.alerts_of("103").is_empty());
 
     let again = run_veer(&["--input", arg(&input)]);
-    assert_eq!(again.alerts_text, run.alerts_text, "a second run writes identical bytes");
-    let mut ids: Vec<&str> = run.alerts.iter().map(|alert| alert["alert_id"].as_str().unwrap()).collect();
+    assert_eq!(
+        again.alerts_text, run.alerts_text,
+        "a second run writes identical bytes"
+    );
+    let mut ids: Vec<&str> = run
+        .alerts
+        .iter()
+        .map(|alert| alert["alert_id"].as_str().unwrap())
+        .collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), run.alerts.len(), "alert ids are distinct");
@@ -45,7 +59,11 @@ fn late_events_are_accounted() {
         assert_eq!(run.status, 0, "{}", run.stderr);
         assert_eq!(run.summary_count("late"), 4, "workers {workers}");
         assert_eq!(run.summary_count("bad"), 0);
-        assert_eq!(run.dead_lines("late"), vec![175, 191, 208, 224], "workers {workers}");
+        assert_eq!(
+            run.dead_lines("late"),
+            vec![175, 191, 208, 224],
+            "workers {workers}"
+        );
         for record in &run.dead_letter {
             assert!(record["reason"].as_str().unwrap().starts_with("late"));
             assert!(record["ts"].is_i64());
@@ -70,9 +88,16 @@ fn retailrocket_bom_crlf_and_joins() {
     assert_eq!(run.summary_count("bad"), 6);
     assert_eq!(run.dead_lines("bad"), vec![17, 23, 29, 34, 35, 44]);
     for record in &run.dead_letter {
-        assert!(record["reason"].as_str().unwrap().contains("no categoryid"), "{record}");
+        assert!(
+            record["reason"].as_str().unwrap().contains("no categoryid"),
+            "{record}"
+        );
     }
-    assert!(run.alerts.is_empty(), "too short for a profile: {}", run.alerts_text);
+    assert!(
+        run.alerts.is_empty(),
+        "too short for a profile: {}",
+        run.alerts_text
+    );
 }
 
 /// One malformed line must cost only that line.
@@ -103,11 +128,19 @@ fn json_ids_keep_every_digit() {
     let big = run.shifts_of("9196877626998784");
     assert_eq!(big.len(), 1, "{}", run.alerts_text);
     assert_ts_between(big[0], 1_511_798_400, 1_512_057_600);
-    assert!(big[0]["alert_id"].as_str().unwrap().starts_with("9196877626998784-"));
+    assert!(big[0]["alert_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("9196877626998784-"));
     assert!(run.alerts_text.contains("\"user\":9196877626998784,"));
     assert!(run.shifts_of("9196877626998785").is_empty());
 
-    assert_eq!(run.shifts_of("123456789012345678901").len(), 1, "{}", run.alerts_text);
+    assert_eq!(
+        run.shifts_of("123456789012345678901").len(),
+        1,
+        "{}",
+        run.alerts_text
+    );
     assert!(run.alerts_text.contains("\"user\":123456789012345678901,"));
     assert!(run.shifts_of("123456789012345678902").is_empty());
     assert!(!run.alerts_text.contains("e20"), "no id in float form");
@@ -118,8 +151,14 @@ fn json_ids_keep_every_digit() {
 /// Exact duplicate rows are dropped and counted, and change no alert.
 #[test]
 fn rees46_duplicates_change_nothing() {
-    let doubled = run_veer(&["--input", arg(&shared("cases/12-rees46-duplicate-rows/input.csv"))]);
-    let clean = run_veer(&["--input", arg(&shared("cases/12-rees46-duplicate-rows/input-dedup.csv"))]);
+    let doubled = run_veer(&[
+        "--input",
+        arg(&shared("cases/12-rees46-duplicate-rows/input.csv")),
+    ]);
+    let clean = run_veer(&[
+        "--input",
+        arg(&shared("cases/12-rees46-duplicate-rows/input-dedup.csv")),
+    ]);
     for run in [&doubled, &clean] {
         assert_eq!(run.status, 0, "{}", run.stderr);
         assert_eq!(run.summary_count("bad"), 0);
@@ -127,7 +166,11 @@ fn rees46_duplicates_change_nothing() {
         assert_eq!(shifts.len(), 1, "{}", run.alerts_text);
         assert_ts_between(shifts[0], 1_570_147_200, 1_570_406_400);
         assert!(run.shifts_of("1202").is_empty());
-        assert!(run.alerts.iter().all(|alert| alert["kind"] != "anomaly"), "{}", run.alerts_text);
+        assert!(
+            run.alerts.iter().all(|alert| alert["kind"] != "anomaly"),
+            "{}",
+            run.alerts_text
+        );
     }
     assert_eq!(doubled.summary_count("duplicates"), 132);
     assert_eq!(clean.summary_count("duplicates"), 0);

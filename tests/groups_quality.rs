@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use veer::generate::{category_families, generate, GenerateConfig};
 use veer_models::groups::SessionCounter;
-use veer_models::{GroupConfig, GroupMap, GroupKey, Id, PopulationDelta, PopulationModel};
+use veer_models::{GroupConfig, GroupKey, GroupMap, Id, PopulationDelta, PopulationModel};
 
 const HOUR_MS: u64 = 3_600_000;
 
@@ -20,7 +20,10 @@ fn learned_groups(config: &GenerateConfig) -> (GroupMap, HashMap<Id, u64>) {
     let mut windows: BTreeMap<u64, PopulationDelta> = BTreeMap::new();
     for event in stream.events {
         let end = (event.ts_ms as u64 / HOUR_MS + 1) * HOUR_MS;
-        let delta = windows.entry(end).or_insert_with(|| PopulationDelta { window_end: end, ..Default::default() });
+        let delta = windows.entry(end).or_insert_with(|| PopulationDelta {
+            window_end: end,
+            ..Default::default()
+        });
         counter.count(event, delta);
     }
     let mut map = GroupMap::default();
@@ -39,7 +42,10 @@ fn learned_groups_match_families() {
     // For each learned group, its members' families.
     let mut members: HashMap<GroupKey, Vec<u32>> = HashMap::new();
     for (category, family) in &families {
-        members.entry(map.group_of(category, None)).or_default().push(*family);
+        members
+            .entry(map.group_of(category, None))
+            .or_default()
+            .push(*family);
     }
     let mut pure = 0usize;
     let mut grouped = 0usize;
@@ -58,7 +64,11 @@ fn learned_groups_match_families() {
     let mut family_group_events: HashMap<u32, HashMap<GroupKey, u64>> = HashMap::new();
     for (category, family) in &families {
         let events = event_counts.get(category).copied().unwrap_or(0);
-        *family_group_events.entry(*family).or_default().entry(map.group_of(category, None)).or_default() += events;
+        *family_group_events
+            .entry(*family)
+            .or_default()
+            .entry(map.group_of(category, None))
+            .or_default() += events;
     }
     let (mut covered, mut total) = (0u64, 0u64);
     for groups in family_group_events.values() {
@@ -70,6 +80,12 @@ fn learned_groups_match_families() {
         "grouped categories {grouped} of {}, purity {purity:.3}, events in their family's main group {coherence:.3}",
         families.len()
     );
-    assert!(purity >= 0.9, "learned groups mix families: purity {purity:.3}");
-    assert!(coherence >= 0.8, "families are split over learned groups: coherence {coherence:.3}");
+    assert!(
+        purity >= 0.9,
+        "learned groups mix families: purity {purity:.3}"
+    );
+    assert!(
+        coherence >= 0.8,
+        "families are split over learned groups: coherence {coherence:.3}"
+    );
 }

@@ -5,7 +5,9 @@ use serde_json::{Map, Value};
 use crate::event::Id;
 
 /// The kind of an alert.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum AlertKind {
     /// A lasting change of the user's interests.
     InterestShift,
@@ -104,7 +106,10 @@ impl Alert {
         object.insert("from".into(), shares(&self.from));
         object.insert("to".into(), shares(&self.to));
         object.insert("signals".into(), Value::Object(signals));
-        object.insert("events_since_onset".into(), Value::from(self.events_since_onset));
+        object.insert(
+            "events_since_onset".into(),
+            Value::from(self.events_since_onset),
+        );
         Value::Object(object)
     }
 

@@ -32,16 +32,28 @@ pub struct BaselineDetector {
 
 impl Default for BaselineDetector {
     fn default() -> Self {
-        BaselineDetector { warm_up: 15, session_gap_secs: 30 * 60 }
+        BaselineDetector {
+            warm_up: 15,
+            session_gap_secs: 30 * 60,
+        }
     }
 }
 
 impl Detector for BaselineDetector {
     type State = BaselineState;
 
-    fn observe(&self, state: &mut BaselineState, event: &Event, _groups: &GroupMap, alerts: &mut Vec<Alert>) {
+    fn observe(
+        &self,
+        state: &mut BaselineState,
+        event: &Event,
+        _groups: &GroupMap,
+        alerts: &mut Vec<Alert>,
+    ) {
         let ts = event.ts_secs();
-        if state.last_ts.is_none_or(|last| ts - last > self.session_gap_secs) {
+        if state
+            .last_ts
+            .is_none_or(|last| ts - last > self.session_gap_secs)
+        {
             state.session += 1;
         }
         state.last_ts = Some(ts);
@@ -68,7 +80,10 @@ impl Detector for BaselineDetector {
                             onset_ts: onset,
                             score: 0.5,
                             from: Vec::new(),
-                            to: vec![CategoryShare { category: event.category.clone(), share: 1.0 }],
+                            to: vec![CategoryShare {
+                                category: event.category.clone(),
+                                share: 1.0,
+                            }],
                             signals: vec![("returning_new_category".into(), 1.0)],
                             events_since_onset: 0,
                         });

@@ -15,7 +15,7 @@
 //! - at least two mostly-novel sessions in a row, so a single session in unrelated categories
 //!   (a gift), or exploring now and then between usual sessions, is not a shift;
 //! - novel events in later sessions that return to groups that earlier sessions of the run
-//!   visited, so a lasting interest is told apart from scattered exploration;
+//!   visited, so a lasting interest is distinguished from scattered exploration;
 //! - no burst: events arriving faster than a person browses are rolled back out of the test
 //!   and reported once as an `anomaly` alert;
 //! - no population trend: a novel event in a group that the whole population is moving
@@ -54,8 +54,8 @@ pub struct DetectorConfig {
     pub min_sessions: u32,
     /// Share of a session's judged events that must be novel for it to support an alarm.
     pub session_novel_share: f64,
-    /// Time from the run's first novel event to an alarm, in seconds: a user's visit to a
-    /// dormant interest is often a cluster of sessions, a shift lasts.
+    /// Minimum time from the run's first novel event to an alarm, in seconds. A user's visit
+    /// to a dormant interest is often a cluster of sessions, while a shift lasts.
     pub min_run_span_secs: i64,
     /// Reference events needed before a user is judged.
     pub min_reference_events: u32,
@@ -117,7 +117,11 @@ impl DetectorConfig {
             if value > 0.0 && value < 1.0 {
                 Ok(())
             } else {
-                Err(ConfigError { name, value: value.to_string(), expected: "a number strictly between 0 and 1" })
+                Err(ConfigError {
+                    name,
+                    value: value.to_string(),
+                    expected: "a number strictly between 0 and 1",
+                })
             }
         };
         unit("novel_share", self.novel_share)?;
@@ -142,7 +146,11 @@ impl DetectorConfig {
             if value.is_finite() && value > 0.0 {
                 Ok(())
             } else {
-                Err(ConfigError { name, value: value.to_string(), expected: "a positive number" })
+                Err(ConfigError {
+                    name,
+                    value: value.to_string(),
+                    expected: "a positive number",
+                })
             }
         };
         positive("threshold", self.threshold)?;
@@ -160,11 +168,11 @@ impl DetectorConfig {
     }
 }
 
-/// Highest exploring rate used in the test; above it a shift cannot be told from browsing.
+/// Highest exploring rate used in the test, because above it a shift looks like browsing.
 const MAX_EXPLORE: f64 = 0.6;
 /// Lowest exploring rate used in the test, so one novel event never decides alone.
 const MIN_EXPLORE: f64 = 0.03;
-/// Longest run kept; older run events move into the reference.
+/// Maximum run length kept. Older run events move into the reference.
 const MAX_RUN: usize = 256;
 /// Categories listed in an alert's `from` and `to`.
 const LISTED_CATEGORIES: usize = 3;
@@ -203,7 +211,9 @@ impl DecayedWeights {
         if self.scale < 1e-9 {
             // Fold the scale into the stored weights before it underflows.
             let scale = self.scale;
-            self.categories.values_mut().for_each(|weight| *weight *= scale);
+            self.categories
+                .values_mut()
+                .for_each(|weight| *weight *= scale);
             self.groups.values_mut().for_each(|weight| *weight *= scale);
             self.total *= scale;
             self.scale = 1.0;
@@ -224,7 +234,11 @@ impl DecayedWeights {
     }
 
     fn scale_all(&mut self, factor: f64) {
-        self.scale = if self.scale == 0.0 { factor } else { self.scale * factor };
+        self.scale = if self.scale == 0.0 {
+            factor
+        } else {
+            self.scale * factor
+        };
     }
 
     /// Rebuilds the per-group weights when the group map has changed since the last call.
@@ -253,13 +267,19 @@ impl DecayedWeights {
         if self.total <= 0.0 {
             return Vec::new();
         }
-        let mut entries: Vec<(&Id, f64)> =
-            self.categories.iter().map(|(category, weight)| (category, *weight / self.total)).collect();
+        let mut entries: Vec<(&Id, f64)> = self
+            .categories
+            .iter()
+            .map(|(category, weight)| (category, *weight / self.total))
+            .collect();
         entries.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         entries
             .into_iter()
             .take(count)
-            .map(|(category, share)| CategoryShare { category: category.clone(), share })
+            .map(|(category, share)| CategoryShare {
+                category: category.clone(),
+                share,
+            })
             .collect()
     }
 
@@ -286,8 +306,7 @@ pub struct UserState {
     cusum: f64,
     run: Vec<RunEvent>,
     run_start_ts: i64,
-    run_start_session: u64,
-    /// Event time of each event since the run started, for the alert's event count.
+    /// Run length when the current session started, so a burst can be rolled back.
     run_len_at_session_start: usize,
     cusum_at_session_start: f64,
     session: u64,
@@ -325,7 +344,13 @@ pub trait Detector: Send + 'static {
     type State: Default + Send + 'static;
 
     /// Feeds one event of `state`'s user and appends any alerts it raises.
-    fn observe(&self, state: &mut Self::State, event: &Event, groups: &GroupMap, alerts: &mut Vec<Alert>);
+    fn observe(
+        &self,
+        state: &mut Self::State,
+        event: &Event,
+        groups: &GroupMap,
+        alerts: &mut Vec<Alert>,
+    );
 }
 
 /// The CUSUM shift detector described in the module documentation.
@@ -367,7 +392,12 @@ impl ShiftDetector {
 
     /// Tracks the event rate; on the start of a burst, rolls the session's events out of the
     /// run and returns an anomaly alert.
-    fn track_burst(&self, state: &mut UserState, event: &Event, user_ref: &DecayedWeights) -> Option<Alert> {
+    fn track_burst(
+        &self,
+        state: &mut UserState,
+        event: &Event,
+        user_ref: &DecayedWeights,
+    ) -> Option<Alert> {
         let ts = event.ts_secs();
         state.recent.push_back((ts, event.category.clone()));
         if state.recent.len() > self.config.burst_events {
@@ -383,7 +413,11 @@ impl ShiftDetector {
         state.in_burst = true;
         // The burst's events so far were judged as if a person made them: take them back.
         state.run.truncate(state.run_len_at_session_start);
-        state.cusum = if state.run.is_empty() { 0.0 } else { state.cusum_at_session_start };
+        state.cusum = if state.run.is_empty() {
+            0.0
+        } else {
+            state.cusum_at_session_start
+        };
         let mut counts: BTreeMap<&Id, usize> = BTreeMap::new();
         for (_, category) in &state.recent {
             *counts.entry(category).or_default() += 1;
@@ -406,7 +440,14 @@ impl ShiftDetector {
         })
     }
 
-    fn add_to_reference(&self, state: &mut UserState, category: &Id, group: &GroupKey, weight: f64, session: u64) {
+    fn add_to_reference(
+        &self,
+        state: &mut UserState,
+        category: &Id,
+        group: &GroupKey,
+        weight: f64,
+        session: u64,
+    ) {
         state.reference.decay(self.config.reference_decay);
         state.reference.add(category, group, weight);
         state.sessions_in_reference.insert(session);
@@ -422,7 +463,13 @@ impl ShiftDetector {
         let run = std::mem::take(&mut state.run);
         for entry in &run {
             self.count_exploration(state, entry.novel);
-            self.add_to_reference(state, &entry.category, &entry.group, entry.weight, entry.session);
+            self.add_to_reference(
+                state,
+                &entry.category,
+                &entry.group,
+                entry.weight,
+                entry.session,
+            );
         }
     }
 
@@ -472,7 +519,11 @@ impl ShiftDetector {
         let mut session_groups: Vec<&GroupKey> = Vec::new();
         let mut current_session = oldest_supporting;
         let mut recurring = 0u32;
-        for entry in state.run.iter().filter(|entry| entry.novel && entry.session >= oldest_supporting) {
+        for entry in state
+            .run
+            .iter()
+            .filter(|entry| entry.novel && entry.session >= oldest_supporting)
+        {
             if entry.session != current_session {
                 earlier_groups.extend(session_groups.drain(..));
                 current_session = entry.session;
@@ -508,7 +559,10 @@ impl ShiftDetector {
             to,
             signals: vec![
                 ("cusum".into(), state.cusum),
-                ("novel_share".into(), novel.len() as f64 / state.run.len() as f64),
+                (
+                    "novel_share".into(),
+                    novel.len() as f64 / state.run.len() as f64,
+                ),
                 ("divergence".into(), divergence),
                 ("explore_rate".into(), explore),
                 ("sessions".into(), sessions.len() as f64),
@@ -520,7 +574,13 @@ impl ShiftDetector {
         state.reference.scale_all(REBASE_KEEP);
         let run = std::mem::take(&mut state.run);
         for entry in &run {
-            self.add_to_reference(state, &entry.category, &entry.group, entry.weight, entry.session);
+            self.add_to_reference(
+                state,
+                &entry.category,
+                &entry.group,
+                entry.weight,
+                entry.session,
+            );
         }
         state.cusum = 0.0;
         state.refractory_events = self.config.refractory_events;
@@ -533,7 +593,13 @@ impl ShiftDetector {
 impl Detector for ShiftDetector {
     type State = UserState;
 
-    fn observe(&self, state: &mut UserState, event: &Event, groups: &GroupMap, alerts: &mut Vec<Alert>) {
+    fn observe(
+        &self,
+        state: &mut UserState,
+        event: &Event,
+        groups: &GroupMap,
+        alerts: &mut Vec<Alert>,
+    ) {
         state.events += 1;
         let weight = event.behavior.interest_weight();
         if weight <= 0.0 {
@@ -583,7 +649,11 @@ impl Detector for ShiftDetector {
 
         let explore = state.explore_rate(&self.config);
         let q = self.config.shift_novelty;
-        let step = if novel { (q / explore).ln() } else { ((1.0 - q) / (1.0 - explore)).ln() };
+        let step = if novel {
+            (q / explore).ln()
+        } else {
+            ((1.0 - q) / (1.0 - explore)).ln()
+        };
         let was_active = !state.run.is_empty();
         state.cusum = (state.cusum + step).max(0.0);
 
@@ -597,15 +667,26 @@ impl Detector for ShiftDetector {
         }
         if !was_active {
             state.run_start_ts = event.ts_secs();
-            state.run_start_session = session;
             state.run_len_at_session_start = 0;
             state.cusum_at_session_start = 0.0;
         }
-        state.run.push(RunEvent { category: event.category.clone(), group, weight, session, novel });
+        state.run.push(RunEvent {
+            category: event.category.clone(),
+            group,
+            weight,
+            session,
+            novel,
+        });
         if state.run.len() > MAX_RUN {
             let oldest = state.run.remove(0);
             self.count_exploration(state, oldest.novel);
-            self.add_to_reference(state, &oldest.category, &oldest.group, oldest.weight, oldest.session);
+            self.add_to_reference(
+                state,
+                &oldest.category,
+                &oldest.group,
+                oldest.weight,
+                oldest.session,
+            );
             state.run_len_at_session_start = state.run_len_at_session_start.saturating_sub(1);
         }
 

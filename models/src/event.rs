@@ -60,9 +60,9 @@ impl Id {
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             // `arbitrary_precision` keeps every digit of ids beyond u64.
-            Id::Int(value) => serde_json::Value::Number(
-                serde_json::Number::from_string_unchecked(value.to_string()),
-            ),
+            Id::Int(value) => serde_json::Value::Number(serde_json::Number::from_string_unchecked(
+                value.to_string(),
+            )),
             Id::Text(text) => serde_json::Value::String(text.to_string()),
         }
     }
@@ -181,13 +181,20 @@ impl Event {
         self.partial_cmp(other).unwrap_or_else(|| {
             // Only NaN prices make `partial_cmp` fail; readers reject those, so this is a
             // fallback that still gives a total order.
-            (self.ts_ms, &self.user, &self.category, &self.item, self.line).cmp(&(
-                other.ts_ms,
-                &other.user,
-                &other.category,
-                &other.item,
-                other.line,
-            ))
+            (
+                self.ts_ms,
+                &self.user,
+                &self.category,
+                &self.item,
+                self.line,
+            )
+                .cmp(&(
+                    other.ts_ms,
+                    &other.user,
+                    &other.category,
+                    &other.item,
+                    other.line,
+                ))
         })
     }
 

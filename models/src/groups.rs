@@ -166,7 +166,10 @@ pub struct SessionCounter {
 impl SessionCounter {
     /// Creates a counter with the given session gap in milliseconds.
     pub fn new(session_gap_ms: i64) -> Self {
-        SessionCounter { session_gap_ms, sessions: HashMap::new() }
+        SessionCounter {
+            session_gap_ms,
+            sessions: HashMap::new(),
+        }
     }
 
     /// Adds one event to `delta`, which must be the delta of the event's window.
@@ -175,11 +178,14 @@ impl SessionCounter {
             return;
         }
         *delta.events.entry(event.category.clone()).or_default() += 1;
-        let session = self.sessions.entry(event.user).or_insert_with(|| OpenSession {
-            last_ts_ms: i64::MIN,
-            session_id: None,
-            categories: Vec::new(),
-        });
+        let session = self
+            .sessions
+            .entry(event.user)
+            .or_insert_with(|| OpenSession {
+                last_ts_ms: i64::MIN,
+                session_id: None,
+                categories: Vec::new(),
+            });
         let gap_exceeded = event.ts_ms.saturating_sub(session.last_ts_ms) > self.session_gap_ms;
         let id_changed = event.session.is_some() && event.session != session.session_id;
         if gap_exceeded || id_changed {
@@ -233,7 +239,10 @@ const BASELINE_DECAY: f64 = 0.99;
 impl PopulationModel {
     /// Creates an empty model.
     pub fn new(config: GroupConfig) -> Self {
-        PopulationModel { config, ..Default::default() }
+        PopulationModel {
+            config,
+            ..Default::default()
+        }
     }
 
     /// Adds one window's summed counts, rebuilds the groups and trends, and returns them.
@@ -249,12 +258,17 @@ impl PopulationModel {
         let mut window_counts: BTreeMap<GroupKey, u64> = BTreeMap::new();
         for (category, count) in &delta.events {
             let representative = lookup.get(category).copied().unwrap_or(category);
-            *window_counts.entry(GroupKey::Learned(representative.clone())).or_default() +=
-                u64::from(*count);
+            *window_counts
+                .entry(GroupKey::Learned(representative.clone()))
+                .or_default() += u64::from(*count);
         }
         let trending = self.update_trends(window_counts);
         self.windows_seen += 1;
-        self.current = PopulationInfo { window_end: delta.window_end, groups, trending };
+        self.current = PopulationInfo {
+            window_end: delta.window_end,
+            groups,
+            trending,
+        };
         &self.current
     }
 
@@ -363,7 +377,11 @@ fn find(parent: &mut [usize], mut at: usize) -> usize {
 fn union(parent: &mut [usize], left: usize, right: usize) {
     let (left, right) = (find(parent, left), find(parent, right));
     if left != right {
-        let (low, high) = if left < right { (left, right) } else { (right, left) };
+        let (low, high) = if left < right {
+            (left, right)
+        } else {
+            (right, left)
+        };
         parent[high] = low;
     }
 }
@@ -377,13 +395,20 @@ mod tests {
     }
 
     fn delta_with_sessions(sessions: &[&[u64]]) -> PopulationDelta {
-        let mut delta = PopulationDelta { window_end: 3_600_000, ..Default::default() };
+        let mut delta = PopulationDelta {
+            window_end: 3_600_000,
+            ..Default::default()
+        };
         for session in sessions {
             for (at, category) in session.iter().enumerate() {
                 *delta.sessions.entry(id(*category)).or_default() += 1;
                 *delta.events.entry(id(*category)).or_default() += 1;
                 for other in &session[..at] {
-                    let pair = if other < category { (id(*other), id(*category)) } else { (id(*category), id(*other)) };
+                    let pair = if other < category {
+                        (id(*other), id(*category))
+                    } else {
+                        (id(*category), id(*other))
+                    };
                     *delta.pairs.entry(pair).or_default() += 1;
                 }
             }
@@ -394,7 +419,17 @@ mod tests {
     #[test]
     fn groups_follow_co_visited_categories() {
         let mut model = PopulationModel::new(GroupConfig::default());
-        let sessions: Vec<&[u64]> = vec![&[1, 2], &[2, 3], &[1, 3], &[1, 2, 3], &[7, 8], &[7, 8], &[8, 9], &[7, 9], &[9, 8]];
+        let sessions: Vec<&[u64]> = vec![
+            &[1, 2],
+            &[2, 3],
+            &[1, 3],
+            &[1, 2, 3],
+            &[7, 8],
+            &[7, 8],
+            &[8, 9],
+            &[7, 9],
+            &[9, 8],
+        ];
         let info = model.add_window(&delta_with_sessions(&sessions)).clone();
         let mut map = GroupMap::default();
         map.apply(&info);
@@ -408,7 +443,10 @@ mod tests {
     fn topic_overrides_learned_group() {
         let map = GroupMap::default();
         let topic = Id::Text("electronics".into());
-        assert_eq!(map.group_of(&id(5), Some(&topic)), GroupKey::Topic(topic.clone()));
+        assert_eq!(
+            map.group_of(&id(5), Some(&topic)),
+            GroupKey::Topic(topic.clone())
+        );
     }
 
     #[test]
@@ -423,13 +461,20 @@ mod tests {
 
     #[test]
     fn trend_flags_a_group_that_jumps() {
-        let config = GroupConfig { trend_windows: 2, trend_min_events: 5, ..GroupConfig::default() };
+        let config = GroupConfig {
+            trend_windows: 2,
+            trend_min_events: 5,
+            ..GroupConfig::default()
+        };
         let mut model = PopulationModel::new(config);
         let steady: Vec<&[u64]> = vec![&[1], &[1], &[1], &[2], &[2], &[2]];
         for window in 0..6 {
             let mut delta = delta_with_sessions(&steady);
             delta.window_end = (window + 1) * 3_600_000;
-            assert!(model.add_window(&delta).trending.is_empty(), "window {window}");
+            assert!(
+                model.add_window(&delta).trending.is_empty(),
+                "window {window}"
+            );
         }
         let mut jump = delta_with_sessions(&[&[5], &[5], &[5], &[5], &[5], &[5], &[1]]);
         jump.window_end = 7 * 3_600_000;

@@ -7,10 +7,12 @@ pub mod event;
 
 pub use event::{Behavior, Event, Id};
 pub mod alert;
-pub mod groups;
-pub mod detector;
 pub mod baseline;
+pub mod detector;
+pub mod groups;
 
 pub use alert::{Alert, AlertKind, CategoryShare};
 pub use detector::{Detector, DetectorConfig, ShiftDetector, UserState};
-pub use groups::{GroupConfig, GroupKey, GroupMap, PopulationDelta, PopulationInfo, PopulationModel};
+pub use groups::{
+    GroupConfig, GroupKey, GroupMap, PopulationDelta, PopulationInfo, PopulationModel,
+};

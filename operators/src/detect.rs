@@ -37,64 +37,72 @@ pub fn detect_shifts<'scope, D: Detector>(
     window_ms: u64,
     stats: Rc<RefCell<DetectStats>>,
 ) -> StreamVec<'scope, u64, Alert> {
-    events.binary_frontier(population, Pipeline, Pipeline, "DetectShifts", move |_, _| {
-        let mut users: HashMap<Id, D::State> = HashMap::new();
-        let mut groups = GroupMap::default();
-        let mut pending: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
-        let mut infos: BTreeMap<u64, PopulationInfo> = BTreeMap::new();
-        let mut held = HeldCapability::default();
-        let mut alerts: Vec<Alert> = Vec::new();
-        move |(events_in, events_frontier), (population_in, population_frontier), output| {
-            let port = output.output_index();
-            events_in.for_each_stamp(|capability, data| {
-                held.hold(&capability, port);
-                for batch in data {
-                    for event in batch.drain(..) {
-                        pending.entry(event.ts_ms as u64).or_default().push(event);
+    events.binary_frontier(
+        population,
+        Pipeline,
+        Pipeline,
+        "DetectShifts",
+        move |_, _| {
+            let mut users: HashMap<Id, D::State> = HashMap::new();
+            let mut groups = GroupMap::default();
+            let mut pending: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
+            let mut infos: BTreeMap<u64, PopulationInfo> = BTreeMap::new();
+            let mut held = HeldCapability::default();
+            let mut alerts: Vec<Alert> = Vec::new();
+            move |(events_in, events_frontier), (population_in, population_frontier), output| {
+                let port = output.output_index();
+                events_in.for_each_stamp(|capability, data| {
+                    held.hold(&capability, port);
+                    for batch in data {
+                        for event in batch.drain(..) {
+                            pending.entry(event.ts_ms as u64).or_default().push(event);
+                        }
                     }
-                }
-            });
-            population_in.for_each_stamp(|_, data| {
-                for batch in data {
-                    for info in batch.drain(..) {
-                        infos.insert(info.window_end, info);
+                });
+                population_in.for_each_stamp(|_, data| {
+                    for batch in data {
+                        for info in batch.drain(..) {
+                            infos.insert(info.window_end, info);
+                        }
                     }
-                }
-            });
+                });
 
-            let mut stats = stats.borrow_mut();
-            while let Some(entry) = pending.first_entry() {
-                let time = *entry.key();
-                let window_start = time - time % window_ms;
-                if events_frontier.less_equal(&time) || population_frontier.less_equal(&window_start) {
-                    break;
-                }
-                let mut applied = None;
-                while let Some(info) = infos.first_entry() {
-                    if *info.key() > window_start {
+                let mut stats = stats.borrow_mut();
+                while let Some(entry) = pending.first_entry() {
+                    let time = *entry.key();
+                    let window_start = time - time % window_ms;
+                    if events_frontier.less_equal(&time)
+                        || population_frontier.less_equal(&window_start)
+                    {
                         break;
                     }
-                    applied = Some(info.remove());
+                    let mut applied = None;
+                    while let Some(info) = infos.first_entry() {
+                        if *info.key() > window_start {
+                            break;
+                        }
+                        applied = Some(info.remove());
+                    }
+                    if let Some(info) = applied {
+                        groups.apply(&info);
+                        stats.population_updates += 1;
+                    }
+                    for event in entry.remove() {
+                        stats.events += 1;
+                        let state = users.entry(event.user.clone()).or_insert_with(|| {
+                            stats.users += 1;
+                            D::State::default()
+                        });
+                        detector.observe(state, &event, &groups, &mut alerts);
+                    }
                 }
-                if let Some(info) = applied {
-                    groups.apply(&info);
-                    stats.population_updates += 1;
+                if !alerts.is_empty() {
+                    if let Some(capability) = held.get() {
+                        output.session(capability).give_iterator(alerts.drain(..));
+                    }
                 }
-                for event in entry.remove() {
-                    stats.events += 1;
-                    let state = users.entry(event.user.clone()).or_insert_with(|| {
-                        stats.users += 1;
-                        D::State::default()
-                    });
-                    detector.observe(state, &event, &groups, &mut alerts);
-                }
+                held.settle(pending.keys().next().copied());
             }
-            if !alerts.is_empty() {
-                if let Some(capability) = held.get() {
-                    output.session(capability).give_iterator(alerts.drain(..));
-                }
-            }
-            held.settle(pending.keys().next().copied());
-        }
-    })
+        },
+    )
 }

@@ -73,52 +73,56 @@ pub fn population_groups<'scope>(
     deltas: StreamVec<'scope, u64, PopulationDelta>,
     config: GroupConfig,
 ) -> StreamVec<'scope, u64, PopulationInfo> {
-    deltas.unary_frontier(Exchange::new(|_: &PopulationDelta| 0), "PopulationGroups", move |_, _| {
-        let mut model = PopulationModel::new(config);
-        let mut pending: BTreeMap<u64, PopulationDelta> = BTreeMap::new();
-        let mut held = HeldCapability::default();
-        move |(input, frontier), output| {
-            let port = output.output_index();
-            input.for_each_stamp(|capability, data| {
-                held.hold(&capability, port);
-                for batch in data {
-                    for delta in batch.drain(..) {
-                        match pending.entry(delta.window_end) {
-                            std::collections::btree_map::Entry::Vacant(slot) => {
-                                slot.insert(delta);
-                            }
-                            std::collections::btree_map::Entry::Occupied(mut slot) => {
-                                slot.get_mut().merge(delta);
+    deltas.unary_frontier(
+        Exchange::new(|_: &PopulationDelta| 0),
+        "PopulationGroups",
+        move |_, _| {
+            let mut model = PopulationModel::new(config);
+            let mut pending: BTreeMap<u64, PopulationDelta> = BTreeMap::new();
+            let mut held = HeldCapability::default();
+            move |(input, frontier), output| {
+                let port = output.output_index();
+                input.for_each_stamp(|capability, data| {
+                    held.hold(&capability, port);
+                    for batch in data {
+                        for delta in batch.drain(..) {
+                            match pending.entry(delta.window_end) {
+                                std::collections::btree_map::Entry::Vacant(slot) => {
+                                    slot.insert(delta);
+                                }
+                                std::collections::btree_map::Entry::Occupied(mut slot) => {
+                                    slot.get_mut().merge(delta);
+                                }
                             }
                         }
                     }
-                }
-            });
+                });
 
-            while let Some(entry) = pending.first_entry() {
-                if frontier.less_equal(entry.key()) {
-                    break;
+                while let Some(entry) = pending.first_entry() {
+                    if frontier.less_equal(entry.key()) {
+                        break;
+                    }
+                    let end = *entry.key();
+                    let delta = entry.remove();
+                    let info = model.add_window(&delta).clone();
+                    let mut sizes: HashMap<&Id, usize> = HashMap::new();
+                    for (_, representative) in &info.groups {
+                        *sizes.entry(representative).or_default() += 1;
+                    }
+                    tracing::debug!(
+                        window_end = end,
+                        grouped_categories = info.groups.len(),
+                        groups = sizes.len(),
+                        largest_group = sizes.values().max().copied().unwrap_or(0),
+                        trending = info.trending.len(),
+                        "population groups rebuilt"
+                    );
+                    if let Some(capability) = held.at(end) {
+                        output.session(&capability).give(info);
+                    }
                 }
-                let end = *entry.key();
-                let delta = entry.remove();
-                let info = model.add_window(&delta).clone();
-                let mut sizes: HashMap<&Id, usize> = HashMap::new();
-                for (_, representative) in &info.groups {
-                    *sizes.entry(representative).or_default() += 1;
-                }
-                tracing::debug!(
-                    window_end = end,
-                    grouped_categories = info.groups.len(),
-                    groups = sizes.len(),
-                    largest_group = sizes.values().max().copied().unwrap_or(0),
-                    trending = info.trending.len(),
-                    "population groups rebuilt"
-                );
-                if let Some(capability) = held.at(end) {
-                    output.session(&capability).give(info);
-                }
+                held.settle(pending.keys().next().copied());
             }
-            held.settle(pending.keys().next().copied());
-        }
-    })
+        },
+    )
 }

@@ -2,6 +2,8 @@
 //! real `veer` binary and read what it wrote.
 
 #![allow(dead_code)]
+// Users are compared as printed JSON, so that `42` and `"42"` stay different ids.
+#![allow(clippy::cmp_owned)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,7 +13,9 @@ use serde_json::Value;
 /// Returns the path of a file under the shared folder beside the repository, failing the test
 /// when it is missing.
 pub fn shared(relative: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared").join(relative);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(relative);
     assert!(path.exists(), "missing shared file {}", path.display());
     path
 }
@@ -52,7 +56,10 @@ impl RunOutput {
 
     /// Returns every alert of one user, of any kind.
     pub fn alerts_of(&self, user: &str) -> Vec<&Value> {
-        self.alerts.iter().filter(|alert| alert["user"].to_string() == user).collect()
+        self.alerts
+            .iter()
+            .filter(|alert| alert["user"].to_string() == user)
+            .collect()
     }
 
     /// Returns the line numbers of dead-letter records of one kind (`bad` or `late`).
@@ -87,7 +94,9 @@ pub fn run_veer(args: &[&str]) -> RunOutput {
     let alerts_text = std::fs::read_to_string(&alerts_path).unwrap_or_default();
     let dead_text = std::fs::read_to_string(&dead_path).unwrap_or_default();
     let parse = |text: &str| -> Vec<Value> {
-        text.lines().map(|line| serde_json::from_str(line).expect("a JSON line")).collect()
+        text.lines()
+            .map(|line| serde_json::from_str(line).expect("a JSON line"))
+            .collect()
     };
     RunOutput {
         status: output.status.code().unwrap_or(-1),
