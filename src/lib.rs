@@ -11,6 +11,7 @@ pub mod generate;
 pub mod ingest;
 pub mod pipeline;
 pub mod progress;
+pub mod replay;
 pub mod sources;
 pub mod stats;
 pub mod truth;

@@ -24,7 +24,11 @@
 //! After an alarm the run becomes the user's new reference and the detector re-arms after a
 //! refractory period, so one shift gives one alert.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+// Fixed-seed hashing, so that sums over these maps run in the same order in every process
+// and on every worker, and float results are bit-identical.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -294,6 +298,24 @@ impl DecayedWeights {
     }
 }
 
+/// What the detector did with the user's latest event, for explanations and plots.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepTrace {
+    /// The event's interest group.
+    pub group: Option<GroupKey>,
+    /// Whether the event counted for the test: false while warming up, in a burst, during the
+    /// refractory period, for a trending group, or for an event without interest weight.
+    pub judged: bool,
+    /// Whether the event's group was novel to the user.
+    pub novel: bool,
+    /// The CUSUM statistic after the event.
+    pub cusum: f64,
+    /// The user's exploring rate used for the event.
+    pub explore_rate: f64,
+    /// Whether the event belongs to a burst.
+    pub in_burst: bool,
+}
+
 /// Everything the shift detector keeps about one user.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct UserState {
@@ -320,6 +342,8 @@ pub struct UserState {
     refractory_until_ts: i64,
     /// Events observed, including skipped ones.
     pub events: u64,
+    /// What the detector did with the latest event.
+    pub last_step: StepTrace,
     /// Alerts raised for this user.
     pub alerts: u64,
 }
@@ -515,7 +539,7 @@ impl ShiftDetector {
         }
         let oldest_supporting = sessions[supporting - 1].0;
         // Groups of earlier sessions only: a group repeated inside one session is no return.
-        let mut earlier_groups: HashSet<&GroupKey> = HashSet::new();
+        let mut earlier_groups: HashSet<&GroupKey> = HashSet::default();
         let mut session_groups: Vec<&GroupKey> = Vec::new();
         let mut current_session = oldest_supporting;
         let mut recurring = 0u32;
@@ -617,11 +641,14 @@ impl Detector for ShiftDetector {
             alerts.push(alert);
         }
         if state.in_burst {
+            state.last_step.in_burst = true;
+            state.last_step.cusum = state.cusum;
             return;
         }
 
         state.reference.sync_groups(groups, &state.topics);
         let group = groups.group_of(&event.category, event.topic.as_ref());
+        state.last_step.group = Some(group.clone());
         let session = state.session;
         let warm = state.reference.events >= u64::from(self.config.min_reference_events)
             && state.sessions_in_reference.len() >= self.config.min_reference_sessions as usize;
@@ -648,6 +675,9 @@ impl Detector for ShiftDetector {
         }
 
         let explore = state.explore_rate(&self.config);
+        state.last_step.judged = true;
+        state.last_step.novel = novel;
+        state.last_step.explore_rate = explore;
         let q = self.config.shift_novelty;
         let step = if novel {
             (q / explore).ln()
@@ -656,6 +686,7 @@ impl Detector for ShiftDetector {
         };
         let was_active = !state.run.is_empty();
         state.cusum = (state.cusum + step).max(0.0);
+        state.last_step.cusum = state.cusum;
 
         if state.cusum <= 0.0 {
             if was_active {

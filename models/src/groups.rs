@@ -13,7 +13,9 @@
 //! components of those links are the groups. Because the deltas are summed in window order and
 //! every tie is broken by id, the map is the same whatever the number of workers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -168,7 +170,7 @@ impl SessionCounter {
     pub fn new(session_gap_ms: i64) -> Self {
         SessionCounter {
             session_gap_ms,
-            sessions: HashMap::new(),
+            sessions: HashMap::default(),
         }
     }
 

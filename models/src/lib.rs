@@ -12,7 +12,7 @@ pub mod detector;
 pub mod groups;
 
 pub use alert::{Alert, AlertKind, CategoryShare};
-pub use detector::{Detector, DetectorConfig, ShiftDetector, UserState};
+pub use detector::{Detector, DetectorConfig, ShiftDetector, StepTrace, UserState};
 pub use groups::{
     GroupConfig, GroupKey, GroupMap, PopulationDelta, PopulationInfo, PopulationModel,
 };
