@@ -52,15 +52,11 @@ pub fn replay(
         let window_start = time - time % window_ms;
         // Windows that ended at or before this event's window start are complete: the
         // dataflow applies them before any event of this window.
-        let mut latest = None;
         while let Some(entry) = open.first_entry() {
             if *entry.key() > window_start {
                 break;
             }
-            latest = Some(model.add_window(&entry.remove()).clone());
-        }
-        if let Some(info) = latest {
-            groups.apply(&info);
+            groups.apply(model.add_window(&entry.remove()));
         }
 
         let end = (time / window_ms + 1) * window_ms;

@@ -36,11 +36,11 @@ pub struct PopulationDelta {
     /// End of the window in Unix milliseconds (exclusive).
     pub window_end: u64,
     /// Sessions that touched each leaf category.
-    pub sessions: BTreeMap<Id, u32>,
+    pub sessions: HashMap<Id, u32>,
     /// Sessions that touched both categories of a pair, with the smaller id first.
-    pub pairs: BTreeMap<(Id, Id), u32>,
+    pub pairs: HashMap<(Id, Id), u32>,
     /// Interest-weighted events per leaf category, for population trends.
-    pub events: BTreeMap<Id, u32>,
+    pub events: HashMap<Id, u32>,
 }
 
 impl PopulationDelta {
@@ -100,8 +100,9 @@ impl Default for GroupConfig {
 pub struct PopulationInfo {
     /// End of the last window included, in Unix milliseconds.
     pub window_end: u64,
-    /// Leaf category to group representative, only for categories in a group of two or more.
-    pub groups: Vec<(Id, Id)>,
+    /// Leaf category to group representative, only for categories in a group of two or more;
+    /// `None` when the groups are the same as in the previous info.
+    pub groups: Option<Vec<(Id, Id)>>,
     /// Groups whose recent population share is well above their long-run share, with the ratio.
     pub trending: Vec<(GroupKey, f64)>,
 }
@@ -116,11 +117,14 @@ pub struct GroupMap {
 }
 
 impl GroupMap {
-    /// Replaces the mapping with the one in `info`.
+    /// Applies `info`: new groups when it has them, and its trends. Infos must be applied in
+    /// window order, because one without groups keeps the previous ones.
     pub fn apply(&mut self, info: &PopulationInfo) {
-        self.representative = info.groups.iter().cloned().collect();
+        if let Some(groups) = &info.groups {
+            self.representative = groups.iter().cloned().collect();
+            self.version += 1;
+        }
         self.trending = info.trending.iter().cloned().collect();
-        self.version += 1;
     }
 
     /// Returns the group of a leaf category, preferring the input's own topic when it has one.
@@ -223,8 +227,11 @@ impl SessionCounter {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PopulationModel {
     config: GroupConfig,
-    sessions: BTreeMap<Id, u64>,
-    pairs: BTreeMap<(Id, Id), u64>,
+    sessions: HashMap<Id, u64>,
+    /// Sessions shared with each co-visited category, in both directions.
+    adjacency: HashMap<Id, HashMap<Id, u64>>,
+    /// The strongest partners of each category.
+    links: HashMap<Id, Vec<Id>>,
     /// Interest-weighted events per group in the most recent windows, oldest first.
     recent: Vec<BTreeMap<GroupKey, u64>>,
     /// Long-run events per group, with exponential decay per window.
@@ -232,6 +239,8 @@ pub struct PopulationModel {
     baseline_total: f64,
     windows_seen: u64,
     current: PopulationInfo,
+    /// The groups of the latest window, to send only when they change.
+    groups: Vec<(Id, Id)>,
 }
 
 /// Per-window decay of the long-run trend baseline (a half-life of about three days of
@@ -252,11 +261,52 @@ impl PopulationModel {
         for (category, count) in &delta.sessions {
             *self.sessions.entry(category.clone()).or_default() += u64::from(*count);
         }
-        for (pair, count) in &delta.pairs {
-            *self.pairs.entry(pair.clone()).or_default() += u64::from(*count);
+        for ((left, right), count) in &delta.pairs {
+            let count = u64::from(*count);
+            *self
+                .adjacency
+                .entry(left.clone())
+                .or_default()
+                .entry(right.clone())
+                .or_default() += count;
+            *self
+                .adjacency
+                .entry(right.clone())
+                .or_default()
+                .entry(left.clone())
+                .or_default() += count;
         }
-        let groups = self.build_groups();
-        let lookup: HashMap<&Id, &Id> = groups.iter().map(|(leaf, rep)| (leaf, rep)).collect();
+        // Refresh the categories seen in this window, and those linked to one of them, whose
+        // association changed with the partner's session count.
+        let mut touched: Vec<Id> = delta.sessions.keys().cloned().collect();
+        for (category, partners) in &self.links {
+            if partners
+                .iter()
+                .any(|partner| delta.sessions.contains_key(partner))
+            {
+                touched.push(category.clone());
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let mut links_changed = false;
+        for category in &touched {
+            let partners = self.strongest_partners(category);
+            let previous = if partners.is_empty() {
+                self.links.remove(category)
+            } else {
+                self.links.insert(category.clone(), partners.clone())
+            };
+            links_changed |= previous.unwrap_or_default() != partners;
+        }
+
+        let mut groups_changed = false;
+        if links_changed {
+            let groups = self.build_groups();
+            groups_changed = groups != self.groups;
+            self.groups = groups;
+        }
+        let lookup: HashMap<&Id, &Id> = self.groups.iter().map(|(leaf, rep)| (leaf, rep)).collect();
         let mut window_counts: BTreeMap<GroupKey, u64> = BTreeMap::new();
         for (category, count) in &delta.events {
             let representative = lookup.get(category).copied().unwrap_or(category);
@@ -266,6 +316,7 @@ impl PopulationModel {
         }
         let trending = self.update_trends(window_counts);
         self.windows_seen += 1;
+        let groups = groups_changed.then(|| self.groups.clone());
         self.current = PopulationInfo {
             window_end: delta.window_end,
             groups,
@@ -274,42 +325,64 @@ impl PopulationModel {
         &self.current
     }
 
-    /// Links each category to its strongest partners and returns the connected components as
-    /// (leaf, representative) pairs for components of two or more, sorted by leaf.
-    fn build_groups(&self) -> Vec<(Id, Id)> {
+    /// Returns the categories that `category` co-occurs with most strongly (cosine of session
+    /// counts), strongest first and ties by id, at most `links_per_category` of them.
+    ///
+    /// NOTE: links are refreshed only for categories seen in a window and for categories
+    /// linked to one of those, so a link to a partner outside the current top few may lag. A
+    /// full rebuild over every pair after every window cost more than all other work of the
+    /// pipeline together.
+    fn strongest_partners(&self, category: &Id) -> Vec<Id> {
         let config = &self.config;
-        let mut partners: BTreeMap<&Id, Vec<(f64, &Id)>> = BTreeMap::new();
-        for ((left, right), shared) in &self.pairs {
+        let floor = u64::from(config.min_sessions);
+        let own_sessions = self.sessions.get(category).copied().unwrap_or(0);
+        let Some(neighbours) = self.adjacency.get(category) else {
+            return Vec::new();
+        };
+        if own_sessions < floor {
+            return Vec::new();
+        }
+        let mut candidates: Vec<(f64, &Id)> = Vec::new();
+        for (other, shared) in neighbours {
             if *shared < u64::from(config.min_pair_sessions) {
                 continue;
             }
-            let left_sessions = self.sessions.get(left).copied().unwrap_or(0);
-            let right_sessions = self.sessions.get(right).copied().unwrap_or(0);
-            let floor = u64::from(config.min_sessions);
-            if left_sessions < floor || right_sessions < floor {
+            let other_sessions = self.sessions.get(other).copied().unwrap_or(0);
+            if other_sessions < floor {
                 continue;
             }
-            let association = *shared as f64 / ((left_sessions * right_sessions) as f64).sqrt();
-            if association < config.min_association {
-                continue;
+            let association = *shared as f64 / ((own_sessions * other_sessions) as f64).sqrt();
+            if association >= config.min_association {
+                candidates.push((association, other));
             }
-            partners.entry(left).or_default().push((association, right));
-            partners.entry(right).or_default().push((association, left));
         }
+        candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        candidates
+            .into_iter()
+            .take(config.links_per_category)
+            .map(|(_, other)| other.clone())
+            .collect()
+    }
 
-        let ids: Vec<&Id> = partners.keys().copied().collect();
+    /// Returns the connected components of the links as (leaf, representative) pairs for
+    /// components of two or more, sorted by leaf. The representative is the smallest id.
+    fn build_groups(&self) -> Vec<(Id, Id)> {
+        let mut ids: Vec<&Id> = self
+            .links
+            .keys()
+            .chain(self.links.values().flatten())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
         let position: HashMap<&Id, usize> =
             ids.iter().enumerate().map(|(at, id)| (*id, at)).collect();
         let mut parent: Vec<usize> = (0..ids.len()).collect();
-        for (from, list) in &mut partners {
-            // Strongest first; on equal association the smaller id, so the links never depend
-            // on the order the counts arrived in.
-            list.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-            for (_, to) in list.iter().take(config.links_per_category) {
+        for (from, partners) in &self.links {
+            for to in partners {
                 union(&mut parent, position[from], position[to]);
             }
         }
-        // The root of each component is its smallest id, because `union` keeps the smaller root.
+        // `union` keeps the smaller root, and `ids` is sorted, so each root is its smallest id.
         let mut groups = Vec::with_capacity(ids.len());
         for (at, id) in ids.iter().enumerate() {
             let root = find(&mut parent, at);

@@ -1,7 +1,7 @@
 //! The drift/alert operator: per-user detectors fed in event-time order.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use timely::dataflow::channels::pact::Pipeline;
@@ -9,7 +9,10 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 use veer_models::{Alert, Detector, Event, GroupMap, Id, PopulationInfo};
 
+use rustc_hash::FxHashMap;
+
 use crate::capability::HeldCapability;
+use crate::release::ReleaseBuffer;
 
 /// Per-worker counts that the run summary reports.
 #[derive(Clone, Debug, Default)]
@@ -43,9 +46,9 @@ pub fn detect_shifts<'scope, D: Detector>(
         Pipeline,
         "DetectShifts",
         move |_, _| {
-            let mut users: HashMap<Id, D::State> = HashMap::new();
+            let mut users: FxHashMap<Id, D::State> = FxHashMap::default();
             let mut groups = GroupMap::default();
-            let mut pending: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
+            let mut pending = ReleaseBuffer::default();
             let mut infos: BTreeMap<u64, PopulationInfo> = BTreeMap::new();
             let mut held = HeldCapability::default();
             let mut alerts: Vec<Alert> = Vec::new();
@@ -54,9 +57,7 @@ pub fn detect_shifts<'scope, D: Detector>(
                 events_in.for_each_stamp(|capability, data| {
                     held.hold(&capability, port);
                     for batch in data {
-                        for event in batch.drain(..) {
-                            pending.entry(event.ts_ms as u64).or_default().push(event);
-                        }
+                        pending.extend(batch.drain(..));
                     }
                 });
                 population_in.for_each_stamp(|_, data| {
@@ -67,41 +68,42 @@ pub fn detect_shifts<'scope, D: Detector>(
                     }
                 });
 
-                let mut stats = stats.borrow_mut();
-                while let Some(entry) = pending.first_entry() {
-                    let time = *entry.key();
+                // An event may go once its own time is complete and the population info of
+                // every window before its own has arrived.
+                let events_bound = events_frontier.frontier().first().copied();
+                let population_bound = population_frontier.frontier().first().copied();
+                let ready = pending.release(|time| {
                     let window_start = time - time % window_ms;
-                    if events_frontier.less_equal(&time)
-                        || population_frontier.less_equal(&window_start)
-                    {
-                        break;
-                    }
-                    let mut applied = None;
+                    events_bound.is_none_or(|bound| time < bound)
+                        && population_bound.is_none_or(|bound| window_start < bound)
+                });
+
+                let mut stats = stats.borrow_mut();
+                for event in ready {
+                    let time = event.ts_ms as u64;
+                    let window_start = time - time % window_ms;
+                    // Infos without new groups keep the previous ones, so each is applied in
+                    // window order.
                     while let Some(info) = infos.first_entry() {
                         if *info.key() > window_start {
                             break;
                         }
-                        applied = Some(info.remove());
-                    }
-                    if let Some(info) = applied {
-                        groups.apply(&info);
+                        groups.apply(&info.remove());
                         stats.population_updates += 1;
                     }
-                    for event in entry.remove() {
-                        stats.events += 1;
-                        let state = users.entry(event.user.clone()).or_insert_with(|| {
-                            stats.users += 1;
-                            D::State::default()
-                        });
-                        detector.observe(state, &event, &groups, &mut alerts);
-                    }
+                    stats.events += 1;
+                    let state = users.entry(event.user.clone()).or_insert_with(|| {
+                        stats.users += 1;
+                        D::State::default()
+                    });
+                    detector.observe(state, &event, &groups, &mut alerts);
                 }
                 if !alerts.is_empty() {
                     if let Some(capability) = held.get() {
                         output.session(capability).give_iterator(alerts.drain(..));
                     }
                 }
-                held.settle(pending.keys().next().copied());
+                held.settle(pending.earliest());
             }
         },
     )

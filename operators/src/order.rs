@@ -1,7 +1,6 @@
 //! Routing by user and release of each user's events in a stable event-time order.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use timely::dataflow::channels::pact::Exchange;
@@ -10,6 +9,7 @@ use timely::dataflow::StreamVec;
 use veer_models::Event;
 
 use crate::capability::HeldCapability;
+use crate::release::ReleaseBuffer;
 
 /// Exchanges events by user and releases them once the frontier has passed their time.
 ///
@@ -27,37 +27,28 @@ pub fn order_by_event_time<'scope>(
 ) -> StreamVec<'scope, u64, Event> {
     let route = Exchange::new(|event: &Event| event.user.route_hash());
     events.unary_frontier(route, "OrderByEventTime", move |_, _| {
-        let mut pending: BTreeMap<u64, Vec<Event>> = BTreeMap::new();
+        let mut pending = ReleaseBuffer::default();
         let mut held = HeldCapability::default();
         move |(input, frontier), output| {
             let port = output.output_index();
             input.for_each_stamp(|capability, data| {
                 held.hold(&capability, port);
                 for batch in data {
-                    for event in batch.drain(..) {
-                        pending.entry(event.ts_ms as u64).or_default().push(event);
-                    }
+                    pending.extend(batch.drain(..));
                 }
             });
 
-            let mut ready: Vec<Event> = Vec::new();
-            while let Some(entry) = pending.first_entry() {
-                if frontier.less_equal(entry.key()) {
-                    break;
-                }
-                let mut batch = entry.remove();
-                batch.sort_by(Event::processing_cmp);
-                let before = batch.len();
-                batch.dedup_by(|later, earlier| later.same_content(earlier));
-                duplicates.set(duplicates.get() + (before - batch.len()) as u64);
-                ready.append(&mut batch);
-            }
+            let bound = frontier.frontier().first().copied();
+            let mut ready = pending.release(|time| bound.is_none_or(|bound| time < bound));
+            let before = ready.len();
+            ready.dedup_by(|later, earlier| later.same_content(earlier));
+            duplicates.set(duplicates.get() + (before - ready.len()) as u64);
             if !ready.is_empty() {
                 if let Some(capability) = held.get() {
                     output.session(capability).give_iterator(ready.into_iter());
                 }
             }
-            held.settle(pending.keys().next().copied());
+            held.settle(pending.earliest());
         }
     })
 }

@@ -105,18 +105,20 @@ pub fn population_groups<'scope>(
                     let end = *entry.key();
                     let delta = entry.remove();
                     let info = model.add_window(&delta).clone();
-                    let mut sizes: HashMap<&Id, usize> = HashMap::new();
-                    for (_, representative) in &info.groups {
-                        *sizes.entry(representative).or_default() += 1;
+                    if let Some(groups) = &info.groups {
+                        let mut sizes: HashMap<&Id, usize> = HashMap::new();
+                        for (_, representative) in groups {
+                            *sizes.entry(representative).or_default() += 1;
+                        }
+                        tracing::debug!(
+                            window_end = end,
+                            grouped_categories = groups.len(),
+                            groups = sizes.len(),
+                            largest_group = sizes.values().max().copied().unwrap_or(0),
+                            trending = info.trending.len(),
+                            "population groups changed"
+                        );
                     }
-                    tracing::debug!(
-                        window_end = end,
-                        grouped_categories = info.groups.len(),
-                        groups = sizes.len(),
-                        largest_group = sizes.values().max().copied().unwrap_or(0),
-                        trending = info.trending.len(),
-                        "population groups rebuilt"
-                    );
                     if let Some(capability) = held.at(end) {
                         output.session(&capability).give(info);
                     }
