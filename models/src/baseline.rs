@@ -22,6 +22,42 @@ pub struct BaselineState {
 }
 
 /// The "new category comes back" baseline.
+///
+/// # Examples
+///
+/// ```
+/// use veer_models::baseline::{BaselineDetector, BaselineState};
+/// use veer_models::{Behavior, Detector, Event, GroupMap, Id};
+///
+/// let view = |user: u64, category: u64, ts: i64| {
+///     Event {
+///         ts_ms: ts * 1000,
+///         user: Id::from(user),
+///         category: Id::from(category),
+///         item: Id::from(category * 100),
+///         behavior: Behavior::View,
+///         topic: None,
+///         price: None,
+///         brand: None,
+///         dwell_ms: None,
+///         session: None,
+///         line: 0,
+///     }
+/// };
+/// let detector = BaselineDetector::default();
+/// let mut state = BaselineState::default();
+/// let mut alerts = Vec::new();
+/// let groups = GroupMap::default();
+/// for step in 0..20 {
+///     detector.observe(&mut state, &view(1, 5, step * 60), &groups, &mut alerts);
+/// }
+/// // Category 8 is new in one session and comes back in the next one, an hour later.
+/// detector.observe(&mut state, &view(1, 8, 1_300), &groups, &mut alerts);
+/// assert!(alerts.is_empty());
+/// detector.observe(&mut state, &view(1, 8, 5_000), &groups, &mut alerts);
+/// assert_eq!(alerts.len(), 1);
+/// assert_eq!(alerts[0].onset_ts, 1_300);
+/// ```
 #[derive(Clone, Debug)]
 pub struct BaselineDetector {
     /// Events a user must have before any alert.
@@ -86,6 +122,8 @@ impl Detector for BaselineDetector {
                             }],
                             signals: vec![("returning_new_category".into(), 1.0)],
                             events_since_onset: 0,
+                            segment_before: None,
+                            segment_after: None,
                         });
                     }
                 }

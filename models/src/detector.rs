@@ -33,7 +33,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, AlertKind, CategoryShare};
-use crate::event::{Event, Id};
+use crate::event::{Behavior, Event, Id};
 use crate::groups::{GroupKey, GroupMap};
 
 /// Settings of the shift detector; see the module documentation for their roles.
@@ -180,6 +180,8 @@ const MIN_EXPLORE: f64 = 0.03;
 const MAX_RUN: usize = 256;
 /// Categories listed in an alert's `from` and `to`.
 const LISTED_CATEGORIES: usize = 3;
+/// Length of the per-user behaviour window, in seconds.
+const PROFILE_WINDOW_SECS: i64 = 3600;
 /// Reference weight kept after an alarm, as a fraction, so the run becomes the new reference.
 const REBASE_KEEP: f64 = 0.25;
 
@@ -346,6 +348,74 @@ pub struct UserState {
     pub last_step: StepTrace,
     /// Alerts raised for this user.
     pub alerts: u64,
+    /// Behaviour profile: decayed counts per behaviour, purchases and amounts, and the
+    /// current window's counts.
+    pub behavior: BehaviorProfile,
+}
+
+/// A user's behaviour profile, kept beside the interest reference.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BehaviorProfile {
+    /// Decayed event counts per behaviour, indexed by [`Behavior::index`].
+    pub rates: [f64; 6],
+    /// Decayed number of purchases.
+    pub purchases: f64,
+    /// Decayed purchase amount (price times one per `buy` event, where the input has prices).
+    pub amount: f64,
+    /// Event time of the user's first and latest events, in Unix seconds.
+    pub first_ts: Option<i64>,
+    pub last_ts: Option<i64>,
+    /// Start of the current window (Unix seconds) and its counts per behaviour.
+    pub window_start: i64,
+    pub window_counts: [u32; 6],
+}
+
+impl BehaviorProfile {
+    /// Adds one event, decaying the long-term counts by `decay` and starting a new window
+    /// when the event falls outside the current one.
+    fn record(&mut self, event: &Event, decay: f64, window_secs: i64) {
+        let ts = event.ts_secs();
+        for rate in &mut self.rates {
+            *rate *= decay;
+        }
+        self.purchases *= decay;
+        self.amount *= decay;
+        let index = event.behavior.index();
+        self.rates[index] += 1.0;
+        if event.behavior == Behavior::Buy {
+            self.purchases += 1.0;
+            self.amount += event.price.unwrap_or(0.0);
+        }
+        self.first_ts.get_or_insert(ts);
+        self.last_ts = Some(ts);
+        let window_start = ts - ts.rem_euclid(window_secs);
+        if window_start != self.window_start {
+            self.window_start = window_start;
+            self.window_counts = [0; 6];
+        }
+        self.window_counts[index] = self.window_counts[index].saturating_add(1);
+    }
+
+    /// Returns the share of each behaviour in the long-term counts.
+    pub fn behavior_shares(&self) -> [f64; 6] {
+        let total: f64 = self.rates.iter().sum();
+        let mut shares = [0.0; 6];
+        if total > 0.0 {
+            for (share, rate) in shares.iter_mut().zip(self.rates) {
+                *share = rate / total;
+            }
+        }
+        shares
+    }
+
+    /// Returns purchases per day over the user's active span (at least one day).
+    pub fn purchases_per_day(&self) -> f64 {
+        let span_days = match (self.first_ts, self.last_ts) {
+            (Some(first), Some(last)) => ((last - first) as f64 / 86_400.0).max(1.0),
+            _ => 1.0,
+        };
+        self.purchases / span_days
+    }
 }
 
 impl UserState {
@@ -378,6 +448,52 @@ pub trait Detector: Send + 'static {
 }
 
 /// The CUSUM shift detector described in the module documentation.
+///
+/// # Examples
+///
+/// A user who views category 1 in ten sessions an hour apart, then only category 2 in later
+/// sessions, raises one `interest_shift` alert once the test is confirmed:
+///
+/// ```
+/// use veer_models::{AlertKind, Behavior, Detector, DetectorConfig, Event, GroupMap, Id};
+/// use veer_models::{ShiftDetector, UserState};
+///
+/// let view = |user: u64, category: u64, ts: i64| {
+///     Event {
+///         ts_ms: ts * 1000,
+///         user: Id::from(user),
+///         category: Id::from(category),
+///         item: Id::from(category * 100),
+///         behavior: Behavior::View,
+///         topic: None,
+///         price: None,
+///         brand: None,
+///         dwell_ms: None,
+///         session: None,
+///         line: 0,
+///     }
+/// };
+/// let detector = ShiftDetector::new(DetectorConfig::default()).expect("valid settings");
+/// let groups = GroupMap::default();
+/// let mut state = UserState::default();
+/// let mut alerts = Vec::new();
+/// let hour = 3600;
+/// for session in 0..10 {
+///     for step in 0..3 {
+///         detector.observe(&mut state, &view(7, 1, session * hour + step * 60), &groups, &mut alerts);
+///     }
+/// }
+/// assert!(alerts.is_empty(), "a steady interest raises nothing");
+/// for session in 10..14 {
+///     for step in 0..3 {
+///         detector.observe(&mut state, &view(7, 2, session * hour + step * 60), &groups, &mut alerts);
+///     }
+/// }
+/// assert_eq!(alerts.len(), 1);
+/// assert_eq!(alerts[0].kind, AlertKind::InterestShift);
+/// assert_eq!(alerts[0].onset_ts, 10 * hour, "the first event in category 2");
+/// assert_eq!(alerts[0].to[0].category, Id::from(2u64));
+/// ```
 #[derive(Clone, Debug)]
 pub struct ShiftDetector {
     config: DetectorConfig,
@@ -461,6 +577,8 @@ impl ShiftDetector {
                 ("burst_events".into(), state.recent.len() as f64),
             ],
             events_since_onset: state.recent.len() as u64,
+            segment_before: None,
+            segment_after: None,
         })
     }
 
@@ -571,7 +689,9 @@ impl ShiftDetector {
             *run_groups.entry(entry.group.clone()).or_default() += 1.0 / novel.len() as f64;
         }
         let sessions: HashSet<u64> = novel.iter().map(|entry| entry.session).collect();
-        let divergence = jensen_shannon(&state.reference.group_distribution(), &run_groups);
+        let reference_groups = state.reference.group_distribution();
+        let divergence = jensen_shannon(&reference_groups, &run_groups);
+        let entropy_change = entropy(&run_groups) - entropy(&reference_groups);
         let to = shares_of_counts(counts, novel.len());
         let alert = Alert {
             user: event.user.clone(),
@@ -588,10 +708,13 @@ impl ShiftDetector {
                     novel.len() as f64 / state.run.len() as f64,
                 ),
                 ("divergence".into(), divergence),
+                ("entropy_change".into(), entropy_change),
                 ("explore_rate".into(), explore),
                 ("sessions".into(), sessions.len() as f64),
             ],
             events_since_onset: state.run.len() as u64,
+            segment_before: None,
+            segment_after: None,
         };
 
         // The run becomes the new reference, so the same shift does not alarm again.
@@ -625,6 +748,8 @@ impl Detector for ShiftDetector {
         alerts: &mut Vec<Alert>,
     ) {
         state.events += 1;
+        state.last_step = StepTrace { cusum: state.cusum, ..StepTrace::default() };
+        state.behavior.record(event, self.config.reference_decay, PROFILE_WINDOW_SECS);
         let weight = event.behavior.interest_weight();
         if weight <= 0.0 {
             return;
@@ -740,6 +865,11 @@ fn shares_of_counts(counts: BTreeMap<&Id, usize>, total: usize) -> Vec<CategoryS
             share: count as f64 / total.max(1) as f64,
         })
         .collect()
+}
+
+/// Shannon entropy (natural log) of a distribution over groups.
+pub fn entropy(distribution: &BTreeMap<GroupKey, f64>) -> f64 {
+    distribution.values().filter(|p| **p > 0.0).map(|p| -p * p.ln()).sum()
 }
 
 /// Jensen-Shannon divergence (natural log, so in 0..ln 2) of two distributions over groups.

@@ -70,6 +70,8 @@ pub struct GroupConfig {
     pub min_association: f64,
     /// Strongest partners each category is linked to.
     pub links_per_category: usize,
+    /// Windows between two refreshes of the category links (1: after every window).
+    pub link_refresh_windows: u64,
     /// Number of recent windows summed for a group's current population share.
     pub trend_windows: usize,
     /// Current share over baseline share at which a group counts as trending.
@@ -87,6 +89,7 @@ impl Default for GroupConfig {
             min_pair_sessions: 2,
             min_association: 0.1,
             links_per_category: 3,
+            link_refresh_windows: 1,
             trend_windows: 6,
             trend_ratio: 2.5,
             trend_min_z: 4.0,
@@ -108,6 +111,25 @@ pub struct PopulationInfo {
 }
 
 /// A lookup structure built from [`PopulationInfo`] on each worker.
+///
+/// # Examples
+///
+/// ```
+/// use veer_models::{GroupKey, GroupMap, Id, PopulationInfo};
+///
+/// let mut map = GroupMap::default();
+/// map.apply(&PopulationInfo {
+///     window_end: 3_600_000,
+///     groups: Some(vec![(Id::from(10u64), Id::from(10u64)), (Id::from(11u64), Id::from(10u64))]),
+///     trending: vec![(GroupKey::Learned(Id::from(10u64)), 3.0)],
+/// });
+/// assert_eq!(map.group_of(&Id::from(11u64), None), GroupKey::Learned(Id::from(10u64)));
+/// // A category in no learned group is a group of its own; an input topic wins.
+/// assert_eq!(map.group_of(&Id::from(99u64), None), GroupKey::Learned(Id::from(99u64)));
+/// let topic = Id::Text("toys".into());
+/// assert_eq!(map.group_of(&Id::from(11u64), Some(&topic)), GroupKey::Topic(topic.clone()));
+/// assert_eq!(map.trend(&GroupKey::Learned(Id::from(10u64))), Some(3.0));
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct GroupMap {
     representative: HashMap<Id, Id>,
@@ -163,6 +185,39 @@ struct OpenSession {
 ///
 /// A session ends after `session_gap_ms` without events or when the input's session id
 /// changes. Events without interest weight (`remove_from_cart`) are ignored.
+///
+/// # Examples
+///
+/// ```
+/// use veer_models::groups::SessionCounter;
+/// use veer_models::{Behavior, Event, Id, PopulationDelta};
+///
+/// let view = |user: u64, category: u64, ts: i64| {
+///     Event {
+///         ts_ms: ts * 1000,
+///         user: Id::from(user),
+///         category: Id::from(category),
+///         item: Id::from(category * 100),
+///         behavior: Behavior::View,
+///         topic: None,
+///         price: None,
+///         brand: None,
+///         dwell_ms: None,
+///         session: None,
+///         line: 0,
+///     }
+/// };
+/// let mut counter = SessionCounter::new(30 * 60 * 1000);
+/// let mut delta = PopulationDelta::default();
+/// // One session visits 10 and 11 (10 twice); a second, two hours later, visits 10 again.
+/// for (category, ts) in [(10, 0), (11, 60), (10, 120), (10, 7_200)] {
+///     counter.count(view(1, category, ts), &mut delta);
+/// }
+/// assert_eq!(delta.sessions[&Id::from(10u64)], 2);
+/// assert_eq!(delta.sessions[&Id::from(11u64)], 1);
+/// assert_eq!(delta.pairs[&(Id::from(10u64), Id::from(11u64))], 1);
+/// assert_eq!(delta.events[&Id::from(10u64)], 3);
+/// ```
 #[derive(Clone, Debug)]
 pub struct SessionCounter {
     session_gap_ms: i64,
@@ -224,6 +279,46 @@ impl SessionCounter {
 }
 
 /// The population state kept in one place: cumulative co-occurrence and trend history.
+///
+/// # Examples
+///
+/// Four sessions that visit categories 10 and 11 together link them into one group, named by
+/// its smallest category:
+///
+/// ```
+/// use veer_models::groups::SessionCounter;
+/// use veer_models::{Behavior, Event, GroupConfig, Id, PopulationDelta, PopulationModel};
+///
+/// let view = |user: u64, category: u64, ts: i64| {
+///     Event {
+///         ts_ms: ts * 1000,
+///         user: Id::from(user),
+///         category: Id::from(category),
+///         item: Id::from(category * 100),
+///         behavior: Behavior::View,
+///         topic: None,
+///         price: None,
+///         brand: None,
+///         dwell_ms: None,
+///         session: None,
+///         line: 0,
+///     }
+/// };
+/// let mut counter = SessionCounter::new(30 * 60 * 1000);
+/// let mut delta = PopulationDelta { window_end: 3_600_000, ..Default::default() };
+/// for user in 1..=4 {
+///     counter.count(view(user, 10, 0), &mut delta);
+///     counter.count(view(user, 11, 60), &mut delta);
+/// }
+/// counter.count(view(9, 12, 0), &mut delta);
+/// let mut model = PopulationModel::new(GroupConfig::default());
+/// let info = model.add_window(&delta);
+/// assert_eq!(info.window_end, 3_600_000);
+/// let groups = info.groups.as_ref().expect("the first window sets the groups");
+/// assert!(groups.contains(&(Id::from(11u64), Id::from(10u64))));
+/// // Category 12 was seen in one session only, too few to link it.
+/// assert!(groups.iter().all(|(leaf, _)| *leaf != Id::from(12u64)));
+/// ```
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct PopulationModel {
     config: GroupConfig,
@@ -232,6 +327,8 @@ pub struct PopulationModel {
     adjacency: HashMap<Id, HashMap<Id, u64>>,
     /// The strongest partners of each category.
     links: HashMap<Id, Vec<Id>>,
+    /// Categories seen since the links were last refreshed.
+    stale: rustc_hash::FxHashSet<Id>,
     /// Interest-weighted events per group in the most recent windows, oldest first.
     recent: Vec<BTreeMap<GroupKey, u64>>,
     /// Long-run events per group, with exponential decay per window.
@@ -276,19 +373,22 @@ impl PopulationModel {
                 .entry(left.clone())
                 .or_default() += count;
         }
-        // Refresh the categories seen in this window, and those linked to one of them, whose
-        // association changed with the partner's session count.
-        let mut touched: Vec<Id> = delta.sessions.keys().cloned().collect();
-        for (category, partners) in &self.links {
-            if partners
-                .iter()
-                .any(|partner| delta.sessions.contains_key(partner))
-            {
-                touched.push(category.clone());
+        // Every `link_refresh_windows` windows, refresh the links of the categories seen since
+        // the last refresh and of the categories linked to one of them, whose association
+        // changed with the partner's session count.
+        self.stale.extend(delta.sessions.keys().cloned());
+        let mut touched: Vec<Id> = Vec::new();
+        if (self.windows_seen + 1).is_multiple_of(self.config.link_refresh_windows.max(1)) {
+            let stale = std::mem::take(&mut self.stale);
+            for (category, partners) in &self.links {
+                if partners.iter().any(|partner| stale.contains(partner)) {
+                    touched.push(category.clone());
+                }
             }
+            touched.extend(stale);
+            touched.sort_unstable();
+            touched.dedup();
         }
-        touched.sort_unstable();
-        touched.dedup();
         let mut links_changed = false;
         for category in &touched {
             let partners = self.strongest_partners(category);

@@ -10,9 +10,10 @@ pub mod alert;
 pub mod baseline;
 pub mod detector;
 pub mod groups;
+pub mod ml;
 
 pub use alert::{Alert, AlertKind, CategoryShare};
-pub use detector::{Detector, DetectorConfig, ShiftDetector, StepTrace, UserState};
+pub use detector::{BehaviorProfile, Detector, DetectorConfig, ShiftDetector, StepTrace, UserState};
 pub use groups::{
     GroupConfig, GroupKey, GroupMap, PopulationDelta, PopulationInfo, PopulationModel,
 };

@@ -1,0 +1,486 @@
+//! The per-user window feature vector.
+//!
+//! A *window* is one user's events in one time window (an hour or a day of event time, as the
+//! caller chooses). [`ReferenceProfile::window_features`] turns it into a fixed vector of
+//! [`FEATURE_NAMES`]: activity, behaviour mix, how spread and how new the window's interest
+//! groups are, and the window's and the reference's shares of the user's top groups.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{check_row, check_unit_open, invalid, MlError};
+use crate::detector::{jensen_shannon, DetectorConfig};
+use crate::event::{Behavior, Event};
+use crate::groups::{GroupKey, GroupMap};
+
+/// Top interest groups of a user that the interest model predicts shares for.
+pub const TOP_GROUPS: usize = 3;
+
+/// Slots of a [`Shares`] vector: the user's top groups, then all other groups together.
+pub const SHARE_SLOTS: usize = TOP_GROUPS + 1;
+
+/// Interest-weighted shares of a user's top groups (by reference weight, largest first) and,
+/// in the last slot, of every other group. The slots sum to 1, or are all 0 for no activity.
+pub type Shares = [f64; SHARE_SLOTS];
+
+/// Names of the window features, in vector order.
+///
+/// Counts are over events with interest weight, and `log_` features are `ln(1 + count)`.
+/// Shares of groups are interest-weighted (a buy weighs 3 views), shares of behaviours are
+/// counts (`view_share` includes searches).
+///
+/// - `events_per_session`: events over sessions, where a session ends after the configured
+///   gap or when the input's session id changes.
+/// - `group_entropy`: Shannon entropy of the window's group shares, in nats.
+/// - `novel_share`: share of the window in groups that hold less than
+///   [`WindowConfig::novel_share`] of the reference (1 for a user with no reference).
+/// - `divergence`: Jensen-Shannon divergence between the window's and the reference's group
+///   shares, in nats (`ln 2` for a user with no reference).
+/// - `peak_events_per_minute`: the most events inside any 60-second span.
+/// - `window_share_*` and `reference_share_*`: the window's and the reference's [`Shares`].
+pub const FEATURE_NAMES: [&str; 21] = [
+    "log_events",
+    "log_sessions",
+    "events_per_session",
+    "log_distinct_categories",
+    "log_distinct_groups",
+    "view_share",
+    "fav_share",
+    "cart_share",
+    "buy_share",
+    "group_entropy",
+    "novel_share",
+    "divergence",
+    "peak_events_per_minute",
+    "window_share_top1",
+    "window_share_top2",
+    "window_share_top3",
+    "window_share_other",
+    "reference_share_top1",
+    "reference_share_top2",
+    "reference_share_top3",
+    "reference_share_other",
+];
+
+/// Number of window features.
+pub const FEATURE_COUNT: usize = FEATURE_NAMES.len();
+
+/// Column of `window_share_top1`, the first of the window's four share slots.
+const WINDOW_SHARES_AT: usize = 13;
+/// Column of `reference_share_top1`, the first of the reference's four share slots.
+const REFERENCE_SHARES_AT: usize = 17;
+
+/// The feature vector's definition: column names in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    names: Vec<String>,
+}
+
+impl FeatureSpec {
+    /// Returns the window feature definition, [`FEATURE_NAMES`].
+    pub fn window() -> FeatureSpec {
+        FeatureSpec {
+            names: FEATURE_NAMES.iter().map(|name| name.to_string()).collect(),
+        }
+    }
+
+    /// Returns the column names in order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Returns the number of columns.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Returns whether the definition has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Returns the column of a feature name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|known| known == name)
+    }
+}
+
+/// Settings for computing window features.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowConfig {
+    /// Gap that ends a session, in seconds, when the input has no session ids.
+    pub session_gap_secs: i64,
+    /// A group with less than this share of the reference is novel to the user.
+    pub novel_share: f64,
+}
+
+impl Default for WindowConfig {
+    /// Takes both settings from the shift detector's defaults, so the two read windows alike.
+    fn default() -> Self {
+        let detector = DetectorConfig::default();
+        WindowConfig {
+            session_gap_secs: detector.session_gap_secs,
+            novel_share: detector.novel_share,
+        }
+    }
+}
+
+impl WindowConfig {
+    /// Checks every setting and returns the first invalid one.
+    pub fn validate(&self) -> Result<(), MlError> {
+        if self.session_gap_secs <= 0 {
+            return Err(invalid(
+                "window features",
+                "session_gap_secs",
+                self.session_gap_secs,
+                "a positive number of seconds",
+            ));
+        }
+        check_unit_open("window features", "novel_share", self.novel_share)
+    }
+}
+
+/// One window's features, in the order of [`FEATURE_NAMES`].
+///
+/// Deserialising checks the width and the values as [`WindowFeatures::from_values`] does.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<f64>", into = "Vec<f64>")]
+pub struct WindowFeatures {
+    values: Vec<f64>,
+}
+
+impl TryFrom<Vec<f64>> for WindowFeatures {
+    type Error = MlError;
+
+    fn try_from(values: Vec<f64>) -> Result<Self, Self::Error> {
+        WindowFeatures::from_values(values)
+    }
+}
+
+impl From<WindowFeatures> for Vec<f64> {
+    fn from(features: WindowFeatures) -> Self {
+        features.values
+    }
+}
+
+impl WindowFeatures {
+    /// Wraps a vector given in [`FEATURE_NAMES`] order, rejecting a wrong width or a NaN or
+    /// infinite value.
+    pub fn from_values(values: Vec<f64>) -> Result<WindowFeatures, MlError> {
+        let names = FeatureSpec::window();
+        check_row(
+            "window features",
+            &values,
+            FEATURE_COUNT,
+            Some(names.names()),
+        )?;
+        Ok(WindowFeatures { values })
+    }
+
+    /// Returns the values in [`FEATURE_NAMES`] order.
+    pub fn values(&self) -> &[f64] {
+        &self.values
+    }
+
+    /// Returns one feature by name.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        FEATURE_NAMES
+            .iter()
+            .position(|known| *known == name)
+            .map(|column| self.values[column])
+    }
+
+    /// Returns the window's shares of the user's top groups.
+    pub fn window_shares(&self) -> Shares {
+        share_slots(&self.values[WINDOW_SHARES_AT..WINDOW_SHARES_AT + SHARE_SLOTS])
+    }
+
+    /// Returns the reference's shares of the user's top groups.
+    pub fn reference_shares(&self) -> Shares {
+        share_slots(&self.values[REFERENCE_SHARES_AT..REFERENCE_SHARES_AT + SHARE_SLOTS])
+    }
+}
+
+fn share_slots(values: &[f64]) -> Shares {
+    let mut shares = [0.0; SHARE_SLOTS];
+    shares.copy_from_slice(values);
+    shares
+}
+
+/// A user's reference interest over groups, with its top groups fixed for one window.
+///
+/// # Examples
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use veer_models::ml::{ReferenceProfile, WindowConfig};
+/// use veer_models::{Behavior, Event, GroupKey, GroupMap, Id};
+///
+/// let group = |id: u64| GroupKey::Learned(Id::from(id));
+/// let reference = BTreeMap::from([(group(1), 6.0), (group(2), 3.0), (group(3), 1.0)]);
+/// let profile = ReferenceProfile::new(&reference).unwrap();
+/// assert_eq!(profile.top_groups(), &[group(1), group(2), group(3)]);
+///
+/// let event = |ts: i64, category: u64| Event {
+///     ts_ms: ts * 1000,
+///     user: Id::from(7),
+///     category: Id::from(category),
+///     item: Id::from(100),
+///     behavior: Behavior::View,
+///     topic: None,
+///     price: None,
+///     brand: None,
+///     dwell_ms: None,
+///     session: None,
+///     line: 1,
+/// };
+/// let window = [event(0, 1), event(60, 1), event(120, 9), event(180, 2)];
+/// let groups = GroupMap::default();
+/// let shares = profile.slot_shares(&window, &groups).unwrap();
+/// assert_eq!(shares, [0.5, 0.25, 0.0, 0.25]);
+///
+/// let features = profile.window_features(&window, &groups, &WindowConfig::default()).unwrap();
+/// assert_eq!(features.get("novel_share"), Some(0.25));
+/// assert_eq!(features.window_shares(), shares);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReferenceProfile {
+    /// Group shares of the reference, summing to 1 (empty for a user with no history).
+    shares: BTreeMap<GroupKey, f64>,
+    /// Up to [`TOP_GROUPS`] groups by share, largest first, ties broken by group order.
+    top: Vec<GroupKey>,
+}
+
+impl ReferenceProfile {
+    /// Builds a profile from reference weights per group (any positive scale).
+    ///
+    /// Rejects a negative or non-finite weight. Zero weights are ignored, and an empty or
+    /// all-zero reference gives a profile with no top groups.
+    pub fn new(weights: &BTreeMap<GroupKey, f64>) -> Result<ReferenceProfile, MlError> {
+        if let Some((group, weight)) = weights
+            .iter()
+            .find(|(_, weight)| !weight.is_finite() || **weight < 0.0)
+        {
+            return Err(MlError::InvalidShares {
+                input: "reference profile",
+                detail: format!(
+                    "group {group:?} has weight {weight}; expected a finite weight >= 0"
+                ),
+            });
+        }
+        let total: f64 = weights.values().sum();
+        let shares: BTreeMap<GroupKey, f64> = if total > 0.0 {
+            weights
+                .iter()
+                .filter(|(_, weight)| **weight > 0.0)
+                .map(|(group, weight)| (group.clone(), weight / total))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let mut ranked: Vec<(&GroupKey, f64)> = shares.iter().map(|(g, s)| (g, *s)).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let top = ranked
+            .into_iter()
+            .take(TOP_GROUPS)
+            .map(|(group, _)| group.clone())
+            .collect();
+        Ok(ReferenceProfile { shares, top })
+    }
+
+    /// Returns the top groups, largest reference share first.
+    pub fn top_groups(&self) -> &[GroupKey] {
+        &self.top
+    }
+
+    /// Returns the reference's own shares of the top groups.
+    pub fn reference_shares(&self) -> Shares {
+        let mut shares = [0.0; SHARE_SLOTS];
+        if self.shares.is_empty() {
+            return shares;
+        }
+        for (slot, group) in self.top.iter().enumerate() {
+            shares[slot] = self.shares[group];
+        }
+        shares[TOP_GROUPS] = (1.0 - shares[..TOP_GROUPS].iter().sum::<f64>()).max(0.0);
+        shares
+    }
+
+    /// Returns the interest-weighted shares of the top groups in `events`, or `None` when no
+    /// event carries interest weight (an empty window). This is the interest model's target.
+    pub fn slot_shares(&self, events: &[Event], groups: &GroupMap) -> Option<Shares> {
+        let distribution = group_distribution(events, groups)?;
+        Some(self.slots_of(&distribution))
+    }
+
+    fn slots_of(&self, distribution: &BTreeMap<GroupKey, f64>) -> Shares {
+        let mut shares = [0.0; SHARE_SLOTS];
+        for (slot, group) in self.top.iter().enumerate() {
+            shares[slot] = distribution.get(group).copied().unwrap_or(0.0);
+        }
+        shares[TOP_GROUPS] = (1.0 - shares[..TOP_GROUPS].iter().sum::<f64>()).max(0.0);
+        shares
+    }
+
+    /// Computes the features of one user's window of events.
+    ///
+    /// Events without interest weight (`remove_from_cart`) are left out. The events may come
+    /// in any order, because they are sorted by time first. An empty window gives zero
+    /// activity, zero window shares and the reference shares.
+    pub fn window_features(
+        &self,
+        events: &[Event],
+        groups: &GroupMap,
+        config: &WindowConfig,
+    ) -> Result<WindowFeatures, MlError> {
+        config.validate()?;
+        let mut weighted_events: Vec<&Event> = events
+            .iter()
+            .filter(|event| event.behavior.interest_weight() > 0.0)
+            .collect();
+        weighted_events.sort_by_key(|event| event.ts_ms);
+
+        let mut values = vec![0.0; FEATURE_COUNT];
+        values[REFERENCE_SHARES_AT..REFERENCE_SHARES_AT + SHARE_SLOTS]
+            .copy_from_slice(&self.reference_shares());
+        let Some(distribution) = group_distribution(events, groups) else {
+            return WindowFeatures::from_values(values);
+        };
+
+        let count = weighted_events.len() as f64;
+        let sessions = count_sessions(&weighted_events, config.session_gap_secs) as f64;
+        let mut categories: Vec<_> = weighted_events
+            .iter()
+            .map(|event| &event.category)
+            .collect();
+        categories.sort();
+        categories.dedup();
+        let mut behaviour_counts = [0.0; 4];
+        for event in &weighted_events {
+            let slot = match event.behavior {
+                Behavior::View | Behavior::Search => 0,
+                Behavior::Fav => 1,
+                Behavior::Cart => 2,
+                Behavior::Buy => 3,
+                Behavior::RemoveFromCart => continue,
+            };
+            behaviour_counts[slot] += 1.0;
+        }
+
+        let entropy: f64 = distribution
+            .values()
+            .filter(|share| **share > 0.0)
+            .map(|share| -share * share.ln())
+            .sum();
+        let (novel, divergence) = if self.shares.is_empty() {
+            // A user with no history: every group is new, and the windows share nothing.
+            (1.0, std::f64::consts::LN_2)
+        } else {
+            let novel = distribution
+                .iter()
+                .filter(|(group, _)| {
+                    self.shares.get(*group).copied().unwrap_or(0.0) < config.novel_share
+                })
+                .map(|(_, share)| share)
+                .sum();
+            (novel, jensen_shannon(&self.shares, &distribution))
+        };
+
+        values[0] = count.ln_1p();
+        values[1] = sessions.ln_1p();
+        values[2] = count / sessions;
+        values[3] = (categories.len() as f64).ln_1p();
+        values[4] = (distribution.len() as f64).ln_1p();
+        for (slot, behaviour_count) in behaviour_counts.iter().enumerate() {
+            values[5 + slot] = behaviour_count / count;
+        }
+        values[9] = entropy;
+        values[10] = novel;
+        values[11] = divergence;
+        values[12] = peak_events_per_minute(&weighted_events) as f64;
+        values[WINDOW_SHARES_AT..WINDOW_SHARES_AT + SHARE_SLOTS]
+            .copy_from_slice(&self.slots_of(&distribution));
+        WindowFeatures::from_values(values)
+    }
+}
+
+/// Returns interest-weighted group shares of the events, or `None` without interest weight.
+fn group_distribution(events: &[Event], groups: &GroupMap) -> Option<BTreeMap<GroupKey, f64>> {
+    let mut weights: BTreeMap<GroupKey, f64> = BTreeMap::new();
+    let mut total = 0.0;
+    for event in events {
+        let weight = event.behavior.interest_weight();
+        if weight <= 0.0 {
+            continue;
+        }
+        let group = groups.group_of(&event.category, event.topic.as_ref());
+        *weights.entry(group).or_default() += weight;
+        total += weight;
+    }
+    if total <= 0.0 {
+        return None;
+    }
+    weights.values_mut().for_each(|weight| *weight /= total);
+    Some(weights)
+}
+
+/// Counts sessions in time-ordered events: a new one starts after a gap or a new session id.
+fn count_sessions(events: &[&Event], session_gap_secs: i64) -> usize {
+    let mut sessions = 0;
+    let mut previous: Option<&Event> = None;
+    for event in events {
+        let new_session = match previous {
+            None => true,
+            Some(last) => {
+                let id_changed = event.session.is_some() && event.session != last.session;
+                id_changed || event.ts_secs() - last.ts_secs() > session_gap_secs
+            }
+        };
+        sessions += usize::from(new_session);
+        previous = Some(event);
+    }
+    sessions
+}
+
+/// Returns the largest number of time-ordered events inside any 60-second span.
+fn peak_events_per_minute(events: &[&Event]) -> usize {
+    let mut peak = 0;
+    let mut start = 0;
+    for end in 0..events.len() {
+        while events[end].ts_ms - events[start].ts_ms >= 60_000 {
+            start += 1;
+        }
+        peak = peak.max(end - start + 1);
+    }
+    peak
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peak_counts_events_inside_a_minute() {
+        let make = |ts_ms: i64| Event {
+            ts_ms,
+            user: 1u64.into(),
+            category: 1u64.into(),
+            item: 1u64.into(),
+            behavior: crate::event::Behavior::View,
+            topic: None,
+            price: None,
+            brand: None,
+            dwell_ms: None,
+            session: None,
+            line: 1,
+        };
+        let events: Vec<Event> = [0, 10_000, 59_999, 60_000, 200_000]
+            .into_iter()
+            .map(make)
+            .collect();
+        let refs: Vec<&Event> = events.iter().collect();
+        assert_eq!(peak_events_per_minute(&refs), 3);
+        assert_eq!(count_sessions(&refs, 60), 2);
+    }
+}

@@ -1,0 +1,319 @@
+//! Learned models over per-user windows: segments, interest prediction and anomaly scores.
+//!
+//! The shift detector in [`crate::detector`] judges each user against their own history. The
+//! models here add what the population teaches, fitted offline on windows of many users and
+//! then applied to one window at a time:
+//!
+//! 1. [`ReferenceProfile::window_features`] turns one user's window of events into the fixed
+//!    vector named by [`FEATURE_NAMES`].
+//! 2. [`FeatureSelector`] drops near-constant and redundant features, and [`Standardizer`]
+//!    scales the rest.
+//! 3. [`Segmenter`] assigns a segment by k-means.
+//! 4. [`InterestModel`] predicts the next window's [`Shares`] of the user's top groups, and
+//!    [`surprise`] measures how far the observed shares are from the prediction.
+//! 5. [`IsolationForest`] and [`OneClassSvm`] score how unusual the window is.
+//!
+//! [`ModelSet`] runs these steps in order, fits them all from one seed, and saves them as one
+//! JSON document with a format version.
+//!
+//! Every fit validates its parameters (the error names the value) and rejects NaN or infinite
+//! inputs. Where data cannot support a setting (fewer distinct rows than segments, fewer rows
+//! than a sample size), the fit lowers it and returns a [`FitWarning`] instead of failing.
+//!
+//! NOTE: the streaming job does not build windows or call these models yet. They are reached
+//! only through this API.
+
+mod anomaly;
+mod error;
+mod features;
+mod forest;
+mod interest;
+mod linear;
+mod preprocess;
+mod segments;
+
+use std::io::{Read, Write};
+
+use ndarray::Array2;
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+pub use anomaly::{IsolationForest, IsolationParams, OneClassParams, OneClassSvm};
+pub use error::{FitWarning, MlError};
+pub use features::{
+    FeatureSpec, ReferenceProfile, Shares, WindowConfig, WindowFeatures, FEATURE_COUNT,
+    FEATURE_NAMES, SHARE_SLOTS, TOP_GROUPS,
+};
+pub use forest::{ForestParams, RegressionForest};
+pub use interest::{
+    evaluate, same_as_last, surprise, Evaluation, InterestModel, InterestParams, InterestPredictor,
+    SURPRISE_SMOOTHING,
+};
+pub use linear::{LinearParams, LinearRegressor};
+pub use preprocess::{FeatureSelector, SelectorParams, Standardizer};
+pub use segments::{SegmentParams, Segmenter, AUTO_K_MAX, AUTO_K_MIN};
+
+use error::check_matrix;
+
+/// Format version of a saved [`ModelSet`]. [`ModelSet::load`] rejects any other, so bump it when
+/// a saved model's layout or [`FEATURE_NAMES`] change.
+pub const MODEL_VERSION: u32 = 1;
+
+/// One training window: its features and, when the user was active in the next window, the
+/// shares observed there.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRow {
+    pub features: WindowFeatures,
+    /// Next-window shares of the top groups of this window's reference, or `None` when the
+    /// next window is empty. Rows without them still train the segments and anomaly models.
+    pub next_shares: Option<Shares>,
+}
+
+/// Settings of every model in a [`ModelSet`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelParams {
+    pub selector: SelectorParams,
+    pub segments: SegmentParams,
+    pub interest: InterestParams,
+    pub isolation: IsolationParams,
+    pub one_class: OneClassParams,
+}
+
+/// Both anomaly scores of a window, each in 0..1 with higher meaning more anomalous.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AnomalyScores {
+    pub isolation_forest: f64,
+    pub one_class_svm: f64,
+}
+
+/// Every fitted model, in the order a window passes through them.
+///
+/// # Examples
+///
+/// ```
+/// use veer_models::ml::{
+///     InterestPredictor, ModelSet, TrainingRow, WindowFeatures, FEATURE_COUNT,
+/// };
+///
+/// // 60 synthetic windows: activity and top-group share vary together.
+/// let rows: Vec<TrainingRow> = (0..60)
+///     .map(|index| {
+///         let level = (index % 6) as f64 / 6.0;
+///         let mut values = vec![0.0; FEATURE_COUNT];
+///         values[0] = 1.0 + 3.0 * level + (index % 5) as f64 * 0.1;
+///         values[10] = (index % 7) as f64 / 7.0;
+///         values[13] = level;
+///         values[16] = 1.0 - level;
+///         let features = WindowFeatures::from_values(values).unwrap();
+///         TrainingRow { features, next_shares: Some([level, 0.0, 0.0, 1.0 - level]) }
+///     })
+///     .collect();
+/// let models = ModelSet::fit(&rows, 42).unwrap();
+///
+/// let window = &rows[3].features;
+/// let shares = models.predict_interest(window, InterestPredictor::Forest).unwrap();
+/// assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+/// let scores = models.anomaly_scores(window).unwrap();
+/// assert!((0.0..=1.0).contains(&scores.isolation_forest));
+///
+/// let mut saved = Vec::new();
+/// models.save(&mut saved).unwrap();
+/// let loaded = ModelSet::load(saved.as_slice()).unwrap();
+/// assert_eq!(loaded.anomaly_scores(window).unwrap(), scores);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSet {
+    version: u32,
+    spec: FeatureSpec,
+    selector: FeatureSelector,
+    standardizer: Standardizer,
+    segmenter: Segmenter,
+    interest: InterestModel,
+    isolation_forest: IsolationForest,
+    one_class_svm: OneClassSvm,
+    warnings: Vec<FitWarning>,
+}
+
+impl ModelSet {
+    /// Fits every model with default settings, as [`ModelSet::fit_with`] does.
+    pub fn fit(rows: &[TrainingRow], seed: u64) -> Result<ModelSet, MlError> {
+        ModelSet::fit_with(rows, &ModelParams::default(), seed)
+    }
+
+    /// Fits every model on the training windows. The same rows, settings and seed give the
+    /// same models.
+    ///
+    /// Fails on an empty input, on NaN or infinite features, and when no row has next-window
+    /// shares to train the interest model on.
+    pub fn fit_with(
+        rows: &[TrainingRow],
+        params: &ModelParams,
+        seed: u64,
+    ) -> Result<ModelSet, MlError> {
+        let spec = FeatureSpec::window();
+        let raw = feature_matrix(rows);
+        check_matrix("model set", raw.view(), Some(spec.names()))?;
+        let mut warnings = Vec::new();
+
+        let (selector, selector_warnings) =
+            FeatureSelector::fit(raw.view(), spec.names(), &params.selector)?;
+        warnings.extend(selector_warnings);
+        let selected = selector.select(raw.view())?;
+        let standardizer = Standardizer::fit(selected.view())?;
+        let scaled = standardizer.transform(selected.view())?;
+
+        let (segmenter, segment_warnings) =
+            Segmenter::fit(scaled.view(), &params.segments, component_seed(seed, 0))?;
+        warnings.extend(segment_warnings);
+        let row_segments = segmenter.predict_all(scaled.view())?;
+
+        let labelled: Vec<usize> = rows
+            .iter()
+            .enumerate()
+            .filter(|(_, row)| row.next_shares.is_some())
+            .map(|(index, _)| index)
+            .collect();
+        if labelled.is_empty() {
+            return Err(MlError::EmptyInput {
+                model: "interest model",
+                detail: "no training row has next-window shares",
+            });
+        }
+        let labelled_rows = scaled.select(ndarray::Axis(0), &labelled);
+        let labelled_segments: Vec<usize> =
+            labelled.iter().map(|index| row_segments[*index]).collect();
+        let targets: Vec<Shares> = labelled
+            .iter()
+            .filter_map(|index| rows[*index].next_shares)
+            .collect();
+        let interest = InterestModel::fit(
+            labelled_rows.view(),
+            &labelled_segments,
+            segmenter.k(),
+            &targets,
+            &params.interest,
+            component_seed(seed, 1),
+        )?;
+
+        let (isolation_forest, isolation_warnings) =
+            IsolationForest::fit(scaled.view(), &params.isolation, component_seed(seed, 2))?;
+        warnings.extend(isolation_warnings);
+        let (one_class_svm, svm_warnings) =
+            OneClassSvm::fit(scaled.view(), &params.one_class, component_seed(seed, 3))?;
+        warnings.extend(svm_warnings);
+
+        Ok(ModelSet {
+            version: MODEL_VERSION,
+            spec,
+            selector,
+            standardizer,
+            segmenter,
+            interest,
+            isolation_forest,
+            one_class_svm,
+            warnings,
+        })
+    }
+
+    /// Returns the settings that fitting lowered and the fallbacks it took, for the log.
+    pub fn warnings(&self) -> &[FitWarning] {
+        &self.warnings
+    }
+
+    /// Returns the names of the features the models use, in input order.
+    pub fn selected_features(&self) -> &[String] {
+        self.selector.selected_names()
+    }
+
+    /// Returns the segmenter, for its k and centroids.
+    pub fn segmenter(&self) -> &Segmenter {
+        &self.segmenter
+    }
+
+    /// Returns the model input for a window: its selected features, standardized.
+    pub fn model_input(&self, window: &WindowFeatures) -> Result<Vec<f64>, MlError> {
+        let selected = self.selector.select_row(window.values())?;
+        self.standardizer.transform_row(&selected)
+    }
+
+    /// Returns the window's segment.
+    pub fn segment(&self, window: &WindowFeatures) -> Result<usize, MlError> {
+        self.segmenter.predict(&self.model_input(window)?)
+    }
+
+    /// Predicts the next window's shares of the user's top groups.
+    pub fn predict_interest(
+        &self,
+        window: &WindowFeatures,
+        predictor: InterestPredictor,
+    ) -> Result<Shares, MlError> {
+        let input = self.model_input(window)?;
+        let segment = self.segmenter.predict(&input)?;
+        let last = same_as_last(window)?;
+        self.interest.predict(predictor, &input, segment, &last)
+    }
+
+    /// Scores how unusual the window is.
+    pub fn anomaly_scores(&self, window: &WindowFeatures) -> Result<AnomalyScores, MlError> {
+        let input = self.model_input(window)?;
+        Ok(AnomalyScores {
+            isolation_forest: self.isolation_forest.score(&input)?,
+            one_class_svm: self.one_class_svm.score(&input)?,
+        })
+    }
+
+    /// Evaluates a predictor on held-out windows, skipping rows without next-window shares.
+    pub fn evaluate(
+        &self,
+        rows: &[TrainingRow],
+        predictor: InterestPredictor,
+    ) -> Result<Evaluation, MlError> {
+        let mut predicted = Vec::new();
+        let mut observed = Vec::new();
+        for row in rows {
+            if let Some(next) = row.next_shares {
+                predicted.push(self.predict_interest(&row.features, predictor)?);
+                observed.push(next);
+            }
+        }
+        evaluate(&predicted, &observed)
+    }
+
+    /// Writes the models as one JSON document.
+    pub fn save(&self, writer: &mut impl Write) -> Result<(), MlError> {
+        serde_json::to_writer(writer, self)?;
+        Ok(())
+    }
+
+    /// Reads models written by [`ModelSet::save`], rejecting a different format version.
+    ///
+    /// NOTE: beyond the version and the JSON structure, the file is trusted. A hand-edited file
+    /// whose widths or node indices disagree can load and then panic on prediction.
+    pub fn load(reader: impl Read) -> Result<ModelSet, MlError> {
+        let document: serde_json::Value = serde_json::from_reader(reader)?;
+        let version = document.get("version");
+        if version.and_then(serde_json::Value::as_u64) != Some(u64::from(MODEL_VERSION)) {
+            return Err(MlError::VersionMismatch {
+                found: version.map_or_else(|| "missing".into(), ToString::to_string),
+                expected: MODEL_VERSION,
+            });
+        }
+        Ok(serde_json::from_value(document)?)
+    }
+}
+
+fn feature_matrix(rows: &[TrainingRow]) -> Array2<f64> {
+    let mut matrix = Array2::zeros((rows.len(), FEATURE_COUNT));
+    for (mut target, row) in matrix.rows_mut().into_iter().zip(rows) {
+        target.assign(&ndarray::ArrayView1::from(row.features.values()));
+    }
+    matrix
+}
+
+/// Derives the seed of one model from the set's seed, through ChaCha8 stream `component`.
+fn component_seed(seed: u64, component: u64) -> u64 {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(component);
+    rng.next_u64()
+}
