@@ -62,18 +62,65 @@ impl Default for TimeConfig {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FileConfig {
+    /// `[time]`: replay order, out-of-orderness and the population window.
     pub time: TimeConfig,
+    /// `[detector]`: settings of the shift detector.
     pub detector: DetectorConfig,
+    /// `[groups]`: group learning and population trends.
     pub groups: GroupConfig,
+    /// `[run]`: workers, detector choice and dead-letter file.
     pub run: RunFileConfig,
+    /// `[models]`: the model path (`--models`).
+    pub models: ModelsConfig,
+}
+
+/// `[models]`: learned models that score user windows after a bootstrap period.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Whether the model path runs (`--models` turns it on).
+    pub enabled: bool,
+    /// Event time from the first event whose windows train the models.
+    #[serde(with = "duration_text")]
+    pub bootstrap: Duration,
+    /// Seed of every model fit.
+    pub seed: u64,
+    /// Fusion of the detector's alerts with the model signals.
+    pub fusion: veer_models::fusion::FusionConfig,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            enabled: false,
+            bootstrap: Duration::from_secs(2 * 86_400),
+            seed: 7,
+            fusion: veer_models::fusion::FusionConfig::default(),
+        }
+    }
+}
+
+impl ModelsConfig {
+    /// Returns the settings of the model path of a run.
+    pub fn run_settings(&self) -> crate::replay::ModelRunSettings {
+        crate::replay::ModelRunSettings {
+            bootstrap_ms: self.bootstrap.as_millis() as u64,
+            seed: self.seed,
+            fusion: self.fusion.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// `[run]` keys that the command line can also set.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunFileConfig {
+    /// Worker threads (`--workers`).
     pub workers: usize,
+    /// Which detector raises `interest_shift` alerts (`--detector`).
     pub detector: DetectorChoice,
+    /// Dead-letter file for bad and late lines (`--dead-letter`).
     pub dead_letter: Option<PathBuf>,
 }
 
@@ -99,6 +146,11 @@ impl FileConfig {
             .detector
             .validate()
             .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
+        config
+            .models
+            .fusion
+            .validate()
+            .map_err(|error| anyhow::anyhow!("{}: [models.fusion] {error}", path.display()))?;
         Ok(config)
     }
 }

@@ -53,11 +53,18 @@ const DECOY_KINDS: [DecoyKind; 3] = [DecoyKind::OneOff, DecoyKind::Burst, DecoyK
 pub enum EvalError {
     /// A line that is not a valid record. `line` is 1-based.
     #[error("line {line}: {message}")]
-    InvalidLine { line: u64, message: String },
+    InvalidLine {
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong with the line.
+        message: String,
+    },
     /// The reader failed, for example on invalid UTF-8.
     #[error("line {line}: read failed: {source}")]
     Read {
+        /// 1-based number of the line being read.
         line: u64,
+        /// The reader's error.
         #[source]
         source: std::io::Error,
     },
@@ -66,7 +73,9 @@ pub enum EvalError {
 /// The fields of an alert line that the scorer uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ScoredAlert {
+    /// The user id, exactly as the alert file wrote it.
     pub user: Id,
+    /// `interest_shift` or `anomaly`.
     pub kind: AlertKind,
     /// Event time of the triggering event, in Unix seconds.
     pub ts: i64,
@@ -214,6 +223,7 @@ impl Default for EvalConfig {
 /// False alarms on the decoys of one kind.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DecoyScore {
+    /// The decoy kind scored.
     pub kind: DecoyKind,
     /// Number of decoy records of this kind.
     pub count: usize,
@@ -280,6 +290,7 @@ pub struct Score {
     pub delay_secs_p90: Option<i64>,
     /// One entry per decoy kind, in the order one_off, burst, seasonal.
     pub decoys: Vec<DecoyScore>,
+    /// Scores of `anomaly` alerts against `burst` decoys.
     pub anomaly: AnomalyScore,
     /// Share of shifts with at least [`CEILING_MIN_EVENTS`] of the user's events in
     /// `[t0, t0 + H]`, an estimate of the best recall an event-driven detector can reach.

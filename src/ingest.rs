@@ -24,10 +24,16 @@ const BATCH: usize = 4096;
 /// Counts of the lines of all inputs, by what became of them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LineCounts {
+    /// Physical lines read from all inputs.
     pub lines: u64,
+    /// Lines parsed into events, before duplicates are dropped; late events are subtracted
+    /// once the replay has found them.
     pub events: u64,
+    /// Blank lines and header lines.
     pub skipped: u64,
+    /// Lines that could not be parsed into an event.
     pub bad: u64,
+    /// Events behind the watermark of an arrival-order replay.
     pub late: u64,
     /// Events older than an event on an earlier line: how far the input is from time order.
     pub out_of_order: u64,

@@ -6,12 +6,17 @@
 //! the pure detectors in `veer-models`.
 
 pub mod config;
+pub mod embed;
 pub mod eval;
+pub mod explain;
 pub mod generate;
 pub mod ingest;
 pub mod pipeline;
+pub mod plot;
 pub mod progress;
 pub mod replay;
+pub mod report;
+pub mod scan;
 pub mod sources;
 pub mod stats;
 pub mod truth;

@@ -32,6 +32,68 @@ enum Command {
     Eval(EvalArgs),
     /// Print per-user statistics of event files as a Markdown table (realism checks).
     Stats(StatsArgs),
+    /// Measure how fast a file can be split into lines, and parsed, without the engine.
+    Scan(ScanArgs),
+    /// Draw one user's interest timeline and the detector's statistic (SVG, HTML or text).
+    ///
+    /// Replays the whole input (category groups are learned from every user) and traces one
+    /// user. Without --out, prints a text view of the user's sessions.
+    Explain(ExplainArgs),
+    /// Write one self-contained HTML report about a run's alerts.
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+struct ExplainArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    /// The user to explain, as written in the input.
+    #[arg(long)]
+    user: String,
+    /// Alert file to mark instead of the alerts of the replay.
+    #[arg(long, value_name = "PATH")]
+    alerts: Option<PathBuf>,
+    /// Output file: .svg or .html (.png is not supported). Without it, a text view is printed.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Configuration file (TOML) of the run, so the replay uses its detector settings.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Hours east of UTC in which times are shown, e.g. 8 or -5 (default: 8 for Taobao
+    /// input, whose times are Beijing time, 0 otherwise).
+    #[arg(long, value_name = "HOURS", allow_hyphen_values = true)]
+    tz_offset: Option<f64>,
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// Alert file of the run (JSON lines).
+    #[arg(long, value_name = "PATH")]
+    alerts: PathBuf,
+    /// Event file of the run: adds line counts, delays in events and explain pictures.
+    #[arg(long = "events", value_name = "PATH")]
+    events: Vec<String>,
+    /// Format of --events; detected when absent.
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// Truth file: adds the contract's score and delay histograms.
+    #[arg(long, value_name = "PATH")]
+    truth: Option<PathBuf>,
+    /// Scoring horizon, e.g. 3d.
+    #[arg(long, default_value = "3d", value_name = "DURATION")]
+    horizon: String,
+    /// Output HTML file.
+    #[arg(long, default_value = "report.html", value_name = "FILE")]
+    out: PathBuf,
+    /// Number of top alerts listed with their pictures.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Configuration file (TOML) of the run, for its replay and detector settings.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Hours east of UTC in which times are shown (default: 8 for Taobao events, 0 otherwise).
+    #[arg(long, value_name = "HOURS", allow_hyphen_values = true)]
+    tz_offset: Option<f64>,
 }
 
 #[derive(Args)]
@@ -145,6 +207,10 @@ struct RunArgs {
     /// Hide the progress display.
     #[arg(long)]
     no_progress: bool,
+    /// Fuse the detector's alerts with learned models fitted on a bootstrap period
+    /// (`[models]` in the config file); runs single-threaded after the dataflow.
+    #[arg(long)]
+    models: bool,
 }
 
 #[derive(Args)]
@@ -214,6 +280,9 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate_files(args),
         Command::Eval(args) => eval_files(args),
         Command::Stats(args) => print_stats(args),
+        Command::Scan(args) => scan_file(args),
+        Command::Explain(args) => explain_user(args),
+        Command::Report(args) => write_report(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -304,7 +373,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         progress: !args.no_progress,
         keep_alerts: truth.is_some(),
     };
-    let summary = pipeline::run(settings)?;
+    let models = args.models || file.models.enabled;
+    if models && settings.detector == DetectorChoice::Baseline {
+        anyhow::bail!(
+            "--models works with the shift detector only; drop --detector baseline or --models"
+        );
+    }
+    let summary = if models {
+        pipeline::run_with_models(settings, file.models.run_settings())?
+    } else {
+        pipeline::run(settings)?
+    };
     eprint!("{}", summary.to_text());
     if !summary.accounts_for_every_line() {
         tracing::error!("line counts do not add up; please report this with the input");
@@ -445,6 +524,137 @@ fn print_stats(args: StatsArgs) -> anyhow::Result<()> {
         let (events, _) =
             veer::ingest::read_events(vec![path.clone()], args.input.source_options())?;
         println!("{}", veer::stats::compute(&events).to_markdown_row(path));
+    }
+    Ok(())
+}
+
+/// Reads the configuration file, if any, and returns the replay settings it implies.
+fn replay_settings(
+    config: Option<&PathBuf>,
+) -> anyhow::Result<(veer::replay::ReplaySettings, veer::config::TimeConfig)> {
+    let file = match config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let settings = veer::replay::ReplaySettings {
+        detector: file.detector.clone(),
+        groups: file.groups.clone(),
+        window_ms: (file.time.window.as_millis() as u64).max(1),
+    };
+    Ok((settings, file.time))
+}
+
+fn time_zone(
+    hours: Option<f64>,
+    inputs: &[String],
+    options: &SourceOptions,
+) -> anyhow::Result<veer::plot::time::TimeZone> {
+    match hours {
+        Some(hours) => veer::plot::time::TimeZone::from_hours(hours)
+            .map_err(|message| anyhow::anyhow!("--tz-offset: {message}")),
+        None => Ok(veer::explain::default_zone(inputs, options)),
+    }
+}
+
+fn write_output(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text)
+        .map_err(|error| anyhow::anyhow!("cannot write {}: {error}", path.display()))
+}
+
+fn explain_user(args: ExplainArgs) -> anyhow::Result<()> {
+    if args.input.inputs.is_empty() {
+        anyhow::bail!("missing --input: explain replays the events of the run");
+    }
+    let options = args.input.source_options();
+    let zone = time_zone(args.tz_offset, &args.input.inputs, &options)?;
+    let extension = args.out.as_ref().map(|path| {
+        path.extension()
+            .and_then(|extension| extension.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    });
+    match extension.as_deref() {
+        None | Some("svg") | Some("html") | Some("htm") => {}
+        Some("png") => anyhow::bail!(
+            "PNG output is not supported: rendering text to pixels needs system fonts; write \
+             --out FILE.svg and convert it, e.g. with rsvg-convert or a browser"
+        ),
+        Some(other) => anyhow::bail!(
+            "unsupported output {}: the extension {other:?} is not .svg or .html",
+            args.out.as_deref().unwrap_or(Path::new("")).display()
+        ),
+    }
+    let (replay, _) = replay_settings(args.config.as_ref())?;
+    let request = veer::explain::ExplainRequest {
+        inputs: args.input.inputs.clone(),
+        options,
+        user: args.user.clone(),
+        alerts: args.alerts.clone(),
+        replay,
+    };
+    let trace = veer::explain::explain(&request)?;
+    match (args.out.as_deref(), extension.as_deref()) {
+        (Some(path), Some("svg")) => {
+            write_output(path, &veer::plot::timeline::render(&trace, zone))?;
+        }
+        (Some(path), _) => write_output(path, &veer::explain::html_page(&trace, zone))?,
+        (None, _) => print!("{}", veer::explain::text_view(&trace, zone)),
+    }
+    if let Some(path) = &args.out {
+        eprintln!(
+            "wrote the timeline of user {} ({} events, {} alerts) to {}",
+            args.user,
+            trace.events.len(),
+            trace.alerts.len(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn write_report(args: ReportArgs) -> anyhow::Result<()> {
+    let horizon_secs = duration_arg("horizon", &args.horizon)?.as_secs() as i64;
+    let options = SourceOptions {
+        format: args.format.map(Format::from),
+        ..SourceOptions::default()
+    };
+    let zone = time_zone(args.tz_offset, &args.events, &options)?;
+    let (replay, time) = replay_settings(args.config.as_ref())?;
+    let request = veer::report::ReportRequest {
+        alerts: args.alerts.clone(),
+        events: (!args.events.is_empty()).then(|| args.events.clone()),
+        options,
+        truth: args.truth.clone(),
+        horizon_secs,
+        zone,
+        top: args.top,
+        replay,
+        time,
+    };
+    let html = veer::report::build(&request)?;
+    write_output(&args.out, &html)?;
+    eprintln!("wrote the report to {}", args.out.display());
+    Ok(())
+}
+
+#[derive(Args)]
+struct ScanArgs {
+    #[command(flatten)]
+    input: InputArgs,
+}
+
+fn scan_file(args: ScanArgs) -> anyhow::Result<()> {
+    for path in &args.input.inputs {
+        let lines = veer::scan::scan_lines(path)?;
+        let parsed = veer::scan::scan_parse(path, &args.input.source_options())?;
+        println!(
+            "{path}: line scan {:.0} lines/s ({:.0} MB/s); parse {:.0} events/s ({:.0} MB/s), {:.1}% of the line scan",
+            lines.lines_per_second(),
+            lines.megabytes_per_second(),
+            parsed.events as f64 / parsed.seconds,
+            parsed.megabytes_per_second(),
+            100.0 * parsed.megabytes_per_second() / lines.megabytes_per_second()
+        );
     }
     Ok(())
 }

@@ -37,7 +37,9 @@ pub enum AlertOutput {
 pub enum EventSource {
     /// Input paths (`-` for standard input), read on a reader thread.
     Inputs {
+        /// Input paths in reading order.
         paths: Vec<String>,
+        /// Format and RetailRocket join options.
         options: SourceOptions,
     },
     /// Events already in memory, such as a generated stream, sorted by time.
@@ -46,16 +48,27 @@ pub enum EventSource {
 
 /// Everything a run needs.
 pub struct RunSettings {
+    /// Where the events come from.
     pub source: EventSource,
+    /// Where the alerts go.
     pub alerts: AlertOutput,
+    /// File for bad and late lines; `None` only counts them.
     pub dead_letter: Option<std::path::PathBuf>,
+    /// Worker threads; at least 1.
     pub workers: usize,
+    /// Replay order of file inputs.
     pub order: ReplayOrder,
+    /// How far behind the newest event an event may arrive and still be on time.
     pub out_of_orderness: Duration,
+    /// Lead over the newest event beyond which one event alone does not move the watermark.
     pub max_future_skew: Duration,
+    /// Length of the population windows.
     pub window: Duration,
+    /// Which detector raises `interest_shift` alerts.
     pub detector: DetectorChoice,
+    /// Settings of the shift detector.
     pub detector_config: DetectorConfig,
+    /// Settings of group learning and trends.
     pub groups: GroupConfig,
     /// Show a progress bar on standard error.
     pub progress: bool,
@@ -66,12 +79,19 @@ pub struct RunSettings {
 /// What a run did, for the end-of-run summary.
 #[derive(Clone, Debug, Default)]
 pub struct RunSummary {
+    /// What became of every input line.
     pub counts: LineCounts,
+    /// Exact duplicates dropped.
     pub duplicates: u64,
+    /// Distinct users fed to the detectors.
     pub users: u64,
+    /// Alerts written, by kind.
     pub alerts: BTreeMap<AlertKind, u64>,
+    /// Whether the input was replayed sorted by event time rather than in arrival order.
     pub replayed_sorted: bool,
+    /// Wall-clock time of the run.
     pub wall: Duration,
+    /// Worker threads used.
     pub workers: usize,
     /// The alerts in output order, when `keep_alerts` was set.
     pub kept_alerts: Vec<veer_models::Alert>,
@@ -152,11 +172,36 @@ struct WorkerResult {
     kept_alerts: Vec<veer_models::Alert>,
     ingest: Option<(LineCounts, bool)>,
     timeline: Vec<(veer_models::Id, i64)>,
+    events: Vec<Event>,
     error: Option<String>,
 }
 
 /// Runs the main job and returns its summary.
 pub fn run(settings: RunSettings) -> anyhow::Result<RunSummary> {
+    run_job(settings, None)
+}
+
+/// Runs the main job with the model path: models fitted on the bootstrap windows score every
+/// later user window, and their signals are fused with the detector's alerts.
+///
+/// The dataflow reads, orders and deduplicates the input as in [`run`]. The model path then
+/// runs on the events it kept, single-threaded, through [`crate::replay::replay_with_models`],
+/// so its alerts do not depend on the number of workers.
+///
+/// TODO: move the model path into a dataflow operator (windows per worker, training rows
+/// gathered to worker 0, models broadcast); until then it keeps every event in memory and
+/// writes all alerts at the end of the run.
+pub fn run_with_models(
+    settings: RunSettings,
+    models: crate::replay::ModelRunSettings,
+) -> anyhow::Result<RunSummary> {
+    run_job(settings, Some(models))
+}
+
+fn run_job(
+    settings: RunSettings,
+    models: Option<crate::replay::ModelRunSettings>,
+) -> anyhow::Result<RunSummary> {
     settings.detector_config.validate()?;
     if settings.workers == 0 {
         anyhow::bail!("invalid --workers 0: at least one worker thread is needed");
@@ -206,6 +251,7 @@ pub fn run(settings: RunSettings) -> anyhow::Result<RunSummary> {
         groups: settings.groups,
         progress: settings.progress,
         keep_alerts: settings.keep_alerts,
+        keep_events: models.is_some(),
         bytes_read,
     });
 
@@ -228,6 +274,7 @@ pub fn run(settings: RunSettings) -> anyhow::Result<RunSummary> {
         workers: settings.workers,
         ..Default::default()
     };
+    let mut kept_events: Vec<Event> = Vec::new();
     for result in guards.join() {
         let result = result.map_err(|error| anyhow::anyhow!("a worker failed: {error}"))?;
         if let Some(error) = result.error {
@@ -240,12 +287,33 @@ pub fn run(settings: RunSettings) -> anyhow::Result<RunSummary> {
         }
         summary.kept_alerts.extend(result.kept_alerts);
         summary.timeline.extend(result.timeline);
+        kept_events.extend(result.events);
         if let Some((counts, sorted)) = result.ingest {
             summary.counts = counts;
             summary.replayed_sorted = sorted;
         }
     }
     shared.dead_letter.flush();
+    if let Some(models) = models {
+        let writer = shared
+            .alert_writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let replay_settings = crate::replay::ReplaySettings {
+            detector: shared.detector_config.clone(),
+            groups: shared.groups.clone(),
+            window_ms: shared.window_ms,
+        };
+        run_model_path(
+            &kept_events,
+            &replay_settings,
+            &models,
+            writer,
+            shared.keep_alerts,
+            &mut summary,
+        )?;
+    }
     summary.wall = started.elapsed();
     Ok(summary)
 }
@@ -271,6 +339,8 @@ struct Shared {
     groups: GroupConfig,
     progress: bool,
     keep_alerts: bool,
+    /// Keep every event sent on, for the model path; alerts are then written after the run.
+    keep_events: bool,
     bytes_read: Arc<AtomicU64>,
 }
 
@@ -296,7 +366,7 @@ fn run_worker<D: Detector>(
     let stats = Rc::new(RefCell::new(DetectStats::default()));
     let alert_counts: AlertCounter = Default::default();
     alert_counts.borrow_mut().keep = shared.keep_alerts;
-    let writer: Option<Box<dyn Write>> = if index == 0 {
+    let writer: Option<Box<dyn Write>> = if index == 0 && !shared.keep_events {
         let taken = shared
             .alert_writer
             .lock()
@@ -343,6 +413,7 @@ fn run_worker<D: Detector>(
                 shared,
                 feed,
                 &mut result.timeline,
+                &mut result.events,
             ) {
                 Ok(ingest) => result.ingest = Some(ingest),
                 Err(message) => result.error = Some(message),
@@ -373,10 +444,14 @@ fn feed_input(
     shared: &Shared,
     feed: Feed,
     timeline: &mut Vec<(veer_models::Id, i64)>,
+    kept_events: &mut Vec<Event>,
 ) -> Result<(LineCounts, bool), String> {
     let mut record = |event: &Event| {
         if shared.keep_alerts {
             timeline.push((event.user.clone(), event.ts_secs()));
+        }
+        if shared.keep_events {
+            kept_events.push(event.clone());
         }
     };
     let progress = crate::progress::Progress::new(shared.progress);
@@ -527,4 +602,49 @@ fn advance_and_wait(
         input.advance_to(time);
     }
     worker.step_while(|| probe.less_than(input.time()));
+}
+
+/// Runs the model path on the events of a finished run and writes its alerts in place of the
+/// dataflow's.
+fn run_model_path(
+    events: &[Event],
+    replay_settings: &crate::replay::ReplaySettings,
+    models: &crate::replay::ModelRunSettings,
+    writer: Option<Box<dyn Write + Send>>,
+    keep_alerts: bool,
+    summary: &mut RunSummary,
+) -> anyhow::Result<()> {
+    let output = crate::replay::replay_with_models(events, replay_settings, models)?;
+    for warning in &output.warnings {
+        tracing::warn!(%warning, "model setting reduced");
+    }
+    match &output.skipped {
+        Some(reason) => tracing::warn!(
+            %reason,
+            windows = output.training_windows,
+            "no models fitted; alerts come from the detector alone"
+        ),
+        None => tracing::info!(
+            training_windows = output.training_windows,
+            scored_windows = output.scored_windows,
+            "models fitted and applied"
+        ),
+    }
+    summary.alerts.clear();
+    for alert in &output.alerts {
+        *summary.alerts.entry(alert.kind).or_default() += 1;
+    }
+    if let Some(mut writer) = writer {
+        for alert in &output.alerts {
+            writeln!(writer, "{}", alert.to_json_line())
+                .map_err(|error| anyhow::anyhow!("failed to write an alert: {error}"))?;
+        }
+        writer
+            .flush()
+            .map_err(|error| anyhow::anyhow!("failed to write the alerts: {error}"))?;
+    }
+    if keep_alerts {
+        summary.kept_alerts = output.alerts;
+    }
+    Ok(())
 }

@@ -41,16 +41,24 @@ impl DecoyKind {
 pub enum TruthRecord {
     /// From `onset_ts` (Unix seconds) on, the user's preferences are replaced.
     InterestShift {
+        /// The user whose interests shift.
         user: Id,
+        /// Start of the shift, in Unix seconds.
         onset_ts: i64,
+        /// Dominant categories before the shift.
         from: Vec<Id>,
+        /// Dominant categories after the shift.
         to: Vec<Id>,
     },
     /// A change that an engine should not report as a shift, at `ts` (Unix seconds).
     Decoy {
+        /// The user the decoy is planted on.
         user: Id,
+        /// What kind of change it is.
         decoy: DecoyKind,
+        /// When it happens, in Unix seconds.
         ts: i64,
+        /// Categories the decoy's events fall in.
         categories: Vec<Id>,
     },
 }

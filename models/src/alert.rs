@@ -58,6 +58,13 @@ pub struct Alert {
     pub signals: Vec<(String, f64)>,
     /// Number of the user's events from the estimated onset to the alert, inclusive.
     pub events_since_onset: u64,
+    /// Model segment of the user's window before the alert and of the alert's window, set
+    /// only when models score the stream. Written after the contract's fields, and only
+    /// when set, so alerts without models keep their exact form.
+    #[serde(default)]
+    pub segment_before: Option<usize>,
+    #[serde(default)]
+    pub segment_after: Option<usize>,
 }
 
 impl Alert {
@@ -110,6 +117,12 @@ impl Alert {
             "events_since_onset".into(),
             Value::from(self.events_since_onset),
         );
+        if let Some(segment) = self.segment_before {
+            object.insert("segment_before".into(), Value::from(segment));
+        }
+        if let Some(segment) = self.segment_after {
+            object.insert("segment_after".into(), Value::from(segment));
+        }
         Value::Object(object)
     }
 

@@ -547,6 +547,11 @@ impl ShiftDetector {
             return None;
         }
         let first_ts = state.recent.front().map_or(ts, |entry| entry.0);
+        if ts == first_ts {
+            // Events that all carry one timestamp are a batched upload with coarse times,
+            // not a measured rate.
+            return None;
+        }
         if ts - first_ts > self.config.burst_span_secs {
             return None;
         }
@@ -748,8 +753,13 @@ impl Detector for ShiftDetector {
         alerts: &mut Vec<Alert>,
     ) {
         state.events += 1;
-        state.last_step = StepTrace { cusum: state.cusum, ..StepTrace::default() };
-        state.behavior.record(event, self.config.reference_decay, PROFILE_WINDOW_SECS);
+        state.last_step = StepTrace {
+            cusum: state.cusum,
+            ..StepTrace::default()
+        };
+        state
+            .behavior
+            .record(event, self.config.reference_decay, PROFILE_WINDOW_SECS);
         let weight = event.behavior.interest_weight();
         if weight <= 0.0 {
             return;
@@ -869,7 +879,11 @@ fn shares_of_counts(counts: BTreeMap<&Id, usize>, total: usize) -> Vec<CategoryS
 
 /// Shannon entropy (natural log) of a distribution over groups.
 pub fn entropy(distribution: &BTreeMap<GroupKey, f64>) -> f64 {
-    distribution.values().filter(|p| **p > 0.0).map(|p| -p * p.ln()).sum()
+    distribution
+        .values()
+        .filter(|p| **p > 0.0)
+        .map(|p| -p * p.ln())
+        .sum()
 }
 
 /// Jensen-Shannon divergence (natural log, so in 0..ln 2) of two distributions over groups.

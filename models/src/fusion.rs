@@ -6,9 +6,9 @@
 //! shares were from the interest model's prediction (surprise). [`FusionRule::fuse`] combines
 //! them with three rules, applied per user window:
 //!
-//! 1. A shift alert raised inside a burst, in a window whose anomaly score (the larger of the
-//!    two model scores) is at least [`FusionConfig::anomaly_threshold`], is not a lasting
-//!    shift: it is replaced by one `anomaly` alert.
+//! 1. A shift alert raised inside a burst is replaced by one `anomaly` alert when its window's
+//!    anomaly score is at least [`FusionConfig::anomaly_threshold`]. The anomaly score is the
+//!    smaller of the two model scores, so both models must agree.
 //! 2. Any other shift alert is kept. Its score rises by at most
 //!    [`FusionConfig::surprise_weight`], in proportion to the surprise above
 //!    [`FusionConfig::surprise_floor`], capped at 1. It carries the model signals and the
@@ -41,9 +41,10 @@ pub struct ModelSignals {
 }
 
 impl ModelSignals {
-    /// Returns the larger of the two anomaly scores.
+    /// Returns the smaller of the two anomaly scores. The one-class SVM alone scores windows
+    /// of a population of near-identical profiles close to 1, so one model is not enough.
     pub fn anomaly(&self) -> f64 {
-        self.isolation_forest.max(self.one_class_svm)
+        self.isolation_forest.min(self.one_class_svm)
     }
 
     /// Returns the signals in the fixed order alerts list them.
@@ -67,7 +68,7 @@ pub struct FusionConfig {
     pub anomaly_threshold: f64,
     /// Surprise (nats) below which surprise does not change a shift alert's score.
     pub surprise_floor: f64,
-    /// Most that surprise adds to a shift alert's score (0..1).
+    /// Maximum that surprise adds to a shift alert's score (0..1).
     pub surprise_weight: f64,
     /// Whether each model signal is used, for ablation.
     pub use_anomaly: bool,
@@ -104,7 +105,11 @@ impl FusionConfig {
             if (0.0..=1.0).contains(&value) {
                 Ok(())
             } else {
-                Err(FusionConfigError { name, value, expected: "a number in 0..=1" })
+                Err(FusionConfigError {
+                    name,
+                    value,
+                    expected: "a number in 0..=1",
+                })
             }
         };
         unit("anomaly_threshold", self.anomaly_threshold)?;
@@ -155,7 +160,8 @@ impl FusionRule {
         let Some(signals) = window.signals else {
             return detector_alerts;
         };
-        let anomalous = self.config.use_anomaly && signals.anomaly() >= self.config.anomaly_threshold;
+        let anomalous =
+            self.config.use_anomaly && signals.anomaly() >= self.config.anomaly_threshold;
         let mut fused = Vec::with_capacity(detector_alerts.len() + 1);
         let mut suppressed: Option<Alert> = None;
         for mut alert in detector_alerts {
@@ -196,8 +202,12 @@ impl FusionRule {
 
     fn annotate(&self, alert: &mut Alert, signals: &ModelSignals) {
         if self.config.use_anomaly {
-            alert.signals.push(("isolation_forest".into(), signals.isolation_forest));
-            alert.signals.push(("one_class_svm".into(), signals.one_class_svm));
+            alert
+                .signals
+                .push(("isolation_forest".into(), signals.isolation_forest));
+            alert
+                .signals
+                .push(("one_class_svm".into(), signals.one_class_svm));
         }
         if self.config.use_surprise {
             if let Some(surprise) = signals.surprise {
@@ -243,7 +253,7 @@ mod tests {
             burst,
             signals: Some(ModelSignals {
                 isolation_forest: anomaly,
-                one_class_svm: 0.1,
+                one_class_svm: anomaly,
                 surprise,
                 segment: 2,
                 segment_before: Some(0),
@@ -279,8 +289,15 @@ mod tests {
         assert_eq!(fused[0].segment_after, Some(2));
         // excess 1.0 gives half of the 0.2 weight.
         assert!((fused[0].score - 0.7).abs() < 1e-12);
-        let names: Vec<&str> = fused[0].signals.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, ["cusum", "isolation_forest", "one_class_svm", "surprise"]);
+        let names: Vec<&str> = fused[0]
+            .signals
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["cusum", "isolation_forest", "one_class_svm", "surprise"]
+        );
     }
 
     #[test]
@@ -298,12 +315,26 @@ mod tests {
         assert_eq!(fused[0].kind, AlertKind::Anomaly);
         assert_eq!(fused[0].ts, 120);
         assert_eq!(fused[0].events_since_onset, 6);
-        assert!(rule().fuse(&window(false, 0.5, None), Vec::new()).is_empty());
+        assert!(rule()
+            .fuse(&window(false, 0.5, None), Vec::new())
+            .is_empty());
+    }
+
+    #[test]
+    fn one_model_alone_is_not_anomalous() {
+        let mut verdict = window(false, 0.99, None);
+        if let Some(signals) = verdict.signals.as_mut() {
+            signals.one_class_svm = 0.2;
+        }
+        assert!(rule().fuse(&verdict, Vec::new()).is_empty());
     }
 
     #[test]
     fn disabled_anomaly_signal_raises_nothing() {
-        let config = FusionConfig { use_anomaly: false, ..FusionConfig::default() };
+        let config = FusionConfig {
+            use_anomaly: false,
+            ..FusionConfig::default()
+        };
         let rule = FusionRule::new(config).unwrap();
         assert!(rule.fuse(&window(false, 0.99, None), Vec::new()).is_empty());
         let kept = rule.fuse(&window(true, 0.99, None), vec![shift(0.6)]);
@@ -312,10 +343,16 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_rejected() {
-        let config = FusionConfig { anomaly_threshold: 1.5, ..FusionConfig::default() };
+        let config = FusionConfig {
+            anomaly_threshold: 1.5,
+            ..FusionConfig::default()
+        };
         let error = FusionRule::new(config).unwrap_err();
         assert_eq!(error.name, "anomaly_threshold");
-        let config = FusionConfig { surprise_floor: f64::NAN, ..FusionConfig::default() };
+        let config = FusionConfig {
+            surprise_floor: f64::NAN,
+            ..FusionConfig::default()
+        };
         assert_eq!(FusionRule::new(config).unwrap_err().name, "surprise_floor");
     }
 }

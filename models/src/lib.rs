@@ -7,13 +7,17 @@ pub mod event;
 
 pub use event::{Behavior, Event, Id};
 pub mod alert;
+pub mod attributes;
 pub mod baseline;
 pub mod detector;
+pub mod fusion;
 pub mod groups;
 pub mod ml;
 
 pub use alert::{Alert, AlertKind, CategoryShare};
-pub use detector::{BehaviorProfile, Detector, DetectorConfig, ShiftDetector, StepTrace, UserState};
+pub use detector::{
+    BehaviorProfile, Detector, DetectorConfig, ShiftDetector, StepTrace, UserState,
+};
 pub use groups::{
     GroupConfig, GroupKey, GroupMap, PopulationDelta, PopulationInfo, PopulationModel,
 };

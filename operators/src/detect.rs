@@ -33,6 +33,76 @@ pub struct DetectStats {
 /// `events`, and on `population` the start of its window, so that it sees exactly the
 /// groups and trends of all earlier windows. That makes every alert independent of the number
 /// of workers and of how fast each input arrives.
+///
+/// # Examples
+///
+/// Any [`Detector`] plugs in; this one alerts on every buy.
+///
+/// ```
+/// use std::cell::RefCell;
+/// use std::rc::Rc;
+/// use timely::dataflow::operators::{Inspect, ToStream};
+/// use veer_models::{Alert, AlertKind, Behavior, Detector, Event, GroupConfig, GroupMap, Id};
+/// use veer_operators::{detect_shifts, population_groups, session_cooccurrence, DetectStats};
+///
+/// struct EveryBuy;
+///
+/// impl Detector for EveryBuy {
+///     type State = ();
+///     fn observe(&self, _: &mut (), event: &Event, _: &GroupMap, alerts: &mut Vec<Alert>) {
+///         if event.behavior == Behavior::Buy {
+///             alerts.push(Alert {
+///                 user: event.user.clone(),
+///                 kind: AlertKind::Anomaly,
+///                 ts: event.ts_secs(),
+///                 onset_ts: event.ts_secs(),
+///                 score: 1.0,
+///                 from: Vec::new(),
+///                 to: Vec::new(),
+///                 signals: Vec::new(),
+///                 events_since_onset: 1,
+///                 segment_before: None,
+///                 segment_after: None,
+///             });
+///         }
+///     }
+/// }
+///
+/// let view = |user: u64, category: u64, ts_ms: i64| Event {
+///     ts_ms,
+///     user: Id::from(user),
+///     category: Id::from(category),
+///     item: Id::from(category * 100),
+///     behavior: Behavior::View,
+///     topic: None,
+///     price: None,
+///     brand: None,
+///     dwell_ms: None,
+///     session: None,
+///     line: 0,
+/// };
+/// let (alerts, stats) = timely::execute_directly(move |worker| {
+///     let stats = Rc::new(RefCell::new(DetectStats::default()));
+///     let alerts = Rc::new(RefCell::new(Vec::new()));
+///     let (counts, seen) = (stats.clone(), alerts.clone());
+///     worker.dataflow::<u64, _, _>(move |scope| {
+///         let buy = Event { behavior: Behavior::Buy, ..view(2, 7, 9_000) };
+///         let events = vec![view(1, 5, 1_000), buy, view(2, 7, 3_000)].to_stream(scope);
+///         let deltas = session_cooccurrence(events.clone(), 3_600_000, 1_800_000);
+///         let population = population_groups(deltas, GroupConfig::default());
+///         detect_shifts(events, population, EveryBuy, 3_600_000, counts)
+///             .inspect(move |alert| seen.borrow_mut().push(alert.clone()));
+///     });
+///     while worker.step() {}
+///     let alerts = alerts.borrow().clone();
+///     let stats = stats.borrow().clone();
+///     (alerts, stats)
+/// });
+/// assert_eq!(alerts.len(), 1);
+/// assert_eq!(alerts[0].user, Id::from(2u64));
+/// assert_eq!(stats.users, 2);
+/// assert_eq!(stats.events, 3);
+/// ```
 pub fn detect_shifts<'scope, D: Detector>(
     events: StreamVec<'scope, u64, Event>,
     population: StreamVec<'scope, u64, PopulationInfo>,

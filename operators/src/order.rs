@@ -21,6 +21,45 @@ use crate::release::ReleaseBuffer;
 ///
 /// Event timestamps are Unix milliseconds, and each record travels at a timely time at or
 /// below its own `ts_ms`.
+///
+/// # Examples
+///
+/// ```
+/// use std::cell::{Cell, RefCell};
+/// use std::rc::Rc;
+/// use timely::dataflow::operators::{Inspect, ToStream};
+/// use veer_models::{Behavior, Event, Id};
+/// use veer_operators::order_by_event_time;
+///
+/// let view = |user: u64, category: u64, ts_ms: i64| Event {
+///     ts_ms,
+///     user: Id::from(user),
+///     category: Id::from(category),
+///     item: Id::from(category * 100),
+///     behavior: Behavior::View,
+///     topic: None,
+///     price: None,
+///     brand: None,
+///     dwell_ms: None,
+///     session: None,
+///     line: 0,
+/// };
+/// let (times, dropped) = timely::execute_directly(move |worker| {
+///     let duplicates = Rc::new(Cell::new(0));
+///     let times = Rc::new(RefCell::new(Vec::new()));
+///     let (counter, seen) = (duplicates.clone(), times.clone());
+///     worker.dataflow::<u64, _, _>(move |scope| {
+///         let events = vec![view(1, 5, 2_000), view(1, 5, 1_000), view(1, 5, 1_000)];
+///         order_by_event_time(events.to_stream(scope), counter)
+///             .inspect(move |event| seen.borrow_mut().push(event.ts_ms));
+///     });
+///     while worker.step() {}
+///     let times = times.borrow().clone();
+///     (times, duplicates.get())
+/// });
+/// assert_eq!(times, vec![1_000, 2_000]);
+/// assert_eq!(dropped, 1);
+/// ```
 pub fn order_by_event_time<'scope>(
     events: StreamVec<'scope, u64, Event>,
     duplicates: Rc<Cell<u64>>,

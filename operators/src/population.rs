@@ -18,6 +18,14 @@ use veer_models::{Event, GroupConfig, Id, PopulationDelta, PopulationInfo, Popul
 use crate::capability::HeldCapability;
 
 /// Returns the exclusive end, in milliseconds, of the window that contains `ts_ms`.
+///
+/// # Examples
+///
+/// ```
+/// use veer_operators::window_end;
+/// assert_eq!(window_end(0, 3_600_000), 3_600_000);
+/// assert_eq!(window_end(3_600_000, 3_600_000), 7_200_000);
+/// ```
 pub fn window_end(ts_ms: u64, window_ms: u64) -> u64 {
     (ts_ms / window_ms + 1) * window_ms
 }
@@ -27,6 +35,52 @@ pub fn window_end(ts_ms: u64, window_ms: u64) -> u64 {
 /// Expects each user's events in time order on one worker, as [`crate::order_by_event_time`]
 /// releases them. A session ends after `session_gap_ms` without events or when the input's
 /// session id changes.
+///
+/// # Examples
+///
+/// Four users who visit categories 10 and 11 in one session each: after the first hourly
+/// window, 11 belongs to the group of 10.
+///
+/// ```
+/// use std::cell::RefCell;
+/// use std::rc::Rc;
+/// use timely::dataflow::operators::{Inspect, ToStream};
+/// use veer_models::{Behavior, Event, GroupConfig, Id};
+/// use veer_operators::{population_groups, session_cooccurrence};
+///
+/// let view = |user: u64, category: u64, ts_ms: i64| Event {
+///     ts_ms,
+///     user: Id::from(user),
+///     category: Id::from(category),
+///     item: Id::from(category * 100),
+///     behavior: Behavior::View,
+///     topic: None,
+///     price: None,
+///     brand: None,
+///     dwell_ms: None,
+///     session: None,
+///     line: 0,
+/// };
+/// let infos = timely::execute_directly(move |worker| {
+///     let infos = Rc::new(RefCell::new(Vec::new()));
+///     let seen = infos.clone();
+///     worker.dataflow::<u64, _, _>(move |scope| {
+///         let events: Vec<Event> = (1..=4)
+///             .flat_map(|user| [view(user, 10, 1_000), view(user, 11, 2_000)])
+///             .collect();
+///         let deltas = session_cooccurrence(events.to_stream(scope), 3_600_000, 1_800_000);
+///         population_groups(deltas, GroupConfig::default())
+///             .inspect(move |info| seen.borrow_mut().push(info.clone()));
+///     });
+///     while worker.step() {}
+///     let infos = infos.borrow().clone();
+///     infos
+/// });
+/// assert_eq!(infos.len(), 1);
+/// assert_eq!(infos[0].window_end, 3_600_000);
+/// let groups = infos[0].groups.as_ref().expect("the first window sets the groups");
+/// assert!(groups.contains(&(Id::from(11u64), Id::from(10u64))));
+/// ```
 pub fn session_cooccurrence<'scope>(
     events: StreamVec<'scope, u64, Event>,
     window_ms: u64,
@@ -69,6 +123,53 @@ pub fn session_cooccurrence<'scope>(
 
 /// Sums every worker's window counts on worker 0 and emits the groups and trends after each
 /// window, at the window's end time.
+///
+/// # Examples
+///
+/// Four users who visit categories 10 and 11 in one session each: after the first hourly
+/// window, 11 belongs to the group of 10.
+///
+/// ```
+/// use std::cell::RefCell;
+/// use std::rc::Rc;
+/// use timely::dataflow::operators::{Inspect, ToStream};
+/// use veer_models::{Behavior, Event, GroupConfig, Id};
+/// use veer_operators::{population_groups, session_cooccurrence};
+///
+/// let view = |user: u64, category: u64, ts_ms: i64| Event {
+///     ts_ms,
+///     user: Id::from(user),
+///     category: Id::from(category),
+///     item: Id::from(category * 100),
+///     behavior: Behavior::View,
+///     topic: None,
+///     price: None,
+///     brand: None,
+///     dwell_ms: None,
+///     session: None,
+///     line: 0,
+/// };
+/// let infos = timely::execute_directly(move |worker| {
+///     let infos = Rc::new(RefCell::new(Vec::new()));
+///     let seen = infos.clone();
+///     worker.dataflow::<u64, _, _>(move |scope| {
+///         let events: Vec<Event> = (1..=4)
+///             .flat_map(|user| [view(user, 10, 1_000), view(user, 11, 2_000)])
+///             .collect();
+///         let deltas = session_cooccurrence(events.to_stream(scope), 3_600_000, 1_800_000);
+///         population_groups(deltas, GroupConfig::default())
+///             .inspect(move |info| seen.borrow_mut().push(info.clone()));
+///     });
+///     while worker.step() {}
+///     let infos = infos.borrow().clone();
+///     infos
+/// });
+/// assert_eq!(infos.len(), 1);
+/// assert_eq!(infos[0].window_end, 3_600_000);
+/// let groups = infos[0].groups.as_ref().expect("the first window sets the groups");
+/// assert!(groups.contains(&(Id::from(11u64), Id::from(10u64))));
+/// assert!(infos[0].trending.is_empty(), "one window sets no trend");
+/// ```
 pub fn population_groups<'scope>(
     deltas: StreamVec<'scope, u64, PopulationDelta>,
     config: GroupConfig,

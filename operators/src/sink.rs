@@ -25,6 +25,58 @@ pub type AlertCounter = std::rc::Rc<std::cell::RefCell<AlertTally>>;
 /// Alerts of one event-time second are written once the frontier has passed that second, so
 /// the file's bytes do not depend on the number of workers. `writer` is only used on worker 0;
 /// other workers may pass `None`. A write error is logged and counted, and the run goes on.
+///
+/// # Examples
+///
+/// ```
+/// use std::cell::RefCell;
+/// use std::io::Write;
+/// use std::rc::Rc;
+/// use timely::dataflow::operators::ToStream;
+/// use veer_models::{Alert, AlertKind, Id};
+/// use veer_operators::{write_alerts, AlertCounter};
+///
+/// /// A writer whose bytes the test can read after the run.
+/// struct Shared(Rc<RefCell<Vec<u8>>>);
+///
+/// impl Write for Shared {
+///     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+///         self.0.borrow_mut().extend_from_slice(bytes);
+///         Ok(bytes.len())
+///     }
+///     fn flush(&mut self) -> std::io::Result<()> {
+///         Ok(())
+///     }
+/// }
+///
+/// let alert = |user: u64, ts: i64| Alert {
+///     user: Id::from(user),
+///     kind: AlertKind::InterestShift,
+///     ts,
+///     onset_ts: ts - 60,
+///     score: 0.9,
+///     from: Vec::new(),
+///     to: Vec::new(),
+///     signals: Vec::new(),
+///     events_since_onset: 3,
+///     segment_before: None,
+///     segment_after: None,
+/// };
+/// let text = timely::execute_directly(move |worker| {
+///     let bytes = Rc::new(RefCell::new(Vec::new()));
+///     let writer = Shared(bytes.clone());
+///     let counter = AlertCounter::default();
+///     worker.dataflow::<u64, _, _>(move |scope| {
+///         let alerts = vec![alert(9, 20), alert(3, 20), alert(5, 10)].to_stream(scope);
+///         write_alerts(alerts, Some(Box::new(writer)), counter);
+///     });
+///     while worker.step() {}
+///     let text = String::from_utf8(bytes.borrow().clone()).unwrap();
+///     text
+/// });
+/// let ids: Vec<&str> = text.lines().map(|line| &line[13..line.find("\",\"user").unwrap()]).collect();
+/// assert_eq!(ids, ["5-10-interest_shift", "3-20-interest_shift", "9-20-interest_shift"]);
+/// ```
 pub fn write_alerts<'scope>(
     alerts: StreamVec<'scope, u64, Alert>,
     mut writer: Option<Box<dyn Write>>,

@@ -110,6 +110,7 @@ impl FromStr for Format {
 pub struct BadRecord {
     /// 1-based physical line number.
     pub line: u64,
+    /// Why the line was rejected, for the dead-letter record.
     pub reason: String,
     /// The line as text, cut to at most [`MAX_RAW_BYTES`] bytes, with invalid UTF-8 replaced
     /// by U+FFFD.
@@ -139,9 +140,11 @@ impl BadRecord {
 /// The result of parsing one line.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Parsed {
+    /// A valid event.
     Event(Event),
     /// A blank line, or a header line of a format that has one.
     Skip,
+    /// A line that is not a valid event.
     Bad(BadRecord),
 }
 
@@ -200,23 +203,42 @@ pub struct SourceOptions {
 /// An error that stops reading an input before it starts.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// `--format` names no known format.
     #[error("unknown input format {name:?}; use one of jsonl, taobao, retailrocket, rees46")]
-    UnknownFormat { name: String },
+    UnknownFormat {
+        /// The name given.
+        name: String,
+    },
 
+    /// `--missing-category` names no known policy.
     #[error("unknown missing-category policy {name:?}; use bad or item")]
-    UnknownMissingCategory { name: String },
+    UnknownMissingCategory {
+        /// The name given.
+        name: String,
+    },
 
+    /// An input could not be opened or read.
     #[error("failed to read {}: {source}; check that the file exists and is readable", path.display())]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The input's path.
+        path: PathBuf,
+        /// The operating system's error.
+        source: io::Error,
+    },
 
+    /// The first line is not the header the format requires.
     #[error(
         "{}: line 1 is {found:?}, expected the header {expected:?}; {hint}",
         path.display()
     )]
     InvalidHeader {
+        /// The input's path.
         path: PathBuf,
+        /// The first line as read.
         found: String,
+        /// The header the format requires.
         expected: &'static str,
+        /// What to do about it.
         hint: &'static str,
     },
 
@@ -225,7 +247,11 @@ pub enum SourceError {
          --missing-category bad needs them; pass --item-properties FILE or use \
          --missing-category item"
     )]
-    NoItemProperties { location: String },
+    /// RetailRocket events need item properties that were not found.
+    NoItemProperties {
+        /// Where they were looked for.
+        location: String,
+    },
 }
 
 /// Opens a file, or stdin for `-`, and decodes it when it is gzip.

@@ -20,8 +20,8 @@
 //! inputs. Where data cannot support a setting (fewer distinct rows than segments, fewer rows
 //! than a sample size), the fit lowers it and returns a [`FitWarning`] instead of failing.
 //!
-//! NOTE: the streaming job does not build windows or call these models yet. They are reached
-//! only through this API.
+//! NOTE: `veer run --models` fits and scores these models in a single-threaded pass after the
+//! dataflow (`veer::replay::replay_with_models`), not yet in a dataflow operator.
 
 mod anomaly;
 mod error;

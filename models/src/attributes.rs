@@ -1,0 +1,352 @@
+//! The user attribute table: age, gender, region and other columns per user.
+//!
+//! [`AttributeTable::parse`] reads a CSV file with a header line or JSON lines. The `user`
+//! column is required. `age` is an integer or a band such as `25-34`, and `gender` and
+//! `region` are text. Any other column is kept as text, so `vip_level` `0` stays the text
+//! `"0"`. An empty or `null` value is unknown. A user without a row has no attributes at all,
+//! which [`AttributeTable::get`] returns as `None`, never as filled-in defaults.
+//!
+//! Problems in single rows are not fatal: a later row for the same user replaces the earlier
+//! one, and a value that cannot be read (an age of `abc`) is unknown. Both are listed in the
+//! [`LoadReport`] with their line numbers, for the log.
+//!
+//! NOTE: the table is parsed and tested here, but `veer run` does not read it or join it into
+//! profiles yet.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::alert::id_from_json;
+use crate::event::Id;
+
+/// A user's age: whole years, or a band of years with both ends included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Age {
+    Years(u32),
+    Band { low: u32, high: u32 },
+}
+
+impl Age {
+    /// Parses `31` or `25-34`, returning `None` for anything else.
+    pub fn parse(text: &str) -> Option<Age> {
+        let text = text.trim();
+        if let Some((low, high)) = text.split_once('-') {
+            let low: u32 = low.trim().parse().ok()?;
+            let high: u32 = high.trim().parse().ok()?;
+            return (low <= high).then_some(Age::Band { low, high });
+        }
+        text.parse().ok().map(Age::Years)
+    }
+
+    /// Returns the age in years, or the middle of a band, as a model feature.
+    pub fn years(self) -> f64 {
+        match self {
+            Age::Years(years) => f64::from(years),
+            Age::Band { low, high } => (f64::from(low) + f64::from(high)) / 2.0,
+        }
+    }
+}
+
+/// The attributes of one user's row. `None` and absent keys are unknown.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserAttributes {
+    pub age: Option<Age>,
+    pub gender: Option<String>,
+    pub region: Option<String>,
+    /// Every other column with a value, as text.
+    pub other: BTreeMap<String, String>,
+}
+
+/// A user whose row appears more than once. The row on `later_line` is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DuplicateUser {
+    pub user: Id,
+    pub earlier_line: u64,
+    pub later_line: u64,
+}
+
+/// A value that could not be read and is treated as unknown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidValue {
+    pub line: u64,
+    pub column: String,
+    pub value: String,
+}
+
+/// Counts and problems of one load, for the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Data rows read (not counting the header or blank lines).
+    pub rows: u64,
+    pub duplicates: Vec<DuplicateUser>,
+    pub invalid: Vec<InvalidValue>,
+}
+
+/// A table that cannot be read at all.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AttributeError {
+    #[error("missing `user` column in the attribute table header")]
+    MissingUserColumn,
+    #[error("line {line}: {detail}")]
+    InvalidLine { line: u64, detail: String },
+}
+
+/// Attributes by user.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AttributeTable {
+    users: BTreeMap<Id, UserAttributes>,
+}
+
+impl AttributeTable {
+    /// Parses a whole table, CSV with a header or JSON lines (detected from the first
+    /// non-blank character, `{` for JSON).
+    pub fn parse(text: &str) -> Result<(AttributeTable, LoadReport), AttributeError> {
+        let json = text.trim_start().starts_with('{');
+        let mut table = AttributeTable::default();
+        let mut report = LoadReport::default();
+        let mut lines_of: BTreeMap<Id, u64> = BTreeMap::new();
+        let mut header: Option<Vec<String>> = None;
+        for (index, line) in text.lines().enumerate() {
+            let number = index as u64 + 1;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let fields: Vec<(String, Option<String>)> = if json {
+                json_fields(line, number)?
+            } else if let Some(names) = &header {
+                let values = split_csv(line);
+                names
+                    .iter()
+                    .cloned()
+                    .zip(values.into_iter().map(Some).chain(std::iter::repeat(None)))
+                    .collect()
+            } else {
+                let names: Vec<String> = split_csv(line)
+                    .iter()
+                    .map(|name| name.trim().to_string())
+                    .collect();
+                if !names.iter().any(|name| name == "user") {
+                    return Err(AttributeError::MissingUserColumn);
+                }
+                header = Some(names);
+                continue;
+            };
+            report.rows += 1;
+            let (user, attributes) = read_row(fields, number, &mut report)?;
+            if let Some(earlier_line) = lines_of.insert(user.clone(), number) {
+                report.duplicates.push(DuplicateUser {
+                    user: user.clone(),
+                    earlier_line,
+                    later_line: number,
+                });
+            }
+            table.users.insert(user, attributes);
+        }
+        Ok((table, report))
+    }
+
+    /// Returns a user's attributes, or `None` when the table has no row for the user.
+    pub fn get(&self, user: &Id) -> Option<&UserAttributes> {
+        self.users.get(user)
+    }
+
+    /// Returns the number of users with a row.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Returns whether no user has a row.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+fn read_row(
+    fields: Vec<(String, Option<String>)>,
+    line: u64,
+    report: &mut LoadReport,
+) -> Result<(Id, UserAttributes), AttributeError> {
+    let mut user = None;
+    let mut attributes = UserAttributes::default();
+    for (column, value) in fields {
+        let Some(value) = value.map(|value| value.trim().to_string()) else {
+            continue;
+        };
+        if value.is_empty() {
+            continue;
+        }
+        match column.as_str() {
+            "user" => user = Some(Id::from_field(&value)),
+            "age" => match Age::parse(&value) {
+                Some(age) => attributes.age = Some(age),
+                None => report.invalid.push(InvalidValue {
+                    line,
+                    column,
+                    value,
+                }),
+            },
+            "gender" => attributes.gender = Some(value),
+            "region" => attributes.region = Some(value),
+            _ => {
+                attributes.other.insert(column, value);
+            }
+        }
+    }
+    let user = user.ok_or_else(|| AttributeError::InvalidLine {
+        line,
+        detail: "missing user id".into(),
+    })?;
+    Ok((user, attributes))
+}
+
+/// Returns the fields of one JSON object line. Numbers become their text and `null` unknown.
+fn json_fields(line: &str, number: u64) -> Result<Vec<(String, Option<String>)>, AttributeError> {
+    let value: Value = serde_json::from_str(line).map_err(|error| AttributeError::InvalidLine {
+        line: number,
+        detail: format!("invalid JSON: {error}"),
+    })?;
+    let Value::Object(object) = value else {
+        return Err(AttributeError::InvalidLine {
+            line: number,
+            detail: "expected a JSON object".into(),
+        });
+    };
+    let mut fields = Vec::with_capacity(object.len());
+    for (key, value) in object {
+        let text = match &value {
+            Value::Null => None,
+            Value::String(text) => Some(text.clone()),
+            _ if key == "user" => id_from_json(&value).map(|id| id.to_string()),
+            other => Some(other.to_string()),
+        };
+        fields.push((key, text));
+    }
+    Ok(fields)
+}
+
+/// Splits one CSV line at commas outside double quotes, with `""` as an escaped quote.
+fn split_csv(line: &str) -> Vec<String> {
+    let mut fields = Vec::new();
+    let mut current = String::new();
+    let mut quoted = false;
+    let mut characters = line.trim_end_matches('\r').chars().peekable();
+    while let Some(character) = characters.next() {
+        match character {
+            '"' if quoted && characters.peek() == Some(&'"') => {
+                current.push('"');
+                characters.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(std::mem::take(&mut current)),
+            _ => current.push(character),
+        }
+    }
+    fields.push(current);
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VERSION_ONE: &str = "user,age,gender,region,vip_level\n\
+        2401,25-34,F,east,2\n\
+        2402,31,M,north,1\n\
+        2402,45,M,north,3\n\
+        2403,,,,\n\
+        2405,abc,M,south,\n\
+        2407,52,F,west,0\n";
+
+    #[test]
+    fn csv_table_loads_with_report() {
+        let (table, report) = AttributeTable::parse(VERSION_ONE).unwrap();
+        assert_eq!(report.rows, 6);
+        assert_eq!(table.len(), 5);
+        assert_eq!(
+            report.duplicates,
+            vec![DuplicateUser {
+                user: Id::from(2402u64),
+                earlier_line: 3,
+                later_line: 4
+            }]
+        );
+        assert_eq!(report.invalid.len(), 1);
+        assert_eq!(report.invalid[0].line, 6);
+        assert_eq!(report.invalid[0].column, "age");
+    }
+
+    #[test]
+    fn later_duplicate_row_wins() {
+        let (table, _) = AttributeTable::parse(VERSION_ONE).unwrap();
+        let user = table.get(&Id::from(2402u64)).unwrap();
+        assert_eq!(user.age, Some(Age::Years(45)));
+        assert_eq!(user.other["vip_level"], "3");
+    }
+
+    #[test]
+    fn missing_values_stay_unknown() {
+        let (table, _) = AttributeTable::parse(VERSION_ONE).unwrap();
+        let empty = table.get(&Id::from(2403u64)).unwrap();
+        assert_eq!(empty, &UserAttributes::default());
+        assert!(
+            table.get(&Id::from(2404u64)).is_none(),
+            "no row means no attributes"
+        );
+        let invalid_age = table.get(&Id::from(2405u64)).unwrap();
+        assert_eq!(invalid_age.age, None);
+        assert_eq!(invalid_age.gender.as_deref(), Some("M"));
+        assert!(!invalid_age.other.contains_key("vip_level"));
+        let zero = table.get(&Id::from(2407u64)).unwrap();
+        assert_eq!(zero.other["vip_level"], "0", "a zero is a real value");
+    }
+
+    #[test]
+    fn age_bands_and_years_parse() {
+        assert_eq!(Age::parse("25-34"), Some(Age::Band { low: 25, high: 34 }));
+        assert_eq!(Age::parse("31"), Some(Age::Years(31)));
+        assert_eq!(Age::parse("34-25"), None);
+        assert_eq!(Age::parse("abc"), None);
+        assert_eq!(Age::Band { low: 25, high: 34 }.years(), 29.5);
+    }
+
+    #[test]
+    fn json_lines_table_loads() {
+        let text = "{\"user\":1,\"age\":19,\"gender\":\"F\",\"region\":null,\"vip_level\":1}\n\
+                    {\"user\":\"u2\",\"segment_hint\":\"a,b\"}\n";
+        let (table, report) = AttributeTable::parse(text).unwrap();
+        assert_eq!(report.rows, 2);
+        let first = table.get(&Id::from(1u64)).unwrap();
+        assert_eq!(first.age, Some(Age::Years(19)));
+        assert_eq!(first.region, None);
+        assert_eq!(first.other["vip_level"], "1");
+        let second = table.get(&Id::Text("u2".into())).unwrap();
+        assert_eq!(second.other["segment_hint"], "a,b");
+    }
+
+    #[test]
+    fn quoted_csv_fields_keep_commas() {
+        let text = "user,region\n7,\"north, coast\"\n";
+        let (table, _) = AttributeTable::parse(text).unwrap();
+        let user = table.get(&Id::from(7u64)).unwrap();
+        assert_eq!(user.region.as_deref(), Some("north, coast"));
+    }
+
+    #[test]
+    fn header_without_user_is_rejected() {
+        let error = AttributeTable::parse("id,age\n1,30\n").unwrap_err();
+        assert_eq!(error, AttributeError::MissingUserColumn);
+    }
+
+    #[test]
+    fn row_without_user_is_rejected() {
+        let error = AttributeTable::parse("user,age\n,30\n").unwrap_err();
+        assert_eq!(
+            error,
+            AttributeError::InvalidLine {
+                line: 2,
+                detail: "missing user id".into()
+            }
+        );
+    }
+}

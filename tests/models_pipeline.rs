@@ -1,0 +1,136 @@
+//! `veer run --models`: models fitted on a bootstrap period and fused with the detector.
+
+mod common;
+
+use common::{arg, generate_stream, run_veer, shared};
+
+/// Fails when a numeric field of an alert line is NaN, infinite or null.
+fn assert_finite_numbers(alerts_text: &str) {
+    assert!(!alerts_text.contains("NaN"), "NaN in {alerts_text}");
+    assert!(!alerts_text.contains("inf"), "infinity in {alerts_text}");
+    assert!(!alerts_text.contains("null"), "null in {alerts_text}");
+}
+
+#[test]
+fn models_same_for_one_and_two_workers() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let (events, _) = generate_stream(folder.path(), 300, 6, 11);
+    let one = run_veer(&["--input", arg(&events), "--models", "--workers", "1"]);
+    let two = run_veer(&["--input", arg(&events), "--models", "--workers", "2"]);
+    assert_eq!(one.status, 0, "{}", one.stderr);
+    assert_eq!(two.status, 0, "{}", two.stderr);
+    assert!(!one.alerts.is_empty(), "the stream raises alerts");
+    assert_eq!(one.alerts_text, two.alerts_text);
+    assert_finite_numbers(&one.alerts_text);
+}
+
+#[test]
+fn models_annotate_later_shift_alerts() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let (events, _) = generate_stream(folder.path(), 300, 6, 11);
+    let run = run_veer(&["--input", arg(&events), "--models"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let annotated: Vec<_> = run
+        .alerts
+        .iter()
+        .filter(|alert| alert["kind"] == "interest_shift")
+        .filter(|alert| alert.get("segment_after").is_some())
+        .collect();
+    assert!(
+        !annotated.is_empty(),
+        "no shift alert carries model signals"
+    );
+    for alert in annotated {
+        assert!(alert["signals"]["cusum"].is_number());
+        assert!(alert["signals"]["isolation_forest"].is_number());
+        assert!(alert["signals"]["one_class_svm"].is_number());
+    }
+}
+
+#[test]
+fn models_off_keeps_contract_fields() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let (events, _) = generate_stream(folder.path(), 200, 5, 3);
+    let run = run_veer(&["--input", arg(&events)]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    for alert in &run.alerts {
+        assert!(alert.get("segment_before").is_none());
+        assert!(alert.get("segment_after").is_none());
+        assert!(alert["signals"].get("isolation_forest").is_none());
+    }
+}
+
+/// Degenerate populations: two users with identical events, one constant user, one user
+/// alone, and no events at all.
+#[test]
+fn degenerate_model_inputs_raise_nothing() {
+    let cases = ["input.jsonl", "input-one-user.jsonl", "input-empty.jsonl"];
+    for name in cases {
+        let input = shared(&format!("cases/13-degenerate-model-inputs/{name}"));
+        let one = run_veer(&["--input", arg(&input), "--models", "--workers", "1"]);
+        let four = run_veer(&["--input", arg(&input), "--models", "--workers", "4"]);
+        assert_eq!(one.status, 0, "{name}: {}", one.stderr);
+        assert_eq!(four.status, 0, "{name}: {}", four.stderr);
+        assert!(!one.stderr.contains("panicked"), "{name}: {}", one.stderr);
+        assert_eq!(one.alerts_text, "", "{name}: alerts raised");
+        assert_eq!(one.alerts_text, four.alerts_text, "{name}: workers differ");
+        assert_finite_numbers(&one.alerts_text);
+    }
+}
+
+#[test]
+fn degenerate_inputs_warn_on_reduced_settings() {
+    let input = shared("cases/13-degenerate-model-inputs/input.jsonl");
+    let run = run_veer(&["--input", arg(&input), "--models"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("reduced"), "no warning: {}", run.stderr);
+}
+
+#[test]
+fn empty_input_writes_empty_alert_file() {
+    let input = shared("cases/13-degenerate-model-inputs/input-empty.jsonl");
+    let run = run_veer(&["--input", arg(&input), "--models"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.summary_count("events"), 0);
+    assert_eq!(run.alerts_text, "");
+}
+
+/// Prints the interest predictors' held-out error on the generated stream and the Taobao
+/// sample, for the benchmark page: `cargo test --release --test models_pipeline -- --ignored
+/// --nocapture`.
+#[test]
+#[ignore = "measurement for BENCHMARKS.md, about a minute"]
+fn interest_prediction_on_held_out_windows() {
+    use veer::generate::{generate, GenerateConfig};
+    use veer::replay::{evaluate_interest, ModelRunSettings, ReplaySettings};
+
+    let settings = ReplaySettings {
+        window_ms: 3_600_000,
+        ..Default::default()
+    };
+    let generated = generate(&GenerateConfig::default()).events;
+    let taobao_path = shared("data/taobao_ub_usersorted/UserBehavior.csv");
+    let (taobao, _) = veer::ingest::read_events(
+        vec![taobao_path.to_string_lossy().into_owned()],
+        Default::default(),
+    )
+    .expect("the Taobao sample reads");
+    for (name, events) in [("generated", generated), ("taobao", taobao)] {
+        let evaluations = evaluate_interest(&events, &settings, &ModelRunSettings::default())
+            .expect("the models fit");
+        for (predictor, evaluation) in evaluations {
+            println!(
+                "{name} {predictor:?}: windows {} mean absolute error {:.4} mean surprise {:.4}",
+                evaluation.windows, evaluation.mean_absolute_error, evaluation.mean_surprise
+            );
+        }
+    }
+}
+
+#[test]
+fn models_with_baseline_detector_rejected() {
+    let input = shared("cases/13-degenerate-model-inputs/input-one-user.jsonl");
+    let run = run_veer(&["--input", arg(&input), "--models", "--detector", "baseline"]);
+    assert_ne!(run.status, 0);
+    assert!(run.stderr.contains("--models"), "{}", run.stderr);
+}
