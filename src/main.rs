@@ -267,11 +267,19 @@ struct EvalArgs {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, end quietly when the reader of standard output goes
+    // away (`veer run | head`), instead of failing on the broken pipe.
+    #[cfg(unix)]
+    // SAFETY: restoring the default action of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("VEER_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let cli = Cli::parse();
@@ -297,7 +305,52 @@ fn duration_arg(name: &str, text: &str) -> anyhow::Result<std::time::Duration> {
     parse_duration(text).map_err(|message| anyhow::anyhow!("--{name}: {message}"))
 }
 
+/// Rejects an output path that is also an input or another output, because creating the
+/// output would empty the other file before it is read.
+fn check_distinct_paths(inputs: &[String], outputs: &[(&str, &Path)]) -> anyhow::Result<()> {
+    // A path that does not exist yet is resolved through its folder.
+    let canonical = |path: &Path| {
+        std::fs::canonicalize(path).ok().or_else(|| {
+            let folder = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => Path::new("."),
+            };
+            Some(std::fs::canonicalize(folder).ok()?.join(path.file_name()?))
+        })
+    };
+    for (index, (name, output)) in outputs.iter().enumerate() {
+        let Some(output_path) = canonical(output) else {
+            continue;
+        };
+        for input in inputs.iter().filter(|input| input.as_str() != "-") {
+            if canonical(Path::new(input)).as_ref() == Some(&output_path) {
+                anyhow::bail!(
+                    "--{name} {} is also an input; choose another path so the input is not overwritten",
+                    output.display()
+                );
+            }
+        }
+        for (other_name, other) in &outputs[index + 1..] {
+            if canonical(other).as_ref() == Some(&output_path) {
+                anyhow::bail!(
+                    "--{name} and --{other_name} are the same file {}; choose two paths",
+                    output.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut outputs: Vec<(&str, &Path)> = Vec::new();
+    if let Some(path) = args.alerts.as_deref().filter(|path| *path != "-") {
+        outputs.push(("alerts", Path::new(path)));
+    }
+    if let Some(path) = &args.dead_letter {
+        outputs.push(("dead-letter", path.as_path()));
+    }
+    check_distinct_paths(&args.input.inputs, &outputs)?;
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -447,6 +500,10 @@ fn generate_files(args: GenerateArgs) -> anyhow::Result<()> {
         harder: args.harder,
         ..GenerateConfig::default()
     };
+    check_distinct_paths(
+        &[],
+        &[("out", args.out.as_path()), ("truth", args.truth.as_path())],
+    )?;
     let started = std::time::Instant::now();
     let stream = generate::generate(&config);
     let format = match args.format {
@@ -490,7 +547,10 @@ fn eval_files(args: EvalArgs) -> anyhow::Result<()> {
                 format: args.format.map(Format::from),
                 ..SourceOptions::default()
             };
-            let (events, _) = veer::ingest::read_events(vec![path.clone()], options)?;
+            let (mut events, _) = veer::ingest::read_events(vec![path.clone()], options)?;
+            // Exact duplicates are dropped by `veer run`, so they are not events of the user.
+            events.sort_by(veer_models::Event::processing_cmp);
+            events.dedup_by(|later, earlier| later.same_content(earlier));
             Some(
                 events
                     .iter()

@@ -203,6 +203,12 @@ fn run_job(
     models: Option<crate::replay::ModelRunSettings>,
 ) -> anyhow::Result<RunSummary> {
     settings.detector_config.validate()?;
+    if settings.window < Duration::from_secs(60) {
+        anyhow::bail!(
+            "invalid window {:?}: population windows must be at least 1m, because groups are rebuilt after each one",
+            settings.window
+        );
+    }
     if settings.workers == 0 {
         anyhow::bail!("invalid --workers 0: at least one worker thread is needed");
     }
@@ -227,6 +233,10 @@ fn run_job(
             .join(","),
         EventSource::Memory(_) => "<generated>".to_string(),
     };
+    let input_bytes = match &settings.source {
+        EventSource::Inputs { paths, .. } => crate::progress::Progress::plain_size(paths),
+        EventSource::Memory(_) => None,
+    };
     let feed = match settings.source {
         EventSource::Inputs { paths, options } => Feed::Reader(ingest::spawn_reader(
             paths,
@@ -241,6 +251,7 @@ fn run_job(
         alert_writer: Mutex::new(alert_writer),
         dead_letter,
         input_label,
+        input_bytes,
         order: settings.order,
         out_of_orderness_ms: settings.out_of_orderness.as_millis() as i64,
         max_future_skew_ms: settings.max_future_skew.as_millis() as i64,
@@ -329,6 +340,8 @@ struct Shared {
     dead_letter: DeadLetter,
     /// Input names for late records, which no longer know their file.
     input_label: String,
+    /// Total size of the inputs when all are plain files, for the progress display.
+    input_bytes: Option<u64>,
     order: ReplayOrder,
     out_of_orderness_ms: i64,
     max_future_skew_ms: i64,
@@ -363,7 +376,10 @@ fn run_worker<D: Detector>(
 ) -> WorkerResult {
     let index = worker.index();
     let duplicates = Rc::new(Cell::new(0u64));
-    let stats = Rc::new(RefCell::new(DetectStats::default()));
+    let stats = Rc::new(RefCell::new(DetectStats {
+        timeline: shared.keep_alerts.then(Vec::new),
+        ..DetectStats::default()
+    }));
     let alert_counts: AlertCounter = Default::default();
     alert_counts.borrow_mut().keep = shared.keep_alerts;
     let writer: Option<Box<dyn Write>> = if index == 0 && !shared.keep_events {
@@ -406,18 +422,12 @@ fn run_worker<D: Detector>(
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         match feed {
-            Some(feed) => match feed_input(
-                worker,
-                &mut input,
-                &probe,
-                shared,
-                feed,
-                &mut result.timeline,
-                &mut result.events,
-            ) {
-                Ok(ingest) => result.ingest = Some(ingest),
-                Err(message) => result.error = Some(message),
-            },
+            Some(feed) => {
+                match feed_input(worker, &mut input, &probe, shared, feed, &mut result.events) {
+                    Ok(ingest) => result.ingest = Some(ingest),
+                    Err(message) => result.error = Some(message),
+                }
+            }
             None => result.error = Some("the input was already taken by another worker".into()),
         }
     }
@@ -426,6 +436,7 @@ fn run_worker<D: Detector>(
 
     result.duplicates = duplicates.get();
     result.stats = stats.borrow().clone();
+    result.timeline = result.stats.timeline.take().unwrap_or_default();
     let mut tally = alert_counts.borrow_mut();
     result.alerts = tally.by_kind.clone();
     result.kept_alerts = std::mem::take(&mut tally.kept);
@@ -443,18 +454,14 @@ fn feed_input(
     probe: &ProbeHandle<u64>,
     shared: &Shared,
     feed: Feed,
-    timeline: &mut Vec<(veer_models::Id, i64)>,
     kept_events: &mut Vec<Event>,
 ) -> Result<(LineCounts, bool), String> {
     let mut record = |event: &Event| {
-        if shared.keep_alerts {
-            timeline.push((event.user.clone(), event.ts_secs()));
-        }
         if shared.keep_events {
             kept_events.push(event.clone());
         }
     };
-    let progress = crate::progress::Progress::new(shared.progress);
+    let progress = crate::progress::Progress::new(shared.progress, shared.input_bytes);
     match feed {
         Feed::Memory(mut events) => {
             events.sort_by(Event::processing_cmp);

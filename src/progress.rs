@@ -11,16 +11,39 @@ pub struct Progress {
 
 impl Progress {
     /// Creates the display; `enabled` is the user's choice, and a terminal is required too.
-    pub fn new(enabled: bool) -> Progress {
+    ///
+    /// With `total_bytes` (plain files of known size) the reading phase shows a bar and an ETA;
+    /// without it (standard input, gzip), a spinner with the bytes and rate so far.
+    pub fn new(enabled: bool, total_bytes: Option<u64>) -> Progress {
         if !enabled || !std::io::stderr().is_terminal() {
             return Progress { bar: None };
         }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4));
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} reading {bytes} ({bytes_per_sec}) {elapsed}")
-                .expect("the template is valid"),
-        );
+        let bar = ProgressBar::with_draw_target(total_bytes, ProgressDrawTarget::stderr_with_hz(4));
+        let template = match total_bytes {
+            Some(_) => "{bar:30} reading {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})",
+            None => "{spinner} reading {bytes} ({bytes_per_sec}) {elapsed}",
+        };
+        bar.set_style(ProgressStyle::with_template(template).expect("the template is valid"));
         Progress { bar: Some(bar) }
+    }
+
+    /// Returns the total size of `paths` when every one is a plain file, so that its bytes
+    /// are the bytes read; `None` for standard input or a gzip file.
+    pub fn plain_size(paths: &[String]) -> Option<u64> {
+        let mut total = 0;
+        for path in paths {
+            if path == "-" {
+                return None;
+            }
+            let mut magic = [0u8; 2];
+            let mut file = std::fs::File::open(path).ok()?;
+            let read = std::io::Read::read(&mut file, &mut magic).ok()?;
+            if read == 2 && magic == [0x1f, 0x8b] {
+                return None;
+            }
+            total += file.metadata().ok()?.len();
+        }
+        Some(total)
     }
 
     /// Shows the bytes read so far.
@@ -57,5 +80,38 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn plain_size_counts_plain_files_only() {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let plain = folder.path().join("events.csv");
+        std::fs::write(&plain, b"1,2,3,pv,1511658000\n").expect("write");
+        let gzip = folder.path().join("events.csv.gz");
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder
+            .write_all(b"1,2,3,pv,1511658000\n")
+            .expect("compress");
+        std::fs::write(&gzip, encoder.finish().expect("compress")).expect("write");
+        let name = |path: &std::path::Path| path.to_str().expect("UTF-8 path").to_string();
+
+        assert_eq!(Progress::plain_size(&[name(&plain)]), Some(20));
+        assert_eq!(
+            Progress::plain_size(&[name(&plain), name(&plain)]),
+            Some(40)
+        );
+        assert_eq!(Progress::plain_size(&[name(&plain), name(&gzip)]), None);
+        assert_eq!(Progress::plain_size(&["-".to_string()]), None);
+        assert_eq!(
+            Progress::plain_size(&[name(&folder.path().join("missing"))]),
+            None
+        );
     }
 }

@@ -573,3 +573,46 @@ fn stdin_truth_scores_like_file() {
         "--format jsonl"
     );
 }
+
+#[test]
+fn output_over_input_rejected() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let input = folder.path().join("input.jsonl");
+    std::fs::copy(shared(CASE_ONE_SHIFT), &input).expect("copy the case");
+    let size = std::fs::metadata(&input).expect("input exists").len();
+
+    let run = run_veer_exact(&["run", "--input", arg(&input), "--alerts", arg(&input)]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("is also an input"), "{}", run.stderr);
+    assert_eq!(
+        std::fs::metadata(&input).expect("input exists").len(),
+        size,
+        "input kept"
+    );
+
+    let output = folder.path().join("out.jsonl");
+    let same = run_veer_exact(&[
+        "run",
+        "--input",
+        arg(&input),
+        "--alerts",
+        arg(&output),
+        "--dead-letter",
+        arg(&output),
+    ]);
+    assert_eq!(same.status, 2, "{}", same.stderr);
+    assert!(same.stderr.contains("are the same file"), "{}", same.stderr);
+}
+
+#[test]
+fn tiny_window_rejected() {
+    let run = run_veer_exact(&[
+        "run",
+        "--input",
+        arg(&shared(CASE_ONE_SHIFT)),
+        "--window",
+        "0s",
+    ]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("at least 1m"), "{}", run.stderr);
+}

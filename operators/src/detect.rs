@@ -23,6 +23,9 @@ pub struct DetectStats {
     pub users: u64,
     /// Group map updates applied.
     pub population_updates: u64,
+    /// User and time (Unix seconds) of every event fed to a detector, kept only when set
+    /// to `Some` before the run, for scoring delays in events.
+    pub timeline: Option<Vec<(Id, i64)>>,
 }
 
 /// Feeds each user's events to a detector and emits its alerts.
@@ -162,6 +165,9 @@ pub fn detect_shifts<'scope, D: Detector>(
                         stats.population_updates += 1;
                     }
                     stats.events += 1;
+                    if let Some(timeline) = &mut stats.timeline {
+                        timeline.push((event.user.clone(), event.ts_secs()));
+                    }
                     let state = users.entry(event.user.clone()).or_insert_with(|| {
                         stats.users += 1;
                         D::State::default()
