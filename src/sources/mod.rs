@@ -265,6 +265,7 @@ pub fn open_input(path: &str) -> io::Result<Box<dyn BufRead + Send>> {
     let file = File::open(path)
         .map_err(|error| io::Error::new(error.kind(), format!("cannot open {path}: {error}")))?;
     wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, file))
+        .map_err(|error| io::Error::new(error.kind(), format!("cannot read {path}: {error}")))
 }
 
 fn wrap_decoder<R: Read + Send + 'static>(
