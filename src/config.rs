@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use veer_models::{DetectorConfig, GroupConfig};
 
-/// How a file's events are replayed into the dataflow.
+/// Replay order of a file's events into the dataflow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReplayOrder {
@@ -19,7 +19,7 @@ pub enum ReplayOrder {
     Arrival,
 }
 
-/// Which per-user detector raises `interest_shift` alerts.
+/// Per-user detector that raises `interest_shift` alerts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum DetectorChoice {
@@ -43,7 +43,7 @@ pub struct TimeConfig {
     /// Length of the population windows (group learning and trends).
     #[serde(with = "duration_text")]
     pub window: Duration,
-    /// How a file is replayed.
+    /// Replay order of a file.
     pub order: ReplayOrder,
 }
 
@@ -118,7 +118,7 @@ impl ModelsConfig {
 pub struct RunFileConfig {
     /// Worker threads (`--workers`).
     pub workers: usize,
-    /// Which detector raises `interest_shift` alerts (`--detector`).
+    /// Detector that raises `interest_shift` alerts (`--detector`).
     pub detector: DetectorChoice,
     /// Dead-letter file for bad and late lines (`--dead-letter`).
     pub dead_letter: Option<PathBuf>,

@@ -56,7 +56,7 @@ pub enum EvalError {
     InvalidLine {
         /// 1-based line number.
         line: u64,
-        /// What is wrong with the line.
+        /// Description of the problem with the line.
         message: String,
     },
     /// The reader failed, for example on invalid UTF-8.
@@ -130,9 +130,17 @@ fn for_each_record(
 }
 
 fn parse_alert_line(line: &str) -> Result<ScoredAlert, String> {
+    parse_alert_fields(line).map(|(alert, _)| alert)
+}
+
+/// Parses one alert line into its required fields (`user`, `kind`, `ts`) and the whole JSON
+/// object, from which callers read the optional fields they need.
+pub fn parse_alert_fields(line: &str) -> Result<(ScoredAlert, Map<String, Value>), String> {
     let value: Value =
         serde_json::from_str(line).map_err(|error| format!("invalid JSON: {error}"))?;
-    let object = value.as_object().ok_or("not a JSON object")?;
+    let Value::Object(object) = value else {
+        return Err("not a JSON object".into());
+    };
 
     let user = object
         .get("user")
@@ -149,7 +157,7 @@ fn parse_alert_line(line: &str) -> Result<ScoredAlert, String> {
         .and_then(|value| value.as_i64().or_else(|| value.as_str()?.parse().ok()))
         .ok_or("missing or invalid `ts`: expected integer Unix seconds")?;
 
-    Ok(ScoredAlert { user, kind, ts })
+    Ok((ScoredAlert { user, kind, ts }, object))
 }
 
 /// Sorted event times of each user, used to count events between a shift's onset and its alert.

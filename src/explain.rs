@@ -100,23 +100,13 @@ impl AlertRecord {
     /// `user`, `kind` and `ts` are required; `onset_ts`, `score`, `severity`, `from` and `to`
     /// are read when present and valid.
     pub fn parse_line(line: &str) -> Result<AlertRecord, String> {
-        let value: Value =
-            serde_json::from_str(line).map_err(|error| format!("invalid JSON: {error}"))?;
-        let object = value.as_object().ok_or("not a JSON object")?;
-        let user = object
-            .get("user")
-            .and_then(id_from_json)
-            .ok_or("missing or invalid `user`: expected a number or a string")?;
-        let kind_name = object.get("kind").and_then(Value::as_str);
-        let kind = kind_name.and_then(AlertKind::parse).ok_or_else(|| {
-            format!("invalid alert kind {kind_name:?}: expected \"interest_shift\" or \"anomaly\"")
-        })?;
+        let (required, object) = crate::eval::parse_alert_fields(line)?;
+        let crate::eval::ScoredAlert { user, kind, ts } = required;
         let integer = |key: &str| {
             object
                 .get(key)
                 .and_then(|value| value.as_i64().or_else(|| value.as_str()?.parse().ok()))
         };
-        let ts = integer("ts").ok_or("missing or invalid `ts`: expected integer Unix seconds")?;
         let score = object
             .get("score")
             .and_then(Value::as_f64)

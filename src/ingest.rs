@@ -407,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn one_far_future_event_does_not_move_the_watermark() {
+    fn watermark_ignores_one_far_future_event() {
         let mut watermark = Watermark::new(600_000, 86_400_000);
         watermark.observe(10_000_000);
         watermark.observe(10_000_000 + 400 * 86_400_000);
@@ -416,7 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn a_real_jump_moves_the_watermark() {
+    fn watermark_follows_a_real_jump() {
         let mut watermark = Watermark::new(0, 1000);
         watermark.observe(0);
         for step in 0..FAR_STREAK {

@@ -128,7 +128,7 @@ impl From<FormatArg> for Format {
 enum MissingCategoryArg {
     /// An event whose item has no category is a bad record.
     Bad,
-    /// The item id stands in for the category.
+    /// The item id is used as the category.
     Item,
 }
 

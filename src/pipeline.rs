@@ -22,7 +22,7 @@ use crate::config::{DetectorChoice, ReplayOrder};
 use crate::ingest::{self, Chunk, DeadLetter, LineCounts, Watermark};
 use crate::sources::SourceOptions;
 
-/// Where the alerts go.
+/// Destination of the alerts.
 #[derive(Clone, Debug)]
 pub enum AlertOutput {
     /// Standard output.
@@ -33,7 +33,7 @@ pub enum AlertOutput {
     Discard,
 }
 
-/// Where the events come from.
+/// Source of the events.
 pub enum EventSource {
     /// Input paths (`-` for standard input), read on a reader thread.
     Inputs {
@@ -48,9 +48,9 @@ pub enum EventSource {
 
 /// Everything a run needs.
 pub struct RunSettings {
-    /// Where the events come from.
+    /// Source of the events.
     pub source: EventSource,
-    /// Where the alerts go.
+    /// Destination of the alerts.
     pub alerts: AlertOutput,
     /// File for bad and late lines; `None` only counts them.
     pub dead_letter: Option<std::path::PathBuf>,
@@ -64,7 +64,7 @@ pub struct RunSettings {
     pub max_future_skew: Duration,
     /// Length of the population windows.
     pub window: Duration,
-    /// Which detector raises `interest_shift` alerts.
+    /// Detector that raises `interest_shift` alerts.
     pub detector: DetectorChoice,
     /// Settings of the shift detector.
     pub detector_config: DetectorConfig,
@@ -76,10 +76,10 @@ pub struct RunSettings {
     pub keep_alerts: bool,
 }
 
-/// What a run did, for the end-of-run summary.
+/// Counts and results of a run, for the end-of-run summary.
 #[derive(Clone, Debug, Default)]
 pub struct RunSummary {
-    /// What became of every input line.
+    /// Outcome counts of every input line.
     pub counts: LineCounts,
     /// Exact duplicates dropped.
     pub duplicates: u64,

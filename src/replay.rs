@@ -127,14 +127,14 @@ impl Default for ModelRunSettings {
     }
 }
 
-/// What a replay with models produced.
+/// Output of a replay with models.
 #[derive(Clone, Debug, Default)]
 pub struct ModelRunOutput {
     /// Fused alerts in output order (time, user, kind).
     pub alerts: Vec<Alert>,
     /// Settings that fitting lowered, as log lines.
     pub warnings: Vec<String>,
-    /// Why no models were fitted, when none were; alerts are then the detector's alone.
+    /// Reason no models were fitted, when none were. Alerts are then the detector's alone.
     pub skipped: Option<String>,
     /// Training windows and scored windows.
     pub training_windows: usize,

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::sources::{self, LineSplitter, Parsed, SourceOptions};
 
-/// What one scan measured.
+/// Measurements of one scan.
 #[derive(Clone, Debug, Default)]
 pub struct ScanRate {
     /// Physical lines read.

@@ -54,7 +54,7 @@ pub enum TruthRecord {
     Decoy {
         /// The user the decoy is planted on.
         user: Id,
-        /// What kind of change it is.
+        /// Kind of change.
         decoy: DecoyKind,
         /// When it happens, in Unix seconds.
         ts: i64,

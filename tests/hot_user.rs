@@ -1,5 +1,5 @@
 //! A hot user (a bot with half of all events) among normal users: the bot is reported as an
-//! anomaly, not as a shift, nobody else is disturbed, and the worker count changes nothing.
+//! anomaly, not as a shift, no other user is alerted, and the worker count changes nothing.
 
 mod common;
 

@@ -300,7 +300,7 @@ impl DecayedWeights {
     }
 }
 
-/// What the detector did with the user's latest event, for explanations and plots.
+/// Record of the detector's work on the user's latest event, for explanations and plots.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepTrace {
     /// The event's interest group.
@@ -344,7 +344,7 @@ pub struct UserState {
     refractory_until_ts: i64,
     /// Events observed, including skipped ones.
     pub events: u64,
-    /// What the detector did with the latest event.
+    /// Record of the detector's work on the latest event.
     pub last_step: StepTrace,
     /// Alerts raised for this user.
     pub alerts: u64,
@@ -511,7 +511,7 @@ impl ShiftDetector {
         &self.config
     }
 
-    /// Starts a new session when the gap or the input's session id says so.
+    /// Starts a new session after a long enough gap or when the input's session id changes.
     fn track_session(&self, state: &mut UserState, event: &Event) {
         let ts = event.ts_secs();
         let new_session = match (state.last_ts, &event.session) {

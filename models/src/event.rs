@@ -1,4 +1,4 @@
-//! Behaviour events as the engine sees them after parsing.
+//! Behaviour events as the engine represents them after parsing.
 
 use std::fmt;
 
@@ -121,7 +121,7 @@ impl Behavior {
         }
     }
 
-    /// Returns how much the action says about the user's interest, relative to a view.
+    /// Returns the action's weight as evidence of the user's interest, relative to a view.
     pub fn interest_weight(self) -> f64 {
         match self {
             Behavior::View | Behavior::Search => 1.0,

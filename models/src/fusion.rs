@@ -125,7 +125,7 @@ impl FusionConfig {
     }
 }
 
-/// One user window as the fusion rule sees it.
+/// One user window, with the values the fusion rule reads.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WindowVerdict {
     pub user: Id,

@@ -1,7 +1,7 @@
 //! Category groups learned from the population's sessions, and population interest trends.
 //!
-//! Real shoppers touch new leaf categories all the time, so a new leaf category says little
-//! about a change of interest. Interest is stable at a coarser level: families of related
+//! Real shoppers touch new leaf categories all the time, so a new leaf category is weak evidence
+//! of a change of interest. Interest is stable at a coarser level: families of related
 //! categories. Where the data has no category tree, veer learns such families from
 //! co-occurrence: two categories that the same sessions visit together belong together.
 //!

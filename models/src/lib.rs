@@ -1,6 +1,6 @@
 //! Pure model code of veer: event types, per-user profiles and change detectors.
 //!
-//! Nothing here knows about dataflow. The `veer-operators` crate drives these types from timely
+//! Nothing here depends on dataflow. The `veer-operators` crate drives these types from timely
 //! operators, one user at a time, in event-time order.
 
 pub mod event;

@@ -8,7 +8,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 use veer_models::{Alert, AlertKind};
 
-/// What the sink has written: counts by kind, and the alerts themselves when `keep` is set.
+/// Record of the sink's output: counts by kind, and the alerts themselves when `keep` is set.
 #[derive(Debug, Default)]
 pub struct AlertTally {
     pub by_kind: BTreeMap<AlertKind, u64>,

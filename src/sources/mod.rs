@@ -110,7 +110,7 @@ impl FromStr for Format {
 pub struct BadRecord {
     /// 1-based physical line number.
     pub line: u64,
-    /// Why the line was rejected, for the dead-letter record.
+    /// Reason the line was rejected, for the dead-letter record.
     pub reason: String,
     /// The line as text, cut to at most [`MAX_RAW_BYTES`] bytes, with invalid UTF-8 replaced
     /// by U+FFFD.
@@ -238,7 +238,7 @@ pub enum SourceError {
         found: String,
         /// The header the format requires.
         expected: &'static str,
-        /// What to do about it.
+        /// Remedy to suggest to the user.
         hint: &'static str,
     },
 
@@ -249,7 +249,7 @@ pub enum SourceError {
     )]
     /// RetailRocket events need item properties that were not found.
     NoItemProperties {
-        /// Where they were looked for.
+        /// Folder that was searched.
         location: String,
     },
 }
