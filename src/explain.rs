@@ -413,10 +413,10 @@ pub fn text_view(trace: &UserTrace, zone: TimeZone) -> String {
     };
     let _ = writeln!(
         text,
-        "user {}: {} events in {} sessions, {} .. {} ({})",
+        "user {}: {} in {}, {} .. {} ({})",
         clean_text(&trace.user.to_string()),
-        trace.events.len(),
-        sessions.len(),
+        plural(trace.events.len(), "event"),
+        plural(sessions.len(), "session"),
         zone.minutes(first),
         zone.minutes(last),
         zone.label()
@@ -565,9 +565,25 @@ pub fn escape_preformatted(text: &str) -> String {
     text.split('\n').map(escape).collect::<Vec<_>>().join("\n")
 }
 
+/// Returns `count` followed by `noun`, with an `s` unless the count is 1.
+fn plural(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_read_in_the_singular_only_for_one() {
+        assert_eq!(plural(1, "event"), "1 event");
+        assert_eq!(plural(0, "session"), "0 sessions");
+        assert_eq!(plural(12, "event"), "12 events");
+    }
 
     fn traced(ts: i64, category: u64) -> TracedEvent {
         TracedEvent {

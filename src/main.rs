@@ -704,8 +704,15 @@ struct ScanArgs {
 }
 
 fn scan_file(args: ScanArgs) -> anyhow::Result<()> {
+    if args.input.inputs.is_empty() {
+        anyhow::bail!("veer scan needs at least one --input PATH to measure");
+    }
     for path in &args.input.inputs {
         let lines = veer::scan::scan_lines(path)?;
+        if lines.lines == 0 {
+            println!("{path}: empty, nothing to measure");
+            continue;
+        }
         let parsed = veer::scan::scan_parse(path, &args.input.source_options())?;
         println!(
             "{path}: line scan {:.0} lines/s ({:.0} MB/s); parse {:.0} events/s ({:.0} MB/s), {:.1}% of the line scan",
