@@ -163,6 +163,7 @@ impl Engine {
             groups: settings.groups.clone(),
             progress: false,
             keep_alerts: true,
+            metrics: Default::default(),
         };
         let mut summary = pipeline::run(run).map_err(EngineError::Run)?;
         let alerts = std::mem::take(&mut summary.kept_alerts);

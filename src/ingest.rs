@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use veer_models::Event;
 
 use crate::config::ReplayOrder;
+use crate::metrics::{Metrics, SourceMetrics};
 use crate::sources::{self, BadRecord, LineSplitter, Parsed, SourceOptions};
 
 /// Events per batch sent from the reader thread.
@@ -141,12 +142,14 @@ pub fn input_name(path: &str) -> &str {
 
 /// Starts the reader thread over `paths` and returns the channel its chunks arrive on.
 ///
-/// `progress` receives the number of bytes read so far, for the progress display.
+/// `progress` receives the number of bytes read so far, for the progress display, and
+/// `metrics` the counts of each input as its batches are sent.
 pub fn spawn_reader(
     paths: Vec<String>,
     options: SourceOptions,
     dead_letter: DeadLetter,
     progress: Arc<std::sync::atomic::AtomicU64>,
+    metrics: Arc<Metrics>,
 ) -> Receiver<Chunk> {
     let (sender, receiver) = crossbeam_channel::bounded(64);
     std::thread::Builder::new()
@@ -154,14 +157,13 @@ pub fn spawn_reader(
         .spawn(move || {
             let mut counts = LineCounts::default();
             for path in &paths {
-                if let Err(message) = read_one(
-                    path,
-                    &options,
-                    &dead_letter,
-                    &sender,
-                    &mut counts,
-                    &progress,
-                ) {
+                let source = SourceProgress {
+                    bytes: &progress,
+                    metrics: metrics.source(input_name(path)),
+                };
+                if let Err(message) =
+                    read_one(path, &options, &dead_letter, &sender, &mut counts, &source)
+                {
                     let _ = sender.send(Chunk::Failed(message));
                     return;
                 }
@@ -173,13 +175,36 @@ pub fn spawn_reader(
     receiver
 }
 
+/// Where the reader reports its progress on one input.
+struct SourceProgress<'a> {
+    /// Bytes read of all inputs, for the progress display.
+    bytes: &'a std::sync::atomic::AtomicU64,
+    /// Counters of this input.
+    metrics: Arc<SourceMetrics>,
+}
+
+impl SourceProgress<'_> {
+    /// Adds to the input's metrics what `counts` gained since `published`.
+    fn publish(&self, counts: &LineCounts, published: &mut LineCounts) {
+        let metrics = &self.metrics;
+        metrics.add_lines(
+            counts.lines - published.lines,
+            counts.bytes - published.bytes,
+        );
+        metrics.add_events(counts.events - published.events);
+        metrics.add_bad(counts.bad - published.bad);
+        metrics.add_skipped(counts.skipped - published.skipped);
+        *published = counts.clone();
+    }
+}
+
 fn read_one(
     path: &str,
     options: &SourceOptions,
     dead_letter: &DeadLetter,
     sender: &Sender<Chunk>,
     counts: &mut LineCounts,
-    progress: &std::sync::atomic::AtomicU64,
+    progress: &SourceProgress<'_>,
 ) -> Result<(), String> {
     let name = input_name(path);
     let mut reader = sources::open_input(path).map_err(|error| error.to_string())?;
@@ -205,6 +230,7 @@ fn read_one(
     }
     tracing::info!(input = name, format = %format, "reading input");
 
+    let mut published = counts.clone();
     let mut batch = Vec::with_capacity(BATCH);
     let mut splitter = LineSplitter::new(reader);
     let limit = splitter.max_line_bytes();
@@ -216,7 +242,9 @@ fn read_one(
         counts.lines += 1;
         counts.bytes += line.bytes.len() as u64 + 1;
         if counts.lines.is_multiple_of(65_536) {
-            progress.store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
+            progress
+                .bytes
+                .store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
         }
         let parsed = if line.truncated {
             Parsed::Bad(BadRecord::new(
@@ -232,6 +260,7 @@ fn read_one(
                 counts.events += 1;
                 batch.push(event);
                 if batch.len() >= BATCH {
+                    progress.publish(counts, &mut published);
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
                     if sender.send(Chunk::Events(full)).is_err() {
                         return Ok(());
@@ -245,7 +274,10 @@ fn read_one(
             }
         }
     }
-    progress.store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
+    progress
+        .bytes
+        .store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
+    progress.publish(counts, &mut published);
     if !batch.is_empty() {
         let _ = sender.send(Chunk::Events(batch));
     }
@@ -263,6 +295,7 @@ pub fn read_events(
         options,
         dead_letter,
         Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        Metrics::new(),
     );
     let mut events = Vec::new();
     for chunk in receiver {

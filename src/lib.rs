@@ -11,6 +11,8 @@ pub mod eval;
 pub mod explain;
 pub mod generate;
 pub mod ingest;
+pub mod live;
+pub mod metrics;
 pub mod pipeline;
 pub mod plot;
 pub mod progress;

@@ -425,6 +425,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         groups: file.groups.clone(),
         progress: !args.no_progress,
         keep_alerts: truth.is_some(),
+        metrics: Default::default(),
     };
     let models = args.models || file.models.enabled;
     if models && settings.detector == DetectorChoice::Baseline {

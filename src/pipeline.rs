@@ -20,6 +20,8 @@ use veer_operators::{
 
 use crate::config::{DetectorChoice, ReplayOrder};
 use crate::ingest::{self, Chunk, DeadLetter, LineCounts, Watermark};
+use crate::live::WorkerHooks;
+use crate::metrics::{LatencySummary, Metrics};
 use crate::sources::SourceOptions;
 
 /// Destination of the alerts.
@@ -74,6 +76,8 @@ pub struct RunSettings {
     pub progress: bool,
     /// Keep the alerts, and each event's user and time, in the summary, for scoring.
     pub keep_alerts: bool,
+    /// Metrics the run updates as it goes.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Counts and results of a run, for the end-of-run summary.
@@ -97,6 +101,8 @@ pub struct RunSummary {
     pub kept_alerts: Vec<veer_models::Alert>,
     /// The user and time (Unix seconds) of every event sent on, when `keep_alerts` was set.
     pub timeline: Vec<(veer_models::Id, i64)>,
+    /// Event-to-alert latency percentiles (see [`Metrics::record_latency`]).
+    pub latency: LatencySummary,
 }
 
 impl RunSummary {
@@ -156,10 +162,29 @@ impl RunSummary {
             "  anomaly         {:>12}\n",
             alert(AlertKind::Anomaly)
         ));
+        text.push_str(&self.latency_text());
         text.push_str(&format!("workers           {:>12}\n", self.workers));
         text.push_str(&format!("wall time         {:>11.3}s\n", seconds));
         text.push_str(&format!("events per second {:>12.0}\n", rate));
         text
+    }
+}
+
+impl RunSummary {
+    fn latency_text(&self) -> String {
+        let latency = &self.latency;
+        if latency.count == 0 {
+            return "latency           (no alert measured)\n".to_string();
+        }
+        let millis = |micros: u64| micros as f64 / 1000.0;
+        format!(
+            "latency           p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  ({} alerts, event read to alert handed to the sinks)\n",
+            millis(latency.p50),
+            millis(latency.p99),
+            millis(latency.p999),
+            millis(latency.max),
+            latency.count
+        )
     }
 }
 
@@ -243,6 +268,7 @@ fn run_job(
             options,
             dead_letter.clone(),
             bytes_read.clone(),
+            settings.metrics.clone(),
         )),
         EventSource::Memory(events) => Feed::Memory(events),
     };
@@ -264,6 +290,7 @@ fn run_job(
         keep_alerts: settings.keep_alerts,
         keep_events: models.is_some(),
         bytes_read,
+        metrics: settings.metrics.clone(),
     });
 
     let config = timely::Config::process(settings.workers);
@@ -305,6 +332,7 @@ fn run_job(
         }
     }
     shared.dead_letter.flush();
+    summary.latency = shared.metrics.latency();
     if let Some(models) = models {
         let writer = shared
             .alert_writer
@@ -355,6 +383,7 @@ struct Shared {
     /// Keep every event sent on, for the model path; alerts are then written after the run.
     keep_events: bool,
     bytes_read: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 /// Adapts a `Send` writer for the sink, which lives on one worker thread.
@@ -413,6 +442,12 @@ fn run_worker<D: Detector>(
             write_alerts(alerts, writer, alert_counts);
         });
     }
+    let hooks = WorkerHooks::new(
+        shared.metrics.clone(),
+        duplicates.clone(),
+        stats.clone(),
+        (index == 0).then_some(&alert_counts),
+    );
 
     let mut result = WorkerResult::default();
     if index == 0 {
@@ -423,7 +458,12 @@ fn run_worker<D: Detector>(
             .take();
         match feed {
             Some(feed) => {
-                match feed_input(worker, &mut input, &probe, shared, feed, &mut result.events) {
+                let feeder = Feeder {
+                    input: &mut input,
+                    probe: &probe,
+                    hooks: &hooks,
+                };
+                match feed_input(worker, feeder, shared, feed, &mut result.events) {
                     Ok(ingest) => result.ingest = Some(ingest),
                     Err(message) => result.error = Some(message),
                 }
@@ -432,7 +472,10 @@ fn run_worker<D: Detector>(
         }
     }
     drop(input);
-    while worker.step_or_park(None) {}
+    while worker.step_or_park(None) {
+        hooks.between_steps();
+    }
+    hooks.between_steps();
 
     result.duplicates = duplicates.get();
     result.stats = stats.borrow().clone();
@@ -447,11 +490,38 @@ fn run_worker<D: Detector>(
 /// Events sent between two waits for the dataflow to catch up.
 const FEED_BATCH: usize = 16_384;
 
+/// Worker 0's handles for sending the input: the dataflow's input, the probe of its alerts,
+/// and the hooks that run between steps.
+struct Feeder<'a> {
+    input: &'a mut InputHandle<u64, Event>,
+    probe: &'a ProbeHandle<u64>,
+    hooks: &'a WorkerHooks,
+}
+
+impl Feeder<'_> {
+    /// Sends one event.
+    fn send(&mut self, event: Event) {
+        self.input.send(event);
+    }
+
+    /// Advances the input's event time to `time` (if later) and steps the dataflow until the
+    /// alerts have caught up, running the hooks between steps.
+    fn advance_and_wait(&mut self, worker: &mut timely::worker::Worker, time: u64) {
+        if time > *self.input.time() {
+            self.input.advance_to(time);
+            self.hooks.metrics().set_watermark(time as i64);
+        }
+        while self.probe.less_than(self.input.time()) {
+            worker.step();
+            self.hooks.between_steps();
+        }
+    }
+}
+
 /// Sends the input into the dataflow on worker 0, advancing event time as it goes.
 fn feed_input(
     worker: &mut timely::worker::Worker,
-    input: &mut InputHandle<u64, Event>,
-    probe: &ProbeHandle<u64>,
+    mut feeder: Feeder<'_>,
     shared: &Shared,
     feed: Feed,
     kept_events: &mut Vec<Event>,
@@ -472,7 +542,7 @@ fn feed_input(
             };
             progress.processing(events.len() as u64);
             events.iter().for_each(&mut record);
-            send_sorted(worker, input, probe, events, &progress);
+            send_sorted(worker, &mut feeder, events, &progress);
             counts.bytes = 0;
             progress.finish();
             Ok((counts, true))
@@ -491,6 +561,7 @@ fn feed_input(
                 let chunk = receiver
                     .recv()
                     .map_err(|_| "the reader thread stopped unexpectedly".to_string())?;
+                let received = Instant::now();
                 progress.reading(shared.bytes_read.load(Ordering::Relaxed));
                 match chunk {
                     Chunk::Events(events) if stream_arrival => {
@@ -502,20 +573,18 @@ fn feed_input(
                             let current = watermark.current();
                             if watermark.observe(event.ts_ms) {
                                 late += 1;
+                                feeder.hooks.metrics().add_late(1);
                                 shared
                                     .dead_letter
                                     .late(&shared.input_label, &event, current);
                                 continue;
                             }
                             record(&event);
-                            input.send(event);
+                            feeder.send(event);
                             streamed += 1;
                         }
-                        let target = watermark.current();
-                        if target > *input.time() {
-                            input.advance_to(target);
-                        }
-                        worker.step_while(|| probe.less_than(input.time()));
+                        feeder.hooks.mark_sent(newest, received);
+                        feeder.advance_and_wait(worker, watermark.current());
                         progress.processed(streamed);
                     }
                     Chunk::Events(mut events) => buffered.append(&mut events),
@@ -548,30 +617,36 @@ fn feed_input(
             if sorted {
                 buffered.sort_by(Event::processing_cmp);
                 buffered.iter().for_each(&mut record);
-                send_sorted(worker, input, probe, buffered, &progress);
+                send_sorted(worker, &mut feeder, buffered, &progress);
             } else {
                 let mut sent = 0u64;
                 let mut since_step = 0usize;
+                let mut batch_started = Instant::now();
                 for event in buffered {
                     let current = watermark.current();
                     if watermark.observe(event.ts_ms) {
                         counts.late += 1;
                         counts.events -= 1;
+                        feeder.hooks.metrics().add_late(1);
                         shared
                             .dead_letter
                             .late(&shared.input_label, &event, current);
                         continue;
                     }
                     record(&event);
-                    input.send(event);
+                    newest = newest.max(event.ts_ms);
+                    feeder.send(event);
                     sent += 1;
                     since_step += 1;
                     if since_step >= FEED_BATCH {
                         since_step = 0;
-                        advance_and_wait(worker, input, probe, watermark.current());
+                        feeder.hooks.mark_sent(newest, batch_started);
+                        feeder.advance_and_wait(worker, watermark.current());
                         progress.processed(sent);
+                        batch_started = Instant::now();
                     }
                 }
+                feeder.hooks.mark_sent(newest, batch_started);
             }
             progress.finish();
             Ok((counts, sorted))
@@ -581,34 +656,27 @@ fn feed_input(
 
 fn send_sorted(
     worker: &mut timely::worker::Worker,
-    input: &mut InputHandle<u64, Event>,
-    probe: &ProbeHandle<u64>,
+    feeder: &mut Feeder<'_>,
     events: Vec<Event>,
     progress: &crate::progress::Progress,
 ) {
     let mut since_step = 0usize;
+    let mut batch_started = Instant::now();
+    let mut newest = i64::MIN;
     for (sent, event) in events.into_iter().enumerate() {
         let time = event.ts_ms as u64;
-        if since_step >= FEED_BATCH && time > *input.time() {
+        if since_step >= FEED_BATCH && time > *feeder.input.time() {
             since_step = 0;
-            advance_and_wait(worker, input, probe, time);
+            feeder.hooks.mark_sent(newest, batch_started);
+            feeder.advance_and_wait(worker, time);
             progress.processed(sent as u64);
+            batch_started = Instant::now();
         }
-        input.send(event);
+        newest = newest.max(event.ts_ms);
+        feeder.send(event);
         since_step += 1;
     }
-}
-
-fn advance_and_wait(
-    worker: &mut timely::worker::Worker,
-    input: &mut InputHandle<u64, Event>,
-    probe: &ProbeHandle<u64>,
-    time: u64,
-) {
-    if time > *input.time() {
-        input.advance_to(time);
-    }
-    worker.step_while(|| probe.less_than(input.time()));
+    feeder.hooks.mark_sent(newest, batch_started);
 }
 
 /// Runs the model path on the events of a finished run and writes its alerts in place of the

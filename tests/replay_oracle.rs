@@ -25,6 +25,7 @@ fn dataflow_alerts(events: Vec<Event>, workers: usize) -> Vec<Alert> {
         groups: GroupConfig::default(),
         progress: false,
         keep_alerts: true,
+        metrics: Default::default(),
     };
     pipeline::run(settings)
         .expect("the pipeline runs")

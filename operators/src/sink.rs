@@ -9,12 +9,26 @@ use timely::dataflow::StreamVec;
 use veer_models::{Alert, AlertKind};
 
 /// Record of the sink's output: counts by kind, and the alerts themselves when `keep` is set.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct AlertTally {
     pub by_kind: BTreeMap<AlertKind, u64>,
     /// Keep a copy of every alert in `kept`, for scoring a run in memory.
     pub keep: bool,
     pub kept: Vec<Alert>,
+    /// Called with each alert just before it is written, for metrics such as latency.
+    pub on_alert: Option<Box<dyn FnMut(&Alert)>>,
+}
+
+impl std::fmt::Debug for AlertTally {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("AlertTally")
+            .field("by_kind", &self.by_kind)
+            .field("keep", &self.keep)
+            .field("kept", &self.kept.len())
+            .field("on_alert", &self.on_alert.is_some())
+            .finish()
+    }
 }
 
 /// The sink's tally, shared with the worker that reads it after the run.
@@ -102,6 +116,9 @@ pub fn write_alerts<'scope>(
                 let mut tally = counter.borrow_mut();
                 for alert in batch {
                     *tally.by_kind.entry(alert.kind).or_default() += 1;
+                    if let Some(observe) = tally.on_alert.as_mut() {
+                        observe(&alert);
+                    }
                     if let Some(out) = writer.as_mut() {
                         if let Err(error) = writeln!(out, "{}", alert.to_json_line()) {
                             tracing::error!(%error, alert_id = %alert.alert_id(), "failed to write alert");

@@ -185,13 +185,13 @@ pub fn run_veer_with_stdin(args: &[&str], input: &[u8]) -> RunOutput {
     }
 }
 
-/// Prefixes of the summary lines that differ between runs of the same input: timing, and the
-/// worker count itself.
-const TIMING_SUMMARY_LINES: [&str; 3] = ["wall time", "events per second", "workers"];
+/// Prefixes of the summary lines that differ between runs of the same input: timing, latency
+/// and the worker count itself.
+const TIMING_SUMMARY_LINES: [&str; 4] = ["wall time", "events per second", "workers", "latency"];
 
 impl RunOutput {
     /// Returns the end-of-run summary, from `lines read` on, without the lines about wall
-    /// time, throughput and the worker count.
+    /// time, throughput, latency and the worker count.
     pub fn summary_without_timing(&self) -> Vec<String> {
         let lines: Vec<&str> = self.stderr.lines().collect();
         let start = lines
