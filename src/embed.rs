@@ -164,6 +164,7 @@ impl Engine {
             progress: false,
             keep_alerts: true,
             metrics: Default::default(),
+            state: crate::checkpoint::StateSettings::default(),
         };
         let mut summary = pipeline::run(run).map_err(EngineError::Run)?;
         let alerts = std::mem::take(&mut summary.kept_alerts);

@@ -5,6 +5,7 @@
 //! generator ([`generate`]) and the scorer ([`eval`]). Operators live in `veer-operators` and
 //! the pure detectors in `veer-models`.
 
+pub mod checkpoint;
 pub mod config;
 pub mod embed;
 pub mod eval;

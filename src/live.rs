@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use veer_models::Alert;
+use veer_operators::state::OrderState;
 use veer_operators::{AlertCounter, DetectStats};
 
 use crate::metrics::Metrics;
@@ -72,20 +73,24 @@ pub fn alert_observer(metrics: Arc<Metrics>, clock: SharedReadClock) -> Box<dyn 
 /// Per-worker work done between two dataflow steps: publishing counts and marking the read clock.
 pub struct WorkerHooks {
     metrics: Arc<Metrics>,
-    duplicates: Rc<Cell<u64>>,
+    order: Rc<RefCell<OrderState>>,
+    evicted: Box<dyn Fn() -> u64>,
     stats: Rc<RefCell<DetectStats>>,
     published_duplicates: Cell<u64>,
     published_users: Cell<u64>,
+    published_evicted: Cell<u64>,
     /// The read clock, on worker 0 only.
     pub clock: Option<SharedReadClock>,
 }
 
 impl WorkerHooks {
-    /// Creates the hooks of one worker over its operators' tallies. On worker 0, pass the
-    /// alert tally so the sink reports each alert; other workers pass `None`.
+    /// Creates the hooks of one worker over its operators' tallies; `evicted` returns the
+    /// worker's count of evicted users. On worker 0, pass the alert tally so the sink reports
+    /// each alert; other workers pass `None`.
     pub fn new(
         metrics: Arc<Metrics>,
-        duplicates: Rc<Cell<u64>>,
+        order: Rc<RefCell<OrderState>>,
+        evicted: Box<dyn Fn() -> u64>,
         stats: Rc<RefCell<DetectStats>>,
         alerts: Option<&AlertCounter>,
     ) -> WorkerHooks {
@@ -96,10 +101,12 @@ impl WorkerHooks {
         });
         WorkerHooks {
             metrics,
-            duplicates,
+            order,
+            evicted,
             stats,
             published_duplicates: Cell::new(0),
             published_users: Cell::new(0),
+            published_evicted: Cell::new(0),
             clock,
         }
     }
@@ -120,7 +127,7 @@ impl WorkerHooks {
 
     /// Runs between two dataflow steps: publishes the counts that changed since the last call.
     pub fn between_steps(&self) {
-        let duplicates = self.duplicates.get();
+        let duplicates = self.order.borrow().duplicates;
         let new_duplicates = duplicates - self.published_duplicates.replace(duplicates);
         if new_duplicates > 0 {
             self.metrics.add_duplicates(new_duplicates);
@@ -129,6 +136,11 @@ impl WorkerHooks {
         let new_users = users - self.published_users.replace(users);
         if new_users > 0 {
             self.metrics.add_users(new_users);
+        }
+        let evicted = (self.evicted)();
+        let new_evicted = evicted - self.published_evicted.replace(evicted);
+        if new_evicted > 0 {
+            self.metrics.add_evicted(new_evicted);
         }
     }
 }

@@ -426,6 +426,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         progress: !args.no_progress,
         keep_alerts: truth.is_some(),
         metrics: Default::default(),
+        state: veer::checkpoint::StateSettings::default(),
     };
     let models = args.models || file.models.enabled;
     if models && settings.detector == DetectorChoice::Baseline {
@@ -601,6 +602,7 @@ fn replay_settings(
         detector: file.detector.clone(),
         groups: file.groups.clone(),
         window_ms: (file.time.window.as_millis() as u64).max(1),
+        evict_idle_ms: veer::checkpoint::StateSettings::default().evict_idle_ms(),
     };
     Ok((settings, file.time))
 }

@@ -1,6 +1,6 @@
 //! Wiring of `veer run`: the reader thread, the timely workers and the run summary.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::rc::Rc;
@@ -15,7 +15,7 @@ use veer_models::baseline::BaselineDetector;
 use veer_models::{AlertKind, Detector, DetectorConfig, Event, GroupConfig, ShiftDetector};
 use veer_operators::{
     detect_shifts, order_by_event_time, population_groups, session_cooccurrence, write_alerts,
-    AlertCounter, DetectStats,
+    AlertCounter, DetectSettings, DetectStats, WorkerState,
 };
 
 use crate::config::{DetectorChoice, ReplayOrder};
@@ -78,6 +78,8 @@ pub struct RunSettings {
     pub keep_alerts: bool,
     /// Metrics the run updates as it goes.
     pub metrics: Arc<Metrics>,
+    /// Eviction of idle users, checkpoints and resume.
+    pub state: crate::checkpoint::StateSettings,
 }
 
 /// Counts and results of a run, for the end-of-run summary.
@@ -87,8 +89,13 @@ pub struct RunSummary {
     pub counts: LineCounts,
     /// Exact duplicates dropped.
     pub duplicates: u64,
-    /// Distinct users fed to the detectors.
+    /// User states created: the distinct users fed to the detectors, plus one for each return
+    /// of an evicted user.
     pub users: u64,
+    /// Users removed for inactivity.
+    pub users_evicted: u64,
+    /// Users tracked at the end of the run.
+    pub users_tracked: u64,
     /// Alerts written, by kind.
     pub alerts: BTreeMap<AlertKind, u64>,
     /// Whether the input was replayed sorted by event time rather than in arrival order.
@@ -151,6 +158,11 @@ impl RunSummary {
         ));
         text.push_str(&format!("users             {:>12}\n", self.users));
         text.push_str(&format!(
+            "  evicted         {:>12}  (idle longer than the eviction time)\n",
+            self.users_evicted
+        ));
+        text.push_str(&format!("  tracked at end  {:>12}\n", self.users_tracked));
+        text.push_str(&format!(
             "alerts            {:>12}\n",
             alert(AlertKind::InterestShift) + alert(AlertKind::Anomaly)
         ));
@@ -192,6 +204,8 @@ impl RunSummary {
 #[derive(Default)]
 struct WorkerResult {
     duplicates: u64,
+    evicted: u64,
+    tracked: u64,
     stats: DetectStats,
     alerts: BTreeMap<AlertKind, u64>,
     kept_alerts: Vec<veer_models::Alert>,
@@ -291,6 +305,7 @@ fn run_job(
         keep_events: models.is_some(),
         bytes_read,
         metrics: settings.metrics.clone(),
+        state: settings.state,
     });
 
     let config = timely::Config::process(settings.workers);
@@ -319,6 +334,8 @@ fn run_job(
             anyhow::bail!(error);
         }
         summary.duplicates += result.duplicates;
+        summary.users_evicted += result.evicted;
+        summary.users_tracked += result.tracked;
         summary.users += result.stats.users;
         for (kind, count) in result.alerts {
             *summary.alerts.entry(kind).or_default() += count;
@@ -343,6 +360,7 @@ fn run_job(
             detector: shared.detector_config.clone(),
             groups: shared.groups.clone(),
             window_ms: shared.window_ms,
+            evict_idle_ms: shared.state.evict_idle_ms(),
         };
         run_model_path(
             &kept_events,
@@ -384,6 +402,7 @@ struct Shared {
     keep_events: bool,
     bytes_read: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
+    state: crate::checkpoint::StateSettings,
 }
 
 /// Adapts a `Send` writer for the sink, which lives on one worker thread.
@@ -404,7 +423,7 @@ fn run_worker<D: Detector>(
     detector: D,
 ) -> WorkerResult {
     let index = worker.index();
-    let duplicates = Rc::new(Cell::new(0u64));
+    let state = WorkerState::<D::State>::new(shared.session_gap_ms, shared.groups.clone());
     let stats = Rc::new(RefCell::new(DetectStats {
         timeline: shared.keep_alerts.then(Vec::new),
         ..DetectStats::default()
@@ -425,26 +444,38 @@ fn run_worker<D: Detector>(
     let mut input: InputHandle<u64, Event> = InputHandle::new();
     let probe = ProbeHandle::new();
     {
-        let duplicates = duplicates.clone();
+        let state = state.clone();
         let stats = stats.clone();
         let alert_counts = alert_counts.clone();
         let window_ms = shared.window_ms;
-        let session_gap_ms = shared.session_gap_ms;
-        let groups = shared.groups.clone();
+        let detect_settings = DetectSettings {
+            window_ms,
+            idle_ms: shared.state.evict_idle_ms(),
+        };
         let probe = probe.clone();
         let input = &mut input;
         worker.dataflow::<u64, _, _>(move |scope| {
-            let events = order_by_event_time(input.to_stream(scope), duplicates);
-            let deltas = session_cooccurrence(events.clone(), window_ms, session_gap_ms);
-            let population = population_groups(deltas, groups).broadcast();
-            let alerts = detect_shifts(events, population, detector, window_ms, stats);
-            alerts.clone().probe_with(&probe);
-            write_alerts(alerts, writer, alert_counts);
+            let events = order_by_event_time(input.to_stream(scope), state.order);
+            let deltas = session_cooccurrence(events.clone(), window_ms, state.cooccurrence);
+            let population = population_groups(deltas, state.population).broadcast();
+            let alerts = detect_shifts(
+                events,
+                population,
+                detector,
+                detect_settings,
+                state.detect,
+                stats,
+            );
+            // The probe follows the sink, so that once it passes a time every alert before
+            // that time is in the sink's state or written.
+            write_alerts(alerts, writer, alert_counts, state.sink).probe_with(&probe);
         });
     }
+    let detect_state = state.detect.clone();
     let hooks = WorkerHooks::new(
         shared.metrics.clone(),
-        duplicates.clone(),
+        state.order.clone(),
+        Box::new(move || detect_state.borrow().evicted_users()),
         stats.clone(),
         (index == 0).then_some(&alert_counts),
     );
@@ -477,7 +508,9 @@ fn run_worker<D: Detector>(
     }
     hooks.between_steps();
 
-    result.duplicates = duplicates.get();
+    result.duplicates = state.order.borrow().duplicates;
+    result.evicted = state.detect.borrow().evicted_users();
+    result.tracked = state.detect.borrow().tracked_users() as u64;
     result.stats = stats.borrow().clone();
     result.timeline = result.stats.timeline.take().unwrap_or_default();
     let mut tally = alert_counts.borrow_mut();

@@ -21,7 +21,7 @@ use veer_models::{
 };
 
 /// Settings of a replay, the same as the pipeline's.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ReplaySettings {
     /// Settings of the shift detector.
     pub detector: DetectorConfig,
@@ -29,6 +29,19 @@ pub struct ReplaySettings {
     pub groups: GroupConfig,
     /// Population window in milliseconds (the pipeline's `--window`).
     pub window_ms: u64,
+    /// Event time after which an idle user starts afresh, in milliseconds; `None` never.
+    pub evict_idle_ms: Option<i64>,
+}
+
+impl Default for ReplaySettings {
+    fn default() -> Self {
+        ReplaySettings {
+            detector: DetectorConfig::default(),
+            groups: GroupConfig::default(),
+            window_ms: 0,
+            evict_idle_ms: crate::checkpoint::StateSettings::default().evict_idle_ms(),
+        }
+    }
 }
 
 /// Replays `events` and returns all alerts in output order (time, user, kind).
@@ -63,7 +76,7 @@ fn replay_traced(
     let mut model = PopulationModel::new(settings.groups.clone());
     let mut open: BTreeMap<u64, PopulationDelta> = BTreeMap::new();
     let mut groups = GroupMap::default();
-    let mut users: HashMap<Id, UserState> = HashMap::new();
+    let mut users: HashMap<Id, (i64, UserState)> = HashMap::new();
     let mut alerts = Vec::new();
     let mut raised = Vec::new();
 
@@ -86,7 +99,16 @@ fn replay_traced(
         });
         counter.count(event.clone(), delta);
 
-        let state = users.entry(event.user.clone()).or_default();
+        let (last_ts_ms, state) = users
+            .entry(event.user.clone())
+            .or_insert_with(|| (event.ts_ms, UserState::default()));
+        if settings
+            .evict_idle_ms
+            .is_some_and(|idle| event.ts_ms - *last_ts_ms > idle)
+        {
+            *state = UserState::default();
+        }
+        *last_ts_ms = event.ts_ms;
         raised.clear();
         detector.observe(state, event, &groups, &mut raised);
         observe(event, state, &raised, &groups);

@@ -26,6 +26,7 @@ fn dataflow_alerts(events: Vec<Event>, workers: usize) -> Vec<Alert> {
         progress: false,
         keep_alerts: true,
         metrics: Default::default(),
+        state: veer::checkpoint::StateSettings::default(),
     };
     pipeline::run(settings)
         .expect("the pipeline runs")

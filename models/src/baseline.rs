@@ -11,7 +11,7 @@ use crate::event::{Event, Id};
 use crate::groups::GroupMap;
 
 /// The baseline detector's per-user state.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct BaselineState {
     /// Session in which each category was first seen, and whether it has been seen in a later one.
     first_seen: HashMap<Id, (u64, bool, i64)>,

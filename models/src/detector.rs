@@ -435,7 +435,8 @@ impl UserState {
 /// A per-user change detector: reads one user's events in time order and raises alerts.
 pub trait Detector: Send + 'static {
     /// Per-user state, created empty for a new user.
-    type State: Default + Send + 'static;
+    /// It is serializable so that checkpoints can store it.
+    type State: Default + Send + Serialize + serde::de::DeserializeOwned + 'static;
 
     /// Feeds one event of `state`'s user and appends any alerts it raises.
     fn observe(

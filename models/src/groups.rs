@@ -130,7 +130,7 @@ pub struct PopulationInfo {
 /// assert_eq!(map.group_of(&Id::from(11u64), Some(&topic)), GroupKey::Topic(topic.clone()));
 /// assert_eq!(map.trend(&GroupKey::Learned(Id::from(10u64))), Some(3.0));
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct GroupMap {
     representative: HashMap<Id, Id>,
     trending: HashMap<GroupKey, f64>,
@@ -173,7 +173,7 @@ impl GroupMap {
 const SESSION_CATEGORIES: usize = 16;
 
 /// The part of a user's session that co-occurrence counting needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 struct OpenSession {
     last_ts_ms: i64,
     session_id: Option<Box<str>>,
@@ -218,7 +218,7 @@ struct OpenSession {
 /// assert_eq!(delta.pairs[&(Id::from(10u64), Id::from(11u64))], 1);
 /// assert_eq!(delta.events[&Id::from(10u64)], 3);
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SessionCounter {
     session_gap_ms: i64,
     sessions: HashMap<Id, OpenSession>,
@@ -275,6 +275,31 @@ impl SessionCounter {
     /// Returns the number of users with an open session.
     pub fn users(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Returns the gap that ends a session, in milliseconds.
+    pub fn session_gap_ms(&self) -> i64 {
+        self.session_gap_ms
+    }
+
+    /// Moves the open sessions of `other` into this counter; a user in both keeps `other`'s.
+    pub fn absorb(&mut self, other: SessionCounter) {
+        self.sessions.extend(other.sessions);
+    }
+
+    /// Keeps only the open sessions of users for which `keep` returns true.
+    pub fn retain_users(&mut self, mut keep: impl FnMut(&Id) -> bool) {
+        self.sessions.retain(|user, _| keep(user));
+    }
+
+    /// Forgets every session that an event at `now_ms` or later would close anyway, because
+    /// its gap has been exceeded, and returns how many were removed. Counts are unchanged.
+    pub fn forget_closed(&mut self, now_ms: i64) -> usize {
+        let before = self.sessions.len();
+        let gap = self.session_gap_ms;
+        self.sessions
+            .retain(|_, session| now_ms.saturating_sub(session.last_ts_ms) <= gap);
+        before - self.sessions.len()
     }
 }
 
@@ -351,6 +376,11 @@ impl PopulationModel {
             config,
             ..Default::default()
         }
+    }
+
+    /// Returns the model's settings.
+    pub fn config(&self) -> &GroupConfig {
+        &self.config
     }
 
     /// Adds one window's summed counts, rebuilds the groups and trends, and returns them.

@@ -14,6 +14,19 @@ pub struct HeldCapability {
 }
 
 impl HeldCapability {
+    /// Keeps an operator's initial capability, moved to `earliest`, when the operator starts
+    /// with restored records buffered; drops it when nothing is buffered.
+    pub fn restored(initial: Capability<u64>, earliest: Option<u64>) -> Self {
+        let capability = earliest.map(|time| {
+            let mut capability = initial;
+            if *capability.time() < time {
+                capability.downgrade(&time);
+            }
+            capability
+        });
+        HeldCapability { capability }
+    }
+
     /// Keeps a capability for the message's least time, if it is below the one held.
     pub fn hold(&mut self, input: &InputCapability<u64>, output_port: usize) {
         let Some(time) = input.least() else { return };

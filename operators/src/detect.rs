@@ -1,25 +1,23 @@
 //! The drift/alert operator: per-user detectors fed in event-time order.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
-use veer_models::{Alert, Detector, Event, GroupMap, Id, PopulationInfo};
-
-use rustc_hash::FxHashMap;
+use veer_models::{Alert, Detector, Event, Id, PopulationInfo};
 
 use crate::capability::HeldCapability;
-use crate::release::ReleaseBuffer;
+use crate::state::{DetectHandle, DetectState, TrackedUser};
 
 /// Per-worker counts that the run summary reports.
 #[derive(Clone, Debug, Default)]
 pub struct DetectStats {
     /// Events fed to detectors.
     pub events: u64,
-    /// Distinct users seen.
+    /// User states created: the distinct users seen, plus one for each return of an evicted
+    /// user.
     pub users: u64,
     /// Group map updates applied.
     pub population_updates: u64,
@@ -46,7 +44,9 @@ pub struct DetectStats {
 /// use std::rc::Rc;
 /// use timely::dataflow::operators::{Inspect, ToStream};
 /// use veer_models::{Alert, AlertKind, Behavior, Detector, Event, GroupConfig, GroupMap, Id};
-/// use veer_operators::{detect_shifts, population_groups, session_cooccurrence, DetectStats};
+/// use veer_operators::state::{CooccurrenceState, DetectState, PopulationState};
+/// use veer_operators::{detect_shifts, population_groups, session_cooccurrence, DetectSettings};
+/// use veer_operators::DetectStats;
 ///
 /// struct EveryBuy;
 ///
@@ -91,9 +91,13 @@ pub struct DetectStats {
 ///     worker.dataflow::<u64, _, _>(move |scope| {
 ///         let buy = Event { behavior: Behavior::Buy, ..view(2, 7, 9_000) };
 ///         let events = vec![view(1, 5, 1_000), buy, view(2, 7, 3_000)].to_stream(scope);
-///         let deltas = session_cooccurrence(events.clone(), 3_600_000, 1_800_000);
-///         let population = population_groups(deltas, GroupConfig::default());
-///         detect_shifts(events, population, EveryBuy, 3_600_000, counts)
+///         let sessions = Rc::new(RefCell::new(CooccurrenceState::new(1_800_000)));
+///         let deltas = session_cooccurrence(events.clone(), 3_600_000, sessions);
+///         let model = Rc::new(RefCell::new(PopulationState::new(GroupConfig::default())));
+///         let population = population_groups(deltas, model);
+///         let settings = DetectSettings { window_ms: 3_600_000, idle_ms: None };
+///         let users = Rc::new(RefCell::new(DetectState::default()));
+///         detect_shifts(events, population, EveryBuy, settings, users, counts)
 ///             .inspect(move |alert| seen.borrow_mut().push(alert.clone()));
 ///     });
 ///     while worker.step() {}
@@ -110,33 +114,33 @@ pub fn detect_shifts<'scope, D: Detector>(
     events: StreamVec<'scope, u64, Event>,
     population: StreamVec<'scope, u64, PopulationInfo>,
     detector: D,
-    window_ms: u64,
+    settings: DetectSettings,
+    state: DetectHandle<D::State>,
     stats: Rc<RefCell<DetectStats>>,
 ) -> StreamVec<'scope, u64, Alert> {
+    let window_ms = settings.window_ms;
     events.binary_frontier(
         population,
         Pipeline,
         Pipeline,
         "DetectShifts",
-        move |_, _| {
-            let mut users: FxHashMap<Id, D::State> = FxHashMap::default();
-            let mut groups = GroupMap::default();
-            let mut pending = ReleaseBuffer::default();
-            let mut infos: BTreeMap<u64, PopulationInfo> = BTreeMap::new();
-            let mut held = HeldCapability::default();
+        move |initial, _| {
+            let mut held = HeldCapability::restored(initial, state.borrow().pending.earliest());
             let mut alerts: Vec<Alert> = Vec::new();
             move |(events_in, events_frontier), (population_in, population_frontier), output| {
                 let port = output.output_index();
+                let mut guard = state.borrow_mut();
+                let state = &mut *guard;
                 events_in.for_each_stamp(|capability, data| {
                     held.hold(&capability, port);
                     for batch in data {
-                        pending.extend(batch.drain(..));
+                        state.pending.extend(batch.drain(..));
                     }
                 });
                 population_in.for_each_stamp(|_, data| {
                     for batch in data {
                         for info in batch.drain(..) {
-                            infos.insert(info.window_end, info);
+                            state.infos.insert(info.window_end, info);
                         }
                     }
                 });
@@ -145,7 +149,7 @@ pub fn detect_shifts<'scope, D: Detector>(
                 // every window before its own has arrived.
                 let events_bound = events_frontier.frontier().first().copied();
                 let population_bound = population_frontier.frontier().first().copied();
-                let ready = pending.release(|time| {
+                let ready = state.pending.release(|time| {
                     let window_start = time - time % window_ms;
                     events_bound.is_none_or(|bound| time < bound)
                         && population_bound.is_none_or(|bound| window_start < bound)
@@ -157,30 +161,96 @@ pub fn detect_shifts<'scope, D: Detector>(
                     let window_start = time - time % window_ms;
                     // Infos without new groups keep the previous ones, so each is applied in
                     // window order.
-                    while let Some(info) = infos.first_entry() {
+                    while let Some(info) = state.infos.first_entry() {
                         if *info.key() > window_start {
                             break;
                         }
-                        groups.apply(&info.remove());
+                        let info = info.remove();
+                        state.groups.apply(&info);
+                        state.applied_window_end = info.window_end;
                         stats.population_updates += 1;
                     }
                     stats.events += 1;
                     if let Some(timeline) = &mut stats.timeline {
                         timeline.push((event.user.clone(), event.ts_secs()));
                     }
-                    let state = users.entry(event.user.clone()).or_insert_with(|| {
+                    let tracked = state.users.entry(event.user.clone()).or_insert_with(|| {
                         stats.users += 1;
-                        D::State::default()
+                        TrackedUser {
+                            last_event_ms: event.ts_ms,
+                            state: D::State::default(),
+                        }
                     });
-                    detector.observe(state, &event, &groups, &mut alerts);
+                    // A user idle for longer than the eviction time starts afresh, whether or
+                    // not a sweep has removed the entry yet, so alerts do not depend on when
+                    // sweeps run.
+                    if settings
+                        .idle_ms
+                        .is_some_and(|idle| event.ts_ms - tracked.last_event_ms > idle)
+                    {
+                        tracked.state = D::State::default();
+                        state.evicted += 1;
+                        stats.users += 1;
+                    }
+                    tracked.last_event_ms = event.ts_ms;
+                    detector.observe(&mut tracked.state, &event, &state.groups, &mut alerts);
                 }
                 if !alerts.is_empty() {
                     if let Some(capability) = held.get() {
                         output.session(capability).give_iterator(alerts.drain(..));
                     }
                 }
-                held.settle(pending.earliest());
+                if let Some(idle) = settings.idle_ms {
+                    // Every later event is at or after both the frontier and the earliest
+                    // event still waiting.
+                    let now = match (events_bound, state.pending.earliest()) {
+                        (Some(bound), Some(earliest)) => Some(bound.min(earliest)),
+                        (bound, None) => bound,
+                        (None, earliest) => earliest,
+                    };
+                    if let Some(now) = now {
+                        sweep_idle(state, now as i64, idle);
+                    }
+                }
+                held.settle(state.pending.earliest());
             }
         },
     )
+}
+
+/// Settings of [`detect_shifts`].
+#[derive(Clone, Copy, Debug)]
+pub struct DetectSettings {
+    /// Length of the population windows, in milliseconds.
+    pub window_ms: u64,
+    /// Event time after which an inactive user's state is dropped, in milliseconds; `None`
+    /// keeps every user for the whole run.
+    pub idle_ms: Option<i64>,
+}
+
+/// Event time between two eviction sweeps, at most, in milliseconds.
+const SWEEP_EVERY_MS: i64 = 3_600_000;
+
+/// Removes the users idle for longer than `idle_ms` at event time `now_ms`, at most once per
+/// [`SWEEP_EVERY_MS`] (or a quarter of `idle_ms`, when shorter) of event time.
+fn sweep_idle<S>(state: &mut DetectState<S>, now_ms: i64, idle_ms: i64) {
+    let every = SWEEP_EVERY_MS.min(idle_ms / 4).max(1);
+    if now_ms.saturating_sub(state.swept_at_ms) < every {
+        return;
+    }
+    state.swept_at_ms = now_ms;
+    let before = state.users.len();
+    state
+        .users
+        .retain(|_, tracked| now_ms - tracked.last_event_ms <= idle_ms);
+    let removed = before - state.users.len();
+    if removed > 0 {
+        state.evicted += removed as u64;
+        tracing::debug!(
+            removed,
+            remaining = state.users.len(),
+            now_ms,
+            "evicted idle users"
+        );
+    }
 }

@@ -21,8 +21,10 @@ pub mod order;
 pub mod population;
 pub mod release;
 pub mod sink;
+pub mod state;
 
-pub use detect::{detect_shifts, DetectStats};
+pub use detect::{detect_shifts, DetectSettings, DetectStats};
 pub use order::order_by_event_time;
 pub use population::{population_groups, session_cooccurrence, window_end};
 pub use sink::{write_alerts, AlertCounter, AlertTally};
+pub use state::{DetectHandle, DetectState, TrackedUser, WorkerState};

@@ -7,15 +7,17 @@
 //! window's end time. Broadcast to every worker, that info is what the detector reads for
 //! events of later windows. Its cost is paid per window, not per event.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
-use veer_models::groups::SessionCounter;
-use veer_models::{Event, GroupConfig, Id, PopulationDelta, PopulationInfo, PopulationModel};
+use veer_models::{Event, Id, PopulationDelta, PopulationInfo};
 
 use crate::capability::HeldCapability;
+use crate::state::{CooccurrenceState, PopulationState};
 
 /// Returns the exclusive end, in milliseconds, of the window that contains `ts_ms`.
 ///
@@ -33,8 +35,8 @@ pub fn window_end(ts_ms: u64, window_ms: u64) -> u64 {
 /// Counts, per window, the sessions touching each category and each pair of categories.
 ///
 /// Expects each user's events in time order on one worker, as [`crate::order_by_event_time`]
-/// releases them. A session ends after `session_gap_ms` without events or when the input's
-/// session id changes.
+/// releases them. A session ends after the state's session gap without events or when the
+/// input's session id changes.
 ///
 /// # Examples
 ///
@@ -46,6 +48,7 @@ pub fn window_end(ts_ms: u64, window_ms: u64) -> u64 {
 /// use std::rc::Rc;
 /// use timely::dataflow::operators::{Inspect, ToStream};
 /// use veer_models::{Behavior, Event, GroupConfig, Id};
+/// use veer_operators::state::{CooccurrenceState, PopulationState};
 /// use veer_operators::{population_groups, session_cooccurrence};
 ///
 /// let view = |user: u64, category: u64, ts_ms: i64| Event {
@@ -68,8 +71,10 @@ pub fn window_end(ts_ms: u64, window_ms: u64) -> u64 {
 ///         let events: Vec<Event> = (1..=4)
 ///             .flat_map(|user| [view(user, 10, 1_000), view(user, 11, 2_000)])
 ///             .collect();
-///         let deltas = session_cooccurrence(events.to_stream(scope), 3_600_000, 1_800_000);
-///         population_groups(deltas, GroupConfig::default())
+///         let sessions = Rc::new(RefCell::new(CooccurrenceState::new(1_800_000)));
+///         let deltas = session_cooccurrence(events.to_stream(scope), 3_600_000, sessions);
+///         let model = Rc::new(RefCell::new(PopulationState::new(GroupConfig::default())));
+///         population_groups(deltas, model)
 ///             .inspect(move |info| seen.borrow_mut().push(info.clone()));
 ///     });
 ///     while worker.step() {}
@@ -84,29 +89,31 @@ pub fn window_end(ts_ms: u64, window_ms: u64) -> u64 {
 pub fn session_cooccurrence<'scope>(
     events: StreamVec<'scope, u64, Event>,
     window_ms: u64,
-    session_gap_ms: i64,
+    state: Rc<RefCell<CooccurrenceState>>,
 ) -> StreamVec<'scope, u64, PopulationDelta> {
-    events.unary_frontier(Pipeline, "SessionCooccurrence", move |_, _| {
-        let mut counter = SessionCounter::new(session_gap_ms);
-        let mut open: BTreeMap<u64, PopulationDelta> = BTreeMap::new();
-        let mut held = HeldCapability::default();
+    events.unary_frontier(Pipeline, "SessionCooccurrence", move |initial, _| {
+        let earliest = state.borrow().open.keys().next().copied();
+        let mut held = HeldCapability::restored(initial, earliest);
         move |(input, frontier), output| {
             let port = output.output_index();
+            let mut guard = state.borrow_mut();
+            let state = &mut *guard;
             input.for_each_stamp(|capability, data| {
                 held.hold(&capability, port);
                 for batch in data {
                     for event in batch.drain(..) {
                         let end = window_end(event.ts_ms as u64, window_ms);
-                        let delta = open.entry(end).or_insert_with(|| PopulationDelta {
+                        let delta = state.open.entry(end).or_insert_with(|| PopulationDelta {
                             window_end: end,
                             ..Default::default()
                         });
-                        counter.count(event, delta);
+                        state.counter.count(event, delta);
                     }
                 }
             });
 
-            while let Some(entry) = open.first_entry() {
+            let mut closed = false;
+            while let Some(entry) = state.open.first_entry() {
                 if frontier.less_than(entry.key()) {
                     break;
                 }
@@ -115,8 +122,16 @@ pub fn session_cooccurrence<'scope>(
                 if let Some(capability) = held.at(end) {
                     output.session(&capability).give(delta);
                 }
+                closed = true;
             }
-            held.settle(open.keys().next().copied());
+            // Sessions whose gap has passed would be reset by the next event anyway; dropping
+            // them once per window keeps memory to the users active in the last gap.
+            if closed {
+                if let Some(now) = frontier.frontier().first() {
+                    state.counter.forget_closed(*now as i64);
+                }
+            }
+            held.settle(state.open.keys().next().copied());
         }
     })
 }
@@ -134,6 +149,7 @@ pub fn session_cooccurrence<'scope>(
 /// use std::rc::Rc;
 /// use timely::dataflow::operators::{Inspect, ToStream};
 /// use veer_models::{Behavior, Event, GroupConfig, Id};
+/// use veer_operators::state::{CooccurrenceState, PopulationState};
 /// use veer_operators::{population_groups, session_cooccurrence};
 ///
 /// let view = |user: u64, category: u64, ts_ms: i64| Event {
@@ -156,8 +172,10 @@ pub fn session_cooccurrence<'scope>(
 ///         let events: Vec<Event> = (1..=4)
 ///             .flat_map(|user| [view(user, 10, 1_000), view(user, 11, 2_000)])
 ///             .collect();
-///         let deltas = session_cooccurrence(events.to_stream(scope), 3_600_000, 1_800_000);
-///         population_groups(deltas, GroupConfig::default())
+///         let sessions = Rc::new(RefCell::new(CooccurrenceState::new(1_800_000)));
+///         let deltas = session_cooccurrence(events.to_stream(scope), 3_600_000, sessions);
+///         let model = Rc::new(RefCell::new(PopulationState::new(GroupConfig::default())));
+///         population_groups(deltas, model)
 ///             .inspect(move |info| seen.borrow_mut().push(info.clone()));
 ///     });
 ///     while worker.step() {}
@@ -172,22 +190,23 @@ pub fn session_cooccurrence<'scope>(
 /// ```
 pub fn population_groups<'scope>(
     deltas: StreamVec<'scope, u64, PopulationDelta>,
-    config: GroupConfig,
+    state: Rc<RefCell<PopulationState>>,
 ) -> StreamVec<'scope, u64, PopulationInfo> {
     deltas.unary_frontier(
         Exchange::new(|_: &PopulationDelta| 0),
         "PopulationGroups",
-        move |_, _| {
-            let mut model = PopulationModel::new(config);
-            let mut pending: BTreeMap<u64, PopulationDelta> = BTreeMap::new();
-            let mut held = HeldCapability::default();
+        move |initial, _| {
+            let earliest = state.borrow().pending.keys().next().copied();
+            let mut held = HeldCapability::restored(initial, earliest);
             move |(input, frontier), output| {
                 let port = output.output_index();
+                let mut guard = state.borrow_mut();
+                let state = &mut *guard;
                 input.for_each_stamp(|capability, data| {
                     held.hold(&capability, port);
                     for batch in data {
                         for delta in batch.drain(..) {
-                            match pending.entry(delta.window_end) {
+                            match state.pending.entry(delta.window_end) {
                                 std::collections::btree_map::Entry::Vacant(slot) => {
                                     slot.insert(delta);
                                 }
@@ -199,13 +218,13 @@ pub fn population_groups<'scope>(
                     }
                 });
 
-                while let Some(entry) = pending.first_entry() {
+                while let Some(entry) = state.pending.first_entry() {
                     if frontier.less_equal(entry.key()) {
                         break;
                     }
                     let end = *entry.key();
                     let delta = entry.remove();
-                    let info = model.add_window(&delta).clone();
+                    let info = state.model.add_window(&delta).clone();
                     if let Some(groups) = &info.groups {
                         let mut sizes: HashMap<&Id, usize> = HashMap::new();
                         for (_, representative) in groups {
@@ -224,7 +243,7 @@ pub fn population_groups<'scope>(
                         output.session(&capability).give(info);
                     }
                 }
-                held.settle(pending.keys().next().copied());
+                held.settle(state.pending.keys().next().copied());
             }
         },
     )

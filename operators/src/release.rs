@@ -9,7 +9,7 @@ use veer_models::Event;
 /// rest. Events mostly arrive just ahead of the frontier, so the buffer stays small and a
 /// release costs about one pass over it plus the sort of what leaves; an ordered map keyed by
 /// time cost a tree search and an allocation per event.
-#[derive(Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ReleaseBuffer {
     events: Vec<Event>,
     /// Earliest event time in `events`, kept up to date on every change.
@@ -48,6 +48,11 @@ impl ReleaseBuffer {
         self.earliest = earliest;
         released.sort_by(Event::processing_cmp);
         released
+    }
+
+    /// Returns every buffered event, in no particular order.
+    pub fn into_events(self) -> Vec<Event> {
+        self.events
     }
 
     /// Returns the earliest buffered time, or `None` when the buffer is empty.

@@ -1,12 +1,16 @@
 //! Alert output in a canonical order, on worker 0.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::rc::Rc;
 
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 use veer_models::{Alert, AlertKind};
+
+use crate::state::SinkState;
 
 /// Record of the sink's output: counts by kind, and the alerts themselves when `keep` is set.
 #[derive(Default)]
@@ -38,7 +42,9 @@ pub type AlertCounter = std::rc::Rc<std::cell::RefCell<AlertTally>>;
 ///
 /// Alerts of one event-time second are written once the frontier has passed that second, so
 /// the file's bytes do not depend on the number of workers. `writer` is only used on worker 0;
-/// other workers may pass `None`. A write error is logged and counted, and the run goes on.
+/// other workers may pass `None`. A write error is logged, and the run goes on. The returned
+/// stream carries no data; a probe on it tells when the sink has taken every alert before a
+/// time.
 ///
 /// # Examples
 ///
@@ -48,6 +54,7 @@ pub type AlertCounter = std::rc::Rc<std::cell::RefCell<AlertTally>>;
 /// use std::rc::Rc;
 /// use timely::dataflow::operators::ToStream;
 /// use veer_models::{Alert, AlertKind, Id};
+/// use veer_operators::state::SinkState;
 /// use veer_operators::{write_alerts, AlertCounter};
 ///
 /// /// A writer whose bytes the test can read after the run.
@@ -82,7 +89,8 @@ pub type AlertCounter = std::rc::Rc<std::cell::RefCell<AlertTally>>;
 ///     let counter = AlertCounter::default();
 ///     worker.dataflow::<u64, _, _>(move |scope| {
 ///         let alerts = vec![alert(9, 20), alert(3, 20), alert(5, 10)].to_stream(scope);
-///         write_alerts(alerts, Some(Box::new(writer)), counter);
+///         let state = Rc::new(RefCell::new(SinkState::default()));
+///         write_alerts(alerts, Some(Box::new(writer)), counter, state);
 ///     });
 ///     while worker.step() {}
 ///     let text = String::from_utf8(bytes.borrow().clone()).unwrap();
@@ -95,19 +103,24 @@ pub fn write_alerts<'scope>(
     alerts: StreamVec<'scope, u64, Alert>,
     mut writer: Option<Box<dyn Write>>,
     counter: AlertCounter,
-) {
-    let mut pending: BTreeMap<u64, Vec<Alert>> = BTreeMap::new();
-    alerts.sink(Exchange::new(|_: &Alert| 0), "WriteAlerts", move |(input, frontier)| {
-        {
+    state: Rc<RefCell<SinkState>>,
+) -> StreamVec<'scope, u64, ()> {
+    let route = Exchange::new(|_: &Alert| 0);
+    alerts.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        route,
+        "WriteAlerts",
+        move |_, _| {
+        move |(input, frontier), _output| {
+            let mut state = state.borrow_mut();
             input.for_each_stamp(|_, data| {
                 for batch in data {
                     for alert in batch.drain(..) {
                         let second_end = (alert.ts.max(0) as u64) * 1000 + 999;
-                        pending.entry(second_end).or_default().push(alert);
+                        state.pending.entry(second_end).or_default().push(alert);
                     }
                 }
             });
-            while let Some(entry) = pending.first_entry() {
+            while let Some(entry) = state.pending.first_entry() {
                 if frontier.less_equal(entry.key()) {
                     break;
                 }
@@ -137,5 +150,5 @@ pub fn write_alerts<'scope>(
                 }
             }
         }
-    });
+    })
 }

@@ -1,0 +1,197 @@
+//! Operator state held outside the operators, so the worker loop can read, snapshot, restore
+//! and evict it between steps.
+//!
+//! Each stateful operator of the `veer run` graph takes one handle ([`Rc<RefCell<_>>`]) to its
+//! state. The operator borrows it mutably only while it runs; the worker borrows it between
+//! `step` calls. Both run on the worker's thread, so the borrows never overlap.
+//!
+//! A handle may be created with restored content (see [`WorkerState`]): each operator then
+//! keeps its initial capability at the earliest time of what it buffers, so buffered records
+//! can still be sent on after a restore.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use veer_models::groups::SessionCounter;
+use veer_models::{
+    Alert, GroupConfig, GroupMap, Id, PopulationDelta, PopulationInfo, PopulationModel,
+};
+
+use crate::release::ReleaseBuffer;
+
+/// One user's entry in the detect operator: the detector's state and the user's activity.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrackedUser<S> {
+    /// Event time of the user's latest event, in Unix milliseconds.
+    pub last_event_ms: i64,
+    /// The detector's per-user state.
+    pub state: S,
+}
+
+/// State of [`crate::detect_shifts`] on one worker: the per-user detector states and the
+/// population view the detectors read.
+///
+/// Read API for other parts of the program: [`DetectState::user`] looks up one user,
+/// [`DetectState::users`] iterates the users this worker owns (in no particular order),
+/// [`DetectState::tracked_users`] and [`DetectState::evicted_users`] count them, and
+/// [`DetectState::groups`] is the group map applied so far.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DetectState<S> {
+    /// Per-user entries of the users this worker owns.
+    pub users: FxHashMap<Id, TrackedUser<S>>,
+    /// Learned groups and trends applied so far, in window order.
+    pub groups: GroupMap,
+    /// End of the latest population window applied to `groups`, in Unix milliseconds.
+    pub applied_window_end: u64,
+    /// Population infos received but not yet applied, by window end.
+    pub infos: BTreeMap<u64, PopulationInfo>,
+    /// Events waiting for the frontiers.
+    pub pending: ReleaseBuffer,
+    /// Users removed for inactivity since the start of the run.
+    pub evicted: u64,
+    /// Event time of the latest eviction sweep, in Unix milliseconds.
+    pub swept_at_ms: i64,
+}
+
+impl<S> Default for DetectState<S> {
+    fn default() -> Self {
+        DetectState {
+            users: FxHashMap::default(),
+            groups: GroupMap::default(),
+            applied_window_end: 0,
+            infos: BTreeMap::new(),
+            pending: ReleaseBuffer::default(),
+            evicted: 0,
+            swept_at_ms: i64::MIN,
+        }
+    }
+}
+
+impl<S> DetectState<S> {
+    /// Returns the detector state of `user`, if this worker tracks that user.
+    pub fn user(&self, user: &Id) -> Option<&S> {
+        self.users.get(user).map(|tracked| &tracked.state)
+    }
+
+    /// Returns the tracked entry of `user`, with the time of the user's latest event.
+    pub fn tracked(&self, user: &Id) -> Option<&TrackedUser<S>> {
+        self.users.get(user)
+    }
+
+    /// Iterates the users this worker tracks, in no particular order.
+    pub fn users(&self) -> impl Iterator<Item = (&Id, &S)> {
+        self.users
+            .iter()
+            .map(|(user, tracked)| (user, &tracked.state))
+    }
+
+    /// Returns the number of users this worker tracks now.
+    pub fn tracked_users(&self) -> usize {
+        self.users.len()
+    }
+
+    /// Returns the number of users removed for inactivity on this worker.
+    pub fn evicted_users(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Returns the group map that the detectors on this worker read.
+    pub fn groups(&self) -> &GroupMap {
+        &self.groups
+    }
+}
+
+/// Shared handle to a worker's [`DetectState`].
+pub type DetectHandle<S> = Rc<RefCell<DetectState<S>>>;
+
+/// State of [`crate::order_by_event_time`]: events waiting for the frontier.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct OrderState {
+    /// Events not yet released.
+    pub pending: ReleaseBuffer,
+    /// Exact duplicates dropped so far.
+    pub duplicates: u64,
+}
+
+/// State of [`crate::session_cooccurrence`]: open sessions and the counts of open windows.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CooccurrenceState {
+    /// Each user's open session.
+    pub counter: SessionCounter,
+    /// Counts of windows that the frontier has not passed yet, by window end.
+    pub open: BTreeMap<u64, PopulationDelta>,
+}
+
+impl CooccurrenceState {
+    /// Creates an empty state with the given session gap in milliseconds.
+    pub fn new(session_gap_ms: i64) -> Self {
+        CooccurrenceState {
+            counter: SessionCounter::new(session_gap_ms),
+            open: BTreeMap::new(),
+        }
+    }
+}
+
+/// State of [`crate::population_groups`]: the population model (worker 0 only) and the window
+/// counts that wait for the frontier.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct PopulationState {
+    /// Cumulative co-occurrence and trend history.
+    pub model: PopulationModel,
+    /// Summed counts of windows not yet added to the model, by window end.
+    pub pending: BTreeMap<u64, PopulationDelta>,
+}
+
+impl PopulationState {
+    /// Creates an empty state with the given group settings.
+    pub fn new(config: GroupConfig) -> Self {
+        PopulationState {
+            model: PopulationModel::new(config),
+            pending: BTreeMap::new(),
+        }
+    }
+}
+
+/// State of [`crate::write_alerts`]: alerts waiting for their second to complete.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SinkState {
+    /// Alerts by the last millisecond of their event-time second.
+    pub pending: BTreeMap<u64, Vec<Alert>>,
+}
+
+/// Handles to the state of every stateful operator on one worker.
+pub struct WorkerState<S> {
+    pub order: Rc<RefCell<OrderState>>,
+    pub cooccurrence: Rc<RefCell<CooccurrenceState>>,
+    pub population: Rc<RefCell<PopulationState>>,
+    pub detect: DetectHandle<S>,
+    pub sink: Rc<RefCell<SinkState>>,
+}
+
+impl<S> WorkerState<S> {
+    /// Creates empty state for a worker.
+    pub fn new(session_gap_ms: i64, groups: GroupConfig) -> Self {
+        WorkerState {
+            order: Rc::default(),
+            cooccurrence: Rc::new(RefCell::new(CooccurrenceState::new(session_gap_ms))),
+            population: Rc::new(RefCell::new(PopulationState::new(groups))),
+            detect: Rc::new(RefCell::new(DetectState::default())),
+            sink: Rc::default(),
+        }
+    }
+}
+
+impl<S> Clone for WorkerState<S> {
+    fn clone(&self) -> Self {
+        WorkerState {
+            order: self.order.clone(),
+            cooccurrence: self.cooccurrence.clone(),
+            population: self.population.clone(),
+            detect: self.detect.clone(),
+            sink: self.sink.clone(),
+        }
+    }
+}
