@@ -35,6 +35,9 @@ impl std::fmt::Debug for AlertTally {
     }
 }
 
+/// Builder of the sink's output stream, which carries no data.
+type NoOutput = timely::container::CapacityContainerBuilder<Vec<()>>;
+
 /// The sink's tally, shared with the worker that reads it after the run.
 pub type AlertCounter = std::rc::Rc<std::cell::RefCell<AlertTally>>;
 
@@ -106,10 +109,7 @@ pub fn write_alerts<'scope>(
     state: Rc<RefCell<SinkState>>,
 ) -> StreamVec<'scope, u64, ()> {
     let route = Exchange::new(|_: &Alert| 0);
-    alerts.unary_frontier::<timely::container::CapacityContainerBuilder<Vec<()>>, _, _, _>(
-        route,
-        "WriteAlerts",
-        move |_, _| {
+    alerts.unary_frontier::<NoOutput, _, _, _>(route, "WriteAlerts", move |_, _| {
         move |(input, frontier), _output| {
             let mut state = state.borrow_mut();
             input.for_each_stamp(|_, data| {
@@ -134,7 +134,8 @@ pub fn write_alerts<'scope>(
                     }
                     if let Some(out) = writer.as_mut() {
                         if let Err(error) = writeln!(out, "{}", alert.to_json_line()) {
-                            tracing::error!(%error, alert_id = %alert.alert_id(), "failed to write alert");
+                            let alert_id = alert.alert_id();
+                            tracing::error!(%error, %alert_id, "failed to write alert");
                         }
                     }
                     if tally.keep {
