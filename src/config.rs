@@ -72,6 +72,32 @@ pub struct FileConfig {
     pub run: RunFileConfig,
     /// `[models]`: the model path (`--models`).
     pub models: ModelsConfig,
+    /// `[cluster]`: several processes (`--processes`, `--hostfile`).
+    pub cluster: ClusterFileConfig,
+}
+
+/// `[cluster]`: a run over several processes with timely's cluster mode. The index of each
+/// process is given on its command line (`--process`), so that all can share one file.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterFileConfig {
+    /// Number of processes (`--processes`).
+    pub processes: usize,
+    /// File with one `host:port` line per process, in process order (`--hostfile`).
+    pub hostfile: Option<PathBuf>,
+    /// Time to wait for every process to connect (`--connect-timeout`).
+    #[serde(with = "duration_text")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClusterFileConfig {
+    fn default() -> Self {
+        ClusterFileConfig {
+            processes: 1,
+            hostfile: None,
+            connect_timeout: crate::cluster::DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
 }
 
 /// `[models]`: learned models that score user windows after a bootstrap period.

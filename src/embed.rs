@@ -165,6 +165,7 @@ impl Engine {
             keep_alerts: true,
             metrics: Default::default(),
             state: crate::checkpoint::StateSettings::default(),
+            cluster: None,
         };
         let mut summary = pipeline::run(run).map_err(EngineError::Run)?;
         let alerts = std::mem::take(&mut summary.kept_alerts);

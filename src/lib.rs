@@ -6,6 +6,7 @@
 //! the pure detectors in `veer-models`.
 
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod embed;
 pub mod eval;

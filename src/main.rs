@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
+use veer::cluster::ClusterSettings;
 use veer::config::{parse_duration, DetectorChoice, FileConfig, ReplayOrder};
 use veer::eval::{self, EvalConfig, ScoredAlert, UserTimeline};
 use veer::generate::{self, GenFormat, GenerateConfig};
@@ -179,6 +180,8 @@ struct RunArgs {
     /// Worker threads; users are partitioned across them (default 1).
     #[arg(long)]
     workers: Option<usize>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Configuration file (TOML); command-line options override it.
     #[arg(long, value_name = "PATH")]
     config: Option<PathBuf>,
@@ -211,6 +214,44 @@ struct RunArgs {
     /// (`[models]` in the config file); runs single-threaded after the dataflow.
     #[arg(long)]
     models: bool,
+}
+
+/// Options of a run over several processes (timely's cluster mode).
+#[derive(Args)]
+struct ClusterArgs {
+    /// Processes of a cluster run, each started with its own --process (default 1).
+    #[arg(long)]
+    processes: Option<usize>,
+    /// Index of this process in the cluster, from 0; process 0 reads the input and writes
+    /// the alerts (default 0).
+    #[arg(long, default_value_t = 0)]
+    process: usize,
+    /// File with one host:port line per process, in process order.
+    #[arg(long, value_name = "FILE")]
+    hostfile: Option<PathBuf>,
+    /// Time to wait for every process to connect, e.g. 30s (default 30s).
+    #[arg(long, value_name = "DURATION")]
+    connect_timeout: Option<String>,
+}
+
+impl ClusterArgs {
+    fn settings(
+        &self,
+        file: &veer::config::ClusterFileConfig,
+    ) -> anyhow::Result<Option<ClusterSettings>> {
+        let timeout = match &self.connect_timeout {
+            Some(text) => duration_arg("connect-timeout", text)?,
+            None => file.connect_timeout,
+        };
+        let hostfile = self.hostfile.as_deref().or(file.hostfile.as_deref());
+        let processes = self.processes.unwrap_or(file.processes);
+        Ok(ClusterSettings::from_options(
+            processes,
+            self.process,
+            hostfile,
+            timeout,
+        )?)
+    }
 }
 
 #[derive(Args)]
@@ -366,9 +407,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         time.window = duration_arg("window", text)?;
     }
     let horizon_secs = duration_arg("horizon", &args.horizon)?.as_secs() as i64;
+    let cluster = args.cluster.settings(&file.cluster)?;
+    let reads_input = veer::cluster::reads_input(cluster.as_ref());
 
     let generated = args.input.inputs.is_empty();
-    let (source, truth, timeline) = if generated {
+    let (source, truth, timeline) = if generated && !reads_input {
+        // Process 0 generates the stream and scores the run.
+        (EventSource::Memory(Vec::new()), None, None)
+    } else if generated {
         let config = GenerateConfig {
             users: args.generate_users,
             ..GenerateConfig::default()
@@ -392,8 +438,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         )
     } else {
         let truth = match &args.truth {
-            Some(path) => Some(read_truth(path)?),
-            None => None,
+            Some(path) if reads_input => Some(read_truth(path)?),
+            _ => None,
         };
         (
             EventSource::Inputs {
@@ -424,9 +470,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         detector_config: file.detector.clone(),
         groups: file.groups.clone(),
         progress: !args.no_progress,
-        keep_alerts: truth.is_some(),
         metrics: Default::default(),
         state: veer::checkpoint::StateSettings::default(),
+        // Every process keeps its event times when process 0 scores the run.
+        keep_alerts: generated || args.truth.is_some(),
+        cluster,
     };
     let models = args.models || file.models.enabled;
     if models && settings.detector == DetectorChoice::Baseline {
@@ -434,7 +482,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             "--models works with the shift detector only; drop --detector baseline or --models"
         );
     }
-    let summary = if models {
+    let summary = if models && reads_input {
         pipeline::run_with_models(settings, file.models.run_settings())?
     } else {
         pipeline::run(settings)?

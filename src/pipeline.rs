@@ -80,6 +80,8 @@ pub struct RunSettings {
     pub metrics: Arc<Metrics>,
     /// Eviction of idle users, checkpoints and resume.
     pub state: crate::checkpoint::StateSettings,
+    /// This process's place in a cluster of processes; `None` runs in this process alone.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
 }
 
 /// Counts and results of a run, for the end-of-run summary.
@@ -102,8 +104,12 @@ pub struct RunSummary {
     pub replayed_sorted: bool,
     /// Wall-clock time of the run.
     pub wall: Duration,
-    /// Worker threads used.
+    /// Worker threads used in this process.
     pub workers: usize,
+    /// Processes of the cluster (1 without cluster mode) and this process's index. The
+    /// counts are the whole cluster's on process 0 and this process's own part elsewhere.
+    pub processes: usize,
+    pub process: usize,
     /// The alerts in output order, when `keep_alerts` was set.
     pub kept_alerts: Vec<veer_models::Alert>,
     /// The user and time (Unix seconds) of every event sent on, when `keep_alerts` was set.
@@ -126,6 +132,9 @@ impl RunSummary {
 
     /// Renders the end-of-run summary as aligned text.
     pub fn to_text(&self) -> String {
+        if self.process > 0 {
+            return crate::cluster::part_summary_text(self);
+        }
         let counts = &self.counts;
         let seconds = self.wall.as_secs_f64();
         let rate = if seconds > 0.0 {
@@ -175,7 +184,16 @@ impl RunSummary {
             alert(AlertKind::Anomaly)
         ));
         text.push_str(&self.latency_text());
-        text.push_str(&format!("workers           {:>12}\n", self.workers));
+        if self.processes > 1 {
+            text.push_str(&format!(
+                "workers           {:>12}  ({} processes x {})\n",
+                self.workers * self.processes,
+                self.processes,
+                self.workers
+            ));
+        } else {
+            text.push_str(&format!("workers           {:>12}\n", self.workers));
+        }
         text.push_str(&format!("wall time         {:>11.3}s\n", seconds));
         text.push_str(&format!("events per second {:>12.0}\n", rate));
         text
@@ -210,7 +228,8 @@ struct WorkerResult {
     alerts: BTreeMap<AlertKind, u64>,
     kept_alerts: Vec<veer_models::Alert>,
     ingest: Option<(LineCounts, bool)>,
-    timeline: Vec<(veer_models::Id, i64)>,
+    /// The counts of every worker of the cluster, on worker 0 only.
+    cluster_total: Option<crate::cluster::WorkerCounts>,
     events: Vec<Event>,
     error: Option<String>,
 }
@@ -252,6 +271,8 @@ fn run_job(
         anyhow::bail!("invalid --workers 0: at least one worker thread is needed");
     }
     let started = Instant::now();
+    let fingerprint = crate::cluster::settings_fingerprint(&settings);
+    let settings = crate::cluster::local_part(settings);
     let dead_letter = DeadLetter::create(settings.dead_letter.as_deref())?;
     let alert_writer: Option<Box<dyn Write + Send>> = match &settings.alerts {
         AlertOutput::Stdout => Some(Box::new(std::io::BufWriter::new(std::io::stdout()))),
@@ -308,9 +329,9 @@ fn run_job(
         state: settings.state,
     });
 
-    let config = timely::Config::process(settings.workers);
     let worker_shared = shared.clone();
-    let guards = timely::execute(config, move |worker| {
+    let cluster = settings.cluster.as_ref();
+    let guards = crate::cluster::execute(settings.workers, cluster, fingerprint, move |worker| {
         let shared = worker_shared.clone();
         match shared.detector {
             DetectorChoice::Shift => {
@@ -320,13 +341,15 @@ fn run_job(
             }
             DetectorChoice::Baseline => run_worker(worker, &shared, BaselineDetector::default()),
         }
-    })
-    .map_err(|error| anyhow::anyhow!("failed to start the timely workers: {error}"))?;
+    })?;
 
     let mut summary = RunSummary {
         workers: settings.workers,
+        processes: cluster.map_or(1, |cluster| cluster.processes),
+        process: cluster.map_or(0, |cluster| cluster.process),
         ..Default::default()
     };
+    let mut cluster_total = None;
     let mut kept_events: Vec<Event> = Vec::new();
     for result in guards.join() {
         let result = result.map_err(|error| anyhow::anyhow!("a worker failed: {error}"))?;
@@ -341,12 +364,20 @@ fn run_job(
             *summary.alerts.entry(kind).or_default() += count;
         }
         summary.kept_alerts.extend(result.kept_alerts);
-        summary.timeline.extend(result.timeline);
+        cluster_total = cluster_total.or(result.cluster_total);
         kept_events.extend(result.events);
         if let Some((counts, sorted)) = result.ingest {
             summary.counts = counts;
             summary.replayed_sorted = sorted;
         }
+    }
+    if let Some(total) = cluster_total {
+        summary.duplicates = total.duplicates;
+        summary.users = total.users;
+        summary.users_evicted = total.users_evicted;
+        summary.users_tracked = total.users_tracked;
+        summary.alerts = total.alerts;
+        summary.timeline = total.timeline;
     }
     shared.dead_letter.flush();
     summary.latency = shared.metrics.latency();
@@ -512,11 +543,20 @@ fn run_worker<D: Detector>(
     result.evicted = state.detect.borrow().evicted_users();
     result.tracked = state.detect.borrow().tracked_users() as u64;
     result.stats = stats.borrow().clone();
-    result.timeline = result.stats.timeline.take().unwrap_or_default();
+    let timeline = result.stats.timeline.take().unwrap_or_default();
     let mut tally = alert_counts.borrow_mut();
     result.alerts = tally.by_kind.clone();
     result.kept_alerts = std::mem::take(&mut tally.kept);
     drop(tally);
+    let counts = crate::cluster::WorkerCounts {
+        duplicates: result.duplicates,
+        users: result.stats.users,
+        users_evicted: result.evicted,
+        users_tracked: result.tracked,
+        alerts: result.alerts.clone(),
+        timeline,
+    };
+    result.cluster_total = crate::cluster::sum_on_first_worker(worker, counts);
     result
 }
 

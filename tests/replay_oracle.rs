@@ -27,6 +27,7 @@ fn dataflow_alerts(events: Vec<Event>, workers: usize) -> Vec<Alert> {
         keep_alerts: true,
         metrics: Default::default(),
         state: veer::checkpoint::StateSettings::default(),
+        cluster: None,
     };
     pipeline::run(settings)
         .expect("the pipeline runs")
