@@ -310,7 +310,14 @@ fn invalid_cluster_options_rejected() {
     let missing = folder.path().join("missing.txt");
     let cases: [(Vec<&str>, &str); 5] = [
         (
-            vec!["--processes", "2", "--process", "2", "--hostfile", arg(&hostfile)],
+            vec![
+                "--processes",
+                "2",
+                "--process",
+                "2",
+                "--hostfile",
+                arg(&hostfile),
+            ],
             "invalid --process 2: with --processes 2 the processes are numbered 0 to 1",
         ),
         (

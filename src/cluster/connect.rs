@@ -135,9 +135,15 @@ pub fn connect_peers(
     accept_from(&listener, &own, &mut sockets, deadline, settings)?;
     for stream in sockets.iter().flatten() {
         // timely's send and receive threads block on these sockets for the whole run.
-        stream.set_read_timeout(None).map_err(ClusterError::Socket)?;
-        stream.set_write_timeout(None).map_err(ClusterError::Socket)?;
-        stream.set_nonblocking(false).map_err(ClusterError::Socket)?;
+        stream
+            .set_read_timeout(None)
+            .map_err(ClusterError::Socket)?;
+        stream
+            .set_write_timeout(None)
+            .map_err(ClusterError::Socket)?;
+        stream
+            .set_nonblocking(false)
+            .map_err(ClusterError::Socket)?;
     }
     tracing::info!(
         process = settings.process,
@@ -228,7 +234,9 @@ fn accept_from(
     deadline: Instant,
     settings: &ClusterSettings,
 ) -> Result<(), ClusterError> {
-    listener.set_nonblocking(true).map_err(ClusterError::Socket)?;
+    listener
+        .set_nonblocking(true)
+        .map_err(ClusterError::Socket)?;
     let own_index = settings.process;
     loop {
         let missing: Vec<usize> = (own_index + 1..settings.processes)
@@ -350,9 +358,19 @@ mod tests {
         assert_eq!(own.mismatch(&same), None);
         let reason = own.mismatch(&Hello { workers: 3, ..same }).unwrap();
         assert!(reason.contains("3 workers"), "{reason}");
-        let reason = own.mismatch(&Hello { processes: 3, ..same }).unwrap();
+        let reason = own
+            .mismatch(&Hello {
+                processes: 3,
+                ..same
+            })
+            .unwrap();
         assert!(reason.contains("--processes 3"), "{reason}");
-        let reason = own.mismatch(&Hello { fingerprint: 1, ..same }).unwrap();
+        let reason = own
+            .mismatch(&Hello {
+                fingerprint: 1,
+                ..same
+            })
+            .unwrap();
         assert!(reason.contains("configuration"), "{reason}");
     }
 }

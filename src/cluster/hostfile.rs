@@ -15,11 +15,10 @@ pub fn read_hostfile(path: &Path, processes: usize) -> Result<Vec<String>, Clust
         path: path.to_path_buf(),
         error,
     })?;
-    parse_hostfile(&text, processes)
-        .map_err(|message| ClusterError::InvalidHostfile {
-            path: path.to_path_buf(),
-            message,
-        })
+    parse_hostfile(&text, processes).map_err(|message| ClusterError::InvalidHostfile {
+        path: path.to_path_buf(),
+        message,
+    })
 }
 
 /// Parses the text of a hostfile as [`read_hostfile`] does. Errors name the line.

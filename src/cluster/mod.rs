@@ -134,7 +134,9 @@ pub enum ClusterError {
     },
 
     /// The address of a process accepts connections, but not as a veer process.
-    #[error("{address} accepted the connection, but sent no veer cluster hello; check the hostfile")]
+    #[error(
+        "{address} accepted the connection, but sent no veer cluster hello; check the hostfile"
+    )]
     NotAPeer {
         /// The hostfile address.
         address: String,
@@ -324,6 +326,9 @@ mod tests {
             ClusterSettings::from_options(2, 1, None, timeout),
             Err(ClusterError::MissingHostfile { processes: 2 })
         ));
-        assert_eq!(ClusterSettings::from_options(1, 0, None, timeout).unwrap(), None);
+        assert_eq!(
+            ClusterSettings::from_options(1, 0, None, timeout).unwrap(),
+            None
+        );
     }
 }
