@@ -45,6 +45,9 @@ pub struct TimeConfig {
     pub window: Duration,
     /// Replay order of a file.
     pub order: ReplayOrder,
+    /// Time without events after which a live connection stops holding back event time.
+    #[serde(with = "duration_text")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for TimeConfig {
@@ -54,6 +57,7 @@ impl Default for TimeConfig {
             max_future_skew: Duration::from_secs(24 * 3600),
             window: Duration::from_secs(3600),
             order: ReplayOrder::Auto,
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -74,6 +78,8 @@ pub struct FileConfig {
     pub models: ModelsConfig,
     /// `[cluster]`: several processes (`--processes`, `--hostfile`).
     pub cluster: ClusterFileConfig,
+    /// `[listen]`: the TCP source of `veer serve`.
+    pub listen: crate::listen::ListenConfig,
 }
 
 /// `[cluster]`: a run over several processes with timely's cluster mode. The index of each
@@ -211,7 +217,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-mod duration_text {
+pub(crate) mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};

@@ -44,8 +44,8 @@ pub struct LineCounts {
 
 /// One message from the reader thread.
 pub enum Chunk {
-    /// Parsed events in file order.
-    Events(Vec<Event>),
+    /// Parsed events in file order, and the counts of every line read up to the last of them.
+    Events(Vec<Event>, LineCounts),
     /// The reader finished; its counts of lines, skipped and bad records and bytes.
     Done(LineCounts),
     /// An input could not be opened or read.
@@ -262,7 +262,7 @@ fn read_one(
                 if batch.len() >= BATCH {
                     progress.publish(counts, &mut published);
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                    if sender.send(Chunk::Events(full)).is_err() {
+                    if sender.send(Chunk::Events(full, counts.clone())).is_err() {
                         return Ok(());
                     }
                 }
@@ -279,9 +279,29 @@ fn read_one(
         .store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
     progress.publish(counts, &mut published);
     if !batch.is_empty() {
-        let _ = sender.send(Chunk::Events(batch));
+        let _ = sender.send(Chunk::Events(batch, counts.clone()));
     }
     Ok(())
+}
+
+/// Receives the next chunk from the reader thread, or `None` once a shutdown is requested.
+///
+/// The reader may be blocked reading standard input, so a shutdown does not wait for it; the
+/// lines of its unsent batch are neither processed nor counted.
+pub fn receive_until_shutdown(receiver: &Receiver<Chunk>) -> Result<Option<Chunk>, String> {
+    loop {
+        if crate::shutdown::requested() {
+            tracing::info!("shutdown requested: the input is treated as ended");
+            return Ok(None);
+        }
+        match receiver.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(chunk) => return Ok(Some(chunk)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err("the reader thread stopped unexpectedly".into())
+            }
+        }
+    }
 }
 
 /// Reads every event of `paths` in file order, without a dead-letter file.
@@ -300,7 +320,7 @@ pub fn read_events(
     let mut events = Vec::new();
     for chunk in receiver {
         match chunk {
-            Chunk::Events(mut batch) => events.append(&mut batch),
+            Chunk::Events(mut batch, _) => events.append(&mut batch),
             Chunk::Done(counts) => return Ok((events, counts)),
             Chunk::Failed(message) => anyhow::bail!(message),
         }

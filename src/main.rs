@@ -27,6 +27,13 @@ enum Command {
     ///
     /// Without --input, generates a labelled stream in memory, runs it and prints the score.
     Run(RunArgs),
+    /// Accept events over TCP and write alerts as they happen, until SIGTERM or SIGINT.
+    ///
+    /// Clients send lines of JSON, Taobao or REES46 CSV (detected per connection from its
+    /// first line unless --format is given) to 127.0.0.1:7700 by default. The first SIGTERM or
+    /// SIGINT stops reading, processes the events already read, closes the last windows and
+    /// exits 0; a second SIGINT exits at once with code 130.
+    Serve(ServeArgs),
     /// Write a deterministic labelled stream with planted shifts and decoys.
     Generate(GenerateArgs),
     /// Score an alert file against a truth file with the contract's rule.
@@ -133,7 +140,7 @@ enum MissingCategoryArg {
     Item,
 }
 
-#[derive(Args)]
+#[derive(Args, Default)]
 struct InputArgs {
     /// Input file, plain or gzip-compressed; `-` for standard input. Repeat for several files.
     #[arg(long = "input", value_name = "PATH")]
@@ -214,10 +221,70 @@ struct RunArgs {
     /// (`[models]` in the config file); runs single-threaded after the dataflow.
     #[arg(long)]
     models: bool,
+    #[command(flatten)]
+    listen: veer::listen::ListenArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    listen: veer::listen::ListenArgs,
+    /// Format of every connection (jsonl, taobao or rees46); detected per connection from its
+    /// first line when absent.
+    #[arg(long, value_enum)]
+    format: Option<FormatArg>,
+    /// Alert output: a file of JSON lines, or `-` for standard output (default `-`).
+    #[arg(long, value_name = "PATH|-")]
+    alerts: Option<String>,
+    /// Dead-letter file: one JSON line per bad or late line, with its connection and line.
+    #[arg(long, value_name = "PATH")]
+    dead_letter: Option<PathBuf>,
+    /// Worker threads; users are partitioned across them (default 1).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Configuration file (TOML); command-line options override it.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Allowed out-of-orderness within a connection before an event is late, e.g. 10m
+    /// (default 10m).
+    #[arg(long, value_name = "DURATION")]
+    out_of_orderness: Option<String>,
+    /// Population window for group learning and trends, e.g. 1h (default 1h).
+    #[arg(long, value_name = "DURATION")]
+    window: Option<String>,
+    /// Shift detector: shift (CUSUM over groups) or baseline (reference rule).
+    #[arg(long, value_enum)]
+    detector: Option<DetectorChoice>,
+}
+
+impl ServeArgs {
+    fn into_run_args(self) -> RunArgs {
+        RunArgs {
+            input: InputArgs {
+                format: self.format,
+                ..InputArgs::default()
+            },
+            alerts: self.alerts,
+            dead_letter: self.dead_letter,
+            workers: self.workers,
+            config: self.config,
+            order: None,
+            out_of_orderness: self.out_of_orderness,
+            window: self.window,
+            detector: self.detector,
+            truth: None,
+            horizon: "3d".into(),
+            generate_users: 0,
+            no_progress: true,
+            models: false,
+            listen: self.listen,
+            cluster: ClusterArgs::default(),
+        }
+    }
 }
 
 /// Options of a run over several processes (timely's cluster mode).
-#[derive(Args)]
+#[derive(Args, Default)]
 struct ClusterArgs {
     /// Processes of a cluster run, each started with its own --process (default 1).
     #[arg(long)]
@@ -325,7 +392,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args, false),
+        Command::Serve(args) => run(args.into_run_args(), true),
         Command::Generate(args) => generate_files(args),
         Command::Eval(args) => eval_files(args),
         Command::Stats(args) => print_stats(args),
@@ -383,7 +451,7 @@ fn check_distinct_paths(inputs: &[String], outputs: &[(&str, &Path)]) -> anyhow:
     Ok(())
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
+fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
     let mut outputs: Vec<(&str, &Path)> = Vec::new();
     if let Some(path) = args.alerts.as_deref().filter(|path| *path != "-") {
         outputs.push(("alerts", Path::new(path)));
@@ -409,8 +477,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let horizon_secs = duration_arg("horizon", &args.horizon)?.as_secs() as i64;
     let cluster = args.cluster.settings(&file.cluster)?;
     let reads_input = veer::cluster::reads_input(cluster.as_ref());
+    let format = args.input.format.map(Format::from);
+    let listen = args.listen.settings(&file, format, serve)?;
+    veer::shutdown::install()?;
 
-    let generated = args.input.inputs.is_empty();
+    let generated = args.input.inputs.is_empty() && listen.is_none();
     let (source, truth, timeline) = if generated && !reads_input {
         // Process 0 generates the stream and scores the run.
         (EventSource::Memory(Vec::new()), None, None)
@@ -436,6 +507,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             Some(stream.truth),
             Some(timeline),
         )
+    } else if let Some(listen) = listen {
+        if !args.input.inputs.is_empty() || args.truth.is_some() || args.models {
+            anyhow::bail!("--listen cannot be combined with --input, --truth or --models");
+        }
+        let source = veer::listen::ListenSource::bind(listen)?;
+        (EventSource::Listen(source), None, None)
     } else {
         let truth = match &args.truth {
             Some(path) if reads_input => Some(read_truth(path)?),
@@ -469,7 +546,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         detector: args.detector.unwrap_or(file.run.detector),
         detector_config: file.detector.clone(),
         groups: file.groups.clone(),
-        progress: !args.no_progress,
+        progress: !args.no_progress && !serve && args.listen.listen.is_empty(),
         metrics: Default::default(),
         state: veer::checkpoint::StateSettings::default(),
         // Every process keeps its event times when process 0 scores the run.

@@ -46,6 +46,8 @@ pub enum EventSource {
     },
     /// Events already in memory, such as a generated stream, sorted by time.
     Memory(Vec<Event>),
+    /// A bound TCP source (`veer serve`), read until a shutdown is requested.
+    Listen(crate::listen::ListenSource),
 }
 
 /// Everything a run needs.
@@ -292,10 +294,11 @@ fn run_job(
             .collect::<Vec<_>>()
             .join(","),
         EventSource::Memory(_) => "<generated>".to_string(),
+        EventSource::Listen(_) => "<tcp>".to_string(),
     };
     let input_bytes = match &settings.source {
         EventSource::Inputs { paths, .. } => crate::progress::Progress::plain_size(paths),
-        EventSource::Memory(_) => None,
+        EventSource::Memory(_) | EventSource::Listen(_) => None,
     };
     let feed = match settings.source {
         EventSource::Inputs { paths, options } => Feed::Reader(ingest::spawn_reader(
@@ -306,10 +309,24 @@ fn run_job(
             settings.metrics.clone(),
         )),
         EventSource::Memory(events) => Feed::Memory(events),
+        EventSource::Listen(source) => Feed::Listen(source),
+    };
+    // Live and streamed runs flush whole alert lines after each step, so that alerts appear
+    // promptly and a forced exit never leaves a cut line.
+    let (alert_writer, live_alerts) = match (&feed, alert_writer) {
+        (Feed::Listen(_) | Feed::Reader(_), Some(writer)) => {
+            let live = crate::listen::WholeLineWriter::new(writer);
+            (
+                Some(Box::new(live.clone()) as Box<dyn Write + Send>),
+                Some(live),
+            )
+        }
+        (_, writer) => (writer, None),
     };
     let shared = Arc::new(Shared {
         feed: Mutex::new(Some(feed)),
         alert_writer: Mutex::new(alert_writer),
+        live_alerts,
         dead_letter,
         input_label,
         input_bytes,
@@ -409,11 +426,14 @@ fn run_job(
 enum Feed {
     Reader(crossbeam_channel::Receiver<Chunk>),
     Memory(Vec<Event>),
+    Listen(crate::listen::ListenSource),
 }
 
 struct Shared {
     feed: Mutex<Option<Feed>>,
     alert_writer: Mutex<Option<Box<dyn Write + Send>>>,
+    /// Flush handle of the alert output of a live run.
+    live_alerts: Option<crate::listen::WholeLineWriter>,
     dead_letter: DeadLetter,
     /// Input names for late records, which no longer know their file.
     input_label: String,
@@ -565,21 +585,21 @@ const FEED_BATCH: usize = 16_384;
 
 /// Worker 0's handles for sending the input: the dataflow's input, the probe of its alerts,
 /// and the hooks that run between steps.
-struct Feeder<'a> {
-    input: &'a mut InputHandle<u64, Event>,
-    probe: &'a ProbeHandle<u64>,
-    hooks: &'a WorkerHooks,
+pub(crate) struct Feeder<'a> {
+    pub(crate) input: &'a mut InputHandle<u64, Event>,
+    pub(crate) probe: &'a ProbeHandle<u64>,
+    pub(crate) hooks: &'a WorkerHooks,
 }
 
 impl Feeder<'_> {
     /// Sends one event.
-    fn send(&mut self, event: Event) {
+    pub(crate) fn send(&mut self, event: Event) {
         self.input.send(event);
     }
 
     /// Advances the input's event time to `time` (if later) and steps the dataflow until the
     /// alerts have caught up, running the hooks between steps.
-    fn advance_and_wait(&mut self, worker: &mut timely::worker::Worker, time: u64) {
+    pub(crate) fn advance_and_wait(&mut self, worker: &mut timely::worker::Worker, time: u64) {
         if time > *self.input.time() {
             self.input.advance_to(time);
             self.hooks.metrics().set_watermark(time as i64);
@@ -606,6 +626,17 @@ fn feed_input(
     };
     let progress = crate::progress::Progress::new(shared.progress, shared.input_bytes);
     match feed {
+        Feed::Listen(source) => {
+            let live = crate::listen::feed::LiveFeed {
+                source,
+                dead_letter: &shared.dead_letter,
+                out_of_orderness_ms: shared.out_of_orderness_ms,
+                max_future_skew_ms: shared.max_future_skew_ms,
+                alerts: shared.live_alerts.clone(),
+            };
+            let counts = crate::listen::feed::feed(worker, &mut feeder, live, &mut record)?;
+            Ok((counts, false))
+        }
         Feed::Memory(mut events) => {
             events.sort_by(Event::processing_cmp);
             let mut counts = LineCounts {
@@ -630,14 +661,17 @@ fn feed_input(
             let mut out_of_order = 0u64;
             let mut newest = i64::MIN;
             let mut streamed = 0u64;
+            let mut read_so_far = LineCounts::default();
             loop {
-                let chunk = receiver
-                    .recv()
-                    .map_err(|_| "the reader thread stopped unexpectedly".to_string())?;
+                let Some(chunk) = ingest::receive_until_shutdown(&receiver)? else {
+                    counts = read_so_far;
+                    break;
+                };
                 let received = Instant::now();
                 progress.reading(shared.bytes_read.load(Ordering::Relaxed));
                 match chunk {
-                    Chunk::Events(events) if stream_arrival => {
+                    Chunk::Events(events, so_far) if stream_arrival => {
+                        read_so_far = so_far;
                         for event in events {
                             if event.ts_ms < newest {
                                 out_of_order += 1;
@@ -658,9 +692,17 @@ fn feed_input(
                         }
                         feeder.hooks.mark_sent(newest, received);
                         feeder.advance_and_wait(worker, watermark.current());
+                        if let Some(alerts) = &shared.live_alerts {
+                            if let Err(error) = alerts.flush_lines() {
+                                tracing::error!(%error, "failed to write alerts");
+                            }
+                        }
                         progress.processed(streamed);
                     }
-                    Chunk::Events(mut events) => buffered.append(&mut events),
+                    Chunk::Events(mut events, so_far) => {
+                        read_so_far = so_far;
+                        buffered.append(&mut events)
+                    }
                     Chunk::Done(done) => {
                         counts = done;
                         break;

@@ -1,0 +1,95 @@
+//! Command-line options of the TCP source, shared by `veer serve` and `veer run --listen`.
+
+use crate::config::{parse_duration, FileConfig};
+use crate::sources::Format;
+
+use super::ListenSettings;
+
+/// Options of the TCP source; each overrides its `veer.toml` key.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ListenArgs {
+    /// Address to accept event streams on, HOST:PORT or a bare port (127.0.0.1:PORT); repeat
+    /// for several. `veer serve` uses [listen] address (127.0.0.1:7700) when none is given.
+    #[arg(long = "listen", value_name = "HOST:PORT")]
+    pub listen: Vec<String>,
+    /// Time without events after which a connection stops holding back event time, e.g. 30s
+    /// (default 30s, [time] idle_timeout).
+    #[arg(long, value_name = "DURATION")]
+    pub idle_timeout: Option<String>,
+    /// Maximum line length in bytes; a longer line is one bad record and closes its
+    /// connection (default 1048576).
+    #[arg(long, value_name = "BYTES")]
+    pub max_line_bytes: Option<usize>,
+    /// Maximum open connections; more are closed at once with a log line (default 256).
+    #[arg(long, value_name = "COUNT")]
+    pub max_clients: Option<usize>,
+    /// Time a line may take from its first byte to its end before the connection is closed,
+    /// e.g. 10s (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub line_timeout: Option<String>,
+    /// Consecutive bad lines after which a connection is closed (default 1000).
+    #[arg(long, value_name = "COUNT")]
+    pub max_bad_lines: Option<u64>,
+    /// Events that may wait for the event-time frontier before connections ahead of it are no
+    /// longer read (default 262144).
+    #[arg(long, value_name = "COUNT")]
+    pub max_buffered_events: Option<u64>,
+    /// Interval of the "input status" log line, e.g. 10s; 0s turns it off (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    pub status_interval: Option<String>,
+}
+
+impl ListenArgs {
+    /// Returns the TCP source settings: `None` for a run without `--listen` unless `serve` is
+    /// set, in which case the configured address is used.
+    pub fn settings(
+        &self,
+        file: &FileConfig,
+        format: Option<Format>,
+        serve: bool,
+    ) -> anyhow::Result<Option<ListenSettings>> {
+        if self.listen.is_empty() && !serve {
+            return Ok(None);
+        }
+        let duration = |name: &str, text: &str| {
+            parse_duration(text).map_err(|message| anyhow::anyhow!("--{name}: {message}"))
+        };
+        let mut limits = file.listen.clone();
+        let addresses = if self.listen.is_empty() {
+            vec![limits.address.clone()]
+        } else {
+            self.listen.clone()
+        };
+        if let Some(bytes) = self.max_line_bytes {
+            limits.max_line_bytes = bytes;
+        }
+        if let Some(count) = self.max_clients {
+            limits.max_clients = count;
+        }
+        if let Some(text) = &self.line_timeout {
+            limits.line_timeout = duration("line-timeout", text)?;
+        }
+        if let Some(count) = self.max_bad_lines {
+            limits.max_bad_lines = count;
+        }
+        if let Some(count) = self.max_buffered_events {
+            limits.max_buffered_events = count;
+        }
+        if let Some(text) = &self.status_interval {
+            limits.status_interval = duration("status-interval", text)?;
+        }
+        let idle_timeout = match &self.idle_timeout {
+            Some(text) => duration("idle-timeout", text)?,
+            None => file.time.idle_timeout,
+        };
+        if idle_timeout.is_zero() {
+            anyhow::bail!("invalid --idle-timeout 0s: use a positive duration such as 30s");
+        }
+        Ok(Some(ListenSettings {
+            addresses,
+            format,
+            limits,
+            idle_timeout,
+        }))
+    }
+}
