@@ -145,8 +145,10 @@ fn round4(value: f64) -> Value {
 pub fn id_from_json(value: &Value) -> Option<Id> {
     match value {
         Value::Number(number) => {
-            let text = number.to_string();
-            Some(Id::parse_int(&text).map_or_else(|| Id::Text(text.into()), Id::Int))
+            // With `arbitrary_precision` a number keeps its input text, which `as_str` borrows
+            // without formatting it into a new string.
+            let text = number.as_str();
+            Some(Id::parse_int(text).map_or_else(|| Id::Text(text.into()), Id::Int))
         }
         Value::String(text) => Some(Id::Text(text.as_str().into())),
         _ => None,
