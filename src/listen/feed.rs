@@ -326,7 +326,8 @@ impl Buffered {
 struct Status {
     interval: Duration,
     last: Instant,
-    last_lines: u64,
+    /// Lines and events at the last log line.
+    last_counts: (u64, u64),
 }
 
 impl Status {
@@ -334,7 +335,7 @@ impl Status {
         Status {
             interval,
             last: Instant::now(),
-            last_lines: u64::MAX,
+            last_counts: (u64::MAX, u64::MAX),
         }
     }
 
@@ -344,10 +345,10 @@ impl Status {
         }
         self.last = Instant::now();
         let lines = shared.lines.load(Ordering::Relaxed);
-        if lines == self.last_lines {
+        if (lines, received) == self.last_counts {
             return;
         }
-        self.last_lines = lines;
+        self.last_counts = (lines, received);
         tracing::info!(
             connections = clock.open_sources(),
             active = clock.active_sources(),

@@ -1,0 +1,211 @@
+//! One port, many kinds of client: 40 idle connections, a trickle of one byte per 0.5 s, a
+//! 10 MiB line, a firehose and four normal clients. The normal clients' alerts arrive while
+//! every troublesome connection is open, nothing of theirs is late, the firehose is slowed by
+//! TCP backpressure and fully processed, and memory stays bounded.
+//!
+//! The handed case's firehose has 1,000,000 events and holds its sockets for 90 s; here it
+//! has 200,000 events and the pauses are scaled to an idle timeout of 3 s.
+
+mod serving;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serving::{alert_ids, case_file, read_json_lines, summary_count, Server};
+
+const CASE: &str = "20-tcp-slow-client-backpressure";
+const FIREHOSE_EVENTS: u64 = 200_000;
+
+/// Samples the resident memory of the server every 100 ms into `peak` until `stop` is set.
+fn sample_rss(pid: u32, peak: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let rss = status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0);
+            peak.fetch_max(rss, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+/// Sends a client file in 10 slices, 300 ms apart, and returns the open connection.
+fn normal_client(address: SocketAddr, number: usize) -> TcpStream {
+    let text = std::fs::read_to_string(case_file(CASE, &format!("client{number}.jsonl"))).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut stream = TcpStream::connect(address).unwrap();
+    for slice in lines.chunks(lines.len().div_ceil(10)) {
+        stream.write_all(format!("{}\n", slice.join("\n")).as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stream
+}
+
+/// Sends the firehose events and returns the connection and the time spent blocked in send.
+fn firehose(address: SocketAddr) -> (TcpStream, Duration) {
+    let (start, span) = (1_511_539_200u64, 6 * 86_400u64);
+    let mut stream = TcpStream::connect(address).unwrap();
+    let mut blocked = Duration::ZERO;
+    let mut batch = String::new();
+    for index in 0..FIREHOSE_EVENTS {
+        let category = if index % 3 == 0 { 15 } else { 12 };
+        batch.push_str(&format!(
+            "{{\"user\":{},\"item\":{},\"category\":{category},\"behavior\":\"view\",\"ts\":{}}}\n",
+            2100 + index % 100,
+            category * 1000 + index % 40,
+            start + index * span / FIREHOSE_EVENTS
+        ));
+        if index % 1000 == 999 {
+            let before = Instant::now();
+            stream.write_all(batch.as_bytes()).unwrap();
+            blocked += before.elapsed();
+            batch.clear();
+        }
+    }
+    (stream, blocked)
+}
+
+/// The troublesome clients; each returns its open connection.
+fn troublesome(address: SocketAddr) -> Vec<JoinHandle<Option<TcpStream>>> {
+    let mut clients: Vec<JoinHandle<Option<TcpStream>>> = (0..40)
+        .map(|_| std::thread::spawn(move || TcpStream::connect(address).ok()))
+        .collect();
+    clients.push(std::thread::spawn(move || {
+        let line = b"{\"user\":2009,\"item\":12001,\"category\":12,\"behavior\":\"view\",\"ts\":1511798400}\n";
+        let mut stream = TcpStream::connect(address).ok()?;
+        for byte in line.chunks(1) {
+            if stream.write_all(byte).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Some(stream)
+    }));
+    clients.push(std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(address).ok()?;
+        let _ = stream.write_all(&vec![b'x'; 10 << 20]);
+        Some(stream)
+    }));
+    clients
+}
+
+fn serve(alerts: &std::path::Path) -> Server {
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "4",
+        "--idle-timeout",
+        "3s",
+        "--status-interval",
+        "200ms",
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ];
+    Server::start(&args, 1)
+}
+
+#[test]
+fn troublesome_clients_do_not_stall_others() {
+    let folder = tempfile::tempdir().unwrap();
+
+    // Baseline: the normal clients alone.
+    let base = folder.path().join("base.jsonl");
+    let mut server = serve(&base);
+    let address = server.addresses[0];
+    let (peak_base, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let sampler = sample_rss(server.child.id(), peak_base.clone(), stop.clone());
+    let normal: Vec<_> = (1..=4)
+        .map(|number| std::thread::spawn(move || normal_client(address, number)))
+        .collect();
+    let normal: Vec<TcpStream> = normal.into_iter().map(|thread| thread.join().unwrap()).collect();
+    std::thread::sleep(Duration::from_secs(4));
+    drop(normal);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(10).0, 0);
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let log = server.log();
+    assert_eq!(summary_count(&log, "lines read"), 1396);
+    assert_eq!(summary_count(&log, "late"), 0);
+    assert_eq!(summary_count(&log, "bad"), 0);
+    let base_alerts = read_json_lines(&base);
+    let truth = read_json_lines(&case_file(CASE, "truth.jsonl"));
+    assert_eq!(base_alerts.len(), 4, "{base_alerts:?}");
+    for shift in &truth {
+        let onset = shift["onset_ts"].as_i64().unwrap();
+        let found = base_alerts.iter().any(|alert| {
+            let ts = alert["ts"].as_i64().unwrap();
+            alert["user"] == shift["user"] && (onset..=onset + 259_200).contains(&ts)
+        });
+        assert!(found, "no alert for {shift}");
+    }
+
+    // The full mix.
+    let mix = folder.path().join("mix.jsonl");
+    let mut server = serve(&mix);
+    let address = server.addresses[0];
+    let (peak_mix, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let sampler = sample_rss(server.child.id(), peak_mix.clone(), stop.clone());
+    let troublesome = troublesome(address);
+    let hose = std::thread::spawn(move || firehose(address));
+    let normal: Vec<_> = (1..=4)
+        .map(|number| std::thread::spawn(move || normal_client(address, number)))
+        .collect();
+    let normal: Vec<TcpStream> = normal.into_iter().map(|thread| thread.join().unwrap()).collect();
+    let sent = Instant::now();
+
+    // The normal clients' alerts arrive while every connection is still open.
+    let deadline = Duration::from_secs(3 + 10);
+    while alert_ids(&mix).len() < 4 && sent.elapsed() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(alert_ids(&mix), alert_ids(&base), "after {:?}", sent.elapsed());
+
+    let (hose_stream, blocked) = hose.join().unwrap();
+    assert!(blocked > Duration::ZERO, "the firehose never waited in send");
+    let troublesome: Vec<Option<TcpStream>> =
+        troublesome.into_iter().map(|thread| thread.join().unwrap()).collect();
+    server.wait_for(|log| log.contains(&format!("events={}", 1396 + FIREHOSE_EVENTS)), 60);
+    drop(troublesome);
+    drop(hose_stream);
+    drop(normal);
+
+    // After the clients leave, a new client is accepted at once.
+    std::thread::sleep(Duration::from_millis(500));
+    let opened = server.log().matches("connection opened").count();
+    let _late_client = TcpStream::connect(address).unwrap();
+    server.wait_for(|log| log.matches("connection opened").count() > opened, 2);
+
+    server.signal(libc::SIGTERM);
+    let (code, took) = server.wait_exit(10);
+    assert_eq!(code, 0);
+    assert!(took < Duration::from_secs(10));
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+
+    let log = server.log();
+    let long_line = log
+        .lines()
+        .find(|line| line.contains("line longer than max_line_bytes"))
+        .expect("a log line for the 10 MiB line");
+    assert!(long_line.contains("peer=127.0.0.1:"), "{long_line}");
+    assert!(long_line.contains("max_line_bytes=1048576"), "{long_line}");
+    let trickle_cut = log.contains("within line_timeout");
+    let events = summary_count(&log, "events");
+    assert_eq!(events, 1396 + FIREHOSE_EVENTS + u64::from(!trickle_cut));
+    assert_eq!(summary_count(&log, "late"), 0);
+    assert_eq!(summary_count(&log, "bad"), 1 + u64::from(trickle_cut));
+    assert_eq!(alert_ids(&mix), alert_ids(&base));
+
+    let (base_kib, mix_kib) = (peak_base.load(Ordering::Relaxed), peak_mix.load(Ordering::Relaxed));
+    assert!(mix_kib <= base_kib + 256 * 1024, "peak RSS {mix_kib} KiB against {base_kib} KiB");
+}

@@ -1,0 +1,160 @@
+//! Shutdown: end of standard input, SIGTERM in the middle of a TCP stream, SIGTERM with a
+//! silent client or a blocked standard input, and a second SIGINT during a stalled shutdown.
+
+mod serving;
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serving::{alert_ids, case_file, connect_and_send, read_json_lines, summary_count, Server};
+
+const CASE: &str = "16-graceful-shutdown";
+
+#[test]
+fn stdin_end_closes_windows() {
+    let folder = tempfile::tempdir().unwrap();
+    let alerts = folder.path().join("a.jsonl");
+    let input = std::fs::File::open(case_file(CASE, "input.jsonl")).unwrap();
+    let args = ["run", "--input", "-", "--workers", "4", "--alerts", alerts.to_str().unwrap()];
+    let mut server = Server::start_with_stdin(&args, 0, Stdio::from(input));
+    let (code, took) = server.wait_exit(30);
+    assert_eq!(code, 0, "{}", server.log());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+
+    let alerts = read_json_lines(&alerts);
+    let truth = read_json_lines(&case_file(CASE, "truth.jsonl"));
+    assert_eq!(alerts.len(), truth.len(), "one alert per shift and nothing else: {alerts:?}");
+    for shift in &truth {
+        let onset = shift["onset_ts"].as_i64().unwrap();
+        let found = alerts.iter().any(|alert| {
+            let ts = alert["ts"].as_i64().unwrap();
+            alert["user"] == shift["user"]
+                && alert["kind"] == "interest_shift"
+                && (onset..=onset + 259_200).contains(&ts)
+        });
+        assert!(found, "no alert within the horizon for {shift}");
+    }
+}
+
+#[test]
+fn sigterm_mid_stream_keeps_read_events() {
+    let folder = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(case_file(CASE, "input.jsonl")).unwrap();
+    let head: String = text.lines().take(2100).map(|line| format!("{line}\n")).collect();
+    let head_path = folder.path().join("head.jsonl");
+    std::fs::write(&head_path, &head).unwrap();
+
+    let reference = folder.path().join("ref.jsonl");
+    let args = [
+        "run",
+        "--input",
+        head_path.to_str().unwrap(),
+        "--workers",
+        "4",
+        "--alerts",
+        reference.to_str().unwrap(),
+    ];
+    let (code, _) = Server::start(&args, 0).wait_exit(30);
+    assert_eq!(code, 0);
+
+    let alerts = folder.path().join("b.jsonl");
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "4",
+        "--status-interval",
+        "100ms",
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ];
+    let mut server = Server::start(&args, 1);
+    let _client = connect_and_send(server.addresses[0], head.as_bytes());
+    server.wait_for(|log| log.contains("events=2100"), 20);
+    server.signal(libc::SIGTERM);
+    let (code, took) = server.wait_exit(10);
+    assert_eq!(code, 0, "{}", server.log());
+    assert!(took < Duration::from_secs(10));
+
+    let log = server.log();
+    assert_eq!(summary_count(&log, "lines read"), 2100);
+    assert_eq!(summary_count(&log, "late"), 0);
+    let ids = alert_ids(&alerts);
+    assert!(!ids.is_empty());
+    assert_eq!(ids, alert_ids(&reference));
+}
+
+#[test]
+fn sigterm_with_silent_client_frees_port() {
+    let args = ["serve", "--listen", "127.0.0.1:0", "--workers", "4", "--alerts", "-"];
+    let mut server = Server::start(&args, 1);
+    let address = server.addresses[0];
+    let _silent = std::net::TcpStream::connect(address).unwrap();
+    server.wait_for(|log| log.contains("connection opened"), 10);
+    std::thread::sleep(Duration::from_millis(500));
+    server.signal(libc::SIGTERM);
+    let (code, took) = server.wait_exit(10);
+    assert_eq!(code, 0, "{}", server.log());
+    assert!(took < Duration::from_secs(10));
+    assert!(server.log().contains("stopped listening"));
+    // The client is still connected, and the port is free at once.
+    let again = std::net::TcpListener::bind(address);
+    assert!(again.is_ok(), "{again:?}");
+}
+
+#[test]
+fn sigterm_with_blocked_stdin_exits() {
+    let folder = tempfile::tempdir().unwrap();
+    let alerts = folder.path().join("alerts.jsonl");
+    let args = ["run", "--input", "-", "--order", "arrival", "--alerts", alerts.to_str().unwrap()];
+    let mut server = Server::start_with_stdin(&args, 0, Stdio::piped());
+    let text = std::fs::read_to_string(case_file(CASE, "input.jsonl")).unwrap();
+    let mut stdin = server.child.stdin.take().unwrap();
+    stdin.write_all(text.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    server.signal(libc::SIGTERM);
+    let (code, took) = server.wait_exit(10);
+    drop(stdin);
+    assert_eq!(code, 0, "{}", server.log());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(server.log().contains("input is treated as ended"));
+    // The reader sent all 3,000 lines in batches before the signal, except its last batch.
+    let lines = summary_count(&server.log(), "lines read");
+    assert!(lines <= 3000, "{lines}");
+    read_json_lines(&alerts);
+}
+
+#[test]
+fn second_sigint_exits_at_once() {
+    let folder = tempfile::tempdir().unwrap();
+    let events = folder.path().join("events.jsonl");
+    let truth = folder.path().join("truth.jsonl");
+    let generated = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args(["generate", "--users", "8000", "--out", events.to_str().unwrap()])
+        .args(["--truth", truth.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(generated.status.success());
+
+    // Standard input stays open, so the first signal ends the input and the run then replays
+    // every event it read; the second signal comes during that replay.
+    let alerts = folder.path().join("d.jsonl");
+    let args = ["run", "--input", "-", "--workers", "2", "--alerts", alerts.to_str().unwrap()];
+    let mut server = Server::start_with_stdin(&args, 0, Stdio::piped());
+    let mut stdin = server.child.stdin.take().unwrap();
+    stdin.write_all(&std::fs::read(&events).unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    server.signal(libc::SIGINT);
+    server.wait_for(|log| log.contains("input is treated as ended"), 5);
+    server.signal(libc::SIGINT);
+    let (code, took) = server.wait_exit(10);
+    drop(stdin);
+    assert_eq!(code, 130, "{}", server.log());
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(server.log().contains("in flight may be lost"));
+    // Only whole lines, whatever was written before the exit.
+    read_json_lines(&alerts);
+}
