@@ -31,6 +31,9 @@ pub struct InputFrontier {
     newest_watermark: Option<u64>,
     /// Wall-clock time of the last event of any source.
     last_event_at: Option<Instant>,
+    /// Before this instant the frontier does not move, so that clients connecting together at
+    /// startup all register before one of them moves event time past the others' first events.
+    hold_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -64,7 +67,14 @@ impl InputFrontier {
             current: 0,
             newest_watermark: None,
             last_event_at: None,
+            hold_until: None,
         }
+    }
+
+    /// Holds the frontier in place until `until`.
+    pub fn hold_until(mut self, until: Instant) -> Self {
+        self.hold_until = Some(until);
+        self
     }
 
     /// Returns the frontier in Unix milliseconds (0 before the first event).
@@ -167,7 +177,9 @@ impl InputFrontier {
                 _ => self.current,
             }
         };
-        self.current = self.current.max(candidate);
+        if self.hold_until.is_none_or(|until| now >= until) {
+            self.current = self.current.max(candidate);
+        }
         advance.frontier = self.current;
         advance
     }

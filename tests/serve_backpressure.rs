@@ -37,12 +37,13 @@ fn sample_rss(pid: u32, peak: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> JoinHand
 }
 
 /// Sends a client file in 10 slices, 300 ms apart, and returns the open connection.
-fn normal_client(address: SocketAddr, number: usize) -> TcpStream {
+fn normal_client(mut stream: TcpStream, number: usize) -> TcpStream {
     let text = std::fs::read_to_string(case_file(CASE, &format!("client{number}.jsonl"))).unwrap();
     let lines: Vec<&str> = text.lines().collect();
-    let mut stream = TcpStream::connect(address).unwrap();
     for slice in lines.chunks(lines.len().div_ceil(10)) {
-        stream.write_all(format!("{}\n", slice.join("\n")).as_bytes()).unwrap();
+        stream
+            .write_all(format!("{}\n", slice.join("\n")).as_bytes())
+            .unwrap();
         std::thread::sleep(Duration::from_millis(300));
     }
     stream
@@ -96,6 +97,19 @@ fn troublesome(address: SocketAddr) -> Vec<JoinHandle<Option<TcpStream>>> {
     clients
 }
 
+/// Connects the four normal clients together, so none of them starts after another one has
+/// moved event time past its first events, then sends their files.
+fn start_normal_clients(address: SocketAddr) -> Vec<JoinHandle<TcpStream>> {
+    let streams: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(address).unwrap())
+        .collect();
+    streams
+        .into_iter()
+        .zip(1..=4)
+        .map(|(stream, number)| std::thread::spawn(move || normal_client(stream, number)))
+        .collect()
+}
+
 fn serve(alerts: &std::path::Path) -> Server {
     let args = [
         "serve",
@@ -121,12 +135,16 @@ fn troublesome_clients_do_not_stall_others() {
     let base = folder.path().join("base.jsonl");
     let mut server = serve(&base);
     let address = server.addresses[0];
-    let (peak_base, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let (peak_base, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let sampler = sample_rss(server.child.id(), peak_base.clone(), stop.clone());
-    let normal: Vec<_> = (1..=4)
-        .map(|number| std::thread::spawn(move || normal_client(address, number)))
+    let normal = start_normal_clients(address);
+    let normal: Vec<TcpStream> = normal
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
         .collect();
-    let normal: Vec<TcpStream> = normal.into_iter().map(|thread| thread.join().unwrap()).collect();
     std::thread::sleep(Duration::from_secs(4));
     drop(normal);
     server.signal(libc::SIGTERM);
@@ -153,14 +171,18 @@ fn troublesome_clients_do_not_stall_others() {
     let mix = folder.path().join("mix.jsonl");
     let mut server = serve(&mix);
     let address = server.addresses[0];
-    let (peak_mix, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
+    let (peak_mix, stop) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let sampler = sample_rss(server.child.id(), peak_mix.clone(), stop.clone());
     let troublesome = troublesome(address);
     let hose = std::thread::spawn(move || firehose(address));
-    let normal: Vec<_> = (1..=4)
-        .map(|number| std::thread::spawn(move || normal_client(address, number)))
+    let normal = start_normal_clients(address);
+    let normal: Vec<TcpStream> = normal
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
         .collect();
-    let normal: Vec<TcpStream> = normal.into_iter().map(|thread| thread.join().unwrap()).collect();
     let sent = Instant::now();
 
     // The normal clients' alerts arrive while every connection is still open.
@@ -168,13 +190,26 @@ fn troublesome_clients_do_not_stall_others() {
     while alert_ids(&mix).len() < 4 && sent.elapsed() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(alert_ids(&mix), alert_ids(&base), "after {:?}", sent.elapsed());
+    assert_eq!(
+        alert_ids(&mix),
+        alert_ids(&base),
+        "after {:?}",
+        sent.elapsed()
+    );
 
     let (hose_stream, blocked) = hose.join().unwrap();
-    assert!(blocked > Duration::ZERO, "the firehose never waited in send");
-    let troublesome: Vec<Option<TcpStream>> =
-        troublesome.into_iter().map(|thread| thread.join().unwrap()).collect();
-    server.wait_for(|log| log.contains(&format!("events={}", 1396 + FIREHOSE_EVENTS)), 60);
+    assert!(
+        blocked > Duration::ZERO,
+        "the firehose never waited in send"
+    );
+    let troublesome: Vec<Option<TcpStream>> = troublesome
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .collect();
+    server.wait_for(
+        |log| log.contains(&format!("events={}", 1396 + FIREHOSE_EVENTS)),
+        60,
+    );
     drop(troublesome);
     drop(hose_stream);
     drop(normal);
@@ -206,6 +241,12 @@ fn troublesome_clients_do_not_stall_others() {
     assert_eq!(summary_count(&log, "bad"), 1 + u64::from(trickle_cut));
     assert_eq!(alert_ids(&mix), alert_ids(&base));
 
-    let (base_kib, mix_kib) = (peak_base.load(Ordering::Relaxed), peak_mix.load(Ordering::Relaxed));
-    assert!(mix_kib <= base_kib + 256 * 1024, "peak RSS {mix_kib} KiB against {base_kib} KiB");
+    let (base_kib, mix_kib) = (
+        peak_base.load(Ordering::Relaxed),
+        peak_mix.load(Ordering::Relaxed),
+    );
+    assert!(
+        mix_kib <= base_kib + 256 * 1024,
+        "peak RSS {mix_kib} KiB against {base_kib} KiB"
+    );
 }

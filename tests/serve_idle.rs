@@ -41,9 +41,15 @@ fn silent_source_does_not_stall_event_time() {
     let mut server = serve(alerts.to_str().unwrap(), dead.to_str().unwrap(), 2);
     let (active, silent) = (server.addresses[0], server.addresses[1]);
 
-    let mut source_b = connect_and_send(silent, &std::fs::read(case_file(CASE, "idle.jsonl")).unwrap());
+    let mut source_b = connect_and_send(
+        silent,
+        &std::fs::read(case_file(CASE, "idle.jsonl")).unwrap(),
+    );
     std::thread::sleep(Duration::from_millis(500));
-    let source_a = connect_and_send(active, &std::fs::read(case_file(CASE, "active.jsonl")).unwrap());
+    let source_a = connect_and_send(
+        active,
+        &std::fs::read(case_file(CASE, "active.jsonl")).unwrap(),
+    );
 
     // Both sockets stay open and B stays silent.
     let waited = wait_for_alert(&alerts, IDLE_TIMEOUT_SECS + 10);
@@ -60,10 +66,15 @@ fn silent_source_does_not_stall_event_time() {
     let before = server.cpu_time();
     std::thread::sleep(Duration::from_secs(5));
     let used = server.cpu_time() - before;
-    assert!(used < Duration::from_millis(250), "used {used:?} of CPU in 5 s");
+    assert!(
+        used < Duration::from_millis(250),
+        "used {used:?} of CPU in 5 s"
+    );
 
     // B's late events are counted as late, with their connection and line.
-    source_b.write_all(&std::fs::read(case_file(CASE, "late.jsonl")).unwrap()).unwrap();
+    source_b
+        .write_all(&std::fs::read(case_file(CASE, "late.jsonl")).unwrap())
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     drop(source_a);
     drop(source_b);
@@ -77,13 +88,20 @@ fn silent_source_does_not_stall_event_time() {
     assert_eq!(summary_count(&log, "late"), 3);
     assert_eq!(summary_count(&log, "bad"), 0);
     let found = read_json_lines(&alerts);
-    assert_eq!(found.len(), 1, "no alert for 502 or 503, no second one for 501: {found:?}");
+    assert_eq!(
+        found.len(),
+        1,
+        "no alert for 502 or 503, no second one for 501: {found:?}"
+    );
     let late = read_json_lines(&dead);
     assert_eq!(late.len(), 3);
     for (record, line) in late.iter().zip([6, 7, 8]) {
         assert_eq!(record["kind"], "late");
         assert_eq!(record["line"], line);
-        assert!(record["file"].as_str().unwrap().starts_with("tcp:127.0.0.1:"));
+        assert!(record["file"]
+            .as_str()
+            .unwrap()
+            .starts_with("tcp:127.0.0.1:"));
     }
 }
 
@@ -103,7 +121,10 @@ fn single_source_workers_park() {
     let before = server.cpu_time();
     std::thread::sleep(Duration::from_secs(5));
     let used = server.cpu_time() - before;
-    assert!(used < Duration::from_millis(250), "used {used:?} of CPU in 5 s");
+    assert!(
+        used < Duration::from_millis(250),
+        "used {used:?} of CPU in 5 s"
+    );
 
     drop(source);
     server.signal(libc::SIGTERM);

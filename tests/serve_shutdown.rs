@@ -16,7 +16,15 @@ fn stdin_end_closes_windows() {
     let folder = tempfile::tempdir().unwrap();
     let alerts = folder.path().join("a.jsonl");
     let input = std::fs::File::open(case_file(CASE, "input.jsonl")).unwrap();
-    let args = ["run", "--input", "-", "--workers", "4", "--alerts", alerts.to_str().unwrap()];
+    let args = [
+        "run",
+        "--input",
+        "-",
+        "--workers",
+        "4",
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ];
     let mut server = Server::start_with_stdin(&args, 0, Stdio::from(input));
     let (code, took) = server.wait_exit(30);
     assert_eq!(code, 0, "{}", server.log());
@@ -24,7 +32,11 @@ fn stdin_end_closes_windows() {
 
     let alerts = read_json_lines(&alerts);
     let truth = read_json_lines(&case_file(CASE, "truth.jsonl"));
-    assert_eq!(alerts.len(), truth.len(), "one alert per shift and nothing else: {alerts:?}");
+    assert_eq!(
+        alerts.len(),
+        truth.len(),
+        "one alert per shift and nothing else: {alerts:?}"
+    );
     for shift in &truth {
         let onset = shift["onset_ts"].as_i64().unwrap();
         let found = alerts.iter().any(|alert| {
@@ -41,7 +53,11 @@ fn stdin_end_closes_windows() {
 fn sigterm_mid_stream_keeps_read_events() {
     let folder = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(case_file(CASE, "input.jsonl")).unwrap();
-    let head: String = text.lines().take(2100).map(|line| format!("{line}\n")).collect();
+    let head: String = text
+        .lines()
+        .take(2100)
+        .map(|line| format!("{line}\n"))
+        .collect();
     let head_path = folder.path().join("head.jsonl");
     std::fs::write(&head_path, &head).unwrap();
 
@@ -88,7 +104,15 @@ fn sigterm_mid_stream_keeps_read_events() {
 
 #[test]
 fn sigterm_with_silent_client_frees_port() {
-    let args = ["serve", "--listen", "127.0.0.1:0", "--workers", "4", "--alerts", "-"];
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--workers",
+        "4",
+        "--alerts",
+        "-",
+    ];
     let mut server = Server::start(&args, 1);
     let address = server.addresses[0];
     let _silent = std::net::TcpStream::connect(address).unwrap();
@@ -108,7 +132,15 @@ fn sigterm_with_silent_client_frees_port() {
 fn sigterm_with_blocked_stdin_exits() {
     let folder = tempfile::tempdir().unwrap();
     let alerts = folder.path().join("alerts.jsonl");
-    let args = ["run", "--input", "-", "--order", "arrival", "--alerts", alerts.to_str().unwrap()];
+    let args = [
+        "run",
+        "--input",
+        "-",
+        "--order",
+        "arrival",
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ];
     let mut server = Server::start_with_stdin(&args, 0, Stdio::piped());
     let text = std::fs::read_to_string(case_file(CASE, "input.jsonl")).unwrap();
     let mut stdin = server.child.stdin.take().unwrap();
@@ -133,7 +165,13 @@ fn second_sigint_exits_at_once() {
     let events = folder.path().join("events.jsonl");
     let truth = folder.path().join("truth.jsonl");
     let generated = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
-        .args(["generate", "--users", "8000", "--out", events.to_str().unwrap()])
+        .args([
+            "generate",
+            "--users",
+            "8000",
+            "--out",
+            events.to_str().unwrap(),
+        ])
         .args(["--truth", truth.to_str().unwrap()])
         .output()
         .unwrap();
@@ -142,7 +180,15 @@ fn second_sigint_exits_at_once() {
     // Standard input stays open, so the first signal ends the input and the run then replays
     // every event it read; the second signal comes during that replay.
     let alerts = folder.path().join("d.jsonl");
-    let args = ["run", "--input", "-", "--workers", "2", "--alerts", alerts.to_str().unwrap()];
+    let args = [
+        "run",
+        "--input",
+        "-",
+        "--workers",
+        "2",
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ];
     let mut server = Server::start_with_stdin(&args, 0, Stdio::piped());
     let mut stdin = server.child.stdin.take().unwrap();
     stdin.write_all(&std::fs::read(&events).unwrap()).unwrap();

@@ -16,7 +16,12 @@ const NORMAL_CLIENTS: usize = 61;
 
 /// Sends `lines` in chunks of `per_chunk` lines with `pause` between chunks, and returns the
 /// open connection.
-fn send_lines(address: SocketAddr, lines: &[String], per_chunk: usize, pause: Duration) -> TcpStream {
+fn send_lines(
+    address: SocketAddr,
+    lines: &[String],
+    per_chunk: usize,
+    pause: Duration,
+) -> TcpStream {
     let mut stream = TcpStream::connect(address).unwrap();
     for chunk in lines.chunks(per_chunk) {
         stream.write_all(chunk.concat().as_bytes()).unwrap();
@@ -55,7 +60,13 @@ fn hostile_clients_cut_off_others_processed() {
     let events = folder.path().join("events.jsonl");
     let truth = folder.path().join("truth.jsonl");
     let generated = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
-        .args(["generate", "--users", "620", "--out", events.to_str().unwrap()])
+        .args([
+            "generate",
+            "--users",
+            "620",
+            "--out",
+            events.to_str().unwrap(),
+        ])
         .args(["--truth", truth.to_str().unwrap()])
         .output()
         .unwrap();
@@ -63,7 +74,13 @@ fn hostile_clients_cut_off_others_processed() {
 
     // The reference: the same events from a file.
     let reference = folder.path().join("reference.jsonl");
-    let args = ["run", "--input", events.to_str().unwrap(), "--alerts", reference.to_str().unwrap()];
+    let args = [
+        "run",
+        "--input",
+        events.to_str().unwrap(),
+        "--alerts",
+        reference.to_str().unwrap(),
+    ];
     let (code, _) = Server::start(&args, 0).wait_exit(60);
     assert_eq!(code, 0);
 
@@ -73,7 +90,10 @@ fn hostile_clients_cut_off_others_processed() {
     for line in text.lines() {
         let value: serde_json::Value = serde_json::from_str(line).unwrap();
         let user = value["user"].as_u64().unwrap() as usize;
-        clients.entry(user % (NORMAL_CLIENTS + 1)).or_default().push(format!("{line}\n"));
+        clients
+            .entry(user % (NORMAL_CLIENTS + 1))
+            .or_default()
+            .push(format!("{line}\n"));
     }
     let total_events = text.lines().count() as u64;
 
@@ -97,18 +117,26 @@ fn hostile_clients_cut_off_others_processed() {
         } else {
             (200, Duration::ZERO)
         };
-        threads.push(std::thread::spawn(move || send_lines(address, &lines, per_chunk, pause)));
+        threads.push(std::thread::spawn(move || {
+            send_lines(address, &lines, per_chunk, pause)
+        }));
     }
     let long_line = std::thread::spawn(move || send_until_cut(address, vec![b'x'; 10 << 20]));
     let binary = std::thread::spawn(move || send_until_cut(address, garbage(1 << 20)));
 
     let hostile = [long_line.join().unwrap(), binary.join().unwrap()];
-    let normal: Vec<TcpStream> = threads.into_iter().map(|thread| thread.join().unwrap()).collect();
+    let normal: Vec<TcpStream> = threads
+        .into_iter()
+        .map(|thread| thread.join().unwrap())
+        .collect();
     assert_eq!(normal.len() + hostile.len(), 64);
     let long_peer = hostile[0].local_addr().unwrap().to_string();
     let binary_peer = hostile[1].local_addr().unwrap().to_string();
     server.wait_for(
-        |log| log.contains("line longer than max_line_bytes") && log.contains("cannot detect the format"),
+        |log| {
+            log.contains("line longer than max_line_bytes")
+                && log.contains("cannot detect the format")
+        },
         20,
     );
     drop(normal);

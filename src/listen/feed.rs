@@ -132,7 +132,8 @@ pub(crate) fn feed(
         feed.out_of_orderness_ms,
         feed.max_future_skew_ms,
         settings.idle_timeout,
-    );
+    )
+    .hold_until(Instant::now() + settings.idle_timeout);
     let mut sources: HashMap<u64, Source> = HashMap::new();
     let mut buffered = Buffered::default();
     let mut received = 0u64;

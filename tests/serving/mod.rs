@@ -52,7 +52,10 @@ impl Server {
             addresses: Vec::new(),
         };
         if listeners > 0 {
-            server.wait_for(|log| log.matches("listening for events").count() >= listeners, 10);
+            server.wait_for(
+                |log| log.matches("listening for events").count() >= listeners,
+                10,
+            );
             server.addresses = server
                 .log()
                 .lines()
@@ -114,9 +117,14 @@ impl Server {
 
     /// Returns the CPU time (user + system) used so far, from /proc.
     pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("/proc stat");
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("/proc stat");
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
         // Fields 14 and 15 of stat(5); index 0 here is field 3.
         let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
         // SAFETY: sysconf has no preconditions.
