@@ -154,6 +154,8 @@ pub struct RunFileConfig {
     pub detector: DetectorChoice,
     /// Dead-letter file for bad and late lines (`--dead-letter`).
     pub dead_letter: Option<PathBuf>,
+    /// Address of the operations HTTP server (`--http`); `None` runs without it.
+    pub http: Option<String>,
 }
 
 impl Default for RunFileConfig {
@@ -162,6 +164,7 @@ impl Default for RunFileConfig {
             workers: 1,
             detector: DetectorChoice::Shift,
             dead_letter: None,
+            http: None,
         }
     }
 }

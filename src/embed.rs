@@ -166,6 +166,7 @@ impl Engine {
             metrics: Default::default(),
             state: crate::checkpoint::StateSettings::default(),
             cluster: None,
+            http: None,
         };
         let mut summary = pipeline::run(run).map_err(EngineError::Run)?;
         let alerts = std::mem::take(&mut summary.kept_alerts);

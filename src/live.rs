@@ -1,6 +1,6 @@
 //! The live view of a running worker: what each worker does between two dataflow steps
-//! (publishing its counts into the shared [`Metrics`]), and the read clock that turns alerts
-//! into event-to-alert latencies.
+//! (publishing its counts into the shared [`Metrics`] and answering user queries), and the
+//! read clock that turns alerts into event-to-alert latencies.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -8,11 +8,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use veer_models::Alert;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
+use rustc_hash::FxHashMap;
+use veer_models::profile::UserProfile;
+use veer_models::{Alert, Id};
 use veer_operators::state::OrderState;
 use veer_operators::{AlertCounter, DetectStats};
 
 use crate::metrics::Metrics;
+use crate::query::UserQuery;
 
 /// Marks kept by a [`ReadClock`]; older ones are dropped first.
 const READ_CLOCK_MARKS: usize = 1 << 16;
@@ -70,7 +74,14 @@ pub fn alert_observer(metrics: Arc<Metrics>, clock: SharedReadClock) -> Box<dyn 
     })
 }
 
-/// Per-worker work done between two dataflow steps: publishing counts and marking the read clock.
+/// Reads the profile of a user this worker owns, or `None` when it does not track the user.
+pub type ProfileLookup = Box<dyn Fn(&Id) -> Option<UserProfile>>;
+
+/// Latest alert of each user that raised one on this worker, for the profiles.
+pub type LastAlerts = Rc<RefCell<FxHashMap<Id, Alert>>>;
+
+/// Per-worker work done between two dataflow steps: publishing counts, answering user queries
+/// and marking the read clock.
 pub struct WorkerHooks {
     metrics: Arc<Metrics>,
     order: Rc<RefCell<OrderState>>,
@@ -81,6 +92,10 @@ pub struct WorkerHooks {
     published_evicted: Cell<u64>,
     /// The read clock, on worker 0 only.
     pub clock: Option<SharedReadClock>,
+    queries: Option<Receiver<UserQuery>>,
+    lookup: Option<ProfileLookup>,
+    /// Latest alert of each user, filled by the dataflow.
+    pub last_alerts: LastAlerts,
 }
 
 impl WorkerHooks {
@@ -108,7 +123,56 @@ impl WorkerHooks {
             published_users: Cell::new(0),
             published_evicted: Cell::new(0),
             clock,
+            queries: None,
+            lookup: None,
+            last_alerts: LastAlerts::default(),
         }
+    }
+
+    /// Answers the queries of `inbox` with `lookup` from now on, adding each user's last alert.
+    pub fn serve_queries(&mut self, inbox: Option<Receiver<UserQuery>>, lookup: ProfileLookup) {
+        self.queries = inbox;
+        self.lookup = Some(lookup);
+    }
+
+    /// Waits up to `timeout` for the next message of `receiver`, answering user queries
+    /// meanwhile.
+    pub fn receive_timeout<T>(
+        &self,
+        receiver: &Receiver<T>,
+        timeout: std::time::Duration,
+    ) -> Result<T, RecvTimeoutError> {
+        let Some(queries) = &self.queries else {
+            return receiver.recv_timeout(timeout);
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut select = Select::new();
+            let message = select.recv(receiver);
+            select.recv(queries);
+            let Ok(ready) = select.select_deadline(deadline) else {
+                return Err(RecvTimeoutError::Timeout);
+            };
+            if ready.index() == message {
+                return ready
+                    .recv(receiver)
+                    .map_err(|_| RecvTimeoutError::Disconnected);
+            }
+            if let Ok(query) = ready.recv(queries) {
+                self.answer(query);
+            }
+        }
+    }
+
+    fn answer(&self, query: UserQuery) {
+        let profile = self.lookup.as_ref().and_then(|lookup| lookup(&query.user));
+        let profile = profile.map(|mut profile| {
+            if let Some(alert) = self.last_alerts.borrow().get(&query.user) {
+                profile.last_alert = Some(alert.to_json());
+            }
+            profile
+        });
+        query.answer(profile);
     }
 
     /// Returns the run's metrics.
@@ -125,8 +189,14 @@ impl WorkerHooks {
         }
     }
 
-    /// Runs between two dataflow steps: publishes the counts that changed since the last call.
+    /// Runs between two dataflow steps: answers waiting user queries and publishes the counts
+    /// that changed since the last call.
     pub fn between_steps(&self) {
+        if let Some(queries) = &self.queries {
+            while let Ok(query) = queries.try_recv() {
+                self.answer(query);
+            }
+        }
         let duplicates = self.order.borrow().duplicates;
         let new_duplicates = duplicates - self.published_duplicates.replace(duplicates);
         if new_duplicates > 0 {

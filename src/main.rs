@@ -217,6 +217,10 @@ struct RunArgs {
     /// Hide the progress display.
     #[arg(long)]
     no_progress: bool,
+    /// Serve /metrics, /users/{id} and /healthz over HTTP on this address during the run, e.g.
+    /// 127.0.0.1:9464 (port 0 picks a free port, named in the log). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
     /// Fuse the detector's alerts with learned models fitted on a bootstrap period
     /// (`[models]` in the config file); runs single-threaded after the dataflow.
     #[arg(long)]
@@ -255,6 +259,10 @@ struct ServeArgs {
     /// Shift detector: shift (CUSUM over groups) or baseline (reference rule).
     #[arg(long, value_enum)]
     detector: Option<DetectorChoice>,
+    /// Serve /metrics, /users/{id} and /healthz over HTTP on this address, e.g.
+    /// 127.0.0.1:9464 (port 0 picks a free port, named in the log). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
 }
 
 impl ServeArgs {
@@ -279,6 +287,7 @@ impl ServeArgs {
             models: false,
             listen: self.listen,
             cluster: ClusterArgs::default(),
+            http: self.http,
         }
     }
 }
@@ -552,6 +561,7 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
         // Every process keeps its event times when process 0 scores the run.
         keep_alerts: generated || args.truth.is_some(),
         cluster,
+        http: args.http.clone().or(file.run.http.clone()),
     };
     let models = args.models || file.models.enabled;
     if models && settings.detector == DetectorChoice::Baseline {

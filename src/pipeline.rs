@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::{Inspect, Probe};
 use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle};
 use veer_models::baseline::BaselineDetector;
+use veer_models::profile::ProfileSource;
 use veer_models::{AlertKind, Detector, DetectorConfig, Event, GroupConfig, ShiftDetector};
 use veer_operators::{
     detect_shifts, order_by_event_time, population_groups, session_cooccurrence, write_alerts,
@@ -19,9 +20,11 @@ use veer_operators::{
 };
 
 use crate::config::{DetectorChoice, ReplayOrder};
+use crate::http::HttpServer;
 use crate::ingest::{self, Chunk, DeadLetter, LineCounts, Watermark};
 use crate::live::WorkerHooks;
 use crate::metrics::{LatencySummary, Metrics};
+use crate::query::QueryRouter;
 use crate::sources::SourceOptions;
 
 /// Destination of the alerts.
@@ -84,6 +87,9 @@ pub struct RunSettings {
     pub state: crate::checkpoint::StateSettings,
     /// This process's place in a cluster of processes; `None` runs in this process alone.
     pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// Address of the operations HTTP server (`/metrics`, `/users/{id}`, `/healthz`); `None`
+    /// runs without it.
+    pub http: Option<String>,
 }
 
 /// Counts and results of a run, for the end-of-run summary.
@@ -286,6 +292,24 @@ fn run_job(
         AlertOutput::Discard => None,
     };
 
+    // Timely numbers workers process by process, so this process's first is process * workers.
+    let (processes, process) = settings
+        .cluster
+        .as_ref()
+        .map_or((1, 0), |cluster| (cluster.processes, cluster.process));
+    let router = QueryRouter::new(
+        processes * settings.workers,
+        process * settings.workers,
+        settings.workers,
+    );
+    let http = match &settings.http {
+        Some(address) => Some(HttpServer::start(
+            address,
+            settings.metrics.clone(),
+            router.clone(),
+        )?),
+        None => None,
+    };
     let bytes_read = Arc::new(AtomicU64::new(0));
     let input_label = match &settings.source {
         EventSource::Inputs { paths, .. } => paths
@@ -344,6 +368,7 @@ fn run_job(
         bytes_read,
         metrics: settings.metrics.clone(),
         state: settings.state,
+        router,
     });
 
     let worker_shared = shared.clone();
@@ -395,6 +420,9 @@ fn run_job(
         summary.users_tracked = total.users_tracked;
         summary.alerts = total.alerts;
         summary.timeline = total.timeline;
+    }
+    if let Some(server) = &http {
+        server.set_finished();
     }
     shared.dead_letter.flush();
     summary.latency = shared.metrics.latency();
@@ -454,6 +482,7 @@ struct Shared {
     bytes_read: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     state: crate::checkpoint::StateSettings,
+    router: Arc<QueryRouter>,
 }
 
 /// Adapts a `Send` writer for the sink, which lives on one worker thread.
@@ -472,7 +501,10 @@ fn run_worker<D: Detector>(
     worker: &mut timely::worker::Worker,
     shared: &Shared,
     detector: D,
-) -> WorkerResult {
+) -> WorkerResult
+where
+    D::State: ProfileSource,
+{
     let index = worker.index();
     let state = WorkerState::<D::State>::new(shared.session_gap_ms, shared.groups.clone());
     let stats = Rc::new(RefCell::new(DetectStats {
@@ -492,6 +524,15 @@ fn run_worker<D: Detector>(
         None
     };
 
+    let detect_state = state.detect.clone();
+    let mut hooks = WorkerHooks::new(
+        shared.metrics.clone(),
+        state.order.clone(),
+        Box::new(move || detect_state.borrow().evicted_users()),
+        stats.clone(),
+        (index == 0).then_some(&alert_counts),
+    );
+
     let mut input: InputHandle<u64, Event> = InputHandle::new();
     let probe = ProbeHandle::new();
     {
@@ -504,6 +545,7 @@ fn run_worker<D: Detector>(
             idle_ms: shared.state.evict_idle_ms(),
         };
         let probe = probe.clone();
+        let last_alerts = hooks.last_alerts.clone();
         let input = &mut input;
         worker.dataflow::<u64, _, _>(move |scope| {
             let events = order_by_event_time(input.to_stream(scope), state.order);
@@ -516,19 +558,23 @@ fn run_worker<D: Detector>(
                 detect_settings,
                 state.detect,
                 stats,
-            );
+            )
+            .inspect(move |alert| {
+                let mut last = last_alerts.borrow_mut();
+                last.insert(alert.user.clone(), alert.clone());
+            });
             // The probe follows the sink, so that once it passes a time every alert before
             // that time is in the sink's state or written.
             write_alerts(alerts, writer, alert_counts, state.sink).probe_with(&probe);
         });
     }
-    let detect_state = state.detect.clone();
-    let hooks = WorkerHooks::new(
-        shared.metrics.clone(),
-        state.order.clone(),
-        Box::new(move || detect_state.borrow().evicted_users()),
-        stats.clone(),
-        (index == 0).then_some(&alert_counts),
+    let profiles = state.detect.clone();
+    hooks.serve_queries(
+        shared.router.attach_worker(index),
+        Box::new(move |user| {
+            let profiles = profiles.borrow();
+            profiles.user(user).map(|state| state.profile(user))
+        }),
     );
 
     let mut result = WorkerResult::default();
@@ -554,7 +600,8 @@ fn run_worker<D: Detector>(
         }
     }
     drop(input);
-    while worker.step_or_park(None) {
+    // A query wakes the worker with `unpark`; the timeout only bounds a missed wake-up.
+    while worker.step_or_park(Some(PARK_TIMEOUT)) {
         hooks.between_steps();
     }
     hooks.between_steps();
@@ -579,6 +626,9 @@ fn run_worker<D: Detector>(
     result.cluster_total = crate::cluster::sum_on_first_worker(worker, counts);
     result
 }
+
+/// Longest time an idle worker parks before it looks at its query inbox again.
+const PARK_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Events sent between two waits for the dataflow to catch up.
 const FEED_BATCH: usize = 16_384;
@@ -663,7 +713,7 @@ fn feed_input(
             let mut streamed = 0u64;
             let mut read_so_far = LineCounts::default();
             loop {
-                let Some(chunk) = ingest::receive_until_shutdown(&receiver)? else {
+                let Some(chunk) = receive_or_shutdown(&feeder, &receiver)? else {
                     counts = read_so_far;
                     break;
                 };
@@ -768,6 +818,30 @@ fn feed_input(
         }
     }
 }
+
+/// Receives the next chunk from the reader thread, answering user queries while it waits, or
+/// returns `None` once a shutdown is requested.
+fn receive_or_shutdown(
+    feeder: &Feeder<'_>,
+    receiver: &crossbeam_channel::Receiver<Chunk>,
+) -> Result<Option<Chunk>, String> {
+    loop {
+        if crate::shutdown::requested() {
+            tracing::info!("shutdown requested: the input is treated as ended");
+            return Ok(None);
+        }
+        match feeder.hooks.receive_timeout(receiver, SHUTDOWN_POLL) {
+            Ok(chunk) => return Ok(Some(chunk)),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err("the reader thread stopped unexpectedly".into())
+            }
+        }
+    }
+}
+
+/// How often a feeder waiting for input checks for a shutdown request.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
 
 fn send_sorted(
     worker: &mut timely::worker::Worker,

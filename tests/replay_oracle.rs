@@ -28,6 +28,7 @@ fn dataflow_alerts(events: Vec<Event>, workers: usize) -> Vec<Alert> {
         metrics: Default::default(),
         state: veer::checkpoint::StateSettings::default(),
         cluster: None,
+        http: None,
     };
     pipeline::run(settings)
         .expect("the pipeline runs")

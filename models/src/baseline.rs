@@ -131,3 +131,14 @@ impl Detector for BaselineDetector {
         }
     }
 }
+
+impl crate::profile::ProfileSource for BaselineState {
+    /// The baseline keeps no category weights, so its profile has no interest vector.
+    fn profile(&self, user: &Id) -> crate::profile::UserProfile {
+        crate::profile::UserProfile {
+            last_ts: self.last_ts,
+            events: self.events,
+            ..crate::profile::UserProfile::empty(user.clone())
+        }
+    }
+}

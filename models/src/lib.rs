@@ -13,6 +13,7 @@ pub mod detector;
 pub mod fusion;
 pub mod groups;
 pub mod ml;
+pub mod profile;
 
 pub use alert::{Alert, AlertKind, CategoryShare};
 pub use detector::{

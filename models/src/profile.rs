@@ -1,0 +1,143 @@
+//! The profile of one user as the query endpoint (`GET /users/{id}`) returns it.
+//!
+//! A [`UserProfile`] is a snapshot taken from the live per-user state of the worker that owns
+//! the user. It serialises to JSON with ids written as the input wrote them: a decimal id is a
+//! JSON number (every digit kept, also beyond 2^64), anything else a string.
+//!
+//! ```
+//! use veer_models::profile::{ProfileShare, UserProfile};
+//! use veer_models::Id;
+//!
+//! let profile = UserProfile {
+//!     user: Id::from(42u64),
+//!     events: 3,
+//!     first_ts: Some(1_700_000_000),
+//!     last_ts: Some(1_700_000_600),
+//!     interest: vec![ProfileShare { category: Id::from_field("shoes"), share: 1.0 }],
+//!     segment: None,
+//!     alerts: 0,
+//!     last_alert: None,
+//! };
+//! let json = serde_json::to_string(&profile).unwrap();
+//! assert!(json.starts_with(r#"{"user":42,"events":3,"#));
+//! assert!(json.contains(r#""interest":[{"category":"shoes","share":1.0}]"#));
+//! assert!(json.contains(r#""segment":null"#));
+//! ```
+
+use serde::{Serialize, Serializer};
+
+use crate::alert::CategoryShare;
+use crate::detector::UserState;
+use crate::event::Id;
+
+/// A user's current profile, read from the live per-user state.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UserProfile {
+    /// The user, as the input wrote the id.
+    #[serde(serialize_with = "serialize_id")]
+    pub user: Id,
+    /// Events of the user fed to the detector so far.
+    pub events: u64,
+    /// Event time of the user's first event, in Unix seconds.
+    pub first_ts: Option<i64>,
+    /// Event time of the user's latest event, in Unix seconds.
+    pub last_ts: Option<i64>,
+    /// Current interest: the top categories of the user's reference profile with their shares,
+    /// largest first. Shares are of the decayed reference, so they sum to at most 1.
+    pub interest: Vec<ProfileShare>,
+    /// Segment assigned by the segmentation model; `None` while no model scores the user.
+    pub segment: Option<usize>,
+    /// Alerts raised for the user so far.
+    pub alerts: u64,
+    /// The user's latest alert, as written to the alert output.
+    pub last_alert: Option<serde_json::Value>,
+}
+
+/// A category and its share of a user's interest.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProfileShare {
+    /// The category, as the input wrote the id.
+    #[serde(serialize_with = "serialize_id")]
+    pub category: Id,
+    /// Share of the user's interest, in 0..=1.
+    pub share: f64,
+}
+
+impl From<CategoryShare> for ProfileShare {
+    fn from(share: CategoryShare) -> ProfileShare {
+        ProfileShare {
+            category: share.category,
+            share: share.share,
+        }
+    }
+}
+
+/// Categories listed in a profile's interest vector.
+pub const INTEREST_CATEGORIES: usize = 5;
+
+impl UserProfile {
+    /// Creates the profile of a user with no events.
+    pub fn empty(user: Id) -> UserProfile {
+        UserProfile {
+            user,
+            events: 0,
+            first_ts: None,
+            last_ts: None,
+            interest: Vec::new(),
+            segment: None,
+            alerts: 0,
+            last_alert: None,
+        }
+    }
+}
+
+/// Per-user detector state that can describe the user as a [`UserProfile`].
+pub trait ProfileSource {
+    /// Builds the profile of `user` from this state; `last_alert` is left for the caller.
+    fn profile(&self, user: &Id) -> UserProfile;
+}
+
+impl ProfileSource for UserState {
+    fn profile(&self, user: &Id) -> UserProfile {
+        UserProfile {
+            events: self.events,
+            first_ts: self.behavior.first_ts,
+            last_ts: self.behavior.last_ts,
+            interest: self
+                .interest(INTEREST_CATEGORIES)
+                .into_iter()
+                .map(ProfileShare::from)
+                .collect(),
+            alerts: self.alerts,
+            ..UserProfile::empty(user.clone())
+        }
+    }
+}
+
+/// Writes an id as a JSON number when it is decimal and as a string otherwise.
+pub fn serialize_id<S: Serializer>(id: &Id, serializer: S) -> Result<S::Ok, S::Error> {
+    match id {
+        Id::Int(value) => serializer.serialize_u128(*value),
+        Id::Text(text) => serializer.serialize_str(text),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_ids_keep_every_digit() {
+        let user = Id::from_field("123456789012345678901234567890");
+        let profile = UserProfile {
+            segment: Some(2),
+            ..UserProfile::empty(user)
+        };
+        let json = serde_json::to_string(&profile).unwrap();
+        assert!(
+            json.starts_with(r#"{"user":123456789012345678901234567890,"#),
+            "{json}"
+        );
+        assert!(json.contains(r#""segment":2"#), "{json}");
+    }
+}

@@ -1,0 +1,257 @@
+//! The operations HTTP server of a live `veer run`: `/metrics`, `/users/{id}` and `/healthz`
+//! queried while events still flow through a pipe held open on standard input.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Events sent: two full reader batches of 4096, so the reader hands all of them on while the
+/// pipe stays open.
+const EVENTS: usize = 8192;
+const START_TS: i64 = 1_700_000_000;
+/// The known user: views in category 100 and 200, 7 to 3.
+const KNOWN_USER: u64 = 7;
+const KNOWN_EVENTS: usize = 60;
+/// A user whose 20 events within 20 seconds are a burst, which raises an anomaly alert.
+const BURST_USER: u64 = 8;
+const BURST_EVENTS: usize = 20;
+
+fn event_line(user: u64, category: u64, ts: i64) -> String {
+    format!(
+        "{{\"user\":{user},\"item\":{},\"category\":{category},\"behavior\":\"view\",\"ts\":{ts}}}\n",
+        category * 1000 + ts as u64 % 7
+    )
+}
+
+/// Builds the input: the known and burst users early, filler users around them, one exact
+/// duplicate and one bad line. Returns the text and the number of events (duplicate included).
+fn build_input() -> (String, usize) {
+    let mut lines = Vec::new();
+    let mut ts = START_TS;
+    for index in 0..KNOWN_EVENTS {
+        let category = if index % 10 < 7 { 100 } else { 200 };
+        lines.push(event_line(KNOWN_USER, category, ts));
+        if index == 5 {
+            lines.push(event_line(KNOWN_USER, category, ts));
+        }
+        ts += 30;
+    }
+    for _ in 0..BURST_EVENTS {
+        lines.push(event_line(BURST_USER, 300, ts));
+        ts += 1;
+    }
+    lines.push("{\"user\": 1, this is not JSON\n".to_string());
+    let mut filler = 0u64;
+    while lines.len() - 1 < EVENTS {
+        let user = 1000 + filler % 97;
+        lines.push(event_line(user, 400 + filler % 13, ts));
+        ts += 1;
+        filler += 1;
+    }
+    (lines.concat(), EVENTS)
+}
+
+/// Sends one GET request and returns the status and body.
+fn get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Returns the value of one sample line (name with labels) of a Prometheus text body.
+fn sample(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls `/metrics` until `done` accepts the body, or fails after 60 s.
+fn wait_for_metrics(address: SocketAddr, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = get(address, "/metrics");
+        assert_eq!(status, 200);
+        if done(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics never reached the expected counts:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `veer run` on a stdin pipe with the HTTP server on a free port; returns the child,
+/// the server address and a channel of the remaining standard error lines.
+fn start_veer(alerts: &std::path::Path) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args([
+            "run", "--input", "-", "--format", "jsonl", "--order", "arrival",
+        ])
+        .args([
+            "--workers",
+            "2",
+            "--no-progress",
+            "--http",
+            "127.0.0.1:0",
+            "--alerts",
+        ])
+        .arg(alerts)
+        .env("VEER_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("veer starts");
+    let stderr = child.stderr.take().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let address = loop {
+        let line = receiver
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the HTTP server logs its address");
+        if let Some(rest) = line.split("address=").nth(1) {
+            if line.contains("HTTP server listening") {
+                break rest.split_whitespace().next().unwrap().parse().unwrap();
+            }
+        }
+    };
+    (child, address, receiver)
+}
+
+#[test]
+fn live_run_serves_metrics_and_profiles() {
+    let folder = tempfile::tempdir().unwrap();
+    let alerts_path = folder.path().join("alerts.jsonl");
+    let (mut child, address, stderr) = start_veer(&alerts_path);
+    let (input, events) = build_input();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+
+    // The pipe stays open: everything below is read from the running process.
+    let events_sample = "veer_source_events_total{source=\"<stdin>\"}";
+    let body = wait_for_metrics(address, |body| {
+        sample(body, events_sample) == Some(events as f64)
+            && sample(body, "veer_duplicates_total") == Some(1.0)
+            && sample(body, "veer_alerts_total{kind=\"anomaly\"}") >= Some(1.0)
+    });
+    assert_eq!(sample(&body, events_sample), Some(events as f64));
+    assert_eq!(
+        sample(&body, "veer_source_bad_total{source=\"<stdin>\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&body, "veer_source_lines_total{source=\"<stdin>\"}"),
+        Some(events as f64 + 1.0)
+    );
+    assert_eq!(sample(&body, "veer_late_events_total"), Some(0.0));
+    let alerts = sample(&body, "veer_alerts_total{kind=\"anomaly\"}").unwrap()
+        + sample(&body, "veer_alerts_total{kind=\"interest_shift\"}").unwrap();
+    let measured = sample(&body, "veer_event_to_alert_latency_seconds_count").unwrap();
+    assert_eq!(measured, alerts, "every alert handed to the sinks is timed");
+    let median = sample(
+        &body,
+        "veer_event_to_alert_latency_seconds{quantile=\"0.5\"}",
+    )
+    .unwrap();
+    assert!(median > 0.0 && median < 30.0, "median latency {median} s");
+    assert!(sample(&body, "veer_users_tracked").unwrap() >= 2.0);
+
+    let (status, body) = get(address, &format!("/users/{KNOWN_USER}"));
+    assert_eq!(status, 200, "{body}");
+    let profile: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(profile["user"], KNOWN_USER);
+    assert_eq!(
+        profile["events"], KNOWN_EVENTS as u64,
+        "the duplicate is dropped"
+    );
+    assert_eq!(profile["first_ts"], START_TS);
+    let interest = profile["interest"].as_array().unwrap();
+    let categories: Vec<u64> = interest
+        .iter()
+        .map(|share| share["category"].as_u64().unwrap())
+        .collect();
+    assert_eq!(categories, [100, 200], "{body}");
+    let first = interest[0]["share"].as_f64().unwrap();
+    let second = interest[1]["share"].as_f64().unwrap();
+    assert!(first > second, "{body}");
+    assert!((first + second - 1.0).abs() < 1e-9, "{body}");
+    assert!(profile["segment"].is_null());
+    assert!(profile["last_alert"].is_null());
+
+    let (status, body) = get(address, &format!("/users/{BURST_USER}"));
+    assert_eq!(status, 200, "{body}");
+    let profile: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(profile["last_alert"]["kind"], "anomaly", "{body}");
+    assert_eq!(profile["last_alert"]["user"], BURST_USER);
+
+    let (status, body) = get(address, "/users/123456789");
+    assert_eq!(status, 404, "{body}");
+    let (status, _) = get(address, "/healthz");
+    assert_eq!(status, 200);
+
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "veer exited with {status}");
+    let rest: Vec<String> = stderr.iter().collect();
+    let latency = rest
+        .iter()
+        .find(|line| line.starts_with("latency"))
+        .unwrap_or_else(|| panic!("no latency line in the summary:\n{}", rest.join("\n")));
+    assert!(
+        latency.contains("p50") && latency.contains("p999"),
+        "{latency}"
+    );
+}
+
+#[test]
+fn occupied_port_is_an_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args([
+            "run",
+            "--no-progress",
+            "--generate-users",
+            "20",
+            "--http",
+            &address,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot start the HTTP server"), "{stderr}");
+    assert!(stderr.contains(&address), "{stderr}");
+}
