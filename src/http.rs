@@ -4,11 +4,11 @@
 //! - `GET /metrics`: every [`Metrics`] value in the Prometheus text format.
 //! - `GET /users/{id}`: the user's [`veer_models::profile::UserProfile`] as JSON, read from the
 //!   live state of the worker that owns the user (see [`crate::query`]); 404 for a user no
-//!   worker tracks, 503 when the owner cannot answer in time.
+//!   worker tracks, 503 when the owner cannot reply in time.
 //! - `GET /healthz`: `{"status":"ok"}` while the workers run, 503 once they have finished.
 //!
 //! The server is `tiny_http` (synchronous, no async runtime): its own threads accept and parse
-//! connections, and one handler thread answers requests, which are all short. It has no
+//! connections, and one handler thread serves requests, which are all short. It has no
 //! authentication, so it binds to loopback unless told otherwise.
 
 use std::net::SocketAddr;
@@ -35,7 +35,7 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `address` and starts answering requests on a new thread.
+    /// Binds `address` and starts serving requests on a new thread.
     pub fn start(
         address: &str,
         metrics: Arc<Metrics>,
@@ -78,7 +78,7 @@ impl HttpServer {
         self.address
     }
 
-    /// Marks the workers as finished, so `/healthz` answers 503.
+    /// Marks the workers as finished, so `/healthz` returns 503.
     pub fn set_finished(&self) {
         self.running.store(false, Ordering::Relaxed);
     }

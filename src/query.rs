@@ -3,7 +3,7 @@
 //! Per-user state lives inside the dataflow operators of the worker that owns the user, and is
 //! only safe to read on that worker's thread between two dataflow steps. A query therefore goes
 //! through the owner's inbox (a bounded channel): the HTTP thread sends it, wakes the worker
-//! thread with [`std::thread::Thread::unpark`], and waits for the reply. The worker answers in
+//! thread with [`std::thread::Thread::unpark`], and waits for the reply. The worker replies in
 //! [`crate::live::WorkerHooks::between_steps`], so the stream never waits for a reader.
 //!
 //! The owner is found with the hash the exchange of events by user uses:
@@ -18,10 +18,10 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use veer_models::profile::UserProfile;
 use veer_models::Id;
 
-/// Queries an inbox holds before the HTTP server answers 503.
+/// Maximum queries waiting in one inbox; beyond it the HTTP server returns 503.
 const INBOX_CAPACITY: usize = 64;
 
-/// One request for a user's profile, answered by the worker that owns the user.
+/// One request for a user's profile, served by the worker that owns the user.
 pub struct UserQuery {
     /// The user requested.
     pub user: Id,
@@ -36,7 +36,7 @@ impl UserQuery {
     }
 }
 
-/// Why a query got no answer.
+/// Why a query failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QueryError {
     /// The user's owner runs in another process of the cluster.
@@ -51,15 +51,15 @@ pub enum QueryError {
         /// Global index of the owning worker.
         worker: usize,
     },
-    /// The owner did not answer in time.
-    #[error("worker {worker} did not answer within {millis} ms")]
+    /// The owner did not reply in time.
+    #[error("query to worker {worker} timed out after {millis} ms")]
     TimedOut {
         /// Global index of the owning worker.
         worker: usize,
         /// The time waited, in milliseconds.
         millis: u128,
     },
-    /// The owner has finished its run and answers no more queries.
+    /// The owner has finished its run and serves no more queries.
     #[error("worker {worker} has stopped")]
     Stopped {
         /// Global index of the owning worker.

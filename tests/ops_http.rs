@@ -103,7 +103,7 @@ fn wait_for_metrics(address: SocketAddr, done: impl Fn(&str) -> bool) -> String 
     }
 }
 
-/// Starts `veer run` on a stdin pipe with the HTTP server on a free port; returns the child,
+/// Starts `veer run` on a stdin pipe with the HTTP server on a free port. Returns the child,
 /// the server address and a channel of the remaining standard error lines.
 fn start_veer(alerts: &std::path::Path) -> (Child, SocketAddr, mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_veer"))
@@ -185,7 +185,8 @@ fn live_run_serves_metrics_and_profiles() {
         "veer_event_to_alert_latency_seconds{quantile=\"0.5\"}",
     )
     .unwrap();
-    assert!(median > 0.0 && median < 30.0, "median latency {median} s");
+    assert!(median > 0.0, "median latency {median} s");
+    assert!(median < 30.0, "median latency {median} s");
     assert!(sample(&body, "veer_users_tracked").unwrap() >= 2.0);
 
     let (status, body) = get(address, &format!("/users/{KNOWN_USER}"));
