@@ -80,6 +80,9 @@ pub struct FileConfig {
     pub cluster: ClusterFileConfig,
     /// `[listen]`: the TCP source of `veer serve`.
     pub listen: crate::listen::ListenConfig,
+    /// `[sinks]`: alert sinks besides `--alerts` (subscriber socket, webhooks) and their
+    /// queues.
+    pub sinks: crate::sinks::SinkConfig,
 }
 
 /// `[cluster]`: a run over several processes with timely's cluster mode. The index of each

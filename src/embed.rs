@@ -152,6 +152,7 @@ impl Engine {
         let run = RunSettings {
             source: EventSource::Memory(events),
             alerts: AlertOutput::Discard,
+            sinks: Default::default(),
             dead_letter: None,
             workers: settings.workers,
             order: ReplayOrder::EventTime,

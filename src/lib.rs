@@ -26,6 +26,7 @@ pub mod replay;
 pub mod report;
 pub mod scan;
 pub mod shutdown;
+pub mod sinks;
 pub mod sources;
 pub mod stats;
 pub mod truth;

@@ -21,6 +21,8 @@ struct Cli {
     command: Command,
 }
 
+// The command is parsed once, so the size of its largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Read behaviour events and write an alert for each user whose interests shift.
@@ -227,12 +229,16 @@ struct RunArgs {
     models: bool,
     #[command(flatten)]
     listen: veer::listen::ListenArgs,
+    #[command(flatten)]
+    sinks: veer::sinks::SinkArgs,
 }
 
 #[derive(Args)]
 struct ServeArgs {
     #[command(flatten)]
     listen: veer::listen::ListenArgs,
+    #[command(flatten)]
+    sinks: veer::sinks::SinkArgs,
     /// Format of every connection (jsonl, taobao or rees46); detected per connection from its
     /// first line when absent.
     #[arg(long, value_enum)]
@@ -286,6 +292,7 @@ impl ServeArgs {
             no_progress: true,
             models: false,
             listen: self.listen,
+            sinks: self.sinks,
             cluster: ClusterArgs::default(),
             http: self.http,
         }
@@ -414,7 +421,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(2)
+            match error.downcast_ref::<veer::sinks::SinksDegraded>() {
+                Some(_) => ExitCode::from(veer::sinks::SinksDegraded::EXIT_CODE),
+                None => ExitCode::from(2),
+            }
         }
     }
 }
@@ -468,11 +478,16 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
     if let Some(path) = &args.dead_letter {
         outputs.push(("dead-letter", path.as_path()));
     }
-    check_distinct_paths(&args.input.inputs, &outputs)?;
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
+    let mut sinks = file.sinks.clone();
+    args.sinks.apply(&mut sinks)?;
+    if let Some(path) = &sinks.webhook.dead_letter {
+        outputs.push(("webhook-dead-letter", path.as_path()));
+    }
+    check_distinct_paths(&args.input.inputs, &outputs)?;
     let mut time = file.time.clone();
     if let Some(order) = args.order {
         time.order = order;
@@ -546,6 +561,7 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
     let settings = RunSettings {
         source,
         alerts,
+        sinks,
         dead_letter: args.dead_letter.clone().or(file.run.dead_letter.clone()),
         workers: args.workers.unwrap_or(file.run.workers),
         order: time.order,
@@ -585,6 +601,18 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
             None => Some(summary.timeline.iter().cloned().collect::<UserTimeline>()),
         };
         print_score(&summary, &truth, timeline.as_ref(), horizon_secs);
+    }
+    if summary.sinks.failed() {
+        anyhow::bail!(
+            "{} alerts were lost by the alert sinks (see the log above)",
+            summary.sinks.lost()
+        );
+    }
+    if summary.sinks.dead_lettered() > 0 {
+        return Err(veer::sinks::SinksDegraded {
+            dead_lettered: summary.sinks.dead_lettered(),
+        }
+        .into());
     }
     Ok(())
 }

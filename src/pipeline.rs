@@ -2,7 +2,6 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +15,7 @@ use veer_models::profile::ProfileSource;
 use veer_models::{AlertKind, Detector, DetectorConfig, Event, GroupConfig, ShiftDetector};
 use veer_operators::{
     detect_shifts, order_by_event_time, population_groups, session_cooccurrence, write_alerts,
-    AlertCounter, DetectSettings, DetectStats, WorkerState,
+    AlertCounter, AlertSink, DetectSettings, DetectStats, WorkerState,
 };
 
 use crate::config::{DetectorChoice, ReplayOrder};
@@ -32,7 +31,7 @@ use crate::sources::SourceOptions;
 pub enum AlertOutput {
     /// Standard output.
     Stdout,
-    /// A file, created or truncated.
+    /// A file, created or truncated (appended to with `sinks.append`).
     File(std::path::PathBuf),
     /// Nowhere: alerts are only counted.
     Discard,
@@ -59,6 +58,8 @@ pub struct RunSettings {
     pub source: EventSource,
     /// Destination of the alerts.
     pub alerts: AlertOutput,
+    /// Further alert sinks, the alert file's append mode and the sink queues.
+    pub sinks: crate::sinks::SinkConfig,
     /// File for bad and late lines; `None` only counts them.
     pub dead_letter: Option<std::path::PathBuf>,
     /// Worker threads; at least 1.
@@ -124,6 +125,8 @@ pub struct RunSummary {
     pub timeline: Vec<(veer_models::Id, i64)>,
     /// Event-to-alert latency percentiles (see [`Metrics::record_latency`]).
     pub latency: LatencySummary,
+    /// What each alert sink did.
+    pub sinks: crate::sinks::SinkReport,
 }
 
 impl RunSummary {
@@ -204,6 +207,7 @@ impl RunSummary {
         }
         text.push_str(&format!("wall time         {:>11.3}s\n", seconds));
         text.push_str(&format!("events per second {:>12.0}\n", rate));
+        text.push_str(&self.sinks.to_text());
         text
     }
 }
@@ -282,15 +286,8 @@ fn run_job(
     let fingerprint = crate::cluster::settings_fingerprint(&settings);
     let settings = crate::cluster::local_part(settings);
     let dead_letter = DeadLetter::create(settings.dead_letter.as_deref())?;
-    let alert_writer: Option<Box<dyn Write + Send>> = match &settings.alerts {
-        AlertOutput::Stdout => Some(Box::new(std::io::BufWriter::new(std::io::stdout()))),
-        AlertOutput::File(path) => Some(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|error| {
-                anyhow::anyhow!("cannot create alert file {}: {error}", path.display())
-            })?,
-        ))),
-        AlertOutput::Discard => None,
-    };
+    let (dispatcher, sink_threads) =
+        crate::sinks::start(&settings.alerts, &settings.sinks, &settings.metrics)?;
 
     // Timely numbers workers process by process, so this process's first is process * workers.
     let (processes, process) = settings
@@ -335,22 +332,12 @@ fn run_job(
         EventSource::Memory(events) => Feed::Memory(events),
         EventSource::Listen(source) => Feed::Listen(source),
     };
-    // Live and streamed runs flush whole alert lines after each step, so that alerts appear
-    // promptly and a forced exit never leaves a cut line.
-    let (alert_writer, live_alerts) = match (&feed, alert_writer) {
-        (Feed::Listen(_) | Feed::Reader(_), Some(writer)) => {
-            let live = crate::listen::WholeLineWriter::new(writer);
-            (
-                Some(Box::new(live.clone()) as Box<dyn Write + Send>),
-                Some(live),
-            )
-        }
-        (_, writer) => (writer, None),
-    };
     let shared = Arc::new(Shared {
         feed: Mutex::new(Some(feed)),
-        alert_writer: Mutex::new(alert_writer),
-        live_alerts,
+        dispatcher: Mutex::new(Some(dispatcher)),
+        // The alert sinks write whole lines and flush whenever their queue runs empty, so
+        // live runs need no separate flush of the alert output.
+        live_alerts: None,
         dead_letter,
         input_label,
         input_bytes,
@@ -426,12 +413,12 @@ fn run_job(
     }
     shared.dead_letter.flush();
     summary.latency = shared.metrics.latency();
+    let dispatcher = shared
+        .dispatcher
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take();
     if let Some(models) = models {
-        let writer = shared
-            .alert_writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
         let replay_settings = crate::replay::ReplaySettings {
             detector: shared.detector_config.clone(),
             groups: shared.groups.clone(),
@@ -442,12 +429,22 @@ fn run_job(
             &kept_events,
             &replay_settings,
             &models,
-            writer,
+            dispatcher,
             shared.keep_alerts,
             &mut summary,
         )?;
+    } else {
+        drop(dispatcher);
     }
     summary.wall = started.elapsed();
+    summary.sinks = sink_threads.finish();
+    let draining = started.elapsed() - summary.wall;
+    if draining > Duration::from_millis(100) {
+        tracing::info!(
+            ?draining,
+            "the alert sinks drained their queues after the dataflow ended"
+        );
+    }
     Ok(summary)
 }
 
@@ -459,9 +456,10 @@ enum Feed {
 
 struct Shared {
     feed: Mutex<Option<Feed>>,
-    alert_writer: Mutex<Option<Box<dyn Write + Send>>>,
     /// Flush handle of the alert output of a live run.
     live_alerts: Option<crate::listen::WholeLineWriter>,
+    /// The alert sinks' dispatcher, taken by worker 0 (or by the model path after the run).
+    dispatcher: Mutex<Option<crate::sinks::Dispatcher>>,
     dead_letter: DeadLetter,
     /// Input names for late records, which no longer know their file.
     input_label: String,
@@ -485,18 +483,6 @@ struct Shared {
     router: Arc<QueryRouter>,
 }
 
-/// Adapts a `Send` writer for the sink, which lives on one worker thread.
-struct WriterOnWorker(Box<dyn Write + Send>);
-
-impl Write for WriterOnWorker {
-    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buffer)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
 fn run_worker<D: Detector>(
     worker: &mut timely::worker::Worker,
     shared: &Shared,
@@ -513,13 +499,13 @@ where
     }));
     let alert_counts: AlertCounter = Default::default();
     alert_counts.borrow_mut().keep = shared.keep_alerts;
-    let writer: Option<Box<dyn Write>> = if index == 0 && !shared.keep_events {
+    let writer: Option<Box<dyn AlertSink>> = if index == 0 && !shared.keep_events {
         let taken = shared
-            .alert_writer
+            .dispatcher
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        taken.map(|writer| Box::new(WriterOnWorker(writer)) as Box<dyn Write>)
+        taken.map(|dispatcher| Box::new(dispatcher) as Box<dyn AlertSink>)
     } else {
         None
     };
@@ -874,7 +860,7 @@ fn run_model_path(
     events: &[Event],
     replay_settings: &crate::replay::ReplaySettings,
     models: &crate::replay::ModelRunSettings,
-    writer: Option<Box<dyn Write + Send>>,
+    dispatcher: Option<crate::sinks::Dispatcher>,
     keep_alerts: bool,
     summary: &mut RunSummary,
 ) -> anyhow::Result<()> {
@@ -898,14 +884,11 @@ fn run_model_path(
     for alert in &output.alerts {
         *summary.alerts.entry(alert.kind).or_default() += 1;
     }
-    if let Some(mut writer) = writer {
+    if let Some(mut dispatcher) = dispatcher {
         for alert in &output.alerts {
-            writeln!(writer, "{}", alert.to_json_line())
-                .map_err(|error| anyhow::anyhow!("failed to write an alert: {error}"))?;
+            dispatcher.send(alert);
         }
-        writer
-            .flush()
-            .map_err(|error| anyhow::anyhow!("failed to write the alerts: {error}"))?;
+        dispatcher.close();
     }
     if keep_alerts {
         summary.kept_alerts = output.alerts;

@@ -14,6 +14,7 @@ fn dataflow_alerts(events: Vec<Event>, workers: usize) -> Vec<Alert> {
     let settings = RunSettings {
         source: EventSource::Memory(events),
         alerts: AlertOutput::Discard,
+        sinks: Default::default(),
         dead_letter: None,
         workers,
         order: ReplayOrder::Auto,

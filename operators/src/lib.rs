@@ -26,5 +26,5 @@ pub mod state;
 pub use detect::{detect_shifts, DetectSettings, DetectStats};
 pub use order::order_by_event_time;
 pub use population::{population_groups, session_cooccurrence, window_end};
-pub use sink::{write_alerts, AlertCounter, AlertTally};
+pub use sink::{write_alerts, AlertCounter, AlertSink, AlertTally, JsonLines};
 pub use state::{DetectHandle, DetectState, TrackedUser, WorkerState};

@@ -41,11 +41,39 @@ type NoOutput = timely::container::CapacityContainerBuilder<Vec<()>>;
 /// The sink's tally, shared with the worker that reads it after the run.
 pub type AlertCounter = std::rc::Rc<std::cell::RefCell<AlertTally>>;
 
-/// Writes alerts as JSON lines on worker 0, sorted by (time, user, kind) within each second.
+/// Destination of the alerts that [`write_alerts`] releases on worker 0.
+pub trait AlertSink {
+    /// Takes the next alert, in canonical order.
+    fn send(&mut self, alert: &Alert);
+
+    /// Called once, after the last alert, when the input is exhausted.
+    fn close(&mut self);
+}
+
+/// An [`AlertSink`] that writes each alert as a JSON line to a writer. A write error is
+/// logged and the run goes on.
+pub struct JsonLines<W: Write>(pub W);
+
+impl<W: Write> AlertSink for JsonLines<W> {
+    fn send(&mut self, alert: &Alert) {
+        if let Err(error) = writeln!(self.0, "{}", alert.to_json_line()) {
+            let alert_id = alert.alert_id();
+            tracing::error!(%error, %alert_id, "failed to write alert");
+        }
+    }
+
+    fn close(&mut self) {
+        if let Err(error) = self.0.flush() {
+            tracing::error!(%error, "failed to flush the alert output");
+        }
+    }
+}
+
+/// Hands alerts to `sink` on worker 0, sorted by (time, user, kind) within each second.
 ///
-/// Alerts of one event-time second are written once the frontier has passed that second, so
-/// the file's bytes do not depend on the number of workers. `writer` is only used on worker 0;
-/// other workers may pass `None`. A write error is logged, and the run goes on. The returned
+/// Alerts of one event-time second are released once the frontier has passed that second, so
+/// the output's bytes do not depend on the number of workers. `sink` is only used on worker
+/// 0; other workers may pass `None`. The sink is closed once the frontier is empty. The returned
 /// stream carries no data; a probe on it tells when the sink has taken every alert before a
 /// time.
 ///
@@ -58,7 +86,7 @@ pub type AlertCounter = std::rc::Rc<std::cell::RefCell<AlertTally>>;
 /// use timely::dataflow::operators::ToStream;
 /// use veer_models::{Alert, AlertKind, Id};
 /// use veer_operators::state::SinkState;
-/// use veer_operators::{write_alerts, AlertCounter};
+/// use veer_operators::{write_alerts, AlertCounter, JsonLines};
 ///
 /// /// A writer whose bytes the test can read after the run.
 /// struct Shared(Rc<RefCell<Vec<u8>>>);
@@ -93,7 +121,7 @@ pub type AlertCounter = std::rc::Rc<std::cell::RefCell<AlertTally>>;
 ///     worker.dataflow::<u64, _, _>(move |scope| {
 ///         let alerts = vec![alert(9, 20), alert(3, 20), alert(5, 10)].to_stream(scope);
 ///         let state = Rc::new(RefCell::new(SinkState::default()));
-///         write_alerts(alerts, Some(Box::new(writer)), counter, state);
+///         write_alerts(alerts, Some(Box::new(JsonLines(writer))), counter, state);
 ///     });
 ///     while worker.step() {}
 ///     let text = String::from_utf8(bytes.borrow().clone()).unwrap();
@@ -104,7 +132,7 @@ pub type AlertCounter = std::rc::Rc<std::cell::RefCell<AlertTally>>;
 /// ```
 pub fn write_alerts<'scope>(
     alerts: StreamVec<'scope, u64, Alert>,
-    mut writer: Option<Box<dyn Write>>,
+    mut sink: Option<Box<dyn AlertSink>>,
     counter: AlertCounter,
     state: Rc<RefCell<SinkState>>,
 ) -> StreamVec<'scope, u64, ()> {
@@ -132,11 +160,8 @@ pub fn write_alerts<'scope>(
                     if let Some(observe) = tally.on_alert.as_mut() {
                         observe(&alert);
                     }
-                    if let Some(out) = writer.as_mut() {
-                        if let Err(error) = writeln!(out, "{}", alert.to_json_line()) {
-                            let alert_id = alert.alert_id();
-                            tracing::error!(%error, %alert_id, "failed to write alert");
-                        }
+                    if let Some(sink) = sink.as_mut() {
+                        sink.send(&alert);
                     }
                     if tally.keep {
                         tally.kept.push(alert);
@@ -144,10 +169,8 @@ pub fn write_alerts<'scope>(
                 }
             }
             if frontier.is_empty() {
-                if let Some(out) = writer.as_mut() {
-                    if let Err(error) = out.flush() {
-                        tracing::error!(%error, "failed to flush the alert output");
-                    }
+                if let Some(mut sink) = sink.take() {
+                    sink.close();
                 }
             }
         }

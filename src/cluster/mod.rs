@@ -228,6 +228,9 @@ pub fn local_part(mut settings: RunSettings) -> RunSettings {
     }
     settings.source = EventSource::Memory(Vec::new());
     settings.alerts = AlertOutput::Discard;
+    // Only process 0 releases alerts, so the other processes run no sinks.
+    settings.sinks.subscribers.listen = None;
+    settings.sinks.webhook.urls.clear();
     settings.dead_letter = None;
     settings
 }

@@ -185,9 +185,15 @@ pub fn run_veer_with_stdin(args: &[&str], input: &[u8]) -> RunOutput {
     }
 }
 
-/// Prefixes of the summary lines that differ between runs of the same input: timing, latency
-/// and the worker count itself.
-const TIMING_SUMMARY_LINES: [&str; 4] = ["wall time", "events per second", "workers", "latency"];
+/// Prefixes of the summary lines that differ between runs of the same input: timing, latency,
+/// the worker count itself, and the sink lines, which name each run's temporary alert file.
+const TIMING_SUMMARY_LINES: [&str; 5] = [
+    "wall time",
+    "events per second",
+    "workers",
+    "latency",
+    "sink ",
+];
 
 impl RunOutput {
     /// Returns the end-of-run summary, from `lines read` on, without the lines about wall

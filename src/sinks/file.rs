@@ -1,0 +1,278 @@
+//! An alert file of JSON lines that survives a kill at any moment and can be reopened
+//! idempotently.
+//!
+//! Lines are only ever appended, and each line goes to the operating system in one write
+//! together with its newline. A kill (even `kill -9`) therefore leaves the file as a prefix
+//! of what was written: whole lines, possibly followed by one torn last line.
+//! [`AlertFile::open_append`] cuts that torn line, loads the `alert_id` of every line, and
+//! from then on skips alerts with those ids. A run resumed from a checkpoint can thus send
+//! again every alert after the checkpoint, and the file still contains each alert once.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Findings of [`AlertFile::open_append`] in an existing file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reopened {
+    /// Whole lines kept.
+    pub lines: u64,
+    /// Distinct alert ids among them; later alerts with these ids are skipped.
+    pub ids: u64,
+    /// Lines kept that carry no readable `alert_id` (logged; they cannot be deduplicated).
+    pub unreadable: u64,
+    /// Bytes of a torn last line (no trailing newline) that were cut off.
+    pub truncated_bytes: u64,
+}
+
+/// An alert file open for appending whole JSON lines.
+///
+/// # Examples
+///
+/// ```
+/// use veer::sinks::file::AlertFile;
+///
+/// let folder = tempfile::tempdir()?;
+/// let path = folder.path().join("alerts.jsonl");
+/// let mut file = AlertFile::create(&path)?;
+/// file.append("7-100-interest_shift", r#"{"alert_id":"7-100-interest_shift"}"#)?;
+/// file.flush()?;
+/// drop(file);
+///
+/// // A kill left half a line behind.
+/// std::fs::write(&path, "{\"alert_id\":\"7-100-interest_shift\"}\n{\"alert_id\":\"8-1")?;
+/// let (mut file, reopened) = AlertFile::open_append(&path)?;
+/// assert_eq!(reopened.truncated_bytes, 16);
+/// assert_eq!(reopened.ids, 1);
+/// assert!(!file.append("7-100-interest_shift", r#"{"alert_id":"7-100-interest_shift"}"#)?);
+/// assert!(file.append("8-120-interest_shift", r#"{"alert_id":"8-120-interest_shift"}"#)?);
+/// file.flush()?;
+/// assert_eq!(std::fs::read_to_string(&path)?.lines().count(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct AlertFile {
+    path: PathBuf,
+    writer: BufWriter<File>,
+    /// Ids already in the file, tracked only in append mode.
+    seen: Option<HashSet<String>>,
+    skipped: u64,
+}
+
+impl AlertFile {
+    /// Creates the file, or truncates it when it exists (the default of `veer run`).
+    pub fn create(path: &Path) -> std::io::Result<AlertFile> {
+        let file = File::create(path)?;
+        Ok(AlertFile {
+            path: path.to_path_buf(),
+            writer: BufWriter::new(file),
+            seen: None,
+            skipped: 0,
+        })
+    }
+
+    /// Opens the file for appending, creating it when missing: cuts a torn last line, loads
+    /// the `alert_id` of every whole line, and returns what it found.
+    ///
+    /// From then on [`append`](Self::append) skips any alert whose id is in the file or was
+    /// appended since. The ids are held in memory, about 40 bytes plus the id per alert.
+    pub fn open_append(path: &Path) -> std::io::Result<(AlertFile, Reopened)> {
+        let mut reopened = Reopened::default();
+        let mut seen = HashSet::new();
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+
+        let mut whole_end = 0u64;
+        let mut reader = BufReader::new(&mut file);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = reader.read_until(b'\n', &mut line)?;
+            if read == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                reopened.truncated_bytes = read as u64;
+                break;
+            }
+            whole_end += read as u64;
+            reopened.lines += 1;
+            match alert_id_of(&line) {
+                Some(id) => {
+                    seen.insert(id);
+                }
+                None if line.iter().all(u8::is_ascii_whitespace) => {}
+                None => reopened.unreadable += 1,
+            }
+        }
+        drop(reader);
+
+        if reopened.truncated_bytes > 0 {
+            file.set_len(whole_end)?;
+            tracing::warn!(
+                path = %path.display(),
+                bytes = reopened.truncated_bytes,
+                "cut a torn last line off the alert file"
+            );
+        }
+        if reopened.unreadable > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                lines = reopened.unreadable,
+                "alert file lines without a readable alert_id are kept but cannot be deduplicated"
+            );
+        }
+        reopened.ids = seen.len() as u64;
+        drop(file);
+
+        let file = OpenOptions::new().append(true).open(path)?;
+        let alert_file = AlertFile {
+            path: path.to_path_buf(),
+            writer: BufWriter::new(file),
+            seen: Some(seen),
+            skipped: 0,
+        };
+        Ok((alert_file, reopened))
+    }
+
+    /// Appends one alert line (without its newline) unless its id is already in the file.
+    /// Returns whether the line was appended.
+    ///
+    /// The line and its newline go to the buffer as one piece, and the buffer writes whole
+    /// pieces, so a kill can tear at most the last line.
+    pub fn append(&mut self, id: &str, line: &str) -> std::io::Result<bool> {
+        if let Some(seen) = self.seen.as_mut() {
+            if seen.contains(id) {
+                self.skipped += 1;
+                return Ok(false);
+            }
+            seen.insert(id.to_string());
+        }
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        self.writer.write_all(&bytes)?;
+        Ok(true)
+    }
+
+    /// Hands the buffered lines to the operating system, so they survive a kill of veer.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.flush()
+    }
+
+    /// Flushes and syncs the file to disk (`fdatasync`), so the lines also survive a crash
+    /// of the machine.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.writer.flush()?;
+        self.writer.get_ref().sync_data()
+    }
+
+    /// Returns the alerts skipped because their ids were already in the file.
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Returns the file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Returns the `alert_id` of one JSON line, or `None` when the line is not an alert object.
+fn alert_id_of(line: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct IdOnly {
+        alert_id: String,
+    }
+    serde_json::from_slice::<IdOnly>(line)
+        .ok()
+        .map(|record| record.alert_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(id: &str) -> String {
+        format!(r#"{{"alert_id":"{id}","user":1}}"#)
+    }
+
+    #[test]
+    fn reopen_cuts_torn_line() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("a.jsonl");
+        std::fs::write(
+            &path,
+            format!("{}\n{}\n{{\"alert_id\":\"3-", line("1"), line("2")),
+        )
+        .unwrap();
+
+        let (mut file, reopened) = AlertFile::open_append(&path).unwrap();
+        assert_eq!(reopened.lines, 2);
+        assert_eq!(reopened.ids, 2);
+        assert_eq!(reopened.truncated_bytes, 15);
+        assert!(file.append("3", &line("3")).unwrap());
+        file.flush().unwrap();
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!("{}\n{}\n{}\n", line("1"), line("2"), line("3"))
+        );
+    }
+
+    #[test]
+    fn reopen_skips_known_ids() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("a.jsonl");
+        std::fs::write(&path, format!("{}\n", line("1"))).unwrap();
+
+        let (mut file, reopened) = AlertFile::open_append(&path).unwrap();
+        assert_eq!(reopened.truncated_bytes, 0);
+        assert!(!file.append("1", &line("1")).unwrap());
+        assert!(file.append("2", &line("2")).unwrap());
+        assert!(!file.append("2", &line("2")).unwrap());
+        assert_eq!(file.skipped(), 2);
+        file.flush().unwrap();
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2);
+    }
+
+    #[test]
+    fn reopen_creates_missing_file() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("new.jsonl");
+        let (_, reopened) = AlertFile::open_append(&path).unwrap();
+        assert_eq!(reopened, Reopened::default());
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn reopen_keeps_unreadable_lines() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("a.jsonl");
+        std::fs::write(&path, format!("not json\n{}\n", line("1"))).unwrap();
+
+        let (_, reopened) = AlertFile::open_append(&path).unwrap();
+        assert_eq!(reopened.lines, 2);
+        assert_eq!(reopened.unreadable, 1);
+        assert_eq!(reopened.ids, 1);
+    }
+
+    #[test]
+    fn create_truncates() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("a.jsonl");
+        std::fs::write(&path, format!("{}\n", line("1"))).unwrap();
+
+        let mut file = AlertFile::create(&path).unwrap();
+        assert!(file.append("1", &line("1")).unwrap());
+        file.flush().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+}

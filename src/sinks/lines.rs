@@ -1,0 +1,115 @@
+//! The JSON-lines sinks: the alert file and standard output.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+
+use super::file::AlertFile;
+use super::{Message, SinkStats};
+use crate::metrics::SinkMetrics;
+
+enum Target {
+    File(AlertFile),
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+}
+
+/// Writes each alert as one JSON line. It flushes whenever its queue runs empty, so alerts of
+/// a long-lived run reach the file at once, and a burst of alerts takes few write calls.
+pub(crate) struct LineSink {
+    target: Target,
+    stats: SinkStats,
+}
+
+impl LineSink {
+    pub(crate) fn stdout() -> LineSink {
+        LineSink {
+            target: Target::Stdout(std::io::BufWriter::new(std::io::stdout())),
+            stats: SinkStats::named("stdout"),
+        }
+    }
+
+    /// Creates (or truncates) the alert file, or with `append` reopens it idempotently.
+    pub(crate) fn file(path: &Path, append: bool) -> anyhow::Result<LineSink> {
+        let mut stats = SinkStats::named(&format!("file {}", path.display()));
+        let file = if append {
+            let (file, reopened) = AlertFile::open_append(path).map_err(|error| {
+                anyhow::anyhow!(
+                    "cannot open alert file {} to append: {error}",
+                    path.display()
+                )
+            })?;
+            tracing::info!(
+                path = %path.display(),
+                lines = reopened.lines,
+                ids = reopened.ids,
+                truncated_bytes = reopened.truncated_bytes,
+                "appending to the alert file; alerts with ids already in it are skipped"
+            );
+            stats.truncated_bytes = reopened.truncated_bytes;
+            file
+        } else {
+            AlertFile::create(path).map_err(|error| {
+                anyhow::anyhow!("cannot create alert file {}: {error}", path.display())
+            })?
+        };
+        Ok(LineSink {
+            target: Target::File(file),
+            stats,
+        })
+    }
+
+    pub(crate) fn name(&self) -> String {
+        self.stats.name.clone()
+    }
+
+    pub(crate) fn run(mut self, receiver: Receiver<Message>, live: Arc<SinkMetrics>) -> SinkStats {
+        for message in receiver.iter() {
+            match message {
+                Message::Alert(record) => {
+                    self.stats.received += 1;
+                    let result = match &mut self.target {
+                        Target::File(file) => file.append(&record.id, &record.line),
+                        Target::Stdout(out) => writeln!(out, "{}", record.line).map(|_| true),
+                    };
+                    live.attempt();
+                    match result {
+                        Ok(true) => {
+                            self.stats.delivered += 1;
+                            live.delivered(1);
+                        }
+                        Ok(false) => self.stats.skipped += 1,
+                        Err(error) => {
+                            self.stats.lost += 1;
+                            live.failure();
+                            tracing::error!(sink = %self.stats.name, alert_id = %record.id, %error, "alert lost: write failed");
+                        }
+                    }
+                    if receiver.is_empty() {
+                        self.flush();
+                    }
+                }
+                Message::Flush(ack) => {
+                    self.flush();
+                    let _ = ack.send(());
+                }
+            }
+        }
+        self.flush();
+        self.stats
+    }
+
+    fn flush(&mut self) {
+        let result = match &mut self.target {
+            Target::File(file) => file.flush(),
+            Target::Stdout(out) => out.flush(),
+        };
+        if let Err(error) = result {
+            // The failed write may have dropped buffered lines. Their count is unknown, so the
+            // sink is marked failed instead of guessing a number of lost alerts.
+            self.stats.failed = true;
+            tracing::error!(sink = %self.stats.name, %error, "failed to flush alerts");
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The TCP subscriber sink: a socket that streams every alert as a JSON line to each
+//! connected client.
+//!
+//! A subscriber receives the alerts released after it connected, in canonical order; there
+//! is no replay of earlier alerts. Each subscriber has its own bounded queue and writer
+//! thread. When its queue is full (it reads more slowly than alerts arrive), or one write to
+//! it blocks longer than `write_timeout`, it is disconnected with a log line, so a slow
+//! subscriber never holds back the others or the dataflow. Subscribers are a live feed: an
+//! alert counts as delivered by this sink once it is queued to every connected subscriber.
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+
+use super::{send_all, AlertRecord, Message, SinkStats, SubscriberConfig};
+use crate::metrics::SinkMetrics;
+
+/// The sink thread's handle on one connected subscriber.
+struct Client {
+    peer: SocketAddr,
+    queue: Sender<Arc<AlertRecord>>,
+    /// A second handle on the socket, to shut it down and unblock a stuck writer.
+    stream: TcpStream,
+    writer: JoinHandle<()>,
+}
+
+/// Counters shared by the accept thread and the writer threads.
+#[derive(Default)]
+struct Counters {
+    connected: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// The subscriber socket and its clients.
+pub(crate) struct SubscriberSink {
+    address: SocketAddr,
+    config: SubscriberConfig,
+    clients: Arc<Mutex<Vec<Client>>>,
+    counters: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+    stats: SinkStats,
+}
+
+/// Parses `listen`: `host:port`, or a bare port on 127.0.0.1.
+fn listen_address(text: &str) -> anyhow::Result<SocketAddr> {
+    let text = text.trim();
+    let full = if text.chars().all(|c| c.is_ascii_digit()) {
+        format!("127.0.0.1:{text}")
+    } else {
+        text.to_string()
+    };
+    full.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "invalid --alerts-listen {text:?}: expected host:port such as 127.0.0.1:7300, or a port"
+        )
+    })
+}
+
+impl SubscriberSink {
+    /// Binds the socket and starts accepting subscribers.
+    pub(crate) fn bind(text: &str, config: &SubscriberConfig) -> anyhow::Result<SubscriberSink> {
+        let requested = listen_address(text)?;
+        let listener = TcpListener::bind(requested).map_err(|error| {
+            anyhow::anyhow!("cannot listen for alert subscribers on {requested}: {error}")
+        })?;
+        let address = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        tracing::info!(%address, "alert subscriber socket listening");
+
+        let clients = Arc::new(Mutex::new(Vec::new()));
+        let counters = Arc::new(Counters::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let acceptor = {
+            let clients = clients.clone();
+            let counters = counters.clone();
+            let stop = stop.clone();
+            let config = config.clone();
+            std::thread::Builder::new()
+                .name("veer-subscribers".into())
+                .spawn(move || accept_loop(listener, &config, &clients, &counters, &stop))?
+        };
+        Ok(SubscriberSink {
+            address,
+            config: config.clone(),
+            clients,
+            counters,
+            stop,
+            acceptor: Some(acceptor),
+            stats: SinkStats::named(&format!("subscribers {address}")),
+        })
+    }
+
+    pub(crate) fn name(&self) -> String {
+        self.stats.name.clone()
+    }
+
+    /// Fans alerts out to the subscribers until the queue closes, then lets each subscriber
+    /// drain its queue and closes the socket.
+    pub(crate) fn run(mut self, receiver: Receiver<Message>, live: Arc<SinkMetrics>) -> SinkStats {
+        for message in receiver.iter() {
+            match message {
+                Message::Alert(record) => {
+                    self.stats.received += 1;
+                    self.fan_out(record);
+                    self.stats.delivered += 1;
+                    live.delivered(1);
+                }
+                // Subscribers are a live feed, so a flush does not wait for them.
+                Message::Flush(ack) => {
+                    let _ = ack.send(());
+                }
+            }
+        }
+
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        let clients = std::mem::take(&mut *lock(&self.clients));
+        for client in clients {
+            drop(client.queue);
+            let _ = client.writer.join();
+        }
+        self.stats.subscribers = self.counters.connected.load(Ordering::Relaxed);
+        self.stats.dropped_subscribers = self.counters.dropped.load(Ordering::Relaxed);
+        tracing::info!(address = %self.address, subscribers = self.stats.subscribers, "alert subscriber socket closed");
+        self.stats
+    }
+
+    fn fan_out(&mut self, record: Arc<AlertRecord>) {
+        let mut clients = lock(&self.clients);
+        let mut index = 0;
+        while index < clients.len() {
+            match clients[index].queue.try_send(record.clone()) {
+                Ok(()) => index += 1,
+                Err(TrySendError::Full(_)) => {
+                    let client = clients.swap_remove(index);
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        peer = %client.peer,
+                        queue = self.config.queue,
+                        alert_id = %record.id,
+                        "alert subscriber dropped: its queue is full because it reads too slowly"
+                    );
+                    let _ = client.stream.shutdown(std::net::Shutdown::Both);
+                }
+                // The writer ended: the subscriber left or its write timed out (logged there).
+                Err(TrySendError::Disconnected(_)) => {
+                    clients.swap_remove(index);
+                }
+            }
+        }
+    }
+}
+
+fn lock(clients: &Mutex<Vec<Client>>) -> std::sync::MutexGuard<'_, Vec<Client>> {
+    clients
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    config: &SubscriberConfig,
+    clients: &Mutex<Vec<Client>>,
+    counters: &Arc<Counters>,
+    stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "failed to accept an alert subscriber");
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        };
+        let mut clients = lock(clients);
+        if clients.len() >= config.max_clients {
+            tracing::warn!(%peer, max_clients = config.max_clients, "alert subscriber rejected: too many subscribers");
+            continue;
+        }
+        match start_client(stream, peer, config, counters) {
+            Ok(client) => {
+                counters.connected.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(%peer, "alert subscriber connected");
+                clients.push(client);
+            }
+            Err(error) => tracing::warn!(%peer, %error, "failed to set up an alert subscriber"),
+        }
+    }
+}
+
+fn start_client(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: &SubscriberConfig,
+    counters: &Arc<Counters>,
+) -> std::io::Result<Client> {
+    stream.set_nonblocking(false)?;
+    stream.set_write_timeout(Some(config.write_timeout))?;
+    stream.set_nodelay(true)?;
+    limit_send_buffer(&stream, SEND_BUFFER_BYTES)?;
+    let (queue, alerts) = bounded::<Arc<AlertRecord>>(config.queue);
+    let writer_stream = stream.try_clone()?;
+    let counters = counters.clone();
+    let writer = std::thread::Builder::new()
+        .name("veer-subscriber".into())
+        .spawn(move || write_loop(writer_stream, peer, alerts, &counters))?;
+    Ok(Client {
+        peer,
+        queue,
+        stream,
+        writer,
+    })
+}
+
+/// Kernel send buffer per subscriber, in bytes. Linux grows a socket's send buffer on its own
+/// (up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default), which would hide a subscriber that
+/// stopped reading. A fixed size keeps the memory per subscriber bounded, so a stalled
+/// subscriber soon shows up as a full queue or a write timeout.
+const SEND_BUFFER_BYTES: libc::c_int = 32 * 1024;
+
+fn limit_send_buffer(stream: &TcpStream, bytes: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the option value is a live c_int of the size passed, and the descriptor belongs
+    // to `stream`, which outlives the call.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Writes queued alerts to one subscriber, several lines per write when they pile up.
+fn write_loop(
+    stream: TcpStream,
+    peer: SocketAddr,
+    alerts: Receiver<Arc<AlertRecord>>,
+    counters: &Counters,
+) {
+    let mut buffer = Vec::new();
+    while let Ok(first) = alerts.recv() {
+        buffer.clear();
+        for record in std::iter::once(first).chain(alerts.try_iter()) {
+            buffer.extend_from_slice(record.line.as_bytes());
+            buffer.push(b'\n');
+        }
+        if let Err(error) = send_all(&stream, &buffer) {
+            if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+                counters.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, "alert subscriber dropped: a write blocked longer than the write timeout");
+            } else {
+                tracing::info!(%peer, %error, "alert subscriber disconnected");
+            }
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_address_defaults_to_loopback() {
+        assert_eq!(
+            listen_address("7300").unwrap(),
+            "127.0.0.1:7300".parse().unwrap()
+        );
+        assert_eq!(
+            listen_address("[::1]:0").unwrap(),
+            "[::1]:0".parse().unwrap()
+        );
+        assert!(listen_address("localhost:x").is_err());
+    }
+}
