@@ -579,7 +579,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_read_in_the_singular_only_for_one() {
+    fn plural_suffix_except_one() {
         assert_eq!(plural(1, "event"), "1 event");
         assert_eq!(plural(0, "session"), "0 sessions");
         assert_eq!(plural(12, "event"), "12 events");
