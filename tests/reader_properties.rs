@@ -584,8 +584,10 @@ proptest! {
     ) {
         let format = Format::ALL[format_index];
         let seeds = seed_lines(format);
-        // A later seed line, so that a format's header is not used as the valid last line.
-        let valid = seeds[1 + seed.index(seeds.len() - 1)].clone();
+        // A later seed line, so that a format's header is not used as the valid last line, and
+        // not an empty one, which would leave no line after the long one.
+        let candidates: Vec<&Vec<u8>> = seeds[1..].iter().filter(|line| !line.is_empty()).collect();
+        let valid = candidates[seed.index(candidates.len())].clone();
         let input = LongLine {
             pattern: [valid.as_slice(), b","].concat(),
             length: DEFAULT_MAX_LINE_BYTES + extra,
