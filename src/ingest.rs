@@ -284,26 +284,6 @@ fn read_one(
     Ok(())
 }
 
-/// Receives the next chunk from the reader thread, or `None` once a shutdown is requested.
-///
-/// The reader may be blocked reading standard input, so a shutdown does not wait for it; the
-/// lines of its unsent batch are neither processed nor counted.
-pub fn receive_until_shutdown(receiver: &Receiver<Chunk>) -> Result<Option<Chunk>, String> {
-    loop {
-        if crate::shutdown::requested() {
-            tracing::info!("shutdown requested: the input is treated as ended");
-            return Ok(None);
-        }
-        match receiver.recv_timeout(std::time::Duration::from_millis(200)) {
-            Ok(chunk) => return Ok(Some(chunk)),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                return Err("the reader thread stopped unexpectedly".into())
-            }
-        }
-    }
-}
-
 /// Reads every event of `paths` in file order, without a dead-letter file.
 pub fn read_events(
     paths: Vec<String>,
