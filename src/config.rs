@@ -76,6 +76,8 @@ pub struct FileConfig {
     pub run: RunFileConfig,
     /// `[models]`: the model path (`--models`).
     pub models: ModelsConfig,
+    /// `[state]`: eviction of idle users and checkpoints.
+    pub state: StateFileConfig,
     /// `[cluster]`: several processes (`--processes`, `--hostfile`).
     pub cluster: ClusterFileConfig,
     /// `[listen]`: the TCP source of `veer serve`.
@@ -105,6 +107,32 @@ impl Default for ClusterFileConfig {
             processes: 1,
             hostfile: None,
             connect_timeout: crate::cluster::DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// `[state]`: eviction of idle users and checkpoints.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateFileConfig {
+    /// Event time after which an idle user's state is dropped (`--evict-after`); `0` keeps
+    /// every user.
+    #[serde(with = "duration_text")]
+    pub evict_after: Duration,
+    /// Folder for periodic checkpoints (`--checkpoint-dir`); none when absent.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Wall-clock time between checkpoints (`--checkpoint-interval`).
+    #[serde(with = "duration_text")]
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for StateFileConfig {
+    fn default() -> Self {
+        let defaults = crate::checkpoint::StateSettings::default();
+        StateFileConfig {
+            evict_after: defaults.evict_idle.unwrap_or_default(),
+            checkpoint_dir: None,
+            checkpoint_interval: defaults.checkpoint_interval,
         }
     }
 }

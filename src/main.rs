@@ -223,6 +223,20 @@ struct RunArgs {
     /// 127.0.0.1:9464 (port 0 picks a free port, named in the log). Off by default.
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    /// Folder for periodic checkpoints of all state (default: none).
+    #[arg(long, value_name = "DIR")]
+    checkpoint_dir: Option<PathBuf>,
+    /// Wall-clock time between checkpoints, e.g. 10s or 100ms (default 10s).
+    #[arg(long, value_name = "DURATION")]
+    checkpoint_interval: Option<String>,
+    /// Resume from the newest checkpoint in DIR, and keep writing checkpoints there; the
+    /// input and settings must be those of the run that wrote it.
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// Event time after which an idle user's state is dropped, e.g. 7d; 0 keeps every user
+    /// (default 7d).
+    #[arg(long, value_name = "DURATION")]
+    evict_after: Option<String>,
     /// Fuse the detector's alerts with learned models fitted on a bootstrap period
     /// (`[models]` in the config file); runs single-threaded after the dataflow.
     #[arg(long)]
@@ -295,6 +309,10 @@ impl ServeArgs {
             sinks: self.sinks,
             cluster: ClusterArgs::default(),
             http: self.http,
+            checkpoint_dir: None,
+            checkpoint_interval: None,
+            resume: None,
+            evict_after: None,
         }
     }
 }
@@ -427,6 +445,30 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Returns the eviction and checkpoint settings: the command line over `[state]`.
+fn state_settings(
+    args: &RunArgs,
+    file: &FileConfig,
+) -> anyhow::Result<veer::checkpoint::StateSettings> {
+    let evict_after = match &args.evict_after {
+        Some(text) => duration_arg("evict-after", text)?,
+        None => file.state.evict_after,
+    };
+    let checkpoint_interval = match &args.checkpoint_interval {
+        Some(text) => duration_arg("checkpoint-interval", text)?,
+        None => file.state.checkpoint_interval,
+    };
+    Ok(veer::checkpoint::StateSettings {
+        evict_idle: (!evict_after.is_zero()).then_some(evict_after),
+        checkpoint_dir: args
+            .checkpoint_dir
+            .clone()
+            .or_else(|| file.state.checkpoint_dir.clone()),
+        checkpoint_interval,
+        resume_dir: args.resume.clone(),
+    })
 }
 
 fn duration_arg(name: &str, text: &str) -> anyhow::Result<std::time::Duration> {
@@ -573,11 +615,11 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
         groups: file.groups.clone(),
         progress: !args.no_progress && !serve && args.listen.listen.is_empty(),
         metrics: Default::default(),
-        state: veer::checkpoint::StateSettings::default(),
         // Every process keeps its event times when process 0 scores the run.
         keep_alerts: generated || args.truth.is_some(),
         cluster,
         http: args.http.clone().or(file.run.http.clone()),
+        state: state_settings(&args, &file)?,
     };
     let models = args.models || file.models.enabled;
     if models && settings.detector == DetectorChoice::Baseline {

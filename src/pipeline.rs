@@ -127,6 +127,10 @@ pub struct RunSummary {
     pub latency: LatencySummary,
     /// What each alert sink did.
     pub sinks: crate::sinks::SinkReport,
+    /// The checkpoint the run resumed from.
+    pub resumed: Option<crate::checkpoint::ResumeInfo>,
+    /// Checkpoints written.
+    pub checkpoints: u64,
 }
 
 impl RunSummary {
@@ -195,6 +199,15 @@ impl RunSummary {
             alert(AlertKind::Anomaly)
         ));
         text.push_str(&self.latency_text());
+        if let Some(resumed) = &self.resumed {
+            text.push_str(&format!(
+                "resumed from      {} (checkpoint {}, cut at {} ms, {} alerts before it)\n",
+                resumed.path.display(),
+                resumed.sequence,
+                resumed.cut_ms,
+                resumed.alerts_before_cut
+            ));
+        }
         if self.processes > 1 {
             text.push_str(&format!(
                 "workers           {:>12}  ({} processes x {})\n",
@@ -283,6 +296,7 @@ fn run_job(
         anyhow::bail!("invalid --workers 0: at least one worker thread is needed");
     }
     let started = Instant::now();
+    let prepared = crate::checkpoint::prepare::prepare(&settings, models.is_some())?;
     let fingerprint = crate::cluster::settings_fingerprint(&settings);
     let settings = crate::cluster::local_part(settings);
     let dead_letter = DeadLetter::create(settings.dead_letter.as_deref())?;
@@ -356,6 +370,10 @@ fn run_job(
         metrics: settings.metrics.clone(),
         state: settings.state,
         router,
+        board: Arc::new(crate::checkpoint::board::Board::new(settings.workers)),
+        checkpoints: prepared.plan,
+        restored: Mutex::new(prepared.restored),
+        resume_position: prepared.position,
     });
 
     let worker_shared = shared.clone();
@@ -445,6 +463,7 @@ fn run_job(
             "the alert sinks drained their queues after the dataflow ended"
         );
     }
+    summary.resumed = prepared.resumed;
     Ok(summary)
 }
 
@@ -481,6 +500,43 @@ struct Shared {
     metrics: Arc<Metrics>,
     state: crate::checkpoint::StateSettings,
     router: Arc<QueryRouter>,
+    /// Checkpoint requests and answers between the workers.
+    board: Arc<crate::checkpoint::board::Board>,
+    /// Where and how checkpoints are written, when they are.
+    checkpoints: Option<crate::checkpoint::CheckpointPlan>,
+    /// Each worker's restored state (`Vec<Option<WorkerPart<S>>>`), on a resume.
+    restored: Mutex<Option<Box<dyn std::any::Any + Send>>>,
+    /// Where the checkpoint's feeder stood, on a resume.
+    resume_position: Option<crate::checkpoint::snapshot::FeedPosition>,
+}
+
+/// The alert dispatcher, shared by the sink operator and worker 0's checkpoints, which flush
+/// it before they record their position.
+#[derive(Clone)]
+struct SharedDispatcher(Rc<RefCell<crate::sinks::Dispatcher>>);
+
+impl AlertSink for SharedDispatcher {
+    fn send(&mut self, alert: &veer_models::Alert) {
+        self.0.borrow_mut().send(alert);
+    }
+
+    fn close(&mut self) {
+        self.0.borrow_mut().close();
+    }
+}
+
+/// Takes worker `index`'s restored state out of `shared`, on a resume.
+fn take_restored<S: 'static>(
+    shared: &Shared,
+    index: usize,
+) -> Option<crate::checkpoint::snapshot::WorkerPart<S>> {
+    let mut guard = shared
+        .restored
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let parts = guard.as_mut()?;
+    let parts = parts.downcast_mut::<Vec<Option<crate::checkpoint::snapshot::WorkerPart<S>>>>()?;
+    parts.get_mut(index)?.take()
 }
 
 fn run_worker<D: Detector>(
@@ -492,22 +548,48 @@ where
     D::State: ProfileSource,
 {
     let index = worker.index();
-    let state = WorkerState::<D::State>::new(shared.session_gap_ms, shared.groups.clone());
+    let (state, restored_stats, restored_alerts) = match take_restored::<D::State>(shared, index) {
+        Some(part) => crate::checkpoint::snapshot::into_state(part),
+        None => (
+            WorkerState::new(shared.session_gap_ms, shared.groups.clone()),
+            Default::default(),
+            Default::default(),
+        ),
+    };
     let stats = Rc::new(RefCell::new(DetectStats {
+        events: restored_stats.events,
+        users: restored_stats.users,
+        population_updates: restored_stats.population_updates,
         timeline: shared.keep_alerts.then(Vec::new),
-        ..DetectStats::default()
     }));
     let alert_counts: AlertCounter = Default::default();
     alert_counts.borrow_mut().keep = shared.keep_alerts;
-    let writer: Option<Box<dyn AlertSink>> = if index == 0 && !shared.keep_events {
+    alert_counts.borrow_mut().by_kind = restored_alerts;
+    let alert_output = if index == 0 && !shared.keep_events {
         let taken = shared
             .dispatcher
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
-        taken.map(|dispatcher| Box::new(dispatcher) as Box<dyn AlertSink>)
+        taken.map(|dispatcher| SharedDispatcher(Rc::new(RefCell::new(dispatcher))))
     } else {
         None
+    };
+    let writer = alert_output
+        .clone()
+        .map(|output| Box::new(output) as Box<dyn AlertSink>);
+    let encode_local = {
+        let state = state.clone();
+        let stats = stats.clone();
+        let alert_counts = alert_counts.clone();
+        move || {
+            crate::checkpoint::snapshot::encode_part(
+                &state,
+                &stats.borrow(),
+                &alert_counts.borrow(),
+            )
+            .map_err(|error| error.to_string())
+        }
     };
 
     let detect_state = state.detect.clone();
@@ -572,10 +654,32 @@ where
             .take();
         match feed {
             Some(feed) => {
+                let mut flush_alerts = || {
+                    if let Some(output) = &alert_output {
+                        output.0.borrow().flush();
+                    }
+                    Ok(())
+                };
+                let cuts = shared.checkpoints.as_ref().map(|plan| Cuts {
+                    checkpointer: crate::checkpoint::Checkpointer::new(
+                        plan.dir.clone(),
+                        plan.interval,
+                        plan.after,
+                        shared.window_ms,
+                        shared.board.clone(),
+                        plan.meta.clone(),
+                    ),
+                    encode_local: &encode_local,
+                    flush_alerts: &mut flush_alerts,
+                    alerts: &alert_counts,
+                });
                 let feeder = Feeder {
                     input: &mut input,
                     probe: &probe,
                     hooks: &hooks,
+                    cuts,
+                    resume: shared.resume_position.clone(),
+                    tally: FeedTally::default(),
                 };
                 match feed_input(worker, feeder, shared, feed, &mut result.events) {
                     Ok(ingest) => result.ingest = Some(ingest),
@@ -586,9 +690,17 @@ where
         }
     }
     drop(input);
-    // A query wakes the worker with `unpark`; the timeout only bounds a missed wake-up.
-    while worker.step_or_park(Some(PARK_TIMEOUT)) {
+    // A query wakes the worker with `unpark`; the timeout only bounds a missed wake-up. With
+    // checkpoints, workers also wake up every 5 ms to answer checkpoint requests.
+    let park = match shared.checkpoints {
+        Some(_) => Duration::from_millis(5),
+        None => PARK_TIMEOUT,
+    };
+    // Worker 0 answers inside its checkpoints, as it takes them.
+    let mut answered = if index == 0 { u64::MAX } else { 0 };
+    while worker.step_or_park(Some(park)) {
         hooks.between_steps();
+        shared.board.serve(index, &mut answered, &encode_local);
     }
     hooks.between_steps();
 
@@ -619,22 +731,59 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(100);
 /// Events sent between two waits for the dataflow to catch up.
 const FEED_BATCH: usize = 16_384;
 
-/// Worker 0's handles for sending the input: the dataflow's input, the probe of its alerts,
-/// and the hooks that run between steps.
+/// Worker 0's handles for sending the input: the dataflow's input, the probe after the alert
+/// sink, the hooks that run between steps, and checkpointing.
 pub(crate) struct Feeder<'a> {
     pub(crate) input: &'a mut InputHandle<u64, Event>,
     pub(crate) probe: &'a ProbeHandle<u64>,
     pub(crate) hooks: &'a WorkerHooks,
+    cuts: Option<Cuts<'a>>,
+    /// Where a resumed run's checkpoint stood; `None` once the feeder has caught up with it.
+    resume: Option<crate::checkpoint::snapshot::FeedPosition>,
+    tally: FeedTally,
+}
+
+/// What worker 0 needs to take checkpoints.
+struct Cuts<'a> {
+    checkpointer: crate::checkpoint::Checkpointer,
+    encode_local: &'a dyn Fn() -> Result<Vec<u8>, String>,
+    flush_alerts: &'a mut dyn FnMut() -> std::io::Result<()>,
+    alerts: &'a AlertCounter,
+}
+
+/// Counts of the feeder, stored in checkpoints.
+#[derive(Default)]
+struct FeedTally {
+    read: u64,
+    sent: u64,
+    /// Sum of the sent events' hashes: independent of the order of sending, which differs
+    /// between a run and its resume.
+    sent_hash: u64,
+    sorted: bool,
+}
+
+/// Returns a hash of an event's identity, for comparing the input of a resumed run.
+fn event_hash(event: &Event) -> u64 {
+    let mut hash =
+        event.user.route_hash() ^ (event.ts_ms as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    hash ^= event.category.route_hash().rotate_left(17);
+    hash ^= event.line.rotate_left(41);
+    hash.wrapping_mul(0xff51_afd7_ed55_8ccd)
 }
 
 impl Feeder<'_> {
     /// Sends one event.
     pub(crate) fn send(&mut self, event: Event) {
+        self.tally.sent += 1;
+        self.tally.sent_hash = self.tally.sent_hash.wrapping_add(event_hash(&event));
         self.input.send(event);
     }
 
     /// Advances the input's event time to `time` (if later) and steps the dataflow until the
     /// alerts have caught up, running the hooks between steps.
+    ///
+    /// The caller must have sent nothing at or after `time`, because a checkpoint may be
+    /// taken here with `time` as its cut.
     pub(crate) fn advance_and_wait(&mut self, worker: &mut timely::worker::Worker, time: u64) {
         if time > *self.input.time() {
             self.input.advance_to(time);
@@ -644,6 +793,134 @@ impl Feeder<'_> {
             worker.step();
             self.hooks.between_steps();
         }
+        let cut = *self.input.time();
+        let Some(cuts) = self.cuts.as_mut() else {
+            return;
+        };
+        if cut == 0 || !cuts.checkpointer.due(cut) {
+            return;
+        }
+        let position = crate::checkpoint::snapshot::FeedPosition {
+            cut_ms: cut,
+            events_read: self.tally.read,
+            events_sent: self.tally.sent,
+            sorted: self.tally.sorted,
+            sent_hash: self.tally.sent_hash,
+        };
+        let alerts_written = cuts.alerts.borrow().by_kind.values().sum();
+        cuts.checkpointer.take(
+            worker,
+            position,
+            alerts_written,
+            cuts.encode_local,
+            cuts.flush_alerts,
+        );
+    }
+
+    /// Checks the events a resumed run skips against its checkpoint, and moves the input to
+    /// the checkpoint's cut. `skipped` are the events the checkpoint's run had sent.
+    fn catch_up(&mut self, skipped: &[Event]) -> Result<(), String> {
+        let Some(position) = self.resume.take() else {
+            return Ok(());
+        };
+        for event in skipped {
+            self.tally.sent += 1;
+            self.tally.sent_hash = self.tally.sent_hash.wrapping_add(event_hash(event));
+        }
+        if self.tally.sent != position.events_sent || self.tally.sent_hash != position.sent_hash {
+            return Err(format!(
+                "the input differs from the run that wrote the checkpoint: it had sent {} \
+                 events before its cut at {} ms, this input has {} there (or other ones); \
+                 resume with the same input, or start without --resume",
+                position.events_sent, position.cut_ms, self.tally.sent
+            ));
+        }
+        if position.cut_ms > *self.input.time() {
+            self.input.advance_to(position.cut_ms);
+        }
+        tracing::info!(
+            skipped = skipped.len(),
+            cut_ms = position.cut_ms,
+            "caught up with the checkpoint"
+        );
+        Ok(())
+    }
+
+    /// Returns whether the events read so far are all before the checkpoint's position, so
+    /// the feeder only rebuilds its state and sends nothing.
+    fn replaying(&self) -> bool {
+        self.resume
+            .as_ref()
+            .is_some_and(|position| self.tally.read < position.events_read)
+    }
+}
+
+/// Arrival-order replay: the watermark, and the events waiting for it in the feeder.
+///
+/// Events are held in the feeder until the watermark passes them, so that after each advance
+/// nothing at or after the watermark is inside the dataflow and any advance can be a
+/// checkpoint's cut.
+struct ArrivalReplay {
+    watermark: Watermark,
+    held: veer_operators::release::ReleaseBuffer,
+    late: u64,
+}
+
+impl ArrivalReplay {
+    /// Takes one event in arrival order; returns false when it is late.
+    fn offer(&mut self, feeder: &mut Feeder<'_>, shared: &Shared, event: Event) -> bool {
+        feeder.tally.read += 1;
+        let current = self.watermark.current();
+        if self.watermark.observe(event.ts_ms) {
+            self.late += 1;
+            feeder.hooks.metrics().add_late(1);
+            shared
+                .dead_letter
+                .late(&shared.input_label, &event, current);
+            return false;
+        }
+        self.held.extend(std::iter::once(event));
+        true
+    }
+
+    /// Sends the held events the watermark has passed and advances the input to it; on a
+    /// resume, first catches up with the checkpoint once its events have all been read.
+    fn release(
+        &mut self,
+        worker: &mut timely::worker::Worker,
+        feeder: &mut Feeder<'_>,
+    ) -> Result<(), String> {
+        if feeder.replaying() {
+            return Ok(());
+        }
+        if let Some(position) = feeder.resume.clone() {
+            let skipped = self.held.release(|time| time < position.cut_ms);
+            feeder.catch_up(&skipped)?;
+        }
+        let watermark = self.watermark.current();
+        for event in self.held.release(|time| time < watermark) {
+            feeder.send(event);
+        }
+        feeder.advance_and_wait(worker, watermark);
+        Ok(())
+    }
+
+    /// Sends every held event, at the end of the input.
+    fn finish(&mut self, feeder: &mut Feeder<'_>) -> Result<(), String> {
+        if feeder.replaying() {
+            return Err(
+                "the input ended before the checkpoint's position; resume with the same input"
+                    .to_string(),
+            );
+        }
+        if let Some(position) = feeder.resume.clone() {
+            let skipped = self.held.release(|time| time < position.cut_ms);
+            feeder.catch_up(&skipped)?;
+        }
+        for event in self.held.release(|_| true) {
+            feeder.send(event);
+        }
+        Ok(())
     }
 }
 
@@ -661,6 +938,11 @@ fn feed_input(
         }
     };
     let progress = crate::progress::Progress::new(shared.progress, shared.input_bytes);
+    let mut arrival = ArrivalReplay {
+        watermark: Watermark::new(shared.out_of_orderness_ms, shared.max_future_skew_ms),
+        held: Default::default(),
+        late: 0,
+    };
     match feed {
         Feed::Listen(source) => {
             let live = crate::listen::feed::LiveFeed {
@@ -682,7 +964,7 @@ fn feed_input(
             };
             progress.processing(events.len() as u64);
             events.iter().for_each(&mut record);
-            send_sorted(worker, &mut feeder, events, &progress);
+            send_sorted(worker, &mut feeder, events, &progress)?;
             counts.bytes = 0;
             progress.finish();
             Ok((counts, true))
@@ -691,12 +973,8 @@ fn feed_input(
             let mut buffered: Vec<Event> = Vec::new();
             let mut counts;
             let stream_arrival = shared.order == ReplayOrder::Arrival;
-            let mut watermark =
-                Watermark::new(shared.out_of_orderness_ms, shared.max_future_skew_ms);
-            let mut late = 0u64;
             let mut out_of_order = 0u64;
             let mut newest = i64::MIN;
-            let mut streamed = 0u64;
             let mut read_so_far = LineCounts::default();
             loop {
                 let Some(chunk) = receive_or_shutdown(&feeder, &receiver)? else {
@@ -713,27 +991,17 @@ fn feed_input(
                                 out_of_order += 1;
                             }
                             newest = newest.max(event.ts_ms);
-                            let current = watermark.current();
-                            if watermark.observe(event.ts_ms) {
-                                late += 1;
-                                feeder.hooks.metrics().add_late(1);
-                                shared
-                                    .dead_letter
-                                    .late(&shared.input_label, &event, current);
-                                continue;
-                            }
                             record(&event);
-                            feeder.send(event);
-                            streamed += 1;
+                            arrival.offer(&mut feeder, shared, event);
                         }
                         feeder.hooks.mark_sent(newest, received);
-                        feeder.advance_and_wait(worker, watermark.current());
+                        arrival.release(worker, &mut feeder)?;
                         if let Some(alerts) = &shared.live_alerts {
                             if let Err(error) = alerts.flush_lines() {
                                 tracing::error!(%error, "failed to write alerts");
                             }
                         }
-                        progress.processed(streamed);
+                        progress.processed(feeder.tally.sent);
                     }
                     Chunk::Events(mut events, so_far) => {
                         read_so_far = so_far;
@@ -747,8 +1015,9 @@ fn feed_input(
                 }
             }
             if stream_arrival {
-                counts.late = late;
-                counts.events -= late;
+                arrival.finish(&mut feeder)?;
+                counts.late = arrival.late;
+                counts.events -= arrival.late;
                 counts.out_of_order = out_of_order;
                 progress.finish();
                 return Ok((counts, false));
@@ -768,35 +1037,35 @@ fn feed_input(
             if sorted {
                 buffered.sort_by(Event::processing_cmp);
                 buffered.iter().for_each(&mut record);
-                send_sorted(worker, &mut feeder, buffered, &progress);
+                send_sorted(worker, &mut feeder, buffered, &progress)?;
             } else {
-                let mut sent = 0u64;
+                if feeder
+                    .resume
+                    .as_ref()
+                    .is_some_and(|position| position.sorted)
+                {
+                    return Err(resume_order_error(false));
+                }
                 let mut since_step = 0usize;
                 let mut batch_started = Instant::now();
                 for event in buffered {
-                    let current = watermark.current();
-                    if watermark.observe(event.ts_ms) {
-                        counts.late += 1;
-                        counts.events -= 1;
-                        feeder.hooks.metrics().add_late(1);
-                        shared
-                            .dead_letter
-                            .late(&shared.input_label, &event, current);
+                    newest = newest.max(event.ts_ms);
+                    record(&event);
+                    if !arrival.offer(&mut feeder, shared, event) {
                         continue;
                     }
-                    record(&event);
-                    newest = newest.max(event.ts_ms);
-                    feeder.send(event);
-                    sent += 1;
                     since_step += 1;
                     if since_step >= FEED_BATCH {
                         since_step = 0;
                         feeder.hooks.mark_sent(newest, batch_started);
-                        feeder.advance_and_wait(worker, watermark.current());
-                        progress.processed(sent);
+                        arrival.release(worker, &mut feeder)?;
+                        progress.processed(feeder.tally.sent);
                         batch_started = Instant::now();
                     }
                 }
+                arrival.finish(&mut feeder)?;
+                counts.late = arrival.late;
+                counts.events -= arrival.late;
                 feeder.hooks.mark_sent(newest, batch_started);
             }
             progress.finish();
@@ -829,16 +1098,41 @@ fn receive_or_shutdown(
 /// How often a feeder waiting for input checks for a shutdown request.
 const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
 
+fn resume_order_error(sorted: bool) -> String {
+    let (now, then) = if sorted {
+        ("sorted by event time", "in arrival order")
+    } else {
+        ("in arrival order", "sorted by event time")
+    };
+    format!(
+        "this run replays the input {now}, the checkpoint's run replayed it {then}; resume \
+         with the same input and --order"
+    )
+}
+
+/// Sends events sorted by time, advancing event time every [`FEED_BATCH`] events. On a
+/// resume, the events before the checkpoint's cut are checked and skipped.
 fn send_sorted(
     worker: &mut timely::worker::Worker,
     feeder: &mut Feeder<'_>,
     events: Vec<Event>,
     progress: &crate::progress::Progress,
-) {
+) -> Result<(), String> {
+    feeder.tally.sorted = true;
+    let mut start = 0;
+    if let Some(position) = &feeder.resume {
+        if !position.sorted {
+            return Err(resume_order_error(true));
+        }
+        let cut = position.cut_ms;
+        start = events.partition_point(|event| (event.ts_ms as u64) < cut);
+        feeder.catch_up(&events[..start])?;
+        feeder.tally.read = start as u64;
+    }
     let mut since_step = 0usize;
     let mut batch_started = Instant::now();
     let mut newest = i64::MIN;
-    for (sent, event) in events.into_iter().enumerate() {
+    for (sent, event) in events.into_iter().enumerate().skip(start) {
         let time = event.ts_ms as u64;
         if since_step >= FEED_BATCH && time > *feeder.input.time() {
             since_step = 0;
@@ -848,10 +1142,12 @@ fn send_sorted(
             batch_started = Instant::now();
         }
         newest = newest.max(event.ts_ms);
+        feeder.tally.read += 1;
         feeder.send(event);
         since_step += 1;
     }
     feeder.hooks.mark_sent(newest, batch_started);
+    Ok(())
 }
 
 /// Runs the model path on the events of a finished run and writes its alerts in place of the

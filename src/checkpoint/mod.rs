@@ -37,3 +37,233 @@ impl StateSettings {
             .map(|idle| i64::try_from(idle.as_millis()).unwrap_or(i64::MAX))
     }
 }
+
+pub mod board;
+pub mod file;
+pub mod snapshot;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::de::DeserializeOwned;
+
+use board::Board;
+use snapshot::{CheckpointFile, CheckpointMeta, FeedPosition, Restored, WorkerPart};
+
+/// Checkpoint files kept in the folder; older ones are removed after each write.
+const KEEP: usize = 2;
+
+/// Worker 0's side of checkpointing: when to cut, and writing the file.
+pub struct Checkpointer {
+    dir: PathBuf,
+    interval: Duration,
+    last: Instant,
+    sequence: u64,
+    window_ms: u64,
+    board: Arc<Board>,
+    answered: u64,
+    meta: CheckpointMeta,
+    /// Checkpoints written by this run.
+    pub written: u64,
+}
+
+impl Checkpointer {
+    /// Creates the checkpointer; the first checkpoint gets number `after + 1`. `meta` carries
+    /// the run's settings; its sequence, time, feed position and alert count are filled in
+    /// at each checkpoint.
+    pub fn new(
+        dir: PathBuf,
+        interval: Duration,
+        after: u64,
+        window_ms: u64,
+        board: Arc<Board>,
+        meta: CheckpointMeta,
+    ) -> Self {
+        Checkpointer {
+            dir,
+            interval,
+            last: Instant::now(),
+            sequence: after,
+            window_ms,
+            board,
+            answered: 0,
+            meta,
+            written: 0,
+        }
+    }
+
+    /// Returns whether a checkpoint is due and `cut_ms` may be a cut. A cut never falls on a
+    /// population window boundary: at a boundary the window's counts leave the worker at the
+    /// cut time itself, and a probe at that time cannot tell whether they have arrived.
+    pub fn due(&self, cut_ms: u64) -> bool {
+        self.last.elapsed() >= self.interval && cut_ms % self.window_ms != 0
+    }
+
+    /// Takes a checkpoint at the cut `position.cut_ms`.
+    ///
+    /// The caller has advanced the input to the cut, sent nothing at or after it, and stepped
+    /// the dataflow until the probe after the alert sink passed it. `flush_alerts` hands the
+    /// alerts written so far to the operating system, so none written before the cut can be
+    /// lost by a kill after the checkpoint exists. A failed write is logged and the run goes
+    /// on, because its alerts are still correct.
+    pub fn take(
+        &mut self,
+        worker: &mut timely::worker::Worker,
+        position: FeedPosition,
+        alerts_written: u64,
+        encode_local: &dyn Fn() -> Result<Vec<u8>, String>,
+        flush_alerts: &mut dyn FnMut() -> std::io::Result<()>,
+    ) {
+        let started = Instant::now();
+        self.last = started;
+        if let Err(error) = flush_alerts() {
+            tracing::error!(%error, "failed to flush the alerts before a checkpoint; checkpoint skipped");
+            return;
+        }
+        self.sequence += 1;
+        self.board.request(self.sequence);
+        self.board.serve(0, &mut self.answered, encode_local);
+        let parts = loop {
+            if let Some(parts) = self.board.collect() {
+                break parts;
+            }
+            worker.step_or_park(Some(Duration::from_millis(1)));
+        };
+        let parts: Result<Vec<Vec<u8>>, String> = parts.into_iter().collect();
+        let parts = match parts {
+            Ok(parts) => parts,
+            Err(error) => {
+                tracing::error!(%error, sequence = self.sequence, "failed to encode a checkpoint");
+                return;
+            }
+        };
+        self.meta.sequence = self.sequence;
+        self.meta.created_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
+        self.meta.feed = position;
+        self.meta.alerts_written = alerts_written;
+        let contents = CheckpointFile {
+            meta: self.meta.clone(),
+            parts,
+        };
+        let written = file::encode(&contents)
+            .map_err(|error| error.to_string())
+            .and_then(|bytes| {
+                file::write_atomic(&self.dir, self.sequence, &bytes, KEEP)
+                    .map(|path| (path, bytes.len()))
+                    .map_err(|error| error.to_string())
+            });
+        match written {
+            Ok((path, bytes)) => {
+                self.written += 1;
+                tracing::info!(
+                    sequence = self.sequence,
+                    file = %path.display(),
+                    bytes,
+                    cut_ms = contents.meta.feed.cut_ms,
+                    millis = started.elapsed().as_millis() as u64,
+                    "checkpoint written"
+                );
+            }
+            Err(error) => tracing::error!(
+                %error,
+                sequence = self.sequence,
+                folder = %self.dir.display(),
+                "failed to write a checkpoint"
+            ),
+        }
+    }
+}
+
+/// A checkpoint read for a resume, already split among the new run's workers.
+pub struct Loaded<S> {
+    /// The checkpoint file.
+    pub path: PathBuf,
+    /// Its metadata.
+    pub meta: CheckpointMeta,
+    /// One part per new worker, in worker order.
+    pub parts: Vec<WorkerPart<S>>,
+}
+
+/// Reads the newest checkpoint in `dir` and checks it against the run's settings and inputs.
+///
+/// Every failure names the file and the reason; nothing here starts a run from empty.
+pub fn load<S: DeserializeOwned>(
+    dir: &std::path::Path,
+    settings: &str,
+    inputs: &[String],
+    detector: &str,
+    workers: usize,
+) -> anyhow::Result<Loaded<S>> {
+    let (_, path) = file::latest(dir)?;
+    let contents: CheckpointFile = file::read(&path)?;
+    let meta = contents.meta;
+    if meta.detector != detector {
+        anyhow::bail!(
+            "checkpoint {}: written by the {} detector, this run uses {detector}; resume with --detector {}",
+            path.display(),
+            meta.detector,
+            meta.detector
+        );
+    }
+    if meta.settings != settings {
+        anyhow::bail!(
+            "checkpoint {}: written with other settings; resume with the same veer.toml and options, or start without --resume\n  checkpoint: {}\n  this run:   {settings}",
+            path.display(),
+            meta.settings
+        );
+    }
+    if meta.inputs != inputs {
+        anyhow::bail!(
+            "checkpoint {}: written for inputs {:?}, this run reads {inputs:?}; resume with the same --input",
+            path.display(),
+            meta.inputs
+        );
+    }
+    let mut parts = Vec::with_capacity(contents.parts.len());
+    for (index, bytes) in contents.parts.iter().enumerate() {
+        let part: WorkerPart<S> =
+            file::decode_payload(bytes).map_err(|error| file::CheckpointError::Invalid {
+                path: path.clone(),
+                reason: format!("state of worker {index}: {error}"),
+            })?;
+        parts.push(part);
+    }
+    if parts.is_empty() {
+        return Err(file::CheckpointError::Invalid {
+            path,
+            reason: "no worker state".into(),
+        }
+        .into());
+    }
+    let parts = Restored::merge(parts).split(workers);
+    Ok(Loaded { path, meta, parts })
+}
+
+pub mod prepare;
+
+/// Checkpoint settings of a run, with the metadata every checkpoint repeats.
+pub struct CheckpointPlan {
+    /// Folder of the checkpoint files.
+    pub dir: PathBuf,
+    /// Wall-clock time between two checkpoints.
+    pub interval: Duration,
+    /// Sequence number of the checkpoint this run resumed from, or 0.
+    pub after: u64,
+    /// Run metadata; the per-checkpoint fields are filled in when each is written.
+    pub meta: CheckpointMeta,
+}
+
+/// The checkpoint a run resumed from, for the summary.
+#[derive(Clone, Debug)]
+pub struct ResumeInfo {
+    /// The checkpoint file.
+    pub path: PathBuf,
+    /// Its sequence number.
+    pub sequence: u64,
+    /// Its cut, in Unix milliseconds of event time.
+    pub cut_ms: u64,
+    /// Alerts written before its cut.
+    pub alerts_before_cut: u64,
+}
