@@ -1134,7 +1134,8 @@ fn send_sorted(
     let mut newest = i64::MIN;
     for (sent, event) in events.into_iter().enumerate().skip(start) {
         let time = event.ts_ms as u64;
-        if since_step >= FEED_BATCH && time > *feeder.input.time() {
+        // Advance only between two times, so nothing at the new input time is sent yet.
+        if since_step >= FEED_BATCH && event.ts_ms > newest && time > *feeder.input.time() {
             since_step = 0;
             feeder.hooks.mark_sent(newest, batch_started);
             feeder.advance_and_wait(worker, time);
