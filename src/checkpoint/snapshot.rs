@@ -1,4 +1,4 @@
-//! What a checkpoint holds, and how the state of N old workers is split among M new ones.
+//! Contents of a checkpoint, and the split of N old workers' state among M new ones.
 //!
 //! Each worker serializes its own operator state ([`WorkerPartRef`]) at the cut; worker 0
 //! adds the run's metadata ([`CheckpointMeta`]) and writes one file. On resume,
