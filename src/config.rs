@@ -85,6 +85,10 @@ pub struct FileConfig {
     /// `[sinks]`: alert sinks besides `--alerts` (subscriber socket, webhooks) and their
     /// queues.
     pub sinks: crate::sinks::SinkConfig,
+    /// `[users]`: the user attribute table (`--users`).
+    pub users: UsersConfig,
+    /// `[profiles]`: when a profile counts as changed (`--profiles`).
+    pub profiles: veer_operators::profiles::ProfileSettings,
 }
 
 /// `[cluster]`: a run over several processes with timely's cluster mode. The index of each
@@ -133,6 +137,23 @@ impl Default for StateFileConfig {
             evict_after: defaults.evict_idle.unwrap_or_default(),
             checkpoint_dir: None,
             checkpoint_interval: defaults.checkpoint_interval,
+        }
+    }
+}
+
+/// `[users]`: how the user attribute table is watched.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsersConfig {
+    /// How often the table's file is checked for changes.
+    #[serde(with = "duration_text")]
+    pub poll_interval: Duration,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        UsersConfig {
+            poll_interval: Duration::from_secs(1),
         }
     }
 }

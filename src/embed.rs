@@ -168,6 +168,9 @@ impl Engine {
             state: crate::checkpoint::StateSettings::default(),
             cluster: None,
             http: None,
+            users: None,
+            profiles: None,
+            profile_settings: Default::default(),
         };
         let mut summary = pipeline::run(run).map_err(EngineError::Run)?;
         let alerts = std::mem::take(&mut summary.kept_alerts);

@@ -30,3 +30,4 @@ pub mod sinks;
 pub mod sources;
 pub mod stats;
 pub mod truth;
+pub mod users;

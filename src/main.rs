@@ -237,6 +237,14 @@ struct RunArgs {
     /// (default 7d).
     #[arg(long, value_name = "DURATION")]
     evict_after: Option<String>,
+    /// User attribute table (CSV with a header, or JSON lines) joined into the profiles; the
+    /// file is watched during the run and a changed row applies from then on.
+    #[arg(long, value_name = "PATH")]
+    users: Option<PathBuf>,
+    /// Profile output: one JSON line per material change of a user's profile, and one per
+    /// user at the end of the input.
+    #[arg(long, value_name = "PATH")]
+    profiles: Option<PathBuf>,
     /// Fuse the detector's alerts with learned models fitted on a bootstrap period
     /// (`[models]` in the config file); runs single-threaded after the dataflow.
     #[arg(long)]
@@ -283,6 +291,12 @@ struct ServeArgs {
     /// 127.0.0.1:9464 (port 0 picks a free port, named in the log). Off by default.
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    /// User attribute table joined into the profiles; watched while the server runs.
+    #[arg(long, value_name = "PATH")]
+    users: Option<PathBuf>,
+    /// Profile output: one JSON line per material change of a user's profile.
+    #[arg(long, value_name = "PATH")]
+    profiles: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -313,6 +327,8 @@ impl ServeArgs {
             checkpoint_interval: None,
             resume: None,
             evict_after: None,
+            users: self.users,
+            profiles: self.profiles,
         }
     }
 }
@@ -520,6 +536,9 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
     if let Some(path) = &args.dead_letter {
         outputs.push(("dead-letter", path.as_path()));
     }
+    if let Some(path) = &args.profiles {
+        outputs.push(("profiles", path.as_path()));
+    }
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -529,7 +548,9 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
     if let Some(path) = &sinks.webhook.dead_letter {
         outputs.push(("webhook-dead-letter", path.as_path()));
     }
-    check_distinct_paths(&args.input.inputs, &outputs)?;
+    let mut inputs = args.input.inputs.clone();
+    inputs.extend(args.users.iter().map(|path| path.display().to_string()));
+    check_distinct_paths(&inputs, &outputs)?;
     let mut time = file.time.clone();
     if let Some(order) = args.order {
         time.order = order;
@@ -620,6 +641,12 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
         cluster,
         http: args.http.clone().or(file.run.http.clone()),
         state: state_settings(&args, &file)?,
+        users: args.users.clone().map(|path| veer::users::UsersInput {
+            path,
+            poll_interval: file.users.poll_interval,
+        }),
+        profiles: args.profiles.clone(),
+        profile_settings: file.profiles.clone(),
     };
     let models = args.models || file.models.enabled;
     if models && settings.detector == DetectorChoice::Baseline {

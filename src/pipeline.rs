@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle};
 use veer_models::baseline::BaselineDetector;
 use veer_models::profile::ProfileSource;
 use veer_models::{AlertKind, Detector, DetectorConfig, Event, GroupConfig, ShiftDetector};
+use veer_operators::profiles::{ProfileSettings, ProfileStore, ProfileView};
 use veer_operators::{
     detect_shifts, order_by_event_time, population_groups, session_cooccurrence, write_alerts,
     AlertCounter, AlertSink, DetectSettings, DetectStats, WorkerState,
@@ -25,6 +27,7 @@ use crate::live::WorkerHooks;
 use crate::metrics::{LatencySummary, Metrics};
 use crate::query::QueryRouter;
 use crate::sources::SourceOptions;
+use crate::users::{AttributeFeed, AttributeInput};
 
 /// Destination of the alerts.
 #[derive(Clone, Debug)]
@@ -91,6 +94,12 @@ pub struct RunSettings {
     /// Address of the operations HTTP server (`/metrics`, `/users/{id}`, `/healthz`); `None`
     /// runs without it.
     pub http: Option<String>,
+    /// User attribute table to join into the profiles (`--users`), watched during the run.
+    pub users: Option<crate::users::UsersInput>,
+    /// File for profile lines (`--profiles`).
+    pub profiles: Option<std::path::PathBuf>,
+    /// When a profile counts as changed.
+    pub profile_settings: ProfileSettings,
 }
 
 /// Counts and results of a run, for the end-of-run summary.
@@ -257,6 +266,7 @@ struct WorkerResult {
     cluster_total: Option<crate::cluster::WorkerCounts>,
     events: Vec<Event>,
     error: Option<String>,
+    attribute_history: veer_models::attributes::AttributeHistory,
 }
 
 /// Runs the main job and returns its summary.
@@ -321,6 +331,25 @@ fn run_job(
         )?),
         None => None,
     };
+    let attributes = match &settings.users {
+        Some(users) => {
+            let table = crate::users::load(&users.path)?;
+            let watch =
+                crate::users::AttributeWatch::spawn(users.path.clone(), users.poll_interval)?;
+            Some(AttributeFeed::new(table, Some(watch)))
+        }
+        None if settings.profiles.is_some() => Some(AttributeFeed::new(Default::default(), None)),
+        None => None,
+    };
+    let profile_writer: Option<Box<dyn Write + Send>> = match &settings.profiles {
+        Some(path) => Some(Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).map_err(|error| {
+                anyhow::anyhow!("cannot create profile file {}: {error}", path.display())
+            })?,
+        ))),
+        None => None,
+    };
+
     let bytes_read = Arc::new(AtomicU64::new(0));
     let input_label = match &settings.source {
         EventSource::Inputs { paths, .. } => paths
@@ -374,6 +403,11 @@ fn run_job(
         checkpoints: prepared.plan,
         restored: Mutex::new(prepared.restored),
         resume_position: prepared.position,
+        profiles_on: attributes.is_some(),
+        attributes: Mutex::new(attributes),
+        profile_writer: Mutex::new(profile_writer),
+        profile_store: ProfileStore::default(),
+        profile_settings: settings.profile_settings.clone(),
     });
 
     let worker_shared = shared.clone();
@@ -398,6 +432,7 @@ fn run_job(
     };
     let mut cluster_total = None;
     let mut kept_events: Vec<Event> = Vec::new();
+    let mut attribute_history = veer_models::attributes::AttributeHistory::default();
     for result in guards.join() {
         let result = result.map_err(|error| anyhow::anyhow!("a worker failed: {error}"))?;
         if let Some(error) = result.error {
@@ -413,6 +448,9 @@ fn run_job(
         summary.kept_alerts.extend(result.kept_alerts);
         cluster_total = cluster_total.or(result.cluster_total);
         kept_events.extend(result.events);
+        if !result.attribute_history.is_empty() {
+            attribute_history = result.attribute_history;
+        }
         if let Some((counts, sorted)) = result.ingest {
             summary.counts = counts;
             summary.replayed_sorted = sorted;
@@ -436,7 +474,8 @@ fn run_job(
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .take();
-    if let Some(models) = models {
+    if let Some(mut models) = models {
+        models.attributes = attribute_history;
         let replay_settings = crate::replay::ReplaySettings {
             detector: shared.detector_config.clone(),
             groups: shared.groups.clone(),
@@ -508,6 +547,15 @@ struct Shared {
     restored: Mutex<Option<Box<dyn std::any::Any + Send>>>,
     /// Where the checkpoint's feeder stood, on a resume.
     resume_position: Option<crate::checkpoint::snapshot::FeedPosition>,
+    /// Whether the dataflow builds profiles (`--users` or `--profiles`).
+    profiles_on: bool,
+    /// The attribute feed, taken by worker 0.
+    attributes: Mutex<Option<AttributeFeed>>,
+    /// The profile file, taken by worker 0.
+    profile_writer: Mutex<Option<Box<dyn Write + Send>>>,
+    /// Every user's latest profile, readable while the run goes on.
+    profile_store: ProfileStore,
+    profile_settings: ProfileSettings,
 }
 
 /// The alert dispatcher, shared by the sink operator and worker 0's checkpoints, which flush
@@ -539,13 +587,25 @@ fn take_restored<S: 'static>(
     parts.get_mut(index)?.take()
 }
 
+/// Adapts a `Send` writer for the sink, which lives on one worker thread.
+struct WriterOnWorker(Box<dyn Write + Send>);
+
+impl Write for WriterOnWorker {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buffer)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 fn run_worker<D: Detector>(
     worker: &mut timely::worker::Worker,
     shared: &Shared,
     detector: D,
 ) -> WorkerResult
 where
-    D::State: ProfileSource,
+    D::State: ProfileSource + ProfileView,
 {
     let index = worker.index();
     let (state, restored_stats, restored_alerts) = match take_restored::<D::State>(shared, index) {
@@ -602,6 +662,12 @@ where
     );
 
     let mut input: InputHandle<u64, Event> = InputHandle::new();
+    let (attribute_feed, profile_writer) = if index == 0 {
+        (take(&shared.attributes), take(&shared.profile_writer))
+    } else {
+        (None, None)
+    };
+    let mut attributes = AttributeInput::new(attribute_feed);
     let probe = ProbeHandle::new();
     {
         let state = state.clone();
@@ -615,22 +681,34 @@ where
         let probe = probe.clone();
         let last_alerts = hooks.last_alerts.clone();
         let input = &mut input;
+        let attribute_updates = attributes.handle();
         worker.dataflow::<u64, _, _>(move |scope| {
             let events = order_by_event_time(input.to_stream(scope), state.order);
             let deltas = session_cooccurrence(events.clone(), window_ms, state.cooccurrence);
             let population = population_groups(deltas, state.population).broadcast();
             let alerts = detect_shifts(
-                events,
+                events.clone(),
                 population,
                 detector,
                 detect_settings,
-                state.detect,
+                state.detect.clone(),
                 stats,
             )
             .inspect(move |alert| {
                 let mut last = last_alerts.borrow_mut();
                 last.insert(alert.user.clone(), alert.clone());
             });
+            if shared.profiles_on {
+                crate::users::build_profiles(
+                    events,
+                    alerts.clone(),
+                    attribute_updates.to_stream(scope),
+                    state.detect,
+                    shared.profile_settings.clone(),
+                    profile_writer.map(|writer| Box::new(WriterOnWorker(writer)) as Box<dyn Write>),
+                    shared.profile_store.clone(),
+                );
+            }
             // The probe follows the sink, so that once it passes a time every alert before
             // that time is in the sink's state or written.
             write_alerts(alerts, writer, alert_counts, state.sink).probe_with(&probe);
@@ -675,6 +753,7 @@ where
                 });
                 let feeder = Feeder {
                     input: &mut input,
+                    attributes: &mut attributes,
                     probe: &probe,
                     hooks: &hooks,
                     cuts,
@@ -690,6 +769,7 @@ where
         }
     }
     drop(input);
+    result.attribute_history = attributes.close();
     // A query wakes the worker with `unpark`; the timeout only bounds a missed wake-up. With
     // checkpoints, workers also wake up every 5 ms to answer checkpoint requests.
     let park = match shared.checkpoints {
@@ -731,10 +811,19 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(100);
 /// Events sent between two waits for the dataflow to catch up.
 const FEED_BATCH: usize = 16_384;
 
+
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .take()
+}
+
 /// Worker 0's handles for sending the input: the dataflow's input, the probe after the alert
 /// sink, the hooks that run between steps, and checkpointing.
 pub(crate) struct Feeder<'a> {
     pub(crate) input: &'a mut InputHandle<u64, Event>,
+    /// The user attribute table's input, kept at the events' time.
+    pub(crate) attributes: &'a mut AttributeInput,
     pub(crate) probe: &'a ProbeHandle<u64>,
     pub(crate) hooks: &'a WorkerHooks,
     cuts: Option<Cuts<'a>>,
@@ -789,6 +878,7 @@ impl Feeder<'_> {
             self.input.advance_to(time);
             self.hooks.metrics().set_watermark(time as i64);
         }
+        self.attributes.poll(time);
         while self.probe.less_than(self.input.time()) {
             worker.step();
             self.hooks.between_steps();
@@ -943,6 +1033,7 @@ fn feed_input(
         held: Default::default(),
         late: 0,
     };
+    feeder.attributes.poll(0);
     match feed {
         Feed::Listen(source) => {
             let live = crate::listen::feed::LiveFeed {
@@ -977,7 +1068,7 @@ fn feed_input(
             let mut newest = i64::MIN;
             let mut read_so_far = LineCounts::default();
             loop {
-                let Some(chunk) = receive_or_shutdown(&feeder, &receiver)? else {
+                let Some(chunk) = receive_or_shutdown(worker, &mut feeder, &receiver)? else {
                     counts = read_so_far;
                     break;
                 };
@@ -1077,7 +1168,8 @@ fn feed_input(
 /// Receives the next chunk from the reader thread, answering user queries while it waits, or
 /// returns `None` once a shutdown is requested.
 fn receive_or_shutdown(
-    feeder: &Feeder<'_>,
+    worker: &mut timely::worker::Worker,
+    feeder: &mut Feeder<'_>,
     receiver: &crossbeam_channel::Receiver<Chunk>,
 ) -> Result<Option<Chunk>, String> {
     loop {
@@ -1087,7 +1179,11 @@ fn receive_or_shutdown(
         }
         match feeder.hooks.receive_timeout(receiver, SHUTDOWN_POLL) {
             Ok(chunk) => return Ok(Some(chunk)),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                // A new user table applies while the input is idle.
+                feeder.attributes.poll(*feeder.input.time());
+                worker.step();
+            }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
                 return Err("the reader thread stopped unexpectedly".into())
             }

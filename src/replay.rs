@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use veer_models::attributes::AttributeHistory;
 use veer_models::fusion::{FusionConfig, FusionRule, ModelSignals, WindowVerdict};
 use veer_models::groups::SessionCounter;
 use veer_models::ml::{
@@ -134,6 +135,9 @@ pub struct ModelRunSettings {
     pub fusion: FusionConfig,
     /// Per-window decay of a user's reference group weights, in 0..=1.
     pub reference_decay: f64,
+    /// Versions of the user attribute table; each window's attribute features come from the
+    /// version in force at the window's last event. Empty: every user has unknown attributes.
+    pub attributes: AttributeHistory,
 }
 
 impl Default for ModelRunSettings {
@@ -145,6 +149,7 @@ impl Default for ModelRunSettings {
             window: WindowConfig::default(),
             fusion: FusionConfig::default(),
             reference_decay: 0.9,
+            attributes: AttributeHistory::default(),
         }
     }
 }
@@ -310,6 +315,20 @@ pub fn evaluate_interest(
     Ok(evaluations)
 }
 
+/// Returns the features of every user window of the model path, sorted by user and window
+/// start (Unix milliseconds), as the models see them.
+pub fn model_windows(
+    events: &[Event],
+    settings: &ReplaySettings,
+    models: &ModelRunSettings,
+) -> anyhow::Result<Vec<(Id, u64, WindowFeatures)>> {
+    let (closed, _, _) = user_windows(events, settings, models)?;
+    Ok(closed
+        .into_iter()
+        .map(|window| (window.user, window.start_ms, window.features))
+        .collect())
+}
+
 /// Builds every user window of the replay, sorted by user and window start, and returns them
 /// with the detector's alerts and the time of the first event.
 fn user_windows(
@@ -332,7 +351,10 @@ fn user_windows(
             return Ok(());
         }
         let profile = ReferenceProfile::new(&window.reference)?;
-        let features = profile.window_features(&window.events, groups, &models.window)?;
+        let last_ms = window.events[window.events.len() - 1].ts_ms as u64;
+        let features = profile
+            .window_features(&window.events, groups, &models.window)?
+            .with_attributes(models.attributes.row(user, last_ms));
         let shares_vs_previous = match &window.previous {
             Some((previous, index)) => {
                 let shares = previous.slot_shares(&window.events, groups);

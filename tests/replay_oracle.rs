@@ -30,6 +30,9 @@ fn dataflow_alerts(events: Vec<Event>, workers: usize) -> Vec<Alert> {
         state: veer::checkpoint::StateSettings::default(),
         cluster: None,
         http: None,
+        users: None,
+        profiles: None,
+        profile_settings: Default::default(),
     };
     pipeline::run(settings)
         .expect("the pipeline runs")

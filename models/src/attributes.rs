@@ -10,18 +10,20 @@
 //! one, and a value that cannot be read (an age of `abc`) is unknown. Both are listed in the
 //! [`LoadReport`] with their line numbers, for the log.
 //!
-//! NOTE: the table is parsed and tested here, but `veer run` does not read it or join it into
-//! profiles yet.
+//! `veer run --users` loads the table, watches the file, and joins each version into the
+//! per-user profiles. [`AttributeTable::changes`] turns two versions of the table into the
+//! retractions and insertions that the join consumes.
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::alert::id_from_json;
 use crate::event::Id;
 
 /// A user's age: whole years, or a band of years with both ends included.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Age {
     Years(u32),
     Band { low: u32, high: u32 },
@@ -39,6 +41,14 @@ impl Age {
         text.parse().ok().map(Age::Years)
     }
 
+    /// Returns the age as JSON: years as a number, a band as its text such as `"25-34"`.
+    pub fn to_json(self) -> Value {
+        match self {
+            Age::Years(years) => Value::from(years),
+            Age::Band { low, high } => Value::String(format!("{low}-{high}")),
+        }
+    }
+
     /// Returns the age in years, or the middle of a band, as a model feature.
     pub fn years(self) -> f64 {
         match self {
@@ -49,13 +59,39 @@ impl Age {
 }
 
 /// The attributes of one user's row. `None` and absent keys are unknown.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct UserAttributes {
     pub age: Option<Age>,
     pub gender: Option<String>,
     pub region: Option<String>,
     /// Every other column with a value, as text.
     pub other: BTreeMap<String, String>,
+}
+
+impl UserAttributes {
+    /// Returns the attributes as a JSON object. `age`, `gender` and `region` are always present,
+    /// as `null` when unknown; other columns appear only with a value, as text.
+    pub fn to_json(&self) -> Map<String, Value> {
+        let text = |value: &Option<String>| value.clone().map_or(Value::Null, Value::String);
+        let mut object = Map::new();
+        object.insert("age".into(), self.age.map_or(Value::Null, Age::to_json));
+        object.insert("gender".into(), text(&self.gender));
+        object.insert("region".into(), text(&self.region));
+        for (column, value) in &self.other {
+            object.insert(column.clone(), Value::String(value.clone()));
+        }
+        object
+    }
+}
+
+/// One user's row before and after a change of the table. `None` means no row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowChange {
+    pub user: Id,
+    pub before: Option<UserAttributes>,
+    pub after: Option<UserAttributes>,
 }
 
 /// A user whose row appears more than once. The row on `later_line` is kept.
@@ -151,6 +187,51 @@ impl AttributeTable {
         self.users.get(user)
     }
 
+    /// Returns every user's row, in user order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Id, &UserAttributes)> {
+        self.users.iter()
+    }
+
+    /// Returns the rows that differ between `self` and `newer`, in user order: added, changed
+    /// and removed rows. A removed row makes that user's attributes unknown, because a file is
+    /// the whole table.
+    pub fn changes(&self, newer: &AttributeTable) -> Vec<RowChange> {
+        let mut changes = Vec::new();
+        let mut old = self.users.iter().peekable();
+        let mut new = newer.users.iter().peekable();
+        loop {
+            let order = match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some((old_user, _)), Some((new_user, _))) => old_user.cmp(new_user),
+            };
+            let (user, before, after) = match order {
+                std::cmp::Ordering::Less => {
+                    let (user, before) = old.next().expect("peeked");
+                    (user, Some(before), None)
+                }
+                std::cmp::Ordering::Greater => {
+                    let (user, after) = new.next().expect("peeked");
+                    (user, None, Some(after))
+                }
+                std::cmp::Ordering::Equal => {
+                    let (user, before) = old.next().expect("peeked");
+                    let (_, after) = new.next().expect("peeked");
+                    (user, Some(before), Some(after))
+                }
+            };
+            if before != after {
+                changes.push(RowChange {
+                    user: user.clone(),
+                    before: before.cloned(),
+                    after: after.cloned(),
+                });
+            }
+        }
+        changes
+    }
+
     /// Returns the number of users with a row.
     pub fn len(&self) -> usize {
         self.users.len()
@@ -159,6 +240,42 @@ impl AttributeTable {
     /// Returns whether no user has a row.
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
+    }
+}
+
+/// The versions of the attribute table during a run, each with the event time (Unix
+/// milliseconds) from which it applies, in time order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AttributeHistory {
+    versions: Vec<(u64, std::sync::Arc<AttributeTable>)>,
+}
+
+impl AttributeHistory {
+    /// Adds a version that applies from `from_ms` on. A version at or before the latest one's
+    /// time replaces it, so times stay increasing.
+    pub fn push(&mut self, from_ms: u64, table: std::sync::Arc<AttributeTable>) {
+        while self.versions.last().is_some_and(|(at, _)| *at >= from_ms) {
+            self.versions.pop();
+        }
+        self.versions.push((from_ms, table));
+    }
+
+    /// Returns a user's row in the version in force at `time_ms`, or `None` when that version
+    /// has no row for the user or no version applies yet.
+    pub fn row(&self, user: &Id, time_ms: u64) -> Option<&UserAttributes> {
+        let applied = self.versions.partition_point(|(at, _)| *at <= time_ms);
+        let (_, table) = self.versions.get(applied.checked_sub(1)?)?;
+        table.get(user)
+    }
+
+    /// Returns the number of versions.
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// Returns whether no version was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
     }
 }
 
@@ -299,6 +416,59 @@ mod tests {
         assert!(!invalid_age.other.contains_key("vip_level"));
         let zero = table.get(&Id::from(2407u64)).unwrap();
         assert_eq!(zero.other["vip_level"], "0", "a zero is a real value");
+    }
+
+    const VERSION_TWO: &str = "user,age,gender,region,vip_level\n\
+        2401,25-34,F,west,2\n\
+        2402,45,M,north,3\n\
+        2403,,,,\n\
+        2405,abc,M,south,\n\
+        2406,19,F,east,1\n";
+
+    #[test]
+    fn changes_list_added_changed_removed_rows() {
+        let (one, _) = AttributeTable::parse(VERSION_ONE).unwrap();
+        let (two, report) = AttributeTable::parse(VERSION_TWO).unwrap();
+        assert!(report.duplicates.is_empty());
+        assert_eq!(report.invalid.len(), 1);
+        assert_eq!(report.invalid[0].line, 5);
+        let changes = one.changes(&two);
+        let users: Vec<Id> = changes.iter().map(|change| change.user.clone()).collect();
+        assert_eq!(users, [2401u64, 2406, 2407].map(Id::from));
+        assert_eq!(changes[0].after.as_ref().unwrap().region.as_deref(), Some("west"));
+        assert!(changes[1].before.is_none(), "2406 had no row");
+        assert_eq!(changes[1].after.as_ref().unwrap().age, Some(Age::Years(19)));
+        assert!(changes[2].after.is_none(), "a removed row leaves no attributes");
+        assert!(two.changes(&two).is_empty());
+    }
+
+    #[test]
+    fn history_returns_row_in_force() {
+        let (one, _) = AttributeTable::parse(VERSION_ONE).unwrap();
+        let (two, _) = AttributeTable::parse(VERSION_TWO).unwrap();
+        let mut history = AttributeHistory::default();
+        history.push(0, std::sync::Arc::new(one));
+        history.push(5_000, std::sync::Arc::new(two));
+        let user = Id::from(2407u64);
+        assert_eq!(history.row(&user, 4_999).unwrap().other["vip_level"], "0");
+        assert!(history.row(&user, 5_000).is_none(), "the row was removed");
+        let late = Id::from(2406u64);
+        assert!(history.row(&late, 0).is_none());
+        assert_eq!(history.row(&late, 9_000).unwrap().gender.as_deref(), Some("F"));
+    }
+
+    #[test]
+    fn unknown_values_render_as_null() {
+        let (table, _) = AttributeTable::parse(VERSION_ONE).unwrap();
+        let empty = table.get(&Id::from(2403u64)).unwrap().to_json();
+        assert_eq!(empty["age"], Value::Null);
+        assert_eq!(empty["gender"], Value::Null);
+        assert!(!empty.contains_key("vip_level"));
+        let band = table.get(&Id::from(2401u64)).unwrap().to_json();
+        assert_eq!(band["age"], Value::from("25-34"));
+        let zero = table.get(&Id::from(2407u64)).unwrap().to_json();
+        assert_eq!(zero["age"], Value::from(52));
+        assert_eq!(zero["vip_level"], Value::from("0"));
     }
 
     #[test]

@@ -21,6 +21,13 @@ pub struct BaselineState {
     quiet_until: i64,
 }
 
+impl BaselineState {
+    /// Returns the number of the user's events seen.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+}
+
 /// The "new category comes back" baseline.
 ///
 /// # Examples

@@ -251,7 +251,7 @@ fn window_features_reject_nan_by_name() {
     let error = WindowFeatures::from_values(vec![0.0; 3])
         .unwrap_err()
         .to_string();
-    assert!(error.contains("expected 21 columns, found 3"), "{error}");
+    assert!(error.contains("expected 32 columns, found 3"), "{error}");
 }
 
 #[test]
@@ -260,7 +260,7 @@ fn window_features_deserialize_checks_values() {
     let error = serde_json::from_str::<WindowFeatures>(&json)
         .unwrap_err()
         .to_string();
-    assert!(error.contains("expected 21 columns"), "{error}");
+    assert!(error.contains("expected 32 columns"), "{error}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -989,4 +989,48 @@ fn model_set_rejects_invalid_parameters() {
         error,
         "invalid feature selector setting max_correlation = 0: expected a number in (0, 1]"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attribute features
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn attribute_features_keep_unknown_apart() {
+    use veer_models::attributes::{Age, UserAttributes};
+    use veer_models::ml::{attribute_values, ATTRIBUTE_FEATURE_COUNT, FEATURE_NAMES};
+
+    let column = |name: &str| {
+        let at = FEATURE_NAMES.iter().position(|known| *known == name).unwrap();
+        at + ATTRIBUTE_FEATURE_COUNT - FEATURE_NAMES.len()
+    };
+    let no_row = attribute_values(None);
+    assert_eq!(no_row[column("has_attributes")], 0.0);
+    assert_eq!(no_row[column("age_unknown")], 1.0);
+    assert_eq!(no_row[column("gender_unknown")], 1.0);
+    assert_eq!(no_row.iter().sum::<f64>(), 2.0, "only the unknown columns are set");
+
+    let empty_row = attribute_values(Some(&UserAttributes::default()));
+    assert_eq!(empty_row[column("has_attributes")], 1.0);
+    assert_eq!(empty_row[column("age_unknown")], 1.0);
+
+    let known = UserAttributes {
+        age: Some(Age::Band { low: 25, high: 34 }),
+        gender: Some("F".into()),
+        ..UserAttributes::default()
+    };
+    let values = attribute_values(Some(&known));
+    assert_eq!(values[column("age_25_34")], 1.0);
+    assert_eq!(values[column("age_unknown")], 0.0);
+    assert_eq!(values[column("gender_female")], 1.0);
+    assert_eq!(values[column("gender_unknown")], 0.0);
+
+    let young = UserAttributes {
+        age: Some(Age::Years(19)),
+        gender: Some("x".into()),
+        ..UserAttributes::default()
+    };
+    let values = attribute_values(Some(&young));
+    assert_eq!(values[column("age_under_25")], 1.0);
+    assert_eq!(values[column("gender_other")], 1.0);
 }

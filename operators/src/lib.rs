@@ -19,6 +19,7 @@ pub mod capability;
 pub mod detect;
 pub mod order;
 pub mod population;
+pub mod profiles;
 pub mod release;
 pub mod sink;
 pub mod state;

@@ -3,13 +3,15 @@
 //! A *window* is one user's events in one time window (an hour or a day of event time, as the
 //! caller chooses). [`ReferenceProfile::window_features`] turns it into a fixed vector of
 //! [`FEATURE_NAMES`]: activity, behaviour mix, how spread and how new the window's interest
-//! groups are, and the window's and the reference's shares of the user's top groups.
+//! groups are, the window's and the reference's shares of the user's top groups, and the
+//! user's attributes (age band and gender, one-hot with an explicit unknown column).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{check_row, check_unit_open, invalid, MlError};
+use crate::attributes::{Age, UserAttributes};
 use crate::detector::{jensen_shannon, DetectorConfig};
 use crate::event::{Behavior, Event};
 use crate::groups::{GroupKey, GroupMap};
@@ -39,7 +41,8 @@ pub type Shares = [f64; SHARE_SLOTS];
 ///   shares, in nats (`ln 2` for a user with no reference).
 /// - `peak_events_per_minute`: the most events inside any 60-second span.
 /// - `window_share_*` and `reference_share_*`: the window's and the reference's [`Shares`].
-pub const FEATURE_NAMES: [&str; 21] = [
+/// - `has_attributes` and the `age_*` and `gender_*` columns: see [`attribute_values`].
+pub const FEATURE_NAMES: [&str; 21 + ATTRIBUTE_FEATURE_COUNT] = [
     "log_events",
     "log_sessions",
     "events_per_session",
@@ -61,7 +64,21 @@ pub const FEATURE_NAMES: [&str; 21] = [
     "reference_share_top2",
     "reference_share_top3",
     "reference_share_other",
+    "has_attributes",
+    "age_under_25",
+    "age_25_34",
+    "age_35_44",
+    "age_45_54",
+    "age_55_plus",
+    "age_unknown",
+    "gender_female",
+    "gender_male",
+    "gender_other",
+    "gender_unknown",
 ];
+
+/// Number of attribute columns at the end of [`FEATURE_NAMES`].
+pub const ATTRIBUTE_FEATURE_COUNT: usize = 11;
 
 /// Number of window features.
 pub const FEATURE_COUNT: usize = FEATURE_NAMES.len();
@@ -70,6 +87,8 @@ pub const FEATURE_COUNT: usize = FEATURE_NAMES.len();
 const WINDOW_SHARES_AT: usize = 13;
 /// Column of `reference_share_top1`, the first of the reference's four share slots.
 const REFERENCE_SHARES_AT: usize = 17;
+/// Column of `has_attributes`, the first attribute column.
+const ATTRIBUTES_AT: usize = 21;
 
 /// The feature vector's definition: column names in order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -191,6 +210,13 @@ impl WindowFeatures {
             .map(|column| self.values[column])
     }
 
+    /// Returns the features with the attribute columns set from the user's row, `None` for a
+    /// user without a row (see [`attribute_values`]).
+    pub fn with_attributes(mut self, attributes: Option<&UserAttributes>) -> WindowFeatures {
+        self.values[ATTRIBUTES_AT..].copy_from_slice(&attribute_values(attributes));
+        self
+    }
+
     /// Returns the window's shares of the user's top groups.
     pub fn window_shares(&self) -> Shares {
         share_slots(&self.values[WINDOW_SHARES_AT..WINDOW_SHARES_AT + SHARE_SLOTS])
@@ -200,6 +226,38 @@ impl WindowFeatures {
     pub fn reference_shares(&self) -> Shares {
         share_slots(&self.values[REFERENCE_SHARES_AT..REFERENCE_SHARES_AT + SHARE_SLOTS])
     }
+}
+
+/// Encodes a user's attributes as the attribute columns of [`FEATURE_NAMES`].
+///
+/// Each attribute is one-hot with its own unknown column, so an unknown value never looks
+/// like a real one (no age 0, no imputed mean). `has_attributes` is 1 when the table has a
+/// row for the user, even an empty one. An age band counts in the band of its middle year.
+/// Gender `F`/`female` and `M`/`male` (any case) are recognised, any other text is `other`.
+///
+/// NOTE: region and other text columns are not encoded, because their values are open-ended.
+pub fn attribute_values(attributes: Option<&UserAttributes>) -> [f64; ATTRIBUTE_FEATURE_COUNT] {
+    let mut values = [0.0; ATTRIBUTE_FEATURE_COUNT];
+    let age = attributes.and_then(|attributes| attributes.age);
+    let age_slot = match age.map(Age::years) {
+        None => 6,
+        Some(years) if years < 25.0 => 1,
+        Some(years) if years < 35.0 => 2,
+        Some(years) if years < 45.0 => 3,
+        Some(years) if years < 55.0 => 4,
+        Some(_) => 5,
+    };
+    let gender = attributes.and_then(|attributes| attributes.gender.as_deref());
+    let gender_slot = match gender.map(str::to_ascii_lowercase).as_deref() {
+        None => 10,
+        Some("f" | "female") => 7,
+        Some("m" | "male") => 8,
+        Some(_) => 9,
+    };
+    values[0] = f64::from(u8::from(attributes.is_some()));
+    values[age_slot] = 1.0;
+    values[gender_slot] = 1.0;
+    values
 }
 
 fn share_slots(values: &[f64]) -> Shares {
@@ -323,7 +381,8 @@ impl ReferenceProfile {
         shares
     }
 
-    /// Computes the features of one user's window of events.
+    /// Computes the features of one user's window of events, with the attribute columns of a
+    /// user without a row ([`WindowFeatures::with_attributes`] sets them).
     ///
     /// Events without interest weight (`remove_from_cart`) are left out. The events may come
     /// in any order, because they are sorted by time first. An empty window gives zero
@@ -344,6 +403,7 @@ impl ReferenceProfile {
         let mut values = vec![0.0; FEATURE_COUNT];
         values[REFERENCE_SHARES_AT..REFERENCE_SHARES_AT + SHARE_SLOTS]
             .copy_from_slice(&self.reference_shares());
+        values[ATTRIBUTES_AT..].copy_from_slice(&attribute_values(None));
         let Some(distribution) = group_distribution(events, groups) else {
             return WindowFeatures::from_values(values);
         };

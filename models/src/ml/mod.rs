@@ -42,8 +42,8 @@ use serde::{Deserialize, Serialize};
 pub use anomaly::{IsolationForest, IsolationParams, OneClassParams, OneClassSvm};
 pub use error::{FitWarning, MlError};
 pub use features::{
-    FeatureSpec, ReferenceProfile, Shares, WindowConfig, WindowFeatures, FEATURE_COUNT,
-    FEATURE_NAMES, SHARE_SLOTS, TOP_GROUPS,
+    attribute_values, FeatureSpec, ReferenceProfile, Shares, WindowConfig, WindowFeatures,
+    ATTRIBUTE_FEATURE_COUNT, FEATURE_COUNT, FEATURE_NAMES, SHARE_SLOTS, TOP_GROUPS,
 };
 pub use forest::{ForestParams, RegressionForest};
 pub use interest::{
@@ -58,7 +58,7 @@ use error::check_matrix;
 
 /// Format version of a saved [`ModelSet`]. [`ModelSet::load`] rejects any other, so bump it when
 /// a saved model's layout or [`FEATURE_NAMES`] change.
-pub const MODEL_VERSION: u32 = 1;
+pub const MODEL_VERSION: u32 = 2;
 
 /// One training window: its features and, when the user was active in the next window, the
 /// shares observed there.

@@ -1,0 +1,529 @@
+//! Per-user profiles joined with the user attribute table, and the profile output.
+//!
+//! A *profile* is what a recommender reads about one user: the interest vector (the top
+//! categories of the detector's reference, with shares), the event count, the last alert, and
+//! the user's attributes from the table given with `--users`. Three steps build it:
+//!
+//! 1. [`profile_cores`] reads the detector's per-user state after the detector has seen an
+//!    event and keeps, per user, the last *core* it sent on (everything but the attributes).
+//!    It sends a new core, as a retraction of the old one and an insertion of the new one, only
+//!    when the core changed materially ([`ProfileSettings`]).
+//! 2. [`join_attributes`] joins the cores with the attribute table, a differential collection
+//!    that the run feeds with one retraction and one insertion per changed row. It is a left
+//!    join: a user without a row keeps a profile with unknown attributes. Either side may
+//!    change, and the join sends the affected profiles again, so a changed row reaches the
+//!    profile without a restart.
+//! 3. [`write_profiles`] gathers the joined profiles on worker 0, writes each change as a JSON
+//!    line once the frontier has passed it, and writes every user's profile once more at the
+//!    end of the input. It also keeps the latest profile of every user in a [`ProfileStore`]
+//!    that other threads can read while the run goes on.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::{Arc, RwLock};
+
+use differential_dataflow::{AsCollection, VecCollection};
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::StreamVec;
+use veer_models::attributes::UserAttributes;
+use veer_models::{Alert, AlertKind, CategoryShare, Event, Id};
+
+/// Time of the final cores sent when the input ends; [`write_profiles`] applies them without
+/// a line of their own and then writes every user's end-of-input line. A fixed time keeps
+/// those lines the same for any number of workers.
+pub const END_OF_INPUT_TIME: u64 = u64::MAX - 1;
+
+/// Shares are kept in units of 1/10,000, so profiles can be compared, ordered and hashed as
+/// differential collections require, and print with the four decimals that alerts use.
+const SHARE_UNITS: f64 = 10_000.0;
+
+/// What a detector's per-user state shows of the user, for the profile.
+pub trait ProfileView {
+    /// Returns the top `count` categories of the user's interest, largest share first.
+    fn interest(&self, count: usize) -> Vec<CategoryShare>;
+    /// Returns the number of the user's events the detector has seen.
+    fn events(&self) -> u64;
+}
+
+impl ProfileView for veer_models::UserState {
+    fn interest(&self, count: usize) -> Vec<CategoryShare> {
+        veer_models::UserState::interest(self, count)
+    }
+
+    fn events(&self) -> u64 {
+        self.events
+    }
+}
+
+impl ProfileView for veer_models::baseline::BaselineState {
+    /// The baseline detector keeps no interest profile, so the vector is empty.
+    fn interest(&self, _count: usize) -> Vec<CategoryShare> {
+        Vec::new()
+    }
+
+    fn events(&self) -> u64 {
+        self.events()
+    }
+}
+
+/// When a profile counts as changed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProfileSettings {
+    /// Categories in the interest vector.
+    pub top_categories: usize,
+    /// A change of a category's share by at least this much (in 0..1) is material.
+    pub min_share_change: f64,
+}
+
+impl Default for ProfileSettings {
+    fn default() -> Self {
+        ProfileSettings {
+            top_categories: 3,
+            min_share_change: 0.05,
+        }
+    }
+}
+
+/// The latest alert of a user, as the profile shows it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct LastAlert {
+    pub alert_id: String,
+    pub kind: AlertKind,
+    /// Event time of the alert, in Unix seconds.
+    pub ts: i64,
+}
+
+/// A user's profile without the attributes: the part that the detector's state gives.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ProfileCore {
+    /// Top categories with their shares in units of 1/10,000, largest first.
+    pub interest: Vec<(Id, u32)>,
+    /// Events of the user when this core was made.
+    pub events: u64,
+    pub last_alert: Option<LastAlert>,
+}
+
+impl ProfileCore {
+    /// Returns whether `self` differs materially from `earlier`: a category entered or left the
+    /// interest vector or changed rank, a share moved by at least `min_share_change`, or a new
+    /// alert was raised. The event count alone is not material.
+    pub fn differs_materially(&self, earlier: &ProfileCore, min_share_change: f64) -> bool {
+        if self.last_alert != earlier.last_alert || self.interest.len() != earlier.interest.len()
+        {
+            return true;
+        }
+        let threshold = (min_share_change * SHARE_UNITS).round() as i64;
+        self.interest
+            .iter()
+            .zip(&earlier.interest)
+            .any(|((category, share), (earlier_category, earlier_share))| {
+                category != earlier_category
+                    || (i64::from(*share) - i64::from(*earlier_share)).abs() >= threshold
+            })
+    }
+
+    /// Returns the interest vector as JSON: `[{"category": .., "share": ..}, ..]`.
+    pub fn interest_json(&self) -> Value {
+        let entries = self
+            .interest
+            .iter()
+            .map(|(category, share)| {
+                let mut entry = Map::new();
+                entry.insert("category".into(), category.to_json());
+                entry.insert("share".into(), share_json(*share));
+                Value::Object(entry)
+            })
+            .collect();
+        Value::Array(entries)
+    }
+}
+
+fn share_json(units: u32) -> Value {
+    serde_json::Number::from_f64(f64::from(units) / SHARE_UNITS).map_or(Value::Null, Value::Number)
+}
+
+/// A user's joined profile: the core and the attribute row, `None` when the table has none.
+pub type JoinedProfile = (ProfileCore, Option<UserAttributes>);
+
+/// One row of the attribute table in a differential collection.
+pub type AttributeRow = (Id, UserAttributes);
+
+/// The latest profile of a user, with the event time (Unix milliseconds) it applies from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredProfile {
+    pub time_ms: u64,
+    pub profile: JoinedProfile,
+}
+
+/// The latest profile of every user, shared with readers on other threads.
+pub type ProfileStore = Arc<RwLock<FxHashMap<Id, StoredProfile>>>;
+
+/// Sends a user's profile core whenever it changes materially.
+///
+/// `events` is the ordered event stream that the detector reads, and `alerts` the detector's
+/// output, both on this worker. A user touched at time `t` is looked up in the detector's
+/// state through `view` once the `alerts` frontier has passed `t`, because the detector then
+/// has seen every event up to `t`.
+///
+/// NOTE: the detector may have seen later events too (up to a feed batch), so a core sent at
+/// `t` can include them, and which lines appear depends on the number of workers and on
+/// timing. Only the end-of-input cores are exact. Computing cores inside the detect operator
+/// would make every line exact. When both inputs end, every user whose event count changed
+/// since the last core gets a final core, so the end-of-input profiles carry exact counts.
+pub fn profile_cores<'scope, V, F>(
+    events: StreamVec<'scope, u64, Event>,
+    alerts: StreamVec<'scope, u64, Alert>,
+    mut view: F,
+    settings: ProfileSettings,
+) -> VecCollection<'scope, u64, (Id, ProfileCore)>
+where
+    V: ProfileView,
+    F: FnMut(&Id, &mut dyn FnMut(Option<&V>)) + 'static,
+{
+    events
+        .binary_frontier(
+            alerts,
+            Pipeline,
+            Pipeline,
+            "ProfileCores",
+            move |initial, _| {
+                let mut held: Option<Capability<u64>> = Some(initial);
+                let mut touched: BTreeMap<u64, Vec<Id>> = BTreeMap::new();
+                let mut tracker = CoreTracker {
+                    settings,
+                    sent: FxHashMap::default(),
+                    latest_alerts: FxHashMap::default(),
+                };
+                move |(events_in, events_frontier), (alerts_in, alerts_frontier), output| {
+                    events_in.for_each_stamp(|_, data| {
+                        for batch in data {
+                            for event in batch.drain(..) {
+                                touched
+                                    .entry(event.ts_ms as u64)
+                                    .or_default()
+                                    .push(event.user);
+                            }
+                        }
+                    });
+                    alerts_in.for_each_stamp(|_, data| {
+                        for batch in data {
+                            for alert in batch.drain(..) {
+                                let last = LastAlert {
+                                    alert_id: alert.alert_id(),
+                                    kind: alert.kind,
+                                    ts: alert.ts,
+                                };
+                                tracker.record_alert(alert.user, last);
+                            }
+                        }
+                    });
+
+                    let bound = [events_frontier.frontier(), alerts_frontier.frontier()]
+                        .iter()
+                        .filter_map(|frontier| frontier.first().copied())
+                        .min();
+                    let mut updates: Vec<((Id, ProfileCore), u64, isize)> = Vec::new();
+                    while let Some(entry) = touched.first_entry() {
+                        let time = *entry.key();
+                        if bound.is_some_and(|bound| time >= bound) {
+                            break;
+                        }
+                        let mut users = entry.remove();
+                        users.sort();
+                        users.dedup();
+                        for user in &users {
+                            tracker.update(user, time, false, &mut view, &mut updates);
+                        }
+                    }
+                    let Some(capability) = held.as_mut() else {
+                        return;
+                    };
+                    // Updates carry their own times, none below the capability's.
+                    if !updates.is_empty() {
+                        output.session(&*capability).give_iterator(updates.drain(..));
+                    }
+                    if bound.is_none() {
+                        capability.downgrade(&END_OF_INPUT_TIME);
+                        let mut users: Vec<Id> = tracker.sent.keys().cloned().collect();
+                        users.sort();
+                        for user in &users {
+                            tracker.update(user, END_OF_INPUT_TIME, true, &mut view, &mut updates);
+                        }
+                        output.session(&*capability).give_iterator(updates.drain(..));
+                    }
+                    let earliest = touched.keys().next().copied();
+                    match [earliest, bound].into_iter().flatten().min() {
+                        Some(time) => {
+                            if *capability.time() < time {
+                                capability.downgrade(&time);
+                            }
+                        }
+                        None => held = None,
+                    }
+                }
+            },
+        )
+        .as_collection()
+}
+
+/// The last core sent for each user, and each user's latest alert.
+struct CoreTracker {
+    settings: ProfileSettings,
+    sent: FxHashMap<Id, ProfileCore>,
+    latest_alerts: FxHashMap<Id, LastAlert>,
+}
+
+impl CoreTracker {
+    fn record_alert(&mut self, user: Id, alert: LastAlert) {
+        let newer = self
+            .latest_alerts
+            .get(&user)
+            .is_none_or(|known| (known.ts, known.kind) <= (alert.ts, alert.kind));
+        if newer {
+            self.latest_alerts.insert(user, alert);
+        }
+    }
+
+    /// Reads `user`'s state through `view` and adds a retraction and an insertion to
+    /// `updates` when the core changed materially, or at all when `force` is set.
+    fn update<V: ProfileView, F: FnMut(&Id, &mut dyn FnMut(Option<&V>))>(
+        &mut self,
+        user: &Id,
+        time: u64,
+        force: bool,
+        view: &mut F,
+        updates: &mut Vec<((Id, ProfileCore), u64, isize)>,
+    ) {
+        let top_categories = self.settings.top_categories;
+        let mut core = None;
+        view(user, &mut |state: Option<&V>| {
+            core = state.map(|state| ProfileCore {
+                interest: state
+                    .interest(top_categories)
+                    .into_iter()
+                    .map(|entry| {
+                        let units = (entry.share * SHARE_UNITS).round();
+                        (entry.category, units.clamp(0.0, SHARE_UNITS) as u32)
+                    })
+                    .collect(),
+                events: state.events(),
+                last_alert: None,
+            });
+        });
+        // NOTE: a user the detector no longer tracks (evicted) keeps the last core.
+        let Some(mut core) = core else { return };
+        core.last_alert = self.latest_alerts.get(user).cloned();
+        let changed = match self.sent.get(user) {
+            None => true,
+            Some(earlier) if force => *earlier != core,
+            Some(earlier) => core.differs_materially(earlier, self.settings.min_share_change),
+        };
+        if !changed {
+            return;
+        }
+        if let Some(earlier) = self.sent.insert(user.clone(), core.clone()) {
+            updates.push(((user.clone(), earlier), time, -1));
+        }
+        updates.push(((user.clone(), core), time, 1));
+    }
+}
+
+/// Joins profile cores with the attribute table, keeping users without a row (a left join).
+///
+/// `attributes` holds at most one row per user (the table keeps the later of duplicate rows),
+/// so its keys form a set and the antijoin needs no `distinct`.
+pub fn join_attributes<'scope>(
+    cores: VecCollection<'scope, u64, (Id, ProfileCore)>,
+    attributes: VecCollection<'scope, u64, AttributeRow>,
+) -> VecCollection<'scope, u64, (Id, JoinedProfile)> {
+    let rows = attributes.clone().arrange_by_key();
+    let with_row = cores.clone().join_core(rows, |user, core, row| {
+        Some((user.clone(), (core.clone(), Some(row.clone()))))
+    });
+    let users_with_row = attributes.map(|(user, _)| user);
+    let without_row = cores
+        .antijoin(users_with_row)
+        .map(|(user, core)| (user, (core, None)));
+    with_row.concat(without_row)
+}
+
+/// Why a profile line was written; a line can have several reasons.
+fn reasons(earlier: Option<&JoinedProfile>, current: &JoinedProfile) -> Vec<&'static str> {
+    let Some((earlier_core, earlier_row)) = earlier else {
+        return vec!["new_user"];
+    };
+    let (core, row) = current;
+    let mut reasons = Vec::new();
+    if core.interest != earlier_core.interest {
+        reasons.push("interest");
+    }
+    if core.last_alert != earlier_core.last_alert {
+        reasons.push("alert");
+    }
+    if row != earlier_row {
+        reasons.push("attributes");
+    }
+    if reasons.is_empty() {
+        reasons.push("events");
+    }
+    reasons
+}
+
+/// Renders one profile line: see the README for the fields.
+pub fn profile_line(user: &Id, ts: i64, profile: &JoinedProfile, reasons: &[&str]) -> String {
+    let (core, row) = profile;
+    let mut object = Map::new();
+    object.insert("user".into(), user.to_json());
+    object.insert("ts".into(), Value::from(ts));
+    object.insert(
+        "reasons".into(),
+        Value::Array(reasons.iter().map(|reason| Value::from(*reason)).collect()),
+    );
+    object.insert("events".into(), Value::from(core.events));
+    object.insert("interest".into(), core.interest_json());
+    object.insert("has_attributes".into(), Value::Bool(row.is_some()));
+    object.insert(
+        "attributes".into(),
+        row.as_ref()
+            .map_or(Value::Null, |row| Value::Object(row.to_json())),
+    );
+    // NOTE: segments come from the model path, which runs after the dataflow, so the
+    // dataflow's profiles have none.
+    object.insert("segment".into(), Value::Null);
+    let last_alert = core.last_alert.as_ref().map_or(Value::Null, |alert| {
+        let mut entry = Map::new();
+        entry.insert("alert_id".into(), Value::from(alert.alert_id.clone()));
+        entry.insert("kind".into(), Value::from(alert.kind.name()));
+        entry.insert("ts".into(), Value::from(alert.ts));
+        Value::Object(entry)
+    });
+    object.insert("last_alert".into(), last_alert);
+    Value::Object(object).to_string()
+}
+
+/// Writes profile changes as JSON lines on worker 0 and keeps `store` current.
+///
+/// Changes of one event time are written once the frontier has passed it, sorted by user.
+/// When the input ends, every user's profile is written once more with the reason `end_of_input`, sorted by
+/// user, with the exact event count and the time of the user's previous line. `store` is updated as soon as a change arrives, before the frontier passes it, so a
+/// reader sees a changed attribute row while the event stream is idle. `writer` is only used
+/// on worker 0; write errors are logged and the run goes on.
+pub fn write_profiles<'scope>(
+    profiles: VecCollection<'scope, u64, (Id, JoinedProfile)>,
+    mut writer: Option<Box<dyn Write>>,
+    store: ProfileStore,
+) {
+    let mut pending: BTreeMap<u64, Vec<(Id, JoinedProfile, isize)>> = BTreeMap::new();
+    // Each user's profile and the event time (Unix milliseconds) of its latest line.
+    let mut current: BTreeMap<Id, (u64, JoinedProfile)> = BTreeMap::new();
+    let mut finished = false;
+    let exchange = Exchange::new(|_: &((Id, JoinedProfile), u64, isize)| 0);
+    profiles
+        .inner
+        .sink(exchange, "WriteProfiles", move |(input, frontier)| {
+            let mut arrived: Vec<(u64, Id, JoinedProfile, isize)> = Vec::new();
+            input.for_each_stamp(|_, data| {
+                for batch in data {
+                    for ((user, profile), time, diff) in batch.drain(..) {
+                        arrived.push((time, user, profile, diff));
+                    }
+                }
+            });
+            refresh_store(&store, &arrived);
+            for (time, user, profile, diff) in arrived {
+                pending.entry(time).or_default().push((user, profile, diff));
+            }
+
+            let mut wrote = false;
+            while let Some(entry) = pending.first_entry() {
+                if frontier.less_equal(entry.key()) {
+                    break;
+                }
+                let time = *entry.key();
+                for (user, profile) in consolidate(entry.remove()) {
+                    let earlier = current.get(&user);
+                    if time == END_OF_INPUT_TIME {
+                        let written_at = earlier.map_or(0, |(written_at, _)| *written_at);
+                        current.insert(user, (written_at, profile));
+                        continue;
+                    }
+                    let reasons = reasons(earlier.map(|(_, profile)| profile), &profile);
+                    if let Some(out) = writer.as_mut() {
+                        let ts = (time / 1000) as i64;
+                        write_line(out.as_mut(), &profile_line(&user, ts, &profile, &reasons));
+                        wrote = true;
+                    }
+                    current.insert(user, (time, profile));
+                }
+            }
+            if frontier.is_empty() && !finished {
+                finished = true;
+                if let Some(out) = writer.as_mut() {
+                    for (user, (written_at, profile)) in &current {
+                        let ts = (written_at / 1000) as i64;
+                        let line = profile_line(user, ts, profile, &["end_of_input"]);
+                        write_line(out.as_mut(), &line);
+                    }
+                    wrote = true;
+                }
+            }
+            if wrote {
+                if let Some(out) = writer.as_mut() {
+                    if let Err(error) = out.flush() {
+                        tracing::error!(%error, "failed to flush the profile output");
+                    }
+                }
+            }
+        });
+}
+
+fn write_line(out: &mut dyn Write, line: &str) {
+    if let Err(error) = writeln!(out, "{line}") {
+        tracing::error!(%error, "failed to write a profile line");
+    }
+}
+
+/// Returns, per user in user order, the profile whose count sums to a positive number, from
+/// the updates of one time. A user whose updates cancel out is left out.
+fn consolidate(updates: Vec<(Id, JoinedProfile, isize)>) -> Vec<(Id, JoinedProfile)> {
+    let mut sums: BTreeMap<(Id, JoinedProfile), isize> = BTreeMap::new();
+    for (user, profile, diff) in updates {
+        *sums.entry((user, profile)).or_default() += diff;
+    }
+    sums.into_iter()
+        .filter(|(_, sum)| *sum > 0)
+        .map(|(key, _)| key)
+        .collect()
+}
+
+/// Moves each user's stored profile to the latest inserted one among `arrived`.
+fn refresh_store(store: &ProfileStore, arrived: &[(u64, Id, JoinedProfile, isize)]) {
+    if arrived.is_empty() {
+        return;
+    }
+    let mut by_time: BTreeMap<u64, Vec<(Id, JoinedProfile, isize)>> = BTreeMap::new();
+    for (time, user, profile, diff) in arrived {
+        by_time
+            .entry(*time)
+            .or_default()
+            .push((user.clone(), profile.clone(), *diff));
+    }
+    let Ok(mut store) = store.write() else {
+        tracing::error!("the profile store is poisoned; profiles are no longer updated");
+        return;
+    };
+    for (time_ms, updates) in by_time {
+        for (user, profile) in consolidate(updates) {
+            let newer = store.get(&user).is_none_or(|stored| stored.time_ms <= time_ms);
+            if newer {
+                store.insert(user, StoredProfile { time_ms, profile });
+            }
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The user attribute table of `veer run --users`: loading, watching the file, and feeding
+//! each version into the dataflow's attribute collection.
+//!
+//! The file is the whole table. A thread polls its size, modification time and inode, and
+//! re-reads it when one of them changes. [`AttributeFeed`] on worker 0 compares each new
+//! version with the one in force and sends the difference (a retraction of the old row and an
+//! insertion of the new one per changed user) at the current event time, so the new values
+//! apply from then on.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use differential_dataflow::AsCollection;
+use timely::dataflow::{InputHandleVec as InputHandle, StreamVec};
+use veer_models::attributes::{AttributeHistory, AttributeTable, LoadReport};
+use veer_models::{Alert, Event, Id};
+use veer_operators::profiles::{
+    join_attributes, profile_cores, write_profiles, AttributeRow, ProfileSettings, ProfileStore,
+    ProfileView,
+};
+use veer_operators::state::DetectHandle;
+
+/// One update of the attribute collection: a row, its event time and +1 or -1.
+pub type AttributeUpdate = (AttributeRow, u64, isize);
+
+/// Reads and parses the table, logging its counts and every duplicate and invalid value.
+///
+/// Returns an error when the file cannot be read or has no `user` column; problems in single
+/// rows are logged and never fatal.
+pub fn load(path: &Path) -> anyhow::Result<AttributeTable> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        anyhow::anyhow!("cannot read the user table {}: {error}", path.display())
+    })?;
+    let (table, report) = AttributeTable::parse(&text)
+        .map_err(|error| anyhow::anyhow!("user table {}: {error}", path.display()))?;
+    log_report(path, &table, &report);
+    Ok(table)
+}
+
+fn log_report(path: &Path, table: &AttributeTable, report: &LoadReport) {
+    let file = path.display().to_string();
+    for duplicate in &report.duplicates {
+        tracing::warn!(
+            %file,
+            user = %duplicate.user,
+            earlier_line = duplicate.earlier_line,
+            later_line = duplicate.later_line,
+            "duplicate user in the user table; the later row is kept"
+        );
+    }
+    for invalid in &report.invalid {
+        tracing::warn!(
+            %file,
+            line = invalid.line,
+            column = %invalid.column,
+            value = %invalid.value,
+            "invalid value in the user table; it is treated as unknown"
+        );
+    }
+    tracing::info!(
+        %file,
+        rows = report.rows,
+        users = table.len(),
+        duplicates = report.duplicates.len(),
+        invalid = report.invalid.len(),
+        "user table loaded"
+    );
+}
+
+/// What identifies one version of a file without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    let metadata = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&metadata);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Some(FileStamp {
+        len: metadata.len(),
+        modified: metadata.modified().ok(),
+        inode,
+    })
+}
+
+/// A thread that re-reads the table whenever its file changes.
+///
+/// A version that cannot be read or parsed is logged and skipped, and the previous one stays
+/// in force, because a file seen half-written or briefly missing is more likely than a table
+/// meant to be empty. Dropping the watch stops the thread at its next poll.
+pub struct AttributeWatch {
+    receiver: crossbeam_channel::Receiver<AttributeTable>,
+    stop: Arc<AtomicBool>,
+}
+
+impl AttributeWatch {
+    /// Starts watching `path`, whose current version was loaded already.
+    pub fn spawn(path: PathBuf, poll_interval: Duration) -> anyhow::Result<AttributeWatch> {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let mut seen = stamp(&path);
+        std::thread::Builder::new()
+            .name("veer-users".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(poll_interval);
+                    let current = stamp(&path);
+                    if current.is_none() || current == seen {
+                        continue;
+                    }
+                    seen = current;
+                    match load(&path) {
+                        Ok(table) => {
+                            if sender.send(table).is_err() {
+                                break;
+                            }
+                        }
+                        Err(error) => tracing::warn!(
+                            error = %format!("{error:#}"),
+                            "the changed user table was not loaded; the previous version stays"
+                        ),
+                    }
+                }
+            })
+            .map_err(|error| anyhow::anyhow!("failed to start the user table watcher: {error}"))?;
+        Ok(AttributeWatch { receiver, stop })
+    }
+
+    /// Returns the latest version read since the last call, if any.
+    fn latest(&self) -> Option<AttributeTable> {
+        self.receiver.try_iter().last()
+    }
+}
+
+impl Drop for AttributeWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Worker 0's side of the attribute collection: the version in force and the watch.
+pub struct AttributeFeed {
+    current: Arc<AttributeTable>,
+    /// The first version, sent on the first poll.
+    first: Option<AttributeTable>,
+    watch: Option<AttributeWatch>,
+    history: AttributeHistory,
+}
+
+impl AttributeFeed {
+    /// Creates a feed that starts with `table` and, with a watch, follows the file's later
+    /// versions.
+    pub fn new(table: AttributeTable, watch: Option<AttributeWatch>) -> AttributeFeed {
+        AttributeFeed {
+            current: Arc::new(AttributeTable::default()),
+            first: Some(table),
+            watch,
+            history: AttributeHistory::default(),
+        }
+    }
+
+    /// Sends the changes of a new version, if one was read, at event time `time` (or the
+    /// input's time, if later), and advances `input` to at least `time`.
+    ///
+    /// After an update the input moves one millisecond past it, so the join can use the new
+    /// rows at once, even while no event moves time on.
+    pub fn poll(&mut self, input: &mut InputHandle<u64, AttributeUpdate>, time: u64) {
+        let newest = self
+            .first
+            .take()
+            .or_else(|| self.watch.as_ref().and_then(AttributeWatch::latest));
+        let Some(table) = newest else {
+            if time > *input.time() {
+                input.advance_to(time);
+            }
+            return;
+        };
+        let at = time.max(*input.time());
+        if at > *input.time() {
+            input.advance_to(at);
+        }
+        let changes = self.current.changes(&table);
+        for change in &changes {
+            if let Some(before) = &change.before {
+                input.send(((change.user.clone(), before.clone()), at, -1));
+            }
+            if let Some(after) = &change.after {
+                input.send(((change.user.clone(), after.clone()), at, 1));
+            }
+        }
+        tracing::info!(
+            changed_users = changes.len(),
+            event_time_ms = at,
+            "user table applied"
+        );
+        let table = Arc::new(table);
+        self.history.push(at, table.clone());
+        self.current = table;
+        input.advance_to(at + 1);
+    }
+
+    /// Returns every version applied, with the event time from which it applied.
+    pub fn into_history(self) -> AttributeHistory {
+        self.history
+    }
+}
+
+/// The `--users` option of a run.
+#[derive(Clone, Debug)]
+pub struct UsersInput {
+    /// The attribute table: CSV with a header, or JSON lines.
+    pub path: PathBuf,
+    /// How often the file is checked for changes.
+    pub poll_interval: Duration,
+}
+
+/// A worker's attribute input. Only worker 0 has a feed; the others close their input at once.
+pub struct AttributeInput {
+    input: InputHandle<u64, AttributeUpdate>,
+    feed: Option<AttributeFeed>,
+}
+
+impl AttributeInput {
+    /// Creates the input, with the feed on worker 0.
+    pub fn new(feed: Option<AttributeFeed>) -> AttributeInput {
+        AttributeInput {
+            input: InputHandle::new(),
+            feed,
+        }
+    }
+
+    /// Returns the timely input handle, for building the dataflow.
+    pub fn handle(&mut self) -> &mut InputHandle<u64, AttributeUpdate> {
+        &mut self.input
+    }
+
+    /// Sends a new table version, if any, and keeps the input at event time `time` or later.
+    pub fn poll(&mut self, time: u64) {
+        match &mut self.feed {
+            Some(feed) => feed.poll(&mut self.input, time),
+            None => {
+                if time > *self.input.time() {
+                    self.input.advance_to(time);
+                }
+            }
+        }
+    }
+
+    /// Closes the input and returns the versions applied (empty without a feed).
+    pub fn close(self) -> AttributeHistory {
+        drop(self.input);
+        self.feed
+            .map(AttributeFeed::into_history)
+            .unwrap_or_default()
+    }
+}
+
+/// Builds the profile part of the dataflow: cores from the detector's per-user states, the
+/// left join with the attribute collection, and the profile writer.
+pub fn build_profiles<'scope, S: ProfileView + 'static>(
+    events: StreamVec<'scope, u64, Event>,
+    alerts: StreamVec<'scope, u64, Alert>,
+    attributes: StreamVec<'scope, u64, AttributeUpdate>,
+    states: DetectHandle<S>,
+    settings: ProfileSettings,
+    writer: Option<Box<dyn std::io::Write>>,
+    store: ProfileStore,
+) {
+    let view = move |user: &Id, read: &mut dyn FnMut(Option<&S>)| read(states.borrow().user(user));
+    let cores = profile_cores(events, alerts, view, settings);
+    let joined = join_attributes(cores, attributes.as_collection());
+    write_profiles(joined, writer, store);
+}
