@@ -3,9 +3,9 @@
 //!
 //! The file is the whole table. A thread polls its size, modification time and inode, and
 //! re-reads it when one of them changes. [`AttributeFeed`] on worker 0 compares each new
-//! version with the one in force and sends the difference (a retraction of the old row and an
-//! insertion of the new one per changed user) at the current event time, so the new values
-//! apply from then on.
+//! version with the one in force. It sends the difference at the current event time, as a
+//! retraction of the old row and an insertion of the new one per changed user, so the new
+//! values apply from then on.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -69,7 +69,8 @@ fn log_report(path: &Path, table: &AttributeTable, report: &LoadReport) {
     );
 }
 
-/// What identifies one version of a file without reading it.
+/// Size, modification time and inode: the identity of one version of a file, read without
+/// opening it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct FileStamp {
     len: u64,

@@ -34,15 +34,15 @@ use veer_models::attributes::UserAttributes;
 use veer_models::{Alert, AlertKind, CategoryShare, Event, Id};
 
 /// Time of the final cores sent when the input ends; [`write_profiles`] applies them without
-/// a line of their own and then writes every user's end-of-input line. A fixed time keeps
-/// those lines the same for any number of workers.
+/// a line of their own and then writes every user's end-of-input line. The fixed time tells
+/// the writer these cores from changes.
 pub const END_OF_INPUT_TIME: u64 = u64::MAX - 1;
 
 /// Shares are kept in units of 1/10,000, so profiles can be compared, ordered and hashed as
 /// differential collections require, and print with the four decimals that alerts use.
 const SHARE_UNITS: f64 = 10_000.0;
 
-/// What a detector's per-user state shows of the user, for the profile.
+/// The part of a detector's per-user state that a profile shows.
 pub trait ProfileView {
     /// Returns the top `count` categories of the user's interest, largest share first.
     fn interest(&self, count: usize) -> Vec<CategoryShare>;
@@ -61,7 +61,7 @@ impl ProfileView for veer_models::UserState {
 }
 
 impl ProfileView for veer_models::baseline::BaselineState {
-    /// The baseline detector keeps no interest profile, so the vector is empty.
+    /// Returns an empty vector, because the baseline detector keeps no interest profile.
     fn interest(&self, _count: usize) -> Vec<CategoryShare> {
         Vec::new()
     }
@@ -336,7 +336,7 @@ impl CoreTracker {
 
 /// Joins profile cores with the attribute table, keeping users without a row (a left join).
 ///
-/// `attributes` holds at most one row per user (the table keeps the later of duplicate rows),
+/// `attributes` contains at most one row per user (the table keeps the later of duplicate rows),
 /// so its keys form a set and the antijoin needs no `distinct`.
 pub fn join_attributes<'scope>(
     cores: VecCollection<'scope, u64, (Id, ProfileCore)>,
@@ -353,7 +353,7 @@ pub fn join_attributes<'scope>(
     with_row.concat(without_row)
 }
 
-/// Why a profile line was written; a line can have several reasons.
+/// Returns the reasons for a profile line, comparing the user's previous profile with this one.
 fn reasons(earlier: Option<&JoinedProfile>, current: &JoinedProfile) -> Vec<&'static str> {
     let Some((earlier_core, earlier_row)) = earlier else {
         return vec!["new_user"];
