@@ -44,7 +44,7 @@ struct SourceClock {
     idle: bool,
 }
 
-/// What [`InputFrontier::advance`] changed.
+/// Changes made by [`InputFrontier::advance`].
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Advance {
     /// The frontier after the call, in Unix milliseconds.

@@ -175,7 +175,7 @@ pub fn spawn_reader(
     receiver
 }
 
-/// Where the reader reports its progress on one input.
+/// Destination of the reader's progress on one input.
 struct SourceProgress<'a> {
     /// Bytes read of all inputs, for the progress display.
     bytes: &'a std::sync::atomic::AtomicU64,

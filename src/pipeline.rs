@@ -134,7 +134,7 @@ pub struct RunSummary {
     pub timeline: Vec<(veer_models::Id, i64)>,
     /// Event-to-alert latency percentiles (see [`Metrics::record_latency`]).
     pub latency: LatencySummary,
-    /// What each alert sink did.
+    /// Delivery counts of each alert sink.
     pub sinks: crate::sinks::SinkReport,
     /// The checkpoint the run resumed from.
     pub resumed: Option<crate::checkpoint::ResumeInfo>,
@@ -539,13 +539,13 @@ struct Shared {
     metrics: Arc<Metrics>,
     state: crate::checkpoint::StateSettings,
     router: Arc<QueryRouter>,
-    /// Checkpoint requests and answers between the workers.
+    /// Checkpoint requests and replies between the workers.
     board: Arc<crate::checkpoint::board::Board>,
     /// Where and how checkpoints are written, when they are.
     checkpoints: Option<crate::checkpoint::CheckpointPlan>,
     /// Each worker's restored state (`Vec<Option<WorkerPart<S>>>`), on a resume.
     restored: Mutex<Option<Box<dyn std::any::Any + Send>>>,
-    /// Where the checkpoint's feeder stood, on a resume.
+    /// Position of the checkpoint's feeder, on a resume.
     resume_position: Option<crate::checkpoint::snapshot::FeedPosition>,
     /// Whether the dataflow builds profiles (`--users` or `--profiles`).
     profiles_on: bool,
@@ -805,7 +805,7 @@ where
     result
 }
 
-/// Longest time an idle worker parks before it looks at its query inbox again.
+/// Maximum time an idle worker parks before it checks its query inbox again.
 const PARK_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Events sent between two waits for the dataflow to catch up.
@@ -832,7 +832,7 @@ pub(crate) struct Feeder<'a> {
     tally: FeedTally,
 }
 
-/// What worker 0 needs to take checkpoints.
+/// Settings and handles worker 0 uses to take checkpoints.
 struct Cuts<'a> {
     checkpointer: crate::checkpoint::Checkpointer,
     encode_local: &'a dyn Fn() -> Result<Vec<u8>, String>,

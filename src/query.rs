@@ -36,7 +36,7 @@ impl UserQuery {
     }
 }
 
-/// Why a query failed.
+/// Reason a query failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QueryError {
     /// The user's owner runs in another process of the cluster.

@@ -34,7 +34,7 @@ pub const HEADER_LEN: usize = 24;
 const PREFIX: &str = "checkpoint-";
 const SUFFIX: &str = ".veer";
 
-/// Why a checkpoint file was rejected.
+/// Reason a checkpoint file was rejected.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CheckpointError {
     #[error("checkpoint {path}: cannot read it: {reason}")]

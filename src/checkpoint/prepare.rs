@@ -11,7 +11,7 @@ use super::{file, load, CheckpointPlan, ResumeInfo};
 use crate::config::DetectorChoice;
 use crate::pipeline::{EventSource, RunSettings};
 
-/// What a run needs from its checkpoint options.
+/// Checkpoint settings of a run, resolved from its options.
 pub struct Prepared {
     pub plan: Option<CheckpointPlan>,
     /// `Vec<Option<WorkerPart<S>>>` for the run's detector state `S`, on a resume.

@@ -30,7 +30,7 @@ pub(super) struct Connection {
     pub(super) dead_letter: DeadLetter,
 }
 
-/// Why a connection was closed by the engine.
+/// Reason the engine closed a connection.
 #[derive(Debug)]
 enum Cutoff {
     LineTooLong,
@@ -39,7 +39,7 @@ enum Cutoff {
     TooManyBadLines,
 }
 
-/// How the read loop of a connection ended.
+/// Outcome of a connection's read loop.
 enum Ending {
     PeerClosed,
     Shutdown,
