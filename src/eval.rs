@@ -900,7 +900,7 @@ mod tests {
         assert_eq!(
             parsed,
             ScoredAlert {
-                user: Id::Text("u1".into()),
+                user: Id::text("u1"),
                 kind: AlertKind::Anomaly,
                 ts: 100
             }

@@ -313,7 +313,7 @@ pub fn find_user(events: &[Event], text: &str) -> Option<Id> {
     if events.iter().any(|event| event.user == parsed) {
         return Some(parsed);
     }
-    let as_text = Id::Text(text.into());
+    let as_text = Id::text(text);
     events
         .iter()
         .any(|event| event.user == as_text)
@@ -628,7 +628,7 @@ mod tests {
     fn alert_line_keeps_names_verbatim() {
         let line = r#"{"user":2301,"kind":"interest_shift","ts":10,"onset_ts":5,"score":0.9,"severity":"high","from":[{"category":"x]]>y <b>&amp;","share":0.5}],"to":[]}"#;
         let alert = AlertRecord::parse_line(line).unwrap();
-        assert_eq!(alert.from[0].category, Id::Text("x]]>y <b>&amp;".into()));
+        assert_eq!(alert.from[0].category, Id::text("x]]>y <b>&amp;"));
         assert_eq!(alert.onset_ts, 5);
         assert_eq!(alert.score, Some(0.9));
     }

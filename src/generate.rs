@@ -26,7 +26,7 @@ use std::io::{self, Write};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use veer_models::{Behavior, Event, Id};
+use veer_models::{Behavior, Event, Id, IdValue};
 
 use crate::truth::{DecoyKind, TruthRecord};
 
@@ -322,9 +322,9 @@ fn sort_truth(truth: &mut [TruthRecord]) {
 }
 
 fn push_json_id(id: &Id, line: &mut String) {
-    match id {
-        Id::Int(value) => line.push_str(&value.to_string()),
-        Id::Text(text) => line.push_str(&serde_json::Value::from(&**text).to_string()),
+    match id.value() {
+        IdValue::Int(value) => line.push_str(&value.to_string()),
+        IdValue::Text(text) => line.push_str(&serde_json::Value::from(text).to_string()),
     }
 }
 

@@ -198,7 +198,7 @@ fn adjacent_large_ids_stay_apart() {
         r#"{"user": 9196877626998785, "kind": "interest_shift", "ts": 1511700010}"#.as_bytes(),
     )
     .unwrap();
-    assert_eq!(alerts[0].user, Id::Int(9_196_877_626_998_785));
+    assert_eq!(alerts[0].user, Id::int(9_196_877_626_998_785));
     let result = score(&truth, &alerts, None, &EvalConfig::default());
     assert_eq!(result.detected, 0);
     assert_eq!(result.fp, 1);
@@ -210,7 +210,7 @@ fn ids_beyond_u64_keep_every_digit() {
     let alerts = read_alerts(text.as_bytes()).unwrap();
     assert_eq!(
         alerts[0].user,
-        Id::Int(123_456_789_012_345_678_901_234_567_890)
+        Id::int(123_456_789_012_345_678_901_234_567_890)
     );
 }
 
@@ -230,8 +230,8 @@ fn string_and_number_ids_differ() {
         .as_bytes(),
     )
     .unwrap();
-    assert_eq!(alerts[0].user, Id::Int(42));
-    assert_eq!(alerts[1].user, Id::Text("42".into()));
+    assert_eq!(alerts[0].user, Id::int(42));
+    assert_eq!(alerts[1].user, Id::text("42"));
     let result = score(&truth, &alerts, None, &EvalConfig::default());
     assert_eq!(result.tp, 1);
     assert_eq!(result.fp, 1);
@@ -591,7 +591,7 @@ fn read_alerts_skips_blank_lines() {
                 ts: 10
             },
             ScoredAlert {
-                user: Id::Text("a".into()),
+                user: Id::text("a"),
                 kind: AlertKind::Anomaly,
                 ts: 20
             },

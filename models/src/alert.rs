@@ -148,9 +148,9 @@ pub fn id_from_json(value: &Value) -> Option<Id> {
             // With `arbitrary_precision` a number keeps its input text, which `as_str` borrows
             // without formatting it into a new string.
             let text = number.as_str();
-            Some(Id::parse_int(text).map_or_else(|| Id::Text(text.into()), Id::Int))
+            Some(Id::parse_int(text).map_or_else(|| Id::text(text), Id::int))
         }
-        Value::String(text) => Some(Id::Text(text.as_str().into())),
+        Value::String(text) => Some(Id::text(text.as_str())),
         _ => None,
     }
 }

@@ -490,7 +490,7 @@ mod tests {
         assert_eq!(first.age, Some(Age::Years(19)));
         assert_eq!(first.region, None);
         assert_eq!(first.other["vip_level"], "1");
-        let second = table.get(&Id::Text("u2".into())).unwrap();
+        let second = table.get(&Id::text("u2")).unwrap();
         assert_eq!(second.other["segment_hint"], "a,b");
     }
 

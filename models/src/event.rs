@@ -1,26 +1,59 @@
 //! Behaviour events as the engine represents them after parsing.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An identifier of a user, item or category, kept exactly as the input wrote it.
 ///
-/// Canonical decimal integers (no sign, no leading zero, at most 38 digits) are stored as
-/// `Int`, so that ids above 2^53 or `u64::MAX` are neither rounded nor merged. Anything else,
-/// including JSON strings, is stored as `Text` and compared as text.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Id {
+/// Canonical decimal integers (no sign, no leading zero, at most 38 digits) are integers, so that
+/// ids above 2^53 or `u64::MAX` are neither rounded nor merged. Anything else, including JSON
+/// strings, is text and compared as text. Integers order before text, and by value.
+///
+/// An `Id` is 16 bytes: integers up to `u64::MAX` are stored inline, wider integers and text
+/// behind one thin pointer. Hashing and serde encoding are those of the earlier two-variant
+/// form (`Int(u128)`, `Text(Box<str>)`), so hash-map order and checkpoints do not change.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Id(IdRepr);
+
+/// The storage of an [`Id`]. `Wide` is used only for values above `u64::MAX`, so each id has
+/// one form and the derived comparisons match comparing the values.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum IdRepr {
+    Int(u64),
+    Wide(Box<u128>),
+    /// Boxed twice so that the pointer is thin and the enum stays 16 bytes.
+    Text(Box<Box<str>>),
+}
+
+/// An [`Id`]'s value, borrowed for matching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdValue<'a> {
     /// A decimal integer id.
     Int(u128),
-    /// Any other id, kept verbatim.
-    Text(Box<str>),
+    /// Any other id, verbatim.
+    Text(&'a str),
 }
 
 impl Id {
-    /// Parses a field of a text format: canonical decimal digits become `Int`, the rest `Text`.
+    /// Builds an integer id.
+    pub fn int(value: u128) -> Id {
+        match u64::try_from(value) {
+            Ok(narrow) => Id(IdRepr::Int(narrow)),
+            Err(_) => Id(IdRepr::Wide(Box::new(value))),
+        }
+    }
+
+    /// Builds a text id, kept verbatim even when it contains only digits.
+    pub fn text(text: &str) -> Id {
+        Id(IdRepr::Text(Box::new(text.into())))
+    }
+
+    /// Parses a field of a text format: canonical decimal digits become an integer, the rest text.
     pub fn from_field(field: &str) -> Id {
-        Id::parse_int(field).map_or_else(|| Id::Text(field.into()), Id::Int)
+        Id::parse_int(field).map_or_else(|| Id::text(field), Id::int)
     }
 
     /// Parses canonical decimal digits, returning `None` for anything else or on overflow.
@@ -35,6 +68,31 @@ impl Id {
         field.parse().ok()
     }
 
+    /// Returns the id's value for matching.
+    pub fn value(&self) -> IdValue<'_> {
+        match &self.0 {
+            IdRepr::Int(value) => IdValue::Int(u128::from(*value)),
+            IdRepr::Wide(value) => IdValue::Int(**value),
+            IdRepr::Text(text) => IdValue::Text(text),
+        }
+    }
+
+    /// Returns the integer value, or `None` for a text id.
+    pub fn as_int(&self) -> Option<u128> {
+        match self.value() {
+            IdValue::Int(value) => Some(value),
+            IdValue::Text(_) => None,
+        }
+    }
+
+    /// Returns the text, or `None` for an integer id.
+    pub fn as_text(&self) -> Option<&str> {
+        match self.value() {
+            IdValue::Int(_) => None,
+            IdValue::Text(text) => Some(text),
+        }
+    }
+
     /// Returns a 64-bit hash that is the same on every worker and process, used to route users.
     pub fn route_hash(&self) -> u64 {
         // FNV-1a over a tagged byte form: stable across runs, unlike `std::hash`'s SipHash keys.
@@ -43,12 +101,12 @@ impl Id {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x0100_0000_01b3);
         };
-        match self {
-            Id::Int(value) => {
+        match self.value() {
+            IdValue::Int(value) => {
                 feed(0);
                 value.to_le_bytes().into_iter().for_each(&mut feed);
             }
-            Id::Text(text) => {
+            IdValue::Text(text) => {
                 feed(1);
                 text.bytes().for_each(&mut feed);
             }
@@ -56,30 +114,88 @@ impl Id {
         hash
     }
 
-    /// Writes the id as a JSON value: a number for `Int`, a string for `Text`.
+    /// Writes the id as a JSON value: a number for an integer, a string for text.
     pub fn to_json(&self) -> serde_json::Value {
-        match self {
+        match self.value() {
             // `arbitrary_precision` keeps every digit of ids beyond u64.
-            Id::Int(value) => serde_json::Value::Number(serde_json::Number::from_string_unchecked(
-                value.to_string(),
-            )),
-            Id::Text(text) => serde_json::Value::String(text.to_string()),
+            IdValue::Int(value) => serde_json::Value::Number(
+                serde_json::Number::from_string_unchecked(value.to_string()),
+            ),
+            IdValue::Text(text) => serde_json::Value::String(text.to_string()),
+        }
+    }
+
+    /// Returns the wire form that serde encodes, borrowing the text.
+    fn wire(&self) -> IdWire<'_> {
+        match self.value() {
+            IdValue::Int(value) => IdWire::Int(value),
+            IdValue::Text(text) => IdWire::Text(Cow::Borrowed(text)),
+        }
+    }
+}
+
+/// The serde form of an [`Id`]: the enum `Id` with variants `Int(u128)` and `Text(str)`, as the
+/// earlier derived encoding wrote it into checkpoints and cluster messages.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "Id")]
+enum IdWire<'a> {
+    Int(u128),
+    Text(#[serde(borrow)] Cow<'a, str>),
+}
+
+impl Serialize for Id {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.wire().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match IdWire::deserialize(deserializer)? {
+            IdWire::Int(value) => Id::int(value),
+            IdWire::Text(text) => Id::text(&text),
+        })
+    }
+}
+
+impl Hash for Id {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // The derived hash of the earlier `enum { Int(u128), Text(Box<str>) }`: the variant index
+        // as an `isize`, then the value. Keeping it keeps every hash map's iteration order.
+        match self.value() {
+            IdValue::Int(value) => {
+                state.write_isize(0);
+                value.hash(state);
+            }
+            IdValue::Text(text) => {
+                state.write_isize(1);
+                text.hash(state);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.value() {
+            IdValue::Int(value) => formatter.debug_tuple("Int").field(&value).finish(),
+            IdValue::Text(text) => formatter.debug_tuple("Text").field(&text).finish(),
         }
     }
 }
 
 impl fmt::Display for Id {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Id::Int(value) => write!(formatter, "{value}"),
-            Id::Text(text) => formatter.write_str(text),
+        match self.value() {
+            IdValue::Int(value) => write!(formatter, "{value}"),
+            IdValue::Text(text) => formatter.write_str(text),
         }
     }
 }
 
 impl From<u64> for Id {
     fn from(value: u64) -> Self {
-        Id::Int(u128::from(value))
+        Id(IdRepr::Int(value))
     }
 }
 
@@ -215,5 +331,96 @@ impl Event {
     /// Returns the event time in Unix seconds, rounded down.
     pub fn ts_secs(&self) -> i64 {
         self.ts_ms.div_euclid(1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    /// The id type before it was shrunk, whose hashes and encodings `Id` must keep.
+    #[derive(Debug, Hash, Serialize, Deserialize)]
+    #[serde(rename = "Id")]
+    enum EarlierId {
+        Int(u128),
+        Text(Box<str>),
+    }
+
+    fn earlier_pairs() -> Vec<(Id, EarlierId)> {
+        vec![
+            (Id::int(0), EarlierId::Int(0)),
+            (Id::int(42), EarlierId::Int(42)),
+            (Id::from(u64::MAX), EarlierId::Int(u128::from(u64::MAX))),
+            (
+                Id::int(u128::from(u64::MAX) + 1),
+                EarlierId::Int(u128::from(u64::MAX) + 1),
+            ),
+            (Id::int(u128::MAX), EarlierId::Int(u128::MAX)),
+            (Id::text(""), EarlierId::Text("".into())),
+            (Id::text("42"), EarlierId::Text("42".into())),
+            (Id::text("u-7f3a"), EarlierId::Text("u-7f3a".into())),
+        ]
+    }
+
+    #[test]
+    fn id_and_event_sizes() {
+        assert_eq!(std::mem::size_of::<Id>(), 16);
+        assert_eq!(std::mem::size_of::<Option<Id>>(), 16);
+        assert_eq!(std::mem::size_of::<Event>(), 152);
+    }
+
+    #[test]
+    fn id_hash_matches_earlier_form() {
+        let fx = rustc_hash::FxBuildHasher;
+        let sip = std::collections::hash_map::RandomState::new();
+        for (id, earlier) in earlier_pairs() {
+            assert_eq!(fx.hash_one(&id), fx.hash_one(&earlier), "{id:?}");
+            assert_eq!(sip.hash_one(&id), sip.hash_one(&earlier), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn id_encoding_matches_earlier_form() {
+        for (id, earlier) in earlier_pairs() {
+            let json = serde_json::to_string(&id).unwrap();
+            assert_eq!(json, serde_json::to_string(&earlier).unwrap());
+            assert_eq!(serde_json::from_str::<Id>(&json).unwrap(), id);
+            assert_eq!(format!("{id:?}"), format!("{earlier:?}"));
+        }
+    }
+
+    #[test]
+    fn id_route_hash_is_stable() {
+        // FNV-1a of the tagged byte form, computed independently. A change here moves users
+        // between workers and invalidates checkpoints.
+        assert_eq!(Id::int(42).route_hash(), 0x17d0_2c31_75c7_ad35);
+        assert_eq!(Id::text("42").route_hash(), 0xd05f_d118_66ed_c6ce);
+    }
+
+    #[test]
+    fn id_order_is_by_value_then_text() {
+        let wide = u128::from(u64::MAX) + 1;
+        let mut ids = vec![
+            Id::text("1"),
+            Id::int(wide + 1),
+            Id::int(7),
+            Id::int(wide),
+            Id::from(u64::MAX),
+            Id::text("0"),
+        ];
+        ids.sort();
+        let expected = vec![
+            Id::int(7),
+            Id::from(u64::MAX),
+            Id::int(wide),
+            Id::int(wide + 1),
+            Id::text("0"),
+            Id::text("1"),
+        ];
+        assert_eq!(ids, expected);
+        assert_eq!(Id::int(5), Id::from(5));
+        assert_ne!(Id::int(5), Id::text("5"));
     }
 }

@@ -126,7 +126,7 @@ pub struct PopulationInfo {
 /// assert_eq!(map.group_of(&Id::from(11u64), None), GroupKey::Learned(Id::from(10u64)));
 /// // A category in no learned group is a group of its own; an input topic wins.
 /// assert_eq!(map.group_of(&Id::from(99u64), None), GroupKey::Learned(Id::from(99u64)));
-/// let topic = Id::Text("toys".into());
+/// let topic = Id::text("toys");
 /// assert_eq!(map.group_of(&Id::from(11u64), Some(&topic)), GroupKey::Topic(topic.clone()));
 /// assert_eq!(map.trend(&GroupKey::Learned(Id::from(10u64))), Some(3.0));
 /// ```
@@ -647,7 +647,7 @@ mod tests {
     #[test]
     fn topic_overrides_learned_group() {
         let map = GroupMap::default();
-        let topic = Id::Text("electronics".into());
+        let topic = Id::text("electronics");
         assert_eq!(
             map.group_of(&id(5), Some(&topic)),
             GroupKey::Topic(topic.clone())

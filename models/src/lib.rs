@@ -5,7 +5,7 @@
 
 pub mod event;
 
-pub use event::{Behavior, Event, Id};
+pub use event::{Behavior, Event, Id, IdValue};
 pub mod alert;
 pub mod attributes;
 pub mod baseline;

@@ -28,7 +28,7 @@ use serde::{Serialize, Serializer};
 
 use crate::alert::CategoryShare;
 use crate::detector::UserState;
-use crate::event::Id;
+use crate::event::{Id, IdValue};
 
 /// A user's current profile, read from the live per-user state.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -116,9 +116,9 @@ impl ProfileSource for UserState {
 
 /// Writes an id as a JSON number when it is decimal and as a string otherwise.
 pub fn serialize_id<S: Serializer>(id: &Id, serializer: S) -> Result<S::Ok, S::Error> {
-    match id {
-        Id::Int(value) => serializer.serialize_u128(*value),
-        Id::Text(text) => serializer.serialize_str(text),
+    match id.value() {
+        IdValue::Int(value) => serializer.serialize_u128(value),
+        IdValue::Text(text) => serializer.serialize_str(text),
     }
 }
 

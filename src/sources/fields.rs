@@ -160,11 +160,11 @@ pub(crate) fn parse_decimal(field: &[u8]) -> Option<u128> {
 /// Returns `None` when the field is not valid UTF-8.
 pub(crate) fn id_from_bytes(field: &[u8]) -> Option<Id> {
     if let Some(value) = parse_canonical_int(field) {
-        return Some(Id::Int(value));
+        return Some(Id::int(value));
     }
     std::str::from_utf8(field)
         .ok()
-        .map(|text| Id::Text(text.into()))
+        .map(Id::text)
 }
 
 /// Quotes a field value for a bad-record reason, cut to 40 bytes and with invalid UTF-8 replaced.

@@ -141,7 +141,7 @@ impl EventFields {
         // The contract does not require `item` (a `search` has none), so a missing item is
         // kept as an empty text id.
         let item = match self.item {
-            None | Some(Value::Null) => Id::Text("".into()),
+            None | Some(Value::Null) => Id::text(""),
             Some(value) => id(&value, "item")?,
         };
         Ok(Event {
@@ -177,7 +177,7 @@ fn required_id(value: Option<Value>, name: &str) -> Result<Id, String> {
 
 fn id(value: &Value, name: &str) -> Result<Id, String> {
     match id_from_json(value) {
-        Some(Id::Text(text)) if text.is_empty() => Err(format!("{name} is an empty string")),
+        Some(id) if id.as_text() == Some("") => Err(format!("{name} is an empty string")),
         Some(id) => Ok(id),
         None => Err(format!(
             "{name} is {}, expected an integer or a string",
@@ -307,13 +307,13 @@ mod tests {
                 .replace('\n', "")
                 .as_str(),
         );
-        assert_eq!(event.user, Id::Int(1));
-        assert_eq!(event.item, Id::Text("i-2".into()));
-        assert_eq!(event.category, Id::Int(3));
+        assert_eq!(event.user, Id::int(1));
+        assert_eq!(event.item, Id::text("i-2"));
+        assert_eq!(event.category, Id::int(3));
         assert_eq!(event.behavior, Behavior::Buy);
         assert_eq!(event.ts_ms, 1_511_539_200_000);
         assert_eq!(event.price, Some(12.5));
-        assert_eq!(event.brand, Some(Id::Text("acme".into())));
+        assert_eq!(event.brand, Some(Id::text("acme")));
         assert_eq!(event.dwell_ms, Some(900));
         assert_eq!(event.session.as_deref(), Some("s1"));
         assert_eq!(event.line, 7);
@@ -326,14 +326,14 @@ mod tests {
             |user: &str| format!(r#"{{"user":{user},"category":1,"behavior":"view","ts":1}}"#);
         assert_eq!(
             event(&line("9196877626998784")).user,
-            Id::Int(9_196_877_626_998_784)
+            Id::int(9_196_877_626_998_784)
         );
         assert_eq!(
             event(&line("123456789012345678901")).user,
-            Id::Int(123_456_789_012_345_678_901)
+            Id::int(123_456_789_012_345_678_901)
         );
-        assert_eq!(event(&line("\"42\"")).user, Id::Text("42".into()));
-        assert_eq!(event(&line("1.5")).user, Id::Text("1.5".into()));
+        assert_eq!(event(&line("\"42\"")).user, Id::text("42"));
+        assert_eq!(event(&line("1.5")).user, Id::text("1.5"));
     }
 
     #[test]
@@ -469,7 +469,7 @@ mod tests {
         let event = event(
             r#"{"user":1,"category":4,"behavior":"search","ts":1,"price":null,"brand":null,"session":null,"query":"red shoes"}"#,
         );
-        assert_eq!(event.item, Id::Text("".into()));
+        assert_eq!(event.item, Id::text(""));
         assert_eq!(event.price, None);
         assert_eq!(event.brand, None);
         assert_eq!(event.session, None);

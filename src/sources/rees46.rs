@@ -129,7 +129,7 @@ fn topic(code: &[u8]) -> Result<Option<Id>, String> {
         Some(dot) => &code[..dot],
         None => code,
     };
-    Ok(optional_text(first, "category_code")?.map(|text| Id::Text(text.into())))
+    Ok(optional_text(first, "category_code")?.map(|text| Id::text(&text)))
 }
 
 fn price(field: &[u8]) -> Result<Option<f64>, String> {
@@ -170,12 +170,12 @@ mod tests {
         };
         assert_eq!(event.ts_ms, 1_569_888_004_000);
         assert_eq!(event.behavior, Behavior::Buy);
-        assert_eq!(event.item, Id::Int(17_200_506));
-        assert_eq!(event.category, Id::Int(2_053_013_559_792_632_471));
-        assert_eq!(event.topic, Some(Id::Text("furniture".into())));
+        assert_eq!(event.item, Id::int(17_200_506));
+        assert_eq!(event.category, Id::int(2_053_013_559_792_632_471));
+        assert_eq!(event.topic, Some(Id::text("furniture")));
         assert_eq!(event.brand, None);
         assert_eq!(event.price, Some(543.10));
-        assert_eq!(event.user, Id::Int(519_107_250));
+        assert_eq!(event.user, Id::int(519_107_250));
         assert_eq!(
             event.session.as_deref(),
             Some("566511c2-e2e3-422b-b695-cf8e6e792ca8")
@@ -198,8 +198,8 @@ mod tests {
         let Parsed::Event(event) = parse(b"2019-10-01 00:00:04 UTC,view,1,2,kids,lego,,3,s") else {
             panic!("expected an event");
         };
-        assert_eq!(event.topic, Some(Id::Text("kids".into())));
-        assert_eq!(event.brand, Some(Id::Text("lego".into())));
+        assert_eq!(event.topic, Some(Id::text("kids")));
+        assert_eq!(event.brand, Some(Id::text("lego")));
         assert_eq!(event.price, None);
     }
 
@@ -228,7 +228,7 @@ mod tests {
         else {
             panic!("expected an event");
         };
-        assert_eq!(event.brand, Some(Id::Text("a, b".into())));
+        assert_eq!(event.brand, Some(Id::text("a, b")));
         assert!(reason(b"2019-10-01 00:00:04 UTC,view,1,2,,\"open,1.5,3,s").contains("quoted"));
     }
 

@@ -206,10 +206,10 @@ mod tests {
             panic!("expected an event, got {parsed:?}");
         };
         assert_eq!(event.ts_ms, 1_438_829_821_179);
-        assert_eq!(event.user, Id::Int(264_810));
+        assert_eq!(event.user, Id::int(264_810));
         assert_eq!(event.behavior, Behavior::Buy);
-        assert_eq!(event.item, Id::Int(325_310));
-        assert_eq!(event.category, Id::Int(325_310));
+        assert_eq!(event.item, Id::int(325_310));
+        assert_eq!(event.category, Id::int(325_310));
         assert_eq!(event.topic, None);
         assert_eq!(event.line, 3);
     }

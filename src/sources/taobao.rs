@@ -58,9 +58,9 @@ fn parse_common_event(line_no: u64, line: &[u8]) -> Option<Event> {
     }
     Some(Event {
         ts_ms: seconds as i64 * 1000,
-        user: Id::Int(u128::from(user)),
-        category: Id::Int(u128::from(category)),
-        item: Id::Int(u128::from(item)),
+        user: Id::int(u128::from(user)),
+        category: Id::int(u128::from(category)),
+        item: Id::int(u128::from(item)),
         behavior,
         topic: None,
         price: None,
@@ -127,7 +127,7 @@ fn integer_id(field: &[u8], name: &str) -> Result<Id, String> {
         .position(|&byte| byte != b'0')
         .unwrap_or(field.len().saturating_sub(1));
     fields::parse_decimal(&field[first_significant..])
-        .map(Id::Int)
+        .map(Id::int)
         .ok_or_else(|| invalid_value(name, field, "an integer of at most 38 digits"))
 }
 
@@ -148,9 +148,9 @@ mod tests {
         else {
             panic!("expected an event");
         };
-        assert_eq!(event.user, Id::Int(1));
-        assert_eq!(event.item, Id::Int(2_268_318));
-        assert_eq!(event.category, Id::Int(2_520_377));
+        assert_eq!(event.user, Id::int(1));
+        assert_eq!(event.item, Id::int(2_268_318));
+        assert_eq!(event.category, Id::int(2_520_377));
         assert_eq!(event.behavior, Behavior::View);
         assert_eq!(event.ts_ms, 1_511_544_070_000);
         assert_eq!(event.line, 9);
@@ -200,9 +200,9 @@ mod tests {
         let Parsed::Event(event) = TaobaoParser::new().parse(1, b"007,0,00,pv,1") else {
             panic!("expected an event");
         };
-        assert_eq!(event.user, Id::Int(7));
-        assert_eq!(event.item, Id::Int(0));
-        assert_eq!(event.category, Id::Int(0));
+        assert_eq!(event.user, Id::int(7));
+        assert_eq!(event.item, Id::int(0));
+        assert_eq!(event.category, Id::int(0));
     }
 
     #[test]
