@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod listen;
 pub mod live;
 pub mod metrics;
+mod model_path;
 pub mod pipeline;
 pub mod plot;
 pub mod progress;

@@ -246,7 +246,7 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     profiles: Option<PathBuf>,
     /// Fuse the detector's alerts with learned models fitted on a bootstrap period
-    /// (`[models]` in the config file); runs single-threaded after the dataflow.
+    /// (`[models]` in the config file); the fit runs once, on a background thread.
     #[arg(long)]
     models: bool,
     #[command(flatten)]

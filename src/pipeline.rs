@@ -264,9 +264,7 @@ struct WorkerResult {
     ingest: Option<(LineCounts, bool)>,
     /// The counts of every worker of the cluster, on worker 0 only.
     cluster_total: Option<crate::cluster::WorkerCounts>,
-    events: Vec<Event>,
     error: Option<String>,
-    attribute_history: veer_models::attributes::AttributeHistory,
 }
 
 /// Runs the main job and returns its summary.
@@ -275,15 +273,9 @@ pub fn run(settings: RunSettings) -> anyhow::Result<RunSummary> {
 }
 
 /// Runs the main job with the model path: models fitted on the bootstrap windows score every
-/// later user window, and their signals are fused with the detector's alerts.
-///
-/// The dataflow reads, orders and deduplicates the input as in [`run`]. The model path then
-/// runs on the events it kept, single-threaded, through [`crate::replay::replay_with_models`],
-/// so its alerts do not depend on the number of workers.
-///
-/// TODO: move the model path into a dataflow operator (windows per worker, training rows
-/// gathered to worker 0, models broadcast); until then it keeps every event in memory and
-/// writes all alerts at the end of the run.
+/// later user window, and their signals are fused with the detector's alerts (see
+/// `model_path.rs`). The alerts equal those of [`crate::replay::replay_with_models`] for any
+/// number of workers.
 pub fn run_with_models(
     settings: RunSettings,
     models: crate::replay::ModelRunSettings,
@@ -306,6 +298,10 @@ fn run_job(
         anyhow::bail!("invalid --workers 0: at least one worker thread is needed");
     }
     let started = Instant::now();
+    if let Some(models) = &models {
+        veer_models::fusion::FusionRule::new(models.fusion.clone())?;
+        models.window.validate()?;
+    }
     let prepared = crate::checkpoint::prepare::prepare(&settings, models.is_some())?;
     let fingerprint = crate::cluster::settings_fingerprint(&settings);
     let settings = crate::cluster::local_part(settings);
@@ -394,7 +390,7 @@ fn run_job(
         groups: settings.groups,
         progress: settings.progress,
         keep_alerts: settings.keep_alerts,
-        keep_events: models.is_some(),
+        models,
         bytes_read,
         metrics: settings.metrics.clone(),
         state: settings.state,
@@ -431,8 +427,6 @@ fn run_job(
         ..Default::default()
     };
     let mut cluster_total = None;
-    let mut kept_events: Vec<Event> = Vec::new();
-    let mut attribute_history = veer_models::attributes::AttributeHistory::default();
     for result in guards.join() {
         let result = result.map_err(|error| anyhow::anyhow!("a worker failed: {error}"))?;
         if let Some(error) = result.error {
@@ -447,10 +441,6 @@ fn run_job(
         }
         summary.kept_alerts.extend(result.kept_alerts);
         cluster_total = cluster_total.or(result.cluster_total);
-        kept_events.extend(result.events);
-        if !result.attribute_history.is_empty() {
-            attribute_history = result.attribute_history;
-        }
         if let Some((counts, sorted)) = result.ingest {
             summary.counts = counts;
             summary.replayed_sorted = sorted;
@@ -469,30 +459,6 @@ fn run_job(
     }
     shared.dead_letter.flush();
     summary.latency = shared.metrics.latency();
-    let dispatcher = shared
-        .dispatcher
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .take();
-    if let Some(mut models) = models {
-        models.attributes = attribute_history;
-        let replay_settings = crate::replay::ReplaySettings {
-            detector: shared.detector_config.clone(),
-            groups: shared.groups.clone(),
-            window_ms: shared.window_ms,
-            evict_idle_ms: shared.state.evict_idle_ms(),
-        };
-        run_model_path(
-            &kept_events,
-            &replay_settings,
-            &models,
-            dispatcher,
-            shared.keep_alerts,
-            &mut summary,
-        )?;
-    } else {
-        drop(dispatcher);
-    }
     summary.wall = started.elapsed();
     summary.sinks = sink_threads.finish();
     let draining = started.elapsed() - summary.wall;
@@ -533,8 +499,8 @@ struct Shared {
     groups: GroupConfig,
     progress: bool,
     keep_alerts: bool,
-    /// Keep every event sent on, for the model path; alerts are then written after the run.
-    keep_events: bool,
+    /// Settings of the model path, when it runs.
+    models: Option<crate::replay::ModelRunSettings>,
     bytes_read: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     state: crate::checkpoint::StateSettings,
@@ -625,7 +591,7 @@ where
     let alert_counts: AlertCounter = Default::default();
     alert_counts.borrow_mut().keep = shared.keep_alerts;
     alert_counts.borrow_mut().by_kind = restored_alerts;
-    let alert_output = if index == 0 && !shared.keep_events {
+    let alert_output = if index == 0 {
         let taken = shared
             .dispatcher
             .lock()
@@ -686,14 +652,28 @@ where
             let events = order_by_event_time(input.to_stream(scope), state.order);
             let deltas = session_cooccurrence(events.clone(), window_ms, state.cooccurrence);
             let population = population_groups(deltas, state.population).broadcast();
-            let alerts = detect_shifts(
-                events.clone(),
-                population,
-                detector,
-                detect_settings,
-                state.detect.clone(),
-                stats,
-            )
+            let attribute_stream = attribute_updates.to_stream(scope);
+            let alerts = match &shared.models {
+                Some(models) => crate::model_path::fused_alerts(
+                    events.clone(),
+                    population,
+                    attribute_stream.clone(),
+                    detector,
+                    detect_settings,
+                    state.detect.clone(),
+                    stats,
+                    models,
+                    &probe,
+                ),
+                None => detect_shifts(
+                    events.clone(),
+                    population,
+                    detector,
+                    detect_settings,
+                    state.detect.clone(),
+                    stats,
+                ),
+            }
             .inspect(move |alert| {
                 let mut last = last_alerts.borrow_mut();
                 last.insert(alert.user.clone(), alert.clone());
@@ -702,7 +682,7 @@ where
                 crate::users::build_profiles(
                     events,
                     alerts.clone(),
-                    attribute_updates.to_stream(scope),
+                    attribute_stream,
                     state.detect,
                     shared.profile_settings.clone(),
                     profile_writer.map(|writer| Box::new(WriterOnWorker(writer)) as Box<dyn Write>),
@@ -711,7 +691,10 @@ where
             }
             // The probe follows the sink, so that once it passes a time every alert before
             // that time is in the sink's state or written.
-            write_alerts(alerts, writer, alert_counts, state.sink).probe_with(&probe);
+            let written = write_alerts(alerts, writer, alert_counts, state.sink);
+            if shared.models.is_none() {
+                written.probe_with(&probe);
+            }
         });
     }
     let profiles = state.detect.clone();
@@ -760,7 +743,7 @@ where
                     resume: shared.resume_position.clone(),
                     tally: FeedTally::default(),
                 };
-                match feed_input(worker, feeder, shared, feed, &mut result.events) {
+                match feed_input(worker, feeder, shared, feed) {
                     Ok(ingest) => result.ingest = Some(ingest),
                     Err(message) => result.error = Some(message),
                 }
@@ -769,7 +752,7 @@ where
         }
     }
     drop(input);
-    result.attribute_history = attributes.close();
+    attributes.close();
     // A query wakes the worker with `unpark`; the timeout only bounds a missed wake-up. With
     // checkpoints, workers also wake up every 5 ms to answer checkpoint requests.
     let park = match shared.checkpoints {
@@ -1020,13 +1003,7 @@ fn feed_input(
     mut feeder: Feeder<'_>,
     shared: &Shared,
     feed: Feed,
-    kept_events: &mut Vec<Event>,
 ) -> Result<(LineCounts, bool), String> {
-    let mut record = |event: &Event| {
-        if shared.keep_events {
-            kept_events.push(event.clone());
-        }
-    };
     let progress = crate::progress::Progress::new(shared.progress, shared.input_bytes);
     let mut arrival = ArrivalReplay {
         watermark: Watermark::new(shared.out_of_orderness_ms, shared.max_future_skew_ms),
@@ -1043,7 +1020,7 @@ fn feed_input(
                 max_future_skew_ms: shared.max_future_skew_ms,
                 alerts: shared.live_alerts.clone(),
             };
-            let counts = crate::listen::feed::feed(worker, &mut feeder, live, &mut record)?;
+            let counts = crate::listen::feed::feed(worker, &mut feeder, live)?;
             Ok((counts, false))
         }
         Feed::Memory(mut events) => {
@@ -1054,7 +1031,6 @@ fn feed_input(
                 ..Default::default()
             };
             progress.processing(events.len() as u64);
-            events.iter().for_each(&mut record);
             send_sorted(worker, &mut feeder, events, &progress)?;
             counts.bytes = 0;
             progress.finish();
@@ -1082,7 +1058,6 @@ fn feed_input(
                                 out_of_order += 1;
                             }
                             newest = newest.max(event.ts_ms);
-                            record(&event);
                             arrival.offer(&mut feeder, shared, event);
                         }
                         feeder.hooks.mark_sent(newest, received);
@@ -1127,7 +1102,6 @@ fn feed_input(
             progress.processing(buffered.len() as u64);
             if sorted {
                 buffered.sort_by(Event::processing_cmp);
-                buffered.iter().for_each(&mut record);
                 send_sorted(worker, &mut feeder, buffered, &progress)?;
             } else {
                 if feeder
@@ -1141,7 +1115,6 @@ fn feed_input(
                 let mut batch_started = Instant::now();
                 for event in buffered {
                     newest = newest.max(event.ts_ms);
-                    record(&event);
                     if !arrival.offer(&mut feeder, shared, event) {
                         continue;
                     }
@@ -1244,47 +1217,5 @@ fn send_sorted(
         since_step += 1;
     }
     feeder.hooks.mark_sent(newest, batch_started);
-    Ok(())
-}
-
-/// Runs the model path on the events of a finished run and writes its alerts in place of the
-/// dataflow's.
-fn run_model_path(
-    events: &[Event],
-    replay_settings: &crate::replay::ReplaySettings,
-    models: &crate::replay::ModelRunSettings,
-    dispatcher: Option<crate::sinks::Dispatcher>,
-    keep_alerts: bool,
-    summary: &mut RunSummary,
-) -> anyhow::Result<()> {
-    let output = crate::replay::replay_with_models(events, replay_settings, models)?;
-    for warning in &output.warnings {
-        tracing::warn!(%warning, "model setting reduced");
-    }
-    match &output.skipped {
-        Some(reason) => tracing::warn!(
-            %reason,
-            windows = output.training_windows,
-            "no models fitted; alerts come from the detector alone"
-        ),
-        None => tracing::info!(
-            training_windows = output.training_windows,
-            scored_windows = output.scored_windows,
-            "models fitted and applied"
-        ),
-    }
-    summary.alerts.clear();
-    for alert in &output.alerts {
-        *summary.alerts.entry(alert.kind).or_default() += 1;
-    }
-    if let Some(mut dispatcher) = dispatcher {
-        for alert in &output.alerts {
-            dispatcher.send(alert);
-        }
-        dispatcher.close();
-    }
-    if keep_alerts {
-        summary.kept_alerts = output.alerts;
-    }
     Ok(())
 }

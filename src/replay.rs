@@ -10,14 +10,15 @@
 use std::collections::{BTreeMap, HashMap};
 
 use veer_models::attributes::AttributeHistory;
-use veer_models::fusion::{FusionConfig, FusionRule, ModelSignals, WindowVerdict};
+use veer_models::fusion::{FusionConfig, FusionRule};
 use veer_models::groups::SessionCounter;
 use veer_models::ml::{
-    surprise, Evaluation, InterestPredictor, ModelParams, ModelSet, ReferenceProfile, Shares,
-    TrainingRow, WindowConfig, WindowFeatures,
+    score_window, training_rows, verdict, ClosedWindow, Evaluation, InterestPredictor,
+    ModelParams, ModelSet, TrainingRow, UserHistory, WindowConfig, WindowFeatures,
+    WindowSettings,
 };
 use veer_models::{
-    Alert, Detector, DetectorConfig, Event, GroupConfig, GroupKey, GroupMap, Id, PopulationDelta,
+    Alert, Detector, DetectorConfig, Event, GroupConfig, GroupMap, Id, PopulationDelta,
     PopulationModel, ShiftDetector, UserState,
 };
 
@@ -168,41 +169,22 @@ pub struct ModelRunOutput {
     pub scored_windows: usize,
 }
 
-/// One closed user window of the model path.
-struct UserWindow {
-    user: Id,
-    start_ms: u64,
-    first_ts: i64,
-    last_ts: i64,
-    events: u64,
-    burst: bool,
-    features: WindowFeatures,
-    /// This window's shares of the previous window's top groups, the surprise target.
-    shares_vs_previous: Option<Shares>,
-    /// The next window's shares of this window's top groups, the interest model's target.
-    next_shares: Option<Shares>,
-}
-
-/// The open window of one user and the reference built from the windows before it.
-#[derive(Default)]
-struct OpenWindow {
-    start_ms: u64,
-    events: Vec<Event>,
-    burst: bool,
-    reference: BTreeMap<GroupKey, f64>,
-    /// Top groups of the previous window's reference and its index in the closed list.
-    previous: Option<(ReferenceProfile, usize)>,
+impl ModelRunSettings {
+    /// Returns the settings of [`UserHistory::close`].
+    pub fn window_settings(&self) -> WindowSettings {
+        WindowSettings {
+            features: self.window.clone(),
+            reference_decay: self.reference_decay,
+        }
+    }
 }
 
 /// Replays `events` with the model path: per-user windows of `settings.window_ms`, models
 /// fitted once on the bootstrap windows of all users, and the detector's alerts fused with
 /// the model signals of each later window by [`FusionRule`].
 ///
-/// This is the single-threaded reference of the model path. Training rows are sorted by user
-/// and window before the fit, so the models depend only on the events and the seed.
-///
-/// NOTE: a user's "next window" is the user's next window with events, which may be days
-/// later, not the adjacent time window.
+/// This is the single-threaded reference of the model operators. Training rows are sorted by
+/// user and window before the fit, so the models depend only on the events and the seed.
 pub fn replay_with_models(
     events: &[Event],
     settings: &ReplaySettings,
@@ -213,9 +195,8 @@ pub fn replay_with_models(
     let (closed, mut detector_alerts, first_ms) = user_windows(events, settings, models)?;
     let mut output = ModelRunOutput::default();
     let bootstrap_end = first_ms.unwrap_or(0).saturating_add(models.bootstrap_ms);
-    let rows = training_rows(&closed, |start| start < bootstrap_end);
+    let rows = training_rows(&closed, window_ms, bootstrap_end);
     output.training_windows = rows.len();
-    let fit_started = std::time::Instant::now();
     let fitted = if rows.is_empty() {
         Err("no training windows in the bootstrap period".to_string())
     } else {
@@ -235,10 +216,6 @@ pub fn replay_with_models(
         .iter()
         .map(ToString::to_string)
         .collect();
-    tracing::debug!(
-        seconds = fit_started.elapsed().as_secs_f64(),
-        "models fitted"
-    );
 
     // Detector alerts by user window; each goes through the fusion rule of its window.
     let mut by_window: BTreeMap<(Id, u64), Vec<Alert>> = BTreeMap::new();
@@ -251,7 +228,7 @@ pub fn replay_with_models(
             .push(alert);
     }
     let mut alerts = Vec::new();
-    for (index, window) in closed.iter().enumerate() {
+    for window in &closed {
         let raised = by_window
             .remove(&(window.user.clone(), window.start_ms))
             .unwrap_or_default();
@@ -260,36 +237,13 @@ pub fn replay_with_models(
             continue;
         }
         output.scored_windows += 1;
-        let previous = index
-            .checked_sub(1)
-            .map(|before| &closed[before])
-            .filter(|before| before.user == window.user);
-        let signals = score_window(&model_set, window, previous)?;
-        let verdict = WindowVerdict {
-            user: window.user.clone(),
-            last_ts: window.last_ts,
-            first_ts: window.first_ts,
-            events: window.events,
-            burst: window.burst,
-            signals: Some(signals),
-        };
-        alerts.extend(rule.fuse(&verdict, raised));
+        let signals = score_window(&model_set, window)?;
+        alerts.extend(rule.fuse(&verdict(window, Some(signals)), raised));
     }
     alerts.extend(by_window.into_values().flatten());
     alerts.sort_by(|a, b| (a.ts, &a.user, a.kind).cmp(&(b.ts, &b.user, b.kind)));
     output.alerts = alerts;
     Ok(output)
-}
-
-fn training_rows(windows: &[UserWindow], keep: impl Fn(u64) -> bool) -> Vec<TrainingRow> {
-    windows
-        .iter()
-        .filter(|window| keep(window.start_ms))
-        .map(|window| TrainingRow {
-            features: window.features.clone(),
-            next_shares: window.next_shares,
-        })
-        .collect()
 }
 
 /// Fits the models on the bootstrap windows and evaluates each interest predictor on the
@@ -299,10 +253,16 @@ pub fn evaluate_interest(
     settings: &ReplaySettings,
     models: &ModelRunSettings,
 ) -> anyhow::Result<Vec<(InterestPredictor, Evaluation)>> {
+    let window_ms = settings.window_ms.max(1);
     let (closed, _, first_ms) = user_windows(events, settings, models)?;
     let bootstrap_end = first_ms.unwrap_or(0).saturating_add(models.bootstrap_ms);
-    let training = training_rows(&closed, |start| start < bootstrap_end);
-    let held_out = training_rows(&closed, |start| start >= bootstrap_end);
+    let all_rows = training_rows(&closed, window_ms, u64::MAX);
+    let (training, held_out): (Vec<_>, Vec<_>) = closed
+        .iter()
+        .zip(all_rows)
+        .partition(|(window, _)| window.start_ms < bootstrap_end);
+    let training: Vec<TrainingRow> = training.into_iter().map(|(_, row)| row).collect();
+    let held_out: Vec<TrainingRow> = held_out.into_iter().map(|(_, row)| row).collect();
     let model_set = ModelSet::fit_with(&training, &models.params, models.seed)?;
     let mut evaluations = Vec::new();
     for predictor in [
@@ -329,123 +289,63 @@ pub fn model_windows(
         .collect())
 }
 
+/// The events of one user window and whether any was part of a burst.
+#[derive(Default)]
+struct WindowEvents {
+    events: Vec<Event>,
+    burst: bool,
+}
+
 /// Builds every user window of the replay, sorted by user and window start, and returns them
 /// with the detector's alerts and the time of the first event.
+///
+/// Each window is closed with the group map that its own events were judged with, and with
+/// the attribute row in force at its last event.
 fn user_windows(
     events: &[Event],
     settings: &ReplaySettings,
     models: &ModelRunSettings,
-) -> anyhow::Result<(Vec<UserWindow>, Vec<Alert>, Option<u64>)> {
+) -> anyhow::Result<(Vec<ClosedWindow>, Vec<Alert>, Option<u64>)> {
     models.window.validate()?;
     let window_ms = settings.window_ms.max(1);
-    let mut open: HashMap<Id, OpenWindow> = HashMap::new();
-    let mut closed: Vec<UserWindow> = Vec::new();
+    let mut by_user: BTreeMap<Id, BTreeMap<u64, WindowEvents>> = BTreeMap::new();
+    let mut groups_by_window: HashMap<u64, GroupMap> = HashMap::new();
     let mut detector_alerts: Vec<Alert> = Vec::new();
     let mut first_ms: Option<u64> = None;
-    let close = |window: &mut OpenWindow,
-                 user: &Id,
-                 groups: &GroupMap,
-                 closed: &mut Vec<UserWindow>|
-     -> anyhow::Result<()> {
-        if window.events.is_empty() {
-            return Ok(());
-        }
-        let profile = ReferenceProfile::new(&window.reference)?;
-        let last_ms = window.events[window.events.len() - 1].ts_ms as u64;
-        let features = profile
-            .window_features(&window.events, groups, &models.window)?
-            .with_attributes(models.attributes.row(user, last_ms));
-        let shares_vs_previous = match &window.previous {
-            Some((previous, index)) => {
-                let shares = previous.slot_shares(&window.events, groups);
-                closed[*index].next_shares = shares;
-                shares
-            }
-            None => None,
-        };
-        for event in &window.events {
-            let weight = event.behavior.interest_weight();
-            if weight > 0.0 {
-                let group = groups.group_of(&event.category, event.topic.as_ref());
-                *window.reference.entry(group).or_default() += weight;
-            }
-        }
-        for weight in window.reference.values_mut() {
-            *weight *= models.reference_decay;
-        }
-        closed.push(UserWindow {
-            user: user.clone(),
-            start_ms: window.start_ms,
-            first_ts: window.events[0].ts_secs(),
-            last_ts: window.events[window.events.len() - 1].ts_secs(),
-            events: window.events.len() as u64,
-            burst: window.burst,
-            features,
-            shares_vs_previous,
-            next_shares: None,
-        });
-        window.previous = Some((ReferenceProfile::new(&window.reference)?, closed.len() - 1));
-        window.events.clear();
-        window.burst = false;
-        Ok(())
-    };
-
-    let mut failure: Option<anyhow::Error> = None;
-    let (_, last_groups) = replay_traced(events, settings, |event, state, raised, groups| {
-        if failure.is_some() {
-            return;
-        }
+    replay_traced(events, settings, |event, state, raised, groups| {
         let time = event.ts_ms as u64;
         first_ms.get_or_insert(time);
         let start = time - time % window_ms;
-        let window = open.entry(event.user.clone()).or_default();
-        if window.start_ms != start {
-            if let Err(error) = close(window, &event.user, groups, &mut closed) {
-                failure = Some(error);
-                return;
-            }
-            window.start_ms = start;
-        }
+        groups_by_window
+            .entry(start)
+            .or_insert_with(|| groups.clone());
+        let window = by_user
+            .entry(event.user.clone())
+            .or_default()
+            .entry(start)
+            .or_default();
         window.events.push(event.clone());
         window.burst |= state.last_step.in_burst;
         detector_alerts.extend_from_slice(raised);
     })?;
-    if let Some(error) = failure {
-        return Err(error);
-    }
-    let mut users: Vec<&Id> = open.keys().collect();
-    users.sort();
-    let users: Vec<Id> = users.into_iter().cloned().collect();
-    for user in users {
-        let window = open.get_mut(&user).expect("listed above");
-        close(window, &user, &last_groups, &mut closed)?;
-    }
-    closed.sort_by(|a, b| (&a.user, a.start_ms).cmp(&(&b.user, b.start_ms)));
-    Ok((closed, detector_alerts, first_ms))
-}
 
-fn score_window(
-    model_set: &ModelSet,
-    window: &UserWindow,
-    previous: Option<&UserWindow>,
-) -> anyhow::Result<ModelSignals> {
-    let scores = model_set.anomaly_scores(&window.features)?;
-    let segment = model_set.segment(&window.features)?;
-    let mut surprise_value = None;
-    let mut segment_before = None;
-    if let Some(previous) = previous {
-        segment_before = Some(model_set.segment(&previous.features)?);
-        if let Some(observed) = window.shares_vs_previous {
-            let predicted =
-                model_set.predict_interest(&previous.features, InterestPredictor::Forest)?;
-            surprise_value = Some(surprise(&predicted, &observed)?);
+    let window_settings = models.window_settings();
+    let mut closed = Vec::new();
+    for (user, windows) in by_user {
+        let mut history = UserHistory::default();
+        for (start, window) in windows {
+            let last_ms = window.events.last().map_or(0, |event| event.ts_ms as u64);
+            let closed_window = history.close(
+                &user,
+                start,
+                &window.events,
+                window.burst,
+                &groups_by_window[&start],
+                models.attributes.row(&user, last_ms),
+                &window_settings,
+            )?;
+            closed.extend(closed_window);
         }
     }
-    Ok(ModelSignals {
-        isolation_forest: scores.isolation_forest,
-        one_class_svm: scores.one_class_svm,
-        surprise: surprise_value,
-        segment,
-        segment_before,
-    })
+    Ok((closed, detector_alerts, first_ms))
 }

@@ -446,6 +446,12 @@ pub trait Detector: Send + 'static {
         groups: &GroupMap,
         alerts: &mut Vec<Alert>,
     );
+
+    /// Returns whether the user's latest event was part of a burst. Detectors without burst
+    /// detection return false.
+    fn in_burst(_state: &Self::State) -> bool {
+        false
+    }
 }
 
 /// The CUSUM shift detector described in the module documentation.
@@ -745,6 +751,10 @@ impl ShiftDetector {
 
 impl Detector for ShiftDetector {
     type State = UserState;
+
+    fn in_burst(state: &UserState) -> bool {
+        state.last_step.in_burst
+    }
 
     fn observe(
         &self,

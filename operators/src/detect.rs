@@ -118,6 +118,56 @@ pub fn detect_shifts<'scope, D: Detector>(
     state: DetectHandle<D::State>,
     stats: Rc<RefCell<DetectStats>>,
 ) -> StreamVec<'scope, u64, Alert> {
+    let emit = |_: Event, _: &D::State, alerts: &mut Vec<Alert>, output: &mut Vec<Alert>| {
+        output.append(alerts);
+    };
+    detect_and_emit(events, population, detector, settings, state, stats, emit)
+}
+
+/// Runs [`detect_shifts`] and emits every event with the detector's view of it, for the
+/// model path that cuts events into user windows (see [`crate::windows`]).
+pub fn detect_shifts_observed<'scope, D: Detector>(
+    events: StreamVec<'scope, u64, Event>,
+    population: StreamVec<'scope, u64, PopulationInfo>,
+    detector: D,
+    settings: DetectSettings,
+    state: DetectHandle<D::State>,
+    stats: Rc<RefCell<DetectStats>>,
+) -> StreamVec<'scope, u64, Observation> {
+    let emit = |event: Event,
+                state: &D::State,
+                alerts: &mut Vec<Alert>,
+                output: &mut Vec<Observation>| {
+        output.push(Observation {
+            event,
+            burst: D::in_burst(state),
+            alerts: std::mem::take(alerts),
+        });
+    };
+    detect_and_emit(events, population, detector, settings, state, stats, emit)
+}
+
+/// One event after its detector has seen it.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    pub event: Event,
+    /// Whether the detector counted the event as part of a burst.
+    pub burst: bool,
+    /// Alerts the event raised.
+    pub alerts: Vec<Alert>,
+}
+
+/// The operator behind [`detect_shifts`]: after each event, `emit` moves the event, the
+/// user's state and the alerts it raised into output records.
+fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
+    events: StreamVec<'scope, u64, Event>,
+    population: StreamVec<'scope, u64, PopulationInfo>,
+    detector: D,
+    settings: DetectSettings,
+    state: DetectHandle<D::State>,
+    stats: Rc<RefCell<DetectStats>>,
+    emit: impl Fn(Event, &D::State, &mut Vec<Alert>, &mut Vec<R>) + 'static,
+) -> StreamVec<'scope, u64, R> {
     let window_ms = settings.window_ms;
     events.binary_frontier(
         population,
@@ -127,6 +177,7 @@ pub fn detect_shifts<'scope, D: Detector>(
         move |initial, _| {
             let mut held = HeldCapability::restored(initial, state.borrow().pending.earliest());
             let mut alerts: Vec<Alert> = Vec::new();
+            let mut records: Vec<R> = Vec::new();
             move |(events_in, events_frontier), (population_in, population_frontier), output| {
                 let port = output.output_index();
                 let mut guard = state.borrow_mut();
@@ -194,10 +245,11 @@ pub fn detect_shifts<'scope, D: Detector>(
                     }
                     tracked.last_event_ms = event.ts_ms;
                     detector.observe(&mut tracked.state, &event, &state.groups, &mut alerts);
+                    emit(event, &tracked.state, &mut alerts, &mut records);
                 }
-                if !alerts.is_empty() {
+                if !records.is_empty() {
                     if let Some(capability) = held.get() {
-                        output.session(capability).give_iterator(alerts.drain(..));
+                        output.session(capability).give_iterator(records.drain(..));
                     }
                 }
                 if let Some(idle) = settings.idle_ms {

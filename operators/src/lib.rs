@@ -9,6 +9,13 @@
 //!     -> write_alerts (worker 0, canonical order)
 //! ```
 //!
+//! With the model path (`veer run --models`), `detect_shifts_observed` takes the place of
+//! `detect_shifts`, and the alerts pass through three more operators before the sink:
+//! `build_user_windows` cuts each user's events into windows, `fit_models` fits the models on
+//! the bootstrap windows of every worker once (on worker 0, off the worker thread) and
+//! broadcasts them, and `score_windows` fuses each later window's alerts with its model
+//! signals.
+//!
 //! Timely time is event time in Unix milliseconds. The input frontier is the watermark: an
 //! operator acts on a record only once the frontier has passed the record's event time, and
 //! then in a fixed order, so results never depend on arrival order or on the number of
@@ -17,14 +24,20 @@
 
 pub mod capability;
 pub mod detect;
+pub mod fit;
 pub mod order;
 pub mod population;
 pub mod profiles;
 pub mod release;
+pub mod score;
 pub mod sink;
 pub mod state;
+pub mod windows;
 
-pub use detect::{detect_shifts, DetectSettings, DetectStats};
+pub use detect::{detect_shifts, detect_shifts_observed, DetectSettings, DetectStats, Observation};
+pub use fit::{fit_models, FitSettings, ModelUpdate};
+pub use score::score_windows;
+pub use windows::{build_user_windows, WindowRecord};
 pub use order::order_by_event_time;
 pub use population::{population_groups, session_cooccurrence, window_end};
 pub use sink::{write_alerts, AlertCounter, AlertSink, AlertTally, JsonLines};

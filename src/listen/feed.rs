@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::TryRecvError;
-use veer_models::Event;
 
 use crate::frontier::InputFrontier;
 use crate::ingest::{DeadLetter, LineCounts};
@@ -104,12 +103,11 @@ struct Source {
 
 /// Feeds the dataflow from the TCP source until a shutdown has ended every connection.
 ///
-/// Returns the line counts of all connections; `record` sees every event sent on.
+/// Returns the line counts of all connections.
 pub(crate) fn feed(
     worker: &mut timely::worker::Worker,
     feeder: &mut Feeder<'_>,
     feed: LiveFeed<'_>,
-    record: &mut dyn FnMut(&Event),
 ) -> Result<LineCounts, String> {
     let shared = feed.source.shared.clone();
     let source_metrics = feeder.hooks.metrics().source("tcp");
@@ -178,7 +176,6 @@ pub(crate) fn feed(
                             feed.dead_letter.late(&label, &event, bound);
                             continue;
                         }
-                        record(&event);
                         buffered.add(event.ts_ms);
                         newest = newest.max(event.ts_ms);
                         feeder.send(event);

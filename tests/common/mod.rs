@@ -252,3 +252,67 @@ pub fn score_line(stdout: &str) -> Value {
     serde_json::from_str(last)
         .unwrap_or_else(|error| panic!("last output line is not JSON ({error}): {last}"))
 }
+
+/// Returns the settings of an in-memory run of `events` with hourly windows, the shift
+/// detector, no output files and the alerts kept in the summary.
+pub fn memory_run_settings(
+    events: Vec<veer_models::Event>,
+    workers: usize,
+) -> veer::pipeline::RunSettings {
+    use std::time::Duration;
+    use veer::config::{DetectorChoice, ReplayOrder};
+    use veer::pipeline::{AlertOutput, EventSource, RunSettings};
+    use veer_models::{DetectorConfig, GroupConfig};
+
+    RunSettings {
+        source: EventSource::Memory(events),
+        alerts: AlertOutput::Discard,
+        sinks: Default::default(),
+        dead_letter: None,
+        workers,
+        order: ReplayOrder::Auto,
+        out_of_orderness: Duration::from_secs(600),
+        max_future_skew: Duration::from_secs(86_400),
+        window: Duration::from_secs(3600),
+        detector: DetectorChoice::Shift,
+        detector_config: DetectorConfig::default(),
+        groups: GroupConfig::default(),
+        progress: false,
+        keep_alerts: true,
+        metrics: Default::default(),
+        state: veer::checkpoint::StateSettings::default(),
+        cluster: None,
+        http: None,
+        users: None,
+        profiles: None,
+        profile_settings: Default::default(),
+    }
+}
+
+/// Compares alert lists by id first, so a failure names the first alert that differs.
+pub fn assert_same_alerts(
+    actual: &[veer_models::Alert],
+    expected: &[veer_models::Alert],
+    context: &str,
+) {
+    let ids = |alerts: &[veer_models::Alert]| alerts.iter().map(veer_models::Alert::alert_id).collect::<Vec<_>>();
+    let (actual_ids, expected_ids) = (ids(actual), ids(expected));
+    if let Some(at) = (0..actual_ids.len().max(expected_ids.len()))
+        .find(|&at| actual_ids.get(at) != expected_ids.get(at))
+    {
+        panic!(
+            "{context}: first difference at alert {at}: dataflow {:?}, replay {:?} ({} vs {} alerts)",
+            actual_ids.get(at),
+            expected_ids.get(at),
+            actual_ids.len(),
+            expected_ids.len()
+        );
+    }
+    for (left, right) in actual.iter().zip(expected) {
+        assert!(
+            left == right,
+            "{context}: alert {} differs in its fields",
+            left.alert_id()
+        );
+    }
+}

@@ -20,8 +20,9 @@
 //! inputs. Where data cannot support a setting (fewer distinct rows than segments, fewer rows
 //! than a sample size), the fit lowers it and returns a [`FitWarning`] instead of failing.
 //!
-//! NOTE: `veer run --models` fits and scores these models in a single-threaded pass after the
-//! dataflow (`veer::replay::replay_with_models`), not yet in a dataflow operator.
+//! [`UserHistory`] cuts each user's events into windows for these steps. `veer run --models`
+//! builds the windows, fits and scores in dataflow operators (`veer-operators`);
+//! `veer::replay::replay_with_models` is their single-threaded reference.
 
 mod anomaly;
 mod error;
@@ -31,6 +32,7 @@ mod interest;
 mod linear;
 mod preprocess;
 mod segments;
+mod windows;
 
 use std::io::{Read, Write};
 
@@ -53,6 +55,9 @@ pub use interest::{
 pub use linear::{LinearParams, LinearRegressor};
 pub use preprocess::{FeatureSelector, SelectorParams, Standardizer};
 pub use segments::{SegmentParams, Segmenter, AUTO_K_MAX, AUTO_K_MIN};
+pub use windows::{
+    score_window, training_rows, verdict, ClosedWindow, UserHistory, WindowSettings,
+};
 
 use error::check_matrix;
 

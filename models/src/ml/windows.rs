@@ -1,0 +1,264 @@
+//! Per-user windows of the model path: the features of each closed window, the training rows
+//! of a bootstrap period and the model signals of a scored window.
+//!
+//! A user's events are cut into event-time windows aligned to multiples of the window length.
+//! [`UserHistory::close`] turns one window into a [`ClosedWindow`] with the group map in force
+//! during that window, then folds the window into the user's decayed reference. Both the
+//! dataflow operators and the single-threaded replay close windows through it, so their
+//! features agree.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::attributes::UserAttributes;
+use crate::event::{Event, Id};
+use crate::fusion::{ModelSignals, WindowVerdict};
+use crate::groups::{GroupKey, GroupMap};
+
+use super::{
+    surprise, InterestPredictor, MlError, ModelSet, ReferenceProfile, Shares, TrainingRow,
+    WindowConfig, WindowFeatures,
+};
+
+/// One closed window of one user, as the models see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClosedWindow {
+    pub user: Id,
+    /// Start of the window, in Unix milliseconds.
+    pub start_ms: u64,
+    /// Event time of the window's first and last event, in Unix milliseconds.
+    pub first_ms: i64,
+    pub last_ms: i64,
+    /// Events in the window.
+    pub events: u64,
+    /// Whether the detector saw any of the window's events as part of a burst.
+    pub burst: bool,
+    pub features: WindowFeatures,
+    /// This window's shares of the top groups of the reference before it, or `None` for the
+    /// user's first window or a window without interest weight. The surprise signal compares
+    /// them with the prediction from the window before.
+    pub shares_vs_previous: Option<Shares>,
+    /// Start (Unix milliseconds) and features of the user's previous window with events.
+    pub previous: Option<(u64, WindowFeatures)>,
+}
+
+/// What a user's earlier windows leave behind: the decayed reference group weights and the
+/// previous window.
+#[derive(Clone, Debug, Default)]
+pub struct UserHistory {
+    reference: BTreeMap<GroupKey, f64>,
+    /// Top groups of the reference after the previous window, and that window's start and
+    /// features.
+    previous: Option<(ReferenceProfile, u64, WindowFeatures)>,
+}
+
+/// Settings of [`UserHistory::close`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowSettings {
+    pub features: WindowConfig,
+    /// Per-window decay of a user's reference group weights, in 0..=1.
+    pub reference_decay: f64,
+}
+
+impl UserHistory {
+    /// Closes the user's window that starts at `start_ms`, with `groups` as they were during
+    /// the window and `attributes` as they were at its last event. Returns `None` for a window
+    /// without events, which leaves the history unchanged.
+    pub fn close(
+        &mut self,
+        user: &Id,
+        start_ms: u64,
+        events: &[Event],
+        burst: bool,
+        groups: &GroupMap,
+        attributes: Option<&UserAttributes>,
+        settings: &WindowSettings,
+    ) -> Result<Option<ClosedWindow>, MlError> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Ok(None);
+        };
+        let profile = ReferenceProfile::new(&self.reference)?;
+        let features = profile
+            .window_features(events, groups, &settings.features)?
+            .with_attributes(attributes);
+        let (shares_vs_previous, previous) = match &self.previous {
+            Some((reference, previous_start, previous_features)) => (
+                reference.slot_shares(events, groups),
+                Some((*previous_start, previous_features.clone())),
+            ),
+            None => (None, None),
+        };
+        for event in events {
+            let weight = event.behavior.interest_weight();
+            if weight > 0.0 {
+                let group = groups.group_of(&event.category, event.topic.as_ref());
+                *self.reference.entry(group).or_default() += weight;
+            }
+        }
+        for weight in self.reference.values_mut() {
+            *weight *= settings.reference_decay;
+        }
+        self.previous = Some((
+            ReferenceProfile::new(&self.reference)?,
+            start_ms,
+            features.clone(),
+        ));
+        Ok(Some(ClosedWindow {
+            user: user.clone(),
+            start_ms,
+            first_ms: first.ts_ms,
+            last_ms: last.ts_ms,
+            events: events.len() as u64,
+            burst,
+            features,
+            shares_vs_previous,
+            previous,
+        }))
+    }
+}
+
+/// Builds the training rows of the windows that start before `bootstrap_end_ms`.
+///
+/// `windows` must be sorted by user and start. A row's target is the next window's shares of
+/// its reference's top groups when the user has events in the adjacent window (`start_ms +
+/// window_ms`), and `None` otherwise, so every target is known one window after the row's own.
+pub fn training_rows(
+    windows: &[ClosedWindow],
+    window_ms: u64,
+    bootstrap_end_ms: u64,
+) -> Vec<TrainingRow> {
+    let mut rows = Vec::new();
+    for (index, window) in windows.iter().enumerate() {
+        if window.start_ms >= bootstrap_end_ms {
+            continue;
+        }
+        let next_shares = windows
+            .get(index + 1)
+            .filter(|next| next.user == window.user)
+            .filter(|next| next.start_ms == window.start_ms + window_ms)
+            .and_then(|next| next.shares_vs_previous);
+        rows.push(TrainingRow {
+            features: window.features.clone(),
+            next_shares,
+        });
+    }
+    rows
+}
+
+/// Scores a window: anomaly scores, segments of the window and of the one before, and the
+/// surprise of its shares against the interest model's prediction from the window before.
+pub fn score_window(model_set: &ModelSet, window: &ClosedWindow) -> Result<ModelSignals, MlError> {
+    let scores = model_set.anomaly_scores(&window.features)?;
+    let segment = model_set.segment(&window.features)?;
+    let mut surprise_value = None;
+    let mut segment_before = None;
+    if let Some((_, previous)) = &window.previous {
+        segment_before = Some(model_set.segment(previous)?);
+        if let Some(observed) = window.shares_vs_previous {
+            let predicted = model_set.predict_interest(previous, InterestPredictor::Forest)?;
+            surprise_value = Some(surprise(&predicted, &observed)?);
+        }
+    }
+    Ok(ModelSignals {
+        isolation_forest: scores.isolation_forest,
+        one_class_svm: scores.one_class_svm,
+        surprise: surprise_value,
+        segment,
+        segment_before,
+    })
+}
+
+/// Returns the fusion rule's view of a window with its signals.
+pub fn verdict(window: &ClosedWindow, signals: Option<ModelSignals>) -> WindowVerdict {
+    WindowVerdict {
+        user: window.user.clone(),
+        last_ts: window.last_ms.div_euclid(1000),
+        first_ts: window.first_ms.div_euclid(1000),
+        events: window.events,
+        burst: window.burst,
+        signals,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Behavior;
+
+    fn view(category: u64, ts_ms: i64) -> Event {
+        Event {
+            ts_ms,
+            user: Id::from(1u64),
+            category: Id::from(category),
+            item: Id::from(category * 10),
+            behavior: Behavior::View,
+            topic: None,
+            price: None,
+            brand: None,
+            dwell_ms: None,
+            session: None,
+            line: 0,
+        }
+    }
+
+    fn settings() -> WindowSettings {
+        WindowSettings {
+            features: WindowConfig::default(),
+            reference_decay: 0.9,
+        }
+    }
+
+    #[test]
+    fn empty_window_closes_to_none() {
+        let mut history = UserHistory::default();
+        let closed = history
+            .close(&Id::from(1u64), 0, &[], false, &GroupMap::default(), None, &settings())
+            .unwrap();
+        assert!(closed.is_none());
+        assert!(history.previous.is_none());
+    }
+
+    #[test]
+    fn second_window_sees_the_first() {
+        let mut history = UserHistory::default();
+        let user = Id::from(1u64);
+        let groups = GroupMap::default();
+        let first = history
+            .close(&user, 0, &[view(5, 10), view(5, 20)], false, &groups, None, &settings())
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.previous, None);
+        assert_eq!(first.shares_vs_previous, None);
+        assert_eq!((first.first_ms, first.last_ms, first.events), (10, 20, 2));
+        let second = history
+            .close(&user, 1000, &[view(6, 1500)], true, &groups, None, &settings())
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.previous.as_ref().map(|(start, _)| *start), Some(0));
+        let shares = second.shares_vs_previous.expect("shares against the first window");
+        assert_eq!(shares[0], 0.0, "category 5 is absent from the second window");
+        assert!(second.burst);
+    }
+
+    #[test]
+    fn training_targets_need_the_adjacent_window() {
+        let mut history = UserHistory::default();
+        let user = Id::from(1u64);
+        let groups = GroupMap::default();
+        let mut windows = Vec::new();
+        for (start, ts) in [(0, 10), (1000, 1010), (3000, 3010)] {
+            let closed = history
+                .close(&user, start, &[view(5, ts)], false, &groups, None, &settings())
+                .unwrap()
+                .unwrap();
+            windows.push(closed);
+        }
+        let rows = training_rows(&windows, 1000, 10_000);
+        assert_eq!(rows.len(), 3);
+        assert!(rows[0].next_shares.is_some(), "window 1000 follows window 0");
+        assert!(rows[1].next_shares.is_none(), "window 2000 has no events");
+        assert!(rows[2].next_shares.is_none(), "no later window");
+        assert_eq!(training_rows(&windows, 1000, 1000).len(), 1);
+    }
+}

@@ -1,0 +1,196 @@
+//! Per-user windows of the model path, built on the worker that owns each user.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Concatenate, Exchange};
+use timely::dataflow::StreamVec;
+use veer_models::attributes::UserAttributes;
+use veer_models::ml::{ClosedWindow, UserHistory, WindowSettings};
+use veer_models::{Alert, Event, GroupMap, Id, PopulationInfo};
+
+use crate::capability::HeldCapability;
+use crate::detect::Observation;
+use crate::profiles::AttributeRow;
+
+/// A closed user window with the alerts the detector raised for its events.
+#[derive(Clone, Debug)]
+pub struct WindowRecord {
+    /// The window, or `None` when closing it failed (the error is logged).
+    pub window: Option<ClosedWindow>,
+    pub alerts: Vec<Alert>,
+}
+
+/// One input of [`build_user_windows`], merged into one stream.
+#[derive(Clone, Debug)]
+enum WindowInput {
+    Observed(Observation),
+    Population(PopulationInfo),
+    Attributes((AttributeRow, u64, isize)),
+}
+
+/// Events, burst flag and alerts of a window that is still open.
+#[derive(Default)]
+struct OpenWindow {
+    events: Vec<Event>,
+    burst: bool,
+    alerts: Vec<Alert>,
+}
+
+/// Everything the operator keeps about one user.
+#[derive(Default)]
+struct UserWindows {
+    history: UserHistory,
+    open: BTreeMap<u64, OpenWindow>,
+    /// The user's attribute row from each event time (Unix milliseconds) on; `None` after the
+    /// row was removed.
+    attributes: BTreeMap<u64, Option<UserAttributes>>,
+}
+
+impl UserWindows {
+    /// Returns the attribute row in force at `time_ms`, and forgets the versions before it.
+    fn attributes_at(&mut self, time_ms: u64) -> Option<UserAttributes> {
+        let current = self.attributes.range(..=time_ms).next_back()?.0.to_owned();
+        self.attributes = self.attributes.split_off(&current);
+        self.attributes.get(&current).cloned().flatten()
+    }
+}
+
+/// Cuts each user's observed events into windows of `window_ms` and emits each window, closed
+/// by [`UserHistory::close`], once the frontier has passed its end.
+///
+/// `observations` must come from [`crate::detect_shifts_observed`], so that each user's events
+/// are on the user's worker in time order. `population` is the broadcast group map update of
+/// [`crate::population_groups`]: a window is closed with the groups in force during it, the
+/// same ones the detector judged its events with. `attributes` carries the user attribute
+/// table's changes as differential updates; a window gets the row in force at its last event.
+///
+/// Windows are emitted in order of their start, at a time at or before their first event, so
+/// a frontier downstream at `t` means every window whose first event is before `t` has
+/// arrived.
+///
+/// NOTE: a user's history is kept for the whole run, as the reference replay keeps it, so
+/// memory grows with the number of users ever seen.
+pub fn build_user_windows<'scope>(
+    observations: StreamVec<'scope, u64, Observation>,
+    population: StreamVec<'scope, u64, PopulationInfo>,
+    attributes: StreamVec<'scope, u64, (AttributeRow, u64, isize)>,
+    window_ms: u64,
+    settings: WindowSettings,
+) -> StreamVec<'scope, u64, WindowRecord> {
+    let window_ms = window_ms.max(1);
+    let scope = observations.scope();
+    let attributes = attributes
+        .exchange(|update: &(AttributeRow, u64, isize)| update.0 .0.route_hash())
+        .map(WindowInput::Attributes);
+    let inputs = scope.concatenate([
+        observations.map(WindowInput::Observed),
+        population.map(WindowInput::Population),
+        attributes,
+    ]);
+    inputs.unary_frontier(Pipeline, "UserWindows", move |_, _| {
+        let mut held = HeldCapability::default();
+        let mut users: HashMap<Id, UserWindows> = HashMap::new();
+        // Users with an open window, by window start.
+        let mut open: BTreeSet<(u64, Id)> = BTreeSet::new();
+        let mut infos: BTreeMap<u64, PopulationInfo> = BTreeMap::new();
+        let mut groups = GroupMap::default();
+        let mut failed = false;
+        move |(input, frontier), output| {
+            let port = output.output_index();
+            input.for_each_stamp(|capability, data| {
+                held.hold(&capability, port);
+                for batch in data {
+                    for item in batch.drain(..) {
+                        match item {
+                            WindowInput::Observed(observed) => {
+                                let time = observed.event.ts_ms as u64;
+                                let start = time - time % window_ms;
+                                let user = observed.event.user.clone();
+                                let window = users
+                                    .entry(user.clone())
+                                    .or_default()
+                                    .open
+                                    .entry(start)
+                                    .or_default();
+                                window.events.push(observed.event);
+                                window.burst |= observed.burst;
+                                window.alerts.extend(observed.alerts);
+                                open.insert((start, user));
+                            }
+                            WindowInput::Population(info) => {
+                                infos.insert(info.window_end, info);
+                            }
+                            WindowInput::Attributes(((user, row), time, diff)) => {
+                                let versions = &mut users.entry(user).or_default().attributes;
+                                if diff > 0 {
+                                    versions.insert(time, Some(row));
+                                } else {
+                                    versions.entry(time).or_insert(None);
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+
+            // Windows that end at or before the frontier are complete, and so are the group
+            // map updates before them and the attribute changes up to their last event.
+            let bound = frontier.frontier().first().copied();
+            let mut closed = Vec::new();
+            while let Some((start, _)) = open.first() {
+                let start = *start;
+                if bound.is_some_and(|bound| start + window_ms > bound) {
+                    break;
+                }
+                while let Some(info) = infos.first_entry() {
+                    if *info.key() > start {
+                        break;
+                    }
+                    groups.apply(&info.remove());
+                }
+                while let Some((next, _)) = open.first() {
+                    if *next != start {
+                        break;
+                    }
+                    let (_, user) = open.pop_first().expect("checked above");
+                    let entry = users.get_mut(&user).expect("every open user has an entry");
+                    let window = entry.open.remove(&start).expect("listed as open");
+                    let last_ms = window.events.last().map_or(0, |event| event.ts_ms as u64);
+                    let row = entry.attributes_at(last_ms);
+                    let result = entry.history.close(
+                        &user,
+                        start,
+                        &window.events,
+                        window.burst,
+                        &groups,
+                        row.as_ref(),
+                        &settings,
+                    );
+                    let window_features = result.unwrap_or_else(|error| {
+                        if !failed {
+                            tracing::error!(%error, %user, start, "failed to close a user window; its alerts go on without model signals");
+                            failed = true;
+                        }
+                        None
+                    });
+                    closed.push(WindowRecord {
+                        window: window_features,
+                        alerts: window.alerts,
+                    });
+                }
+            }
+            if !closed.is_empty() {
+                if let Some(capability) = held.get() {
+                    output.session(capability).give_iterator(closed.drain(..));
+                }
+            }
+            // The capability stays at or below every open window's first event, so each window
+            // goes out at or before its first event time.
+            let earliest = open.first().map(|(start, _)| *start);
+            held.settle(earliest);
+        }
+    })
+}

@@ -1,0 +1,64 @@
+//! Wiring of the model path of `veer run --models` into the dataflow.
+//!
+//! ```text
+//! detect_shifts_observed -> build_user_windows -> score_windows -> alerts
+//!                                  |                    ^
+//!                                  +-> fit_models ------+ (worker 0, broadcast)
+//! ```
+
+use timely::dataflow::operators::Probe;
+use timely::dataflow::{ProbeHandle, StreamVec};
+use veer_models::fusion::FusionRule;
+use veer_models::{Alert, Detector, Event, PopulationInfo};
+use veer_operators::fit::{fit_models, FitSettings};
+use veer_operators::profiles::AttributeRow;
+use veer_operators::score::score_windows;
+use veer_operators::windows::build_user_windows;
+use veer_operators::{detect_shifts_observed, DetectHandle, DetectSettings, DetectStats};
+
+use crate::replay::ModelRunSettings;
+
+/// Runs the detector and fuses its alerts with the models' signals per user window.
+///
+/// `probe` follows the detector, not the fused alerts, so the feeder does not wait while
+/// windows after the bootstrap period are held for the model fit.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fused_alerts<'scope, D: Detector>(
+    events: StreamVec<'scope, u64, Event>,
+    population: StreamVec<'scope, u64, PopulationInfo>,
+    attributes: StreamVec<'scope, u64, (AttributeRow, u64, isize)>,
+    detector: D,
+    detect_settings: DetectSettings,
+    state: DetectHandle<D::State>,
+    stats: std::rc::Rc<std::cell::RefCell<DetectStats>>,
+    models: &ModelRunSettings,
+    probe: &ProbeHandle<u64>,
+) -> StreamVec<'scope, u64, Alert> {
+    let observed = detect_shifts_observed(
+        events,
+        population.clone(),
+        detector,
+        detect_settings,
+        state,
+        stats,
+    )
+    .probe_with(probe);
+    let windows = build_user_windows(
+        observed,
+        population,
+        attributes,
+        detect_settings.window_ms,
+        models.window_settings(),
+    );
+    let updates = fit_models(
+        windows.clone(),
+        FitSettings {
+            bootstrap_ms: models.bootstrap_ms,
+            window_ms: detect_settings.window_ms,
+            params: models.params.clone(),
+            seed: models.seed,
+        },
+    );
+    let rule = FusionRule::new(models.fusion.clone()).expect("fusion settings validated before the run");
+    score_windows(windows, updates, rule)
+}
