@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Select};
-use rustc_hash::FxHashMap;
 use veer_models::profile::UserProfile;
 use veer_models::{Alert, Id};
 use veer_operators::state::OrderState;
@@ -77,9 +76,6 @@ pub fn alert_observer(metrics: Arc<Metrics>, clock: SharedReadClock) -> Box<dyn 
 /// Reads the profile of a user this worker owns, or `None` when it does not track the user.
 pub type ProfileLookup = Box<dyn Fn(&Id) -> Option<UserProfile>>;
 
-/// Latest alert of each user that raised one on this worker, for the profiles.
-pub type LastAlerts = Rc<RefCell<FxHashMap<Id, Alert>>>;
-
 /// Per-worker work done between two dataflow steps: publishing counts, answering user queries
 /// and marking the read clock.
 pub struct WorkerHooks {
@@ -94,8 +90,6 @@ pub struct WorkerHooks {
     pub clock: Option<SharedReadClock>,
     queries: Option<Receiver<UserQuery>>,
     lookup: Option<ProfileLookup>,
-    /// Latest alert of each user, filled by the dataflow.
-    pub last_alerts: LastAlerts,
 }
 
 impl WorkerHooks {
@@ -125,11 +119,10 @@ impl WorkerHooks {
             clock,
             queries: None,
             lookup: None,
-            last_alerts: LastAlerts::default(),
         }
     }
 
-    /// Answers the queries of `inbox` with `lookup` from now on, adding each user's last alert.
+    /// Answers the queries of `inbox` with `lookup` from now on.
     pub fn serve_queries(&mut self, inbox: Option<Receiver<UserQuery>>, lookup: ProfileLookup) {
         self.queries = inbox;
         self.lookup = Some(lookup);
@@ -166,12 +159,6 @@ impl WorkerHooks {
 
     fn answer(&self, query: UserQuery) {
         let profile = self.lookup.as_ref().and_then(|lookup| lookup(&query.user));
-        let profile = profile.map(|mut profile| {
-            if let Some(alert) = self.last_alerts.borrow().get(&query.user) {
-                profile.last_alert = Some(alert.to_json());
-            }
-            profile
-        });
         query.answer(profile);
     }
 

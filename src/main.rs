@@ -621,6 +621,16 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
         None if generated => AlertOutput::Discard,
         None => AlertOutput::Stdout,
     };
+    if sinks.append && !matches!(alerts, AlertOutput::File(_)) {
+        anyhow::bail!(
+            "--alerts-append (or append = true under [sinks] in the configuration) needs an \
+             alert file, but alerts {}; add --alerts PATH",
+            match alerts {
+                AlertOutput::Stdout => "go to standard output",
+                _ => "are discarded",
+            }
+        );
+    }
     let settings = RunSettings {
         source,
         alerts,

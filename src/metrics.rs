@@ -253,6 +253,11 @@ impl Metrics {
         self.newest_event_ms.fetch_max(event_ms, Ordering::Relaxed);
     }
 
+    /// Returns the checkpoints written so far.
+    pub fn checkpoints_written(&self) -> u64 {
+        self.checkpoints.load(Ordering::Relaxed)
+    }
+
     /// Records a checkpoint that was written in `took` and is `bytes` long.
     pub fn checkpoint_written(&self, took: Duration, bytes: u64) {
         self.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -502,11 +507,12 @@ impl Metrics {
                 );
             }
         }
-        let sum_micros: f64 = histogram
+        // An integer sum, because a float sum of no values is -0.0, which prints as "-0".
+        let sum_micros: u128 = histogram
             .iter_recorded()
-            .map(|value| value.value_iterated_to() as f64 * value.count_at_value() as f64)
+            .map(|value| u128::from(value.value_iterated_to()) * u128::from(value.count_at_value()))
             .sum();
-        let _ = writeln!(text, "{name}_sum {}", sum_micros / 1e6);
+        let _ = writeln!(text, "{name}_sum {}", sum_micros as f64 / 1e6);
         let _ = writeln!(text, "{name}_count {}", histogram.len());
     }
 }
@@ -578,6 +584,17 @@ mod tests {
             !text.contains("veer_checkpoint_age_seconds"),
             "no checkpoint yet"
         );
+    }
+
+    #[test]
+    fn latency_sum_without_alerts_is_zero() {
+        let text = Metrics::default().to_prometheus();
+        assert!(
+            text.contains("veer_event_to_alert_latency_seconds_sum 0\n"),
+            "{text}"
+        );
+        assert!(!text.contains("-0"), "{text}");
+        assert!(text.contains("veer_event_to_alert_latency_seconds_count 0\n"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Inspect, Probe};
+use timely::dataflow::operators::Probe;
 use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle};
 use veer_models::baseline::BaselineDetector;
 use veer_models::profile::ProfileSource;
@@ -216,6 +216,9 @@ impl RunSummary {
                 resumed.cut_ms,
                 resumed.alerts_before_cut
             ));
+        }
+        if self.checkpoints > 0 {
+            text.push_str(&format!("checkpoints       {:>12}\n", self.checkpoints));
         }
         if self.processes > 1 {
             text.push_str(&format!(
@@ -469,6 +472,7 @@ fn run_job(
         );
     }
     summary.resumed = prepared.resumed;
+    summary.checkpoints = shared.metrics.checkpoints_written();
     Ok(summary)
 }
 
@@ -645,7 +649,6 @@ where
             idle_ms: shared.state.evict_idle_ms(),
         };
         let probe = probe.clone();
-        let last_alerts = hooks.last_alerts.clone();
         let input = &mut input;
         let attribute_updates = attributes.handle();
         worker.dataflow::<u64, _, _>(move |scope| {
@@ -673,11 +676,7 @@ where
                     state.detect.clone(),
                     stats,
                 ),
-            }
-            .inspect(move |alert| {
-                let mut last = last_alerts.borrow_mut();
-                last.insert(alert.user.clone(), alert.clone());
-            });
+            };
             if shared.profiles_on {
                 crate::users::build_profiles(
                     events,
@@ -685,6 +684,7 @@ where
                     attribute_stream,
                     state.detect,
                     shared.profile_settings.clone(),
+                    shared.state.evict_idle_ms(),
                     profile_writer.map(|writer| Box::new(WriterOnWorker(writer)) as Box<dyn Write>),
                     shared.profile_store.clone(),
                 );
@@ -702,7 +702,11 @@ where
         shared.router.attach_worker(index),
         Box::new(move |user| {
             let profiles = profiles.borrow();
-            profiles.user(user).map(|state| state.profile(user))
+            profiles.tracked(user).map(|tracked| {
+                let mut profile = tracked.state.profile(user);
+                profile.last_alert = tracked.last_alert.as_ref().map(|alert| alert.to_json());
+                profile
+            })
         }),
     );
 
@@ -1004,7 +1008,8 @@ fn feed_input(
     shared: &Shared,
     feed: Feed,
 ) -> Result<(LineCounts, bool), String> {
-    let progress = crate::progress::Progress::new(shared.progress, shared.input_bytes);
+    let progress = crate::progress::Progress::new(shared.progress, shared.input_bytes)
+        .with_users(shared.metrics.clone());
     let mut arrival = ArrivalReplay {
         watermark: Watermark::new(shared.out_of_orderness_ms, shared.max_future_skew_ms),
         held: Default::default(),

@@ -1,12 +1,17 @@
 //! The progress display of long runs: a bar on standard error while a terminal watches.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::metrics::Metrics;
 
 /// A progress display that does nothing when disabled or when standard error is not a terminal.
 pub struct Progress {
     bar: Option<ProgressBar>,
+    /// The run's metrics, for the users tracked shown while events are processed.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Progress {
@@ -16,7 +21,10 @@ impl Progress {
     /// without it (standard input, gzip), a spinner with the bytes and rate so far.
     pub fn new(enabled: bool, total_bytes: Option<u64>) -> Progress {
         if !enabled || !std::io::stderr().is_terminal() {
-            return Progress { bar: None };
+            return Progress {
+                bar: None,
+                metrics: None,
+            };
         }
         let bar = ProgressBar::with_draw_target(total_bytes, ProgressDrawTarget::stderr_with_hz(4));
         let template = match total_bytes {
@@ -24,7 +32,16 @@ impl Progress {
             None => "{spinner} reading {bytes} ({bytes_per_sec}) {elapsed}",
         };
         bar.set_style(ProgressStyle::with_template(template).expect("the template is valid"));
-        Progress { bar: Some(bar) }
+        Progress {
+            bar: Some(bar),
+            metrics: None,
+        }
+    }
+
+    /// Shows the users tracked, read from `metrics`, beside the events processed.
+    pub fn with_users(mut self, metrics: Arc<Metrics>) -> Progress {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Returns the total size of `paths` when every one is a plain file, so that its bytes
@@ -61,17 +78,19 @@ impl Progress {
             bar.reset_eta();
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{bar:30} {human_pos}/{human_len} events ({per_sec}, ETA {eta})",
+                    "{bar:30} {human_pos}/{human_len} events ({per_sec}, ETA {eta}) {msg}",
                 )
                 .expect("the template is valid"),
             );
         }
     }
 
-    /// Shows the events processed so far.
+    /// Shows the events processed so far, and the users tracked.
     pub fn processed(&self, events: u64) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(events);
+        let Some(bar) = &self.bar else { return };
+        bar.set_position(events);
+        if let Some(metrics) = &self.metrics {
+            bar.set_message(format!("{} users tracked", metrics.users_tracked()));
         }
     }
 

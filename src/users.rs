@@ -265,18 +265,20 @@ impl AttributeInput {
 }
 
 /// Builds the profile part of the dataflow: cores from the detector's per-user states, the
-/// left join with the attribute collection, and the profile writer.
+/// left join with the attribute collection, and the profile writer. A user idle for longer
+/// than `idle_ms` of event time loses the profile, as the detector loses the state.
 pub fn build_profiles<'scope, S: ProfileView + 'static>(
     events: StreamVec<'scope, u64, Event>,
     alerts: StreamVec<'scope, u64, Alert>,
     attributes: StreamVec<'scope, u64, AttributeUpdate>,
     states: DetectHandle<S>,
     settings: ProfileSettings,
+    idle_ms: Option<i64>,
     writer: Option<Box<dyn std::io::Write>>,
     store: ProfileStore,
 ) {
     let view = move |user: &Id, read: &mut dyn FnMut(Option<&S>)| read(states.borrow().user(user));
-    let cores = profile_cores(events, alerts, view, settings);
+    let cores = profile_cores(events, alerts, view, settings, idle_ms);
     let joined = join_attributes(cores, attributes.as_collection());
     write_profiles(joined, writer, store);
 }

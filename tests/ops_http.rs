@@ -219,6 +219,13 @@ fn live_run_serves_metrics_and_profiles() {
 
     let (status, body) = get(address, "/users/123456789");
     assert_eq!(status, 404, "{body}");
+    // Ids may be text, so a non-numeric id is a well-formed id of an unknown user.
+    let (status, body) = get(address, "/users/abc");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("not tracked"), "{body}");
+    let (status, body) = get(address, "/users/%zz");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("percent-encoding"), "{body}");
     let (status, _) = get(address, "/healthz");
     assert_eq!(status, 200);
 

@@ -325,6 +325,35 @@ fn webhook_without_dead_letter_is_rejected() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--webhook-dead-letter"));
 }
 
+#[test]
+fn alerts_append_without_file_is_rejected() {
+    let folder = tempfile::tempdir().unwrap();
+    let config = folder.path().join("veer.toml");
+    std::fs::write(&config, "[sinks]\nappend = true\n").unwrap();
+    let input = shared(CASE).join("input.jsonl");
+    let cases: [(&str, Vec<&std::ffi::OsStr>); 3] = [
+        ("flag, no --alerts", vec!["--alerts-append".as_ref()]),
+        (
+            "flag, --alerts -",
+            vec!["--alerts-append".as_ref(), "--alerts".as_ref(), "-".as_ref()],
+        ),
+        ("configuration, no --alerts", vec!["--config".as_ref(), config.as_os_str()]),
+    ];
+    for (case, extra) in cases {
+        let output = veer()
+            .args(["run", "--no-progress", "--input"])
+            .arg(&input)
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{case}: {stderr}");
+        assert!(stderr.contains("needs an alert file"), "{case}: {stderr}");
+        assert!(stderr.contains("standard output"), "{case}: {stderr}");
+        assert!(output.stdout.is_empty(), "{case}: no alert may be written");
+    }
+}
+
 /// Reads a child's standard error on a thread, so the test can wait for log lines.
 struct LogWatcher {
     lines: crossbeam_channel::Receiver<String>,

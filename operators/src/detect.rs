@@ -230,6 +230,7 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                         TrackedUser {
                             last_event_ms: event.ts_ms,
                             state: D::State::default(),
+                            last_alert: None,
                         }
                     });
                     // A user idle for longer than the eviction time starts afresh, whether or
@@ -240,11 +241,18 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                         .is_some_and(|idle| event.ts_ms - tracked.last_event_ms > idle)
                     {
                         tracked.state = D::State::default();
+                        tracked.last_alert = None;
                         state.evicted += 1;
                         stats.users += 1;
                     }
                     tracked.last_event_ms = event.ts_ms;
+                    let earlier_alerts = alerts.len();
                     detector.observe(&mut tracked.state, &event, &state.groups, &mut alerts);
+                    // NOTE: with the model path, this is the detector's alert before fusion
+                    // with the model scores, which may change its kind.
+                    if alerts.len() > earlier_alerts {
+                        tracked.last_alert = alerts.last().cloned().map(Box::new);
+                    }
                     emit(event, &tracked.state, &mut alerts, &mut records);
                 }
                 if !records.is_empty() {

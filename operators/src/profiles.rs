@@ -176,11 +176,22 @@ pub type ProfileStore = Arc<RwLock<FxHashMap<Id, StoredProfile>>>;
 /// timing. Only the end-of-input cores are exact. Computing cores inside the detect operator
 /// would make every line exact. When both inputs end, every user whose event count changed
 /// since the last core gets a final core, so the end-of-input profiles carry exact counts.
+///
+/// With `idle_ms`, a user without events for longer than `idle_ms` of event time loses the
+/// profile. Its core is retracted at the first whole hour of event time at which the frontier
+/// shows the user idle that long. The collection, the join's arrangements and the profile
+/// store then hold only the users seen within the eviction time. The detector's
+/// `--evict-after` uses the same rule, so a returning user starts afresh in both.
+///
+/// NOTE: the frontier's last hour before the input ends depends on timing, so a user who
+/// became idle for `idle_ms` within about an hour of the end may or may not keep an
+/// end-of-input profile.
 pub fn profile_cores<'scope, V, F>(
     events: StreamVec<'scope, u64, Event>,
     alerts: StreamVec<'scope, u64, Alert>,
     mut view: F,
     settings: ProfileSettings,
+    idle_ms: Option<i64>,
 ) -> VecCollection<'scope, u64, (Id, ProfileCore)>
 where
     V: ProfileView,
@@ -199,6 +210,8 @@ where
                     settings,
                     sent: FxHashMap::default(),
                     latest_alerts: FxHashMap::default(),
+                    last_event_ms: FxHashMap::default(),
+                    swept_at_ms: 0,
                 };
                 move |(events_in, events_frontier), (alerts_in, alerts_frontier), output| {
                     events_in.for_each_stamp(|_, data| {
@@ -238,12 +251,17 @@ where
                         users.sort();
                         users.dedup();
                         for user in &users {
+                            tracker.last_event_ms.insert(user.clone(), time);
                             tracker.update(user, time, false, &mut view, &mut updates);
                         }
                     }
                     let Some(capability) = held.as_mut() else {
                         return;
                     };
+                    if let (Some(idle_ms), Some(bound)) = (idle_ms, bound) {
+                        let floor = *capability.time();
+                        tracker.evict_idle(bound, idle_ms as u64, floor, &mut updates);
+                    }
                     // Updates carry their own times, none below the capability's.
                     if !updates.is_empty() {
                         output.session(&*capability).give_iterator(updates.drain(..));
@@ -272,14 +290,52 @@ where
         .as_collection()
 }
 
+/// Event time between two eviction sweeps of [`profile_cores`], in milliseconds.
+const SWEEP_EVERY_MS: u64 = 3_600_000;
+
 /// The last core sent for each user, and each user's latest alert.
 struct CoreTracker {
     settings: ProfileSettings,
     sent: FxHashMap<Id, ProfileCore>,
     latest_alerts: FxHashMap<Id, LastAlert>,
+    /// Event time of each user's latest event, in Unix milliseconds.
+    last_event_ms: FxHashMap<Id, u64>,
+    /// Whole hour of event time of the latest eviction sweep, in Unix milliseconds.
+    swept_at_ms: u64,
 }
 
 impl CoreTracker {
+    /// Retracts the cores of users idle for longer than `idle_ms` at the latest whole hour
+    /// below `bound`, once per hour of event time. Retractions carry that hour, or `floor`
+    /// (the output capability's time) when it is later.
+    fn evict_idle(
+        &mut self,
+        bound: u64,
+        idle_ms: u64,
+        floor: u64,
+        updates: &mut Vec<((Id, ProfileCore), u64, isize)>,
+    ) {
+        let hour = bound - bound % SWEEP_EVERY_MS;
+        if hour <= self.swept_at_ms {
+            return;
+        }
+        self.swept_at_ms = hour;
+        let idle: Vec<Id> = self
+            .last_event_ms
+            .iter()
+            .filter(|(_, last)| hour.saturating_sub(**last) > idle_ms)
+            .map(|(user, _)| user.clone())
+            .collect();
+        let time = hour.max(floor);
+        for user in idle {
+            self.last_event_ms.remove(&user);
+            self.latest_alerts.remove(&user);
+            if let Some(core) = self.sent.remove(&user) {
+                updates.push(((user, core), time, -1));
+            }
+        }
+    }
+
     fn record_alert(&mut self, user: Id, alert: LastAlert) {
         let newer = self
             .latest_alerts
@@ -447,6 +503,11 @@ pub fn write_profiles<'scope>(
                 }
                 let time = *entry.key();
                 for (user, profile) in consolidate(entry.remove()) {
+                    // A retraction without a new profile is an evicted user: no line.
+                    let Some(profile) = profile else {
+                        current.remove(&user);
+                        continue;
+                    };
                     let earlier = current.get(&user);
                     if time == END_OF_INPUT_TIME {
                         let written_at = earlier.map_or(0, |(written_at, _)| *written_at);
@@ -490,19 +551,30 @@ fn write_line(out: &mut dyn Write, line: &str) {
 }
 
 /// Returns, per user in user order, the profile whose count sums to a positive number, from
-/// the updates of one time. A user whose updates cancel out is left out.
-fn consolidate(updates: Vec<(Id, JoinedProfile, isize)>) -> Vec<(Id, JoinedProfile)> {
+/// the updates of one time, or `None` when the user's profile was retracted and none
+/// inserted (an evicted user). A user whose updates cancel out is left out.
+fn consolidate(updates: Vec<(Id, JoinedProfile, isize)>) -> Vec<(Id, Option<JoinedProfile>)> {
     let mut sums: BTreeMap<(Id, JoinedProfile), isize> = BTreeMap::new();
     for (user, profile, diff) in updates {
         *sums.entry((user, profile)).or_default() += diff;
     }
-    sums.into_iter()
-        .filter(|(_, sum)| *sum > 0)
-        .map(|(key, _)| key)
-        .collect()
+    let mut result: Vec<(Id, Option<JoinedProfile>)> = Vec::new();
+    for ((user, profile), sum) in sums {
+        let same_user = result.last().is_some_and(|(last, _)| *last == user);
+        if sum > 0 {
+            if same_user {
+                result.pop();
+            }
+            result.push((user, Some(profile)));
+        } else if sum < 0 && !same_user {
+            result.push((user, None));
+        }
+    }
+    result
 }
 
-/// Moves each user's stored profile to the latest inserted one among `arrived`.
+/// Moves each user's stored profile to the latest inserted one among `arrived`, and removes
+/// the users whose latest update is a retraction alone.
 fn refresh_store(store: &ProfileStore, arrived: &[(u64, Id, JoinedProfile, isize)]) {
     if arrived.is_empty() {
         return;
@@ -521,8 +593,16 @@ fn refresh_store(store: &ProfileStore, arrived: &[(u64, Id, JoinedProfile, isize
     for (time_ms, updates) in by_time {
         for (user, profile) in consolidate(updates) {
             let newer = store.get(&user).is_none_or(|stored| stored.time_ms <= time_ms);
-            if newer {
-                store.insert(user, StoredProfile { time_ms, profile });
+            if !newer {
+                continue;
+            }
+            match profile {
+                Some(profile) => {
+                    store.insert(user, StoredProfile { time_ms, profile });
+                }
+                None => {
+                    store.remove(&user);
+                }
             }
         }
     }

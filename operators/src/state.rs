@@ -29,6 +29,8 @@ pub struct TrackedUser<S> {
     pub last_event_ms: i64,
     /// The detector's per-user state.
     pub state: S,
+    /// The user's latest alert, for `GET /users/{id}`; boxed because few users have one.
+    pub last_alert: Option<Box<Alert>>,
 }
 
 /// State of [`crate::detect_shifts`] on one worker: the per-user detector states and the

@@ -280,3 +280,53 @@ fn merge_delta(open: &mut BTreeMap<u64, PopulationDelta>, end: u64, delta: Popul
         std::collections::btree_map::Entry::Occupied(mut slot) => slot.get_mut().merge(delta),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use veer_models::{Alert, GroupConfig};
+
+    use super::*;
+
+    #[test]
+    fn last_alert_survives_checkpoint() {
+        let state: WorkerState<u64> = WorkerState::new(1_800_000, GroupConfig::default());
+        let alert = Alert {
+            user: Id::from(7u64),
+            kind: AlertKind::InterestShift,
+            ts: 1_511_700_000,
+            onset_ts: 1_511_690_000,
+            score: 0.5,
+            from: Vec::new(),
+            to: Vec::new(),
+            signals: vec![("cusum".to_string(), 7.0)],
+            events_since_onset: 6,
+            segment_before: None,
+            segment_after: None,
+        };
+        let tracked = TrackedUser {
+            last_event_ms: 1_511_700_000_000,
+            state: 42,
+            last_alert: Some(Box::new(alert.clone())),
+        };
+        state
+            .detect
+            .borrow_mut()
+            .users
+            .insert(Id::from(7u64), tracked);
+
+        let bytes = encode_part(&state, &DetectStats::default(), &AlertTally::default())
+            .expect("the state encodes");
+        let part: WorkerPart<u64> =
+            super::super::file::decode_payload(&bytes).expect("the state decodes");
+        // Resumed with three workers, the user lands on one of them with its alert.
+        let parts = Restored::merge(vec![part]).split(3);
+        let restored: Vec<&TrackedUser<u64>> = parts
+            .iter()
+            .filter_map(|part| part.detect.users.get(&Id::from(7u64)))
+            .collect();
+
+        assert_eq!(restored.len(), 1);
+        assert_eq!(restored[0].state, 42);
+        assert_eq!(restored[0].last_alert.as_deref(), Some(&alert));
+    }
+}
