@@ -1,5 +1,6 @@
 //! The progress display of long runs: a bar on standard error while a terminal watches.
 
+use std::cell::Cell;
 use std::io::IsTerminal;
 use std::sync::Arc;
 
@@ -10,8 +11,10 @@ use crate::metrics::Metrics;
 /// A progress display that does nothing when disabled or when standard error is not a terminal.
 pub struct Progress {
     bar: Option<ProgressBar>,
-    /// The run's metrics, for the users tracked shown while events are processed.
+    /// The run's metrics, for the users tracked shown beside the bar.
     metrics: Option<Arc<Metrics>>,
+    /// Whether the bar counts events (after [`Progress::processing`]) rather than bytes.
+    counts_events: Cell<bool>,
 }
 
 impl Progress {
@@ -24,21 +27,23 @@ impl Progress {
             return Progress {
                 bar: None,
                 metrics: None,
+                counts_events: Cell::new(false),
             };
         }
         let bar = ProgressBar::with_draw_target(total_bytes, ProgressDrawTarget::stderr_with_hz(4));
         let template = match total_bytes {
-            Some(_) => "{bar:30} reading {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})",
-            None => "{spinner} reading {bytes} ({bytes_per_sec}) {elapsed}",
+            Some(_) => "{bar:30} reading {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta}) {msg}",
+            None => "{spinner} reading {bytes} ({bytes_per_sec}) {elapsed} {msg}",
         };
         bar.set_style(ProgressStyle::with_template(template).expect("the template is valid"));
         Progress {
             bar: Some(bar),
             metrics: None,
+            counts_events: Cell::new(false),
         }
     }
 
-    /// Shows the users tracked, read from `metrics`, beside the events processed.
+    /// Shows the users tracked, read from `metrics`, beside the bar.
     pub fn with_users(mut self, metrics: Arc<Metrics>) -> Progress {
         self.metrics = Some(metrics);
         self
@@ -72,6 +77,7 @@ impl Progress {
 
     /// Switches to the processing phase over `total` events, with rate and ETA.
     pub fn processing(&self, total: u64) {
+        self.counts_events.set(true);
         if let Some(bar) = &self.bar {
             bar.set_length(total);
             bar.set_position(0);
@@ -85,10 +91,14 @@ impl Progress {
         }
     }
 
-    /// Shows the events processed so far, and the users tracked.
+    /// Shows the events processed so far (in the processing phase) and the users tracked.
+    ///
+    /// While the input is still read (arrival-order replay), the bar keeps counting bytes.
     pub fn processed(&self, events: u64) {
         let Some(bar) = &self.bar else { return };
-        bar.set_position(events);
+        if self.counts_events.get() {
+            bar.set_position(events);
+        }
         if let Some(metrics) = &self.metrics {
             bar.set_message(format!("{} users tracked", metrics.users_tracked()));
         }
