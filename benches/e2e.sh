@@ -10,13 +10,7 @@ cd "$(dirname "$0")/.."
 users=${1:-9000}
 work=${2:-$(mktemp -d)}
 mkdir -p "$work"
-if [ ! -x /usr/bin/time ]; then
-  echo "/usr/bin/time is missing: install it with 'apt-get install -y time'" >&2
-  exit 1
-fi
-
-cargo build --release --quiet
-veer=target/release/veer
+source benches/common.sh
 for format in taobao jsonl; do
   extension=$([ "$format" = taobao ] && echo csv || echo jsonl)
   events="$work/events-$users.$extension"

@@ -229,7 +229,7 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                         stats.users += 1;
                         TrackedUser {
                             last_event_ms: event.ts_ms,
-                            state: D::State::default(),
+                            state: Box::default(),
                             last_alert: None,
                         }
                     });
@@ -240,7 +240,7 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                         .idle_ms
                         .is_some_and(|idle| event.ts_ms - tracked.last_event_ms > idle)
                     {
-                        tracked.state = D::State::default();
+                        *tracked.state = D::State::default();
                         tracked.last_alert = None;
                         state.evicted += 1;
                         stats.users += 1;

@@ -35,16 +35,16 @@ impl ReleaseBuffer {
             return released;
         }
         let mut earliest = None;
-        let mut at = 0;
-        while at < self.events.len() {
-            let time = self.events[at].ts_ms as u64;
+        // Extracting in arrival order, unlike `swap_remove`, keeps the runs that arrived
+        // sorted, and the standard library's sort detects such runs and merges them.
+        released.extend(self.events.extract_if(.., |event| {
+            let time = event.ts_ms as u64;
             if ready(time) {
-                released.push(self.events.swap_remove(at));
-            } else {
-                earliest = Some(earliest.map_or(time, |low: u64| low.min(time)));
-                at += 1;
+                return true;
             }
-        }
+            earliest = Some(earliest.map_or(time, |low: u64| low.min(time)));
+            false
+        }));
         self.earliest = earliest;
         released.sort_by(Event::processing_cmp);
         released

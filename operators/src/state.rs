@@ -27,8 +27,9 @@ use crate::release::ReleaseBuffer;
 pub struct TrackedUser<S> {
     /// Event time of the user's latest event, in Unix milliseconds.
     pub last_event_ms: i64,
-    /// The detector's per-user state.
-    pub state: S,
+    /// The detector's per-user state, boxed so that the user map's free slots cost a pointer
+    /// rather than a whole state (a detector state is hundreds of bytes).
+    pub state: Box<S>,
     /// The user's latest alert, for `GET /users/{id}`; boxed because few users have one.
     pub last_alert: Option<Box<Alert>>,
 }
@@ -75,7 +76,7 @@ impl<S> Default for DetectState<S> {
 impl<S> DetectState<S> {
     /// Returns the detector state of `user`, if this worker tracks that user.
     pub fn user(&self, user: &Id) -> Option<&S> {
-        self.users.get(user).map(|tracked| &tracked.state)
+        self.users.get(user).map(|tracked| &*tracked.state)
     }
 
     /// Returns the tracked entry of `user`, with the time of the user's latest event.
@@ -87,7 +88,7 @@ impl<S> DetectState<S> {
     pub fn users(&self) -> impl Iterator<Item = (&Id, &S)> {
         self.users
             .iter()
-            .map(|(user, tracked)| (user, &tracked.state))
+            .map(|(user, tracked)| (user, &*tracked.state))
     }
 
     /// Returns the number of users this worker tracks now.

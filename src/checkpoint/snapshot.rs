@@ -305,7 +305,7 @@ mod tests {
         };
         let tracked = TrackedUser {
             last_event_ms: 1_511_700_000_000,
-            state: 42,
+            state: Box::new(42),
             last_alert: Some(Box::new(alert.clone())),
         };
         state
@@ -326,7 +326,7 @@ mod tests {
             .collect();
 
         assert_eq!(restored.len(), 1);
-        assert_eq!(restored[0].state, 42);
+        assert_eq!(*restored[0].state, 42);
         assert_eq!(restored[0].last_alert.as_deref(), Some(&alert));
     }
 }
