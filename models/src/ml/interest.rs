@@ -37,10 +37,27 @@ pub enum InterestPredictor {
 }
 
 /// Settings of [`InterestModel`].
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InterestParams {
     pub forest: ForestParams,
     pub linear: LinearParams,
+}
+
+impl Default for InterestParams {
+    /// Returns a smaller forest than [`ForestParams::default`]: 20 trees of depth 8, each on a
+    /// half-size bootstrap sample. On the default generated stream it fits about 3 times
+    /// faster than 100 trees of depth 12, with the held-out error within 0.003 (BENCHMARKS.md).
+    fn default() -> Self {
+        InterestParams {
+            forest: ForestParams {
+                trees: 20,
+                max_depth: 8,
+                sample_fraction: 0.5,
+                ..ForestParams::default()
+            },
+            linear: LinearParams::default(),
+        }
+    }
 }
 
 /// Fitted forest and linear predictors of next-window shares.

@@ -76,13 +76,30 @@ pub struct TrainingRow {
 }
 
 /// Settings of every model in a [`ModelSet`].
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ModelParams {
     pub selector: SelectorParams,
     pub segments: SegmentParams,
     pub interest: InterestParams,
     pub isolation: IsolationParams,
     pub one_class: OneClassParams,
+    /// Maximum training rows. A larger training set is cut to a seeded random sample of this
+    /// many rows, kept in their order, before any model is fitted.
+    pub max_rows: usize,
+}
+
+impl Default for ModelParams {
+    fn default() -> Self {
+        ModelParams {
+            selector: SelectorParams::default(),
+            segments: SegmentParams::default(),
+            interest: InterestParams::default(),
+            isolation: IsolationParams::default(),
+            one_class: OneClassParams::default(),
+            max_rows: 3000,
+        }
+    }
 }
 
 /// Both anomaly scores of a window, each in 0..1 with higher meaning more anomalous.
@@ -146,8 +163,8 @@ impl ModelSet {
         ModelSet::fit_with(rows, &ModelParams::default(), seed)
     }
 
-    /// Fits every model on the training windows. The same rows, settings and seed give the
-    /// same models.
+    /// Fits every model on the training windows, or on a sample of `params.max_rows` of them.
+    /// The same rows, settings and seed give the same models.
     ///
     /// Fails on an empty input, on NaN or infinite features, and when no row has next-window
     /// shares to train the interest model on.
@@ -156,6 +173,19 @@ impl ModelSet {
         params: &ModelParams,
         seed: u64,
     ) -> Result<ModelSet, MlError> {
+        if params.max_rows == 0 {
+            return Err(error::invalid("model set", "max_rows", "0", "at least 1"));
+        }
+        let sampled: Vec<TrainingRow>;
+        let rows = if rows.len() > params.max_rows {
+            let mut rng = ChaCha8Rng::seed_from_u64(component_seed(seed, 4));
+            let mut picked = rand::seq::index::sample(&mut rng, rows.len(), params.max_rows).into_vec();
+            picked.sort_unstable();
+            sampled = picked.into_iter().map(|index| rows[index].clone()).collect();
+            &sampled[..]
+        } else {
+            rows
+        };
         let spec = FeatureSpec::window();
         let raw = feature_matrix(rows);
         check_matrix("model set", raw.view(), Some(spec.names()))?;
