@@ -150,7 +150,7 @@ fn profile_update(criterion: &mut Criterion) {
     group.sample_size(10);
     group.bench_function("session_cooccurrence", |bench| {
         bench.iter(|| {
-            let mut counter = SessionCounter::new(30 * 60 * 1000);
+            let mut counter = SessionCounter::new(veer_models::session::SessionRule::default());
             let mut delta = PopulationDelta::default();
             for event in &events {
                 counter.count(event.clone(), &mut delta);

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use veer_models::alert::id_from_json;
+use veer_models::session::{SessionMark, SessionRule};
 use veer_models::{Alert, AlertKind, Behavior, CategoryShare, Event, Id};
 
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
@@ -196,8 +197,8 @@ pub struct UserTrace {
     pub alerts: Vec<AlertRecord>,
     /// The detector's CUSUM alarm threshold.
     pub threshold: f64,
-    /// Gap that ends a session, in seconds, when the input has no session ids.
-    pub session_gap_secs: i64,
+    /// The detector's rule that splits the events into sessions.
+    pub session_rule: SessionRule,
 }
 
 /// Replays `events` and returns the trace of each user in `users` who has events.
@@ -224,7 +225,7 @@ pub fn trace_users(
                 events: Vec::new(),
                 alerts: Vec::new(),
                 threshold: settings.detector.threshold,
-                session_gap_secs: settings.detector.session_gap_secs,
+                session_rule: settings.detector.session_rule(),
             });
         trace.events.push(TracedEvent {
             ts: event.ts_secs(),
@@ -346,25 +347,16 @@ pub struct Session {
 }
 
 impl UserTrace {
-    /// Splits the events into sessions with the detector's rule: a new session starts after
-    /// a gap longer than the session gap, or when the input's session id changes.
+    /// Splits the events into sessions with the detector's [`SessionRule`].
     pub fn sessions(&self) -> Vec<Session> {
         let mut sessions: Vec<Session> = Vec::new();
+        let mut mark = SessionMark::default();
         for (index, event) in self.events.iter().enumerate() {
-            let continues = match (sessions.last(), index.checked_sub(1)) {
-                (Some(last), Some(previous_index)) => {
-                    let previous = &self.events[previous_index];
-                    let same_id = match (&event.session, &previous.session) {
-                        (Some(id), Some(previous_id)) => id == previous_id,
-                        (Some(_), None) => false,
-                        _ => true,
-                    };
-                    same_id && event.ts - last.end <= self.session_gap_secs
-                }
-                _ => false,
-            };
+            let starts = self
+                .session_rule
+                .advance(&mut mark, event.ts, event.session.as_deref());
             match sessions.last_mut() {
-                Some(last) if continues => {
+                Some(last) if !starts => {
                     last.len += 1;
                     last.end = event.ts;
                 }
@@ -609,7 +601,10 @@ mod tests {
             ],
             alerts: Vec::new(),
             threshold: 6.0,
-            session_gap_secs: 1800,
+            session_rule: SessionRule {
+                gap_secs: 1800,
+                max_span_secs: 3 * 3600,
+            },
         };
         let sessions = trace.sessions();
         assert_eq!(sessions.len(), 2);

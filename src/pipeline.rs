@@ -13,6 +13,7 @@ use timely::dataflow::operators::Probe;
 use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle};
 use veer_models::baseline::BaselineDetector;
 use veer_models::profile::ProfileSource;
+use veer_models::session::SessionRule;
 use veer_models::{AlertKind, Detector, DetectorConfig, Event, GroupConfig, ShiftDetector};
 use veer_operators::profiles::{ProfileSettings, ProfileStore, ProfileView};
 use veer_operators::{
@@ -387,7 +388,7 @@ fn run_job(
         out_of_orderness_ms: settings.out_of_orderness.as_millis() as i64,
         max_future_skew_ms: settings.max_future_skew.as_millis() as i64,
         window_ms: (settings.window.as_millis() as u64).max(1),
-        session_gap_ms: settings.detector_config.session_gap_secs * 1000,
+        session_rule: settings.detector_config.session_rule(),
         detector: settings.detector,
         detector_config: settings.detector_config,
         groups: settings.groups,
@@ -419,7 +420,13 @@ fn run_job(
                     ShiftDetector::new(shared.detector_config.clone()).expect("validated above");
                 run_worker(worker, &shared, detector)
             }
-            DetectorChoice::Baseline => run_worker(worker, &shared, BaselineDetector::default()),
+            DetectorChoice::Baseline => {
+                let baseline = BaselineDetector {
+                    session_rule: shared.session_rule,
+                    ..BaselineDetector::default()
+                };
+                run_worker(worker, &shared, baseline)
+            }
         }
     })?;
 
@@ -497,7 +504,7 @@ struct Shared {
     out_of_orderness_ms: i64,
     max_future_skew_ms: i64,
     window_ms: u64,
-    session_gap_ms: i64,
+    session_rule: SessionRule,
     detector: DetectorChoice,
     detector_config: DetectorConfig,
     groups: GroupConfig,
@@ -581,7 +588,7 @@ where
     let (state, restored_stats, restored_alerts) = match take_restored::<D::State>(shared, index) {
         Some(part) => crate::checkpoint::snapshot::into_state(part),
         None => (
-            WorkerState::new(shared.session_gap_ms, shared.groups.clone()),
+            WorkerState::new(shared.session_rule, shared.groups.clone()),
             Default::default(),
             Default::default(),
         ),
@@ -797,7 +804,6 @@ const PARK_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Events sent between two waits for the dataflow to catch up.
 const FEED_BATCH: usize = 16_384;
-
 
 fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
     slot.lock()

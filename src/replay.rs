@@ -74,7 +74,7 @@ fn replay_traced(
     sorted.sort_by(|a, b| a.processing_cmp(b));
     sorted.dedup_by(|later, earlier| later.same_content(earlier));
 
-    let mut counter = SessionCounter::new(settings.detector.session_gap_secs * 1000);
+    let mut counter = SessionCounter::new(settings.detector.session_rule());
     let mut model = PopulationModel::new(settings.groups.clone());
     let mut open: BTreeMap<u64, PopulationDelta> = BTreeMap::new();
     let mut groups = GroupMap::default();

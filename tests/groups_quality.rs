@@ -15,7 +15,7 @@ fn learned_groups(config: &GenerateConfig) -> (GroupMap, HashMap<Id, u64>) {
     for event in &stream.events {
         *event_counts.entry(event.category.clone()).or_default() += 1;
     }
-    let mut counter = SessionCounter::new(30 * 60 * 1000);
+    let mut counter = SessionCounter::new(veer_models::session::SessionRule::default());
     let mut model = PopulationModel::new(GroupConfig::default());
     let mut windows: BTreeMap<u64, PopulationDelta> = BTreeMap::new();
     for event in stream.events {

@@ -9,6 +9,7 @@ use crate::alert::{Alert, AlertKind, CategoryShare};
 use crate::detector::Detector;
 use crate::event::{Event, Id};
 use crate::groups::GroupMap;
+use crate::session::{SessionMark, SessionRule};
 
 /// The baseline detector's per-user state.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -16,7 +17,7 @@ pub struct BaselineState {
     /// Session in which each category was first seen, and whether it has been seen in a later one.
     first_seen: HashMap<Id, (u64, bool, i64)>,
     session: u64,
-    last_ts: Option<i64>,
+    session_mark: SessionMark,
     events: u64,
     quiet_until: i64,
 }
@@ -69,15 +70,15 @@ impl BaselineState {
 pub struct BaselineDetector {
     /// Events a user must have before any alert.
     pub warm_up: u64,
-    /// Gap that ends a session, in seconds.
-    pub session_gap_secs: i64,
+    /// The rule that splits a user's events into sessions.
+    pub session_rule: SessionRule,
 }
 
 impl Default for BaselineDetector {
     fn default() -> Self {
         BaselineDetector {
             warm_up: 15,
-            session_gap_secs: 30 * 60,
+            session_rule: SessionRule::default(),
         }
     }
 }
@@ -93,13 +94,12 @@ impl Detector for BaselineDetector {
         alerts: &mut Vec<Alert>,
     ) {
         let ts = event.ts_secs();
-        if state
-            .last_ts
-            .is_none_or(|last| ts - last > self.session_gap_secs)
+        if self
+            .session_rule
+            .advance(&mut state.session_mark, ts, event.session.as_deref())
         {
             state.session += 1;
         }
-        state.last_ts = Some(ts);
         state.events += 1;
         let warm = state.events > self.warm_up;
         let session = state.session;
@@ -143,7 +143,7 @@ impl crate::profile::ProfileSource for BaselineState {
     /// The baseline keeps no category weights, so its profile has no interest vector.
     fn profile(&self, user: &Id) -> crate::profile::UserProfile {
         crate::profile::UserProfile {
-            last_ts: self.last_ts,
+            last_ts: self.session_mark.last_ts(),
             events: self.events,
             ..crate::profile::UserProfile::empty(user.clone())
         }

@@ -19,7 +19,11 @@
 //! - no burst: events arriving faster than a person browses are rolled back out of the test
 //!   and reported once as an `anomaly` alert;
 //! - no population trend: a novel event in a group that the whole population is moving
-//!   towards (a seasonal trend) is not evidence about this user.
+//!   towards (a seasonal trend) is not evidence about a user who still visits their usual
+//!   groups; a user with no usual event in the last `trend_leave_sessions` sessions and the
+//!   current one is judged as in any other group, because a trend does not explain leaving.
+//!
+//! Sessions follow [`SessionRule`]: a gap, a new session id, or the longest span ends one.
 //!
 //! After an alarm the run becomes the user's new reference and the detector re-arms after a
 //! refractory period, so one shift gives one alert.
@@ -35,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::{Alert, AlertKind, CategoryShare};
 use crate::event::{Behavior, Event, Id};
 use crate::groups::{GroupKey, GroupMap};
+use crate::session::{SessionMark, SessionRule};
 
 /// Settings of the shift detector; see the module documentation for their roles.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,8 +72,14 @@ pub struct DetectorConfig {
     pub min_reference_sessions: u32,
     /// Per-event decay of the reference weights (half-life of about 70 events at 0.99).
     pub reference_decay: f64,
+    /// Sessions in a row without an event in the user's usual groups after which a
+    /// population trend no longer explains the user's novel events.
+    pub trend_leave_sessions: u32,
     /// Gap that ends a session, in seconds, when the input has no session ids.
     pub session_gap_secs: i64,
+    /// Longest span of a session, in seconds; a user active without pause gets a new
+    /// session this long after the current one started.
+    pub session_max_span_secs: i64,
     /// Events in `burst_span_secs` that make a burst.
     pub burst_events: usize,
     /// Time span of a burst, in seconds.
@@ -96,7 +107,9 @@ impl Default for DetectorConfig {
             min_reference_events: 25,
             min_reference_sessions: 6,
             reference_decay: 0.99,
-            session_gap_secs: 30 * 60,
+            trend_leave_sessions: 3,
+            session_gap_secs: crate::session::DEFAULT_GAP_SECS,
+            session_max_span_secs: crate::session::DEFAULT_MAX_SPAN_SECS,
             burst_events: 12,
             burst_span_secs: 45,
             refractory_events: 20,
@@ -115,6 +128,14 @@ pub struct ConfigError {
 }
 
 impl DetectorConfig {
+    /// Returns the session rule of these settings.
+    pub fn session_rule(&self) -> SessionRule {
+        SessionRule {
+            gap_secs: self.session_gap_secs,
+            max_span_secs: self.session_max_span_secs,
+        }
+    }
+
     /// Checks every setting and returns the first invalid one.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let unit = |name: &'static str, value: f64| {
@@ -160,6 +181,7 @@ impl DetectorConfig {
         positive("threshold", self.threshold)?;
         positive("prior_weight", self.prior_weight)?;
         positive("session_gap_secs", self.session_gap_secs as f64)?;
+        positive("session_max_span_secs", self.session_max_span_secs as f64)?;
         positive("burst_span_secs", self.burst_span_secs as f64)?;
         if self.burst_events < 3 {
             return Err(ConfigError {
@@ -334,8 +356,11 @@ pub struct UserState {
     run_len_at_session_start: usize,
     cusum_at_session_start: f64,
     session: u64,
-    session_id: Option<Box<str>>,
-    last_ts: Option<i64>,
+    session_mark: SessionMark,
+    /// Whether the current session has had an event in a group of the user's reference,
+    /// and how many sessions in a row before it had none, for the trend rule.
+    usual_in_session: bool,
+    sessions_without_usual: u32,
     sessions_in_reference: HashSet<u64>,
     /// Recent event times and categories, for burst detection.
     recent: VecDeque<(i64, Id)>,
@@ -518,18 +543,20 @@ impl ShiftDetector {
         &self.config
     }
 
-    /// Starts a new session after a long enough gap or when the input's session id changes.
+    /// Starts a new session after a gap, at the maximum span or on a new session id.
     fn track_session(&self, state: &mut UserState, event: &Event) {
-        let ts = event.ts_secs();
-        let new_session = match (state.last_ts, &event.session) {
-            (None, _) => true,
-            (Some(_), Some(id)) if state.session_id.as_deref() != Some(id) => true,
-            (Some(last), _) => ts - last > self.config.session_gap_secs,
-        };
-        state.last_ts = Some(ts);
+        let new_session = self.config.session_rule().advance(
+            &mut state.session_mark,
+            event.ts_secs(),
+            event.session.as_deref(),
+        );
         if new_session {
             state.session += 1;
-            state.session_id = event.session.clone();
+            state.sessions_without_usual = if std::mem::take(&mut state.usual_in_session) {
+                0
+            } else {
+                state.sessions_without_usual.saturating_add(1)
+            };
             state.run_len_at_session_start = state.run.len();
             state.cusum_at_session_start = state.cusum;
             state.in_burst = false;
@@ -804,11 +831,15 @@ impl Detector for ShiftDetector {
         }
 
         let novel = state.reference.group_share(&group) < self.config.novel_share;
-        if novel && groups.trend(&group).is_some() {
-            // The population as a whole moves this way: no evidence about this user.
-            if state.run.is_empty() {
-                self.add_to_reference(state, &event.category, &group, weight, session);
-            }
+        state.usual_in_session |= !novel;
+        let keeps_usual = state.usual_in_session
+            || state.sessions_without_usual < self.config.trend_leave_sessions;
+        if novel && keeps_usual && groups.trend(&group).is_some() {
+            // The population moves this way and the user still visits their usual groups:
+            // following a trend is no evidence about this user. A user who has left their
+            // usual groups for `trend_leave_sessions` sessions is judged even in a trending
+            // group, because a trend does not explain leaving. The event does not teach the
+            // reference either, so that the group is still novel if the user leaves.
             return;
         }
 

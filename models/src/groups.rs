@@ -20,6 +20,7 @@ use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, Id};
+use crate::session::{SessionMark, SessionRule};
 
 /// The unit of interest that the detector compares over time.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -173,23 +174,24 @@ impl GroupMap {
 const SESSION_CATEGORIES: usize = 16;
 
 /// The part of a user's session that co-occurrence counting needs.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct OpenSession {
-    last_ts_ms: i64,
-    session_id: Option<Box<str>>,
+    mark: SessionMark,
     categories: Vec<Id>,
 }
 
 /// Counts, for a stream of events in per-user time order, the sessions touching each category
 /// and each pair of categories.
 ///
-/// A session ends after `session_gap_ms` without events or when the input's session id
-/// changes. Events without interest weight (`remove_from_cart`) are ignored.
+/// Sessions follow the [`SessionRule`]: a session ends after a gap, after its longest span,
+/// or when the input's session id changes. Events without interest weight
+/// (`remove_from_cart`) are ignored.
 ///
 /// # Examples
 ///
 /// ```
 /// use veer_models::groups::SessionCounter;
+/// use veer_models::session::SessionRule;
 /// use veer_models::{Behavior, Event, Id, PopulationDelta};
 ///
 /// let view = |user: u64, category: u64, ts: i64| {
@@ -207,10 +209,10 @@ struct OpenSession {
 ///         line: 0,
 ///     }
 /// };
-/// let mut counter = SessionCounter::new(30 * 60 * 1000);
+/// let mut counter = SessionCounter::new(SessionRule::default());
 /// let mut delta = PopulationDelta::default();
-/// // One session visits 10 and 11 (10 twice); a second, two hours later, visits 10 again.
-/// for (category, ts) in [(10, 0), (11, 60), (10, 120), (10, 7_200)] {
+/// // One session visits 10 and 11 (10 twice); a second, 45 minutes later, visits 10 again.
+/// for (category, ts) in [(10, 0), (11, 60), (10, 120), (10, 2_900)] {
 ///     counter.count(view(1, category, ts), &mut delta);
 /// }
 /// assert_eq!(delta.sessions[&Id::from(10u64)], 2);
@@ -220,15 +222,15 @@ struct OpenSession {
 /// ```
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SessionCounter {
-    session_gap_ms: i64,
+    rule: SessionRule,
     sessions: HashMap<Id, OpenSession>,
 }
 
 impl SessionCounter {
-    /// Creates a counter with the given session gap in milliseconds.
-    pub fn new(session_gap_ms: i64) -> Self {
+    /// Creates a counter that splits sessions by `rule`.
+    pub fn new(rule: SessionRule) -> Self {
         SessionCounter {
-            session_gap_ms,
+            rule,
             sessions: HashMap::default(),
         }
     }
@@ -239,21 +241,14 @@ impl SessionCounter {
             return;
         }
         *delta.events.entry(event.category.clone()).or_default() += 1;
-        let session = self
-            .sessions
-            .entry(event.user)
-            .or_insert_with(|| OpenSession {
-                last_ts_ms: i64::MIN,
-                session_id: None,
-                categories: Vec::new(),
-            });
-        let gap_exceeded = event.ts_ms.saturating_sub(session.last_ts_ms) > self.session_gap_ms;
-        let id_changed = event.session.is_some() && event.session != session.session_id;
-        if gap_exceeded || id_changed {
+        let ts = event.ts_secs();
+        let session = self.sessions.entry(event.user).or_default();
+        if self
+            .rule
+            .advance(&mut session.mark, ts, event.session.as_deref())
+        {
             session.categories.clear();
-            session.session_id = event.session;
         }
-        session.last_ts_ms = event.ts_ms;
         if session.categories.contains(&event.category) {
             return;
         }
@@ -277,9 +272,9 @@ impl SessionCounter {
         self.sessions.len()
     }
 
-    /// Returns the gap that ends a session, in milliseconds.
-    pub fn session_gap_ms(&self) -> i64 {
-        self.session_gap_ms
+    /// Returns the rule that splits sessions.
+    pub fn session_rule(&self) -> SessionRule {
+        self.rule
     }
 
     /// Moves the open sessions of `other` into this counter; a user in both keeps `other`'s.
@@ -292,13 +287,14 @@ impl SessionCounter {
         self.sessions.retain(|user, _| keep(user));
     }
 
-    /// Forgets every session that an event at `now_ms` or later would close anyway, because
-    /// its gap has been exceeded, and returns how many were removed. Counts are unchanged.
+    /// Forgets every session that an event at `now_ms` or later would close anyway, and
+    /// returns how many were removed. Counts are unchanged.
     pub fn forget_closed(&mut self, now_ms: i64) -> usize {
         let before = self.sessions.len();
-        let gap = self.session_gap_ms;
+        let rule = self.rule;
+        let now = now_ms.div_euclid(1000);
         self.sessions
-            .retain(|_, session| now_ms.saturating_sub(session.last_ts_ms) <= gap);
+            .retain(|_, session| !rule.has_ended(&session.mark, now));
         before - self.sessions.len()
     }
 }
@@ -329,7 +325,7 @@ impl SessionCounter {
 ///         line: 0,
 ///     }
 /// };
-/// let mut counter = SessionCounter::new(30 * 60 * 1000);
+/// let mut counter = SessionCounter::new(veer_models::session::SessionRule::default());
 /// let mut delta = PopulationDelta { window_end: 3_600_000, ..Default::default() };
 /// for user in 1..=4 {
 ///     counter.count(view(user, 10, 0), &mut delta);

@@ -14,6 +14,7 @@ pub mod fusion;
 pub mod groups;
 pub mod ml;
 pub mod profile;
+pub mod session;
 
 pub use alert::{Alert, AlertKind, CategoryShare};
 pub use detector::{

@@ -16,6 +16,7 @@ use std::rc::Rc;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use veer_models::groups::SessionCounter;
+use veer_models::session::SessionRule;
 use veer_models::{
     Alert, GroupConfig, GroupMap, Id, PopulationDelta, PopulationInfo, PopulationModel,
 };
@@ -129,10 +130,10 @@ pub struct CooccurrenceState {
 }
 
 impl CooccurrenceState {
-    /// Creates an empty state with the given session gap in milliseconds.
-    pub fn new(session_gap_ms: i64) -> Self {
+    /// Creates an empty state that splits sessions by `rule`.
+    pub fn new(rule: SessionRule) -> Self {
         CooccurrenceState {
-            counter: SessionCounter::new(session_gap_ms),
+            counter: SessionCounter::new(rule),
             open: BTreeMap::new(),
         }
     }
@@ -176,10 +177,10 @@ pub struct WorkerState<S> {
 
 impl<S> WorkerState<S> {
     /// Creates empty state for a worker.
-    pub fn new(session_gap_ms: i64, groups: GroupConfig) -> Self {
+    pub fn new(session_rule: SessionRule, groups: GroupConfig) -> Self {
         WorkerState {
             order: Rc::default(),
-            cooccurrence: Rc::new(RefCell::new(CooccurrenceState::new(session_gap_ms))),
+            cooccurrence: Rc::new(RefCell::new(CooccurrenceState::new(session_rule))),
             population: Rc::new(RefCell::new(PopulationState::new(groups))),
             detect: Rc::new(RefCell::new(DetectState::default())),
             sink: Rc::default(),

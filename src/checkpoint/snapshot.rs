@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use veer_models::session::SessionRule;
 use veer_models::{AlertKind, Event, Id, PopulationDelta};
 use veer_operators::state::{
     CooccurrenceState, DetectState, OrderState, PopulationState, SinkState, TrackedUser,
@@ -152,14 +153,14 @@ impl<S> Restored<S> {
     /// cache was built on a more advanced worker is rebuilt exactly when that worker would
     /// have rebuilt it.
     pub fn merge(parts: Vec<WorkerPart<S>>) -> Self {
-        let session_gap_ms = parts
-            .first()
-            .map_or(0, |part| part.cooccurrence.counter.session_gap_ms());
+        let session_rule = parts.first().map_or_else(SessionRule::default, |part| {
+            part.cooccurrence.counter.session_rule()
+        });
         let mut restored = Restored {
             users: Vec::new(),
             detect_view: DetectState::default(),
             pending: Vec::new(),
-            cooccurrence: CooccurrenceState::new(session_gap_ms),
+            cooccurrence: CooccurrenceState::new(session_rule),
             population: PopulationState::default(),
             sink: SinkState::default(),
             duplicates: 0,
@@ -213,12 +214,12 @@ impl<S> Restored<S> {
     /// Splits the merged state among `workers` new workers, in worker order.
     pub fn split(self, workers: usize) -> Vec<WorkerPart<S>> {
         let owner = |user: &Id| (user.route_hash() % workers as u64) as usize;
-        let session_gap_ms = self.cooccurrence.counter.session_gap_ms();
+        let session_rule = self.cooccurrence.counter.session_rule();
         let mut parts: Vec<WorkerPart<S>> = (0..workers)
             .map(|index| {
                 let mut counter = self.cooccurrence.counter.clone();
                 counter.retain_users(|user| owner(user) == index);
-                let mut cooccurrence = CooccurrenceState::new(session_gap_ms);
+                let mut cooccurrence = CooccurrenceState::new(session_rule);
                 cooccurrence.counter = counter;
                 let detect = DetectState {
                     groups: self.detect_view.groups.clone(),

@@ -15,6 +15,7 @@ use crate::attributes::{Age, UserAttributes};
 use crate::detector::{jensen_shannon, DetectorConfig};
 use crate::event::{Behavior, Event};
 use crate::groups::{GroupKey, GroupMap};
+use crate::session::{SessionMark, SessionRule};
 
 /// Top interest groups of a user that the interest model predicts shares for.
 pub const TOP_GROUPS: usize = 3;
@@ -130,6 +131,9 @@ impl FeatureSpec {
 pub struct WindowConfig {
     /// Gap that ends a session, in seconds, when the input has no session ids.
     pub session_gap_secs: i64,
+    /// Longest span of a session, in seconds.
+    #[serde(default = "default_max_span_secs")]
+    pub session_max_span_secs: i64,
     /// A group with less than this share of the reference is novel to the user.
     pub novel_share: f64,
 }
@@ -140,19 +144,37 @@ impl Default for WindowConfig {
         let detector = DetectorConfig::default();
         WindowConfig {
             session_gap_secs: detector.session_gap_secs,
+            session_max_span_secs: detector.session_max_span_secs,
             novel_share: detector.novel_share,
         }
     }
 }
 
+fn default_max_span_secs() -> i64 {
+    crate::session::DEFAULT_MAX_SPAN_SECS
+}
+
 impl WindowConfig {
+    /// Returns the rule that splits a window's events into sessions.
+    pub fn session_rule(&self) -> SessionRule {
+        SessionRule {
+            gap_secs: self.session_gap_secs,
+            max_span_secs: self.session_max_span_secs,
+        }
+    }
+
     /// Checks every setting and returns the first invalid one.
     pub fn validate(&self) -> Result<(), MlError> {
-        if self.session_gap_secs <= 0 {
+        if let Some(field) = self.session_rule().invalid_field() {
+            let value = if field == "session_gap_secs" {
+                self.session_gap_secs
+            } else {
+                self.session_max_span_secs
+            };
             return Err(invalid(
                 "window features",
-                "session_gap_secs",
-                self.session_gap_secs,
+                field,
+                value,
                 "a positive number of seconds",
             ));
         }
@@ -409,7 +431,7 @@ impl ReferenceProfile {
         };
 
         let count = weighted_events.len() as f64;
-        let sessions = count_sessions(&weighted_events, config.session_gap_secs) as f64;
+        let sessions = count_sessions(&weighted_events, config.session_rule()) as f64;
         let mut categories: Vec<_> = weighted_events
             .iter()
             .map(|event| &event.category)
@@ -485,22 +507,13 @@ fn group_distribution(events: &[Event], groups: &GroupMap) -> Option<BTreeMap<Gr
     Some(weights)
 }
 
-/// Counts sessions in time-ordered events: a new one starts after a gap or a new session id.
-fn count_sessions(events: &[&Event], session_gap_secs: i64) -> usize {
-    let mut sessions = 0;
-    let mut previous: Option<&Event> = None;
-    for event in events {
-        let new_session = match previous {
-            None => true,
-            Some(last) => {
-                let id_changed = event.session.is_some() && event.session != last.session;
-                id_changed || event.ts_secs() - last.ts_secs() > session_gap_secs
-            }
-        };
-        sessions += usize::from(new_session);
-        previous = Some(event);
-    }
-    sessions
+/// Counts sessions in time-ordered events, split by `rule`.
+fn count_sessions(events: &[&Event], rule: SessionRule) -> usize {
+    let mut mark = SessionMark::default();
+    events
+        .iter()
+        .filter(|event| rule.advance(&mut mark, event.ts_secs(), event.session.as_deref()))
+        .count()
 }
 
 /// Returns the largest number of time-ordered events inside any 60-second span.
@@ -541,6 +554,15 @@ mod tests {
             .collect();
         let refs: Vec<&Event> = events.iter().collect();
         assert_eq!(peak_events_per_minute(&refs), 3);
-        assert_eq!(count_sessions(&refs, 60), 2);
+        assert_eq!(
+            count_sessions(
+                &refs,
+                SessionRule {
+                    gap_secs: 60,
+                    max_span_secs: 3600
+                }
+            ),
+            2
+        );
     }
 }
