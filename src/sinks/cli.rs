@@ -11,7 +11,7 @@ use crate::config::parse_duration;
 #[derive(Args, Clone, Debug, Default)]
 pub struct SinkArgs {
     /// Append to the --alerts file instead of truncating it: a torn last line is cut, and
-    /// alerts whose alert_id the file already contains are skipped (for resumed runs).
+    /// alerts whose alert_id the file already contains are skipped (always on with --resume).
     #[arg(long)]
     pub alerts_append: bool,
     /// Capacity of each sink's queue, in alerts; when it is full the dataflow waits for that
