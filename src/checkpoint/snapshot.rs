@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn last_alert_survives_checkpoint() {
-        let state: WorkerState<u64> = WorkerState::new(1_800_000, GroupConfig::default());
+        let state: WorkerState<u64> = WorkerState::new(SessionRule::default(), GroupConfig::default());
         let alert = Alert {
             user: Id::from(7u64),
             kind: AlertKind::InterestShift,
