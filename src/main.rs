@@ -545,9 +545,6 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
     };
     let mut sinks = file.sinks.clone();
     args.sinks.apply(&mut sinks)?;
-    // A resumed run re-sends the alerts after its checkpoint; appending with the id check
-    // keeps the file free of duplicates and of the line a kill tore.
-    sinks.append |= args.resume.is_some();
     if let Some(path) = &sinks.webhook.dead_letter {
         outputs.push(("webhook-dead-letter", path.as_path()));
     }
@@ -633,6 +630,11 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
                 _ => "are discarded",
             }
         );
+    }
+    // A resumed run re-sends the alerts after its checkpoint. Appending with the id check
+    // keeps an alert file free of duplicates and of the line a kill tore.
+    if args.resume.is_some() && matches!(alerts, AlertOutput::File(_)) {
+        sinks.append = true;
     }
     let settings = RunSettings {
         source,

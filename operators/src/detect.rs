@@ -91,7 +91,7 @@ pub struct DetectStats {
 ///     worker.dataflow::<u64, _, _>(move |scope| {
 ///         let buy = Event { behavior: Behavior::Buy, ..view(2, 7, 9_000) };
 ///         let events = vec![view(1, 5, 1_000), buy, view(2, 7, 3_000)].to_stream(scope);
-///         let sessions = Rc::new(RefCell::new(CooccurrenceState::new(1_800_000)));
+///         let sessions = Rc::new(RefCell::new(CooccurrenceState::new(veer_models::session::SessionRule::default())));
 ///         let deltas = session_cooccurrence(events.clone(), 3_600_000, sessions);
 ///         let model = Rc::new(RefCell::new(PopulationState::new(GroupConfig::default())));
 ///         let population = population_groups(deltas, model);

@@ -71,7 +71,7 @@ pub fn window_end(ts_ms: u64, window_ms: u64) -> u64 {
 ///         let events: Vec<Event> = (1..=4)
 ///             .flat_map(|user| [view(user, 10, 1_000), view(user, 11, 2_000)])
 ///             .collect();
-///         let sessions = Rc::new(RefCell::new(CooccurrenceState::new(1_800_000)));
+///         let sessions = Rc::new(RefCell::new(CooccurrenceState::new(veer_models::session::SessionRule::default())));
 ///         let deltas = session_cooccurrence(events.to_stream(scope), 3_600_000, sessions);
 ///         let model = Rc::new(RefCell::new(PopulationState::new(GroupConfig::default())));
 ///         population_groups(deltas, model)
@@ -172,7 +172,7 @@ pub fn session_cooccurrence<'scope>(
 ///         let events: Vec<Event> = (1..=4)
 ///             .flat_map(|user| [view(user, 10, 1_000), view(user, 11, 2_000)])
 ///             .collect();
-///         let sessions = Rc::new(RefCell::new(CooccurrenceState::new(1_800_000)));
+///         let sessions = Rc::new(RefCell::new(CooccurrenceState::new(veer_models::session::SessionRule::default())));
 ///         let deltas = session_cooccurrence(events.to_stream(scope), 3_600_000, sessions);
 ///         let model = Rc::new(RefCell::new(PopulationState::new(GroupConfig::default())));
 ///         population_groups(deltas, model)
