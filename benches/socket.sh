@@ -27,7 +27,8 @@ free_port() {
 port=$(free_port)
 http_port=$(free_port)
 
-"$veer" serve --listen "127.0.0.1:$port" --http "127.0.0.1:$http_port" \
+# One client: no startup hold, so the first 30 s of alerts do not wait for other clients.
+"$veer" serve --listen "127.0.0.1:$port" --http "127.0.0.1:$http_port" --startup-hold 0s \
   --alerts "$work/alerts.jsonl" >"$work/serve.log" 2>&1 &
 serve_pid=$!
 trap 'kill "$serve_pid" 2>/dev/null || true' EXIT

@@ -98,6 +98,8 @@ pub struct ListenSettings {
     pub limits: ListenConfig,
     /// Time without events after which a connection stops holding back event time.
     pub idle_timeout: Duration,
+    /// Time after the start during which the frontier does not move.
+    pub startup_hold: Duration,
 }
 
 /// One message from a connection's reader thread to worker 0.

@@ -16,6 +16,11 @@ pub struct ListenArgs {
     /// (default 30s, [time] idle_timeout).
     #[arg(long, value_name = "DURATION")]
     pub idle_timeout: Option<String>,
+    /// Time after the start during which event time does not move, so that clients that
+    /// connect together all register first, e.g. 2s; 0s turns it off (default: the idle
+    /// timeout).
+    #[arg(long, value_name = "DURATION")]
+    pub startup_hold: Option<String>,
     /// Maximum line length in bytes; a longer line is one bad record and closes its
     /// connection (default 1048576).
     #[arg(long, value_name = "BYTES")]
@@ -85,11 +90,16 @@ impl ListenArgs {
         if idle_timeout.is_zero() {
             anyhow::bail!("invalid --idle-timeout 0s: use a positive duration such as 30s");
         }
+        let startup_hold = match &self.startup_hold {
+            Some(text) => duration("startup-hold", text)?,
+            None => idle_timeout,
+        };
         Ok(Some(ListenSettings {
             addresses,
             format,
             limits,
             idle_timeout,
+            startup_hold,
         }))
     }
 }

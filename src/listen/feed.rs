@@ -120,6 +120,7 @@ pub(crate) fn feed(
         .map_err(|error| format!("failed to start the TCP source: {error}"))?;
     tracing::info!(
         idle_timeout = ?settings.idle_timeout,
+        startup_hold = ?settings.startup_hold,
         max_line_bytes = settings.limits.max_line_bytes,
         max_clients = settings.limits.max_clients,
         line_timeout = ?settings.limits.line_timeout,
@@ -131,7 +132,7 @@ pub(crate) fn feed(
         feed.max_future_skew_ms,
         settings.idle_timeout,
     )
-    .hold_until(Instant::now() + settings.idle_timeout);
+    .hold_until(Instant::now() + settings.startup_hold);
     let mut sources: HashMap<u64, Source> = HashMap::new();
     let mut buffered = Buffered::default();
     let mut received = 0u64;
