@@ -103,3 +103,38 @@ impl ListenArgs {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn settings_of(args: &ListenArgs) -> ListenSettings {
+        args.settings(&FileConfig::default(), None, false)
+            .expect("valid options")
+            .expect("a listening run")
+    }
+
+    #[test]
+    fn startup_hold_defaults_to_idle_timeout() {
+        let args = ListenArgs {
+            listen: vec!["127.0.0.1:0".into()],
+            idle_timeout: Some("7s".into()),
+            ..ListenArgs::default()
+        };
+        assert_eq!(settings_of(&args).startup_hold, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn startup_hold_can_be_turned_off() {
+        let args = ListenArgs {
+            listen: vec!["127.0.0.1:0".into()],
+            startup_hold: Some("0s".into()),
+            ..ListenArgs::default()
+        };
+        let settings = settings_of(&args);
+        assert_eq!(settings.startup_hold, Duration::ZERO);
+        assert_eq!(settings.idle_timeout, Duration::from_secs(30));
+    }
+}
