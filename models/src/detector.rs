@@ -276,7 +276,11 @@ impl DecayedWeights {
         }
         self.groups.clear();
         self.category_group.clear();
-        for (category, weight) in &self.categories {
+        // Sums in category order: a map's iteration order depends on its insertion history,
+        // which a checkpoint restore changes, and float sums depend on their order.
+        let mut categories: Vec<(&Id, &f64)> = self.categories.iter().collect();
+        categories.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (category, weight) in categories {
             let group = groups.group_of(category, topics.get(category));
             *self.groups.entry(group.clone()).or_default() += weight;
             self.category_group.insert(category.clone(), group);
