@@ -20,7 +20,7 @@
 //!   and reported once as an `anomaly` alert;
 //! - no population trend: a novel event in a group that the whole population is moving
 //!   towards (a seasonal trend) is not evidence about a user who still visits their usual
-//!   groups; a user with no usual event in the last `trend_leave_sessions` sessions and the
+//!   groups. A user with no usual event in the last `trend_leave_sessions` sessions and the
 //!   current one is judged as in any other group, because a trend does not explain leaving.
 //!
 //! Sessions follow [`SessionRule`]: a gap, a new session id, or the longest span ends one.
@@ -77,7 +77,7 @@ pub struct DetectorConfig {
     pub trend_leave_sessions: u32,
     /// Gap that ends a session, in seconds, when the input has no session ids.
     pub session_gap_secs: i64,
-    /// Longest span of a session, in seconds; a user active without pause gets a new
+    /// Maximum span of a session, in seconds. A user active without pause starts a new
     /// session this long after the current one started.
     pub session_max_span_secs: i64,
     /// Events in `burst_span_secs` that make a burst.

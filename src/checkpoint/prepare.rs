@@ -133,31 +133,21 @@ pub fn prepare(settings: &RunSettings, models: bool) -> anyhow::Result<Prepared>
         });
     };
 
-    let (restored, path, meta): (Box<dyn Any + Send>, _, _) = match settings.detector {
-        DetectorChoice::Shift => {
-            let loaded = load::<UserState>(
-                resume_dir,
-                &fingerprint,
-                &inputs,
-                detector,
-                settings.workers,
-            )?;
-            let parts: Vec<Option<WorkerPart<UserState>>> =
-                loaded.parts.into_iter().map(Some).collect();
-            (Box::new(parts), loaded.path, loaded.meta)
-        }
-        DetectorChoice::Baseline => {
-            let loaded = load::<BaselineState>(
-                resume_dir,
-                &fingerprint,
-                &inputs,
-                detector,
-                settings.workers,
-            )?;
-            let parts: Vec<Option<WorkerPart<BaselineState>>> =
-                loaded.parts.into_iter().map(Some).collect();
-            (Box::new(parts), loaded.path, loaded.meta)
-        }
+    let (restored, path, meta) = match settings.detector {
+        DetectorChoice::Shift => load_parts::<UserState>(
+            resume_dir,
+            &fingerprint,
+            &inputs,
+            detector,
+            settings.workers,
+        )?,
+        DetectorChoice::Baseline => load_parts::<BaselineState>(
+            resume_dir,
+            &fingerprint,
+            &inputs,
+            detector,
+            settings.workers,
+        )?,
     };
     tracing::info!(
         checkpoint = %path.display(),
@@ -178,4 +168,18 @@ pub fn prepare(settings: &RunSettings, models: bool) -> anyhow::Result<Prepared>
             alerts_before_cut: meta.alerts_written,
         }),
     })
+}
+
+/// Loads the newest checkpoint for detector state `S`, with its parts boxed for the worker
+/// closures, which take them out by worker index.
+fn load_parts<S: serde::de::DeserializeOwned + Send + 'static>(
+    dir: &std::path::Path,
+    fingerprint: &str,
+    inputs: &[String],
+    detector: &str,
+    workers: usize,
+) -> anyhow::Result<(Box<dyn Any + Send>, std::path::PathBuf, CheckpointMeta)> {
+    let loaded = load::<S>(dir, fingerprint, inputs, detector, workers)?;
+    let parts: Vec<Option<WorkerPart<S>>> = loaded.parts.into_iter().map(Some).collect();
+    Ok((Box::new(parts), loaded.path, loaded.meta))
 }

@@ -131,7 +131,7 @@ impl FeatureSpec {
 pub struct WindowConfig {
     /// Gap that ends a session, in seconds, when the input has no session ids.
     pub session_gap_secs: i64,
-    /// Longest span of a session, in seconds.
+    /// Maximum span of a session, in seconds.
     #[serde(default = "default_max_span_secs")]
     pub session_max_span_secs: i64,
     /// A group with less than this share of the reference is novel to the user.
