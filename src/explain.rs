@@ -558,7 +558,7 @@ pub fn escape_preformatted(text: &str) -> String {
 }
 
 /// Returns `count` followed by `noun`, with an `s` unless the count is 1.
-fn plural(count: usize, noun: &str) -> String {
+pub fn plural(count: usize, noun: &str) -> String {
     if count == 1 {
         format!("1 {noun}")
     } else {

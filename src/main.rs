@@ -912,10 +912,10 @@ fn explain_user(args: ExplainArgs) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.out {
         eprintln!(
-            "wrote the timeline of user {} ({} events, {} alerts) to {}",
+            "wrote the timeline of user {} ({}, {}) to {}",
             args.user,
-            trace.events.len(),
-            trace.alerts.len(),
+            veer::explain::plural(trace.events.len(), "event"),
+            veer::explain::plural(trace.alerts.len(), "alert"),
             path.display()
         );
     }

@@ -16,7 +16,7 @@ use veer_models::{AlertKind, Behavior, Id};
 
 use super::svg::{ellipsize, Anchor, Color, Svg, OTHER_COLOR, PALETTE};
 use super::time::{time_ticks, TimeZone};
-use crate::explain::UserTrace;
+use crate::explain::{plural, UserTrace};
 
 const WIDTH: f64 = 1000.0;
 const HEIGHT: f64 = 560.0;
@@ -194,13 +194,10 @@ fn draw_header(svg: &mut Svg, trace: &UserTrace, zone: TimeZone, scale: &TimeSca
         _ => 0,
     };
     let mut subtitle = format!(
-        "{} event{} in {} session{}, {} alert{}; columns: category shares per {} bin; times in {}",
-        trace.events.len(),
-        plural(trace.events.len()),
-        sessions,
-        plural(sessions),
-        alerts,
-        plural(alerts),
+        "{} in {}, {}; columns: category shares per {} bin; times in {}",
+        plural(trace.events.len(), "event"),
+        plural(sessions, "session"),
+        plural(alerts, "alert"),
         step_name(bin_step(scale)),
         zone.label()
     );
@@ -214,14 +211,6 @@ fn draw_header(svg: &mut Svg, trace: &UserTrace, zone: TimeZone, scale: &TimeSca
         "font-size=\"11\" fill=\"#555555\"",
         &subtitle,
     );
-}
-
-fn plural(count: usize) -> &'static str {
-    if count == 1 {
-        ""
-    } else {
-        "s"
-    }
 }
 
 fn draw_time_grid(svg: &mut Svg, scale: &TimeScale, zone: TimeZone) {
