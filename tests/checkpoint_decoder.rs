@@ -2,6 +2,8 @@
 //! and never allocates past what the file holds (bincode reads under a byte limit equal to the
 //! payload length).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
@@ -16,15 +18,7 @@ fn real_checkpoint() -> &'static Vec<u8> {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
     BYTES.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let events = dir.path().join("events.jsonl");
-        let status = Command::new(env!("CARGO_BIN_EXE_veer"))
-            .args(["generate", "--users", "600", "--days", "9", "--out"])
-            .arg(&events)
-            .arg("--truth")
-            .arg(dir.path().join("truth.jsonl"))
-            .output()
-            .unwrap();
-        assert!(status.status.success());
+        let (events, _) = common::generate_stream(dir.path(), 600, 9, 7);
         let checkpoints = dir.path().join("ck");
         let output = Command::new(env!("CARGO_BIN_EXE_veer"))
             .args([

@@ -1,6 +1,8 @@
 //! Checkpoints and resume through the real binary: a resumed run adds exactly the missing
 //! alerts, and a corrupt checkpoint is rejected with the file and the reason.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -27,41 +29,44 @@ fn sorted_lines(path: &Path) -> Vec<String> {
 }
 
 fn generate(dir: &Path) -> String {
-    let events = dir.join("events.jsonl");
-    let (ok, stderr) = run(&[
-        "generate",
-        "--users",
-        "600",
-        "--days",
-        "9",
-        "--out",
-        events.to_str().unwrap(),
-        "--truth",
-        dir.join("truth.jsonl").to_str().unwrap(),
-    ]);
-    assert!(ok, "generate failed: {stderr}");
+    let (events, _) = common::generate_stream(dir, 600, 9, 7);
     events.to_string_lossy().into_owned()
 }
 
-/// Runs with checkpoints, stops after checkpoint `stop_after` is written by resuming from a
-/// copy of the folder taken then, and checks that the union of both alert files equals the
-/// reference.
+/// Runs `veer run` on `events` with alerts to `alerts`, no progress display, and `extra`.
+fn run_job(events: &str, alerts: &Path, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "run",
+        "--input",
+        events,
+        "--alerts",
+        alerts.to_str().unwrap(),
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// Returns the newest checkpoint file in `folder`.
+fn newest_checkpoint(folder: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .max()
+        .expect("the checkpoint folder contains no file")
+}
+
+/// Runs with checkpoints, resumes from the newest one, and checks that the alerts written
+/// before its cut plus the resumed run's alerts equal the reference.
 fn resume_matches_reference(order: &str, workers: &str, resume_workers: &str) {
     let dir = tempfile::tempdir().unwrap();
     let events = generate(dir.path());
     let reference = dir.path().join("reference.jsonl");
-    let (ok, stderr) = run(&[
-        "run",
-        "--input",
+    let (ok, stderr) = run_job(
         &events,
-        "--order",
-        order,
-        "--workers",
-        workers,
-        "--alerts",
-        reference.to_str().unwrap(),
-        "--no-progress",
-    ]);
+        &reference,
+        &["--order", order, "--workers", workers],
+    );
     assert!(ok, "reference run failed: {stderr}");
     let reference_lines = sorted_lines(&reference);
     assert!(
@@ -73,22 +78,20 @@ fn resume_matches_reference(order: &str, workers: &str, resume_workers: &str) {
     // A full run with frequent checkpoints writes the same alerts.
     let checkpoints = dir.path().join("ck");
     let first = dir.path().join("first.jsonl");
-    let (ok, stderr) = run(&[
-        "run",
-        "--input",
+    let (ok, stderr) = run_job(
         &events,
-        "--order",
-        order,
-        "--workers",
-        workers,
-        "--alerts",
-        first.to_str().unwrap(),
-        "--checkpoint-dir",
-        checkpoints.to_str().unwrap(),
-        "--checkpoint-interval",
-        "1ms",
-        "--no-progress",
-    ]);
+        &first,
+        &[
+            "--order",
+            order,
+            "--workers",
+            workers,
+            "--checkpoint-dir",
+            checkpoints.to_str().unwrap(),
+            "--checkpoint-interval",
+            "1ms",
+        ],
+    );
     assert!(ok, "checkpointed run failed: {stderr}");
     assert_eq!(sorted_lines(&first), reference_lines);
     assert!(
@@ -98,30 +101,23 @@ fn resume_matches_reference(order: &str, workers: &str, resume_workers: &str) {
 
     // The newest checkpoint cuts the run: alerts before its cut stay in `first`, the resume
     // writes the rest. Keep only the alerts before the cut, as a kill right after it would.
-    let newest = std::fs::read_dir(&checkpoints)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .max()
-        .unwrap();
-    let bytes = std::fs::read(&newest).unwrap();
+    let bytes = std::fs::read(newest_checkpoint(&checkpoints)).unwrap();
     assert_eq!(&bytes[..8], b"VEERCKPT");
     let rest = dir.path().join("rest.jsonl");
-    let (ok, stderr) = run(&[
-        "run",
-        "--input",
+    let (ok, stderr) = run_job(
         &events,
-        "--order",
-        order,
-        "--workers",
-        resume_workers,
-        "--alerts",
-        rest.to_str().unwrap(),
-        "--resume",
-        checkpoints.to_str().unwrap(),
-        "--checkpoint-interval",
-        "1h",
-        "--no-progress",
-    ]);
+        &rest,
+        &[
+            "--order",
+            order,
+            "--workers",
+            resume_workers,
+            "--resume",
+            checkpoints.to_str().unwrap(),
+            "--checkpoint-interval",
+            "1h",
+        ],
+    );
     assert!(ok, "resume failed: {stderr}");
     assert!(
         stderr.contains("resumed from"),
@@ -159,47 +155,29 @@ fn corrupt_checkpoint_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let events = generate(dir.path());
     let checkpoints = dir.path().join("ck");
-    let (ok, stderr) = run(&[
-        "run",
-        "--input",
+    let (ok, stderr) = run_job(
         &events,
-        "--alerts",
-        dir.path().join("a.jsonl").to_str().unwrap(),
-        "--checkpoint-dir",
-        checkpoints.to_str().unwrap(),
-        "--checkpoint-interval",
-        "1ms",
-        "--no-progress",
-    ]);
+        &dir.path().join("a.jsonl"),
+        &[
+            "--checkpoint-dir",
+            checkpoints.to_str().unwrap(),
+            "--checkpoint-interval",
+            "1ms",
+        ],
+    );
     assert!(ok, "checkpointed run failed: {stderr}");
-    let newest = std::fs::read_dir(&checkpoints)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .max()
-        .unwrap();
+    let newest = newest_checkpoint(&checkpoints);
     let mut bytes = std::fs::read(&newest).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x5a;
     std::fs::write(&newest, &bytes).unwrap();
 
-    let output = veer()
-        .args([
-            "run",
-            "--input",
-            &events,
-            "--alerts",
-            dir.path().join("b.jsonl").to_str().unwrap(),
-            "--resume",
-            checkpoints.to_str().unwrap(),
-            "--no-progress",
-        ])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "a corrupt checkpoint was accepted"
+    let (ok, stderr) = run_job(
+        &events,
+        &dir.path().join("b.jsonl"),
+        &["--resume", checkpoints.to_str().unwrap()],
     );
+    assert!(!ok, "a corrupt checkpoint was accepted");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.contains("checksum mismatch"), "{stderr}");
     assert!(
@@ -209,29 +187,22 @@ fn corrupt_checkpoint_rejected() {
 
     // Cut short, the file is rejected as truncated.
     std::fs::write(&newest, &bytes[..middle]).unwrap();
-    let (ok, stderr) = run(&[
-        "run",
-        "--input",
+    let (ok, stderr) = run_job(
         &events,
-        "--resume",
-        checkpoints.to_str().unwrap(),
-        "--no-progress",
-        "--alerts",
-        dir.path().join("c.jsonl").to_str().unwrap(),
-    ]);
+        &dir.path().join("c.jsonl"),
+        &["--resume", checkpoints.to_str().unwrap()],
+    );
     assert!(!ok);
     assert!(stderr.contains("truncated"), "{stderr}");
 
     // An empty folder holds no checkpoint to resume from.
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
-    let (ok, stderr) = run(&[
-        "run",
-        "--input",
+    let (ok, stderr) = run_job(
         &events,
-        "--resume",
-        empty.to_str().unwrap(),
-    ]);
+        &dir.path().join("d.jsonl"),
+        &["--resume", empty.to_str().unwrap()],
+    );
     assert!(!ok);
     assert!(stderr.contains("holds no checkpoint"), "{stderr}");
 }

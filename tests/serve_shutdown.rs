@@ -1,6 +1,7 @@
 //! Shutdown: end of standard input, SIGTERM in the middle of a TCP stream, SIGTERM with a
 //! silent client or a blocked standard input, and a second SIGINT during a stalled shutdown.
 
+mod common;
 mod serving;
 
 use std::io::Write;
@@ -162,20 +163,7 @@ fn sigterm_with_blocked_stdin_exits() {
 #[test]
 fn second_sigint_exits_at_once() {
     let folder = tempfile::tempdir().unwrap();
-    let events = folder.path().join("events.jsonl");
-    let truth = folder.path().join("truth.jsonl");
-    let generated = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
-        .args([
-            "generate",
-            "--users",
-            "8000",
-            "--out",
-            events.to_str().unwrap(),
-        ])
-        .args(["--truth", truth.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(generated.status.success());
+    let (events, _) = common::generate_stream(folder.path(), 8000, 9, 7);
 
     // Standard input stays open, so the first signal ends the input and the run then replays
     // every event it read; the second signal comes during that replay.

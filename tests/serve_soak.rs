@@ -3,6 +3,7 @@
 //! (the alerts equal a file run of the same events), and the hostile clients are cut off with
 //! a log line naming them.
 
+mod common;
 mod serving;
 
 use std::collections::BTreeMap;
@@ -57,20 +58,7 @@ fn garbage(length: usize) -> Vec<u8> {
 #[test]
 fn hostile_clients_cut_off_others_processed() {
     let folder = tempfile::tempdir().unwrap();
-    let events = folder.path().join("events.jsonl");
-    let truth = folder.path().join("truth.jsonl");
-    let generated = std::process::Command::new(env!("CARGO_BIN_EXE_veer"))
-        .args([
-            "generate",
-            "--users",
-            "620",
-            "--out",
-            events.to_str().unwrap(),
-        ])
-        .args(["--truth", truth.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(generated.status.success());
+    let (events, _) = common::generate_stream(folder.path(), 620, 9, 7);
 
     // The reference: the same events from a file.
     let reference = folder.path().join("reference.jsonl");

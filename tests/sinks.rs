@@ -406,20 +406,7 @@ impl LogWatcher {
 #[test]
 fn subscriber_socket_drops_slow_client() {
     let folder = tempfile::tempdir().unwrap();
-    let events = folder.path().join("events.jsonl");
-    let status = veer()
-        .args([
-            "generate",
-            "--users",
-            "2000",
-            "--out",
-            arg(&events),
-            "--truth",
-        ])
-        .arg(folder.path().join("truth.jsonl"))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let (events, _) = common::generate_stream(folder.path(), 2000, 9, 7);
     let alerts = folder.path().join("alerts.jsonl");
 
     let mut child = veer()
