@@ -59,6 +59,14 @@ impl Outcome {
         counts
     }
 
+    /// Returns the earliest and the latest event time, in Unix milliseconds.
+    fn time_range(&self) -> (i64, i64) {
+        let times = self.events.iter().map(|event| event.ts_ms);
+        let min = times.clone().min().expect("at least one event");
+        let max = times.max().expect("at least one event");
+        (min, max)
+    }
+
     fn distinct<T: std::hash::Hash + Eq>(&self, key: impl Fn(&Event) -> T) -> usize {
         self.events.iter().map(key).collect::<HashSet<_>>().len()
     }
@@ -131,18 +139,7 @@ fn taobao_usersorted_truncated_last_line() {
         .iter()
         .filter(|event| event.ts_ms < TAOBAO_WINDOW_START_MS);
     assert_eq!(early.count(), 35);
-    let min = outcome
-        .events
-        .iter()
-        .map(|event| event.ts_ms)
-        .min()
-        .unwrap();
-    let max = outcome
-        .events
-        .iter()
-        .map(|event| event.ts_ms)
-        .max()
-        .unwrap();
+    let (min, max) = outcome.time_range();
     assert_eq!(min, 1_505_117_799_000);
     assert_eq!(max, 1_512_316_763_000);
     assert!(outcome
@@ -250,12 +247,7 @@ fn rees46_sample_with_truncated_last_line() {
         14,
         "13 topics and none"
     );
-    let max = outcome
-        .events
-        .iter()
-        .map(|event| event.ts_ms)
-        .max()
-        .unwrap();
+    let (_, max) = outcome.time_range();
     assert_eq!(max, 1_569_898_200_000);
 }
 
@@ -290,18 +282,7 @@ fn retailrocket_sample_without_item_properties() {
     assert_eq!(counts[&Behavior::Buy], 14);
     assert_eq!(outcome.distinct(|event| event.user.clone()), 1_500);
     assert_eq!(outcome.distinct(|event| event.item.clone()), 2_127);
-    let min = outcome
-        .events
-        .iter()
-        .map(|event| event.ts_ms)
-        .min()
-        .unwrap();
-    let max = outcome
-        .events
-        .iter()
-        .map(|event| event.ts_ms)
-        .max()
-        .unwrap();
+    let (min, max) = outcome.time_range();
     assert_eq!(min, 1_430_637_875_596);
     assert_eq!(max, 1_442_541_735_449);
 
