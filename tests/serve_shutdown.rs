@@ -104,6 +104,47 @@ fn sigterm_mid_stream_keeps_read_events() {
 }
 
 #[test]
+fn sigterm_reads_lines_already_received() {
+    let text = std::fs::read_to_string(case_file(CASE, "input.jsonl")).unwrap();
+    let lines: Vec<String> = text.lines().map(|line| format!("{line}\n")).collect();
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--startup-hold",
+        "0s",
+        "--max-buffered-events",
+        "50",
+        "--status-interval",
+        "100ms",
+        "--alerts",
+        "-",
+    ];
+    let mut server = Server::start(&args, 1);
+    let address = server.addresses[0];
+
+    // The first client's one early event holds back the frontier, so the second client's events
+    // wait for it, and past 50 waiting events the engine stops reading the second client.
+    let _holder = connect_and_send(address, lines[0].as_bytes());
+    server.wait_for(|log| log.contains("events=1 "), 10);
+    let mut ahead = connect_and_send(address, lines[1..301].concat().as_bytes());
+    server.wait_for(|log| log.contains("events=301 "), 10);
+    ahead.write_all(lines[301..501].concat().as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !server.log().contains("lines=501 "),
+        "the engine read the held-back lines before the signal, so this test checks nothing"
+    );
+
+    server.signal(libc::SIGTERM);
+    let (code, _) = server.wait_exit(10);
+    assert_eq!(code, 0, "{}", server.log());
+    let log = server.log();
+    assert_eq!(summary_count(&log, "lines read"), 501, "{log}");
+    assert!(log.contains("read the data already received"), "{log}");
+}
+
+#[test]
 fn sigterm_with_silent_client_frees_port() {
     let args = [
         "serve",

@@ -17,6 +17,13 @@ use crate::sources::{self, BadRecord, Format, LineParser, Parsed, SourceOptions}
 /// Sleep between two checks while a connection is held back because it is ahead.
 const PAUSE: Duration = Duration::from_millis(20);
 
+/// Maximum bytes a connection reads after a shutdown request: data the system has already
+/// received, which is at most its receive buffer unless the client keeps sending.
+const SHUTDOWN_READ_BYTES: usize = 64 << 20;
+
+/// Maximum time a connection reads after a shutdown request.
+const SHUTDOWN_READ_TIME: Duration = Duration::from_secs(2);
+
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// An accepted connection, run on its own thread.
@@ -111,7 +118,7 @@ impl Connection {
         let mut buffer = vec![0u8; READ_BYTES];
         loop {
             if crate::shutdown::requested() {
-                return Ending::Shutdown;
+                return self.read_received(lines, &mut buffer);
             }
             if self.is_ahead(watermark) {
                 std::thread::sleep(PAUSE);
@@ -137,16 +144,67 @@ impl Connection {
                 }
                 Err(error) => return Ending::Failed(error),
             };
-            lines.counts.bytes += count as u64;
-            self.shared.bytes.fetch_add(count as u64, Ordering::Relaxed);
-            let pushed = lines.push(&buffer[..count], self);
-            if !self.send_events(lines) {
-                return Ending::WorkerGone;
-            }
-            if let Err(cutoff) = pushed {
-                return Ending::Cut(cutoff);
+            if let Some(ending) = self.take_bytes(lines, &buffer[..count]) {
+                return ending;
             }
         }
+    }
+
+    /// Splits `bytes` into lines, parses them and sends the events. Returns the ending when
+    /// the connection must close.
+    fn take_bytes(&self, lines: &mut Lines, bytes: &[u8]) -> Option<Ending> {
+        lines.counts.bytes += bytes.len() as u64;
+        self.shared
+            .bytes
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        let pushed = lines.push(bytes, self);
+        if !self.send_events(lines) {
+            return Some(Ending::WorkerGone);
+        }
+        pushed.err().map(Ending::Cut)
+    }
+
+    /// Reads what the client sent before the shutdown and the system has already received,
+    /// so a stop loses no line that had arrived, then ends the connection. Bytes still
+    /// arriving after `SHUTDOWN_READ_BYTES` or `SHUTDOWN_READ_TIME` are left unread.
+    fn read_received(&mut self, lines: &mut Lines, buffer: &mut [u8]) -> Ending {
+        if let Err(error) = self.stream.set_nonblocking(true) {
+            return Ending::Failed(error);
+        }
+        let started = Instant::now();
+        let lines_before = lines.counts.lines;
+        let mut read = 0usize;
+        let ending = loop {
+            if read >= SHUTDOWN_READ_BYTES || started.elapsed() >= SHUTDOWN_READ_TIME {
+                tracing::warn!(
+                    connection = self.id,
+                    peer = %self.peer,
+                    bytes = read,
+                    "shutdown: the client is still sending, so the rest of its data is not read"
+                );
+                break Ending::Shutdown;
+            }
+            let count = match read_some(&mut self.stream, buffer) {
+                Ok(Some(0)) => break Ending::PeerClosed,
+                Ok(Some(count)) => count,
+                Ok(None) => break Ending::Shutdown,
+                Err(error) => break Ending::Failed(error),
+            };
+            read += count;
+            if let Some(ending) = self.take_bytes(lines, &buffer[..count]) {
+                break ending;
+            }
+        };
+        if read > 0 {
+            tracing::info!(
+                connection = self.id,
+                peer = %self.peer,
+                bytes = read,
+                lines = lines.counts.lines - lines_before,
+                "shutdown: read the data already received from the client"
+            );
+        }
+        ending
     }
 
     /// Returns whether this connection must wait: too many events wait for the frontier and
