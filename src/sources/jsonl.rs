@@ -8,6 +8,7 @@ use serde_json::Value;
 use veer_models::alert::id_from_json;
 use veer_models::{Behavior, Event, Id};
 
+use super::flat_json;
 use super::time::{self, TimeError};
 use super::{BadRecord, LineParser, Parsed};
 
@@ -26,6 +27,16 @@ impl LineParser for JsonlParser {
         if line.trim_ascii().is_empty() {
             return Parsed::Skip;
         }
+        match flat_json::parse_flat(line, line_no) {
+            Some(event) => Parsed::Event(event),
+            None => self.parse_full(line_no, line),
+        }
+    }
+}
+
+impl JsonlParser {
+    /// Parses a non-blank line with serde_json, which checks every field and words the error.
+    pub(crate) fn parse_full(&self, line_no: u64, line: &[u8]) -> Parsed {
         let fields: EventFields = match serde_json::from_slice(line) {
             Ok(fields) => fields,
             Err(error) => {

@@ -37,6 +37,7 @@ use std::str::FromStr;
 use veer_models::Event;
 
 mod fields;
+mod flat_json;
 mod item_catalog;
 mod jsonl;
 mod lines;

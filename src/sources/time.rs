@@ -57,16 +57,24 @@ pub(crate) fn parse_epoch(text: &[u8]) -> Result<i64, TimeError> {
         return Err(TimeError::OutOfRange);
     }
     let value = super::fields::parse_decimal(significant).unwrap_or(0);
+    let Some(digits) = fraction.filter(|_| value < MILLIS_FROM) else {
+        return epoch_millis(value);
+    };
+    let mut sub_second: u128 = 0;
+    for position in 0..3 {
+        let digit = digits.get(position).map_or(0, |byte| byte - b'0');
+        sub_second = sub_second * 10 + u128::from(digit);
+    }
+    i64::try_from(value * 1000 + sub_second).map_err(|_| TimeError::OutOfRange)
+}
+
+/// Returns the Unix milliseconds of a whole epoch number: seconds below 10^12, milliseconds
+/// from 10^12 on.
+pub(crate) fn epoch_millis(value: u128) -> Result<i64, TimeError> {
     let millis = if value >= MILLIS_FROM {
         value
     } else {
-        let mut sub_second: u128 = 0;
-        let digits = fraction.unwrap_or_default();
-        for position in 0..3 {
-            let digit = digits.get(position).map_or(0, |byte| byte - b'0');
-            sub_second = sub_second * 10 + u128::from(digit);
-        }
-        value * 1000 + sub_second
+        value * 1000
     };
     i64::try_from(millis).map_err(|_| TimeError::OutOfRange)
 }

@@ -1,0 +1,389 @@
+//! A fast path for the usual shape of a JSON-lines event: one flat object whose values are
+//! plain strings, integers or `null`.
+//!
+//! serde_json, with the `arbitrary_precision` feature veer needs for exact wide ids, builds
+//! a `Value` and allocates a `String` for every field, which made it about 4% of the line
+//! scan. A general JSON parser must handle every shape, so this small scanner is written
+//! here instead. It accepts only the flat subset and builds the event straight from borrowed
+//! bytes. Every other line (escapes, fractions, nested values, duplicate keys, invalid
+//! values) gets `None` and goes to the serde_json reader. So both paths give the same event
+//! for every line the scanner accepts, and every error comes from serde_json.
+
+use veer_models::{Behavior, Event, Id};
+
+use super::time;
+
+/// A value of the flat subset, borrowed from the line.
+#[derive(Clone, Copy)]
+enum Scalar<'a> {
+    /// A string without escapes or control characters.
+    Text(&'a str),
+    /// An integer as written (an optional minus sign and digits without leading zeros), and
+    /// its value when it is not negative and has at most 19 digits.
+    Integer(&'a [u8], Option<u64>),
+    Null,
+}
+
+/// The fields an event uses, in the order of [`FIELD_NAMES`].
+const FIELD_NAMES: [&[u8]; 9] = [
+    b"user",
+    b"item",
+    b"category",
+    b"behavior",
+    b"ts",
+    b"price",
+    b"brand",
+    b"dwell_ms",
+    b"session",
+];
+
+/// Returns the event of a flat JSON object line, or `None` when the line is outside the
+/// subset or its values need the full reader's checks and messages.
+pub(crate) fn parse_flat(line: &[u8], line_no: u64) -> Option<Event> {
+    let mut scanner = Scanner { bytes: line, at: 0 };
+    let mut fields: [Option<Scalar>; 9] = [None; 9];
+    scanner.skip_space();
+    scanner.expect(b'{')?;
+    scanner.skip_space();
+    if scanner.peek() == Some(b'}') {
+        scanner.at += 1;
+    } else {
+        loop {
+            scanner.skip_space();
+            let key = scanner.raw_text()?;
+            scanner.skip_space();
+            scanner.expect(b':')?;
+            scanner.skip_space();
+            let value = scanner.scalar()?;
+            match FIELD_NAMES.iter().position(|name| *name == key) {
+                // A repeated field is an error of the full reader.
+                Some(index) if fields[index].is_some() => return None,
+                Some(index) => fields[index] = Some(value),
+                None => {
+                    std::str::from_utf8(key).ok()?;
+                }
+            }
+            scanner.skip_space();
+            match scanner.next()? {
+                b',' => continue,
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    scanner.skip_space();
+    if scanner.at != line.len() {
+        return None;
+    }
+
+    let [user, item, category, behavior, ts, price, brand, dwell_ms, session] = fields;
+    Some(Event {
+        ts_ms: timestamp(ts?)?,
+        user: id(user?)?,
+        category: id(category?)?,
+        item: match item {
+            None | Some(Scalar::Null) => Id::text(""),
+            Some(value) => id(value)?,
+        },
+        behavior: match behavior? {
+            Scalar::Text(name) => Behavior::parse(name)?,
+            _ => return None,
+        },
+        topic: None,
+        price: match price {
+            None | Some(Scalar::Null) => None,
+            Some(Scalar::Integer(digits, _)) => Some(finite(ascii(digits)?)?),
+            Some(Scalar::Text(text)) => Some(finite(text.trim())?),
+        },
+        brand: match brand {
+            None | Some(Scalar::Null) => None,
+            Some(value) => Some(id(value)?),
+        },
+        dwell_ms: match dwell_ms {
+            None | Some(Scalar::Null) => None,
+            Some(Scalar::Integer(digits, _)) => Some(ascii(digits)?.parse().ok()?),
+            Some(Scalar::Text(text)) => Some(text.parse().ok()?),
+        },
+        session: match session {
+            None | Some(Scalar::Null) => None,
+            Some(Scalar::Integer(digits, _)) => Some(ascii(digits)?.into()),
+            Some(Scalar::Text(text)) => Some(text.into()),
+        },
+        line: line_no,
+    })
+}
+
+/// Returns the id of a value as the full reader builds it: an integer that fits in 128 bits
+/// as a number, any other integer and any non-empty string as text.
+fn id(value: Scalar) -> Option<Id> {
+    match value {
+        Scalar::Integer(_, Some(value)) => Some(Id::int(u128::from(value))),
+        Scalar::Integer(digits, None) => Some(Id::from_field(ascii(digits)?)),
+        Scalar::Text(text) if !text.is_empty() => Some(Id::text(text)),
+        _ => None,
+    }
+}
+
+/// Returns the time in Unix milliseconds of a `ts` value, read as the full reader does.
+fn timestamp(value: Scalar) -> Option<i64> {
+    match value {
+        Scalar::Integer(_, Some(value)) => time::epoch_millis(u128::from(value)).ok(),
+        Scalar::Integer(digits, None) => time::parse_epoch(digits).ok(),
+        Scalar::Text(text) => {
+            let bytes = text.as_bytes();
+            if bytes.len() >= 10 && bytes[4] == b'-' {
+                time::parse_rfc3339(bytes).ok()
+            } else {
+                time::parse_epoch(bytes).ok()
+            }
+        }
+        Scalar::Null => None,
+    }
+}
+
+/// Returns the text of an integer's bytes, which are ASCII digits and a minus sign.
+fn ascii(digits: &[u8]) -> Option<&str> {
+    std::str::from_utf8(digits).ok()
+}
+
+fn finite(text: &str) -> Option<f64> {
+    text.parse::<f64>().ok().filter(|value| value.is_finite())
+}
+
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.at += 1;
+        Some(byte)
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.next()? == byte).then_some(())
+    }
+
+    /// Skips JSON whitespace: space, tab, line feed and carriage return.
+    fn skip_space(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.at += 1;
+        }
+    }
+
+    /// Reads the bytes of a string without escapes or control characters.
+    fn raw_text(&mut self) -> Option<&'a [u8]> {
+        self.expect(b'"')?;
+        let start = self.at;
+        loop {
+            match self.next()? {
+                b'"' => break,
+                b'\\' | 0..=0x1f => return None,
+                _ => {}
+            }
+        }
+        Some(&self.bytes[start..self.at - 1])
+    }
+
+    /// Reads a string without escapes or control characters, in valid UTF-8.
+    fn text(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.raw_text()?).ok()
+    }
+
+    fn scalar(&mut self) -> Option<Scalar<'a>> {
+        match self.peek()? {
+            b'"' => self.text().map(Scalar::Text),
+            b'n' => {
+                let rest = self.bytes.get(self.at..self.at + 4)?;
+                self.at += 4;
+                (rest == b"null").then_some(Scalar::Null)
+            }
+            b'-' | b'0'..=b'9' => self.integer(),
+            _ => None,
+        }
+    }
+
+    /// Reads an integer; a fraction or an exponent is left to the full reader.
+    fn integer(&mut self) -> Option<Scalar<'a>> {
+        let start = self.at;
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.at += 1;
+        }
+        let mut value: u64 = 0;
+        match self.next()? {
+            b'0' => {}
+            digit @ b'1'..=b'9' => {
+                value = u64::from(digit - b'0');
+                while let Some(digit @ b'0'..=b'9') = self.peek() {
+                    // May wrap from the 20th digit on; the length check below drops such values.
+                    value = value.wrapping_mul(10).wrapping_add(u64::from(digit - b'0'));
+                    self.at += 1;
+                }
+            }
+            _ => return None,
+        }
+        if matches!(self.peek(), Some(b'.' | b'e' | b'E' | b'0'..=b'9')) {
+            return None;
+        }
+        let digits = self.at - start - usize::from(negative);
+        let value = (!negative && digits <= 19).then_some(value);
+        Some(Scalar::Integer(&self.bytes[start..self.at], value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::sources::jsonl::JsonlParser;
+    use crate::sources::Parsed;
+
+    /// Returns the full reader's event for a line, skipping the fast path.
+    fn full_reader(line: &str) -> Option<Event> {
+        match JsonlParser::new().parse_full(5, line.as_bytes()) {
+            Parsed::Event(event) => Some(event),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn usual_line_matches_full_reader() {
+        let line = r#"{"user":915564,"item":1750863839,"category":4434995,"behavior":"view","ts":1511539241}"#;
+        let event =
+            parse_flat(line.as_bytes(), 5).expect("the line is flat, so the fast path accepts it");
+        assert_eq!(Some(event.clone()), full_reader(line));
+        assert_eq!(event.user, Id::int(915_564));
+        assert_eq!(event.ts_ms, 1_511_539_241_000);
+    }
+
+    #[test]
+    fn other_shapes_left_to_full_reader() {
+        for line in [
+            r#"{"user":1,"category":2,"behavior":"view","ts":1511539241.5}"#,
+            r#"{"user":"a\"b","category":2,"behavior":"view","ts":1511539241}"#,
+            r#"{"user":1,"user":2,"category":2,"behavior":"view","ts":1511539241}"#,
+            r#"{"user":1,"category":2,"behavior":"view","ts":1511539241,"query":{"q":1}}"#,
+            r#"{"user":1,"category":2,"behavior":"view","ts":1511539241} x"#,
+            r#"{"user":"","category":2,"behavior":"view","ts":1511539241}"#,
+            r#"{"user":1,"category":2,"behavior":"jump","ts":1511539241}"#,
+            r#"{"user":01,"category":2,"behavior":"view","ts":1511539241}"#,
+            r#"{"user":1,"category":2,"behavior":"view","ts":true}"#,
+            r#"{"user":1,"category":2,"behavior":"view"}"#,
+        ] {
+            assert!(parse_flat(line.as_bytes(), 5).is_none(), "{line}");
+        }
+    }
+
+    /// Returns a strategy for the text of a JSON value: mostly the flat subset, with some
+    /// values outside it.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => (0u64..2_000_000_000).prop_map(|number| number.to_string()),
+            1 => prop_oneof![
+                Just("340282366920938463463374607431768211456"),
+                Just("18446744073709551616"),
+                Just("9999999999999999999"),
+                Just("1511539241123"),
+                Just("-0"),
+            ]
+            .prop_map(str::to_string),
+            1 => (-5i64..5).prop_map(|number| number.to_string()),
+            1 => Just("007".to_string()),
+            1 => Just("1.5e3".to_string()),
+            1 => Just("12.25".to_string()),
+            1 => Just("null".to_string()),
+            1 => Just("true".to_string()),
+            1 => Just("[1]".to_string()),
+            3 => "[a-z0-9 :.-]{0,12}".prop_map(|text| format!("\"{text}\"")),
+            1 => Just("\"caf\u{e9}\"".to_string()),
+            1 => Just("\"a\\u0041\"".to_string()),
+            2 => prop_oneof![
+                Just("\"view\""),
+                Just("\"pv\""),
+                Just("\"buy\""),
+                Just("\"1511539241\""),
+                Just("\"2017-11-25T08:00:00Z\""),
+                Just("\"2017-11-25T08:00:00+08:00\""),
+                Just("\"1511539241123\""),
+            ]
+            .prop_map(str::to_string),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => prop::sample::select(FIELD_NAMES.to_vec())
+                .prop_map(|name| String::from_utf8(name.to_vec()).unwrap()),
+            1 => Just("query".to_string()),
+            1 => Just("User".to_string()),
+        ]
+    }
+
+    /// Returns a strategy for a line of up to five key-value pairs, with optional spaces. Most
+    /// lines start with valid required fields, so that many lines are events.
+    fn line() -> impl Strategy<Value = String> {
+        (
+            prop::bool::weighted(0.8),
+            prop::collection::vec((key(), value(), any::<bool>()), 0..6),
+            any::<bool>(),
+        )
+            .prop_map(|(valid_start, pairs, trailing_space)| {
+                let mut parts: Vec<String> = Vec::new();
+                if valid_start {
+                    parts.push(r#""user":7,"category":"c1","behavior":"cart""#.to_string());
+                }
+                let mut seen: Vec<String> = Vec::new();
+                for (key, value, spaced) in pairs {
+                    if valid_start && ["user", "category", "behavior"].contains(&key.as_str()) {
+                        continue;
+                    }
+                    seen.push(key.clone());
+                    let colon = if spaced { " : " } else { ":" };
+                    parts.push(format!("\"{key}\"{colon}{value}"));
+                }
+                if valid_start && !seen.iter().any(|key| key == "ts") {
+                    parts.push(r#""ts":1511539241"#.to_string());
+                }
+                let space = if trailing_space { " \r" } else { "" };
+                format!("{{{}}}{space}", parts.join(","))
+            })
+    }
+
+    #[test]
+    fn generated_lines_often_take_fast_path() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+
+        let mut runner = TestRunner::deterministic();
+        let strategy = line();
+        let accepted = (0..2000)
+            .filter(|_| {
+                let line = strategy.new_tree(&mut runner).unwrap().current();
+                parse_flat(line.as_bytes(), 5).is_some()
+            })
+            .count();
+        assert!(
+            accepted >= 500,
+            "only {accepted} of 2000 lines were flat events"
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn fast_path_agrees_with_full_reader(line in line()) {
+            if let Some(event) = parse_flat(line.as_bytes(), 5) {
+                prop_assert_eq!(Some(event), full_reader(&line), "line {}", line);
+            }
+        }
+    }
+}
