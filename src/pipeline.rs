@@ -281,9 +281,11 @@ pub fn run(settings: RunSettings) -> anyhow::Result<RunSummary> {
 /// `model_path.rs`). The alerts equal those of [`crate::replay::replay_with_models`] for any
 /// number of workers.
 pub fn run_with_models(
-    settings: RunSettings,
+    mut settings: RunSettings,
     models: crate::replay::ModelRunSettings,
 ) -> anyhow::Result<RunSummary> {
+    // The fusion rule confirms the detector's candidates, so the detector raises them.
+    settings.detector_config = models.fusion.detector_config(&settings.detector_config);
     run_job(settings, Some(models))
 }
 

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use veer_models::attributes::AttributeHistory;
-use veer_models::fusion::{FusionConfig, FusionRule};
+use veer_models::fusion::{FusionConfig, FusionRule, UserFusion};
 use veer_models::groups::SessionCounter;
 use veer_models::ml::{
     score_window, training_rows, verdict, ClosedWindow, Evaluation, InterestPredictor,
@@ -191,8 +191,12 @@ pub fn replay_with_models(
     models: &ModelRunSettings,
 ) -> anyhow::Result<ModelRunOutput> {
     let rule = FusionRule::new(models.fusion.clone())?;
+    let settings = &ReplaySettings {
+        detector: models.fusion.detector_config(&settings.detector),
+        ..settings.clone()
+    };
     let window_ms = settings.window_ms.max(1);
-    let (closed, mut detector_alerts, first_ms) = user_windows(events, settings, models)?;
+    let (closed, detector_alerts, first_ms) = user_windows(events, settings, models)?;
     let mut output = ModelRunOutput::default();
     let bootstrap_end = first_ms.unwrap_or(0).saturating_add(models.bootstrap_ms);
     let rows = training_rows(&closed, window_ms, bootstrap_end);
@@ -203,21 +207,22 @@ pub fn replay_with_models(
         ModelSet::fit_with(&rows, &models.params, models.seed).map_err(|error| error.to_string())
     };
     let model_set = match fitted {
-        Ok(model_set) => model_set,
+        Ok(model_set) => Some(model_set),
         Err(reason) => {
             output.skipped = Some(reason);
-            detector_alerts.sort_by(|a, b| (a.ts, &a.user, a.kind).cmp(&(b.ts, &b.user, b.kind)));
-            output.alerts = detector_alerts;
-            return Ok(output);
+            None
         }
     };
-    output.warnings = model_set
-        .warnings()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    if let Some(model_set) = &model_set {
+        output.warnings = model_set
+            .warnings()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+    }
 
-    // Detector alerts by user window; each goes through the fusion rule of its window.
+    // Detector alerts by user window. Each goes through the fusion rule of its window, with
+    // each user's windows in time order.
     let mut by_window: BTreeMap<(Id, u64), Vec<Alert>> = BTreeMap::new();
     for alert in detector_alerts {
         let time = (alert.ts * 1000) as u64;
@@ -228,19 +233,25 @@ pub fn replay_with_models(
             .push(alert);
     }
     let mut alerts = Vec::new();
+    let mut users: HashMap<Id, UserFusion> = HashMap::new();
     for window in &closed {
         let raised = by_window
             .remove(&(window.user.clone(), window.start_ms))
             .unwrap_or_default();
-        if window.start_ms < bootstrap_end {
-            alerts.extend(raised);
-            continue;
+        let user = users.entry(window.user.clone()).or_default();
+        match &model_set {
+            Some(model_set) if window.start_ms >= bootstrap_end => {
+                output.scored_windows += 1;
+                let signals = score_window(model_set, window)?;
+                alerts.extend(rule.fuse(user, &verdict(window, Some(signals)), raised));
+            }
+            _ => alerts.extend(rule.pass_unscored(user, raised)),
         }
-        output.scored_windows += 1;
-        let signals = score_window(&model_set, window)?;
-        alerts.extend(rule.fuse(&verdict(window, Some(signals)), raised));
     }
-    alerts.extend(by_window.into_values().flatten());
+    // Alerts without a closed window pass unscored, as in the pipeline.
+    for ((user, _), raised) in by_window {
+        alerts.extend(rule.pass_unscored(users.entry(user).or_default(), raised));
+    }
     alerts.sort_by(|a, b| (a.ts, &a.user, a.kind).cmp(&(b.ts, &b.user, b.kind)));
     output.alerts = alerts;
     Ok(output)

@@ -5,7 +5,8 @@ mod common;
 use veer::generate::{generate, GenerateConfig};
 use veer::pipeline;
 use veer::replay::{replay, replay_with_models, ModelRunSettings, ReplaySettings};
-use veer_models::{Alert, Event};
+use veer_models::detector::CANDIDATE_SIGNAL;
+use veer_models::{Alert, DetectorConfig, Event};
 
 /// Window length of [`common::memory_run_settings`].
 const WINDOW_MS: u64 = 3_600_000;
@@ -53,6 +54,7 @@ fn model_operators_match_replay_on_generated_stream() {
         expected.alerts, detector_only,
         "the models change no alert, so the comparison proves little"
     );
+    assert_eq!(marked_candidates(&expected.alerts), 0);
     for workers in [1, 2] {
         let actual = dataflow_alerts(stream.events.clone(), workers, &models);
         common::assert_same_alerts(&actual, &expected.alerts, &format!("workers {workers}"));
@@ -82,9 +84,19 @@ fn model_operators_match_replay_on_taobao_sample() {
     common::assert_same_alerts(&actual, &expected.alerts, "Taobao sample");
 }
 
-/// A stream shorter than the bootstrap period fits on what it has and scores nothing.
+/// Returns how many alerts still carry the detector's candidate mark, which only the fusion
+/// rule reads.
+fn marked_candidates(alerts: &[Alert]) -> usize {
+    alerts
+        .iter()
+        .filter(|alert| alert.signals.iter().any(|(name, _)| name == CANDIDATE_SIGNAL))
+        .count()
+}
+
+/// A stream shorter than the bootstrap period fits on what it has and scores nothing: every
+/// candidate is alerted, as the detector alone would alert it.
 #[test]
-fn short_stream_passes_detector_alerts() {
+fn short_stream_alerts_unscored_candidates() {
     let stream = generate(&GenerateConfig {
         users: 300,
         days: 5,
@@ -97,8 +109,40 @@ fn short_stream_passes_detector_alerts() {
     };
     let expected = replay_with_models(&stream.events, &replay_settings(), &models).unwrap();
     assert_eq!(expected.scored_windows, 0);
-    let detector_only = replay(&stream.events, &replay_settings(), |_, _, _| {}).unwrap();
-    assert_eq!(expected.alerts, detector_only);
+    assert!(!expected.alerts.is_empty(), "no alerts to compare");
+    assert_eq!(annotated(&expected.alerts), 0);
+    assert_eq!(marked_candidates(&expected.alerts), 0);
     let actual = dataflow_alerts(stream.events, 2, &models);
-    common::assert_same_alerts(&actual, &detector_only, "short stream");
+    common::assert_same_alerts(&actual, &expected.alerts, "short stream");
+}
+
+/// Candidates leave the detector's state unchanged, so its alarms are those of the same
+/// detector without candidates.
+#[test]
+fn candidates_leave_alarms_unchanged() {
+    let stream = generate(&GenerateConfig {
+        users: 600,
+        days: 6,
+        seed: 23,
+        ..GenerateConfig::default()
+    });
+    let strict = DetectorConfig {
+        min_sessions: 3,
+        ..DetectorConfig::default()
+    };
+    let with_candidates = DetectorConfig {
+        candidate_sessions: 2,
+        ..strict.clone()
+    };
+    let settings = |detector| ReplaySettings {
+        detector,
+        ..replay_settings()
+    };
+    let alarms = replay(&stream.events, &settings(strict), |_, _, _| {}).unwrap();
+    let all = replay(&stream.events, &settings(with_candidates), |_, _, _| {}).unwrap();
+    let (candidates, rest): (Vec<Alert>, Vec<Alert>) = all
+        .into_iter()
+        .partition(|alert| alert.signals.iter().any(|(name, _)| name == CANDIDATE_SIGNAL));
+    assert_eq!(rest, alarms);
+    assert!(candidates.len() > 10, "{} candidates", candidates.len());
 }

@@ -89,7 +89,18 @@ pub struct DetectorConfig {
     /// Time after an alarm, in seconds, during which events go straight into the reference.
     /// Both this and `refractory_events` must pass before the user is judged again.
     pub refractory_secs: i64,
+    /// Mostly-novel sessions in a row at which the detector also raises a *candidate* alert
+    /// (see [`CANDIDATE_SIGNAL`]), 0 for none. Only the fusion rule of `--models` sets it,
+    /// below `min_sessions`, and consumes the candidates, so it is not read from a file.
+    #[serde(skip)]
+    pub candidate_sessions: u32,
 }
+
+/// Signal that marks a candidate alert: a run that meets every alarm condition, with
+/// `candidate_sessions` supporting sessions in place of `min_sessions`. A candidate leaves the
+/// detector's state as it was, so the run goes on towards a full alarm. Candidates are input
+/// to [`crate::fusion::FusionRule`] and never written as alerts.
+pub const CANDIDATE_SIGNAL: &str = "candidate";
 
 impl Default for DetectorConfig {
     fn default() -> Self {
@@ -114,6 +125,7 @@ impl Default for DetectorConfig {
             burst_span_secs: 45,
             refractory_events: 20,
             refractory_secs: 3 * 24 * 3600,
+            candidate_sessions: 0,
         }
     }
 }
@@ -183,6 +195,13 @@ impl DetectorConfig {
         positive("session_gap_secs", self.session_gap_secs as f64)?;
         positive("session_max_span_secs", self.session_max_span_secs as f64)?;
         positive("burst_span_secs", self.burst_span_secs as f64)?;
+        if self.candidate_sessions >= self.min_sessions && self.candidate_sessions > 0 {
+            return Err(ConfigError {
+                name: "candidate_sessions",
+                value: self.candidate_sessions.to_string(),
+                expected: "0 or a number below min_sessions",
+            });
+        }
         if self.burst_events < 3 {
             return Err(ConfigError {
                 name: "burst_events",
@@ -670,7 +689,7 @@ impl ShiftDetector {
     /// a row: a user who explores now and then returns to their usual groups in between, while
     /// a user whose interests moved does not. Among those sessions, novel events after the
     /// first must return to groups that earlier ones visited.
-    fn run_confirms(&self, state: &UserState, now_secs: i64) -> bool {
+    fn run_confirms(&self, state: &UserState, now_secs: i64, min_sessions: u32) -> bool {
         if now_secs - state.run_start_ts < self.config.min_run_span_secs {
             return false;
         }
@@ -695,7 +714,7 @@ impl ShiftDetector {
                 f64::from(*novel) >= self.config.session_novel_share * f64::from(*judged)
             })
             .count();
-        if (supporting as u32) < self.config.min_sessions {
+        if supporting == 0 || (supporting as u32) < min_sessions {
             return false;
         }
         let oldest_supporting = sessions[supporting - 1].0;
@@ -722,6 +741,29 @@ impl ShiftDetector {
     }
 
     fn raise_shift(&self, state: &mut UserState, event: &Event, explore: f64) -> Alert {
+        let alert = self.shift_alert(state, event, explore);
+
+        // The run becomes the new reference, so the same shift does not alarm again.
+        state.reference.scale_all(REBASE_KEEP);
+        let run = std::mem::take(&mut state.run);
+        for entry in &run {
+            self.add_to_reference(
+                state,
+                &entry.category,
+                &entry.group,
+                entry.weight,
+                entry.session,
+            );
+        }
+        state.cusum = 0.0;
+        state.refractory_events = self.config.refractory_events;
+        state.refractory_until_ts = event.ts_secs() + self.config.refractory_secs;
+        state.alerts += 1;
+        alert
+    }
+
+    /// Builds the `interest_shift` alert of the current run, leaving the state unchanged.
+    fn shift_alert(&self, state: &UserState, event: &Event, explore: f64) -> Alert {
         let ts = event.ts_secs();
         let threshold = self.config.threshold;
         let novel: Vec<&RunEvent> = state.run.iter().filter(|entry| entry.novel).collect();
@@ -736,7 +778,7 @@ impl ShiftDetector {
         let divergence = jensen_shannon(&reference_groups, &run_groups);
         let entropy_change = entropy(&run_groups) - entropy(&reference_groups);
         let to = shares_of_counts(counts, novel.len());
-        let alert = Alert {
+        Alert {
             user: event.user.clone(),
             kind: AlertKind::InterestShift,
             ts,
@@ -758,25 +800,7 @@ impl ShiftDetector {
             events_since_onset: state.run.len() as u64,
             segment_before: None,
             segment_after: None,
-        };
-
-        // The run becomes the new reference, so the same shift does not alarm again.
-        state.reference.scale_all(REBASE_KEEP);
-        let run = std::mem::take(&mut state.run);
-        for entry in &run {
-            self.add_to_reference(
-                state,
-                &entry.category,
-                &entry.group,
-                entry.weight,
-                entry.session,
-            );
         }
-        state.cusum = 0.0;
-        state.refractory_events = self.config.refractory_events;
-        state.refractory_until_ts = ts + self.config.refractory_secs;
-        state.alerts += 1;
-        alert
     }
 }
 
@@ -902,9 +926,18 @@ impl Detector for ShiftDetector {
             state.run_len_at_session_start = state.run_len_at_session_start.saturating_sub(1);
         }
 
-        if state.cusum >= self.config.threshold && self.run_confirms(state, event.ts_secs()) {
+        if state.cusum < self.config.threshold {
+            return;
+        }
+        if self.run_confirms(state, event.ts_secs(), self.config.min_sessions) {
             let alert = self.raise_shift(state, event, explore);
             alerts.push(alert);
+        } else if self.config.candidate_sessions > 0
+            && self.run_confirms(state, event.ts_secs(), self.config.candidate_sessions)
+        {
+            let mut candidate = self.shift_alert(state, event, explore);
+            candidate.signals.push((CANDIDATE_SIGNAL.into(), 1.0));
+            alerts.push(candidate);
         }
     }
 }

@@ -4,24 +4,40 @@
 //! models in [`crate::ml`] judge the user's window against the population: how unusual it
 //! is (isolation forest and one-class SVM), which segment it falls in, and how far the user's
 //! shares were from the interest model's prediction (surprise). [`FusionRule::fuse`] combines
-//! them with three rules, applied per user window:
+//! them with four rules, applied per user window:
 //!
-//! 1. A shift alert raised inside a burst is replaced by one `anomaly` alert when its window's
+//! 1. Confirmation by surprise. With the models on, the detector needs
+//!    [`FusionConfig::unsupported_sessions`] mostly-novel sessions in a row for an alarm, and
+//!    raises a *candidate* (see [`CANDIDATE_SIGNAL`]) once it has its usual `min_sessions`.
+//!    Both need only [`FusionConfig::recurring_events`] novel events that return to groups of
+//!    earlier sessions, fewer than the detector alone needs. A
+//!    candidate whose window has a surprise of at least [`FusionConfig::candidate_surprise`]
+//!    becomes a shift alert at once. Otherwise it is dropped and the shift waits for the
+//!    detector's full alarm, because a user who explores a family for a session or two is
+//!    less surprising to the interest model than one whose interests moved. Once a candidate
+//!    of a run is alerted, the detector's candidates and alarm for the same run (same onset)
+//!    in the next [`FusionConfig::same_run_secs`] are dropped, so one shift gives one alert.
+//! 2. A shift alert raised inside a burst is replaced by one `anomaly` alert when its window's
 //!    anomaly score is at least [`FusionConfig::anomaly_threshold`]. The anomaly score is the
 //!    smaller of the two model scores, so both models must agree.
-//! 2. Any other shift alert is kept. Its score rises by at most
+//! 3. Any other shift alert is kept. Its score rises by at most
 //!    [`FusionConfig::surprise_weight`], in proportion to the surprise above
 //!    [`FusionConfig::surprise_floor`], capped at 1. It carries the model signals and the
 //!    segments of the window before and of its own window.
-//! 3. A window with no shift alert whose anomaly score is at least the threshold, and whose
+//! 4. A window with no shift alert whose anomaly score is at least the threshold, and whose
 //!    user raised no other alert in it, gives one `anomaly` alert.
 //!
-//! NOTE: the rule adjusts alerts after the detector has raised them. It does not yet lower the
-//! CUSUM threshold when surprise is high, so models cannot make an alert earlier.
+//! A window without model signals (the bootstrap period, or no models fitted) alerts every
+//! candidate, as the detector alone would at `min_sessions`.
+//!
+//! NOTE: an alerted candidate does not reset the detector's run, as the detector's own alarm
+//! does. When the run then fades without an alarm, the user is judged again at once, with no
+//! refractory period, and may raise another alert sooner than the detector alone would.
 
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, AlertKind};
+use crate::detector::{DetectorConfig, CANDIDATE_SIGNAL};
 use crate::event::Id;
 
 /// Model signals of one user window.
@@ -70,6 +86,20 @@ pub struct FusionConfig {
     pub surprise_floor: f64,
     /// Maximum that surprise adds to a shift alert's score (0..1).
     pub surprise_weight: f64,
+    /// Surprise (nats) of a window at and above which the models confirm a candidate, so the
+    /// shift is alerted after the detector's `min_sessions` sessions.
+    pub candidate_surprise: f64,
+    /// Mostly-novel sessions in a row that a shift needs without that confirmation. At or
+    /// below the detector's `min_sessions`, the detector raises no candidates.
+    pub unsupported_sessions: u32,
+    /// Novel events that must return to groups of the run's earlier sessions, for a candidate
+    /// and for an alarm, in place of the detector's `min_recurring_events` while candidates
+    /// are on. The extra session that an unconfirmed shift needs guards precision instead.
+    pub recurring_events: u32,
+    /// Time after an alerted candidate, in seconds, during which the detector's later
+    /// candidates and alarm for the same run are dropped as the same shift. The default is
+    /// the detector's default refractory period, after which it would alarm again.
+    pub same_run_secs: i64,
     /// Whether each model signal is used, for ablation.
     pub use_anomaly: bool,
     pub use_surprise: bool,
@@ -82,6 +112,10 @@ impl Default for FusionConfig {
             anomaly_threshold: 0.75,
             surprise_floor: 0.5,
             surprise_weight: 0.2,
+            candidate_surprise: 0.6,
+            unsupported_sessions: 3,
+            recurring_events: 1,
+            same_run_secs: 3 * 24 * 3600,
             use_anomaly: true,
             use_surprise: true,
             use_segments: true,
@@ -114,14 +148,75 @@ impl FusionConfig {
         };
         unit("anomaly_threshold", self.anomaly_threshold)?;
         unit("surprise_weight", self.surprise_weight)?;
-        if !(self.surprise_floor.is_finite() && self.surprise_floor >= 0.0) {
+        let nats = |name, value: f64| {
+            if value.is_finite() && value >= 0.0 {
+                Ok(())
+            } else {
+                Err(FusionConfigError {
+                    name,
+                    value,
+                    expected: "a finite number >= 0",
+                })
+            }
+        };
+        nats("surprise_floor", self.surprise_floor)?;
+        nats("candidate_surprise", self.candidate_surprise)?;
+        if self.same_run_secs < 0 {
             return Err(FusionConfigError {
-                name: "surprise_floor",
-                value: self.surprise_floor,
-                expected: "a finite number >= 0",
+                name: "same_run_secs",
+                value: self.same_run_secs as f64,
+                expected: "a number of seconds >= 0",
             });
         }
         Ok(())
+    }
+
+    /// Returns the detector settings for a run with these fusion settings: the detector
+    /// raises candidates at `base.min_sessions` and alarms at `unsupported_sessions`, both
+    /// with `recurring_events`. Without the surprise signal, or when `unsupported_sessions`
+    /// is not above `base.min_sessions`, it returns `base` unchanged.
+    pub fn detector_config(&self, base: &DetectorConfig) -> DetectorConfig {
+        let mut config = base.clone();
+        if self.use_surprise && self.unsupported_sessions > base.min_sessions {
+            config.candidate_sessions = base.min_sessions;
+            config.min_sessions = self.unsupported_sessions;
+            config.min_recurring_events = self.recurring_events;
+        }
+        config
+    }
+}
+
+/// Per-user state of the fusion rule, carried from one window of the user to the next.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UserFusion {
+    /// Onset and alert time (Unix seconds) of the detector run last alerted from a candidate.
+    alerted_run: Option<(i64, i64)>,
+}
+
+impl UserFusion {
+    /// Applies rule 1 of the module documentation to a shift alert, removing its candidate
+    /// mark, and returns whether the alert goes on. `confirmed` is whether the models
+    /// confirm a candidate in the alert's window.
+    fn admit(&mut self, alert: &mut Alert, confirmed: bool, same_run_secs: i64) -> bool {
+        let before = alert.signals.len();
+        alert.signals.retain(|(name, _)| name != CANDIDATE_SIGNAL);
+        let candidate = alert.signals.len() < before;
+        if let Some((onset, alerted_ts)) = self.alerted_run {
+            if onset == alert.onset_ts && alert.ts - alerted_ts <= same_run_secs {
+                if !candidate {
+                    // The detector's alarm ends the run, so nothing more of it comes.
+                    self.alerted_run = None;
+                }
+                return false;
+            }
+        }
+        if !candidate {
+            return true;
+        }
+        if confirmed {
+            self.alerted_run = Some((alert.onset_ts, alert.ts));
+        }
+        confirmed
     }
 }
 
@@ -155,17 +250,29 @@ impl FusionRule {
     }
 
     /// Applies the rules of the module documentation to one window's detector alerts and
-    /// returns the alerts to write.
-    pub fn fuse(&self, window: &WindowVerdict, detector_alerts: Vec<Alert>) -> Vec<Alert> {
+    /// returns the alerts to write. `user` is the rule's state of the window's user, and the
+    /// user's windows must come in time order.
+    pub fn fuse(
+        &self,
+        user: &mut UserFusion,
+        window: &WindowVerdict,
+        detector_alerts: Vec<Alert>,
+    ) -> Vec<Alert> {
         let Some(signals) = window.signals else {
-            return detector_alerts;
+            return self.pass_unscored(user, detector_alerts);
         };
         let anomalous =
             self.config.use_anomaly && signals.anomaly() >= self.config.anomaly_threshold;
+        let confirmed = signals
+            .surprise
+            .is_some_and(|surprise| surprise >= self.config.candidate_surprise);
         let mut fused = Vec::with_capacity(detector_alerts.len() + 1);
         let mut suppressed: Option<Alert> = None;
         for mut alert in detector_alerts {
             if alert.kind == AlertKind::InterestShift {
+                if !user.admit(&mut alert, confirmed, self.config.same_run_secs) {
+                    continue;
+                }
                 if anomalous && window.burst {
                     suppressed.get_or_insert(alert);
                     continue;
@@ -198,6 +305,20 @@ impl FusionRule {
             });
         }
         fused
+    }
+
+    /// Returns the alerts of a window without model signals: every candidate is alerted, as
+    /// the detector alone would alert it, and the detector's alarm for a run already alerted
+    /// is dropped.
+    pub fn pass_unscored(&self, user: &mut UserFusion, detector_alerts: Vec<Alert>) -> Vec<Alert> {
+        detector_alerts
+            .into_iter()
+            .filter_map(|mut alert| {
+                let keep = alert.kind != AlertKind::InterestShift
+                    || user.admit(&mut alert, true, self.config.same_run_secs);
+                keep.then_some(alert)
+            })
+            .collect()
     }
 
     fn annotate(&self, alert: &mut Alert, signals: &ModelSignals) {
@@ -269,12 +390,19 @@ mod tests {
     fn without_models_alerts_pass_unchanged() {
         let mut verdict = window(true, 0.9, None);
         verdict.signals = None;
-        assert_eq!(rule().fuse(&verdict, vec![shift(0.6)]), vec![shift(0.6)]);
+        assert_eq!(
+            rule().fuse(&mut UserFusion::default(), &verdict, vec![shift(0.6)]),
+            vec![shift(0.6)]
+        );
     }
 
     #[test]
     fn burst_shift_becomes_anomaly() {
-        let fused = rule().fuse(&window(true, 0.9, Some(2.0)), vec![shift(0.6)]);
+        let fused = rule().fuse(
+            &mut UserFusion::default(),
+            &window(true, 0.9, Some(2.0)),
+            vec![shift(0.6)],
+        );
         assert_eq!(fused.len(), 1);
         assert_eq!(fused[0].kind, AlertKind::Anomaly);
         assert_eq!(fused[0].score, 0.9);
@@ -282,7 +410,11 @@ mod tests {
 
     #[test]
     fn shift_outside_burst_is_kept_and_annotated() {
-        let fused = rule().fuse(&window(false, 0.9, Some(1.5)), vec![shift(0.6)]);
+        let fused = rule().fuse(
+            &mut UserFusion::default(),
+            &window(false, 0.9, Some(1.5)),
+            vec![shift(0.6)],
+        );
         assert_eq!(fused.len(), 1);
         assert_eq!(fused[0].kind, AlertKind::InterestShift);
         assert_eq!(fused[0].segment_before, Some(0));
@@ -302,21 +434,37 @@ mod tests {
 
     #[test]
     fn surprise_boost_is_bounded() {
-        let fused = rule().fuse(&window(false, 0.1, Some(1e9)), vec![shift(0.95)]);
+        let fused = rule().fuse(
+            &mut UserFusion::default(),
+            &window(false, 0.1, Some(1e9)),
+            vec![shift(0.95)],
+        );
         assert_eq!(fused[0].score, 1.0);
-        let low = rule().fuse(&window(false, 0.1, Some(0.2)), vec![shift(0.6)]);
+        let low = rule().fuse(
+            &mut UserFusion::default(),
+            &window(false, 0.1, Some(0.2)),
+            vec![shift(0.6)],
+        );
         assert_eq!(low[0].score, 0.6);
     }
 
     #[test]
     fn anomalous_quiet_window_raises_anomaly() {
-        let fused = rule().fuse(&window(false, 0.8, None), Vec::new());
+        let fused = rule().fuse(
+            &mut UserFusion::default(),
+            &window(false, 0.8, None),
+            Vec::new(),
+        );
         assert_eq!(fused.len(), 1);
         assert_eq!(fused[0].kind, AlertKind::Anomaly);
         assert_eq!(fused[0].ts, 120);
         assert_eq!(fused[0].events_since_onset, 6);
         assert!(rule()
-            .fuse(&window(false, 0.5, None), Vec::new())
+            .fuse(
+                &mut UserFusion::default(),
+                &window(false, 0.5, None),
+                Vec::new()
+            )
             .is_empty());
     }
 
@@ -326,7 +474,9 @@ mod tests {
         if let Some(signals) = verdict.signals.as_mut() {
             signals.one_class_svm = 0.2;
         }
-        assert!(rule().fuse(&verdict, Vec::new()).is_empty());
+        assert!(rule()
+            .fuse(&mut UserFusion::default(), &verdict, Vec::new())
+            .is_empty());
     }
 
     #[test]
@@ -336,8 +486,18 @@ mod tests {
             ..FusionConfig::default()
         };
         let rule = FusionRule::new(config).unwrap();
-        assert!(rule.fuse(&window(false, 0.99, None), Vec::new()).is_empty());
-        let kept = rule.fuse(&window(true, 0.99, None), vec![shift(0.6)]);
+        assert!(rule
+            .fuse(
+                &mut UserFusion::default(),
+                &window(false, 0.99, None),
+                Vec::new()
+            )
+            .is_empty());
+        let kept = rule.fuse(
+            &mut UserFusion::default(),
+            &window(true, 0.99, None),
+            vec![shift(0.6)],
+        );
         assert_eq!(kept[0].kind, AlertKind::InterestShift);
     }
 
@@ -354,5 +514,161 @@ mod tests {
             ..FusionConfig::default()
         };
         assert_eq!(FusionRule::new(config).unwrap_err().name, "surprise_floor");
+    }
+
+    fn candidate(onset_ts: i64) -> Alert {
+        let mut alert = shift(0.6);
+        alert.onset_ts = onset_ts;
+        alert.signals.push((CANDIDATE_SIGNAL.into(), 1.0));
+        alert
+    }
+
+    fn alarm(onset_ts: i64) -> Alert {
+        let mut alert = shift(0.6);
+        alert.onset_ts = onset_ts;
+        alert
+    }
+
+    #[test]
+    fn surprising_candidate_is_alerted_once() {
+        let rule = rule();
+        let mut user = UserFusion::default();
+        let fused = rule.fuse(
+            &mut user,
+            &window(false, 0.1, Some(0.6)),
+            vec![candidate(50)],
+        );
+        assert_eq!(fused.len(), 1);
+        assert_eq!(fused[0].kind, AlertKind::InterestShift);
+        assert!(fused[0]
+            .signals
+            .iter()
+            .all(|(name, _)| name != CANDIDATE_SIGNAL));
+        assert!(fused[0].signals.iter().any(|(name, _)| name == "surprise"));
+
+        let again = rule.fuse(
+            &mut user,
+            &window(false, 0.1, Some(2.0)),
+            vec![candidate(50)],
+        );
+        assert!(again.is_empty(), "a second candidate of the run: {again:?}");
+        let alarm_fused = rule.fuse(&mut user, &window(false, 0.1, Some(0.1)), vec![alarm(50)]);
+        assert!(alarm_fused.is_empty(), "the run's alarm: {alarm_fused:?}");
+        let next_run = rule.fuse(&mut user, &window(false, 0.1, Some(0.1)), vec![alarm(50)]);
+        assert_eq!(
+            next_run.len(),
+            1,
+            "after the run's alarm, the state is clear"
+        );
+    }
+
+    #[test]
+    fn late_alarm_of_alerted_run_is_kept() {
+        let rule = rule();
+        let mut user = UserFusion::default();
+        let fused = rule.fuse(
+            &mut user,
+            &window(false, 0.1, Some(1.0)),
+            vec![candidate(50)],
+        );
+        assert_eq!(fused.len(), 1);
+        let mut late = alarm(50);
+        late.ts = 100 + FusionConfig::default().same_run_secs + 1;
+        let fused = rule.fuse(
+            &mut user,
+            &window(false, 0.1, Some(0.1)),
+            vec![late.clone()],
+        );
+        assert_eq!(
+            fused.len(),
+            1,
+            "an alarm after the same-run time is a new shift"
+        );
+        assert_eq!(fused[0].ts, late.ts);
+    }
+
+    #[test]
+    fn unsurprising_candidate_waits_for_alarm() {
+        let rule = rule();
+        let mut user = UserFusion::default();
+        let low = rule.fuse(
+            &mut user,
+            &window(false, 0.1, Some(0.59)),
+            vec![candidate(50)],
+        );
+        assert!(low.is_empty());
+        let unknown = rule.fuse(&mut user, &window(false, 0.1, None), vec![candidate(50)]);
+        assert!(unknown.is_empty(), "no surprise is no confirmation");
+        let fused = rule.fuse(&mut user, &window(false, 0.1, Some(0.1)), vec![alarm(50)]);
+        assert_eq!(fused.len(), 1);
+        assert_eq!(fused[0].onset_ts, 50);
+    }
+
+    #[test]
+    fn candidate_and_alarm_in_one_window() {
+        let rule = rule();
+        let mut user = UserFusion::default();
+        let both = vec![candidate(50), alarm(50)];
+        let confirmed = rule.fuse(&mut user, &window(false, 0.1, Some(1.0)), both.clone());
+        assert_eq!(confirmed.len(), 1);
+        let mut user = UserFusion::default();
+        let waited = rule.fuse(&mut user, &window(false, 0.1, Some(0.1)), both);
+        assert_eq!(waited.len(), 1);
+        assert!(waited[0]
+            .signals
+            .iter()
+            .all(|(name, _)| name != CANDIDATE_SIGNAL));
+    }
+
+    #[test]
+    fn unscored_windows_alert_candidates() {
+        let rule = rule();
+        let mut user = UserFusion::default();
+        let fused = rule.pass_unscored(&mut user, vec![candidate(50), candidate(50)]);
+        assert_eq!(fused, vec![alarm(50)]);
+        assert!(rule.pass_unscored(&mut user, vec![alarm(50)]).is_empty());
+        let other = rule.pass_unscored(&mut user, vec![alarm(70)]);
+        assert_eq!(other, vec![alarm(70)]);
+        let mut without_models = window(false, 0.1, Some(0.0));
+        without_models.signals = None;
+        let fused = rule.fuse(
+            &mut UserFusion::default(),
+            &without_models,
+            vec![candidate(80)],
+        );
+        assert_eq!(fused, vec![alarm(80)]);
+    }
+
+    #[test]
+    fn detector_config_raises_candidates() {
+        let base = DetectorConfig::default();
+        let config = FusionConfig::default().detector_config(&base);
+        assert_eq!(config.candidate_sessions, base.min_sessions);
+        assert_eq!(config.min_sessions, 3);
+        assert_eq!(config.min_recurring_events, 1);
+        assert!(config.validate().is_ok());
+
+        let without_surprise = FusionConfig {
+            use_surprise: false,
+            ..FusionConfig::default()
+        };
+        assert_eq!(without_surprise.detector_config(&base), base);
+        let same_sessions = FusionConfig {
+            unsupported_sessions: base.min_sessions,
+            ..FusionConfig::default()
+        };
+        assert_eq!(same_sessions.detector_config(&base), base);
+    }
+
+    #[test]
+    fn negative_candidate_surprise_is_rejected() {
+        let config = FusionConfig {
+            candidate_surprise: -0.1,
+            ..FusionConfig::default()
+        };
+        assert_eq!(
+            FusionRule::new(config).unwrap_err().name,
+            "candidate_surprise"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
+use veer_models::detector::CANDIDATE_SIGNAL;
 use veer_models::{Alert, Detector, Event, Id, PopulationInfo};
 
 use crate::capability::HeldCapability;
@@ -249,9 +250,16 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                     let earlier_alerts = alerts.len();
                     detector.observe(&mut tracked.state, &event, &state.groups, &mut alerts);
                     // NOTE: with the model path, this is the detector's alert before fusion
-                    // with the model scores, which may change its kind.
-                    if alerts.len() > earlier_alerts {
-                        tracked.last_alert = alerts.last().cloned().map(Box::new);
+                    // with the model scores, which may change its kind or drop it. Candidates
+                    // for the fusion rule are left out.
+                    let raised = alerts[earlier_alerts..].iter().rev().find(|alert| {
+                        !alert
+                            .signals
+                            .iter()
+                            .any(|(name, _)| name == CANDIDATE_SIGNAL)
+                    });
+                    if let Some(alert) = raised {
+                        tracked.last_alert = Some(Box::new(alert.clone()));
                     }
                     emit(event, &tracked.state, &mut alerts, &mut records);
                 }

@@ -1,13 +1,14 @@
 //! Model scoring of user windows and fusion of the model signals with the detector's alerts.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
-use veer_models::fusion::FusionRule;
+use veer_models::fusion::{FusionRule, UserFusion};
 use veer_models::ml::{score_window, verdict, ModelSet};
-use veer_models::Alert;
+use veer_models::{Alert, Id};
 
 use crate::capability::HeldCapability;
 use crate::fit::ModelUpdate;
@@ -31,8 +32,12 @@ enum Models {
 /// `windows` come from [`crate::build_user_windows`] on the same worker and `updates` from
 /// [`crate::fit_models`]. A window of the bootstrap period passes its alerts on unchanged. A
 /// later window is held, with its capability, until the models arrive, so every later window
-/// is scored by the same models whatever the timing of the fit. When no models could be
-/// fitted, alerts pass unchanged.
+/// is scored by the same models whatever the timing of the fit. Windows without model
+/// signals (the bootstrap period, a failed fit or score) go through
+/// [`FusionRule::pass_unscored`]. Each user's windows arrive, and are fused, in time order.
+///
+/// NOTE: the rule's state is kept for every user with an alerted candidate whose run has not
+/// ended in an alarm, for the whole run.
 pub fn score_windows<'scope>(
     windows: StreamVec<'scope, u64, WindowRecord>,
     updates: StreamVec<'scope, u64, ModelUpdate>,
@@ -48,6 +53,7 @@ pub fn score_windows<'scope>(
             let mut pending: Vec<(u64, WindowRecord)> = Vec::new();
             let mut models = Models::Unknown;
             let mut failures = 0u64;
+            let mut users: HashMap<Id, UserFusion> = HashMap::new();
             move |(windows_in, _), (updates_in, updates_frontier), output| {
                 let port = output.output_index();
                 windows_in.for_each_stamp(|capability, data| {
@@ -92,40 +98,52 @@ pub fn score_windows<'scope>(
                 }
 
                 let mut alerts: Vec<Alert> = Vec::new();
+                // Alerts of a window without model signals.
+                let pass = |users: &mut HashMap<Id, UserFusion>, raised: Vec<Alert>| {
+                    let Some(first) = raised.first() else {
+                        return Vec::new();
+                    };
+                    let user = users.entry(first.user.clone()).or_default();
+                    rule.pass_unscored(user, raised)
+                };
                 pending.retain_mut(|(_, record)| {
+                    let raised = std::mem::take(&mut record.alerts);
                     let Some(window) = &record.window else {
-                        alerts.append(&mut record.alerts);
+                        alerts.extend(pass(&mut users, raised));
                         return false;
                     };
-                    match &models {
-                        Models::Unknown => true,
-                        Models::Bootstrap { end_ms } if window.start_ms >= *end_ms => true,
-                        Models::Bootstrap { .. } => {
-                            alerts.append(&mut record.alerts);
-                            false
+                    let models = match &models {
+                        Models::Unknown => None,
+                        Models::Bootstrap { end_ms } if window.start_ms >= *end_ms => None,
+                        Models::Bootstrap { .. } => Some(None),
+                        Models::Ready { end_ms, models } if window.start_ms >= *end_ms => {
+                            Some(models.as_ref())
                         }
-                        Models::Ready { end_ms, models } => {
-                            let raised = std::mem::take(&mut record.alerts);
-                            match models {
-                                Some(models) if window.start_ms >= *end_ms => {
-                                    match score_window(models, window) {
-                                        Ok(signals) => alerts.extend(
-                                            rule.fuse(&verdict(window, Some(signals)), raised),
-                                        ),
-                                        Err(error) => {
-                                            failures += 1;
-                                            if failures == 1 {
-                                                tracing::error!(%error, user = %window.user, start_ms = window.start_ms, "failed to score a window; its alerts go on without model signals");
-                                            }
-                                            alerts.extend(raised);
-                                        }
-                                    }
+                        Models::Ready { .. } => Some(None),
+                    };
+                    let Some(models) = models else {
+                        // Waits for the fit.
+                        record.alerts = raised;
+                        return true;
+                    };
+                    let signals = models.and_then(|models| {
+                        score_window(models, window)
+                            .map_err(|error| {
+                                failures += 1;
+                                if failures == 1 {
+                                    tracing::error!(%error, user = %window.user, start_ms = window.start_ms, "failed to score a window; its alerts go on without model signals");
                                 }
-                                _ => alerts.extend(raised),
-                            }
-                            false
+                            })
+                            .ok()
+                    });
+                    match signals {
+                        Some(signals) => {
+                            let user = users.entry(window.user.clone()).or_default();
+                            alerts.extend(rule.fuse(user, &verdict(window, Some(signals)), raised));
                         }
+                        None => alerts.extend(pass(&mut users, raised)),
                     }
+                    false
                 });
                 if !alerts.is_empty() {
                     if let Some(capability) = held.get() {
