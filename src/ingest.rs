@@ -151,6 +151,23 @@ pub fn spawn_reader(
     progress: Arc<std::sync::atomic::AtomicU64>,
     metrics: Arc<Metrics>,
 ) -> Receiver<Chunk> {
+    spawn_split_reader(paths, options, dead_letter, progress, metrics, 1)
+}
+
+/// Starts the reader thread like [`spawn_reader`], parsing each plain file of 4 MiB or more on
+/// `threads` threads at once (see `split_read.rs`).
+///
+/// A split file arrives as one chunk per thread, only once the whole file is parsed, so the
+/// caller should read it all before it processes any of it. The chunks, counts, line numbers
+/// and dead-letter records are those of a sequential read.
+pub fn spawn_split_reader(
+    paths: Vec<String>,
+    options: SourceOptions,
+    dead_letter: DeadLetter,
+    progress: Arc<std::sync::atomic::AtomicU64>,
+    metrics: Arc<Metrics>,
+    threads: usize,
+) -> Receiver<Chunk> {
     let (sender, receiver) = crossbeam_channel::bounded(64);
     std::thread::Builder::new()
         .name("veer-reader".into())
@@ -161,9 +178,21 @@ pub fn spawn_reader(
                     bytes: &progress,
                     metrics: metrics.source(input_name(path)),
                 };
-                if let Err(message) =
-                    read_one(path, &options, &dead_letter, &sender, &mut counts, &source)
-                {
+                let read = match crate::split_read::plan_ranges(path, threads) {
+                    Ok(Some(ranges)) => read_split(
+                        path,
+                        &ranges,
+                        &options,
+                        &dead_letter,
+                        &sender,
+                        &mut counts,
+                        &source,
+                    ),
+                    Ok(None) | Err(_) => {
+                        read_one(path, &options, &dead_letter, &sender, &mut counts, &source)
+                    }
+                };
+                if let Err(message) = read {
                     let _ = sender.send(Chunk::Failed(message));
                     return;
                 }
@@ -176,7 +205,7 @@ pub fn spawn_reader(
 }
 
 /// Destination of the reader's progress on one input.
-struct SourceProgress<'a> {
+pub(crate) struct SourceProgress<'a> {
     /// Bytes read of all inputs, for the progress display.
     bytes: &'a std::sync::atomic::AtomicU64,
     /// Counters of this input.
@@ -184,8 +213,14 @@ struct SourceProgress<'a> {
 }
 
 impl SourceProgress<'_> {
+    /// Adds to the bytes read that the progress display shows.
+    pub(crate) fn add_bytes(&self, bytes: u64) {
+        self.bytes
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Adds to the input's metrics what `counts` gained since `published`.
-    fn publish(&self, counts: &LineCounts, published: &mut LineCounts) {
+    pub(crate) fn publish(&self, counts: &LineCounts, published: &mut LineCounts) {
         let metrics = &self.metrics;
         metrics.add_lines(
             counts.lines - published.lines,
@@ -208,19 +243,9 @@ fn read_one(
 ) -> Result<(), String> {
     let name = input_name(path);
     let mut reader = sources::open_input(path).map_err(|error| error.to_string())?;
-    let format = match options.format {
-        Some(format) => format,
-        None => {
-            let head = std::io::BufRead::fill_buf(&mut reader)
-                .map_err(|error| format!("cannot read input {name}: {error}"))?;
-            if head.is_empty() {
-                tracing::info!(input = name, "input is empty");
-                return Ok(());
-            }
-            sources::detect_format(head).ok_or_else(|| {
-                format!("cannot detect the format of {name}; pass --format jsonl|taobao|retailrocket|rees46")
-            })?
-        }
+    let Some(format) = input_format(&mut reader, name, options)? else {
+        tracing::info!(input = name, "input is empty");
+        return Ok(());
     };
     let events_path = (path != "-").then(|| PathBuf::from(path));
     let (mut parser, warnings) = sources::make_parser(format, options, events_path.as_deref())
@@ -239,22 +264,12 @@ fn read_one(
             .next_line()
             .map_err(|error| format!("failed reading {name}: {error}"))?;
         let Some(line) = next else { break };
-        counts.lines += 1;
-        counts.bytes += line.bytes.len() as u64 + 1;
+        let parsed = count_and_parse(&mut *parser, line, limit, counts);
         if counts.lines.is_multiple_of(65_536) {
             progress
                 .bytes
                 .store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
         }
-        let parsed = if line.truncated {
-            Parsed::Bad(BadRecord::new(
-                line.number,
-                format!("line longer than {limit} bytes"),
-                line.bytes,
-            ))
-        } else {
-            parser.parse(line.number, line.bytes)
-        };
         match parsed {
             Parsed::Event(event) => {
                 counts.events += 1;
@@ -280,6 +295,101 @@ fn read_one(
     progress.publish(counts, &mut published);
     if !batch.is_empty() {
         let _ = sender.send(Chunk::Events(batch, counts.clone()));
+    }
+    Ok(())
+}
+
+/// Returns the format given in `options`, or the one detected from the first bytes of
+/// `reader`; `None` when it must be detected and the input is empty.
+fn input_format(
+    reader: &mut dyn std::io::BufRead,
+    name: &str,
+    options: &SourceOptions,
+) -> Result<Option<sources::Format>, String> {
+    if let Some(format) = options.format {
+        return Ok(Some(format));
+    }
+    let head = reader
+        .fill_buf()
+        .map_err(|error| format!("cannot read input {name}: {error}"))?;
+    if head.is_empty() {
+        return Ok(None);
+    }
+    let format = sources::detect_format(head).ok_or_else(|| {
+        format!("cannot detect the format of {name}; pass --format jsonl|taobao|retailrocket|rees46")
+    })?;
+    Ok(Some(format))
+}
+
+/// Counts one line in `counts` and parses it. A line cut at `limit` bytes is a bad record.
+pub(crate) fn count_and_parse(
+    parser: &mut dyn sources::LineParser,
+    line: sources::Line<'_>,
+    limit: usize,
+    counts: &mut LineCounts,
+) -> Parsed {
+    counts.lines += 1;
+    counts.bytes += line.bytes.len() as u64 + 1;
+    if line.truncated {
+        return Parsed::Bad(BadRecord::new(
+            line.number,
+            format!("line longer than {limit} bytes"),
+            line.bytes,
+        ));
+    }
+    parser.parse(line.number, line.bytes)
+}
+
+/// Reads one plain file split into `ranges`, one thread per range, and sends its events in
+/// file order. Formats whose parser needs more than the line itself (RetailRocket, which
+/// loads an item catalog) are read by one thread.
+fn read_split(
+    path: &str,
+    ranges: &[std::ops::Range<u64>],
+    options: &SourceOptions,
+    dead_letter: &DeadLetter,
+    sender: &Sender<Chunk>,
+    counts: &mut LineCounts,
+    progress: &SourceProgress<'_>,
+) -> Result<(), String> {
+    let name = input_name(path);
+    let mut reader = sources::open_input(path).map_err(|error| error.to_string())?;
+    let Some(format) = input_format(&mut reader, name, options)? else {
+        tracing::info!(input = name, "input is empty");
+        return Ok(());
+    };
+    if format == sources::Format::RetailRocket {
+        return read_one(path, options, dead_letter, sender, counts, progress);
+    }
+    let mut parsers = Vec::with_capacity(ranges.len());
+    for _ in ranges {
+        let (parser, warnings) = sources::make_parser(format, options, Some(Path::new(path)))
+            .map_err(|error| error.to_string())?;
+        if parsers.is_empty() {
+            for warning in warnings {
+                tracing::warn!(input = name, "{warning}");
+            }
+        }
+        parsers.push(parser);
+    }
+    tracing::info!(input = name, format = %format, threads = ranges.len(), "reading input");
+    let outputs = crate::split_read::parse_ranges(path, ranges, parsers, progress)?;
+    for output in outputs {
+        for record in &output.bad {
+            dead_letter.bad(name, record);
+        }
+        counts.lines += output.counts.lines;
+        counts.bytes += output.counts.bytes;
+        counts.events += output.counts.events;
+        counts.skipped += output.counts.skipped;
+        counts.bad += output.counts.bad;
+        if !output.events.is_empty()
+            && sender
+                .send(Chunk::Events(output.events, counts.clone()))
+                .is_err()
+        {
+            return Ok(());
+        }
     }
     Ok(())
 }

@@ -366,13 +366,22 @@ fn run_job(
         EventSource::Inputs { paths, .. } => crate::progress::Progress::plain_size(paths),
         EventSource::Memory(_) | EventSource::Listen(_) => None,
     };
+    // Every worker sends a share of a fully read input, unless checkpoints need worker 0 to
+    // choose every cut or other processes take part.
+    let share_feed = settings.cluster.is_none() && prepared.plan.is_none();
+    // An arrival-order replay streams the input, so only a fully read input is split.
+    let parse_threads = match settings.order {
+        ReplayOrder::Arrival => 1,
+        _ => settings.workers,
+    };
     let feed = match settings.source {
-        EventSource::Inputs { paths, options } => Feed::Reader(ingest::spawn_reader(
+        EventSource::Inputs { paths, options } => Feed::Reader(ingest::spawn_split_reader(
             paths,
             options,
             dead_letter.clone(),
             bytes_read.clone(),
             settings.metrics.clone(),
+            parse_threads,
         )),
         EventSource::Memory(events) => Feed::Memory(events),
         EventSource::Listen(source) => Feed::Listen(source),
@@ -410,6 +419,7 @@ fn run_job(
         profile_writer: Mutex::new(profile_writer),
         profile_store: ProfileStore::default(),
         profile_settings: settings.profile_settings.clone(),
+        feed_board: share_feed.then(Default::default),
     });
 
     let worker_shared = shared.clone();
@@ -535,6 +545,9 @@ struct Shared {
     /// Every user's latest profile, readable while the run goes on.
     profile_store: ProfileStore,
     profile_settings: ProfileSettings,
+    /// Worker 0's choice of who feeds the input, which the other workers wait for; `None`
+    /// when worker 0 always feeds alone.
+    feed_board: Option<crate::feed_share::FeedBoard>,
 }
 
 /// The alert dispatcher, shared by the sink operator and worker 0's checkpoints, which flush
@@ -763,9 +776,18 @@ where
             }
             None => result.error = Some("the input was already taken by another worker".into()),
         }
+        if let Some(board) = &shared.feed_board {
+            board.feed_alone();
+        }
+        drop(input);
+        attributes.close();
+    } else {
+        attributes.close();
+        match &shared.feed_board {
+            Some(board) => board.join(worker, input, &probe, &hooks),
+            None => drop(input),
+        }
     }
-    drop(input);
-    attributes.close();
     // A query wakes the worker with `unpark`; the timeout only bounds a missed wake-up. With
     // checkpoints, workers also wake up every 5 ms to answer checkpoint requests.
     let park = match shared.checkpoints {
@@ -1024,8 +1046,19 @@ fn feed_input(
         late: 0,
     };
     feeder.attributes.poll(0);
+    // Checkpoints and resumes need worker 0 to feed alone.
+    let board = shared
+        .feed_board
+        .as_ref()
+        .filter(|_| feeder.cuts.is_none() && feeder.resume.is_none());
+    let feed_alone = || {
+        if let Some(board) = &shared.feed_board {
+            board.feed_alone();
+        }
+    };
     match feed {
         Feed::Listen(source) => {
+            feed_alone();
             let live = crate::listen::feed::LiveFeed {
                 source,
                 dead_letter: &shared.dead_letter,
@@ -1044,7 +1077,16 @@ fn feed_input(
                 ..Default::default()
             };
             progress.processing(events.len() as u64);
-            send_sorted(worker, &mut feeder, events, &progress)?;
+            match board {
+                Some(board) => {
+                    let plan = crate::feed_share::FeedPlan::sorted(events, worker.peers());
+                    send_shared(worker, &mut feeder, board, plan, &progress);
+                }
+                None => {
+                    feed_alone();
+                    send_sorted(worker, &mut feeder, events, &progress)?;
+                }
+            }
             counts.bytes = 0;
             progress.finish();
             Ok((counts, true))
@@ -1056,6 +1098,9 @@ fn feed_input(
             let mut out_of_order = 0u64;
             let mut newest = i64::MIN;
             let mut read_so_far = LineCounts::default();
+            if stream_arrival {
+                feed_alone();
+            }
             loop {
                 let Some(chunk) = receive_or_shutdown(worker, &mut feeder, &receiver)? else {
                     counts = read_so_far;
@@ -1113,6 +1158,30 @@ fn feed_input(
                 );
             }
             progress.processing(buffered.len() as u64);
+            if let Some(board) = board {
+                let plan = if sorted {
+                    buffered.sort_by(Event::processing_cmp);
+                    crate::feed_share::FeedPlan::sorted(buffered, worker.peers())
+                } else {
+                    let plan = crate::feed_share::FeedPlan::arrival(
+                        buffered,
+                        &mut arrival.watermark,
+                        worker.peers(),
+                        |event, frontier| {
+                            arrival.late += 1;
+                            shared.metrics.add_late(1);
+                            shared.dead_letter.late(&shared.input_label, event, frontier);
+                        },
+                    );
+                    counts.late = arrival.late;
+                    counts.events -= arrival.late;
+                    plan
+                };
+                send_shared(worker, &mut feeder, board, plan, &progress);
+                progress.finish();
+                return Ok((counts, sorted));
+            }
+            feed_alone();
             if sorted {
                 buffered.sort_by(Event::processing_cmp);
                 send_sorted(worker, &mut feeder, buffered, &progress)?;
@@ -1149,6 +1218,33 @@ fn feed_input(
             Ok((counts, sorted))
         }
     }
+}
+
+/// Publishes `plan` to the other workers and sends worker 0's share of it.
+fn send_shared(
+    worker: &mut timely::worker::Worker,
+    feeder: &mut Feeder<'_>,
+    board: &crate::feed_share::FeedBoard,
+    plan: crate::feed_share::FeedPlan,
+    progress: &crate::progress::Progress,
+) {
+    let plan = Arc::new(plan);
+    board.share(plan.clone());
+    let Feeder {
+        input,
+        attributes,
+        probe,
+        hooks,
+        ..
+    } = feeder;
+    let mut advanced = |time: u64| {
+        hooks.metrics().set_watermark(time as i64);
+        attributes.poll(time);
+        progress.processed(plan.sent());
+    };
+    plan.send_share(worker, 0, input, probe, hooks, &mut advanced);
+    hooks.mark_sent(plan.newest_ms(), Instant::now());
+    progress.processed(plan.sent());
 }
 
 /// Receives the next chunk from the reader thread, answering user queries while it waits, or

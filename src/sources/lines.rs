@@ -62,6 +62,13 @@ impl<R: BufRead> LineSplitter<R> {
         self
     }
 
+    /// Numbers the lines from `lines_before + 1`, for a reader that starts after
+    /// `lines_before` lines of the input. A byte order mark is removed only from line 1.
+    pub fn with_lines_before(mut self, lines_before: u64) -> Self {
+        self.line_number = lines_before;
+        self
+    }
+
     /// Returns the maximum line length in bytes.
     pub fn max_line_bytes(&self) -> usize {
         self.max_line_bytes

@@ -1,0 +1,305 @@
+//! Feeding a fully read input from every worker at once.
+//!
+//! Worker 0 reads the whole input, chooses the replay order and finds the late events, exactly
+//! as when it feeds alone. It then cuts the events it keeps into blocks in sending order. Each
+//! block is sent at one timely time: its first event time when the input is replayed sorted,
+//! or the watermark before its first event in arrival order. Every
+//! event of a block is at or after that time, and the times never decrease, so a worker may
+//! send a block once its input has advanced to the block's time. Worker `k` of `W` sends
+//! blocks `k`, `k + W`, `k + 2W`, ... through its own input handle. The exchange by user and
+//! the release in processing order downstream make the alerts independent of which worker sent
+//! what and of how far the frontier moves at each step.
+//!
+//! No worker waits for the dataflow after each block. Before it sends block `j`, a worker steps
+//! the dataflow only until the probe has passed the time of block `j - IN_FLIGHT_BLOCKS`, which
+//! bounds the events in flight. This cannot deadlock: each worker advances its input to a
+//! block's time before it waits, so the worker with the lowest next block always waits for a
+//! time that every input has reached.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle};
+use veer_models::Event;
+
+use crate::ingest::Watermark;
+use crate::live::WorkerHooks;
+
+/// Events per block.
+const BLOCK_EVENTS: usize = 4096;
+
+/// Blocks sent beyond the probe's frontier before a worker waits for the dataflow.
+const IN_FLIGHT_BLOCKS: usize = 8;
+
+/// Maximum park time of a worker waiting for the dataflow. Timely wakes it sooner when
+/// messages arrive.
+const PARK_WHILE_IN_FLIGHT: Duration = Duration::from_millis(1);
+
+/// How long a worker waiting for worker 0's decision parks between steps.
+const DECISION_POLL: Duration = Duration::from_millis(1);
+
+/// Events to be sent from every worker, cut into blocks in sending order.
+pub(crate) struct FeedPlan {
+    blocks: Vec<Block>,
+    workers: usize,
+    /// Events sent so far by all workers, for the progress display.
+    sent: AtomicU64,
+}
+
+struct Block {
+    /// Timely time the block's events are sent at: at or before each of their times.
+    time: u64,
+    /// Latest event time in this block and the ones before it.
+    newest_ms: i64,
+    /// The events, taken by the worker that sends them.
+    events: Mutex<Vec<Event>>,
+}
+
+impl FeedPlan {
+    /// Plans events sorted by [`Event::processing_cmp`] for `workers` workers.
+    pub(crate) fn sorted(events: Vec<Event>, workers: usize) -> FeedPlan {
+        let mut cuts = Cuts::default();
+        for (at, event) in events.iter().enumerate() {
+            cuts.keep(at, event, event.ts_ms.max(0) as u64);
+        }
+        cuts.into_plan(events, workers)
+    }
+
+    /// Plans events in arrival (file) order for `workers` workers. Events behind the
+    /// watermark are left out and passed to `late` with the watermark they missed.
+    pub(crate) fn arrival(
+        events: Vec<Event>,
+        watermark: &mut Watermark,
+        workers: usize,
+        mut late: impl FnMut(&Event, u64),
+    ) -> FeedPlan {
+        let mut cuts = Cuts::default();
+        for (at, event) in events.iter().enumerate() {
+            let current = watermark.current();
+            if watermark.observe(event.ts_ms) {
+                late(event, current);
+                cuts.late.push(at);
+                continue;
+            }
+            cuts.keep(at, event, current);
+        }
+        cuts.into_plan(events, workers)
+    }
+
+    /// Returns the number of events sent so far by all workers.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Returns the latest event time of the whole plan, or `i64::MIN` when it is empty.
+    pub(crate) fn newest_ms(&self) -> i64 {
+        self.blocks.last().map_or(i64::MIN, |block| block.newest_ms)
+    }
+
+    /// Sends worker `index`'s blocks through `input`, stepping the dataflow while more than
+    /// [`IN_FLIGHT_BLOCKS`] blocks are ahead of `probe`. `advanced` runs after each advance
+    /// of the input, with the new time.
+    pub(crate) fn send_share(
+        &self,
+        worker: &mut timely::worker::Worker,
+        index: usize,
+        input: &mut InputHandle<u64, Event>,
+        probe: &ProbeHandle<u64>,
+        hooks: &WorkerHooks,
+        advanced: &mut dyn FnMut(u64),
+    ) {
+        let lag = IN_FLIGHT_BLOCKS.max(self.workers);
+        for at in (index..self.blocks.len()).step_by(self.workers) {
+            let block = &self.blocks[at];
+            if block.time > *input.time() {
+                input.advance_to(block.time);
+                advanced(block.time);
+            }
+            if at >= lag {
+                let bound = self.blocks[at - lag].time;
+                // Parking, not spinning, leaves the core to a worker that still has work,
+                // such as worker 0 rebuilding the category groups.
+                while probe.less_than(&bound) {
+                    worker.step_or_park(Some(PARK_WHILE_IN_FLIGHT));
+                    hooks.between_steps();
+                }
+            }
+            let started = Instant::now();
+            let events = std::mem::take(&mut *lock(&block.events));
+            let count = events.len() as u64;
+            for event in events {
+                input.send(event);
+            }
+            self.sent.fetch_add(count, Ordering::Relaxed);
+            hooks.mark_sent(block.newest_ms, started);
+        }
+    }
+}
+
+/// Block boundaries of a plan, found in one pass over the events in sending order.
+#[derive(Default)]
+struct Cuts {
+    /// Index of each block's first event, its time and the latest event time up to it.
+    starts: Vec<(usize, u64, i64)>,
+    /// Indices of the events left out, ascending.
+    late: Vec<usize>,
+    kept_in_block: usize,
+    newest_ms: Option<i64>,
+}
+
+impl Cuts {
+    /// Keeps the event at index `at`, which may be sent at `time` or earlier.
+    fn keep(&mut self, at: usize, event: &Event, time: u64) {
+        let newest = self.newest_ms.map_or(event.ts_ms, |newest| newest.max(event.ts_ms));
+        self.newest_ms = Some(newest);
+        if self.kept_in_block == 0 {
+            self.starts.push((at, time, newest));
+        }
+        let last = self.starts.last_mut().expect("a block was started");
+        last.2 = newest;
+        self.kept_in_block += 1;
+        if self.kept_in_block == BLOCK_EVENTS {
+            self.kept_in_block = 0;
+        }
+    }
+
+    /// Moves the events into their blocks. Blocks are cut from the end of `events`, whose
+    /// memory shrinks as they go, so the input is not held twice.
+    fn into_plan(self, mut events: Vec<Event>, workers: usize) -> FeedPlan {
+        let mut late = self.late;
+        let mut blocks = Vec::with_capacity(self.starts.len());
+        for &(start, time, newest_ms) in self.starts.iter().rev() {
+            let mut block = events.split_off(start);
+            events.shrink_to_fit();
+            let first_late = late.partition_point(|&at| at < start);
+            if first_late < late.len() {
+                let mut dropped = late[first_late..].iter().peekable();
+                let mut at = start;
+                block.retain(|_| {
+                    let keep = dropped.next_if_eq(&&at).is_none();
+                    at += 1;
+                    keep
+                });
+            }
+            late.truncate(first_late);
+            blocks.push(Block {
+                time,
+                newest_ms,
+                events: Mutex::new(block),
+            });
+        }
+        blocks.reverse();
+        FeedPlan {
+            blocks,
+            workers: workers.max(1),
+            sent: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Worker 0's decision on how the input is fed, which the other workers wait for.
+#[derive(Default)]
+pub(crate) struct FeedBoard {
+    /// `None` until worker 0 decides; then `Some(None)` when it feeds alone, or the plan.
+    decision: Mutex<Option<Option<Arc<FeedPlan>>>>,
+}
+
+impl FeedBoard {
+    /// Tells the other workers that worker 0 feeds alone. Must come before worker 0 advances
+    /// its input, because a waiting worker holds the frontier back. Does nothing once a
+    /// decision is made.
+    pub(crate) fn feed_alone(&self) {
+        lock(&self.decision).get_or_insert(None);
+    }
+
+    /// Publishes a plan that every worker sends its share of.
+    pub(crate) fn share(&self, plan: Arc<FeedPlan>) {
+        let mut decision = lock(&self.decision);
+        assert!(decision.is_none(), "worker 0 decides how to feed once");
+        *decision = Some(Some(plan));
+    }
+
+    /// Waits, stepping the dataflow, for worker 0's decision, then sends this worker's share
+    /// of a shared plan, if any. The input is closed on return.
+    pub(crate) fn join(
+        &self,
+        worker: &mut timely::worker::Worker,
+        mut input: InputHandle<u64, Event>,
+        probe: &ProbeHandle<u64>,
+        hooks: &WorkerHooks,
+    ) {
+        let plan = loop {
+            if let Some(decision) = lock(&self.decision).clone() {
+                break decision;
+            }
+            worker.step_or_park(Some(DECISION_POLL));
+            hooks.between_steps();
+        };
+        if let Some(plan) = plan {
+            let index = worker.index();
+            plan.send_share(worker, index, &mut input, probe, hooks, &mut |_| {});
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use veer_models::{Behavior, Id};
+
+    fn view(user: u64, ts_ms: i64) -> Event {
+        Event {
+            ts_ms,
+            user: Id::from(user),
+            category: Id::from(1u64),
+            item: Id::from(2u64),
+            behavior: Behavior::View,
+            topic: None,
+            price: None,
+            brand: None,
+            dwell_ms: None,
+            session: None,
+            line: 0,
+        }
+    }
+
+    #[test]
+    fn arrival_plan_drops_late_events() {
+        let events: Vec<Event> = (0..10_000)
+            .map(|at| view(at % 7, 1_000_000 + at as i64 * 1000))
+            .chain([view(1, 0)])
+            .collect();
+        let mut watermark = Watermark::new(600_000, 86_400_000);
+        let mut late = Vec::new();
+        let plan = FeedPlan::arrival(events, &mut watermark, 2, |event, frontier| {
+            late.push((event.ts_ms, frontier))
+        });
+        assert_eq!(late, vec![(0, 1_000_000 + 9_999_000 - 600_000)]);
+        let kept: usize = plan.blocks.iter().map(|b| b.events.lock().unwrap().len()).sum();
+        assert_eq!(kept, 10_000);
+        assert_eq!(plan.newest_ms(), 1_000_000 + 9_999_000);
+    }
+
+    #[test]
+    fn block_times_bound_their_events() {
+        let events: Vec<Event> = (0..20_000)
+            .map(|at| view(at % 13, 5_000_000 + ((at * 7919) % 500) as i64 * 1000 + at as i64 * 100))
+            .collect();
+        let mut watermark = Watermark::new(600_000, 86_400_000);
+        let plan = FeedPlan::arrival(events, &mut watermark, 3, |_, _| {});
+        let mut previous = 0;
+        for block in &plan.blocks {
+            assert!(block.time >= previous, "block times never decrease");
+            previous = block.time;
+            for event in block.events.lock().unwrap().iter() {
+                assert!(event.ts_ms as u64 >= block.time, "{} < {}", event.ts_ms, block.time);
+            }
+        }
+        assert!(plan.blocks.len() > 3);
+    }
+}
