@@ -13,12 +13,14 @@ use veer_models::{Alert, Detector, Event, PopulationInfo};
 use veer_operators::fit::{fit_models, FitSettings};
 use veer_operators::profiles::AttributeRow;
 use veer_operators::score::score_windows;
+use veer_operators::segments::{split_scored, SegmentStore, SegmentUpdate};
 use veer_operators::windows::build_user_windows;
 use veer_operators::{detect_shifts_observed, DetectHandle, DetectSettings, DetectStats};
 
 use crate::replay::ModelRunSettings;
 
-/// Runs the detector and fuses its alerts with the models' signals per user window.
+/// Runs the detector and fuses its alerts with the models' signals per user window. Returns
+/// the fused alerts and the updates of each user's segment, which also go to `segments`.
 ///
 /// `probe` follows the detector, not the fused alerts, so the feeder does not wait while
 /// windows after the bootstrap period are held for the model fit.
@@ -33,7 +35,11 @@ pub(crate) fn fused_alerts<'scope, D: Detector>(
     stats: std::rc::Rc<std::cell::RefCell<DetectStats>>,
     models: &ModelRunSettings,
     probe: &ProbeHandle<u64>,
-) -> StreamVec<'scope, u64, Alert> {
+    segments: SegmentStore,
+) -> (
+    StreamVec<'scope, u64, Alert>,
+    StreamVec<'scope, u64, SegmentUpdate>,
+) {
     let observed = detect_shifts_observed(
         events,
         population.clone(),
@@ -60,5 +66,5 @@ pub(crate) fn fused_alerts<'scope, D: Detector>(
         },
     );
     let rule = FusionRule::new(models.fusion.clone()).expect("fusion settings validated before the run");
-    score_windows(windows, updates, rule)
+    split_scored(score_windows(windows, updates, rule), segments)
 }

@@ -16,6 +16,7 @@ use veer_models::profile::ProfileSource;
 use veer_models::session::SessionRule;
 use veer_models::{AlertKind, Detector, DetectorConfig, Event, GroupConfig, ShiftDetector};
 use veer_operators::profiles::{ProfileSettings, ProfileStore, ProfileView};
+use veer_operators::segments::SegmentStore;
 use veer_operators::{
     detect_shifts, order_by_event_time, population_groups, session_cooccurrence, write_alerts,
     AlertCounter, AlertSink, DetectSettings, DetectStats, WorkerState,
@@ -661,6 +662,7 @@ where
     };
     let mut attributes = AttributeInput::new(attribute_feed);
     let probe = ProbeHandle::new();
+    let segment_store = SegmentStore::default();
     {
         let state = state.clone();
         let stats = stats.clone();
@@ -673,13 +675,15 @@ where
         let probe = probe.clone();
         let input = &mut input;
         let attribute_updates = attributes.handle();
+        let segments = segment_store.clone();
         worker.dataflow::<u64, _, _>(move |scope| {
             let events = order_by_event_time(input.to_stream(scope), state.order);
             let deltas = session_cooccurrence(events.clone(), window_ms, state.cooccurrence);
             let population = population_groups(deltas, state.population).broadcast();
             let attribute_stream = attribute_updates.to_stream(scope);
-            let alerts = match &shared.models {
-                Some(models) => crate::model_path::fused_alerts(
+            let (alerts, segment_updates) = match &shared.models {
+                Some(models) => {
+                    let (alerts, segment_updates) = crate::model_path::fused_alerts(
                     events.clone(),
                     population,
                     attribute_stream.clone(),
@@ -689,21 +693,28 @@ where
                     stats,
                     models,
                     &probe,
-                ),
-                None => detect_shifts(
-                    events.clone(),
-                    population,
-                    detector,
-                    detect_settings,
-                    state.detect.clone(),
-                    stats,
-                ),
+                    segments,
+                    );
+                    (alerts, Some(segment_updates))
+                }
+                None => {
+                    let alerts = detect_shifts(
+                        events.clone(),
+                        population,
+                        detector,
+                        detect_settings,
+                        state.detect.clone(),
+                        stats,
+                    );
+                    (alerts, None)
+                }
             };
             if shared.profiles_on {
                 crate::users::build_profiles(
                     events,
                     alerts.clone(),
                     attribute_stream,
+                    segment_updates,
                     state.detect,
                     shared.profile_settings.clone(),
                     shared.state.evict_idle_ms(),
@@ -720,6 +731,7 @@ where
         });
     }
     let profiles = state.detect.clone();
+    let joined_profiles = shared.profile_store.clone();
     hooks.serve_queries(
         shared.router.attach_worker(index),
         Box::new(move |user| {
@@ -727,6 +739,12 @@ where
             profiles.tracked(user).map(|tracked| {
                 let mut profile = tracked.state.profile(user);
                 profile.last_alert = tracked.last_alert.as_ref().map(|alert| alert.to_json());
+                if let Some(latest) = segment_store.borrow().get(user) {
+                    profile.segment = Some(latest.segment);
+                    profile.segment_features =
+                        Some(latest.attribute_features.iter().copied().collect());
+                }
+                profile.attributes = crate::users::stored_attributes(&joined_profiles, user);
                 profile
             })
         }),

@@ -20,6 +20,7 @@ use veer_operators::profiles::{
     join_attributes, profile_cores, write_profiles, AttributeRow, ProfileSettings, ProfileStore,
     ProfileView,
 };
+use veer_operators::segments::SegmentUpdate;
 use veer_operators::state::DetectHandle;
 
 /// One update of the attribute collection: a row, its event time and +1 or -1.
@@ -264,13 +265,24 @@ impl AttributeInput {
     }
 }
 
+/// Returns `user`'s attribute row from the latest joined profile in `store` as a JSON object,
+/// or `None` when the store has no profile or no row for the user.
+pub fn stored_attributes(store: &ProfileStore, user: &Id) -> Option<serde_json::Value> {
+    let store = store.read().ok()?;
+    let row = store.get(user)?.profile.attributes.as_ref()?;
+    Some(serde_json::Value::Object(row.to_json()))
+}
+
 /// Builds the profile part of the dataflow: cores from the detector's per-user states, the
-/// left join with the attribute collection, and the profile writer. A user idle for longer
-/// than `idle_ms` of event time loses the profile, as the detector loses the state.
+/// left joins with the attribute collection and with the segments of the model path (with
+/// `--models`), and the profile writer. A user idle for longer than `idle_ms` of event time
+/// loses the profile, as the detector loses the state.
+#[allow(clippy::too_many_arguments)]
 pub fn build_profiles<'scope, S: ProfileView + 'static>(
     events: StreamVec<'scope, u64, Event>,
     alerts: StreamVec<'scope, u64, Alert>,
     attributes: StreamVec<'scope, u64, AttributeUpdate>,
+    segments: Option<StreamVec<'scope, u64, SegmentUpdate>>,
     states: DetectHandle<S>,
     settings: ProfileSettings,
     idle_ms: Option<i64>,
@@ -279,6 +291,7 @@ pub fn build_profiles<'scope, S: ProfileView + 'static>(
 ) {
     let view = move |user: &Id, read: &mut dyn FnMut(Option<&S>)| read(states.borrow().user(user));
     let cores = profile_cores(events, alerts, view, settings, idle_ms);
-    let joined = join_attributes(cores, attributes.as_collection());
+    let segments = segments.map(AsCollection::as_collection);
+    let joined = join_attributes(cores, attributes.as_collection(), segments);
     write_profiles(joined, writer, store);
 }

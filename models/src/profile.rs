@@ -14,7 +14,9 @@
 //!     first_ts: Some(1_700_000_000),
 //!     last_ts: Some(1_700_000_600),
 //!     interest: vec![ProfileShare { category: Id::from_field("shoes"), share: 1.0 }],
+//!     attributes: None,
 //!     segment: None,
+//!     segment_features: None,
 //!     alerts: 0,
 //!     last_alert: None,
 //! };
@@ -45,8 +47,15 @@ pub struct UserProfile {
     /// Current interest: the top categories of the user's reference profile with their shares,
     /// largest first. Shares are of the decayed reference, so they sum to at most 1.
     pub interest: Vec<ProfileShare>,
-    /// Segment assigned by the segmentation model; `None` while no model scores the user.
+    /// The user's row of the attribute table (`--users`) as a JSON object, as profile lines
+    /// write it. `None` without a table or without a row for the user.
+    pub attributes: Option<serde_json::Value>,
+    /// Segment of the user's latest window scored by the models; `None` without `--models`
+    /// and before the first scored window.
     pub segment: Option<usize>,
+    /// Values of the attribute columns that the segment model uses, from the window that gave
+    /// `segment`, before standardisation; `None` without a segment.
+    pub segment_features: Option<std::collections::BTreeMap<&'static str, f64>>,
     /// Alerts raised for the user so far.
     pub alerts: u64,
     /// The user's latest alert, as written to the alert output.
@@ -84,7 +93,9 @@ impl UserProfile {
             first_ts: None,
             last_ts: None,
             interest: Vec::new(),
+            attributes: None,
             segment: None,
+            segment_features: None,
             alerts: 0,
             last_alert: None,
         }

@@ -30,6 +30,7 @@ pub mod population;
 pub mod profiles;
 pub mod release;
 pub mod score;
+pub mod segments;
 pub mod sink;
 pub mod state;
 pub mod windows;

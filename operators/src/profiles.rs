@@ -9,10 +9,11 @@
 //!    It sends a new core, as a retraction of the old one and an insertion of the new one, only
 //!    when the core changed materially ([`ProfileSettings`]).
 //! 2. [`join_attributes`] joins the cores with the attribute table, a differential collection
-//!    that the run feeds with one retraction and one insertion per changed row. It is a left
-//!    join: a user without a row keeps a profile with unknown attributes. Either side may
-//!    change, and the join sends the affected profiles again, so a changed row reaches the
-//!    profile without a restart.
+//!    that the run feeds with one retraction and one insertion per changed row, and with the
+//!    users' segments when the model path runs. Both are left joins: a user without a row or
+//!    segment keeps a profile with unknown attributes or segment. Any side may change, and the
+//!    join sends the affected profiles again, so a changed row reaches the profile without a
+//!    restart.
 //! 3. [`write_profiles`] gathers the joined profiles on worker 0, writes each change as a JSON
 //!    line once the frontier has passed it, and writes every user's profile once more at the
 //!    end of the input. It also keeps the latest profile of every user in a [`ProfileStore`]
@@ -148,8 +149,16 @@ fn share_json(units: u32) -> Value {
     serde_json::Number::from_f64(f64::from(units) / SHARE_UNITS).map_or(Value::Null, Value::Number)
 }
 
-/// A user's joined profile: the core and the attribute row, `None` when the table has none.
-pub type JoinedProfile = (ProfileCore, Option<UserAttributes>);
+/// A user's joined profile.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JoinedProfile {
+    pub core: ProfileCore,
+    /// The user's attribute row, `None` when the table has none.
+    pub attributes: Option<UserAttributes>,
+    /// Segment of the user's latest window scored by the models, `None` before the first one
+    /// and without models.
+    pub segment: Option<usize>,
+}
 
 /// One row of the attribute table in a differential collection.
 pub type AttributeRow = (Id, UserAttributes);
@@ -390,40 +399,70 @@ impl CoreTracker {
     }
 }
 
-/// Joins profile cores with the attribute table, keeping users without a row (a left join).
+/// Joins profile cores with the attribute table and, when given, with the users' segments,
+/// keeping users without a row or a segment (left joins).
 ///
-/// `attributes` contains at most one row per user (the table keeps the later of duplicate rows),
-/// so its keys form a set and the antijoin needs no `distinct`.
+/// `attributes` contains at most one row per user (the table keeps the later of duplicate
+/// rows), and `segments` one segment per user, so their keys form sets.
 pub fn join_attributes<'scope>(
     cores: VecCollection<'scope, u64, (Id, ProfileCore)>,
     attributes: VecCollection<'scope, u64, AttributeRow>,
+    segments: Option<VecCollection<'scope, u64, (Id, usize)>>,
 ) -> VecCollection<'scope, u64, (Id, JoinedProfile)> {
-    let rows = attributes.clone().arrange_by_key();
-    let with_row = cores.clone().join_core(rows, |user, core, row| {
-        Some((user.clone(), (core.clone(), Some(row.clone()))))
+    let with_rows = left_join(cores, attributes);
+    let with_segments = match segments {
+        Some(segments) => left_join(with_rows, segments),
+        None => with_rows.map(|(user, profile)| (user, (profile, None))),
+    };
+    with_segments.map(|(user, ((core, attributes), segment))| {
+        let profile = JoinedProfile {
+            core,
+            attributes,
+            segment,
+        };
+        (user, profile)
+    })
+}
+
+/// Pairs each left value with its key's right value, or with `None` when the key has none.
+///
+/// `right` must hold at most one value per key, so the antijoin needs no `distinct`.
+fn left_join<'scope, V, W>(
+    left: VecCollection<'scope, u64, (Id, V)>,
+    right: VecCollection<'scope, u64, (Id, W)>,
+) -> VecCollection<'scope, u64, (Id, (V, Option<W>))>
+where
+    V: differential_dataflow::ExchangeData,
+    W: differential_dataflow::ExchangeData,
+{
+    let arranged = right.clone().arrange_by_key();
+    let matched = left.clone().join_core(arranged, |key, value, other| {
+        Some((key.clone(), (value.clone(), Some(other.clone()))))
     });
-    let users_with_row = attributes.map(|(user, _)| user);
-    let without_row = cores
-        .antijoin(users_with_row)
-        .map(|(user, core)| (user, (core, None)));
-    with_row.concat(without_row)
+    let keys = right.map(|(key, _)| key);
+    let unmatched = left
+        .antijoin(keys)
+        .map(|(key, value)| (key, (value, None)));
+    matched.concat(unmatched)
 }
 
 /// Returns the reasons for a profile line, comparing the user's previous profile with this one.
 fn reasons(earlier: Option<&JoinedProfile>, current: &JoinedProfile) -> Vec<&'static str> {
-    let Some((earlier_core, earlier_row)) = earlier else {
+    let Some(earlier) = earlier else {
         return vec!["new_user"];
     };
-    let (core, row) = current;
     let mut reasons = Vec::new();
-    if core.interest != earlier_core.interest {
+    if current.core.interest != earlier.core.interest {
         reasons.push("interest");
     }
-    if core.last_alert != earlier_core.last_alert {
+    if current.core.last_alert != earlier.core.last_alert {
         reasons.push("alert");
     }
-    if row != earlier_row {
+    if current.attributes != earlier.attributes {
         reasons.push("attributes");
+    }
+    if current.segment != earlier.segment {
+        reasons.push("segment");
     }
     if reasons.is_empty() {
         reasons.push("events");
@@ -433,7 +472,11 @@ fn reasons(earlier: Option<&JoinedProfile>, current: &JoinedProfile) -> Vec<&'st
 
 /// Renders one profile line: see the README for the fields.
 pub fn profile_line(user: &Id, ts: i64, profile: &JoinedProfile, reasons: &[&str]) -> String {
-    let (core, row) = profile;
+    let JoinedProfile {
+        core,
+        attributes: row,
+        segment,
+    } = profile;
     let mut object = Map::new();
     object.insert("user".into(), user.to_json());
     object.insert("ts".into(), Value::from(ts));
@@ -449,9 +492,7 @@ pub fn profile_line(user: &Id, ts: i64, profile: &JoinedProfile, reasons: &[&str
         row.as_ref()
             .map_or(Value::Null, |row| Value::Object(row.to_json())),
     );
-    // NOTE: segments come from the model path, which runs after the dataflow, so the
-    // dataflow's profiles have none.
-    object.insert("segment".into(), Value::Null);
+    object.insert("segment".into(), segment.map_or(Value::Null, Value::from));
     let last_alert = core.last_alert.as_ref().map_or(Value::Null, |alert| {
         let mut entry = Map::new();
         entry.insert("alert_id".into(), Value::from(alert.alert_id.clone()));

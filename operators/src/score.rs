@@ -12,6 +12,7 @@ use veer_models::{Alert, Id};
 
 use crate::capability::HeldCapability;
 use crate::fit::ModelUpdate;
+use crate::segments::{Scored, WindowSegment};
 use crate::windows::WindowRecord;
 
 /// State of the models on one worker.
@@ -36,13 +37,15 @@ enum Models {
 /// signals (the bootstrap period, a failed fit or score) go through
 /// [`FusionRule::pass_unscored`]. Each user's windows arrive, and are fused, in time order.
 ///
+/// Each scored window also sends its segment.
+///
 /// NOTE: the rule's state is kept for every user with an alerted candidate whose run has not
 /// ended in an alarm, for the whole run.
 pub fn score_windows<'scope>(
     windows: StreamVec<'scope, u64, WindowRecord>,
     updates: StreamVec<'scope, u64, ModelUpdate>,
     rule: FusionRule,
-) -> StreamVec<'scope, u64, Alert> {
+) -> StreamVec<'scope, u64, Scored> {
     windows.binary_frontier(
         updates,
         Pipeline,
@@ -98,6 +101,7 @@ pub fn score_windows<'scope>(
                 }
 
                 let mut alerts: Vec<Alert> = Vec::new();
+                let mut segments: Vec<WindowSegment> = Vec::new();
                 // Alerts of a window without model signals.
                 let pass = |users: &mut HashMap<Id, UserFusion>, raised: Vec<Alert>| {
                     let Some(first) = raised.first() else {
@@ -135,9 +139,11 @@ pub fn score_windows<'scope>(
                                 }
                             })
                             .ok()
+                            .map(|signals| (models, signals))
                     });
                     match signals {
-                        Some(signals) => {
+                        Some((models, signals)) => {
+                            segments.push(WindowSegment::of(window, &signals, models));
                             let user = users.entry(window.user.clone()).or_default();
                             alerts.extend(rule.fuse(user, &verdict(window, Some(signals)), raised));
                         }
@@ -145,9 +151,11 @@ pub fn score_windows<'scope>(
                     }
                     false
                 });
-                if !alerts.is_empty() {
+                if !alerts.is_empty() || !segments.is_empty() {
                     if let Some(capability) = held.get() {
-                        output.session(capability).give_iterator(alerts.drain(..));
+                        let mut session = output.session(capability);
+                        session.give_iterator(alerts.drain(..).map(Scored::Alert));
+                        session.give_iterator(segments.drain(..).map(Scored::Segment));
                     }
                 }
                 held.settle(pending.iter().map(|(time, _)| *time).min());

@@ -1,0 +1,141 @@
+//! Segments of the model path as a differential collection, for the profiles and the user
+//! query endpoint.
+//!
+//! [`crate::score_windows`] sends each scored window's segment beside the alerts.
+//! [`split_scored`] separates the two and turns the segments into the collection of each
+//! user's current segment: the segment of the user's latest scored window, in force from the
+//! millisecond after that window's last event. A user has no segment before the first window
+//! scored by fitted models, so the collection is empty during the bootstrap period and
+//! without models.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use rustc_hash::FxHashMap;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::StreamVec;
+use veer_models::fusion::ModelSignals;
+use veer_models::ml::{ClosedWindow, ModelSet, ATTRIBUTE_FEATURE_COUNT, FEATURE_NAMES};
+use veer_models::{Alert, Id};
+
+/// One output record of [`crate::score_windows`].
+#[derive(Clone, Debug)]
+pub enum Scored {
+    Alert(Alert),
+    Segment(WindowSegment),
+}
+
+/// The segment of one scored window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowSegment {
+    pub user: Id,
+    pub segment: usize,
+    /// Event time from which the segment is the user's current one: one millisecond after the
+    /// window's last event, in Unix milliseconds.
+    pub from_ms: u64,
+    /// The window's values of the attribute columns that the models selected, before
+    /// standardisation, by feature name.
+    pub attribute_features: Vec<(&'static str, f64)>,
+}
+
+impl WindowSegment {
+    /// Returns the segment that `signals` assign to `window`, scored by `models`.
+    pub fn of(window: &ClosedWindow, signals: &ModelSignals, models: &ModelSet) -> WindowSegment {
+        let attribute_names = &FEATURE_NAMES[FEATURE_NAMES.len() - ATTRIBUTE_FEATURE_COUNT..];
+        let attribute_features = attribute_names
+            .iter()
+            .filter(|name| models.selected_features().iter().any(|selected| selected == *name))
+            .filter_map(|name| Some((*name, window.features.get(name)?)))
+            .collect();
+        WindowSegment {
+            user: window.user.clone(),
+            segment: signals.segment,
+            from_ms: window.last_ms.max(0) as u64 + 1,
+            attribute_features,
+        }
+    }
+}
+
+/// A user's latest segment and the attribute features it was computed from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserSegment {
+    pub segment: usize,
+    /// See [`WindowSegment::attribute_features`].
+    pub attribute_features: Vec<(&'static str, f64)>,
+}
+
+/// One update of the segment collection: a user's segment, its event time and +1 or -1.
+pub type SegmentUpdate = ((Id, usize), u64, isize);
+
+/// The current segment of each user of one worker, for queries served on that worker's
+/// thread. It follows the scored windows as they arrive, so it may be ahead of the frontier.
+pub type SegmentStore = Rc<RefCell<FxHashMap<Id, UserSegment>>>;
+
+/// Splits the output of [`crate::score_windows`] into the alerts and the updates of the
+/// segment collection, and keeps `store` at each user's latest segment.
+///
+/// A user's segment changes by a retraction of the old one and an insertion of the new one at
+/// the new window's `from_ms`. A window in the same segment as the one before sends nothing.
+/// Each user's windows arrive in the order of their start, because the window operator emits
+/// them so and the score operator keeps their order.
+///
+/// NOTE: segments are not retracted when a user's profile is evicted, so the collection holds
+/// one row per user ever scored, as the window operator's history does.
+pub fn split_scored<'scope>(
+    scored: StreamVec<'scope, u64, Scored>,
+    store: SegmentStore,
+) -> (
+    StreamVec<'scope, u64, Alert>,
+    StreamVec<'scope, u64, SegmentUpdate>,
+) {
+    let alerts = scored.clone().flat_map(|record| match record {
+        Scored::Alert(alert) => Some(alert),
+        Scored::Segment(_) => None,
+    });
+    let updates = scored.unary(Pipeline, "SegmentUpdates", move |_, _| {
+        move |input, output| {
+            let port = output.output_index();
+            input.for_each_stamp(|capability, data| {
+                let mut segments: Vec<WindowSegment> = Vec::new();
+                for batch in data {
+                    for record in batch.drain(..) {
+                        if let Scored::Segment(segment) = record {
+                            segments.push(segment);
+                        }
+                    }
+                }
+                segments.sort_by(|a, b| (&a.user, a.from_ms).cmp(&(&b.user, b.from_ms)));
+                let mut store = store.borrow_mut();
+                for WindowSegment {
+                    user,
+                    segment,
+                    from_ms,
+                    attribute_features,
+                } in segments
+                {
+                    let latest = UserSegment {
+                        segment,
+                        attribute_features,
+                    };
+                    let earlier = store
+                        .insert(user.clone(), latest)
+                        .map(|earlier| earlier.segment);
+                    if earlier == Some(segment) {
+                        continue;
+                    }
+                    // The window's capability is at or before its first event, so before
+                    // `from_ms`.
+                    let at = capability.delayed(&from_ms, port);
+                    let mut session = output.session(&at);
+                    if let Some(earlier) = earlier {
+                        session.give(((user.clone(), earlier), from_ms, -1));
+                    }
+                    session.give(((user, segment), from_ms, 1));
+                }
+            });
+        }
+    });
+    (alerts, updates)
+}
