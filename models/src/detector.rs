@@ -240,9 +240,8 @@ struct RunEvent {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct DecayedWeights {
     categories: HashMap<Id, f64>,
+    /// Weight per group under the group map version `groups_version`.
     groups: HashMap<GroupKey, f64>,
-    /// Group of each category under the group map version `groups_version`.
-    category_group: HashMap<Id, GroupKey>,
     groups_version: u64,
     total: f64,
     scale: f64,
@@ -275,7 +274,6 @@ impl DecayedWeights {
         let stored = weight / self.scale;
         *self.categories.entry(category.clone()).or_default() += stored;
         *self.groups.entry(group.clone()).or_default() += stored;
-        self.category_group.insert(category.clone(), group.clone());
         self.total += stored;
         self.events += 1;
     }
@@ -294,15 +292,13 @@ impl DecayedWeights {
             return;
         }
         self.groups.clear();
-        self.category_group.clear();
         // Sums in category order: a map's iteration order depends on its insertion history,
         // which a checkpoint restore changes, and float sums depend on their order.
         let mut categories: Vec<(&Id, &f64)> = self.categories.iter().collect();
         categories.sort_unstable_by(|a, b| a.0.cmp(b.0));
         for (category, weight) in categories {
             let group = groups.group_of(category, topics.get(category));
-            *self.groups.entry(group.clone()).or_default() += weight;
-            self.category_group.insert(category.clone(), group);
+            *self.groups.entry(group).or_default() += weight;
         }
         self.groups_version = groups.version;
     }
