@@ -21,7 +21,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -152,7 +152,10 @@ impl ListenShared {
 
 /// Bound listening sockets, ready to be started on worker 0.
 pub struct ListenSource {
-    listeners: Vec<(TcpListener, SocketAddr)>,
+    /// The bound sockets until [`ListenSource::start`] moves them to the acceptor threads,
+    /// which close them when a shutdown stops accepting.
+    listeners: Mutex<Vec<(TcpListener, SocketAddr)>>,
+    addresses: Vec<SocketAddr>,
     settings: Arc<ListenSettings>,
     /// Counts and the flow-control state shared with worker 0.
     pub shared: Arc<ListenShared>,
@@ -181,7 +184,8 @@ impl ListenSource {
             listeners.push((listener, local));
         }
         Ok(ListenSource {
-            listeners,
+            addresses: listeners.iter().map(|(_, address)| *address).collect(),
+            listeners: Mutex::new(listeners),
             settings: Arc::new(settings),
             shared: Arc::new(ListenShared::default()),
         })
@@ -189,7 +193,7 @@ impl ListenSource {
 
     /// Returns the bound addresses (useful with port 0).
     pub fn local_addresses(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|(_, address)| *address).collect()
+        self.addresses.clone()
     }
 
     /// Returns the source's settings.
@@ -198,7 +202,8 @@ impl ListenSource {
     }
 
     /// Starts the acceptor threads and returns the channel that events arrive on. The channel
-    /// disconnects once a shutdown is requested and every connection has ended.
+    /// disconnects once a shutdown is requested and every connection has ended. Only the
+    /// first call listens, because the acceptors take the sockets.
     pub fn start(
         &self,
         worker: Thread,
@@ -207,12 +212,12 @@ impl ListenSource {
         let _ = self.shared.worker.set(worker);
         let (sender, receiver) = crossbeam_channel::bounded(CHANNEL_BATCHES);
         let next_id = Arc::new(AtomicU64::new(1));
-        for (listener, address) in &self.listeners {
-            let listener = listener.try_clone()?;
+        let listeners = std::mem::take(&mut *self.listeners.lock().expect("listener lock"));
+        for (listener, address) in listeners {
             listener.set_nonblocking(true)?;
             let acceptor = Acceptor {
                 listener,
-                address: *address,
+                address,
                 settings: self.settings.clone(),
                 shared: self.shared.clone(),
                 sender: sender.clone(),
@@ -298,6 +303,8 @@ impl Acceptor {
                 tracing::error!(%peer, connection = id, %error, "failed to start a connection thread; connection closed");
             }
         }
+        // Closing the socket makes new connections fail at once instead of waiting unread.
+        drop(self.listener);
         tracing::info!(address = %self.address, "stopped listening");
         // Worker 0 ends its feed loop once every sender is gone, so let it look now.
         drop(self.sender);

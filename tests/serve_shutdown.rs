@@ -145,6 +145,37 @@ fn sigterm_reads_lines_already_received() {
 }
 
 #[test]
+fn sigterm_refuses_new_connections() {
+    let text = std::fs::read_to_string(case_file(CASE, "input.jsonl")).unwrap();
+    let args = ["serve", "--listen", "127.0.0.1:0", "--alerts", "-"];
+    let mut server = Server::start(&args, 1);
+    let address = server.addresses[0];
+
+    // A client that never stops sending keeps the shutdown busy reading for a while.
+    let mut sender = std::net::TcpStream::connect(address).unwrap();
+    let writer = std::thread::spawn(move || {
+        while sender.write_all(text.as_bytes()).is_ok() {}
+    });
+    server.wait_for(|log| log.contains("connection opened"), 10);
+    server.signal(libc::SIGTERM);
+    server.wait_for(|log| log.contains("stopped listening"), 10);
+    let late_client = std::net::TcpStream::connect(address);
+    let still_running = server.child.try_wait().unwrap().is_none();
+    assert!(
+        late_client.is_err(),
+        "a connection was accepted after the engine stopped listening"
+    );
+    assert!(
+        still_running,
+        "the engine exited before the check, so it checks nothing"
+    );
+
+    let (code, _) = server.wait_exit(10);
+    assert_eq!(code, 0, "{}", server.log());
+    writer.join().unwrap();
+}
+
+#[test]
 fn sigterm_with_silent_client_frees_port() {
     let args = [
         "serve",
