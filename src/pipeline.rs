@@ -191,7 +191,10 @@ impl RunSummary {
             "out of order      {:>12}  (older than an earlier line; replay: {order})\n",
             counts.out_of_order
         ));
-        text.push_str(&format!("users             {:>12}\n", self.users));
+        text.push_str(&format!(
+            "user states       {:>12}  (one per user, one more after each return from eviction)\n",
+            self.users
+        ));
         text.push_str(&format!(
             "  evicted         {:>12}  (idle longer than the eviction time)\n",
             self.users_evicted
@@ -247,12 +250,12 @@ impl RunSummary {
         }
         let millis = |micros: u64| micros as f64 / 1000.0;
         format!(
-            "latency           p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  ({} alerts, event read to alert handed to the sinks)\n",
+            "latency           p50 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  ({}, event read to alert handed to the sinks)\n",
             millis(latency.p50),
             millis(latency.p99),
             millis(latency.p999),
             millis(latency.max),
-            latency.count
+            crate::explain::plural(latency.count as usize, "alert")
         )
     }
 }

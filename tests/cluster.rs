@@ -21,7 +21,7 @@ const TOTALS: [&str; 11] = [
     "bad",
     "skipped",
     "out of order",
-    "users",
+    "user states",
     "alerts",
     "interest_shift",
     "anomaly",
@@ -191,8 +191,8 @@ fn assert_cluster_matches_single(args: &[&str], folder: &Path) {
         second_stderr.contains("process 1 of 2"),
         "no part summary from process 1:\n{second_stderr}"
     );
-    let own_users = summary_count(&second_stderr, "users");
-    let all_users = summary_count(&single_stderr, "users");
+    let own_users = summary_count(&second_stderr, "user states");
+    let all_users = summary_count(&single_stderr, "user states");
     assert!(
         own_users > 0 && own_users < all_users,
         "process 1 owns {own_users} of {all_users} users"

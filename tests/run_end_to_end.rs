@@ -221,7 +221,7 @@ fn taobao_sample_end_to_end() {
     assert_eq!(run.summary_count("late"), 0);
     // 815 distinct users; two of them are idle for more than the default eviction time of 7
     // days and come back, so they are counted again.
-    assert_eq!(run.summary_count("users"), 817);
+    assert_eq!(run.summary_count("user states"), 817);
     assert_eq!(run.summary_count("evicted"), 2);
     assert_every_line_accounted(&run, TAOBAO_USERSORTED);
 

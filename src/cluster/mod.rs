@@ -282,7 +282,7 @@ pub fn part_summary_text(summary: &crate::pipeline::RunSummary) -> String {
         "process {} of {}: its own part (process 0 reports the totals)\n",
         summary.process, summary.processes
     );
-    text.push_str(&format!("  users           {:>12}\n", summary.users));
+    text.push_str(&format!("  user states     {:>12}\n", summary.users));
     text.push_str(&format!(
         "  duplicates      {:>12}  (dropped)\n",
         summary.duplicates

@@ -15,7 +15,8 @@ use veer_models::{AlertKind, Id};
 pub struct WorkerCounts {
     /// Exact duplicates dropped.
     pub duplicates: u64,
-    /// Distinct users fed to the detectors.
+    /// User states created: one per user fed to the detectors, one more after each return
+    /// from eviction.
     pub users: u64,
     /// Users whose state was evicted after being idle.
     pub users_evicted: u64,

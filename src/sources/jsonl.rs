@@ -254,8 +254,17 @@ fn price(value: Option<Value>) -> Result<Option<f64>, String> {
     };
     match parsed {
         Some(price) if price.is_finite() => Ok(Some(price)),
-        _ => Err(format!("price {value} is not a finite number")),
+        _ => Err(format!("price {} is not a finite number", shown(&value))),
     }
+}
+
+/// Returns a JSON value as written, cut to its first 40 bytes when longer.
+fn shown(value: &Value) -> String {
+    let text = value.to_string();
+    if text.len() <= 40 {
+        return text;
+    }
+    super::fields::show(text.as_bytes())
 }
 
 fn dwell(value: Option<Value>) -> Result<Option<u64>, String> {
@@ -269,7 +278,10 @@ fn dwell(value: Option<Value>) -> Result<Option<u64>, String> {
     };
     match parsed {
         Some(dwell_ms) => Ok(Some(dwell_ms)),
-        None => Err(format!("dwell_ms {value} is not a non-negative integer")),
+        None => Err(format!(
+            "dwell_ms {} is not a non-negative integer",
+            shown(&value)
+        )),
     }
 }
 
@@ -461,8 +473,9 @@ mod tests {
             ),
             (
                 r#"{"user":1,"category":4,"behavior":"view","ts":1,"dwell_ms":-3}"#,
-                "dwell_ms",
+                "dwell_ms -3 is not",
             ),
+
             (
                 r#"{"user":1,"category":4,"behavior":"view","ts":1} x"#,
                 "trailing characters",
@@ -473,6 +486,15 @@ mod tests {
             let found = reason(line);
             assert!(found.contains(expected), "{line}: {found}");
         }
+    }
+
+    #[test]
+    fn long_price_cut_in_reason() {
+        let digits = format!("1{}", "0".repeat(400));
+        let line = format!(r#"{{"user":1,"category":4,"behavior":"cart","ts":1,"price":{digits}}}"#);
+        let found = reason(&line);
+        assert!(found.contains("(401 bytes)"), "{found}");
+        assert!(found.len() < 120, "{found}");
     }
 
     #[test]
