@@ -164,9 +164,15 @@ impl Default for UsersConfig {
 pub struct ModelsConfig {
     /// Whether the model path runs (`--models` turns it on).
     pub enabled: bool,
-    /// Event time from the first event whose windows train the models.
+    /// Event time from the start of the bootstrap period whose windows train the models.
     #[serde(with = "duration_text")]
     pub bootstrap: Duration,
+    /// Density that the start of the bootstrap period needs, in 0..=1 (see
+    /// [`veer_models::ml::ScheduleSettings::start_density`]).
+    pub bootstrap_start_density: f64,
+    /// Event time between two refits; `None` fits once.
+    #[serde(with = "optional_duration_text")]
+    pub retrain_every: Option<Duration>,
     /// Seed of every model fit.
     pub seed: u64,
     /// Fusion of the detector's alerts with the model signals.
@@ -178,6 +184,8 @@ impl Default for ModelsConfig {
         ModelsConfig {
             enabled: false,
             bootstrap: Duration::from_secs(2 * 86_400),
+            bootstrap_start_density: 0.25,
+            retrain_every: None,
             seed: 7,
             fusion: veer_models::fusion::FusionConfig::default(),
         }
@@ -189,6 +197,10 @@ impl ModelsConfig {
     pub fn run_settings(&self) -> crate::replay::ModelRunSettings {
         crate::replay::ModelRunSettings {
             bootstrap_ms: self.bootstrap.as_millis() as u64,
+            start_density: self.bootstrap_start_density,
+            retrain_every_ms: self
+                .retrain_every
+                .map(|every| every.as_millis() as u64),
             seed: self.seed,
             fusion: self.fusion.clone(),
             ..Default::default()
@@ -280,6 +292,26 @@ pub(crate) mod duration_text {
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(deserializer)?;
         super::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Reads an optional duration such as `"1d"`. A missing key is `None`, and zero is rejected.
+pub(crate) mod optional_duration_text {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let duration = super::parse_duration(&text).map_err(serde::de::Error::custom)?;
+        if duration.is_zero() {
+            return Err(serde::de::Error::custom(format!(
+                "invalid duration {text:?}: must be more than 0; remove the key to fit once"
+            )));
+        }
+        Ok(Some(duration))
     }
 }
 

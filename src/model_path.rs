@@ -59,8 +59,7 @@ pub(crate) fn fused_alerts<'scope, D: Detector>(
     let updates = fit_models(
         windows.clone(),
         FitSettings {
-            bootstrap_ms: models.bootstrap_ms,
-            window_ms: detect_settings.window_ms,
+            schedule: models.schedule_settings(detect_settings.window_ms),
             params: models.params.clone(),
             seed: models.seed,
         },

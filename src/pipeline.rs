@@ -310,7 +310,7 @@ fn run_job(
     let started = Instant::now();
     if let Some(models) = &models {
         veer_models::fusion::FusionRule::new(models.fusion.clone())?;
-        models.window.validate()?;
+        models.validate()?;
     }
     let prepared = crate::checkpoint::prepare::prepare(&settings, models.is_some())?;
     let fingerprint = crate::cluster::settings_fingerprint(&settings);

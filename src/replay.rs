@@ -12,10 +12,12 @@ use std::collections::{BTreeMap, HashMap};
 use veer_models::attributes::AttributeHistory;
 use veer_models::fusion::{FusionConfig, FusionRule, UserFusion};
 use veer_models::groups::SessionCounter;
+use std::sync::Arc;
+
 use veer_models::ml::{
-    score_window, training_rows, verdict, ClosedWindow, Evaluation, InterestPredictor,
-    ModelParams, ModelSet, TrainingRow, UserHistory, WindowConfig, WindowFeatures,
-    WindowSettings,
+    fit_version, score_window, training_rows, verdict, version_rows, BootstrapStart,
+    ClosedWindow, Evaluation, InterestPredictor, ModelParams, ModelSet, Schedule,
+    ScheduleSettings, TrainingRow, UserHistory, WindowConfig, WindowFeatures, WindowSettings,
 };
 use veer_models::{
     Alert, Detector, DetectorConfig, Event, GroupConfig, GroupMap, Id, PopulationDelta,
@@ -123,9 +125,13 @@ fn replay_traced(
 /// Settings of the model path of a replay: windows, bootstrap, fitting and fusion.
 #[derive(Clone, Debug)]
 pub struct ModelRunSettings {
-    /// Event time from the first event during which windows only train the models, in
+    /// Length of the bootstrap period, during which windows only train the models, in
     /// milliseconds. Windows that start later are scored.
     pub bootstrap_ms: u64,
+    /// See [`ScheduleSettings::start_density`].
+    pub start_density: f64,
+    /// Event time between two refits in milliseconds, or `None` to fit once.
+    pub retrain_every_ms: Option<u64>,
     /// Seed of every model fit.
     pub seed: u64,
     /// Settings of the fitted models.
@@ -145,6 +151,8 @@ impl Default for ModelRunSettings {
     fn default() -> Self {
         ModelRunSettings {
             bootstrap_ms: 2 * 86_400_000,
+            start_density: 0.25,
+            retrain_every_ms: None,
             seed: 7,
             params: ModelParams::default(),
             window: WindowConfig::default(),
@@ -164,12 +172,41 @@ pub struct ModelRunOutput {
     pub warnings: Vec<String>,
     /// Reason no models were fitted, when none were. Alerts are then the detector's alone.
     pub skipped: Option<String>,
-    /// Training windows and scored windows.
+    /// Training windows of the first version, and scored windows.
     pub training_windows: usize,
     pub scored_windows: usize,
+    /// Model versions fitted (failed refits included), and the first event of the bootstrap
+    /// period in Unix milliseconds.
+    pub versions: usize,
+    pub bootstrap_start_ms: Option<u64>,
 }
 
 impl ModelRunSettings {
+    /// Checks the settings that a run cannot check by type.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.window.validate()?;
+        if !(0.0..=1.0).contains(&self.start_density) {
+            anyhow::bail!(
+                "invalid [models] bootstrap_start_density {}: must be in 0..=1",
+                self.start_density
+            );
+        }
+        if self.bootstrap_ms == 0 {
+            anyhow::bail!("invalid [models] bootstrap 0s: must be more than 0");
+        }
+        Ok(())
+    }
+
+    /// Returns the settings of the fit schedule for windows of `window_ms`.
+    pub fn schedule_settings(&self, window_ms: u64) -> ScheduleSettings {
+        ScheduleSettings {
+            bootstrap_ms: self.bootstrap_ms,
+            window_ms: window_ms.max(1),
+            retrain_every_ms: self.retrain_every_ms,
+            start_density: self.start_density,
+        }
+    }
+
     /// Returns the settings of [`UserHistory::close`].
     pub fn window_settings(&self) -> WindowSettings {
         WindowSettings {
@@ -179,47 +216,35 @@ impl ModelRunSettings {
     }
 }
 
-/// Replays `events` with the model path: per-user windows of `settings.window_ms`, models
-/// fitted once on the bootstrap windows of all users, and the detector's alerts fused with
-/// the model signals of each later window by [`FusionRule`].
+/// Replays `events` with the model path: per-user windows of `settings.window_ms`, model
+/// versions fitted on the windows of all users by the fit schedule ([`Schedule`]), and the
+/// detector's alerts fused with the model signals of each later window by [`FusionRule`].
 ///
 /// This is the single-threaded reference of the model operators. Training rows are sorted by
-/// user and window before the fit, so the models depend only on the events and the seed.
+/// user and window before each fit, so the models depend only on the events and the seed.
 pub fn replay_with_models(
     events: &[Event],
     settings: &ReplaySettings,
     models: &ModelRunSettings,
 ) -> anyhow::Result<ModelRunOutput> {
+    models.validate()?;
     let rule = FusionRule::new(models.fusion.clone())?;
     let settings = &ReplaySettings {
         detector: models.fusion.detector_config(&settings.detector),
         ..settings.clone()
     };
     let window_ms = settings.window_ms.max(1);
-    let (closed, detector_alerts, first_ms) = user_windows(events, settings, models)?;
+    let (closed, detector_alerts) = user_windows(events, settings, models)?;
     let mut output = ModelRunOutput::default();
-    let bootstrap_end = first_ms.unwrap_or(0).saturating_add(models.bootstrap_ms);
-    let rows = training_rows(&closed, window_ms, bootstrap_end);
-    output.training_windows = rows.len();
-    let fitted = if rows.is_empty() {
-        Err("no training windows in the bootstrap period".to_string())
-    } else {
-        ModelSet::fit_with(&rows, &models.params, models.seed).map_err(|error| error.to_string())
-    };
-    let model_set = match fitted {
-        Ok(model_set) => Some(model_set),
-        Err(reason) => {
-            output.skipped = Some(reason);
-            None
+    let schedule = decide_schedule(&closed, models.schedule_settings(window_ms));
+    output.bootstrap_start_ms = schedule.as_ref().map(|schedule| schedule.start_ms);
+    let versions = match &schedule {
+        Some(schedule) => fit_versions(&closed, schedule, models, &mut output),
+        None => {
+            output.skipped = Some("no windows to train on".to_string());
+            Vec::new()
         }
     };
-    if let Some(model_set) = &model_set {
-        output.warnings = model_set
-            .warnings()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-    }
 
     // Detector alerts by user window. Each goes through the fusion rule of its window, with
     // each user's windows in time order.
@@ -238,14 +263,18 @@ pub fn replay_with_models(
         let raised = by_window
             .remove(&(window.user.clone(), window.start_ms))
             .unwrap_or_default();
+        let version = schedule
+            .as_ref()
+            .and_then(|schedule| schedule.version_for(window.start_ms));
+        let model_set = version.and_then(|version| versions.get(version as usize)?.as_ref());
         let user = users.entry(window.user.clone()).or_default();
-        match &model_set {
-            Some(model_set) if window.start_ms >= bootstrap_end => {
+        match model_set {
+            Some(model_set) => {
                 output.scored_windows += 1;
                 let signals = score_window(model_set, window)?;
                 alerts.extend(rule.fuse(user, &verdict(window, Some(signals)), raised));
             }
-            _ => alerts.extend(rule.pass_unscored(user, raised)),
+            None => alerts.extend(rule.pass_unscored(user, raised)),
         }
     }
     // Alerts without a closed window pass unscored, as in the pipeline.
@@ -265,15 +294,18 @@ pub fn evaluate_interest(
     models: &ModelRunSettings,
 ) -> anyhow::Result<Vec<(InterestPredictor, Evaluation)>> {
     let window_ms = settings.window_ms.max(1);
-    let (closed, _, first_ms) = user_windows(events, settings, models)?;
-    let bootstrap_end = first_ms.unwrap_or(0).saturating_add(models.bootstrap_ms);
+    let (closed, _) = user_windows(events, settings, models)?;
+    let schedule = decide_schedule(&closed, models.schedule_settings(window_ms))
+        .ok_or_else(|| anyhow::anyhow!("no windows to evaluate on"))?;
+    let bootstrap_end = schedule.applies_from(0);
+    let training = version_rows(&closed, &schedule, 0);
     let all_rows = training_rows(&closed, window_ms, u64::MAX);
-    let (training, held_out): (Vec<_>, Vec<_>) = closed
+    let held_out: Vec<TrainingRow> = closed
         .iter()
         .zip(all_rows)
-        .partition(|(window, _)| window.start_ms < bootstrap_end);
-    let training: Vec<TrainingRow> = training.into_iter().map(|(_, row)| row).collect();
-    let held_out: Vec<TrainingRow> = held_out.into_iter().map(|(_, row)| row).collect();
+        .filter(|(window, _)| window.start_ms >= bootstrap_end)
+        .map(|(_, row)| row)
+        .collect();
     let model_set = ModelSet::fit_with(&training, &models.params, models.seed)?;
     let mut evaluations = Vec::new();
     for predictor in [
@@ -293,7 +325,7 @@ pub fn model_windows(
     settings: &ReplaySettings,
     models: &ModelRunSettings,
 ) -> anyhow::Result<Vec<(Id, u64, WindowFeatures)>> {
-    let (closed, _, _) = user_windows(events, settings, models)?;
+    let (closed, _) = user_windows(events, settings, models)?;
     Ok(closed
         .into_iter()
         .map(|window| (window.user, window.start_ms, window.features))
@@ -307,8 +339,56 @@ struct WindowEvents {
     burst: bool,
 }
 
+/// Decides the start of the bootstrap period from every window, as the fit operator does at
+/// the end of a stream. Returns `None` without windows.
+fn decide_schedule(closed: &[ClosedWindow], settings: ScheduleSettings) -> Option<Schedule> {
+    let mut start = BootstrapStart::new(settings);
+    for window in closed {
+        start.add(window);
+    }
+    start.decide(None)
+}
+
+/// Fits every model version that a window needs, in order, and returns each version's models.
+/// A refit that fails keeps the previous version's models, and a failed first fit leaves its
+/// windows unscored, as in the dataflow.
+fn fit_versions(
+    closed: &[ClosedWindow],
+    schedule: &Schedule,
+    models: &ModelRunSettings,
+    output: &mut ModelRunOutput,
+) -> Vec<Option<Arc<ModelSet>>> {
+    let latest = closed.iter().map(|window| window.start_ms).max().unwrap_or(0);
+    let last_version = schedule.version_for(latest).unwrap_or(0);
+    let mut versions: Vec<Option<Arc<ModelSet>>> = Vec::new();
+    for version in 0..=last_version {
+        let rows = version_rows(closed, schedule, version);
+        let fitted = fit_version(&rows, &models.params, models.seed);
+        if version == 0 {
+            output.training_windows = rows.len();
+        }
+        match fitted {
+            Ok(model_set) => {
+                if version == 0 {
+                    output.warnings = model_set.warnings().iter().map(ToString::to_string).collect();
+                }
+                versions.push(Some(Arc::new(model_set)));
+            }
+            Err(reason) => {
+                if version == 0 {
+                    output.skipped = Some(reason);
+                }
+                let previous = versions.last().cloned().flatten();
+                versions.push(previous);
+            }
+        }
+    }
+    output.versions = versions.len();
+    versions
+}
+
 /// Builds every user window of the replay, sorted by user and window start, and returns them
-/// with the detector's alerts and the time of the first event.
+/// with the detector's alerts.
 ///
 /// Each window is closed with the group map that its own events were judged with, and with
 /// the attribute row in force at its last event.
@@ -316,16 +396,14 @@ fn user_windows(
     events: &[Event],
     settings: &ReplaySettings,
     models: &ModelRunSettings,
-) -> anyhow::Result<(Vec<ClosedWindow>, Vec<Alert>, Option<u64>)> {
+) -> anyhow::Result<(Vec<ClosedWindow>, Vec<Alert>)> {
     models.window.validate()?;
     let window_ms = settings.window_ms.max(1);
     let mut by_user: BTreeMap<Id, BTreeMap<u64, WindowEvents>> = BTreeMap::new();
     let mut groups_by_window: HashMap<u64, GroupMap> = HashMap::new();
     let mut detector_alerts: Vec<Alert> = Vec::new();
-    let mut first_ms: Option<u64> = None;
     replay_traced(events, settings, |event, state, raised, groups| {
         let time = event.ts_ms as u64;
-        first_ms.get_or_insert(time);
         let start = time - time % window_ms;
         groups_by_window
             .entry(start)
@@ -358,5 +436,5 @@ fn user_windows(
             closed.extend(closed_window);
         }
     }
-    Ok((closed, detector_alerts, first_ms))
+    Ok((closed, detector_alerts))
 }

@@ -274,9 +274,12 @@ fn live_attribute_change_reaches_segment_features() {
 
     // Part 2: 2406's later windows carry the new row in their segment features.
     send_copies(&mut stdin, &part2);
+    // The attributes reach the endpoint through the profile store and the segment features
+    // through the scored windows, so either may come first.
     let after = wait_for_profile(address, 2406, |profile| {
-        profile["segment_features"]["has_attributes"].as_f64() == Some(1.0)
-            || profile["segment_features"]["gender_female"].as_f64() == Some(1.0)
+        let scored = profile["segment_features"]["has_attributes"].as_f64() == Some(1.0)
+            || profile["segment_features"]["gender_female"].as_f64() == Some(1.0);
+        scored && !profile["attributes"].is_null()
     });
     assert_eq!(after["attributes"]["age"], 19, "{after}");
     assert_eq!(after["attributes"]["gender"], "F", "{after}");

@@ -1,7 +1,8 @@
-//! The model fit of the model path: training windows gathered on worker 0, fitted on a
-//! background thread, and the models broadcast to every worker.
+//! The model fits of the model path: training windows gathered on worker 0, fitted on a
+//! background thread, and each model version broadcast to every worker.
 
-use std::sync::mpsc::{self, Receiver, TryRecvError};
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -10,42 +11,66 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::operators::Exchange;
 use timely::dataflow::StreamVec;
-use veer_models::ml::{training_rows, ClosedWindow, ModelParams, ModelSet};
+use veer_models::ml::{
+    fit_version, version_rows, BootstrapStart, ClosedWindow, ModelParams, ModelSet, Schedule,
+    ScheduleSettings,
+};
 
 use crate::windows::WindowRecord;
 
 /// A message of [`fit_models`] to every worker.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ModelUpdate {
-    /// End of the bootstrap period, in Unix milliseconds. Windows that start earlier train the
-    /// models and pass their alerts on unchanged, and later windows wait for the models.
-    Bootstrap { end_ms: u64 },
-    /// The fitted models, or the reason none were fitted.
-    Fitted(Box<Result<ModelSet, String>>),
+    /// Windows that start before `before_ms` (Unix milliseconds) are not scored and pass their
+    /// alerts on unchanged. Later messages may raise the bound, until the first version
+    /// arrives.
+    Unscored { before_ms: u64 },
+    /// One fitted model version, sent in version order.
+    Fitted(Box<FittedVersion>),
+}
+
+/// A model version and the windows it scores.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FittedVersion {
+    /// 0 for the fit on the bootstrap period, then one more per refit.
+    pub version: u64,
+    /// The version scores windows that start at or after `applies_from_ms` and before
+    /// `applies_until_ms` (no end without retraining), in Unix milliseconds.
+    pub applies_from_ms: u64,
+    pub applies_until_ms: Option<u64>,
+    /// The models, or the reason none were fitted. A refit that fails leaves the previous
+    /// version's models in force.
+    pub models: Result<ModelSet, String>,
 }
 
 /// Settings of [`fit_models`].
 #[derive(Clone, Debug)]
 pub struct FitSettings {
-    /// Event time from the first event whose windows train the models, in milliseconds.
-    pub bootstrap_ms: u64,
-    /// Length of the user windows, in milliseconds.
-    pub window_ms: u64,
+    pub schedule: ScheduleSettings,
     pub params: ModelParams,
     /// Seed of every model fit.
     pub seed: u64,
 }
 
-/// Gathers the bootstrap windows of every worker on worker 0, fits the models once on them
-/// and broadcasts the result.
+/// A fit to run: the version and its training windows, sorted by user and start.
+struct FitJob {
+    version: u64,
+    schedule: Schedule,
+    windows: Vec<ClosedWindow>,
+}
+
+/// Gathers the windows of every worker on worker 0, fits the model versions on them and
+/// broadcasts each.
 ///
-/// The bootstrap period runs from the first event of the whole stream for
-/// `settings.bootstrap_ms`. Its end is broadcast as soon as the first event is known. The fit
-/// starts once every window that starts before the end of the period, and the window after
-/// each, has arrived: a training row's target is the user's next window. It runs on its own
-/// thread, so the worker goes on stepping the dataflow, and wakes the operator when done.
+/// The bootstrap period starts at a dense point of the stream ([`BootstrapStart`]) and lasts
+/// `schedule.bootstrap_ms`. Until the start is decided, [`ModelUpdate::Unscored`] tells the
+/// workers which windows surely pass unchanged, so their alerts do not wait. A version's fit
+/// starts once every window of its training span, and the window after each, has arrived: a
+/// training row's target is the user's next window. Fits run one at a time on their own
+/// thread, so the worker goes on stepping the dataflow, and wake the operator when done.
 /// Rows are sorted by user and window start first, so the models do not depend on the number
-/// of workers. A stream that ends earlier is fitted on the windows it has.
+/// of workers. At the end of the stream, every version that some window needs is fitted on
+/// the windows there are.
 ///
 /// `windows` must be the output of [`crate::build_user_windows`], which emits each window at or
 /// before its first event time.
@@ -54,132 +79,194 @@ pub fn fit_models<'scope>(
     settings: FitSettings,
 ) -> StreamVec<'scope, u64, ModelUpdate> {
     let scope = windows.scope();
-    let window_ms = settings.window_ms.max(1);
-    // Each worker sends only windows that may belong to the bootstrap period: the global first
-    // event is at or before the first one this worker receives.
-    let mut local_first: Option<u64> = None;
-    let bootstrap_ms = settings.bootstrap_ms;
-    let candidates = windows
-        .flat_map(move |record: WindowRecord| {
-            let window = record.window?;
-            let first = *local_first.get_or_insert(window.first_ms as u64);
-            let bound = first
-                .saturating_add(bootstrap_ms)
-                .saturating_add(window_ms);
-            (window.start_ms < bound).then_some(window)
-        })
+    let gathered = windows
+        .flat_map(|record: WindowRecord| record.window)
         .exchange(|_: &ClosedWindow| 0);
-    let updates = candidates.unary_frontier(Pipeline, "FitModels", move |initial, info| {
+    let updates = gathered.unary_frontier(Pipeline, "FitModels", move |initial, info| {
         let mut capability = (scope.index() == 0).then_some(initial);
-        let mut windows: Vec<ClosedWindow> = Vec::new();
-        let mut bootstrap_end: Option<u64> = None;
-        let mut running: Option<Receiver<Result<ModelSet, String>>> = None;
-        let mut fit_started = false;
         let activator = scope.worker().sync_activator_for(info.address.to_vec());
+        let mut start = BootstrapStart::new(settings.schedule.clone());
+        let mut unscored_before: Option<u64> = None;
+        let mut schedule: Option<Schedule> = None;
+        // Windows kept for the versions not yet started: those that start at or after
+        // `keep_from`, or none once every version has started. Also the latest start seen.
+        let mut kept: Vec<ClosedWindow> = Vec::new();
+        let mut keep_from: Option<u64> = Some(0);
+        let mut latest_start: Option<u64> = None;
+        let mut next_version = 0u64;
+        let mut jobs: Option<Sender<FitJob>> = None;
+        let mut results: Option<Receiver<FittedVersion>> = None;
+        let mut running = 0u64;
         move |(input, frontier), output| {
-            input.for_each(|_, data| windows.append(data));
+            input.for_each(|_, data| {
+                for window in data.drain(..) {
+                    latest_start = latest_start.max(Some(window.start_ms));
+                    if schedule.is_none() {
+                        start.add(&window);
+                    }
+                    if keep_from.is_some_and(|from| window.start_ms >= from) {
+                        kept.push(window);
+                    }
+                }
+            });
             let Some(held) = capability.as_ref() else {
-                windows.clear();
+                kept.clear();
                 return;
             };
             let bound = frontier.frontier().first().copied();
 
-            if bootstrap_end.is_none() {
-                // Windows go out at or before their first event, so once the frontier has
-                // passed the earliest first event seen, no earlier one can come.
-                let first = windows.iter().map(|window| window.first_ms as u64).min();
-                match first {
-                    Some(first) if bound.is_none_or(|bound| first < bound) => {
-                        let end_ms = first.saturating_add(bootstrap_ms);
-                        tracing::info!(first_event_ms = first, end_ms, "bootstrap period set");
-                        bootstrap_end = Some(end_ms);
-                        output
-                            .session(held)
-                            .give(ModelUpdate::Bootstrap { end_ms });
+            if schedule.is_none() {
+                // Windows go out at or before their first event, so every window whose first
+                // event is before the frontier has arrived.
+                schedule = start.decide(bound);
+                for skipped in start.take_skipped() {
+                    tracing::info!(
+                        slot_start_ms = skipped.start_ms,
+                        events = skipped.events,
+                        mean_events = skipped.mean_events,
+                        coverage = skipped.coverage,
+                        "skipped a sparse window at the start of the stream for the bootstrap period"
+                    );
+                }
+                match &schedule {
+                    Some(decided) => {
+                        let before_ms = decided.applies_from(0);
+                        tracing::info!(
+                            first_event_ms = decided.start_ms,
+                            end_ms = before_ms,
+                            "bootstrap period set"
+                        );
+                        output.session(held).give(ModelUpdate::Unscored { before_ms });
                     }
-                    None if bound.is_none() => {
-                        capability = None;
-                        return;
+                    None => {
+                        let earliest = start.earliest_end();
+                        if earliest > unscored_before {
+                            unscored_before = earliest;
+                            if let Some(before_ms) = earliest {
+                                output.session(held).give(ModelUpdate::Unscored { before_ms });
+                            }
+                        }
                     }
-                    _ => {}
                 }
             }
 
-            // A window goes out at or before its first event, which is before its end, so at
-            // this frontier every window that starts before `end_ms + window_ms` is here.
-            if let (Some(end_ms), false) = (bootstrap_end, fit_started) {
-                let complete = end_ms.saturating_add(2 * window_ms);
-                if bound.is_none_or(|bound| bound >= complete) {
-                    fit_started = true;
-                    running = Some(spawn_fit(
-                        std::mem::take(&mut windows),
-                        end_ms,
-                        settings.clone(),
-                        activator.clone(),
-                    ));
+            if let Some(decided) = &schedule {
+                // Start every version whose training span has arrived, and at the end of the
+                // stream every version that a window needs.
+                let retraining = decided.settings.retrain_every_ms.is_some();
+                loop {
+                    if !retraining && next_version > 0 {
+                        break;
+                    }
+                    let ready = match bound {
+                        Some(bound) => bound >= decided.complete_at(next_version),
+                        None => latest_start.is_some_and(|latest| {
+                            next_version == 0 || decided.version_for(latest) >= Some(next_version)
+                        }),
+                    };
+                    if !ready {
+                        break;
+                    }
+                    let (from, until) = decided.training_span(next_version);
+                    let target_end = until.saturating_add(decided.settings.window_ms.max(1));
+                    let mut job_windows: Vec<ClosedWindow> = kept
+                        .iter()
+                        .filter(|window| window.start_ms >= from && window.start_ms <= target_end)
+                        .cloned()
+                        .collect();
+                    job_windows.sort_by(|a, b| (&a.user, a.start_ms).cmp(&(&b.user, b.start_ms)));
+                    let sender = jobs.get_or_insert_with(|| {
+                        let (sender, receiver) = spawn_fitter(settings.clone(), activator.clone());
+                        results = Some(receiver);
+                        sender
+                    });
+                    let job = FitJob {
+                        version: next_version,
+                        schedule: decided.clone(),
+                        windows: job_windows,
+                    };
+                    if sender.send(job).is_err() {
+                        tracing::error!("the model fit thread stopped; no more model versions");
+                        break;
+                    }
+                    running += 1;
+                    next_version += 1;
+                    if retraining {
+                        // Later versions train on windows from the next span's start on.
+                        let (next_from, _) = decided.training_span(next_version);
+                        keep_from = Some(next_from);
+                        kept.retain(|window| window.start_ms >= next_from);
+                    } else {
+                        keep_from = None;
+                        kept = Vec::new();
+                    }
                 }
             }
 
-            if let Some(receiver) = &running {
-                let result = match receiver.try_recv() {
-                    Ok(result) => result,
-                    Err(TryRecvError::Empty) => return,
-                    Err(TryRecvError::Disconnected) => {
-                        Err("the model fit thread stopped without a result".to_string())
+            if let Some(receiver) = &results {
+                loop {
+                    match receiver.try_recv() {
+                        Ok(fitted) => {
+                            running -= 1;
+                            output
+                                .session(held)
+                                .give(ModelUpdate::Fitted(Box::new(fitted)));
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            if running > 0 {
+                                tracing::error!("the model fit thread stopped without a result");
+                            }
+                            running = 0;
+                            break;
+                        }
                     }
-                };
-                output
-                    .session(held)
-                    .give(ModelUpdate::Fitted(Box::new(result)));
-                running = None;
+                }
+            }
+
+            // The capability follows the frontier, so the score operators downstream are not
+            // held back, and goes once no version can come.
+            let all_started = settings.schedule.retrain_every_ms.is_none() && next_version > 0;
+            if let (Some(bound), Some(held)) = (bound, capability.as_mut()) {
+                if *held.time() < bound {
+                    held.downgrade(&bound);
+                }
+            }
+            // At the end of the stream every version a window needs has started above.
+            if (bound.is_none() || all_started) && running == 0 {
                 capability = None;
+                jobs = None;
             }
         }
     });
     updates.broadcast()
 }
 
-/// Fits the models on `windows` on a new thread and returns the channel of its result.
-fn spawn_fit(
-    mut windows: Vec<ClosedWindow>,
-    bootstrap_end_ms: u64,
+/// Starts the thread that fits the jobs sent to it one at a time, in order, and returns the
+/// job sender and the channel of results. The thread ends when the sender is dropped.
+fn spawn_fitter(
     settings: FitSettings,
     activator: timely::scheduling::SyncActivator,
-) -> Receiver<Result<ModelSet, String>> {
+) -> (Sender<FitJob>, Receiver<FittedVersion>) {
+    let (job_sender, job_receiver) = mpsc::channel::<FitJob>();
     let (sender, receiver) = mpsc::channel();
     let work = move || {
-        let started = Instant::now();
-        windows.sort_by(|a, b| (&a.user, a.start_ms).cmp(&(&b.user, b.start_ms)));
-        let rows = training_rows(&windows, settings.window_ms.max(1), bootstrap_end_ms);
-        drop(windows);
-        tracing::info!(training_windows = rows.len(), "fitting models");
-        let result = if rows.is_empty() {
-            Err("no training windows in the bootstrap period".to_string())
-        } else {
-            ModelSet::fit_with(&rows, &settings.params, settings.seed)
-                .map_err(|error| error.to_string())
-        };
-        match &result {
-            Ok(models) => {
-                for warning in models.warnings() {
-                    tracing::warn!(%warning, "model setting reduced");
+        let mut jobs: VecDeque<FitJob> = VecDeque::new();
+        loop {
+            if jobs.is_empty() {
+                match job_receiver.recv() {
+                    Ok(job) => jobs.push_back(job),
+                    Err(_) => break,
                 }
-                tracing::info!(
-                    training_windows = rows.len(),
-                    seconds = started.elapsed().as_secs_f64(),
-                    features = ?models.selected_features(),
-                    "models fitted"
-                );
             }
-            Err(reason) => tracing::warn!(
-                %reason,
-                training_windows = rows.len(),
-                "no models fitted; alerts come from the detector alone"
-            ),
+            let Some(job) = jobs.pop_front() else { continue };
+            let fitted = run_fit(job, &settings);
+            // The operator may be gone when the dataflow was dropped; nothing is left to do then.
+            if sender.send(fitted).is_err() {
+                break;
+            }
+            let _ = activator.activate();
         }
-        // The operator may be gone when the dataflow was dropped; nothing is left to do then.
-        let _ = sender.send(result);
-        let _ = activator.activate();
     };
     if let Err(error) = std::thread::Builder::new()
         .name("veer-model-fit".into())
@@ -187,5 +274,53 @@ fn spawn_fit(
     {
         tracing::error!(%error, "failed to start the model fit thread");
     }
-    receiver
+    (job_sender, receiver)
+}
+
+/// Fits one version and logs the result.
+fn run_fit(job: FitJob, settings: &FitSettings) -> FittedVersion {
+    let started = Instant::now();
+    let FitJob {
+        version,
+        schedule,
+        windows,
+    } = job;
+    let rows = version_rows(&windows, &schedule, version);
+    drop(windows);
+    tracing::info!(version, training_windows = rows.len(), "fitting models");
+    let models = fit_version(&rows, &settings.params, settings.seed);
+    let applies_from_ms = schedule.applies_from(version);
+    match &models {
+        Ok(models) => {
+            for warning in models.warnings() {
+                tracing::warn!(version, %warning, "model setting reduced");
+            }
+            tracing::info!(
+                version,
+                training_windows = rows.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                applies_from_ms,
+                features = ?models.selected_features(),
+                "models fitted"
+            );
+        }
+        Err(reason) if version == 0 => tracing::warn!(
+            version,
+            %reason,
+            training_windows = rows.len(),
+            "no models fitted; alerts come from the detector alone"
+        ),
+        Err(reason) => tracing::warn!(
+            version,
+            %reason,
+            training_windows = rows.len(),
+            "no models fitted; the previous version stays in force"
+        ),
+    }
+    FittedVersion {
+        version,
+        applies_from_ms,
+        applies_until_ms: schedule.applies_until(version),
+        models,
+    }
 }

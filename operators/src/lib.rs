@@ -31,12 +31,13 @@ pub mod profiles;
 pub mod release;
 pub mod score;
 pub mod segments;
+pub mod versions;
 pub mod sink;
 pub mod state;
 pub mod windows;
 
 pub use detect::{detect_shifts, detect_shifts_observed, DetectSettings, DetectStats, Observation};
-pub use fit::{fit_models, FitSettings, ModelUpdate};
+pub use fit::{fit_models, FitSettings, FittedVersion, ModelUpdate};
 pub use score::score_windows;
 pub use windows::{build_user_windows, WindowRecord};
 pub use order::order_by_event_time;

@@ -409,12 +409,14 @@ pub fn join_attributes<'scope>(
     attributes: VecCollection<'scope, u64, AttributeRow>,
     segments: Option<VecCollection<'scope, u64, (Id, usize)>>,
 ) -> VecCollection<'scope, u64, (Id, JoinedProfile)> {
-    let with_rows = left_join(cores, attributes);
+    // The attribute join comes last: its left side is then already arranged, so a changed row
+    // is joined at once, even while the cores' frontier waits for the model fit.
     let with_segments = match segments {
-        Some(segments) => left_join(with_rows, segments),
-        None => with_rows.map(|(user, profile)| (user, (profile, None))),
+        Some(segments) => left_join(cores, segments),
+        None => cores.map(|(user, core)| (user, (core, None))),
     };
-    with_segments.map(|(user, ((core, attributes), segment))| {
+    let with_rows = left_join(with_segments, attributes);
+    with_rows.map(|(user, ((core, segment), attributes))| {
         let profile = JoinedProfile {
             core,
             attributes,

@@ -1,39 +1,27 @@
 //! Model scoring of user windows and fusion of the model signals with the detector's alerts.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 use veer_models::fusion::{FusionRule, UserFusion};
-use veer_models::ml::{score_window, verdict, ModelSet};
+use veer_models::ml::{score_window, verdict};
 use veer_models::{Alert, Id};
 
 use crate::capability::HeldCapability;
 use crate::fit::ModelUpdate;
 use crate::segments::{Scored, WindowSegment};
+use crate::versions::{Lookup, ModelVersions};
 use crate::windows::WindowRecord;
-
-/// State of the models on one worker.
-enum Models {
-    /// The bootstrap period's end is not known yet.
-    Unknown,
-    /// Windows that start before `end_ms` pass unchanged; later ones wait for the fit.
-    Bootstrap { end_ms: u64 },
-    /// The fit finished: `models` is `None` when no models could be fitted.
-    Ready {
-        end_ms: u64,
-        models: Option<Arc<ModelSet>>,
-    },
-}
 
 /// Fuses each window's detector alerts with the models' signals, by [`FusionRule::fuse`].
 ///
 /// `windows` come from [`crate::build_user_windows`] on the same worker and `updates` from
 /// [`crate::fit_models`]. A window of the bootstrap period passes its alerts on unchanged. A
-/// later window is held, with its capability, until the models arrive, so every later window
-/// is scored by the same models whatever the timing of the fit. Windows without model
+/// later window is held, with its capability, until the model version for its start arrives
+/// ([`ModelVersions`]), so every window is scored by the same models whatever the timing of
+/// the fits. Windows without model
 /// signals (the bootstrap period, a failed fit or score) go through
 /// [`FusionRule::pass_unscored`]. Each user's windows arrive, and are fused, in time order.
 ///
@@ -46,6 +34,7 @@ pub fn score_windows<'scope>(
     updates: StreamVec<'scope, u64, ModelUpdate>,
     rule: FusionRule,
 ) -> StreamVec<'scope, u64, Scored> {
+    let windows_scope_index = windows.scope().index();
     windows.binary_frontier(
         updates,
         Pipeline,
@@ -54,10 +43,11 @@ pub fn score_windows<'scope>(
         move |_, _| {
             let mut held = HeldCapability::default();
             let mut pending: Vec<(u64, WindowRecord)> = Vec::new();
-            let mut models = Models::Unknown;
+            let mut versions = ModelVersions::default();
+            let logs = windows_scope_index == 0;
             let mut failures = 0u64;
             let mut users: HashMap<Id, UserFusion> = HashMap::new();
-            move |(windows_in, _), (updates_in, updates_frontier), output| {
+            move |(windows_in, windows_frontier), (updates_in, updates_frontier), output| {
                 let port = output.output_index();
                 windows_in.for_each_stamp(|capability, data| {
                     held.hold(&capability, port);
@@ -71,33 +61,18 @@ pub fn score_windows<'scope>(
                 updates_in.for_each_stamp(|_, data| {
                     for batch in data {
                         for update in batch.drain(..) {
-                            models = match (update, &models) {
-                                (ModelUpdate::Bootstrap { end_ms }, _) => {
-                                    Models::Bootstrap { end_ms }
-                                }
-                                (ModelUpdate::Fitted(fitted), Models::Bootstrap { end_ms }) => {
-                                    Models::Ready {
-                                        end_ms: *end_ms,
-                                        models: (*fitted).ok().map(Arc::new),
-                                    }
-                                }
-                                (ModelUpdate::Fitted(_), _) => {
-                                    tracing::error!("models arrived before the bootstrap period's end; they are not used");
-                                    Models::Ready {
-                                        end_ms: 0,
-                                        models: None,
-                                    }
-                                }
+                            let Some(version) = versions.apply(update) else {
+                                continue;
                             };
+                            if logs {
+                                tracing::info!(version, "model version received; it scores windows from its start time");
+                            }
                         }
                     }
                 });
-                // Without more updates, windows still waiting will get no models.
-                if updates_frontier.is_empty() && !matches!(models, Models::Ready { .. }) {
-                    models = Models::Ready {
-                        end_ms: 0,
-                        models: None,
-                    };
+                // Without more updates, waiting windows take the latest version, if any.
+                if updates_frontier.is_empty() {
+                    versions.close();
                 }
 
                 let mut alerts: Vec<Alert> = Vec::new();
@@ -116,14 +91,10 @@ pub fn score_windows<'scope>(
                         alerts.extend(pass(&mut users, raised));
                         return false;
                     };
-                    let models = match &models {
-                        Models::Unknown => None,
-                        Models::Bootstrap { end_ms } if window.start_ms >= *end_ms => None,
-                        Models::Bootstrap { .. } => Some(None),
-                        Models::Ready { end_ms, models } if window.start_ms >= *end_ms => {
-                            Some(models.as_ref())
-                        }
-                        Models::Ready { .. } => Some(None),
+                    let models = match versions.lookup(window.start_ms) {
+                        Lookup::Wait => None,
+                        Lookup::Pass => Some(None),
+                        Lookup::Score(models) => Some(Some(models)),
                     };
                     let Some(models) = models else {
                         // Waits for the fit.
@@ -159,6 +130,16 @@ pub fn score_windows<'scope>(
                     }
                 }
                 held.settle(pending.iter().map(|(time, _)| *time).min());
+                // A window that arrives later starts at or after its time, so at or after the
+                // frontier.
+                let earliest_start = pending
+                    .iter()
+                    .filter_map(|(_, record)| record.window.as_ref().map(|window| window.start_ms))
+                    .chain(windows_frontier.frontier().first().copied())
+                    .min();
+                if let Some(earliest_start) = earliest_start {
+                    versions.forget_before(earliest_start);
+                }
             }
         },
     )

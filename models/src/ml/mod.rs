@@ -31,6 +31,7 @@ mod forest;
 mod interest;
 mod linear;
 mod preprocess;
+mod schedule;
 mod segments;
 mod windows;
 
@@ -54,6 +55,9 @@ pub use interest::{
 };
 pub use linear::{LinearParams, LinearRegressor};
 pub use preprocess::{FeatureSelector, SelectorParams, Standardizer};
+pub use schedule::{
+    fit_version, version_rows, BootstrapStart, Schedule, ScheduleSettings, SkippedSlot,
+};
 pub use segments::{SegmentParams, Segmenter, AUTO_K_MAX, AUTO_K_MIN};
 pub use windows::{
     score_window, training_rows, verdict, ClosedWindow, UserHistory, WindowSettings,

@@ -128,9 +128,20 @@ pub fn training_rows(
     window_ms: u64,
     bootstrap_end_ms: u64,
 ) -> Vec<TrainingRow> {
+    training_rows_in(windows, window_ms, (0, bootstrap_end_ms))
+}
+
+/// Builds the training rows of the windows whose start is in `span` (start inclusive, end
+/// exclusive), as [`training_rows`] does.
+pub(super) fn training_rows_in(
+    windows: &[ClosedWindow],
+    window_ms: u64,
+    span: (u64, u64),
+) -> Vec<TrainingRow> {
+    let (from, until) = span;
     let mut rows = Vec::new();
     for (index, window) in windows.iter().enumerate() {
-        if window.start_ms >= bootstrap_end_ms {
+        if window.start_ms < from || window.start_ms >= until {
             continue;
         }
         let next_shares = windows
