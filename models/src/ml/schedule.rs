@@ -56,10 +56,12 @@ impl Schedule {
     }
 
     /// Returns the start and end (exclusive) of the window starts that train `version`.
+    /// Version 0 starts at the window that holds the bootstrap period's first event.
     pub fn training_span(&self, version: u64) -> (u64, u64) {
         let end = self.applies_from(version);
         if version == 0 {
-            return (self.start_ms, end);
+            let window_ms = self.settings.window_ms.max(1);
+            return (self.start_ms - self.start_ms % window_ms, end);
         }
         (end.saturating_sub(self.settings.bootstrap_ms), end)
     }
@@ -271,7 +273,7 @@ mod tests {
         assert_eq!(schedule.version_for(1_000 + 24 * HOUR), Some(0));
         assert_eq!(schedule.version_for(1_000 + 30 * HOUR - 1), Some(0));
         assert_eq!(schedule.version_for(1_000 + 30 * HOUR), Some(1));
-        assert_eq!(schedule.training_span(0), (1_000, 1_000 + 24 * HOUR));
+        assert_eq!(schedule.training_span(0), (0, 1_000 + 24 * HOUR));
         assert_eq!(schedule.training_span(1), (1_000 + 6 * HOUR, 1_000 + 30 * HOUR));
     }
 
