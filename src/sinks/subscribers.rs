@@ -3,9 +3,9 @@
 //!
 //! A subscriber receives the alerts released after it connected, in canonical order; there
 //! is no replay of earlier alerts. Each subscriber has its own bounded queue and writer
-//! thread. When its queue is full (it reads more slowly than alerts arrive), or one write to
-//! it blocks longer than `write_timeout`, it is disconnected with a log line, so a slow
-//! subscriber never holds back the others or the dataflow. Subscribers are a live feed: an
+//! thread. When its queue stays full for 50 ms (it reads more slowly than alerts arrive), or
+//! one write to it blocks longer than `write_timeout`, it is disconnected with a log line, so
+//! a slow subscriber holds back the others and the dataflow for at most 50 ms. Subscribers are a live feed: an
 //! alert counts as delivered by this sink once it is queued to every connected subscriber.
 
 use std::io::ErrorKind;
@@ -15,10 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TrySendError};
 
 use super::{send_all, AlertRecord, Message, SinkStats, SubscriberConfig};
 use crate::metrics::SinkMetrics;
+
+/// Time a full subscriber queue may take to make room before the subscriber is dropped.
+const FULL_QUEUE_GRACE: Duration = Duration::from_millis(50);
 
 /// The sink thread's handle on one connected subscriber.
 struct Client {
@@ -137,7 +140,21 @@ impl SubscriberSink {
         let mut clients = lock(&self.clients);
         let mut index = 0;
         while index < clients.len() {
-            match clients[index].queue.try_send(record.clone()) {
+            // A burst can fill the queue of a subscriber that reads well, so a full queue gets
+            // a short grace before the subscriber counts as slow.
+            let sent = match clients[index].queue.try_send(record.clone()) {
+                Err(TrySendError::Full(record)) => {
+                    match clients[index].queue.send_timeout(record, FULL_QUEUE_GRACE) {
+                        Ok(()) => Ok(()),
+                        Err(SendTimeoutError::Timeout(record)) => Err(TrySendError::Full(record)),
+                        Err(SendTimeoutError::Disconnected(record)) => {
+                            Err(TrySendError::Disconnected(record))
+                        }
+                    }
+                }
+                other => other,
+            };
+            match sent {
                 Ok(()) => index += 1,
                 Err(TrySendError::Full(_)) => {
                     let client = clients.swap_remove(index);
