@@ -300,7 +300,7 @@ fn read_one(
 }
 
 /// Returns the format given in `options`, or the one detected from the first bytes of
-/// `reader`; `None` when it must be detected and the input is empty.
+/// `reader`. Returns `None` when the format must be detected and the input is empty.
 fn input_format(
     reader: &mut dyn std::io::BufRead,
     name: &str,

@@ -1,8 +1,8 @@
 //! Parsing one plain input file on several threads, each over its own byte range.
 //!
 //! The file is cut into ranges that each start right after a newline, so every range contains
-//! whole lines. A first pass counts the newlines of each range, so that every thread knows the
-//! number of its first line: events and bad records carry the same line numbers as in a
+//! whole lines. A first pass counts the newlines of each range, which gives every thread the
+//! number of its first line. So events and bad records carry the same line numbers as in a
 //! sequential read. The caller joins the results in range order, which is file order.
 
 use std::fs::File;

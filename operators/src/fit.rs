@@ -63,7 +63,7 @@ struct FitJob {
 /// broadcasts each.
 ///
 /// The bootstrap period starts at a dense point of the stream ([`BootstrapStart`]) and lasts
-/// `schedule.bootstrap_ms`. Until the start is decided, [`ModelUpdate::Unscored`] tells the
+/// `schedule.bootstrap_ms`. Until the start is decided, [`ModelUpdate::Unscored`] informs the
 /// workers which windows surely pass unchanged, so their alerts do not wait. A version's fit
 /// starts once every window of its training span, and the window after each, has arrived: a
 /// training row's target is the user's next window. Fits run one at a time on their own

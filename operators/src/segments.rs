@@ -81,7 +81,7 @@ pub type SegmentStore = Rc<RefCell<FxHashMap<Id, UserSegment>>>;
 /// Each user's windows arrive in the order of their start, because the window operator emits
 /// them so and the score operator keeps their order.
 ///
-/// NOTE: segments are not retracted when a user's profile is evicted, so the collection holds
+/// NOTE: segments are not retracted when a user's profile is evicted, so the collection contains
 /// one row per user ever scored, as the window operator's history does.
 pub fn split_scored<'scope>(
     scored: StreamVec<'scope, u64, Scored>,

@@ -3,9 +3,9 @@
 //!
 //! A subscriber receives the alerts released after it connected, in canonical order; there
 //! is no replay of earlier alerts. Each subscriber has its own bounded queue and writer
-//! thread. When its queue stays full for 50 ms (it reads more slowly than alerts arrive), or
-//! one write to it blocks longer than `write_timeout`, it is disconnected with a log line, so
-//! a slow subscriber holds back the others and the dataflow for at most 50 ms. Subscribers are a live feed: an
+//! thread. A subscriber is disconnected with a log line when its queue stays full for 50 ms
+//! (it reads more slowly than alerts arrive) or one write to it blocks longer than
+//! `write_timeout`. So a slow subscriber holds back the others and the dataflow 50 ms at most. Subscribers are a live feed: an
 //! alert counts as delivered by this sink once it is queued to every connected subscriber.
 
 use std::io::ErrorKind;

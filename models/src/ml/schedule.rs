@@ -56,7 +56,7 @@ impl Schedule {
     }
 
     /// Returns the start and end (exclusive) of the window starts that train `version`.
-    /// Version 0 starts at the window that holds the bootstrap period's first event.
+    /// Version 0 starts at the window that contains the bootstrap period's first event.
     pub fn training_span(&self, version: u64) -> (u64, u64) {
         let end = self.applies_from(version);
         if version == 0 {
