@@ -1,10 +1,11 @@
 //! The operations HTTP server of a live `veer run`: `/metrics`, `/users/{id}` and `/healthz`
 //! queried while events still flow through a pipe held open on standard input.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -55,31 +56,6 @@ fn build_input() -> (String, usize) {
     (lines.concat(), EVENTS)
 }
 
-/// Sends one GET request and returns the status and body.
-fn get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {response:?}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 /// Returns the value of one sample line (name with labels) of a Prometheus text body.
 fn sample(body: &str, name: &str) -> Option<f64> {
     body.lines()
@@ -90,7 +66,7 @@ fn sample(body: &str, name: &str) -> Option<f64> {
 fn wait_for_metrics(address: SocketAddr, done: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, body) = get(address, "/metrics");
+        let (status, body) = common::http_get(address, "/metrics");
         assert_eq!(status, 200);
         if done(&body) {
             return body;
@@ -105,7 +81,7 @@ fn wait_for_metrics(address: SocketAddr, done: impl Fn(&str) -> bool) -> String 
 
 /// Starts `veer run` on a stdin pipe with the HTTP server on a free port. Returns the child,
 /// the server address and a channel of the remaining standard error lines.
-fn start_veer(alerts: &std::path::Path) -> (Child, SocketAddr, mpsc::Receiver<String>) {
+fn start_veer(alerts: &std::path::Path) -> (Child, SocketAddr, common::Log) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_veer"))
         .args([
             "run", "--input", "-", "--format", "jsonl", "--order", "arrival",
@@ -125,35 +101,16 @@ fn start_veer(alerts: &std::path::Path) -> (Child, SocketAddr, mpsc::Receiver<St
         .stderr(Stdio::piped())
         .spawn()
         .expect("veer starts");
-    let stderr = child.stderr.take().unwrap();
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let address = loop {
-        let line = receiver
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("the HTTP server logs its address");
-        if let Some(rest) = line.split("address=").nth(1) {
-            if line.contains("HTTP server listening") {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        }
-    };
-    (child, address, receiver)
+    let mut log = common::Log::capture(&mut child);
+    let address = log.http_address();
+    (child, address, log)
 }
 
 #[test]
 fn live_run_serves_metrics_and_profiles() {
     let folder = tempfile::tempdir().unwrap();
     let alerts_path = folder.path().join("alerts.jsonl");
-    let (mut child, address, stderr) = start_veer(&alerts_path);
+    let (mut child, address, log) = start_veer(&alerts_path);
     let (input, events) = build_input();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input.as_bytes()).unwrap();
@@ -189,7 +146,7 @@ fn live_run_serves_metrics_and_profiles() {
     assert!(median < 30.0, "median latency {median} s");
     assert!(sample(&body, "veer_users_tracked").unwrap() >= 2.0);
 
-    let (status, body) = get(address, &format!("/users/{KNOWN_USER}"));
+    let (status, body) = common::http_get(address, &format!("/users/{KNOWN_USER}"));
     assert_eq!(status, 200, "{body}");
     let profile: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(profile["user"], KNOWN_USER);
@@ -211,28 +168,28 @@ fn live_run_serves_metrics_and_profiles() {
     assert!(profile["segment"].is_null());
     assert!(profile["last_alert"].is_null());
 
-    let (status, body) = get(address, &format!("/users/{BURST_USER}"));
+    let (status, body) = common::http_get(address, &format!("/users/{BURST_USER}"));
     assert_eq!(status, 200, "{body}");
     let profile: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(profile["last_alert"]["kind"], "anomaly", "{body}");
     assert_eq!(profile["last_alert"]["user"], BURST_USER);
 
-    let (status, body) = get(address, "/users/123456789");
+    let (status, body) = common::http_get(address, "/users/123456789");
     assert_eq!(status, 404, "{body}");
     // Ids may be text, so a non-numeric id is a well-formed id of an unknown user.
-    let (status, body) = get(address, "/users/abc");
+    let (status, body) = common::http_get(address, "/users/abc");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("not tracked"), "{body}");
-    let (status, body) = get(address, "/users/%zz");
+    let (status, body) = common::http_get(address, "/users/%zz");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("percent-encoding"), "{body}");
-    let (status, _) = get(address, "/healthz");
+    let (status, _) = common::http_get(address, "/healthz");
     assert_eq!(status, 200);
 
     drop(stdin);
     let status = child.wait().unwrap();
     assert!(status.success(), "veer exited with {status}");
-    let rest: Vec<String> = stderr.iter().collect();
+    let rest = log.finish();
     let latency = rest
         .iter()
         .find(|line| line.starts_with("latency"))

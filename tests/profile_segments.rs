@@ -6,11 +6,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -20,28 +18,10 @@ const CASE: &str = "cases/24-user-attribute-join";
 /// Configuration with a one-day bootstrap period, so short streams get scored windows.
 const ONE_DAY_BOOTSTRAP: &str = "[models]\nbootstrap = \"1d\"\n";
 
-fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a profile line is JSON"))
-        .collect()
-}
-
 fn has_reason(line: &Value, reason: &str) -> bool {
     line["reasons"]
         .as_array()
         .is_some_and(|reasons| reasons.contains(&Value::from(reason)))
-}
-
-/// Returns the number after `name=` in a log line.
-fn log_field(line: &str, name: &str) -> u64 {
-    let start = line.find(&format!("{name}=")).expect("the field is logged") + name.len() + 1;
-    line[start..]
-        .split(|character: char| !character.is_ascii_digit())
-        .next()
-        .and_then(|digits| digits.parse().ok())
-        .expect("a number")
 }
 
 /// Output of one batch run with models and profiles.
@@ -54,7 +34,13 @@ struct ProfileRun {
 fn run_with_profiles(folder: &Path, events: &Path, config: &Path, workers: usize) -> ProfileRun {
     let profiles = folder.join(format!("profiles-{workers}.jsonl"));
     let output = Command::new(env!("CARGO_BIN_EXE_veer"))
-        .args(["run", "--no-progress", "--models", "--workers", &workers.to_string()])
+        .args([
+            "run",
+            "--no-progress",
+            "--models",
+            "--workers",
+            &workers.to_string(),
+        ])
         .arg("--input")
         .arg(events)
         .arg("--config")
@@ -73,8 +59,8 @@ fn run_with_profiles(folder: &Path, events: &Path, config: &Path, workers: usize
         .find(|line| line.contains("bootstrap period set"))
         .unwrap_or_else(|| panic!("no bootstrap line in:\n{stderr}"));
     ProfileRun {
-        lines: read_lines(&profiles),
-        bootstrap_end_ms: log_field(bootstrap, "end_ms"),
+        lines: common::read_json_lines(&profiles),
+        bootstrap_end_ms: common::log_field(bootstrap, "end_ms"),
     }
 }
 
@@ -120,13 +106,19 @@ fn profile_segments_same_for_workers() {
     let changes = segment_changes(&one.lines);
     assert!(changes.len() >= 200, "{} segment changes", changes.len());
     for (user, ts, segment) in &changes {
-        assert!(*ts >= end_s, "user {user} got segment {segment} at {ts}, before {end_s}");
+        assert!(
+            *ts >= end_s,
+            "user {user} got segment {segment} at {ts}, before {end_s}"
+        );
         assert!(segment.is_u64(), "user {user} at {ts}: {segment}");
     }
     let finals = final_segments(&one.lines);
     assert_eq!(finals.len(), 200, "one end-of-input line per user");
     let with_segment = finals.values().filter(|segment| segment.is_u64()).count();
-    assert!(with_segment >= 180, "{with_segment} of 200 users have a segment at the end");
+    assert!(
+        with_segment >= 180,
+        "{with_segment} of 200 users have a segment at the end"
+    );
 
     // Segments come from a differential collection, so they do not depend on the workers.
     assert_eq!(changes, segment_changes(&two.lines));
@@ -138,41 +130,9 @@ fn case_file(name: &str) -> PathBuf {
 }
 
 fn get_json(address: SocketAddr, path: &str) -> Value {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect");
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a header and a body");
-    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
-    serde_json::from_str(body).expect("a JSON body")
-}
-
-/// Standard error of the live run, line by line, with the lines seen so far.
-struct Log {
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Log {
-    /// Waits up to `limit` for a line that contains every one of `needles`.
-    fn wait_for(&mut self, needles: &[&str], limit: Duration) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let found = self
-                .seen
-                .iter()
-                .find(|line| needles.iter().all(|needle| line.contains(needle)));
-            if let Some(line) = found {
-                return line.clone();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no log line with {needles:?} within {limit:?}:\n{}", self.seen.join("\n")),
-            }
-        }
-    }
+    let (status, body) = common::http_get(address, path);
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("a JSON body")
 }
 
 /// Polls `/users/{user}` until `accept` holds for the profile, and returns it.
@@ -183,18 +143,12 @@ fn wait_for_profile(address: SocketAddr, user: u64, accept: impl Fn(&Value) -> b
         if accept(&profile) {
             return profile;
         }
-        assert!(Instant::now() < deadline, "user {user} never reached the state: {profile}");
+        assert!(
+            Instant::now() < deadline,
+            "user {user} never reached the state: {profile}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Sends `text` several times: standard input is read in batches of 4,096 lines, and the
-/// copies are duplicates that the run drops.
-fn send_copies(stdin: &mut impl Write, text: &str) {
-    for _ in 0..6 {
-        stdin.write_all(text.as_bytes()).expect("veer reads standard input");
-    }
-    stdin.flush().unwrap();
 }
 
 #[test]
@@ -209,8 +163,16 @@ fn live_attribute_change_reaches_segment_features() {
     let part2 = std::fs::read_to_string(case_file("part2.jsonl")).unwrap();
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_veer"))
-        .args(["run", "--input", "-", "--format", "jsonl", "--order", "arrival"])
-        .args(["--no-progress", "--models", "--http", "127.0.0.1:0", "--users"])
+        .args([
+            "run", "--input", "-", "--format", "jsonl", "--order", "arrival",
+        ])
+        .args([
+            "--no-progress",
+            "--models",
+            "--http",
+            "127.0.0.1:0",
+            "--users",
+        ])
         .arg(&users)
         .arg("--config")
         .arg(&config)
@@ -224,34 +186,29 @@ fn live_attribute_change_reaches_segment_features() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("veer starts");
-    let stderr = child.stderr.take().unwrap();
-    let (sender, lines) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = sender.send(line);
-        }
-    });
-    let mut log = Log { lines, seen: Vec::new() };
-    let listening = log.wait_for(&["HTTP server listening"], Duration::from_secs(30));
-    let address: SocketAddr = listening
-        .split("address=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|text| text.parse().ok())
-        .expect("the server address");
+    let mut log = common::Log::capture(&mut child);
+    let address = log.http_address();
     let mut stdin = child.stdin.take().unwrap();
 
     // Part 1 covers three days: the models are fitted on the first and score the rest.
-    send_copies(&mut stdin, &part1);
+    common::send_copies(&mut stdin, &part1, 6);
     let fitted = log.wait_for(&["models fitted"], Duration::from_secs(30));
     // User 2406 has no row in the first table and a row (19, F, east) in the second. The
     // segment features must include a column that this change moves.
-    let moved = ["has_attributes", "age_unknown", "gender_female", "gender_unknown"];
+    let moved = [
+        "has_attributes",
+        "age_unknown",
+        "gender_female",
+        "gender_unknown",
+    ];
     let used: Vec<&str> = moved
         .into_iter()
         .filter(|name| fitted.contains(&format!("\"{name}\"")))
         .collect();
-    assert!(!used.is_empty(), "no attribute column of 2406's change is selected: {fitted}");
+    assert!(
+        !used.is_empty(),
+        "no attribute column of 2406's change is selected: {fitted}"
+    );
     let before = wait_for_profile(address, 2406, |profile| profile["segment"].is_u64());
     assert_eq!(before["attributes"], Value::Null, "{before}");
     let expected_before = BTreeMap::from([
@@ -262,18 +219,25 @@ fn live_attribute_change_reaches_segment_features() {
     ]);
     for name in &used {
         let value = before["segment_features"][name].as_f64();
-        assert_eq!(value, Some(expected_before[name]), "{name} before the change: {before}");
+        assert_eq!(
+            value,
+            Some(expected_before[name]),
+            "{name} before the change: {before}"
+        );
     }
 
     // The table is replaced in one step and applied without a restart.
     let staged = folder.path().join("users.tmp");
     std::fs::copy(case_file("users-v2.csv"), &staged).unwrap();
     std::fs::rename(&staged, &users).unwrap();
-    let applied = log.wait_for(&["user table applied", "changed_users=3"], Duration::from_secs(10));
-    let change_ts = (log_field(&applied, "event_time_ms") / 1000) as i64;
+    let applied = log.wait_for(
+        &["user table applied", "changed_users=3"],
+        Duration::from_secs(10),
+    );
+    let change_ts = (common::log_field(&applied, "event_time_ms") / 1000) as i64;
 
     // Part 2: 2406's later windows carry the new row in their segment features.
-    send_copies(&mut stdin, &part2);
+    common::send_copies(&mut stdin, &part2, 6);
     // The attributes reach the endpoint through the profile store and the segment features
     // through the scored windows, so either may come first.
     let after = wait_for_profile(address, 2406, |profile| {
@@ -292,17 +256,20 @@ fn live_attribute_change_reaches_segment_features() {
     ]);
     for name in &used {
         let value = after["segment_features"][name].as_f64();
-        assert_eq!(value, Some(expected_after[name]), "{name} after the change: {after}");
+        assert_eq!(
+            value,
+            Some(expected_after[name]),
+            "{name} after the change: {after}"
+        );
     }
 
     drop(stdin);
     let status = child.wait().unwrap();
-    reader.join().unwrap();
-    log.seen.extend(log.lines.try_iter());
-    assert!(status.success(), "veer failed:\n{}", log.seen.join("\n"));
+    let seen = log.finish();
+    assert!(status.success(), "veer failed:\n{}", seen.join("\n"));
 
     // The profile lines show the new row from the change on, and segments once scored.
-    let written = read_lines(&profiles);
+    let written = common::read_json_lines(&profiles);
     let of_2406: Vec<&Value> = written.iter().filter(|line| line["user"] == 2406).collect();
     let changed = of_2406
         .iter()

@@ -5,10 +5,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -21,14 +20,6 @@ fn case_file(name: &str) -> PathBuf {
 
 fn veer() -> Command {
     Command::new(env!("CARGO_BIN_EXE_veer"))
-}
-
-fn read_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a profile line is JSON"))
-        .collect()
 }
 
 /// Returns the end-of-input profile line of every user, by user id as printed.
@@ -54,13 +45,20 @@ fn row(age: Option<Value>, gender: Option<&str>, region: Option<&str>, vip: Opti
 
 /// Checks a profile's attributes; unknown must be `null` or absent, never `0` or `""`.
 fn assert_attributes(profile: &Value, has_row: bool, expected: &Row, label: &str) {
-    assert_eq!(profile["has_attributes"], Value::Bool(has_row), "{label}: {profile}");
+    assert_eq!(
+        profile["has_attributes"],
+        Value::Bool(has_row),
+        "{label}: {profile}"
+    );
     let attributes = &profile["attributes"];
     if !has_row {
         assert_eq!(attributes, &Value::Null, "{label}: no row, no attributes");
         return;
     }
-    for (name, expected) in ["age", "gender", "region", "vip_level"].iter().zip(expected) {
+    for (name, expected) in ["age", "gender", "region", "vip_level"]
+        .iter()
+        .zip(expected)
+    {
         let actual = attributes.get(*name).unwrap_or(&Value::Null);
         match expected {
             Some(value) => assert_eq!(actual, value, "{label}: {name} in {profile}"),
@@ -72,13 +70,25 @@ fn assert_attributes(profile: &Value, has_row: bool, expected: &Row, label: &str
 /// The profiles that the case expects after part 1 (table v1).
 fn expected_v1() -> Vec<(&'static str, bool, Row)> {
     vec![
-        ("2401", true, row(Some("25-34".into()), Some("F"), Some("east"), Some("2"))),
-        ("2402", true, row(Some(45.into()), Some("M"), Some("north"), Some("3"))),
+        (
+            "2401",
+            true,
+            row(Some("25-34".into()), Some("F"), Some("east"), Some("2")),
+        ),
+        (
+            "2402",
+            true,
+            row(Some(45.into()), Some("M"), Some("north"), Some("3")),
+        ),
         ("2403", true, row(None, None, None, None)),
         ("2404", false, row(None, None, None, None)),
         ("2405", true, row(None, Some("M"), Some("south"), None)),
         ("2406", false, row(None, None, None, None)),
-        ("2407", true, row(Some(52.into()), Some("F"), Some("west"), Some("0"))),
+        (
+            "2407",
+            true,
+            row(Some(52.into()), Some("F"), Some("west"), Some("0")),
+        ),
     ]
 }
 
@@ -86,47 +96,17 @@ fn expected_v1() -> Vec<(&'static str, bool, Row)> {
 fn expected_v2() -> Vec<(&'static str, bool, Row)> {
     let mut expected = expected_v1();
     expected[0].2[2] = Some("west".into());
-    expected[5] = ("2406", true, row(Some(19.into()), Some("F"), Some("east"), Some("1")));
+    expected[5] = (
+        "2406",
+        true,
+        row(Some(19.into()), Some("F"), Some("east"), Some("1")),
+    );
     expected[6] = ("2407", false, row(None, None, None, None));
     expected
 }
 
 /// Sends `text` `copies` times. Exact duplicates are dropped by the engine, and the copies
 /// push the first copy through the reader's batch of 4,096 events while the run is live.
-fn send_copies(stdin: &mut impl Write, text: &str, copies: usize) {
-    for _ in 0..copies {
-        stdin.write_all(text.as_bytes()).expect("veer reads standard input");
-    }
-    stdin.flush().unwrap();
-}
-
-/// Waits up to `limit` for a stderr line that contains every one of `needles`.
-fn wait_for_log(lines: &mpsc::Receiver<String>, seen: &mut Vec<String>, needles: &[&str], limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(line) = seen
-            .iter()
-            .find(|line| needles.iter().all(|needle| line.contains(needle)))
-        {
-            return line.clone();
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => seen.push(line),
-            Err(_) => panic!("no log line with {needles:?} within {limit:?}:\n{}", seen.join("\n")),
-        }
-    }
-}
-
-fn log_field(line: &str, name: &str) -> u64 {
-    let start = line.find(&format!("{name}=")).expect("the field is logged") + name.len() + 1;
-    line[start..]
-        .split(|character: char| !character.is_ascii_digit())
-        .next()
-        .and_then(|digits| digits.parse().ok())
-        .expect("a number")
-}
-
 #[test]
 fn attribute_join_case_with_table_replaced() {
     let folder = tempfile::tempdir().unwrap();
@@ -138,7 +118,9 @@ fn attribute_join_case_with_table_replaced() {
     let part2 = std::fs::read_to_string(case_file("part2.jsonl")).unwrap();
 
     let mut child = veer()
-        .args(["run", "--input", "-", "--format", "jsonl", "--order", "arrival"])
+        .args([
+            "run", "--input", "-", "--format", "jsonl", "--order", "arrival",
+        ])
         .args(["--no-progress", "--users"])
         .arg(&users)
         .arg("--profiles")
@@ -150,40 +132,37 @@ fn attribute_join_case_with_table_replaced() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("veer starts");
-    let stderr = child.stderr.take().unwrap();
-    let (sender, lines) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = sender.send(line);
-        }
-    });
-    let mut seen = Vec::new();
+    let mut log = common::Log::capture(&mut child);
     let mut stdin = child.stdin.take().unwrap();
 
     // Step 2: the first table is loaded with its problems reported, and the run goes on.
-    let loaded = wait_for_log(&lines, &mut seen, &["user table loaded"], Duration::from_secs(20));
-    assert_eq!(log_field(&loaded, "rows"), 6, "{loaded}");
-    assert_eq!(log_field(&loaded, "users"), 5, "{loaded}");
-    assert_eq!(log_field(&loaded, "duplicates"), 1, "{loaded}");
-    assert_eq!(log_field(&loaded, "invalid"), 1, "{loaded}");
-    wait_for_log(
-        &lines,
-        &mut seen,
-        &["duplicate user", "user=2402", "earlier_line=3", "later_line=4"],
+    let loaded = log.wait_for(&["user table loaded"], Duration::from_secs(20));
+    assert_eq!(common::log_field(&loaded, "rows"), 6, "{loaded}");
+    assert_eq!(common::log_field(&loaded, "users"), 5, "{loaded}");
+    assert_eq!(common::log_field(&loaded, "duplicates"), 1, "{loaded}");
+    assert_eq!(common::log_field(&loaded, "invalid"), 1, "{loaded}");
+    log.wait_for(
+        &[
+            "duplicate user",
+            "user=2402",
+            "earlier_line=3",
+            "later_line=4",
+        ],
         Duration::from_secs(5),
     );
-    wait_for_log(
-        &lines,
-        &mut seen,
+    log.wait_for(
         &["invalid value", "line=6", "column=age", "value=abc"],
         Duration::from_secs(5),
     );
 
     // Step 3: part 1 flows through while the run stays alive.
-    send_copies(&mut stdin, &part1, 6);
+    common::send_copies(&mut stdin, &part1, 6);
     let deadline = Instant::now() + Duration::from_secs(30);
     while final_users_seen(&profiles) < 7 {
-        assert!(Instant::now() < deadline, "no profile of every user after part 1");
+        assert!(
+            Instant::now() < deadline,
+            "no profile of every user after part 1"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
@@ -192,49 +171,51 @@ fn attribute_join_case_with_table_replaced() {
     let staged = folder.path().join("users.tmp");
     std::fs::copy(case_file("users-v2.csv"), &staged).unwrap();
     std::fs::rename(&staged, &users).unwrap();
-    let reloaded = wait_for_log(
-        &lines,
-        &mut seen,
-        &["user table loaded", "rows=5"],
-        Duration::from_secs(10),
-    );
-    assert_eq!(log_field(&reloaded, "users"), 5, "{reloaded}");
-    assert_eq!(log_field(&reloaded, "duplicates"), 0, "{reloaded}");
-    assert_eq!(log_field(&reloaded, "invalid"), 1, "{reloaded}");
-    wait_for_log(
-        &lines,
-        &mut seen,
+    let reloaded = log.wait_for(&["user table loaded", "rows=5"], Duration::from_secs(10));
+    assert_eq!(common::log_field(&reloaded, "users"), 5, "{reloaded}");
+    assert_eq!(common::log_field(&reloaded, "duplicates"), 0, "{reloaded}");
+    assert_eq!(common::log_field(&reloaded, "invalid"), 1, "{reloaded}");
+    log.wait_for(
         &["invalid value", "line=5", "column=age"],
         Duration::from_secs(5),
     );
-    let applied = wait_for_log(
-        &lines,
-        &mut seen,
+    let applied = log.wait_for(
         &["user table applied", "changed_users=3"],
         Duration::from_secs(10),
     );
-    assert!(replaced.elapsed() < Duration::from_secs(10), "applied after {:?}", replaced.elapsed());
-    let change_ts = (log_field(&applied, "event_time_ms") / 1000) as i64;
+    assert!(
+        replaced.elapsed() < Duration::from_secs(10),
+        "applied after {:?}",
+        replaced.elapsed()
+    );
+    let change_ts = (common::log_field(&applied, "event_time_ms") / 1000) as i64;
 
     // Step 5: part 2, then the end of the input.
-    send_copies(&mut stdin, &part2, 6);
+    common::send_copies(&mut stdin, &part2, 6);
     drop(stdin);
     let status = child.wait().unwrap();
-    reader.join().unwrap();
-    seen.extend(lines.try_iter());
+    let seen = log.finish();
     assert!(status.success(), "veer failed:\n{}", seen.join("\n"));
 
     // The change applies between the two parts in event time.
     let last_part1 = part1.lines().map(event_ts).max().unwrap();
     let first_part2 = part2.lines().map(event_ts).min().unwrap();
-    assert!(change_ts <= first_part2, "change at {change_ts}, part 2 from {first_part2}");
-    assert!(change_ts >= last_part1 - 600, "change at {change_ts}, part 1 until {last_part1}");
+    assert!(
+        change_ts <= first_part2,
+        "change at {change_ts}, part 2 from {first_part2}"
+    );
+    assert!(
+        change_ts >= last_part1 - 600,
+        "change at {change_ts}, part 1 until {last_part1}"
+    );
 
-    let lines_written = read_lines(&profiles);
+    let lines_written = common::read_json_lines(&profiles);
     for (user, has_row, expected) in expected_v1() {
         let before = lines_written
             .iter()
-            .filter(|line| line["user"].to_string() == user && line["ts"].as_i64().unwrap() < change_ts)
+            .filter(|line| {
+                line["user"].to_string() == user && line["ts"].as_i64().unwrap() < change_ts
+            })
             .last()
             .unwrap_or_else(|| panic!("no profile of {user} before the change"));
         assert_attributes(before, has_row, &expected, &format!("v1 {user}"));
@@ -250,13 +231,16 @@ fn attribute_join_case_with_table_replaced() {
         let changed = lines_written.iter().any(|line| {
             line["user"].to_string() == user
                 && line["ts"].as_i64() == Some(change_ts)
-                && line["reasons"].as_array().unwrap().contains(&Value::from("attributes"))
+                && line["reasons"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&Value::from("attributes"))
         });
         assert!(changed, "no attribute change line for {user}");
     }
 
     // Alerts: one shift each for 2401 and 2404 (who never has attributes), none for others.
-    let alert_lines = read_lines(&alerts);
+    let alert_lines = common::read_json_lines(&alerts);
     for user in ["2401", "2402", "2403", "2404", "2405", "2406", "2407"] {
         let shifts: Vec<&Value> = alert_lines
             .iter()
@@ -265,7 +249,10 @@ fn attribute_join_case_with_table_replaced() {
         let expected = usize::from(user == "2401" || user == "2404");
         assert_eq!(shifts.len(), expected, "shift alerts of {user}");
         for shift in shifts {
-            let (ts, onset) = (shift["ts"].as_i64().unwrap(), shift["onset_ts"].as_i64().unwrap());
+            let (ts, onset) = (
+                shift["ts"].as_i64().unwrap(),
+                shift["onset_ts"].as_i64().unwrap(),
+            );
             assert!(onset <= ts && ts <= onset + 259_200, "{shift}");
         }
     }
@@ -312,9 +299,14 @@ fn duplicate_winner_same_for_any_workers() {
         let stderr = String::from_utf8_lossy(&output.stderr).to_string();
         assert!(output.status.success(), "{stderr}");
         assert!(stderr.contains("earlier_line=3 later_line=4"), "{stderr}");
-        let finals = final_profiles(&read_lines(&profiles));
+        let finals = final_profiles(&common::read_json_lines(&profiles));
         for (user, has_row, expected) in expected_v1() {
-            assert_attributes(&finals[user], has_row, &expected, &format!("{workers} workers {user}"));
+            assert_attributes(
+                &finals[user],
+                has_row,
+                &expected,
+                &format!("{workers} workers {user}"),
+            );
         }
         // The end-of-input values are final; `ts` (of the previous line) depends on timing.
         let mut values = finals;
@@ -323,7 +315,10 @@ fn duplicate_winner_same_for_any_workers() {
         }
         outputs.push(values);
     }
-    assert_eq!(outputs[0], outputs[1], "end-of-input profiles differ between 1 and 4 workers");
+    assert_eq!(
+        outputs[0], outputs[1],
+        "end-of-input profiles differ between 1 and 4 workers"
+    );
 }
 
 #[test]
@@ -339,8 +334,12 @@ fn profiles_without_users_table() {
         .arg(&profiles)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let finals = final_profiles(&read_lines(&profiles));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let finals = final_profiles(&common::read_json_lines(&profiles));
     assert_eq!(finals.len(), 7);
     for profile in finals.values() {
         assert_eq!(profile["has_attributes"], false, "{profile}");
@@ -397,15 +396,33 @@ fn segment_features_follow_table_change() {
             .collect()
     };
     // 2406 has no row before the change and a row (19, F) after it.
-    assert!(feature(2406, false, "has_attributes").iter().all(|value| *value == 0.0));
-    assert!(feature(2406, false, "age_unknown").iter().all(|value| *value == 1.0));
+    assert!(feature(2406, false, "has_attributes")
+        .iter()
+        .all(|value| *value == 0.0));
+    assert!(feature(2406, false, "age_unknown")
+        .iter()
+        .all(|value| *value == 1.0));
     let after = feature(2406, true, "age_under_25");
-    assert!(!after.is_empty() && after.iter().all(|value| *value == 1.0), "{after:?}");
-    assert!(feature(2406, true, "gender_female").iter().all(|value| *value == 1.0));
+    assert!(
+        !after.is_empty() && after.iter().all(|value| *value == 1.0),
+        "{after:?}"
+    );
+    assert!(feature(2406, true, "gender_female")
+        .iter()
+        .all(|value| *value == 1.0));
     // 2407's row (52, F) is removed: unknown afterwards, not a default age.
     let before = feature(2407, false, "age_45_54");
-    assert!(!before.is_empty() && before.iter().all(|value| *value == 1.0), "{before:?}");
-    assert!(feature(2407, true, "has_attributes").iter().all(|value| *value == 0.0));
-    assert!(feature(2407, true, "age_unknown").iter().all(|value| *value == 1.0));
-    assert!(feature(2407, true, "age_45_54").iter().all(|value| *value == 0.0));
+    assert!(
+        !before.is_empty() && before.iter().all(|value| *value == 1.0),
+        "{before:?}"
+    );
+    assert!(feature(2407, true, "has_attributes")
+        .iter()
+        .all(|value| *value == 0.0));
+    assert!(feature(2407, true, "age_unknown")
+        .iter()
+        .all(|value| *value == 1.0));
+    assert!(feature(2407, true, "age_45_54")
+        .iter()
+        .all(|value| *value == 0.0));
 }

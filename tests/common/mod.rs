@@ -5,8 +5,13 @@
 // Users are compared as printed JSON, so that `42` and `"42"` stay different ids.
 #![allow(clippy::cmp_owned)]
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -295,7 +300,12 @@ pub fn assert_same_alerts(
     expected: &[veer_models::Alert],
     context: &str,
 ) {
-    let ids = |alerts: &[veer_models::Alert]| alerts.iter().map(veer_models::Alert::alert_id).collect::<Vec<_>>();
+    let ids = |alerts: &[veer_models::Alert]| {
+        alerts
+            .iter()
+            .map(veer_models::Alert::alert_id)
+            .collect::<Vec<_>>()
+    };
     let (actual_ids, expected_ids) = (ids(actual), ids(expected));
     if let Some(at) = (0..actual_ids.len().max(expected_ids.len()))
         .find(|&at| actual_ids.get(at) != expected_ids.get(at))
@@ -315,4 +325,136 @@ pub fn assert_same_alerts(
             left.alert_id()
         );
     }
+}
+
+/// Reads a JSON-lines file that a run wrote; a file not yet written reads as no lines.
+pub fn read_json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("each written line is JSON"))
+        .collect()
+}
+
+/// Returns the number after `name=` in a log line.
+pub fn log_field(line: &str, name: &str) -> u64 {
+    let start = line.find(&format!("{name}=")).expect("the field is logged") + name.len() + 1;
+    line[start..]
+        .split(|character: char| !character.is_ascii_digit())
+        .next()
+        .and_then(|digits| digits.parse().ok())
+        .expect("a number")
+}
+
+/// Writes `text` `copies` times to a child's standard input. Standard input is read in
+/// batches of 4,096 lines, so a short text is sent several times to fill a batch; the copies
+/// are duplicates that the run drops.
+pub fn send_copies(stdin: &mut impl Write, text: &str, copies: usize) {
+    for _ in 0..copies {
+        stdin
+            .write_all(text.as_bytes())
+            .expect("veer reads standard input");
+    }
+    stdin.flush().unwrap();
+}
+
+/// Standard error of a running `veer`, read line by line on a thread, with the lines seen so
+/// far.
+pub struct Log {
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    reader: JoinHandle<()>,
+}
+
+impl Log {
+    /// Takes the child's piped standard error and starts reading it.
+    pub fn capture(child: &mut Child) -> Log {
+        let stderr = child.stderr.take().expect("standard error is piped");
+        let (sender, lines) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Log {
+            lines,
+            seen: Vec::new(),
+            reader,
+        }
+    }
+
+    /// Waits up to `limit` for a line that contains every one of `needles`, and returns it.
+    pub fn wait_for(&mut self, needles: &[&str], limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let found = self
+                .seen
+                .iter()
+                .find(|line| needles.iter().all(|needle| line.contains(needle)));
+            if let Some(line) = found {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!(
+                    "no log line with {needles:?} within {limit:?}:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Waits for the `--http` server's log line and returns the address it listens on.
+    pub fn http_address(&mut self) -> SocketAddr {
+        let listening = self.wait_for(&["HTTP server listening"], Duration::from_secs(30));
+        listening
+            .split("address=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|text| text.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {listening:?}"))
+    }
+
+    /// Reads the rest of the log once the child has exited, and returns every line.
+    pub fn finish(mut self) -> Vec<String> {
+        self.reader
+            .join()
+            .expect("the log reader ends with the child");
+        self.seen.extend(self.lines.try_iter());
+        self.seen
+    }
+
+    /// Returns the lines seen so far, without waiting.
+    pub fn lines_now(&mut self) -> &[String] {
+        self.seen.extend(self.lines.try_iter());
+        &self.seen
+    }
+}
+
+/// Sends one GET request to a `--http` server and returns the status and the body.
+pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
 }
