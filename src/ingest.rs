@@ -242,9 +242,7 @@ fn read_one(
     progress: &SourceProgress<'_>,
 ) -> Result<(), String> {
     let name = input_name(path);
-    let mut reader = sources::open_input(path).map_err(|error| error.to_string())?;
-    let Some(format) = input_format(&mut reader, name, options)? else {
-        tracing::info!(input = name, "input is empty");
+    let Some((reader, format)) = open_detected(path, options)? else {
         return Ok(());
     };
     let events_path = (path != "-").then(|| PathBuf::from(path));
@@ -301,24 +299,30 @@ fn read_one(
 
 /// Returns the format given in `options`, or the one detected from the first bytes of
 /// `reader`. Returns `None` when the format must be detected and the input is empty.
-fn input_format(
-    reader: &mut dyn std::io::BufRead,
-    name: &str,
+/// Opens `path` and returns it with its format: the `--format` given, or the one detected from
+/// the first bytes. Returns `None`, and logs it, for an empty input whose format was not given.
+fn open_detected(
+    path: &str,
     options: &SourceOptions,
-) -> Result<Option<sources::Format>, String> {
+) -> Result<Option<(Box<dyn std::io::BufRead + Send>, sources::Format)>, String> {
+    let name = input_name(path);
+    let mut reader = sources::open_input(path).map_err(|error| error.to_string())?;
     if let Some(format) = options.format {
-        return Ok(Some(format));
+        return Ok(Some((reader, format)));
     }
     let head = reader
         .fill_buf()
         .map_err(|error| format!("cannot read input {name}: {error}"))?;
     if head.is_empty() {
+        tracing::info!(input = name, "input is empty");
         return Ok(None);
     }
     let format = sources::detect_format(head).ok_or_else(|| {
-        format!("cannot detect the format of {name}; pass --format jsonl|taobao|retailrocket|rees46")
+        format!(
+            "cannot detect the format of {name}; pass --format jsonl|taobao|retailrocket|rees46"
+        )
     })?;
-    Ok(Some(format))
+    Ok(Some((reader, format)))
 }
 
 /// Counts one line in `counts` and parses it. A line cut at `limit` bytes is a bad record.
@@ -353,9 +357,7 @@ fn read_split(
     progress: &SourceProgress<'_>,
 ) -> Result<(), String> {
     let name = input_name(path);
-    let mut reader = sources::open_input(path).map_err(|error| error.to_string())?;
-    let Some(format) = input_format(&mut reader, name, options)? else {
-        tracing::info!(input = name, "input is empty");
+    let Some((_, format)) = open_detected(path, options)? else {
         return Ok(());
     };
     if format == sources::Format::RetailRocket {
