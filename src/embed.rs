@@ -233,19 +233,7 @@ pub fn event(
     behavior: Behavior,
     ts_secs: i64,
 ) -> Event {
-    Event {
-        ts_ms: ts_secs.saturating_mul(1000),
-        user: user.into(),
-        category: category.into(),
-        item: item.into(),
-        behavior,
-        topic: None,
-        price: None,
-        brand: None,
-        dwell_ms: None,
-        session: None,
-        line: 0,
-    }
+    Event::plain(ts_secs.saturating_mul(1000), user, category, item, behavior)
 }
 
 #[cfg(test)]

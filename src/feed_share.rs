@@ -250,22 +250,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use veer_models::{Behavior, Id};
+    use veer_models::Behavior;
 
     fn view(user: u64, ts_ms: i64) -> Event {
-        Event {
-            ts_ms,
-            user: Id::from(user),
-            category: Id::from(1u64),
-            item: Id::from(2u64),
-            behavior: Behavior::View,
-            topic: None,
-            price: None,
-            brand: None,
-            dwell_ms: None,
-            session: None,
-            line: 0,
-        }
+        Event::plain(ts_ms, user, 1u64, 2u64, Behavior::View)
     }
 
     #[test]

@@ -250,17 +250,8 @@ pub fn generate(config: &GenerateConfig) -> Generated {
         .into_iter()
         .enumerate()
         .map(|(position, (ts, user, category, item, behavior))| Event {
-            ts_ms: ts * 1000,
-            user: Id::from(user),
-            category: Id::from(category),
-            item: Id::from(item),
-            behavior,
-            topic: None,
-            price: None,
-            brand: None,
-            dwell_ms: None,
-            session: None,
             line: position as u64 + 1,
+            ..Event::plain(ts * 1000, user, category, item, behavior)
         })
         .collect();
     sort_truth(&mut truth);

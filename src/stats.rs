@@ -321,19 +321,7 @@ mod tests {
     use super::*;
 
     fn event(user: u64, category: u64, behavior: Behavior, ts_secs: i64) -> Event {
-        Event {
-            ts_ms: ts_secs * 1000,
-            user: Id::from(user),
-            category: Id::from(category),
-            item: Id::from(1u64),
-            behavior,
-            topic: None,
-            price: None,
-            brand: None,
-            dwell_ms: None,
-            session: None,
-            line: 0,
-        }
+        Event::plain(ts_secs * 1000, user, category, 1u64, behavior)
     }
 
     /// Returns one user's events over 9 days: categories 1 and 2 on days 1-5, then 2, 3 and 4,

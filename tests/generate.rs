@@ -68,19 +68,13 @@ fn read_taobao(path: &str) -> Vec<Event> {
             let [user, item, category, behavior, ts] = fields[..] else {
                 return None;
             };
-            Some(Event {
-                ts_ms: ts.parse::<i64>().ok()? * 1000,
-                user: Id::from_field(user),
-                category: Id::from_field(category),
-                item: Id::from_field(item),
-                behavior: Behavior::parse(behavior)?,
-                topic: None,
-                price: None,
-                brand: None,
-                dwell_ms: None,
-                session: None,
-                line: 0,
-            })
+            Some(Event::plain(
+                ts.parse::<i64>().ok()? * 1000,
+                Id::from_field(user),
+                Id::from_field(category),
+                Id::from_field(item),
+                Behavior::parse(behavior)?,
+            ))
         })
         .collect()
 }

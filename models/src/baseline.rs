@@ -38,19 +38,7 @@ impl BaselineState {
 /// use veer_models::{Behavior, Detector, Event, GroupMap, Id};
 ///
 /// let view = |user: u64, category: u64, ts: i64| {
-///     Event {
-///         ts_ms: ts * 1000,
-///         user: Id::from(user),
-///         category: Id::from(category),
-///         item: Id::from(category * 100),
-///         behavior: Behavior::View,
-///         topic: None,
-///         price: None,
-///         brand: None,
-///         dwell_ms: None,
-///         session: None,
-///         line: 0,
-///     }
+///     Event::plain(ts * 1000, user, category, category * 100, Behavior::View)
 /// };
 /// let detector = BaselineDetector::default();
 /// let mut state = BaselineState::default();

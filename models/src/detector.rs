@@ -510,19 +510,7 @@ pub trait Detector: Send + 'static {
 /// use veer_models::{ShiftDetector, UserState};
 ///
 /// let view = |user: u64, category: u64, ts: i64| {
-///     Event {
-///         ts_ms: ts * 1000,
-///         user: Id::from(user),
-///         category: Id::from(category),
-///         item: Id::from(category * 100),
-///         behavior: Behavior::View,
-///         topic: None,
-///         price: None,
-///         brand: None,
-///         dwell_ms: None,
-///         session: None,
-///         line: 0,
-///     }
+///     Event::plain(ts * 1000, user, category, category * 100, Behavior::View)
 /// };
 /// let detector = ShiftDetector::new(DetectorConfig::default()).expect("valid settings");
 /// let groups = GroupMap::default();
@@ -658,18 +646,23 @@ impl ShiftDetector {
         }
     }
 
+    /// Adds an event of the run to the reference.
+    fn add_run_entry(&self, state: &mut UserState, entry: &RunEvent) {
+        self.add_to_reference(
+            state,
+            &entry.category,
+            &entry.group,
+            entry.weight,
+            entry.session,
+        );
+    }
+
     /// Moves a run that ended without an alarm into the reference and the exploring rate.
     fn dissolve_run(&self, state: &mut UserState) {
         let run = std::mem::take(&mut state.run);
         for entry in &run {
             self.count_exploration(state, entry.novel);
-            self.add_to_reference(
-                state,
-                &entry.category,
-                &entry.group,
-                entry.weight,
-                entry.session,
-            );
+            self.add_run_entry(state, entry);
         }
     }
 
@@ -743,13 +736,7 @@ impl ShiftDetector {
         state.reference.scale_all(REBASE_KEEP);
         let run = std::mem::take(&mut state.run);
         for entry in &run {
-            self.add_to_reference(
-                state,
-                &entry.category,
-                &entry.group,
-                entry.weight,
-                entry.session,
-            );
+            self.add_run_entry(state, entry);
         }
         state.cusum = 0.0;
         state.refractory_events = self.config.refractory_events;
@@ -912,13 +899,7 @@ impl Detector for ShiftDetector {
         if state.run.len() > MAX_RUN {
             let oldest = state.run.remove(0);
             self.count_exploration(state, oldest.novel);
-            self.add_to_reference(
-                state,
-                &oldest.category,
-                &oldest.group,
-                oldest.weight,
-                oldest.session,
-            );
+            self.add_run_entry(state, &oldest);
             state.run_len_at_session_start = state.run_len_at_session_start.saturating_sub(1);
         }
 

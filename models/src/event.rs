@@ -289,6 +289,37 @@ pub struct Event {
 }
 
 impl Event {
+    /// Returns an event with the fields every input format has, and no topic, price, brand,
+    /// dwell time, session or line.
+    ///
+    /// ```
+    /// use veer_models::{Behavior, Event};
+    ///
+    /// let event = Event::plain(1_000, 7u64, 3u64, 30u64, Behavior::View);
+    /// assert_eq!((event.ts_ms, event.line, event.price), (1_000, 0, None));
+    /// ```
+    pub fn plain(
+        ts_ms: i64,
+        user: impl Into<Id>,
+        category: impl Into<Id>,
+        item: impl Into<Id>,
+        behavior: Behavior,
+    ) -> Event {
+        Event {
+            ts_ms,
+            user: user.into(),
+            category: category.into(),
+            item: item.into(),
+            behavior,
+            topic: None,
+            price: None,
+            brand: None,
+            dwell_ms: None,
+            session: None,
+            line: 0,
+        }
+    }
+
     /// Compares two events in the engine's processing order: time, then the event's own fields.
     ///
     /// The source line is compared last, so that two identical events from different lines

@@ -195,19 +195,7 @@ struct OpenSession {
 /// use veer_models::{Behavior, Event, Id, PopulationDelta};
 ///
 /// let view = |user: u64, category: u64, ts: i64| {
-///     Event {
-///         ts_ms: ts * 1000,
-///         user: Id::from(user),
-///         category: Id::from(category),
-///         item: Id::from(category * 100),
-///         behavior: Behavior::View,
-///         topic: None,
-///         price: None,
-///         brand: None,
-///         dwell_ms: None,
-///         session: None,
-///         line: 0,
-///     }
+///     Event::plain(ts * 1000, user, category, category * 100, Behavior::View)
 /// };
 /// let mut counter = SessionCounter::new(SessionRule::default());
 /// let mut delta = PopulationDelta::default();
@@ -311,19 +299,7 @@ impl SessionCounter {
 /// use veer_models::{Behavior, Event, GroupConfig, Id, PopulationDelta, PopulationModel};
 ///
 /// let view = |user: u64, category: u64, ts: i64| {
-///     Event {
-///         ts_ms: ts * 1000,
-///         user: Id::from(user),
-///         category: Id::from(category),
-///         item: Id::from(category * 100),
-///         behavior: Behavior::View,
-///         topic: None,
-///         price: None,
-///         brand: None,
-///         dwell_ms: None,
-///         session: None,
-///         line: 0,
-///     }
+///     Event::plain(ts * 1000, user, category, category * 100, Behavior::View)
 /// };
 /// let mut counter = SessionCounter::new(veer_models::session::SessionRule::default());
 /// let mut delta = PopulationDelta { window_end: 3_600_000, ..Default::default() };

@@ -123,17 +123,8 @@ fn group(id: u64) -> GroupKey {
 
 fn event(ts_secs: i64, category: u64, behavior: Behavior) -> Event {
     Event {
-        ts_ms: ts_secs * 1000,
-        user: Id::from(1),
-        category: Id::from(category),
-        item: Id::from(category * 100),
-        behavior,
-        topic: None,
-        price: None,
-        brand: None,
-        dwell_ms: None,
-        session: None,
         line: 1,
+        ..Event::plain(ts_secs * 1000, 1u64, category, category * 100, behavior)
     }
 }
 

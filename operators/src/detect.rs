@@ -72,18 +72,8 @@ pub struct DetectStats {
 ///     }
 /// }
 ///
-/// let view = |user: u64, category: u64, ts_ms: i64| Event {
-///     ts_ms,
-///     user: Id::from(user),
-///     category: Id::from(category),
-///     item: Id::from(category * 100),
-///     behavior: Behavior::View,
-///     topic: None,
-///     price: None,
-///     brand: None,
-///     dwell_ms: None,
-///     session: None,
-///     line: 0,
+/// let view = |user: u64, category: u64, ts_ms: i64| {
+///     Event::plain(ts_ms, user, category, category * 100, Behavior::View)
 /// };
 /// let (alerts, stats) = timely::execute_directly(move |worker| {
 ///     let stats = Rc::new(RefCell::new(DetectStats::default()));

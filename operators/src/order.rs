@@ -32,18 +32,8 @@ use crate::state::OrderState;
 /// use veer_operators::order_by_event_time;
 /// use veer_operators::state::OrderState;
 ///
-/// let view = |user: u64, category: u64, ts_ms: i64| Event {
-///     ts_ms,
-///     user: Id::from(user),
-///     category: Id::from(category),
-///     item: Id::from(category * 100),
-///     behavior: Behavior::View,
-///     topic: None,
-///     price: None,
-///     brand: None,
-///     dwell_ms: None,
-///     session: None,
-///     line: 0,
+/// let view = |user: u64, category: u64, ts_ms: i64| {
+///     Event::plain(ts_ms, user, category, category * 100, Behavior::View)
 /// };
 /// let (times, dropped) = timely::execute_directly(move |worker| {
 ///     let state = Rc::new(RefCell::new(OrderState::default()));

@@ -51,18 +51,8 @@ pub fn window_end(ts_ms: u64, window_ms: u64) -> u64 {
 /// use veer_operators::state::{CooccurrenceState, PopulationState};
 /// use veer_operators::{population_groups, session_cooccurrence};
 ///
-/// let view = |user: u64, category: u64, ts_ms: i64| Event {
-///     ts_ms,
-///     user: Id::from(user),
-///     category: Id::from(category),
-///     item: Id::from(category * 100),
-///     behavior: Behavior::View,
-///     topic: None,
-///     price: None,
-///     brand: None,
-///     dwell_ms: None,
-///     session: None,
-///     line: 0,
+/// let view = |user: u64, category: u64, ts_ms: i64| {
+///     Event::plain(ts_ms, user, category, category * 100, Behavior::View)
 /// };
 /// let infos = timely::execute_directly(move |worker| {
 ///     let infos = Rc::new(RefCell::new(Vec::new()));
@@ -152,18 +142,8 @@ pub fn session_cooccurrence<'scope>(
 /// use veer_operators::state::{CooccurrenceState, PopulationState};
 /// use veer_operators::{population_groups, session_cooccurrence};
 ///
-/// let view = |user: u64, category: u64, ts_ms: i64| Event {
-///     ts_ms,
-///     user: Id::from(user),
-///     category: Id::from(category),
-///     item: Id::from(category * 100),
-///     behavior: Behavior::View,
-///     topic: None,
-///     price: None,
-///     brand: None,
-///     dwell_ms: None,
-///     session: None,
-///     line: 0,
+/// let view = |user: u64, category: u64, ts_ms: i64| {
+///     Event::plain(ts_ms, user, category, category * 100, Behavior::View)
 /// };
 /// let infos = timely::execute_directly(move |worker| {
 ///     let infos = Rc::new(RefCell::new(Vec::new()));

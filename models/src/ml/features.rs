@@ -303,17 +303,8 @@ fn share_slots(values: &[f64]) -> Shares {
 /// assert_eq!(profile.top_groups(), &[group(1), group(2), group(3)]);
 ///
 /// let event = |ts: i64, category: u64| Event {
-///     ts_ms: ts * 1000,
-///     user: Id::from(7),
-///     category: Id::from(category),
-///     item: Id::from(100),
-///     behavior: Behavior::View,
-///     topic: None,
-///     price: None,
-///     brand: None,
-///     dwell_ms: None,
-///     session: None,
 ///     line: 1,
+///     ..Event::plain(ts * 1000, 7u64, category, 100u64, Behavior::View)
 /// };
 /// let window = [event(0, 1), event(60, 1), event(120, 9), event(180, 2)];
 /// let groups = GroupMap::default();
@@ -536,17 +527,8 @@ mod tests {
     #[test]
     fn peak_counts_events_inside_a_minute() {
         let make = |ts_ms: i64| Event {
-            ts_ms,
-            user: 1u64.into(),
-            category: 1u64.into(),
-            item: 1u64.into(),
-            behavior: crate::event::Behavior::View,
-            topic: None,
-            price: None,
-            brand: None,
-            dwell_ms: None,
-            session: None,
             line: 1,
+            ..Event::plain(ts_ms, 1u64, 1u64, 1u64, crate::event::Behavior::View)
         };
         let events: Vec<Event> = [0, 10_000, 59_999, 60_000, 200_000]
             .into_iter()

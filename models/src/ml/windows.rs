@@ -198,19 +198,7 @@ mod tests {
     use crate::event::Behavior;
 
     fn view(category: u64, ts_ms: i64) -> Event {
-        Event {
-            ts_ms,
-            user: Id::from(1u64),
-            category: Id::from(category),
-            item: Id::from(category * 10),
-            behavior: Behavior::View,
-            topic: None,
-            price: None,
-            brand: None,
-            dwell_ms: None,
-            session: None,
-            line: 0,
-        }
+        Event::plain(ts_ms, 1u64, category, category * 10, Behavior::View)
     }
 
     fn settings() -> WindowSettings {
