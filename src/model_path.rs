@@ -15,7 +15,9 @@ use veer_operators::profiles::AttributeRow;
 use veer_operators::score::score_windows;
 use veer_operators::segments::{split_scored, SegmentStore, SegmentUpdate};
 use veer_operators::windows::build_user_windows;
-use veer_operators::{detect_shifts_observed, DetectHandle, DetectSettings, DetectStats};
+use veer_operators::{
+    detect_shifts_observed, keep_last_alerts, DetectHandle, DetectSettings, DetectStats,
+};
 
 use crate::replay::ModelRunSettings;
 
@@ -45,7 +47,7 @@ pub(crate) fn fused_alerts<'scope, D: Detector>(
         population.clone(),
         detector,
         detect_settings,
-        state,
+        state.clone(),
         stats,
     )
     .probe_with(probe);
@@ -64,6 +66,11 @@ pub(crate) fn fused_alerts<'scope, D: Detector>(
             seed: models.seed,
         },
     );
-    let rule = FusionRule::new(models.fusion.clone()).expect("fusion settings validated before the run");
-    split_scored(score_windows(windows, updates, rule), segments)
+    let rule =
+        FusionRule::new(models.fusion.clone()).expect("fusion settings validated before the run");
+    let (alerts, segment_updates) = split_scored(score_windows(windows, updates, rule), segments);
+    (
+        keep_last_alerts(alerts, state, detect_settings.idle_ms),
+        segment_updates,
+    )
 }

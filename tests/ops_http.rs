@@ -81,7 +81,7 @@ fn wait_for_metrics(address: SocketAddr, done: impl Fn(&str) -> bool) -> String 
 
 /// Starts `veer run` on a stdin pipe with the HTTP server on a free port. Returns the child,
 /// the server address and a channel of the remaining standard error lines.
-fn start_veer(alerts: &std::path::Path) -> (Child, SocketAddr, common::Log) {
+fn start_veer(alerts: &std::path::Path, more: &[&str]) -> (Child, SocketAddr, common::Log) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_veer"))
         .args([
             "run", "--input", "-", "--format", "jsonl", "--order", "arrival",
@@ -95,6 +95,7 @@ fn start_veer(alerts: &std::path::Path) -> (Child, SocketAddr, common::Log) {
             "--alerts",
         ])
         .arg(alerts)
+        .args(more)
         .env("VEER_LOG", "info")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -110,7 +111,7 @@ fn start_veer(alerts: &std::path::Path) -> (Child, SocketAddr, common::Log) {
 fn live_run_serves_metrics_and_profiles() {
     let folder = tempfile::tempdir().unwrap();
     let alerts_path = folder.path().join("alerts.jsonl");
-    let (mut child, address, log) = start_veer(&alerts_path);
+    let (mut child, address, log) = start_veer(&alerts_path, &[]);
     let (input, events) = build_input();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input.as_bytes()).unwrap();
@@ -219,4 +220,44 @@ fn occupied_port_is_an_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot start the HTTP server"), "{stderr}");
     assert!(stderr.contains(&address), "{stderr}");
+}
+
+/// With `--models`, alerts are fused with the model scores after the detector, and
+/// `/users/{id}` shows the alert that was sent.
+#[test]
+fn live_run_with_models_serves_the_sent_alert() {
+    let folder = tempfile::tempdir().unwrap();
+    let alerts_path = folder.path().join("alerts.jsonl");
+    let (mut child, address, log) = start_veer(&alerts_path, &["--models"]);
+    let (input, _) = build_input();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+
+    wait_for_metrics(address, |body| {
+        sample(body, "veer_alerts_total{kind=\"anomaly\"}") >= Some(1.0)
+    });
+    let (status, body) = common::http_get(address, &format!("/users/{BURST_USER}"));
+    assert_eq!(status, 200, "{body}");
+    let profile: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(profile["last_alert"]["kind"], "anomaly", "{body}");
+    assert_eq!(profile["last_alert"]["user"], BURST_USER);
+
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let log = log.finish();
+    assert!(
+        status.success(),
+        "veer exited with {status}:\n{}",
+        log.join("\n")
+    );
+    let sent: Vec<Value> = common::read_json_lines(&alerts_path)
+        .into_iter()
+        .filter(|alert| alert["user"] == BURST_USER)
+        .collect();
+    let last = sent.last().expect("the burst user's alert is written");
+    assert_eq!(
+        last["alert_id"], profile["last_alert"]["alert_id"],
+        "{body}"
+    );
 }

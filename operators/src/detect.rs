@@ -5,8 +5,8 @@ use std::rc::Rc;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Inspect;
 use timely::dataflow::StreamVec;
-use veer_models::detector::CANDIDATE_SIGNAL;
 use veer_models::{Alert, Detector, Event, Id, PopulationInfo};
 
 use crate::capability::HeldCapability;
@@ -112,11 +112,14 @@ pub fn detect_shifts<'scope, D: Detector>(
     let emit = |_: Event, _: &D::State, alerts: &mut Vec<Alert>, output: &mut Vec<Alert>| {
         output.append(alerts);
     };
-    detect_and_emit(events, population, detector, settings, state, stats, emit)
+    detect_and_emit(
+        events, population, detector, settings, state, stats, true, emit,
+    )
 }
 
 /// Runs [`detect_shifts`] and emits every event with the detector's view of it, for the
-/// model path that cuts events into user windows (see [`crate::windows`]).
+/// model path that cuts events into user windows (see [`crate::windows`]). Users' latest
+/// alerts are left to [`keep_last_alerts`] on the fused alerts.
 pub fn detect_shifts_observed<'scope, D: Detector>(
     events: StreamVec<'scope, u64, Event>,
     population: StreamVec<'scope, u64, PopulationInfo>,
@@ -135,7 +138,34 @@ pub fn detect_shifts_observed<'scope, D: Detector>(
             alerts: std::mem::take(alerts),
         });
     };
-    detect_and_emit(events, population, detector, settings, state, stats, emit)
+    detect_and_emit(
+        events, population, detector, settings, state, stats, false, emit,
+    )
+}
+
+/// Keeps each user's latest alert for `/users/{id}` as the alerts pass. The model path needs
+/// this because its alerts are not the detector's own: fusion with the model scores may drop
+/// an alert, change its kind or raise one from a candidate.
+///
+/// Runs on the worker that owns the alerts' users. An alert older than the user's latest
+/// event by more than `idle_ms` belongs to a state reset for inactivity since, and is not kept.
+pub fn keep_last_alerts<'scope, S: 'static>(
+    alerts: StreamVec<'scope, u64, Alert>,
+    state: DetectHandle<S>,
+    idle_ms: Option<i64>,
+) -> StreamVec<'scope, u64, Alert> {
+    alerts.inspect(move |alert: &Alert| {
+        let mut state = state.borrow_mut();
+        let Some(tracked) = state.users.get_mut(&alert.user) else {
+            return;
+        };
+        let reset_since = idle_ms.is_some_and(|idle| {
+            tracked.last_event_ms - alert.ts.saturating_mul(1000) > idle
+        });
+        if !reset_since {
+            tracked.last_alert = Some(Box::new(alert.clone()));
+        }
+    })
 }
 
 /// One event after its detector has seen it.
@@ -149,7 +179,10 @@ pub struct Observation {
 }
 
 /// The operator behind [`detect_shifts`]: after each event, `emit` moves the event, the
-/// user's state and the alerts it raised into output records.
+/// user's state and the alerts it raised into output records. With `keep_last_alert`, each
+/// user's latest alert is kept for `/users/{id}`; without it, the caller keeps the alerts it
+/// finally sends with [`keep_last_alerts`].
+#[allow(clippy::too_many_arguments)]
 fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
     events: StreamVec<'scope, u64, Event>,
     population: StreamVec<'scope, u64, PopulationInfo>,
@@ -157,6 +190,7 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
     settings: DetectSettings,
     state: DetectHandle<D::State>,
     stats: Rc<RefCell<DetectStats>>,
+    keep_last_alert: bool,
     emit: impl Fn(Event, &D::State, &mut Vec<Alert>, &mut Vec<R>) + 'static,
 ) -> StreamVec<'scope, u64, R> {
     let window_ms = settings.window_ms;
@@ -239,17 +273,10 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                     tracked.last_event_ms = event.ts_ms;
                     let earlier_alerts = alerts.len();
                     detector.observe(&mut tracked.state, &event, &state.groups, &mut alerts);
-                    // NOTE: with the model path, this is the detector's alert before fusion
-                    // with the model scores, which may change its kind or drop it. Candidates
-                    // for the fusion rule are left out.
-                    let raised = alerts[earlier_alerts..].iter().rev().find(|alert| {
-                        !alert
-                            .signals
-                            .iter()
-                            .any(|(name, _)| name == CANDIDATE_SIGNAL)
-                    });
-                    if let Some(alert) = raised {
-                        tracked.last_alert = Some(Box::new(alert.clone()));
+                    if keep_last_alert {
+                        if let Some(alert) = alerts[earlier_alerts..].last() {
+                            tracked.last_alert = Some(Box::new(alert.clone()));
+                        }
                     }
                     emit(event, &tracked.state, &mut alerts, &mut records);
                 }

@@ -36,7 +36,10 @@ pub mod sink;
 pub mod state;
 pub mod windows;
 
-pub use detect::{detect_shifts, detect_shifts_observed, DetectSettings, DetectStats, Observation};
+pub use detect::{
+    detect_shifts, detect_shifts_observed, keep_last_alerts, DetectSettings, DetectStats,
+    Observation,
+};
 pub use fit::{fit_models, FitSettings, FittedVersion, ModelUpdate};
 pub use score::score_windows;
 pub use windows::{build_user_windows, WindowRecord};
