@@ -78,6 +78,25 @@ impl RunOutput {
         lines.sort_unstable();
         lines
     }
+
+    /// Collects a finished run's exit code, output, alerts file and dead-letter file.
+    fn read(output: std::process::Output, alerts_path: &Path, dead_path: &Path) -> RunOutput {
+        let alerts_text = std::fs::read_to_string(alerts_path).unwrap_or_default();
+        let dead_text = std::fs::read_to_string(dead_path).unwrap_or_default();
+        let parse = |text: &str| -> Vec<Value> {
+            text.lines()
+                .map(|line| serde_json::from_str(line).expect("a JSON line"))
+                .collect()
+        };
+        RunOutput {
+            status: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            alerts: parse(&alerts_text),
+            alerts_text,
+            dead_letter: parse(&dead_text),
+        }
+    }
 }
 
 /// Runs `veer run` with `args` plus alert and dead-letter files in a temporary folder.
@@ -96,21 +115,7 @@ pub fn run_veer(args: &[&str]) -> RunOutput {
         .env("VEER_LOG", "warn")
         .output()
         .expect("the veer binary runs");
-    let alerts_text = std::fs::read_to_string(&alerts_path).unwrap_or_default();
-    let dead_text = std::fs::read_to_string(&dead_path).unwrap_or_default();
-    let parse = |text: &str| -> Vec<Value> {
-        text.lines()
-            .map(|line| serde_json::from_str(line).expect("a JSON line"))
-            .collect()
-    };
-    RunOutput {
-        status: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        alerts: parse(&alerts_text),
-        alerts_text,
-        dead_letter: parse(&dead_text),
-    }
+    RunOutput::read(output, &alerts_path, &dead_path)
 }
 
 /// Returns a path as a `&str` for command arguments.
@@ -173,21 +178,7 @@ pub fn run_veer_with_stdin(args: &[&str], input: &[u8]) -> RunOutput {
     let output = child.wait_with_output().expect("the veer binary finishes");
     writer.join().expect("the stdin writer thread finishes");
 
-    let alerts_text = std::fs::read_to_string(&alerts_path).unwrap_or_default();
-    let dead_text = std::fs::read_to_string(&dead_path).unwrap_or_default();
-    let parse = |text: &str| -> Vec<Value> {
-        text.lines()
-            .map(|line| serde_json::from_str(line).expect("a JSON line"))
-            .collect()
-    };
-    RunOutput {
-        status: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        alerts: parse(&alerts_text),
-        alerts_text,
-        dead_letter: parse(&dead_text),
-    }
+    RunOutput::read(output, &alerts_path, &dead_path)
 }
 
 /// Prefixes of the summary lines that differ between runs of the same input: timing, latency,
