@@ -1,12 +1,14 @@
 //! Model scoring of user windows and fusion of the model signals with the detector's alerts.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
+use veer_models::fusion::ModelSignals;
 use veer_models::fusion::{FusionRule, UserFusion};
-use veer_models::ml::{score_window, verdict};
+use veer_models::ml::{score_window_batch, verdict, ClosedWindow, MlError, ModelSet};
 use veer_models::{Alert, Id};
 
 use crate::capability::HeldCapability;
@@ -14,6 +16,45 @@ use crate::fit::ModelUpdate;
 use crate::segments::{Scored, WindowSegment};
 use crate::versions::{Lookup, ModelVersions};
 use crate::windows::WindowRecord;
+
+/// Scores the ready windows that have models, one batch per run of windows with the same
+/// models, and returns their signals in order. A window without models gets `None`, and so
+/// does a window whose scoring failed, after `failed` is called with the error.
+fn score_ready(
+    ready: &[(WindowRecord, Option<Arc<ModelSet>>)],
+    failed: &mut impl FnMut(&MlError, &ClosedWindow),
+) -> Vec<Option<ModelSignals>> {
+    let mut signals: Vec<Option<ModelSignals>> = vec![None; ready.len()];
+    let mut position = 0;
+    while position < ready.len() {
+        let Some(models) = &ready[position].1 else {
+            position += 1;
+            continue;
+        };
+        // The run of records scored by the same models, and the windows of those records.
+        let end = position
+            + ready[position..]
+                .iter()
+                .take_while(|(_, other)| {
+                    other
+                        .as_ref()
+                        .is_some_and(|other| Arc::ptr_eq(other, models))
+                })
+                .count();
+        let batch: Vec<(usize, &ClosedWindow)> = (position..end)
+            .filter_map(|index| ready[index].0.window.as_ref().map(|window| (index, window)))
+            .collect();
+        let windows: Vec<&ClosedWindow> = batch.iter().map(|(_, window)| *window).collect();
+        for ((index, window), result) in batch.iter().zip(score_window_batch(models, &windows)) {
+            match result {
+                Ok(scored) => signals[*index] = Some(scored),
+                Err(error) => failed(&error, window),
+            }
+        }
+        position = end;
+    }
+    signals
+}
 
 /// Fuses each window's detector alerts with the models' signals, by [`FusionRule::fuse`].
 ///
@@ -85,43 +126,40 @@ pub fn score_windows<'scope>(
                     let user = users.entry(first.user.clone()).or_default();
                     rule.pass_unscored(user, raised)
                 };
-                pending.retain_mut(|(_, record)| {
-                    let raised = std::mem::take(&mut record.alerts);
-                    let Some(window) = &record.window else {
-                        alerts.extend(pass(&mut users, raised));
-                        return false;
-                    };
-                    let models = match versions.lookup(window.start_ms) {
-                        Lookup::Wait => None,
-                        Lookup::Pass => Some(None),
-                        Lookup::Score(models) => Some(Some(models)),
-                    };
-                    let Some(models) = models else {
-                        // Waits for the fit.
-                        record.alerts = raised;
-                        return true;
-                    };
-                    let signals = models.and_then(|models| {
-                        score_window(models, window)
-                            .map_err(|error| {
-                                failures += 1;
-                                if failures == 1 {
-                                    tracing::error!(%error, user = %window.user, start_ms = window.start_ms, "failed to score a window; its alerts go on without model signals");
-                                }
-                            })
-                            .ok()
-                            .map(|signals| (models, signals))
-                    });
-                    match signals {
-                        Some((models, signals)) => {
-                            segments.push(WindowSegment::of(window, &signals, models));
-                            let user = users.entry(window.user.clone()).or_default();
-                            alerts.extend(rule.fuse(user, &verdict(window, Some(signals)), raised));
+                // Windows whose version is known leave `pending`, in arrival order, with the
+                // models that score them, or `None` to pass their alerts on unchanged.
+                let mut ready: Vec<(WindowRecord, Option<Arc<ModelSet>>)> = Vec::new();
+                let mut waiting = Vec::new();
+                for (time, record) in pending.drain(..) {
+                    let models = match record.window.as_ref().map(|window| versions.lookup(window.start_ms)) {
+                        Some(Lookup::Wait) => {
+                            waiting.push((time, record));
+                            continue;
                         }
-                        None => alerts.extend(pass(&mut users, raised)),
+                        Some(Lookup::Score(models)) => Some(Arc::clone(models)),
+                        Some(Lookup::Pass) | None => None,
+                    };
+                    ready.push((record, models));
+                }
+                pending = waiting;
+
+                let signals = score_ready(&ready, &mut |error, window| {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::error!(%error, user = %window.user, start_ms = window.start_ms, "failed to score a window; its alerts go on without model signals");
                     }
-                    false
                 });
+                for ((record, models), signals) in ready.into_iter().zip(signals) {
+                    let raised = record.alerts;
+                    match (record.window, models, signals) {
+                        (Some(window), Some(models), Some(signals)) => {
+                            segments.push(WindowSegment::of(&window, &signals, &models));
+                            let user = users.entry(window.user.clone()).or_default();
+                            alerts.extend(rule.fuse(user, &verdict(&window, Some(signals)), raised));
+                        }
+                        _ => alerts.extend(pass(&mut users, raised)),
+                    }
+                }
                 if !alerts.is_empty() || !segments.is_empty() {
                     if let Some(capability) = held.get() {
                         let mut session = output.session(capability);

@@ -7,13 +7,15 @@
 //! `extended-isolation-forest` 0.2 and `isolation_forest` 1.1, trees draw from `thread_rng`, so
 //! a seed cannot reproduce a forest. The first also fixes the row width at compile time.
 //!
-//! The one-class SVM is linfa-svm's (nu formulation, Gaussian kernel). It builds a dense
-//! kernel matrix, so it is fitted on a seeded subsample of at most `max_rows` rows.
+//! The one-class SVM is fitted by linfa-svm (nu formulation, Gaussian kernel). Its fit builds
+//! a dense kernel matrix, so it is fitted on a seeded subsample of at most `max_rows` rows.
+//! Scoring reads the support vectors from one contiguous buffer instead of calling linfa, with
+//! the same arithmetic in the same order, so the decision values are the same.
 
 use linfa::dataset::Pr;
 use linfa::prelude::*;
 use linfa_svm::Svm;
-use ndarray::{ArrayView1, ArrayView2, Axis};
+use ndarray::{ArrayView2, Axis};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -53,17 +55,21 @@ impl IsolationParams {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-enum IsolationNode {
-    /// A node with `size` sample rows that is not split further.
-    Leaf { size: usize },
-    /// Rows with `feature <= threshold` go left.
-    Split {
-        feature: usize,
-        threshold: f64,
-        left: usize,
-        right: usize,
-    },
+/// `IsolationNode::feature` of a leaf.
+const LEAF: u32 = u32::MAX;
+
+/// One node of an isolation tree. Nodes are stored in preorder, so a split's left child
+/// directly follows it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+struct IsolationNode {
+    /// Column that the split compares, or [`LEAF`].
+    feature: u32,
+    /// Index of the split's right child, or 0 for a leaf.
+    right: u32,
+    /// For a split, the threshold: rows with `feature <= threshold` go left. For a leaf, the
+    /// path length of a row that ends there: its depth plus `c(size)` for the `size` sample
+    /// rows that share it.
+    value: f64,
 }
 
 /// An isolation forest: anomalies are the rows that random splits isolate in few steps.
@@ -122,6 +128,23 @@ impl IsolationForest {
                 used: sample_size,
             });
         }
+        // Node indices and columns are stored as u32: a tree has fewer than 2 * sample_size
+        // nodes.
+        if sample_size >= (u32::MAX / 2) as usize {
+            return Err(invalid(
+                "isolation forest",
+                "sample_size",
+                sample_size,
+                "below 2^31",
+            ));
+        }
+        if records.ncols() >= LEAF as usize {
+            return Err(MlError::WidthMismatch {
+                model: "isolation forest",
+                expected: LEAF as usize - 1,
+                found: records.ncols(),
+            });
+        }
         let max_depth = (sample_size as f64).log2().ceil() as usize;
 
         let trees = (0..params.trees)
@@ -144,15 +167,35 @@ impl IsolationForest {
 
     /// Returns the anomaly score of one row, in (0, 1).
     pub fn score(&self, row: &[f64]) -> Result<f64, MlError> {
-        check_row("isolation forest", row, self.width, None)?;
+        Ok(self.score_rows(&[row])?[0])
+    }
+
+    /// Returns the anomaly score of each row, as [`IsolationForest::score`] does, and fails if
+    /// any row is invalid.
+    ///
+    /// The rows go through one tree at a time, so each tree stays in the cache while every
+    /// row passes it. Each row's path lengths are still added in tree order, so a score does
+    /// not depend on the other rows.
+    pub fn score_rows(&self, rows: &[&[f64]]) -> Result<Vec<f64>, MlError> {
+        for row in rows {
+            check_row("isolation forest", row, self.width, None)?;
+        }
         let normaliser = average_path_length(self.sample_size);
         if normaliser == 0.0 {
             // A one-row sample gives every path length 0: nothing separates any row.
-            return Ok(0.5);
+            return Ok(vec![0.5; rows.len()]);
         }
-        let total: f64 = self.trees.iter().map(|tree| path_length(tree, row)).sum();
-        let mean = total / self.trees.len() as f64;
-        Ok(2f64.powf(-mean / normaliser))
+        let mut totals = vec![0.0; rows.len()];
+        for tree in &self.trees {
+            for (total, row) in totals.iter_mut().zip(rows) {
+                *total += path_length(tree, row);
+            }
+        }
+        let trees = self.trees.len() as f64;
+        Ok(totals
+            .into_iter()
+            .map(|total| 2f64.powf(-(total / trees) / normaliser))
+            .collect())
     }
 }
 
@@ -166,7 +209,11 @@ fn grow_isolation_tree(
     nodes: &mut Vec<IsolationNode>,
 ) -> usize {
     let at = nodes.len();
-    nodes.push(IsolationNode::Leaf { size: rows.len() });
+    nodes.push(IsolationNode {
+        feature: LEAF,
+        right: 0,
+        value: depth as f64 + average_path_length(rows.len()),
+    });
     if rows.len() <= 1 || depth >= max_depth {
         return at;
     }
@@ -193,37 +240,30 @@ fn grow_isolation_tree(
     let (left_rows, right_rows): (Vec<usize>, Vec<usize>) = rows
         .into_iter()
         .partition(|row| records[[*row, feature]] <= threshold);
-    let left = grow_isolation_tree(records, left_rows, depth + 1, max_depth, rng, nodes);
+    grow_isolation_tree(records, left_rows, depth + 1, max_depth, rng, nodes);
     let right = grow_isolation_tree(records, right_rows, depth + 1, max_depth, rng, nodes);
-    nodes[at] = IsolationNode::Split {
-        feature,
-        threshold,
-        left,
-        right,
+    // The fit checked that columns and node indices fit in u32.
+    nodes[at] = IsolationNode {
+        feature: feature as u32,
+        right: right as u32,
+        value: threshold,
     };
     at
 }
 
+/// Returns the path length of `row` in `tree`, as stored in the leaf it reaches.
 fn path_length(tree: &[IsolationNode], row: &[f64]) -> f64 {
-    let mut node = 0;
-    let mut depth = 0.0;
+    let mut index = 0;
     loop {
-        match &tree[node] {
-            IsolationNode::Leaf { size } => return depth + average_path_length(*size),
-            IsolationNode::Split {
-                feature,
-                threshold,
-                left,
-                right,
-            } => {
-                node = if row[*feature] <= *threshold {
-                    *left
-                } else {
-                    *right
-                };
-                depth += 1.0;
-            }
+        let node = &tree[index];
+        if node.feature == LEAF {
+            return node.value;
         }
+        index = if row[node.feature as usize] <= node.value {
+            index + 1
+        } else {
+            node.right as usize
+        };
     }
 }
 
@@ -313,7 +353,15 @@ impl OneClassParams {
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OneClassSvm {
-    model: Svm<f64, bool>,
+    /// Support vectors of linfa's fitted model, `width` values each, row after row.
+    support_vectors: Vec<f64>,
+    /// Dual coefficient of each support vector.
+    coefficients: Vec<f64>,
+    /// Offset of the decision function.
+    rho: f64,
+    /// Gaussian kernel parameter as linfa's `KernelMethod::Gaussian` stores it: the kernel is
+    /// `exp(-|x - y|^2 / kernel_eps)`, so `kernel_eps = 1 / gamma`.
+    kernel_eps: f64,
     /// Mean absolute decision value on the training rows, the score's unit.
     scale: f64,
     width: usize,
@@ -344,38 +392,81 @@ impl OneClassSvm {
         };
 
         let gamma = params.gamma.unwrap_or(1.0 / records.ncols() as f64);
+        let kernel_eps = 1.0 / gamma;
         let dataset = DatasetBase::from(training);
         let model = Svm::<f64, Pr>::params()
             .nu_weight(params.nu)
-            .gaussian_kernel(1.0 / gamma)
+            .gaussian_kernel(kernel_eps)
             .eps(params.tolerance)
             .fit(&dataset)?;
+
+        // linfa 0.8 keeps the training rows whose coefficient exceeds 100 machine epsilons as
+        // support vectors, but does not expose them, so they are selected here the same way.
+        // Its `weighted_sum` adds the same terms in the same order as `decision_unchecked`.
+        let threshold = 100.0 * f64::EPSILON;
+        let mut support_vectors = Vec::new();
+        let mut coefficients = Vec::new();
+        for (row, alpha) in dataset.records().rows().into_iter().zip(&model.alpha) {
+            if alpha.abs() > threshold {
+                support_vectors.extend(row.iter().copied());
+                coefficients.push(*alpha);
+            }
+        }
+        debug_assert_eq!(coefficients.len(), model.nsupport());
+        let mut svm = OneClassSvm {
+            support_vectors,
+            coefficients,
+            rho: model.rho,
+            kernel_eps,
+            scale: 1.0,
+            width: records.ncols(),
+        };
         let decisions: Vec<f64> = dataset
             .records()
             .rows()
             .into_iter()
-            .map(|row| model.weighted_sum(&row) - model.rho)
+            .map(|row| svm.decision_unchecked(&row.to_vec()))
             .collect();
         let mean_absolute =
             decisions.iter().map(|value| value.abs()).sum::<f64>() / decisions.len() as f64;
-        let svm = OneClassSvm {
-            model,
-            scale: mean_absolute.max(1e-12),
-            width: records.ncols(),
-        };
+        svm.scale = mean_absolute.max(1e-12);
         Ok((svm, warnings))
+    }
+
+    /// Returns the number of support vectors.
+    pub fn support_vector_count(&self) -> usize {
+        self.coefficients.len()
     }
 
     /// Returns the SVM's decision value: positive inside the learned region.
     pub fn decision(&self, row: &[f64]) -> Result<f64, MlError> {
         check_row("one-class SVM", row, self.width, None)?;
-        Ok(self.model.weighted_sum(&ArrayView1::from(row)) - self.model.rho)
+        Ok(self.decision_unchecked(row))
     }
 
     /// Returns the anomaly score of one row, in (0, 1).
     pub fn score(&self, row: &[f64]) -> Result<f64, MlError> {
         let decision = self.decision(row)?;
         Ok(1.0 / (1.0 + (decision / self.scale).exp()))
+    }
+
+    /// Returns `sum(coefficient * kernel(support vector, row)) - rho` for a row of the fitted
+    /// width.
+    fn decision_unchecked(&self, row: &[f64]) -> f64 {
+        let weighted_sum: f64 = self
+            .support_vectors
+            .chunks_exact(self.width)
+            .zip(&self.coefficients)
+            .map(|(vector, coefficient)| {
+                let distance = vector
+                    .iter()
+                    .zip(row)
+                    .map(|(x, y)| (x - y) * (x - y))
+                    .sum::<f64>();
+                (-distance / self.kernel_eps).exp() * coefficient
+            })
+            .sum();
+        weighted_sum - self.rho
     }
 }
 
@@ -410,6 +501,74 @@ mod tests {
             IsolationForest::fit(rows.view(), &IsolationParams::default(), 1).unwrap();
         assert_eq!(forest.score(&[5.0, 5.0]).unwrap(), 0.5);
         assert_eq!(warnings.len(), 1);
+    }
+
+    /// 300 rows of 3 columns spread by scrambled sequences, plus a few far rows.
+    fn spread_rows() -> ndarray::Array2<f64> {
+        ndarray::Array2::from_shape_fn((300, 3), |(row, column)| {
+            let base = ((row * 37 + column * 11) % 101) as f64 / 101.0;
+            if row % 50 == 0 {
+                base * 8.0 - 4.0
+            } else {
+                base
+            }
+        })
+    }
+
+    #[test]
+    fn forest_batch_matches_single_rows() {
+        let rows = spread_rows();
+        let (forest, _) =
+            IsolationForest::fit(rows.view(), &IsolationParams::default(), 3).unwrap();
+        let inputs: Vec<Vec<f64>> = rows.rows().into_iter().map(|row| row.to_vec()).collect();
+        let slices: Vec<&[f64]> = inputs.iter().map(Vec::as_slice).collect();
+        let batch = forest.score_rows(&slices).unwrap();
+        for (input, score) in inputs.iter().zip(&batch) {
+            assert_eq!(forest.score(input).unwrap().to_bits(), score.to_bits());
+        }
+    }
+
+    #[test]
+    fn forest_batch_rejects_wrong_width() {
+        let rows = spread_rows();
+        let (forest, _) =
+            IsolationForest::fit(rows.view(), &IsolationParams::default(), 3).unwrap();
+        let error = forest.score_rows(&[&[0.0, 0.0, 0.0], &[1.0]]).unwrap_err();
+        assert!(
+            error.to_string().contains("expected 3 columns, found 1"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn svm_decision_matches_linfa() {
+        let rows = spread_rows();
+        let params = OneClassParams::default();
+        let (svm, _) = OneClassSvm::fit(rows.view(), &params, 5).unwrap();
+        let gamma = 1.0 / rows.ncols() as f64;
+        let dataset = DatasetBase::from(rows.to_owned());
+        let model = Svm::<f64, Pr>::params()
+            .nu_weight(params.nu)
+            .gaussian_kernel(1.0 / gamma)
+            .eps(params.tolerance)
+            .fit(&dataset)
+            .unwrap();
+        assert_eq!(svm.support_vector_count(), model.nsupport());
+        let probes = [[0.5, 0.5, 0.5], [6.0, -5.0, 1.0], [0.1, 0.9, 0.3]];
+        for probe in rows
+            .rows()
+            .into_iter()
+            .map(|row| row.to_vec())
+            .chain(probes.map(Vec::from))
+        {
+            let expected = model.weighted_sum(&ndarray::ArrayView1::from(&probe)) - model.rho;
+            let found = svm.decision(&probe).unwrap();
+            assert_eq!(
+                found.to_bits(),
+                expected.to_bits(),
+                "{probe:?}: {found} != {expected}"
+            );
+        }
     }
 
     #[test]

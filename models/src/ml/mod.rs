@@ -36,6 +36,7 @@ mod segments;
 mod windows;
 
 use std::io::{Read, Write};
+use std::time::Instant;
 
 use ndarray::Array2;
 use rand::{RngCore, SeedableRng};
@@ -60,14 +61,15 @@ pub use schedule::{
 };
 pub use segments::{SegmentParams, Segmenter, AUTO_K_MAX, AUTO_K_MIN};
 pub use windows::{
-    score_window, training_rows, verdict, ClosedWindow, UserHistory, WindowSettings,
+    score_window, score_window_batch, training_rows, verdict, ClosedWindow, UserHistory,
+    WindowSettings,
 };
 
 use error::check_matrix;
 
 /// Format version of a saved [`ModelSet`]. [`ModelSet::load`] rejects any other, so bump it when
 /// a saved model's layout or [`FEATURE_NAMES`] change.
-pub const MODEL_VERSION: u32 = 2;
+pub const MODEL_VERSION: u32 = 3;
 
 /// One training window: its features and, when the user was active in the next window, the
 /// shares observed there.
@@ -190,6 +192,7 @@ impl ModelSet {
         } else {
             rows
         };
+        let mut timer = StepTimer::new();
         let spec = FeatureSpec::window();
         let raw = feature_matrix(rows);
         check_matrix("model set", raw.view(), Some(spec.names()))?;
@@ -199,13 +202,16 @@ impl ModelSet {
             FeatureSelector::fit(raw.view(), spec.names(), &params.selector)?;
         warnings.extend(selector_warnings);
         let selected = selector.select(raw.view())?;
+        timer.finish("feature selection");
         let standardizer = Standardizer::fit(selected.view())?;
         let scaled = standardizer.transform(selected.view())?;
+        timer.finish("standardizer");
 
         let (segmenter, segment_warnings) =
             Segmenter::fit(scaled.view(), &params.segments, component_seed(seed, 0))?;
         warnings.extend(segment_warnings);
         let row_segments = segmenter.predict_all(scaled.view())?;
+        timer.finish("k-means segments");
 
         let labelled: Vec<usize> = rows
             .iter()
@@ -234,13 +240,16 @@ impl ModelSet {
             &params.interest,
             component_seed(seed, 1),
         )?;
+        timer.finish("interest model");
 
         let (isolation_forest, isolation_warnings) =
             IsolationForest::fit(scaled.view(), &params.isolation, component_seed(seed, 2))?;
         warnings.extend(isolation_warnings);
+        timer.finish("isolation forest");
         let (one_class_svm, svm_warnings) =
             OneClassSvm::fit(scaled.view(), &params.one_class, component_seed(seed, 3))?;
         warnings.extend(svm_warnings);
+        timer.finish("one-class SVM");
 
         Ok(ModelSet {
             version: MODEL_VERSION,
@@ -278,7 +287,12 @@ impl ModelSet {
 
     /// Returns the window's segment.
     pub fn segment(&self, window: &WindowFeatures) -> Result<usize, MlError> {
-        self.segmenter.predict(&self.model_input(window)?)
+        self.segment_of_input(&self.model_input(window)?)
+    }
+
+    /// Returns the segment of a model input from [`ModelSet::model_input`].
+    pub fn segment_of_input(&self, input: &[f64]) -> Result<usize, MlError> {
+        self.segmenter.predict(input)
     }
 
     /// Predicts the next window's shares of the user's top groups.
@@ -288,18 +302,47 @@ impl ModelSet {
         predictor: InterestPredictor,
     ) -> Result<Shares, MlError> {
         let input = self.model_input(window)?;
-        let segment = self.segmenter.predict(&input)?;
+        let segment = self.segment_of_input(&input)?;
+        self.predict_interest_from_input(window, &input, segment, predictor)
+    }
+
+    /// Predicts as [`ModelSet::predict_interest`] does, from the window's model input and
+    /// segment when the caller has them already.
+    pub fn predict_interest_from_input(
+        &self,
+        window: &WindowFeatures,
+        input: &[f64],
+        segment: usize,
+        predictor: InterestPredictor,
+    ) -> Result<Shares, MlError> {
         let last = same_as_last(window)?;
-        self.interest.predict(predictor, &input, segment, &last)
+        self.interest.predict(predictor, input, segment, &last)
     }
 
     /// Scores how unusual the window is.
     pub fn anomaly_scores(&self, window: &WindowFeatures) -> Result<AnomalyScores, MlError> {
         let input = self.model_input(window)?;
-        Ok(AnomalyScores {
-            isolation_forest: self.isolation_forest.score(&input)?,
-            one_class_svm: self.one_class_svm.score(&input)?,
-        })
+        Ok(self.anomaly_scores_of_inputs(&[&input])?[0])
+    }
+
+    /// Scores model inputs from [`ModelSet::model_input`] as [`ModelSet::anomaly_scores`] does,
+    /// all at once, and fails if any input is invalid. Each score equals that of its input
+    /// scored alone.
+    pub fn anomaly_scores_of_inputs(
+        &self,
+        inputs: &[&[f64]],
+    ) -> Result<Vec<AnomalyScores>, MlError> {
+        let isolation = self.isolation_forest.score_rows(inputs)?;
+        inputs
+            .iter()
+            .zip(isolation)
+            .map(|(input, isolation_forest)| {
+                Ok(AnomalyScores {
+                    isolation_forest,
+                    one_class_svm: self.one_class_svm.score(input)?,
+                })
+            })
+            .collect()
     }
 
     /// Evaluates a predictor on held-out windows, skipping rows without next-window shares.
@@ -348,6 +391,26 @@ fn feature_matrix(rows: &[TrainingRow]) -> Array2<f64> {
         target.assign(&ndarray::ArrayView1::from(row.features.values()));
     }
     matrix
+}
+
+/// Logs the wall time of each step of a fit at debug level.
+struct StepTimer {
+    started: Instant,
+}
+
+impl StepTimer {
+    fn new() -> StepTimer {
+        StepTimer {
+            started: Instant::now(),
+        }
+    }
+
+    /// Logs the time since the previous step ended, and starts the next step.
+    fn finish(&mut self, step: &'static str) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        tracing::debug!(step, seconds, "model fit step done");
+        self.started = Instant::now();
+    }
 }
 
 /// Derives the seed of one model from the set's seed, through ChaCha8 stream `component`.

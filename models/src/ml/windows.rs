@@ -78,7 +78,15 @@ impl UserHistory {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(None);
         };
-        let profile = ReferenceProfile::new(&self.reference)?;
+        // The reference has not changed since the previous window stored its profile.
+        let built;
+        let profile = match &self.previous {
+            Some((reference, _, _)) => reference,
+            None => {
+                built = ReferenceProfile::new(&self.reference)?;
+                &built
+            }
+        };
         let features = profile
             .window_features(events, groups, &settings.features)?
             .with_attributes(attributes);
@@ -160,24 +168,90 @@ pub(super) fn training_rows_in(
 /// Scores a window: anomaly scores, segments of the window and of the one before, and the
 /// surprise of its shares against the interest model's prediction from the window before.
 pub fn score_window(model_set: &ModelSet, window: &ClosedWindow) -> Result<ModelSignals, MlError> {
-    let scores = model_set.anomaly_scores(&window.features)?;
-    let segment = model_set.segment(&window.features)?;
+    score_window_batch(model_set, &[window])
+        .pop()
+        .expect("one result per window")
+}
+
+/// Scores windows as [`score_window`] does and returns one result per window, in order.
+///
+/// Each window's model input is computed once and serves its segment and anomaly scores, and
+/// the anomaly scores of all windows are computed at once, which keeps each isolation tree in
+/// the cache. Every result is the same as from [`score_window`] alone.
+pub fn score_window_batch(
+    model_set: &ModelSet,
+    windows: &[&ClosedWindow],
+) -> Vec<Result<ModelSignals, MlError>> {
+    let mut prepared: Vec<Result<(Vec<f64>, ModelSignals), MlError>> = windows
+        .iter()
+        .map(|window| prepare_signals(model_set, window))
+        .collect();
+    let inputs: Vec<&[f64]> = prepared
+        .iter()
+        .filter_map(|result| result.as_ref().ok())
+        .map(|(input, _)| input.as_slice())
+        .collect();
+    // An invalid input fails the whole batch, so on failure each window is scored alone to
+    // keep the error with its window.
+    let mut scores = model_set
+        .anomaly_scores_of_inputs(&inputs)
+        .ok()
+        .map(Vec::into_iter);
+    for result in &mut prepared {
+        let Ok((input, signals)) = result else {
+            continue;
+        };
+        let window_scores = match scores.as_mut() {
+            Some(batch) => batch.next().expect("one score per valid input"),
+            None => match model_set.anomaly_scores_of_inputs(&[input.as_slice()]) {
+                Ok(alone) => alone[0],
+                Err(error) => {
+                    *result = Err(error);
+                    continue;
+                }
+            },
+        };
+        signals.isolation_forest = window_scores.isolation_forest;
+        signals.one_class_svm = window_scores.one_class_svm;
+    }
+    prepared
+        .into_iter()
+        .map(|result| result.map(|(_, signals)| signals))
+        .collect()
+}
+
+/// Returns a window's model input and its signals other than the anomaly scores, which are
+/// left at 0.
+fn prepare_signals(
+    model_set: &ModelSet,
+    window: &ClosedWindow,
+) -> Result<(Vec<f64>, ModelSignals), MlError> {
+    let input = model_set.model_input(&window.features)?;
+    let segment = model_set.segment_of_input(&input)?;
     let mut surprise_value = None;
     let mut segment_before = None;
     if let Some((_, previous)) = &window.previous {
-        segment_before = Some(model_set.segment(previous)?);
+        let previous_input = model_set.model_input(previous)?;
+        let before = model_set.segment_of_input(&previous_input)?;
+        segment_before = Some(before);
         if let Some(observed) = window.shares_vs_previous {
-            let predicted = model_set.predict_interest(previous, InterestPredictor::Forest)?;
+            let predicted = model_set.predict_interest_from_input(
+                previous,
+                &previous_input,
+                before,
+                InterestPredictor::Forest,
+            )?;
             surprise_value = Some(surprise(&predicted, &observed)?);
         }
     }
-    Ok(ModelSignals {
-        isolation_forest: scores.isolation_forest,
-        one_class_svm: scores.one_class_svm,
+    let signals = ModelSignals {
+        isolation_forest: 0.0,
+        one_class_svm: 0.0,
         surprise: surprise_value,
         segment,
         segment_before,
-    })
+    };
+    Ok((input, signals))
 }
 
 /// Returns the fusion rule's view of a window with its signals.
