@@ -19,6 +19,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::category_graph::{CategoryGraph, GraphMaps};
 use crate::event::{Event, Id};
 use crate::session::{SessionMark, SessionRule};
 
@@ -317,15 +318,10 @@ impl SessionCounter {
 /// assert!(groups.iter().all(|(leaf, _)| *leaf != Id::from(12u64)));
 /// ```
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(from = "PopulationRecord", into = "PopulationRecord")]
 pub struct PopulationModel {
     config: GroupConfig,
-    sessions: HashMap<Id, u64>,
-    /// Sessions shared with each co-visited category, in both directions.
-    adjacency: HashMap<Id, HashMap<Id, u64>>,
-    /// The strongest partners of each category.
-    links: HashMap<Id, Vec<Id>>,
-    /// Categories seen since the links were last refreshed.
-    stale: rustc_hash::FxHashSet<Id>,
+    pub(crate) graph: CategoryGraph,
     /// Interest-weighted events per group in the most recent windows, oldest first.
     recent: Vec<BTreeMap<GroupKey, u64>>,
     /// Long-run events per group, with exponential decay per window.
@@ -335,6 +331,69 @@ pub struct PopulationModel {
     current: PopulationInfo,
     /// The groups of the latest window, to send only when they change.
     groups: Vec<(Id, Id)>,
+}
+
+/// [`PopulationModel`] as checkpoints store it, with the co-occurrence graph keyed by id.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct PopulationRecord {
+    config: GroupConfig,
+    sessions: HashMap<Id, u64>,
+    /// Sessions shared with each co-visited category, in both directions.
+    adjacency: HashMap<Id, HashMap<Id, u64>>,
+    /// The strongest partners of each category.
+    links: HashMap<Id, Vec<Id>>,
+    /// Categories seen since the links were last refreshed.
+    stale: rustc_hash::FxHashSet<Id>,
+    recent: Vec<BTreeMap<GroupKey, u64>>,
+    baseline: BTreeMap<GroupKey, f64>,
+    baseline_total: f64,
+    windows_seen: u64,
+    current: PopulationInfo,
+    groups: Vec<(Id, Id)>,
+}
+
+impl From<PopulationModel> for PopulationRecord {
+    fn from(model: PopulationModel) -> Self {
+        let maps = model.graph.to_maps();
+        PopulationRecord {
+            config: model.config,
+            sessions: maps.sessions,
+            adjacency: maps.adjacency,
+            links: maps.links,
+            stale: maps.stale,
+            recent: model.recent,
+            baseline: model.baseline,
+            baseline_total: model.baseline_total,
+            windows_seen: model.windows_seen,
+            current: model.current,
+            groups: model.groups,
+        }
+    }
+}
+
+impl From<PopulationRecord> for PopulationModel {
+    fn from(record: PopulationRecord) -> Self {
+        let mut graph = CategoryGraph::from_maps(
+            GraphMaps {
+                sessions: record.sessions,
+                adjacency: record.adjacency,
+                links: record.links,
+                stale: record.stale,
+            },
+            u64::from(record.config.min_pair_sessions),
+        );
+        graph.restore_groups(&record.groups);
+        PopulationModel {
+            config: record.config,
+            graph,
+            recent: record.recent,
+            baseline: record.baseline,
+            baseline_total: record.baseline_total,
+            windows_seen: record.windows_seen,
+            current: record.current,
+            groups: record.groups,
+        }
+    }
 }
 
 /// Per-window decay of the long-run trend baseline (a half-life of about three days of
@@ -355,63 +414,34 @@ impl PopulationModel {
         &self.config
     }
 
+    /// Returns the number of windows added so far.
+    pub fn windows_seen(&self) -> u64 {
+        self.windows_seen
+    }
+
     /// Adds one window's summed counts, rebuilds the groups and trends, and returns them.
     pub fn add_window(&mut self, delta: &PopulationDelta) -> &PopulationInfo {
         for (category, count) in &delta.sessions {
-            *self.sessions.entry(category.clone()).or_default() += u64::from(*count);
+            self.graph.add_sessions(category, u64::from(*count));
         }
         for ((left, right), count) in &delta.pairs {
-            let count = u64::from(*count);
-            *self
-                .adjacency
-                .entry(left.clone())
-                .or_default()
-                .entry(right.clone())
-                .or_default() += count;
-            *self
-                .adjacency
-                .entry(right.clone())
-                .or_default()
-                .entry(left.clone())
-                .or_default() += count;
+            let strong_at = u64::from(self.config.min_pair_sessions);
+            self.graph
+                .add_pair(left, right, u64::from(*count), strong_at);
         }
         // Every `link_refresh_windows` windows, refresh the links of the categories seen since
-        // the last refresh and of the categories linked to one of them, whose association
-        // changed with the partner's session count.
-        self.stale.extend(delta.sessions.keys().cloned());
-        let mut touched: Vec<Id> = Vec::new();
-        if (self.windows_seen + 1).is_multiple_of(self.config.link_refresh_windows.max(1)) {
-            let stale = std::mem::take(&mut self.stale);
-            for (category, partners) in &self.links {
-                if partners.iter().any(|partner| stale.contains(partner)) {
-                    touched.push(category.clone());
-                }
-            }
-            touched.extend(stale);
-            touched.sort_unstable();
-            touched.dedup();
-        }
-        let mut links_changed = false;
-        for category in &touched {
-            let partners = self.strongest_partners(category);
-            let previous = if partners.is_empty() {
-                self.links.remove(category)
-            } else {
-                self.links.insert(category.clone(), partners.clone())
-            };
-            links_changed |= previous.unwrap_or_default() != partners;
-        }
-
+        // the last refresh and of the categories linked to one of them.
         let mut groups_changed = false;
-        if links_changed {
-            let groups = self.build_groups();
+        if (self.windows_seen + 1).is_multiple_of(self.config.link_refresh_windows.max(1))
+            && self.graph.refresh_links(&self.config)
+        {
+            let groups = self.graph.build_groups();
             groups_changed = groups != self.groups;
             self.groups = groups;
         }
-        let lookup: HashMap<&Id, &Id> = self.groups.iter().map(|(leaf, rep)| (leaf, rep)).collect();
         let mut window_counts: BTreeMap<GroupKey, u64> = BTreeMap::new();
         for (category, count) in &delta.events {
-            let representative = lookup.get(category).copied().unwrap_or(category);
+            let representative = self.graph.representative(category);
             *window_counts
                 .entry(GroupKey::Learned(representative.clone()))
                 .or_default() += u64::from(*count);
@@ -425,72 +455,6 @@ impl PopulationModel {
             trending,
         };
         &self.current
-    }
-
-    /// Returns the categories that `category` co-occurs with most strongly (cosine of session
-    /// counts), strongest first and ties by id, at most `links_per_category` of them.
-    ///
-    /// NOTE: links are refreshed only for categories seen in a window and for categories
-    /// linked to one of those, so a link to a partner outside the current top few may lag. A
-    /// full rebuild over every pair after every window cost more than all other work of the
-    /// pipeline together.
-    fn strongest_partners(&self, category: &Id) -> Vec<Id> {
-        let config = &self.config;
-        let floor = u64::from(config.min_sessions);
-        let own_sessions = self.sessions.get(category).copied().unwrap_or(0);
-        let Some(neighbours) = self.adjacency.get(category) else {
-            return Vec::new();
-        };
-        if own_sessions < floor {
-            return Vec::new();
-        }
-        let mut candidates: Vec<(f64, &Id)> = Vec::new();
-        for (other, shared) in neighbours {
-            if *shared < u64::from(config.min_pair_sessions) {
-                continue;
-            }
-            let other_sessions = self.sessions.get(other).copied().unwrap_or(0);
-            if other_sessions < floor {
-                continue;
-            }
-            let association = *shared as f64 / ((own_sessions * other_sessions) as f64).sqrt();
-            if association >= config.min_association {
-                candidates.push((association, other));
-            }
-        }
-        candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
-        candidates
-            .into_iter()
-            .take(config.links_per_category)
-            .map(|(_, other)| other.clone())
-            .collect()
-    }
-
-    /// Returns the connected components of the links as (leaf, representative) pairs for
-    /// components of two or more, sorted by leaf. The representative is the smallest id.
-    fn build_groups(&self) -> Vec<(Id, Id)> {
-        let mut ids: Vec<&Id> = self
-            .links
-            .keys()
-            .chain(self.links.values().flatten())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let position: HashMap<&Id, usize> =
-            ids.iter().enumerate().map(|(at, id)| (*id, at)).collect();
-        let mut parent: Vec<usize> = (0..ids.len()).collect();
-        for (from, partners) in &self.links {
-            for to in partners {
-                union(&mut parent, position[from], position[to]);
-            }
-        }
-        // `union` keeps the smaller root, and `ids` is sorted, so each root is its smallest id.
-        let mut groups = Vec::with_capacity(ids.len());
-        for (at, id) in ids.iter().enumerate() {
-            let root = find(&mut parent, at);
-            groups.push(((*id).clone(), ids[root].clone()));
-        }
-        groups
     }
 
     /// Records a window's per-group counts and returns the groups now trending.
@@ -540,26 +504,6 @@ impl PopulationModel {
             }
         }
         trending
-    }
-}
-
-fn find(parent: &mut [usize], mut at: usize) -> usize {
-    while parent[at] != at {
-        parent[at] = parent[parent[at]];
-        at = parent[at];
-    }
-    at
-}
-
-fn union(parent: &mut [usize], left: usize, right: usize) {
-    let (left, right) = (find(parent, left), find(parent, right));
-    if left != right {
-        let (low, high) = if left < right {
-            (left, right)
-        } else {
-            (right, left)
-        };
-        parent[high] = low;
     }
 }
 

@@ -9,6 +9,7 @@ pub use event::{Behavior, Event, Id, IdValue};
 pub mod alert;
 pub mod attributes;
 pub mod baseline;
+mod category_graph;
 pub mod detector;
 pub mod fusion;
 pub mod groups;

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! input (worker 0 reads) -> order_by_event_time (exchange by user; sort, dedupe)
-//!     -> session_cooccurrence -> population_groups (worker 0) -> broadcast --+
-//!     -> detect_shifts <-------------------------------------------------------+
+//!     -> session_cooccurrence -> population_groups (last worker) -> broadcast --+
+//!     -> detect_shifts <----------------------------------------------------------+
 //!     -> write_alerts (worker 0, canonical order)
 //! ```
 //!

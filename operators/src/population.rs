@@ -2,7 +2,7 @@
 //!
 //! Every worker counts, for the users it owns, which categories each session touches
 //! ([`session_cooccurrence`]). Once the frontier passes the end of a window, the window's
-//! counts travel to worker 0, where [`population_groups`] adds them to one
+//! counts travel to the last worker, where [`population_groups`] adds them to one
 //! [`PopulationModel`] in window order and emits the resulting [`PopulationInfo`] at the
 //! window's end time. Broadcast to every worker, that info is what the detector reads for
 //! events of later windows. Its cost is paid per window, not per event.
@@ -126,8 +126,11 @@ pub fn session_cooccurrence<'scope>(
     })
 }
 
-/// Sums every worker's window counts on worker 0 and emits the groups and trends after each
-/// window, at the window's end time.
+/// Sums every worker's window counts on the last worker and emits the groups and trends after
+/// each window, at the window's end time.
+///
+/// The last worker, not worker 0, keeps the model because worker 0 already reads the input
+/// and writes the alerts alone. With 2 workers this spreads the serial work over both.
 ///
 /// # Examples
 ///
@@ -172,8 +175,9 @@ pub fn population_groups<'scope>(
     deltas: StreamVec<'scope, u64, PopulationDelta>,
     state: Rc<RefCell<PopulationState>>,
 ) -> StreamVec<'scope, u64, PopulationInfo> {
+    let last_worker = deltas.scope().peers() as u64 - 1;
     deltas.unary_frontier(
-        Exchange::new(|_: &PopulationDelta| 0),
+        Exchange::new(move |_: &PopulationDelta| last_worker),
         "PopulationGroups",
         move |initial, _| {
             let earliest = state.borrow().pending.keys().next().copied();

@@ -139,8 +139,8 @@ impl CooccurrenceState {
     }
 }
 
-/// State of [`crate::population_groups`]: the population model (worker 0 only) and the window
-/// counts that wait for the frontier.
+/// State of [`crate::population_groups`]: the population model (on the last worker only) and
+/// the window counts that wait for the frontier.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct PopulationState {
     /// Cumulative co-occurrence and trend history.
@@ -156,6 +156,12 @@ impl PopulationState {
             model: PopulationModel::new(config),
             pending: BTreeMap::new(),
         }
+    }
+
+    /// Returns whether no window has reached this state, as on every worker but the one that
+    /// keeps the model.
+    pub fn is_empty(&self) -> bool {
+        self.model.windows_seen() == 0 && self.pending.is_empty()
     }
 }
 

@@ -186,9 +186,13 @@ impl<S> Restored<S> {
             for (end, delta) in cooccurrence.open {
                 merge_delta(&mut restored.cooccurrence.open, end, delta);
             }
-            // Only worker 0 adds windows to the model and writes alerts.
-            if index == 0 {
+            // One worker keeps the population model: the last one, or worker 0 in checkpoints
+            // written before the model moved there.
+            if !population.is_empty() {
                 restored.population = population;
+            }
+            // Only worker 0 writes alerts.
+            if index == 0 {
                 restored.sink = sink;
                 restored.alerts = alerts;
             }
@@ -247,9 +251,11 @@ impl<S> Restored<S> {
             let index = owner(&event.user);
             parts[index].order.pending.extend(std::iter::once(event));
         }
+        if let Some(last) = parts.last_mut() {
+            last.population = self.population;
+        }
         let first = &mut parts[0];
         first.cooccurrence.open = self.cooccurrence.open;
-        first.population = self.population;
         first.sink = self.sink;
         first.order.duplicates = self.duplicates;
         first.detect.evicted = self.evicted;

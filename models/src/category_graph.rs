@@ -1,0 +1,479 @@
+//! The category co-occurrence graph behind the learned groups, indexed densely.
+//!
+//! Each category gets a `u32` index when it is first seen. Session counts, pair counts and
+//! links are then vectors read by index. The work after each window (adding the window's pair
+//! counts, refreshing the strongest partners of the categories it touched, rebuilding the
+//! groups) therefore hashes a 16-byte [`Id`] once per category and pair, not once per partner
+//! visited. Indices follow the order in which hash maps yield new categories, which depends on
+//! how the window counts were merged, so every result is ordered and tie-broken by [`Id`],
+//! never by index.
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
+use crate::event::Id;
+use crate::groups::GroupConfig;
+
+/// Session counts, pair counts and links of every category seen so far.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CategoryGraph {
+    /// Category of each index.
+    ids: Vec<Id>,
+    index: HashMap<Id, u32>,
+    /// Sessions that touched each category.
+    sessions: Vec<u64>,
+    /// Partners of each category with the sessions shared with them, in both directions. The
+    /// first `strong_partners[category]` entries share at least `min_pair_sessions`, so a
+    /// link refresh reads only those. Counts only grow, so an entry moves there once.
+    adjacency: Vec<Vec<(u32, u64)>>,
+    strong_partners: Vec<u32>,
+    /// Positions of a pair in the adjacency lists of its lower and its higher index, keyed
+    /// by [`pair_key`].
+    pair_slots: HashMap<u64, (u32, u32)>,
+    /// The strongest partners of each category, strongest first, or empty when unlinked.
+    links: Vec<Vec<u32>>,
+    /// Categories whose links contain each category.
+    linked_by: Vec<Vec<u32>>,
+    /// Categories seen since the links were last refreshed, with a flag per index.
+    stale: Vec<u32>,
+    is_stale: Vec<bool>,
+    /// Group representative of each index (itself when in no group of two or more).
+    representative: Vec<u32>,
+}
+
+/// The graph in the shape that checkpoints store, keyed by id.
+#[derive(Default)]
+pub(crate) struct GraphMaps {
+    pub sessions: HashMap<Id, u64>,
+    pub adjacency: HashMap<Id, HashMap<Id, u64>>,
+    pub links: HashMap<Id, Vec<Id>>,
+    pub stale: HashSet<Id>,
+}
+
+fn pair_key(low: u32, high: u32) -> u64 {
+    (u64::from(low) << 32) | u64::from(high)
+}
+
+impl CategoryGraph {
+    fn intern(&mut self, category: &Id) -> u32 {
+        if let Some(at) = self.index.get(category) {
+            return *at;
+        }
+        let at = u32::try_from(self.ids.len()).expect("more than u32::MAX categories");
+        self.ids.push(category.clone());
+        self.index.insert(category.clone(), at);
+        self.sessions.push(0);
+        self.adjacency.push(Vec::new());
+        self.strong_partners.push(0);
+        self.links.push(Vec::new());
+        self.linked_by.push(Vec::new());
+        self.is_stale.push(false);
+        self.representative.push(at);
+        at
+    }
+
+    /// Adds sessions that touched `category` and marks it for the next link refresh.
+    pub fn add_sessions(&mut self, category: &Id, count: u64) {
+        let at = self.intern(category);
+        self.sessions[at as usize] += count;
+        self.mark_stale(at);
+    }
+
+    fn mark_stale(&mut self, at: u32) {
+        if !self.is_stale[at as usize] {
+            self.is_stale[at as usize] = true;
+            self.stale.push(at);
+        }
+    }
+
+    /// Adds sessions shared by two categories. `strong_at` is the config's `min_pair_sessions`.
+    pub fn add_pair(&mut self, left: &Id, right: &Id, count: u64, strong_at: u64) {
+        let (left, right) = (self.intern(left), self.intern(right));
+        let (low, high) = (left.min(right), left.max(right));
+        let slots = match self.pair_slots.get(&pair_key(low, high)) {
+            Some(slots) => *slots,
+            None => {
+                let slots = (
+                    self.adjacency[low as usize].len() as u32,
+                    self.adjacency[high as usize].len() as u32,
+                );
+                self.adjacency[low as usize].push((high, 0));
+                self.adjacency[high as usize].push((low, 0));
+                self.pair_slots.insert(pair_key(low, high), slots);
+                slots
+            }
+        };
+        let shared = &mut self.adjacency[low as usize][slots.0 as usize].1;
+        let was_strong = *shared >= strong_at;
+        *shared += count;
+        let is_strong = *shared >= strong_at;
+        self.adjacency[high as usize][slots.1 as usize].1 += count;
+        if is_strong && !was_strong {
+            let promoted = (self.promote(low, slots.0), self.promote(high, slots.1));
+            self.pair_slots.insert(pair_key(low, high), promoted);
+        }
+    }
+
+    /// Swaps the entry at `slot` of `category`'s adjacency list with the first weak entry,
+    /// makes it strong and returns its new slot. The caller updates the promoted pair's
+    /// slots; this updates those of the entry it swapped with.
+    fn promote(&mut self, category: u32, slot: u32) -> u32 {
+        let first_weak = self.strong_partners[category as usize];
+        self.strong_partners[category as usize] += 1;
+        if slot != first_weak {
+            let list = &mut self.adjacency[category as usize];
+            list.swap(slot as usize, first_weak as usize);
+            let swapped = list[slot as usize].0;
+            let key = pair_key(category.min(swapped), category.max(swapped));
+            let slots = self
+                .pair_slots
+                .get_mut(&key)
+                .expect("every adjacency entry has slots");
+            if category < swapped {
+                slots.0 = slot;
+            } else {
+                slots.1 = slot;
+            }
+        }
+        first_weak
+    }
+
+    /// Refreshes the links of the stale categories and of the categories linked to one of
+    /// them, whose association changed with the partner's session count. Returns whether any
+    /// link changed.
+    pub fn refresh_links(&mut self, config: &GroupConfig) -> bool {
+        let stale = std::mem::take(&mut self.stale);
+        let mut touched: Vec<u32> = Vec::with_capacity(stale.len());
+        let mut is_touched = vec![false; self.ids.len()];
+        for &at in &stale {
+            self.is_stale[at as usize] = false;
+            let linking = self.linked_by[at as usize].iter().copied();
+            for category in std::iter::once(at).chain(linking) {
+                if !is_touched[category as usize] {
+                    is_touched[category as usize] = true;
+                    touched.push(category);
+                }
+            }
+        }
+        // Links read only session and pair counts, never other links, so the order in which
+        // categories are refreshed does not change the result.
+        let mut changed = false;
+        for category in touched {
+            let partners = self.strongest_partners(category, config);
+            if partners == self.links[category as usize] {
+                continue;
+            }
+            changed = true;
+            let previous = std::mem::replace(&mut self.links[category as usize], partners);
+            let current = &self.links[category as usize];
+            for partner in previous.iter().filter(|partner| !current.contains(partner)) {
+                self.linked_by[*partner as usize].retain(|linking| *linking != category);
+            }
+            for partner in current.iter().filter(|partner| !previous.contains(partner)) {
+                self.linked_by[*partner as usize].push(category);
+            }
+        }
+        changed
+    }
+
+    /// Returns the categories that `category` co-occurs with most strongly (cosine of session
+    /// counts), strongest first and ties by id, at most `links_per_category` of them.
+    ///
+    /// NOTE: links are refreshed only for categories seen in a window and for categories
+    /// linked to one of those, so a link to a partner outside the current top few may lag. A
+    /// full rebuild over every pair after every window cost more than all other work of the
+    /// pipeline together.
+    fn strongest_partners(&self, category: u32, config: &GroupConfig) -> Vec<u32> {
+        let floor = u64::from(config.min_sessions);
+        let own_sessions = self.sessions[category as usize];
+        if own_sessions < floor {
+            return Vec::new();
+        }
+
+        let strong = self.strong_partners[category as usize] as usize;
+        let mut candidates: Vec<(f64, u32)> = Vec::new();
+        for &(other, shared) in &self.adjacency[category as usize][..strong] {
+            let other_sessions = self.sessions[other as usize];
+            if other_sessions < floor {
+                continue;
+            }
+            let association = shared as f64 / ((own_sessions * other_sessions) as f64).sqrt();
+            if association >= config.min_association {
+                candidates.push((association, other));
+            }
+        }
+
+        let ids = &self.ids;
+        let strongest_first = |a: &(f64, u32), b: &(f64, u32)| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| ids[a.1 as usize].cmp(&ids[b.1 as usize]))
+        };
+        let keep = config.links_per_category;
+        if keep == 0 {
+            return Vec::new();
+        }
+        if candidates.len() > keep {
+            candidates.select_nth_unstable_by(keep - 1, strongest_first);
+            candidates.truncate(keep);
+        }
+        candidates.sort_unstable_by(strongest_first);
+        candidates.into_iter().map(|(_, other)| other).collect()
+    }
+
+    /// Rebuilds the groups from the links and returns them as (leaf, representative) pairs
+    /// for components of two or more, sorted by leaf. The representative is the smallest id.
+    pub fn build_groups(&mut self) -> Vec<(Id, Id)> {
+        let ids = &self.ids;
+        let mut members: Vec<u32> = (0..ids.len() as u32)
+            .filter(|at| {
+                !self.links[*at as usize].is_empty() || !self.linked_by[*at as usize].is_empty()
+            })
+            .collect();
+
+        members.sort_unstable_by(|a, b| ids[*a as usize].cmp(&ids[*b as usize]));
+        let mut position = vec![u32::MAX; ids.len()];
+        for (at, member) in members.iter().enumerate() {
+            position[*member as usize] = at as u32;
+        }
+
+        let mut parent: Vec<usize> = (0..members.len()).collect();
+        for &from in &members {
+            for &to in &self.links[from as usize] {
+                union(
+                    &mut parent,
+                    position[from as usize] as usize,
+                    position[to as usize] as usize,
+                );
+            }
+        }
+        // `union` keeps the smaller root and `members` is sorted by id, so each root is its
+        // component's smallest id.
+        for (at, representative) in self.representative.iter_mut().enumerate() {
+            *representative = at as u32;
+        }
+        let mut groups = Vec::with_capacity(members.len());
+        for at in 0..members.len() {
+            let root = members[find(&mut parent, at)];
+            let leaf = members[at];
+            self.representative[leaf as usize] = root;
+            groups.push((ids[leaf as usize].clone(), ids[root as usize].clone()));
+        }
+        groups
+    }
+
+    /// Returns the group representative of `category`, or `category` itself when it is in
+    /// no group of two or more, as of the last [`CategoryGraph::build_groups`].
+    pub fn representative<'a>(&'a self, category: &'a Id) -> &'a Id {
+        match self.index.get(category) {
+            Some(at) => &self.ids[self.representative[*at as usize] as usize],
+            None => category,
+        }
+    }
+
+    /// Sets the representatives from stored groups, as `build_groups` left them.
+    pub fn restore_groups(&mut self, groups: &[(Id, Id)]) {
+        for (leaf, representative) in groups {
+            let leaf = self.intern(leaf);
+            let representative = self.intern(representative);
+            self.representative[leaf as usize] = representative;
+        }
+    }
+
+    /// Converts the graph into the id-keyed maps that checkpoints store.
+    pub fn to_maps(&self) -> GraphMaps {
+        let mut maps = GraphMaps::default();
+        for (at, id) in self.ids.iter().enumerate() {
+            if self.sessions[at] > 0 {
+                maps.sessions.insert(id.clone(), self.sessions[at]);
+            }
+            if !self.adjacency[at].is_empty() {
+                let partners = self.adjacency[at]
+                    .iter()
+                    .map(|(other, shared)| (self.ids[*other as usize].clone(), *shared))
+                    .collect();
+                maps.adjacency.insert(id.clone(), partners);
+            }
+            if !self.links[at].is_empty() {
+                let partners = self.links[at]
+                    .iter()
+                    .map(|other| self.ids[*other as usize].clone())
+                    .collect();
+                maps.links.insert(id.clone(), partners);
+            }
+        }
+        maps.stale = self
+            .stale
+            .iter()
+            .map(|at| self.ids[*at as usize].clone())
+            .collect();
+        maps
+    }
+
+    /// Builds the graph from the id-keyed maps that checkpoints store.
+    /// `strong_at` is the config's `min_pair_sessions`.
+    pub fn from_maps(maps: GraphMaps, strong_at: u64) -> Self {
+        let mut graph = CategoryGraph::default();
+        let mut sessions: Vec<(Id, u64)> = maps.sessions.into_iter().collect();
+        sessions.sort_unstable();
+        for (category, count) in sessions {
+            let at = graph.intern(&category);
+            graph.sessions[at as usize] = count;
+        }
+
+        let mut pairs: Vec<(Id, Id, u64)> = Vec::new();
+        for (left, partners) in maps.adjacency {
+            for (right, shared) in partners {
+                if left < right {
+                    pairs.push((left.clone(), right, shared));
+                }
+            }
+        }
+        pairs.sort_unstable();
+        for (left, right, shared) in pairs {
+            graph.add_pair(&left, &right, shared, strong_at);
+        }
+
+        let mut links: Vec<(Id, Vec<Id>)> = maps.links.into_iter().collect();
+        links.sort_unstable();
+        for (category, partners) in links {
+            let category = graph.intern(&category);
+            for partner in partners {
+                let partner = graph.intern(&partner);
+                graph.links[category as usize].push(partner);
+                graph.linked_by[partner as usize].push(category);
+            }
+        }
+
+        let mut stale: Vec<Id> = maps.stale.into_iter().collect();
+        stale.sort_unstable();
+        for category in stale {
+            let at = graph.intern(&category);
+            graph.mark_stale(at);
+        }
+        graph
+    }
+}
+
+fn find(parent: &mut [usize], mut at: usize) -> usize {
+    while parent[at] != at {
+        parent[at] = parent[parent[at]];
+        at = parent[at];
+    }
+    at
+}
+
+fn union(parent: &mut [usize], left: usize, right: usize) {
+    let (left, right) = (find(parent, left), find(parent, right));
+    if left != right {
+        let (low, high) = if left < right {
+            (left, right)
+        } else {
+            (right, left)
+        };
+        parent[high] = low;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::groups::{PopulationDelta, PopulationModel};
+
+    /// Random windows over 40 categories, with ids given out of order so that indices and ids
+    /// sort differently.
+    fn random_windows(seed: u64, windows: u64) -> Vec<PopulationDelta> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let category = |at: u64| Id::from((at * 7919) % 97);
+        (1..=windows)
+            .map(|window| {
+                let mut delta = PopulationDelta {
+                    window_end: window * 3_600_000,
+                    ..Default::default()
+                };
+                for _ in 0..30 {
+                    let visited: Vec<Id> = (0..rng.gen_range(1..5))
+                        .map(|_| category(rng.gen_range(0..40)))
+                        .collect();
+                    for (at, leaf) in visited.iter().enumerate() {
+                        if visited[..at].contains(leaf) {
+                            continue;
+                        }
+                        *delta.sessions.entry(leaf.clone()).or_default() += 1;
+                        *delta.events.entry(leaf.clone()).or_default() += 1;
+                        for other in visited[..at].iter().filter(|other| *other != leaf) {
+                            let pair = (
+                                other.clone().min(leaf.clone()),
+                                other.clone().max(leaf.clone()),
+                            );
+                            *delta.pairs.entry(pair).or_default() += 1;
+                        }
+                    }
+                }
+                delta
+            })
+            .collect()
+    }
+
+    fn check_slots(graph: &CategoryGraph, strong_at: u64) {
+        for (category, list) in graph.adjacency.iter().enumerate() {
+            let strong = graph.strong_partners[category] as usize;
+            for (slot, (partner, shared)) in list.iter().enumerate() {
+                assert_eq!(
+                    slot < strong,
+                    *shared >= strong_at,
+                    "category index {category}"
+                );
+                let (low, high) = (
+                    (category as u32).min(*partner),
+                    (category as u32).max(*partner),
+                );
+                let slots = graph.pair_slots[&pair_key(low, high)];
+                let own = if category as u32 == low {
+                    slots.0
+                } else {
+                    slots.1
+                };
+                assert_eq!(own as usize, slot, "category index {category}");
+            }
+        }
+    }
+
+    #[test]
+    fn strong_partners_and_slots_stay_consistent() {
+        let mut model = PopulationModel::new(Default::default());
+        for delta in random_windows(3, 60) {
+            model.add_window(&delta);
+            check_slots(&model.graph, u64::from(model.config().min_pair_sessions));
+        }
+    }
+
+    #[test]
+    fn checkpoint_round_trip_changes_no_window() {
+        // Refreshing links every third window leaves stale categories across a round trip.
+        let config = GroupConfig {
+            link_refresh_windows: 3,
+            ..GroupConfig::default()
+        };
+        let mut continuous = PopulationModel::new(config.clone());
+        let mut restored = PopulationModel::new(config);
+        let mut grouped_windows = 0;
+        for delta in random_windows(5, 60) {
+            let bytes = bincode::serialize(&restored).expect("the model serializes");
+            restored = bincode::deserialize(&bytes).expect("the model deserializes");
+            assert_eq!(
+                restored.add_window(&delta),
+                continuous.add_window(&delta),
+                "window ending at {}",
+                delta.window_end
+            );
+            grouped_windows += usize::from(continuous.graph.build_groups().len() > 1);
+        }
+        assert_eq!(continuous.windows_seen(), 60);
+        assert!(
+            grouped_windows > 30,
+            "groups formed after {grouped_windows} of 60 windows"
+        );
+    }
+}
