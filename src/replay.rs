@@ -312,6 +312,7 @@ pub fn evaluate_interest(
         InterestPredictor::Forest,
         InterestPredictor::Linear,
         InterestPredictor::SameAsLast,
+        InterestPredictor::SmoothedLast,
     ] {
         evaluations.push((predictor, model_set.evaluate(&held_out, predictor)?));
     }

@@ -112,7 +112,7 @@ impl Default for FusionConfig {
             anomaly_threshold: 0.75,
             surprise_floor: 0.5,
             surprise_weight: 0.2,
-            candidate_surprise: 0.6,
+            candidate_surprise: 0.05,
             unsupported_sessions: 3,
             recurring_events: 1,
             same_run_secs: 3 * 24 * 3600,
@@ -593,7 +593,7 @@ mod tests {
         let mut user = UserFusion::default();
         let low = rule.fuse(
             &mut user,
-            &window(false, 0.1, Some(0.59)),
+            &window(false, 0.1, Some(0.04)),
             vec![candidate(50)],
         );
         assert!(low.is_empty());

@@ -6,8 +6,9 @@
 //!
 //! Each tree is grown on a bootstrap sample. At each node a seeded random subset of the
 //! features is searched for the threshold that most reduces the squared error summed over all
-//! outputs, and a leaf predicts the mean target vector of its rows. A forest predicts the mean
-//! of its trees, so targets that sum to 1 give predictions that sum to 1.
+//! outputs. A leaf predicts the mean target vector of its rows, or the median of each output
+//! ([`LeafValue`]). A forest predicts the mean of its trees, so with mean leaves, targets that
+//! sum to 1 give predictions that sum to 1.
 
 use ndarray::{Array2, ArrayView2};
 use rand::seq::index::sample;
@@ -30,6 +31,20 @@ pub struct ForestParams {
     pub max_features: f64,
     /// Bootstrap sample size per tree, as a fraction of the training rows.
     pub sample_fraction: f64,
+    /// Value that a leaf predicts from its rows' targets.
+    #[serde(default)]
+    pub leaf: LeafValue,
+}
+
+/// Value that a leaf of a [`RegressionForest`] predicts from the targets of its rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeafValue {
+    /// The mean of each output, which minimises squared error.
+    #[default]
+    Mean,
+    /// The median of each output (the lower middle value of an even count), which minimises
+    /// absolute error. Splits still minimise squared error.
+    Median,
 }
 
 impl Default for ForestParams {
@@ -40,6 +55,7 @@ impl Default for ForestParams {
             min_samples_leaf: 3,
             max_features: 0.5,
             sample_fraction: 1.0,
+            leaf: LeafValue::Mean,
         }
     }
 }
@@ -238,7 +254,7 @@ impl TreeBuilder<'_> {
     ) -> usize {
         let at = nodes.len();
         nodes.push(Node::Leaf {
-            value: self.mean_target(&indices),
+            value: self.leaf_value(&indices),
         });
         let splittable =
             depth < self.params.max_depth && indices.len() >= 2 * self.params.min_samples_leaf;
@@ -258,6 +274,28 @@ impl TreeBuilder<'_> {
             right,
         };
         at
+    }
+
+    fn leaf_value(&self, indices: &[usize]) -> Vec<f64> {
+        match self.params.leaf {
+            LeafValue::Mean => self.mean_target(indices),
+            LeafValue::Median => self.median_target(indices),
+        }
+    }
+
+    fn median_target(&self, indices: &[usize]) -> Vec<f64> {
+        let mut column = Vec::with_capacity(indices.len());
+        (0..self.targets.ncols())
+            .map(|output| {
+                column.clear();
+                column.extend(indices.iter().map(|row| self.targets[[*row, output]]));
+                if column.is_empty() {
+                    return 0.0;
+                }
+                let middle = (column.len() - 1) / 2;
+                *column.select_nth_unstable_by(middle, f64::total_cmp).1
+            })
+            .collect()
     }
 
     fn mean_target(&self, indices: &[usize]) -> Vec<f64> {
@@ -377,6 +415,41 @@ mod tests {
         assert_eq!(threshold, 6.5);
         assert_eq!(tree.predict(&[0.0]), &[0.0, 1.0]);
         assert_eq!(tree.predict(&[20.0]), &[1.0, 0.0]);
+    }
+
+    #[test]
+    fn median_leaf_ignores_outlier() {
+        let records = array![[1.0], [2.0], [3.0], [4.0], [5.0]];
+        let targets = array![[0.0, 1.0], [0.0, 2.0], [0.0, 3.0], [1.0, 4.0], [0.0, 100.0]];
+        let mut params = ForestParams {
+            trees: 1,
+            max_depth: 0,
+            leaf: LeafValue::Median,
+            ..ForestParams::default()
+        };
+        let builder = |params: &ForestParams| {
+            TreeBuilder {
+                records: records.view(),
+                targets: targets.view(),
+                params,
+                features_per_split: 1,
+            }
+            .build((0..5).collect(), &mut ChaCha8Rng::seed_from_u64(1))
+        };
+        assert_eq!(builder(&params).predict(&[0.0]), &[0.0, 3.0]);
+        params.leaf = LeafValue::Mean;
+        assert_eq!(builder(&params).predict(&[0.0]), &[0.2, 22.0]);
+        // With an even count, the lower of the two middle values.
+        let even = TreeBuilder {
+            records: records.view(),
+            targets: targets.view(),
+            params: &ForestParams {
+                leaf: LeafValue::Median,
+                ..params.clone()
+            },
+            features_per_split: 1,
+        };
+        assert_eq!(even.median_target(&[0, 1, 2, 4]), vec![0.0, 2.0]);
     }
 
     #[test]

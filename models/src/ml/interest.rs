@@ -1,24 +1,27 @@
 //! Interest prediction: a user's next-window [`Shares`] of their top groups, from this window's
-//! features and segment, and how surprising the observed shares are.
+//! features, segment and [`UpdatedShares`], and how surprising the observed shares are.
 //!
-//! Three predictors share one interface, so they can be compared on held-out windows:
+//! Four predictors share one interface, so they can be compared on held-out windows:
 //!
-//! - [`InterestPredictor::Forest`], a [`RegressionForest`] over the standardized features and
-//!   a one-hot segment;
-//! - [`InterestPredictor::Linear`], a [`LinearRegressor`] over the same input, the baseline
-//!   for the forest;
-//! - [`InterestPredictor::SameAsLast`], which predicts that the next window repeats this one,
-//!   the baseline for both.
+//! - [`InterestPredictor::Forest`], a [`RegressionForest`];
+//! - [`InterestPredictor::Linear`], a [`LinearRegressor`] on the same inputs and targets, the
+//!   baseline for the forest;
+//! - [`InterestPredictor::SameAsLast`], which predicts that the next window repeats this one;
+//! - [`InterestPredictor::SmoothedLast`], "same as last" mixed with the user's reference
+//!   shares, with the mixing weight chosen on the training windows.
 //!
-//! Raw outputs are clipped at 0 and rescaled to sum to 1. [`surprise`] is the Kullback-Leibler
-//! divergence of the observed shares from the smoothed predicted ones, in nats.
+//! Both learned predictors read the standardized features, this window's [`UpdatedShares`]
+//! and a one-hot segment, and predict the change from the "same as last" shares (a residual).
+//! So they start from what the last two predictors use and learn where the next window departs
+//! from it. Raw outputs are clipped at 0 and rescaled to sum to 1. [`surprise`] is the
+//! Kullback-Leibler divergence of the observed shares from the smoothed predicted ones, in nats.
 
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 use super::error::{check_row, invalid, MlError};
-use super::features::{Shares, WindowFeatures, SHARE_SLOTS};
-use super::forest::{ForestParams, RegressionForest};
+use super::features::{Shares, SHARE_SLOTS};
+use super::forest::{ForestParams, LeafValue, RegressionForest};
 use super::linear::{LinearParams, LinearRegressor};
 
 /// Probability mass added to each predicted slot before [`surprise`] compares shares, so a
@@ -32,8 +35,24 @@ pub enum InterestPredictor {
     Forest,
     /// The linear model trained by gradient descent.
     Linear,
-    /// The current window's shares, unchanged.
+    /// The current window's shares, unchanged (see [`same_as_last`]).
     SameAsLast,
+    /// The current window's shares mixed with the user's reference shares.
+    SmoothedLast,
+}
+
+/// A window's shares and its user's reference shares, both over the top groups of the
+/// reference after the window is folded into it.
+///
+/// The next window's shares are measured over these top groups, so these are the slots that
+/// the interest model predicts. The window features hold shares over the top groups of the
+/// reference before the window, which can rank the groups differently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpdatedShares {
+    /// The window's shares, all 0 for a window without interest weight.
+    pub window: Shares,
+    /// The decayed reference's shares, with this window included.
+    pub reference: Shares,
 }
 
 /// Settings of [`InterestModel`].
@@ -46,13 +65,15 @@ pub struct InterestParams {
 impl Default for InterestParams {
     /// Returns a smaller forest than [`ForestParams::default`]: 20 trees of depth 8, each on a
     /// half-size bootstrap sample. On the default generated stream it fits about 3 times
-    /// faster than 100 trees of depth 12, with the held-out error within 0.003 (BENCHMARKS.md).
+    /// faster than 100 trees of depth 12 (BENCHMARKS.md). Mean leaves give a lower held-out
+    /// surprise than median leaves, and the surprise is what the fusion rule reads.
     fn default() -> Self {
         InterestParams {
             forest: ForestParams {
                 trees: 20,
                 max_depth: 8,
                 sample_fraction: 0.5,
+                leaf: LeafValue::Mean,
                 ..ForestParams::default()
             },
             linear: LinearParams::default(),
@@ -60,46 +81,56 @@ impl Default for InterestParams {
     }
 }
 
-/// Fitted forest and linear predictors of next-window shares.
+/// Fitted forest and linear predictors of next-window shares, and the weight of the
+/// `SmoothedLast` mix.
 ///
 /// # Examples
 ///
 /// ```
 /// use ndarray::Array2;
-/// use veer_models::ml::{InterestModel, InterestParams, InterestPredictor};
+/// use veer_models::ml::{InterestModel, InterestParams, InterestPredictor, UpdatedShares};
 ///
 /// // Users in segment 1 move to their top group, while users in segment 0 stay spread out.
 /// let records = Array2::from_shape_fn((40, 1), |(row, _)| (row % 5) as f64);
 /// let segments: Vec<usize> = (0..40).map(|row| row % 2).collect();
+/// let spread = UpdatedShares { window: [0.25; 4], reference: [0.25; 4] };
+/// let updated = vec![spread; 40];
 /// let targets: Vec<[f64; 4]> = segments
 ///     .iter()
 ///     .map(|segment| if *segment == 1 { [1.0, 0.0, 0.0, 0.0] } else { [0.25; 4] })
 ///     .collect();
+/// let params = InterestParams::default();
 /// let model =
-///     InterestModel::fit(records.view(), &segments, 2, &targets, &InterestParams::default(), 1)
-///         .unwrap();
-/// let last = [0.25; 4];
-/// let moved = model.predict(InterestPredictor::Forest, &[2.0], 1, &last).unwrap();
+///     InterestModel::fit(records.view(), &segments, 2, &updated, &targets, &params, 1).unwrap();
+/// let moved = model.predict(InterestPredictor::Forest, &[2.0], 1, &spread).unwrap();
 /// assert!(moved[0] > 0.9, "{moved:?}");
-/// let unchanged = model.predict(InterestPredictor::SameAsLast, &[2.0], 1, &last).unwrap();
-/// assert_eq!(unchanged, last);
+/// let unchanged = model.predict(InterestPredictor::SameAsLast, &[2.0], 1, &spread).unwrap();
+/// assert_eq!(unchanged, [0.25; 4]);
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InterestModel {
     forest: RegressionForest,
     linear: LinearRegressor,
-    /// Width of the feature rows, before the one-hot segment is appended.
+    /// Width of the feature rows, before the shares and the one-hot segment are appended.
     width: usize,
     segments: usize,
+    /// Weight of the window's shares in the `SmoothedLast` prediction, in 0..=1. The
+    /// reference's shares get the rest.
+    last_weight: f64,
 }
 
+/// Candidate weights of the `SmoothedLast` mix: 0, 0.05, ..., 1.
+const LAST_WEIGHT_STEPS: usize = 20;
+
 impl InterestModel {
-    /// Fits both learned predictors on feature rows, their segments (each below `segments`),
-    /// and the shares observed in each row's next window.
+    /// Fits both learned predictors and the `SmoothedLast` weight on feature rows, their
+    /// segments (each below `segments`), their [`UpdatedShares`], and the shares observed in
+    /// each row's next window.
     pub fn fit(
         records: ArrayView2<'_, f64>,
         row_segments: &[usize],
         segments: usize,
+        updated: &[UpdatedShares],
         targets: &[Shares],
         params: &InterestParams,
         seed: u64,
@@ -109,6 +140,7 @@ impl InterestModel {
         }
         for (rows, what) in [
             (row_segments.len(), "interest model (segments per row)"),
+            (updated.len(), "interest model (updated shares per row)"),
             (targets.len(), "interest model (targets per row)"),
         ] {
             if rows != records.nrows() {
@@ -130,20 +162,28 @@ impl InterestModel {
         for shares in targets {
             check_shares("interest model target", shares)?;
         }
-
-        let inputs = with_segments(records, row_segments, segments);
-        let mut target_matrix = Array2::zeros((targets.len(), SHARE_SLOTS));
-        for (mut row, shares) in target_matrix.rows_mut().into_iter().zip(targets) {
-            row.assign(&ndarray::ArrayView1::from(&shares[..]));
+        for shares in updated {
+            check_updated(shares)?;
         }
-        let forest =
-            RegressionForest::fit(inputs.view(), target_matrix.view(), &params.forest, seed)?;
-        let linear = LinearRegressor::fit(inputs.view(), target_matrix.view(), &params.linear)?;
+
+        let inputs = model_inputs(records, row_segments, segments, updated);
+        let mut residuals = Array2::zeros((targets.len(), SHARE_SLOTS));
+        for ((mut row, shares), updated) in
+            residuals.rows_mut().into_iter().zip(targets).zip(updated)
+        {
+            let last = same_as_last(updated);
+            for (slot, value) in row.iter_mut().enumerate() {
+                *value = shares[slot] - last[slot];
+            }
+        }
+        let forest = RegressionForest::fit(inputs.view(), residuals.view(), &params.forest, seed)?;
+        let linear = LinearRegressor::fit(inputs.view(), residuals.view(), &params.linear)?;
         Ok(InterestModel {
             forest,
             linear,
             width: records.ncols(),
             segments,
+            last_weight: fit_last_weight(updated, targets)?,
         })
     }
 
@@ -152,19 +192,22 @@ impl InterestModel {
         self.segments
     }
 
-    /// Predicts next-window shares for one feature row in `segment`.
-    ///
-    /// `last` is the current window's shares (see [`same_as_last`]). Only the `SameAsLast`
-    /// predictor reads it, but it is checked for every predictor.
+    /// Returns the weight of the window's shares in the `SmoothedLast` prediction.
+    pub fn last_weight(&self) -> f64 {
+        self.last_weight
+    }
+
+    /// Predicts next-window shares for one feature row in `segment`, with the row's window's
+    /// [`UpdatedShares`].
     pub fn predict(
         &self,
         predictor: InterestPredictor,
         row: &[f64],
         segment: usize,
-        last: &Shares,
+        updated: &UpdatedShares,
     ) -> Result<Shares, MlError> {
         check_row("interest model", row, self.width, None)?;
-        check_shares("last window shares", last)?;
+        check_updated(updated)?;
         if segment >= self.segments {
             return Err(invalid(
                 "interest model",
@@ -173,49 +216,111 @@ impl InterestModel {
                 "a segment below the fitted segment count",
             ));
         }
+        let last = same_as_last(updated);
         let mut input = row.to_vec();
+        append_shares(&mut input, &last, &updated.reference);
         input.extend((0..self.segments).map(|one| if one == segment { 1.0 } else { 0.0 }));
-        let raw = match predictor {
+        let residual = match predictor {
             InterestPredictor::Forest => self.forest.predict_row(&input)?,
             InterestPredictor::Linear => self.linear.predict_row(&input)?,
-            InterestPredictor::SameAsLast => last.to_vec(),
+            InterestPredictor::SameAsLast => vec![0.0; SHARE_SLOTS],
+            InterestPredictor::SmoothedLast => {
+                return Ok(mix(&last, &updated.reference, self.last_weight));
+            }
         };
+        let raw: Vec<f64> = last.iter().zip(&residual).map(|(l, r)| l + r).collect();
         Ok(normalize(&raw))
     }
 }
 
-/// Returns the `SameAsLast` prediction for a window: its own shares of the top groups, or the
-/// reference's shares when the window had no activity.
-///
-/// Fails when both are empty (a user with no history and no events), since nothing is known.
-pub fn same_as_last(window: &WindowFeatures) -> Result<Shares, MlError> {
-    let own = window.window_shares();
-    if own.iter().sum::<f64>() > 0.0 {
-        return Ok(own);
+/// Returns the `SameAsLast` prediction for a window: its own shares over the updated top
+/// groups, or the reference's shares when the window had no interest weight. When both are
+/// empty (a new user whose only events carry no interest weight), it returns uniform shares.
+pub fn same_as_last(updated: &UpdatedShares) -> Shares {
+    for shares in [updated.window, updated.reference] {
+        if shares.iter().sum::<f64>() > 0.0 {
+            return normalize(&shares);
+        }
     }
-    let reference = window.reference_shares();
-    if reference.iter().sum::<f64>() > 0.0 {
-        return Ok(reference);
-    }
-    Err(MlError::InvalidShares {
-        input: "same-as-last prediction",
-        detail: "the window and the reference are both empty".into(),
-    })
+    [1.0 / SHARE_SLOTS as f64; SHARE_SLOTS]
 }
 
-/// Appends a one-hot encoding of each row's segment to the feature rows.
-fn with_segments(
+/// Returns `weight * last + (1 - weight) * reference`, rescaled to sum 1.
+fn mix(last: &Shares, reference: &Shares, weight: f64) -> Shares {
+    let reference = if reference.iter().sum::<f64>() > 0.0 {
+        normalize(reference)
+    } else {
+        *last
+    };
+    let mixed: Vec<f64> = last
+        .iter()
+        .zip(&reference)
+        .map(|(last, reference)| weight * last + (1.0 - weight) * reference)
+        .collect();
+    normalize(&mixed)
+}
+
+/// Chooses the `SmoothedLast` weight with the lowest mean [`surprise`] on the training rows,
+/// the log loss of the mix, from 0, 0.05, ..., 1. Ties go to the larger weight.
+fn fit_last_weight(updated: &[UpdatedShares], targets: &[Shares]) -> Result<f64, MlError> {
+    let mut best = (f64::INFINITY, 1.0);
+    for step in (0..=LAST_WEIGHT_STEPS).rev() {
+        let weight = step as f64 / LAST_WEIGHT_STEPS as f64;
+        let mut total = 0.0;
+        for (updated, target) in updated.iter().zip(targets) {
+            let predicted = mix(&same_as_last(updated), &updated.reference, weight);
+            total += surprise(&predicted, target)?;
+        }
+        if total < best.0 {
+            best = (total, weight);
+        }
+    }
+    Ok(best.1)
+}
+
+/// Builds the model inputs: each feature row, then its "same as last" and reference shares,
+/// then a one-hot encoding of its segment.
+fn model_inputs(
     records: ArrayView2<'_, f64>,
     row_segments: &[usize],
     segments: usize,
+    updated: &[UpdatedShares],
 ) -> Array2<f64> {
     let width = records.ncols();
-    let mut inputs = Array2::zeros((records.nrows(), width + segments));
+    let shares_width = 2 * SHARE_SLOTS;
+    let mut inputs = Array2::zeros((records.nrows(), width + shares_width + segments));
     inputs.slice_mut(ndarray::s![.., ..width]).assign(&records);
-    for (row, segment) in row_segments.iter().enumerate() {
-        inputs[[row, width + segment]] = 1.0;
+    for (row, (segment, updated)) in row_segments.iter().zip(updated).enumerate() {
+        let mut shares = Vec::with_capacity(shares_width);
+        append_shares(&mut shares, &same_as_last(updated), &updated.reference);
+        for (offset, value) in shares.into_iter().enumerate() {
+            inputs[[row, width + offset]] = value;
+        }
+        inputs[[row, width + shares_width + segment]] = 1.0;
     }
     inputs
+}
+
+fn append_shares(input: &mut Vec<f64>, last: &Shares, reference: &Shares) {
+    input.extend_from_slice(last);
+    input.extend_from_slice(reference);
+}
+
+/// Rejects updated shares that are NaN, infinite or negative. All-zero shares are allowed.
+fn check_updated(updated: &UpdatedShares) -> Result<(), MlError> {
+    for shares in [&updated.window, &updated.reference] {
+        if shares.iter().sum::<f64>() > 0.0 {
+            check_shares("updated shares", shares)?;
+        } else if shares.iter().any(|value| *value != 0.0) {
+            return Err(MlError::InvalidShares {
+                input: "updated shares",
+                detail: format!(
+                    "{shares:?} contains a negative or NaN value; expected shares >= 0"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Clips negative outputs to 0 and rescales them to sum 1. All-zero outputs become uniform.
@@ -348,6 +453,116 @@ pub fn evaluate(predicted: &[Shares], observed: &[Shares]) -> Result<Evaluation,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_as_last_falls_back_in_order() {
+        let window = [0.0, 2.0, 0.0, 2.0];
+        let reference = [0.5, 0.5, 0.0, 0.0];
+        let both = UpdatedShares { window, reference };
+        assert_eq!(same_as_last(&both), [0.0, 0.5, 0.0, 0.5]);
+        let no_window = UpdatedShares {
+            window: [0.0; SHARE_SLOTS],
+            reference,
+        };
+        assert_eq!(same_as_last(&no_window), reference);
+        assert_eq!(same_as_last(&UpdatedShares::default()), [0.25; SHARE_SLOTS]);
+    }
+
+    #[test]
+    fn mix_weights_last_against_reference() {
+        let last = [1.0, 0.0, 0.0, 0.0];
+        let reference = [0.0, 1.0, 0.0, 0.0];
+        assert_eq!(mix(&last, &reference, 0.75), [0.75, 0.25, 0.0, 0.0]);
+        assert_eq!(mix(&last, &[0.0; SHARE_SLOTS], 0.75), last);
+    }
+
+    #[test]
+    fn last_weight_follows_the_targets() {
+        let updated = UpdatedShares {
+            window: [1.0, 0.0, 0.0, 0.0],
+            reference: [0.0, 1.0, 0.0, 0.0],
+        };
+        let rows = vec![updated; 4];
+        // Three next windows repeat the last window and one returns to the reference, so the
+        // log loss is lowest with 3/4 of the weight on the last window.
+        let targets = [
+            [1.0, 0.0, 0.0, 0.0],
+            [1.0, 0.0, 0.0, 0.0],
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+        ];
+        assert_eq!(fit_last_weight(&rows, &targets).unwrap(), 0.75);
+        let repeats = [[1.0, 0.0, 0.0, 0.0]; 4];
+        assert_eq!(fit_last_weight(&rows, &repeats).unwrap(), 1.0);
+    }
+
+    /// Half the users move all their interest from the last window's group to the reference's
+    /// top group, and only the `mover` feature tells which, so each learned predictor must
+    /// learn the change from "same as last".
+    #[test]
+    fn learned_predictors_learn_the_change() {
+        let updated = UpdatedShares {
+            window: [0.0, 1.0, 0.0, 0.0],
+            reference: [1.0, 0.0, 0.0, 0.0],
+        };
+        let rows = 60;
+        let records = Array2::from_shape_fn((rows, 1), |(row, _)| (row % 2) as f64);
+        let targets: Vec<Shares> = (0..rows)
+            .map(|row| {
+                if row % 2 == 1 {
+                    [1.0, 0.0, 0.0, 0.0]
+                } else {
+                    [0.0, 1.0, 0.0, 0.0]
+                }
+            })
+            .collect();
+        // Every split searches every input, so no tree misses the one informative feature.
+        let mut params = InterestParams::default();
+        params.forest.max_features = 1.0;
+        let model = InterestModel::fit(
+            records.view(),
+            &vec![0; rows],
+            1,
+            &vec![updated; rows],
+            &targets,
+            &params,
+            5,
+        )
+        .unwrap();
+        for predictor in [InterestPredictor::Forest, InterestPredictor::Linear] {
+            let mover = model.predict(predictor, &[1.0], 0, &updated).unwrap();
+            let stayer = model.predict(predictor, &[0.0], 0, &updated).unwrap();
+            assert!(mover[0] > 0.9, "{predictor:?} mover {mover:?}");
+            assert!(stayer[1] > 0.9, "{predictor:?} stayer {stayer:?}");
+        }
+        let same = model
+            .predict(InterestPredictor::SameAsLast, &[1.0], 0, &updated)
+            .unwrap();
+        assert_eq!(same, updated.window);
+        // Half the targets sit on each slot, so the best mix puts half the weight on each.
+        assert_eq!(model.last_weight(), 0.5);
+        let smoothed = model
+            .predict(InterestPredictor::SmoothedLast, &[1.0], 0, &updated)
+            .unwrap();
+        assert_eq!(smoothed, [0.5, 0.5, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn updated_shares_reject_negative_and_nan() {
+        for window in [
+            [-0.5, 0.0, 0.0, 0.0],
+            [f64::NAN, 0.0, 0.0, 0.0],
+            [-0.5, 1.0, 0.0, 0.0],
+        ] {
+            let updated = UpdatedShares {
+                window,
+                reference: [1.0, 0.0, 0.0, 0.0],
+            };
+            let error = check_updated(&updated).unwrap_err().to_string();
+            assert!(error.contains("updated shares"), "{window:?}: {error}");
+        }
+        assert!(check_updated(&UpdatedShares::default()).is_ok());
+    }
 
     #[test]
     fn normalize_clips_and_rescales() {

@@ -49,10 +49,10 @@ pub use features::{
     attribute_values, FeatureSpec, ReferenceProfile, Shares, WindowConfig, WindowFeatures,
     ATTRIBUTE_FEATURE_COUNT, FEATURE_COUNT, FEATURE_NAMES, SHARE_SLOTS, TOP_GROUPS,
 };
-pub use forest::{ForestParams, RegressionForest};
+pub use forest::{ForestParams, LeafValue, RegressionForest};
 pub use interest::{
     evaluate, same_as_last, surprise, Evaluation, InterestModel, InterestParams, InterestPredictor,
-    SURPRISE_SMOOTHING,
+    UpdatedShares, SURPRISE_SMOOTHING,
 };
 pub use linear::{LinearParams, LinearRegressor};
 pub use preprocess::{FeatureSelector, SelectorParams, Standardizer};
@@ -71,11 +71,12 @@ use error::check_matrix;
 /// a saved model's layout or [`FEATURE_NAMES`] change.
 pub const MODEL_VERSION: u32 = 3;
 
-/// One training window: its features and, when the user was active in the next window, the
-/// shares observed there.
+/// One training window: its features, its shares over the updated top groups and, when the
+/// user was active in the next window, the shares observed there.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainingRow {
     pub features: WindowFeatures,
+    pub updated_shares: UpdatedShares,
     /// Next-window shares of the top groups of this window's reference, or `None` when the
     /// next window is empty. Rows without them still train the segments and anomaly models.
     pub next_shares: Option<Shares>,
@@ -121,7 +122,7 @@ pub struct AnomalyScores {
 ///
 /// ```
 /// use veer_models::ml::{
-///     InterestPredictor, ModelSet, TrainingRow, WindowFeatures, FEATURE_COUNT,
+///     InterestPredictor, ModelSet, TrainingRow, UpdatedShares, WindowFeatures, FEATURE_COUNT,
 /// };
 ///
 /// // 60 synthetic windows: activity and top-group share vary together.
@@ -134,13 +135,16 @@ pub struct AnomalyScores {
 ///         values[13] = level;
 ///         values[16] = 1.0 - level;
 ///         let features = WindowFeatures::from_values(values).unwrap();
-///         TrainingRow { features, next_shares: Some([level, 0.0, 0.0, 1.0 - level]) }
+///         let shares = [level, 0.0, 0.0, 1.0 - level];
+///         let updated_shares = UpdatedShares { window: shares, reference: shares };
+///         TrainingRow { features, updated_shares, next_shares: Some(shares) }
 ///     })
 ///     .collect();
 /// let models = ModelSet::fit(&rows, 42).unwrap();
 ///
 /// let window = &rows[3].features;
-/// let shares = models.predict_interest(window, InterestPredictor::Forest).unwrap();
+/// let updated = &rows[3].updated_shares;
+/// let shares = models.predict_interest(window, updated, InterestPredictor::Forest).unwrap();
 /// assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
 /// let scores = models.anomaly_scores(window).unwrap();
 /// assert!((0.0..=1.0).contains(&scores.isolation_forest));
@@ -232,10 +236,15 @@ impl ModelSet {
             .iter()
             .filter_map(|index| rows[*index].next_shares)
             .collect();
+        let updated: Vec<UpdatedShares> = labelled
+            .iter()
+            .map(|index| rows[*index].updated_shares)
+            .collect();
         let interest = InterestModel::fit(
             labelled_rows.view(),
             &labelled_segments,
             segmenter.k(),
+            &updated,
             &targets,
             &params.interest,
             component_seed(seed, 1),
@@ -295,28 +304,34 @@ impl ModelSet {
         self.segmenter.predict(input)
     }
 
-    /// Predicts the next window's shares of the user's top groups.
+    /// Predicts the next window's shares of the user's top groups, from the window's features
+    /// and its shares over those groups.
     pub fn predict_interest(
         &self,
         window: &WindowFeatures,
+        updated: &UpdatedShares,
         predictor: InterestPredictor,
     ) -> Result<Shares, MlError> {
         let input = self.model_input(window)?;
         let segment = self.segment_of_input(&input)?;
-        self.predict_interest_from_input(window, &input, segment, predictor)
+        self.predict_interest_from_input(updated, &input, segment, predictor)
     }
 
     /// Predicts as [`ModelSet::predict_interest`] does, from the window's model input and
     /// segment when the caller has them already.
     pub fn predict_interest_from_input(
         &self,
-        window: &WindowFeatures,
+        updated: &UpdatedShares,
         input: &[f64],
         segment: usize,
         predictor: InterestPredictor,
     ) -> Result<Shares, MlError> {
-        let last = same_as_last(window)?;
-        self.interest.predict(predictor, input, segment, &last)
+        self.interest.predict(predictor, input, segment, updated)
+    }
+
+    /// Returns the weight of the window's shares in the `SmoothedLast` prediction.
+    pub fn smoothed_last_weight(&self) -> f64 {
+        self.interest.last_weight()
     }
 
     /// Scores how unusual the window is.
@@ -355,7 +370,11 @@ impl ModelSet {
         let mut observed = Vec::new();
         for row in rows {
             if let Some(next) = row.next_shares {
-                predicted.push(self.predict_interest(&row.features, predictor)?);
+                predicted.push(self.predict_interest(
+                    &row.features,
+                    &row.updated_shares,
+                    predictor,
+                )?);
                 observed.push(next);
             }
         }

@@ -255,6 +255,7 @@ mod tests {
             events,
             burst: false,
             features: WindowFeatures::from_values(vec![0.0; FEATURE_COUNT]).unwrap(),
+            updated_shares: Default::default(),
             shares_vs_previous: None,
             previous: None,
         }

@@ -18,7 +18,7 @@ use crate::groups::{GroupKey, GroupMap};
 
 use super::{
     surprise, InterestPredictor, MlError, ModelSet, ReferenceProfile, Shares, TrainingRow,
-    WindowConfig, WindowFeatures,
+    UpdatedShares, WindowConfig, WindowFeatures, SHARE_SLOTS,
 };
 
 /// One closed window of one user, as the models see it.
@@ -35,12 +35,16 @@ pub struct ClosedWindow {
     /// Whether the detector saw any of the window's events as part of a burst.
     pub burst: bool,
     pub features: WindowFeatures,
+    /// This window's and the reference's shares over the top groups of the reference after
+    /// this window, the input of the next window's interest prediction.
+    pub updated_shares: UpdatedShares,
     /// This window's shares of the top groups of the reference before it, or `None` for the
     /// user's first window or a window without interest weight. The surprise signal compares
     /// them with the prediction from the window before.
     pub shares_vs_previous: Option<Shares>,
-    /// Start (Unix milliseconds) and features of the user's previous window with events.
-    pub previous: Option<(u64, WindowFeatures)>,
+    /// Start (Unix milliseconds), features and updated shares of the user's previous window
+    /// with events.
+    pub previous: Option<(u64, WindowFeatures, UpdatedShares)>,
 }
 
 /// What a user's earlier windows leave behind: the decayed reference group weights and the
@@ -48,9 +52,9 @@ pub struct ClosedWindow {
 #[derive(Clone, Debug, Default)]
 pub struct UserHistory {
     reference: BTreeMap<GroupKey, f64>,
-    /// Top groups of the reference after the previous window, and that window's start and
-    /// features.
-    previous: Option<(ReferenceProfile, u64, WindowFeatures)>,
+    /// Top groups of the reference after the previous window, and that window's start,
+    /// features and updated shares.
+    previous: Option<(ReferenceProfile, u64, WindowFeatures, UpdatedShares)>,
 }
 
 /// Settings of [`UserHistory::close`].
@@ -81,7 +85,7 @@ impl UserHistory {
         // The reference has not changed since the previous window stored its profile.
         let built;
         let profile = match &self.previous {
-            Some((reference, _, _)) => reference,
+            Some((reference, ..)) => reference,
             None => {
                 built = ReferenceProfile::new(&self.reference)?;
                 &built
@@ -91,9 +95,9 @@ impl UserHistory {
             .window_features(events, groups, &settings.features)?
             .with_attributes(attributes);
         let (shares_vs_previous, previous) = match &self.previous {
-            Some((reference, previous_start, previous_features)) => (
+            Some((reference, previous_start, previous_features, previous_shares)) => (
                 reference.slot_shares(events, groups),
-                Some((*previous_start, previous_features.clone())),
+                Some((*previous_start, previous_features.clone(), *previous_shares)),
             ),
             None => (None, None),
         };
@@ -107,11 +111,14 @@ impl UserHistory {
         for weight in self.reference.values_mut() {
             *weight *= settings.reference_decay;
         }
-        self.previous = Some((
-            ReferenceProfile::new(&self.reference)?,
-            start_ms,
-            features.clone(),
-        ));
+        let updated = ReferenceProfile::new(&self.reference)?;
+        let updated_shares = UpdatedShares {
+            window: updated
+                .slot_shares(events, groups)
+                .unwrap_or([0.0; SHARE_SLOTS]),
+            reference: updated.reference_shares(),
+        };
+        self.previous = Some((updated, start_ms, features.clone(), updated_shares));
         Ok(Some(ClosedWindow {
             user: user.clone(),
             start_ms,
@@ -120,6 +127,7 @@ impl UserHistory {
             events: events.len() as u64,
             burst,
             features,
+            updated_shares,
             shares_vs_previous,
             previous,
         }))
@@ -159,6 +167,7 @@ pub(super) fn training_rows_in(
             .and_then(|next| next.shares_vs_previous);
         rows.push(TrainingRow {
             features: window.features.clone(),
+            updated_shares: window.updated_shares,
             next_shares,
         });
     }
@@ -230,13 +239,13 @@ fn prepare_signals(
     let segment = model_set.segment_of_input(&input)?;
     let mut surprise_value = None;
     let mut segment_before = None;
-    if let Some((_, previous)) = &window.previous {
+    if let Some((_, previous, previous_shares)) = &window.previous {
         let previous_input = model_set.model_input(previous)?;
         let before = model_set.segment_of_input(&previous_input)?;
         segment_before = Some(before);
         if let Some(observed) = window.shares_vs_previous {
             let predicted = model_set.predict_interest_from_input(
-                previous,
+                previous_shares,
                 &previous_input,
                 before,
                 InterestPredictor::Forest,
@@ -308,7 +317,7 @@ mod tests {
             .close(&user, 1000, &[view(6, 1500)], true, &groups, None, &settings())
             .unwrap()
             .unwrap();
-        assert_eq!(second.previous.as_ref().map(|(start, _)| *start), Some(0));
+        assert_eq!(second.previous.as_ref().map(|(start, ..)| *start), Some(0));
         let shares = second.shares_vs_previous.expect("shares against the first window");
         assert_eq!(shares[0], 0.0, "category 5 is absent from the second window");
         assert!(second.burst);
