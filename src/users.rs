@@ -289,8 +289,7 @@ pub fn build_profiles<'scope, S: ProfileView + 'static>(
     writer: Option<Box<dyn std::io::Write>>,
     store: ProfileStore,
 ) {
-    let view = move |user: &Id, read: &mut dyn FnMut(Option<&S>)| read(states.borrow().user(user));
-    let cores = profile_cores(events, alerts, view, settings, idle_ms);
+    let cores = profile_cores(events, alerts, states, settings, idle_ms);
     let segments = segments.map(AsCollection::as_collection);
     let joined = join_attributes(cores, attributes.as_collection(), segments);
     write_profiles(joined, writer, store);

@@ -123,6 +123,47 @@ fn profile_segments_same_for_workers() {
     // Segments come from a differential collection, so they do not depend on the workers.
     assert_eq!(changes, segment_changes(&two.lines));
     assert_eq!(finals, final_segments(&two.lines));
+    // Nor does any other line, with the model path's alerts waiting for their windows.
+    assert_eq!(sorted_lines(&one.lines), sorted_lines(&two.lines));
+}
+
+/// Returns the lines as text, sorted, for comparing runs whose writer may interleave users
+/// differently.
+fn sorted_lines(lines: &[Value]) -> Vec<String> {
+    let mut texts: Vec<String> = lines.iter().map(Value::to_string).collect();
+    texts.sort();
+    texts
+}
+
+/// Every profile line, not only the end-of-input ones, is the same for 1, 2 and 3 workers:
+/// the detector records each user's core after each event, and an alert shows from the end
+/// of its second on.
+#[test]
+fn profile_lines_same_for_workers() {
+    let folder = tempfile::tempdir().unwrap();
+    let (events, _) = common::generate_stream(folder.path(), 300, 5, 13);
+    let mut runs = Vec::new();
+    for workers in ["1", "2", "3"] {
+        let profiles = folder.path().join(format!("core-{workers}.jsonl"));
+        let output = common::run_veer(&[
+            "--input",
+            common::arg(&events),
+            "--workers",
+            workers,
+            "--profiles",
+            common::arg(&profiles),
+        ]);
+        assert_eq!(output.status, 0, "{}", output.stderr);
+        runs.push(sorted_lines(&common::read_json_lines(&profiles)));
+    }
+    let with_alert = runs[0]
+        .iter()
+        .filter(|line| line.contains("\"reasons\":[\"alert\"]") || line.contains("\"alert\"]"))
+        .count();
+    assert!(runs[0].len() > 3_000, "{} profile lines", runs[0].len());
+    assert!(with_alert > 10, "{with_alert} lines for an alert");
+    assert_eq!(runs[0], runs[1], "1 and 2 workers");
+    assert_eq!(runs[0], runs[2], "1 and 3 workers");
 }
 
 fn case_file(name: &str) -> PathBuf {

@@ -314,15 +314,22 @@ impl DecayedWeights {
         if self.total <= 0.0 {
             return Vec::new();
         }
-        let mut entries: Vec<(&Id, f64)> = self
-            .categories
-            .iter()
-            .map(|(category, weight)| (category, *weight / self.total))
-            .collect();
-        entries.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        entries
-            .into_iter()
-            .take(count)
+        // Largest share first, then the smaller id: a total order, since ids are unique.
+        let ranks_before = |a: &(&Id, f64), b: &(&Id, f64)| {
+            b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)) == std::cmp::Ordering::Less
+        };
+        // Profiles ask for the top few after every event, so keep only `count` entries
+        // instead of sorting every category.
+        let mut top: Vec<(&Id, f64)> = Vec::with_capacity(count + 1);
+        for (category, weight) in &self.categories {
+            let entry = (category, *weight / self.total);
+            let position = top.partition_point(|kept| ranks_before(kept, &entry));
+            if position < count {
+                top.insert(position, entry);
+                top.truncate(count);
+            }
+        }
+        top.into_iter()
             .map(|(category, share)| CategoryShare {
                 category: category.clone(),
                 share,

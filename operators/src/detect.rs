@@ -273,6 +273,9 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                     tracked.last_event_ms = event.ts_ms;
                     let earlier_alerts = alerts.len();
                     detector.observe(&mut tracked.state, &event, &state.groups, &mut alerts);
+                    if let Some(recorder) = state.cores.as_mut() {
+                        recorder.record(time, &event.user, &tracked.state);
+                    }
                     if keep_last_alert {
                         if let Some(alert) = alerts[earlier_alerts..].last() {
                             tracked.last_alert = Some(Box::new(alert.clone()));

@@ -4,10 +4,11 @@
 //! categories of the detector's reference, with shares), the event count, the last alert, and
 //! the user's attributes from the table given with `--users`. Three steps build it:
 //!
-//! 1. [`profile_cores`] reads the detector's per-user state after the detector has seen an
-//!    event and keeps, per user, the last *core* it sent on (everything but the attributes).
-//!    It sends a new core, as a retraction of the old one and an insertion of the new one, only
-//!    when the core changed materially ([`ProfileSettings`]).
+//! 1. The detect operator records each user's *core* (everything but the attributes) after
+//!    each event, in a [`CoreRecorder`]. [`profile_cores`] takes the recorded cores in event
+//!    time order and keeps, per user, the last core it sent on. It sends a new core, as a
+//!    retraction of the old one and an insertion of the new one, only when the core changed
+//!    materially ([`ProfileSettings`]).
 //! 2. [`join_attributes`] joins the cores with the attribute table, a differential collection
 //!    that the run feeds with one retraction and one insertion per changed row, and with the
 //!    users' segments when the model path runs. Both are left joins: a user without a row or
@@ -33,6 +34,8 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 use veer_models::attributes::UserAttributes;
 use veer_models::{Alert, AlertKind, CategoryShare, Event, Id};
+
+use crate::state::DetectHandle;
 
 /// Time of the final cores sent when the input ends; [`write_profiles`] applies them without
 /// a line of their own and then writes every user's end-of-input line. The fixed time tells
@@ -173,18 +176,72 @@ pub struct StoredProfile {
 /// The latest profile of every user, shared with readers on other threads.
 pub type ProfileStore = Arc<RwLock<FxHashMap<Id, StoredProfile>>>;
 
+/// A user's core after each event, recorded by the detect operator for [`profile_cores`].
+///
+/// The cores are made from the detector's state right after the event, so a core at time `t`
+/// holds exactly the user's events up to `t`, whatever the timing or the number of workers.
+#[derive(Debug)]
+pub struct CoreRecorder<S> {
+    core_of: fn(&S, usize) -> ProfileCore,
+    top_categories: usize,
+    /// Cores in event time order, with their times in Unix milliseconds; one per user and time.
+    recorded: Vec<(u64, Id, ProfileCore)>,
+}
+
+impl<S: ProfileView> CoreRecorder<S> {
+    /// Creates a recorder of cores with `top_categories` categories of interest.
+    pub fn new(top_categories: usize) -> Self {
+        CoreRecorder {
+            core_of: core_of::<S>,
+            top_categories,
+            recorded: Vec::new(),
+        }
+    }
+}
+
+impl<S> CoreRecorder<S> {
+    /// Records `user`'s core after an event at `time_ms`. Events reach the detector in time
+    /// order, then by user, so a later event of the same user and time replaces the core.
+    pub fn record(&mut self, time_ms: u64, user: &Id, state: &S) {
+        let core = (self.core_of)(state, self.top_categories);
+        if let Some(last) = self.recorded.last_mut() {
+            if last.0 == time_ms && last.1 == *user {
+                last.2 = core;
+                return;
+            }
+        }
+        self.recorded.push((time_ms, user.clone(), core));
+    }
+
+    fn take(&mut self) -> Vec<(u64, Id, ProfileCore)> {
+        std::mem::take(&mut self.recorded)
+    }
+}
+
+/// Returns the core that `state` shows, without the last alert.
+fn core_of<V: ProfileView>(state: &V, top_categories: usize) -> ProfileCore {
+    ProfileCore {
+        interest: state
+            .interest(top_categories)
+            .into_iter()
+            .map(|entry| {
+                let units = (entry.share * SHARE_UNITS).round();
+                (entry.category, units.clamp(0.0, SHARE_UNITS) as u32)
+            })
+            .collect(),
+        events: state.events(),
+        last_alert: None,
+    }
+}
+
 /// Sends a user's profile core whenever it changes materially.
 ///
-/// `events` is the ordered event stream that the detector reads, and `alerts` the detector's
-/// output, both on this worker. A user touched at time `t` is looked up in the detector's
-/// state through `view` once the `alerts` frontier has passed `t`, because the detector then
-/// has seen every event up to `t`.
-///
-/// NOTE: the detector may have seen later events too (up to a feed batch), so a core sent at
-/// `t` can include them, and which lines appear depends on the number of workers and on
-/// timing. Only the end-of-input cores are exact. Computing cores inside the detect operator
-/// would make every line exact. When both inputs end, every user whose event count changed
-/// since the last core gets a final core, so the end-of-input profiles carry exact counts.
+/// `events` is the ordered event stream that the detector reads, and `alerts` the alerts sent
+/// for this worker's users. `states` is the detector's state, whose [`CoreRecorder`] this
+/// function installs and reads: a core recorded at time `t` is taken on once both frontiers
+/// have passed `t`, so that every alert up to `t` is known. When both inputs end, every user
+/// whose core changed since the last one sent gets a final core, so the end-of-input profiles
+/// carry exact counts.
 ///
 /// With `idle_ms`, a user without events for longer than `idle_ms` of event time loses the
 /// profile. Its core is retracted at the first whole hour of event time at which the frontier
@@ -195,17 +252,14 @@ pub type ProfileStore = Arc<RwLock<FxHashMap<Id, StoredProfile>>>;
 /// NOTE: the frontier's last hour before the input ends depends on timing, so a user who
 /// became idle for `idle_ms` within about an hour of the end may or may not keep an
 /// end-of-input profile.
-pub fn profile_cores<'scope, V, F>(
+pub fn profile_cores<'scope, S: ProfileView + 'static>(
     events: StreamVec<'scope, u64, Event>,
     alerts: StreamVec<'scope, u64, Alert>,
-    mut view: F,
+    states: DetectHandle<S>,
     settings: ProfileSettings,
     idle_ms: Option<i64>,
-) -> VecCollection<'scope, u64, (Id, ProfileCore)>
-where
-    V: ProfileView,
-    F: FnMut(&Id, &mut dyn FnMut(Option<&V>)) + 'static,
-{
+) -> VecCollection<'scope, u64, (Id, ProfileCore)> {
+    states.borrow_mut().cores = Some(CoreRecorder::new(settings.top_categories));
     events
         .binary_frontier(
             alerts,
@@ -214,34 +268,48 @@ where
             "ProfileCores",
             move |initial, _| {
                 let mut held: Option<Capability<u64>> = Some(initial);
-                let mut touched: BTreeMap<u64, Vec<Id>> = BTreeMap::new();
+                let mut touched: BTreeMap<u64, Vec<(Id, ProfileCore)>> = BTreeMap::new();
+                let mut alerts_waiting: BTreeMap<u64, Vec<(Id, LastAlert)>> = BTreeMap::new();
                 let mut tracker = CoreTracker {
                     settings,
                     sent: FxHashMap::default(),
+                    unsent: FxHashMap::default(),
                     latest_alerts: FxHashMap::default(),
                     last_event_ms: FxHashMap::default(),
                     swept_at_ms: 0,
                 };
                 move |(events_in, events_frontier), (alerts_in, alerts_frontier), output| {
+                    // The events only move the frontier; their cores come from the recorder.
                     events_in.for_each_stamp(|_, data| {
                         for batch in data {
-                            for event in batch.drain(..) {
-                                touched
-                                    .entry(event.ts_ms as u64)
-                                    .or_default()
-                                    .push(event.user);
-                            }
+                            batch.clear();
                         }
                     });
-                    alerts_in.for_each_stamp(|_, data| {
+                    if let Some(recorder) = states.borrow_mut().cores.as_mut() {
+                        for (time, user, core) in recorder.take() {
+                            touched.entry(time).or_default().push((user, core));
+                        }
+                    }
+                    // An alert counts from the end of its second of event time, or from its
+                    // stamp when later (the model path's alerts wait for their window). So a
+                    // core never shows an alert raised after it, and the alerts a core shows
+                    // have all arrived once the frontier passes the core's time.
+                    alerts_in.for_each_stamp(|capability, data| {
+                        let Some(stamp) = capability.least().copied() else {
+                            return;
+                        };
                         for batch in data {
                             for alert in batch.drain(..) {
+                                let second_end = (alert.ts.max(0) as u64) * 1000 + 999;
                                 let last = LastAlert {
                                     alert_id: alert.alert_id(),
                                     kind: alert.kind,
                                     ts: alert.ts,
                                 };
-                                tracker.record_alert(alert.user, last);
+                                alerts_waiting
+                                    .entry(second_end.max(stamp))
+                                    .or_default()
+                                    .push((alert.user, last));
                             }
                         }
                     });
@@ -256,12 +324,13 @@ where
                         if bound.is_some_and(|bound| time >= bound) {
                             break;
                         }
-                        let mut users = entry.remove();
-                        users.sort();
-                        users.dedup();
-                        for user in &users {
+                        tracker.record_alerts_until(&mut alerts_waiting, time);
+                        let mut cores = entry.remove();
+                        // Each user has one core per time; the order of users is fixed.
+                        cores.sort_by(|left, right| left.0.cmp(&right.0));
+                        for (user, core) in cores {
                             tracker.last_event_ms.insert(user.clone(), time);
-                            tracker.update(user, time, false, &mut view, &mut updates);
+                            tracker.update(&user, core, time, false, &mut updates);
                         }
                     }
                     let Some(capability) = held.as_mut() else {
@@ -276,11 +345,19 @@ where
                         output.session(&*capability).give_iterator(updates.drain(..));
                     }
                     if bound.is_none() {
+                        tracker.record_alerts_until(&mut alerts_waiting, u64::MAX);
                         capability.downgrade(&END_OF_INPUT_TIME);
+                        // A user's latest core, or an alert that came after it, gets a line.
                         let mut users: Vec<Id> = tracker.sent.keys().cloned().collect();
                         users.sort();
-                        for user in &users {
-                            tracker.update(user, END_OF_INPUT_TIME, true, &mut view, &mut updates);
+                        for user in users {
+                            let core = tracker
+                                .unsent
+                                .remove(&user)
+                                .or_else(|| tracker.sent.get(&user).cloned());
+                            if let Some(core) = core {
+                                tracker.update(&user, core, END_OF_INPUT_TIME, true, &mut updates);
+                            }
                         }
                         output.session(&*capability).give_iterator(updates.drain(..));
                     }
@@ -306,6 +383,8 @@ const SWEEP_EVERY_MS: u64 = 3_600_000;
 struct CoreTracker {
     settings: ProfileSettings,
     sent: FxHashMap<Id, ProfileCore>,
+    /// The latest core of each user whose change since the core sent was not material.
+    unsent: FxHashMap<Id, ProfileCore>,
     latest_alerts: FxHashMap<Id, LastAlert>,
     /// Event time of each user's latest event, in Unix milliseconds.
     last_event_ms: FxHashMap<Id, u64>,
@@ -339,8 +418,21 @@ impl CoreTracker {
         for user in idle {
             self.last_event_ms.remove(&user);
             self.latest_alerts.remove(&user);
+            self.unsent.remove(&user);
             if let Some(core) = self.sent.remove(&user) {
                 updates.push(((user, core), time, -1));
+            }
+        }
+    }
+
+    /// Records the alerts waiting with times up to `time`.
+    fn record_alerts_until(&mut self, waiting: &mut BTreeMap<u64, Vec<(Id, LastAlert)>>, time: u64) {
+        while let Some(entry) = waiting.first_entry() {
+            if *entry.key() > time {
+                break;
+            }
+            for (user, alert) in entry.remove() {
+                self.record_alert(user, alert);
             }
         }
     }
@@ -355,34 +447,17 @@ impl CoreTracker {
         }
     }
 
-    /// Reads `user`'s state through `view` and adds a retraction and an insertion to
-    /// `updates` when the core changed materially, or at all when `force` is set.
-    fn update<V: ProfileView, F: FnMut(&Id, &mut dyn FnMut(Option<&V>))>(
+    /// Adds a retraction and an insertion to `updates` when `user`'s `core` differs
+    /// materially from the one sent, or at all when `force` is set. A core not sent is kept
+    /// for the end of the input.
+    fn update(
         &mut self,
         user: &Id,
+        mut core: ProfileCore,
         time: u64,
         force: bool,
-        view: &mut F,
         updates: &mut Vec<((Id, ProfileCore), u64, isize)>,
     ) {
-        let top_categories = self.settings.top_categories;
-        let mut core = None;
-        view(user, &mut |state: Option<&V>| {
-            core = state.map(|state| ProfileCore {
-                interest: state
-                    .interest(top_categories)
-                    .into_iter()
-                    .map(|entry| {
-                        let units = (entry.share * SHARE_UNITS).round();
-                        (entry.category, units.clamp(0.0, SHARE_UNITS) as u32)
-                    })
-                    .collect(),
-                events: state.events(),
-                last_alert: None,
-            });
-        });
-        // NOTE: a user the detector no longer tracks (evicted) keeps the last core.
-        let Some(mut core) = core else { return };
         core.last_alert = self.latest_alerts.get(user).cloned();
         let changed = match self.sent.get(user) {
             None => true,
@@ -390,8 +465,12 @@ impl CoreTracker {
             Some(earlier) => core.differs_materially(earlier, self.settings.min_share_change),
         };
         if !changed {
+            if !force {
+                self.unsent.insert(user.clone(), core);
+            }
             return;
         }
+        self.unsent.remove(user);
         if let Some(earlier) = self.sent.insert(user.clone(), core.clone()) {
             updates.push(((user.clone(), earlier), time, -1));
         }

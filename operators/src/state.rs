@@ -21,6 +21,7 @@ use veer_models::{
     Alert, GroupConfig, GroupMap, Id, PopulationDelta, PopulationInfo, PopulationModel,
 };
 
+use crate::profiles::CoreRecorder;
 use crate::release::ReleaseBuffer;
 
 /// One user's entry in the detect operator: the detector's state and the user's activity.
@@ -58,6 +59,14 @@ pub struct DetectState<S> {
     pub evicted: u64,
     /// Event time of the latest eviction sweep, in Unix milliseconds.
     pub swept_at_ms: i64,
+    /// Each user's profile core after each event, when profiles are on.
+    #[serde(skip, default = "no_recorder")]
+    pub cores: Option<CoreRecorder<S>>,
+}
+
+/// Returns no recorder, for a restored state: the profile operator installs one.
+fn no_recorder<S>() -> Option<CoreRecorder<S>> {
+    None
 }
 
 impl<S> Default for DetectState<S> {
@@ -70,6 +79,7 @@ impl<S> Default for DetectState<S> {
             pending: ReleaseBuffer::default(),
             evicted: 0,
             swept_at_ms: i64::MIN,
+            cores: None,
         }
     }
 }
