@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -64,19 +64,17 @@ fn sample(body: &str, name: &str) -> Option<f64> {
 
 /// Polls `/metrics` until `done` accepts the body, or fails after 60 s.
 fn wait_for_metrics(address: SocketAddr, done: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    common::poll(Duration::from_secs(60), Duration::from_millis(50), || {
         let (status, body) = common::http_get(address, "/metrics");
         assert_eq!(status, 200);
         if done(&body) {
-            return body;
+            Ok(body)
+        } else {
+            Err(format!(
+                "metrics never reached the expected counts:\n{body}"
+            ))
         }
-        assert!(
-            Instant::now() < deadline,
-            "metrics never reached the expected counts:\n{body}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    })
 }
 
 /// Starts `veer run` on a stdin pipe with the HTTP server on a free port. Returns the child,

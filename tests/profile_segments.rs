@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -178,18 +178,14 @@ fn get_json(address: SocketAddr, path: &str) -> Value {
 
 /// Polls `/users/{user}` until `accept` holds for the profile, and returns it.
 fn wait_for_profile(address: SocketAddr, user: u64, accept: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    common::poll(Duration::from_secs(30), Duration::from_millis(100), || {
         let profile = get_json(address, &format!("/users/{user}"));
         if accept(&profile) {
-            return profile;
+            Ok(profile)
+        } else {
+            Err(format!("user {user} never reached the state: {profile}"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "user {user} never reached the state: {profile}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    })
 }
 
 #[test]

@@ -104,8 +104,6 @@ fn expected_v2() -> Vec<(&'static str, bool, Row)> {
     expected
 }
 
-/// Sends `text` `copies` times. Exact duplicates are dropped by the engine, and the copies
-/// push the first copy through the reader's batch of 4,096 events while the run is live.
 #[test]
 fn attribute_join_case_with_table_replaced() {
     let folder = tempfile::tempdir().unwrap();

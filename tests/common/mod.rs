@@ -449,3 +449,22 @@ pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// Calls `probe` every `every` until it returns `Ok`, and returns that value. Fails the test
+/// after `limit` with the last `Err`, which says what was still missing.
+pub fn poll<T>(
+    limit: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(missing) => {
+                assert!(Instant::now() < deadline, "not within {limit:?}: {missing}");
+            }
+        }
+        std::thread::sleep(every);
+    }
+}
