@@ -179,7 +179,7 @@ pub type ProfileStore = Arc<RwLock<FxHashMap<Id, StoredProfile>>>;
 /// A user's core after each event, recorded by the detect operator for [`profile_cores`].
 ///
 /// The cores are made from the detector's state right after the event, so a core at time `t`
-/// holds exactly the user's events up to `t`, whatever the timing or the number of workers.
+/// counts exactly the user's events up to `t`, whatever the timing or the number of workers.
 #[derive(Debug)]
 pub struct CoreRecorder<S> {
     core_of: fn(&S, usize) -> ProfileCore,

@@ -338,8 +338,8 @@ pub fn log_field(line: &str, name: &str) -> u64 {
 }
 
 /// Writes `text` `copies` times to a child's standard input. Standard input is read in
-/// batches of 4,096 lines, so a short text is sent several times to fill a batch; the copies
-/// are duplicates that the run drops.
+/// batches of 4,096 lines, so a short text is sent several times to fill a batch. The copies
+/// are duplicates, which the run drops.
 pub fn send_copies(stdin: &mut impl Write, text: &str, copies: usize) {
     for _ in 0..copies {
         stdin

@@ -497,7 +497,7 @@ mod tests {
     }
 
     /// Half the users move all their interest from the last window's group to the reference's
-    /// top group, and only the `mover` feature tells which, so each learned predictor must
+    /// top group, and only the `mover` feature marks which, so each learned predictor must
     /// learn the change from "same as last".
     #[test]
     fn learned_predictors_learn_the_change() {
