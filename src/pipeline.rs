@@ -714,7 +714,6 @@ where
             };
             if shared.profiles_on {
                 crate::users::build_profiles(
-                    events,
                     alerts.clone(),
                     attribute_stream,
                     segment_updates,

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use differential_dataflow::AsCollection;
 use timely::dataflow::{InputHandleVec as InputHandle, StreamVec};
 use veer_models::attributes::{AttributeHistory, AttributeTable, LoadReport};
-use veer_models::{Alert, Event, Id};
+use veer_models::{Alert, Id};
 use veer_operators::profiles::{
     join_attributes, profile_cores, write_profiles, AttributeRow, ProfileSettings, ProfileStore,
     ProfileView,
@@ -279,7 +279,6 @@ pub fn stored_attributes(store: &ProfileStore, user: &Id) -> Option<serde_json::
 /// loses the profile, as the detector loses the state.
 #[allow(clippy::too_many_arguments)]
 pub fn build_profiles<'scope, S: ProfileView + 'static>(
-    events: StreamVec<'scope, u64, Event>,
     alerts: StreamVec<'scope, u64, Alert>,
     attributes: StreamVec<'scope, u64, AttributeUpdate>,
     segments: Option<StreamVec<'scope, u64, SegmentUpdate>>,
@@ -289,7 +288,7 @@ pub fn build_profiles<'scope, S: ProfileView + 'static>(
     writer: Option<Box<dyn std::io::Write>>,
     store: ProfileStore,
 ) {
-    let cores = profile_cores(events, alerts, states, settings, idle_ms);
+    let cores = profile_cores(alerts, states, settings, idle_ms);
     let segments = segments.map(AsCollection::as_collection);
     let joined = join_attributes(cores, attributes.as_collection(), segments);
     write_profiles(joined, writer, store);

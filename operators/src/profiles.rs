@@ -33,7 +33,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::StreamVec;
 use veer_models::attributes::UserAttributes;
-use veer_models::{Alert, AlertKind, CategoryShare, Event, Id};
+use veer_models::{Alert, AlertKind, CategoryShare, Id};
 
 use crate::state::DetectHandle;
 
@@ -236,12 +236,12 @@ fn core_of<V: ProfileView>(state: &V, top_categories: usize) -> ProfileCore {
 
 /// Sends a user's profile core whenever it changes materially.
 ///
-/// `events` is the ordered event stream that the detector reads, and `alerts` the alerts sent
-/// for this worker's users. `states` is the detector's state, whose [`CoreRecorder`] this
-/// function installs and reads: a core recorded at time `t` is taken on once both frontiers
-/// have passed `t`, so that every alert up to `t` is known. When both inputs end, every user
-/// whose core changed since the last one sent gets a final core, so the end-of-input profiles
-/// carry exact counts.
+/// `alerts` are the alerts sent for this worker's users, and `states` is the detector's state,
+/// whose [`CoreRecorder`] this function installs and reads. A core recorded at time `t` is
+/// taken on once the `alerts` frontier has passed `t`: the detector has then seen every event
+/// up to `t` and every alert up to `t` is known. When the alerts end, every user whose core
+/// changed since the last one sent gets a final core, so the end-of-input profiles carry
+/// exact counts.
 ///
 /// With `idle_ms`, a user without events for longer than `idle_ms` of event time loses the
 /// profile. Its core is retracted at the first whole hour of event time at which the frontier
@@ -253,17 +253,14 @@ fn core_of<V: ProfileView>(state: &V, top_categories: usize) -> ProfileCore {
 /// became idle for `idle_ms` within about an hour of the end may or may not keep an
 /// end-of-input profile.
 pub fn profile_cores<'scope, S: ProfileView + 'static>(
-    events: StreamVec<'scope, u64, Event>,
     alerts: StreamVec<'scope, u64, Alert>,
     states: DetectHandle<S>,
     settings: ProfileSettings,
     idle_ms: Option<i64>,
 ) -> VecCollection<'scope, u64, (Id, ProfileCore)> {
     states.borrow_mut().cores = Some(CoreRecorder::new(settings.top_categories));
-    events
-        .binary_frontier(
-            alerts,
-            Pipeline,
+    alerts
+        .unary_frontier(
             Pipeline,
             "ProfileCores",
             move |initial, _| {
@@ -278,13 +275,7 @@ pub fn profile_cores<'scope, S: ProfileView + 'static>(
                     last_event_ms: FxHashMap::default(),
                     swept_at_ms: 0,
                 };
-                move |(events_in, events_frontier), (alerts_in, alerts_frontier), output| {
-                    // The events only move the frontier; their cores come from the recorder.
-                    events_in.for_each_stamp(|_, data| {
-                        for batch in data {
-                            batch.clear();
-                        }
-                    });
+                move |(alerts_in, alerts_frontier), output| {
                     if let Some(recorder) = states.borrow_mut().cores.as_mut() {
                         for (time, user, core) in recorder.take() {
                             touched.entry(time).or_default().push((user, core));
@@ -314,10 +305,7 @@ pub fn profile_cores<'scope, S: ProfileView + 'static>(
                         }
                     });
 
-                    let bound = [events_frontier.frontier(), alerts_frontier.frontier()]
-                        .iter()
-                        .filter_map(|frontier| frontier.first().copied())
-                        .min();
+                    let bound = alerts_frontier.frontier().first().copied();
                     let mut updates: Vec<((Id, ProfileCore), u64, isize)> = Vec::new();
                     while let Some(entry) = touched.first_entry() {
                         let time = *entry.key();

@@ -451,7 +451,7 @@ pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// Calls `probe` every `every` until it returns `Ok`, and returns that value. Fails the test
-/// after `limit` with the last `Err`, which says what was still missing.
+/// after `limit` with the last `Err`, which describes what was still missing.
 pub fn poll<T>(
     limit: Duration,
     every: Duration,
