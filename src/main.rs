@@ -972,6 +972,13 @@ fn scan_file(args: ScanArgs) -> anyhow::Result<()> {
             parsed.megabytes_per_second(),
             100.0 * parsed.megabytes_per_second() / lines.megabytes_per_second()
         );
+        println!(
+            "{path}: per CPU-second: line scan {:.0} MB, parse {:.0} events ({:.0} MB), {:.1}% of the line scan",
+            lines.megabytes_per_cpu_second(),
+            parsed.events as f64 / parsed.cpu_seconds.max(f64::MIN_POSITIVE),
+            parsed.megabytes_per_cpu_second(),
+            100.0 * parsed.megabytes_per_cpu_second() / lines.megabytes_per_cpu_second()
+        );
     }
     Ok(())
 }
