@@ -6,3 +6,15 @@ if [ ! -x /usr/bin/time ]; then
 fi
 cargo build --release --quiet
 veer=target/release/veer
+
+# Prints the users tracked at the end of a run, from the summary in the run's log, or stops
+# the script when the summary has no such line (its wording changed).
+tracked_users() {
+  local count
+  count=$(awk '$1 == "tracked" && $2 == "at" && $3 == "end" {print $4}' "$1")
+  if [ -z "$count" ]; then
+    echo "no 'tracked at end' line in the run summary $1" >&2
+    exit 1
+  fi
+  echo "$count"
+}

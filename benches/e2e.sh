@@ -28,7 +28,7 @@ for format in taobao jsonl; do
     log="$work/run-$format-$workers.log"
     /usr/bin/time -v "$veer" run --input "$events" --alerts "$work/alerts.jsonl" --workers "$workers" --no-progress >"$log" 2>&1
     unique=$(awk '$1 == "events" && NF == 2 {print $2}' "$log")
-    tracked=$(awk '$1 == "users" {print $2}' "$log")
+    tracked=$(tracked_users "$log")
     wall=$(awk '$1 == "wall" && $2 == "time" {sub("s", "", $3); print $3}' "$log")
     rate=$(awk '$1 == "events" && $2 == "per" {print $4}' "$log")
     rss_kib=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")

@@ -39,7 +39,7 @@ measure() {
     --alerts /dev/null --no-progress >"$log" 2>&1
   local rss_kib tracked
   rss_kib=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$log")
-  tracked=$(awk '$1 == "users" {print $2}' "$log")
+  tracked=$(tracked_users "$log")
   echo "$rss_kib $tracked"
 }
 
