@@ -15,9 +15,10 @@ use veer_models::groups::SessionCounter;
 use std::sync::Arc;
 
 use veer_models::ml::{
-    fit_version, score_window, training_rows, verdict, version_rows, BootstrapStart,
-    ClosedWindow, Evaluation, InterestPredictor, ModelParams, ModelSet, Schedule,
-    ScheduleSettings, TrainingRow, UserHistory, WindowConfig, WindowFeatures, WindowSettings,
+    fit_version, score_window, split_users, training_rows, tune_interest, verdict, version_rows,
+    BootstrapStart, ClosedWindow, Evaluation, InterestGrid, InterestPredictor, InterestTuning,
+    ModelParams, ModelSet, Schedule, ScheduleSettings, TrainingRow, UserHistory, WindowConfig,
+    WindowFeatures, WindowSettings,
 };
 use veer_models::{
     Alert, Detector, DetectorConfig, Event, GroupConfig, GroupMap, Id, PopulationDelta,
@@ -286,18 +287,60 @@ pub fn replay_with_models(
     Ok(output)
 }
 
-/// Fits the models on the bootstrap windows and evaluates each interest predictor on the
-/// windows that start after the bootstrap period (held out from the fit).
+/// Share of the users whose bootstrap windows validate the interest settings in
+/// [`evaluate_interest`]. The other users' bootstrap windows fit the candidates.
+pub const VALIDATION_USERS: f64 = 0.25;
+
+/// The interest settings chosen on the bootstrap windows, and every interest predictor's
+/// error on the later, held-out windows.
+#[derive(Clone, Debug)]
+pub struct InterestBenchmark {
+    /// Bootstrap windows of the fit part and of the validation part.
+    pub fit_windows: usize,
+    pub validation_windows: usize,
+    pub tuning: InterestTuning,
+    /// Each predictor's error on the held-out windows, fitted with the chosen settings on
+    /// every bootstrap window.
+    pub held_out: Vec<(InterestPredictor, Evaluation)>,
+}
+
+/// Chooses the interest settings from `grid` and evaluates each interest predictor on the
+/// windows that start after the bootstrap period (held out from the fit and the choice).
+///
+/// The bootstrap windows are split by user: [`VALIDATION_USERS`] of the users validate
+/// candidates fitted on the rest's windows ([`tune_interest`]). The chosen settings are then
+/// fitted on every bootstrap window, and only that fit sees the held-out windows.
 pub fn evaluate_interest(
     events: &[Event],
     settings: &ReplaySettings,
     models: &ModelRunSettings,
-) -> anyhow::Result<Vec<(InterestPredictor, Evaluation)>> {
+    grid: &InterestGrid,
+) -> anyhow::Result<InterestBenchmark> {
     let window_ms = settings.window_ms.max(1);
     let (closed, _) = user_windows(events, settings, models)?;
     let schedule = decide_schedule(&closed, models.schedule_settings(window_ms))
         .ok_or_else(|| anyhow::anyhow!("no windows to evaluate on"))?;
     let bootstrap_end = schedule.applies_from(0);
+
+    let validation_users = split_users(
+        closed.iter().map(|window| &window.user),
+        VALIDATION_USERS,
+        models.seed,
+    )?;
+    let (validation, fit): (Vec<ClosedWindow>, Vec<ClosedWindow>) = closed
+        .iter()
+        .cloned()
+        .partition(|window| validation_users.contains(&window.user));
+    let fit_rows = version_rows(&fit, &schedule, 0);
+    let validation_rows = version_rows(&validation, &schedule, 0);
+    let tuning = tune_interest(
+        &fit_rows,
+        &validation_rows,
+        &models.params,
+        grid,
+        models.seed,
+    )?;
+
     let training = version_rows(&closed, &schedule, 0);
     let all_rows = training_rows(&closed, window_ms, u64::MAX);
     let held_out: Vec<TrainingRow> = closed
@@ -306,7 +349,11 @@ pub fn evaluate_interest(
         .filter(|(window, _)| window.start_ms >= bootstrap_end)
         .map(|(_, row)| row)
         .collect();
-    let model_set = ModelSet::fit_with(&training, &models.params, models.seed)?;
+    let params = ModelParams {
+        interest: tuning.chosen.clone(),
+        ..models.params.clone()
+    };
+    let model_set = ModelSet::fit_with(&training, &params, models.seed)?;
     let mut evaluations = Vec::new();
     for predictor in [
         InterestPredictor::Forest,
@@ -316,7 +363,12 @@ pub fn evaluate_interest(
     ] {
         evaluations.push((predictor, model_set.evaluate(&held_out, predictor)?));
     }
-    Ok(evaluations)
+    Ok(InterestBenchmark {
+        fit_windows: fit_rows.len(),
+        validation_windows: validation_rows.len(),
+        tuning,
+        held_out: evaluations,
+    })
 }
 
 /// Returns the features of every user window of the model path, sorted by user and window

@@ -103,6 +103,7 @@ fn empty_input_writes_empty_alert_file() {
 fn interest_prediction_on_held_out_windows() {
     use veer::generate::{generate, GenerateConfig};
     use veer::replay::{evaluate_interest, ModelRunSettings, ReplaySettings};
+    use veer_models::ml::{InterestGrid, InterestParams, InterestPredictor};
 
     let settings = ReplaySettings {
         window_ms: 3_600_000,
@@ -119,11 +120,66 @@ fn interest_prediction_on_held_out_windows() {
     // before 2017-11-24 00:00 UTC would leave it without training windows.
     taobao.retain(|event| event.ts_ms >= 1_511_481_600_000);
     for (name, events) in [("generated", generated), ("taobao", taobao)] {
-        let evaluations = evaluate_interest(&events, &settings, &ModelRunSettings::default())
-            .expect("the models fit");
-        for (predictor, evaluation) in evaluations {
+        let benchmark = evaluate_interest(
+            &events,
+            &settings,
+            &ModelRunSettings::default(),
+            &InterestGrid::standard(),
+        )
+        .expect("the models fit");
+        println!(
+            "{name}: {} fit and {} validation windows",
+            benchmark.fit_windows, benchmark.validation_windows
+        );
+        for candidate in &benchmark.tuning.candidates {
+            let params = &candidate.params;
+            let settings = match candidate.predictor {
+                InterestPredictor::Forest => format!(
+                    "{:?} trees {} sample {} depth {} min_samples_leaf {}",
+                    params.forest_target,
+                    params.forest.trees,
+                    params.forest.sample_fraction,
+                    params.forest.max_depth,
+                    params.forest.min_samples_leaf
+                ),
+                _ => format!("l2 {} epochs {}", params.linear.l2, params.linear.epochs),
+            };
+            println!(
+                "{name} validation {:?} {settings}: mean absolute error {:.4} mean surprise {:.4}",
+                candidate.predictor,
+                candidate.validation.mean_absolute_error,
+                candidate.validation.mean_surprise
+            );
+        }
+        for (predictor, evaluation) in &benchmark.tuning.baselines {
+            println!(
+                "{name} validation {predictor:?}: mean absolute error {:.4} mean surprise {:.4}",
+                evaluation.mean_absolute_error, evaluation.mean_surprise
+            );
+        }
+        println!("{name} chosen: {:?}", benchmark.tuning.chosen);
+        for (predictor, evaluation) in benchmark.held_out {
             println!(
                 "{name} {predictor:?}: windows {} mean absolute error {:.4} mean surprise {:.4}",
+                evaluation.windows, evaluation.mean_absolute_error, evaluation.mean_surprise
+            );
+        }
+        // The same fit with the default settings, which were chosen on the generated stream.
+        let defaults = InterestParams::default();
+        let only_defaults = InterestGrid {
+            forest: vec![(defaults.forest, defaults.forest_target)],
+            linear: vec![defaults.linear],
+        };
+        let benchmark = evaluate_interest(
+            &events,
+            &settings,
+            &ModelRunSettings::default(),
+            &only_defaults,
+        )
+        .expect("the models fit");
+        for (predictor, evaluation) in benchmark.held_out {
+            println!(
+                "{name} defaults {predictor:?}: windows {} mean absolute error {:.4} mean surprise {:.4}",
                 evaluation.windows, evaluation.mean_absolute_error, evaluation.mean_surprise
             );
         }

@@ -112,7 +112,7 @@ impl Default for FusionConfig {
             anomaly_threshold: 0.75,
             surprise_floor: 0.5,
             surprise_weight: 0.2,
-            candidate_surprise: 0.05,
+            candidate_surprise: 0.3,
             unsupported_sessions: 3,
             recurring_events: 1,
             same_run_secs: 3 * 24 * 3600,

@@ -6,10 +6,11 @@ use ndarray::{Array2, Axis};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use veer_models::ml::{
-    evaluate, same_as_last, surprise, FitWarning, ForestParams, InterestPredictor, IsolationForest,
-    IsolationParams, LinearParams, LinearRegressor, MlError, ModelParams, ModelSet, OneClassParams,
-    OneClassSvm, ReferenceProfile, RegressionForest, SegmentParams, Segmenter, SelectorParams,
-    Shares, Standardizer, TrainingRow, UpdatedShares, WindowConfig, WindowFeatures, FEATURE_COUNT,
+    evaluate, same_as_last, split_users, surprise, tune_interest, FitWarning, ForestParams,
+    InterestGrid, InterestPredictor, InterestTarget, IsolationForest, IsolationParams,
+    LinearParams, LinearRegressor, MlError, ModelParams, ModelSet, OneClassParams, OneClassSvm,
+    ReferenceProfile, RegressionForest, SegmentParams, Segmenter, SelectorParams, Shares,
+    Standardizer, TrainingRow, UpdatedShares, WindowConfig, WindowFeatures, FEATURE_COUNT,
     FEATURE_NAMES, SHARE_SLOTS,
 };
 use veer_models::{Behavior, Event, GroupKey, GroupMap, Id};
@@ -762,14 +763,14 @@ fn interest_predictors_on_held_out_windows() {
         .unwrap();
     assert_eq!(same.windows, 200);
     // A window of 4-11 events is a noisy copy of the interest that the reference measures
-    // well, so both learned models beat repeating the window. The forest starts from the
-    // window's shares (a residual target), so its margin is smaller than the linear model's.
+    // well, so both learned models beat repeating the window by more than 20% (measured: the
+    // forest's error is 0.74 and the linear model's 0.74 of the repeat's).
     assert!(
         linear.mean_absolute_error < 0.8 * same.mean_absolute_error,
         "linear {linear:?} same-as-last {same:?}"
     );
     assert!(
-        forest.mean_absolute_error < 0.85 * same.mean_absolute_error,
+        forest.mean_absolute_error < 0.8 * same.mean_absolute_error,
         "forest {forest:?} same-as-last {same:?}"
     );
     assert!(
@@ -780,6 +781,80 @@ fn interest_predictors_on_held_out_windows() {
         linear.mean_surprise < same.mean_surprise,
         "{linear:?} {same:?}"
     );
+}
+
+/// Candidates that cannot use the inputs (a forest of single leaves, a linear model whose
+/// penalty keeps every weight near 0) lose on validation windows from the same population.
+#[test]
+fn tuning_chooses_the_informative_candidates() {
+    let fit_rows = user_windows(400, 101);
+    let validation_rows = user_windows(150, 102);
+    let params = small_params();
+    let informed = params.interest.forest.clone();
+    let single_leaf = ForestParams {
+        max_depth: 0,
+        ..informed.clone()
+    };
+    let weak = LinearParams {
+        l2: 1e6,
+        ..LinearParams::default()
+    };
+    let grid = InterestGrid {
+        forest: vec![
+            (single_leaf, InterestTarget::Shares),
+            (informed.clone(), InterestTarget::Shares),
+        ],
+        linear: vec![weak, LinearParams::default()],
+    };
+    let tuning = tune_interest(&fit_rows, &validation_rows, &params, &grid, 4).unwrap();
+
+    assert_eq!(tuning.candidates.len(), 4);
+    assert_eq!(tuning.baselines.len(), 2);
+    assert_eq!(tuning.chosen.forest, informed);
+    assert_eq!(tuning.chosen.forest_target, InterestTarget::Shares);
+    assert_eq!(tuning.chosen.linear, LinearParams::default());
+    let surprise_of = |index: usize| tuning.candidates[index].validation.mean_surprise;
+    assert!(surprise_of(1) < surprise_of(0), "{:?}", tuning.candidates);
+    assert!(surprise_of(3) < surprise_of(2), "{:?}", tuning.candidates);
+
+    let empty = InterestGrid {
+        forest: Vec::new(),
+        linear: vec![LinearParams::default()],
+    };
+    let error = tune_interest(&fit_rows, &validation_rows, &params, &empty, 4).unwrap_err();
+    assert!(matches!(error, MlError::EmptyInput { .. }), "{error}");
+}
+
+#[test]
+fn refit_interest_equals_full_fit() {
+    let rows = user_windows(200, 111);
+    let mut params = small_params();
+    // Fewer rows than given, so the refit must draw the same sample as the full fit.
+    params.max_rows = 150;
+    let base = ModelSet::fit_with(&rows, &params, 3).unwrap();
+    params.interest.forest.trees = 7;
+    params.interest.forest_target = InterestTarget::Residual;
+    params.interest.linear.l2 = 1.0;
+    let refit = base
+        .refit_interest(&rows, &params.interest, params.max_rows, 3)
+        .unwrap();
+    let full = ModelSet::fit_with(&rows, &params, 3).unwrap();
+    assert_eq!(refit, full);
+    assert_ne!(refit, base, "the interest settings had no effect");
+}
+
+#[test]
+fn split_users_picks_seeded_fraction() {
+    let users = [5, 1, 3, 1, 7, 2, 8, 4, 6, 8];
+    let picked = split_users(&users, 0.25, 9).unwrap();
+    // 8 distinct users, a quarter of them rounded up.
+    assert_eq!(picked.len(), 2);
+    assert!(picked.iter().all(|user| users.contains(user)), "{picked:?}");
+    assert_eq!(split_users(&users, 0.25, 9).unwrap(), picked);
+    assert_eq!(split_users(&users, 0.3, 9).unwrap().len(), 3);
+    assert_eq!(split_users(&users, 1.0, 9).unwrap().len(), 8);
+    let error = split_users(&users, 0.0, 9).unwrap_err().to_string();
+    assert!(error.contains("fraction = 0"), "{error}");
 }
 
 #[test]

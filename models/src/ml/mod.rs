@@ -33,12 +33,14 @@ mod linear;
 mod preprocess;
 mod schedule;
 mod segments;
+mod tuning;
 mod windows;
 
+use std::borrow::Cow;
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayView2};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -52,7 +54,7 @@ pub use features::{
 pub use forest::{ForestParams, LeafValue, RegressionForest};
 pub use interest::{
     evaluate, same_as_last, surprise, Evaluation, InterestModel, InterestParams, InterestPredictor,
-    UpdatedShares, SURPRISE_SMOOTHING,
+    InterestTarget, UpdatedShares, SURPRISE_SMOOTHING,
 };
 pub use linear::{LinearParams, LinearRegressor};
 pub use preprocess::{FeatureSelector, SelectorParams, Standardizer};
@@ -60,6 +62,7 @@ pub use schedule::{
     fit_version, version_rows, BootstrapStart, Schedule, ScheduleSettings, SkippedSlot,
 };
 pub use segments::{SegmentParams, Segmenter, AUTO_K_MAX, AUTO_K_MIN};
+pub use tuning::{split_users, tune_interest, InterestGrid, InterestTuning, TunedCandidate};
 pub use windows::{
     score_window, score_window_batch, training_rows, verdict, ClosedWindow, UserHistory,
     WindowSettings,
@@ -186,16 +189,7 @@ impl ModelSet {
         if params.max_rows == 0 {
             return Err(error::invalid("model set", "max_rows", "0", "at least 1"));
         }
-        let sampled: Vec<TrainingRow>;
-        let rows = if rows.len() > params.max_rows {
-            let mut rng = ChaCha8Rng::seed_from_u64(component_seed(seed, 4));
-            let mut picked = rand::seq::index::sample(&mut rng, rows.len(), params.max_rows).into_vec();
-            picked.sort_unstable();
-            sampled = picked.into_iter().map(|index| rows[index].clone()).collect();
-            &sampled[..]
-        } else {
-            rows
-        };
+        let rows = &sample_rows(rows, params.max_rows, seed)[..];
         let mut timer = StepTimer::new();
         let spec = FeatureSpec::window();
         let raw = feature_matrix(rows);
@@ -217,37 +211,13 @@ impl ModelSet {
         let row_segments = segmenter.predict_all(scaled.view())?;
         timer.finish("k-means segments");
 
-        let labelled: Vec<usize> = rows
-            .iter()
-            .enumerate()
-            .filter(|(_, row)| row.next_shares.is_some())
-            .map(|(index, _)| index)
-            .collect();
-        if labelled.is_empty() {
-            return Err(MlError::EmptyInput {
-                model: "interest model",
-                detail: "no training row has next-window shares",
-            });
-        }
-        let labelled_rows = scaled.select(ndarray::Axis(0), &labelled);
-        let labelled_segments: Vec<usize> =
-            labelled.iter().map(|index| row_segments[*index]).collect();
-        let targets: Vec<Shares> = labelled
-            .iter()
-            .filter_map(|index| rows[*index].next_shares)
-            .collect();
-        let updated: Vec<UpdatedShares> = labelled
-            .iter()
-            .map(|index| rows[*index].updated_shares)
-            .collect();
-        let interest = InterestModel::fit(
-            labelled_rows.view(),
-            &labelled_segments,
+        let interest = fit_interest(
+            rows,
+            scaled.view(),
+            &row_segments,
             segmenter.k(),
-            &updated,
-            &targets,
             &params.interest,
-            component_seed(seed, 1),
+            seed,
         )?;
         timer.finish("interest model");
 
@@ -270,6 +240,40 @@ impl ModelSet {
             isolation_forest,
             one_class_svm,
             warnings,
+        })
+    }
+
+    /// Returns a copy whose interest model is fitted again on `rows` with `interest`, keeping
+    /// every other model, so tuning can compare interest settings without fitting the
+    /// segments and anomaly models again. When `self` was fitted on the same rows, `max_rows`
+    /// and seed, the copy equals what [`ModelSet::fit_with`] fits with these interest settings.
+    pub fn refit_interest(
+        &self,
+        rows: &[TrainingRow],
+        interest: &InterestParams,
+        max_rows: usize,
+        seed: u64,
+    ) -> Result<ModelSet, MlError> {
+        if max_rows == 0 {
+            return Err(error::invalid("model set", "max_rows", "0", "at least 1"));
+        }
+        let rows = &sample_rows(rows, max_rows, seed)[..];
+        let raw = feature_matrix(rows);
+        let scaled = self
+            .standardizer
+            .transform(self.selector.select(raw.view())?.view())?;
+        let row_segments = self.segmenter.predict_all(scaled.view())?;
+        let interest = fit_interest(
+            rows,
+            scaled.view(),
+            &row_segments,
+            self.segmenter.k(),
+            interest,
+            seed,
+        )?;
+        Ok(ModelSet {
+            interest,
+            ..self.clone()
         })
     }
 
@@ -402,6 +406,61 @@ impl ModelSet {
         }
         Ok(serde_json::from_value(document)?)
     }
+}
+
+/// Returns `rows`, or a seeded random sample of `max_rows` of them kept in their order.
+fn sample_rows(rows: &[TrainingRow], max_rows: usize, seed: u64) -> Cow<'_, [TrainingRow]> {
+    if rows.len() <= max_rows {
+        return Cow::Borrowed(rows);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(component_seed(seed, 4));
+    let mut picked = rand::seq::index::sample(&mut rng, rows.len(), max_rows).into_vec();
+    picked.sort_unstable();
+    let sampled = picked.into_iter().map(|index| rows[index].clone());
+    Cow::Owned(sampled.collect())
+}
+
+/// Fits the interest model on the rows that have next-window shares, from their scaled
+/// features (`scaled`, one row per entry of `rows`) and segments.
+fn fit_interest(
+    rows: &[TrainingRow],
+    scaled: ArrayView2<'_, f64>,
+    row_segments: &[usize],
+    segments: usize,
+    params: &InterestParams,
+    seed: u64,
+) -> Result<InterestModel, MlError> {
+    let labelled: Vec<usize> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, row)| row.next_shares.is_some())
+        .map(|(index, _)| index)
+        .collect();
+    if labelled.is_empty() {
+        return Err(MlError::EmptyInput {
+            model: "interest model",
+            detail: "no training row has next-window shares",
+        });
+    }
+    let labelled_rows = scaled.select(ndarray::Axis(0), &labelled);
+    let labelled_segments: Vec<usize> = labelled.iter().map(|index| row_segments[*index]).collect();
+    let targets: Vec<Shares> = labelled
+        .iter()
+        .filter_map(|index| rows[*index].next_shares)
+        .collect();
+    let updated: Vec<UpdatedShares> = labelled
+        .iter()
+        .map(|index| rows[*index].updated_shares)
+        .collect();
+    InterestModel::fit(
+        labelled_rows.view(),
+        &labelled_segments,
+        segments,
+        &updated,
+        &targets,
+        params,
+        component_seed(seed, 1),
+    )
 }
 
 fn feature_matrix(rows: &[TrainingRow]) -> Array2<f64> {
