@@ -183,6 +183,24 @@ fn interest_prediction_on_held_out_windows() {
                 evaluation.windows, evaluation.mean_absolute_error, evaluation.mean_surprise
             );
         }
+        // The whole procedure again with other seeds, which change the validation users, the
+        // sampled training rows and every fit.
+        for seed in [8, 9] {
+            let models = ModelRunSettings {
+                seed,
+                ..ModelRunSettings::default()
+            };
+            let benchmark =
+                evaluate_interest(&events, &settings, &models, &InterestGrid::standard())
+                    .expect("the models fit");
+            println!("{name} seed {seed} chosen: {:?}", benchmark.tuning.chosen);
+            for (predictor, evaluation) in benchmark.held_out {
+                println!(
+                    "{name} seed {seed} {predictor:?}: mean absolute error {:.4} mean surprise {:.4}",
+                    evaluation.mean_absolute_error, evaluation.mean_surprise
+                );
+            }
+        }
     }
 }
 
