@@ -200,6 +200,14 @@ fn interest_prediction_on_held_out_windows() {
                     evaluation.mean_absolute_error, evaluation.mean_surprise
                 );
             }
+            let benchmark = evaluate_interest(&events, &settings, &models, &only_defaults)
+                .expect("the models fit");
+            for (predictor, evaluation) in benchmark.held_out {
+                println!(
+                    "{name} seed {seed} defaults {predictor:?}: mean absolute error {:.4} mean surprise {:.4}",
+                    evaluation.mean_absolute_error, evaluation.mean_surprise
+                );
+            }
         }
     }
 }
