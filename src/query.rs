@@ -6,9 +6,8 @@
 //! thread with [`std::thread::Thread::unpark`], and waits for the reply. The worker replies in
 //! [`crate::live::WorkerHooks::between_steps`], so the stream never waits for a reader.
 //!
-//! The owner is found with the hash the exchange of events by user uses:
-//! `route_hash(user) % peers`, which is also what timely's exchange computes for a
-//! power-of-two number of peers (there it masks the low bits, which is the same number).
+//! The owner is found with [`veer_operators::route::user_owner`], which the exchange of events
+//! by user also uses.
 
 use std::sync::{Arc, Mutex};
 use std::thread::Thread;
@@ -105,7 +104,7 @@ impl QueryRouter {
 
     /// Returns the global index of the worker that owns `user`.
     pub fn owner(&self, user: &Id) -> usize {
-        (user.route_hash() % self.peers as u64) as usize
+        veer_operators::route::user_owner(user, self.peers)
     }
 
     /// Registers the calling thread as worker `index` (global) and returns its inbox, or

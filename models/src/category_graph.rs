@@ -185,38 +185,22 @@ impl CategoryGraph {
     fn strongest_partners(&self, category: u32, config: &GroupConfig) -> Vec<u32> {
         let floor = u64::from(config.min_sessions);
         let own_sessions = self.sessions[category as usize];
-        if own_sessions < floor {
+        if own_sessions < floor || config.links_per_category == 0 {
             return Vec::new();
         }
-
+        // A running top few, so that a refresh neither collects nor selects among every
+        // partner above the threshold.
+        let mut top = TopPartners::new(config, &self.ids);
         let strong = self.strong_partners[category as usize] as usize;
-        let mut candidates: Vec<(f64, u32)> = Vec::new();
         for &(other, shared) in &self.adjacency[category as usize][..strong] {
             let other_sessions = self.sessions[other as usize];
             if other_sessions < floor {
                 continue;
             }
             let association = shared as f64 / ((own_sessions * other_sessions) as f64).sqrt();
-            if association >= config.min_association {
-                candidates.push((association, other));
-            }
+            top.offer(association, other);
         }
-
-        let ids = &self.ids;
-        let strongest_first = |a: &(f64, u32), b: &(f64, u32)| {
-            b.0.total_cmp(&a.0)
-                .then_with(|| ids[a.1 as usize].cmp(&ids[b.1 as usize]))
-        };
-        let keep = config.links_per_category;
-        if keep == 0 {
-            return Vec::new();
-        }
-        if candidates.len() > keep {
-            candidates.select_nth_unstable_by(keep - 1, strongest_first);
-            candidates.truncate(keep);
-        }
-        candidates.sort_unstable_by(strongest_first);
-        candidates.into_iter().map(|(_, other)| other).collect()
+        top.into_partners()
     }
 
     /// Rebuilds the groups from the links and returns them as (leaf, representative) pairs
@@ -353,6 +337,58 @@ impl CategoryGraph {
     }
 }
 
+/// The strongest partners offered so far, at most `links_per_category`, sorted strongest
+/// first with ties by id.
+struct TopPartners<'a> {
+    strongest: Vec<(f64, u32)>,
+    keep: usize,
+    min_association: f64,
+    ids: &'a [Id],
+}
+
+impl<'a> TopPartners<'a> {
+    fn new(config: &GroupConfig, ids: &'a [Id]) -> Self {
+        TopPartners {
+            strongest: Vec::with_capacity(config.links_per_category + 1),
+            keep: config.links_per_category,
+            min_association: config.min_association,
+            ids,
+        }
+    }
+
+    /// Returns whether `a` ranks before `b`: stronger, or as strong with the smaller id.
+    fn ranks_before(&self, a: (f64, u32), b: (f64, u32)) -> bool {
+        b.0.total_cmp(&a.0)
+            .then_with(|| self.ids[a.1 as usize].cmp(&self.ids[b.1 as usize]))
+            .is_lt()
+    }
+
+    fn offer(&mut self, association: f64, partner: u32) {
+        // Written so that a NaN association is left out.
+        if !(association >= self.min_association) {
+            return;
+        }
+        let entry = (association, partner);
+        if self.strongest.len() == self.keep
+            && !self.ranks_before(entry, self.strongest[self.keep - 1])
+        {
+            return;
+        }
+        let position = self
+            .strongest
+            .partition_point(|ranked| self.ranks_before(*ranked, entry));
+        self.strongest.insert(position, entry);
+        self.strongest.truncate(self.keep);
+    }
+
+    fn into_partners(self) -> Vec<u32> {
+        self.strongest
+            .into_iter()
+            .map(|(_, partner)| partner)
+            .collect()
+    }
+}
+
 fn find(parent: &mut [usize], mut at: usize) -> usize {
     while parent[at] != at {
         parent[at] = parent[parent[at]];
@@ -475,5 +511,47 @@ mod tests {
             grouped_windows > 30,
             "groups formed after {grouped_windows} of 60 windows"
         );
+    }
+
+    #[test]
+    fn top_partners_equal_a_full_sort() {
+        let mut rng = ChaCha8Rng::seed_from_u64(17);
+        // Ids out of index order, and few distinct associations, so that ties are common.
+        let ids: Vec<Id> = (0..50u64).map(|at| Id::from((at * 7919) % 101)).collect();
+        for keep in [1, 3, 5] {
+            let config = GroupConfig {
+                links_per_category: keep,
+                min_association: 0.2,
+                ..GroupConfig::default()
+            };
+            for _ in 0..200 {
+                let offers: Vec<(f64, u32)> = (0..rng.gen_range(0..30))
+                    .map(|_| {
+                        (
+                            f64::from(rng.gen_range(0..8u8)) / 8.0,
+                            rng.gen_range(0..50u32),
+                        )
+                    })
+                    .collect();
+                let mut unique = offers.clone();
+                unique.sort_by_key(|offer| offer.1);
+                unique.dedup_by_key(|offer| offer.1);
+                let mut top = TopPartners::new(&config, &ids);
+                for (association, partner) in &unique {
+                    top.offer(*association, *partner);
+                }
+                let mut expected: Vec<(f64, u32)> = unique
+                    .into_iter()
+                    .filter(|offer| offer.0 >= config.min_association)
+                    .collect();
+                expected.sort_by(|a, b| {
+                    b.0.total_cmp(&a.0)
+                        .then_with(|| ids[a.1 as usize].cmp(&ids[b.1 as usize]))
+                });
+                expected.truncate(keep);
+                let expected: Vec<u32> = expected.into_iter().map(|offer| offer.1).collect();
+                assert_eq!(top.into_partners(), expected, "offers {offers:?}");
+            }
+        }
     }
 }

@@ -29,6 +29,7 @@ pub mod order;
 pub mod population;
 pub mod profiles;
 pub mod release;
+pub mod route;
 pub mod score;
 pub mod segments;
 pub mod versions;

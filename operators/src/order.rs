@@ -9,6 +9,7 @@ use timely::dataflow::StreamVec;
 use veer_models::Event;
 
 use crate::capability::HeldCapability;
+use crate::route::user_owner;
 use crate::state::OrderState;
 
 /// Exchanges events by user and releases them once the frontier has passed their time.
@@ -56,7 +57,9 @@ pub fn order_by_event_time<'scope>(
     events: StreamVec<'scope, u64, Event>,
     state: Rc<RefCell<OrderState>>,
 ) -> StreamVec<'scope, u64, Event> {
-    let route = Exchange::new(|event: &Event| event.user.route_hash());
+    let peers = events.scope().peers();
+    // The owner's index is below `peers`, so timely's modulo or mask keeps it unchanged.
+    let route = Exchange::new(move |event: &Event| user_owner(&event.user, peers) as u64);
     events.unary_frontier(route, "OrderByEventTime", move |initial, _| {
         let mut held = HeldCapability::restored(initial, state.borrow().pending.earliest());
         move |(input, frontier), output| {

@@ -82,8 +82,11 @@ pub fn build_user_windows<'scope>(
 ) -> StreamVec<'scope, u64, WindowRecord> {
     let window_ms = window_ms.max(1);
     let scope = observations.scope();
+    let peers = scope.peers();
     let attributes = attributes
-        .exchange(|update: &(AttributeRow, u64, isize)| update.0 .0.route_hash())
+        .exchange(move |update: &(AttributeRow, u64, isize)| {
+            crate::route::user_owner(&update.0 .0, peers) as u64
+        })
         .map(WindowInput::Attributes);
     let inputs = scope.concatenate([
         observations.map(WindowInput::Observed),

@@ -3,7 +3,8 @@
 //! Each worker serializes its own operator state ([`WorkerPartRef`]) at the cut; worker 0
 //! adds the run's metadata ([`CheckpointMeta`]) and writes one file. On resume,
 //! [`Restored::split`] merges the old parts and hands each new worker the users that route to
-//! it (`route_hash % workers`, as timely's exchange does), so the worker count may change.
+//! it ([`veer_operators::route::user_owner`], as the exchange by user does), so the worker
+//! count may change.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -217,7 +218,7 @@ impl<S> Restored<S> {
 
     /// Splits the merged state among `workers` new workers, in worker order.
     pub fn split(self, workers: usize) -> Vec<WorkerPart<S>> {
-        let owner = |user: &Id| (user.route_hash() % workers as u64) as usize;
+        let owner = |user: &Id| veer_operators::route::user_owner(user, workers);
         let session_rule = self.cooccurrence.counter.session_rule();
         let mut parts: Vec<WorkerPart<S>> = (0..workers)
             .map(|index| {
