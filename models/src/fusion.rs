@@ -249,6 +249,17 @@ impl FusionRule {
         Ok(FusionRule { config })
     }
 
+    /// Returns the anomaly score from which a window is anomalous, or `None` when the rule
+    /// does not use the anomaly scores.
+    ///
+    /// A window without detector alerts gets an alert from [`FusionRule::fuse`] only when it
+    /// is anomalous, so its other signals matter only then.
+    pub fn anomaly_threshold(&self) -> Option<f64> {
+        self.config
+            .use_anomaly
+            .then_some(self.config.anomaly_threshold)
+    }
+
     /// Applies the rules of the module documentation to one window's detector alerts and
     /// returns the alerts to write. `user` is the rule's state of the window's user, and the
     /// user's windows must come in time order.
@@ -384,6 +395,30 @@ mod tests {
 
     fn rule() -> FusionRule {
         FusionRule::new(FusionConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn quiet_window_without_alerts_gives_none() {
+        let rule = rule();
+        let threshold = rule
+            .anomaly_threshold()
+            .expect("anomaly scores used by default");
+        for burst in [false, true] {
+            for surprise in [None, Some(0.0), Some(5.0)] {
+                let mut user = UserFusion::default();
+                let below = window(burst, threshold - 1e-9, surprise);
+                assert!(rule.fuse(&mut user, &below, Vec::new()).is_empty());
+                assert_eq!(user, UserFusion::default());
+                let at = window(burst, threshold, surprise);
+                assert_eq!(rule.fuse(&mut user, &at, Vec::new()).len(), 1);
+            }
+        }
+        let without_anomaly = FusionRule::new(FusionConfig {
+            use_anomaly: false,
+            ..FusionConfig::default()
+        })
+        .unwrap();
+        assert_eq!(without_anomaly.anomaly_threshold(), None);
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! Model scoring of user windows and fusion of the model signals with the detector's alerts.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::StreamVec;
 use veer_models::fusion::ModelSignals;
 use veer_models::fusion::{FusionRule, UserFusion};
-use veer_models::ml::{score_window_batch, verdict, ClosedWindow, MlError, ModelSet};
+use veer_models::ml::{
+    score_window_batch, screen_window_batch, verdict, ClosedWindow, MlError, ModelSet, Screened,
+};
 use veer_models::{Alert, Id};
 
 use crate::capability::HeldCapability;
@@ -17,21 +20,35 @@ use crate::segments::{Scored, WindowSegment};
 use crate::versions::{Lookup, ModelVersions};
 use crate::windows::WindowRecord;
 
+/// The model signals of a window, as much of them as the fusion rule needs.
+#[derive(Clone, Copy)]
+enum WindowSignals {
+    /// Every signal, for a window with detector alerts or an anomalous one.
+    Full(ModelSignals),
+    /// Only the segment, for a window without detector alerts that is not anomalous: the
+    /// fusion rule raises no alert for it.
+    Quiet { segment: usize },
+}
+
 /// Scores the ready windows that have models, one batch per run of windows with the same
 /// models, and returns their signals in order. A window without models gets `None`, and so
 /// does a window whose scoring failed, after `failed` is called with the error.
+///
+/// Windows without detector alerts are first screened ([`screen_window_batch`]), and only the
+/// anomalous ones among them are scored in full.
 fn score_ready(
     ready: &[(WindowRecord, Option<Arc<ModelSet>>)],
+    anomaly_threshold: Option<f64>,
     failed: &mut impl FnMut(&MlError, &ClosedWindow),
-) -> Vec<Option<ModelSignals>> {
-    let mut signals: Vec<Option<ModelSignals>> = vec![None; ready.len()];
+) -> Vec<Option<WindowSignals>> {
+    let mut signals: Vec<Option<WindowSignals>> = vec![None; ready.len()];
     let mut position = 0;
     while position < ready.len() {
         let Some(models) = &ready[position].1 else {
             position += 1;
             continue;
         };
-        // The run of records scored by the same models, and the windows of those records.
+        // The run of records scored by the same models.
         let end = position
             + ready[position..]
                 .iter()
@@ -41,13 +58,31 @@ fn score_ready(
                         .is_some_and(|other| Arc::ptr_eq(other, models))
                 })
                 .count();
-        let batch: Vec<(usize, &ClosedWindow)> = (position..end)
-            .filter_map(|index| ready[index].0.window.as_ref().map(|window| (index, window)))
-            .collect();
-        let windows: Vec<&ClosedWindow> = batch.iter().map(|(_, window)| *window).collect();
-        for ((index, window), result) in batch.iter().zip(score_window_batch(models, &windows)) {
+        // The windows of those records, split into those with detector alerts and those
+        // without.
+        let (mut full, quiet): (Vec<(usize, &ClosedWindow)>, Vec<(usize, &ClosedWindow)>) =
+            (position..end)
+                .filter_map(|index| {
+                    let record = &ready[index].0;
+                    record.window.as_ref().map(|window| (index, window))
+                })
+                .partition(|(index, _)| !ready[*index].0.alerts.is_empty());
+        let quiet_windows: Vec<&ClosedWindow> = quiet.iter().map(|(_, window)| *window).collect();
+        let screened = screen_window_batch(models, &quiet_windows, anomaly_threshold);
+        for ((index, window), result) in quiet.into_iter().zip(screened) {
             match result {
-                Ok(scored) => signals[*index] = Some(scored),
+                Ok(Screened::Quiet { segment }) => {
+                    signals[index] = Some(WindowSignals::Quiet { segment })
+                }
+                Ok(Screened::Anomalous) => full.push((index, window)),
+                Err(error) => failed(&error, window),
+            }
+        }
+        let full_windows: Vec<&ClosedWindow> = full.iter().map(|(_, window)| *window).collect();
+        for ((index, window), result) in full.iter().zip(score_window_batch(models, &full_windows))
+        {
+            match result {
+                Ok(scored) => signals[*index] = Some(WindowSignals::Full(scored)),
                 Err(error) => failed(&error, window),
             }
         }
@@ -84,10 +119,14 @@ pub fn score_windows<'scope>(
         move |_, _| {
             let mut held = HeldCapability::default();
             let mut pending: Vec<(u64, WindowRecord)> = Vec::new();
+            // Windows at the front of `pending` that wait under the current versions. A lookup
+            // depends only on the versions, so they are looked up again only after a change.
+            // This keeps a step cheap while many windows wait for a fit.
+            let mut waiting_checked = 0;
             let mut versions = ModelVersions::default();
             let logs = windows_scope_index == 0;
             let mut failures = 0u64;
-            let mut users: HashMap<Id, UserFusion> = HashMap::new();
+            let mut users: FxHashMap<Id, UserFusion> = FxHashMap::default();
             move |(windows_in, windows_frontier), (updates_in, updates_frontier), output| {
                 let port = output.output_index();
                 windows_in.for_each_stamp(|capability, data| {
@@ -102,6 +141,7 @@ pub fn score_windows<'scope>(
                 updates_in.for_each_stamp(|_, data| {
                     for batch in data {
                         for update in batch.drain(..) {
+                            waiting_checked = 0;
                             let Some(version) = versions.apply(update) else {
                                 continue;
                             };
@@ -112,14 +152,15 @@ pub fn score_windows<'scope>(
                     }
                 });
                 // Without more updates, waiting windows take the latest version, if any.
-                if updates_frontier.is_empty() {
+                if updates_frontier.is_empty() && !versions.is_closed() {
                     versions.close();
+                    waiting_checked = 0;
                 }
 
                 let mut alerts: Vec<Alert> = Vec::new();
                 let mut segments: Vec<WindowSegment> = Vec::new();
                 // Alerts of a window without model signals.
-                let pass = |users: &mut HashMap<Id, UserFusion>, raised: Vec<Alert>| {
+                let pass = |users: &mut FxHashMap<Id, UserFusion>, raised: Vec<Alert>| {
                     let Some(first) = raised.first() else {
                         return Vec::new();
                     };
@@ -129,11 +170,11 @@ pub fn score_windows<'scope>(
                 // Windows whose version is known leave `pending`, in arrival order, with the
                 // models that score them, or `None` to pass their alerts on unchanged.
                 let mut ready: Vec<(WindowRecord, Option<Arc<ModelSet>>)> = Vec::new();
-                let mut waiting = Vec::new();
-                for (time, record) in pending.drain(..) {
+                let unchecked = pending.split_off(waiting_checked);
+                for (time, record) in unchecked {
                     let models = match record.window.as_ref().map(|window| versions.lookup(window.start_ms)) {
                         Some(Lookup::Wait) => {
-                            waiting.push((time, record));
+                            pending.push((time, record));
                             continue;
                         }
                         Some(Lookup::Score(models)) => Some(Arc::clone(models)),
@@ -141,9 +182,9 @@ pub fn score_windows<'scope>(
                     };
                     ready.push((record, models));
                 }
-                pending = waiting;
+                waiting_checked = pending.len();
 
-                let signals = score_ready(&ready, &mut |error, window| {
+                let signals = score_ready(&ready, rule.anomaly_threshold(), &mut |error, window| {
                     failures += 1;
                     if failures == 1 {
                         tracing::error!(%error, user = %window.user, start_ms = window.start_ms, "failed to score a window; its alerts go on without model signals");
@@ -152,10 +193,14 @@ pub fn score_windows<'scope>(
                 for ((record, models), signals) in ready.into_iter().zip(signals) {
                     let raised = record.alerts;
                     match (record.window, models, signals) {
-                        (Some(window), Some(models), Some(signals)) => {
-                            segments.push(WindowSegment::of(&window, &signals, &models));
+                        (Some(window), Some(models), Some(WindowSignals::Full(signals))) => {
+                            segments.push(WindowSegment::of(&window, signals.segment, &models));
                             let user = users.entry(window.user.clone()).or_default();
                             alerts.extend(rule.fuse(user, &verdict(&window, Some(signals)), raised));
+                        }
+                        (Some(window), Some(models), Some(WindowSignals::Quiet { segment })) => {
+                            debug_assert!(raised.is_empty(), "only windows without alerts are quiet");
+                            segments.push(WindowSegment::of(&window, segment, &models));
                         }
                         _ => alerts.extend(pass(&mut users, raised)),
                     }
@@ -176,7 +221,9 @@ pub fn score_windows<'scope>(
                     .chain(windows_frontier.frontier().first().copied())
                     .min();
                 if let Some(earliest_start) = earliest_start {
-                    versions.forget_before(earliest_start);
+                    if versions.forget_before(earliest_start) {
+                        waiting_checked = 0;
+                    }
                 }
             }
         },

@@ -16,7 +16,6 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::StreamVec;
-use veer_models::fusion::ModelSignals;
 use veer_models::ml::{ClosedWindow, ModelSet, ATTRIBUTE_FEATURE_COUNT, FEATURE_NAMES};
 use veer_models::{Alert, Id};
 
@@ -41,8 +40,8 @@ pub struct WindowSegment {
 }
 
 impl WindowSegment {
-    /// Returns the segment that `signals` assign to `window`, scored by `models`.
-    pub fn of(window: &ClosedWindow, signals: &ModelSignals, models: &ModelSet) -> WindowSegment {
+    /// Returns `window`'s `segment`, with the attribute features that `models` select.
+    pub fn of(window: &ClosedWindow, segment: usize, models: &ModelSet) -> WindowSegment {
         let attribute_names = &FEATURE_NAMES[FEATURE_NAMES.len() - ATTRIBUTE_FEATURE_COUNT..];
         let attribute_features = attribute_names
             .iter()
@@ -51,7 +50,7 @@ impl WindowSegment {
             .collect();
         WindowSegment {
             user: window.user.clone(),
-            segment: signals.segment,
+            segment,
             from_ms: window.last_ms.max(0) as u64 + 1,
             attribute_features,
         }

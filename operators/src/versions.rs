@@ -74,6 +74,11 @@ impl ModelVersions {
         self.closed = true;
     }
 
+    /// Returns whether [`ModelVersions::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     /// Returns how to handle a window that starts at `start_ms`.
     pub fn lookup(&self, start_ms: u64) -> Lookup<'_> {
         if start_ms < self.unscored_before {
@@ -99,8 +104,8 @@ impl ModelVersions {
     }
 
     /// Forgets the versions that only score windows starting before `start_ms`, keeping the
-    /// latest one.
-    pub fn forget_before(&mut self, start_ms: u64) {
+    /// latest one. Returns whether any version was forgotten.
+    pub fn forget_before(&mut self, start_ms: u64) -> bool {
         let done = self
             .versions
             .iter()
@@ -108,6 +113,7 @@ impl ModelVersions {
             .take_while(|version| version.until_ms.is_some_and(|until| until <= start_ms))
             .count();
         self.versions.drain(..done);
+        done > 0
     }
 
     /// Returns the number of the latest version.

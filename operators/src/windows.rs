@@ -1,6 +1,8 @@
 //! Per-user windows of the model path, built on the worker that owns each user.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{btree_map, BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
@@ -95,7 +97,7 @@ pub fn build_user_windows<'scope>(
     ]);
     inputs.unary_frontier(Pipeline, "UserWindows", move |_, _| {
         let mut held = HeldCapability::default();
-        let mut users: HashMap<Id, UserWindows> = HashMap::new();
+        let mut users: FxHashMap<Id, UserWindows> = FxHashMap::default();
         // Users with an open window, by window start.
         let mut open: BTreeSet<(u64, Id)> = BTreeSet::new();
         let mut infos: BTreeMap<u64, PopulationInfo> = BTreeMap::new();
@@ -111,17 +113,17 @@ pub fn build_user_windows<'scope>(
                             WindowInput::Observed(observed) => {
                                 let time = observed.event.ts_ms as u64;
                                 let start = time - time % window_ms;
-                                let user = observed.event.user.clone();
-                                let window = users
-                                    .entry(user.clone())
-                                    .or_default()
-                                    .open
-                                    .entry(start)
-                                    .or_default();
+                                let entry = users.entry(observed.event.user.clone()).or_default();
+                                let window = match entry.open.entry(start) {
+                                    btree_map::Entry::Occupied(window) => window.into_mut(),
+                                    btree_map::Entry::Vacant(vacant) => {
+                                        open.insert((start, observed.event.user.clone()));
+                                        vacant.insert(OpenWindow::default())
+                                    }
+                                };
                                 window.events.push(observed.event);
                                 window.burst |= observed.burst;
                                 window.alerts.extend(observed.alerts);
-                                open.insert((start, user));
                             }
                             WindowInput::Population(info) => {
                                 infos.insert(info.window_end, info);

@@ -194,10 +194,76 @@ impl IsolationForest {
         let trees = self.trees.len() as f64;
         Ok(totals
             .into_iter()
-            .map(|total| 2f64.powf(-(total / trees) / normaliser))
+            .map(|total| score_of_mean_path(total / trees, normaliser))
             .collect())
     }
+
+    /// Returns for each row whether its score reaches `threshold`, exactly as comparing the
+    /// score of [`IsolationForest::score_rows`] with it would, and fails if any row is invalid.
+    ///
+    /// The score falls as the total path length grows. So once a row's total over the first
+    /// trees, plus the shortest path length of each later tree, exceeds the total at which the
+    /// score equals `threshold`, the row cannot reach it, and its remaining trees are skipped. The other
+    /// rows pass every tree, in order, so their totals and scores are those of `score_rows`.
+    pub fn reaches_score(&self, rows: &[&[f64]], threshold: f64) -> Result<Vec<bool>, MlError> {
+        for row in rows {
+            check_row("isolation forest", row, self.width, None)?;
+        }
+        let normaliser = average_path_length(self.sample_size);
+        if normaliser == 0.0 {
+            return Ok(vec![0.5 >= threshold; rows.len()]);
+        }
+
+        let trees = self.trees.len() as f64;
+        // The total path length at which the score equals `threshold`, with a relative margin
+        // far above the rounding error of the score's arithmetic.
+        let limit = -threshold.log2() * normaliser * trees;
+        let cutoff = limit * (1.0 + 1e-9) + 1e-9;
+        // The shortest path length of each tree, the least that a row can add with it.
+        let floors: Vec<f64> = self
+            .trees
+            .iter()
+            .map(|tree| {
+                tree.iter()
+                    .filter(|node| node.feature == LEAF)
+                    .map(|node| node.value)
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect();
+        let mut totals = vec![0.0; rows.len()];
+        // Rows whose total has not passed the cutoff.
+        let mut open: Vec<usize> = (0..rows.len()).collect();
+        for (index, chunk) in self.trees.chunks(TREES_PER_CUTOFF_CHECK).enumerate() {
+            for tree in chunk {
+                for &row in &open {
+                    totals[row] += path_length(tree, rows[row]);
+                }
+            }
+            let later_trees = (index + 1) * TREES_PER_CUTOFF_CHECK;
+            let floor: f64 = floors.iter().skip(later_trees).sum();
+            open.retain(|&row| totals[row] + floor <= cutoff);
+            if open.is_empty() {
+                break;
+            }
+        }
+
+        let mut reached = vec![false; rows.len()];
+        for row in open {
+            reached[row] = score_of_mean_path(totals[row] / trees, normaliser) >= threshold;
+        }
+        Ok(reached)
+    }
 }
+
+/// Returns the anomaly score `2^(-mean_path / normaliser)`, where `normaliser` is
+/// `c(sample_size)`.
+fn score_of_mean_path(mean_path: f64, normaliser: f64) -> f64 {
+    2f64.powf(-mean_path / normaliser)
+}
+
+/// Trees that [`IsolationForest::reaches_score`] adds to every open row between two checks
+/// of the cutoff.
+const TREES_PER_CUTOFF_CHECK: usize = 8;
 
 /// Appends the subtree for `rows` to `nodes` and returns its root's index.
 fn grow_isolation_tree(
@@ -526,6 +592,36 @@ mod tests {
         for (input, score) in inputs.iter().zip(&batch) {
             assert_eq!(forest.score(input).unwrap().to_bits(), score.to_bits());
         }
+    }
+
+    #[test]
+    fn reaches_score_matches_full_scores() {
+        let rows = spread_rows();
+        let (forest, _) =
+            IsolationForest::fit(rows.view(), &IsolationParams::default(), 3).unwrap();
+        let mut inputs: Vec<Vec<f64>> = rows.rows().into_iter().map(|row| row.to_vec()).collect();
+        inputs.extend([vec![9.0, -9.0, 9.0], vec![0.5, 0.5, 0.5]]);
+        let slices: Vec<&[f64]> = inputs.iter().map(Vec::as_slice).collect();
+        let scores = forest.score_rows(&slices).unwrap();
+        let mut thresholds = vec![0.0, 0.3, 0.5, 0.6, 0.75, 0.9, 1.0];
+        // Each score as a threshold, and the floats right above and below it.
+        for score in &scores {
+            thresholds.extend([*score, score.next_up(), score.next_down()]);
+        }
+        for threshold in thresholds {
+            let reached = forest.reaches_score(&slices, threshold).unwrap();
+            for (score, reached) in scores.iter().zip(reached) {
+                assert_eq!(
+                    reached,
+                    *score >= threshold,
+                    "score {score}, threshold {threshold}"
+                );
+            }
+        }
+        assert!(
+            scores.iter().any(|score| *score >= 0.6) && scores.iter().any(|score| *score < 0.6),
+            "the rows should score on both sides of 0.6"
+        );
     }
 
     #[test]

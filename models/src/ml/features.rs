@@ -6,13 +6,14 @@
 //! groups are, the window's and the reference's shares of the user's top groups, and the
 //! user's attributes (age band and gender, one-hot with an explicit unknown column).
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{check_row, check_unit_open, invalid, MlError};
 use crate::attributes::{Age, UserAttributes};
-use crate::detector::{jensen_shannon, DetectorConfig};
+use crate::detector::DetectorConfig;
 use crate::event::{Behavior, Event};
 use crate::groups::{GroupKey, GroupMap};
 use crate::session::{SessionMark, SessionRule};
@@ -188,7 +189,8 @@ impl WindowConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "Vec<f64>", into = "Vec<f64>")]
 pub struct WindowFeatures {
-    values: Vec<f64>,
+    /// Stored inline, so closing, cloning and dropping a window allocate nothing for it.
+    values: [f64; FEATURE_COUNT],
 }
 
 impl TryFrom<Vec<f64>> for WindowFeatures {
@@ -201,7 +203,7 @@ impl TryFrom<Vec<f64>> for WindowFeatures {
 
 impl From<WindowFeatures> for Vec<f64> {
     fn from(features: WindowFeatures) -> Self {
-        features.values
+        features.values.to_vec()
     }
 }
 
@@ -209,13 +211,29 @@ impl WindowFeatures {
     /// Wraps a vector given in [`FEATURE_NAMES`] order, rejecting a wrong width or a NaN or
     /// infinite value.
     pub fn from_values(values: Vec<f64>) -> Result<WindowFeatures, MlError> {
-        let names = FeatureSpec::window();
-        check_row(
-            "window features",
-            &values,
-            FEATURE_COUNT,
-            Some(names.names()),
-        )?;
+        let Ok(array) = <[f64; FEATURE_COUNT]>::try_from(values.as_slice()) else {
+            return Err(MlError::WidthMismatch {
+                model: "window features",
+                expected: FEATURE_COUNT,
+                found: values.len(),
+            });
+        };
+        WindowFeatures::from_array(array)
+    }
+
+    /// Wraps an array given in [`FEATURE_NAMES`] order, rejecting a NaN or infinite value.
+    fn from_array(values: [f64; FEATURE_COUNT]) -> Result<WindowFeatures, MlError> {
+        // The feature names are only needed for the error message, so they are built only
+        // for an invalid row.
+        if !values.iter().all(|value| value.is_finite()) {
+            let names = FeatureSpec::window();
+            check_row(
+                "window features",
+                &values,
+                FEATURE_COUNT,
+                Some(names.names()),
+            )?;
+        }
         Ok(WindowFeatures { values })
     }
 
@@ -317,10 +335,14 @@ fn share_slots(values: &[f64]) -> Shares {
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReferenceProfile {
-    /// Group shares of the reference, summing to 1 (empty for a user with no history).
-    shares: BTreeMap<GroupKey, f64>,
+    /// Group shares of the reference, summing to 1, sorted by group (empty for a user with no
+    /// history).
+    shares: Vec<(GroupKey, f64)>,
     /// Up to [`TOP_GROUPS`] groups by share, largest first, ties broken by group order.
     top: Vec<GroupKey>,
+    /// The reference's shares of the top groups, returned by
+    /// [`ReferenceProfile::reference_shares`].
+    top_shares: Shares,
 }
 
 impl ReferenceProfile {
@@ -341,23 +363,44 @@ impl ReferenceProfile {
             });
         }
         let total: f64 = weights.values().sum();
-        let shares: BTreeMap<GroupKey, f64> = if total > 0.0 {
+        let shares: Vec<(GroupKey, f64)> = if total > 0.0 {
             weights
                 .iter()
                 .filter(|(_, weight)| **weight > 0.0)
                 .map(|(group, weight)| (group.clone(), weight / total))
                 .collect()
         } else {
-            BTreeMap::new()
+            Vec::new()
         };
-        let mut ranked: Vec<(&GroupKey, f64)> = shares.iter().map(|(g, s)| (g, *s)).collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        let top = ranked
-            .into_iter()
-            .take(TOP_GROUPS)
-            .map(|(group, _)| group.clone())
-            .collect();
-        Ok(ReferenceProfile { shares, top })
+
+        // The first TOP_GROUPS entries of the shares sorted by share, largest first, then by
+        // group, kept in order by insertion.
+        let mut ranked: Vec<&(GroupKey, f64)> = Vec::with_capacity(TOP_GROUPS + 1);
+        let before = |a: &(GroupKey, f64), b: &(GroupKey, f64)| {
+            b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)).is_lt()
+        };
+        for entry in &shares {
+            if ranked.len() == TOP_GROUPS && !before(entry, ranked[TOP_GROUPS - 1]) {
+                continue;
+            }
+            let at = ranked.partition_point(|known| before(known, entry));
+            ranked.insert(at, entry);
+            ranked.truncate(TOP_GROUPS);
+        }
+        let top: Vec<GroupKey> = ranked.iter().map(|(group, _)| group.clone()).collect();
+
+        let mut top_shares = [0.0; SHARE_SLOTS];
+        if !shares.is_empty() {
+            for (slot, (_, share)) in ranked.iter().enumerate() {
+                top_shares[slot] = *share;
+            }
+            top_shares[TOP_GROUPS] = (1.0 - top_shares[..TOP_GROUPS].iter().sum::<f64>()).max(0.0);
+        }
+        Ok(ReferenceProfile {
+            shares,
+            top,
+            top_shares,
+        })
     }
 
     /// Returns the top groups, largest reference share first.
@@ -367,22 +410,29 @@ impl ReferenceProfile {
 
     /// Returns the reference's own shares of the top groups.
     pub fn reference_shares(&self) -> Shares {
-        let mut shares = [0.0; SHARE_SLOTS];
-        if self.shares.is_empty() {
-            return shares;
+        self.top_shares
+    }
+
+    /// Returns the reference's share of `group`, 0 for a group outside it.
+    fn share_of(&self, group: &GroupKey) -> f64 {
+        match self.shares.binary_search_by(|(known, _)| known.cmp(group)) {
+            Ok(index) => self.shares[index].1,
+            Err(_) => 0.0,
         }
-        for (slot, group) in self.top.iter().enumerate() {
-            shares[slot] = self.shares[group];
-        }
-        shares[TOP_GROUPS] = (1.0 - shares[..TOP_GROUPS].iter().sum::<f64>()).max(0.0);
-        shares
     }
 
     /// Returns the interest-weighted shares of the top groups in `events`, or `None` when no
     /// event carries interest weight (an empty window). This is the interest model's target.
     pub fn slot_shares(&self, events: &[Event], groups: &GroupMap) -> Option<Shares> {
-        let distribution = group_distribution(events, groups)?;
-        Some(self.slots_of(&distribution))
+        self.slot_shares_of(&GroupDistribution::of(events, groups))
+    }
+
+    /// Returns [`ReferenceProfile::slot_shares`] from the window's group distribution.
+    pub fn slot_shares_of(&self, distribution: &GroupDistribution) -> Option<Shares> {
+        distribution
+            .shares
+            .as_ref()
+            .map(|shares| self.slots_of(shares))
     }
 
     fn slots_of(&self, distribution: &BTreeMap<GroupKey, f64>) -> Shares {
@@ -406,6 +456,17 @@ impl ReferenceProfile {
         groups: &GroupMap,
         config: &WindowConfig,
     ) -> Result<WindowFeatures, MlError> {
+        self.window_features_of(events, &GroupDistribution::of(events, groups), config)
+    }
+
+    /// Computes [`ReferenceProfile::window_features`] from the events and their group
+    /// distribution, which must come from the same events.
+    pub fn window_features_of(
+        &self,
+        events: &[Event],
+        distribution: &GroupDistribution,
+        config: &WindowConfig,
+    ) -> Result<WindowFeatures, MlError> {
         config.validate()?;
         let mut weighted_events: Vec<&Event> = events
             .iter()
@@ -413,12 +474,12 @@ impl ReferenceProfile {
             .collect();
         weighted_events.sort_by_key(|event| event.ts_ms);
 
-        let mut values = vec![0.0; FEATURE_COUNT];
+        let mut values = [0.0; FEATURE_COUNT];
         values[REFERENCE_SHARES_AT..REFERENCE_SHARES_AT + SHARE_SLOTS]
             .copy_from_slice(&self.reference_shares());
         values[ATTRIBUTES_AT..].copy_from_slice(&attribute_values(None));
-        let Some(distribution) = group_distribution(events, groups) else {
-            return WindowFeatures::from_values(values);
+        let Some(distribution) = &distribution.shares else {
+            return WindowFeatures::from_array(values);
         };
 
         let count = weighted_events.len() as f64;
@@ -452,12 +513,10 @@ impl ReferenceProfile {
         } else {
             let novel = distribution
                 .iter()
-                .filter(|(group, _)| {
-                    self.shares.get(*group).copied().unwrap_or(0.0) < config.novel_share
-                })
+                .filter(|(group, _)| self.share_of(group) < config.novel_share)
                 .map(|(_, share)| share)
                 .sum();
-            (novel, jensen_shannon(&self.shares, &distribution))
+            (novel, jensen_shannon_sorted(&self.shares, distribution))
         };
 
         values[0] = count.ln_1p();
@@ -473,8 +532,63 @@ impl ReferenceProfile {
         values[11] = divergence;
         values[12] = peak_events_per_minute(&weighted_events) as f64;
         values[WINDOW_SHARES_AT..WINDOW_SHARES_AT + SHARE_SLOTS]
-            .copy_from_slice(&self.slots_of(&distribution));
-        WindowFeatures::from_values(values)
+            .copy_from_slice(&self.slots_of(distribution));
+        WindowFeatures::from_array(values)
+    }
+}
+
+/// Returns the Jensen-Shannon divergence of [`crate::detector::jensen_shannon`] for a
+/// distribution given as entries sorted by group.
+///
+/// Both sides are walked in group order, the order in which `jensen_shannon` visits the
+/// groups, so the terms and their sum are the same.
+fn jensen_shannon_sorted(left: &[(GroupKey, f64)], right: &BTreeMap<GroupKey, f64>) -> f64 {
+    let term = |p: f64, m: f64| if p > 0.0 { p * (p / m).ln() } else { 0.0 };
+    let mut divergence = 0.0;
+    let mut left = left.iter().map(|(group, share)| (group, *share)).peekable();
+    let mut right = right
+        .iter()
+        .map(|(group, share)| (group, *share))
+        .peekable();
+    loop {
+        // Which side has the next group in order: Less for the left, Greater for the right,
+        // Equal for both.
+        let order = match (left.peek(), right.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((group, _)), Some((other, _))) => group.cmp(other),
+        };
+        let p = if order.is_le() {
+            left.next().map_or(0.0, |(_, share)| share)
+        } else {
+            0.0
+        };
+        let q = if order.is_ge() {
+            right.next().map_or(0.0, |(_, share)| share)
+        } else {
+            0.0
+        };
+        let m = (p + q) / 2.0;
+        divergence += 0.5 * term(p, m) + 0.5 * term(q, m);
+    }
+    divergence
+}
+
+/// The interest-weighted group shares of one window's events, computed once for its
+/// features and for its shares of each reference's top groups.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupDistribution {
+    /// Shares by group, summing to 1, or `None` when no event carries interest weight.
+    shares: Option<BTreeMap<GroupKey, f64>>,
+}
+
+impl GroupDistribution {
+    /// Computes the distribution of `events` over the groups of `groups`.
+    pub fn of(events: &[Event], groups: &GroupMap) -> GroupDistribution {
+        GroupDistribution {
+            shares: group_distribution(events, groups),
+        }
     }
 }
 
@@ -523,6 +637,57 @@ fn peak_events_per_minute(events: &[&Event]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detector::jensen_shannon;
+    use crate::event::Id;
+
+    /// Reference weights over `groups` groups, from a scrambled sequence, with ties and zeros.
+    fn weights(groups: u64, step: u64) -> BTreeMap<GroupKey, f64> {
+        (0..groups)
+            .map(|group| {
+                let weight = ((group * step + 3) % 7) as f64 * 0.5;
+                (GroupKey::Learned(Id::from(group * 13 % 29)), weight)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sorted_divergence_matches_detector() {
+        for (left_groups, right_groups) in [(0, 3), (3, 0), (1, 1), (5, 9), (12, 4), (20, 20)] {
+            let left = ReferenceProfile::new(&weights(left_groups, 3)).unwrap();
+            let right_profile = ReferenceProfile::new(&weights(right_groups, 5)).unwrap();
+            let right: BTreeMap<GroupKey, f64> = right_profile.shares.iter().cloned().collect();
+            let left_map: BTreeMap<GroupKey, f64> = left.shares.iter().cloned().collect();
+            assert_eq!(
+                jensen_shannon_sorted(&left.shares, &right).to_bits(),
+                jensen_shannon(&left_map, &right).to_bits(),
+                "{left_groups} and {right_groups} groups"
+            );
+        }
+    }
+
+    #[test]
+    fn top_groups_follow_full_sort() {
+        for (groups, step) in [(0, 1), (1, 2), (2, 3), (3, 3), (4, 5), (9, 2), (25, 4)] {
+            let reference = weights(groups, step);
+            let profile = ReferenceProfile::new(&reference).unwrap();
+            let total: f64 = reference.values().sum();
+            let mut ranked: Vec<(&GroupKey, f64)> = reference
+                .iter()
+                .filter(|(_, weight)| **weight > 0.0)
+                .map(|(group, weight)| (group, weight / total))
+                .collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+            let expected: Vec<GroupKey> = ranked
+                .iter()
+                .take(TOP_GROUPS)
+                .map(|(group, _)| (*group).clone())
+                .collect();
+            assert_eq!(profile.top_groups(), expected.as_slice(), "{groups} groups");
+            for (slot, (_, share)) in ranked.iter().take(TOP_GROUPS).enumerate() {
+                assert_eq!(profile.reference_shares()[slot], *share, "{groups} groups");
+            }
+        }
+    }
 
     #[test]
     fn peak_counts_events_inside_a_minute() {

@@ -48,8 +48,8 @@ use serde::{Deserialize, Serialize};
 pub use anomaly::{IsolationForest, IsolationParams, OneClassParams, OneClassSvm};
 pub use error::{FitWarning, MlError};
 pub use features::{
-    attribute_values, FeatureSpec, ReferenceProfile, Shares, WindowConfig, WindowFeatures,
-    ATTRIBUTE_FEATURE_COUNT, FEATURE_COUNT, FEATURE_NAMES, SHARE_SLOTS, TOP_GROUPS,
+    attribute_values, FeatureSpec, GroupDistribution, ReferenceProfile, Shares, WindowConfig,
+    WindowFeatures, ATTRIBUTE_FEATURE_COUNT, FEATURE_COUNT, FEATURE_NAMES, SHARE_SLOTS, TOP_GROUPS,
 };
 pub use forest::{ForestParams, LeafValue, RegressionForest};
 pub use interest::{
@@ -64,8 +64,8 @@ pub use schedule::{
 pub use segments::{SegmentParams, Segmenter, AUTO_K_MAX, AUTO_K_MIN};
 pub use tuning::{split_users, tune_interest, InterestGrid, InterestTuning, TunedCandidate};
 pub use windows::{
-    score_window, score_window_batch, training_rows, verdict, ClosedWindow, UserHistory,
-    WindowSettings,
+    score_window, score_window_batch, screen_window_batch, training_rows, verdict, ClosedWindow,
+    Screened, UserHistory, WindowSettings,
 };
 
 use error::check_matrix;
@@ -361,6 +361,22 @@ impl ModelSet {
                     one_class_svm: self.one_class_svm.score(input)?,
                 })
             })
+            .collect()
+    }
+
+    /// Returns for each model input whether its anomaly score, the smaller of the two scores
+    /// of [`ModelSet::anomaly_scores_of_inputs`], is at least `threshold`. The one-class SVM
+    /// only scores the inputs whose isolation forest score reaches `threshold`.
+    pub fn anomalous_inputs(
+        &self,
+        inputs: &[&[f64]],
+        threshold: f64,
+    ) -> Result<Vec<bool>, MlError> {
+        let isolation = self.isolation_forest.reaches_score(inputs, threshold)?;
+        inputs
+            .iter()
+            .zip(isolation)
+            .map(|(input, reached)| Ok(reached && self.one_class_svm.score(input)? >= threshold))
             .collect()
     }
 

@@ -17,8 +17,8 @@ use crate::fusion::{ModelSignals, WindowVerdict};
 use crate::groups::{GroupKey, GroupMap};
 
 use super::{
-    surprise, InterestPredictor, MlError, ModelSet, ReferenceProfile, Shares, TrainingRow,
-    UpdatedShares, WindowConfig, WindowFeatures, SHARE_SLOTS,
+    surprise, GroupDistribution, InterestPredictor, MlError, ModelSet, ReferenceProfile, Shares,
+    TrainingRow, UpdatedShares, WindowConfig, WindowFeatures, SHARE_SLOTS,
 };
 
 /// One closed window of one user, as the models see it.
@@ -91,12 +91,13 @@ impl UserHistory {
                 &built
             }
         };
+        let distribution = GroupDistribution::of(events, groups);
         let features = profile
-            .window_features(events, groups, &settings.features)?
+            .window_features_of(events, &distribution, &settings.features)?
             .with_attributes(attributes);
         let (shares_vs_previous, previous) = match &self.previous {
             Some((reference, previous_start, previous_features, previous_shares)) => (
-                reference.slot_shares(events, groups),
+                reference.slot_shares_of(&distribution),
                 Some((*previous_start, previous_features.clone(), *previous_shares)),
             ),
             None => (None, None),
@@ -114,7 +115,7 @@ impl UserHistory {
         let updated = ReferenceProfile::new(&self.reference)?;
         let updated_shares = UpdatedShares {
             window: updated
-                .slot_shares(events, groups)
+                .slot_shares_of(&distribution)
                 .unwrap_or([0.0; SHARE_SLOTS]),
             reference: updated.reference_shares(),
         };
@@ -191,42 +192,105 @@ pub fn score_window_batch(
     model_set: &ModelSet,
     windows: &[&ClosedWindow],
 ) -> Vec<Result<ModelSignals, MlError>> {
-    let mut prepared: Vec<Result<(Vec<f64>, ModelSignals), MlError>> = windows
+    let prepared: Vec<Result<(Vec<f64>, ModelSignals), MlError>> = windows
         .iter()
         .map(|window| prepare_signals(model_set, window))
         .collect();
+    batch_over_inputs(prepared, |inputs| {
+        model_set.anomaly_scores_of_inputs(inputs)
+    })
+    .into_iter()
+    .map(|result| {
+        let (mut signals, scores) = result?;
+        signals.isolation_forest = scores.isolation_forest;
+        signals.one_class_svm = scores.one_class_svm;
+        Ok(signals)
+    })
+    .collect()
+}
+
+/// Runs `batch` once over the model inputs of the prepared windows without an error, and
+/// returns each window's value with its batch result, in order.
+///
+/// An invalid input fails the whole batch, so on failure each input goes through `batch`
+/// alone, to keep the error with its window.
+fn batch_over_inputs<T, R>(
+    prepared: Vec<Result<(Vec<f64>, T), MlError>>,
+    batch: impl Fn(&[&[f64]]) -> Result<Vec<R>, MlError>,
+) -> Vec<Result<(T, R), MlError>> {
     let inputs: Vec<&[f64]> = prepared
         .iter()
         .filter_map(|result| result.as_ref().ok())
         .map(|(input, _)| input.as_slice())
         .collect();
-    // An invalid input fails the whole batch, so on failure each window is scored alone to
-    // keep the error with its window.
-    let mut scores = model_set
-        .anomaly_scores_of_inputs(&inputs)
-        .ok()
-        .map(Vec::into_iter);
-    for result in &mut prepared {
-        let Ok((input, signals)) = result else {
-            continue;
-        };
-        let window_scores = match scores.as_mut() {
-            Some(batch) => batch.next().expect("one score per valid input"),
-            None => match model_set.anomaly_scores_of_inputs(&[input.as_slice()]) {
-                Ok(alone) => alone[0],
-                Err(error) => {
-                    *result = Err(error);
-                    continue;
-                }
-            },
-        };
-        signals.isolation_forest = window_scores.isolation_forest;
-        signals.one_class_svm = window_scores.one_class_svm;
-    }
+    let mut results = batch(&inputs).ok().map(Vec::into_iter);
     prepared
         .into_iter()
-        .map(|result| result.map(|(_, signals)| signals))
+        .map(|result| {
+            let (input, value) = result?;
+            let output = match results.as_mut() {
+                Some(results) => results.next().expect("one batch result per valid input"),
+                None => batch(&[input.as_slice()])?
+                    .pop()
+                    .expect("one batch result per input"),
+            };
+            Ok((value, output))
+        })
         .collect()
+}
+
+/// The outcome of screening one window with [`screen_window_batch`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Screened {
+    /// The window is not anomalous: its anomaly score is below the threshold, or no threshold
+    /// applies. Only its segment was computed.
+    Quiet { segment: usize },
+    /// The window's anomaly score reaches the threshold, so the fusion rule needs all its
+    /// signals from [`score_window_batch`].
+    Anomalous,
+}
+
+/// Screens windows that raised no alert: computes each one's segment and whether its anomaly
+/// score reaches `anomaly_threshold` (`None` when anomalies are not used), and returns one
+/// result per window, in order.
+///
+/// For such a window the fusion rule only reads the segment and whether the window is
+/// anomalous. So the interest prediction and surprise are left out, and the one-class SVM
+/// only scores the windows whose isolation forest score reaches the threshold. Both outcomes
+/// are the same as from [`score_window_batch`]. Unlike it, screening does not report errors of the
+/// steps it leaves out.
+pub fn screen_window_batch(
+    model_set: &ModelSet,
+    windows: &[&ClosedWindow],
+    anomaly_threshold: Option<f64>,
+) -> Vec<Result<Screened, MlError>> {
+    let prepared: Vec<Result<(Vec<f64>, usize), MlError>> = windows
+        .iter()
+        .map(|window| {
+            let input = model_set.model_input(&window.features)?;
+            let segment = model_set.segment_of_input(&input)?;
+            Ok((input, segment))
+        })
+        .collect();
+    let Some(threshold) = anomaly_threshold else {
+        return prepared
+            .into_iter()
+            .map(|result| result.map(|(_, segment)| Screened::Quiet { segment }))
+            .collect();
+    };
+    batch_over_inputs(prepared, |inputs| {
+        model_set.anomalous_inputs(inputs, threshold)
+    })
+    .into_iter()
+    .map(|result| {
+        let (segment, anomalous) = result?;
+        Ok(if anomalous {
+            Screened::Anomalous
+        } else {
+            Screened::Quiet { segment }
+        })
+    })
+    .collect()
 }
 
 /// Returns a window's model input and its signals other than the anomaly scores, which are
