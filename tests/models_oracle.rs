@@ -117,7 +117,8 @@ fn short_stream_alerts_unscored_candidates() {
 }
 
 /// Candidates leave the detector's state unchanged, so its alarms are those of the same
-/// detector without candidates.
+/// detector without candidates. Candidates come either with fewer sessions or with fewer
+/// recurring events than an alarm needs.
 #[test]
 fn candidates_leave_alarms_unchanged() {
     let stream = generate(&GenerateConfig {
@@ -130,19 +131,29 @@ fn candidates_leave_alarms_unchanged() {
         min_sessions: 3,
         ..DetectorConfig::default()
     };
-    let with_candidates = DetectorConfig {
-        candidate_sessions: 2,
-        ..strict.clone()
-    };
-    let settings = |detector| ReplaySettings {
-        detector,
-        ..replay_settings()
-    };
-    let alarms = replay(&stream.events, &settings(strict), |_, _, _| {}).unwrap();
-    let all = replay(&stream.events, &settings(with_candidates), |_, _, _| {}).unwrap();
-    let (candidates, rest): (Vec<Alert>, Vec<Alert>) = all
-        .into_iter()
-        .partition(|alert| alert.signals.iter().any(|(name, _)| name == CANDIDATE_SIGNAL));
-    assert_eq!(rest, alarms);
-    assert!(candidates.len() > 10, "{} candidates", candidates.len());
+    let cases = [
+        (strict.clone(), 2, strict.min_recurring_events),
+        (DetectorConfig::default(), 2, 1),
+    ];
+    for (alarm_config, candidate_sessions, candidate_recurring_events) in cases {
+        let with_candidates = DetectorConfig {
+            candidate_sessions,
+            candidate_recurring_events,
+            ..alarm_config.clone()
+        };
+        let settings = |detector| ReplaySettings {
+            detector,
+            ..replay_settings()
+        };
+        let alarms = replay(&stream.events, &settings(alarm_config), |_, _, _| {}).unwrap();
+        let all = replay(&stream.events, &settings(with_candidates), |_, _, _| {}).unwrap();
+        let (candidates, rest): (Vec<Alert>, Vec<Alert>) = all.into_iter().partition(|alert| {
+            alert
+                .signals
+                .iter()
+                .any(|(name, _)| name == CANDIDATE_SIGNAL)
+        });
+        assert_eq!(rest, alarms, "candidates at {candidate_sessions} sessions");
+        assert!(candidates.len() > 10, "{} candidates", candidates.len());
+    }
 }

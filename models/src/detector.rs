@@ -90,14 +90,20 @@ pub struct DetectorConfig {
     /// Both this and `refractory_events` must pass before the user is judged again.
     pub refractory_secs: i64,
     /// Mostly-novel sessions in a row at which the detector also raises a *candidate* alert
-    /// (see [`CANDIDATE_SIGNAL`]), 0 for none. Only the fusion rule of `--models` sets it,
-    /// below `min_sessions`, and consumes the candidates, so it is not read from a file.
+    /// (see [`CANDIDATE_SIGNAL`]), 0 for none. Only the fusion rule of `--models` sets it and
+    /// consumes the candidates, so it is not read from a file.
     #[serde(skip)]
     pub candidate_sessions: u32,
+    /// Recurring novel events (see `min_recurring_events`) that a candidate needs. A candidate
+    /// condition must be looser than the alarm's: at most `min_sessions` sessions and at most
+    /// `min_recurring_events` events, with at least one of the two lower.
+    #[serde(skip)]
+    pub candidate_recurring_events: u32,
 }
 
 /// Signal that marks a candidate alert: a run that meets every alarm condition, with
-/// `candidate_sessions` supporting sessions in place of `min_sessions`. A candidate leaves the
+/// `candidate_sessions` supporting sessions in place of `min_sessions` and
+/// `candidate_recurring_events` in place of `min_recurring_events`. A candidate leaves the
 /// detector's state as it was, so the run goes on towards a full alarm. Candidates are input
 /// to [`crate::fusion::FusionRule`] and never written as alerts.
 pub const CANDIDATE_SIGNAL: &str = "candidate";
@@ -126,6 +132,7 @@ impl Default for DetectorConfig {
             refractory_events: 20,
             refractory_secs: 3 * 24 * 3600,
             candidate_sessions: 0,
+            candidate_recurring_events: 0,
         }
     }
 }
@@ -195,12 +202,26 @@ impl DetectorConfig {
         positive("session_gap_secs", self.session_gap_secs as f64)?;
         positive("session_max_span_secs", self.session_max_span_secs as f64)?;
         positive("burst_span_secs", self.burst_span_secs as f64)?;
-        if self.candidate_sessions >= self.min_sessions && self.candidate_sessions > 0 {
-            return Err(ConfigError {
-                name: "candidate_sessions",
-                value: self.candidate_sessions.to_string(),
-                expected: "0 or a number below min_sessions",
-            });
+        if self.candidate_sessions > 0 {
+            if self.candidate_sessions > self.min_sessions {
+                return Err(ConfigError {
+                    name: "candidate_sessions",
+                    value: self.candidate_sessions.to_string(),
+                    expected: "0 or a number up to min_sessions",
+                });
+            }
+            let looser_sessions = self.candidate_sessions < self.min_sessions;
+            if self.candidate_recurring_events > self.min_recurring_events
+                || (!looser_sessions
+                    && self.candidate_recurring_events == self.min_recurring_events)
+            {
+                return Err(ConfigError {
+                    name: "candidate_recurring_events",
+                    value: self.candidate_recurring_events.to_string(),
+                    expected: "a number up to min_recurring_events, and below it when \
+                               candidate_sessions equals min_sessions",
+                });
+            }
         }
         if self.burst_events < 3 {
             return Err(ConfigError {
@@ -685,7 +706,13 @@ impl ShiftDetector {
     /// a row: a user who explores now and then returns to their usual groups in between, while
     /// a user whose interests moved does not. Among those sessions, novel events after the
     /// first must return to groups that earlier ones visited.
-    fn run_confirms(&self, state: &UserState, now_secs: i64, min_sessions: u32) -> bool {
+    fn run_confirms(
+        &self,
+        state: &UserState,
+        now_secs: i64,
+        min_sessions: u32,
+        min_recurring_events: u32,
+    ) -> bool {
         if now_secs - state.run_start_ts < self.config.min_run_span_secs {
             return false;
         }
@@ -733,7 +760,7 @@ impl ShiftDetector {
             }
             session_groups.push(&entry.group);
         }
-        recurring >= self.config.min_recurring_events
+        recurring >= min_recurring_events
     }
 
     fn raise_shift(&self, state: &mut UserState, event: &Event, explore: f64) -> Alert {
@@ -913,11 +940,23 @@ impl Detector for ShiftDetector {
         if state.cusum < self.config.threshold {
             return;
         }
-        if self.run_confirms(state, event.ts_secs(), self.config.min_sessions) {
+        let now_secs = event.ts_secs();
+        let config = &self.config;
+        if self.run_confirms(
+            state,
+            now_secs,
+            config.min_sessions,
+            config.min_recurring_events,
+        ) {
             let alert = self.raise_shift(state, event, explore);
             alerts.push(alert);
-        } else if self.config.candidate_sessions > 0
-            && self.run_confirms(state, event.ts_secs(), self.config.candidate_sessions)
+        } else if config.candidate_sessions > 0
+            && self.run_confirms(
+                state,
+                now_secs,
+                config.candidate_sessions,
+                config.candidate_recurring_events,
+            )
         {
             let mut candidate = self.shift_alert(state, event, explore);
             candidate.signals.push((CANDIDATE_SIGNAL.into(), 1.0));
@@ -963,4 +1002,33 @@ pub fn jensen_shannon(left: &BTreeMap<GroupKey, f64>, right: &BTreeMap<GroupKey,
         divergence += 0.5 * term(p, m) + 0.5 * term(q, m);
     }
     divergence
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_candidates(candidate_sessions: u32, candidate_recurring_events: u32) -> DetectorConfig {
+        DetectorConfig {
+            candidate_sessions,
+            candidate_recurring_events,
+            ..DetectorConfig::default()
+        }
+    }
+
+    #[test]
+    fn candidate_settings_must_be_looser() {
+        // The defaults alarm at 2 sessions with 2 recurring events.
+        assert!(with_candidates(0, 0).validate().is_ok());
+        assert!(with_candidates(2, 1).validate().is_ok());
+        assert!(with_candidates(1, 2).validate().is_ok());
+        assert!(with_candidates(1, 0).validate().is_ok());
+
+        let same = with_candidates(2, 2).validate().unwrap_err();
+        assert_eq!(same.name, "candidate_recurring_events");
+        let more_events = with_candidates(1, 3).validate().unwrap_err();
+        assert_eq!(more_events.name, "candidate_recurring_events");
+        let more_sessions = with_candidates(3, 1).validate().unwrap_err();
+        assert_eq!(more_sessions.name, "candidate_sessions");
+    }
 }
