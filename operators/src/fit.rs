@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,10 @@ pub enum ModelUpdate {
     Unscored { before_ms: u64 },
     /// One fitted model version, sent in version order.
     Fitted(Box<FittedVersion>),
+    /// The latest version scores at least the windows that start before `until_ms` (Unix
+    /// milliseconds). Sent for loaded models while the start of the retraining schedule is
+    /// not decided yet. Later messages raise the bound.
+    ScoresUntil { until_ms: u64 },
 }
 
 /// A model version and the windows it scores.
@@ -38,6 +43,10 @@ pub struct FittedVersion {
     /// `applies_until_ms` (no end without retraining), in Unix milliseconds.
     pub applies_from_ms: u64,
     pub applies_until_ms: Option<u64>,
+    /// Start and end (exclusive) of the window starts whose windows trained the version, in
+    /// Unix milliseconds.
+    pub trained_from_ms: u64,
+    pub trained_until_ms: u64,
     /// The models, or the reason none were fitted. A refit that fails leaves the previous
     /// version's models in force.
     pub models: Result<ModelSet, String>,
@@ -50,6 +59,20 @@ pub struct FitSettings {
     pub params: ModelParams,
     /// Seed of every model fit.
     pub seed: u64,
+    /// Models that score every window from the first one on, in place of the fit on the
+    /// bootstrap period, as version 0. With retraining, they score until version 1 applies.
+    /// [`fit_models`] sets their `applies_from_ms` and `applies_until_ms`.
+    pub loaded: Option<Box<FittedVersion>>,
+    /// Receives each fitted version before the workers do.
+    pub sink: Option<Arc<dyn VersionSink>>,
+}
+
+/// Receives each model version that [`fit_models`] fits, on the fit thread, before the version
+/// is sent to the workers. A failed fit is not passed on.
+pub trait VersionSink: Send + Sync + std::fmt::Debug {
+    /// Handles one fitted version, such as by saving its models. The sink logs its own errors,
+    /// because a failure does not stop the run.
+    fn fitted(&self, fitted: &FittedVersion, models: &ModelSet);
 }
 
 /// A fit to run: the version and its training windows, sorted by user and start.
@@ -72,6 +95,10 @@ struct FitJob {
 /// of workers. At the end of the stream, every version that some window needs is fitted on
 /// the windows there are.
 ///
+/// With [`FitSettings::loaded`], the loaded models are sent first as version 0, applying from
+/// the first window on, and no bootstrap fit runs. With retraining, [`ModelUpdate::ScoresUntil`]
+/// bounds them until the schedule is decided, and versions from 1 on are fitted as above.
+///
 /// `windows` must be the output of [`crate::build_user_windows`], which emits each window at or
 /// before its first event time.
 pub fn fit_models<'scope>(
@@ -88,12 +115,16 @@ pub fn fit_models<'scope>(
         let mut start = BootstrapStart::new(settings.schedule.clone());
         let mut unscored_before: Option<u64> = None;
         let mut schedule: Option<Schedule> = None;
+        let retraining = settings.schedule.retrain_every_ms.is_some();
+        let retrain_every_ms = settings.schedule.retrain_every_ms.unwrap_or(0);
+        let loading = settings.loaded.is_some();
+        let mut loaded = settings.loaded.clone();
         // Windows kept for the versions not yet started: those that start at or after
         // `keep_from`, or none once every version has started. Also the latest start seen.
         let mut kept: Vec<ClosedWindow> = Vec::new();
-        let mut keep_from: Option<u64> = Some(0);
+        let mut keep_from: Option<u64> = (retraining || !loading).then_some(0);
         let mut latest_start: Option<u64> = None;
-        let mut next_version = 0u64;
+        let mut next_version = u64::from(loading);
         let mut jobs: Option<Sender<FitJob>> = None;
         let mut results: Option<Receiver<FittedVersion>> = None;
         let mut running = 0u64;
@@ -115,7 +146,14 @@ pub fn fit_models<'scope>(
             };
             let bound = frontier.frontier().first().copied();
 
-            if schedule.is_none() {
+            if let Some(mut version) = loaded.take() {
+                version.applies_from_ms = 0;
+                version.applies_until_ms = retraining.then_some(0);
+                output.session(held).give(ModelUpdate::Fitted(version));
+            }
+
+            // Loaded models without retraining need no schedule.
+            if schedule.is_none() && (retraining || !loading) {
                 // Windows go out at or before their first event, so every window whose first
                 // event is before the frontier has arrived.
                 schedule = start.decide(bound);
@@ -129,6 +167,18 @@ pub fn fit_models<'scope>(
                     );
                 }
                 match &schedule {
+                    Some(decided) if loading => {
+                        let until_ms = decided.applies_from(1);
+                        tracing::info!(
+                            first_event_ms = decided.start_ms,
+                            until_ms,
+                            "retraining schedule set; the loaded models score the windows that start before until_ms"
+                        );
+                        output.session(held).give(ModelUpdate::ScoresUntil { until_ms });
+                        let (next_from, _) = decided.training_span(1);
+                        keep_from = Some(next_from);
+                        kept.retain(|window| window.start_ms >= next_from);
+                    }
                     Some(decided) => {
                         let before_ms = decided.applies_from(0);
                         tracing::info!(
@@ -143,7 +193,16 @@ pub fn fit_models<'scope>(
                         if earliest > unscored_before {
                             unscored_before = earliest;
                             if let Some(before_ms) = earliest {
-                                output.session(held).give(ModelUpdate::Unscored { before_ms });
+                                // Version 1 applies at least one retraining interval after
+                                // the earliest end of the bootstrap period.
+                                let update = if loading {
+                                    ModelUpdate::ScoresUntil {
+                                        until_ms: before_ms.saturating_add(retrain_every_ms),
+                                    }
+                                } else {
+                                    ModelUpdate::Unscored { before_ms }
+                                };
+                                output.session(held).give(update);
                             }
                         }
                     }
@@ -153,7 +212,6 @@ pub fn fit_models<'scope>(
             if let Some(decided) = &schedule {
                 // Start every version whose training span has arrived, and at the end of the
                 // stream every version that a window needs.
-                let retraining = decided.settings.retrain_every_ms.is_some();
                 loop {
                     if !retraining && next_version > 0 {
                         break;
@@ -226,7 +284,7 @@ pub fn fit_models<'scope>(
 
             // The capability follows the frontier, so the score operators downstream are not
             // held back, and goes once no version can come.
-            let all_started = settings.schedule.retrain_every_ms.is_none() && next_version > 0;
+            let all_started = !retraining && next_version > 0;
             if let (Some(bound), Some(held)) = (bound, capability.as_mut()) {
                 if *held.time() < bound {
                     held.downgrade(&bound);
@@ -290,6 +348,7 @@ fn run_fit(job: FitJob, settings: &FitSettings) -> FittedVersion {
     tracing::info!(version, training_windows = rows.len(), "fitting models");
     let models = fit_version(&rows, &settings.params, settings.seed);
     let applies_from_ms = schedule.applies_from(version);
+    let (trained_from_ms, trained_until_ms) = schedule.training_span(version);
     match &models {
         Ok(models) => {
             for warning in models.warnings() {
@@ -317,10 +376,16 @@ fn run_fit(job: FitJob, settings: &FitSettings) -> FittedVersion {
             "no models fitted; the previous version stays in force"
         ),
     }
-    FittedVersion {
+    let fitted = FittedVersion {
         version,
         applies_from_ms,
         applies_until_ms: schedule.applies_until(version),
+        trained_from_ms,
+        trained_until_ms,
         models,
+    };
+    if let (Some(sink), Ok(models)) = (&settings.sink, &fitted.models) {
+        sink.fitted(&fitted, models);
     }
+    fitted
 }

@@ -47,12 +47,19 @@ impl ModelVersions {
                 self.unscored_before = self.unscored_before.max(before_ms);
                 None
             }
+            ModelUpdate::ScoresUntil { until_ms } => {
+                if let Some(latest) = self.versions.last_mut() {
+                    latest.until_ms = latest.until_ms.map(|until| until.max(until_ms));
+                }
+                None
+            }
             ModelUpdate::Fitted(fitted) => {
                 let FittedVersion {
                     version,
                     applies_from_ms,
                     applies_until_ms,
                     models,
+                    ..
                 } = *fitted;
                 let models = match models {
                     Ok(models) => Some(Arc::new(models)),

@@ -282,6 +282,11 @@ impl ModelSet {
         &self.warnings
     }
 
+    /// Returns the definition of the feature vector the models were fitted on.
+    pub fn spec(&self) -> &FeatureSpec {
+        &self.spec
+    }
+
     /// Returns the names of the features the models use, in input order.
     pub fn selected_features(&self) -> &[String] {
         self.selector.selected_names()
@@ -412,7 +417,12 @@ impl ModelSet {
     /// NOTE: beyond the version and the JSON structure, the file is trusted. A hand-edited file
     /// whose widths or node indices disagree can load and then panic on prediction.
     pub fn load(reader: impl Read) -> Result<ModelSet, MlError> {
-        let document: serde_json::Value = serde_json::from_reader(reader)?;
+        ModelSet::from_document(serde_json::from_reader(reader)?)
+    }
+
+    /// Reads models from a JSON document already parsed, as [`ModelSet::load`] does, for a
+    /// caller that stores the models inside a larger document.
+    pub fn from_document(document: serde_json::Value) -> Result<ModelSet, MlError> {
         let version = document.get("version");
         if version.and_then(serde_json::Value::as_u64) != Some(u64::from(MODEL_VERSION)) {
             return Err(MlError::VersionMismatch {
