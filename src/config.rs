@@ -175,6 +175,11 @@ pub struct ModelsConfig {
     pub retrain_every: Option<Duration>,
     /// Seed of every model fit.
     pub seed: u64,
+    /// File that each fitted model version replaces (`--models-save`); none when absent.
+    pub save: Option<PathBuf>,
+    /// Model file whose models score every window instead of a bootstrap fit
+    /// (`--models-load`); none when absent.
+    pub load: Option<PathBuf>,
     /// Fusion of the detector's alerts with the model signals.
     pub fusion: veer_models::fusion::FusionConfig,
 }
@@ -187,6 +192,8 @@ impl Default for ModelsConfig {
             bootstrap_start_density: 0.25,
             retrain_every: None,
             seed: 7,
+            save: None,
+            load: None,
             fusion: veer_models::fusion::FusionConfig::default(),
         }
     }

@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod listen;
 pub mod live;
 pub mod metrics;
+pub mod model_file;
 mod model_path;
 pub mod pipeline;
 pub mod plot;

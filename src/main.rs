@@ -249,6 +249,15 @@ struct RunArgs {
     /// (`[models]` in the config file); the fit runs once, on a background thread.
     #[arg(long)]
     models: bool,
+    /// With --models: write each fitted model version to this file, replacing the previous
+    /// version, so the file contains the latest one.
+    #[arg(long, value_name = "PATH")]
+    models_save: Option<PathBuf>,
+    /// With --models: score every window with the models of this file (from --models-save)
+    /// instead of fitting them on a bootstrap period. The run's [models] settings and
+    /// --window must match those the models were fitted with.
+    #[arg(long, value_name = "PATH")]
+    models_load: Option<PathBuf>,
     #[command(flatten)]
     listen: veer::listen::ListenArgs,
     #[command(flatten)]
@@ -319,6 +328,8 @@ impl ServeArgs {
             generate_users: 0,
             no_progress: true,
             models: false,
+            models_save: None,
+            models_load: None,
             listen: self.listen,
             sinks: self.sinks,
             cluster: ClusterArgs::default(),
@@ -539,6 +550,9 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
     if let Some(path) = &args.profiles {
         outputs.push(("profiles", path.as_path()));
     }
+    if let Some(path) = &args.models_save {
+        outputs.push(("models-save", path.as_path()));
+    }
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -669,8 +683,27 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
             "--models works with the shift detector only; drop --detector baseline or --models"
         );
     }
+    if !models {
+        if let Some(flag) = [
+            ("--models-save", args.models_save.is_some()),
+            ("--models-load", args.models_load.is_some()),
+        ]
+        .iter()
+        .find_map(|(flag, given)| given.then_some(flag))
+        {
+            anyhow::bail!("{flag} works with the model path only; add --models");
+        }
+    }
+    let mut model_saver = None;
     let summary = if models && reads_input {
-        pipeline::run_with_models(settings, file.models.run_settings())?
+        let mut model_settings = file.models.run_settings();
+        model_saver = veer::model_file::prepare_run(
+            &mut model_settings,
+            settings.window.as_millis() as u64,
+            args.models_load.as_deref().or(file.models.load.as_deref()),
+            args.models_save.as_deref().or(file.models.save.as_deref()),
+        )?;
+        pipeline::run_with_models(settings, model_settings)?
     } else {
         pipeline::run(settings)?
     };
@@ -685,6 +718,9 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
             None => Some(summary.timeline.iter().cloned().collect::<UserTimeline>()),
         };
         print_score(&summary, &truth, timeline.as_ref(), horizon_secs);
+    }
+    if let Some(saver) = &model_saver {
+        saver.finish()?;
     }
     if summary.sinks.failed() {
         anyhow::bail!(

@@ -64,6 +64,11 @@ pub(crate) fn fused_alerts<'scope, D: Detector>(
             schedule: models.schedule_settings(detect_settings.window_ms),
             params: models.params.clone(),
             seed: models.seed,
+            loaded: models
+                .loaded
+                .as_ref()
+                .map(|file| Box::new(file.loaded_version())),
+            sink: models.sink.clone(),
         },
     );
     let rule =

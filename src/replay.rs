@@ -146,6 +146,13 @@ pub struct ModelRunSettings {
     /// Versions of the user attribute table; each window's attribute features come from the
     /// version in force at the window's last event. Empty: every user has unknown attributes.
     pub attributes: AttributeHistory,
+    /// Models loaded from a file (`--models-load`). They replace the fit on the bootstrap
+    /// period as version 0 and score every window from the first one on (with retraining,
+    /// until version 1 applies). `None` fits version 0.
+    pub loaded: Option<Arc<crate::model_file::ModelFile>>,
+    /// Receives each fitted version in the dataflow (`--models-save`). The replay does not
+    /// call it.
+    pub sink: Option<Arc<dyn veer_operators::fit::VersionSink>>,
 }
 
 impl Default for ModelRunSettings {
@@ -160,6 +167,8 @@ impl Default for ModelRunSettings {
             fusion: FusionConfig::default(),
             reference_decay: 0.9,
             attributes: AttributeHistory::default(),
+            loaded: None,
+            sink: None,
         }
     }
 }
@@ -264,9 +273,11 @@ pub fn replay_with_models(
         let raised = by_window
             .remove(&(window.user.clone(), window.start_ms))
             .unwrap_or_default();
+        // Loaded models score the windows before the end of the bootstrap period as well.
         let version = schedule
             .as_ref()
-            .and_then(|schedule| schedule.version_for(window.start_ms));
+            .and_then(|schedule| schedule.version_for(window.start_ms))
+            .or(models.loaded.as_ref().map(|_| 0));
         let model_set = version.and_then(|version| versions.get(version as usize)?.as_ref());
         let user = users.entry(window.user.clone()).or_default();
         match model_set {
@@ -414,7 +425,10 @@ fn fit_versions(
     let latest = closed.iter().map(|window| window.start_ms).max().unwrap_or(0);
     let last_version = schedule.version_for(latest).unwrap_or(0);
     let mut versions: Vec<Option<Arc<ModelSet>>> = Vec::new();
-    for version in 0..=last_version {
+    if let Some(loaded) = &models.loaded {
+        versions.push(Some(Arc::new(loaded.models.clone())));
+    }
+    for version in versions.len() as u64..=last_version {
         let rows = version_rows(closed, schedule, version);
         let fitted = fit_version(&rows, &models.params, models.seed);
         if version == 0 {
