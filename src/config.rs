@@ -175,10 +175,10 @@ pub struct ModelsConfig {
     pub retrain_every: Option<Duration>,
     /// Seed of every model fit.
     pub seed: u64,
-    /// File that each fitted model version replaces (`--models-save`); none when absent.
+    /// File that each fitted model version replaces (`--models-save`). `None` saves nothing.
     pub save: Option<PathBuf>,
     /// Model file whose models score every window instead of a bootstrap fit
-    /// (`--models-load`); none when absent.
+    /// (`--models-load`). `None` fits the models.
     pub load: Option<PathBuf>,
     /// Fusion of the detector's alerts with the model signals.
     pub fusion: veer_models::fusion::FusionConfig,

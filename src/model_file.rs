@@ -218,19 +218,16 @@ impl ModelFile {
                 .zip(expected.names())
                 .position(|(saved, expected)| saved != expected)
                 .unwrap_or(saved.len().min(expected.len()));
-            let name_at = |names: &[String]| {
-                names
+            let describe = |names: &[String]| {
+                let name = names
                     .get(position)
-                    .map_or_else(|| "no feature".to_string(), |name| format!("`{name}`"))
+                    .map_or_else(|| "no feature".to_string(), |name| format!("`{name}`"));
+                format!("{name} (of {} features)", names.len())
             };
             return mismatch(
-                format!("{} features, feature {position}", saved.len()),
-                name_at(saved),
-                format!(
-                    "{} features, feature {position} {}",
-                    expected.len(),
-                    name_at(expected.names())
-                ),
+                format!("feature {position}"),
+                describe(saved),
+                describe(expected.names()),
             );
         }
         let saved = serde_json::to_value(&self.settings).expect("fit settings serialize");
