@@ -254,8 +254,8 @@ struct RunArgs {
     #[arg(long, value_name = "PATH")]
     models_save: Option<PathBuf>,
     /// With --models: score every window with the models of this file (from --models-save)
-    /// instead of fitting them on a bootstrap period. The run's [models] settings and
-    /// --window must match those the models were fitted with.
+    /// instead of fitting them on a bootstrap period. The run's [models] seed, --window and
+    /// model settings must match those of the run that saved the file.
     #[arg(long, value_name = "PATH")]
     models_load: Option<PathBuf>,
     #[command(flatten)]

@@ -100,8 +100,8 @@ pub enum ModelFileError {
         source: std::io::Error,
     },
     #[error(
-        "model file {path} is truncated ({detail}); it was cut short while copied or written, \
-         so save the models again"
+        "model file {path} is truncated ({detail}); save the models again, or copy the whole \
+         file"
     )]
     Truncated { path: PathBuf, detail: String },
     #[error("model file {path} is corrupt: {detail}")]

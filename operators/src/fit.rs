@@ -119,10 +119,12 @@ pub fn fit_models<'scope>(
         let retrain_every_ms = settings.schedule.retrain_every_ms.unwrap_or(0);
         let loading = settings.loaded.is_some();
         let mut loaded = settings.loaded.clone();
+        // Loaded models without retraining need no schedule.
+        let needs_schedule = retraining || !loading;
         // Windows kept for the versions not yet started: those that start at or after
         // `keep_from`, or none once every version has started. Also the latest start seen.
         let mut kept: Vec<ClosedWindow> = Vec::new();
-        let mut keep_from: Option<u64> = (retraining || !loading).then_some(0);
+        let mut keep_from: Option<u64> = needs_schedule.then_some(0);
         let mut latest_start: Option<u64> = None;
         let mut next_version = u64::from(loading);
         let mut jobs: Option<Sender<FitJob>> = None;
@@ -132,7 +134,7 @@ pub fn fit_models<'scope>(
             input.for_each(|_, data| {
                 for window in data.drain(..) {
                     latest_start = latest_start.max(Some(window.start_ms));
-                    if schedule.is_none() {
+                    if needs_schedule && schedule.is_none() {
                         start.add(&window);
                     }
                     if keep_from.is_some_and(|from| window.start_ms >= from) {
@@ -152,8 +154,7 @@ pub fn fit_models<'scope>(
                 output.session(held).give(ModelUpdate::Fitted(version));
             }
 
-            // Loaded models without retraining need no schedule.
-            if schedule.is_none() && (retraining || !loading) {
+            if needs_schedule && schedule.is_none() {
                 // Windows go out at or before their first event, so every window whose first
                 // event is before the frontier has arrived.
                 schedule = start.decide(bound);
