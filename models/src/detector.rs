@@ -28,11 +28,12 @@
 //! After an alarm the run becomes the user's new reference and the detector re-arms after a
 //! refractory period, so one shift gives one alert.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 // Fixed-seed hashing, so that sums over these maps run in the same order in every process
 // and on every worker, and float results are bit-identical.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,7 @@ use crate::alert::{Alert, AlertKind, CategoryShare};
 use crate::event::{Behavior, Event, Id};
 use crate::groups::{GroupKey, GroupMap};
 use crate::session::{SessionMark, SessionRule};
+use crate::sorted_map::SortedVecMap;
 
 /// Settings of the shift detector; see the module documentation for their roles.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -258,11 +260,14 @@ struct RunEvent {
 }
 
 /// Decayed category weights, with the decay applied lazily through a shared scale.
+///
+/// The weights are in sorted vectors, not hash maps, because a user has few categories. No
+/// float sum runs over them in map order, so the container does not change any result.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct DecayedWeights {
-    categories: HashMap<Id, f64>,
+    categories: SortedVecMap<Id, f64>,
     /// Weight per group under the group map version `groups_version`.
-    groups: HashMap<GroupKey, f64>,
+    groups: SortedVecMap<GroupKey, f64>,
     groups_version: u64,
     total: f64,
     scale: f64,
@@ -293,8 +298,8 @@ impl DecayedWeights {
             self.scale = 1.0;
         }
         let stored = weight / self.scale;
-        *self.categories.entry(category.clone()).or_default() += stored;
-        *self.groups.entry(group.clone()).or_default() += stored;
+        *self.categories.entry_or_default(category) += stored;
+        *self.groups.entry_or_default(group) += stored;
         self.total += stored;
         self.events += 1;
     }
@@ -308,18 +313,17 @@ impl DecayedWeights {
     }
 
     /// Rebuilds the per-group weights when the group map has changed since the last call.
-    fn sync_groups(&mut self, groups: &GroupMap, topics: &HashMap<Id, Id>) {
+    fn sync_groups(&mut self, groups: &GroupMap, topics: Option<&HashMap<Id, Id>>) {
         if self.groups_version == groups.version {
             return;
         }
         self.groups.clear();
-        // Sums in category order: a map's iteration order depends on its insertion history,
-        // which a checkpoint restore changes, and float sums depend on their order.
-        let mut categories: Vec<(&Id, &f64)> = self.categories.iter().collect();
-        categories.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (category, weight) in categories {
-            let group = groups.group_of(category, topics.get(category));
-            *self.groups.entry(group).or_default() += weight;
+        // Sums in category order (the map's order), so that float results do not depend on
+        // the order in which categories arrived.
+        for (category, weight) in self.categories.iter() {
+            let topic = topics.and_then(|topics| topics.get(category));
+            let group = groups.group_of(category, topic);
+            *self.groups.entry_or_default(&group) += weight;
         }
         self.groups_version = groups.version;
     }
@@ -342,7 +346,7 @@ impl DecayedWeights {
         // Profiles ask for the top few after every event, so keep only `count` entries
         // instead of sorting every category.
         let mut top: Vec<(&Id, f64)> = Vec::with_capacity(count + 1);
-        for (category, weight) in &self.categories {
+        for (category, weight) in self.categories.iter() {
             let entry = (category, *weight / self.total);
             let position = top.partition_point(|kept| ranks_before(kept, &entry));
             if position < count {
@@ -361,7 +365,7 @@ impl DecayedWeights {
     fn group_distribution(&self) -> BTreeMap<GroupKey, f64> {
         let mut distribution = BTreeMap::new();
         if self.total > 0.0 {
-            for (group, weight) in &self.groups {
+            for (group, weight) in self.groups.iter() {
                 distribution.insert(group.clone(), weight / self.total);
             }
         }
@@ -391,8 +395,9 @@ pub struct StepTrace {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct UserState {
     reference: DecayedWeights,
-    /// Topic of each category seen with one, so a group map change keeps topics.
-    topics: HashMap<Id, Id>,
+    /// Topic of each category seen with one, so a group map change keeps topics. Boxed and
+    /// absent until the first event with a topic, because most inputs have none.
+    topics: Option<Box<HashMap<Id, Id>>>,
     /// Decayed counts of novel and all judged events, for the exploring rate.
     explore_novel: f64,
     explore_total: f64,
@@ -408,9 +413,10 @@ pub struct UserState {
     /// and how many sessions in a row before it had none, for the trend rule.
     usual_in_session: bool,
     sessions_without_usual: u32,
-    sessions_in_reference: HashSet<u64>,
-    /// Recent event times and categories, for burst detection.
-    recent: VecDeque<(i64, Id)>,
+    reference_sessions: ReferenceSessions,
+    /// Times and categories of the latest events, for burst detection: at most
+    /// `burst_events`, and none older than `burst_span_secs` before the latest event.
+    recent: Vec<(i64, Id)>,
     in_burst: bool,
     refractory_events: u32,
     refractory_until_ts: i64,
@@ -423,6 +429,35 @@ pub struct UserState {
     /// Behaviour profile: decayed counts per behaviour, purchases and amounts, and the
     /// current window's counts.
     pub behavior: BehaviorProfile,
+}
+
+/// The distinct sessions that have taught the reference, counted up to the number the
+/// detector requires.
+///
+/// Only "at least `min_reference_sessions`" is ever asked, and once that many sessions have
+/// been seen the answer stays yes, so the session ids are dropped at that point.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct ReferenceSessions {
+    /// Distinct session ids seen so far, while fewer than the required number.
+    distinct: Vec<u64>,
+    /// Whether the required number of distinct sessions has been reached.
+    reached: bool,
+}
+
+impl ReferenceSessions {
+    /// Records `session`, where `required` is the number of distinct sessions asked for.
+    fn insert(&mut self, session: u64, required: u32) {
+        if self.reached {
+            return;
+        }
+        if !self.distinct.contains(&session) {
+            self.distinct.push(session);
+        }
+        if self.distinct.len() >= required as usize {
+            self.reached = true;
+            self.distinct = Vec::new();
+        }
+    }
 }
 
 /// A user's behaviour profile, kept beside the interest reference.
@@ -608,14 +643,25 @@ impl ShiftDetector {
         user_ref: &DecayedWeights,
     ) -> Option<Alert> {
         let ts = event.ts_secs();
-        state.recent.push_back((ts, event.category.clone()));
-        if state.recent.len() > self.config.burst_events {
-            state.recent.pop_front();
+        // A burst is `burst_events` events within `burst_span_secs`, and a user's events come
+        // in time order, so an entry older than the span before this event can never be in a
+        // burst. Dropping such entries changes no result and keeps one entry for a user who
+        // browses at a person's pace.
+        let expired = state
+            .recent
+            .iter()
+            .take_while(|entry| ts - entry.0 > self.config.burst_span_secs)
+            .count();
+        let over = (state.recent.len() + 1).saturating_sub(self.config.burst_events);
+        state.recent.drain(..expired.max(over));
+        if state.recent.is_empty() && state.recent.capacity() > 1 {
+            state.recent = Vec::with_capacity(1);
         }
+        state.recent.push((ts, event.category.clone()));
         if state.in_burst || state.recent.len() < self.config.burst_events {
             return None;
         }
-        let first_ts = state.recent.front().map_or(ts, |entry| entry.0);
+        let first_ts = state.recent.first().map_or(ts, |entry| entry.0);
         if ts == first_ts {
             // Events that all carry one timestamp are a batched upload with coarse times,
             // not a measured rate.
@@ -666,12 +712,9 @@ impl ShiftDetector {
     ) {
         state.reference.decay(self.config.reference_decay);
         state.reference.add(category, group, weight);
-        state.sessions_in_reference.insert(session);
-        if state.sessions_in_reference.len() > self.config.min_reference_sessions as usize {
-            // Only "at least min_reference_sessions" is ever asked, so that many are enough.
-            let oldest = *state.sessions_in_reference.iter().min().unwrap_or(&0);
-            state.sessions_in_reference.remove(&oldest);
-        }
+        state
+            .reference_sessions
+            .insert(session, self.config.min_reference_sessions);
     }
 
     /// Adds an event of the run to the reference.
@@ -848,7 +891,10 @@ impl Detector for ShiftDetector {
             return;
         }
         if let Some(topic) = &event.topic {
-            state.topics.insert(event.category.clone(), topic.clone());
+            state
+                .topics
+                .get_or_insert_with(Box::default)
+                .insert(event.category.clone(), topic.clone());
         }
         self.track_session(state, event);
         let reference = std::mem::take(&mut state.reference);
@@ -864,12 +910,12 @@ impl Detector for ShiftDetector {
             return;
         }
 
-        state.reference.sync_groups(groups, &state.topics);
+        state.reference.sync_groups(groups, state.topics.as_deref());
         let group = groups.group_of(&event.category, event.topic.as_ref());
         state.last_step.group = Some(group.clone());
         let session = state.session;
         let warm = state.reference.events >= u64::from(self.config.min_reference_events)
-            && state.sessions_in_reference.len() >= self.config.min_reference_sessions as usize;
+            && state.reference_sessions.reached;
         if !warm {
             self.add_to_reference(state, &event.category, &group, weight, session);
             return;

@@ -253,6 +253,9 @@ impl SessionCounter {
             };
             *delta.pairs.entry(pair).or_default() += 1;
         }
+        // One slot more at a time: most sessions visit one or two categories, and `push`
+        // alone would reserve four.
+        session.categories.reserve_exact(1);
         session.categories.push(event.category);
     }
 

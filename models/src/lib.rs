@@ -16,6 +16,7 @@ pub mod groups;
 pub mod ml;
 pub mod profile;
 pub mod session;
+mod sorted_map;
 
 pub use alert::{Alert, AlertKind, CategoryShare};
 pub use detector::{

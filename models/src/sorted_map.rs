@@ -1,0 +1,185 @@
+//! A map stored as a vector sorted by key, for the few entries a single user has.
+//!
+//! A hash map of a handful of entries costs a control-byte array and at least four buckets on
+//! the heap plus 32 bytes inline. This map costs 24 bytes inline and exactly one slot per
+//! entry: it grows by one slot at a time, because a user adds a new key rarely.
+//! Lookups are binary searches and inserts shift the tail, so it suits maps of tens to a few
+//! hundred entries.
+
+use serde::{Deserialize, Serialize};
+
+/// A map from `K` to `V` kept as a vector sorted by key, iterated in key order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "Vec<(K, V)>", into = "Vec<(K, V)>")]
+#[serde(bound(
+    serialize = "K: Serialize + Clone, V: Serialize + Clone",
+    deserialize = "K: Deserialize<'de> + Ord, V: Deserialize<'de>"
+))]
+pub struct SortedVecMap<K, V> {
+    entries: Vec<(K, V)>,
+}
+
+impl<K, V> Default for SortedVecMap<K, V> {
+    fn default() -> Self {
+        SortedVecMap {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<K: Ord, V> SortedVecMap<K, V> {
+    /// Returns the value of `key`, if present.
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.entries
+            .binary_search_by(|entry| entry.0.cmp(key))
+            .ok()
+            .map(|index| &self.entries[index].1)
+    }
+
+    /// Returns the value of `key`, inserting `V::default()` first when the key is missing.
+    pub fn entry_or_default(&mut self, key: &K) -> &mut V
+    where
+        K: Clone,
+        V: Default,
+    {
+        let index = match self.entries.binary_search_by(|entry| entry.0.cmp(key)) {
+            Ok(index) => index,
+            Err(index) => {
+                // Grow by one slot, not by doubling as `push` does, because new keys are rare.
+                self.entries.reserve_exact(1);
+                self.entries.insert(index, (key.clone(), V::default()));
+                index
+            }
+        };
+        &mut self.entries[index].1
+    }
+
+    /// Sets the value of `key`, replacing any previous one.
+    pub fn insert(&mut self, key: K, value: V) {
+        match self.entries.binary_search_by(|entry| entry.0.cmp(&key)) {
+            Ok(index) => self.entries[index].1 = value,
+            Err(index) => {
+                self.entries.reserve_exact(1);
+                self.entries.insert(index, (key, value));
+            }
+        }
+    }
+}
+
+impl<K, V> SortedVecMap<K, V> {
+    /// Returns the number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Returns whether the map has no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Iterates over the entries in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.entries.iter().map(|(key, value)| (key, value))
+    }
+
+    /// Iterates over the values in key order, mutably.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.entries.iter_mut().map(|(_, value)| value)
+    }
+
+    /// Keeps only the entries for which `keep` returns true, and frees the unused slots.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
+        self.entries.retain(|(key, value)| keep(key, value));
+        self.entries.shrink_to_fit();
+    }
+
+    /// Removes every entry, keeping the allocation for the entries that follow.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+impl<K: Ord, V> From<Vec<(K, V)>> for SortedVecMap<K, V> {
+    /// Builds a map from entries in any order. Of entries with equal keys, the last one stays.
+    fn from(mut entries: Vec<(K, V)>) -> Self {
+        // A stable sort keeps equal keys in input order, so the dedup below can keep the last.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.reverse();
+        entries.dedup_by(|later, earlier| later.0 == earlier.0);
+        entries.reverse();
+        entries.shrink_to_fit();
+        SortedVecMap { entries }
+    }
+}
+
+impl<K: Clone, V: Clone> From<SortedVecMap<K, V>> for Vec<(K, V)> {
+    fn from(map: SortedVecMap<K, V>) -> Self {
+        map.entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_stay_sorted() {
+        let mut map: SortedVecMap<u32, f64> = SortedVecMap::default();
+        for key in [5, 1, 9, 3, 1] {
+            *map.entry_or_default(&key) += 1.0;
+        }
+        let keys: Vec<u32> = map.iter().map(|(key, _)| *key).collect();
+        assert_eq!(keys, vec![1, 3, 5, 9]);
+        assert_eq!(map.get(&1), Some(&2.0));
+        assert_eq!(map.get(&4), None);
+        assert_eq!(map.len(), 4);
+    }
+
+    #[test]
+    fn insert_replaces_value() {
+        let mut map: SortedVecMap<u32, &str> = SortedVecMap::default();
+        map.insert(2, "a");
+        map.insert(2, "b");
+        assert_eq!(map.get(&2), Some(&"b"));
+        assert_eq!(map.len(), 1);
+    }
+
+    #[test]
+    fn capacity_grows_by_one() {
+        let mut map: SortedVecMap<u32, f64> = SortedVecMap::default();
+        for key in 0..3 {
+            *map.entry_or_default(&key) += 1.0;
+        }
+        assert_eq!(map.entries.capacity(), 3);
+    }
+
+    #[test]
+    fn retain_drops_entries() {
+        let mut map: SortedVecMap<u32, f64> = SortedVecMap::default();
+        for key in 0..6 {
+            map.insert(key, f64::from(key));
+        }
+        map.retain(|_, value| *value >= 3.0);
+        let keys: Vec<u32> = map.iter().map(|(key, _)| *key).collect();
+        assert_eq!(keys, vec![3, 4, 5]);
+        assert_eq!(map.entries.capacity(), 3);
+    }
+
+    #[test]
+    fn from_unsorted_keeps_last_duplicate() {
+        let map = SortedVecMap::from(vec![(3, "c"), (1, "a"), (3, "d"), (2, "b")]);
+        let entries: Vec<(u32, &str)> = map.iter().map(|(key, value)| (*key, *value)).collect();
+        assert_eq!(entries, vec![(1, "a"), (2, "b"), (3, "d")]);
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let mut map: SortedVecMap<u32, f64> = SortedVecMap::default();
+        map.insert(7, 0.5);
+        map.insert(2, 1.5);
+        let json = serde_json::to_string(&map).expect("serialise");
+        assert_eq!(json, "[[2,1.5],[7,0.5]]");
+        let back: SortedVecMap<u32, f64> = serde_json::from_str(&json).expect("deserialise");
+        assert_eq!(back, map);
+    }
+}
