@@ -34,7 +34,6 @@ use std::collections::BTreeMap;
 // and on every worker, and float results are bit-identical.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, AlertKind, CategoryShare};
@@ -405,7 +404,7 @@ pub struct UserState {
     run: Vec<RunEvent>,
     run_start_ts: i64,
     /// Run length when the current session started, so a burst can be rolled back.
-    run_len_at_session_start: usize,
+    run_len_at_session_start: u32,
     cusum_at_session_start: f64,
     session: u64,
     session_mark: SessionMark,
@@ -431,32 +430,40 @@ pub struct UserState {
     pub behavior: BehaviorProfile,
 }
 
-/// The distinct sessions that have taught the reference, counted up to the number the
-/// detector requires.
+/// The number of distinct sessions that have taught the reference, counted up to the number
+/// the detector requires.
 ///
-/// Only "at least `min_reference_sessions`" is ever asked, and once that many sessions have
-/// been seen the answer stays yes, so the session ids are dropped at that point.
+/// The detector only checks for at least `min_reference_sessions`, and once that many sessions
+/// have been seen the check stays true. Until then the user is not judged, so no run exists and
+/// every event that teaches the reference comes from the current session, whose number never
+/// decreases. Counting changes of the session number therefore counts distinct sessions.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct ReferenceSessions {
-    /// Distinct session ids seen so far, while fewer than the required number.
-    distinct: Vec<u64>,
-    /// Whether the required number of distinct sessions has been reached.
-    reached: bool,
+    /// Distinct sessions seen, up to the required number.
+    count: u32,
+    /// Number of the latest session counted.
+    latest: u64,
 }
 
 impl ReferenceSessions {
     /// Records `session`, where `required` is the number of distinct sessions asked for.
     fn insert(&mut self, session: u64, required: u32) {
-        if self.reached {
+        if self.reached(required) {
             return;
         }
-        if !self.distinct.contains(&session) {
-            self.distinct.push(session);
+        debug_assert!(
+            self.count == 0 || session >= self.latest,
+            "sessions before the reference is warm come in order"
+        );
+        if self.count == 0 || session != self.latest {
+            self.count += 1;
+            self.latest = session;
         }
-        if self.distinct.len() >= required as usize {
-            self.reached = true;
-            self.distinct = Vec::new();
-        }
+    }
+
+    /// Returns whether `required` distinct sessions have been seen.
+    fn reached(&self, required: u32) -> bool {
+        self.count >= required
     }
 }
 
@@ -469,9 +476,9 @@ pub struct BehaviorProfile {
     pub purchases: f64,
     /// Decayed purchase amount (price times one per `buy` event, where the input has prices).
     pub amount: f64,
-    /// Event time of the user's first and latest events, in Unix seconds.
-    pub first_ts: Option<i64>,
-    pub last_ts: Option<i64>,
+    /// Event times of the user's first and latest events, in Unix seconds. One option for
+    /// both, because they are set together, keeps the profile 8 bytes smaller.
+    span: Option<(i64, i64)>,
     /// Start of the current window (Unix seconds) and its counts per behaviour.
     pub window_start: i64,
     pub window_counts: [u32; 6],
@@ -493,8 +500,8 @@ impl BehaviorProfile {
             self.purchases += 1.0;
             self.amount += event.price.unwrap_or(0.0);
         }
-        self.first_ts.get_or_insert(ts);
-        self.last_ts = Some(ts);
+        let first_ts = self.span.map_or(ts, |(first, _)| first);
+        self.span = Some((first_ts, ts));
         let window_start = ts - ts.rem_euclid(window_secs);
         if window_start != self.window_start {
             self.window_start = window_start;
@@ -515,11 +522,21 @@ impl BehaviorProfile {
         shares
     }
 
+    /// Returns the event time of the user's first event, in Unix seconds.
+    pub fn first_ts(&self) -> Option<i64> {
+        self.span.map(|(first, _)| first)
+    }
+
+    /// Returns the event time of the user's latest event, in Unix seconds.
+    pub fn last_ts(&self) -> Option<i64> {
+        self.span.map(|(_, last)| last)
+    }
+
     /// Returns purchases per day over the user's active span (at least one day).
     pub fn purchases_per_day(&self) -> f64 {
-        let span_days = match (self.first_ts, self.last_ts) {
-            (Some(first), Some(last)) => ((last - first) as f64 / 86_400.0).max(1.0),
-            _ => 1.0,
+        let span_days = match self.span {
+            Some((first, last)) => ((last - first) as f64 / 86_400.0).max(1.0),
+            None => 1.0,
         };
         self.purchases / span_days
     }
@@ -627,7 +644,8 @@ impl ShiftDetector {
             } else {
                 state.sessions_without_usual.saturating_add(1)
             };
-            state.run_len_at_session_start = state.run.len();
+            // A run holds at most MAX_RUN events, so its length fits in u32.
+            state.run_len_at_session_start = state.run.len() as u32;
             state.cusum_at_session_start = state.cusum;
             state.in_burst = false;
             state.recent.clear();
@@ -672,7 +690,7 @@ impl ShiftDetector {
         }
         state.in_burst = true;
         // The burst's events so far were judged as if a person made them: take them back.
-        state.run.truncate(state.run_len_at_session_start);
+        state.run.truncate(state.run_len_at_session_start as usize);
         state.cusum = if state.run.is_empty() {
             0.0
         } else {
@@ -915,7 +933,9 @@ impl Detector for ShiftDetector {
         state.last_step.group = Some(group.clone());
         let session = state.session;
         let warm = state.reference.events >= u64::from(self.config.min_reference_events)
-            && state.reference_sessions.reached;
+            && state
+                .reference_sessions
+                .reached(self.config.min_reference_sessions);
         if !warm {
             self.add_to_reference(state, &event.category, &group, weight, session);
             return;

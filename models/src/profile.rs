@@ -112,8 +112,8 @@ impl ProfileSource for UserState {
     fn profile(&self, user: &Id) -> UserProfile {
         UserProfile {
             events: self.events,
-            first_ts: self.behavior.first_ts,
-            last_ts: self.behavior.last_ts,
+            first_ts: self.behavior.first_ts(),
+            last_ts: self.behavior.last_ts(),
             interest: self
                 .interest(INTEREST_CATEGORIES)
                 .into_iter()

@@ -44,7 +44,9 @@ pub struct SessionMark {
     started: bool,
     start_ts: i64,
     last_ts: i64,
-    id: Option<Box<str>>,
+    /// Boxed twice so that the pointer is thin. Every tracked user and every open session
+    /// has a mark, and this keeps it at 32 bytes rather than 40.
+    id: Option<Box<Box<str>>>,
 }
 
 impl SessionMark {
@@ -73,12 +75,12 @@ impl SessionRule {
     /// time order per user.
     pub fn advance(&self, mark: &mut SessionMark, ts: i64, id: Option<&str>) -> bool {
         let new_session = !mark.started
-            || id.is_some_and(|id| mark.id.as_deref() != Some(id))
+            || id.is_some_and(|id| mark.id.as_deref().map(|kept| &**kept) != Some(id))
             || self.has_ended(mark, ts);
         if new_session {
             mark.started = true;
             mark.start_ts = ts;
-            mark.id = id.map(Box::from);
+            mark.id = id.map(|id| Box::new(Box::from(id)));
         }
         mark.last_ts = ts;
         new_session
