@@ -1,10 +1,10 @@
 //! A map stored as a vector sorted by key, for the few entries a single user has.
 //!
 //! A hash map of a handful of entries costs a control-byte array and at least four buckets on
-//! the heap plus 32 bytes inline. This map costs 24 bytes inline and exactly one slot per
-//! entry: it grows by one slot at a time, because a user adds a new key rarely.
-//! Lookups are binary searches and inserts shift the tail, so it suits maps of tens to a few
-//! hundred entries.
+//! the heap plus 32 bytes inline. This map costs 16 bytes inline and exactly one slot per
+//! entry, in a boxed slice that is reallocated on each new key, because a user adds a new
+//! key rarely. Lookups are binary searches and inserts shift the tail, so it suits maps of
+//! tens to a few hundred entries.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,13 +16,13 @@ use serde::{Deserialize, Serialize};
     deserialize = "K: Deserialize<'de> + Ord, V: Deserialize<'de>"
 ))]
 pub struct SortedVecMap<K, V> {
-    entries: Vec<(K, V)>,
+    entries: Box<[(K, V)]>,
 }
 
 impl<K, V> Default for SortedVecMap<K, V> {
     fn default() -> Self {
         SortedVecMap {
-            entries: Vec::new(),
+            entries: Box::default(),
         }
     }
 }
@@ -45,9 +45,7 @@ impl<K: Ord, V> SortedVecMap<K, V> {
         let index = match self.entries.binary_search_by(|entry| entry.0.cmp(key)) {
             Ok(index) => index,
             Err(index) => {
-                // Grow by one slot, not by doubling as `push` does, because new keys are rare.
-                self.entries.reserve_exact(1);
-                self.entries.insert(index, (key.clone(), V::default()));
+                self.insert_at(index, (key.clone(), V::default()));
                 index
             }
         };
@@ -58,11 +56,17 @@ impl<K: Ord, V> SortedVecMap<K, V> {
     pub fn insert(&mut self, key: K, value: V) {
         match self.entries.binary_search_by(|entry| entry.0.cmp(&key)) {
             Ok(index) => self.entries[index].1 = value,
-            Err(index) => {
-                self.entries.reserve_exact(1);
-                self.entries.insert(index, (key, value));
-            }
+            Err(index) => self.insert_at(index, (key, value)),
         }
+    }
+
+    /// Inserts `entry` at `index`, growing the slice by exactly one slot.
+    fn insert_at(&mut self, index: usize, entry: (K, V)) {
+        let mut entries = std::mem::take(&mut self.entries).into_vec();
+        entries.reserve_exact(1);
+        entries.insert(index, entry);
+        // The capacity equals the length here, so the conversion does not reallocate.
+        self.entries = entries.into_boxed_slice();
     }
 }
 
@@ -89,13 +93,14 @@ impl<K, V> SortedVecMap<K, V> {
 
     /// Keeps only the entries for which `keep` returns true, and frees the unused slots.
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &V) -> bool) {
-        self.entries.retain(|(key, value)| keep(key, value));
-        self.entries.shrink_to_fit();
+        let mut entries = std::mem::take(&mut self.entries).into_vec();
+        entries.retain(|(key, value)| keep(key, value));
+        self.entries = entries.into_boxed_slice();
     }
 
-    /// Removes every entry, keeping the allocation for the entries that follow.
+    /// Removes every entry and frees the slice.
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.entries = Box::default();
     }
 }
 
@@ -107,14 +112,15 @@ impl<K: Ord, V> From<Vec<(K, V)>> for SortedVecMap<K, V> {
         entries.reverse();
         entries.dedup_by(|later, earlier| later.0 == earlier.0);
         entries.reverse();
-        entries.shrink_to_fit();
-        SortedVecMap { entries }
+        SortedVecMap {
+            entries: entries.into_boxed_slice(),
+        }
     }
 }
 
 impl<K: Clone, V: Clone> From<SortedVecMap<K, V>> for Vec<(K, V)> {
     fn from(map: SortedVecMap<K, V>) -> Self {
-        map.entries
+        map.entries.into_vec()
     }
 }
 
@@ -145,15 +151,6 @@ mod tests {
     }
 
     #[test]
-    fn capacity_grows_by_one() {
-        let mut map: SortedVecMap<u32, f64> = SortedVecMap::default();
-        for key in 0..3 {
-            *map.entry_or_default(&key) += 1.0;
-        }
-        assert_eq!(map.entries.capacity(), 3);
-    }
-
-    #[test]
     fn retain_drops_entries() {
         let mut map: SortedVecMap<u32, f64> = SortedVecMap::default();
         for key in 0..6 {
@@ -162,7 +159,7 @@ mod tests {
         map.retain(|_, value| *value >= 3.0);
         let keys: Vec<u32> = map.iter().map(|(key, _)| *key).collect();
         assert_eq!(keys, vec![3, 4, 5]);
-        assert_eq!(map.entries.capacity(), 3);
+        assert_eq!(map.len(), 3);
     }
 
     #[test]
