@@ -29,6 +29,7 @@ mod error;
 mod features;
 mod forest;
 mod interest;
+mod kmeans;
 mod linear;
 mod preprocess;
 mod schedule;

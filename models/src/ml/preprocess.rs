@@ -71,7 +71,10 @@ impl Standardizer {
             .collect())
     }
 
-    /// Scales every row of a matrix.
+    /// Scales every row of a matrix, and returns the rows in row-major (standard) layout.
+    ///
+    /// The layout matters for speed only. K-means reads whole rows, and
+    /// [`FeatureSelector::select`] returns a column-major matrix, whose rows are strided.
     pub fn transform(&self, records: ArrayView2<'_, f64>) -> Result<Array2<f64>, MlError> {
         check_matrix("standardizer", records, None)?;
         if records.ncols() != self.width() {
@@ -81,7 +84,7 @@ impl Standardizer {
                 found: records.ncols(),
             });
         }
-        let mut scaled = records.to_owned();
+        let mut scaled = records.as_standard_layout().into_owned();
         for (column, mut values) in scaled.axis_iter_mut(Axis(1)).enumerate() {
             let (mean, scale) = (self.means[column], self.scales[column]);
             values.mapv_inplace(|value| {
@@ -286,6 +289,27 @@ fn pearson(records: ArrayView2<'_, f64>, left: usize, right: usize) -> f64 {
 mod tests {
     use super::*;
     use ndarray::array;
+
+    #[test]
+    fn standardizer_returns_row_major_rows() {
+        let rows = array![
+            [1.0, 4.0, 0.5],
+            [2.0, 5.0, 0.5],
+            [3.0, 9.0, 1.5],
+            [4.0, 1.0, 2.5]
+        ];
+        let selector = FeatureSelector::fit(
+            rows.view(),
+            &["a".to_string(), "b".to_string(), "c".to_string()],
+            &SelectorParams::default(),
+        )
+        .unwrap()
+        .0;
+        let selected = selector.select(rows.view()).unwrap();
+        let standardizer = Standardizer::fit(selected.view()).unwrap();
+        let scaled = standardizer.transform(selected.view()).unwrap();
+        assert!(scaled.is_standard_layout());
+    }
 
     #[test]
     fn standardizer_constant_column_is_zero() {

@@ -1,7 +1,8 @@
 //! User segmentation by k-means over standardized window features.
 //!
-//! The clustering itself is linfa's k-means (k-means++ initialisation, several seeded runs, the
-//! run with the lowest inertia kept). This module adds what a stream of real users needs around
+//! The clustering is linfa's k-means (k-means++ initialisation, several seeded runs, the
+//! run with the lowest inertia kept), fitted by `super::kmeans`, which returns linfa's model
+//! bit for bit in less time. This module adds what a stream of real users needs around
 //! it: the number of segments can be chosen from the data, and inputs with fewer distinct rows
 //! than segments lower k with a warning instead of producing duplicate centroids.
 //!
@@ -24,6 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::error::{check_matrix, check_positive_count, check_row, invalid, FitWarning, MlError};
+use super::kmeans::{fit_kmeans_like_linfa, KMeansSettings};
 
 /// Smallest k tried when choosing k from the data.
 pub const AUTO_K_MIN: usize = 2;
@@ -242,19 +244,21 @@ impl Segmenter {
     }
 }
 
+/// Fits k-means as linfa's `KMeans::params_with_rng(k, ChaCha8Rng::seed_from_u64(seed))` with
+/// the settings of `params` does, by [`fit_kmeans_like_linfa`].
 fn fit_kmeans(
     records: ArrayView2<'_, f64>,
     k: usize,
     params: &SegmentParams,
     seed: u64,
 ) -> Result<KMeans<f64, L2Dist>, MlError> {
-    let dataset = DatasetBase::from(records);
-    let model = KMeans::params_with_rng(k, ChaCha8Rng::seed_from_u64(seed))
-        .n_runs(params.runs)
-        .max_n_iterations(params.max_iterations)
-        .tolerance(params.tolerance)
-        .fit(&dataset)?;
-    Ok(model)
+    let settings = KMeansSettings {
+        clusters: k,
+        runs: params.runs,
+        max_iterations: params.max_iterations,
+        tolerance: params.tolerance,
+    };
+    fit_kmeans_like_linfa(records, settings, &mut ChaCha8Rng::seed_from_u64(seed))
 }
 
 /// Counts distinct rows, comparing values bit for bit after sorting.
