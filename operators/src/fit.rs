@@ -2,6 +2,7 @@
 //! background thread, and each model version broadcast to every worker.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::Instant;
@@ -107,7 +108,7 @@ pub fn fit_models<'scope>(
 ) -> StreamVec<'scope, u64, ModelUpdate> {
     let scope = windows.scope();
     let gathered = windows
-        .flat_map(|record: WindowRecord| record.window)
+        .flat_map(|record: WindowRecord| record.window.map(Rc::unwrap_or_clone))
         .exchange(|_: &ClosedWindow| 0);
     let updates = gathered.unary_frontier(Pipeline, "FitModels", move |initial, info| {
         let mut capability = (scope.index() == 0).then_some(initial);

@@ -64,7 +64,7 @@ fn score_ready(
             (position..end)
                 .filter_map(|index| {
                     let record = &ready[index].0;
-                    record.window.as_ref().map(|window| (index, window))
+                    record.window.as_deref().map(|window| (index, window))
                 })
                 .partition(|(index, _)| !ready[*index].0.alerts.is_empty());
         let quiet_windows: Vec<&ClosedWindow> = quiet.iter().map(|(_, window)| *window).collect();

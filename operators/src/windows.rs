@@ -1,6 +1,7 @@
 //! Per-user windows of the model path, built on the worker that owns each user.
 
 use std::collections::{btree_map, BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
 
@@ -20,8 +21,10 @@ use crate::profiles::AttributeRow;
 /// A closed user window with the alerts the detector raised for its events.
 #[derive(Clone, Debug)]
 pub struct WindowRecord {
-    /// The window, or `None` when closing it failed (the error is logged).
-    pub window: Option<ClosedWindow>,
+    /// The window, or `None` when closing it failed (the error is logged). Shared, because
+    /// both the fit and the score operator read each window, and timely clones a record for
+    /// every reader but the last.
+    pub window: Option<Rc<ClosedWindow>>,
     pub alerts: Vec<Alert>,
 }
 
@@ -182,7 +185,7 @@ pub fn build_user_windows<'scope>(
                         None
                     });
                     closed.push(WindowRecord {
-                        window: window_features,
+                        window: window_features.map(Rc::new),
                         alerts: window.alerts,
                     });
                 }
