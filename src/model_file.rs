@@ -128,11 +128,16 @@ pub enum ModelFileError {
         saved: String,
         run: String,
     },
-    #[error("failed to write model file {path}: {source}")]
+    /// The cause is part of the message and not a `source`, so an error chain prints it once.
+    #[error("failed to write model file {path}: {cause}")]
     Write {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+    #[error(
+        "folder of model file {path} not found: create it or name a file in an existing folder"
+    )]
+    MissingFolder { path: PathBuf },
 }
 
 /// Reads a model file and checks its format versions. [`ModelFile::check`] then checks its
@@ -348,15 +353,20 @@ impl ModelSaver {
     /// created in the folder of `path`, so that a run does not fit for hours and then fail to
     /// save.
     pub fn new(path: &Path, settings: FitRecord) -> Result<ModelSaver, ModelFileError> {
-        let write_error = |source| ModelFileError::Write {
+        let write_error = |cause| ModelFileError::Write {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         if path.is_dir() {
             return Err(write_error(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 "it is a folder; name a file in it",
             )));
+        }
+        if !folder_of(path).is_dir() {
+            return Err(ModelFileError::MissingFolder {
+                path: path.to_path_buf(),
+            });
         }
         let probe = folder_of(path).join(format!(".veer-models-probe.{}.tmp", std::process::id()));
         File::create(&probe).map_err(write_error)?;
@@ -391,9 +401,9 @@ impl ModelSaver {
             models,
         };
         let bytes = serde_json::to_vec(&document).expect("models serialize to JSON");
-        write_atomically(&self.path, &bytes).map_err(|source| ModelFileError::Write {
+        write_atomically(&self.path, &bytes).map_err(|cause| ModelFileError::Write {
             path: self.path.clone(),
-            source,
+            cause,
         })?;
         self.saved.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
