@@ -320,7 +320,7 @@ pub struct InterestBenchmark {
 ///
 /// The bootstrap windows are split by user: [`VALIDATION_USERS`] of the users validate
 /// candidates fitted on the rest's windows ([`tune_interest`]). The chosen settings are then
-/// fitted on every bootstrap window, and only that fit sees the held-out windows.
+/// fitted on every bootstrap window, and only that fit uses the held-out windows.
 pub fn evaluate_interest(
     events: &[Event],
     settings: &ReplaySettings,

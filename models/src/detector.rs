@@ -644,7 +644,7 @@ impl ShiftDetector {
             } else {
                 state.sessions_without_usual.saturating_add(1)
             };
-            // A run holds at most MAX_RUN events, so its length fits in u32.
+            // A run contains at most MAX_RUN events, so its length fits in u32.
             state.run_len_at_session_start = state.run.len() as u32;
             state.cusum_at_session_start = state.cusum;
             state.in_burst = false;
