@@ -447,7 +447,7 @@ impl VersionSink for ModelSaver {
         let trained = (fitted.trained_from_ms, fitted.trained_until_ms);
         if let Err(error) = self.save(fitted.version, trained, models) {
             self.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(version = fitted.version, %error, "failed to save a model version; the run goes on with it");
+            tracing::error!(version = fitted.version, %error, "failed to save a model version, so the run continues and reports the failure at its end");
             *self
                 .last_error
                 .lock()
@@ -564,6 +564,10 @@ mod tests {
         let path = folder.path().join("absent").join("models.json");
         let settings = FitRecord::of(&ModelRunSettings::default(), 3_600_000);
         let error = ModelSaver::new(&path, settings).expect_err("no folder");
+        assert!(
+            matches!(error, ModelFileError::MissingFolder { .. }),
+            "{error}"
+        );
         assert!(error.to_string().contains("absent"), "{error}");
     }
 }
