@@ -210,13 +210,12 @@ pub fn trace_users(
     users: &HashSet<Id>,
 ) -> Result<HashMap<Id, UserTrace>, ExplainError> {
     let mut traces: HashMap<Id, UserTrace> = HashMap::new();
-    let alerts = replay(events, settings, |event, state, _| {
+    let alerts = replay(events, settings, |event, _, step, _| {
         if !users.contains(&event.user) {
             return;
         }
-        // The detector resets its trace on every event; after an alarm the trace still shows
-        // the statistic that crossed the threshold, and the next event shows it reset.
-        let step = &state.last_step;
+        // Each event has its own trace: after an alarm the trace still shows the statistic
+        // that crossed the threshold, and the next event's trace shows it reset.
         let (judged, novel, cusum) = (step.judged, step.judged && step.novel, step.cusum);
         let trace = traces
             .entry(event.user.clone())

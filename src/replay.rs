@@ -21,8 +21,8 @@ use veer_models::ml::{
     WindowFeatures, WindowSettings,
 };
 use veer_models::{
-    Alert, Detector, DetectorConfig, Event, GroupConfig, GroupMap, Id, PopulationDelta,
-    PopulationModel, ShiftDetector, UserState,
+    Alert, DetectorConfig, Event, GroupConfig, GroupMap, Id, PopulationDelta, PopulationModel,
+    ShiftDetector, StepTrace, UserState,
 };
 
 /// Settings of a replay, the same as the pipeline's.
@@ -51,15 +51,16 @@ impl Default for ReplaySettings {
 
 /// Replays `events` and returns all alerts in output order (time, user, kind).
 ///
-/// `observe` is called after each event with the event, the user's detector state and the
-/// alerts that event raised, which is how explanations trace one user.
+/// `observe` is called after each event with the event, the user's detector state, the
+/// record of the detector's work on the event and the alerts that event raised, which is how
+/// explanations trace one user.
 pub fn replay(
     events: &[Event],
     settings: &ReplaySettings,
-    mut observe: impl FnMut(&Event, &UserState, &[Alert]),
+    mut observe: impl FnMut(&Event, &UserState, &StepTrace, &[Alert]),
 ) -> Result<Vec<Alert>, veer_models::detector::ConfigError> {
-    let (alerts, _) = replay_traced(events, settings, |event, state, raised, _| {
-        observe(event, state, raised)
+    let (alerts, _) = replay_traced(events, settings, |event, state, trace, raised, _| {
+        observe(event, state, trace, raised)
     })?;
     Ok(alerts)
 }
@@ -69,7 +70,7 @@ pub fn replay(
 fn replay_traced(
     events: &[Event],
     settings: &ReplaySettings,
-    mut observe: impl FnMut(&Event, &UserState, &[Alert], &GroupMap),
+    mut observe: impl FnMut(&Event, &UserState, &StepTrace, &[Alert], &GroupMap),
 ) -> Result<(Vec<Alert>, GroupMap), veer_models::detector::ConfigError> {
     let detector = ShiftDetector::new(settings.detector.clone())?;
     let window_ms = settings.window_ms.max(1);
@@ -115,8 +116,8 @@ fn replay_traced(
         }
         *last_ts_ms = event.ts_ms;
         raised.clear();
-        detector.observe(state, event, &groups, &mut raised);
-        observe(event, state, &raised, &groups);
+        let trace = detector.observe_traced(state, event, &groups, &mut raised);
+        observe(event, state, &trace, &raised, &groups);
         alerts.append(&mut raised);
     }
     alerts.sort_by(|a, b| (a.ts, &a.user, a.kind).cmp(&(b.ts, &b.user, b.kind)));
@@ -469,7 +470,7 @@ fn user_windows(
     let mut by_user: BTreeMap<Id, BTreeMap<u64, WindowEvents>> = BTreeMap::new();
     let mut groups_by_window: HashMap<u64, GroupMap> = HashMap::new();
     let mut detector_alerts: Vec<Alert> = Vec::new();
-    replay_traced(events, settings, |event, state, raised, groups| {
+    replay_traced(events, settings, |event, _, trace, raised, groups| {
         let time = event.ts_ms as u64;
         let start = time - time % window_ms;
         groups_by_window
@@ -481,7 +482,7 @@ fn user_windows(
             .entry(start)
             .or_default();
         window.events.push(event.clone());
-        window.burst |= state.last_step.in_burst;
+        window.burst |= trace.in_burst;
         detector_alerts.extend_from_slice(raised);
     })?;
 

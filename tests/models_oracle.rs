@@ -49,7 +49,7 @@ fn model_operators_match_replay_on_generated_stream() {
         annotated(&expected.alerts) > 5,
         "too few alerts with model signals to compare"
     );
-    let detector_only = replay(&stream.events, &replay_settings(), |_, _, _| {}).unwrap();
+    let detector_only = replay(&stream.events, &replay_settings(), |_, _, _, _| {}).unwrap();
     assert_ne!(
         expected.alerts, detector_only,
         "the models change no alert, so the comparison proves little"
@@ -145,8 +145,8 @@ fn candidates_leave_alarms_unchanged() {
             detector,
             ..replay_settings()
         };
-        let alarms = replay(&stream.events, &settings(alarm_config), |_, _, _| {}).unwrap();
-        let all = replay(&stream.events, &settings(with_candidates), |_, _, _| {}).unwrap();
+        let alarms = replay(&stream.events, &settings(alarm_config), |_, _, _, _| {}).unwrap();
+        let all = replay(&stream.events, &settings(with_candidates), |_, _, _, _| {}).unwrap();
         let (candidates, rest): (Vec<Alert>, Vec<Alert>) = all.into_iter().partition(|alert| {
             alert
                 .signals

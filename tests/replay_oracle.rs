@@ -18,7 +18,7 @@ fn reference_alerts(events: &[Event]) -> Vec<Alert> {
         window_ms: 3_600_000,
         ..ReplaySettings::default()
     };
-    replay(events, &settings, |_, _, _| {}).expect("valid settings")
+    replay(events, &settings, |_, _, _, _| {}).expect("valid settings")
 }
 
 #[test]

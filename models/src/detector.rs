@@ -35,6 +35,7 @@ use std::collections::BTreeMap;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::alert::{Alert, AlertKind, CategoryShare};
 use crate::event::{Behavior, Event, Id};
@@ -258,15 +259,45 @@ struct RunEvent {
     novel: bool,
 }
 
+/// A run: the events held out of the reference while the CUSUM statistic is above zero, and
+/// the bookkeeping that only a run needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Run {
+    events: Vec<RunEvent>,
+    /// Event time of the run's first event, in Unix seconds.
+    start_ts: i64,
+    /// Run length when the current session started, so a burst can be rolled back.
+    len_at_session_start: u32,
+    cusum_at_session_start: f64,
+}
+
+impl Run {
+    /// Creates an empty run that starts at `ts` (Unix seconds).
+    fn starting_at(ts: i64) -> Box<Run> {
+        Box::new(Run {
+            events: Vec::new(),
+            start_ts: ts,
+            len_at_session_start: 0,
+            cusum_at_session_start: 0.0,
+        })
+    }
+}
+
 /// Decayed category weights, with the decay applied lazily through a shared scale.
 ///
 /// The weights are in sorted vectors, not hash maps, because a user has few categories. No
 /// float sum runs over them in map order, so the container does not change any result.
+///
+/// Most categories form no group with others, so each is the learned group of its own name.
+/// While that is true for all of a user's categories, `groups` is `None` instead of a copy of
+/// the category weights. The copy would be equal bit for bit, because each group sum is `0.0`
+/// plus one category weight and both maps get the same additions and scalings.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct DecayedWeights {
     categories: SortedVecMap<Id, f64>,
-    /// Weight per group under the group map version `groups_version`.
-    groups: SortedVecMap<GroupKey, f64>,
+    /// Weight per group under the group map version `groups_version`, or `None` while each
+    /// group is `GroupKey::Learned` of one category with that category's weight.
+    groups: Option<SortedVecMap<GroupKey, f64>>,
     groups_version: u64,
     total: f64,
     scale: f64,
@@ -285,9 +316,15 @@ impl DecayedWeights {
             self.categories
                 .values_mut()
                 .for_each(|weight| *weight *= scale);
-            self.groups.values_mut().for_each(|weight| *weight *= scale);
+            if let Some(groups) = &mut self.groups {
+                groups.values_mut().for_each(|weight| *weight *= scale);
+            }
             self.total *= scale;
             self.scale = 1.0;
+            // Pruning drops categories but keeps their groups, so the groups stop being a copy.
+            if self.categories.iter().any(|(_, weight)| *weight <= 1e-6) {
+                self.materialize_groups();
+            }
             self.categories.retain(|_, weight| *weight > 1e-6);
         }
     }
@@ -297,8 +334,13 @@ impl DecayedWeights {
             self.scale = 1.0;
         }
         let stored = weight / self.scale;
+        if !is_own_group(category, group) {
+            self.materialize_groups();
+        }
         *self.categories.entry_or_default(category) += stored;
-        *self.groups.entry_or_default(group) += stored;
+        if let Some(groups) = &mut self.groups {
+            *groups.entry_or_default(group) += stored;
+        }
         self.total += stored;
         self.events += 1;
     }
@@ -311,27 +353,60 @@ impl DecayedWeights {
         };
     }
 
+    /// Stores the group weights explicitly, when they were a copy of the category weights.
+    fn materialize_groups(&mut self) {
+        if self.groups.is_none() {
+            let copy: Vec<(GroupKey, f64)> = self
+                .categories
+                .iter()
+                .map(|(category, weight)| (GroupKey::Learned(category.clone()), *weight))
+                .collect();
+            self.groups = Some(SortedVecMap::from(copy));
+        }
+    }
+
     /// Rebuilds the per-group weights when the group map has changed since the last call.
     fn sync_groups(&mut self, groups: &GroupMap, topics: Option<&HashMap<Id, Id>>) {
         if self.groups_version == groups.version {
             return;
         }
-        self.groups.clear();
+        self.groups_version = groups.version;
+        let group_of = |category: &Id| {
+            let topic = topics.and_then(|topics| topics.get(category));
+            groups.group_of(category, topic)
+        };
+        let all_own = self
+            .categories
+            .iter()
+            .all(|(category, _)| is_own_group(category, &group_of(category)));
+        if all_own {
+            self.groups = None;
+            return;
+        }
         // Sums in category order (the map's order), so that float results do not depend on
         // the order in which categories arrived.
+        let mut rebuilt = SortedVecMap::default();
         for (category, weight) in self.categories.iter() {
-            let topic = topics.and_then(|topics| topics.get(category));
-            let group = groups.group_of(category, topic);
-            *self.groups.entry_or_default(&group) += weight;
+            *rebuilt.entry_or_default(&group_of(category)) += weight;
         }
-        self.groups_version = groups.version;
+        self.groups = Some(rebuilt);
+    }
+
+    /// Returns the weight of `group`, 0 for a group the user has no weight in.
+    fn group_weight(&self, group: &GroupKey) -> f64 {
+        let weight = match (&self.groups, group) {
+            (Some(groups), _) => groups.get(group),
+            (None, GroupKey::Learned(category)) => self.categories.get(category),
+            (None, GroupKey::Topic(_)) => None,
+        };
+        weight.copied().unwrap_or(0.0)
     }
 
     fn group_share(&self, group: &GroupKey) -> f64 {
         if self.total <= 0.0 {
             return 0.0;
         }
-        self.groups.get(group).copied().unwrap_or(0.0) / self.total
+        self.group_weight(group) / self.total
     }
 
     fn top_categories(&self, count: usize) -> Vec<CategoryShare> {
@@ -363,16 +438,33 @@ impl DecayedWeights {
 
     fn group_distribution(&self) -> BTreeMap<GroupKey, f64> {
         let mut distribution = BTreeMap::new();
-        if self.total > 0.0 {
-            for (group, weight) in self.groups.iter() {
-                distribution.insert(group.clone(), weight / self.total);
+        if self.total <= 0.0 {
+            return distribution;
+        }
+        match &self.groups {
+            Some(groups) => {
+                for (group, weight) in groups.iter() {
+                    distribution.insert(group.clone(), weight / self.total);
+                }
+            }
+            None => {
+                for (category, weight) in self.categories.iter() {
+                    let group = GroupKey::Learned(category.clone());
+                    distribution.insert(group, weight / self.total);
+                }
             }
         }
         distribution
     }
 }
 
-/// Record of the detector's work on the user's latest event, for explanations and plots.
+/// Returns whether `group` is the learned group named by `category` itself.
+fn is_own_group(category: &Id, group: &GroupKey) -> bool {
+    matches!(group, GroupKey::Learned(name) if name == category)
+}
+
+/// Record of the detector's work on one event, for explanations and plots; see
+/// [`ShiftDetector::observe_traced`].
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StepTrace {
     /// The event's interest group.
@@ -401,11 +493,9 @@ pub struct UserState {
     explore_novel: f64,
     explore_total: f64,
     cusum: f64,
-    run: Vec<RunEvent>,
-    run_start_ts: i64,
-    /// Run length when the current session started, so a burst can be rolled back.
-    run_len_at_session_start: u32,
-    cusum_at_session_start: f64,
+    /// The current run, present exactly while `cusum` is above zero. Boxed because most users
+    /// have none most of the time.
+    run: Option<Box<Run>>,
     session: u64,
     session_mark: SessionMark,
     /// Whether the current session has had an event in a group of the user's reference,
@@ -414,15 +504,16 @@ pub struct UserState {
     sessions_without_usual: u32,
     reference_sessions: ReferenceSessions,
     /// Times and categories of the latest events, for burst detection: at most
-    /// `burst_events`, and none older than `burst_span_secs` before the latest event.
-    recent: Vec<(i64, Id)>,
+    /// `burst_events`, and none older than `burst_span_secs` before the latest event. A user
+    /// who browses at a person's pace has one, which is stored inline.
+    recent: SmallVec<[(i64, Id); 1]>,
     in_burst: bool,
     refractory_events: u32,
     refractory_until_ts: i64,
+    /// Whether the latest event was part of a burst, for [`Detector::in_burst`].
+    latest_in_burst: bool,
     /// Events observed, including skipped ones.
     pub events: u64,
-    /// Record of the detector's work on the latest event.
-    pub last_step: StepTrace,
     /// Alerts raised for this user.
     pub alerts: u64,
     /// Behaviour profile: decayed counts per behaviour, purchases and amounts, and the
@@ -468,46 +559,76 @@ impl ReferenceSessions {
 }
 
 /// A user's behaviour profile, kept beside the interest reference.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+///
+/// Every tracked user has one, so it stores nothing that it can derive: the purchase count
+/// is the decayed count of `buy` events, and the current window is the one that contains the
+/// latest event, because a user's events come in time order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BehaviorProfile {
     /// Decayed event counts per behaviour, indexed by [`Behavior::index`].
     pub rates: [f64; 6],
-    /// Decayed number of purchases.
-    pub purchases: f64,
     /// Decayed purchase amount (price times one per `buy` event, where the input has prices).
     pub amount: f64,
-    /// Event times of the user's first and latest events, in Unix seconds. One option for
-    /// both, because they are set together, keeps the profile 8 bytes smaller.
-    span: Option<(i64, i64)>,
-    /// Start of the current window (Unix seconds) and its counts per behaviour.
-    pub window_start: i64,
+    /// Event times of the user's first and latest events, in Unix seconds, both
+    /// [`NO_EVENT_TS`] before the first event.
+    first_ts: i64,
+    last_ts: i64,
+    /// Counts per behaviour in the hour-long window that contains the latest event.
     pub window_counts: [u32; 6],
+}
+
+/// Event time that marks a profile without events. No event has it, because event times are
+/// Unix milliseconds divided by 1,000.
+const NO_EVENT_TS: i64 = i64::MIN;
+
+impl Default for BehaviorProfile {
+    fn default() -> Self {
+        BehaviorProfile {
+            rates: [0.0; 6],
+            amount: 0.0,
+            first_ts: NO_EVENT_TS,
+            last_ts: NO_EVENT_TS,
+            window_counts: [0; 6],
+        }
+    }
 }
 
 impl BehaviorProfile {
     /// Adds one event, decaying the long-term counts by `decay` and starting a new window
     /// when the event falls outside the current one.
-    fn record(&mut self, event: &Event, decay: f64, window_secs: i64) {
+    fn record(&mut self, event: &Event, decay: f64) {
         let ts = event.ts_secs();
+        let same_window = self
+            .window_start()
+            .is_some_and(|start| start == window_start(ts));
         for rate in &mut self.rates {
             *rate *= decay;
         }
-        self.purchases *= decay;
         self.amount *= decay;
         let index = event.behavior.index();
         self.rates[index] += 1.0;
         if event.behavior == Behavior::Buy {
-            self.purchases += 1.0;
             self.amount += event.price.unwrap_or(0.0);
         }
-        let first_ts = self.span.map_or(ts, |(first, _)| first);
-        self.span = Some((first_ts, ts));
-        let window_start = ts - ts.rem_euclid(window_secs);
-        if window_start != self.window_start {
-            self.window_start = window_start;
+        if self.first_ts == NO_EVENT_TS {
+            self.first_ts = ts;
+        }
+        self.last_ts = ts;
+        if !same_window {
             self.window_counts = [0; 6];
         }
         self.window_counts[index] = self.window_counts[index].saturating_add(1);
+    }
+
+    /// Returns the decayed number of purchases: the count of `buy` events in `rates`.
+    pub fn purchases(&self) -> f64 {
+        self.rates[Behavior::Buy.index()]
+    }
+
+    /// Returns the start of the window of the latest event, in Unix seconds, the window that
+    /// `window_counts` counts.
+    pub fn window_start(&self) -> Option<i64> {
+        self.last_ts().map(window_start)
     }
 
     /// Returns the share of each behaviour in the long-term counts.
@@ -524,22 +645,27 @@ impl BehaviorProfile {
 
     /// Returns the event time of the user's first event, in Unix seconds.
     pub fn first_ts(&self) -> Option<i64> {
-        self.span.map(|(first, _)| first)
+        (self.first_ts != NO_EVENT_TS).then_some(self.first_ts)
     }
 
     /// Returns the event time of the user's latest event, in Unix seconds.
     pub fn last_ts(&self) -> Option<i64> {
-        self.span.map(|(_, last)| last)
+        (self.last_ts != NO_EVENT_TS).then_some(self.last_ts)
     }
 
     /// Returns purchases per day over the user's active span (at least one day).
     pub fn purchases_per_day(&self) -> f64 {
-        let span_days = match self.span {
-            Some((first, last)) => ((last - first) as f64 / 86_400.0).max(1.0),
-            None => 1.0,
+        let span_days = match (self.first_ts(), self.last_ts()) {
+            (Some(first), Some(last)) => ((last - first) as f64 / 86_400.0).max(1.0),
+            _ => 1.0,
         };
-        self.purchases / span_days
+        self.purchases() / span_days
     }
+}
+
+/// Returns the start of the behaviour window that contains `ts`, in Unix seconds.
+fn window_start(ts: i64) -> i64 {
+    ts - ts.rem_euclid(PROFILE_WINDOW_SECS)
 }
 
 impl UserState {
@@ -644,9 +770,11 @@ impl ShiftDetector {
             } else {
                 state.sessions_without_usual.saturating_add(1)
             };
-            // A run contains at most MAX_RUN events, so its length fits in u32.
-            state.run_len_at_session_start = state.run.len() as u32;
-            state.cusum_at_session_start = state.cusum;
+            if let Some(run) = &mut state.run {
+                // A run contains at most MAX_RUN events, so its length fits in u32.
+                run.len_at_session_start = run.events.len() as u32;
+                run.cusum_at_session_start = state.cusum;
+            }
             state.in_burst = false;
             state.recent.clear();
         }
@@ -672,8 +800,8 @@ impl ShiftDetector {
             .count();
         let over = (state.recent.len() + 1).saturating_sub(self.config.burst_events);
         state.recent.drain(..expired.max(over));
-        if state.recent.is_empty() && state.recent.capacity() > 1 {
-            state.recent = Vec::with_capacity(1);
+        if state.recent.is_empty() && state.recent.spilled() {
+            state.recent = SmallVec::new();
         }
         state.recent.push((ts, event.category.clone()));
         if state.in_burst || state.recent.len() < self.config.burst_events {
@@ -690,12 +818,16 @@ impl ShiftDetector {
         }
         state.in_burst = true;
         // The burst's events so far were judged as if a person made them: take them back.
-        state.run.truncate(state.run_len_at_session_start as usize);
-        state.cusum = if state.run.is_empty() {
-            0.0
-        } else {
-            state.cusum_at_session_start
-        };
+        if let Some(run) = &mut state.run {
+            run.events.truncate(run.len_at_session_start as usize);
+        }
+        match &state.run {
+            Some(run) if !run.events.is_empty() => state.cusum = run.cusum_at_session_start,
+            _ => {
+                state.run = None;
+                state.cusum = 0.0;
+            }
+        }
         let mut counts: BTreeMap<&Id, usize> = BTreeMap::new();
         for (_, category) in &state.recent {
             *counts.entry(category).or_default() += 1;
@@ -748,8 +880,10 @@ impl ShiftDetector {
 
     /// Moves a run that ended without an alarm into the reference and the exploring rate.
     fn dissolve_run(&self, state: &mut UserState) {
-        let run = std::mem::take(&mut state.run);
-        for entry in &run {
+        let Some(run) = state.run.take() else {
+            return;
+        };
+        for entry in &run.events {
             self.count_exploration(state, entry.novel);
             self.add_run_entry(state, entry);
         }
@@ -769,21 +903,21 @@ impl ShiftDetector {
     /// first must return to groups that earlier ones visited.
     fn run_confirms(
         &self,
-        state: &UserState,
+        run: &Run,
         now_secs: i64,
         min_sessions: u32,
         min_recurring_events: u32,
     ) -> bool {
-        if now_secs - state.run_start_ts < self.config.min_run_span_secs {
+        if now_secs - run.start_ts < self.config.min_run_span_secs {
             return false;
         }
-        let novel_total = state.run.iter().filter(|entry| entry.novel).count() as u32;
+        let novel_total = run.events.iter().filter(|entry| entry.novel).count() as u32;
         if novel_total < self.config.min_novel_events {
             return false;
         }
         // Per session of the run, newest first: (session, judged events, novel events).
         let mut sessions: Vec<(u64, u32, u32)> = Vec::new();
-        for entry in state.run.iter().rev() {
+        for entry in run.events.iter().rev() {
             match sessions.last_mut() {
                 Some(last) if last.0 == entry.session => {
                     last.1 += 1;
@@ -807,8 +941,8 @@ impl ShiftDetector {
         let mut session_groups: Vec<&GroupKey> = Vec::new();
         let mut current_session = oldest_supporting;
         let mut recurring = 0u32;
-        for entry in state
-            .run
+        for entry in run
+            .events
             .iter()
             .filter(|entry| entry.novel && entry.session >= oldest_supporting)
         {
@@ -824,13 +958,12 @@ impl ShiftDetector {
         recurring >= min_recurring_events
     }
 
-    fn raise_shift(&self, state: &mut UserState, event: &Event, explore: f64) -> Alert {
-        let alert = self.shift_alert(state, event, explore);
+    fn raise_shift(&self, state: &mut UserState, run: &Run, event: &Event, explore: f64) -> Alert {
+        let alert = self.shift_alert(state, run, event, explore);
 
         // The run becomes the new reference, so the same shift does not alarm again.
         state.reference.scale_all(REBASE_KEEP);
-        let run = std::mem::take(&mut state.run);
-        for entry in &run {
+        for entry in &run.events {
             self.add_run_entry(state, entry);
         }
         state.cusum = 0.0;
@@ -840,11 +973,11 @@ impl ShiftDetector {
         alert
     }
 
-    /// Builds the `interest_shift` alert of the current run, leaving the state unchanged.
-    fn shift_alert(&self, state: &UserState, event: &Event, explore: f64) -> Alert {
+    /// Builds the `interest_shift` alert of `run`, leaving the state unchanged.
+    fn shift_alert(&self, state: &UserState, run: &Run, event: &Event, explore: f64) -> Alert {
         let ts = event.ts_secs();
         let threshold = self.config.threshold;
-        let novel: Vec<&RunEvent> = state.run.iter().filter(|entry| entry.novel).collect();
+        let novel: Vec<&RunEvent> = run.events.iter().filter(|entry| entry.novel).collect();
         let mut counts: BTreeMap<&Id, usize> = BTreeMap::new();
         let mut run_groups: BTreeMap<GroupKey, f64> = BTreeMap::new();
         for entry in &novel {
@@ -860,7 +993,7 @@ impl ShiftDetector {
             user: event.user.clone(),
             kind: AlertKind::InterestShift,
             ts,
-            onset_ts: state.run_start_ts,
+            onset_ts: run.start_ts,
             score: 1.0 - 0.5 * (-(state.cusum - threshold) / threshold).exp(),
             from: state.reference.top_categories(LISTED_CATEGORIES),
             to,
@@ -868,14 +1001,14 @@ impl ShiftDetector {
                 ("cusum".into(), state.cusum),
                 (
                     "novel_share".into(),
-                    novel.len() as f64 / state.run.len() as f64,
+                    novel.len() as f64 / run.events.len() as f64,
                 ),
                 ("divergence".into(), divergence),
                 ("entropy_change".into(), entropy_change),
                 ("explore_rate".into(), explore),
                 ("sessions".into(), sessions.len() as f64),
             ],
-            events_since_onset: state.run.len() as u64,
+            events_since_onset: run.events.len() as u64,
             segment_before: None,
             segment_after: None,
         }
@@ -886,7 +1019,7 @@ impl Detector for ShiftDetector {
     type State = UserState;
 
     fn in_burst(state: &UserState) -> bool {
-        state.last_step.in_burst
+        state.latest_in_burst
     }
 
     fn observe(
@@ -896,14 +1029,41 @@ impl Detector for ShiftDetector {
         groups: &GroupMap,
         alerts: &mut Vec<Alert>,
     ) {
-        state.events += 1;
-        state.last_step = StepTrace {
+        self.observe_traced(state, event, groups, alerts);
+    }
+}
+
+impl ShiftDetector {
+    /// Feeds one event like [`Detector::observe`] and returns the record of the detector's
+    /// work on it. The state keeps no trace, because it would cost every tracked user 48 bytes
+    /// for a record that only explanations read.
+    pub fn observe_traced(
+        &self,
+        state: &mut UserState,
+        event: &Event,
+        groups: &GroupMap,
+        alerts: &mut Vec<Alert>,
+    ) -> StepTrace {
+        let mut trace = StepTrace {
             cusum: state.cusum,
             ..StepTrace::default()
         };
-        state
-            .behavior
-            .record(event, self.config.reference_decay, PROFILE_WINDOW_SECS);
+        self.step(state, event, groups, alerts, &mut trace);
+        state.latest_in_burst = trace.in_burst;
+        trace
+    }
+
+    /// Feeds one event and records the work in `trace`; see [`ShiftDetector::observe_traced`].
+    fn step(
+        &self,
+        state: &mut UserState,
+        event: &Event,
+        groups: &GroupMap,
+        alerts: &mut Vec<Alert>,
+        trace: &mut StepTrace,
+    ) {
+        state.events += 1;
+        state.behavior.record(event, self.config.reference_decay);
         let weight = event.behavior.interest_weight();
         if weight <= 0.0 {
             return;
@@ -923,14 +1083,14 @@ impl Detector for ShiftDetector {
             alerts.push(alert);
         }
         if state.in_burst {
-            state.last_step.in_burst = true;
-            state.last_step.cusum = state.cusum;
+            trace.in_burst = true;
+            trace.cusum = state.cusum;
             return;
         }
 
         state.reference.sync_groups(groups, state.topics.as_deref());
         let group = groups.group_of(&event.category, event.topic.as_ref());
-        state.last_step.group = Some(group.clone());
+        trace.group = Some(group.clone());
         let session = state.session;
         let warm = state.reference.events >= u64::from(self.config.min_reference_events)
             && state
@@ -963,18 +1123,18 @@ impl Detector for ShiftDetector {
         }
 
         let explore = state.explore_rate(&self.config);
-        state.last_step.judged = true;
-        state.last_step.novel = novel;
-        state.last_step.explore_rate = explore;
+        trace.judged = true;
+        trace.novel = novel;
+        trace.explore_rate = explore;
         let q = self.config.shift_novelty;
         let step = if novel {
             (q / explore).ln()
         } else {
             ((1.0 - q) / (1.0 - explore)).ln()
         };
-        let was_active = !state.run.is_empty();
+        let was_active = state.run.is_some();
         state.cusum = (state.cusum + step).max(0.0);
-        state.last_step.cusum = state.cusum;
+        trace.cusum = state.cusum;
 
         if state.cusum <= 0.0 {
             if was_active {
@@ -984,50 +1144,54 @@ impl Detector for ShiftDetector {
             self.add_to_reference(state, &event.category, &group, weight, session);
             return;
         }
-        if !was_active {
-            state.run_start_ts = event.ts_secs();
-            state.run_len_at_session_start = 0;
-            state.cusum_at_session_start = 0.0;
-        }
-        state.run.push(RunEvent {
+        // The run is out of the state while this event works on it, and goes back unless an
+        // alarm folds it into the reference.
+        let mut run = state
+            .run
+            .take()
+            .unwrap_or_else(|| Run::starting_at(event.ts_secs()));
+        run.events.push(RunEvent {
             category: event.category.clone(),
             group,
             weight,
             session,
             novel,
         });
-        if state.run.len() > MAX_RUN {
-            let oldest = state.run.remove(0);
+        if run.events.len() > MAX_RUN {
+            let oldest = run.events.remove(0);
+            run.len_at_session_start = run.len_at_session_start.saturating_sub(1);
             self.count_exploration(state, oldest.novel);
             self.add_run_entry(state, &oldest);
-            state.run_len_at_session_start = state.run_len_at_session_start.saturating_sub(1);
         }
 
-        if state.cusum < self.config.threshold {
-            return;
-        }
         let now_secs = event.ts_secs();
         let config = &self.config;
-        if self.run_confirms(
-            state,
-            now_secs,
-            config.min_sessions,
-            config.min_recurring_events,
-        ) {
-            let alert = self.raise_shift(state, event, explore);
-            alerts.push(alert);
-        } else if config.candidate_sessions > 0
+        if state.cusum >= config.threshold
             && self.run_confirms(
-                state,
+                &run,
+                now_secs,
+                config.min_sessions,
+                config.min_recurring_events,
+            )
+        {
+            let alert = self.raise_shift(state, &run, event, explore);
+            alerts.push(alert);
+            return;
+        }
+        if state.cusum >= config.threshold
+            && config.candidate_sessions > 0
+            && self.run_confirms(
+                &run,
                 now_secs,
                 config.candidate_sessions,
                 config.candidate_recurring_events,
             )
         {
-            let mut candidate = self.shift_alert(state, event, explore);
+            let mut candidate = self.shift_alert(state, &run, event, explore);
             candidate.signals.push((CANDIDATE_SIGNAL.into(), 1.0));
             alerts.push(candidate);
         }
+        state.run = Some(run);
     }
 }
 

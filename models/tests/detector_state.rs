@@ -78,23 +78,23 @@ fn judging_waits_for_reference_sessions() {
     for session in 0..sessions {
         let views = if session + 1 == sessions { 1 } else { 10 };
         for step in 0..views {
-            detector.observe(
+            let trace = detector.observe_traced(
                 &mut state,
                 &view(1, session * hour + step * 60),
                 &groups,
                 &mut alerts,
             );
             assert!(
-                !state.last_step.judged,
+                !trace.judged,
                 "session {session}, view {step}: judged before {sessions} sessions"
             );
         }
     }
 
     let next = view(1, (sessions - 1) * hour + 60);
-    detector.observe(&mut state, &next, &groups, &mut alerts);
+    let trace = detector.observe_traced(&mut state, &next, &groups, &mut alerts);
     assert!(
-        state.last_step.judged,
+        trace.judged,
         "judged once the sessions are reached"
     );
     assert!(alerts.is_empty());
