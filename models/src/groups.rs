@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap as HashMap;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::category_graph::{CategoryGraph, GraphMaps};
 use crate::event::{Event, Id};
@@ -178,7 +179,8 @@ const SESSION_CATEGORIES: usize = 16;
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct OpenSession {
     mark: SessionMark,
-    categories: Vec<Id>,
+    /// The session's categories; most sessions visit one, which is stored inline.
+    categories: SmallVec<[Id; 1]>,
 }
 
 /// Counts, for a stream of events in per-user time order, the sessions touching each category
@@ -236,7 +238,8 @@ impl SessionCounter {
             .rule
             .advance(&mut session.mark, ts, event.session.as_deref())
         {
-            session.categories.clear();
+            // A new session starts with inline storage again, whatever the last one needed.
+            session.categories = SmallVec::new();
         }
         if session.categories.contains(&event.category) {
             return;
@@ -254,7 +257,7 @@ impl SessionCounter {
             *delta.pairs.entry(pair).or_default() += 1;
         }
         // One slot more at a time: most sessions visit one or two categories, and `push`
-        // alone would reserve four.
+        // alone would double the capacity.
         session.categories.reserve_exact(1);
         session.categories.push(event.category);
     }

@@ -38,21 +38,40 @@ pub const DEFAULT_MAX_SPAN_SECS: i64 = 4 * 60 * 60;
 
 /// One user's open session: its first and latest event times (Unix seconds) and the input's
 /// session id.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Every tracked user and every open session has a mark, so it is kept at 24 bytes: a start
+/// time of [`NOT_STARTED`] marks that no event has been seen, in place of a flag.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionMark {
-    /// Whether any event has been seen.
-    started: bool,
+    /// Event time of the session's first event, or [`NOT_STARTED`].
     start_ts: i64,
     last_ts: i64,
-    /// Boxed twice so that the pointer is thin. Every tracked user and every open session
-    /// has a mark, and this keeps it at 32 bytes rather than 40.
+    /// Boxed twice so that the pointer is thin (8 bytes rather than 16).
     id: Option<Box<Box<str>>>,
+}
+
+/// Start time of a mark that has seen no event. No event has it, because event times are Unix
+/// milliseconds divided by 1,000.
+const NOT_STARTED: i64 = i64::MIN;
+
+impl Default for SessionMark {
+    fn default() -> Self {
+        SessionMark {
+            start_ts: NOT_STARTED,
+            last_ts: 0,
+            id: None,
+        }
+    }
 }
 
 impl SessionMark {
     /// Time of the latest event in Unix seconds, if any event has been seen.
     pub fn last_ts(&self) -> Option<i64> {
-        self.started.then_some(self.last_ts)
+        self.started().then_some(self.last_ts)
+    }
+
+    fn started(&self) -> bool {
+        self.start_ts != NOT_STARTED
     }
 }
 
@@ -74,11 +93,10 @@ impl SessionRule {
     /// An event without a session id never ends a session by its id; events must come in
     /// time order per user.
     pub fn advance(&self, mark: &mut SessionMark, ts: i64, id: Option<&str>) -> bool {
-        let new_session = !mark.started
+        let new_session = !mark.started()
             || id.is_some_and(|id| mark.id.as_deref().map(|kept| &**kept) != Some(id))
             || self.has_ended(mark, ts);
         if new_session {
-            mark.started = true;
             mark.start_ts = ts;
             mark.id = id.map(|id| Box::new(Box::from(id)));
         }
@@ -87,9 +105,11 @@ impl SessionRule {
     }
 
     /// Returns true when an event at `now` (Unix seconds) or later would start a new session
-    /// after `mark`, whatever its session id, so the mark may be forgotten.
+    /// after `mark`, whatever its session id, so the mark may be forgotten. A mark that has
+    /// seen no event has ended.
     pub fn has_ended(&self, mark: &SessionMark, now: i64) -> bool {
-        now.saturating_sub(mark.last_ts) > self.gap_secs
+        !mark.started()
+            || now.saturating_sub(mark.last_ts) > self.gap_secs
             || now.saturating_sub(mark.start_ts) >= self.max_span_secs
     }
 }
