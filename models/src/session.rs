@@ -178,6 +178,21 @@ mod tests {
     }
 
     #[test]
+    fn session_mark_size_bounded() {
+        // Every tracked user and every open session of the co-occurrence counter has a mark.
+        let size = std::mem::size_of::<SessionMark>();
+        assert_eq!(size, 24, "SessionMark is {size} bytes");
+    }
+
+    #[test]
+    fn unstarted_mark_has_ended() {
+        let mark = SessionMark::default();
+        assert_eq!(mark.last_ts(), None);
+        assert!(rule().has_ended(&mark, 0));
+        assert!(rule().has_ended(&mark, i64::MIN));
+    }
+
+    #[test]
     fn invalid_bound_is_named() {
         assert_eq!(SessionRule::default().invalid_field(), None);
         let zero_gap = SessionRule {
