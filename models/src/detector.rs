@@ -576,7 +576,7 @@ pub struct BehaviorProfile {
     /// Decayed purchase amount (price times one per `buy` event, where the input has prices).
     pub amount: f64,
     /// Event times of the user's first and latest events, in Unix seconds, both
-    /// [`NO_EVENT_TS`] before the first event.
+    /// `NO_EVENT_TS` before the first event.
     first_ts: i64,
     last_ts: i64,
     /// Counts per behaviour in the hour-long window that contains the latest event.

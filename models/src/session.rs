@@ -39,11 +39,11 @@ pub const DEFAULT_MAX_SPAN_SECS: i64 = 4 * 60 * 60;
 /// One user's open session: its first and latest event times (Unix seconds) and the input's
 /// session id.
 ///
-/// Every tracked user and every open session has a mark, so it is kept at 24 bytes: a start
-/// time of [`NOT_STARTED`] marks that no event has been seen, in place of a flag.
+/// Every tracked user and every open session has a mark, so it is kept at 24 bytes. A start
+/// time of `NOT_STARTED` marks that no event has been seen, in place of a flag.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionMark {
-    /// Event time of the session's first event, or [`NOT_STARTED`].
+    /// Event time of the session's first event, or `NOT_STARTED`.
     start_ts: i64,
     last_ts: i64,
     /// Boxed twice so that the pointer is thin (8 bytes rather than 16).
