@@ -37,11 +37,13 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+pub use crate::behavior::BehaviorProfile;
+
 use crate::alert::{Alert, AlertKind, CategoryShare};
-use crate::event::{Behavior, Event, Id};
+use crate::decayed_weights::DecayedWeights;
+use crate::event::{Event, Id};
 use crate::groups::{GroupKey, GroupMap};
 use crate::session::{SessionMark, SessionRule};
-use crate::sorted_map::SortedVecMap;
 
 /// Settings of the shift detector; see the module documentation for their roles.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -244,8 +246,6 @@ const MIN_EXPLORE: f64 = 0.03;
 const MAX_RUN: usize = 256;
 /// Categories listed in an alert's `from` and `to`.
 const LISTED_CATEGORIES: usize = 3;
-/// Length of the per-user behaviour window, in seconds.
-const PROFILE_WINDOW_SECS: i64 = 3600;
 /// Reference weight kept after an alarm, as a fraction, so the run becomes the new reference.
 const REBASE_KEEP: f64 = 0.25;
 
@@ -281,186 +281,6 @@ impl Run {
             cusum_at_session_start: 0.0,
         })
     }
-}
-
-/// Decayed category weights, with the decay applied lazily through a shared scale.
-///
-/// The weights are in sorted vectors, not hash maps, because a user has few categories. No
-/// float sum runs over them in map order, so the container does not change any result.
-///
-/// Most categories form no group with others, so each is the learned group of its own name.
-/// While that is true for all of a user's categories, `groups` is `None` instead of a copy of
-/// the category weights. The copy would be equal bit for bit, because each group sum is `0.0`
-/// plus one category weight and both maps get the same additions and scalings.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct DecayedWeights {
-    categories: SortedVecMap<Id, f64>,
-    /// Weight per group under the group map version `groups_version`, or `None` while each
-    /// group is `GroupKey::Learned` of one category with that category's weight.
-    groups: Option<SortedVecMap<GroupKey, f64>>,
-    groups_version: u64,
-    total: f64,
-    scale: f64,
-    events: u64,
-}
-
-impl DecayedWeights {
-    fn decay(&mut self, factor: f64) {
-        if self.scale == 0.0 {
-            self.scale = 1.0;
-        }
-        self.scale *= factor;
-        if self.scale < 1e-9 {
-            // Fold the scale into the stored weights before it underflows.
-            let scale = self.scale;
-            self.categories
-                .values_mut()
-                .for_each(|weight| *weight *= scale);
-            if let Some(groups) = &mut self.groups {
-                groups.values_mut().for_each(|weight| *weight *= scale);
-            }
-            self.total *= scale;
-            self.scale = 1.0;
-            // Pruning drops categories but keeps their groups, so the groups stop being a copy.
-            if self.categories.iter().any(|(_, weight)| *weight <= 1e-6) {
-                self.materialize_groups();
-            }
-            self.categories.retain(|_, weight| *weight > 1e-6);
-        }
-    }
-
-    fn add(&mut self, category: &Id, group: &GroupKey, weight: f64) {
-        if self.scale == 0.0 {
-            self.scale = 1.0;
-        }
-        let stored = weight / self.scale;
-        if !is_own_group(category, group) {
-            self.materialize_groups();
-        }
-        *self.categories.entry_or_default(category) += stored;
-        if let Some(groups) = &mut self.groups {
-            *groups.entry_or_default(group) += stored;
-        }
-        self.total += stored;
-        self.events += 1;
-    }
-
-    fn scale_all(&mut self, factor: f64) {
-        self.scale = if self.scale == 0.0 {
-            factor
-        } else {
-            self.scale * factor
-        };
-    }
-
-    /// Stores the group weights explicitly, when they were a copy of the category weights.
-    fn materialize_groups(&mut self) {
-        if self.groups.is_none() {
-            let copy: Vec<(GroupKey, f64)> = self
-                .categories
-                .iter()
-                .map(|(category, weight)| (GroupKey::Learned(category.clone()), *weight))
-                .collect();
-            self.groups = Some(SortedVecMap::from(copy));
-        }
-    }
-
-    /// Rebuilds the per-group weights when the group map has changed since the last call.
-    fn sync_groups(&mut self, groups: &GroupMap, topics: Option<&HashMap<Id, Id>>) {
-        if self.groups_version == groups.version {
-            return;
-        }
-        self.groups_version = groups.version;
-        let group_of = |category: &Id| {
-            let topic = topics.and_then(|topics| topics.get(category));
-            groups.group_of(category, topic)
-        };
-        let all_own = self
-            .categories
-            .iter()
-            .all(|(category, _)| is_own_group(category, &group_of(category)));
-        if all_own {
-            self.groups = None;
-            return;
-        }
-        // Sums in category order (the map's order), so that float results do not depend on
-        // the order in which categories arrived.
-        let mut rebuilt = SortedVecMap::default();
-        for (category, weight) in self.categories.iter() {
-            *rebuilt.entry_or_default(&group_of(category)) += weight;
-        }
-        self.groups = Some(rebuilt);
-    }
-
-    /// Returns the weight of `group`, 0 for a group the user has no weight in.
-    fn group_weight(&self, group: &GroupKey) -> f64 {
-        let weight = match (&self.groups, group) {
-            (Some(groups), _) => groups.get(group),
-            (None, GroupKey::Learned(category)) => self.categories.get(category),
-            (None, GroupKey::Topic(_)) => None,
-        };
-        weight.copied().unwrap_or(0.0)
-    }
-
-    fn group_share(&self, group: &GroupKey) -> f64 {
-        if self.total <= 0.0 {
-            return 0.0;
-        }
-        self.group_weight(group) / self.total
-    }
-
-    fn top_categories(&self, count: usize) -> Vec<CategoryShare> {
-        if self.total <= 0.0 {
-            return Vec::new();
-        }
-        // Largest share first, then the smaller id: a total order, since ids are unique.
-        let ranks_before = |a: &(&Id, f64), b: &(&Id, f64)| {
-            b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)) == std::cmp::Ordering::Less
-        };
-        // Profiles ask for the top few after every event, so keep only `count` entries
-        // instead of sorting every category.
-        let mut top: Vec<(&Id, f64)> = Vec::with_capacity(count + 1);
-        for (category, weight) in self.categories.iter() {
-            let entry = (category, *weight / self.total);
-            let position = top.partition_point(|kept| ranks_before(kept, &entry));
-            if position < count {
-                top.insert(position, entry);
-                top.truncate(count);
-            }
-        }
-        top.into_iter()
-            .map(|(category, share)| CategoryShare {
-                category: category.clone(),
-                share,
-            })
-            .collect()
-    }
-
-    fn group_distribution(&self) -> BTreeMap<GroupKey, f64> {
-        let mut distribution = BTreeMap::new();
-        if self.total <= 0.0 {
-            return distribution;
-        }
-        match &self.groups {
-            Some(groups) => {
-                for (group, weight) in groups.iter() {
-                    distribution.insert(group.clone(), weight / self.total);
-                }
-            }
-            None => {
-                for (category, weight) in self.categories.iter() {
-                    let group = GroupKey::Learned(category.clone());
-                    distribution.insert(group, weight / self.total);
-                }
-            }
-        }
-        distribution
-    }
-}
-
-/// Returns whether `group` is the learned group named by `category` itself.
-fn is_own_group(category: &Id, group: &GroupKey) -> bool {
-    matches!(group, GroupKey::Learned(name) if name == category)
 }
 
 /// Record of the detector's work on one event, for explanations and plots; see
@@ -562,116 +382,6 @@ impl ReferenceSessions {
     fn reached(&self, required: u32) -> bool {
         self.count >= required
     }
-}
-
-/// A user's behaviour profile, kept beside the interest reference.
-///
-/// Every tracked user has one, so it stores nothing that it can derive: the purchase count
-/// is the decayed count of `buy` events, and the current window is the one that contains the
-/// latest event, because a user's events come in time order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BehaviorProfile {
-    /// Decayed event counts per behaviour, indexed by [`Behavior::index`].
-    pub rates: [f64; 6],
-    /// Decayed purchase amount (price times one per `buy` event, where the input has prices).
-    pub amount: f64,
-    /// Event times of the user's first and latest events, in Unix seconds, both
-    /// `NO_EVENT_TS` before the first event.
-    first_ts: i64,
-    last_ts: i64,
-    /// Counts per behaviour in the hour-long window that contains the latest event.
-    pub window_counts: [u32; 6],
-}
-
-/// Event time that marks a profile without events. No event has it, because event times are
-/// Unix milliseconds divided by 1,000.
-const NO_EVENT_TS: i64 = i64::MIN;
-
-impl Default for BehaviorProfile {
-    fn default() -> Self {
-        BehaviorProfile {
-            rates: [0.0; 6],
-            amount: 0.0,
-            first_ts: NO_EVENT_TS,
-            last_ts: NO_EVENT_TS,
-            window_counts: [0; 6],
-        }
-    }
-}
-
-impl BehaviorProfile {
-    /// Adds one event, decaying the long-term counts by `decay` and starting a new window
-    /// when the event falls outside the current one.
-    fn record(&mut self, event: &Event, decay: f64) {
-        let ts = event.ts_secs();
-        let same_window = self
-            .window_start()
-            .is_some_and(|start| start == window_start(ts));
-        for rate in &mut self.rates {
-            *rate *= decay;
-        }
-        self.amount *= decay;
-        let index = event.behavior.index();
-        self.rates[index] += 1.0;
-        if event.behavior == Behavior::Buy {
-            self.amount += event.price.unwrap_or(0.0);
-        }
-        if self.first_ts == NO_EVENT_TS {
-            self.first_ts = ts;
-        }
-        self.last_ts = ts;
-        if !same_window {
-            self.window_counts = [0; 6];
-        }
-        self.window_counts[index] = self.window_counts[index].saturating_add(1);
-    }
-
-    /// Returns the decayed number of purchases: the count of `buy` events in `rates`.
-    pub fn purchases(&self) -> f64 {
-        self.rates[Behavior::Buy.index()]
-    }
-
-    /// Returns the start of the window of the latest event, in Unix seconds, the window that
-    /// `window_counts` counts.
-    pub fn window_start(&self) -> Option<i64> {
-        self.last_ts().map(window_start)
-    }
-
-    /// Returns the share of each behaviour in the long-term counts.
-    pub fn behavior_shares(&self) -> [f64; 6] {
-        let total: f64 = self.rates.iter().sum();
-        let mut shares = [0.0; 6];
-        if total > 0.0 {
-            for (share, rate) in shares.iter_mut().zip(self.rates) {
-                *share = rate / total;
-            }
-        }
-        shares
-    }
-
-    /// Returns the event time of the user's first event, in Unix seconds.
-    pub fn first_ts(&self) -> Option<i64> {
-        (self.first_ts != NO_EVENT_TS).then_some(self.first_ts)
-    }
-
-    /// Returns the event time of the user's latest event, in Unix seconds.
-    pub fn last_ts(&self) -> Option<i64> {
-        (self.last_ts != NO_EVENT_TS).then_some(self.last_ts)
-    }
-
-    /// Returns purchases per day over the user's active span (at least one day).
-    pub fn purchases_per_day(&self) -> f64 {
-        let span_days = match (self.first_ts(), self.last_ts()) {
-            (Some(first), Some(last)) => ((last - first) as f64 / 86_400.0).max(1.0),
-            _ => 1.0,
-        };
-        self.purchases() / span_days
-    }
-}
-
-/// Returns the start of the behaviour window that contains `ts`, in Unix seconds.
-fn window_start(ts: i64) -> i64 {
-    ts - ts.rem_euclid(PROFILE_WINDOW_SECS)
 }
 
 impl UserState {
