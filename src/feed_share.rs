@@ -1,8 +1,9 @@
 //! Feeding a fully read input from every worker at once.
 //!
 //! Worker 0 reads the whole input, chooses the replay order and finds the late events, exactly
-//! as when it feeds alone. It then cuts the events it keeps into blocks in sending order. Each
-//! block is sent at one timely time: its first event time when the input is replayed sorted,
+//! as when it feeds alone. It then puts the events it keeps into blocks in sending order: the
+//! reader's batches in arrival order, or cuts of the sorted input. Each block is sent at one
+//! timely time: its first event time when the input is replayed sorted,
 //! or the watermark before its first event in arrival order. Every
 //! event of a block is at or after that time, and the times never decrease, so a worker may
 //! send a block once its input has advanced to the block's time. Worker `k` of `W` sends
@@ -66,25 +67,55 @@ impl FeedPlan {
         cuts.into_plan(events, workers)
     }
 
-    /// Plans events in arrival (file) order for `workers` workers. Events behind the
-    /// watermark are left out and passed to `late` with the watermark they missed.
+    /// Plans batches of events in arrival (file) order for `workers` workers. Events behind
+    /// the watermark are left out and passed to `late` with the watermark they missed.
+    ///
+    /// Each batch becomes a block as it is, without copying its events, unless the block
+    /// before it holds fewer than half of [`BLOCK_EVENTS`]; small batches are joined so that
+    /// the bound on blocks in flight still bounds events.
     pub(crate) fn arrival(
-        events: Vec<Event>,
+        batches: Vec<Vec<Event>>,
         watermark: &mut Watermark,
         workers: usize,
         mut late: impl FnMut(&Event, u64),
     ) -> FeedPlan {
-        let mut cuts = Cuts::default();
-        for (at, event) in events.iter().enumerate() {
-            let current = watermark.current();
-            if watermark.observe(event.ts_ms) {
-                late(event, current);
-                cuts.late.push(at);
-                continue;
+        let mut blocks: Vec<Block> = Vec::with_capacity(batches.len());
+        let mut newest_ms = i64::MIN;
+        for mut batch in batches {
+            let mut time = None;
+            batch.retain(|event| {
+                let current = watermark.current();
+                if watermark.observe(event.ts_ms) {
+                    late(event, current);
+                    return false;
+                }
+                time.get_or_insert(current);
+                newest_ms = newest_ms.max(event.ts_ms);
+                true
+            });
+            let Some(time) = time else { continue };
+            if let Some(last) = blocks.last_mut() {
+                let events = last
+                    .events
+                    .get_mut()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                if events.len() < BLOCK_EVENTS / 2 {
+                    events.append(&mut batch);
+                    last.newest_ms = newest_ms;
+                    continue;
+                }
             }
-            cuts.keep(at, event, current);
+            blocks.push(Block {
+                time,
+                newest_ms,
+                events: Mutex::new(batch),
+            });
         }
-        cuts.into_plan(events, workers)
+        FeedPlan {
+            blocks,
+            workers: workers.max(1),
+            sent: AtomicU64::new(0),
+        }
     }
 
     /// Returns the number of events sent so far by all workers.
@@ -137,13 +168,11 @@ impl FeedPlan {
     }
 }
 
-/// Block boundaries of a plan, found in one pass over the events in sending order.
+/// Block boundaries of a sorted plan, found in one pass over the events in sending order.
 #[derive(Default)]
 struct Cuts {
     /// Index of each block's first event, its time and the latest event time up to it.
     starts: Vec<(usize, u64, i64)>,
-    /// Indices of the events left out, ascending.
-    late: Vec<usize>,
     kept_in_block: usize,
     newest_ms: Option<i64>,
 }
@@ -151,7 +180,9 @@ struct Cuts {
 impl Cuts {
     /// Keeps the event at index `at`, which may be sent at `time` or earlier.
     fn keep(&mut self, at: usize, event: &Event, time: u64) {
-        let newest = self.newest_ms.map_or(event.ts_ms, |newest| newest.max(event.ts_ms));
+        let newest = self
+            .newest_ms
+            .map_or(event.ts_ms, |newest| newest.max(event.ts_ms));
         self.newest_ms = Some(newest);
         if self.kept_in_block == 0 {
             self.starts.push((at, time, newest));
@@ -167,22 +198,10 @@ impl Cuts {
     /// Moves the events into their blocks. Blocks are cut from the end of `events`, whose
     /// memory shrinks as they go, so the input is not held twice.
     fn into_plan(self, mut events: Vec<Event>, workers: usize) -> FeedPlan {
-        let mut late = self.late;
         let mut blocks = Vec::with_capacity(self.starts.len());
         for &(start, time, newest_ms) in self.starts.iter().rev() {
-            let mut block = events.split_off(start);
+            let block = events.split_off(start);
             events.shrink_to_fit();
-            let first_late = late.partition_point(|&at| at < start);
-            if first_late < late.len() {
-                let mut dropped = late[first_late..].iter().peekable();
-                let mut at = start;
-                block.retain(|_| {
-                    let keep = dropped.next_if_eq(&&at).is_none();
-                    at += 1;
-                    keep
-                });
-            }
-            late.truncate(first_late);
             blocks.push(Block {
                 time,
                 newest_ms,
@@ -244,7 +263,9 @@ impl FeedBoard {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -256,6 +277,56 @@ mod tests {
         Event::plain(ts_ms, user, 1u64, 2u64, Behavior::View)
     }
 
+    /// Cuts `events` into batches of `size`, as the reader sends them.
+    fn batches(events: Vec<Event>, size: usize) -> Vec<Vec<Event>> {
+        events.chunks(size).map(<[Event]>::to_vec).collect()
+    }
+
+    fn block_sizes(plan: &FeedPlan) -> Vec<usize> {
+        plan.blocks
+            .iter()
+            .map(|block| block.events.lock().unwrap().len())
+            .collect()
+    }
+
+    #[test]
+    fn arrival_plan_joins_small_batches() {
+        let events: Vec<Event> = (0..5_000)
+            .map(|at| view(at % 7, 1_000_000 + at as i64))
+            .collect();
+        let mut watermark = Watermark::new(600_000, 86_400_000);
+        let plan = FeedPlan::arrival(batches(events, 1_000), &mut watermark, 2, |_, _| {});
+        assert_eq!(block_sizes(&plan), vec![3_000, 2_000]);
+        assert_eq!(plan.newest_ms(), 1_000_000 + 4_999);
+        assert_eq!(plan.blocks[1].newest_ms, 1_000_000 + 4_999);
+    }
+
+    #[test]
+    fn arrival_plan_keeps_full_batches_whole() {
+        let events: Vec<Event> = (0..9_000)
+            .map(|at| view(at % 7, 1_000_000 + at as i64))
+            .collect();
+        let mut watermark = Watermark::new(600_000, 86_400_000);
+        let plan = FeedPlan::arrival(batches(events, 4_096), &mut watermark, 2, |_, _| {});
+        assert_eq!(block_sizes(&plan), vec![4_096, 4_096, 808]);
+    }
+
+    #[test]
+    fn arrival_plan_skips_a_batch_of_late_events() {
+        let early: Vec<Event> = (0..4_096)
+            .map(|at| view(1, 10_000_000 + at as i64))
+            .collect();
+        let late: Vec<Event> = (0..4_096).map(|at| view(2, at as i64)).collect();
+        let after: Vec<Event> = (0..10).map(|at| view(3, 10_005_000 + at as i64)).collect();
+        let mut watermark = Watermark::new(600_000, 86_400_000);
+        let mut dropped = 0;
+        let plan = FeedPlan::arrival(vec![early, late, after], &mut watermark, 2, |_, _| {
+            dropped += 1
+        });
+        assert_eq!(dropped, 4_096);
+        assert_eq!(block_sizes(&plan), vec![4_096, 10]);
+    }
+
     #[test]
     fn arrival_plan_drops_late_events() {
         let events: Vec<Event> = (0..10_000)
@@ -264,11 +335,18 @@ mod tests {
             .collect();
         let mut watermark = Watermark::new(600_000, 86_400_000);
         let mut late = Vec::new();
-        let plan = FeedPlan::arrival(events, &mut watermark, 2, |event, frontier| {
-            late.push((event.ts_ms, frontier))
-        });
+        let plan = FeedPlan::arrival(
+            batches(events, 4096),
+            &mut watermark,
+            2,
+            |event, frontier| late.push((event.ts_ms, frontier)),
+        );
         assert_eq!(late, vec![(0, 1_000_000 + 9_999_000 - 600_000)]);
-        let kept: usize = plan.blocks.iter().map(|b| b.events.lock().unwrap().len()).sum();
+        let kept: usize = plan
+            .blocks
+            .iter()
+            .map(|b| b.events.lock().unwrap().len())
+            .sum();
         assert_eq!(kept, 10_000);
         assert_eq!(plan.newest_ms(), 1_000_000 + 9_999_000);
     }
@@ -276,16 +354,26 @@ mod tests {
     #[test]
     fn block_times_bound_their_events() {
         let events: Vec<Event> = (0..20_000)
-            .map(|at| view(at % 13, 5_000_000 + ((at * 7919) % 500) as i64 * 1000 + at as i64 * 100))
+            .map(|at| {
+                view(
+                    at % 13,
+                    5_000_000 + ((at * 7919) % 500) as i64 * 1000 + at as i64 * 100,
+                )
+            })
             .collect();
         let mut watermark = Watermark::new(600_000, 86_400_000);
-        let plan = FeedPlan::arrival(events, &mut watermark, 3, |_, _| {});
+        let plan = FeedPlan::arrival(batches(events, 4096), &mut watermark, 3, |_, _| {});
         let mut previous = 0;
         for block in &plan.blocks {
             assert!(block.time >= previous, "block times never decrease");
             previous = block.time;
             for event in block.events.lock().unwrap().iter() {
-                assert!(event.ts_ms as u64 >= block.time, "{} < {}", event.ts_ms, block.time);
+                assert!(
+                    event.ts_ms as u64 >= block.time,
+                    "{} < {}",
+                    event.ts_ms,
+                    block.time
+                );
             }
         }
         assert!(plan.blocks.len() > 3);

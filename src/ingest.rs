@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{Map, Value};
-use veer_models::Event;
+use veer_models::{Event, Id};
 
 use crate::config::ReplayOrder;
 use crate::metrics::{Metrics, SourceMetrics};
@@ -40,6 +40,17 @@ pub struct LineCounts {
     pub out_of_order: u64,
     /// Bytes of (decompressed) input read.
     pub bytes: u64,
+}
+
+impl LineCounts {
+    /// Adds the line, byte, event, skipped and bad counts of a later part of the input.
+    fn add_lines(&mut self, later: &LineCounts) {
+        self.lines += later.lines;
+        self.bytes += later.bytes;
+        self.events += later.events;
+        self.skipped += later.skipped;
+        self.bad += later.bad;
+    }
 }
 
 /// One message from the reader thread.
@@ -380,18 +391,14 @@ fn read_split(
         for record in &output.bad {
             dead_letter.bad(name, record);
         }
-        counts.lines += output.counts.lines;
-        counts.bytes += output.counts.bytes;
-        counts.events += output.counts.events;
-        counts.skipped += output.counts.skipped;
-        counts.bad += output.counts.bad;
-        if !output.events.is_empty()
-            && sender
-                .send(Chunk::Events(output.events, counts.clone()))
-                .is_err()
-        {
-            return Ok(());
+        for (batch, in_range) in output.batches {
+            let mut so_far = counts.clone();
+            so_far.add_lines(&in_range);
+            if sender.send(Chunk::Events(batch, so_far)).is_err() {
+                return Ok(());
+            }
         }
+        counts.add_lines(&output.counts);
     }
     Ok(())
 }
@@ -433,32 +440,79 @@ pub struct OrderProfile {
 
 /// Measures how far `events` (in file order) are from time order.
 pub fn profile_order(events: &[Event], out_of_orderness_ms: i64) -> OrderProfile {
-    let mut profile = OrderProfile {
-        grouped_by_user: true,
-        ..Default::default()
-    };
-    let mut newest = i64::MIN;
-    let mut finished_users = std::collections::HashSet::new();
-    let mut current_user = None;
-    for event in events {
-        if event.ts_ms < newest {
-            profile.out_of_order += 1;
-            if event.ts_ms < newest.saturating_sub(out_of_orderness_ms) {
-                profile.late_in_arrival += 1;
-            }
-        }
-        newest = newest.max(event.ts_ms);
-        if current_user != Some(&event.user) {
-            if let Some(previous) = current_user {
-                finished_users.insert(previous.clone());
-            }
-            if finished_users.contains(&event.user) {
-                profile.grouped_by_user = false;
-            }
-            current_user = Some(&event.user);
+    let mut profiler = OrderProfiler::new(out_of_orderness_ms);
+    profiler.observe(events);
+    profiler.finish()
+}
+
+/// Builds the [`OrderProfile`] of an input one batch at a time, so the feeder can measure
+/// each batch as it arrives instead of the whole input at the end.
+#[derive(Debug)]
+pub struct OrderProfiler {
+    profile: OrderProfile,
+    out_of_orderness_ms: i64,
+    newest: i64,
+    /// Users whose block of events has ended, while the input may still be grouped by user.
+    finished_users: rustc_hash::FxHashSet<Id>,
+    current_user: Option<Id>,
+}
+
+impl OrderProfiler {
+    /// Creates a profiler that counts an event as late when it is older than the newest event
+    /// before it by more than `out_of_orderness_ms`.
+    pub fn new(out_of_orderness_ms: i64) -> Self {
+        OrderProfiler {
+            profile: OrderProfile {
+                grouped_by_user: true,
+                ..Default::default()
+            },
+            out_of_orderness_ms,
+            newest: i64::MIN,
+            finished_users: Default::default(),
+            current_user: None,
         }
     }
-    profile
+
+    /// Adds the next events of the input, in file order.
+    pub fn observe(&mut self, events: &[Event]) {
+        for event in events {
+            if event.ts_ms < self.newest {
+                self.profile.out_of_order += 1;
+                if event.ts_ms < self.newest.saturating_sub(self.out_of_orderness_ms) {
+                    self.profile.late_in_arrival += 1;
+                }
+            }
+            self.newest = self.newest.max(event.ts_ms);
+        }
+        if self.profile.grouped_by_user {
+            self.check_grouped(events);
+        }
+    }
+
+    /// Clears `grouped_by_user` when a user's events resume after another user's. Once it is
+    /// clear, users are no longer tracked, which saves a set lookup per event on inputs in
+    /// time order.
+    fn check_grouped(&mut self, events: &[Event]) {
+        for event in events {
+            if self.current_user.as_ref() == Some(&event.user) {
+                continue;
+            }
+            if let Some(previous) = self.current_user.take() {
+                self.finished_users.insert(previous);
+            }
+            if self.finished_users.contains(&event.user) {
+                self.profile.grouped_by_user = false;
+                self.finished_users = Default::default();
+                return;
+            }
+            self.current_user = Some(event.user.clone());
+        }
+    }
+
+    /// Returns the profile of every event observed.
+    pub fn finish(self) -> OrderProfile {
+        self.profile
+    }
 }
 
 /// Share of events that may be late in arrival order before `auto` sorts the input instead.

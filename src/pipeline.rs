@@ -1112,7 +1112,10 @@ fn feed_input(
             Ok((counts, true))
         }
         Feed::Reader(receiver) => {
-            let mut buffered: Vec<Event> = Vec::new();
+            // The reader's batches are kept as they arrive: a fed plan sends them as blocks,
+            // so the events are not copied into one vector unless they must be sorted.
+            let mut buffered: Vec<Vec<Event>> = Vec::new();
+            let mut profiler = ingest::OrderProfiler::new(shared.out_of_orderness_ms);
             let mut counts;
             let stream_arrival = shared.order == ReplayOrder::Arrival;
             let mut out_of_order = 0u64;
@@ -1147,9 +1150,10 @@ fn feed_input(
                         }
                         progress.processed(feeder.tally.sent);
                     }
-                    Chunk::Events(mut events, so_far) => {
+                    Chunk::Events(events, so_far) => {
                         read_so_far = so_far;
-                        buffered.append(&mut events)
+                        profiler.observe(&events);
+                        buffered.push(events);
                     }
                     Chunk::Done(done) => {
                         counts = done;
@@ -1167,9 +1171,10 @@ fn feed_input(
                 return Ok((counts, false));
             }
 
-            let profile = ingest::profile_order(&buffered, shared.out_of_orderness_ms);
+            let profile = profiler.finish();
             counts.out_of_order = profile.out_of_order;
-            let sorted = ingest::replay_sorted(shared.order, &profile, buffered.len());
+            let buffered_events = buffered.iter().map(Vec::len).sum();
+            let sorted = ingest::replay_sorted(shared.order, &profile, buffered_events);
             if sorted && profile.out_of_order > 0 {
                 tracing::info!(
                     out_of_order = profile.out_of_order,
@@ -1177,11 +1182,11 @@ fn feed_input(
                     "input is not in time order; replaying it sorted by event time"
                 );
             }
-            progress.processing(buffered.len() as u64);
+            progress.processing(buffered_events as u64);
             if let Some(board) = board {
                 let plan = if sorted {
-                    buffered.sort_by(Event::processing_cmp);
-                    crate::feed_share::FeedPlan::sorted(buffered, worker.peers())
+                    let events = sorted_events(buffered, buffered_events);
+                    crate::feed_share::FeedPlan::sorted(events, worker.peers())
                 } else {
                     let plan = crate::feed_share::FeedPlan::arrival(
                         buffered,
@@ -1203,8 +1208,8 @@ fn feed_input(
             }
             feed_alone();
             if sorted {
-                buffered.sort_by(Event::processing_cmp);
-                send_sorted(worker, &mut feeder, buffered, &progress)?;
+                let events = sorted_events(buffered, buffered_events);
+                send_sorted(worker, &mut feeder, events, &progress)?;
             } else {
                 if feeder
                     .resume
@@ -1215,7 +1220,7 @@ fn feed_input(
                 }
                 let mut since_step = 0usize;
                 let mut batch_started = Instant::now();
-                for event in buffered {
+                for event in buffered.into_iter().flatten() {
                     newest = newest.max(event.ts_ms);
                     if !arrival.offer(&mut feeder, shared, event) {
                         continue;
@@ -1238,6 +1243,16 @@ fn feed_input(
             Ok((counts, sorted))
         }
     }
+}
+
+/// Joins the reader's batches of `count` events in all and sorts them in processing order.
+fn sorted_events(batches: Vec<Vec<Event>>, count: usize) -> Vec<Event> {
+    let mut events = Vec::with_capacity(count);
+    for mut batch in batches {
+        events.append(&mut batch);
+    }
+    events.sort_by(Event::processing_cmp);
+    events
 }
 
 /// Publishes `plan` to the other workers and sends worker 0's share of it.

@@ -20,10 +20,15 @@ const MIN_SPLIT_BYTES: u64 = 4 << 20;
 /// Size of each thread's read buffer.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
 
+/// Events per batch of a range's output. The batches go on to the feeder as they are, so
+/// worker 0 never copies the events into one vector.
+const BATCH_EVENTS: usize = 4096;
+
 /// Output of one thread: the parsed lines of its range.
 pub(crate) struct RangeOutput {
-    /// Events in file order.
-    pub events: Vec<Event>,
+    /// Events in file order, in batches of [`BATCH_EVENTS`] (the last one may be shorter),
+    /// each with the counts of the range's lines up to its last event.
+    pub batches: Vec<(Vec<Event>, LineCounts)>,
     /// Counts of the range's lines alone.
     pub counts: LineCounts,
     /// Bad records in file order, for the dead-letter output.
@@ -165,11 +170,12 @@ fn parse_range(
     let mut splitter = LineSplitter::new(open_range(path, range)?).with_lines_before(lines_before);
     let limit = splitter.max_line_bytes();
     let mut output = RangeOutput {
-        events: Vec::new(),
+        batches: Vec::new(),
         counts: LineCounts::default(),
         bad: Vec::new(),
     };
     let counts = &mut output.counts;
+    let mut batch = Vec::with_capacity(BATCH_EVENTS);
     let mut published = LineCounts::default();
     let mut bytes_published = 0u64;
     while let Some(line) = splitter.next_line()? {
@@ -182,7 +188,11 @@ fn parse_range(
         match parsed {
             Parsed::Event(event) => {
                 counts.events += 1;
-                output.events.push(event);
+                batch.push(event);
+                if batch.len() == BATCH_EVENTS {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_EVENTS));
+                    output.batches.push((full, counts.clone()));
+                }
             }
             Parsed::Skip => counts.skipped += 1,
             Parsed::Bad(record) => {
@@ -193,6 +203,9 @@ fn parse_range(
     }
     progress.add_bytes(counts.bytes - bytes_published);
     progress.publish(counts, &mut published);
+    if !batch.is_empty() {
+        output.batches.push((batch, counts.clone()));
+    }
     Ok(output)
 }
 
@@ -244,26 +257,42 @@ mod tests {
                 17 => writeln!(writer).unwrap(),
                 18 => writeln!(writer, "not,a,row").unwrap(),
                 19 => write!(writer, "{line},{},{},pv,{time}\r\n", line * 3, line % 97).unwrap(),
-                20 if line == 10 * 9_973 + 20 => writeln!(writer, "{}", "x".repeat(2 << 20)).unwrap(),
-                _ => writeln!(writer, "{},{},{},pv,{time}", line % 5_000, line * 3, line % 97)
-                    .unwrap(),
+                20 if line == 10 * 9_973 + 20 => {
+                    writeln!(writer, "{}", "x".repeat(2 << 20)).unwrap()
+                }
+                _ => writeln!(
+                    writer,
+                    "{},{},{},pv,{time}",
+                    line % 5_000,
+                    line * 3,
+                    line % 97
+                )
+                .unwrap(),
             }
         }
         // A last line without a newline.
         write!(writer, "1,2,3,buy,1511900000").unwrap();
         drop(writer);
         let path = file.path().to_str().unwrap().to_string();
-        assert!(super::plan_ranges(&path, 3).unwrap().is_some_and(|ranges| ranges.len() == 3));
+        assert!(super::plan_ranges(&path, 3)
+            .unwrap()
+            .is_some_and(|ranges| ranges.len() == 3));
 
         let (events, counts, letters) = read(&path, 1);
         let (split_events, split_counts, split_letters) = read(&path, 3);
         assert_eq!(split_counts, counts);
         assert_eq!(split_events.len(), events.len());
-        assert!(split_events == events, "the events or their line numbers differ");
+        assert!(
+            split_events == events,
+            "the events or their line numbers differ"
+        );
         assert_eq!(split_letters, letters);
         assert_eq!(counts.lines, 200_001);
         assert_eq!(counts.bad, 22, "21 bad rows and one over-long line");
         assert_eq!(counts.skipped, 21, "blank lines");
-        assert!(letters.contains("\"line\":19"), "bad row reported at its line");
+        assert!(
+            letters.contains("\"line\":19"),
+            "bad row reported at its line"
+        );
     }
 }
