@@ -18,8 +18,9 @@ use veer_models::{AlertKind, Detector, DetectorConfig, Event, GroupConfig, Shift
 use veer_operators::profiles::{ProfileSettings, ProfileStore, ProfileView};
 use veer_operators::segments::SegmentStore;
 use veer_operators::{
-    detect_shifts, order_by_event_time, population_groups, session_cooccurrence, write_alerts,
-    AlertCounter, AlertSink, DetectSettings, DetectStats, WorkerState,
+    detect_shifts, order_by_event_time, population_groups, population_groups_on_thread,
+    session_cooccurrence, write_alerts, AlertCounter, AlertSink, DetectSettings, DetectStats,
+    WorkerState,
 };
 
 use crate::config::{DetectorChoice, ReplayOrder};
@@ -682,7 +683,13 @@ where
         worker.dataflow::<u64, _, _>(move |scope| {
             let events = order_by_event_time(input.to_stream(scope), state.order);
             let deltas = session_cooccurrence(events.clone(), window_ms, state.cooccurrence);
-            let population = population_groups(deltas, state.population).broadcast();
+            // Checkpoints snapshot the model between steps, so it stays on the worker then.
+            let population = if scope.peers() > 1 && shared.checkpoints.is_none() {
+                population_groups_on_thread(deltas, state.population)
+            } else {
+                population_groups(deltas, state.population)
+            };
+            let population = population.broadcast();
             let attribute_stream = attribute_updates.to_stream(scope);
             let (alerts, segment_updates) = match &shared.models {
                 Some(models) => {

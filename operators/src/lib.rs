@@ -45,6 +45,8 @@ pub use fit::{fit_models, FitSettings, FittedVersion, ModelUpdate};
 pub use score::score_windows;
 pub use windows::{build_user_windows, WindowRecord};
 pub use order::order_by_event_time;
-pub use population::{population_groups, session_cooccurrence, window_end};
+pub use population::{
+    population_groups, population_groups_on_thread, session_cooccurrence, window_end,
+};
 pub use sink::{write_alerts, AlertCounter, AlertSink, AlertTally, JsonLines};
 pub use state::{DetectHandle, DetectState, TrackedUser, WorkerState};
