@@ -149,8 +149,8 @@ impl FeedPlan {
             }
             if at >= lag {
                 let bound = self.blocks[at - lag].time;
-                // Parking, not spinning, leaves the core to a worker that still has work,
-                // such as worker 0 rebuilding the category groups.
+                // Parking, not spinning, leaves the core to a thread that still has work,
+                // such as the one that rebuilds the category groups.
                 while probe.less_than(&bound) {
                     worker.step_or_park(Some(PARK_WHILE_IN_FLIGHT));
                     hooks.between_steps();
