@@ -697,9 +697,14 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
     let mut model_saver = None;
     let summary = if models && reads_input {
         let mut model_settings = file.models.run_settings();
+        let user_columns = match &settings.users {
+            Some(users) => Some(veer::users::table_columns(&users.path)?),
+            None => None,
+        };
         model_saver = veer::model_file::prepare_run(
             &mut model_settings,
             settings.window.as_millis() as u64,
+            user_columns,
             args.models_load.as_deref().or(file.models.load.as_deref()),
             args.models_save.as_deref().or(file.models.save.as_deref()),
         )?;

@@ -3,8 +3,9 @@
 //!
 //! A file has the fields `format` ([`MODEL_FILE_FORMAT`]), `version` (the model version in the
 //! run that fitted it), `trained_from_ms` and `trained_until_ms` (the window starts that
-//! trained it, Unix milliseconds), `settings` ([`FitRecord`]) and `models` (the
-//! [`ModelSet`] document, with its own format version). A save replaces the file atomically:
+//! trained it, Unix milliseconds), `settings` ([`FitRecord`]), `user_columns` (the columns
+//! of the saving run's `--users` table besides `user`, or `null` without one) and `models`
+//! (the [`ModelSet`] document, with its own format version). A save replaces the file atomically:
 //! the document goes to a temporary file in the same folder, which is synced and renamed over
 //! the old file, so a reader sees the old version or the new one, never a mix.
 
@@ -16,14 +17,16 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use veer_models::ml::{FeatureSpec, MlError, ModelParams, ModelSet, WindowConfig};
+use veer_models::ml::{
+    FeatureSpec, MlError, ModelParams, ModelSet, WindowConfig, ENCODED_ATTRIBUTE_COLUMNS,
+};
 use veer_operators::fit::{FittedVersion, VersionSink};
 
 use crate::replay::ModelRunSettings;
 
 /// Format version of a model file. [`load`] rejects any other, so bump it when the fields
 /// around `models` change.
-pub const MODEL_FILE_FORMAT: u32 = 1;
+pub const MODEL_FILE_FORMAT: u32 = 2;
 
 /// Settings that decide what fitted models compute. A run that loads models must have the
 /// same settings as the run that fitted them.
@@ -65,6 +68,9 @@ pub struct ModelFile {
     pub trained_from_ms: u64,
     pub trained_until_ms: u64,
     pub settings: FitRecord,
+    /// Columns of the saving run's `--users` table besides `user`, sorted, or `None` when that
+    /// run had no table.
+    pub user_columns: Option<Vec<String>>,
     pub models: ModelSet,
 }
 
@@ -76,6 +82,7 @@ struct SavedFile<'a> {
     trained_from_ms: u64,
     trained_until_ms: u64,
     settings: &'a FitRecord,
+    user_columns: Option<&'a [String]>,
     models: &'a ModelSet,
 }
 
@@ -87,6 +94,7 @@ struct SavedHeader {
     trained_from_ms: u64,
     trained_until_ms: u64,
     settings: FitRecord,
+    user_columns: Option<Vec<String>>,
 }
 
 /// Failure to read, check or write a model file. Each message names the file.
@@ -125,6 +133,17 @@ pub enum ModelFileError {
     SettingMismatch {
         path: PathBuf,
         setting: String,
+        saved: String,
+        run: String,
+    },
+    #[error(
+        "model file {path} does not match this run's user table: the models were fitted with \
+         {saved}, but this run has {run}; run with a --users table that has the saving run's \
+         age and gender columns, or none if it had none, or fit new models without \
+         --models-load"
+    )]
+    UserTableMismatch {
+        path: PathBuf,
         saved: String,
         run: String,
     },
@@ -199,14 +218,24 @@ pub fn load(path: &Path) -> Result<ModelFile, ModelFileError> {
         trained_from_ms: header.trained_from_ms,
         trained_until_ms: header.trained_until_ms,
         settings: header.settings,
+        user_columns: header.user_columns,
         models,
     })
 }
 
 impl ModelFile {
-    /// Checks that the models were fitted on the features this veer computes and with the
-    /// run's fit settings, and names the first setting that differs.
-    pub fn check(&self, path: &Path, run: &FitRecord) -> Result<(), ModelFileError> {
+    /// Checks that the models were fitted on the features this veer computes, with the run's
+    /// fit settings and with a user table like the run's, and names the first difference.
+    ///
+    /// `user_columns` are the run's `--users` columns besides `user`, or `None` without a
+    /// table. Both runs must have a table or neither, and the tables must agree on the columns
+    /// that the features encode ([`ENCODED_ATTRIBUTE_COLUMNS`]); other columns may differ.
+    pub fn check(
+        &self,
+        path: &Path,
+        run: &FitRecord,
+        user_columns: Option<&[String]>,
+    ) -> Result<(), ModelFileError> {
         let mismatch = |setting: String, saved: String, run: String| {
             Err(ModelFileError::SettingMismatch {
                 path: path.to_path_buf(),
@@ -240,6 +269,14 @@ impl ModelFile {
         if let Some((key, saved, current)) = first_difference("", &saved, &current) {
             return mismatch(setting_name(&key), saved, current);
         }
+        let saved_columns = self.user_columns.as_deref();
+        if saved_columns.map(encoded_columns) != user_columns.map(encoded_columns) {
+            return Err(ModelFileError::UserTableMismatch {
+                path: path.to_path_buf(),
+                saved: describe_user_table(saved_columns),
+                run: describe_user_table(user_columns),
+            });
+        }
         Ok(())
     }
 
@@ -254,6 +291,23 @@ impl ModelFile {
             trained_until_ms: self.trained_until_ms,
             models: Ok(self.models.clone()),
         }
+    }
+}
+
+/// Returns the columns among `columns` that the window features encode.
+fn encoded_columns(columns: &[String]) -> Vec<&str> {
+    ENCODED_ATTRIBUTE_COLUMNS
+        .into_iter()
+        .filter(|encoded| columns.iter().any(|column| column == encoded))
+        .collect()
+}
+
+/// Describes a run's user table for [`ModelFileError::UserTableMismatch`].
+fn describe_user_table(columns: Option<&[String]>) -> String {
+    match columns {
+        None => "no --users table".to_string(),
+        Some([]) => "a --users table of no columns besides user".to_string(),
+        Some(columns) => format!("a --users table of columns {}", columns.join(", ")),
     }
 }
 
@@ -343,16 +397,21 @@ fn sync_folder(_folder: &Path) -> std::io::Result<()> {
 pub struct ModelSaver {
     path: PathBuf,
     settings: FitRecord,
+    user_columns: Option<Vec<String>>,
     saved: AtomicU64,
     failed: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
 impl ModelSaver {
-    /// Creates a saver for `path` with the run's fit settings. Fails unless a file can be
-    /// created in the folder of `path`, so that a run does not fit for hours and then fail to
-    /// save.
-    pub fn new(path: &Path, settings: FitRecord) -> Result<ModelSaver, ModelFileError> {
+    /// Creates a saver for `path` with the run's fit settings and its `--users` columns
+    /// besides `user` (`None` without a table). Fails unless a file can be created in the
+    /// folder of `path`, so that a run does not fit for hours and then fail to save.
+    pub fn new(
+        path: &Path,
+        settings: FitRecord,
+        user_columns: Option<Vec<String>>,
+    ) -> Result<ModelSaver, ModelFileError> {
         let write_error = |cause| ModelFileError::Write {
             path: path.to_path_buf(),
             cause,
@@ -374,6 +433,7 @@ impl ModelSaver {
         Ok(ModelSaver {
             path: path.to_path_buf(),
             settings,
+            user_columns,
             saved: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_error: Mutex::new(None),
@@ -398,6 +458,7 @@ impl ModelSaver {
             trained_from_ms: trained.0,
             trained_until_ms: trained.1,
             settings: &self.settings,
+            user_columns: self.user_columns.as_deref(),
             models,
         };
         let bytes = serde_json::to_vec(&document).expect("models serialize to JSON");
@@ -459,12 +520,14 @@ impl VersionSink for ModelSaver {
 /// Loads the models of `load` into `models` and sets up saving to `save`, before a run
 /// starts. Returns the saver, whose [`ModelSaver::finish`] the caller checks after the run.
 ///
-/// Loaded models are checked against the run's fit settings. With both paths, the loaded
+/// Loaded models are checked against the run's fit settings and `user_columns`, the columns of
+/// its `--users` table besides `user` (`None` without a table). With both paths, the loaded
 /// version is saved to `save` at once (unless both name the same file), so that `save`
 /// contains the models in force from the start of the run.
 pub fn prepare_run(
     models: &mut ModelRunSettings,
     window_ms: u64,
+    user_columns: Option<Vec<String>>,
     load: Option<&Path>,
     save: Option<&Path>,
 ) -> anyhow::Result<Option<Arc<ModelSaver>>> {
@@ -472,7 +535,7 @@ pub fn prepare_run(
     let loaded = match load {
         Some(path) => {
             let file = self::load(path)?;
-            file.check(path, &record)?;
+            file.check(path, &record, user_columns.as_deref())?;
             tracing::info!(
                 path = %path.display(),
                 version = file.version,
@@ -487,7 +550,7 @@ pub fn prepare_run(
     };
     let saver = match save {
         Some(path) => {
-            let saver = ModelSaver::new(path, record)?;
+            let saver = ModelSaver::new(path, record, user_columns)?;
             if let (Some(file), Some(load)) = (&loaded, load) {
                 if !same_file(load, path) {
                     let trained = (file.trained_from_ms, file.trained_until_ms);
@@ -563,7 +626,7 @@ mod tests {
         let folder = tempfile::tempdir().expect("temporary folder");
         let path = folder.path().join("absent").join("models.json");
         let settings = FitRecord::of(&ModelRunSettings::default(), 3_600_000);
-        let error = ModelSaver::new(&path, settings).expect_err("no folder");
+        let error = ModelSaver::new(&path, settings, None).expect_err("no folder");
         assert!(
             matches!(error, ModelFileError::MissingFolder { .. }),
             "{error}"

@@ -31,13 +31,23 @@ pub type AttributeUpdate = (AttributeRow, u64, isize);
 /// Returns an error when the file cannot be read or has no `user` column; problems in single
 /// rows are logged and never fatal.
 pub fn load(path: &Path) -> anyhow::Result<AttributeTable> {
+    let (table, report) = read_table(path)?;
+    log_report(path, &table, &report);
+    Ok(table)
+}
+
+/// Returns the table's column names besides `user`, sorted, as a model file records them.
+pub fn table_columns(path: &Path) -> anyhow::Result<Vec<String>> {
+    let (table, _) = read_table(path)?;
+    Ok(table.columns().to_vec())
+}
+
+fn read_table(path: &Path) -> anyhow::Result<(AttributeTable, LoadReport)> {
     let text = std::fs::read_to_string(path).map_err(|error| {
         anyhow::anyhow!("cannot read the user table {}: {error}", path.display())
     })?;
-    let (table, report) = AttributeTable::parse(&text)
-        .map_err(|error| anyhow::anyhow!("user table {}: {error}", path.display()))?;
-    log_report(path, &table, &report);
-    Ok(table)
+    AttributeTable::parse(&text)
+        .map_err(|error| anyhow::anyhow!("user table {}: {error}", path.display()))
 }
 
 fn log_report(path: &Path, table: &AttributeTable, report: &LoadReport) {

@@ -117,7 +117,8 @@ fn saved_models_reload_byte_identical() {
         saved.fitting.stderr
     );
     let document = read_json(&saved.models);
-    assert_eq!(document["format"], 1);
+    assert_eq!(document["format"], 2);
+    assert_eq!(document["user_columns"], Value::Null);
     assert_eq!(document["version"], 0);
     let from = document["trained_from_ms"]
         .as_u64()
@@ -351,17 +352,22 @@ fn bad_model_files_rejected() {
         document["models"]["segmenter"] = 5.into()
     });
     let future_format = edited(&saved, |document| document["format"] = 99.into());
+    let first_format = edited(&saved, |document| {
+        document["format"] = 1.into();
+        document.as_object_mut().unwrap().remove("user_columns");
+    });
     let old_models = edited(&saved, |document| document["models"]["version"] = 2.into());
     let renamed_feature = edited(&saved, |document| {
         document["models"]["spec"]["names"][0] = "renamed".into()
     });
-    let cases: [(&str, &[u8], &str); 8] = [
+    let cases: [(&str, &[u8], &str); 9] = [
         ("truncated.json", &good[..good.len() / 2], "truncated"),
         ("empty.json", b"", "truncated"),
         ("garbage.json", b"PK\x03\x04 not a model", "invalid JSON"),
         ("no-models.json", &no_models, "missing field `models`"),
         ("broken-models.json", &broken_models, "invalid `models`"),
         ("format.json", &future_format, "file format version 99"),
+        ("first-format.json", &first_format, "file format version 1,"),
         ("old-models.json", &old_models, "models format version 2"),
         (
             "features.json",
@@ -400,6 +406,88 @@ fn mismatched_settings_rejected() {
         &decay,
         &[],
         "fit setting `reference_decay` = 0.5",
+    );
+}
+
+/// Writes a user table of `columns` for users 1 to 300 to `name` in the saved folder.
+fn user_table(saved: &Saved, name: &str, columns: &[&str]) -> PathBuf {
+    let path = saved.folder.path().join(name);
+    let mut text = format!("user,{}\n", columns.join(","));
+    for user in 1..=300 {
+        let values: Vec<&str> = columns
+            .iter()
+            .map(|column| match *column {
+                "age" => "25-34",
+                "gender" => {
+                    if user % 2 == 0 {
+                        "F"
+                    } else {
+                        "M"
+                    }
+                }
+                _ => "x",
+            })
+            .collect();
+        text.push_str(&format!("{user},{}\n", values.join(",")));
+    }
+    std::fs::write(&path, text).expect("user table");
+    path
+}
+
+#[test]
+fn user_table_mismatch_rejected() {
+    let saved = saved_models();
+    let full = user_table(&saved, "full.csv", &["age", "gender", "region"]);
+    let no_gender = user_table(&saved, "no-gender.csv", &["age", "region"]);
+    let other_extra = user_table(&saved, "extra.csv", &["age", "gender", "vip_level"]);
+
+    assert_load_fails(
+        &saved,
+        &saved.models,
+        &["--users", arg(&full)],
+        "fitted with no --users table, but this run has a --users table of columns age, \
+         gender, region",
+    );
+
+    let with_table = edited(&saved, |document| {
+        document["user_columns"] = serde_json::json!(["age", "gender", "region"])
+    });
+    assert_rejected(
+        &saved,
+        "with-table.json",
+        &with_table,
+        &[],
+        "fitted with a --users table of columns age, gender, region, but this run has no \
+         --users table",
+    );
+    assert_load_fails(
+        &saved,
+        &saved.folder.path().join("with-table.json"),
+        &["--users", arg(&no_gender)],
+        "but this run has a --users table of columns age, region",
+    );
+    // Columns that the features do not encode may differ.
+    let accepted = run_loaded(
+        &saved,
+        &saved.folder.path().join("with-table.json"),
+        "extra.jsonl",
+        &["--users", arg(&other_extra)],
+    );
+    assert_eq!(accepted.status, 0, "{}", accepted.stderr);
+
+    // A saving run with a table records its columns.
+    let resaved = saved.folder.path().join("resaved.json");
+    let saving = run_loaded(
+        &saved,
+        &saved.folder.path().join("with-table.json"),
+        "saving.jsonl",
+        &["--users", arg(&full), "--models-save", arg(&resaved)],
+    );
+    assert_eq!(saving.status, 0, "{}", saving.stderr);
+    let document = read_json(&resaved);
+    assert_eq!(
+        document["user_columns"],
+        serde_json::json!(["age", "gender", "region"])
     );
 }
 
@@ -473,7 +561,7 @@ fn loaded_models_match_reference() {
     let path = folder.path().join("models.json");
     let fitting = ModelRunSettings::default();
     let saver = Arc::new(
-        ModelSaver::new(&path, FitRecord::of(&fitting, HOUR_MS)).expect("a writable folder"),
+        ModelSaver::new(&path, FitRecord::of(&fitting, HOUR_MS), None).expect("a writable folder"),
     );
     let with_saver = ModelRunSettings {
         sink: Some(saver.clone()),
@@ -484,7 +572,7 @@ fn loaded_models_match_reference() {
     saver.finish().expect("every version saved");
 
     let file = model_file::load(&path).expect("the saved file loads");
-    file.check(&path, &FitRecord::of(&fitting, HOUR_MS))
+    file.check(&path, &FitRecord::of(&fitting, HOUR_MS), None)
         .expect("the same settings");
     let replay_settings = ReplaySettings {
         window_ms: HOUR_MS,

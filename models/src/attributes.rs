@@ -14,7 +14,7 @@
 //! per-user profiles. [`AttributeTable::changes`] turns two versions of the table into the
 //! retractions and insertions that the join consumes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -59,9 +59,7 @@ impl Age {
 }
 
 /// The attributes of one user's row. `None` and absent keys are unknown.
-#[derive(
-    Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct UserAttributes {
     pub age: Option<Age>,
     pub gender: Option<String>,
@@ -132,6 +130,8 @@ pub enum AttributeError {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AttributeTable {
     users: BTreeMap<Id, UserAttributes>,
+    /// Column names besides `user`, sorted: the CSV header's, or every key of the JSON lines.
+    columns: Vec<String>,
 }
 
 impl AttributeTable {
@@ -143,6 +143,7 @@ impl AttributeTable {
         let mut report = LoadReport::default();
         let mut lines_of: BTreeMap<Id, u64> = BTreeMap::new();
         let mut header: Option<Vec<String>> = None;
+        let mut columns: BTreeSet<String> = BTreeSet::new();
         for (index, line) in text.lines().enumerate() {
             let number = index as u64 + 1;
             if line.trim().is_empty() {
@@ -165,9 +166,19 @@ impl AttributeTable {
                 if !names.iter().any(|name| name == "user") {
                     return Err(AttributeError::MissingUserColumn);
                 }
+                columns.extend(names.iter().filter(|name| *name != "user").cloned());
                 header = Some(names);
                 continue;
             };
+            if json {
+                columns.extend(
+                    fields
+                        .iter()
+                        .map(|(name, _)| name)
+                        .filter(|name| *name != "user")
+                        .cloned(),
+                );
+            }
             report.rows += 1;
             let (user, attributes) = read_row(fields, number, &mut report)?;
             if let Some(earlier_line) = lines_of.insert(user.clone(), number) {
@@ -179,7 +190,13 @@ impl AttributeTable {
             }
             table.users.insert(user, attributes);
         }
+        table.columns = columns.into_iter().collect();
         Ok((table, report))
+    }
+
+    /// Returns the column names besides `user`, sorted.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
     }
 
     /// Returns a user's attributes, or `None` when the table has no row for the user.
@@ -435,10 +452,16 @@ mod tests {
         let changes = one.changes(&two);
         let users: Vec<Id> = changes.iter().map(|change| change.user.clone()).collect();
         assert_eq!(users, [2401u64, 2406, 2407].map(Id::from));
-        assert_eq!(changes[0].after.as_ref().unwrap().region.as_deref(), Some("west"));
+        assert_eq!(
+            changes[0].after.as_ref().unwrap().region.as_deref(),
+            Some("west")
+        );
         assert!(changes[1].before.is_none(), "2406 had no row");
         assert_eq!(changes[1].after.as_ref().unwrap().age, Some(Age::Years(19)));
-        assert!(changes[2].after.is_none(), "a removed row leaves no attributes");
+        assert!(
+            changes[2].after.is_none(),
+            "a removed row leaves no attributes"
+        );
         assert!(two.changes(&two).is_empty());
     }
 
@@ -454,7 +477,10 @@ mod tests {
         assert!(history.row(&user, 5_000).is_none(), "the row was removed");
         let late = Id::from(2406u64);
         assert!(history.row(&late, 0).is_none());
-        assert_eq!(history.row(&late, 9_000).unwrap().gender.as_deref(), Some("F"));
+        assert_eq!(
+            history.row(&late, 9_000).unwrap().gender.as_deref(),
+            Some("F")
+        );
     }
 
     #[test]
@@ -518,5 +544,18 @@ mod tests {
                 detail: "missing user id".into()
             }
         );
+    }
+
+    #[test]
+    fn columns_listed_without_user() {
+        let (csv, _) = AttributeTable::parse(VERSION_ONE).unwrap();
+        assert_eq!(csv.columns(), ["age", "gender", "region", "vip_level"]);
+
+        let lines = "{\"user\":1,\"gender\":\"F\"}\n{\"user\":2,\"age\":30,\"tier\":null}\n";
+        let (json, _) = AttributeTable::parse(lines).unwrap();
+        assert_eq!(json.columns(), ["age", "gender", "tier"]);
+
+        let (header_only, _) = AttributeTable::parse("user,gender\n").unwrap();
+        assert_eq!(header_only.columns(), ["gender"]);
     }
 }

@@ -107,8 +107,12 @@ pub fn fit_models<'scope>(
     settings: FitSettings,
 ) -> StreamVec<'scope, u64, ModelUpdate> {
     let scope = windows.scope();
+    // Loaded models without retraining are the only version, so no fit needs the windows.
+    let fits = settings.loaded.is_none() || settings.schedule.retrain_every_ms.is_some();
     let gathered = windows
-        .flat_map(|record: WindowRecord| record.window.map(Rc::unwrap_or_clone))
+        .flat_map(move |record: WindowRecord| {
+            record.window.filter(|_| fits).map(Rc::unwrap_or_clone)
+        })
         .exchange(|_: &ClosedWindow| 0);
     let updates = gathered.unary_frontier(Pipeline, "FitModels", move |initial, info| {
         let mut capability = (scope.index() == 0).then_some(initial);

@@ -79,6 +79,9 @@ pub const FEATURE_NAMES: [&str; 21 + ATTRIBUTE_FEATURE_COUNT] = [
     "gender_unknown",
 ];
 
+/// Columns of the user attribute table that [`attribute_values`] encodes.
+pub const ENCODED_ATTRIBUTE_COLUMNS: [&str; 2] = ["age", "gender"];
+
 /// Number of attribute columns at the end of [`FEATURE_NAMES`].
 pub const ATTRIBUTE_FEATURE_COUNT: usize = 11;
 
@@ -333,7 +336,7 @@ fn share_slots(values: &[f64]) -> Shares {
 /// assert_eq!(features.get("novel_share"), Some(0.25));
 /// assert_eq!(features.window_shares(), shares);
 /// ```
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReferenceProfile {
     /// Group shares of the reference, summing to 1, sorted by group (empty for a user with no
     /// history).

@@ -50,7 +50,8 @@ pub use anomaly::{IsolationForest, IsolationParams, OneClassParams, OneClassSvm}
 pub use error::{FitWarning, MlError};
 pub use features::{
     attribute_values, FeatureSpec, GroupDistribution, ReferenceProfile, Shares, WindowConfig,
-    WindowFeatures, ATTRIBUTE_FEATURE_COUNT, FEATURE_COUNT, FEATURE_NAMES, SHARE_SLOTS, TOP_GROUPS,
+    WindowFeatures, ATTRIBUTE_FEATURE_COUNT, ENCODED_ATTRIBUTE_COLUMNS, FEATURE_COUNT,
+    FEATURE_NAMES, SHARE_SLOTS, TOP_GROUPS,
 };
 pub use forest::{ForestParams, LeafValue, RegressionForest};
 pub use interest::{
