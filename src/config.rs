@@ -128,6 +128,8 @@ pub struct StateFileConfig {
     /// Wall-clock time between checkpoints (`--checkpoint-interval`).
     #[serde(with = "duration_text")]
     pub checkpoint_interval: Duration,
+    /// Checkpoint files kept in the folder; older ones are removed after each write.
+    pub checkpoint_keep: usize,
 }
 
 impl Default for StateFileConfig {
@@ -137,6 +139,7 @@ impl Default for StateFileConfig {
             evict_after: defaults.evict_idle.unwrap_or_default(),
             checkpoint_dir: None,
             checkpoint_interval: defaults.checkpoint_interval,
+            checkpoint_keep: defaults.checkpoint_keep,
         }
     }
 }
@@ -205,9 +208,7 @@ impl ModelsConfig {
         crate::replay::ModelRunSettings {
             bootstrap_ms: self.bootstrap.as_millis() as u64,
             start_density: self.bootstrap_start_density,
-            retrain_every_ms: self
-                .retrain_every
-                .map(|every| every.as_millis() as u64),
+            retrain_every_ms: self.retrain_every.map(|every| every.as_millis() as u64),
             seed: self.seed,
             fusion: self.fusion.clone(),
             ..Default::default()

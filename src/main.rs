@@ -494,6 +494,7 @@ fn state_settings(
             .clone()
             .or_else(|| file.state.checkpoint_dir.clone()),
         checkpoint_interval,
+        checkpoint_keep: file.state.checkpoint_keep,
         resume_dir: args.resume.clone(),
     })
 }

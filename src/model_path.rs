@@ -11,9 +11,10 @@ use timely::dataflow::{ProbeHandle, StreamVec};
 use veer_models::fusion::FusionRule;
 use veer_models::{Alert, Detector, Event, PopulationInfo};
 use veer_operators::fit::{fit_models, FitSettings};
+use veer_operators::model_state::ModelState;
 use veer_operators::profiles::AttributeRow;
 use veer_operators::score::score_windows;
-use veer_operators::segments::{split_scored, SegmentStore, SegmentUpdate};
+use veer_operators::segments::{split_scored, SegmentUpdate};
 use veer_operators::windows::build_user_windows;
 use veer_operators::{
     detect_shifts_observed, keep_last_alerts, DetectHandle, DetectSettings, DetectStats,
@@ -22,10 +23,12 @@ use veer_operators::{
 use crate::replay::ModelRunSettings;
 
 /// Runs the detector and fuses its alerts with the models' signals per user window. Returns
-/// the fused alerts and the updates of each user's segment, which also go to `segments`.
+/// the fused alerts and the updates of each user's segment, which also go to the segment
+/// store of `model_state`.
 ///
 /// `probe` follows the detector, not the fused alerts, so the feeder does not wait while
-/// windows after the bootstrap period are held for the model fit.
+/// windows after the bootstrap period are held for the model fit. The operators keep their
+/// state in `model_state`, which may come from a checkpoint.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn fused_alerts<'scope, D: Detector>(
     events: StreamVec<'scope, u64, Event>,
@@ -37,7 +40,7 @@ pub(crate) fn fused_alerts<'scope, D: Detector>(
     stats: std::rc::Rc<std::cell::RefCell<DetectStats>>,
     models: &ModelRunSettings,
     probe: &ProbeHandle<u64>,
-    segments: SegmentStore,
+    model_state: &ModelState,
 ) -> (
     StreamVec<'scope, u64, Alert>,
     StreamVec<'scope, u64, SegmentUpdate>,
@@ -57,6 +60,8 @@ pub(crate) fn fused_alerts<'scope, D: Detector>(
         attributes,
         detect_settings.window_ms,
         models.window_settings(),
+        model_state.windows.clone(),
+        model_state.traffic.clone(),
     );
     let updates = fit_models(
         windows.clone(),
@@ -70,10 +75,19 @@ pub(crate) fn fused_alerts<'scope, D: Detector>(
                 .map(|file| Box::new(file.loaded_version())),
             sink: models.sink.clone(),
         },
+        model_state.fit.clone(),
+        model_state.traffic.clone(),
     );
     let rule =
         FusionRule::new(models.fusion.clone()).expect("fusion settings validated before the run");
-    let (alerts, segment_updates) = split_scored(score_windows(windows, updates, rule), segments);
+    let scored = score_windows(
+        windows,
+        updates,
+        rule,
+        model_state.score.clone(),
+        model_state.traffic.clone(),
+    );
+    let (alerts, segment_updates) = split_scored(scored, model_state.segments.clone());
     (
         keep_last_alerts(alerts, state, detect_settings.idle_ms),
         segment_updates,

@@ -15,6 +15,7 @@ use veer_models::baseline::BaselineDetector;
 use veer_models::profile::ProfileSource;
 use veer_models::session::SessionRule;
 use veer_models::{AlertKind, Detector, DetectorConfig, Event, GroupConfig, ShiftDetector};
+use veer_operators::model_state::{ModelState, ModelTraffic};
 use veer_operators::profiles::{ProfileSettings, ProfileStore, ProfileView};
 use veer_operators::segments::SegmentStore;
 use veer_operators::{
@@ -313,7 +314,7 @@ fn run_job(
         veer_models::fusion::FusionRule::new(models.fusion.clone())?;
         models.validate()?;
     }
-    let prepared = crate::checkpoint::prepare::prepare(&settings, models.is_some())?;
+    let prepared = crate::checkpoint::prepare::prepare(&settings, models.as_ref())?;
     let fingerprint = crate::cluster::settings_fingerprint(&settings);
     let settings = crate::cluster::local_part(settings);
     let dead_letter = DeadLetter::create(settings.dead_letter.as_deref())?;
@@ -416,6 +417,7 @@ fn run_job(
         state: settings.state,
         router,
         board: Arc::new(crate::checkpoint::board::Board::new(settings.workers)),
+        model_traffic: Arc::new(ModelTraffic::new(settings.workers)),
         checkpoints: prepared.plan,
         restored: Mutex::new(prepared.restored),
         resume_position: prepared.position,
@@ -535,6 +537,8 @@ struct Shared {
     router: Arc<QueryRouter>,
     /// Checkpoint requests and replies between the workers.
     board: Arc<crate::checkpoint::board::Board>,
+    /// Counters a checkpoint reads to know that the model path has caught up with its cut.
+    model_traffic: Arc<ModelTraffic>,
     /// Where and how checkpoints are written, when they are.
     checkpoints: Option<crate::checkpoint::CheckpointPlan>,
     /// Each worker's restored state (`Vec<Option<WorkerPart<S>>>`), on a resume.
@@ -605,7 +609,15 @@ where
     D::State: ProfileSource + ProfileView,
 {
     let index = worker.index();
-    let (state, restored_stats, restored_alerts) = match take_restored::<D::State>(shared, index) {
+    let mut restored = take_restored::<D::State>(shared, index);
+    let restored_models = restored.as_mut().and_then(|part| part.models.take());
+    let model_state = shared.models.as_ref().map(|_| match restored_models {
+        Some(part) => part
+            .into_state(shared.model_traffic.clone())
+            .expect("checked when the checkpoint was read"),
+        None => ModelState::new(shared.model_traffic.clone()),
+    });
+    let (state, restored_stats, restored_alerts) = match restored {
         Some(part) => crate::checkpoint::snapshot::into_state(part),
         None => (
             WorkerState::new(shared.session_rule, shared.groups.clone()),
@@ -639,13 +651,14 @@ where
         let state = state.clone();
         let stats = stats.clone();
         let alert_counts = alert_counts.clone();
+        let model_state = model_state.clone();
         move || {
             crate::checkpoint::snapshot::encode_part(
                 &state,
                 &stats.borrow(),
                 &alert_counts.borrow(),
+                model_state.as_ref().map(|models| (models, index == 0)),
             )
-            .map_err(|error| error.to_string())
         }
     };
 
@@ -666,7 +679,11 @@ where
     };
     let mut attributes = AttributeInput::new(attribute_feed);
     let probe = ProbeHandle::new();
-    let segment_store = SegmentStore::default();
+    // With --models, a probe after the alert sink and the segment updates, for checkpoints.
+    let model_probe = ProbeHandle::new();
+    let segment_store = model_state
+        .as_ref()
+        .map_or_else(SegmentStore::default, |models| models.segments.clone());
     {
         let state = state.clone();
         let stats = stats.clone();
@@ -679,7 +696,8 @@ where
         let probe = probe.clone();
         let input = &mut input;
         let attribute_updates = attributes.handle();
-        let segments = segment_store.clone();
+        let model_probe = model_probe.clone();
+        let model_state = model_state.clone();
         worker.dataflow::<u64, _, _>(move |scope| {
             let events = order_by_event_time(input.to_stream(scope), state.order);
             let deltas = session_cooccurrence(events.clone(), window_ms, state.cooccurrence);
@@ -691,23 +709,23 @@ where
             };
             let population = population.broadcast();
             let attribute_stream = attribute_updates.to_stream(scope);
-            let (alerts, segment_updates) = match &shared.models {
-                Some(models) => {
+            let (alerts, segment_updates) = match (&shared.models, &model_state) {
+                (Some(models), Some(model_state)) => {
                     let (alerts, segment_updates) = crate::model_path::fused_alerts(
-                    events.clone(),
-                    population,
-                    attribute_stream.clone(),
-                    detector,
-                    detect_settings,
-                    state.detect.clone(),
-                    stats,
-                    models,
-                    &probe,
-                    segments,
+                        events.clone(),
+                        population,
+                        attribute_stream.clone(),
+                        detector,
+                        detect_settings,
+                        state.detect.clone(),
+                        stats,
+                        models,
+                        &probe,
+                        model_state,
                     );
-                    (alerts, Some(segment_updates))
+                    (alerts, Some(segment_updates.probe_with(&model_probe)))
                 }
-                None => {
+                _ => {
                     let alerts = detect_shifts(
                         events.clone(),
                         population,
@@ -734,9 +752,10 @@ where
             // The probe follows the sink, so that once it passes a time every alert before
             // that time is in the sink's state or written.
             let written = write_alerts(alerts, writer, alert_counts, state.sink);
-            if shared.models.is_none() {
-                written.probe_with(&probe);
-            }
+            match shared.models {
+                Some(_) => written.probe_with(&model_probe),
+                None => written.probe_with(&probe),
+            };
         });
     }
     let profiles = state.detect.clone();
@@ -776,16 +795,18 @@ where
                 };
                 let cuts = shared.checkpoints.as_ref().map(|plan| Cuts {
                     checkpointer: crate::checkpoint::Checkpointer::new(
-                        plan.dir.clone(),
-                        plan.interval,
-                        plan.after,
+                        plan,
                         shared.window_ms,
                         shared.board.clone(),
-                        plan.meta.clone(),
                     ),
                     encode_local: &encode_local,
                     flush_alerts: &mut flush_alerts,
                     alerts: &alert_counts,
+                    models: shared.models.as_ref().map(|_| ModelCut {
+                        traffic: &shared.model_traffic,
+                        probe: &model_probe,
+                        window_ms: shared.window_ms,
+                    }),
                 });
                 let feeder = Feeder {
                     input: &mut input,
@@ -882,6 +903,37 @@ struct Cuts<'a> {
     encode_local: &'a dyn Fn() -> Result<Vec<u8>, String>,
     flush_alerts: &'a mut dyn FnMut() -> std::io::Result<()>,
     alerts: &'a AlertCounter,
+    /// With `--models`, what a cut waits for on the model path.
+    models: Option<ModelCut<'a>>,
+}
+
+/// The model path's side of a checkpoint cut (see `veer_operators::model_state`).
+struct ModelCut<'a> {
+    traffic: &'a ModelTraffic,
+    /// Probe after the alert sink and the segment updates.
+    probe: &'a ProbeHandle<u64>,
+    window_ms: u64,
+}
+
+impl ModelCut<'_> {
+    /// Steps the dataflow until the model path has caught up with `cut`. Returns false, and
+    /// no checkpoint can be taken at `cut`, while windows wait for a model version or a fit
+    /// runs: the windows may need events after the cut, and a checkpoint does not store fits.
+    fn settle(&self, worker: &mut timely::worker::Worker, hooks: &WorkerHooks, cut: u64) -> bool {
+        let window_start = cut - cut % self.window_ms;
+        loop {
+            if self.traffic.windows_caught_up(cut) {
+                if self.traffic.waiting_windows() > 0 || self.traffic.fits_running() > 0 {
+                    return false;
+                }
+                if self.traffic.updates_settled() && !self.probe.less_than(&window_start) {
+                    return true;
+                }
+            }
+            worker.step();
+            hooks.between_steps();
+        }
+    }
 }
 
 /// Counts of the feeder, stored in checkpoints.
@@ -933,6 +985,11 @@ impl Feeder<'_> {
         };
         if cut == 0 || !cuts.checkpointer.due(cut) {
             return;
+        }
+        if let Some(models) = &cuts.models {
+            if !models.settle(worker, self.hooks, cut) {
+                return;
+            }
         }
         let position = crate::checkpoint::snapshot::FeedPosition {
             cut_ms: cut,
@@ -1202,7 +1259,9 @@ fn feed_input(
                         |event, frontier| {
                             arrival.late += 1;
                             shared.metrics.add_late(1);
-                            shared.dead_letter.late(&shared.input_label, event, frontier);
+                            shared
+                                .dead_letter
+                                .late(&shared.input_label, event, frontier);
                         },
                     );
                     counts.late = arrival.late;

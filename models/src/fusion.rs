@@ -193,7 +193,7 @@ impl FusionConfig {
 }
 
 /// Per-user state of the fusion rule, carried from one window of the user to the next.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserFusion {
     /// Onset and alert time (Unix seconds) of the detector run last alerted from a candidate.
     alerted_run: Option<(i64, i64)>,

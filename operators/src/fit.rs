@@ -18,6 +18,7 @@ use veer_models::ml::{
     ScheduleSettings,
 };
 
+use crate::model_state::ModelTraffic;
 use crate::windows::WindowRecord;
 
 /// A message of [`fit_models`] to every worker.
@@ -76,6 +77,32 @@ pub trait VersionSink: Send + Sync + std::fmt::Debug {
     fn fitted(&self, fitted: &FittedVersion, models: &ModelSet);
 }
 
+/// State of [`fit_models`] on worker 0, as of the latest activation.
+///
+/// A checkpoint stores it only while no fit runs, so it has no record of running fits.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct FitState {
+    /// Finder of the bootstrap period's start; `None` until the first activation.
+    pub start: Option<BootstrapStart>,
+    /// Bound of the latest [`ModelUpdate::Unscored`] or [`ModelUpdate::ScoresUntil`] sent
+    /// before the schedule was decided.
+    pub unscored_before: Option<u64>,
+    pub schedule: Option<Schedule>,
+    /// Windows kept for the versions not yet started: those that start at or after
+    /// `keep_from`, or none once every version has started.
+    pub kept: Vec<ClosedWindow>,
+    pub keep_from: Option<u64>,
+    /// Latest window start seen.
+    pub latest_start: Option<u64>,
+    /// Version of the next fit to start.
+    pub next_version: u64,
+    /// Whether the loaded models were sent.
+    pub loaded_sent: bool,
+}
+
+/// Shared handle to worker 0's [`FitState`].
+pub type FitHandle = std::rc::Rc<std::cell::RefCell<FitState>>;
+
 /// A fit to run: the version and its training windows, sorted by user and start.
 struct FitJob {
     version: u64,
@@ -101,10 +128,13 @@ struct FitJob {
 /// bounds them until the schedule is decided, and versions from 1 on are fitted as above.
 ///
 /// `windows` must be the output of [`crate::build_user_windows`], which emits each window at or
-/// before its first event time.
+/// before its first event time. `state` may come from a checkpoint taken while no fit ran.
+/// `traffic` counts the updates sent and the fits running, for checkpoints.
 pub fn fit_models<'scope>(
     windows: StreamVec<'scope, u64, WindowRecord>,
     settings: FitSettings,
+    state: FitHandle,
+    traffic: std::sync::Arc<ModelTraffic>,
 ) -> StreamVec<'scope, u64, ModelUpdate> {
     let scope = windows.scope();
     // Loaded models without retraining are the only version, so no fit needs the windows.
@@ -114,31 +144,43 @@ pub fn fit_models<'scope>(
             record.window.filter(|_| fits).map(Rc::unwrap_or_clone)
         })
         .exchange(|_: &ClosedWindow| 0);
+    let peers = scope.peers();
     let updates = gathered.unary_frontier(Pipeline, "FitModels", move |initial, info| {
         let mut capability = (scope.index() == 0).then_some(initial);
         let activator = scope.worker().sync_activator_for(info.address.to_vec());
-        let mut start = BootstrapStart::new(settings.schedule.clone());
-        let mut unscored_before: Option<u64> = None;
-        let mut schedule: Option<Schedule> = None;
         let retraining = settings.schedule.retrain_every_ms.is_some();
         let retrain_every_ms = settings.schedule.retrain_every_ms.unwrap_or(0);
         let loading = settings.loaded.is_some();
-        let mut loaded = settings.loaded.clone();
         // Loaded models without retraining need no schedule.
         let needs_schedule = retraining || !loading;
-        // Windows kept for the versions not yet started: those that start at or after
-        // `keep_from`, or none once every version has started. Also the latest start seen.
-        let mut kept: Vec<ClosedWindow> = Vec::new();
-        let mut keep_from: Option<u64> = needs_schedule.then_some(0);
-        let mut latest_start: Option<u64> = None;
-        let mut next_version = u64::from(loading);
+        {
+            let mut state = state.borrow_mut();
+            if state.start.is_none() {
+                state.start = Some(BootstrapStart::new(settings.schedule.clone()));
+                state.keep_from = needs_schedule.then_some(0);
+                state.next_version = u64::from(loading);
+            }
+        }
         let mut jobs: Option<Sender<FitJob>> = None;
         let mut results: Option<Receiver<FittedVersion>> = None;
         let mut running = 0u64;
         move |(input, frontier), output| {
+            let mut guard = state.borrow_mut();
+            let FitState {
+                start,
+                unscored_before,
+                schedule,
+                kept,
+                keep_from,
+                latest_start,
+                next_version,
+                loaded_sent,
+            } = &mut *guard;
+            let start = start.as_mut().expect("set when the operator was built");
+            let mut sent = 0;
             input.for_each(|_, data| {
                 for window in data.drain(..) {
-                    latest_start = latest_start.max(Some(window.start_ms));
+                    *latest_start = (*latest_start).max(Some(window.start_ms));
                     if needs_schedule && schedule.is_none() {
                         start.add(&window);
                     }
@@ -153,16 +195,19 @@ pub fn fit_models<'scope>(
             };
             let bound = frontier.frontier().first().copied();
 
-            if let Some(mut version) = loaded.take() {
+            if let Some(loaded) = settings.loaded.as_ref().filter(|_| !*loaded_sent) {
+                let mut version = loaded.clone();
                 version.applies_from_ms = 0;
                 version.applies_until_ms = retraining.then_some(0);
                 output.session(held).give(ModelUpdate::Fitted(version));
+                *loaded_sent = true;
+                sent += 1;
             }
 
             if needs_schedule && schedule.is_none() {
                 // Windows go out at or before their first event, so every window whose first
                 // event is before the frontier has arrived.
-                schedule = start.decide(bound);
+                *schedule = start.decide(bound);
                 for skipped in start.take_skipped() {
                     tracing::info!(
                         slot_start_ms = skipped.start_ms,
@@ -172,7 +217,7 @@ pub fn fit_models<'scope>(
                         "skipped a sparse window at the start of the stream for the bootstrap period"
                     );
                 }
-                match &schedule {
+                match &*schedule {
                     Some(decided) if loading => {
                         let until_ms = decided.applies_from(1);
                         tracing::info!(
@@ -181,8 +226,9 @@ pub fn fit_models<'scope>(
                             "retraining schedule set; the loaded models score the windows that start before until_ms"
                         );
                         output.session(held).give(ModelUpdate::ScoresUntil { until_ms });
+                        sent += 1;
                         let (next_from, _) = decided.training_span(1);
-                        keep_from = Some(next_from);
+                        *keep_from = Some(next_from);
                         kept.retain(|window| window.start_ms >= next_from);
                     }
                     Some(decided) => {
@@ -193,11 +239,12 @@ pub fn fit_models<'scope>(
                             "bootstrap period set"
                         );
                         output.session(held).give(ModelUpdate::Unscored { before_ms });
+                        sent += 1;
                     }
                     None => {
                         let earliest = start.earliest_end();
-                        if earliest > unscored_before {
-                            unscored_before = earliest;
+                        if earliest > *unscored_before {
+                            *unscored_before = earliest;
                             if let Some(before_ms) = earliest {
                                 // Version 1 applies at least one retraining interval after
                                 // the earliest end of the bootstrap period.
@@ -209,29 +256,31 @@ pub fn fit_models<'scope>(
                                     ModelUpdate::Unscored { before_ms }
                                 };
                                 output.session(held).give(update);
+                                sent += 1;
                             }
                         }
                     }
                 }
             }
 
-            if let Some(decided) = &schedule {
+            if let Some(decided) = &*schedule {
                 // Start every version whose training span has arrived, and at the end of the
                 // stream every version that a window needs.
                 loop {
-                    if !retraining && next_version > 0 {
+                    if !retraining && *next_version > 0 {
                         break;
                     }
                     let ready = match bound {
-                        Some(bound) => bound >= decided.complete_at(next_version),
+                        Some(bound) => bound >= decided.complete_at(*next_version),
                         None => latest_start.is_some_and(|latest| {
-                            next_version == 0 || decided.version_for(latest) >= Some(next_version)
+                            *next_version == 0
+                                || decided.version_for(latest) >= Some(*next_version)
                         }),
                     };
                     if !ready {
                         break;
                     }
-                    let (from, until) = decided.training_span(next_version);
+                    let (from, until) = decided.training_span(*next_version);
                     let target_end = until.saturating_add(decided.settings.window_ms.max(1));
                     let mut job_windows: Vec<ClosedWindow> = kept
                         .iter()
@@ -245,7 +294,7 @@ pub fn fit_models<'scope>(
                         sender
                     });
                     let job = FitJob {
-                        version: next_version,
+                        version: *next_version,
                         schedule: decided.clone(),
                         windows: job_windows,
                     };
@@ -254,15 +303,15 @@ pub fn fit_models<'scope>(
                         break;
                     }
                     running += 1;
-                    next_version += 1;
+                    *next_version += 1;
                     if retraining {
                         // Later versions train on windows from the next span's start on.
-                        let (next_from, _) = decided.training_span(next_version);
-                        keep_from = Some(next_from);
+                        let (next_from, _) = decided.training_span(*next_version);
+                        *keep_from = Some(next_from);
                         kept.retain(|window| window.start_ms >= next_from);
                     } else {
-                        keep_from = None;
-                        kept = Vec::new();
+                        *keep_from = None;
+                        *kept = Vec::new();
                     }
                 }
             }
@@ -275,6 +324,7 @@ pub fn fit_models<'scope>(
                             output
                                 .session(held)
                                 .give(ModelUpdate::Fitted(Box::new(fitted)));
+                            sent += 1;
                         }
                         Err(TryRecvError::Empty) => break,
                         Err(TryRecvError::Disconnected) => {
@@ -290,7 +340,9 @@ pub fn fit_models<'scope>(
 
             // The capability follows the frontier, so the score operators downstream are not
             // held back, and goes once no version can come.
-            let all_started = !retraining && next_version > 0;
+            traffic.updates_sent(sent * peers);
+            traffic.record_fits_running(running);
+            let all_started = !retraining && *next_version > 0;
             if let (Some(bound), Some(held)) = (bound, capability.as_mut()) {
                 if *held.time() < bound {
                     held.downgrade(&bound);
@@ -323,7 +375,9 @@ fn spawn_fitter(
                     Err(_) => break,
                 }
             }
-            let Some(job) = jobs.pop_front() else { continue };
+            let Some(job) = jobs.pop_front() else {
+                continue;
+            };
             let fitted = run_fit(job, &settings);
             // The operator may be gone when the dataflow was dropped; nothing is left to do then.
             if sender.send(fitted).is_err() {

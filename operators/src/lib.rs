@@ -25,6 +25,7 @@
 pub mod capability;
 pub mod detect;
 pub mod fit;
+pub mod model_state;
 pub mod order;
 pub mod population;
 pub mod profiles;
@@ -32,9 +33,9 @@ pub mod release;
 pub mod route;
 pub mod score;
 pub mod segments;
-pub mod versions;
 pub mod sink;
 pub mod state;
+pub mod versions;
 pub mod windows;
 
 pub use detect::{
@@ -42,11 +43,11 @@ pub use detect::{
     Observation,
 };
 pub use fit::{fit_models, FitSettings, FittedVersion, ModelUpdate};
-pub use score::score_windows;
-pub use windows::{build_user_windows, WindowRecord};
 pub use order::order_by_event_time;
 pub use population::{
     population_groups, population_groups_on_thread, session_cooccurrence, window_end,
 };
+pub use score::score_windows;
 pub use sink::{write_alerts, AlertCounter, AlertSink, AlertTally, JsonLines};
 pub use state::{DetectHandle, DetectState, TrackedUser, WorkerState};
+pub use windows::{build_user_windows, WindowRecord};

@@ -16,6 +16,7 @@ use veer_models::{Alert, Id};
 
 use crate::capability::HeldCapability;
 use crate::fit::ModelUpdate;
+use crate::model_state::ModelTraffic;
 use crate::segments::{Scored, WindowSegment};
 use crate::versions::{Lookup, ModelVersions};
 use crate::windows::WindowRecord;
@@ -29,6 +30,19 @@ enum WindowSignals {
     /// fusion rule raises no alert for it.
     Quiet { segment: usize },
 }
+
+/// State of [`score_windows`] on one worker that a checkpoint stores. Windows waiting for
+/// their version are not part of it: a checkpoint is taken only while none waits.
+#[derive(Default)]
+pub struct ScoreState {
+    /// The model versions in force.
+    pub versions: ModelVersions,
+    /// The fusion rule's state of each user of this worker.
+    pub users: FxHashMap<Id, UserFusion>,
+}
+
+/// Shared handle to a worker's [`ScoreState`].
+pub type ScoreHandle = std::rc::Rc<std::cell::RefCell<ScoreState>>;
 
 /// Scores the ready windows that have models, one batch per run of windows with the same
 /// models, and returns their signals in order. A window without models gets `None`, and so
@@ -101,7 +115,8 @@ fn score_ready(
 /// signals (the bootstrap period, a failed fit or score) go through
 /// [`FusionRule::pass_unscored`]. Each user's windows arrive, and are fused, in time order.
 ///
-/// Each scored window also sends its segment.
+/// Each scored window also sends its segment. `state` may come from a checkpoint. `traffic`
+/// counts the updates received and the windows waiting, for checkpoints.
 ///
 /// NOTE: the rule's state is kept for every user with an alerted candidate whose run has not
 /// ended in an alarm, for the whole run.
@@ -109,6 +124,8 @@ pub fn score_windows<'scope>(
     windows: StreamVec<'scope, u64, WindowRecord>,
     updates: StreamVec<'scope, u64, ModelUpdate>,
     rule: FusionRule,
+    state: ScoreHandle,
+    traffic: std::sync::Arc<ModelTraffic>,
 ) -> StreamVec<'scope, u64, Scored> {
     let windows_scope_index = windows.scope().index();
     windows.binary_frontier(
@@ -123,11 +140,11 @@ pub fn score_windows<'scope>(
             // depends only on the versions, so they are looked up again only after a change.
             // This keeps a step cheap while many windows wait for a fit.
             let mut waiting_checked = 0;
-            let mut versions = ModelVersions::default();
             let logs = windows_scope_index == 0;
             let mut failures = 0u64;
-            let mut users: FxHashMap<Id, UserFusion> = FxHashMap::default();
             move |(windows_in, windows_frontier), (updates_in, updates_frontier), output| {
+                let mut guard = state.borrow_mut();
+                let ScoreState { versions, users } = &mut *guard;
                 let port = output.output_index();
                 windows_in.for_each_stamp(|capability, data| {
                     held.hold(&capability, port);
@@ -141,6 +158,7 @@ pub fn score_windows<'scope>(
                 updates_in.for_each_stamp(|_, data| {
                     for batch in data {
                         for update in batch.drain(..) {
+                            traffic.update_received();
                             waiting_checked = 0;
                             let Some(version) = versions.apply(update) else {
                                 continue;
@@ -184,6 +202,8 @@ pub fn score_windows<'scope>(
                 }
                 waiting_checked = pending.len();
 
+                traffic.record_waiting(windows_scope_index, pending.len());
+
                 let signals = score_ready(&ready, rule.anomaly_threshold(), &mut |error, window| {
                     failures += 1;
                     if failures == 1 {
@@ -202,7 +222,7 @@ pub fn score_windows<'scope>(
                             debug_assert!(raised.is_empty(), "only windows without alerts are quiet");
                             segments.push(WindowSegment::of(&window, segment, &models));
                         }
-                        _ => alerts.extend(pass(&mut users, raised)),
+                        _ => alerts.extend(pass(users, raised)),
                     }
                 }
                 if !alerts.is_empty() || !segments.is_empty() {

@@ -45,7 +45,12 @@ impl WindowSegment {
         let attribute_names = &FEATURE_NAMES[FEATURE_NAMES.len() - ATTRIBUTE_FEATURE_COUNT..];
         let attribute_features = attribute_names
             .iter()
-            .filter(|name| models.selected_features().iter().any(|selected| selected == *name))
+            .filter(|name| {
+                models
+                    .selected_features()
+                    .iter()
+                    .any(|selected| selected == *name)
+            })
             .filter_map(|name| Some((*name, window.features.get(name)?)))
             .collect();
         WindowSegment {
@@ -63,6 +68,43 @@ pub struct UserSegment {
     pub segment: usize,
     /// See [`WindowSegment::attribute_features`].
     pub attribute_features: Vec<(&'static str, f64)>,
+}
+
+/// A [`UserSegment`] as a checkpoint stores it: the user, the segment, and the attribute
+/// features by name.
+pub type SavedSegment = (Id, usize, Vec<(String, f64)>);
+
+/// Returns the entries of a segment store as a checkpoint stores them.
+pub fn save_segments(store: &FxHashMap<Id, UserSegment>) -> Vec<SavedSegment> {
+    store
+        .iter()
+        .map(|(user, latest)| {
+            let features = latest
+                .attribute_features
+                .iter()
+                .map(|(name, value)| (name.to_string(), *value))
+                .collect();
+            (user.clone(), latest.segment, features)
+        })
+        .collect()
+}
+
+/// Returns the segment store entry of a saved segment, or the first feature name that is not
+/// one of [`FEATURE_NAMES`].
+pub fn restore_segment(saved: SavedSegment) -> Result<(Id, UserSegment), String> {
+    let (user, segment, features) = saved;
+    let mut attribute_features = Vec::with_capacity(features.len());
+    for (name, value) in features {
+        let Some(known) = FEATURE_NAMES.iter().find(|known| **known == name) else {
+            return Err(format!("unknown segment feature `{name}`"));
+        };
+        attribute_features.push((*known, value));
+    }
+    let latest = UserSegment {
+        segment,
+        attribute_features,
+    };
+    Ok((user, latest))
 }
 
 /// One update of the segment collection: a user's segment, its event time and +1 or -1.

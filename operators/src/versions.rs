@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use veer_models::ml::ModelSet;
+use serde::{Deserialize, Serialize};
+use veer_models::ml::{MlError, ModelSet};
 
 use crate::fit::{FittedVersion, ModelUpdate};
 
@@ -126,5 +127,72 @@ impl ModelVersions {
     /// Returns the number of the latest version.
     pub fn latest(&self) -> Option<u64> {
         self.versions.last().map(|version| version.number)
+    }
+}
+
+/// [`ModelVersions`] as a checkpoint stores them, with each version's models as the JSON
+/// document of [`ModelSet::save`], the form a model file contains.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SavedVersions {
+    unscored_before: u64,
+    versions: Vec<SavedVersion>,
+}
+
+/// One version of [`SavedVersions`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct SavedVersion {
+    number: u64,
+    from_ms: u64,
+    until_ms: Option<u64>,
+    models: Option<Vec<u8>>,
+}
+
+impl ModelVersions {
+    /// Returns the versions in their stored form. The versions of a checkpoint are never
+    /// closed, because a checkpoint is taken before the end of the input.
+    pub fn to_saved(&self) -> Result<SavedVersions, MlError> {
+        let mut versions = Vec::with_capacity(self.versions.len());
+        for version in &self.versions {
+            let models = match &version.models {
+                Some(models) => {
+                    let mut document = Vec::new();
+                    models.save(&mut document)?;
+                    Some(document)
+                }
+                None => None,
+            };
+            versions.push(SavedVersion {
+                number: version.number,
+                from_ms: version.from_ms,
+                until_ms: version.until_ms,
+                models,
+            });
+        }
+        Ok(SavedVersions {
+            unscored_before: self.unscored_before,
+            versions,
+        })
+    }
+
+    /// Reads versions stored by [`ModelVersions::to_saved`].
+    pub fn from_saved(saved: SavedVersions) -> Result<ModelVersions, MlError> {
+        let mut versions = Vec::with_capacity(saved.versions.len());
+        for version in saved.versions {
+            let models = match version.models {
+                Some(document) => Some(Arc::new(ModelSet::load(&document[..])?)),
+                None => None,
+            };
+            versions.push(Version {
+                number: version.number,
+                from_ms: version.from_ms,
+                until_ms: version.until_ms,
+                models,
+            });
+        }
+        Ok(ModelVersions {
+            unscored_before: saved.unscored_before,
+            versions,
+            closed: false,
+        })
     }
 }

@@ -4,6 +4,7 @@ use std::collections::{btree_map, BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
@@ -16,6 +17,7 @@ use veer_models::{Alert, Event, GroupMap, Id, PopulationInfo};
 
 use crate::capability::HeldCapability;
 use crate::detect::Observation;
+use crate::model_state::ModelTraffic;
 use crate::profiles::AttributeRow;
 
 /// A closed user window with the alerts the detector raised for its events.
@@ -37,16 +39,16 @@ enum WindowInput {
 }
 
 /// Events, burst flag and alerts of a window that is still open.
-#[derive(Default)]
-struct OpenWindow {
+#[derive(Default, Serialize, Deserialize)]
+pub struct OpenWindow {
     events: Vec<Event>,
     burst: bool,
     alerts: Vec<Alert>,
 }
 
 /// Everything the operator keeps about one user.
-#[derive(Default)]
-struct UserWindows {
+#[derive(Default, Serialize, Deserialize)]
+pub struct UserWindows {
     history: UserHistory,
     open: BTreeMap<u64, OpenWindow>,
     /// The user's attribute row from each event time (Unix milliseconds) on; `None` after the
@@ -54,7 +56,39 @@ struct UserWindows {
     attributes: BTreeMap<u64, Option<UserAttributes>>,
 }
 
+/// State of [`build_user_windows`] on one worker.
+#[derive(Default, Serialize, Deserialize)]
+pub struct WindowsState {
+    /// The users this worker owns.
+    pub users: FxHashMap<Id, UserWindows>,
+    /// Users with an open window, by window start.
+    pub open: BTreeSet<(u64, Id)>,
+    /// Group map updates received but not yet applied, by population window end.
+    pub infos: BTreeMap<u64, PopulationInfo>,
+    /// The group map as of the latest window closed.
+    pub groups: GroupMap,
+    /// Population window end of the latest update applied to `groups`, or 0.
+    pub applied_window_end: u64,
+    /// Whether a window failed to close, so later failures are not logged.
+    pub failed: bool,
+}
+
+impl WindowsState {
+    /// Returns the start of the earliest open window.
+    pub fn earliest_open(&self) -> Option<u64> {
+        self.open.first().map(|(start, _)| *start)
+    }
+}
+
+/// Shared handle to a worker's [`WindowsState`].
+pub type WindowsHandle = Rc<std::cell::RefCell<WindowsState>>;
+
 impl UserWindows {
+    /// Returns the starts of the user's open windows, in Unix milliseconds.
+    pub fn open_starts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.open.keys().copied()
+    }
+
     /// Returns the attribute row in force at `time_ms`, and forgets the versions before it.
     fn attributes_at(&mut self, time_ms: u64) -> Option<UserAttributes> {
         let current = self.attributes.range(..=time_ms).next_back()?.0.to_owned();
@@ -76,6 +110,10 @@ impl UserWindows {
 /// a frontier downstream at `t` means every window whose first event is before `t` has
 /// arrived.
 ///
+/// `state` may come from a checkpoint; its open windows are then emitted as if the operator
+/// had buffered them. After each activation the operator stores its input frontier in
+/// `traffic`, so a checkpoint can tell when it has taken every record before its cut.
+///
 /// NOTE: a user's history is kept for the whole run, as the reference replay keeps it, so
 /// memory grows with the number of users ever seen.
 pub fn build_user_windows<'scope>(
@@ -84,6 +122,8 @@ pub fn build_user_windows<'scope>(
     attributes: StreamVec<'scope, u64, (AttributeRow, u64, isize)>,
     window_ms: u64,
     settings: WindowSettings,
+    state: WindowsHandle,
+    traffic: std::sync::Arc<ModelTraffic>,
 ) -> StreamVec<'scope, u64, WindowRecord> {
     let window_ms = window_ms.max(1);
     let scope = observations.scope();
@@ -98,15 +138,19 @@ pub fn build_user_windows<'scope>(
         population.map(WindowInput::Population),
         attributes,
     ]);
-    inputs.unary_frontier(Pipeline, "UserWindows", move |_, _| {
-        let mut held = HeldCapability::default();
-        let mut users: FxHashMap<Id, UserWindows> = FxHashMap::default();
-        // Users with an open window, by window start.
-        let mut open: BTreeSet<(u64, Id)> = BTreeSet::new();
-        let mut infos: BTreeMap<u64, PopulationInfo> = BTreeMap::new();
-        let mut groups = GroupMap::default();
-        let mut failed = false;
+    let worker = scope.index();
+    inputs.unary_frontier(Pipeline, "UserWindows", move |initial, _| {
+        let mut held = HeldCapability::restored(initial, state.borrow().earliest_open());
         move |(input, frontier), output| {
+            let mut guard = state.borrow_mut();
+            let WindowsState {
+                users,
+                open,
+                infos,
+                groups,
+                applied_window_end,
+                failed,
+            } = &mut *guard;
             let port = output.output_index();
             input.for_each_stamp(|capability, data| {
                 held.hold(&capability, port);
@@ -157,6 +201,7 @@ pub fn build_user_windows<'scope>(
                     if *info.key() > start {
                         break;
                     }
+                    *applied_window_end = *info.key();
                     groups.apply(&info.remove());
                 }
                 while let Some((next, _)) = open.first() {
@@ -173,14 +218,14 @@ pub fn build_user_windows<'scope>(
                         start,
                         &window.events,
                         window.burst,
-                        &groups,
+                        groups,
                         row.as_ref(),
                         &settings,
                     );
                     let window_features = result.unwrap_or_else(|error| {
-                        if !failed {
+                        if !*failed {
                             tracing::error!(%error, %user, start, "failed to close a user window; its alerts go on without model signals");
-                            failed = true;
+                            *failed = true;
                         }
                         None
                     });
@@ -197,8 +242,8 @@ pub fn build_user_windows<'scope>(
             }
             // The capability stays at or below every open window's first event, so each window
             // goes out at or before its first event time.
-            let earliest = open.first().map(|(start, _)| *start);
-            held.settle(earliest);
+            held.settle(guard.earliest_open());
+            traffic.record_windows_frontier(worker, bound);
         }
     })
 }

@@ -15,6 +15,8 @@ pub struct StateSettings {
     pub checkpoint_dir: Option<PathBuf>,
     /// Wall-clock time between two checkpoints.
     pub checkpoint_interval: Duration,
+    /// Checkpoint files kept in the folder; older ones are removed after each write.
+    pub checkpoint_keep: usize,
     /// Folder of the checkpoint to resume from.
     pub resume_dir: Option<PathBuf>,
 }
@@ -25,6 +27,7 @@ impl Default for StateSettings {
             evict_idle: Some(DEFAULT_EVICT_IDLE),
             checkpoint_dir: None,
             checkpoint_interval: Duration::from_secs(10),
+            checkpoint_keep: 2,
             resume_dir: None,
         }
     }
@@ -50,13 +53,11 @@ use serde::de::DeserializeOwned;
 use board::Board;
 use snapshot::{CheckpointFile, CheckpointMeta, FeedPosition, Restored, WorkerPart};
 
-/// Checkpoint files kept in the folder; older ones are removed after each write.
-const KEEP: usize = 2;
-
 /// Worker 0's side of checkpointing: when to cut, and writing the file.
 pub struct Checkpointer {
     dir: PathBuf,
     interval: Duration,
+    keep: usize,
     last: Instant,
     sequence: u64,
     window_ms: u64,
@@ -68,26 +69,20 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Creates the checkpointer; the first checkpoint gets number `after + 1`. `meta` carries
-    /// the run's settings; its sequence, time, feed position and alert count are filled in
-    /// at each checkpoint.
-    pub fn new(
-        dir: PathBuf,
-        interval: Duration,
-        after: u64,
-        window_ms: u64,
-        board: Arc<Board>,
-        meta: CheckpointMeta,
-    ) -> Self {
+    /// Creates the checkpointer from the run's plan; the first checkpoint gets number
+    /// `plan.after + 1`. The plan's metadata carries the run's settings; its sequence, time,
+    /// feed position and alert count are filled in at each checkpoint.
+    pub fn new(plan: &CheckpointPlan, window_ms: u64, board: Arc<Board>) -> Self {
         Checkpointer {
-            dir,
-            interval,
+            dir: plan.dir.clone(),
+            interval: plan.interval,
+            keep: plan.keep,
             last: Instant::now(),
-            sequence: after,
+            sequence: plan.after,
             window_ms,
             board,
             answered: 0,
-            meta,
+            meta: plan.meta.clone(),
             written: 0,
         }
     }
@@ -150,7 +145,7 @@ impl Checkpointer {
         let written = file::encode(&contents)
             .map_err(|error| error.to_string())
             .and_then(|bytes| {
-                file::write_atomic(&self.dir, self.sequence, &bytes, KEEP)
+                file::write_atomic(&self.dir, self.sequence, &bytes, self.keep)
                     .map(|path| (path, bytes.len()))
                     .map_err(|error| error.to_string())
             });
@@ -186,19 +181,34 @@ pub struct Loaded<S> {
     pub parts: Vec<WorkerPart<S>>,
 }
 
+/// What a checkpoint must have been written with to resume the run.
+pub struct Expected<'a> {
+    /// Settings that change results, as [`prepare::settings_fingerprint`] returns them.
+    pub settings: &'a str,
+    pub inputs: &'a [String],
+    pub detector: &'a str,
+    /// Model path settings ([`prepare::models_fingerprint`]), or `None` without `--models`.
+    pub models: Option<&'a str>,
+}
+
 /// Reads the newest checkpoint in `dir` and checks it against the run's settings and inputs.
 ///
 /// Every failure names the file and the reason; nothing here starts a run from empty.
 pub fn load<S: DeserializeOwned>(
     dir: &std::path::Path,
-    settings: &str,
-    inputs: &[String],
-    detector: &str,
+    expected: &Expected<'_>,
     workers: usize,
 ) -> anyhow::Result<Loaded<S>> {
+    let Expected {
+        settings,
+        inputs,
+        detector,
+        models,
+    } = *expected;
     let (_, path) = file::latest(dir)?;
     let contents: CheckpointFile = file::read(&path)?;
     let meta = contents.meta;
+    check_models(&path, meta.models.as_deref(), models)?;
     if meta.detector != detector {
         anyhow::bail!(
             "checkpoint {}: written by the {} detector, this run uses {detector}; resume with --detector {}",
@@ -238,7 +248,47 @@ pub fn load<S: DeserializeOwned>(
         .into());
     }
     let parts = Restored::merge(parts).split(workers);
+    for (index, part) in parts.iter().enumerate() {
+        if let Some(models) = &part.models {
+            models
+                .check()
+                .map_err(|error| file::CheckpointError::Invalid {
+                    path: path.clone(),
+                    reason: format!("model state for worker {index}: {error}"),
+                })?;
+        }
+    }
     Ok(Loaded { path, meta, parts })
+}
+
+/// Checks that the checkpoint at `path` was written with `--models` exactly when the run has
+/// it, and with the same model settings; both are the fingerprints of
+/// [`prepare::models_fingerprint`].
+fn check_models(
+    path: &std::path::Path,
+    written: Option<&str>,
+    run: Option<&str>,
+) -> anyhow::Result<()> {
+    match (written, run) {
+        (None, None) => Ok(()),
+        (Some(written), Some(run)) if written == run => Ok(()),
+        (None, Some(_)) => anyhow::bail!(
+            "checkpoint {}: written by a run without --models, but this run has --models; \
+             resume without --models, or start without --resume",
+            path.display()
+        ),
+        (Some(_), None) => anyhow::bail!(
+            "checkpoint {}: written by a run with --models, but this run has none; resume \
+             with --models and the same [models] settings, or start without --resume",
+            path.display()
+        ),
+        (Some(written), Some(run)) => anyhow::bail!(
+            "checkpoint {}: written with other model settings; resume with the same [models] \
+             settings and --models-load file, or start without --resume\n  checkpoint: \
+             {written}\n  this run:   {run}",
+            path.display()
+        ),
+    }
 }
 
 pub mod prepare;
@@ -249,6 +299,8 @@ pub struct CheckpointPlan {
     pub dir: PathBuf,
     /// Wall-clock time between two checkpoints.
     pub interval: Duration,
+    /// Checkpoint files kept in the folder.
+    pub keep: usize,
     /// Sequence number of the checkpoint this run resumed from, or 0.
     pub after: u64,
     /// Run metadata; the per-checkpoint fields are filled in when each is written.

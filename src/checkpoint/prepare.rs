@@ -10,6 +10,7 @@ use super::snapshot::{CheckpointMeta, FeedPosition, WorkerPart};
 use super::{file, load, CheckpointPlan, ResumeInfo};
 use crate::config::DetectorChoice;
 use crate::pipeline::{EventSource, RunSettings};
+use crate::replay::ModelRunSettings;
 
 /// Checkpoint settings of a run, resolved from its options.
 pub struct Prepared {
@@ -34,6 +35,31 @@ pub fn settings_fingerprint(settings: &RunSettings) -> String {
     .to_string()
 }
 
+/// Returns the model path settings that change a run's results, as JSON, so a resume can
+/// compare them. Loaded models are named by their version and training span, because the
+/// checkpoint stores the models themselves.
+pub fn models_fingerprint(models: &ModelRunSettings) -> String {
+    let loaded = models.loaded.as_ref().map(|file| {
+        serde_json::json!({
+            "version": file.version,
+            "trained_from_ms": file.trained_from_ms,
+            "trained_until_ms": file.trained_until_ms,
+        })
+    });
+    serde_json::json!({
+        "bootstrap_ms": models.bootstrap_ms,
+        "start_density": models.start_density,
+        "retrain_every_ms": models.retrain_every_ms,
+        "seed": models.seed,
+        "params": models.params,
+        "window": models.window,
+        "fusion": models.fusion,
+        "reference_decay": models.reference_decay,
+        "loaded": loaded,
+    })
+    .to_string()
+}
+
 fn detector_name(choice: DetectorChoice) -> &'static str {
     match choice {
         DetectorChoice::Shift => "shift",
@@ -50,7 +76,11 @@ fn input_names(source: &EventSource) -> Vec<String> {
 }
 
 /// Validates the checkpoint options and, on a resume, reads and splits the checkpoint.
-pub fn prepare(settings: &RunSettings, models: bool) -> anyhow::Result<Prepared> {
+/// `models` are the model path's settings, with `--models`.
+pub fn prepare(
+    settings: &RunSettings,
+    models: Option<&ModelRunSettings>,
+) -> anyhow::Result<Prepared> {
     let state = &settings.state;
     let dir = state
         .checkpoint_dir
@@ -64,10 +94,10 @@ pub fn prepare(settings: &RunSettings, models: bool) -> anyhow::Result<Prepared>
             resumed: None,
         });
     };
-    if models || settings.keep_alerts {
+    if settings.keep_alerts {
         anyhow::bail!(
-            "checkpoints and --resume do not work with --models or --truth, which score the \
-             whole run in memory; drop one of them"
+            "checkpoints and --resume do not work with --truth, which scores the whole run in \
+             memory; drop one of them"
         );
     }
     if matches!(settings.source, EventSource::Listen(_)) {
@@ -82,15 +112,22 @@ pub fn prepare(settings: &RunSettings, models: bool) -> anyhow::Result<Prepared>
              checkpoint options"
         );
     }
+    if state.checkpoint_keep == 0 {
+        anyhow::bail!(
+            "invalid [state] checkpoint_keep = 0: at least the newest checkpoint must be kept"
+        );
+    }
     if state.checkpoint_interval.is_zero() {
         anyhow::bail!("invalid checkpoint interval 0: give a duration such as 10s or 100ms");
     }
     let fingerprint = settings_fingerprint(settings);
     let inputs = input_names(&settings.source);
     let detector = detector_name(settings.detector);
+    let models = models.map(models_fingerprint);
     let mut plan = CheckpointPlan {
         dir: dir.clone(),
         interval: state.checkpoint_interval,
+        keep: state.checkpoint_keep,
         after: 0,
         meta: CheckpointMeta {
             sequence: 0,
@@ -107,6 +144,7 @@ pub fn prepare(settings: &RunSettings, models: bool) -> anyhow::Result<Prepared>
                 sent_hash: 0,
             },
             alerts_written: 0,
+            models: models.clone(),
         },
     };
 
@@ -133,21 +171,17 @@ pub fn prepare(settings: &RunSettings, models: bool) -> anyhow::Result<Prepared>
         });
     };
 
+    let expected = super::Expected {
+        settings: &fingerprint,
+        inputs: &inputs,
+        detector,
+        models: models.as_deref(),
+    };
     let (restored, path, meta) = match settings.detector {
-        DetectorChoice::Shift => load_parts::<UserState>(
-            resume_dir,
-            &fingerprint,
-            &inputs,
-            detector,
-            settings.workers,
-        )?,
-        DetectorChoice::Baseline => load_parts::<BaselineState>(
-            resume_dir,
-            &fingerprint,
-            &inputs,
-            detector,
-            settings.workers,
-        )?,
+        DetectorChoice::Shift => load_parts::<UserState>(resume_dir, &expected, settings.workers)?,
+        DetectorChoice::Baseline => {
+            load_parts::<BaselineState>(resume_dir, &expected, settings.workers)?
+        }
     };
     tracing::info!(
         checkpoint = %path.display(),
@@ -174,12 +208,10 @@ pub fn prepare(settings: &RunSettings, models: bool) -> anyhow::Result<Prepared>
 /// closures, which take them out by worker index.
 fn load_parts<S: serde::de::DeserializeOwned + Send + 'static>(
     dir: &std::path::Path,
-    fingerprint: &str,
-    inputs: &[String],
-    detector: &str,
+    expected: &super::Expected<'_>,
     workers: usize,
 ) -> anyhow::Result<(Box<dyn Any + Send>, std::path::PathBuf, CheckpointMeta)> {
-    let loaded = load::<S>(dir, fingerprint, inputs, detector, workers)?;
+    let loaded = load::<S>(dir, expected, workers)?;
     let parts: Vec<Option<WorkerPart<S>>> = loaded.parts.into_iter().map(Some).collect();
     Ok((Box::new(parts), loaded.path, loaded.meta))
 }

@@ -10,13 +10,21 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use veer_models::fusion::UserFusion;
 use veer_models::session::SessionRule;
 use veer_models::{AlertKind, Event, Id, PopulationDelta};
+use veer_operators::fit::FitState;
+use veer_operators::model_state::{ModelState, ModelTraffic};
+use veer_operators::score::ScoreState;
+use veer_operators::segments::{restore_segment, save_segments, SavedSegment};
 use veer_operators::state::{
     CooccurrenceState, DetectState, OrderState, PopulationState, SinkState, TrackedUser,
 };
+use veer_operators::versions::{ModelVersions, SavedVersions};
+use veer_operators::windows::WindowsState;
 use veer_operators::{AlertTally, DetectStats, WorkerState};
 
 /// Where the feeder stood at the cut.
@@ -60,6 +68,9 @@ pub struct CheckpointMeta {
     pub feed: FeedPosition,
     /// Alerts written to the alert output before the cut.
     pub alerts_written: u64,
+    /// Settings of the model path that change results, as JSON, or `None` for a run without
+    /// `--models`; compared on resume.
+    pub models: Option<String>,
 }
 
 /// A whole checkpoint file's payload: metadata and one encoded part per worker.
@@ -88,6 +99,68 @@ pub struct WorkerPartRef<'a, S> {
     pub sink: &'a SinkState,
     pub stats: StatCounts,
     pub alerts: BTreeMap<AlertKind, u64>,
+    pub models: Option<ModelPartRef<'a>>,
+}
+
+/// One worker's model path state, borrowed for writing; [`ModelPart`] reads the same layout.
+#[derive(Serialize)]
+pub struct ModelPartRef<'a> {
+    pub windows: &'a WindowsState,
+    /// Worker 0's only, where the fits run.
+    pub fit: Option<&'a FitState>,
+    /// Worker 0's only, because every worker has the same versions at a cut.
+    pub versions: Option<SavedVersions>,
+    pub fusion: &'a FxHashMap<Id, UserFusion>,
+    pub segments: Vec<SavedSegment>,
+}
+
+/// One worker's model path state as read back, or as handed to a new worker on resume.
+#[derive(Default, Deserialize)]
+pub struct ModelPart {
+    pub windows: WindowsState,
+    pub fit: Option<FitState>,
+    pub versions: Option<SavedVersions>,
+    pub fusion: FxHashMap<Id, UserFusion>,
+    pub segments: Vec<SavedSegment>,
+}
+
+impl ModelPart {
+    /// Checks that the stored models and segments can be read, as [`ModelPart::into_state`]
+    /// reads them.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(saved) = &self.versions {
+            ModelVersions::from_saved(saved.clone())
+                .map_err(|error| format!("stored model versions: {error}"))?;
+        }
+        for saved in &self.segments {
+            restore_segment(saved.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Builds a worker's model path state from its restored part. Fails when the stored
+    /// models or segments cannot be read, which [`ModelPart::check`] tells beforehand.
+    pub fn into_state(self, traffic: std::sync::Arc<ModelTraffic>) -> Result<ModelState, String> {
+        let state = ModelState::new(traffic);
+        *state.windows.borrow_mut() = self.windows;
+        *state.fit.borrow_mut() = self.fit.unwrap_or_default();
+        let versions = match self.versions {
+            Some(saved) => ModelVersions::from_saved(saved)
+                .map_err(|error| format!("stored model versions: {error}"))?,
+            None => ModelVersions::default(),
+        };
+        *state.score.borrow_mut() = ScoreState {
+            versions,
+            users: self.fusion,
+        };
+        let mut segments = state.segments.borrow_mut();
+        for saved in self.segments {
+            let (user, latest) = restore_segment(saved)?;
+            segments.insert(user, latest);
+        }
+        drop(segments);
+        Ok(state)
+    }
 }
 
 /// One worker's state as read back.
@@ -101,19 +174,49 @@ pub struct WorkerPart<S> {
     pub sink: SinkState,
     pub stats: StatCounts,
     pub alerts: BTreeMap<AlertKind, u64>,
+    pub models: Option<ModelPart>,
 }
 
-/// Encodes one worker's state.
+/// Encodes one worker's state; `models` is the worker's model path state and whether it is
+/// worker 0, with `--models`.
 pub fn encode_part<S: Serialize>(
     state: &WorkerState<S>,
     stats: &DetectStats,
     tally: &AlertTally,
-) -> Result<Vec<u8>, bincode::Error> {
+    models: Option<(&ModelState, bool)>,
+) -> Result<Vec<u8>, String> {
     let order = state.order.borrow();
     let cooccurrence = state.cooccurrence.borrow();
     let population = state.population.borrow();
     let detect = state.detect.borrow();
     let sink = state.sink.borrow();
+    let windows;
+    let fit;
+    let score;
+    let model_part = match models {
+        Some((models, first)) => {
+            windows = models.windows.borrow();
+            fit = models.fit.borrow();
+            score = models.score.borrow();
+            let versions = match first {
+                true => Some(
+                    score
+                        .versions
+                        .to_saved()
+                        .map_err(|error| format!("model versions: {error}"))?,
+                ),
+                false => None,
+            };
+            Some(ModelPartRef {
+                windows: &windows,
+                fit: first.then_some(&*fit),
+                versions,
+                fusion: &score.users,
+                segments: save_segments(&models.segments.borrow()),
+            })
+        }
+        None => None,
+    };
     let part = WorkerPartRef {
         order: &order,
         cooccurrence: &cooccurrence,
@@ -126,8 +229,9 @@ pub fn encode_part<S: Serialize>(
             population_updates: stats.population_updates,
         },
         alerts: tally.by_kind.clone(),
+        models: model_part,
     };
-    super::file::encode_payload(&part)
+    super::file::encode_payload(&part).map_err(|error| error.to_string())
 }
 
 /// The state of every old worker merged, ready to be split among new workers.
@@ -142,6 +246,7 @@ pub struct Restored<S> {
     evicted: u64,
     stats: StatCounts,
     alerts: BTreeMap<AlertKind, u64>,
+    models: Option<ModelPart>,
 }
 
 impl<S> Restored<S> {
@@ -168,8 +273,10 @@ impl<S> Restored<S> {
             evicted: 0,
             stats: StatCounts::default(),
             alerts: BTreeMap::new(),
+            models: None,
         };
         let mut least_advanced: Option<(u64, usize)> = None;
+        let mut least_advanced_windows: Option<u64> = None;
         let mut views = Vec::new();
         for (index, part) in parts.into_iter().enumerate() {
             let WorkerPart {
@@ -180,7 +287,12 @@ impl<S> Restored<S> {
                 sink,
                 stats,
                 alerts,
+                models,
             } = part;
+            if let Some(part) = models {
+                let merged = restored.models.get_or_insert_with(ModelPart::default);
+                merge_models(merged, part, &mut least_advanced_windows);
+            }
             restored.pending.extend(order.pending.into_events());
             restored.duplicates += order.duplicates;
             restored.cooccurrence.counter.absorb(cooccurrence.counter);
@@ -217,7 +329,11 @@ impl<S> Restored<S> {
     }
 
     /// Splits the merged state among `workers` new workers, in worker order.
-    pub fn split(self, workers: usize) -> Vec<WorkerPart<S>> {
+    pub fn split(mut self, workers: usize) -> Vec<WorkerPart<S>> {
+        let mut models = self
+            .models
+            .take()
+            .map(|merged| split_models(merged, workers));
         let owner = |user: &Id| veer_operators::route::user_owner(user, workers);
         let session_rule = self.cooccurrence.counter.session_rule();
         let mut parts: Vec<WorkerPart<S>> = (0..workers)
@@ -241,6 +357,9 @@ impl<S> Restored<S> {
                     sink: SinkState::default(),
                     stats: StatCounts::default(),
                     alerts: BTreeMap::new(),
+                    models: models
+                        .as_mut()
+                        .map(|parts| std::mem::take(&mut parts[index])),
                 }
             })
             .collect();
@@ -280,6 +399,76 @@ pub fn into_state<S>(
     (state, part.stats, part.alerts)
 }
 
+/// Adds one old worker's model path state to `merged`. Window histories, fusion state and
+/// segments are per user. The group map updates are taken from the least advanced worker, as
+/// [`Restored::merge`] does for the detector, and the fit and the versions from worker 0.
+fn merge_models(merged: &mut ModelPart, part: ModelPart, least_advanced: &mut Option<u64>) {
+    let ModelPart {
+        windows,
+        fit,
+        versions,
+        fusion,
+        segments,
+    } = part;
+    let WindowsState {
+        users,
+        open: _,
+        infos,
+        groups,
+        applied_window_end,
+        failed,
+    } = windows;
+    merged.windows.users.extend(users);
+    merged.windows.failed |= failed;
+    if least_advanced.is_none_or(|applied| applied_window_end < applied) {
+        *least_advanced = Some(applied_window_end);
+        merged.windows.infos = infos;
+        merged.windows.groups = groups;
+        merged.windows.applied_window_end = applied_window_end;
+    }
+    if fit.is_some() {
+        merged.fit = fit;
+    }
+    if versions.is_some() {
+        merged.versions = versions;
+    }
+    merged.fusion.extend(fusion);
+    merged.segments.extend(segments);
+}
+
+/// Splits merged model path state among `workers` new workers, each user to its owner.
+fn split_models(merged: ModelPart, workers: usize) -> Vec<ModelPart> {
+    let owner = |user: &Id| veer_operators::route::user_owner(user, workers);
+    let mut parts: Vec<ModelPart> = (0..workers)
+        .map(|_| ModelPart {
+            windows: WindowsState {
+                infos: merged.windows.infos.clone(),
+                groups: merged.windows.groups.clone(),
+                applied_window_end: merged.windows.applied_window_end,
+                failed: merged.windows.failed,
+                ..WindowsState::default()
+            },
+            versions: merged.versions.clone(),
+            ..ModelPart::default()
+        })
+        .collect();
+    parts[0].fit = merged.fit;
+    for (user, windows) in merged.windows.users {
+        let part = &mut parts[owner(&user)].windows;
+        for start in windows.open_starts() {
+            part.open.insert((start, user.clone()));
+        }
+        part.users.insert(user, windows);
+    }
+    for (user, fusion) in merged.fusion {
+        parts[owner(&user)].fusion.insert(user, fusion);
+    }
+    for segment in merged.segments {
+        parts[owner(&segment.0)].segments.push(segment);
+    }
+    parts
+}
+
 fn merge_delta(open: &mut BTreeMap<u64, PopulationDelta>, end: u64, delta: PopulationDelta) {
     match open.entry(end) {
         std::collections::btree_map::Entry::Vacant(slot) => {
@@ -297,7 +486,8 @@ mod tests {
 
     #[test]
     fn last_alert_survives_checkpoint() {
-        let state: WorkerState<u64> = WorkerState::new(SessionRule::default(), GroupConfig::default());
+        let state: WorkerState<u64> =
+            WorkerState::new(SessionRule::default(), GroupConfig::default());
         let alert = Alert {
             user: Id::from(7u64),
             kind: AlertKind::InterestShift,
@@ -322,8 +512,13 @@ mod tests {
             .users
             .insert(Id::from(7u64), tracked);
 
-        let bytes = encode_part(&state, &DetectStats::default(), &AlertTally::default())
-            .expect("the state encodes");
+        let bytes = encode_part(
+            &state,
+            &DetectStats::default(),
+            &AlertTally::default(),
+            None,
+        )
+        .expect("the state encodes");
         let part: WorkerPart<u64> =
             super::super::file::decode_payload(&bytes).expect("the state decodes");
         // Resumed with three workers, the user lands on one of them with its alert.

@@ -89,7 +89,7 @@ impl Schedule {
 }
 
 /// Events and earliest event of one slot of `window_ms`, over all users.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct Slot {
     events: u64,
     first_ms: u64,
@@ -103,7 +103,7 @@ struct Slot {
 /// judged once every window of the period it would start has arrived, which a caller states
 /// with the bound passed to [`BootstrapStart::decide`]. At the end of the stream, a period is
 /// judged up to the last slot with events.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct BootstrapStart {
     settings: ScheduleSettings,
     slots: BTreeMap<u64, Slot>,
@@ -114,7 +114,7 @@ pub struct BootstrapStart {
 }
 
 /// A window slot that was too sparse to start the bootstrap period, for the log.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SkippedSlot {
     pub start_ms: u64,
     pub events: u64,
@@ -169,7 +169,10 @@ impl BootstrapStart {
     pub fn decide(&mut self, complete_before: Option<u64>) -> Option<Schedule> {
         let window_ms = self.settings.window_ms.max(1);
         let period_ms = self.settings.bootstrap_ms.max(window_ms);
-        let data_end = self.slots.last_key_value().map(|(last, _)| last + window_ms)?;
+        let data_end = self
+            .slots
+            .last_key_value()
+            .map(|(last, _)| last + window_ms)?;
         loop {
             let (&candidate, slot) = self.slots.first_key_value()?;
             let mut period_end = candidate.saturating_add(period_ms);
@@ -275,7 +278,10 @@ mod tests {
         assert_eq!(schedule.version_for(1_000 + 30 * HOUR - 1), Some(0));
         assert_eq!(schedule.version_for(1_000 + 30 * HOUR), Some(1));
         assert_eq!(schedule.training_span(0), (0, 1_000 + 24 * HOUR));
-        assert_eq!(schedule.training_span(1), (1_000 + 6 * HOUR, 1_000 + 30 * HOUR));
+        assert_eq!(
+            schedule.training_span(1),
+            (1_000 + 6 * HOUR, 1_000 + 30 * HOUR)
+        );
     }
 
     #[test]
@@ -298,7 +304,11 @@ mod tests {
             start.add(&window(3, hour * HOUR, 40));
         }
         assert_eq!(start.earliest_end(), Some(60_000 + 24 * HOUR));
-        assert_eq!(start.decide(Some(10 * HOUR)), None, "the first period is not complete");
+        assert_eq!(
+            start.decide(Some(10 * HOUR)),
+            None,
+            "the first period is not complete"
+        );
         let schedule = start.decide(Some(200 * HOUR)).expect("decided");
         assert_eq!(schedule.start_ms, 72 * HOUR + 60_000);
     }

@@ -49,7 +49,7 @@ pub struct ClosedWindow {
 
 /// What a user's earlier windows leave behind: the decayed reference group weights and the
 /// previous window.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct UserHistory {
     reference: BTreeMap<GroupKey, f64>,
     /// Top groups of the reference after the previous window, and that window's start,
@@ -359,7 +359,15 @@ mod tests {
     fn empty_window_closes_to_none() {
         let mut history = UserHistory::default();
         let closed = history
-            .close(&Id::from(1u64), 0, &[], false, &GroupMap::default(), None, &settings())
+            .close(
+                &Id::from(1u64),
+                0,
+                &[],
+                false,
+                &GroupMap::default(),
+                None,
+                &settings(),
+            )
             .unwrap();
         assert!(closed.is_none());
         assert!(history.previous.is_none());
@@ -371,19 +379,40 @@ mod tests {
         let user = Id::from(1u64);
         let groups = GroupMap::default();
         let first = history
-            .close(&user, 0, &[view(5, 10), view(5, 20)], false, &groups, None, &settings())
+            .close(
+                &user,
+                0,
+                &[view(5, 10), view(5, 20)],
+                false,
+                &groups,
+                None,
+                &settings(),
+            )
             .unwrap()
             .unwrap();
         assert_eq!(first.previous, None);
         assert_eq!(first.shares_vs_previous, None);
         assert_eq!((first.first_ms, first.last_ms, first.events), (10, 20, 2));
         let second = history
-            .close(&user, 1000, &[view(6, 1500)], true, &groups, None, &settings())
+            .close(
+                &user,
+                1000,
+                &[view(6, 1500)],
+                true,
+                &groups,
+                None,
+                &settings(),
+            )
             .unwrap()
             .unwrap();
         assert_eq!(second.previous.as_ref().map(|(start, ..)| *start), Some(0));
-        let shares = second.shares_vs_previous.expect("shares against the first window");
-        assert_eq!(shares[0], 0.0, "category 5 is absent from the second window");
+        let shares = second
+            .shares_vs_previous
+            .expect("shares against the first window");
+        assert_eq!(
+            shares[0], 0.0,
+            "category 5 is absent from the second window"
+        );
         assert!(second.burst);
     }
 
@@ -395,14 +424,25 @@ mod tests {
         let mut windows = Vec::new();
         for (start, ts) in [(0, 10), (1000, 1010), (3000, 3010)] {
             let closed = history
-                .close(&user, start, &[view(5, ts)], false, &groups, None, &settings())
+                .close(
+                    &user,
+                    start,
+                    &[view(5, ts)],
+                    false,
+                    &groups,
+                    None,
+                    &settings(),
+                )
                 .unwrap()
                 .unwrap();
             windows.push(closed);
         }
         let rows = training_rows(&windows, 1000, 10_000);
         assert_eq!(rows.len(), 3);
-        assert!(rows[0].next_shares.is_some(), "window 1000 follows window 0");
+        assert!(
+            rows[0].next_shares.is_some(),
+            "window 1000 follows window 0"
+        );
         assert!(rows[1].next_shares.is_none(), "window 2000 has no events");
         assert!(rows[2].next_shares.is_none(), "no later window");
         assert_eq!(training_rows(&windows, 1000, 1000).len(), 1);
