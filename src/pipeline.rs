@@ -916,21 +916,23 @@ struct ModelCut<'a> {
 }
 
 impl ModelCut<'_> {
-    /// Steps the dataflow until the model path has caught up with `cut`. Returns false, and
-    /// no checkpoint can be taken at `cut`, while windows wait for a model version or a fit
-    /// runs: the windows may need events after the cut, and a checkpoint does not store fits.
+    /// Steps the dataflow until the model path has caught up with `cut`, waiting for a fit
+    /// that runs. Returns false, and no checkpoint can be taken at `cut`, while windows wait
+    /// for a model version that no running fit brings: that version may need events after
+    /// the cut.
     fn settle(&self, worker: &mut timely::worker::Worker, hooks: &WorkerHooks, cut: u64) -> bool {
         let window_start = cut - cut % self.window_ms;
         loop {
-            if self.traffic.windows_caught_up(cut) {
-                if self.traffic.waiting_windows() > 0 || self.traffic.fits_running() > 0 {
+            if self.traffic.windows_caught_up(cut) && self.traffic.fits_running() == 0 {
+                if self.traffic.waiting_windows() > 0 {
                     return false;
                 }
                 if self.traffic.updates_settled() && !self.probe.less_than(&window_start) {
                     return true;
                 }
             }
-            worker.step();
+            // A finished fit wakes the worker.
+            worker.step_or_park(Some(Duration::from_millis(1)));
             hooks.between_steps();
         }
     }

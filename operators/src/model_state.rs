@@ -5,8 +5,9 @@
 //! A checkpoint of a model run cuts at a time T between two population window boundaries,
 //! once the detector has passed T. The model path lags behind: each user's window that
 //! contains T is still open, and windows wait in the score operator while their model version
-//! is fitted. The checkpoint is taken only when, for the start S of the window that contains
-//! T:
+//! is fitted. The cut waits for a running fit, and is skipped while windows wait for a version
+//! that no running fit brings, because that version may need events after T. The checkpoint
+//! is taken when, for the start S of the window that contains T:
 //!
 //! - every worker's window operator has taken all of its input before T
 //!   ([`ModelTraffic::windows_caught_up`]), so the open windows hold every event before T;
