@@ -1,6 +1,6 @@
-//! Checkpoints of `veer run --models` through the real binary: a run killed after a checkpoint
-//! taken before the first fit, or after it, and resumed, writes the alerts of a run that was
-//! never stopped; a checkpoint is rejected by a run with the other model setting.
+//! Checkpoints of `veer run --models` through the real binary. A run killed after a checkpoint
+//! taken before the first fit, or after it, and resumed writes the alerts of a run that was
+//! never stopped. A run with the other `--models` setting rejects the checkpoint.
 
 mod common;
 
@@ -134,9 +134,9 @@ fn assert_resume_matches(
     let expected_lines: Vec<&str> = expected.lines().collect();
     let written = (before_cut + 3).min(expected_lines.len());
     let alerts = folder.join("alerts.jsonl");
-    let mut kept = expected_lines[..written].join("\n");
-    kept.push('\n');
-    std::fs::write(&alerts, kept).expect("alert file");
+    let mut left_behind = expected_lines[..written].join("\n");
+    left_behind.push('\n');
+    std::fs::write(&alerts, left_behind).expect("alert file");
 
     let resumed = run(
         &run_with.events,

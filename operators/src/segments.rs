@@ -122,6 +122,9 @@ pub type SegmentStore = Rc<RefCell<FxHashMap<Id, UserSegment>>>;
 /// Each user's windows arrive in the order of their start, because the window operator emits
 /// them so and the score operator keeps their order.
 ///
+/// NOTE: a checkpoint restores `store` but not the collection downstream, so after a resume a
+/// user's segment reaches the collection only once it changes.
+///
 /// NOTE: segments are not retracted when a user's profile is evicted, so the collection contains
 /// one row per user ever scored, as the window operator's history does.
 pub fn split_scored<'scope>(

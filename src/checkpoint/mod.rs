@@ -181,7 +181,7 @@ pub struct Loaded<S> {
     pub parts: Vec<WorkerPart<S>>,
 }
 
-/// What a checkpoint must have been written with to resume the run.
+/// The run's settings and inputs that a checkpoint must match to be resumed.
 pub struct Expected<'a> {
     /// Settings that change results, as [`prepare::settings_fingerprint`] returns them.
     pub settings: &'a str,
@@ -262,8 +262,8 @@ pub fn load<S: DeserializeOwned>(
 }
 
 /// Checks that the checkpoint at `path` was written with `--models` exactly when the run has
-/// it, and with the same model settings; both are the fingerprints of
-/// [`prepare::models_fingerprint`].
+/// it, and with the same model settings. Both arguments are [`prepare::models_fingerprint`]
+/// values.
 fn check_models(
     path: &std::path::Path,
     written: Option<&str>,

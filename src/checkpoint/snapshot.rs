@@ -139,7 +139,7 @@ impl ModelPart {
     }
 
     /// Builds a worker's model path state from its restored part. Fails when the stored
-    /// models or segments cannot be read, which [`ModelPart::check`] tells beforehand.
+    /// models or segments cannot be read, which [`ModelPart::check`] detects beforehand.
     pub fn into_state(self, traffic: std::sync::Arc<ModelTraffic>) -> Result<ModelState, String> {
         let state = ModelState::new(traffic);
         *state.windows.borrow_mut() = self.windows;
