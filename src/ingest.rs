@@ -22,6 +22,9 @@ use crate::sources::{self, BadRecord, LineSplitter, Parsed, SourceOptions};
 /// Events per batch sent from the reader thread.
 const BATCH: usize = 4096;
 
+/// Capacity of the reader's channel, in batches.
+pub(crate) const CHANNEL_BATCHES: usize = 64;
+
 /// Counts of the lines of all inputs, by what became of them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LineCounts {
@@ -179,7 +182,7 @@ pub fn spawn_split_reader(
     metrics: Arc<Metrics>,
     threads: usize,
 ) -> Receiver<Chunk> {
-    let (sender, receiver) = crossbeam_channel::bounded(64);
+    let (sender, receiver) = crossbeam_channel::bounded(CHANNEL_BATCHES);
     std::thread::Builder::new()
         .name("veer-reader".into())
         .spawn(move || {
@@ -242,6 +245,28 @@ impl SourceProgress<'_> {
         metrics.add_skipped(counts.skipped - published.skipped);
         *published = counts.clone();
     }
+}
+
+/// Reads one input on the calling thread with the reader thread's code for one parse thread,
+/// sends its batches on `sender` and returns the input's line counts.
+///
+/// Bad records go to no dead-letter file. `veer scan` times this to measure the parse rate.
+pub(crate) fn read_input(
+    path: &str,
+    options: &SourceOptions,
+    sender: &Sender<Chunk>,
+) -> Result<LineCounts, String> {
+    let dead_letter = DeadLetter {
+        inner: Arc::new(Mutex::new(None)),
+    };
+    let bytes = std::sync::atomic::AtomicU64::new(0);
+    let progress = SourceProgress {
+        bytes: &bytes,
+        metrics: Metrics::new().source(input_name(path)),
+    };
+    let mut counts = LineCounts::default();
+    read_one(path, options, &dead_letter, sender, &mut counts, &progress)?;
+    Ok(counts)
 }
 
 fn read_one(

@@ -993,34 +993,23 @@ fn write_report(args: ReportArgs) -> anyhow::Result<()> {
 struct ScanArgs {
     #[command(flatten)]
     input: InputArgs,
+    /// Rounds of a line scan followed by a parse; the medians are printed.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
 }
 
 fn scan_file(args: ScanArgs) -> anyhow::Result<()> {
     if args.input.inputs.is_empty() {
         anyhow::bail!("veer scan needs at least one --input PATH to measure");
     }
+    let options = args.input.source_options();
     for path in &args.input.inputs {
-        let lines = veer::scan::scan_lines(path)?;
-        if lines.lines == 0 {
+        if veer::scan::scan_lines(path)?.lines == 0 {
             println!("{path}: empty, nothing to measure");
             continue;
         }
-        let parsed = veer::scan::scan_parse(path, &args.input.source_options())?;
-        println!(
-            "{path}: line scan {:.0} lines/s ({:.0} MB/s); parse {:.0} events/s ({:.0} MB/s), {:.1}% of the line scan",
-            lines.lines_per_second(),
-            lines.megabytes_per_second(),
-            parsed.events as f64 / parsed.seconds,
-            parsed.megabytes_per_second(),
-            100.0 * parsed.megabytes_per_second() / lines.megabytes_per_second()
-        );
-        println!(
-            "{path}: per CPU-second: line scan {:.0} MB, parse {:.0} events ({:.0} MB), {:.1}% of the line scan",
-            lines.megabytes_per_cpu_second(),
-            parsed.events as f64 / parsed.cpu_seconds.max(f64::MIN_POSITIVE),
-            parsed.megabytes_per_cpu_second(),
-            100.0 * parsed.megabytes_per_cpu_second() / lines.megabytes_per_cpu_second()
-        );
+        let rounds = veer::scan::scan_rounds(path, &options, args.rounds as usize)?;
+        print!("{}", veer::scan::summary(path, &rounds));
     }
     Ok(())
 }
