@@ -37,11 +37,84 @@ const FIELD_NAMES: [&[u8]; 9] = [
     b"session",
 ];
 
-/// Returns the event of a flat JSON object line, or `None` when the line is outside the
-/// subset or its values need the full reader's checks and messages.
-pub(crate) fn parse_flat(line: &[u8], line_no: u64) -> Option<Event> {
+/// A reader of the flat subset that remembers the layout of the last flat line it read.
+#[derive(Debug, Default)]
+pub(crate) struct FlatParser {
+    layout: Layout,
+}
+
+/// The bytes of a flat line outside its values, and the field of each value.
+///
+/// The lines of one producer usually repeat the same keys in the same order with the same
+/// spacing. A line that has the same bytes between its values is then read by comparing those
+/// bytes and reading the values alone. Its values and fields are those that tokenizing it
+/// would give: every value ends at its own last byte, and the next byte in both lines is the
+/// same space, comma or closing brace.
+#[derive(Debug, Default)]
+struct Layout {
+    /// The line without its values: the text before each value, then the text after the last.
+    text: Vec<u8>,
+    /// For each value, the end in `text` of the text before it, and the index of its key in
+    /// [`FIELD_NAMES`] or `None` for a key that events do not use.
+    values: Vec<(usize, Option<usize>)>,
+    /// Whether `text` and `values` describe a line that was read to its end.
+    complete: bool,
+}
+
+impl FlatParser {
+    /// Returns the event of a flat JSON object line, or `None` when the line is outside the
+    /// subset or its values need the full reader's checks and messages.
+    pub(crate) fn parse(&mut self, line: &[u8], line_no: u64) -> Option<Event> {
+        let fields = match self.layout.read_values(line) {
+            Some(fields) => fields,
+            None => scan_object(line, &mut self.layout)?,
+        };
+        build_event(fields, line_no)
+    }
+}
+
+impl Layout {
+    /// Reads the values of `line` if the line has this layout.
+    fn read_values<'a>(&self, line: &'a [u8]) -> Option<Fields<'a>> {
+        if !self.complete {
+            return None;
+        }
+        let mut scanner = Scanner { bytes: line, at: 0 };
+        let mut fields: Fields = [None; 9];
+        let mut text_start = 0;
+        for &(text_end, field) in &self.values {
+            let expected = &self.text[text_start..text_end];
+            if line.get(scanner.at..scanner.at + expected.len())? != expected {
+                return None;
+            }
+            scanner.at += expected.len();
+            text_start = text_end;
+            let value = scanner.scalar()?;
+            if let Some(index) = field {
+                fields[index] = Some(value);
+            }
+        }
+        (line.get(scanner.at..)? == &self.text[text_start..]).then_some(fields)
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.values.clear();
+        self.complete = false;
+    }
+}
+
+/// The values of a line's fields, in the order of [`FIELD_NAMES`].
+type Fields<'a> = [Option<Scalar<'a>>; 9];
+
+/// Tokenizes a flat object line and records its layout in `layout`. Returns `None` for a line
+/// outside the subset, and leaves `layout` incomplete then.
+fn scan_object<'a>(line: &'a [u8], layout: &mut Layout) -> Option<Fields<'a>> {
+    layout.clear();
     let mut scanner = Scanner { bytes: line, at: 0 };
-    let mut fields: [Option<Scalar>; 9] = [None; 9];
+    let mut fields: Fields = [None; 9];
+    // End of the last value read, where the text before the next value starts.
+    let mut text_start = 0;
     scanner.skip_space();
     scanner.expect(b'{')?;
     scanner.skip_space();
@@ -54,8 +127,10 @@ pub(crate) fn parse_flat(line: &[u8], line_no: u64) -> Option<Event> {
             scanner.skip_space();
             scanner.expect(b':')?;
             scanner.skip_space();
+            let value_start = scanner.at;
             let value = scanner.scalar()?;
-            match FIELD_NAMES.iter().position(|name| *name == key) {
+            let field = FIELD_NAMES.iter().position(|name| *name == key);
+            match field {
                 // A repeated field is an error of the full reader.
                 Some(index) if fields[index].is_some() => return None,
                 Some(index) => fields[index] = Some(value),
@@ -63,6 +138,11 @@ pub(crate) fn parse_flat(line: &[u8], line_no: u64) -> Option<Event> {
                     std::str::from_utf8(key).ok()?;
                 }
             }
+            layout
+                .text
+                .extend_from_slice(&line[text_start..value_start]);
+            layout.values.push((layout.text.len(), field));
+            text_start = scanner.at;
             scanner.skip_space();
             match scanner.next()? {
                 b',' => continue,
@@ -75,7 +155,14 @@ pub(crate) fn parse_flat(line: &[u8], line_no: u64) -> Option<Event> {
     if scanner.at != line.len() {
         return None;
     }
+    layout.text.extend_from_slice(&line[text_start..]);
+    layout.complete = true;
+    Some(fields)
+}
 
+/// Builds the event of a flat line's fields as the full reader does, or returns `None` when a
+/// value needs the full reader's checks and messages.
+fn build_event(fields: Fields, line_no: u64) -> Option<Event> {
     let [user, item, category, behavior, ts, price, brand, dwell_ms, session] = fields;
     Some(Event {
         ts_ms: timestamp(ts?)?,
@@ -117,7 +204,7 @@ pub(crate) fn parse_flat(line: &[u8], line_no: u64) -> Option<Event> {
 /// as a number, any other integer and any non-empty string as text.
 fn id(value: Scalar) -> Option<Id> {
     match value {
-        Scalar::Integer(_, Some(value)) => Some(Id::int(u128::from(value))),
+        Scalar::Integer(_, Some(value)) => Some(Id::from(value)),
         Scalar::Integer(digits, None) => Some(Id::from_field(ascii(digits)?)),
         Scalar::Text(text) if !text.is_empty() => Some(Id::text(text)),
         _ => None,
@@ -244,7 +331,7 @@ mod tests {
 
     use super::*;
     use crate::sources::jsonl::JsonlParser;
-    use crate::sources::Parsed;
+    use crate::sources::{LineParser, Parsed};
 
     /// Returns the full reader's event for a line, skipping the fast path.
     fn full_reader(line: &str) -> Option<Event> {
@@ -252,6 +339,18 @@ mod tests {
             Parsed::Event(event) => Some(event),
             _ => None,
         }
+    }
+
+    /// Reads a line with a new parser, which tokenizes it.
+    fn parse_flat(line: &[u8], line_no: u64) -> Option<Event> {
+        FlatParser::default().parse(line, line_no)
+    }
+
+    /// Returns a line of the usual layout with the given values, written as JSON.
+    fn usual(user: &str, item: &str, behavior: &str, ts: &str) -> String {
+        format!(
+            r#"{{"user":{user},"item":{item},"category":4434995,"behavior":{behavior},"ts":{ts}}}"#
+        )
     }
 
     #[test]
@@ -279,6 +378,84 @@ mod tests {
             r#"{"user":1,"category":2,"behavior":"view"}"#,
         ] {
             assert!(parse_flat(line.as_bytes(), 5).is_none(), "{line}");
+        }
+    }
+
+    #[test]
+    fn repeated_layout_skips_tokenizing() {
+        let mut parser = FlatParser::default();
+        let first = usual("915564", "1750863839", "\"view\"", "1511539241");
+        assert!(parser.parse(first.as_bytes(), 1).is_some());
+        let next = usual("\"u-7\"", "null", "\"buy\"", "\"2017-11-25T08:00:00Z\"");
+        assert!(
+            parser.layout.read_values(next.as_bytes()).is_some(),
+            "{next} has the layout of {first}"
+        );
+        let event = parser.parse(next.as_bytes(), 5).unwrap();
+        assert_eq!(Some(event.clone()), full_reader(&next));
+        assert_eq!(event.user, Id::text("u-7"));
+        assert_eq!(event.item, Id::text(""));
+        assert_eq!(event.behavior, Behavior::Buy);
+        assert_eq!(event.line, 5);
+    }
+
+    #[test]
+    fn lines_after_a_layout_match_full_reader() {
+        let first = usual("1", "2", "\"view\"", "1511539241");
+        let big = "340282366920938463463374607431768211456";
+        let next_lines = [
+            // Same layout, values of other types or outside the subset.
+            usual("-3", "2", "\"view\"", "1511539241"),
+            usual("-0", "2", "\"view\"", "1511539241"),
+            usual("007", "2", "\"view\"", "1511539241"),
+            usual("1e3", "2", "\"view\"", "1511539241"),
+            usual("1.5", "2", "\"view\"", "1511539241"),
+            usual("1", "2", "\"view\"", "1511539241.5"),
+            usual("1", "2", "\"view\"", "-1511539241"),
+            usual("1", "2", "\"view\"", "15115392410000000000000"),
+            usual("1", "2", "\"view\"", "1511539241123"),
+            usual(big, "18446744073709551616", "\"view\"", "1"),
+            usual("9999999999999999999", "2", "\"view\"", "1"),
+            usual("\"caf\u{e9}\"", "\"\u{1F600}\"", "\"view\"", "1"),
+            usual("\"a\\u0041\"", "2", "\"view\"", "1"),
+            usual("\"a\\\"b\"", "2", "\"view\"", "1"),
+            usual("\"\"", "2", "\"view\"", "1"),
+            usual("null", "2", "\"view\"", "1"),
+            usual("nul", "2", "\"view\"", "1"),
+            usual("true", "2", "\"view\"", "1"),
+            usual("[1]", "2", "\"view\"", "1"),
+            usual("{}", "2", "\"view\"", "1"),
+            usual("1", "2", "\"View\"", "1"),
+            usual("1", "2", "7", "1"),
+            usual("1", "2", "\"view\"", "\"yesterday\""),
+            usual("1 ", "2", "\"view\"", "1"),
+            usual(" 1", "2", "\"view\"", "1"),
+            usual("1", "2", "\"view\"", "1 \r"),
+            // Other layouts: spacing, key order, missing, extra and repeated fields.
+            r#"{"user": 1,"item":2,"category":3,"behavior":"view","ts":1}"#.to_string(),
+            r#"{"item":2,"user":1,"category":3,"behavior":"view","ts":1}"#.to_string(),
+            r#"{"user":1,"category":3,"behavior":"view","ts":1}"#.to_string(),
+            r#"{"user":1,"item":2,"category":3,"behavior":"view"}"#.to_string(),
+            r#"{"user":1,"item":2,"category":3,"behavior":"view","ts":1,"ts":2}"#.to_string(),
+            r#"{"user":1,"item":2,"category":3,"behavior":"view","ts":1,"q":"x"}"#.to_string(),
+            r#"{"user":1,"item":2,"category":3,"behavior":"view","ts":1} "#.to_string(),
+            r#"{"user":1,"item":2,"category":3,"behavior":"view","ts":1}}"#.to_string(),
+            r#"{"user":1,"item":2,"category":3,"behavior":"view","ts":1"#.to_string(),
+            r#"{"user":1,"item":2,"category":3,"behavior":"view","ts":"#.to_string(),
+            r#"{"user":1,"item":2,"category":3,"behavior":"view","ts":1,}"#.to_string(),
+            r#"{"user":1,"item":2,"category":3,"behavior":"view","tz":1}"#.to_string(),
+            r#"{}"#.to_string(),
+            String::new(),
+        ];
+        for next in next_lines {
+            let mut parser = JsonlParser::new();
+            let first_parsed = parser.parse(1, first.as_bytes());
+            assert!(matches!(first_parsed, Parsed::Event(_)), "{first}");
+            let expected = match next.trim().is_empty() {
+                true => Parsed::Skip,
+                false => JsonlParser::new().parse_full(2, next.as_bytes()),
+            };
+            assert_eq!(parser.parse(2, next.as_bytes()), expected, "{next}");
         }
     }
 
@@ -376,6 +553,65 @@ mod tests {
         );
     }
 
+    /// Returns a strategy for the text of a value of the flat subset.
+    fn flat_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..2_000_000_000).prop_map(|number| number.to_string()),
+            Just("-7".to_string()),
+            Just("null".to_string()),
+            "[a-z0-9 :.-]{1,12}".prop_map(|text| format!("\"{text}\"")),
+        ]
+    }
+
+    /// Returns a strategy for two lines of one layout: the same keys and spacing, with values
+    /// drawn separately for each line. The first line's values are of the flat subset, so that
+    /// the first line records its layout unless a key repeats.
+    fn line_pair() -> impl Strategy<Value = (String, String)> {
+        let pair = (
+            key(),
+            prop::sample::select(vec!["", " ", "\t"]),
+            flat_value(),
+            value(),
+        );
+        (
+            prop::collection::vec(pair, 1..7),
+            prop::sample::select(vec!["", " ", " \r"]),
+        )
+            .prop_map(|(pairs, end)| {
+                let join = |values: Vec<String>| format!("{{{}}}{end}", values.join(","));
+                let first = pairs
+                    .iter()
+                    .map(|(key, space, value, _)| format!("\"{key}\"{space}:{value}"))
+                    .collect();
+                let second = pairs
+                    .iter()
+                    .map(|(key, space, _, value)| format!("\"{key}\"{space}:{value}"))
+                    .collect();
+                (join(first), join(second))
+            })
+    }
+
+    #[test]
+    fn generated_pairs_often_share_layout() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+
+        let mut runner = TestRunner::deterministic();
+        let strategy = line_pair();
+        let shared = (0..2000)
+            .filter(|_| {
+                let (first, second) = strategy.new_tree(&mut runner).unwrap().current();
+                let mut parser = FlatParser::default();
+                parser.parse(first.as_bytes(), 1);
+                parser.layout.read_values(second.as_bytes()).is_some()
+            })
+            .count();
+        assert!(
+            shared >= 500,
+            "only {shared} of 2000 second lines were read by the layout"
+        );
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4000))]
 
@@ -383,6 +619,15 @@ mod tests {
         fn fast_path_agrees_with_full_reader(line in line()) {
             if let Some(event) = parse_flat(line.as_bytes(), 5) {
                 prop_assert_eq!(Some(event), full_reader(&line), "line {}", line);
+            }
+        }
+
+        #[test]
+        fn layout_path_agrees_with_full_reader((first, second) in line_pair()) {
+            let mut parser = FlatParser::default();
+            parser.parse(first.as_bytes(), 1);
+            if let Some(event) = parser.parse(second.as_bytes(), 5) {
+                prop_assert_eq!(Some(event), full_reader(&second), "{} after {}", second, first);
             }
         }
     }

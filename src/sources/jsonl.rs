@@ -14,11 +14,13 @@ use super::{BadRecord, LineParser, Parsed};
 
 /// Parser of the `jsonl` format.
 #[derive(Debug, Default)]
-pub(crate) struct JsonlParser;
+pub(crate) struct JsonlParser {
+    flat: flat_json::FlatParser,
+}
 
 impl JsonlParser {
     pub(crate) fn new() -> Self {
-        JsonlParser
+        JsonlParser::default()
     }
 }
 
@@ -27,7 +29,7 @@ impl LineParser for JsonlParser {
         if line.trim_ascii().is_empty() {
             return Parsed::Skip;
         }
-        match flat_json::parse_flat(line, line_no) {
+        match self.flat.parse(line, line_no) {
             Some(event) => Parsed::Event(event),
             None => self.parse_full(line_no, line),
         }
@@ -475,7 +477,6 @@ mod tests {
                 r#"{"user":1,"category":4,"behavior":"view","ts":1,"dwell_ms":-3}"#,
                 "dwell_ms -3 is not",
             ),
-
             (
                 r#"{"user":1,"category":4,"behavior":"view","ts":1} x"#,
                 "trailing characters",
@@ -491,7 +492,8 @@ mod tests {
     #[test]
     fn long_price_cut_in_reason() {
         let digits = format!("1{}", "0".repeat(400));
-        let line = format!(r#"{{"user":1,"category":4,"behavior":"cart","ts":1,"price":{digits}}}"#);
+        let line =
+            format!(r#"{{"user":1,"category":4,"behavior":"cart","ts":1,"price":{digits}}}"#);
         let found = reason(&line);
         assert!(found.contains("(401 bytes)"), "{found}");
         assert!(found.len() < 120, "{found}");
