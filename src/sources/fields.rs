@@ -81,7 +81,7 @@ pub(crate) fn split_quoted(line: &[u8]) -> Result<Vec<Cow<'_, [u8]>>, &'static s
 ///
 /// Returns `None`, with `*position` unspecified, for anything else. This is the fast path of
 /// the CSV readers, which fall back to a field-by-field parse with reasons on `None`.
-#[inline]
+#[inline(always)]
 pub(crate) fn take_digits(line: &[u8], position: &mut usize) -> Option<u64> {
     let start = *position;
     let mut value: u64 = 0;

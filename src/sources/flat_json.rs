@@ -24,7 +24,7 @@ enum Scalar<'a> {
     Null,
 }
 
-/// The fields an event uses, in the order of [`FIELD_NAMES`].
+/// The keys of the fields an event uses, in the order of [`Field`].
 const FIELD_NAMES: [&[u8]; 9] = [
     b"user",
     b"item",
@@ -36,6 +36,112 @@ const FIELD_NAMES: [&[u8]; 9] = [
     b"dwell_ms",
     b"session",
 ];
+
+/// A field an event uses, numbered as in [`FIELD_NAMES`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    User,
+    Item,
+    Category,
+    Behavior,
+    Ts,
+    Price,
+    Brand,
+    DwellMs,
+    Session,
+}
+
+impl Field {
+    const ALL: [Field; 9] = [
+        Field::User,
+        Field::Item,
+        Field::Category,
+        Field::Behavior,
+        Field::Ts,
+        Field::Price,
+        Field::Brand,
+        Field::DwellMs,
+        Field::Session,
+    ];
+
+    /// Returns the field of a key, or `None` for a key that events do not use.
+    fn of_key(key: &[u8]) -> Option<Field> {
+        let index = FIELD_NAMES.iter().position(|name| *name == key)?;
+        Some(Field::ALL[index])
+    }
+}
+
+/// The fields of one line, each converted as the full reader converts it when it is read.
+#[derive(Default)]
+struct EventFields {
+    /// Bit `field as u16` is set once the field was read, null or not.
+    seen: u16,
+    user: Option<Id>,
+    item: Option<Id>,
+    category: Option<Id>,
+    behavior: Option<Behavior>,
+    ts_ms: Option<i64>,
+    price: Option<f64>,
+    brand: Option<Id>,
+    dwell_ms: Option<u64>,
+    session: Option<Box<str>>,
+}
+
+impl EventFields {
+    /// Stores `value` as `field`. Returns `None` for a repeated field and for a value that
+    /// needs the full reader's checks and messages.
+    #[inline(always)]
+    fn set(&mut self, field: Field, value: Scalar) -> Option<()> {
+        let bit = 1 << field as u16;
+        if self.seen & bit != 0 {
+            return None;
+        }
+        self.seen |= bit;
+        match (field, value) {
+            (Field::User, value) => self.user = Some(id(value)?),
+            (Field::Category, value) => self.category = Some(id(value)?),
+            (Field::Ts, value) => self.ts_ms = Some(timestamp(value)?),
+            (Field::Behavior, Scalar::Text(name)) => self.behavior = Some(Behavior::parse(name)?),
+            (Field::Behavior, _) => return None,
+            // The item, and every optional field, may be null, which is the same as absent.
+            (_, Scalar::Null) => {}
+            (Field::Item, value) => self.item = Some(id(value)?),
+            (Field::Brand, value) => self.brand = Some(id(value)?),
+            (Field::Price, Scalar::Integer(digits, _)) => {
+                self.price = Some(finite(ascii(digits)?)?)
+            }
+            (Field::Price, Scalar::Text(text)) => self.price = Some(finite(text.trim())?),
+            (Field::DwellMs, Scalar::Integer(digits, _)) => {
+                self.dwell_ms = Some(ascii(digits)?.parse().ok()?)
+            }
+            (Field::DwellMs, Scalar::Text(text)) => self.dwell_ms = Some(text.parse().ok()?),
+            (Field::Session, Scalar::Integer(digits, _)) => {
+                self.session = Some(ascii(digits)?.into())
+            }
+            (Field::Session, Scalar::Text(text)) => self.session = Some(text.into()),
+        }
+        Some(())
+    }
+
+    /// Returns the event, or `None` when a required field is missing. An absent or null item
+    /// is an empty text id, as in the full reader.
+    #[inline]
+    fn into_event(self, line_no: u64) -> Option<Event> {
+        Some(Event {
+            ts_ms: self.ts_ms?,
+            user: self.user?,
+            category: self.category?,
+            item: self.item.unwrap_or_else(|| Id::text("")),
+            behavior: self.behavior?,
+            topic: None,
+            price: self.price,
+            brand: self.brand,
+            dwell_ms: self.dwell_ms,
+            session: self.session,
+            line: line_no,
+        })
+    }
+}
 
 /// A reader of the flat subset that remembers the layout of the last flat line it read.
 #[derive(Debug, Default)]
@@ -54,9 +160,9 @@ pub(crate) struct FlatParser {
 struct Layout {
     /// The line without its values: the text before each value, then the text after the last.
     text: Vec<u8>,
-    /// For each value, the end in `text` of the text before it, and the index of its key in
-    /// [`FIELD_NAMES`] or `None` for a key that events do not use.
-    values: Vec<(usize, Option<usize>)>,
+    /// For each value, the end in `text` of the text before it, and its field, or `None` for
+    /// a key that events do not use.
+    values: Vec<(usize, Option<Field>)>,
     /// Whether `text` and `values` describe a line that was read to its end.
     complete: bool,
 }
@@ -64,37 +170,57 @@ struct Layout {
 impl FlatParser {
     /// Returns the event of a flat JSON object line, or `None` when the line is outside the
     /// subset or its values need the full reader's checks and messages.
+    #[inline]
     pub(crate) fn parse(&mut self, line: &[u8], line_no: u64) -> Option<Event> {
         let fields = match self.layout.read_values(line) {
-            Some(fields) => fields,
-            None => scan_object(line, &mut self.layout)?,
+            Lookup::Fields(fields) => fields,
+            Lookup::Invalid => return None,
+            Lookup::Other => scan_object(line, &mut self.layout)?,
         };
-        build_event(fields, line_no)
+        fields.into_event(line_no)
     }
+}
+
+/// The outcome of reading a line with a known layout.
+enum Lookup {
+    /// The line has the layout, and these are its fields.
+    Fields(EventFields),
+    /// The line has the layout, but a value is outside the subset or needs the full reader.
+    Invalid,
+    /// The line has another layout, or none is known.
+    Other,
 }
 
 impl Layout {
     /// Reads the values of `line` if the line has this layout.
-    fn read_values<'a>(&self, line: &'a [u8]) -> Option<Fields<'a>> {
+    #[inline]
+    fn read_values(&self, line: &[u8]) -> Lookup {
         if !self.complete {
-            return None;
+            return Lookup::Other;
         }
         let mut scanner = Scanner { bytes: line, at: 0 };
-        let mut fields: Fields = [None; 9];
+        let mut fields = EventFields::default();
         let mut text_start = 0;
         for &(text_end, field) in &self.values {
             let expected = &self.text[text_start..text_end];
-            if line.get(scanner.at..scanner.at + expected.len())? != expected {
-                return None;
+            if line.get(scanner.at..scanner.at + expected.len()) != Some(expected) {
+                return Lookup::Other;
             }
             scanner.at += expected.len();
             text_start = text_end;
-            let value = scanner.scalar()?;
-            if let Some(index) = field {
-                fields[index] = Some(value);
+            let Some(value) = scanner.scalar() else {
+                return Lookup::Other;
+            };
+            if let Some(field) = field {
+                if fields.set(field, value).is_none() {
+                    return Lookup::Invalid;
+                }
             }
         }
-        (line.get(scanner.at..)? == &self.text[text_start..]).then_some(fields)
+        if line.get(scanner.at..) != Some(&self.text[text_start..]) {
+            return Lookup::Other;
+        }
+        Lookup::Fields(fields)
     }
 
     fn clear(&mut self) {
@@ -104,15 +230,12 @@ impl Layout {
     }
 }
 
-/// The values of a line's fields, in the order of [`FIELD_NAMES`].
-type Fields<'a> = [Option<Scalar<'a>>; 9];
-
-/// Tokenizes a flat object line and records its layout in `layout`. Returns `None` for a line
-/// outside the subset, and leaves `layout` incomplete then.
-fn scan_object<'a>(line: &'a [u8], layout: &mut Layout) -> Option<Fields<'a>> {
+/// Tokenizes a flat object line, converting its fields, and records its layout in `layout`.
+/// Returns `None` for a line outside the subset, and leaves `layout` incomplete then.
+fn scan_object(line: &[u8], layout: &mut Layout) -> Option<EventFields> {
     layout.clear();
     let mut scanner = Scanner { bytes: line, at: 0 };
-    let mut fields: Fields = [None; 9];
+    let mut fields = EventFields::default();
     // End of the last value read, where the text before the next value starts.
     let mut text_start = 0;
     scanner.skip_space();
@@ -129,11 +252,9 @@ fn scan_object<'a>(line: &'a [u8], layout: &mut Layout) -> Option<Fields<'a>> {
             scanner.skip_space();
             let value_start = scanner.at;
             let value = scanner.scalar()?;
-            let field = FIELD_NAMES.iter().position(|name| *name == key);
+            let field = Field::of_key(key);
             match field {
-                // A repeated field is an error of the full reader.
-                Some(index) if fields[index].is_some() => return None,
-                Some(index) => fields[index] = Some(value),
+                Some(field) => fields.set(field, value)?,
                 None => {
                     std::str::from_utf8(key).ok()?;
                 }
@@ -158,46 +279,6 @@ fn scan_object<'a>(line: &'a [u8], layout: &mut Layout) -> Option<Fields<'a>> {
     layout.text.extend_from_slice(&line[text_start..]);
     layout.complete = true;
     Some(fields)
-}
-
-/// Builds the event of a flat line's fields as the full reader does, or returns `None` when a
-/// value needs the full reader's checks and messages.
-fn build_event(fields: Fields, line_no: u64) -> Option<Event> {
-    let [user, item, category, behavior, ts, price, brand, dwell_ms, session] = fields;
-    Some(Event {
-        ts_ms: timestamp(ts?)?,
-        user: id(user?)?,
-        category: id(category?)?,
-        item: match item {
-            None | Some(Scalar::Null) => Id::text(""),
-            Some(value) => id(value)?,
-        },
-        behavior: match behavior? {
-            Scalar::Text(name) => Behavior::parse(name)?,
-            _ => return None,
-        },
-        topic: None,
-        price: match price {
-            None | Some(Scalar::Null) => None,
-            Some(Scalar::Integer(digits, _)) => Some(finite(ascii(digits)?)?),
-            Some(Scalar::Text(text)) => Some(finite(text.trim())?),
-        },
-        brand: match brand {
-            None | Some(Scalar::Null) => None,
-            Some(value) => Some(id(value)?),
-        },
-        dwell_ms: match dwell_ms {
-            None | Some(Scalar::Null) => None,
-            Some(Scalar::Integer(digits, _)) => Some(ascii(digits)?.parse().ok()?),
-            Some(Scalar::Text(text)) => Some(text.parse().ok()?),
-        },
-        session: match session {
-            None | Some(Scalar::Null) => None,
-            Some(Scalar::Integer(digits, _)) => Some(ascii(digits)?.into()),
-            Some(Scalar::Text(text)) => Some(text.into()),
-        },
-        line: line_no,
-    })
 }
 
 /// Returns the id of a value as the full reader builds it: an integer that fits in 128 bits
@@ -265,6 +346,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Reads the bytes of a string without escapes or control characters.
+    #[inline]
     fn raw_text(&mut self) -> Option<&'a [u8]> {
         self.expect(b'"')?;
         let start = self.at;
@@ -279,10 +361,12 @@ impl<'a> Scanner<'a> {
     }
 
     /// Reads a string without escapes or control characters, in valid UTF-8.
+    #[inline]
     fn text(&mut self) -> Option<&'a str> {
         std::str::from_utf8(self.raw_text()?).ok()
     }
 
+    #[inline(always)]
     fn scalar(&mut self) -> Option<Scalar<'a>> {
         match self.peek()? {
             b'"' => self.text().map(Scalar::Text),
@@ -297,6 +381,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Reads an integer; a fraction or an exponent is left to the full reader.
+    #[inline(always)]
     fn integer(&mut self) -> Option<Scalar<'a>> {
         let start = self.at;
         let negative = self.peek() == Some(b'-');
@@ -388,7 +473,10 @@ mod tests {
         assert!(parser.parse(first.as_bytes(), 1).is_some());
         let next = usual("\"u-7\"", "null", "\"buy\"", "\"2017-11-25T08:00:00Z\"");
         assert!(
-            parser.layout.read_values(next.as_bytes()).is_some(),
+            matches!(
+                parser.layout.read_values(next.as_bytes()),
+                Lookup::Fields(_)
+            ),
             "{next} has the layout of {first}"
         );
         let event = parser.parse(next.as_bytes(), 5).unwrap();
@@ -603,7 +691,7 @@ mod tests {
                 let (first, second) = strategy.new_tree(&mut runner).unwrap().current();
                 let mut parser = FlatParser::default();
                 parser.parse(first.as_bytes(), 1);
-                parser.layout.read_values(second.as_bytes()).is_some()
+                !matches!(parser.layout.read_values(second.as_bytes()), Lookup::Other)
             })
             .count();
         assert!(

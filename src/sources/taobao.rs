@@ -58,9 +58,9 @@ fn parse_common_event(line_no: u64, line: &[u8]) -> Option<Event> {
     }
     Some(Event {
         ts_ms: seconds as i64 * 1000,
-        user: Id::int(u128::from(user)),
-        category: Id::int(u128::from(category)),
-        item: Id::int(u128::from(item)),
+        user: Id::from(user),
+        category: Id::from(category),
+        item: Id::from(item),
         behavior,
         topic: None,
         price: None,
