@@ -231,11 +231,13 @@ impl Layout {
 }
 
 /// Tokenizes a flat object line, converting its fields, and records its layout in `layout`.
-/// Returns `None` for a line outside the subset, and leaves `layout` incomplete then.
+/// Returns `None` for a line outside the subset, and leaves `layout` incomplete then. A line
+/// whose value needs the full reader also returns `None`, but its layout is still recorded.
 fn scan_object(line: &[u8], layout: &mut Layout) -> Option<EventFields> {
     layout.clear();
     let mut scanner = Scanner { bytes: line, at: 0 };
     let mut fields = EventFields::default();
+    let mut valid = true;
     // End of the last value read, where the text before the next value starts.
     let mut text_start = 0;
     scanner.skip_space();
@@ -254,7 +256,7 @@ fn scan_object(line: &[u8], layout: &mut Layout) -> Option<EventFields> {
             let value = scanner.scalar()?;
             let field = Field::of_key(key);
             match field {
-                Some(field) => fields.set(field, value)?,
+                Some(field) => valid &= fields.set(field, value).is_some(),
                 None => {
                     std::str::from_utf8(key).ok()?;
                 }
@@ -278,7 +280,7 @@ fn scan_object(line: &[u8], layout: &mut Layout) -> Option<EventFields> {
     }
     layout.text.extend_from_slice(&line[text_start..]);
     layout.complete = true;
-    Some(fields)
+    valid.then_some(fields)
 }
 
 /// Returns the id of a value as the full reader builds it: an integer that fits in 128 bits
