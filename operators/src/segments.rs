@@ -122,8 +122,10 @@ pub type SegmentStore = Rc<RefCell<FxHashMap<Id, UserSegment>>>;
 /// Each user's windows arrive in the order of their start, because the window operator emits
 /// them so and the score operator keeps their order.
 ///
-/// NOTE: a checkpoint restores `store` but not the collection downstream, so after a resume a
-/// user's segment reaches the collection only once it changes.
+/// On a resume, `store` arrives filled from the checkpoint. The operator then inserts each
+/// stored segment at its initial time, so the collection contains every user's segment of the
+/// cut, as in an uninterrupted run. Without a resume the store starts empty and nothing extra
+/// is sent.
 ///
 /// NOTE: segments are not retracted when a user's profile is evicted, so the collection contains
 /// one row per user ever scored, as the window operator's history does.
@@ -138,9 +140,17 @@ pub fn split_scored<'scope>(
         Scored::Alert(alert) => Some(alert),
         Scored::Segment(_) => None,
     });
-    let updates = scored.unary(Pipeline, "SegmentUpdates", move |_, _| {
+    let updates = scored.unary(Pipeline, "SegmentUpdates", move |initial, _| {
+        let mut restored = Some((initial, restored_updates(&store.borrow())));
         move |input, output| {
             let port = output.output_index();
+            if let Some((capability, updates)) = restored.take() {
+                let time = *capability.time();
+                let mut session = output.session(&capability);
+                for user_segment in updates {
+                    session.give((user_segment, time, 1));
+                }
+            }
             input.for_each_stamp(|capability, data| {
                 let mut segments: Vec<WindowSegment> = Vec::new();
                 for batch in data {
@@ -182,4 +192,15 @@ pub fn split_scored<'scope>(
         }
     });
     (alerts, updates)
+}
+
+/// Returns the entries of a segment store restored from a checkpoint, sorted by user, as
+/// members of the segment collection.
+fn restored_updates(store: &FxHashMap<Id, UserSegment>) -> Vec<(Id, usize)> {
+    let mut updates: Vec<(Id, usize)> = store
+        .iter()
+        .map(|(user, latest)| (user.clone(), latest.segment))
+        .collect();
+    updates.sort();
+    updates
 }
