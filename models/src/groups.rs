@@ -290,7 +290,18 @@ impl SessionCounter {
         let now = now_ms.div_euclid(1000);
         self.sessions
             .retain(|_, session| !rule.has_ended(&session.mark, now));
+        self.shrink_if_sparse();
         before - self.sessions.len()
+    }
+
+    /// Shrinks the table of open sessions when less than a quarter of its capacity is in use,
+    /// so a burst of users does not pin its peak size for the rest of the run. It leaves room
+    /// for twice the remaining sessions.
+    fn shrink_if_sparse(&mut self) {
+        let len = self.sessions.len();
+        if len < self.sessions.capacity() / 4 {
+            self.sessions.shrink_to(len * 2);
+        }
     }
 }
 
@@ -608,5 +619,26 @@ mod tests {
         let info = model.add_window(&jump).clone();
         assert_eq!(info.trending.len(), 1);
         assert_eq!(info.trending[0].0, GroupKey::Learned(id(5)));
+    }
+
+    #[test]
+    fn forget_shrinks_sparse_session_table() {
+        let mut counter = SessionCounter::new(SessionRule::default());
+        let mut delta = PopulationDelta::default();
+        for user in 0..10_000u64 {
+            let event = Event::plain(0, user, 1u64, 100u64, crate::Behavior::View);
+            counter.count(event, &mut delta);
+        }
+        // One user stays active; the other sessions have passed their gap a day later.
+        let late = Event::plain(86_400_000, 0u64, 1u64, 100u64, crate::Behavior::View);
+        counter.count(late, &mut delta);
+        let peak = counter.sessions.capacity();
+        assert!(peak >= 10_000);
+
+        let forgotten = counter.forget_closed(86_400_000);
+
+        assert_eq!(forgotten, 9_999);
+        assert_eq!(counter.users(), 1);
+        assert!(counter.sessions.capacity() < peak / 4);
     }
 }
