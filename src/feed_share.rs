@@ -289,11 +289,16 @@ mod tests {
             .collect()
     }
 
+    /// Returns `count` views of 7 users, one per millisecond from 1,000,000.
+    fn spread_views(count: usize) -> Vec<Event> {
+        (0..count)
+            .map(|at| view(at as u64 % 7, 1_000_000 + at as i64))
+            .collect()
+    }
+
     #[test]
     fn arrival_plan_joins_small_batches() {
-        let events: Vec<Event> = (0..5_000)
-            .map(|at| view(at % 7, 1_000_000 + at as i64))
-            .collect();
+        let events = spread_views(5_000);
         let mut watermark = Watermark::new(600_000, 86_400_000);
         let plan = FeedPlan::arrival(batches(events, 1_000), &mut watermark, 2, |_, _| {});
         assert_eq!(block_sizes(&plan), vec![3_000, 2_000]);
@@ -303,9 +308,7 @@ mod tests {
 
     #[test]
     fn arrival_plan_keeps_full_batches_whole() {
-        let events: Vec<Event> = (0..9_000)
-            .map(|at| view(at % 7, 1_000_000 + at as i64))
-            .collect();
+        let events = spread_views(9_000);
         let mut watermark = Watermark::new(600_000, 86_400_000);
         let plan = FeedPlan::arrival(batches(events, 4_096), &mut watermark, 2, |_, _| {});
         assert_eq!(block_sizes(&plan), vec![4_096, 4_096, 808]);

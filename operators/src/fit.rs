@@ -82,7 +82,7 @@ pub trait VersionSink: Send + Sync + std::fmt::Debug {
 /// A checkpoint stores it only while no fit runs, so it has no record of running fits.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct FitState {
-    /// Finder of the bootstrap period's start; `None` until the first activation.
+    /// Finder of the bootstrap period's start, `None` until the first activation.
     pub start: Option<BootstrapStart>,
     /// Bound of the latest [`ModelUpdate::Unscored`] or [`ModelUpdate::ScoresUntil`] sent
     /// before the schedule was decided.
