@@ -95,15 +95,17 @@ impl InputFrontier {
     /// Registers a new source. Until its first event it holds the frontier in place, unless
     /// it stays silent for the idle timeout.
     pub fn open(&mut self, source: u64, now: Instant) {
-        self.sources.insert(
-            source,
-            SourceClock {
-                watermark: Watermark::new(self.out_of_orderness_ms, self.max_future_skew_ms),
-                has_events: false,
-                last_active: now,
-                idle: false,
-            },
-        );
+        let clock = self.new_source(now);
+        self.sources.insert(source, clock);
+    }
+
+    fn new_source(&self, now: Instant) -> SourceClock {
+        SourceClock {
+            watermark: Watermark::new(self.out_of_orderness_ms, self.max_future_skew_ms),
+            has_events: false,
+            last_active: now,
+            idle: false,
+        }
     }
 
     /// Removes a closed source; it no longer holds the frontier.
@@ -122,6 +124,12 @@ impl InputFrontier {
     /// Takes an event of `source` into account. Returns `Some(bound)` when the event is late,
     /// with the watermark or frontier (Unix milliseconds) that it is behind.
     pub fn observe(&mut self, source: u64, ts_ms: i64, now: Instant) -> Option<u64> {
+        self.source_events(source, now).observe(ts_ms)
+    }
+
+    /// Returns the observer of a batch of events that `source` delivered at `now`, which
+    /// looks the source up once instead of once per event. Opens the source when it is new.
+    pub fn source_events(&mut self, source: u64, now: Instant) -> SourceEvents<'_> {
         if !self.sources.contains_key(&source) {
             self.open(source, now);
         }
@@ -129,20 +137,11 @@ impl InputFrontier {
         clock.last_active = now;
         clock.idle = false;
         self.last_event_at = Some(now);
-        if ts_ms < self.current as i64 {
-            return Some(self.current);
+        SourceEvents {
+            clock,
+            frontier: self.current,
+            newest_watermark: &mut self.newest_watermark,
         }
-        let bound = clock.watermark.current();
-        if clock.watermark.observe(ts_ms) {
-            return Some(bound.max(self.current));
-        }
-        clock.has_events = true;
-        let watermark = clock.watermark.current();
-        self.newest_watermark = Some(
-            self.newest_watermark
-                .map_or(watermark, |w| w.max(watermark)),
-        );
-        None
     }
 
     /// Marks sources silent for the idle timeout as idle and moves the frontier to what the
@@ -194,6 +193,45 @@ impl InputFrontier {
             .min()
             .unwrap_or(max)
             .min(max)
+    }
+}
+
+/// The events of one source in one batch, observed by [`InputFrontier::source_events`].
+pub struct SourceEvents<'a> {
+    clock: &'a mut SourceClock,
+    /// The run's frontier, which does not move while a batch is observed.
+    frontier: u64,
+    newest_watermark: &'a mut Option<u64>,
+}
+
+impl SourceEvents<'_> {
+    /// Takes the next event of the batch into account. Returns `Some(bound)` when the event
+    /// is late, with the watermark or frontier (Unix milliseconds) that it is behind.
+    pub fn observe(&mut self, ts_ms: i64) -> Option<u64> {
+        if ts_ms < self.frontier as i64 {
+            return Some(self.frontier);
+        }
+        let bound = self.clock.watermark.current();
+        if self.clock.watermark.observe(ts_ms) {
+            return Some(bound.max(self.frontier));
+        }
+        self.clock.has_events = true;
+        let watermark = self.clock.watermark.current();
+        *self.newest_watermark = Some(
+            self.newest_watermark
+                .map_or(watermark, |newest| newest.max(watermark)),
+        );
+        None
+    }
+
+    /// Returns the source's watermark in Unix milliseconds, or 0 before its first event, as
+    /// [`InputFrontier::source_watermark`] does.
+    pub fn watermark(&self) -> u64 {
+        if self.clock.has_events {
+            self.clock.watermark.current()
+        } else {
+            0
+        }
     }
 }
 
@@ -305,6 +343,42 @@ mod tests {
             clock.observe(2, 80 * MINUTE, start),
             Some(90 * MINUTE as u64)
         );
+    }
+
+    #[test]
+    fn batch_observer_matches_single_observe() {
+        let times = [100, 130, 95, 80, 170, 120, 400, 389, 391].map(|minutes| minutes * MINUTE);
+        let (mut single, start) = frontier();
+        let (mut batched, _) = frontier();
+        single.open(1, start);
+        batched.open(1, start);
+        let one_by_one: Vec<_> = times
+            .iter()
+            .map(|&time| single.observe(1, time, start))
+            .collect();
+        let mut events = batched.source_events(1, start);
+        let in_batch: Vec<_> = times.iter().map(|&time| events.observe(time)).collect();
+        assert_eq!(events.watermark(), single.source_watermark(1));
+        assert_eq!(in_batch, one_by_one);
+        assert_eq!(
+            one_by_one.iter().filter(|late| late.is_some()).count(),
+            4,
+            "95, 80, 120 and 389 are late"
+        );
+        assert_eq!(batched.advance(start), single.advance(start));
+    }
+
+    #[test]
+    fn batch_observer_sees_frontier_as_late_bound() {
+        let (mut clock, start) = frontier();
+        clock.open(1, start);
+        clock.observe(1, 100 * MINUTE, start);
+        clock.advance(start);
+        let mut events = clock.source_events(2, start);
+        assert_eq!(events.watermark(), 0, "no event of source 2 yet");
+        assert_eq!(events.observe(85 * MINUTE), Some(90 * MINUTE as u64));
+        assert_eq!(events.observe(95 * MINUTE), None);
+        assert_eq!(events.watermark(), 85 * MINUTE as u64);
     }
 
     #[test]

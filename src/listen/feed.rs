@@ -6,7 +6,7 @@
 //! Worker 0 parks between rounds (`step_or_park`), and reader threads unpark it when they send
 //! a batch, so a run without data uses almost no CPU.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -170,8 +170,9 @@ pub(crate) fn feed(
                     let label = sources
                         .get(&source)
                         .map_or_else(|| Arc::from("tcp"), |known| known.label.clone());
+                    let mut observed = clock.source_events(source, now);
                     for event in events {
-                        if let Some(bound) = clock.observe(source, event.ts_ms, now) {
+                        if let Some(bound) = observed.observe(event.ts_ms) {
                             late += 1;
                             feeder.hooks.metrics().add_late(1);
                             feed.dead_letter.late(&label, &event, bound);
@@ -181,13 +182,12 @@ pub(crate) fn feed(
                         newest = newest.max(event.ts_ms);
                         feeder.send(event);
                     }
+                    let watermark = observed.watermark();
                     if newest > i64::MIN {
                         feeder.hooks.mark_sent(newest, now);
                     }
                     if let Some(known) = sources.get(&source) {
-                        known
-                            .watermark
-                            .store(clock.source_watermark(source), Ordering::Relaxed);
+                        known.watermark.store(watermark, Ordering::Relaxed);
                     }
                 }
                 SourceMessage::Closed { source } => {
@@ -299,25 +299,47 @@ impl Published {
 }
 
 /// Events sent into the dataflow that still wait for the frontier, by event-time second.
+///
+/// Live input is mostly in time order, so its seconds are appended to a queue, which costs no
+/// allocation per event. An event older than the queue's last second goes to a map instead.
 #[derive(Default)]
 struct Buffered {
-    by_second: BTreeMap<i64, u64>,
+    in_order: VecDeque<(i64, u64)>,
+    older: BTreeMap<i64, u64>,
     total: u64,
 }
 
 impl Buffered {
     fn add(&mut self, ts_ms: i64) {
-        *self.by_second.entry(ts_ms.div_euclid(1000)).or_default() += 1;
+        let second = ts_ms.div_euclid(1000);
         self.total += 1;
+        match self.in_order.back_mut() {
+            Some((last, count)) if *last == second => *count += 1,
+            Some((last, _)) if *last > second => *self.older.entry(second).or_default() += 1,
+            _ => self.in_order.push_back((second, 1)),
+        }
     }
 
     /// Forgets the seconds that end at or before the frontier.
     fn release(&mut self, frontier_ms: u64) {
         let first_kept = (frontier_ms / 1000) as i64;
-        let kept = self.by_second.split_off(&first_kept);
-        let released: u64 = self.by_second.values().sum();
-        self.by_second = kept;
-        self.total -= released;
+        while let Some(&(second, count)) = self.in_order.front() {
+            if second >= first_kept {
+                break;
+            }
+            self.total -= count;
+            self.in_order.pop_front();
+        }
+        if self
+            .older
+            .first_key_value()
+            .is_some_and(|(second, _)| *second < first_kept)
+        {
+            let kept = self.older.split_off(&first_kept);
+            let released: u64 = self.older.values().sum();
+            self.older = kept;
+            self.total -= released;
+        }
     }
 }
 
@@ -406,5 +428,23 @@ mod tests {
         assert_eq!(buffered.total, 3, "second 2 is not over yet");
         buffered.release(3_000);
         assert_eq!(buffered.total, 1);
+    }
+
+    #[test]
+    fn buffered_events_out_of_order_released() {
+        let mut buffered = Buffered::default();
+        for ts_ms in [5_000, 5_400, 9_000, 4_000, 6_500, 9_999, 3_000, 12_000] {
+            buffered.add(ts_ms);
+        }
+        assert_eq!(buffered.total, 8);
+        buffered.release(4_000);
+        assert_eq!(buffered.total, 7, "only second 3 is over");
+        buffered.release(6_000);
+        assert_eq!(buffered.total, 4, "seconds 4 and 5 are over");
+        buffered.release(10_000);
+        assert_eq!(buffered.total, 1, "second 12 is left");
+        buffered.add(11_000);
+        buffered.release(13_000);
+        assert_eq!(buffered.total, 0);
     }
 }
