@@ -3,14 +3,21 @@
 #
 # Generates the Taobao-CSV stream of USERS users, starts `veer serve` on a free port of
 # 127.0.0.1, and sends the file over one TCP connection at RATE lines per second (open loop, in
-# slices every 10 ms). RATE 0 sends as fast as the socket accepts, so TCP backpressure paces the
-# client at the engine's speed. After the last line the client closes, and once veer's /metrics
-# counts every line read, veer gets SIGTERM: it processes what it has read, prints its summary
-# and exits. The script prints the rate the
-# client achieved, the sustained rate from the first byte sent to veer's exit, and the
-# summary's latency percentiles (the engine's own histogram).
+# slices every SLICE_MS milliseconds, 10 by default). RATE 0 sends as fast as the socket
+# accepts, so TCP backpressure paces the client at the engine's speed. A subscriber on
+# veer's --alerts-listen port stamps each alert as it arrives. After the last line the client
+# closes, and once veer's /metrics counts every line read, veer gets SIGTERM: it processes
+# what it has read, prints its summary and exits. The script prints the rate the client
+# achieved and the sustained rate from the first byte sent to veer's exit. It prints two
+# latencies: the summary's percentiles (the engine's own histogram, from the socket read to
+# the sinks), and the client's, from the scheduled send of the triggering line to the
+# alert's arrival at the subscriber (see benches/socket_client.py). It then checks that the
+# alert file holds the same lines as `veer run` on the same file, and exits 1 when it does
+# not.
 #
 # Usage: bash benches/socket.sh [RATE] [USERS] [WORK_DIR]   (default 0, 2000)
+# Environment: SLICE_MS (default 10); VEER, a veer binary to run instead of building one;
+# SERVE_ARGS, more options of `veer serve` (for example `--workers 2`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-0}
@@ -26,41 +33,27 @@ free_port() {
 }
 port=$(free_port)
 http_port=$(free_port)
+alerts_port=$(free_port)
 
 # One client: no startup hold, so the first 30 s of alerts do not wait for other clients.
 "$veer" serve --listen "127.0.0.1:$port" --http "127.0.0.1:$http_port" --startup-hold 0s \
-  --alerts "$work/alerts.jsonl" >"$work/serve.log" 2>&1 &
+  --alerts "$work/alerts.jsonl" --alerts-listen "127.0.0.1:$alerts_port" ${SERVE_ARGS:-} \
+  >"$work/serve.log" 2>&1 &
 serve_pid=$!
 trap 'kill "$serve_pid" 2>/dev/null || true' EXIT
 
-# Sends the file to the port, retrying the connection for up to 10 s while veer starts, and
-# prints the start time (Unix seconds) and the achieved rate.
-python3 - "$events" "$rate" "$port" <<'PY' >"$work/client.out"
-import socket, sys, time
-path, rate, port = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
-lines = open(path, "rb").read().splitlines(keepends=True)
-deadline = time.monotonic() + 10
-while True:
-    try:
-        connection = socket.create_connection(("127.0.0.1", port))
-        break
-    except ConnectionRefusedError:
-        if time.monotonic() > deadline:
-            sys.exit(f"veer serve did not accept a connection on 127.0.0.1:{port} within 10 s")
-        time.sleep(0.05)
-per_tick = max(1, int(rate / 100)) if rate > 0 else 65536
-print(f"start {time.time():.6f}")
-start = time.monotonic()
-for tick, first in enumerate(range(0, len(lines), per_tick)):
-    if rate > 0:
-        delay = start + tick / 100 - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-    connection.sendall(b"".join(lines[first:first + per_tick]))
-elapsed = time.monotonic() - start
-connection.close()
-print(f"client sent {len(lines)} lines in {elapsed:.2f} s: {len(lines) / elapsed:.0f} lines/s")
-PY
+subscriber_ready="$work/subscriber.ready"
+rm -f "$subscriber_ready"
+python3 benches/socket_client.py subscribe "$alerts_port" "$work/received.txt" \
+  "$subscriber_ready" &
+subscriber_pid=$!
+trap 'kill "$serve_pid" "$subscriber_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 200); do
+  [ -f "$subscriber_ready" ] && break
+  sleep 0.05
+done
+python3 benches/socket_client.py send "$events" "$rate" "$port" "${SLICE_MS:-10}" \
+  "$work/sent.txt" >"$work/client.out"
 lines=$(wc -l <"$events")
 # SIGTERM stops reading at once, so wait until veer has read every line the client sent.
 for _ in $(seq 600); do
@@ -78,9 +71,24 @@ kill -TERM "$serve_pid"
 wait "$serve_pid" || true
 end=$(date +%s.%N)
 trap - EXIT
+# veer closes the subscriber's connection when it exits.
+wait "$subscriber_pid" || true
 
 start=$(awk '$1 == "start" {print $2}' "$work/client.out")
 grep -E "^client" "$work/client.out"
 awk -v lines="$lines" -v start="$start" -v end="$end" \
   'BEGIN {printf "sustained %d lines in %.2f s, first byte to exit: %.0f lines/s\n", lines, end - start, lines / (end - start)}'
 grep -E "^(lines read|  events|  bad|alerts|latency)" "$work/serve.log"
+python3 benches/socket_client.py latency "$events" "$work/sent.txt" "$work/received.txt"
+
+# The socket run must alert exactly as a run on the file does.
+"$veer" run --input "$events" --format taobao --alerts "$work/file-alerts.jsonl" --no-progress \
+  >/dev/null 2>&1
+if cmp -s <(sort "$work/alerts.jsonl") <(sort "$work/file-alerts.jsonl"); then
+  echo "alerts: the same $(wc -l <"$work/alerts.jsonl") lines as veer run on the file"
+else
+  echo "alerts differ from veer run on the file: $(wc -l <"$work/alerts.jsonl") lines here," \
+    "$(wc -l <"$work/file-alerts.jsonl") there (compare $work/alerts.jsonl and" \
+    "$work/file-alerts.jsonl)"
+  exit 1
+fi
