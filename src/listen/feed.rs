@@ -300,8 +300,8 @@ impl Published {
 
 /// Events sent into the dataflow that still wait for the frontier, by event-time second.
 ///
-/// Live input is mostly in time order, so its seconds are appended to a queue, which costs no
-/// allocation per event. An event older than the queue's last second goes to a map instead.
+/// Live input is mostly in time order, so its seconds are appended to a queue, which
+/// allocates only when it grows. An event older than the queue's last second goes to a map.
 #[derive(Default)]
 struct Buffered {
     in_order: VecDeque<(i64, u64)>,
