@@ -111,8 +111,13 @@ pub enum SourceMessage {
         label: Arc<str>,
         watermark: Arc<AtomicU64>,
     },
-    /// Parsed events in arrival order.
-    Events { source: u64, events: Vec<Event> },
+    /// Parsed events in arrival order. `read_at` is when the reader thread received the
+    /// bytes that ended their lines, the start of their event-to-alert latency.
+    Events {
+        source: u64,
+        events: Vec<Event>,
+        read_at: Instant,
+    },
     /// The connection ended; its line counts are final.
     Closed { source: u64 },
 }

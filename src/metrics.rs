@@ -277,9 +277,12 @@ impl Metrics {
     ///
     /// The latency is the wall time from the moment the batch carrying the alert's triggering
     /// event reached the feeder on worker 0 to the moment the alert was handed to the sinks.
-    /// It includes the wait for the event-time frontier that ordering needs, so it grows with
-    /// the out-of-orderness allowed. It excludes the reader's batching and its channel (up to
-    /// 64 batches of 4096 events), and the time a sink then takes to deliver.
+    /// A TCP source (`veer serve`) starts it earlier, when the connection's reader thread read
+    /// the bytes that ended the event's line, so it includes parsing and the channel to
+    /// worker 0. It includes the wait for the event-time frontier that ordering needs, so it
+    /// grows with the out-of-orderness allowed. For files and standard input it excludes the
+    /// reader's batching and its channel (up to 64 batches of 4096 events). It always
+    /// excludes the time a sink then takes to deliver.
     pub fn record_latency(&self, latency: Duration) {
         let micros = (latency.as_micros() as u64).clamp(1, LATENCY_MAX_MICROS);
         lock(&self.latency).saturating_record(micros);

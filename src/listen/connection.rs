@@ -68,6 +68,8 @@ struct Lines {
     line: u64,
     bad_run: u64,
     events: Vec<Event>,
+    /// When the bytes being split were read from the socket.
+    read_at: Instant,
     counts: ConnectionCounts,
 }
 
@@ -101,6 +103,7 @@ impl Connection {
             line: 0,
             bad_run: 0,
             events: Vec::new(),
+            read_at: Instant::now(),
             counts: ConnectionCounts::default(),
         };
         let ending = if self.sender.send(opened).is_err() {
@@ -153,6 +156,7 @@ impl Connection {
     /// Splits `bytes` into lines, parses them and sends the events. Returns the ending when
     /// the connection must close.
     fn take_bytes(&self, lines: &mut Lines, bytes: &[u8]) -> Option<Ending> {
+        lines.read_at = Instant::now();
         lines.counts.bytes += bytes.len() as u64;
         self.shared
             .bytes
@@ -226,6 +230,7 @@ impl Connection {
             .send(SourceMessage::Events {
                 source: self.id,
                 events,
+                read_at: lines.read_at,
             })
             .is_ok();
         self.shared.wake_worker();

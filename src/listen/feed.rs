@@ -163,7 +163,11 @@ pub(crate) fn feed(
                     clock.open(source, now);
                     sources.insert(source, Source { label, watermark });
                 }
-                SourceMessage::Events { source, events } => {
+                SourceMessage::Events {
+                    source,
+                    events,
+                    read_at,
+                } => {
                     received += events.len() as u64;
                     source_metrics.add_events(events.len() as u64);
                     let mut newest = i64::MIN;
@@ -184,7 +188,7 @@ pub(crate) fn feed(
                     }
                     let watermark = observed.watermark();
                     if newest > i64::MIN {
-                        feeder.hooks.mark_sent(newest, now);
+                        feeder.hooks.mark_sent(newest, read_at);
                     }
                     if let Some(known) = sources.get(&source) {
                         known.watermark.store(watermark, Ordering::Relaxed);
