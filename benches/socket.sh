@@ -3,7 +3,7 @@
 #
 # Generates the Taobao-CSV stream of USERS users, starts `veer serve` on a free port of
 # 127.0.0.1, and sends the file over one TCP connection at RATE lines per second (open loop, in
-# slices every SLICE_MS milliseconds, 10 by default). RATE 0 sends as fast as the socket
+# slices every SLICE_MS milliseconds, 1 by default). RATE 0 sends as fast as the socket
 # accepts, so TCP backpressure paces the client at the engine's speed. A subscriber on
 # veer's --alerts-listen port stamps each alert as it arrives. After the last line the client
 # closes, and once veer's /metrics counts every line read, veer gets SIGTERM: it processes
@@ -12,11 +12,13 @@
 # latencies: the summary's percentiles (the engine's own histogram, from the socket read to
 # the sinks), and the client's, from the scheduled send of the triggering line to the
 # alert's arrival at the subscriber (see benches/socket_client.py). It then checks that the
-# alert file holds the same lines as `veer run` on the same file, and exits 1 when it does
-# not.
+# alert file contains the same lines as `veer run` on the same file, and exits 1 when it
+# does not.
 #
 # Usage: bash benches/socket.sh [RATE] [USERS] [WORK_DIR]   (default 0, 2000)
-# Environment: SLICE_MS (default 10); VEER, a veer binary to run instead of building one;
+# Environment: SLICE_MS (default 1; with 10 ms slices, events near a slice's end wait for the
+# next slice, because event time moves only when later lines arrive); VEER, a veer binary to
+# run instead of building one;
 # SERVE_ARGS, more options of `veer serve` (for example `--workers 2`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +54,7 @@ for _ in $(seq 200); do
   [ -f "$subscriber_ready" ] && break
   sleep 0.05
 done
-python3 benches/socket_client.py send "$events" "$rate" "$port" "${SLICE_MS:-10}" \
+python3 benches/socket_client.py send "$events" "$rate" "$port" "${SLICE_MS:-1}" \
   "$work/sent.txt" >"$work/client.out"
 lines=$(wc -l <"$events")
 # SIGTERM stops reading at once, so wait until veer has read every line the client sent.
