@@ -4,6 +4,8 @@ use std::borrow::Cow;
 
 use veer_models::Id;
 
+use super::digits;
+
 /// Splits `line` at every comma into `fields` and returns the number of fields in the line.
 ///
 /// Fields past `fields.len()` are counted but not stored. No quoting is recognised, so use
@@ -83,39 +85,18 @@ pub(crate) fn split_quoted(line: &[u8]) -> Result<Vec<Cow<'_, [u8]>>, &'static s
 /// the CSV readers, which fall back to a field-by-field parse with reasons on `None`.
 #[inline(always)]
 pub(crate) fn take_digits(line: &[u8], position: &mut usize) -> Option<u64> {
-    let start = *position;
-    let mut value: u64 = 0;
-    let mut cursor = start;
-    while let Some(&byte) = line.get(cursor) {
-        let digit = byte.wrapping_sub(b'0');
-        if digit > 9 {
-            if byte != b',' {
-                return None;
-            }
-            break;
-        }
-        value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
-        cursor += 1;
-    }
-    let length = cursor - start;
+    let (length, value) = digits::read_digits(line, *position);
     if length == 0 || length > 19 {
         return None;
     }
-    *position = cursor + 1;
-    Some(value)
-}
-
-/// Returns the field at `*position` and moves `*position` past the comma that ends it, or past
-/// the end of the line for the last field.
-#[inline]
-pub(crate) fn take_field<'a>(line: &'a [u8], position: &mut usize) -> &'a [u8] {
-    let rest = line.get(*position..).unwrap_or_default();
-    let length = rest
-        .iter()
-        .position(|&byte| byte == b',')
-        .unwrap_or(rest.len());
-    *position += length + 1;
-    &rest[..length]
+    let end = *position + length;
+    match line.get(end) {
+        Some(b',') | None => {
+            *position = end + 1;
+            Some(value)
+        }
+        Some(_) => None,
+    }
 }
 
 /// Parses canonical decimal digits (no sign, no leading zero, at most 38 digits), with the same
@@ -162,9 +143,7 @@ pub(crate) fn id_from_bytes(field: &[u8]) -> Option<Id> {
     if let Some(value) = parse_canonical_int(field) {
         return Some(Id::int(value));
     }
-    std::str::from_utf8(field)
-        .ok()
-        .map(Id::text)
+    std::str::from_utf8(field).ok().map(Id::text)
 }
 
 /// Quotes a field value for a bad-record reason, cut to 40 bytes and with invalid UTF-8 replaced.
@@ -272,12 +251,20 @@ mod tests {
         assert_eq!(take_digits(b"", &mut 0), None);
         assert_eq!(take_digits(b",", &mut 0), None);
         assert_eq!(take_digits(b"1\r", &mut 0), None);
+        assert_eq!(take_digits(b"-1,", &mut 0), None);
+        assert_eq!(take_digits(b"+1,", &mut 0), None);
 
+        let line = b"1234567890123456789,123456789012345678901,1511544070";
         let mut position = 0;
-        assert_eq!(take_field(b"pv,1", &mut position), b"pv");
-        assert_eq!(take_field(b"pv,1", &mut position), b"1");
-        assert_eq!(position, 5);
-        assert_eq!(take_field(b"pv,1", &mut position), b"");
+        assert_eq!(
+            take_digits(line, &mut position),
+            Some(1_234_567_890_123_456_789)
+        );
+        assert_eq!(position, 20);
+        assert_eq!(take_digits(line, &mut position), None, "21 digits");
+        position = 42;
+        assert_eq!(take_digits(line, &mut position), Some(1_511_544_070));
+        assert_eq!(position, line.len() + 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 use veer_models::{Behavior, Event, Id};
 
+use super::digits;
 use super::time;
 
 /// A value of the flat subset, borrowed from the line.
@@ -390,24 +391,17 @@ impl<'a> Scanner<'a> {
         if negative {
             self.at += 1;
         }
-        let mut value: u64 = 0;
-        match self.next()? {
-            b'0' => {}
-            digit @ b'1'..=b'9' => {
-                value = u64::from(digit - b'0');
-                while let Some(digit @ b'0'..=b'9') = self.peek() {
-                    // May wrap from the 20th digit on; the length check below drops such values.
-                    value = value.wrapping_mul(10).wrapping_add(u64::from(digit - b'0'));
-                    self.at += 1;
-                }
-            }
-            _ => return None,
-        }
-        if matches!(self.peek(), Some(b'.' | b'e' | b'E' | b'0'..=b'9')) {
+        let (count, value) = digits::read_digits(self.bytes, self.at);
+        // JSON allows no leading zero, so a number that starts with 0 is the 0 alone.
+        if count == 0 || (count > 1 && self.bytes[self.at] == b'0') {
             return None;
         }
-        let digits = self.at - start - usize::from(negative);
-        let value = (!negative && digits <= 19).then_some(value);
+        self.at += count;
+        if matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        // The value wraps from the 20th digit on, so longer numbers keep only their text.
+        let value = (!negative && count <= 19).then_some(value);
         Some(Scalar::Integer(&self.bytes[start..self.at], value))
     }
 }
@@ -448,6 +442,18 @@ mod tests {
         assert_eq!(Some(event.clone()), full_reader(line));
         assert_eq!(event.user, Id::int(915_564));
         assert_eq!(event.ts_ms, 1_511_539_241_000);
+
+        let wide = usual(
+            "1234567890123456789",
+            "12345678901234567890",
+            "\"buy\"",
+            "0",
+        );
+        let event = parse_flat(wide.as_bytes(), 5).expect("19 and 20 digits are flat values");
+        assert_eq!(Some(event.clone()), full_reader(&wide));
+        assert_eq!(event.user, Id::int(1_234_567_890_123_456_789));
+        assert_eq!(event.item, Id::int(12_345_678_901_234_567_890));
+        assert_eq!(event.ts_ms, 0);
     }
 
     #[test]
@@ -506,6 +512,24 @@ mod tests {
             usual("1", "2", "\"view\"", "1511539241123"),
             usual(big, "18446744073709551616", "\"view\"", "1"),
             usual("9999999999999999999", "2", "\"view\"", "1"),
+            usual(
+                "1234567890123456789",
+                "12345678901234567890",
+                "\"view\"",
+                "1",
+            ),
+            usual(
+                "-1234567890123456789",
+                "-12345678901234567890",
+                "\"view\"",
+                "1",
+            ),
+            usual("0", "00", "\"view\"", "1"),
+            usual("1", "-01", "\"view\"", "1"),
+            usual("-", "2", "\"view\"", "1"),
+            usual("1", "-x", "\"view\"", "1"),
+            usual("1", "2", "\"view\"", "1511539241\r"),
+            usual("1", "2", "\"view\"", "15115392411511539241"),
             usual("\"caf\u{e9}\"", "\"\u{1F600}\"", "\"view\"", "1"),
             usual("\"a\\u0041\"", "2", "\"view\"", "1"),
             usual("\"a\\\"b\"", "2", "\"view\"", "1"),

@@ -36,6 +36,7 @@ use std::str::FromStr;
 
 use veer_models::Event;
 
+mod digits;
 mod fields;
 mod flat_json;
 mod item_catalog;

@@ -5,6 +5,7 @@
 
 use veer_models::{Behavior, Event, Id};
 
+use super::digits;
 use super::fields::{self, invalid_value, wrong_field_count};
 use super::time;
 use super::{BadRecord, LineParser, Parsed};
@@ -44,13 +45,7 @@ fn parse_common_event(line_no: u64, line: &[u8]) -> Option<Event> {
     let user = fields::take_digits(line, &mut position)?;
     let item = fields::take_digits(line, &mut position)?;
     let category = fields::take_digits(line, &mut position)?;
-    let behavior = match fields::take_field(line, &mut position) {
-        b"pv" => Behavior::View,
-        b"cart" => Behavior::Cart,
-        b"fav" => Behavior::Fav,
-        b"buy" => Behavior::Buy,
-        _ => return None,
-    };
+    let behavior = take_behavior(line, &mut position)?;
     let seconds = fields::take_digits(line, &mut position)?;
     // The timestamp must be the last field, and small enough for milliseconds in `i64`.
     if position != line.len() + 1 || seconds >= 1 << 53 {
@@ -69,6 +64,36 @@ fn parse_common_event(line_no: u64, line: &[u8]) -> Option<Event> {
         session: None,
         line: line_no,
     })
+}
+
+/// Reads a behaviour name and the comma after it at `*position`, and moves `*position` past
+/// the comma. Returns `None` for any other text.
+#[inline(always)]
+fn take_behavior(line: &[u8], position: &mut usize) -> Option<Behavior> {
+    /// Returns the first bytes of a word whose low bytes are `text`, and the mask of those.
+    const fn prefix(text: &[u8]) -> (u64, u64) {
+        let mut word = 0;
+        let mut index = 0;
+        while index < text.len() {
+            word |= (text[index] as u64) << (8 * index);
+            index += 1;
+        }
+        (word, u64::MAX >> (64 - 8 * text.len()))
+    }
+    const NAMES: [((u64, u64), Behavior); 4] = [
+        (prefix(b"pv,"), Behavior::View),
+        (prefix(b"cart,"), Behavior::Cart),
+        (prefix(b"fav,"), Behavior::Fav),
+        (prefix(b"buy,"), Behavior::Buy),
+    ];
+    let word = digits::load_word(line, *position);
+    for ((name, mask), behavior) in NAMES {
+        if word & mask == name {
+            *position += (mask.count_ones() / 8) as usize;
+            return Some(behavior);
+        }
+    }
+    None
 }
 
 fn parse_event(line_no: u64, line: &[u8]) -> Result<Event, String> {
@@ -133,6 +158,8 @@ fn integer_id(field: &[u8], name: &str) -> Result<Id, String> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn reason(line: &[u8]) -> String {
@@ -173,7 +200,7 @@ mod tests {
 
     #[test]
     fn one_pass_parse_matches_field_parse() {
-        let lines: [&[u8]; 9] = [
+        let lines: [&[u8]; 30] = [
             b"1,2268318,2520377,pv,1511544070",
             b"007,0,00,buy,0",
             b"1234567890123456789,2,3,fav,1",
@@ -183,6 +210,27 @@ mod tests {
             b"1,2,3,pv,9007199254740992",
             b"1,2,3,pv, 1",
             b"1,2,3,PV,1",
+            b"1,2,3,pv,9007199254740991",
+            b"1,2,3,pv,18446744073709551616",
+            b"1,2,3,pv,99999999999999999999",
+            b"-1,2,3,pv,1",
+            b"+1,2,3,pv,1",
+            b"1,2,3,pv,-1",
+            b"1,2,3,pv,+1",
+            b"1,2,3,pv,1511544070\r",
+            b"1,2,3,pv,1511544070 ",
+            b"1,2,3,pv",
+            b"1,2,3,pv1,1",
+            b"1,2,3,pvv,1",
+            b"1,2,3,car,1",
+            b"1,2,3,cart",
+            b"1,2,3,,1",
+            b"1,,3,pv,1",
+            b",2,3,pv,1",
+            b"1,2,3,buy,1\x00",
+            b"1\x002,3,pv,1",
+            b"00000000000000000000001,2,3,fav,1",
+            b"user_id,item_id,category_id,behavior_type,timestamp",
         ];
         for line in lines {
             let shown = String::from_utf8_lossy(line);
@@ -190,9 +238,57 @@ mod tests {
                 assert_eq!(Ok(event), parse_event(5, line), "{shown}");
             }
         }
-        assert!(parse_common_event(5, lines[0]).is_some());
+        for index in [0, 1, 2, 9] {
+            let shown = String::from_utf8_lossy(lines[index]);
+            assert!(parse_common_event(5, lines[index]).is_some(), "{shown}");
+        }
         assert!(parse_common_event(5, lines[3]).is_none(), "20 digits");
         assert!(parse_common_event(5, lines[6]).is_none(), "2^53 seconds");
+        assert!(
+            parse_common_event(5, lines[16]).is_none(),
+            "carriage return"
+        );
+    }
+
+    /// Returns a strategy for one field: mostly valid ids, behaviours and timestamps, with
+    /// signs, spaces, wide numbers and other text mixed in.
+    fn field() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => (0u64..20_000_000_000).prop_map(|number| number.to_string()),
+            2 => prop::sample::select(vec!["pv", "cart", "fav", "buy"]).prop_map(str::to_string),
+            1 => "0{1,3}[0-9]{0,19}",
+            1 => "[0-9]{18,21}",
+            1 => "[-+ ]?[0-9]{1,4}[ \r]?",
+            1 => prop::sample::select(vec!["", "pv ", "PV", "p", "pvv", "cartt", "9007199254740992"])
+                .prop_map(str::to_string),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5000))]
+
+        #[test]
+        fn one_pass_parse_agrees_on_generated_rows(
+            fields in prop::collection::vec(field(), 3..7),
+            ending in prop::sample::select(vec!["", "\r", ","]),
+        ) {
+            let line = format!("{}{ending}", fields.join(","));
+            if let Some(event) = parse_common_event(5, line.as_bytes()) {
+                prop_assert_eq!(Ok(event), parse_event(5, line.as_bytes()), "{}", line);
+            }
+        }
+
+        #[test]
+        fn one_pass_parse_reads_usual_rows(
+            ids in prop::array::uniform3(0u64..10_000_000_000_000_000_000),
+            behavior in prop::sample::select(vec!["pv", "cart", "fav", "buy"]),
+            seconds in 0u64..(1 << 53),
+        ) {
+            let line = format!("{},{},{},{behavior},{seconds}", ids[0], ids[1], ids[2]);
+            let event = parse_common_event(5, line.as_bytes());
+            prop_assert!(event.is_some(), "{}", line);
+            prop_assert_eq!(Ok(event.unwrap()), parse_event(5, line.as_bytes()), "{}", line);
+        }
     }
 
     #[test]
