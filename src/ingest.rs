@@ -17,7 +17,7 @@ use veer_models::{Event, Id};
 
 use crate::config::ReplayOrder;
 use crate::metrics::{Metrics, SourceMetrics};
-use crate::sources::{self, BadRecord, LineSplitter, Parsed, SourceOptions};
+use crate::sources::{self, BadRecord, LineSplitter, Pushed, SourceOptions};
 
 /// Events per batch sent from the reader thread.
 const BATCH: usize = 4096;
@@ -298,16 +298,15 @@ fn read_one(
             .next_line()
             .map_err(|error| format!("failed reading {name}: {error}"))?;
         let Some(line) = next else { break };
-        let parsed = count_and_parse(&mut *parser, line, limit, counts);
+        let pushed = count_and_parse(&mut *parser, line, limit, counts, &mut batch);
         if counts.lines.is_multiple_of(65_536) {
             progress
                 .bytes
                 .store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
         }
-        match parsed {
-            Parsed::Event(event) => {
+        match pushed {
+            Pushed::Event => {
                 counts.events += 1;
-                batch.push(event);
                 if batch.len() >= BATCH {
                     progress.publish(counts, &mut published);
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
@@ -316,8 +315,8 @@ fn read_one(
                     }
                 }
             }
-            Parsed::Skip => counts.skipped += 1,
-            Parsed::Bad(record) => {
+            Pushed::Skip => counts.skipped += 1,
+            Pushed::Bad(record) => {
                 counts.bad += 1;
                 dead_letter.bad(name, &record);
             }
@@ -361,23 +360,25 @@ fn open_detected(
     Ok(Some((reader, format)))
 }
 
-/// Counts one line in `counts` and parses it. A line cut at `limit` bytes is a bad record.
+/// Counts one line in `counts` and parses it, pushing its event onto `events`. A line cut at
+/// `limit` bytes is a bad record.
 pub(crate) fn count_and_parse(
     parser: &mut dyn sources::LineParser,
     line: sources::Line<'_>,
     limit: usize,
     counts: &mut LineCounts,
-) -> Parsed {
+    events: &mut Vec<Event>,
+) -> Pushed {
     counts.lines += 1;
     counts.bytes += line.bytes.len() as u64 + 1;
     if line.truncated {
-        return Parsed::Bad(BadRecord::new(
+        return Pushed::Bad(BadRecord::new(
             line.number,
             format!("line longer than {limit} bytes"),
             line.bytes,
         ));
     }
-    parser.parse(line.number, line.bytes)
+    parser.parse_into(line.number, line.bytes, events)
 }
 
 /// Reads one plain file split into `ranges`, one thread per range, and sends its events in

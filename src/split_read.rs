@@ -12,7 +12,7 @@ use std::ops::Range;
 use veer_models::Event;
 
 use crate::ingest::{LineCounts, SourceProgress};
-use crate::sources::{BadRecord, LineParser, LineSplitter, Parsed};
+use crate::sources::{BadRecord, LineParser, LineSplitter, Pushed};
 
 /// Smallest file worth splitting; smaller files are read by one thread.
 const MIN_SPLIT_BYTES: u64 = 4 << 20;
@@ -179,23 +179,22 @@ fn parse_range(
     let mut published = LineCounts::default();
     let mut bytes_published = 0u64;
     while let Some(line) = splitter.next_line()? {
-        let parsed = crate::ingest::count_and_parse(&mut *parser, line, limit, counts);
+        let pushed = crate::ingest::count_and_parse(&mut *parser, line, limit, counts, &mut batch);
         if counts.lines.is_multiple_of(65_536) {
             progress.add_bytes(counts.bytes - bytes_published);
             bytes_published = counts.bytes;
             progress.publish(counts, &mut published);
         }
-        match parsed {
-            Parsed::Event(event) => {
+        match pushed {
+            Pushed::Event => {
                 counts.events += 1;
-                batch.push(event);
                 if batch.len() == BATCH_EVENTS {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_EVENTS));
                     output.batches.push((full, counts.clone()));
                 }
             }
-            Parsed::Skip => counts.skipped += 1,
-            Parsed::Bad(record) => {
+            Pushed::Skip => counts.skipped += 1,
+            Pushed::Bad(record) => {
                 counts.bad += 1;
                 output.bad.push(record);
             }

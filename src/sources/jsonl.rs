@@ -10,7 +10,7 @@ use veer_models::{Behavior, Event, Id};
 
 use super::flat_json;
 use super::time::{self, TimeError};
-use super::{BadRecord, LineParser, Parsed};
+use super::{BadRecord, LineParser, Parsed, Pushed};
 
 /// Parser of the `jsonl` format.
 #[derive(Debug, Default)]
@@ -32,6 +32,19 @@ impl LineParser for JsonlParser {
         match self.flat.parse(line, line_no) {
             Some(event) => Parsed::Event(event),
             None => self.parse_full(line_no, line),
+        }
+    }
+
+    fn parse_into(&mut self, line_no: u64, line: &[u8], events: &mut Vec<Event>) -> Pushed {
+        if line.trim_ascii().is_empty() {
+            return Pushed::Skip;
+        }
+        match self.flat.parse(line, line_no) {
+            Some(event) => {
+                events.push(event);
+                Pushed::Event
+            }
+            None => self.parse_full(line_no, line).push_into(events),
         }
     }
 }
@@ -311,6 +324,33 @@ mod tests {
         match parse(line) {
             Parsed::Event(event) => event,
             other => panic!("expected an event from {line}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pushed_lines_match_parsed_lines() {
+        let lines = [
+            r#"{"user":1,"item":2,"category":3,"behavior":"view","ts":1511539241}"#,
+            r#"{"user":1,"item":2,"category":3,"behavior":"view","ts":1511539241.5}"#,
+            r#"{"user":"a\u0041","category":3,"behavior":"buy","ts":"2017-11-25T08:00:00Z"}"#,
+            r#"{"user":1,"item":2,"category":3,"behavior":"jump","ts":1}"#,
+            r#"{"user":1,"item":2,"#,
+            "  \t",
+            "",
+        ];
+        // One parser of each kind reads all lines, so the layout of one line is known when the
+        // next is read.
+        let mut pushing = JsonlParser::new();
+        let mut parsing = JsonlParser::new();
+        for line in lines {
+            let mut events = vec![Event::plain(0, 9u64, 9u64, 9u64, Behavior::View)];
+            let pushed = pushing.parse_into(7, line.as_bytes(), &mut events);
+            let mut expected_events = events[..1].to_vec();
+            let expected = parsing
+                .parse(7, line.as_bytes())
+                .push_into(&mut expected_events);
+            assert_eq!(pushed, expected, "{line}");
+            assert_eq!(events, expected_events, "{line}");
         }
     }
 

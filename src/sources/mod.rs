@@ -150,11 +150,44 @@ pub enum Parsed {
     Bad(BadRecord),
 }
 
+/// The outcome of a line parsed by [`LineParser::parse_into`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pushed {
+    /// A valid event, now the last of the events.
+    Event,
+    /// A blank line, or a header line of a format that has one.
+    Skip,
+    /// A line that is not a valid event.
+    Bad(BadRecord),
+}
+
 /// A parser of one input format, fed one physical line at a time.
 pub trait LineParser: Send {
     /// Parses one line, given without its line ending. `line_no` is the 1-based physical line
     /// number, copied into the event or bad record.
     fn parse(&mut self, line_no: u64, line: &[u8]) -> Parsed;
+
+    /// Parses one line like [`LineParser::parse`] and pushes its event onto `events`.
+    ///
+    /// A reader can write the event's fields straight into the vector, while an event returned
+    /// through [`Parsed`] is written to the stack first and then copied.
+    fn parse_into(&mut self, line_no: u64, line: &[u8], events: &mut Vec<Event>) -> Pushed {
+        self.parse(line_no, line).push_into(events)
+    }
+}
+
+impl Parsed {
+    /// Pushes the event, if this is one, onto `events`, and returns what the line became.
+    pub fn push_into(self, events: &mut Vec<Event>) -> Pushed {
+        match self {
+            Parsed::Event(event) => {
+                events.push(event);
+                Pushed::Event
+            }
+            Parsed::Skip => Pushed::Skip,
+            Parsed::Bad(record) => Pushed::Bad(record),
+        }
+    }
 }
 
 /// What a RetailRocket reader does with an event whose item has no `categoryid` property.

@@ -8,7 +8,7 @@ use veer_models::{Behavior, Event, Id};
 use super::digits;
 use super::fields::{self, invalid_value, wrong_field_count};
 use super::time;
-use super::{BadRecord, LineParser, Parsed};
+use super::{BadRecord, LineParser, Parsed, Pushed};
 
 const FIELD_COUNT: usize = 5;
 
@@ -24,23 +24,72 @@ impl TaobaoParser {
 
 impl LineParser for TaobaoParser {
     fn parse(&mut self, line_no: u64, line: &[u8]) -> Parsed {
-        if line.is_empty() {
-            return Parsed::Skip;
+        match parse_common_row(line) {
+            Some(row) => Parsed::Event(row.into_event(line_no)),
+            None => parse_other(line_no, line),
         }
-        if let Some(event) = parse_common_event(line_no, line) {
-            return Parsed::Event(event);
+    }
+
+    fn parse_into(&mut self, line_no: u64, line: &[u8], events: &mut Vec<Event>) -> Pushed {
+        if let Some(row) = parse_common_row(line) {
+            // Reserving first lets the compiler write the fields into the vector. With `push`,
+            // the growth call comes after the event is built, so the event is built on the
+            // stack and copied.
+            events.reserve(1);
+            events.spare_capacity_mut()[0].write(row.into_event(line_no));
+            // SAFETY: the slot at `len` is within the capacity reserved above, and the line
+            // above initialised it.
+            unsafe { events.set_len(events.len() + 1) };
+            return Pushed::Event;
         }
-        match parse_event(line_no, line) {
-            Ok(event) => Parsed::Event(event),
-            Err(reason) => Parsed::Bad(BadRecord::new(line_no, reason, line)),
+        parse_other(line_no, line).push_into(events)
+    }
+}
+
+/// Parses a line that [`parse_common_row`] does not read: a blank line is skipped, and any
+/// other line becomes an event or a bad record with a reason.
+fn parse_other(line_no: u64, line: &[u8]) -> Parsed {
+    if line.is_empty() {
+        return Parsed::Skip;
+    }
+    match parse_event(line_no, line) {
+        Ok(event) => Parsed::Event(event),
+        Err(reason) => Parsed::Bad(BadRecord::new(line_no, reason, line)),
+    }
+}
+
+/// The values of a row read in one pass, kept in registers until the event is written.
+struct CommonRow {
+    user: u64,
+    item: u64,
+    category: u64,
+    behavior: Behavior,
+    seconds: u64,
+}
+
+impl CommonRow {
+    #[inline(always)]
+    fn into_event(self, line_no: u64) -> Event {
+        Event {
+            ts_ms: self.seconds as i64 * 1000,
+            user: Id::from(self.user),
+            category: Id::from(self.category),
+            item: Id::from(self.item),
+            behavior: self.behavior,
+            topic: None,
+            price: None,
+            brand: None,
+            dwell_ms: None,
+            session: None,
+            line: line_no,
         }
     }
 }
 
-/// Parses a row in one pass when every id has at most 19 digits, the common case. Returns
+/// Reads a row in one pass when every id has at most 19 digits, the common case. Returns
 /// `None` for any other row, which [`parse_event`] then parses or rejects with a reason.
-#[inline]
-fn parse_common_event(line_no: u64, line: &[u8]) -> Option<Event> {
+#[inline(always)]
+fn parse_common_row(line: &[u8]) -> Option<CommonRow> {
     let mut position = 0;
     let user = fields::take_digits(line, &mut position)?;
     let item = fields::take_digits(line, &mut position)?;
@@ -51,18 +100,12 @@ fn parse_common_event(line_no: u64, line: &[u8]) -> Option<Event> {
     if position != line.len() + 1 || seconds >= 1 << 53 {
         return None;
     }
-    Some(Event {
-        ts_ms: seconds as i64 * 1000,
-        user: Id::from(user),
-        category: Id::from(category),
-        item: Id::from(item),
+    Some(CommonRow {
+        user,
+        item,
+        category,
         behavior,
-        topic: None,
-        price: None,
-        brand: None,
-        dwell_ms: None,
-        session: None,
-        line: line_no,
+        seconds,
     })
 }
 
@@ -162,6 +205,11 @@ mod tests {
 
     use super::*;
 
+    /// Returns the event of the one-pass reader, numbered as line 5.
+    fn common_event(line: &[u8]) -> Option<Event> {
+        parse_common_row(line).map(|row| row.into_event(5))
+    }
+
     fn reason(line: &[u8]) -> String {
         match TaobaoParser::new().parse(4, line) {
             Parsed::Bad(record) => record.reason,
@@ -234,20 +282,17 @@ mod tests {
         ];
         for line in lines {
             let shown = String::from_utf8_lossy(line);
-            if let Some(event) = parse_common_event(5, line) {
+            if let Some(event) = common_event(line) {
                 assert_eq!(Ok(event), parse_event(5, line), "{shown}");
             }
         }
         for index in [0, 1, 2, 9] {
             let shown = String::from_utf8_lossy(lines[index]);
-            assert!(parse_common_event(5, lines[index]).is_some(), "{shown}");
+            assert!(common_event(lines[index]).is_some(), "{shown}");
         }
-        assert!(parse_common_event(5, lines[3]).is_none(), "20 digits");
-        assert!(parse_common_event(5, lines[6]).is_none(), "2^53 seconds");
-        assert!(
-            parse_common_event(5, lines[16]).is_none(),
-            "carriage return"
-        );
+        assert!(common_event(lines[3]).is_none(), "20 digits");
+        assert!(common_event(lines[6]).is_none(), "2^53 seconds");
+        assert!(common_event(lines[16]).is_none(), "carriage return");
     }
 
     /// Returns a strategy for one field: mostly valid ids, behaviours and timestamps, with
@@ -273,7 +318,7 @@ mod tests {
             ending in prop::sample::select(vec!["", "\r", ","]),
         ) {
             let line = format!("{}{ending}", fields.join(","));
-            if let Some(event) = parse_common_event(5, line.as_bytes()) {
+            if let Some(event) = common_event(line.as_bytes()) {
                 prop_assert_eq!(Ok(event), parse_event(5, line.as_bytes()), "{}", line);
             }
         }
@@ -285,9 +330,32 @@ mod tests {
             seconds in 0u64..(1 << 53),
         ) {
             let line = format!("{},{},{},{behavior},{seconds}", ids[0], ids[1], ids[2]);
-            let event = parse_common_event(5, line.as_bytes());
+            let event = common_event(line.as_bytes());
             prop_assert!(event.is_some(), "{}", line);
             prop_assert_eq!(Ok(event.unwrap()), parse_event(5, line.as_bytes()), "{}", line);
+        }
+    }
+
+    #[test]
+    fn pushed_rows_match_parsed_rows() {
+        let lines: [&[u8]; 6] = [
+            b"1,2268318,2520377,pv,1511544070",
+            b"12345678901234567890,2,3,cart,1",
+            b"1,2,3,pv,1511544070\r",
+            b"1,2,3,clk,5",
+            b"user_id,item_id,category_id,behavior_type,timestamp",
+            b"",
+        ];
+        for line in lines {
+            let shown = String::from_utf8_lossy(line);
+            let mut events = vec![Event::plain(0, 9u64, 9u64, 9u64, Behavior::View)];
+            let pushed = TaobaoParser::new().parse_into(4, line, &mut events);
+            let mut expected_events = events[..1].to_vec();
+            let expected = TaobaoParser::new()
+                .parse(4, line)
+                .push_into(&mut expected_events);
+            assert_eq!(pushed, expected, "{shown}");
+            assert_eq!(events, expected_events, "{shown}");
         }
     }
 
