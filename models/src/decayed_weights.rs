@@ -102,21 +102,43 @@ impl DecayedWeights {
             let topic = topics.and_then(|topics| topics.get(category));
             groups.group_of(category, topic)
         };
-        let all_own = self
-            .categories
-            .iter()
-            .all(|(category, _)| is_own_group(category, &group_of(category)));
-        if all_own {
+        let first_shared =
+            self.categories
+                .iter()
+                .enumerate()
+                .find_map(|(position, (category, _))| {
+                    let group = group_of(category);
+                    (!is_own_group(category, &group)).then_some((position, group))
+                });
+        let Some((first_shared, shared_group)) = first_shared else {
             self.groups = None;
             return;
+        };
+        // Each category's group, looked up once: the categories before `first_shared` are
+        // their own groups.
+        let mut shared_group = Some(shared_group);
+        let mut sums: Vec<(GroupKey, f64)> = Vec::with_capacity(self.categories.len());
+        for (position, (category, weight)) in self.categories.iter().enumerate() {
+            let group = match position.cmp(&first_shared) {
+                std::cmp::Ordering::Less => GroupKey::Learned(category.clone()),
+                std::cmp::Ordering::Equal => shared_group.take().expect("one category is first"),
+                std::cmp::Ordering::Greater => group_of(category),
+            };
+            sums.push((group, *weight));
         }
         // Sums in category order (the map's order), so that float results do not depend on
-        // the order in which categories arrived.
-        let mut rebuilt = SortedVecMap::default();
-        for (category, weight) in self.categories.iter() {
-            *rebuilt.entry_or_default(&group_of(category)) += weight;
-        }
-        self.groups = Some(rebuilt);
+        // the order in which categories arrived. The stable sort keeps that order within each
+        // group. Weights are positive, so starting a sum at the first weight gives the same
+        // bits as adding it to 0.0.
+        sums.sort_by(|a, b| a.0.cmp(&b.0));
+        sums.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0;
+            if same {
+                earlier.1 += later.1;
+            }
+            same
+        });
+        self.groups = Some(SortedVecMap::from(sums));
     }
 
     /// Returns the weight of `group`, 0 for a group the user has no weight in.

@@ -81,7 +81,7 @@ pub fn order_by_event_time<'scope>(
             state.duplicates += (before - ready.len()) as u64;
             if !ready.is_empty() {
                 if let Some(capability) = held.get() {
-                    output.session(capability).give_iterator(ready.into_iter());
+                    output.session(capability).give_container(&mut ready);
                 }
             }
             held.settle(state.pending.earliest());
