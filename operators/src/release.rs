@@ -84,7 +84,7 @@ mod tests {
 
     use super::*;
 
-    /// Events of three users over ten seconds, with equal times, exact duplicates and, from
+    /// Events of three users over 2.5 seconds, with equal times, exact duplicates and, from
     /// `seed`, an arrival order that is sorted in stretches and shuffled in others.
     fn arrivals(seed: u64) -> Vec<Event> {
         let mut state = seed;
