@@ -186,7 +186,7 @@ struct RunArgs {
     /// Dead-letter file: one JSON line per bad or late input line, with its line number.
     #[arg(long, value_name = "PATH")]
     dead_letter: Option<PathBuf>,
-    /// Worker threads; users are partitioned across them (default 1).
+    /// Worker threads, 1 to 1024; users are partitioned across them (default 1).
     #[arg(long)]
     workers: Option<usize>,
     #[command(flatten)]
@@ -280,7 +280,7 @@ struct ServeArgs {
     /// Dead-letter file: one JSON line per bad or late line, with its connection and line.
     #[arg(long, value_name = "PATH")]
     dead_letter: Option<PathBuf>,
-    /// Worker threads; users are partitioned across them (default 1).
+    /// Worker threads, 1 to 1024; users are partitioned across them (default 1).
     #[arg(long)]
     workers: Option<usize>,
     /// Configuration file (TOML); command-line options override it.

@@ -437,6 +437,34 @@ fn zero_workers_rejected() {
 }
 
 #[test]
+fn too_many_workers_rejected() {
+    // Before the limit, this count ran until the kernel killed it for memory.
+    let started = std::time::Instant::now();
+    let run = run_veer(&[
+        "--input",
+        arg(&shared(CASE_ONE_SHIFT)),
+        "--workers",
+        "100000",
+    ]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--workers 100000"),
+        "the error does not name the value:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("at most 1024"),
+        "the error does not give the limit:\n{}",
+        run.stderr
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the count is rejected before any worker starts: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn unknown_format_rejected() {
     let run = run_veer(&["--input", arg(&shared(CASE_ONE_SHIFT)), "--format", "xml"]);
     assert_eq!(
