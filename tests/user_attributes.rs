@@ -21,6 +21,21 @@ fn veer() -> Command {
     Command::new(env!("CARGO_BIN_EXE_veer"))
 }
 
+/// Returns `veer run` on JSON lines from a piped standard input, processed as they arrive, with
+/// standard error piped for [`common::Log`].
+fn stdin_run() -> Command {
+    let mut command = veer();
+    command
+        .args([
+            "run", "--input", "-", "--format", "jsonl", "--order", "arrival",
+        ])
+        .arg("--no-progress")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
 /// Returns the end-of-input profile line of every user, by user id as printed.
 fn final_profiles(lines: &[Value]) -> BTreeMap<String, Value> {
     lines
@@ -114,19 +129,13 @@ fn attribute_join_case_with_table_replaced() {
     let part1 = std::fs::read_to_string(case_file("part1.jsonl")).unwrap();
     let part2 = std::fs::read_to_string(case_file("part2.jsonl")).unwrap();
 
-    let mut child = veer()
-        .args([
-            "run", "--input", "-", "--format", "jsonl", "--order", "arrival",
-        ])
-        .args(["--no-progress", "--users"])
+    let mut child = stdin_run()
+        .arg("--users")
         .arg(&users)
         .arg("--profiles")
         .arg(&profiles)
         .arg("--alerts")
         .arg(&alerts)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("veer starts");
     let mut log = common::Log::capture(&mut child);
@@ -422,4 +431,59 @@ fn segment_features_follow_table_change() {
     assert!(feature(2407, true, "age_45_54")
         .iter()
         .all(|value| *value == 0.0));
+}
+
+/// `/users/{id}` shows the attribute row that the profile lines show, for every user of the
+/// case's first part. The left join emits a row without attributes and its retraction
+/// separately, and the profile store once dropped users whose retraction came last.
+#[test]
+fn profile_query_shows_attribute_row() {
+    let folder = tempfile::tempdir().unwrap();
+    let alerts = folder.path().join("alerts.jsonl");
+    let part1 = std::fs::read_to_string(case_file("part1.jsonl")).unwrap();
+    let mut child = stdin_run()
+        .args(["--http", "127.0.0.1:0", "--users"])
+        .arg(case_file("users-v1.csv"))
+        .arg("--alerts")
+        .arg(&alerts)
+        .env("VEER_LOG", "info")
+        .spawn()
+        .expect("veer starts");
+    let mut log = common::Log::capture(&mut child);
+    let address = log.http_address();
+    let mut stdin = child.stdin.take().unwrap();
+    common::send_copies(&mut stdin, &part1, 6);
+
+    // Users with a row, with their event count in part 1: the query is checked once the
+    // detector has seen all of a user's events and the join has had time to catch up.
+    let events_in_part1 = [("2401", 112), ("2402", 107), ("2403", 109), ("2405", 109)];
+    let expected = expected_v1();
+    let profiles = common::poll(Duration::from_secs(30), Duration::from_millis(200), || {
+        let mut profiles = Vec::new();
+        for (user, events) in events_in_part1 {
+            let (status, body) = common::http_get(address, &format!("/users/{user}"));
+            if status != 200 {
+                return Err(format!("/users/{user} returned {status}: {body}"));
+            }
+            let profile: Value = serde_json::from_str(&body).expect("profile JSON");
+            if profile["events"].as_u64() != Some(events) || !profile["attributes"].is_object() {
+                return Err(format!("/users/{user} has no attribute row yet: {profile}"));
+            }
+            profiles.push((user, profile));
+        }
+        Ok(profiles)
+    });
+    for (user, profile) in profiles {
+        let (_, has_row, row) = expected
+            .iter()
+            .find(|(expected_user, _, _)| *expected_user == user)
+            .expect("the case lists the user");
+        let line = serde_json::json!({"has_attributes": true, "attributes": profile["attributes"]});
+        assert_attributes(&line, *has_row, row, &format!("/users/{user}"));
+    }
+
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let seen = log.finish();
+    assert!(status.success(), "veer failed:\n{}", seen.join("\n"));
 }

@@ -585,7 +585,7 @@ pub fn write_profiles<'scope>(
     mut writer: Option<Box<dyn Write>>,
     store: ProfileStore,
 ) {
-    let mut pending: BTreeMap<u64, Vec<(Id, JoinedProfile, isize)>> = BTreeMap::new();
+    let mut pending: PendingUpdates = BTreeMap::new();
     // Each user's profile and the event time (Unix milliseconds) of its latest line.
     let mut current: BTreeMap<Id, (u64, JoinedProfile)> = BTreeMap::new();
     let mut finished = false;
@@ -593,18 +593,17 @@ pub fn write_profiles<'scope>(
     profiles
         .inner
         .sink(exchange, "WriteProfiles", move |(input, frontier)| {
-            let mut arrived: Vec<(u64, Id, JoinedProfile, isize)> = Vec::new();
+            let mut touched: BTreeMap<u64, Vec<Id>> = BTreeMap::new();
             input.for_each_stamp(|_, data| {
                 for batch in data {
                     for ((user, profile), time, diff) in batch.drain(..) {
-                        arrived.push((time, user, profile, diff));
+                        touched.entry(time).or_default().push(user.clone());
+                        let updates = pending.entry(time).or_default();
+                        updates.entry(user).or_default().push((profile, diff));
                     }
                 }
             });
-            refresh_store(&store, &arrived);
-            for (time, user, profile, diff) in arrived {
-                pending.entry(time).or_default().push((user, profile, diff));
-            }
+            refresh_store(&store, &pending, touched);
 
             let mut wrote = false;
             while let Some(entry) = pending.first_entry() {
@@ -612,7 +611,10 @@ pub fn write_profiles<'scope>(
                     break;
                 }
                 let time = *entry.key();
-                for (user, profile) in consolidate(entry.remove()) {
+                for (user, updates) in entry.remove() {
+                    let Some(profile) = consolidate(&updates) else {
+                        continue;
+                    };
                     // A retraction without a new profile is an evicted user: no line.
                     let Some(profile) = profile else {
                         current.remove(&user);
@@ -654,55 +656,59 @@ pub fn write_profiles<'scope>(
         });
 }
 
+/// Profile updates that the frontier has not passed yet, by event time and user. A time's
+/// updates can arrive over several activations, in any order.
+type PendingUpdates = BTreeMap<u64, BTreeMap<Id, Vec<(JoinedProfile, isize)>>>;
+
 fn write_line(out: &mut dyn Write, line: &str) {
     if let Err(error) = writeln!(out, "{line}") {
         tracing::error!(%error, "failed to write a profile line");
     }
 }
 
-/// Returns, per user in user order, the profile whose count sums to a positive number, from
-/// the updates of one time, or `None` when the user's profile was retracted and none
-/// inserted (an evicted user). A user whose updates cancel out is left out.
-fn consolidate(updates: Vec<(Id, JoinedProfile, isize)>) -> Vec<(Id, Option<JoinedProfile>)> {
-    let mut sums: BTreeMap<(Id, JoinedProfile), isize> = BTreeMap::new();
-    for (user, profile, diff) in updates {
-        *sums.entry((user, profile)).or_default() += diff;
+/// Returns the profile that one user's updates of one time leave. That is `Some(Some(profile))`
+/// for the greatest profile whose count sums to a positive number, and `Some(None)` when a
+/// profile was retracted and none inserted (an evicted user). It is `None` when they cancel out.
+fn consolidate(updates: &[(JoinedProfile, isize)]) -> Option<Option<JoinedProfile>> {
+    let mut sums: BTreeMap<&JoinedProfile, isize> = BTreeMap::new();
+    for (profile, diff) in updates {
+        *sums.entry(profile).or_default() += diff;
     }
-    let mut result: Vec<(Id, Option<JoinedProfile>)> = Vec::new();
-    for ((user, profile), sum) in sums {
-        let same_user = result.last().is_some_and(|(last, _)| *last == user);
-        if sum > 0 {
-            if same_user {
-                result.pop();
-            }
-            result.push((user, Some(profile)));
-        } else if sum < 0 && !same_user {
-            result.push((user, None));
-        }
+    let inserted = sums.iter().rev().find(|(_, sum)| **sum > 0);
+    if let Some((profile, _)) = inserted {
+        return Some(Some((*profile).clone()));
     }
-    result
+    if sums.values().any(|sum| *sum < 0) {
+        return Some(None);
+    }
+    None
 }
 
-/// Moves each user's stored profile to the latest inserted one among `arrived`, and removes
-/// the users whose latest update is a retraction alone.
-fn refresh_store(store: &ProfileStore, arrived: &[(u64, Id, JoinedProfile, isize)]) {
-    if arrived.is_empty() {
+/// Moves each user in `touched` to the profile that all its pending updates of that time leave,
+/// and removes the users whose latest updates are retractions alone. The updates are
+/// consolidated over every activation so far, because a retraction can arrive after the
+/// insertion that replaces it.
+fn refresh_store(store: &ProfileStore, pending: &PendingUpdates, touched: BTreeMap<u64, Vec<Id>>) {
+    if touched.is_empty() {
         return;
-    }
-    let mut by_time: BTreeMap<u64, Vec<(Id, JoinedProfile, isize)>> = BTreeMap::new();
-    for (time, user, profile, diff) in arrived {
-        by_time
-            .entry(*time)
-            .or_default()
-            .push((user.clone(), profile.clone(), *diff));
     }
     let Ok(mut store) = store.write() else {
         tracing::error!("the profile store is poisoned; profiles are no longer updated");
         return;
     };
-    for (time_ms, updates) in by_time {
-        for (user, profile) in consolidate(updates) {
-            let newer = store.get(&user).is_none_or(|stored| stored.time_ms <= time_ms);
+    for (time_ms, mut users) in touched {
+        users.sort_unstable();
+        users.dedup();
+        let Some(updates) = pending.get(&time_ms) else {
+            continue;
+        };
+        for user in users {
+            let Some(profile) = updates.get(&user).and_then(|updates| consolidate(updates)) else {
+                continue;
+            };
+            let newer = store
+                .get(&user)
+                .is_none_or(|stored| stored.time_ms <= time_ms);
             if !newer {
                 continue;
             }
@@ -715,5 +721,86 @@ fn refresh_store(store: &ProfileStore, arrived: &[(u64, Id, JoinedProfile, isize
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(events: u64, region: Option<&str>) -> JoinedProfile {
+        JoinedProfile {
+            core: ProfileCore {
+                events,
+                ..ProfileCore::default()
+            },
+            attributes: region.map(|region| UserAttributes {
+                region: Some(region.to_string()),
+                ..UserAttributes::default()
+            }),
+            segment: None,
+        }
+    }
+
+    /// Applies `arrivals` to a store one activation at a time, as `write_profiles` does.
+    fn store_after(arrivals: &[Vec<(JoinedProfile, isize)>]) -> Option<StoredProfile> {
+        let user = Id::from(2401u64);
+        let store = ProfileStore::default();
+        let mut pending = PendingUpdates::new();
+        for arrival in arrivals {
+            for (profile, diff) in arrival {
+                let updates = pending.entry(5_000).or_default();
+                updates
+                    .entry(user.clone())
+                    .or_default()
+                    .push((profile.clone(), *diff));
+            }
+            let touched = BTreeMap::from([(5_000, vec![user.clone()])]);
+            refresh_store(&store, &pending, touched);
+        }
+        let stored = store.read().unwrap().get(&user).cloned();
+        stored
+    }
+
+    #[test]
+    fn store_keeps_profile_after_late_retraction() {
+        // A left join emits the row without attributes and its retraction separately, so the
+        // retraction can come one activation after the joined row.
+        let stored = store_after(&[
+            vec![(profile(3, None), 1), (profile(3, Some("east")), 1)],
+            vec![(profile(3, None), -1)],
+        ]);
+        let stored = stored.expect("the user keeps a stored profile");
+        assert_eq!(stored.time_ms, 5_000);
+        assert_eq!(stored.profile, profile(3, Some("east")));
+    }
+
+    #[test]
+    fn store_takes_profile_after_early_retraction() {
+        let stored = store_after(&[
+            vec![(profile(3, None), -1)],
+            vec![(profile(4, Some("east")), 1)],
+        ]);
+        let stored = stored.expect("the insertion restores the stored profile");
+        assert_eq!(stored.profile, profile(4, Some("east")));
+    }
+
+    #[test]
+    fn store_drops_retracted_user() {
+        assert_eq!(store_after(&[vec![(profile(3, None), -1)]]), None);
+    }
+
+    #[test]
+    fn consolidate_cases() {
+        let kept = profile(4, Some("east"));
+        assert_eq!(
+            consolidate(&[(profile(3, None), 1), (profile(3, None), -1)]),
+            None
+        );
+        assert_eq!(consolidate(&[(profile(3, None), -1)]), Some(None));
+        assert_eq!(
+            consolidate(&[(profile(3, None), -1), (kept.clone(), 1)]),
+            Some(Some(kept))
+        );
     }
 }
