@@ -307,8 +307,8 @@ fn run_job(
     settings.detector_config.validate()?;
     if settings.window < Duration::from_secs(60) {
         anyhow::bail!(
-            "invalid window {:?}: population windows must be at least 1m, because groups are rebuilt after each one",
-            settings.window
+            "invalid window {}s (--window or [time] window): population windows must be at least 1m, because groups are rebuilt after each one",
+            settings.window.as_secs_f64()
         );
     }
     if settings.workers == 0 {

@@ -642,4 +642,9 @@ fn tiny_window_rejected() {
     ]);
     assert_eq!(run.status, 2, "{}", run.stderr);
     assert!(run.stderr.contains("at least 1m"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("invalid window 0s"),
+        "the error does not repeat the value as written:\n{}",
+        run.stderr
+    );
 }
