@@ -252,11 +252,11 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                     }
                     let tracked = state.users.entry(event.user.clone()).or_insert_with(|| {
                         stats.users += 1;
-                        TrackedUser {
+                        Box::new(TrackedUser {
                             last_event_ms: event.ts_ms,
-                            state: Box::default(),
+                            state: D::State::default(),
                             last_alert: None,
-                        }
+                        })
                     });
                     // A user idle for longer than the eviction time starts afresh, whether or
                     // not a sweep has removed the entry yet, so alerts do not depend on when
@@ -265,7 +265,7 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                         .idle_ms
                         .is_some_and(|idle| event.ts_ms - tracked.last_event_ms > idle)
                     {
-                        *tracked.state = D::State::default();
+                        tracked.state = D::State::default();
                         tracked.last_alert = None;
                         state.evicted += 1;
                         stats.users += 1;

@@ -25,13 +25,15 @@ use crate::profiles::CoreRecorder;
 use crate::release::ReleaseBuffer;
 
 /// One user's entry in the detect operator: the detector's state and the user's activity.
+///
+/// The user map keeps each entry boxed, so that a map slot is 24 bytes (the key and a pointer)
+/// and its free slots cost no state (a detector state is hundreds of bytes).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrackedUser<S> {
     /// Event time of the user's latest event, in Unix milliseconds.
     pub last_event_ms: i64,
-    /// The detector's per-user state, boxed so that the user map's free slots cost a pointer
-    /// rather than a whole state (a detector state is hundreds of bytes).
-    pub state: Box<S>,
+    /// The detector's per-user state.
+    pub state: S,
     /// The user's latest alert, for `GET /users/{id}`; boxed because few users have one.
     pub last_alert: Option<Box<Alert>>,
 }
@@ -45,8 +47,9 @@ pub struct TrackedUser<S> {
 /// [`DetectState::groups`] is the group map applied so far.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DetectState<S> {
-    /// Per-user entries of the users this worker owns.
-    pub users: FxHashMap<Id, TrackedUser<S>>,
+    /// Per-user entries of the users this worker owns. A boxed entry has the serde form of the
+    /// entry itself.
+    pub users: FxHashMap<Id, Box<TrackedUser<S>>>,
     /// Learned groups and trends applied so far, in window order.
     pub groups: GroupMap,
     /// End of the latest population window applied to `groups`, in Unix milliseconds.
@@ -87,19 +90,19 @@ impl<S> Default for DetectState<S> {
 impl<S> DetectState<S> {
     /// Returns the detector state of `user`, if this worker tracks that user.
     pub fn user(&self, user: &Id) -> Option<&S> {
-        self.users.get(user).map(|tracked| &*tracked.state)
+        self.users.get(user).map(|tracked| &tracked.state)
     }
 
     /// Returns the tracked entry of `user`, with the time of the user's latest event.
     pub fn tracked(&self, user: &Id) -> Option<&TrackedUser<S>> {
-        self.users.get(user)
+        self.users.get(user).map(|tracked| &**tracked)
     }
 
     /// Iterates the users this worker tracks, in no particular order.
     pub fn users(&self) -> impl Iterator<Item = (&Id, &S)> {
         self.users
             .iter()
-            .map(|(user, tracked)| (user, &*tracked.state))
+            .map(|(user, tracked)| (user, &tracked.state))
     }
 
     /// Returns the number of users this worker tracks now.

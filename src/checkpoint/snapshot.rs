@@ -236,7 +236,7 @@ pub fn encode_part<S: Serialize>(
 
 /// The state of every old worker merged, ready to be split among new workers.
 pub struct Restored<S> {
-    users: Vec<(Id, TrackedUser<S>)>,
+    users: Vec<(Id, Box<TrackedUser<S>>)>,
     detect_view: DetectState<S>,
     pending: Vec<Event>,
     cooccurrence: CooccurrenceState,
@@ -501,11 +501,11 @@ mod tests {
             segment_before: None,
             segment_after: None,
         };
-        let tracked = TrackedUser {
+        let tracked = Box::new(TrackedUser {
             last_event_ms: 1_511_700_000_000,
-            state: Box::new(42),
+            state: 42,
             last_alert: Some(Box::new(alert.clone())),
-        };
+        });
         state
             .detect
             .borrow_mut()
@@ -525,11 +525,11 @@ mod tests {
         let parts = Restored::merge(vec![part]).split(3);
         let restored: Vec<&TrackedUser<u64>> = parts
             .iter()
-            .filter_map(|part| part.detect.users.get(&Id::from(7u64)))
+            .filter_map(|part| part.detect.tracked(&Id::from(7u64)))
             .collect();
 
         assert_eq!(restored.len(), 1);
-        assert_eq!(*restored[0].state, 42);
+        assert_eq!(restored[0].state, 42);
         assert_eq!(restored[0].last_alert.as_deref(), Some(&alert));
     }
 }
