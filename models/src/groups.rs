@@ -215,6 +215,16 @@ struct OpenSession {
 pub struct SessionCounter {
     rule: SessionRule,
     sessions: HashMap<Id, OpenSession>,
+    /// Event time of the latest [`SessionCounter::forget_closed_if_due`] that forgot, in Unix
+    /// milliseconds. It is not stored in checkpoints, so a restored counter forgets at its first
+    /// call.
+    #[serde(skip, default = "never_forgotten")]
+    forgotten_at_ms: i64,
+}
+
+/// Returns the forget time of a counter that has not forgotten yet.
+fn never_forgotten() -> i64 {
+    i64::MIN
 }
 
 impl SessionCounter {
@@ -223,6 +233,7 @@ impl SessionCounter {
         SessionCounter {
             rule,
             sessions: HashMap::default(),
+            forgotten_at_ms: never_forgotten(),
         }
     }
 
@@ -292,6 +303,21 @@ impl SessionCounter {
             .retain(|_, session| !rule.has_ended(&session.mark, now));
         self.shrink_if_sparse();
         before - self.sessions.len()
+    }
+
+    /// Forgets the closed sessions as [`SessionCounter::forget_closed`] does, but only once
+    /// event time `now_ms` is half a session gap past the latest forget. Returns how many
+    /// sessions were removed.
+    ///
+    /// Every forget scans the whole table, so this method forgets at most once per half gap. The table then
+    /// holds at most the users active in the last one and a half gaps.
+    pub fn forget_closed_if_due(&mut self, now_ms: i64) -> usize {
+        let every_ms = self.rule.gap_secs.saturating_mul(500).max(1);
+        if now_ms.saturating_sub(self.forgotten_at_ms) < every_ms {
+            return 0;
+        }
+        self.forgotten_at_ms = now_ms;
+        self.forget_closed(now_ms)
     }
 
     /// Shrinks the table of open sessions when less than a quarter of its capacity is in use,
@@ -640,5 +666,31 @@ mod tests {
         assert_eq!(forgotten, 9_999);
         assert_eq!(counter.users(), 1);
         assert!(counter.sessions.capacity() < peak / 4);
+    }
+
+    #[test]
+    fn forget_if_due_waits_half_a_gap() {
+        let rule = SessionRule::default();
+        let gap_ms = rule.gap_secs * 1000;
+        let mut counter = SessionCounter::new(rule);
+        let mut delta = PopulationDelta::default();
+        let view =
+            |user: u64, ts_ms: i64| Event::plain(ts_ms, user, 1u64, 100u64, crate::Behavior::View);
+        counter.count(view(1, 0), &mut delta);
+
+        // Two thirds of a gap in, user 1's session is still open.
+        let first_ms = gap_ms * 2 / 3;
+        assert_eq!(counter.forget_closed_if_due(first_ms), 0);
+
+        // Past the gap user 1's session has ended, but half a gap has not passed since the
+        // first forget, so the session stays.
+        let past_gap_ms = gap_ms + 1_000;
+        counter.count(view(2, past_gap_ms), &mut delta);
+        assert_eq!(counter.forget_closed_if_due(past_gap_ms), 0);
+        assert_eq!(counter.users(), 2);
+
+        // Half a gap after the first forget, user 1's session goes and user 2's stays.
+        assert_eq!(counter.forget_closed_if_due(first_ms + gap_ms / 2), 1);
+        assert_eq!(counter.users(), 1);
     }
 }

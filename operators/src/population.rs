@@ -107,7 +107,6 @@ pub fn session_cooccurrence<'scope>(
                 }
             });
 
-            let mut closed = false;
             while let Some(entry) = state.open.first_entry() {
                 if frontier.less_than(entry.key()) {
                     break;
@@ -117,14 +116,12 @@ pub fn session_cooccurrence<'scope>(
                 if let Some(capability) = held.at(end) {
                     output.session(&capability).give(delta);
                 }
-                closed = true;
             }
-            // Sessions whose gap has passed would be reset by the next event anyway; dropping
-            // them once per window keeps memory to the users active in the last gap.
-            if closed {
-                if let Some(now) = frontier.frontier().first() {
-                    state.counter.forget_closed(*now as i64);
-                }
+            // Sessions whose gap has passed would be reset by the next event anyway. Dropping
+            // them every half gap of event time, rather than once per window, keeps the table
+            // to the users active in the last one and a half gaps.
+            if let Some(now) = frontier.frontier().first() {
+                state.counter.forget_closed_if_due(*now as i64);
             }
             held.settle(state.open.keys().next().copied());
         }
