@@ -7,14 +7,13 @@
 //! `extended-isolation-forest` 0.2 and `isolation_forest` 1.1, trees draw from `thread_rng`, so
 //! a seed cannot reproduce a forest. The first also fixes the row width at compile time.
 //!
-//! The one-class SVM is fitted by linfa-svm (nu formulation, Gaussian kernel). Its fit builds
-//! a dense kernel matrix, so it is fitted on a seeded subsample of at most `max_rows` rows.
-//! Scoring reads the support vectors from one contiguous buffer instead of calling linfa, with
-//! the same arithmetic in the same order, so the decision values are the same.
+//! The one-class SVM is linfa-svm 0.8.1's (nu formulation, Gaussian kernel), fitted by
+//! `super::one_class_solver` with linfa's arithmetic, which computes only the kernel rows the
+//! solver reads. A fit may still read every row of the n × n kernel, so it runs on a seeded
+//! subsample of at most `max_rows` rows. Scoring reads the support vectors from one contiguous
+//! buffer instead of calling linfa, with the same arithmetic in the same order, so the
+//! decision values are the same.
 
-use linfa::dataset::Pr;
-use linfa::prelude::*;
-use linfa_svm::Svm;
 use ndarray::{ArrayView2, Axis};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -24,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{
     check_fraction, check_matrix, check_positive_count, check_row, invalid, FitWarning, MlError,
 };
+use super::one_class_solver::{solve_one_class, GaussianKernel};
 
 /// Euler-Mascheroni constant, for the harmonic number in [`average_path_length`].
 const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
@@ -459,44 +459,57 @@ impl OneClassSvm {
 
         let gamma = params.gamma.unwrap_or(1.0 / records.ncols() as f64);
         let kernel_eps = 1.0 / gamma;
-        let dataset = DatasetBase::from(training);
-        let model = Svm::<f64, Pr>::params()
-            .nu_weight(params.nu)
-            .gaussian_kernel(kernel_eps)
-            .eps(params.tolerance)
-            .fit(&dataset)?;
+        let width = records.ncols();
+        let data: Vec<f64> = training.rows().into_iter().flatten().copied().collect();
+        let mut kernel = GaussianKernel::new(&data, width, kernel_eps);
+        let solution = solve_one_class(&mut kernel, params.nu, params.tolerance);
 
         // linfa 0.8 keeps the training rows whose coefficient exceeds 100 machine epsilons as
-        // support vectors, but does not expose them, so they are selected here the same way.
-        // Its `weighted_sum` adds the same terms in the same order as `decision_unchecked`.
+        // support vectors, in row order, and its `weighted_sum` adds their terms in that order.
         let threshold = 100.0 * f64::EPSILON;
-        let mut support_vectors = Vec::new();
-        let mut coefficients = Vec::new();
-        for (row, alpha) in dataset.records().rows().into_iter().zip(&model.alpha) {
-            if alpha.abs() > threshold {
-                support_vectors.extend(row.iter().copied());
-                coefficients.push(*alpha);
-            }
+        let support: Vec<usize> = (0..solution.alpha.len())
+            .filter(|index| solution.alpha[*index].abs() > threshold)
+            .collect();
+        let mut support_vectors = Vec::with_capacity(support.len() * width);
+        for index in &support {
+            support_vectors.extend_from_slice(&data[index * width..(index + 1) * width]);
         }
-        debug_assert_eq!(coefficients.len(), model.nsupport());
-        let mut svm = OneClassSvm {
+        let coefficients: Vec<f64> = support.iter().map(|index| solution.alpha[*index]).collect();
+        let svm = OneClassSvm {
             support_vectors,
             coefficients,
-            rho: model.rho,
+            rho: solution.rho,
             kernel_eps,
             scale: 1.0,
-            width: records.ncols(),
+            width,
         };
-        let decisions: Vec<f64> = dataset
-            .records()
-            .rows()
-            .into_iter()
-            .map(|row| svm.decision_unchecked(&row.to_vec()))
+
+        // The decision value of each training row, from the kernel rows of the support vectors,
+        // which the solver computed. Each term and the order of the sum are those of
+        // `decision_unchecked`.
+        for index in &support {
+            kernel.row(*index);
+        }
+        let support_rows: Vec<(&[f64], f64)> = support
+            .iter()
+            .map(|index| {
+                let row = kernel.cached_row(*index).expect("computed above");
+                (row, solution.alpha[*index])
+            })
+            .collect();
+        let decisions: Vec<f64> = (0..kernel.size())
+            .map(|row| {
+                let weighted_sum: f64 = support_rows
+                    .iter()
+                    .map(|(kernel_row, coefficient)| kernel_row[row] * coefficient)
+                    .sum();
+                weighted_sum - svm.rho
+            })
             .collect();
         let mean_absolute =
             decisions.iter().map(|value| value.abs()).sum::<f64>() / decisions.len() as f64;
-        svm.scale = mean_absolute.max(1e-12);
-        Ok((svm, warnings))
+        let scale = mean_absolute.max(1e-12);
+        Ok((OneClassSvm { scale, ..svm }, warnings))
     }
 
     /// Returns the number of support vectors.
@@ -539,6 +552,9 @@ impl OneClassSvm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use linfa::dataset::Pr;
+    use linfa::prelude::*;
+    use linfa_svm::Svm;
     use ndarray::array;
 
     #[test]

@@ -31,6 +31,7 @@ mod forest;
 mod interest;
 mod kmeans;
 mod linear;
+mod one_class_solver;
 mod preprocess;
 mod schedule;
 mod segments;
