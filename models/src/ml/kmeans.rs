@@ -68,7 +68,6 @@ pub(super) fn fit_kmeans_like_linfa<R: Rng>(
         });
     }
     let data: Vec<f64> = records.rows().into_iter().flatten().copied().collect();
-    let row = |index: usize| &data[index * width..(index + 1) * width];
 
     let mut memberships = vec![0usize; rows];
     // An ndarray vector, so that the inertia is summed by ndarray's `sum`, as in linfa.
@@ -79,11 +78,10 @@ pub(super) fn fit_kmeans_like_linfa<R: Rng>(
         let mut centroids = plus_plus_centroids(&data, rows, width, clusters, rng);
         let mut iterations = 0u64;
         let inertia = loop {
-            for index in 0..rows {
-                let (nearest, distance) = nearest_centroid(&centroids, width, row(index));
-                memberships[index] = nearest;
-                distances[index] = distance;
-            }
+            let distances_slice = distances
+                .as_slice_mut()
+                .expect("a new ndarray vector is contiguous");
+            assign_rows(&data, width, &centroids, &mut memberships, distances_slice);
             let moved = updated_centroids(&centroids, &data, width, &memberships);
             let shift = squared_distance(&centroids, &moved).sqrt();
             centroids = moved;
@@ -167,13 +165,70 @@ fn plus_plus_centroids<R: Rng>(
 /// near centroids the first wins.
 fn nearest_centroid(centroids: &[f64], width: usize, point: &[f64]) -> (usize, f64) {
     let mut nearest = (0, squared_distance(&centroids[..width], point));
-    for (index, centroid) in centroids.chunks_exact(width).enumerate() {
+    for (index, centroid) in centroids.chunks_exact(width).enumerate().skip(1) {
         let distance = squared_distance(centroid, point);
         if distance < nearest.1 {
             nearest = (index, distance);
         }
     }
     nearest
+}
+
+/// Centroids whose distances to a row [`assign_rows`] sums side by side.
+const LANES: usize = 4;
+
+/// Assigns each row of `data` to its nearest centroid and stores its squared distance, with
+/// the same result as [`nearest_centroid`] for each row.
+///
+/// The centroids are stored feature by feature, [`LANES`] of them side by side, so the
+/// compiler can compute their distances in vector registers. Each distance is still summed
+/// over the features in index order, so every value is that of [`squared_distance`].
+fn assign_rows(
+    data: &[f64],
+    width: usize,
+    centroids: &[f64],
+    memberships: &mut [usize],
+    distances: &mut [f64],
+) {
+    let clusters = centroids.len() / width;
+    let blocks = clusters.div_ceil(LANES);
+    // Block b holds centroids b * LANES.. as `width` groups of LANES values, padded with 0.
+    let mut interleaved = vec![0.0; blocks * width * LANES];
+    for (cluster, centroid) in centroids.chunks_exact(width).enumerate() {
+        let (block, lane) = (cluster / LANES, cluster % LANES);
+        for (feature, value) in centroid.iter().enumerate() {
+            interleaved[(block * width + feature) * LANES + lane] = *value;
+        }
+    }
+    let mut sums = vec![0.0; blocks * LANES];
+    for ((point, membership), distance) in data
+        .chunks_exact(width)
+        .zip(memberships.iter_mut())
+        .zip(distances.iter_mut())
+    {
+        for (block, sum) in interleaved
+            .chunks_exact(width * LANES)
+            .zip(sums.chunks_exact_mut(LANES))
+        {
+            let mut lanes = [0.0f64; LANES];
+            for (value, group) in point.iter().zip(block.chunks_exact(LANES)) {
+                for (total, coordinate) in lanes.iter_mut().zip(group) {
+                    let difference = coordinate - value;
+                    *total += difference * difference;
+                }
+            }
+            sum.copy_from_slice(&lanes);
+        }
+        // The first of equally near centroids wins, as in `nearest_centroid`.
+        let mut nearest = (0, sums[0]);
+        for (cluster, &candidate) in sums[..clusters].iter().enumerate().skip(1) {
+            if candidate < nearest.1 {
+                nearest = (cluster, candidate);
+            }
+        }
+        *membership = nearest.0;
+        *distance = nearest.1;
+    }
 }
 
 /// Returns the squared Euclidean distance, summed in index order as ndarray-stats'
@@ -278,6 +333,35 @@ mod tests {
                     );
                     assert_eq!(fitted.inertia().to_bits(), expected.inertia().to_bits());
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn assignment_equals_nearest_centroid() {
+        let width = 3;
+        let records = clumps(200, width, 6);
+        let data: Vec<f64> = records.iter().copied().collect();
+        for clusters in 1..=9 {
+            // Centroids taken from the rows, with row 5 twice, so ties occur.
+            let mut centroids: Vec<f64> = (0..clusters)
+                .flat_map(|cluster| records.row(cluster * 7 % 200).to_vec())
+                .collect();
+            if clusters >= 3 {
+                centroids[2 * width..3 * width].copy_from_slice(&data[5 * width..6 * width]);
+                centroids[..width].copy_from_slice(&data[5 * width..6 * width]);
+            }
+            let mut memberships = vec![usize::MAX; 200];
+            let mut distances = vec![f64::NAN; 200];
+            assign_rows(&data, width, &centroids, &mut memberships, &mut distances);
+            for (index, point) in data.chunks_exact(width).enumerate() {
+                let (nearest, distance) = nearest_centroid(&centroids, width, point);
+                assert_eq!(memberships[index], nearest, "k = {clusters}, row {index}");
+                assert_eq!(
+                    distances[index].to_bits(),
+                    distance.to_bits(),
+                    "k = {clusters}"
+                );
             }
         }
     }
