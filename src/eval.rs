@@ -36,6 +36,8 @@ use veer_models::Id;
 
 use crate::truth::{DecoyKind, TruthRecord};
 
+pub mod paired;
+
 /// Default horizon `H`: 3 days, in seconds.
 pub const DEFAULT_HORIZON_SECS: i64 = 3 * 24 * 3600;
 
@@ -260,6 +262,16 @@ pub struct AnomalyScore {
     pub recall: Option<f64>,
 }
 
+/// Delay of one detected shift, from its onset to the alert that detected it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShiftDelay {
+    /// Seconds from the onset to the alert.
+    pub secs: i64,
+    /// The user's events from the onset to the alert, both ends included, or `None` without a
+    /// timeline.
+    pub events: Option<u64>,
+}
+
 /// The result of scoring one run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Score {
@@ -284,6 +296,8 @@ pub struct Score {
     pub recall: Option<f64>,
     /// Harmonic mean of precision and recall, 0 when both are 0, `None` when either is `None`.
     pub f1: Option<f64>,
+    /// Delay of each shift, in truth-file order, or `None` when it was not detected.
+    pub shift_delays: Vec<Option<ShiftDelay>>,
     /// Delay in events of each detected shift, in truth-file order. Empty without a timeline.
     pub delay_events: Vec<u64>,
     /// Delay in seconds of each detected shift, in truth-file order.
@@ -455,17 +469,27 @@ pub fn score(
         .collect();
     let matching = match_alerts(&shifts, &shift_alerts, horizon);
 
-    let mut delay_secs = Vec::new();
-    let mut delay_events = Vec::new();
-    for (&(user, onset), first_alert) in shifts.iter().zip(&matching.first_alert) {
-        let Some(alert_ts) = *first_alert else {
-            continue;
-        };
-        delay_secs.push(alert_ts - onset);
-        if let Some(timeline) = timeline {
-            delay_events.push(timeline.count_between(user, onset, alert_ts));
-        }
-    }
+    let shift_delays: Vec<Option<ShiftDelay>> = shifts
+        .iter()
+        .zip(&matching.first_alert)
+        .map(|(&(user, onset), first_alert)| {
+            let alert_ts = (*first_alert)?;
+            Some(ShiftDelay {
+                secs: alert_ts - onset,
+                events: timeline.map(|timeline| timeline.count_between(user, onset, alert_ts)),
+            })
+        })
+        .collect();
+    let delay_secs: Vec<i64> = shift_delays
+        .iter()
+        .flatten()
+        .map(|delay| delay.secs)
+        .collect();
+    let delay_events: Vec<u64> = shift_delays
+        .iter()
+        .flatten()
+        .filter_map(|delay| delay.events)
+        .collect();
 
     let detected = delay_secs.len();
     let (precision, recall) = precision_recall(detected, matching.false_positives, shifts.len());
@@ -496,6 +520,7 @@ pub fn score(
         delay_events_p90: percentile_nearest_rank(&delay_events, 90),
         delay_secs_median: percentile_nearest_rank(&delay_secs, 50),
         delay_secs_p90: percentile_nearest_rank(&delay_secs, 90),
+        shift_delays,
         delay_events,
         delay_secs,
         decoys: score_decoys(truth, &shift_alerts, horizon),

@@ -433,6 +433,10 @@ struct EvalArgs {
     /// Horizon after the onset within which an alert counts, e.g. 3d.
     #[arg(long, default_value = "3d", value_name = "DURATION")]
     horizon: String,
+    /// Alert file of a baseline run on the same stream. Adds both runs' delays on the shifts
+    /// that both detected, and how many of those each run detected earlier.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -885,11 +889,7 @@ fn generate_files(args: GenerateArgs) -> anyhow::Result<()> {
 fn eval_files(args: EvalArgs) -> anyhow::Result<()> {
     let horizon_secs = duration_arg("horizon", &args.horizon)?.as_secs() as i64;
     let truth = read_truth(&args.truth)?;
-    let file = std::fs::File::open(&args.alerts).map_err(|error| {
-        anyhow::anyhow!("cannot open alert file {}: {error}", args.alerts.display())
-    })?;
-    let alerts = eval::read_alerts(std::io::BufReader::new(file))
-        .map_err(|error| anyhow::anyhow!("alert file {}: {error}", args.alerts.display()))?;
+    let alerts = read_alert_file(&args.alerts)?;
     let timeline = match &args.events {
         Some(path) => {
             let options = SourceOptions {
@@ -909,15 +909,27 @@ fn eval_files(args: EvalArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let score = eval::score(
-        &truth,
-        &alerts,
-        timeline.as_ref(),
-        &EvalConfig { horizon_secs },
-    );
+    let config = EvalConfig { horizon_secs };
+    let score = eval::score(&truth, &alerts, timeline.as_ref(), &config);
     println!("{}", score.to_table());
     println!("{}", score.to_json_line());
+    if let Some(path) = &args.baseline {
+        let baseline_alerts = read_alert_file(path)?;
+        let baseline = eval::score(&truth, &baseline_alerts, timeline.as_ref(), &config);
+        let paired = eval::paired::compare_delays(&score, &baseline)
+            .expect("both scores come from the same truth records");
+        println!("\nagainst the baseline {}", path.display());
+        println!("{}", paired.to_table());
+        println!("{}", paired.to_json_line());
+    }
     Ok(())
+}
+
+fn read_alert_file(path: &Path) -> anyhow::Result<Vec<ScoredAlert>> {
+    let file = std::fs::File::open(path)
+        .map_err(|error| anyhow::anyhow!("cannot open alert file {}: {error}", path.display()))?;
+    eval::read_alerts(std::io::BufReader::new(file))
+        .map_err(|error| anyhow::anyhow!("alert file {}: {error}", path.display()))
 }
 
 fn print_stats(args: StatsArgs) -> anyhow::Result<()> {

@@ -1,6 +1,7 @@
 //! Hand-made cases that pin each scoring rule of `veer::eval`.
 
 use serde_json::Value;
+use veer::eval::paired::compare_delays;
 use veer::eval::{
     parse_duration, read_alerts, read_truth, score, EvalConfig, EvalError, Score, ScoredAlert,
     UserTimeline,
@@ -714,4 +715,72 @@ fn parse_duration_rejects_junk() {
             "message for {text:?}: {error}"
         );
     }
+}
+
+// --- Delays paired with a baseline run ---
+
+#[test]
+fn paired_delays_compare_shared_shifts() {
+    // Shift 1: both, run earlier. Shift 2: both, same alert. Shift 3: both, run later.
+    // Shift 4: run only. Shift 5: baseline only. Shift 6: neither.
+    let truth: Vec<TruthRecord> = (1..=6).map(|user| shift(user, T0)).collect();
+    let events = (1..=6u64).flat_map(|user| {
+        (T0..=T0 + 300)
+            .step_by(10)
+            .map(move |ts| (Id::from(user), ts))
+    });
+    let timeline = UserTimeline::new(events);
+    let config = EvalConfig { horizon_secs: H };
+    let run_alerts = [
+        shift_alert(1, T0 + 50),
+        shift_alert(2, T0 + 100),
+        shift_alert(3, T0 + 300),
+        shift_alert(4, T0 + 20),
+    ];
+    let baseline_alerts = [
+        shift_alert(1, T0 + 200),
+        shift_alert(2, T0 + 100),
+        shift_alert(3, T0 + 150),
+        shift_alert(5, T0 + 30),
+    ];
+    let run = score(&truth, &run_alerts, Some(&timeline), &config);
+    let baseline = score(&truth, &baseline_alerts, Some(&timeline), &config);
+
+    let paired = compare_delays(&run, &baseline).expect("same truth");
+    assert_eq!(paired.both, 3);
+    assert_eq!(paired.run_only, 1);
+    assert_eq!(paired.baseline_only, 1);
+    assert_eq!((paired.earlier, paired.same, paired.later), (1, 1, 1));
+    // Run delays on shifts 1-3: 50, 100, 300 s; baseline: 200, 100, 150 s.
+    assert_eq!(paired.run.secs_median, Some(100));
+    assert_eq!(paired.run.secs_p90, Some(300));
+    assert_eq!(paired.baseline.secs_median, Some(150));
+    assert_eq!(paired.baseline.secs_p90, Some(200));
+    // One event every 10 s from the onset, both ends included.
+    assert_eq!(paired.run.events_median, Some(11));
+    assert_eq!(paired.baseline.events_median, Some(16));
+}
+
+#[test]
+fn paired_delays_reject_other_truth() {
+    let one = run(&[shift(1, T0)], &[]);
+    let two = run(&[shift(1, T0), shift(2, T0)], &[]);
+    assert_eq!(compare_delays(&one, &two), None);
+}
+
+#[test]
+fn paired_delays_json_line() {
+    let truth = [shift(1, T0)];
+    let paired = compare_delays(
+        &run(&truth, &[shift_alert(1, T0 + 50)]),
+        &run(&truth, &[shift_alert(1, T0 + 100)]),
+    )
+    .expect("same truth");
+    let value: Value = serde_json::from_str(&paired.to_json_line()).expect("valid JSON");
+    let object = &value["paired_delays"];
+    assert_eq!(object["both"], 1);
+    assert_eq!(object["earlier"], 1);
+    assert_eq!(object["run"]["secs_median"], 50);
+    assert_eq!(object["baseline"]["secs_median"], 100);
+    assert_eq!(object["run"]["events_median"], Value::Null);
 }
