@@ -14,19 +14,24 @@
 //!    [`FusionConfig::candidate_surprise`] becomes a shift alert at once. Otherwise it is
 //!    dropped and the shift waits for the detector's alarm, if one comes, because a user who
 //!    explores a family for a session or two is less surprising to the interest model than one
-//!    whose interests moved. Once a candidate is alerted, the user's later candidates, and the
-//!    detector's alarm for the same run (same onset), in the next
-//!    [`FusionConfig::same_run_secs`] are dropped. So one shift gives one alert, and the
-//!    user gets the quiet time that the detector's refractory period gives after an alarm.
-//!    Alarms of other runs pass. So, unless rule 2 turns it into an anomaly alert, every
-//!    shift alert of the detector alone is raised at the same event or earlier, and the
-//!    surprising candidates of runs the detector never alarms on are added. Those extra
-//!    alerts are mostly false, and the extra shifts they find can raise the median delay
-//!    over all found shifts, although no alert of the detector alone comes later.
+//!    whose interests moved. Once a candidate is alerted, the user's later candidates in the
+//!    next [`FusionConfig::same_run_secs`] are dropped, as the detector's refractory period
+//!    would drop a second alarm. The detector's alarm of the same run (same onset) is dropped
+//!    as a repeat when it comes within [`FusionConfig::same_run_alarm_secs`] of the
+//!    candidate, and kept when it comes later. Alarms of other runs pass.
 //!
-//!    NOTE: a run's candidate can come before the true shift's onset, when the run began
-//!    with exploring. It is then a false alarm, and the run's later alarm, which would have
-//!    found the shift, is dropped as the same shift.
+//!    With `same_run_alarm_secs = 0` every alarm is kept (except one in the candidate's
+//!    second, which would repeat the candidate's alert id and time). Every alert of the
+//!    detector alone is then also an alert of the fusion, so every shift it finds is found
+//!    at the same event or earlier. But a run whose candidate and alarm are both false
+//!    alarms then gives two false alarms where the detector alone gives one. Such runs are
+//!    far more common than runs whose candidate came before the shift's onset and whose
+//!    alarm found the shift, so that setting costs F1.
+//!
+//!    NOTE: an alarm dropped as a repeat loses its shift when the candidate came before the
+//!    shift's onset, because the run began with exploring. A longer
+//!    `same_run_alarm_secs` drops more repeats of false candidates and risks more such
+//!    losses.
 //! 2. A shift alert raised inside a burst is replaced by one `anomaly` alert when its window's
 //!    anomaly score is at least [`FusionConfig::anomaly_threshold`]. The anomaly score is the
 //!    smaller of the two model scores, so both models must agree.
@@ -103,10 +108,16 @@ pub struct FusionConfig {
     /// in place of the detector's `min_recurring_events`. At or above that setting the
     /// detector raises no candidates.
     pub recurring_events: u32,
-    /// Time after an alerted candidate, in seconds, during which the user's later candidates,
-    /// and the detector's alarm for the same run, are dropped. The default is the detector's
-    /// default refractory period, after which it would alarm again.
+    /// Time after an alerted candidate, in seconds, during which the user's later candidates
+    /// are dropped. The default is the detector's default refractory period, after which it
+    /// would alarm again.
     pub same_run_secs: i64,
+    /// Time after an alerted candidate, in seconds, during which the detector's alarm of the
+    /// same run (same onset) is dropped as a repeat of the candidate's alert. A later alarm
+    /// of that run is kept, because its candidate may have come before the shift began.
+    /// 0 keeps every alarm except one in the candidate's second, which would repeat its
+    /// alert id.
+    pub same_run_alarm_secs: i64,
     /// Whether each model signal is used, for ablation.
     pub use_anomaly: bool,
     pub use_surprise: bool,
@@ -122,6 +133,7 @@ impl Default for FusionConfig {
             candidate_surprise: 1.0,
             recurring_events: 1,
             same_run_secs: 3 * 24 * 3600,
+            same_run_alarm_secs: 3 * 24 * 3600,
             use_anomaly: true,
             use_surprise: true,
             use_segments: true,
@@ -167,12 +179,17 @@ impl FusionConfig {
         };
         nats("surprise_floor", self.surprise_floor)?;
         nats("candidate_surprise", self.candidate_surprise)?;
-        if self.same_run_secs < 0 {
-            return Err(FusionConfigError {
-                name: "same_run_secs",
-                value: self.same_run_secs as f64,
-                expected: "a number of seconds >= 0",
-            });
+        for (name, value) in [
+            ("same_run_secs", self.same_run_secs),
+            ("same_run_alarm_secs", self.same_run_alarm_secs),
+        ] {
+            if value < 0 {
+                return Err(FusionConfigError {
+                    name,
+                    value: value as f64,
+                    expected: "a number of seconds >= 0",
+                });
+            }
         }
         Ok(())
     }
@@ -203,31 +220,31 @@ impl UserFusion {
     /// Applies rule 1 of the module documentation to a shift alert, removing its candidate
     /// mark, and returns whether the alert goes on. `confirmed` is whether the models
     /// confirm a candidate in the alert's window.
-    fn admit(&mut self, alert: &mut Alert, confirmed: bool, same_run_secs: i64) -> bool {
-        let before = alert.signals.len();
+    fn admit(&mut self, alert: &mut Alert, confirmed: bool, config: &FusionConfig) -> bool {
+        if !is_candidate(alert) {
+            // An alarm goes on unless it is the alerted run's, soon after its candidate.
+            return self.alerted_run.is_none_or(|(onset, alerted_ts)| {
+                onset != alert.onset_ts || alert.ts - alerted_ts > config.same_run_alarm_secs
+            });
+        }
         alert.signals.retain(|(name, _)| name != CANDIDATE_SIGNAL);
-        let candidate = alert.signals.len() < before;
-        if let Some((onset, alerted_ts)) = self.alerted_run {
-            if alert.ts - alerted_ts <= same_run_secs {
-                if candidate {
-                    // The detector would still be in its refractory period after an alarm.
-                    return false;
-                }
-                if onset == alert.onset_ts {
-                    // The detector's alarm ends the run, so nothing more of it comes.
-                    self.alerted_run = None;
-                    return false;
-                }
-            }
+        let quiet = self
+            .alerted_run
+            .is_some_and(|(_, alerted_ts)| alert.ts - alerted_ts <= config.same_run_secs);
+        if quiet || !confirmed {
+            return false;
         }
-        if !candidate {
-            return true;
-        }
-        if confirmed {
-            self.alerted_run = Some((alert.onset_ts, alert.ts));
-        }
-        confirmed
+        self.alerted_run = Some((alert.onset_ts, alert.ts));
+        true
     }
+}
+
+/// Returns whether the detector raised the alert as a candidate, not as an alarm.
+fn is_candidate(alert: &Alert) -> bool {
+    alert
+        .signals
+        .iter()
+        .any(|(name, _)| name == CANDIDATE_SIGNAL)
 }
 
 /// One user window, with the values the fusion rule reads.
@@ -291,7 +308,7 @@ impl FusionRule {
         let mut suppressed: Option<Alert> = None;
         for mut alert in detector_alerts {
             if alert.kind == AlertKind::InterestShift {
-                if !user.admit(&mut alert, confirmed, self.config.same_run_secs) {
+                if !user.admit(&mut alert, confirmed, &self.config) {
                     continue;
                 }
                 if anomalous && window.burst {
@@ -329,14 +346,13 @@ impl FusionRule {
     }
 
     /// Returns the alerts of a window without model signals: every candidate is dropped, as
-    /// the detector alone raises none, and the detector's alarm for a run already alerted is
-    /// dropped.
+    /// the detector alone raises none, and the detector's alarms go on as in a scored window.
     pub fn pass_unscored(&self, user: &mut UserFusion, detector_alerts: Vec<Alert>) -> Vec<Alert> {
         detector_alerts
             .into_iter()
             .filter_map(|mut alert| {
                 let keep = alert.kind != AlertKind::InterestShift
-                    || user.admit(&mut alert, false, self.config.same_run_secs);
+                    || user.admit(&mut alert, false, &self.config);
                 keep.then_some(alert)
             })
             .collect()
@@ -579,6 +595,13 @@ mod tests {
         alert
     }
 
+    fn has_candidate_mark(alert: &Alert) -> bool {
+        alert
+            .signals
+            .iter()
+            .any(|(name, _)| name == CANDIDATE_SIGNAL)
+    }
+
     #[test]
     fn surprising_candidate_is_alerted_once() {
         let rule = rule();
@@ -590,45 +613,62 @@ mod tests {
         );
         assert_eq!(fused.len(), 1);
         assert_eq!(fused[0].kind, AlertKind::InterestShift);
-        assert!(fused[0]
-            .signals
-            .iter()
-            .all(|(name, _)| name != CANDIDATE_SIGNAL));
+        assert!(!has_candidate_mark(&fused[0]));
         assert!(fused[0].signals.iter().any(|(name, _)| name == "surprise"));
 
-        let again = rule.fuse(
-            &mut user,
-            &window(false, 0.1, Some(2.0)),
-            vec![candidate(50)],
-        );
-        assert!(again.is_empty(), "a second candidate of the run: {again:?}");
-        let alarm_fused = rule.fuse(&mut user, &window(false, 0.1, Some(0.1)), vec![alarm(50)]);
-        assert!(alarm_fused.is_empty(), "the run's alarm: {alarm_fused:?}");
-        let next_run = rule.fuse(&mut user, &window(false, 0.1, Some(0.1)), vec![alarm(50)]);
-        assert_eq!(
-            next_run.len(),
-            1,
-            "after the run's alarm, the state is clear"
-        );
+        let mut again = candidate(50);
+        again.ts = 130;
+        let fused = rule.fuse(&mut user, &window(false, 0.1, Some(2.0)), vec![again]);
+        assert!(fused.is_empty(), "a second candidate of the run: {fused:?}");
+    }
+
+    /// Returns the rule with the default settings and `same_run_alarm_secs`.
+    fn rule_with_alarm_gap(same_run_alarm_secs: i64) -> FusionRule {
+        FusionRule::new(FusionConfig {
+            same_run_alarm_secs,
+            ..FusionConfig::default()
+        })
+        .unwrap()
     }
 
     #[test]
-    fn late_alarm_of_alerted_run_is_kept() {
-        let rule = rule();
+    fn same_run_alarm_soon_after_candidate_is_dropped() {
+        let rule = rule_with_alarm_gap(200);
         let mut user = user_with_alerted_candidate(&rule);
-        let mut late = alarm(50);
-        late.ts = 100 + FusionConfig::default().same_run_secs + 1;
+        let mut run_alarm = alarm(50);
+        run_alarm.ts = 100 + 200;
+        let fused = rule.fuse(&mut user, &window(false, 0.1, Some(0.1)), vec![run_alarm]);
+        assert!(fused.is_empty(), "the run's alarm: {fused:?}");
+    }
+
+    #[test]
+    fn same_run_alarm_after_gap_is_kept() {
+        // The run starts at 50 with exploring. Its candidate at 100 may come before the true
+        // shift, and the detector's alarm of the same run at 301 after it.
+        let rule = rule_with_alarm_gap(200);
+        let mut user = user_with_alerted_candidate(&rule);
+        let mut run_alarm = alarm(50);
+        run_alarm.ts = 100 + 201;
         let fused = rule.fuse(
             &mut user,
             &window(false, 0.1, Some(0.1)),
-            vec![late.clone()],
+            vec![run_alarm.clone()],
         );
+        assert_eq!(fused.len(), 1, "the run's alarm: {fused:?}");
+        assert_eq!(fused[0].ts, 301);
+        assert_eq!(fused[0].onset_ts, 50);
+        assert_eq!(fused[0].score, run_alarm.score);
+    }
+
+    #[test]
+    fn unscored_alarm_of_alerted_run_is_dropped() {
+        let rule = rule();
+        let mut user = user_with_alerted_candidate(&rule);
+        assert!(rule.pass_unscored(&mut user, vec![alarm(50)]).is_empty());
         assert_eq!(
-            fused.len(),
-            1,
-            "an alarm after the same-run time is a new shift"
+            rule.pass_unscored(&mut user, vec![alarm(70)]),
+            vec![alarm(70)]
         );
-        assert_eq!(fused[0].ts, late.ts);
     }
 
     #[test]
@@ -643,6 +683,7 @@ mod tests {
         assert!(low.is_empty());
         let unknown = rule.fuse(&mut user, &window(false, 0.1, None), vec![candidate(50)]);
         assert!(unknown.is_empty(), "no surprise is no confirmation");
+        assert_eq!(user, UserFusion::default());
         let fused = rule.fuse(&mut user, &window(false, 0.1, Some(0.1)), vec![alarm(50)]);
         assert_eq!(fused.len(), 1);
         assert_eq!(fused[0].onset_ts, 50);
@@ -650,22 +691,39 @@ mod tests {
 
     #[test]
     fn candidate_and_alarm_in_one_window() {
-        let rule = rule();
-        let mut user = UserFusion::default();
-        let both = vec![candidate(50), alarm(50)];
-        let confirmed = rule.fuse(
-            &mut user,
-            &window(false, 0.1, Some(confirming_surprise())),
-            both.clone(),
+        let both = || {
+            let mut run_alarm = alarm(50);
+            run_alarm.ts = 110;
+            vec![candidate(50), run_alarm]
+        };
+        let surprising = window(false, 0.1, Some(confirming_surprise()));
+        let fused = rule().fuse(&mut UserFusion::default(), &surprising, both());
+        let times: Vec<i64> = fused.iter().map(|alert| alert.ts).collect();
+        assert_eq!(times, [100], "the candidate, not the run's alarm");
+
+        let every_alarm = rule_with_alarm_gap(0);
+        let fused = every_alarm.fuse(&mut UserFusion::default(), &surprising, both());
+        let times: Vec<i64> = fused.iter().map(|alert| alert.ts).collect();
+        assert_eq!(times, [100, 110], "the candidate, then the alarm");
+        assert!(fused.iter().all(|alert| !has_candidate_mark(alert)));
+
+        // An alarm in the candidate's second would repeat the candidate's alert id.
+        let fused = every_alarm.fuse(
+            &mut UserFusion::default(),
+            &surprising,
+            vec![candidate(50), alarm(50)],
         );
-        assert_eq!(confirmed.len(), 1);
-        let mut user = UserFusion::default();
-        let waited = rule.fuse(&mut user, &window(false, 0.1, Some(0.1)), both);
+        assert_eq!(fused.len(), 1, "one alert per second: {fused:?}");
+        assert_eq!(fused[0].alert_id(), candidate(50).alert_id());
+
+        let waited = rule().fuse(
+            &mut UserFusion::default(),
+            &window(false, 0.1, Some(0.1)),
+            both(),
+        );
         assert_eq!(waited.len(), 1);
-        assert!(waited[0]
-            .signals
-            .iter()
-            .all(|(name, _)| name != CANDIDATE_SIGNAL));
+        assert_eq!(waited[0].ts, 110);
+        assert!(!has_candidate_mark(&waited[0]));
     }
 
     #[test]
@@ -701,14 +759,60 @@ mod tests {
     }
 
     #[test]
-    fn unscored_alarm_of_alerted_run_is_dropped() {
-        let rule = rule();
-        let mut user = user_with_alerted_candidate(&rule);
-        assert!(rule.pass_unscored(&mut user, vec![alarm(50)]).is_empty());
-        assert_eq!(
-            rule.pass_unscored(&mut user, vec![alarm(70)]),
-            vec![alarm(70)]
-        );
+    fn zero_alarm_gap_keeps_every_alarm() {
+        // A user's windows in time order, each with a mix of candidates and alarms and a
+        // surprise that confirms its candidates or not. Outside bursts, the fused shift alerts
+        // are the detector's alarms plus some candidates, whatever came before.
+        let rule = rule_with_alarm_gap(0);
+        let mut user = UserFusion::default();
+        let mut state = 12345u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state >> 33
+        };
+
+        let mut ts = 0;
+        let mut alarms_raised = Vec::new();
+        let mut alarms_fused = Vec::new();
+        let mut candidates_fused = 0;
+        for _ in 0..500 {
+            let mut raised = Vec::new();
+            for _ in 0..next() % 3 {
+                ts += 1 + (next() % (2 * 24 * 3600)) as i64;
+                let onset = ts - (next() % 3600) as i64;
+                let mut alert = if next() % 2 == 0 {
+                    candidate(onset)
+                } else {
+                    alarm(onset)
+                };
+                alert.ts = ts;
+                if !has_candidate_mark(&alert) {
+                    alarms_raised.push(ts);
+                }
+                raised.push(alert);
+            }
+            let surprise = [None, Some(0.1), Some(confirming_surprise())][(next() % 3) as usize];
+            let fused = rule.fuse(&mut user, &window(false, 0.1, surprise), raised.clone());
+            for alert in &fused {
+                assert!(!has_candidate_mark(alert));
+            }
+            let fused_times: Vec<i64> = fused.iter().map(|alert| alert.ts).collect();
+            candidates_fused += raised
+                .iter()
+                .filter(|alert| has_candidate_mark(alert) && fused_times.contains(&alert.ts))
+                .count();
+            let alarm_times = raised
+                .iter()
+                .filter(|alert| !has_candidate_mark(alert))
+                .map(|alert| alert.ts);
+            alarms_fused.extend(alarm_times.filter(|ts| fused_times.contains(ts)));
+        }
+
+        assert!(alarms_raised.len() > 100, "too few alarms to test");
+        assert!(candidates_fused > 20, "too few alerted candidates to test");
+        assert_eq!(alarms_fused, alarms_raised);
     }
 
     #[test]
