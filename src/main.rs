@@ -483,11 +483,6 @@ fn main() -> ExitCode {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
 
-/// glibc's trim threshold for `veer run` and `veer serve`, in bytes. Free space at the top of
-/// the heap beyond it goes back to the operating system.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const TRIM_THRESHOLD: libc::c_int = 32 * 1024 * 1024;
-
 /// Fixes glibc's mmap threshold at [`MMAP_THRESHOLD`], so that each freed block of that size or
 /// more goes back to the operating system.
 ///
@@ -496,44 +491,25 @@ const TRIM_THRESHOLD: libc::c_int = 32 * 1024 * 1024;
 /// (4,096 events, 608 KiB) is freed, later batches come from the heap, and a run streaming
 /// 1,000,000 users then peaked about 50 MiB higher. A threshold set by `mallopt` stays fixed.
 /// The cost is a fresh mapping, and its page faults, for each batch.
-///
-/// A fixed mmap threshold also stops glibc from raising the trim threshold (to twice the mmap
-/// threshold), so the heap would shrink and grow again at every 128 KiB of free space at its
-/// top. The trim threshold is therefore set to [`TRIM_THRESHOLD`]. `MALLOC_MMAP_THRESHOLD_`
-/// and `MALLOC_TRIM_THRESHOLD_` in the environment are left to decide instead.
+/// `MALLOC_MMAP_THRESHOLD_` in the environment is left to decide instead.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_malloc() {
-    let settings = [
-        (
-            "MALLOC_MMAP_THRESHOLD_",
-            libc::M_MMAP_THRESHOLD,
-            MMAP_THRESHOLD,
-        ),
-        (
-            "MALLOC_TRIM_THRESHOLD_",
-            libc::M_TRIM_THRESHOLD,
-            TRIM_THRESHOLD,
-        ),
-    ];
-    for (variable, parameter, value) in settings {
-        if std::env::var_os(variable).is_some() {
-            continue;
-        }
-        // SAFETY: mallopt only changes the allocator's parameters, under its own lock.
-        let accepted = unsafe { libc::mallopt(parameter, value) };
-        if accepted != 1 {
-            tracing::warn!(
-                parameter,
-                value,
-                "glibc rejected a malloc setting, so freed heap space may stay with the process"
-            );
-        }
+fn fix_mmap_threshold() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        return;
+    }
+    // SAFETY: mallopt only changes the allocator's parameters, under its own lock.
+    let accepted = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+    if accepted != 1 {
+        tracing::warn!(
+            threshold = MMAP_THRESHOLD,
+            "glibc rejected the mmap threshold, so freed heap space may stay with the process"
+        );
     }
 }
 
 /// Leaves other allocators as they are.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_malloc() {}
+fn fix_mmap_threshold() {}
 
 /// Returns the eviction and checkpoint settings: the command line over `[state]`.
 fn state_settings(
@@ -602,7 +578,7 @@ fn check_distinct_paths(inputs: &[String], outputs: &[(&str, &Path)]) -> anyhow:
 }
 
 fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
-    tune_malloc();
+    fix_mmap_threshold();
     let mut outputs: Vec<(&str, &Path)> = Vec::new();
     if let Some(path) = args.alerts.as_deref().filter(|path| *path != "-") {
         outputs.push(("alerts", Path::new(path)));
