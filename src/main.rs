@@ -478,39 +478,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// glibc's mmap threshold for `veer run` and `veer serve`, in bytes. It is glibc's own
-/// starting value.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MMAP_THRESHOLD: libc::c_int = 128 * 1024;
-
-/// Fixes glibc's mmap threshold at [`MMAP_THRESHOLD`], so that each freed block of that size or
-/// more goes back to the operating system.
-///
-/// glibc raises the threshold to the size of each freed mmapped block, up to 32 MiB on 64-bit
-/// systems (`DEFAULT_MMAP_THRESHOLD_MAX` in glibc's malloc.c). After the first reader batch
-/// (4,096 events, 608 KiB) is freed, later batches come from the heap, and a run streaming
-/// 1,000,000 users then peaked about 50 MiB higher. A threshold set by `mallopt` stays fixed.
-/// The cost is a fresh mapping, and its page faults, for each batch.
-/// `MALLOC_MMAP_THRESHOLD_` in the environment is left to decide instead.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn fix_mmap_threshold() {
-    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
-        return;
-    }
-    // SAFETY: mallopt only changes the allocator's parameters, under its own lock.
-    let accepted = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
-    if accepted != 1 {
-        tracing::warn!(
-            threshold = MMAP_THRESHOLD,
-            "glibc rejected the mmap threshold, so freed heap space may stay with the process"
-        );
-    }
-}
-
-/// Leaves other allocators as they are.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn fix_mmap_threshold() {}
-
 /// Returns the eviction and checkpoint settings: the command line over `[state]`.
 fn state_settings(
     args: &RunArgs,
@@ -578,7 +545,6 @@ fn check_distinct_paths(inputs: &[String], outputs: &[(&str, &Path)]) -> anyhow:
 }
 
 fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
-    fix_mmap_threshold();
     let mut outputs: Vec<(&str, &Path)> = Vec::new();
     if let Some(path) = args.alerts.as_deref().filter(|path| *path != "-") {
         outputs.push(("alerts", Path::new(path)));
