@@ -289,6 +289,7 @@ fn read_one(
     }
     tracing::info!(input = name, format = %format, "reading input");
 
+    let before = counts.clone();
     let mut published = counts.clone();
     let mut batch = Vec::with_capacity(BATCH);
     let mut splitter = LineSplitter::new(reader);
@@ -319,6 +320,14 @@ fn read_one(
             Pushed::Bad(record) => {
                 counts.bad += 1;
                 dead_letter.bad(name, &record);
+                if counts.bad - before.bad == EARLY_BAD_LINES && counts.events == before.events {
+                    tracing::warn!(
+                        input = name,
+                        format = %format,
+                        "the first {EARLY_BAD_LINES} lines are all bad records as {format}; \
+                         check --format, or omit it to detect the format"
+                    );
+                }
             }
         }
     }
@@ -326,10 +335,43 @@ fn read_one(
         .bytes
         .store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
     progress.publish(counts, &mut published);
+    warn_if_mostly_bad(name, format, &before, counts);
     if !batch.is_empty() {
         let _ = sender.send(Chunk::Events(batch, counts.clone()));
     }
     Ok(())
+}
+
+/// Bad records at the start of an input, with no event among them, after which the reader
+/// warns at once that the format may be wrong.
+const EARLY_BAD_LINES: u64 = 1_000;
+
+/// Share of bad records among an input's events and bad records above which the reader warns
+/// at the end of the input that the format may be wrong.
+const MOSTLY_BAD_SHARE: f64 = 0.9;
+
+/// Warns when more than [`MOSTLY_BAD_SHARE`] of the lines that one input parsed (events and
+/// bad records, not skipped lines) were bad, the usual sign of a wrong `--format`. `before`
+/// and `after` are the reader's counts before and after the input.
+fn warn_if_mostly_bad(
+    name: &str,
+    format: sources::Format,
+    before: &LineCounts,
+    after: &LineCounts,
+) {
+    let bad = after.bad - before.bad;
+    let parsed = bad + (after.events - before.events);
+    if bad == 0 || bad as f64 <= MOSTLY_BAD_SHARE * parsed as f64 {
+        return;
+    }
+    tracing::warn!(
+        input = name,
+        format = %format,
+        bad,
+        parsed,
+        "{bad} of {parsed} lines are bad records as {format}; check --format, or omit it to \
+         detect the format"
+    );
 }
 
 /// Returns the format given in `options`, or the one detected from the first bytes of
@@ -412,6 +454,7 @@ fn read_split(
         parsers.push(parser);
     }
     tracing::info!(input = name, format = %format, threads = ranges.len(), "reading input");
+    let before = counts.clone();
     let outputs = crate::split_read::parse_ranges(path, ranges, parsers, progress)?;
     for output in outputs {
         for record in &output.bad {
@@ -426,6 +469,7 @@ fn read_split(
         }
         counts.add_lines(&output.counts);
     }
+    warn_if_mostly_bad(name, format, &before, counts);
     Ok(())
 }
 

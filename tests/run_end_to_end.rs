@@ -648,3 +648,72 @@ fn tiny_window_rejected() {
         run.stderr
     );
 }
+
+/// Writes `lines` Taobao rows (`user,item,category,behavior,ts`) to a file in `folder`.
+fn write_taobao_rows(folder: &Path, lines: usize) -> std::path::PathBuf {
+    let path = folder.join("events.csv");
+    let mut file = std::fs::File::create(&path).expect("create the events file");
+    for line in 0..lines {
+        let user = line % 7 + 1;
+        let ts = 1_511_544_070 + line;
+        writeln!(file, "{user},{},{},pv,{ts}", 1000 + line, 50 + line % 3).expect("write a row");
+    }
+    path
+}
+
+#[test]
+fn wrong_format_warns_at_end() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let csv = write_taobao_rows(folder.path(), 20);
+    let run = run_veer(&["--input", arg(&csv), "--format", "jsonl"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.summary_count("bad"), 20, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("20 of 20 lines are bad records as jsonl"),
+        "no warning with the bad share and the format:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("check --format"),
+        "the warning does not point at --format:\n{}",
+        run.stderr
+    );
+    assert_eq!(run.dead_letter.len(), 20, "every bad line is dead-lettered");
+}
+
+#[test]
+fn wrong_format_warns_early() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let csv = write_taobao_rows(folder.path(), 1_500);
+    let run = run_veer(&["--input", arg(&csv), "--format", "jsonl"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the first 1000 lines are all bad records as jsonl"),
+        "no early warning:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn right_format_does_not_warn() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let csv = write_taobao_rows(folder.path(), 1_500);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&csv)
+        .expect("open the events file");
+    writeln!(file, "1,2,3,pv").expect("append a short row");
+    drop(file);
+
+    let run = run_veer(&["--input", arg(&csv), "--format", "taobao"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.summary_count("bad"), 1, "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("check --format"),
+        "one bad line in 1,501 must not warn about the format:\n{}",
+        run.stderr
+    );
+}
+
