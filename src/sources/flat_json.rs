@@ -573,6 +573,41 @@ mod tests {
         }
     }
 
+    #[test]
+    fn non_integer_ids_bad_on_both_paths() {
+        let first = usual("1", "2", "\"view\"", "1511539241");
+        for value in ["3.5", "3.0", "1e3", "-2.5E1"] {
+            for line in [
+                usual(value, "2", "\"view\"", "1511539241"),
+                usual("1", value, "\"view\"", "1511539241"),
+            ] {
+                assert!(parse_flat(line.as_bytes(), 5).is_none(), "{line}");
+
+                let mut parser = JsonlParser::new();
+                assert!(matches!(
+                    parser.parse(1, first.as_bytes()),
+                    Parsed::Event(_)
+                ));
+                let parsed = parser.parse(2, line.as_bytes());
+                assert_eq!(
+                    parsed,
+                    JsonlParser::new().parse_full(2, line.as_bytes()),
+                    "{line}"
+                );
+                let Parsed::Bad(record) = parsed else {
+                    panic!("{line} is not a bad record: {parsed:?}");
+                };
+                assert!(
+                    record
+                        .reason
+                        .ends_with("is not an integer; ids are integers or strings"),
+                    "{line}: {}",
+                    record.reason
+                );
+            }
+        }
+    }
+
     /// Returns a strategy for the text of a JSON value: mostly the flat subset, with some
     /// values outside it.
     fn value() -> impl Strategy<Value = String> {
@@ -588,8 +623,16 @@ mod tests {
             .prop_map(str::to_string),
             1 => (-5i64..5).prop_map(|number| number.to_string()),
             1 => Just("007".to_string()),
-            1 => Just("1.5e3".to_string()),
-            1 => Just("12.25".to_string()),
+            1 => prop_oneof![
+                Just("1.5e3"),
+                Just("12.25"),
+                Just("3.0"),
+                Just("1e3"),
+                Just("-3.5"),
+                Just("-0.0"),
+                Just("2E1"),
+            ]
+            .prop_map(str::to_string),
             1 => Just("null".to_string()),
             1 => Just("true".to_string()),
             1 => Just("[1]".to_string()),

@@ -202,6 +202,15 @@ fn required_id(value: Option<Value>, name: &str) -> Result<Id, String> {
 }
 
 fn id(value: &Value, name: &str) -> Result<Id, String> {
+    // The contract allows integer or string ids, so a number written with a fraction or an
+    // exponent (`3.5`, `3.0`, `1e3`) is rejected rather than kept as the text id "3.5".
+    if let Value::Number(number) = value {
+        if number.as_str().contains(['.', 'e', 'E']) {
+            return Err(format!(
+                "{name} {number} is not an integer; ids are integers or strings"
+            ));
+        }
+    }
     match id_from_json(value) {
         Some(id) if id.as_text() == Some("") => Err(format!("{name} is an empty string")),
         Some(id) => Ok(id),
@@ -398,7 +407,10 @@ mod tests {
             Id::int(123_456_789_012_345_678_901)
         );
         assert_eq!(event(&line("\"42\"")).user, Id::text("42"));
-        assert_eq!(event(&line("1.5")).user, Id::text("1.5"));
+        assert_eq!(
+            reason(&line("1.5")),
+            "user 1.5 is not an integer; ids are integers or strings"
+        );
     }
 
     #[test]
@@ -455,6 +467,51 @@ mod tests {
         assert!(reason_for("\"2017-11-25\"").contains("is not"));
         assert!(reason_for("null").contains("ts is null"));
         assert!(reason_for("99999999999999999999").contains("too large"));
+    }
+
+    #[test]
+    fn non_integer_number_ids_rejected() {
+        // serde_json writes an exponent as `e+`, so the reason shows `1e3` as `1e+3`.
+        for (field, value, shown) in [
+            ("user", "3.5", "3.5"),
+            ("user", "3.0", "3.0"),
+            ("user", "1e3", "1e+3"),
+            ("user", "-2.5E1", "-2.5e+1"),
+            ("item", "0.5", "0.5"),
+            ("category", "3.25", "3.25"),
+            ("brand", "7e0", "7e+0"),
+        ] {
+            let mut fields = vec![
+                ("user", "1"),
+                ("item", "2"),
+                ("category", "3"),
+                ("behavior", "\"view\""),
+                ("ts", "1511539200"),
+                ("brand", "4"),
+            ];
+            for (name, text) in &mut fields {
+                if *name == field {
+                    *text = value;
+                }
+            }
+            let pairs: Vec<String> = fields
+                .iter()
+                .map(|(name, text)| format!("\"{name}\":{text}"))
+                .collect();
+            let line = format!("{{{}}}", pairs.join(","));
+            assert_eq!(
+                reason(&line),
+                format!("{field} {shown} is not an integer; ids are integers or strings"),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn negative_integer_ids_kept_as_text() {
+        let event = event(r#"{"user":-3,"category":-40,"behavior":"view","ts":1}"#);
+        assert_eq!(event.user, Id::text("-3"));
+        assert_eq!(event.category, Id::text("-40"));
     }
 
     #[test]
