@@ -258,8 +258,56 @@ impl FileConfig {
             .fusion
             .validate()
             .map_err(|error| anyhow::anyhow!("{}: [models.fusion] {error}", path.display()))?;
+        config
+            .check_ranges()
+            .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
         Ok(config)
     }
+
+    /// Checks the `[groups]`, `[profiles]` and `[detector]` keys whose ranges no `validate`
+    /// of their own section covers, and returns the first value out of range.
+    fn check_ranges(&self) -> Result<(), String> {
+        let groups = &self.groups;
+        if !(0.0..=1.0).contains(&groups.min_association) {
+            return Err(out_of_range(
+                "groups",
+                "min_association",
+                groups.min_association,
+                "a cosine association in 0..=1",
+            ));
+        }
+        if groups.links_per_category == 0 {
+            return Err(out_of_range(
+                "groups",
+                "links_per_category",
+                0,
+                "at least 1, because with no links no category joins a group",
+            ));
+        }
+        if self.detector.refractory_secs < 0 {
+            return Err(out_of_range(
+                "detector",
+                "refractory_secs",
+                self.detector.refractory_secs,
+                "0 or more seconds",
+            ));
+        }
+        let min_share_change = self.profiles.min_share_change;
+        if !(0.0..=1.0).contains(&min_share_change) {
+            return Err(out_of_range(
+                "profiles",
+                "min_share_change",
+                min_share_change,
+                "a share in 0..=1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Returns the message for a configuration value out of its range.
+fn out_of_range(section: &str, key: &str, value: impl std::fmt::Display, expected: &str) -> String {
+    format!("invalid [{section}] {key} = {value}: expected {expected}")
 }
 
 /// Parses a duration such as `10s`, `100ms`, `5m`, `2h` or `3d`; a bare number is seconds.
@@ -336,6 +384,62 @@ mod tests {
         assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_rejected() {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let path = folder.path().join("veer.toml");
+        for (text, expected) in [
+            (
+                "[groups]\nmin_association = 5.0",
+                "invalid [groups] min_association = 5: expected a cosine association in 0..=1",
+            ),
+            (
+                "[groups]\nmin_association = -0.1",
+                "invalid [groups] min_association = -0.1",
+            ),
+            (
+                "[groups]\nmin_association = nan",
+                "invalid [groups] min_association = NaN",
+            ),
+            (
+                "[groups]\nlinks_per_category = 0",
+                "invalid [groups] links_per_category = 0: expected at least 1",
+            ),
+            (
+                "[detector]\nrefractory_secs = -5",
+                "invalid [detector] refractory_secs = -5: expected 0 or more seconds",
+            ),
+            (
+                "[profiles]\nmin_share_change = -1",
+                "invalid [profiles] min_share_change = -1: expected a share in 0..=1",
+            ),
+            (
+                "[profiles]\nmin_share_change = 1.5",
+                "invalid [profiles] min_share_change = 1.5",
+            ),
+        ] {
+            std::fs::write(&path, text).expect("write the config file");
+            let error = FileConfig::load(&path).expect_err(text).to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+            assert!(
+                error.contains(path.to_str().unwrap()),
+                "{text}: the error does not name the file: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn range_edges_accepted() {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let path = folder.path().join("veer.toml");
+        let text = "[groups]\nmin_association = 1.0\nlinks_per_category = 1\n\
+                    [detector]\nrefractory_secs = 0\n[profiles]\nmin_share_change = 0.0\n";
+        std::fs::write(&path, text).expect("write the config file");
+        let loaded = FileConfig::load(&path).expect("values at the range edges load");
+        assert_eq!(loaded.groups.links_per_category, 1);
+        assert_eq!(loaded.detector.refractory_secs, 0);
     }
 
     #[test]
