@@ -507,6 +507,16 @@ fn duration_arg(name: &str, text: &str) -> anyhow::Result<std::time::Duration> {
     parse_duration(text).map_err(|message| anyhow::anyhow!("--{name}: {message}"))
 }
 
+/// Parses `--horizon` into whole seconds. A horizon under one second is rejected, because
+/// scoring with it would count every alert as false.
+fn horizon_arg(text: &str) -> anyhow::Result<i64> {
+    let seconds = duration_arg("horizon", text)?.as_secs();
+    if seconds == 0 {
+        anyhow::bail!("invalid --horizon {text:?}: must be at least 1s, such as 3d");
+    }
+    Ok(seconds as i64)
+}
+
 /// Rejects an output path that is also an input or another output, because creating the
 /// output would empty the other file before it is read.
 fn check_distinct_paths(inputs: &[String], outputs: &[(&str, &Path)]) -> anyhow::Result<()> {
@@ -580,7 +590,7 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
     if let Some(text) = &args.window {
         time.window = duration_arg("window", text)?;
     }
-    let horizon_secs = duration_arg("horizon", &args.horizon)?.as_secs() as i64;
+    let horizon_secs = horizon_arg(&args.horizon)?;
     let cluster = args.cluster.settings(&file.cluster)?;
     let reads_input = veer::cluster::reads_input(cluster.as_ref());
     let format = args.input.format.map(Format::from);
@@ -829,7 +839,7 @@ fn generate_files(args: GenerateArgs) -> anyhow::Result<()> {
 }
 
 fn eval_files(args: EvalArgs) -> anyhow::Result<()> {
-    let horizon_secs = duration_arg("horizon", &args.horizon)?.as_secs() as i64;
+    let horizon_secs = horizon_arg(&args.horizon)?;
     let truth = read_truth(&args.truth)?;
     let alerts = read_alert_file(&args.alerts)?;
     let timeline = match &args.events {
@@ -977,7 +987,7 @@ fn explain_user(args: ExplainArgs) -> anyhow::Result<()> {
 }
 
 fn write_report(args: ReportArgs) -> anyhow::Result<()> {
-    let horizon_secs = duration_arg("horizon", &args.horizon)?.as_secs() as i64;
+    let horizon_secs = horizon_arg(&args.horizon)?;
     let options = SourceOptions {
         format: args.format.map(Format::from),
         ..SourceOptions::default()

@@ -717,3 +717,43 @@ fn right_format_does_not_warn() {
     );
 }
 
+#[test]
+fn eval_rejects_zero_horizon() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let alerts = folder.path().join("alerts.jsonl");
+    let truth = shared("cases/01-one-shift-one-alert/truth.jsonl");
+    std::fs::write(&alerts, "").expect("write the alerts file");
+    let eval_with = |horizon: &str| {
+        let horizon_option = format!("--horizon={horizon}");
+        run_veer_exact(&[
+            "eval",
+            "--alerts",
+            arg(&alerts),
+            "--truth",
+            arg(&truth),
+            &horizon_option,
+        ])
+    };
+
+    for horizon in ["0s", "0", "500ms"] {
+        let run = eval_with(horizon);
+        assert_ne!(run.status, 0, "--horizon {horizon} must fail");
+        assert!(
+            run.stderr
+                .contains(&format!("invalid --horizon {horizon:?}")),
+            "--horizon {horizon}: the error does not name the value:\n{}",
+            run.stderr
+        );
+    }
+
+    let negative = eval_with("-1d");
+    assert_ne!(negative.status, 0, "a negative horizon must fail");
+    assert!(
+        negative.stderr.contains("--horizon"),
+        "the error does not name --horizon:\n{}",
+        negative.stderr
+    );
+
+    let one_second = eval_with("1s");
+    assert_eq!(one_second.status, 0, "{}", one_second.stderr);
+}
