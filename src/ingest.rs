@@ -454,6 +454,8 @@ fn read_split(
         parsers.push(parser);
     }
     tracing::info!(input = name, format = %format, threads = ranges.len(), "reading input");
+    // NOTE: the whole file is parsed before any count arrives here, so a split file gets only
+    // the end-of-input warning of `warn_if_mostly_bad`, not the early one of `read_one`.
     let before = counts.clone();
     let outputs = crate::split_read::parse_ranges(path, ranges, parsers, progress)?;
     for output in outputs {
