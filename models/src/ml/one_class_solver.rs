@@ -106,12 +106,13 @@ pub(super) struct OneClassSolution {
     pub rho: f64,
 }
 
-/// Whether a coefficient is at its upper bound of 1, as linfa's `Alpha::reached_upper`.
+/// Returns whether a coefficient is at its upper bound of 1, as linfa's
+/// `Alpha::reached_upper` does.
 fn at_upper(alpha: f64) -> bool {
     alpha >= 1.0
 }
 
-/// Whether a coefficient is 0, as linfa's `Alpha::reached_lower`.
+/// Returns whether a coefficient is 0, as linfa's `Alpha::reached_lower` does.
 fn at_lower(alpha: f64) -> bool {
     alpha == 0.0
 }
