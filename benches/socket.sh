@@ -19,7 +19,8 @@
 # Environment: SLICE_MS (default 1; with 10 ms slices, events near a slice's end wait for the
 # next slice, because event time moves only when later lines arrive); VEER, a veer binary to
 # run instead of building one;
-# SERVE_ARGS, more options of `veer serve` (for example `--workers 2`).
+# SERVE_ARGS, more options of `veer serve` (for example `--workers 2`); NODELAY=1, to send
+# with TCP_NODELAY (by default Nagle's algorithm stays on, as in a plain socket).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rate=${1:-0}

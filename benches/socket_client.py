@@ -19,10 +19,19 @@ line it receives to RECEIVED_OUT, prefixed by its receive time (time.monotonic).
 a user has several lines in that second it takes the earliest, so the figure is an upper
 bound. It prints the percentiles of receive time minus that line's scheduled send time.
 time.monotonic reads CLOCK_MONOTONIC, which all processes of one Linux machine share.
+It also prints the percentiles of the event-time hold: the time from the triggering line's
+scheduled send to that of the first line whose event time moves the frontier (the newest
+event time less OUT_OF_ORDERNESS_S, 600 by default as in veer.toml) past the alert's second.
+No engine can release the alert before that line arrives, so the hold is the part of the
+latency set by the stream's pace rather than by veer.
+
+With NODELAY=1 in the environment, `send` sets TCP_NODELAY on its socket. By default it
+leaves Nagle's algorithm on, the default of Linux TCP sockets.
 """
 
 import bisect
 import json
+import os
 import socket
 import sys
 import time
@@ -48,6 +57,8 @@ def send(events, rate, port, slice_ms, sent_out):
         offsets.append(offsets[-1] + len(line))
     view = memoryview(data)
     connection = connect(port, "an event connection")
+    if os.environ.get("NODELAY") == "1":
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     interval = slice_ms / 1000
     per_slice = max(1, int(rate * interval)) if rate > 0 else 65536
     schedule = []
@@ -90,19 +101,28 @@ def subscribe(port, received_out, ready_file):
 
 
 def latency(events, sent_out, received_out):
+    out_of_orderness_s = int(os.environ.get("OUT_OF_ORDERNESS_S", "600"))
     first_line = {}
+    # Newest event time (seconds) up to each data line, and that line's index in the file.
+    newest, newest_line = [], []
     with open(events, "rb") as rows:
         for index, row in enumerate(rows):
             fields = row.rstrip(b"\r\n").split(b",")
             if len(fields) < 5 or not fields[4].isdigit():
                 continue
-            first_line.setdefault((int(fields[0]), int(fields[4])), index)
+            ts = int(fields[4])
+            first_line.setdefault((int(fields[0]), ts), index)
+            newest.append(max(ts, newest[-1]) if newest else ts)
+            newest_line.append(index)
     firsts, times = [], []
     for row in open(sent_out):
         first, planned = row.split()
         firsts.append(int(first))
         times.append(float(planned))
-    latencies, unmatched = [], 0
+    def sent_at(index):
+        return times[bisect.bisect_right(firsts, index) - 1]
+
+    latencies, hold_times, unmatched = [], [], 0
     for row in open(received_out):
         received, line = row.split(" ", 1)
         alert = json.loads(line)
@@ -110,20 +130,35 @@ def latency(events, sent_out, received_out):
         if index is None:
             unmatched += 1
             continue
-        slot = bisect.bisect_right(firsts, index) - 1
-        latencies.append((float(received) - times[slot]) * 1000)
-    latencies.sort()
+        latencies.append((float(received) - sent_at(index)) * 1000)
+        # The sink releases second S once the frontier reaches (S + 1) * 1000 ms.
+        passing = bisect.bisect_left(newest, int(alert["ts"]) + 1 + out_of_orderness_s)
+        if passing < len(newest):
+            hold_times.append((sent_at(newest_line[passing]) - sent_at(index)) * 1000)
     if not latencies:
         print(f"client latency: no alert received ({unmatched} unmatched)")
         return
-
-    def quantile(q):
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))]
-
     print(
         f"client latency over {len(latencies)} alerts ({unmatched} unmatched): "
+        f"{percentiles(latencies)}"
+    )
+    if hold_times:
+        print(
+            f"event-time hold over {len(hold_times)} alerts (send of the triggering line to "
+            f"send of the line that moves the frontier past it): {percentiles(hold_times)}"
+        )
+
+
+def percentiles(values):
+    """Formats the p50, p99, p999 and maximum of VALUES (milliseconds)."""
+    values = sorted(values)
+
+    def quantile(q):
+        return values[min(len(values) - 1, int(q * len(values)))]
+
+    return (
         f"p50 {quantile(0.5):.1f} ms, p99 {quantile(0.99):.1f} ms, "
-        f"p999 {quantile(0.999):.1f} ms, max {latencies[-1]:.1f} ms"
+        f"p999 {quantile(0.999):.1f} ms, max {values[-1]:.1f} ms"
     )
 
 

@@ -30,6 +30,7 @@ pub mod report;
 pub mod scan;
 pub mod shutdown;
 pub mod sinks;
+mod socket_option;
 pub mod sources;
 mod split_read;
 pub mod stats;

@@ -249,23 +249,7 @@ fn start_client(
 const SEND_BUFFER_BYTES: libc::c_int = 32 * 1024;
 
 fn limit_send_buffer(stream: &TcpStream, bytes: libc::c_int) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the option value is a live c_int of the size passed, and the descriptor belongs
-    // to `stream`, which outlives the call.
-    let result = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::socket_option::set_int(stream, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes)
 }
 
 /// Writes queued alerts to one subscriber, several lines per write when they pile up.
