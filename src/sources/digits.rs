@@ -82,6 +82,112 @@ fn eight_digits_value(word: u64) -> u64 {
     quads.wrapping_mul(10_000 << 32 | 1) >> 32
 }
 
+/// Reads the run of ASCII digits of `line` that starts at `start`, as [`read_digits`] does.
+///
+/// In a line of at least 16 bytes, a run of under 16 digits is found from the mask of the 16
+/// bytes at `start` (or the line's last 16 bytes), and its value read with one or two word
+/// loads, with no loop. Longer runs and shorter lines go to [`read_digits`].
+#[inline(always)]
+pub(crate) fn read_run(line: &[u8], start: usize) -> (usize, u64) {
+    if line.len() >= 16 && start <= line.len() {
+        let window = start.min(line.len() - 16);
+        let skip = start - window;
+        let mask = non_digit_bits(exact_word(line, window))
+            | non_digit_bits(exact_word(line, window + 8)) << 8;
+        // The bit at `16 - skip` marks the end of the window: the end of the line when
+        // the window was moved back, otherwise a run of 16 or more digits.
+        let count = (mask >> skip | 1 << (16 - skip)).trailing_zeros() as usize;
+        if count < 16 {
+            let value = match count {
+                0 => 0,
+                _ => checked_run_value(line, start, start + count),
+            };
+            return (count, value);
+        }
+    }
+    read_digits(line, start)
+}
+
+/// Returns the value of a run of 1 to 19 ASCII digits at `start..end` of `line`.
+///
+/// The caller must have checked that every byte of the run is a digit, and the line must be at
+/// least 16 bytes long, so that each word read here lies inside the line. The run is read as
+/// one to three words with no loop: the first word contains the leading digits, and the
+/// words that end at `end - 8` and `end` contain the last 8 and 16.
+#[inline(always)]
+pub(crate) fn checked_run_value(line: &[u8], start: usize, end: usize) -> u64 {
+    debug_assert!(line.len() >= 16 && start < end && end - start <= 19 && end <= line.len());
+    let count = end - start;
+    if count <= 8 {
+        if start + 8 <= line.len() {
+            return leading_digits_value(exact_word(line, start), count);
+        }
+        // A short run at the end of the line: its digits are the last bytes of the word.
+        return trailing_digits_value(exact_word(line, end - 8), count);
+    }
+    let last_eight = trailing_digits_value(exact_word(line, end - 8), 8);
+    if count <= 16 {
+        let high = leading_digits_value(exact_word(line, start), count - 8);
+        return high * POWERS_OF_TEN[8] + last_eight;
+    }
+    let high = leading_digits_value(exact_word(line, start), count - 16);
+    let middle = trailing_digits_value(exact_word(line, end - 16), 8);
+    (high * POWERS_OF_TEN[8] + middle) * POWERS_OF_TEN[8] + last_eight
+}
+
+/// Returns the 8 bytes of `line` at `start..start + 8` as a little-endian word. The range must
+/// lie inside the line.
+#[inline(always)]
+fn exact_word(line: &[u8], start: usize) -> u64 {
+    u64::from_le_bytes(
+        line[start..start + 8]
+            .try_into()
+            .expect("the slice has 8 bytes"),
+    )
+}
+
+/// Returns the value of the first `count` bytes (1 to 8) of `word`, which must be digits.
+#[inline(always)]
+fn leading_digits_value(word: u64, count: usize) -> u64 {
+    // A digit's low nibble is its value. Shifting the digits to the top leaves zero bytes
+    // below them, which read as leading zeros.
+    eight_digits_value((word & lanes(0x0F)) << (8 * (8 - count)))
+}
+
+/// Returns the value of the last `count` bytes (1 to 8) of `word`, which must be digits.
+#[inline(always)]
+fn trailing_digits_value(word: u64, count: usize) -> u64 {
+    eight_digits_value(word & lanes(0x0F) & (u64::MAX << (8 * (8 - count))))
+}
+
+/// Returns a mask with bit `i` set when byte `i` of `line` is not an ASCII digit. The line
+/// must be 8 to 64 bytes long.
+#[inline(always)]
+pub(crate) fn non_digit_mask(line: &[u8]) -> u64 {
+    debug_assert!((8..=64).contains(&line.len()), "{} bytes", line.len());
+    // The word at the end of the line overlaps the one before it, which sets the same bits.
+    let last = line.len() - 8;
+    let mut mask = non_digit_bits(exact_word(line, last)) << last;
+    let mut start = 0;
+    while start < last {
+        mask |= non_digit_bits(exact_word(line, start)) << start;
+        start += 8;
+    }
+    mask
+}
+
+/// Returns a mask with bit `i` set when byte `i` of `word` (lowest first) is not an ASCII
+/// digit.
+#[inline(always)]
+fn non_digit_bits(word: u64) -> u64 {
+    // After the XOR a digit byte is 0 to 9. Adding 0x76 to its low 7 bits sets the high bit
+    // for 10 and above and never carries into the next byte, and the OR keeps bytes whose high
+    // bit was set already. The multiplication gathers the 8 high bits into the top byte.
+    let offset = word ^ lanes(b'0');
+    let high_bits = (((offset & lanes(0x7F)) + lanes(0x76)) | offset) & lanes(0x80);
+    (high_bits >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
 /// Returns a word with `lane` in each of its 4 lanes of 16 bits.
 const fn lanes_of_16(lane: u16) -> u64 {
     let lane = lane as u64;
@@ -206,7 +312,7 @@ mod tests {
 
     #[test]
     fn runs_of_tricky_lengths() {
-        let cases: [(&[u8], usize, (usize, u64)); 10] = [
+        let cases: [(&[u8], usize, (usize, u64)); 15] = [
             (b"", 0, (0, 0)),
             (b"x", 0, (0, 0)),
             (b"0", 0, (1, 0)),
@@ -217,10 +323,16 @@ mod tests {
             (b"18446744073709551615", 0, (20, u64::MAX)),
             (b"9999999999999999999,", 0, (19, 9_999_999_999_999_999_999)),
             (b"-5", 0, (0, 0)),
+            (b"{\"ts\":1511539241}", 6, (10, 1_511_539_241)),
+            (b"abcdefghijklmnop1234", 16, (4, 1234)),
+            (b"abcdefghijklmnop", 16, (0, 0)),
+            (b"1234567890123456,", 0, (16, 1_234_567_890_123_456)),
+            (b"123456789012345,x", 0, (15, 123_456_789_012_345)),
         ];
         for (line, start, expected) in cases {
             let shown = String::from_utf8_lossy(line);
             assert_eq!(read_digits(line, start), expected, "{shown} at {start}");
+            assert_eq!(read_run(line, start), expected, "{shown} at {start}");
             assert_eq!(
                 read_digits_bytewise(line, start),
                 expected,
@@ -229,8 +341,80 @@ mod tests {
         }
     }
 
+    #[test]
+    fn non_digit_mask_marks_every_byte_value() {
+        for byte in 0..=255u8 {
+            for length in [8, 13, 16, 39, 64] {
+                for position in [0, length / 2, length - 1] {
+                    let mut line = vec![b'7'; length];
+                    line[position] = byte;
+                    let expected = if byte.is_ascii_digit() {
+                        0
+                    } else {
+                        1 << position
+                    };
+                    assert_eq!(
+                        non_digit_mask(&line),
+                        expected,
+                        "byte {byte:#x} at {position} of {length}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn checked_runs_of_every_length() {
+        let line = b"1234567890123456789,9876543210987654321";
+        for start in [0, 20] {
+            for end in start + 1..=start + 19 {
+                assert_eq!(
+                    checked_run_value(line, start, end),
+                    read_digits_bytewise(&line[..end], start).1,
+                    "{start}..{end}"
+                );
+            }
+        }
+        let short_end = b"1,2,3,pv,1511539,7";
+        assert_eq!(checked_run_value(short_end, 9, 16), 1_511_539);
+        assert_eq!(checked_run_value(short_end, 17, 18), 7);
+        assert_eq!(checked_run_value(b"0000000000000000000,", 0, 19), 0);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(5000))]
+
+        #[test]
+        fn non_digit_mask_matches_bytewise(
+            line in prop::collection::vec(
+                prop_oneof![6 => b'0'..=b'9', 1 => any::<u8>(), 1 => Just(b',')],
+                8..=64,
+            ),
+        ) {
+            let expected = line
+                .iter()
+                .enumerate()
+                .filter(|(_, byte)| !byte.is_ascii_digit())
+                .fold(0u64, |mask, (position, _)| mask | 1 << position);
+            prop_assert_eq!(non_digit_mask(&line), expected);
+        }
+
+        #[test]
+        fn checked_runs_match_bytewise_reading(
+            prefix in "[0-9,]{0,30}",
+            digits in "[0-9]{1,19}",
+            suffix in "[0-9,a-z]{0,30}",
+        ) {
+            let line = format!("{prefix},{digits},{suffix}");
+            prop_assume!(line.len() >= 16);
+            let start = prefix.len() + 1;
+            let end = start + digits.len();
+            prop_assert_eq!(
+                checked_run_value(line.as_bytes(), start, end),
+                read_digits_bytewise(line.as_bytes(), start).1,
+                "{}", line
+            );
+        }
 
         #[test]
         fn runs_match_bytewise_reading(
@@ -240,7 +424,9 @@ mod tests {
             ),
             start in 0usize..50,
         ) {
-            prop_assert_eq!(read_digits(&line, start), read_digits_bytewise(&line, start));
+            let expected = read_digits_bytewise(&line, start);
+            prop_assert_eq!(read_digits(&line, start), expected);
+            prop_assert_eq!(read_run(&line, start), expected);
         }
     }
 }
