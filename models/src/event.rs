@@ -214,13 +214,19 @@ pub enum Behavior {
 impl Behavior {
     /// Parses a behaviour name or one of the contract's aliases (case-sensitive, lower case).
     pub fn parse(name: &str) -> Option<Behavior> {
+        Behavior::parse_bytes(name.as_bytes())
+    }
+
+    /// Parses the bytes of a behaviour name or alias, as [`Behavior::parse`] does. Readers use
+    /// it to skip the UTF-8 check of the name, because every name is ASCII.
+    pub fn parse_bytes(name: &[u8]) -> Option<Behavior> {
         Some(match name {
-            "view" | "pv" | "click" | "detail" => Behavior::View,
-            "cart" | "addtocart" | "add_to_cart" => Behavior::Cart,
-            "fav" | "favorite" | "like" => Behavior::Fav,
-            "buy" | "purchase" | "transaction" | "order" => Behavior::Buy,
-            "search" => Behavior::Search,
-            "remove_from_cart" => Behavior::RemoveFromCart,
+            b"view" | b"pv" | b"click" | b"detail" => Behavior::View,
+            b"cart" | b"addtocart" | b"add_to_cart" => Behavior::Cart,
+            b"fav" | b"favorite" | b"like" => Behavior::Fav,
+            b"buy" | b"purchase" | b"transaction" | b"order" => Behavior::Buy,
+            b"search" => Behavior::Search,
+            b"remove_from_cart" => Behavior::RemoveFromCart,
             _ => return None,
         })
     }

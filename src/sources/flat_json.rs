@@ -126,7 +126,7 @@ impl EventFields {
 
     /// Returns the event, or `None` when a required field is missing. An absent or null item
     /// is an empty text id, as in the full reader.
-    #[inline]
+    #[inline(always)]
     fn into_event(self, line_no: u64) -> Option<Event> {
         Some(Event {
             ts_ms: self.ts_ms?,
@@ -164,8 +164,62 @@ struct Layout {
     /// For each value, the end in `text` of the text before it, and its field, or `None` for
     /// a key that events do not use.
     values: Vec<(usize, Option<Field>)>,
-    /// Whether `text` and `values` describe a line that was read to its end.
-    complete: bool,
+    /// The text before each value, in the order of `values`, then the text after the last
+    /// value, prepared for comparing. Empty until `text` and `values` describe a line that was
+    /// read to its end.
+    segments: Vec<Segment>,
+}
+
+/// A piece of a layout's text, with its first 16 bytes kept as two words so that it is
+/// compared with two word loads instead of a `memcmp` call.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    /// Start of the piece in [`Layout::text`].
+    start: usize,
+    /// Length of the piece in bytes.
+    length: usize,
+    /// The first 16 bytes of the piece as little-endian words, zero past its end.
+    words: [u64; 2],
+    /// Masks of the bytes of `words` that belong to the piece.
+    masks: [u64; 2],
+    /// The field of the value after the piece, or `None` for an unused key and for the text
+    /// after the last value.
+    field: Option<Field>,
+}
+
+impl Segment {
+    fn new(text: &[u8], start: usize, end: usize, field: Option<Field>) -> Segment {
+        let piece = &text[start..end];
+        let mut bytes = [0u8; 16];
+        let mut mask_bytes = [0u8; 16];
+        let prefix = piece.len().min(16);
+        bytes[..prefix].copy_from_slice(&piece[..prefix]);
+        mask_bytes[..prefix].fill(0xFF);
+        let word = |bytes: &[u8; 16], index: usize| {
+            u64::from_le_bytes(bytes[8 * index..8 * index + 8].try_into().expect("8 bytes"))
+        };
+        Segment {
+            start,
+            length: piece.len(),
+            words: [word(&bytes, 0), word(&bytes, 1)],
+            masks: [word(&mask_bytes, 0), word(&mask_bytes, 1)],
+            field,
+        }
+    }
+
+    /// Returns whether `line` contains the piece at `at`.
+    #[inline(always)]
+    fn matches(&self, text: &[u8], line: &[u8], at: usize) -> bool {
+        if self.length > 16 {
+            return line.get(at..at + self.length) == Some(&text[self.start..][..self.length]);
+        }
+        // Bytes past the end of the line load as zero. A layout's text is JSON punctuation,
+        // whitespace and keys without control characters, so it has no zero byte, and a
+        // line that ends inside the piece does not match.
+        let first = (digits::load_word(line, at) ^ self.words[0]) & self.masks[0];
+        let second = (digits::load_word(line, at + 8) ^ self.words[1]) & self.masks[1];
+        first | second == 0
+    }
 }
 
 impl FlatParser {
@@ -173,19 +227,67 @@ impl FlatParser {
     /// subset or its values need the full reader's checks and messages.
     #[inline]
     pub(crate) fn parse(&mut self, line: &[u8], line_no: u64) -> Option<Event> {
-        let fields = match self.layout.read_values(line) {
-            Lookup::Fields(fields) => fields,
-            Lookup::Invalid => return None,
-            Lookup::Other => scan_object(line, &mut self.layout)?,
-        };
+        let mut fields = EventFields::default();
+        self.read_fields(line, &mut fields)?;
         fields.into_event(line_no)
     }
+
+    /// Pushes the event of a flat JSON object line onto `events` and returns `true`, or
+    /// returns `false` and leaves `events` unchanged where [`FlatParser::parse`] returns `None`.
+    #[inline]
+    pub(crate) fn parse_into(
+        &mut self,
+        line: &[u8],
+        line_no: u64,
+        events: &mut Vec<Event>,
+    ) -> bool {
+        let mut fields = EventFields::default();
+        if self.read_fields(line, &mut fields).is_none() {
+            return false;
+        }
+        // Reserving before the event is built lets the compiler write its fields straight into
+        // the vector instead of building it on the stack and copying it.
+        events.reserve(1);
+        let Some(event) = fields.into_event(line_no) else {
+            return false;
+        };
+        events.spare_capacity_mut()[0].write(event);
+        // SAFETY: the slot at `len` is within the capacity reserved above, and the line above
+        // initialised it.
+        unsafe { events.set_len(events.len() + 1) };
+        true
+    }
+
+    /// Reads the fields of a line into `fields`, which must be empty. Returns `None` where
+    /// [`FlatParser::parse`] does.
+    #[inline(always)]
+    fn read_fields(&mut self, line: &[u8], fields: &mut EventFields) -> Option<()> {
+        // The fields are filled in place: moving them (about 150 bytes) took a `memcpy` call.
+        match self.layout.read_values(line, fields) {
+            Lookup::Fields => Some(()),
+            Lookup::Invalid => None,
+            Lookup::Other => {
+                *fields = EventFields::default();
+                scan_object(line, &mut self.layout, fields)
+            }
+        }
+    }
+}
+
+/// The outcome of reading one value of a line with a known layout.
+enum Read {
+    /// The value was stored in the line's fields.
+    Stored,
+    /// The value is outside the subset, needs the full reader, or repeats its field.
+    Invalid,
+    /// The value is not a scalar of the subset, so the line may have another layout.
+    Other,
 }
 
 /// The outcome of reading a line with a known layout.
 enum Lookup {
-    /// The line has the layout, and these are its fields.
-    Fields(EventFields),
+    /// The line has the layout, and its fields were read.
+    Fields,
     /// The line has the layout, but a value is outside the subset or needs the full reader.
     Invalid,
     /// The line has another layout, or none is known.
@@ -193,51 +295,62 @@ enum Lookup {
 }
 
 impl Layout {
-    /// Reads the values of `line` if the line has this layout.
+    /// Reads the values of `line` into `fields` if the line has this layout.
     #[inline]
-    fn read_values(&self, line: &[u8]) -> Lookup {
-        if !self.complete {
+    fn read_values(&self, line: &[u8], fields: &mut EventFields) -> Lookup {
+        let Some((tail, pieces)) = self.segments.split_last() else {
             return Lookup::Other;
-        }
+        };
         let mut scanner = Scanner { bytes: line, at: 0 };
-        let mut fields = EventFields::default();
-        let mut text_start = 0;
-        for &(text_end, field) in &self.values {
-            let expected = &self.text[text_start..text_end];
-            if line.get(scanner.at..scanner.at + expected.len()) != Some(expected) {
+        for segment in pieces {
+            if !segment.matches(&self.text, line, scanner.at) {
                 return Lookup::Other;
             }
-            scanner.at += expected.len();
-            text_start = text_end;
-            let Some(value) = scanner.scalar() else {
-                return Lookup::Other;
-            };
-            if let Some(field) = field {
-                if fields.set(field, value).is_none() {
-                    return Lookup::Invalid;
+            scanner.at += segment.length;
+            let Some(field) = segment.field else {
+                if scanner.scalar().is_none() {
+                    return Lookup::Other;
                 }
+                continue;
+            };
+            match scanner.read_field(field, fields) {
+                Read::Stored => {}
+                Read::Invalid => return Lookup::Invalid,
+                Read::Other => return Lookup::Other,
             }
         }
-        if line.get(scanner.at..) != Some(&self.text[text_start..]) {
+        if line.len() - scanner.at != tail.length || !tail.matches(&self.text, line, scanner.at) {
             return Lookup::Other;
         }
-        Lookup::Fields(fields)
+        Lookup::Fields
+    }
+
+    /// Prepares the pieces of text of a line that was read to its end, for comparing.
+    fn finish(&mut self) {
+        self.segments.clear();
+        let mut start = 0;
+        for &(end, field) in &self.values {
+            self.segments
+                .push(Segment::new(&self.text, start, end, field));
+            start = end;
+        }
+        self.segments
+            .push(Segment::new(&self.text, start, self.text.len(), None));
     }
 
     fn clear(&mut self) {
         self.text.clear();
         self.values.clear();
-        self.complete = false;
+        self.segments.clear();
     }
 }
 
 /// Tokenizes a flat object line, converting its fields, and records its layout in `layout`.
 /// Returns `None` for a line outside the subset, and leaves `layout` incomplete then. A line
 /// whose value needs the full reader also returns `None`, but its layout is still recorded.
-fn scan_object(line: &[u8], layout: &mut Layout) -> Option<EventFields> {
+fn scan_object(line: &[u8], layout: &mut Layout, fields: &mut EventFields) -> Option<()> {
     layout.clear();
     let mut scanner = Scanner { bytes: line, at: 0 };
-    let mut fields = EventFields::default();
     let mut valid = true;
     // End of the last value read, where the text before the next value starts.
     let mut text_start = 0;
@@ -280,8 +393,8 @@ fn scan_object(line: &[u8], layout: &mut Layout) -> Option<EventFields> {
         return None;
     }
     layout.text.extend_from_slice(&line[text_start..]);
-    layout.complete = true;
-    valid.then_some(fields)
+    layout.finish();
+    valid.then_some(())
 }
 
 /// Returns the id of a value as the full reader builds it: an integer that fits in 128 bits
@@ -383,6 +496,83 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Reads the value of `field` into `fields`. The usual values, a non-negative integer of
+    /// at most 19 digits for an id or `ts` and a behaviour name, are read without building a
+    /// [`Scalar`]. Others go through [`Scanner::scalar`] and [`EventFields::set`].
+    #[inline(always)]
+    fn read_field(&mut self, field: Field, fields: &mut EventFields) -> Read {
+        let bit = 1 << field as u16;
+        if fields.seen & bit == 0 {
+            match field {
+                Field::User | Field::Item | Field::Category | Field::Ts => {
+                    if let Some(value) = self.plain_integer() {
+                        fields.seen |= bit;
+                        match field {
+                            Field::User => fields.user = Some(Id::from(value)),
+                            Field::Item => fields.item = Some(Id::from(value)),
+                            Field::Category => fields.category = Some(Id::from(value)),
+                            _ => match time::epoch_millis(u128::from(value)) {
+                                Ok(ts_ms) => fields.ts_ms = Some(ts_ms),
+                                Err(_) => return Read::Invalid,
+                            },
+                        }
+                        return Read::Stored;
+                    }
+                }
+                Field::Behavior => {
+                    if let Some(behavior) = self.behavior_name() {
+                        fields.seen |= bit;
+                        fields.behavior = Some(behavior);
+                        return Read::Stored;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(value) = self.scalar() else {
+            return Read::Other;
+        };
+        match fields.set(field, value) {
+            Some(()) => Read::Stored,
+            None => Read::Invalid,
+        }
+    }
+
+    /// Reads a non-negative integer of 1 to 19 digits without a fraction or an exponent, and
+    /// moves past it. Returns `None`, without moving, for any other value.
+    #[inline(always)]
+    fn plain_integer(&mut self) -> Option<u64> {
+        let (count, value) = digits::read_run(self.bytes, self.at);
+        // JSON allows no leading zero, so a number that starts with 0 is the 0 alone.
+        if count == 0 || count > 19 || (count > 1 && self.bytes[self.at] == b'0') {
+            return None;
+        }
+        if matches!(self.bytes.get(self.at + count), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        self.at += count;
+        Some(value)
+    }
+
+    /// Reads a string that is one of the behaviour names and moves past it. Returns `None`,
+    /// without moving, for any other value.
+    #[inline(always)]
+    fn behavior_name(&mut self) -> Option<Behavior> {
+        /// Length of the longest behaviour name, `remove_from_cart`.
+        const MAX_NAME: usize = 16;
+        let rest = self.bytes.get(self.at..)?;
+        if rest.first() != Some(&b'"') {
+            return None;
+        }
+        let window = &rest[1..rest.len().min(MAX_NAME + 2)];
+        let length = window.iter().position(|&byte| byte == b'"')?;
+        // A name that matches has no escape or control character, so the quote found is the
+        // closing one, and the string is valid UTF-8 because the names are ASCII.
+        let behavior = Behavior::parse_bytes(&window[..length])?;
+        self.at += length + 2;
+        Some(behavior)
+    }
+
     /// Reads an integer; a fraction or an exponent is left to the full reader.
     #[inline(always)]
     fn integer(&mut self) -> Option<Scalar<'a>> {
@@ -482,8 +672,10 @@ mod tests {
         let next = usual("\"u-7\"", "null", "\"buy\"", "\"2017-11-25T08:00:00Z\"");
         assert!(
             matches!(
-                parser.layout.read_values(next.as_bytes()),
-                Lookup::Fields(_)
+                parser
+                    .layout
+                    .read_values(next.as_bytes(), &mut EventFields::default()),
+                Lookup::Fields
             ),
             "{next} has the layout of {first}"
         );
@@ -760,7 +952,11 @@ mod tests {
                 let (first, second) = strategy.new_tree(&mut runner).unwrap().current();
                 let mut parser = FlatParser::default();
                 parser.parse(first.as_bytes(), 1);
-                !matches!(parser.layout.read_values(second.as_bytes()), Lookup::Other)
+                let mut fields = EventFields::default();
+                !matches!(
+                    parser.layout.read_values(second.as_bytes(), &mut fields),
+                    Lookup::Other
+                )
             })
             .count();
         assert!(

@@ -39,13 +39,10 @@ impl LineParser for JsonlParser {
         if line.trim_ascii().is_empty() {
             return Pushed::Skip;
         }
-        match self.flat.parse(line, line_no) {
-            Some(event) => {
-                events.push(event);
-                Pushed::Event
-            }
-            None => self.parse_full(line_no, line).push_into(events),
+        if self.flat.parse_into(line, line_no, events) {
+            return Pushed::Event;
         }
+        self.parse_full(line_no, line).push_into(events)
     }
 }
 
