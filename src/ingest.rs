@@ -188,6 +188,13 @@ pub fn spawn_split_reader(
         .spawn(move || {
             let mut counts = LineCounts::default();
             for path in &paths {
+                if crate::shutdown::requested() {
+                    tracing::info!(
+                        input = input_name(path),
+                        "shutdown requested: the input is not read"
+                    );
+                    continue;
+                }
                 let source = SourceProgress {
                     bytes: &progress,
                     metrics: metrics.source(input_name(path)),
@@ -294,16 +301,44 @@ fn read_one(
     let mut batch = Vec::with_capacity(BATCH);
     let mut splitter = LineSplitter::new(reader);
     let limit = splitter.max_line_bytes();
+    // On a shutdown, standard input ends by itself after the last line taken from the pipe
+    // (see `sources::stdin_cut_by_shutdown`). A file stops at the next batch.
+    let is_stdin = path == "-";
     loop {
-        let next = splitter
-            .next_line()
-            .map_err(|error| format!("failed reading {name}: {error}"))?;
+        let cut_before = is_stdin && sources::stdin_cut_by_shutdown();
+        let next = match splitter.next_line() {
+            Ok(next) => next,
+            // A gzip stream cut by the shutdown ends in the middle of a member.
+            Err(error) if is_stdin && sources::stdin_cut_by_shutdown() => {
+                tracing::warn!(
+                    input = name,
+                    %error,
+                    "shutdown requested: the rest of the compressed input is not read"
+                );
+                break;
+            }
+            Err(error) => return Err(format!("failed reading {name}: {error}")),
+        };
         let Some(line) = next else { break };
-        let pushed = count_and_parse(&mut *parser, line, limit, counts, &mut batch);
+        let pushed = if is_stdin && !cut_before && sources::stdin_cut_by_shutdown() {
+            // The shutdown, not a newline, ended this line, so its end may be missing.
+            counts.lines += 1;
+            counts.bytes += line.bytes.len() as u64;
+            Pushed::Bad(BadRecord::new(
+                line.number,
+                "line not finished when the shutdown was requested",
+                line.bytes,
+            ))
+        } else {
+            count_and_parse(&mut *parser, line, limit, counts, &mut batch)
+        };
         if counts.lines.is_multiple_of(65_536) {
             progress
                 .bytes
                 .store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
+            if !is_stdin && stop_for_shutdown(name, counts) {
+                break;
+            }
         }
         match pushed {
             Pushed::Event => {
@@ -313,6 +348,9 @@ fn read_one(
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
                     if sender.send(Chunk::Events(full, counts.clone())).is_err() {
                         return Ok(());
+                    }
+                    if !is_stdin && stop_for_shutdown(name, counts) {
+                        break;
                     }
                 }
             }
@@ -340,6 +378,19 @@ fn read_one(
         let _ = sender.send(Chunk::Events(batch, counts.clone()));
     }
     Ok(())
+}
+
+/// Returns whether a shutdown was requested, logging where the reader stops reading `name`.
+fn stop_for_shutdown(name: &str, counts: &LineCounts) -> bool {
+    let requested = crate::shutdown::requested();
+    if requested {
+        tracing::info!(
+            input = name,
+            lines = counts.lines,
+            "shutdown requested: the rest of the input is not read"
+        );
+    }
+    requested
 }
 
 /// Bad records at the start of an input, with no event among them, after which the reader

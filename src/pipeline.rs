@@ -1198,20 +1198,16 @@ fn feed_input(
             let stream_arrival = shared.order == ReplayOrder::Arrival;
             let mut out_of_order = 0u64;
             let mut newest = i64::MIN;
-            let mut read_so_far = LineCounts::default();
+            let mut shutdown_seen = false;
             if stream_arrival {
                 feed_alone();
             }
             loop {
-                let Some(chunk) = receive_or_shutdown(worker, &mut feeder, &receiver)? else {
-                    counts = read_so_far;
-                    break;
-                };
+                let chunk = receive_chunk(worker, &mut feeder, &receiver, &mut shutdown_seen)?;
                 let received = Instant::now();
                 progress.reading(shared.bytes_read.load(Ordering::Relaxed));
                 match chunk {
-                    Chunk::Events(events, so_far) if stream_arrival => {
-                        read_so_far = so_far;
+                    Chunk::Events(events, _) if stream_arrival => {
                         for event in events {
                             if event.ts_ms < newest {
                                 out_of_order += 1;
@@ -1228,8 +1224,7 @@ fn feed_input(
                         }
                         progress.processed(feeder.tally.sent);
                     }
-                    Chunk::Events(events, so_far) => {
-                        read_so_far = so_far;
+                    Chunk::Events(events, _) => {
                         profiler.observe(&events);
                         buffered.push(events);
                     }
@@ -1362,20 +1357,23 @@ fn send_shared(
     progress.processed(plan.sent());
 }
 
-/// Receives the next chunk from the reader thread, answering user queries while it waits, or
-/// returns `None` once a shutdown is requested.
-fn receive_or_shutdown(
+/// Receives the next chunk from the reader thread, answering user queries while it waits.
+///
+/// A shutdown request ends the input at the reader, which then sends what it has read and
+/// its counts, so the chunks are received to the reader's last one even after the request.
+fn receive_chunk(
     worker: &mut timely::worker::Worker,
     feeder: &mut Feeder<'_>,
     receiver: &crossbeam_channel::Receiver<Chunk>,
-) -> Result<Option<Chunk>, String> {
+    shutdown_seen: &mut bool,
+) -> Result<Chunk, String> {
     loop {
-        if crate::shutdown::requested() {
+        if !*shutdown_seen && crate::shutdown::requested() {
+            *shutdown_seen = true;
             tracing::info!("shutdown requested: the input is treated as ended");
-            return Ok(None);
         }
         match feeder.hooks.receive_timeout(receiver, SHUTDOWN_POLL) {
-            Ok(chunk) => return Ok(Some(chunk)),
+            Ok(chunk) => return Ok(chunk),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 // A new user table applies while the input is idle.
                 feeder.attributes.poll(*feeder.input.time());

@@ -50,19 +50,19 @@ fn stdin_end_closes_windows() {
     }
 }
 
-#[test]
-fn sigterm_mid_stream_keeps_read_events() {
-    let folder = tempfile::tempdir().unwrap();
+/// Writes the first 2,100 lines of the case input to `folder` and runs `veer run` on them as
+/// a file with 4 workers. Returns those lines and the path of the run's alert file.
+fn head_and_reference(folder: &std::path::Path) -> (String, std::path::PathBuf) {
     let text = std::fs::read_to_string(case_file(CASE, "input.jsonl")).unwrap();
     let head: String = text
         .lines()
         .take(2100)
         .map(|line| format!("{line}\n"))
         .collect();
-    let head_path = folder.path().join("head.jsonl");
+    let head_path = folder.join("head.jsonl");
     std::fs::write(&head_path, &head).unwrap();
 
-    let reference = folder.path().join("ref.jsonl");
+    let reference = folder.join("ref.jsonl");
     let args = [
         "run",
         "--input",
@@ -74,6 +74,13 @@ fn sigterm_mid_stream_keeps_read_events() {
     ];
     let (code, _) = Server::start(&args, 0).wait_exit(30);
     assert_eq!(code, 0);
+    (head, reference)
+}
+
+#[test]
+fn sigterm_mid_stream_keeps_read_events() {
+    let folder = tempfile::tempdir().unwrap();
+    let (head, reference) = head_and_reference(folder.path());
 
     let alerts = folder.path().join("b.jsonl");
     let args = [
@@ -204,6 +211,20 @@ fn sigterm_with_silent_client_frees_port() {
 #[test]
 fn sigterm_with_blocked_stdin_exits() {
     let folder = tempfile::tempdir().unwrap();
+    let reference = folder.path().join("ref.jsonl");
+    let input = case_file(CASE, "input.jsonl");
+    let args = [
+        "run",
+        "--input",
+        input.to_str().unwrap(),
+        "--order",
+        "arrival",
+        "--alerts",
+        reference.to_str().unwrap(),
+    ];
+    let (code, _) = Server::start(&args, 0).wait_exit(30);
+    assert_eq!(code, 0);
+
     let alerts = folder.path().join("alerts.jsonl");
     let args = [
         "run",
@@ -215,7 +236,7 @@ fn sigterm_with_blocked_stdin_exits() {
         alerts.to_str().unwrap(),
     ];
     let mut server = Server::start_with_stdin(&args, 0, Stdio::piped());
-    let text = std::fs::read_to_string(case_file(CASE, "input.jsonl")).unwrap();
+    let text = std::fs::read_to_string(&input).unwrap();
     let mut stdin = server.child.stdin.take().unwrap();
     stdin.write_all(text.as_bytes()).unwrap();
     stdin.flush().unwrap();
@@ -225,11 +246,57 @@ fn sigterm_with_blocked_stdin_exits() {
     drop(stdin);
     assert_eq!(code, 0, "{}", server.log());
     assert!(took < Duration::from_secs(5), "took {took:?}");
-    assert!(server.log().contains("input is treated as ended"));
-    // The reader sent all 3,000 lines in batches before the signal, except its last batch.
-    let lines = summary_count(&server.log(), "lines read");
-    assert!(lines <= 3000, "{lines}");
-    read_json_lines(&alerts);
+    let log = server.log();
+    assert!(log.contains("input is treated as ended"), "{log}");
+    // All 3,000 lines were in the pipe before the signal, fewer than one reader batch of
+    // 4,096, and none may be dropped.
+    assert_eq!(summary_count(&log, "lines read"), 3000, "{log}");
+    assert_eq!(summary_count(&log, "events"), 3000, "{log}");
+    let ids = alert_ids(&alerts);
+    assert!(!ids.is_empty());
+    assert_eq!(ids, alert_ids(&reference));
+}
+
+#[test]
+fn sigterm_counts_unfinished_stdin_line() {
+    let folder = tempfile::tempdir().unwrap();
+    let (head, reference) = head_and_reference(folder.path());
+
+    // The default order reads standard input to its end before the replay, so the signal
+    // ends the input. The 2,100 whole lines are events and the unfinished one is bad.
+    let alerts = folder.path().join("alerts.jsonl");
+    let dead = folder.path().join("dead.jsonl");
+    let args = [
+        "run",
+        "--input",
+        "-",
+        "--alerts",
+        alerts.to_str().unwrap(),
+        "--dead-letter",
+        dead.to_str().unwrap(),
+    ];
+    let mut server = Server::start_with_stdin(&args, 0, Stdio::piped());
+    let mut stdin = server.child.stdin.take().unwrap();
+    stdin.write_all(head.as_bytes()).unwrap();
+    stdin.write_all(br#"{"user":1600,"item":7,"category":4"#).unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    server.signal(libc::SIGTERM);
+    let (code, _) = server.wait_exit(10);
+    drop(stdin);
+    assert_eq!(code, 0, "{}", server.log());
+    let log = server.log();
+    assert_eq!(summary_count(&log, "lines read"), 2101, "{log}");
+    assert_eq!(summary_count(&log, "events"), 2100, "{log}");
+    assert_eq!(summary_count(&log, "bad"), 1, "{log}");
+    let records = read_json_lines(&dead);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["line"], 2101);
+    let reason = records[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("not finished"), "{reason}");
+    let ids = alert_ids(&alerts);
+    assert!(!ids.is_empty());
+    assert_eq!(ids, alert_ids(&reference));
 }
 
 #[test]

@@ -44,11 +44,13 @@ mod jsonl;
 mod lines;
 mod rees46;
 mod retailrocket;
+mod stdin;
 mod taobao;
 mod time;
 
 pub use item_catalog::ItemCatalog;
 pub use lines::{Line, LineSplitter, DEFAULT_MAX_LINE_BYTES};
+pub use stdin::cut_by_shutdown as stdin_cut_by_shutdown;
 
 /// Size of the read buffer of [`open_input`]. A large buffer keeps most lines on the fast path
 /// of [`LineSplitter`], which returns lines in place without copying.
@@ -291,11 +293,14 @@ pub enum SourceError {
 
 /// Opens a file, or stdin for `-`, and decodes it when it is gzip.
 ///
+/// Standard input ends early when a shutdown is requested (see [`stdin_cut_by_shutdown`]).
+///
 /// Gzip is recognised by its magic bytes `1f 8b`, whatever the file name, and concatenated
 /// gzip members are read one after the other. Errors name the path.
 pub fn open_input(path: &str) -> io::Result<Box<dyn BufRead + Send>> {
     if path == "-" {
-        return wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, io::stdin()));
+        let stdin = stdin::StdinUntilShutdown::new();
+        return wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, stdin));
     }
     let file = File::open(path)
         .map_err(|error| io::Error::new(error.kind(), format!("cannot open {path}: {error}")))?;
