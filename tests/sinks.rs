@@ -71,6 +71,22 @@ impl Receiver {
         serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
+    /// Waits up to 10 s for at least `expected` whole lines in `requests.jsonl`, because the
+    /// receiver logs a request that the sender gave up on (a timeout) only when it handles it.
+    /// Returns the count of requests logged.
+    fn requests_logged(&self, expected: u64) -> u64 {
+        let started = Instant::now();
+        loop {
+            let path = self.out.join("requests.jsonl");
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let logged = text.matches('\n').count() as u64;
+            if logged >= expected || started.elapsed() > Duration::from_secs(10) {
+                return logged;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn requests(&self) -> Vec<Value> {
         std::fs::read_to_string(self.out.join("requests.jsonl"))
             .unwrap_or_default()
@@ -230,6 +246,7 @@ fn webhook_flaky_receiver_gets_each_alert() {
     assert_eq!(run.status, 0, "{}", run.stderr);
     check_flaky_delivery(&receiver, &reference);
     assert_eq!(receiver.summary()["requests"], 9);
+    assert_eq!(webhook_count(&run.stderr, "attempts"), 9, "{}", run.stderr);
     assert_eq!(std::fs::read_to_string(&dead).unwrap_or_default(), "");
     assert_eq!(alert_ids(&folder.path().join("file.jsonl")), reference);
     assert!(
@@ -309,6 +326,14 @@ fn webhook_down_receiver_dead_letters() {
     assert_eq!(alert_ids(&folder.path().join("file.jsonl")), reference);
     let requests = receiver.summary()["requests"].as_u64().unwrap();
     assert!(requests <= 5 * max_attempts, "{requests} requests");
+    // Every attempt the summary counts is a request that reached the receiver.
+    let attempts = webhook_count(&run.stderr, "attempts");
+    assert_eq!(
+        receiver.requests_logged(attempts),
+        attempts,
+        "{}",
+        run.stderr
+    );
     assert_eq!(webhook_count(&run.stderr, "dead-lettered"), 5);
     assert_eq!(webhook_count(&run.stderr, "lost"), 0);
 }
