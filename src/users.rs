@@ -26,7 +26,8 @@ use veer_operators::state::DetectHandle;
 /// One update of the attribute collection: a row, its event time and +1 or -1.
 pub type AttributeUpdate = (AttributeRow, u64, isize);
 
-/// Reads and parses the table, logging its counts and every duplicate and invalid value.
+/// Reads and parses the table, logging its counts and every duplicate, invalid value and
+/// skipped row.
 ///
 /// Returns an error when the file cannot be read or has no `user` column; problems in single
 /// rows are logged and never fatal.
@@ -70,12 +71,21 @@ fn log_report(path: &Path, table: &AttributeTable, report: &LoadReport) {
             "invalid value in the user table; it is treated as unknown"
         );
     }
+    for skipped in &report.skipped {
+        tracing::warn!(
+            %file,
+            line = skipped.line,
+            reason = %skipped.reason,
+            "row skipped in the user table"
+        );
+    }
     tracing::info!(
         %file,
         rows = report.rows,
         users = table.len(),
         duplicates = report.duplicates.len(),
         invalid = report.invalid.len(),
+        skipped = report.skipped.len(),
         "user table loaded"
     );
 }

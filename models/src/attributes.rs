@@ -108,13 +108,21 @@ pub struct InvalidValue {
     pub value: String,
 }
 
+/// A row left out of the table because it has no user id or cannot be parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SkippedRow {
+    pub line: u64,
+    pub reason: String,
+}
+
 /// Counts and problems of one load, for the log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LoadReport {
-    /// Data rows read (not counting the header or blank lines).
+    /// Data rows read (not counting the header or blank lines), skipped rows included.
     pub rows: u64,
     pub duplicates: Vec<DuplicateUser>,
     pub invalid: Vec<InvalidValue>,
+    pub skipped: Vec<SkippedRow>,
 }
 
 /// A table that cannot be read at all.
@@ -124,6 +132,16 @@ pub enum AttributeError {
     MissingUserColumn,
     #[error("line {line}: {detail}")]
     InvalidLine { line: u64, detail: String },
+}
+
+impl AttributeError {
+    /// Returns the error's text without its line number.
+    fn detail(&self) -> String {
+        match self {
+            AttributeError::InvalidLine { detail, .. } => detail.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Attributes by user.
@@ -137,6 +155,9 @@ pub struct AttributeTable {
 impl AttributeTable {
     /// Parses a whole table, CSV with a header or JSON lines (detected from the first
     /// non-blank character, `{` for JSON).
+    ///
+    /// Only a CSV header without a `user` column is an error. A row without a user id, or a
+    /// JSON line that is not an object, is left out and listed in the report's `skipped`.
     pub fn parse(text: &str) -> Result<(AttributeTable, LoadReport), AttributeError> {
         let json = text.trim_start().starts_with('{');
         let mut table = AttributeTable::default();
@@ -150,7 +171,17 @@ impl AttributeTable {
                 continue;
             }
             let fields: Vec<(String, Option<String>)> = if json {
-                json_fields(line, number)?
+                match json_fields(line, number) {
+                    Ok(fields) => fields,
+                    Err(error) => {
+                        report.rows += 1;
+                        report.skipped.push(SkippedRow {
+                            line: number,
+                            reason: error.detail(),
+                        });
+                        continue;
+                    }
+                }
             } else if let Some(names) = &header {
                 let values = split_csv(line);
                 names
@@ -180,7 +211,14 @@ impl AttributeTable {
                 );
             }
             report.rows += 1;
-            let (user, attributes) = read_row(fields, number, &mut report)?;
+            let Some(user) = row_user(&fields) else {
+                report.skipped.push(SkippedRow {
+                    line: number,
+                    reason: "missing user id".into(),
+                });
+                continue;
+            };
+            let attributes = read_attributes(fields, number, &mut report);
             if let Some(earlier_line) = lines_of.insert(user.clone(), number) {
                 report.duplicates.push(DuplicateUser {
                     user: user.clone(),
@@ -296,12 +334,19 @@ impl AttributeHistory {
     }
 }
 
-fn read_row(
+/// Returns the row's user id, or `None` when the `user` field is missing or blank.
+fn row_user(fields: &[(String, Option<String>)]) -> Option<Id> {
+    let (_, value) = fields.iter().find(|(column, _)| column == "user")?;
+    let value = value.as_deref()?.trim();
+    (!value.is_empty()).then(|| Id::from_field(value))
+}
+
+/// Reads the attributes of one row, recording values that cannot be read in `report`.
+fn read_attributes(
     fields: Vec<(String, Option<String>)>,
     line: u64,
     report: &mut LoadReport,
-) -> Result<(Id, UserAttributes), AttributeError> {
-    let mut user = None;
+) -> UserAttributes {
     let mut attributes = UserAttributes::default();
     for (column, value) in fields {
         let Some(value) = value.map(|value| value.trim().to_string()) else {
@@ -311,7 +356,7 @@ fn read_row(
             continue;
         }
         match column.as_str() {
-            "user" => user = Some(Id::from_field(&value)),
+            "user" => {}
             "age" => match Age::parse(&value) {
                 Some(age) => attributes.age = Some(age),
                 None => report.invalid.push(InvalidValue {
@@ -327,11 +372,7 @@ fn read_row(
             }
         }
     }
-    let user = user.ok_or_else(|| AttributeError::InvalidLine {
-        line,
-        detail: "missing user id".into(),
-    })?;
-    Ok((user, attributes))
+    attributes
 }
 
 /// Returns the fields of one JSON object line. Numbers become their text and `null` unknown.
@@ -535,15 +576,37 @@ mod tests {
     }
 
     #[test]
-    fn row_without_user_is_rejected() {
-        let error = AttributeTable::parse("user,age\n,30\n").unwrap_err();
+    fn row_without_user_is_skipped() {
+        let (table, report) = AttributeTable::parse("user,age\n,30\n  ,31\n2,40\n").unwrap();
+        assert_eq!(table.len(), 1);
+        assert!(table.get(&Id::from_field("2")).is_some());
+        assert_eq!(report.rows, 3);
         assert_eq!(
-            error,
-            AttributeError::InvalidLine {
-                line: 2,
-                detail: "missing user id".into()
-            }
+            report.skipped,
+            vec![
+                SkippedRow {
+                    line: 2,
+                    reason: "missing user id".into()
+                },
+                SkippedRow {
+                    line: 3,
+                    reason: "missing user id".into()
+                },
+            ]
         );
+    }
+
+    #[test]
+    fn unreadable_json_row_is_skipped() {
+        let lines = "{\"user\":1,\"age\":30}\n{\"user\":2,\n[3]\n{\"age\":40}\n{\"user\":4}\n";
+        let (table, report) = AttributeTable::parse(lines).unwrap();
+        assert_eq!(table.len(), 2);
+        assert_eq!(report.rows, 5);
+        let lines: Vec<u64> = report.skipped.iter().map(|row| row.line).collect();
+        assert_eq!(lines, vec![2, 3, 4]);
+        assert!(report.skipped[0].reason.starts_with("invalid JSON"));
+        assert_eq!(report.skipped[1].reason, "expected a JSON object");
+        assert_eq!(report.skipped[2].reason, "missing user id");
     }
 
     #[test]
