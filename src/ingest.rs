@@ -69,32 +69,93 @@ pub enum Chunk {
 /// The dead-letter output: one JSON object per bad or late line.
 #[derive(Clone)]
 pub struct DeadLetter {
-    inner: Arc<Mutex<Option<BufWriter<File>>>>,
+    inner: Arc<Mutex<Option<DeadLetterFile>>>,
+}
+
+/// An open dead-letter file, and what was lost after it could not be written.
+struct DeadLetterFile {
+    writer: BufWriter<File>,
+    path: PathBuf,
+    /// The first write or flush error; records after it are counted, not written.
+    error: Option<String>,
+    /// Records not written because of `error`.
+    unwritten: u64,
+}
+
+impl DeadLetterFile {
+    /// Keeps the first error and logs it once, so a full disk does not log one line per record.
+    fn fail(&mut self, error: std::io::Error) {
+        if self.error.is_none() {
+            tracing::error!(
+                path = %self.path.display(),
+                %error,
+                "cannot write the dead-letter file; later records are counted but not written"
+            );
+            self.error = Some(error.to_string());
+        }
+    }
+}
+
+/// A dead-letter file that could not be written: the run ends with an error naming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterFailure {
+    pub path: PathBuf,
+    pub error: String,
+    /// Records not written after the error (records still in the buffer when it happened are
+    /// lost as well and not counted here).
+    pub unwritten: u64,
+}
+
+impl std::fmt::Display for DeadLetterFailure {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "the dead-letter file {} could not be written ({}): {} bad or late records after the \
+             error are missing from it, and records buffered before it may be missing too",
+            self.path.display(),
+            self.error,
+            self.unwritten
+        )
+    }
 }
 
 impl DeadLetter {
     /// Creates the dead-letter file, or a sink that only counts when `path` is `None`.
     pub fn create(path: Option<&Path>) -> anyhow::Result<DeadLetter> {
-        let writer = match path {
-            Some(path) => Some(BufWriter::new(File::create(path).map_err(|error| {
-                anyhow::anyhow!("cannot create dead-letter file {}: {error}", path.display())
-            })?)),
+        let file = match path {
+            Some(path) => Some(DeadLetterFile {
+                writer: BufWriter::new(File::create(path).map_err(|error| {
+                    anyhow::anyhow!("cannot create dead-letter file {}: {error}", path.display())
+                })?),
+                path: path.to_path_buf(),
+                error: None,
+                unwritten: 0,
+            }),
             None => None,
         };
         Ok(DeadLetter {
-            inner: Arc::new(Mutex::new(writer)),
+            inner: Arc::new(Mutex::new(file)),
         })
     }
 
-    fn write(&self, object: Map<String, Value>) {
-        let mut guard = self
-            .inner
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<DeadLetterFile>> {
+        self.inner
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(writer) = guard.as_mut() {
-            if let Err(error) = writeln!(writer, "{}", Value::Object(object)) {
-                tracing::error!(%error, "failed to write a dead-letter record");
-            }
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self, object: Map<String, Value>) {
+        let mut guard = self.lock();
+        let Some(file) = guard.as_mut() else {
+            return;
+        };
+        if file.error.is_some() {
+            file.unwritten += 1;
+            return;
+        }
+        if let Err(error) = writeln!(file.writer, "{}", Value::Object(object)) {
+            file.unwritten += 1;
+            file.fail(error);
         }
     }
 
@@ -133,15 +194,25 @@ impl DeadLetter {
 
     /// Flushes buffered records to the file.
     pub fn flush(&self) {
-        let mut guard = self
-            .inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(writer) = guard.as_mut() {
-            if let Err(error) = writer.flush() {
-                tracing::error!(%error, "failed to flush the dead-letter file");
+        let mut guard = self.lock();
+        if let Some(file) = guard.as_mut() {
+            if file.error.is_none() {
+                if let Err(error) = file.writer.flush() {
+                    file.fail(error);
+                }
             }
         }
+    }
+
+    /// Returns how the file failed, if a write or flush to it failed.
+    pub fn failure(&self) -> Option<DeadLetterFailure> {
+        let guard = self.lock();
+        let file = guard.as_ref()?;
+        Some(DeadLetterFailure {
+            path: file.path.clone(),
+            error: file.error.clone()?,
+            unwritten: file.unwritten,
+        })
     }
 }
 

@@ -149,6 +149,8 @@ pub struct RunSummary {
     pub resumed: Option<crate::checkpoint::ResumeInfo>,
     /// Checkpoints written.
     pub checkpoints: u64,
+    /// The dead-letter file's write failure, if it could not be written.
+    pub dead_letter_failure: Option<crate::ingest::DeadLetterFailure>,
 }
 
 impl RunSummary {
@@ -499,6 +501,7 @@ fn run_job(
         server.set_finished();
     }
     shared.dead_letter.flush();
+    summary.dead_letter_failure = shared.dead_letter.failure();
     summary.latency = shared.metrics.latency();
     summary.wall = started.elapsed();
     summary.sinks = sink_threads.finish();

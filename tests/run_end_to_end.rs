@@ -757,3 +757,43 @@ fn eval_rejects_zero_horizon() {
     let one_second = eval_with("1s");
     assert_eq!(one_second.status, 0, "{}", one_second.stderr);
 }
+
+/// A dead-letter file that cannot be written fails the run with one error naming the file,
+/// instead of an error line per record and exit code 0 (found with `--dead-letter /dev/full`).
+#[test]
+fn unwritable_dead_letter_fails_run() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipped: this system has no /dev/full");
+        return;
+    }
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let csv = write_taobao_rows(folder.path(), 1_500);
+    let alerts = folder.path().join("alerts.jsonl");
+    let run = run_veer_exact(&[
+        "run",
+        "--input",
+        arg(&csv),
+        "--format",
+        "jsonl",
+        "--alerts",
+        arg(&alerts),
+        "--dead-letter",
+        "/dev/full",
+        "--no-progress",
+    ]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the dead-letter file /dev/full could not be written"),
+        "no error naming the dead-letter file:\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr
+            .matches("cannot write the dead-letter file")
+            .count(),
+        1,
+        "the write error is not logged exactly once:\n{}",
+        run.stderr
+    );
+}
