@@ -21,6 +21,10 @@ pub(crate) struct CategoryGraph {
     index: HashMap<Id, u32>,
     /// Sessions that touched each category.
     sessions: Vec<u64>,
+    /// `1 / sqrt(sessions)` of each category, for the screen in
+    /// [`CategoryGraph::strongest_partners`]. Checkpoints leave it out, because `sessions`
+    /// determines it.
+    inverse_sqrt_sessions: Vec<f64>,
     /// Partners of each category with the sessions shared with them, in both directions. The
     /// first `strong_partners[category]` entries share at least `min_pair_sessions`, so a
     /// link refresh reads only those. Counts only grow, so an entry moves there once.
@@ -62,6 +66,7 @@ impl CategoryGraph {
         self.ids.push(category.clone());
         self.index.insert(category.clone(), at);
         self.sessions.push(0);
+        self.inverse_sqrt_sessions.push(f64::INFINITY);
         self.adjacency.push(Vec::new());
         self.strong_partners.push(0);
         self.links.push(Vec::new());
@@ -74,8 +79,13 @@ impl CategoryGraph {
     /// Adds sessions that touched `category` and marks it for the next link refresh.
     pub fn add_sessions(&mut self, category: &Id, count: u64) {
         let at = self.intern(category);
-        self.sessions[at as usize] += count;
+        self.set_sessions(at, self.sessions[at as usize] + count);
         self.mark_stale(at);
+    }
+
+    fn set_sessions(&mut self, at: u32, count: u64) {
+        self.sessions[at as usize] = count;
+        self.inverse_sqrt_sessions[at as usize] = 1.0 / (count as f64).sqrt();
     }
 
     fn mark_stale(&mut self, at: u32) {
@@ -191,14 +201,23 @@ impl CategoryGraph {
         // A running top few, so that a refresh neither collects nor selects among every
         // partner above the threshold.
         let mut top = TopPartners::new(config, &self.ids);
+        let own_scale = self.inverse_sqrt_sessions[category as usize];
+        let mut screen = top.screen();
         let strong = self.strong_partners[category as usize] as usize;
         for &(other, shared) in &self.adjacency[category as usize][..strong] {
+            // A division and a square root per partner cost more than the rest of the scan,
+            // so most partners are ruled out by an estimate made of two multiplications.
+            let estimate = shared as f64 * own_scale * self.inverse_sqrt_sessions[other as usize];
+            if estimate < screen {
+                continue;
+            }
             let other_sessions = self.sessions[other as usize];
             if other_sessions < floor {
                 continue;
             }
             let association = shared as f64 / ((own_sessions * other_sessions) as f64).sqrt();
             top.offer(association, other);
+            screen = top.screen();
         }
         top.into_partners()
     }
@@ -300,7 +319,7 @@ impl CategoryGraph {
         sessions.sort_unstable();
         for (category, count) in sessions {
             let at = graph.intern(&category);
-            graph.sessions[at as usize] = count;
+            graph.set_sessions(at, count);
         }
 
         let mut pairs: Vec<(Id, Id, u64)> = Vec::new();
@@ -361,6 +380,28 @@ impl<'a> TopPartners<'a> {
         b.0.total_cmp(&a.0)
             .then_with(|| self.ids[a.1 as usize].cmp(&self.ids[b.1 as usize]))
             .is_lt()
+    }
+
+    /// Returns a value below which an estimate of the association rules a partner out: the
+    /// association that `offer` requires, lowered by a relative margin of 1e-9.
+    ///
+    /// The estimate `shared * (1 / sqrt(own)) * (1 / sqrt(other))` and the association
+    /// `shared / sqrt(own * other)` are each within a few rounding steps (about 1e-15
+    /// relative) of the exact quotient, so a partner whose estimate falls below this value
+    /// would also be refused by `offer`. Returns minus infinity, which rules nothing out,
+    /// when the required association is not positive.
+    fn screen(&self) -> f64 {
+        let mut required = self.min_association;
+        if self.strongest.len() == self.keep {
+            if let Some(weakest) = self.strongest.last() {
+                required = required.max(weakest.0);
+            }
+        }
+        if required > 0.0 {
+            required * (1.0 - 1e-9)
+        } else {
+            f64::NEG_INFINITY
+        }
     }
 
     fn offer(&mut self, association: f64, partner: u32) {
@@ -511,6 +552,60 @@ mod tests {
             grouped_windows > 30,
             "groups formed after {grouped_windows} of 60 windows"
         );
+    }
+
+    /// Returns the strongest partners of `category` from an association computed exactly for
+    /// every strong partner, with no screen.
+    fn partners_by_full_scan(
+        graph: &CategoryGraph,
+        category: u32,
+        config: &GroupConfig,
+    ) -> Vec<u32> {
+        let floor = u64::from(config.min_sessions);
+        let own_sessions = graph.sessions[category as usize];
+        if own_sessions < floor || config.links_per_category == 0 {
+            return Vec::new();
+        }
+        let mut top = TopPartners::new(config, &graph.ids);
+        let strong = graph.strong_partners[category as usize] as usize;
+        for &(other, shared) in &graph.adjacency[category as usize][..strong] {
+            let other_sessions = graph.sessions[other as usize];
+            if other_sessions >= floor {
+                let association = shared as f64 / ((own_sessions * other_sessions) as f64).sqrt();
+                top.offer(association, other);
+            }
+        }
+        top.into_partners()
+    }
+
+    #[test]
+    fn screened_partners_equal_a_full_scan() {
+        for (links_per_category, min_association) in [(3, 0.1), (1, 0.3), (5, 0.0)] {
+            let config = GroupConfig {
+                links_per_category,
+                min_association,
+                min_sessions: 1,
+                ..GroupConfig::default()
+            };
+            let mut model = PopulationModel::new(config.clone());
+            let mut linked = 0;
+            for delta in random_windows(11, 40) {
+                model.add_window(&delta);
+                let graph = &model.graph;
+                for category in 0..graph.ids.len() as u32 {
+                    let screened = graph.strongest_partners(category, &config);
+                    linked += usize::from(!screened.is_empty());
+                    assert_eq!(
+                        screened,
+                        partners_by_full_scan(graph, category, &config),
+                        "category {:?}, window ending at {}",
+                        graph.ids[category as usize],
+                        delta.window_end
+                    );
+                }
+            }
+            assert!(linked > 100, "{linked} linked categories over all windows");
+        }
     }
 
     #[test]
