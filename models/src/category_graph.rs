@@ -18,6 +18,8 @@ use crate::groups::GroupConfig;
 pub(crate) struct CategoryGraph {
     /// Category of each index.
     ids: Vec<Id>,
+    /// Every index, sorted by its category's id.
+    by_id: Vec<u32>,
     index: HashMap<Id, u32>,
     /// Sessions that touched each category.
     sessions: Vec<u64>,
@@ -63,6 +65,10 @@ impl CategoryGraph {
             return *at;
         }
         let at = u32::try_from(self.ids.len()).expect("more than u32::MAX categories");
+        let rank = self
+            .by_id
+            .partition_point(|other| self.ids[*other as usize] < *category);
+        self.by_id.insert(rank, at);
         self.ids.push(category.clone());
         self.index.insert(category.clone(), at);
         self.sessions.push(0);
@@ -205,8 +211,8 @@ impl CategoryGraph {
         let mut screen = top.screen();
         let strong = self.strong_partners[category as usize] as usize;
         for &(other, shared) in &self.adjacency[category as usize][..strong] {
-            // A division and a square root per partner cost more than the rest of the scan,
-            // so most partners are ruled out by an estimate made of two multiplications.
+            // A division and a square root are slow next to a multiplication, so most partners
+            // are ruled out by an estimate made of two multiplications.
             let estimate = shared as f64 * own_scale * self.inverse_sqrt_sessions[other as usize];
             if estimate < screen {
                 continue;
@@ -226,13 +232,15 @@ impl CategoryGraph {
     /// for components of two or more, sorted by leaf. The representative is the smallest id.
     pub fn build_groups(&mut self) -> Vec<(Id, Id)> {
         let ids = &self.ids;
-        let mut members: Vec<u32> = (0..ids.len() as u32)
+        // Sorted by id, because `by_id` is.
+        let members: Vec<u32> = self
+            .by_id
+            .iter()
+            .copied()
             .filter(|at| {
                 !self.links[*at as usize].is_empty() || !self.linked_by[*at as usize].is_empty()
             })
             .collect();
-
-        members.sort_unstable_by(|a, b| ids[*a as usize].cmp(&ids[*b as usize]));
         let mut position = vec![u32::MAX; ids.len()];
         for (at, member) in members.iter().enumerate() {
             position[*member as usize] = at as u32;
@@ -524,6 +532,37 @@ mod tests {
             model.add_window(&delta);
             check_slots(&model.graph, u64::from(model.config().min_pair_sessions));
         }
+    }
+
+    #[test]
+    fn groups_sorted_by_leaf() {
+        let mut model = PopulationModel::new(Default::default());
+        let mut grouped_windows = 0;
+        for delta in random_windows(7, 40) {
+            model.add_window(&delta);
+            let graph = &mut model.graph;
+            let ids_in_order: Vec<&Id> = graph
+                .by_id
+                .iter()
+                .map(|at| &graph.ids[*at as usize])
+                .collect();
+            assert!(
+                ids_in_order.windows(2).all(|pair| pair[0] < pair[1]),
+                "indices out of id order after the window ending at {}",
+                delta.window_end
+            );
+            let groups = graph.build_groups();
+            grouped_windows += usize::from(!groups.is_empty());
+            assert!(
+                groups.windows(2).all(|pair| pair[0].0 < pair[1].0),
+                "groups out of leaf order after the window ending at {}",
+                delta.window_end
+            );
+        }
+        assert!(
+            grouped_windows > 20,
+            "groups formed after {grouped_windows} of 40 windows"
+        );
     }
 
     #[test]
