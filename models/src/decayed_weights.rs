@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::CategoryShare;
 use crate::event::Id;
 use crate::groups::{GroupKey, GroupMap};
-use crate::sorted_map::SortedVecMap;
+use crate::sorted_map::{sum_by_key, SortedVecMap};
 
 /// Decayed category weights, with the decay applied lazily through a shared scale.
 ///
@@ -130,15 +130,8 @@ impl DecayedWeights {
         // the order in which categories arrived. The stable sort keeps that order within each
         // group. Weights are positive, so starting a sum at the first weight gives the same
         // bits as adding it to 0.0.
-        sums.sort_by(|a, b| a.0.cmp(&b.0));
-        sums.dedup_by(|later, earlier| {
-            let same = later.0 == earlier.0;
-            if same {
-                earlier.1 += later.1;
-            }
-            same
-        });
-        self.groups = Some(SortedVecMap::from(sums));
+        sum_by_key(&mut sums);
+        self.groups = Some(SortedVecMap::from_sorted(sums));
     }
 
     /// Returns the weight of `group`, 0 for a group the user has no weight in.

@@ -118,6 +118,37 @@ impl<K: Ord, V> From<Vec<(K, V)>> for SortedVecMap<K, V> {
     }
 }
 
+impl<K: Ord, V> SortedVecMap<K, V> {
+    /// Builds a map from entries already sorted by key with no key twice, without sorting
+    /// them again.
+    ///
+    /// # Panics
+    ///
+    /// In debug builds, if the keys are not strictly increasing.
+    pub fn from_sorted(entries: Vec<(K, V)>) -> Self {
+        debug_assert!(
+            entries.windows(2).all(|pair| pair[0].0 < pair[1].0),
+            "entries must be sorted by key, each key once"
+        );
+        SortedVecMap {
+            entries: entries.into_boxed_slice(),
+        }
+    }
+}
+
+/// Sorts `entries` stably by key and replaces each run of equal keys with one entry whose
+/// value is the sum of the run's values, added in input order.
+pub fn sum_by_key<K: Ord, V: std::ops::AddAssign + Copy>(entries: &mut Vec<(K, V)>) {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries.dedup_by(|later, earlier| {
+        let same = later.0 == earlier.0;
+        if same {
+            earlier.1 += later.1;
+        }
+        same
+    });
+}
+
 impl<K: Clone, V: Clone> From<SortedVecMap<K, V>> for Vec<(K, V)> {
     fn from(map: SortedVecMap<K, V>) -> Self {
         map.entries.into_vec()
@@ -139,6 +170,18 @@ mod tests {
         assert_eq!(map.get(&1), Some(&2.0));
         assert_eq!(map.get(&4), None);
         assert_eq!(map.len(), 4);
+    }
+
+    #[test]
+    fn sum_by_key_adds_runs_in_input_order() {
+        // 1e16 + 1.0 + 1.0 rounds to 1e16 when added in this order but not as 1e16 + 2.0,
+        // so the sum shows the order of the additions.
+        let mut entries = vec![(2, 1e16), (1, 5.0), (2, 1.0), (1, 1.0), (2, 1.0), (3, 0.5)];
+        sum_by_key(&mut entries);
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0], (1, 6.0));
+        assert_eq!(entries[1], (2, 1e16));
+        assert_eq!(entries[2], (3, 0.5));
     }
 
     #[test]
