@@ -18,7 +18,7 @@ use veer_models::ml::{
     fit_version, score_window, split_users, training_rows, tune_interest, verdict, version_rows,
     BootstrapStart, ClosedWindow, Evaluation, InterestGrid, InterestPredictor, InterestTuning,
     ModelParams, ModelSet, Schedule, ScheduleSettings, TrainingRow, UserHistory, WindowConfig,
-    WindowFeatures, WindowSettings,
+    WindowEvent, WindowFeatures, WindowSettings,
 };
 use veer_models::{
     Alert, DetectorConfig, Event, GroupConfig, GroupMap, Id, PopulationDelta, PopulationModel,
@@ -400,7 +400,7 @@ pub fn model_windows(
 /// The events of one user window and whether any was part of a burst.
 #[derive(Default)]
 struct WindowEvents {
-    events: Vec<Event>,
+    events: Vec<WindowEvent>,
     burst: bool,
 }
 
@@ -481,7 +481,7 @@ fn user_windows(
             .or_default()
             .entry(start)
             .or_default();
-        window.events.push(event.clone());
+        window.events.push(WindowEvent::from(event));
         window.burst |= trace.in_burst;
         detector_alerts.extend_from_slice(raised);
     })?;

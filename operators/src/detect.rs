@@ -7,6 +7,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Inspect;
 use timely::dataflow::StreamVec;
+use veer_models::ml::WindowEvent;
 use veer_models::{Alert, Detector, Event, Id, PopulationInfo};
 
 use crate::capability::HeldCapability;
@@ -132,8 +133,24 @@ pub fn detect_shifts_observed<'scope, D: Detector>(
                 state: &D::State,
                 alerts: &mut Vec<Alert>,
                 output: &mut Vec<Observation>| {
+        let Event {
+            ts_ms,
+            user,
+            category,
+            behavior,
+            topic,
+            session,
+            ..
+        } = event;
         output.push(Observation {
-            event,
+            user,
+            event: WindowEvent {
+                ts_ms,
+                behavior,
+                category,
+                topic,
+                session,
+            },
             burst: D::in_burst(state),
             alerts: std::mem::take(alerts),
         });
@@ -168,10 +185,12 @@ pub fn keep_last_alerts<'scope, S: 'static>(
     })
 }
 
-/// One event after its detector has seen it.
+/// One event after its detector has seen it, with the fields that the model path's windows
+/// read.
 #[derive(Clone, Debug)]
 pub struct Observation {
-    pub event: Event,
+    pub user: Id,
+    pub event: WindowEvent,
     /// Whether the detector counted the event as part of a burst.
     pub burst: bool,
     /// Alerts the event raised.

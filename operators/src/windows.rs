@@ -12,8 +12,8 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concatenate, Exchange};
 use timely::dataflow::StreamVec;
 use veer_models::attributes::UserAttributes;
-use veer_models::ml::{ClosedWindow, UserHistory, WindowSettings};
-use veer_models::{Alert, Event, GroupMap, Id, PopulationInfo};
+use veer_models::ml::{ClosedWindow, UserHistory, WindowEvent, WindowSettings};
+use veer_models::{Alert, GroupMap, Id, PopulationInfo};
 
 use crate::capability::HeldCapability;
 use crate::detect::Observation;
@@ -41,7 +41,7 @@ enum WindowInput {
 /// Events, burst flag and alerts of a window that is still open.
 #[derive(Default, Serialize, Deserialize)]
 pub struct OpenWindow {
-    events: Vec<Event>,
+    events: Vec<WindowEvent>,
     burst: bool,
     alerts: Vec<Alert>,
 }
@@ -160,11 +160,11 @@ pub fn build_user_windows<'scope>(
                             WindowInput::Observed(observed) => {
                                 let time = observed.event.ts_ms as u64;
                                 let start = time - time % window_ms;
-                                let entry = users.entry(observed.event.user.clone()).or_default();
+                                let entry = users.entry(observed.user.clone()).or_default();
                                 let window = match entry.open.entry(start) {
                                     btree_map::Entry::Occupied(window) => window.into_mut(),
                                     btree_map::Entry::Vacant(vacant) => {
-                                        open.insert((start, observed.event.user.clone()));
+                                        open.insert((start, observed.user));
                                         vacant.insert(OpenWindow::default())
                                     }
                                 };

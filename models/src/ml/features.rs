@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{check_row, check_unit_open, invalid, MlError};
 use crate::attributes::{Age, UserAttributes};
 use crate::detector::DetectorConfig;
-use crate::event::{Behavior, Event};
+use crate::event::{Behavior, Event, Id};
 use crate::groups::{GroupKey, GroupMap};
 use crate::session::{SessionMark, SessionRule};
 
@@ -309,6 +309,55 @@ fn share_slots(values: &[f64]) -> Shares {
     shares
 }
 
+/// The fields of an event that window features and a user's reference read, kept for each
+/// event of an open window in place of the whole [`Event`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowEvent {
+    /// Event time in Unix milliseconds.
+    pub ts_ms: i64,
+    pub behavior: Behavior,
+    pub category: Id,
+    pub topic: Option<Id>,
+    pub session: Option<Box<str>>,
+}
+
+impl WindowEvent {
+    /// Returns the event time in Unix seconds, rounded down, as [`Event::ts_secs`] does.
+    pub fn ts_secs(&self) -> i64 {
+        self.ts_ms.div_euclid(1000)
+    }
+}
+
+impl From<Event> for WindowEvent {
+    /// Moves the fields out of `event` and drops the rest.
+    fn from(event: Event) -> WindowEvent {
+        WindowEvent {
+            ts_ms: event.ts_ms,
+            behavior: event.behavior,
+            category: event.category,
+            topic: event.topic,
+            session: event.session,
+        }
+    }
+}
+
+impl From<&Event> for WindowEvent {
+    fn from(event: &Event) -> WindowEvent {
+        WindowEvent {
+            ts_ms: event.ts_ms,
+            behavior: event.behavior,
+            category: event.category.clone(),
+            topic: event.topic.clone(),
+            session: event.session.clone(),
+        }
+    }
+}
+
+/// Converts events for the functions that take [`WindowEvent`]s.
+fn window_events(events: &[Event]) -> Vec<WindowEvent> {
+    events.iter().map(WindowEvent::from).collect()
+}
+
 /// A user's reference interest over groups, with its top groups fixed for one window.
 ///
 /// # Examples
@@ -354,8 +403,16 @@ impl ReferenceProfile {
     /// Rejects a negative or non-finite weight. Zero weights are ignored, and an empty or
     /// all-zero reference gives a profile with no top groups.
     pub fn new(weights: &BTreeMap<GroupKey, f64>) -> Result<ReferenceProfile, MlError> {
+        ReferenceProfile::from_sorted(weights.iter())
+    }
+
+    /// Builds a profile as [`ReferenceProfile::new`] does, from weights per group given in
+    /// group order.
+    pub(crate) fn from_sorted<'a>(
+        weights: impl Iterator<Item = (&'a GroupKey, &'a f64)> + Clone,
+    ) -> Result<ReferenceProfile, MlError> {
         if let Some((group, weight)) = weights
-            .iter()
+            .clone()
             .find(|(_, weight)| !weight.is_finite() || **weight < 0.0)
         {
             return Err(MlError::InvalidShares {
@@ -365,10 +422,9 @@ impl ReferenceProfile {
                 ),
             });
         }
-        let total: f64 = weights.values().sum();
+        let total: f64 = weights.clone().map(|(_, weight)| weight).sum();
         let shares: Vec<(GroupKey, f64)> = if total > 0.0 {
             weights
-                .iter()
                 .filter(|(_, weight)| **weight > 0.0)
                 .map(|(group, weight)| (group.clone(), weight / total))
                 .collect()
@@ -427,7 +483,7 @@ impl ReferenceProfile {
     /// Returns the interest-weighted shares of the top groups in `events`, or `None` when no
     /// event carries interest weight (an empty window). This is the interest model's target.
     pub fn slot_shares(&self, events: &[Event], groups: &GroupMap) -> Option<Shares> {
-        self.slot_shares_of(&GroupDistribution::of(events, groups))
+        self.slot_shares_of(&GroupDistribution::of(&window_events(events), groups))
     }
 
     /// Returns [`ReferenceProfile::slot_shares`] from the window's group distribution.
@@ -438,10 +494,13 @@ impl ReferenceProfile {
             .map(|shares| self.slots_of(shares))
     }
 
-    fn slots_of(&self, distribution: &BTreeMap<GroupKey, f64>) -> Shares {
+    fn slots_of(&self, distribution: &[(GroupKey, f64)]) -> Shares {
         let mut shares = [0.0; SHARE_SLOTS];
         for (slot, group) in self.top.iter().enumerate() {
-            shares[slot] = distribution.get(group).copied().unwrap_or(0.0);
+            shares[slot] = match distribution.binary_search_by(|(known, _)| known.cmp(group)) {
+                Ok(index) => distribution[index].1,
+                Err(_) => 0.0,
+            };
         }
         shares[TOP_GROUPS] = (1.0 - shares[..TOP_GROUPS].iter().sum::<f64>()).max(0.0);
         shares
@@ -459,19 +518,20 @@ impl ReferenceProfile {
         groups: &GroupMap,
         config: &WindowConfig,
     ) -> Result<WindowFeatures, MlError> {
-        self.window_features_of(events, &GroupDistribution::of(events, groups), config)
+        let events = window_events(events);
+        self.window_features_of(&events, &GroupDistribution::of(&events, groups), config)
     }
 
     /// Computes [`ReferenceProfile::window_features`] from the events and their group
     /// distribution, which must come from the same events.
     pub fn window_features_of(
         &self,
-        events: &[Event],
+        events: &[WindowEvent],
         distribution: &GroupDistribution,
         config: &WindowConfig,
     ) -> Result<WindowFeatures, MlError> {
         config.validate()?;
-        let mut weighted_events: Vec<&Event> = events
+        let mut weighted_events: Vec<&WindowEvent> = events
             .iter()
             .filter(|event| event.behavior.interest_weight() > 0.0)
             .collect();
@@ -506,8 +566,9 @@ impl ReferenceProfile {
         }
 
         let entropy: f64 = distribution
-            .values()
-            .filter(|share| **share > 0.0)
+            .iter()
+            .map(|(_, share)| *share)
+            .filter(|share| *share > 0.0)
             .map(|share| -share * share.ln())
             .sum();
         let (novel, divergence) = if self.shares.is_empty() {
@@ -545,7 +606,7 @@ impl ReferenceProfile {
 ///
 /// Both sides are walked in group order, the order in which `jensen_shannon` visits the
 /// groups, so the terms and their sum are the same.
-fn jensen_shannon_sorted(left: &[(GroupKey, f64)], right: &BTreeMap<GroupKey, f64>) -> f64 {
+fn jensen_shannon_sorted(left: &[(GroupKey, f64)], right: &[(GroupKey, f64)]) -> f64 {
     let term = |p: f64, m: f64| if p > 0.0 { p * (p / m).ln() } else { 0.0 };
     let mut divergence = 0.0;
     let mut left = left.iter().map(|(group, share)| (group, *share)).peekable();
@@ -582,22 +643,51 @@ fn jensen_shannon_sorted(left: &[(GroupKey, f64)], right: &BTreeMap<GroupKey, f6
 /// features and for its shares of each reference's top groups.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroupDistribution {
-    /// Shares by group, summing to 1, or `None` when no event carries interest weight.
-    shares: Option<BTreeMap<GroupKey, f64>>,
+    /// Shares by group, sorted by group and summing to 1, or `None` when no event carries
+    /// interest weight.
+    shares: Option<Vec<(GroupKey, f64)>>,
 }
 
 impl GroupDistribution {
     /// Computes the distribution of `events` over the groups of `groups`.
-    pub fn of(events: &[Event], groups: &GroupMap) -> GroupDistribution {
+    pub fn of(events: &[WindowEvent], groups: &GroupMap) -> GroupDistribution {
+        GroupDistribution::with_event_groups(events, groups, &mut Vec::new())
+    }
+
+    /// Computes [`GroupDistribution::of`] and stores in `event_groups`, for each event with
+    /// interest weight in order, the index of its group in [`GroupDistribution::groups`].
+    pub(crate) fn with_event_groups(
+        events: &[WindowEvent],
+        groups: &GroupMap,
+        event_groups: &mut Vec<usize>,
+    ) -> GroupDistribution {
         GroupDistribution {
-            shares: group_distribution(events, groups),
+            shares: group_distribution(events, groups, event_groups),
         }
+    }
+
+    /// Returns the window's groups with their shares, sorted by group (empty without
+    /// interest weight).
+    pub(crate) fn groups(&self) -> &[(GroupKey, f64)] {
+        self.shares.as_deref().unwrap_or_default()
     }
 }
 
-/// Returns interest-weighted group shares of the events, or `None` without interest weight.
-fn group_distribution(events: &[Event], groups: &GroupMap) -> Option<BTreeMap<GroupKey, f64>> {
-    let mut weights: BTreeMap<GroupKey, f64> = BTreeMap::new();
+/// Returns interest-weighted group shares of the events, sorted by group, or `None` without
+/// interest weight, and fills `event_groups` as [`GroupDistribution::with_event_groups`]
+/// describes.
+///
+/// Each group's weights are summed in event order, and so is the total, so the shares are
+/// those of summing into a map keyed by group.
+fn group_distribution(
+    events: &[WindowEvent],
+    groups: &GroupMap,
+    event_groups: &mut Vec<usize>,
+) -> Option<Vec<(GroupKey, f64)>> {
+    event_groups.clear();
+    // Groups in order of first appearance. A window has few groups, so a linear search is
+    // cheaper than a map.
+    let mut weights: Vec<(GroupKey, f64)> = Vec::new();
     let mut total = 0.0;
     for event in events {
         let weight = event.behavior.interest_weight();
@@ -605,18 +695,39 @@ fn group_distribution(events: &[Event], groups: &GroupMap) -> Option<BTreeMap<Gr
             continue;
         }
         let group = groups.group_of(&event.category, event.topic.as_ref());
-        *weights.entry(group).or_default() += weight;
+        let index = match weights.iter().position(|(known, _)| *known == group) {
+            Some(index) => index,
+            None => {
+                weights.push((group, 0.0));
+                weights.len() - 1
+            }
+        };
+        weights[index].1 += weight;
+        event_groups.push(index);
         total += weight;
     }
     if total <= 0.0 {
         return None;
     }
-    weights.values_mut().for_each(|weight| *weight /= total);
+    if weights.len() > 1 {
+        // The groups are distinct, so an unstable sort gives one order.
+        let mut order: Vec<usize> = (0..weights.len()).collect();
+        order.sort_unstable_by(|a, b| weights[*a].0.cmp(&weights[*b].0));
+        let mut position_of = vec![0; order.len()];
+        for (position, index) in order.iter().enumerate() {
+            position_of[*index] = position;
+        }
+        for index in event_groups.iter_mut() {
+            *index = position_of[*index];
+        }
+        weights.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    }
+    weights.iter_mut().for_each(|(_, weight)| *weight /= total);
     Some(weights)
 }
 
 /// Counts sessions in time-ordered events, split by `rule`.
-fn count_sessions(events: &[&Event], rule: SessionRule) -> usize {
+fn count_sessions(events: &[&WindowEvent], rule: SessionRule) -> usize {
     let mut mark = SessionMark::default();
     events
         .iter()
@@ -625,7 +736,7 @@ fn count_sessions(events: &[&Event], rule: SessionRule) -> usize {
 }
 
 /// Returns the largest number of time-ordered events inside any 60-second span.
-fn peak_events_per_minute(events: &[&Event]) -> usize {
+fn peak_events_per_minute(events: &[&WindowEvent]) -> usize {
     let mut peak = 0;
     let mut start = 0;
     for end in 0..events.len() {
@@ -661,7 +772,7 @@ mod tests {
             let right: BTreeMap<GroupKey, f64> = right_profile.shares.iter().cloned().collect();
             let left_map: BTreeMap<GroupKey, f64> = left.shares.iter().cloned().collect();
             assert_eq!(
-                jensen_shannon_sorted(&left.shares, &right).to_bits(),
+                jensen_shannon_sorted(&left.shares, &right_profile.shares).to_bits(),
                 jensen_shannon(&left_map, &right).to_bits(),
                 "{left_groups} and {right_groups} groups"
             );
@@ -694,15 +805,20 @@ mod tests {
 
     #[test]
     fn peak_counts_events_inside_a_minute() {
-        let make = |ts_ms: i64| Event {
-            line: 1,
-            ..Event::plain(ts_ms, 1u64, 1u64, 1u64, crate::event::Behavior::View)
+        let make = |ts_ms: i64| {
+            WindowEvent::from(Event::plain(
+                ts_ms,
+                1u64,
+                1u64,
+                1u64,
+                crate::event::Behavior::View,
+            ))
         };
-        let events: Vec<Event> = [0, 10_000, 59_999, 60_000, 200_000]
+        let events: Vec<WindowEvent> = [0, 10_000, 59_999, 60_000, 200_000]
             .into_iter()
             .map(make)
             .collect();
-        let refs: Vec<&Event> = events.iter().collect();
+        let refs: Vec<&WindowEvent> = events.iter().collect();
         assert_eq!(peak_events_per_minute(&refs), 3);
         assert_eq!(
             count_sessions(

@@ -51,7 +51,7 @@ pub use anomaly::{IsolationForest, IsolationParams, OneClassParams, OneClassSvm}
 pub use error::{FitWarning, MlError};
 pub use features::{
     attribute_values, FeatureSpec, GroupDistribution, ReferenceProfile, Shares, WindowConfig,
-    WindowFeatures, ATTRIBUTE_FEATURE_COUNT, ENCODED_ATTRIBUTE_COLUMNS, FEATURE_COUNT,
+    WindowEvent, WindowFeatures, ATTRIBUTE_FEATURE_COUNT, ENCODED_ATTRIBUTE_COLUMNS, FEATURE_COUNT,
     FEATURE_NAMES, SHARE_SLOTS, TOP_GROUPS,
 };
 pub use forest::{ForestParams, LeafValue, RegressionForest};

@@ -7,18 +7,16 @@
 //! dataflow operators and the single-threaded replay close windows through it, so their
 //! features agree.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::attributes::UserAttributes;
-use crate::event::{Event, Id};
+use crate::event::Id;
 use crate::fusion::{ModelSignals, WindowVerdict};
 use crate::groups::{GroupKey, GroupMap};
 
 use super::{
     surprise, GroupDistribution, InterestPredictor, MlError, ModelSet, ReferenceProfile, Shares,
-    TrainingRow, UpdatedShares, WindowConfig, WindowFeatures, SHARE_SLOTS,
+    TrainingRow, UpdatedShares, WindowConfig, WindowEvent, WindowFeatures, SHARE_SLOTS,
 };
 
 /// One closed window of one user, as the models see it.
@@ -51,7 +49,9 @@ pub struct ClosedWindow {
 /// previous window.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct UserHistory {
-    reference: BTreeMap<GroupKey, f64>,
+    /// Decayed interest weight per group, sorted by group. Serialised as a map would be by
+    /// bincode: a length, then the pairs.
+    reference: Vec<(GroupKey, f64)>,
     /// Top groups of the reference after the previous window, and that window's start,
     /// features and updated shares.
     previous: Option<(ReferenceProfile, u64, WindowFeatures, UpdatedShares)>,
@@ -73,7 +73,7 @@ impl UserHistory {
         &mut self,
         user: &Id,
         start_ms: u64,
-        events: &[Event],
+        events: &[WindowEvent],
         burst: bool,
         groups: &GroupMap,
         attributes: Option<&UserAttributes>,
@@ -87,11 +87,12 @@ impl UserHistory {
         let profile = match &self.previous {
             Some((reference, ..)) => reference,
             None => {
-                built = ReferenceProfile::new(&self.reference)?;
+                built = ReferenceProfile::from_sorted(reference_entries(&self.reference))?;
                 &built
             }
         };
-        let distribution = GroupDistribution::of(events, groups);
+        let mut event_groups = Vec::with_capacity(events.len());
+        let distribution = GroupDistribution::with_event_groups(events, groups, &mut event_groups);
         let features = profile
             .window_features_of(events, &distribution, &settings.features)?
             .with_attributes(attributes);
@@ -102,17 +103,11 @@ impl UserHistory {
             ),
             None => (None, None),
         };
-        for event in events {
-            let weight = event.behavior.interest_weight();
-            if weight > 0.0 {
-                let group = groups.group_of(&event.category, event.topic.as_ref());
-                *self.reference.entry(group).or_default() += weight;
-            }
-        }
-        for weight in self.reference.values_mut() {
+        self.add_to_reference(events, &distribution, &event_groups);
+        for (_, weight) in self.reference.iter_mut() {
             *weight *= settings.reference_decay;
         }
-        let updated = ReferenceProfile::new(&self.reference)?;
+        let updated = ReferenceProfile::from_sorted(reference_entries(&self.reference))?;
         let updated_shares = UpdatedShares {
             window: updated
                 .slot_shares_of(&distribution)
@@ -133,6 +128,50 @@ impl UserHistory {
             previous,
         }))
     }
+}
+
+impl UserHistory {
+    /// Adds each event's interest weight to its group's reference weight, in event order.
+    /// `event_groups` gives each event with interest weight its group's index in
+    /// `distribution`, as [`GroupDistribution::with_event_groups`] returns it.
+    fn add_to_reference(
+        &mut self,
+        events: &[WindowEvent],
+        distribution: &GroupDistribution,
+        event_groups: &[usize],
+    ) {
+        // A group new to the reference starts at 0. The window's groups come in group order,
+        // so an insertion never moves the positions found before it.
+        let window_groups = distribution.groups();
+        let mut positions = Vec::with_capacity(window_groups.len());
+        for (group, _) in window_groups {
+            let position = match self
+                .reference
+                .binary_search_by(|(known, _)| known.cmp(group))
+            {
+                Ok(position) => position,
+                Err(position) => {
+                    self.reference.insert(position, (group.clone(), 0.0));
+                    position
+                }
+            };
+            positions.push(position);
+        }
+        let weights = events
+            .iter()
+            .map(|event| event.behavior.interest_weight())
+            .filter(|weight| *weight > 0.0);
+        for (weight, group) in weights.zip(event_groups) {
+            self.reference[positions[*group]].1 += weight;
+        }
+    }
+}
+
+/// Returns the reference's entries in the form [`ReferenceProfile::from_sorted`] takes.
+fn reference_entries(
+    reference: &[(GroupKey, f64)],
+) -> impl Iterator<Item = (&GroupKey, &f64)> + Clone {
+    reference.iter().map(|(group, weight)| (group, weight))
 }
 
 /// Builds the training rows of the windows that start before `bootstrap_end_ms`.
@@ -342,10 +381,16 @@ pub fn verdict(window: &ClosedWindow, signals: Option<ModelSignals>) -> WindowVe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Behavior;
+    use crate::event::{Behavior, Event};
 
-    fn view(category: u64, ts_ms: i64) -> Event {
-        Event::plain(ts_ms, 1u64, category, category * 10, Behavior::View)
+    fn view(category: u64, ts_ms: i64) -> WindowEvent {
+        WindowEvent::from(Event::plain(
+            ts_ms,
+            1u64,
+            category,
+            category * 10,
+            Behavior::View,
+        ))
     }
 
     fn settings() -> WindowSettings {
