@@ -139,9 +139,13 @@ pub fn fit_models<'scope>(
     let scope = windows.scope();
     // Loaded models without retraining are the only version, so no fit needs the windows.
     let fits = settings.loaded.is_none() || settings.schedule.retrain_every_ms.is_some();
+    let reads = traffic.clone();
     let gathered = windows
         .flat_map(move |record: WindowRecord| {
-            record.window.filter(|_| fits).map(Rc::unwrap_or_clone)
+            record
+                .window
+                .filter(|_| fits && reads.fit_reads_windows())
+                .map(Rc::unwrap_or_clone)
         })
         .exchange(|_: &ClosedWindow| 0);
     let peers = scope.peers();
@@ -343,6 +347,11 @@ pub fn fit_models<'scope>(
             traffic.updates_sent(sent * peers);
             traffic.record_fits_running(running);
             let all_started = !retraining && *next_version > 0;
+            if all_started {
+                // Later windows would only update `latest_start`, which nothing reads once
+                // every version has started.
+                traffic.record_fit_done_with_windows();
+            }
             if let (Some(bound), Some(held)) = (bound, capability.as_mut()) {
                 if *held.time() < bound {
                     held.downgrade(&bound);

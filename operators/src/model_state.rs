@@ -22,7 +22,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::fit::FitState;
@@ -44,6 +44,9 @@ pub struct ModelTraffic {
     updates_received: AtomicU64,
     /// Fits sent to the fit thread whose result the fit operator has not taken yet.
     fits_running: AtomicU64,
+    /// Whether the fit operator may still read closed windows. It stops once every version
+    /// has started, and then no worker copies its windows to it.
+    fit_reads_windows: AtomicBool,
 }
 
 impl ModelTraffic {
@@ -55,6 +58,7 @@ impl ModelTraffic {
             updates_sent: AtomicU64::new(0),
             updates_received: AtomicU64::new(0),
             fits_running: AtomicU64::new(0),
+            fit_reads_windows: AtomicBool::new(true),
         }
     }
 
@@ -101,6 +105,16 @@ impl ModelTraffic {
     /// Returns the number of fits running.
     pub fn fits_running(&self) -> u64 {
         self.fits_running.load(Ordering::SeqCst)
+    }
+
+    /// Records that the fit operator reads no more windows.
+    pub fn record_fit_done_with_windows(&self) {
+        self.fit_reads_windows.store(false, Ordering::Relaxed);
+    }
+
+    /// Returns whether the fit operator may still read closed windows.
+    pub fn fit_reads_windows(&self) -> bool {
+        self.fit_reads_windows.load(Ordering::Relaxed)
     }
 
     /// Returns whether every model update sent has been received.
