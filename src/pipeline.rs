@@ -395,14 +395,19 @@ fn run_job(
         _ => settings.workers,
     };
     let feed = match settings.source {
-        EventSource::Inputs { paths, options } => Feed::Reader(ingest::spawn_split_reader(
-            paths,
-            options,
-            dead_letter.clone(),
-            bytes_read.clone(),
-            settings.metrics.clone(),
-            parse_threads,
-        )),
+        EventSource::Inputs { paths, options } => {
+            let pool = ingest::BatchPool::new();
+            let receiver = ingest::spawn_split_reader(
+                paths,
+                options,
+                dead_letter.clone(),
+                bytes_read.clone(),
+                settings.metrics.clone(),
+                parse_threads,
+                pool.clone(),
+            );
+            Feed::Reader(receiver, pool)
+        }
         EventSource::Memory(events) => Feed::Memory(events),
         EventSource::Listen(source) => Feed::Listen(source),
     };
@@ -518,7 +523,9 @@ fn run_job(
 }
 
 enum Feed {
-    Reader(crossbeam_channel::Receiver<Chunk>),
+    /// The reader thread's chunks, and the pool that takes the emptied batches of a streamed
+    /// input back to the reader.
+    Reader(crossbeam_channel::Receiver<Chunk>, ingest::BatchPool),
     Memory(Vec<Event>),
     Listen(crate::listen::ListenSource),
 }
@@ -1192,7 +1199,7 @@ fn feed_input(
             progress.finish();
             Ok((counts, true))
         }
-        Feed::Reader(receiver) => {
+        Feed::Reader(receiver, pool) => {
             // The reader's batches are kept as they arrive: a fed plan sends them as blocks,
             // so the events are not copied into one vector unless they must be sorted.
             let mut buffered: Vec<Vec<Event>> = Vec::new();
@@ -1210,14 +1217,15 @@ fn feed_input(
                 let received = Instant::now();
                 progress.reading(shared.bytes_read.load(Ordering::Relaxed));
                 match chunk {
-                    Chunk::Events(events, _) if stream_arrival => {
-                        for event in events {
+                    Chunk::Events(mut events, _) if stream_arrival => {
+                        for event in events.drain(..) {
                             if event.ts_ms < newest {
                                 out_of_order += 1;
                             }
                             newest = newest.max(event.ts_ms);
                             arrival.offer(&mut feeder, shared, event);
                         }
+                        pool.give_back(events);
                         feeder.hooks.mark_sent(newest, received);
                         arrival.release(worker, &mut feeder)?;
                         if let Some(alerts) = &shared.live_alerts {

@@ -230,6 +230,7 @@ mod tests {
             Arc::new(AtomicU64::new(0)),
             Metrics::new(),
             threads,
+            ingest::BatchPool::new(),
         );
         let mut events = Vec::new();
         for chunk in receiver {
