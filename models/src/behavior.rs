@@ -9,21 +9,23 @@ const PROFILE_WINDOW_SECS: i64 = 3600;
 
 /// A user's behaviour profile, kept beside the interest reference.
 ///
-/// Every tracked user has one, so it stores nothing that it can derive. The purchase count is
-/// the decayed count of `buy` events. The current window is the one that contains the latest
-/// event, because a user's events come in time order.
+/// Every tracked user has one, so it stores nothing that it can derive, and its counters are
+/// narrow: the decayed counts and amount are `f32` (about seven significant digits), and the
+/// window counts are `u16`, saturating at 65,535. No alert depends on them. The purchase count
+/// is the decayed count of `buy` events. The current window is the one that contains the
+/// latest event, because a user's events come in time order.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BehaviorProfile {
     /// Decayed event counts per behaviour, indexed by [`Behavior::index`].
-    pub rates: [f64; 6],
+    pub rates: [f32; 6],
     /// Decayed purchase amount (price times one per `buy` event, where the input has prices).
-    pub amount: f64,
+    pub amount: f32,
     /// Event times of the user's first and latest events, in Unix seconds, both
     /// `NO_EVENT_TS` before the first event.
     first_ts: i64,
     last_ts: i64,
     /// Counts per behaviour in the hour-long window that contains the latest event.
-    pub window_counts: [u32; 6],
+    pub window_counts: [u16; 6],
 }
 
 /// Event time that marks a profile without events. No event has it, because event times are
@@ -50,6 +52,7 @@ impl BehaviorProfile {
         let same_window = self
             .window_start()
             .is_some_and(|start| start == window_start(ts));
+        let decay = decay as f32;
         for rate in &mut self.rates {
             *rate *= decay;
         }
@@ -57,7 +60,7 @@ impl BehaviorProfile {
         let index = event.behavior.index();
         self.rates[index] += 1.0;
         if event.behavior == Behavior::Buy {
-            self.amount += event.price.unwrap_or(0.0);
+            self.amount += event.price.unwrap_or(0.0) as f32;
         }
         if self.first_ts == NO_EVENT_TS {
             self.first_ts = ts;
@@ -71,7 +74,7 @@ impl BehaviorProfile {
 
     /// Returns the decayed number of purchases: the count of `buy` events in `rates`.
     pub fn purchases(&self) -> f64 {
-        self.rates[Behavior::Buy.index()]
+        f64::from(self.rates[Behavior::Buy.index()])
     }
 
     /// Returns the start of the window of the latest event, in Unix seconds, the window that
@@ -82,11 +85,11 @@ impl BehaviorProfile {
 
     /// Returns the share of each behaviour in the long-term counts.
     pub fn behavior_shares(&self) -> [f64; 6] {
-        let total: f64 = self.rates.iter().sum();
+        let total: f64 = self.rates.iter().copied().map(f64::from).sum();
         let mut shares = [0.0; 6];
         if total > 0.0 {
             for (share, rate) in shares.iter_mut().zip(self.rates) {
-                *share = rate / total;
+                *share = f64::from(rate) / total;
             }
         }
         shares

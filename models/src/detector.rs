@@ -332,10 +332,11 @@ pub struct UserState {
     refractory_until_ts: i64,
     /// Whether the latest event was part of a burst, for [`Detector::in_burst`].
     latest_in_burst: bool,
-    /// Events observed, including skipped ones.
-    pub events: u64,
-    /// Alerts raised for this user.
-    pub alerts: u64,
+    /// Events observed, including skipped ones, saturating at `u32::MAX`. 32 bits, like
+    /// `alerts`, so that both pack beside the state's other 4-byte fields.
+    pub events: u32,
+    /// Alerts raised for this user, saturating at `u32::MAX`.
+    pub alerts: u32,
     /// Behaviour profile: decayed counts per behaviour, purchases and amounts, and the
     /// current window's counts.
     pub behavior: BehaviorProfile,
@@ -685,7 +686,7 @@ impl ShiftDetector {
         state.cusum = 0.0;
         state.refractory_events = self.config.refractory_events;
         state.refractory_until_ts = event.ts_secs() + self.config.refractory_secs;
-        state.alerts += 1;
+        state.alerts = state.alerts.saturating_add(1);
         alert
     }
 
@@ -778,7 +779,7 @@ impl ShiftDetector {
         alerts: &mut Vec<Alert>,
         trace: &mut StepTrace,
     ) {
-        state.events += 1;
+        state.events = state.events.saturating_add(1);
         state.behavior.record(event, self.config.reference_decay);
         let weight = event.behavior.interest_weight();
         if weight <= 0.0 {
@@ -795,7 +796,7 @@ impl ShiftDetector {
         let burst = self.track_burst(state, event, &reference);
         state.reference = reference;
         if let Some(alert) = burst {
-            state.alerts += 1;
+            state.alerts = state.alerts.saturating_add(1);
             alerts.push(alert);
         }
         if state.in_burst {
@@ -957,9 +958,9 @@ mod tests {
     #[test]
     fn user_state_size_bounded() {
         // Every tracked user keeps one boxed state. glibc serves a request of n bytes from a
-        // chunk of n + 8 rounded up to 16, so up to 312 bytes take a 320-byte chunk.
+        // chunk of n + 8 rounded up to 16, so up to 264 bytes take a 272-byte chunk.
         let size = std::mem::size_of::<UserState>();
-        assert!(size <= 312, "UserState is {size} bytes");
+        assert!(size <= 264, "UserState is {size} bytes");
     }
 
     fn with_candidates(candidate_sessions: u32, candidate_recurring_events: u32) -> DetectorConfig {

@@ -111,7 +111,7 @@ pub trait ProfileSource {
 impl ProfileSource for UserState {
     fn profile(&self, user: &Id) -> UserProfile {
         UserProfile {
-            events: self.events,
+            events: u64::from(self.events),
             first_ts: self.behavior.first_ts(),
             last_ts: self.behavior.last_ts(),
             interest: self
@@ -119,7 +119,7 @@ impl ProfileSource for UserState {
                 .into_iter()
                 .map(ProfileShare::from)
                 .collect(),
-            alerts: self.alerts,
+            alerts: u64::from(self.alerts),
             ..UserProfile::empty(user.clone())
         }
     }

@@ -60,7 +60,7 @@ impl ProfileView for veer_models::UserState {
     }
 
     fn events(&self) -> u64 {
-        self.events
+        u64::from(self.events)
     }
 }
 
@@ -118,18 +118,16 @@ impl ProfileCore {
     /// interest vector or changed rank, a share moved by at least `min_share_change`, or a new
     /// alert was raised. The event count alone is not material.
     pub fn differs_materially(&self, earlier: &ProfileCore, min_share_change: f64) -> bool {
-        if self.last_alert != earlier.last_alert || self.interest.len() != earlier.interest.len()
-        {
+        if self.last_alert != earlier.last_alert || self.interest.len() != earlier.interest.len() {
             return true;
         }
         let threshold = (min_share_change * SHARE_UNITS).round() as i64;
-        self.interest
-            .iter()
-            .zip(&earlier.interest)
-            .any(|((category, share), (earlier_category, earlier_share))| {
+        self.interest.iter().zip(&earlier.interest).any(
+            |((category, share), (earlier_category, earlier_share))| {
                 category != earlier_category
                     || (i64::from(*share) - i64::from(*earlier_share)).abs() >= threshold
-            })
+            },
+        )
     }
 
     /// Returns the interest vector as JSON: `[{"category": .., "share": ..}, ..]`.
@@ -260,107 +258,107 @@ pub fn profile_cores<'scope, S: ProfileView + 'static>(
 ) -> VecCollection<'scope, u64, (Id, ProfileCore)> {
     states.borrow_mut().cores = Some(CoreRecorder::new(settings.top_categories));
     alerts
-        .unary_frontier(
-            Pipeline,
-            "ProfileCores",
-            move |initial, _| {
-                let mut held: Option<Capability<u64>> = Some(initial);
-                let mut touched: BTreeMap<u64, Vec<(Id, ProfileCore)>> = BTreeMap::new();
-                let mut alerts_waiting: BTreeMap<u64, Vec<(Id, LastAlert)>> = BTreeMap::new();
-                let mut tracker = CoreTracker {
-                    settings,
-                    sent: FxHashMap::default(),
-                    unsent: FxHashMap::default(),
-                    latest_alerts: FxHashMap::default(),
-                    last_event_ms: FxHashMap::default(),
-                    swept_at_ms: 0,
-                };
-                move |(alerts_in, alerts_frontier), output| {
-                    if let Some(recorder) = states.borrow_mut().cores.as_mut() {
-                        for (time, user, core) in recorder.take() {
-                            touched.entry(time).or_default().push((user, core));
-                        }
-                    }
-                    // An alert counts from the end of its second of event time, or from its
-                    // stamp when later (the model path's alerts wait for their window). So a
-                    // core never shows an alert raised after it, and the alerts a core shows
-                    // have all arrived once the frontier passes the core's time.
-                    alerts_in.for_each_stamp(|capability, data| {
-                        let Some(stamp) = capability.least().copied() else {
-                            return;
-                        };
-                        for batch in data {
-                            for alert in batch.drain(..) {
-                                let second_end = (alert.ts.max(0) as u64) * 1000 + 999;
-                                let last = LastAlert {
-                                    alert_id: alert.alert_id(),
-                                    kind: alert.kind,
-                                    ts: alert.ts,
-                                };
-                                alerts_waiting
-                                    .entry(second_end.max(stamp))
-                                    .or_default()
-                                    .push((alert.user, last));
-                            }
-                        }
-                    });
-
-                    let bound = alerts_frontier.frontier().first().copied();
-                    let mut updates: Vec<((Id, ProfileCore), u64, isize)> = Vec::new();
-                    while let Some(entry) = touched.first_entry() {
-                        let time = *entry.key();
-                        if bound.is_some_and(|bound| time >= bound) {
-                            break;
-                        }
-                        tracker.record_alerts_until(&mut alerts_waiting, time);
-                        let mut cores = entry.remove();
-                        // Each user has one core per time; the order of users is fixed.
-                        cores.sort_by(|left, right| left.0.cmp(&right.0));
-                        for (user, core) in cores {
-                            tracker.last_event_ms.insert(user.clone(), time);
-                            tracker.update(&user, core, time, false, &mut updates);
-                        }
-                    }
-                    let Some(capability) = held.as_mut() else {
-                        return;
-                    };
-                    if let (Some(idle_ms), Some(bound)) = (idle_ms, bound) {
-                        let floor = *capability.time();
-                        tracker.evict_idle(bound, idle_ms as u64, floor, &mut updates);
-                    }
-                    // Updates carry their own times, none below the capability's.
-                    if !updates.is_empty() {
-                        output.session(&*capability).give_iterator(updates.drain(..));
-                    }
-                    if bound.is_none() {
-                        tracker.record_alerts_until(&mut alerts_waiting, u64::MAX);
-                        capability.downgrade(&END_OF_INPUT_TIME);
-                        // A user's latest core, or an alert that came after it, gets a line.
-                        let mut users: Vec<Id> = tracker.sent.keys().cloned().collect();
-                        users.sort();
-                        for user in users {
-                            let core = tracker
-                                .unsent
-                                .remove(&user)
-                                .or_else(|| tracker.sent.get(&user).cloned());
-                            if let Some(core) = core {
-                                tracker.update(&user, core, END_OF_INPUT_TIME, true, &mut updates);
-                            }
-                        }
-                        output.session(&*capability).give_iterator(updates.drain(..));
-                    }
-                    let earliest = touched.keys().next().copied();
-                    match [earliest, bound].into_iter().flatten().min() {
-                        Some(time) => {
-                            if *capability.time() < time {
-                                capability.downgrade(&time);
-                            }
-                        }
-                        None => held = None,
+        .unary_frontier(Pipeline, "ProfileCores", move |initial, _| {
+            let mut held: Option<Capability<u64>> = Some(initial);
+            let mut touched: BTreeMap<u64, Vec<(Id, ProfileCore)>> = BTreeMap::new();
+            let mut alerts_waiting: BTreeMap<u64, Vec<(Id, LastAlert)>> = BTreeMap::new();
+            let mut tracker = CoreTracker {
+                settings,
+                sent: FxHashMap::default(),
+                unsent: FxHashMap::default(),
+                latest_alerts: FxHashMap::default(),
+                last_event_ms: FxHashMap::default(),
+                swept_at_ms: 0,
+            };
+            move |(alerts_in, alerts_frontier), output| {
+                if let Some(recorder) = states.borrow_mut().cores.as_mut() {
+                    for (time, user, core) in recorder.take() {
+                        touched.entry(time).or_default().push((user, core));
                     }
                 }
-            },
-        )
+                // An alert counts from the end of its second of event time, or from its
+                // stamp when later (the model path's alerts wait for their window). So a
+                // core never shows an alert raised after it, and the alerts a core shows
+                // have all arrived once the frontier passes the core's time.
+                alerts_in.for_each_stamp(|capability, data| {
+                    let Some(stamp) = capability.least().copied() else {
+                        return;
+                    };
+                    for batch in data {
+                        for alert in batch.drain(..) {
+                            let second_end = (alert.ts.max(0) as u64) * 1000 + 999;
+                            let last = LastAlert {
+                                alert_id: alert.alert_id(),
+                                kind: alert.kind,
+                                ts: alert.ts,
+                            };
+                            alerts_waiting
+                                .entry(second_end.max(stamp))
+                                .or_default()
+                                .push((alert.user, last));
+                        }
+                    }
+                });
+
+                let bound = alerts_frontier.frontier().first().copied();
+                let mut updates: Vec<((Id, ProfileCore), u64, isize)> = Vec::new();
+                while let Some(entry) = touched.first_entry() {
+                    let time = *entry.key();
+                    if bound.is_some_and(|bound| time >= bound) {
+                        break;
+                    }
+                    tracker.record_alerts_until(&mut alerts_waiting, time);
+                    let mut cores = entry.remove();
+                    // Each user has one core per time; the order of users is fixed.
+                    cores.sort_by(|left, right| left.0.cmp(&right.0));
+                    for (user, core) in cores {
+                        tracker.last_event_ms.insert(user.clone(), time);
+                        tracker.update(&user, core, time, false, &mut updates);
+                    }
+                }
+                let Some(capability) = held.as_mut() else {
+                    return;
+                };
+                if let (Some(idle_ms), Some(bound)) = (idle_ms, bound) {
+                    let floor = *capability.time();
+                    tracker.evict_idle(bound, idle_ms as u64, floor, &mut updates);
+                }
+                // Updates carry their own times, none below the capability's.
+                if !updates.is_empty() {
+                    output
+                        .session(&*capability)
+                        .give_iterator(updates.drain(..));
+                }
+                if bound.is_none() {
+                    tracker.record_alerts_until(&mut alerts_waiting, u64::MAX);
+                    capability.downgrade(&END_OF_INPUT_TIME);
+                    // A user's latest core, or an alert that came after it, gets a line.
+                    let mut users: Vec<Id> = tracker.sent.keys().cloned().collect();
+                    users.sort();
+                    for user in users {
+                        let core = tracker
+                            .unsent
+                            .remove(&user)
+                            .or_else(|| tracker.sent.get(&user).cloned());
+                        if let Some(core) = core {
+                            tracker.update(&user, core, END_OF_INPUT_TIME, true, &mut updates);
+                        }
+                    }
+                    output
+                        .session(&*capability)
+                        .give_iterator(updates.drain(..));
+                }
+                let earliest = touched.keys().next().copied();
+                match [earliest, bound].into_iter().flatten().min() {
+                    Some(time) => {
+                        if *capability.time() < time {
+                            capability.downgrade(&time);
+                        }
+                    }
+                    None => held = None,
+                }
+            }
+        })
         .as_collection()
 }
 
@@ -414,7 +412,11 @@ impl CoreTracker {
     }
 
     /// Records the alerts waiting with times up to `time`.
-    fn record_alerts_until(&mut self, waiting: &mut BTreeMap<u64, Vec<(Id, LastAlert)>>, time: u64) {
+    fn record_alerts_until(
+        &mut self,
+        waiting: &mut BTreeMap<u64, Vec<(Id, LastAlert)>>,
+        time: u64,
+    ) {
         while let Some(entry) = waiting.first_entry() {
             if *entry.key() > time {
                 break;
@@ -509,9 +511,7 @@ where
         Some((key.clone(), (value.clone(), Some(other.clone()))))
     });
     let keys = right.map(|(key, _)| key);
-    let unmatched = left
-        .antijoin(keys)
-        .map(|(key, value)| (key, (value, None)));
+    let unmatched = left.antijoin(keys).map(|(key, value)| (key, (value, None)));
     matched.concat(unmatched)
 }
 
