@@ -186,18 +186,7 @@ fn run_against(receiver: &Receiver, folder: &Path, dead: &Path, extra: &[&str]) 
 
 /// Returns a count from the webhook's summary line, such as `failed attempts`.
 fn webhook_count(stderr: &str, name: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .find(|line| line.starts_with("sink webhook"))
-        .unwrap_or_else(|| panic!("no webhook summary line:\n{stderr}"));
-    line.split(", ")
-        .find_map(|part| {
-            part.rsplit_once(": ")
-                .map_or(part, |(_, rest)| rest)
-                .strip_prefix(name)
-        })
-        .and_then(|rest| rest.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no `{name}` in {line:?}"))
+    sink_count(stderr, "sink webhook", name)
 }
 
 /// Checks what the flaky receiver recorded: every alert of R, one key per alert, and only the
@@ -558,4 +547,51 @@ fn alert_file_reopen_cuts_torn_line() {
     std::fs::write(&path, "old\n").unwrap();
     run(&path, false);
     assert_eq!(std::fs::read_to_string(&path).unwrap(), reference);
+}
+
+/// Returns the count `name` (such as `delivered`) from the summary line of the sink whose
+/// line starts with `sink`.
+fn sink_count(stderr: &str, sink: &str, name: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|line| line.starts_with(sink))
+        .unwrap_or_else(|| panic!("no `{sink}` summary line:\n{stderr}"));
+    line.split(", ")
+        .find_map(|part| {
+            part.rsplit_once(": ")
+                .map_or(part, |(_, rest)| rest)
+                .strip_prefix(name)
+        })
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{name}` in {line:?}"))
+}
+
+/// An alert file on a full disk: no alert counts as delivered, every one as lost, and the
+/// write error is logged once, not once per alert.
+#[test]
+fn alert_file_on_full_disk_counts_lost() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipped: this system has no /dev/full");
+        return;
+    }
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let (events, _) = common::generate_stream(folder.path(), 300, 9, 7);
+    let output = veer()
+        .args(["run", "--no-progress", "--input"])
+        .arg(&events)
+        .args(["--alerts", "/dev/full"])
+        .output()
+        .expect("veer runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+
+    let sink = "sink file /dev/full";
+    let lost = sink_count(&stderr, sink, "lost");
+    assert!(lost > 0, "no alert counted lost:\n{stderr}");
+    assert_eq!(sink_count(&stderr, sink, "delivered"), 0, "{stderr}");
+    let errors = stderr
+        .lines()
+        .filter(|line| line.contains("ERROR"))
+        .count();
+    assert_eq!(errors, 1, "the write error is not logged once:\n{stderr}");
 }

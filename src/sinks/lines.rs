@@ -20,6 +20,11 @@ enum Target {
 pub(crate) struct LineSink {
     target: Target,
     stats: SinkStats,
+    /// Alerts counted delivered that are still in the write buffer. A failed flush may drop
+    /// them, so they move from delivered to lost.
+    unflushed: u64,
+    /// Whether a write or flush failed; later failures are counted without a log line each.
+    write_error: bool,
 }
 
 impl LineSink {
@@ -27,6 +32,8 @@ impl LineSink {
         LineSink {
             target: Target::Stdout(std::io::BufWriter::new(std::io::stdout())),
             stats: SinkStats::named("stdout"),
+            unflushed: 0,
+            write_error: false,
         }
     }
 
@@ -57,6 +64,8 @@ impl LineSink {
         Ok(LineSink {
             target: Target::File(file),
             stats,
+            unflushed: 0,
+            write_error: false,
         })
     }
 
@@ -77,13 +86,18 @@ impl LineSink {
                     match result {
                         Ok(true) => {
                             self.stats.delivered += 1;
+                            self.unflushed += 1;
                             live.delivered(1);
                         }
                         Ok(false) => self.stats.skipped += 1,
                         Err(error) => {
                             self.stats.lost += 1;
                             live.failure();
-                            tracing::error!(sink = %self.stats.name, alert_id = %record.id, %error, "alert lost: write failed");
+                            self.lose_unflushed();
+                            if !self.write_error {
+                                self.write_error = true;
+                                tracing::error!(sink = %self.stats.name, alert_id = %record.id, %error, "alert lost: write failed; later failures are counted in the summary");
+                            }
                         }
                     }
                     if receiver.is_empty() {
@@ -105,11 +119,26 @@ impl LineSink {
             Target::File(file) => file.flush(),
             Target::Stdout(out) => out.flush(),
         };
-        if let Err(error) = result {
-            // The failed write may have dropped buffered lines. Their count is unknown, so the
-            // sink is marked failed instead of guessing a number of lost alerts.
-            self.stats.failed = true;
-            tracing::error!(sink = %self.stats.name, %error, "failed to flush alerts");
+        match result {
+            Ok(()) => self.unflushed = 0,
+            Err(error) => {
+                // The failed write may have written part of the buffer, so the sink is also
+                // marked failed: its lost count is an upper bound.
+                self.stats.failed = true;
+                self.lose_unflushed();
+                if !self.write_error {
+                    self.write_error = true;
+                    tracing::error!(sink = %self.stats.name, %error, "failed to flush alerts; later failures are counted in the summary");
+                }
+            }
         }
+    }
+
+    /// Counts the alerts still in the write buffer as lost instead of delivered, after a
+    /// write or flush error that may have dropped them.
+    fn lose_unflushed(&mut self) {
+        self.stats.delivered -= self.unflushed;
+        self.stats.lost += self.unflushed;
+        self.unflushed = 0;
     }
 }
