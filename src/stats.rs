@@ -175,23 +175,37 @@ impl StreamStats {
 
     /// Formats the statistics as one row of the table of [`StreamStats::markdown_header`].
     pub fn to_markdown_row(&self, name: &str) -> String {
-        let percent = |share: f64| format!("{:.1}%", share * 100.0);
+        // A median or share over no values is NaN, shown as "n/a" like `veer eval` does.
+        let number = |value: f64, decimals: usize| {
+            if value.is_finite() {
+                format!("{value:.decimals$}")
+            } else {
+                "n/a".to_string()
+            }
+        };
+        let percent = |share: f64| {
+            if self.events == 0 || !share.is_finite() {
+                "n/a".to_string()
+            } else {
+                format!("{:.1}%", share * 100.0)
+            }
+        };
         let cells = [
             name.to_string(),
             self.users.to_string(),
             self.events.to_string(),
-            format!("{:.2}", self.days),
-            format!("{:.2}", self.events_per_user_per_day),
-            format!("{:.2}", self.sessions_per_day),
-            format!("{:.1}", self.events_per_session),
-            format!("{:.1}", self.distinct_categories_per_user),
+            number(self.days, 2),
+            number(self.events_per_user_per_day, 2),
+            number(self.sessions_per_day, 2),
+            number(self.events_per_session, 1),
+            number(self.distinct_categories_per_user, 1),
             percent(self.behavior_mix[0]),
             percent(self.behavior_mix[1]),
             percent(self.behavior_mix[2]),
             percent(self.behavior_mix[3]),
-            format!("{:.3}", self.outside_usual_share),
-            format!("{:.3}", self.new_category_share),
-            format!("{:.3}", self.recurring_new_share),
+            number(self.outside_usual_share, 3),
+            number(self.new_category_share, 3),
+            number(self.recurring_new_share, 3),
         ];
         format!("| {} |", cells.join(" | "))
     }
@@ -360,6 +374,13 @@ mod tests {
         assert_eq!(stats.new_category_share, 0.75);
         // New categories 3 (two sessions) and 4 (one session).
         assert_eq!(stats.recurring_new_share, 0.5);
+    }
+
+    #[test]
+    fn empty_stream_row_shows_na() {
+        let row = compute(&[]).to_markdown_row("empty");
+        assert!(!row.contains("NaN"), "{row}");
+        assert_eq!(row, "| empty | 0 | 0 | 0.00 | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |");
     }
 
     #[test]
