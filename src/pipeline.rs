@@ -1368,7 +1368,7 @@ fn send_shared(
     progress.processed(plan.sent());
 }
 
-/// Receives the next chunk from the reader thread, answering user queries while it waits.
+/// Receives the next chunk from the reader thread and steps the dataflow while it waits.
 ///
 /// A shutdown request ends the input at the reader, which then sends what it has read and
 /// its counts, so the chunks are received to the reader's last one even after the request.

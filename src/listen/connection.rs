@@ -490,8 +490,8 @@ fn read_some(stream: &mut TcpStream, buffer: &mut [u8]) -> std::io::Result<Optio
 /// Nagle's algorithm, on by default for Linux TCP sockets, delays a segment smaller than the
 /// maximum segment size while an earlier small one is unacknowledged. On loopback the maximum
 /// segment size is about 64 KiB, so a client sending a few KiB per millisecond waited for the
-/// delayed ACK, or for 64 KiB to pile up: at 100,000 lines/s that raised the event-to-alert
-/// p99 from about 7 ms to 22 ms (`benches/socket.sh`). Linux leaves quick-ACK mode on its
+/// delayed ACK, or for 64 KiB to pile up. At 100,000 lines/s that raised the event-to-alert
+/// p99 from about 7 ms to 22 ms (measured with `benches/socket.sh`). Linux leaves quick-ACK mode on its
 /// own, so the option is set again after every read.
 fn ack_at_once(stream: &TcpStream) {
     // A failure only leaves the ACK delayed, so it is ignored.

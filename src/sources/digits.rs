@@ -85,8 +85,8 @@ fn eight_digits_value(word: u64) -> u64 {
 /// Reads the run of ASCII digits of `line` that starts at `start`, as [`read_digits`] does.
 ///
 /// In a line of at least 16 bytes, a run of under 16 digits is found from the mask of the 16
-/// bytes at `start` (or the line's last 16 bytes), and its value read with one or two word
-/// loads, with no loop. Longer runs and shorter lines go to [`read_digits`].
+/// bytes at `start` (or of the line's last 16 bytes). Its value is then read with one or two
+/// word loads and no loop. Longer runs and shorter lines go to [`read_digits`].
 #[inline(always)]
 pub(crate) fn read_run(line: &[u8], start: usize) -> (usize, u64) {
     if line.len() >= 16 && start <= line.len() {

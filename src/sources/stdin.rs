@@ -22,8 +22,8 @@ pub fn cut_by_shutdown() -> bool {
     CUT.load(Ordering::Acquire)
 }
 
-/// File descriptor 0, read without the buffer of [`std::io::Stdin`], so that `poll(2)` sees
-/// every byte not yet read.
+/// Standard input read from file descriptor 0 without the buffer of [`std::io::Stdin`], so
+/// that `poll(2)` reports every byte not yet read.
 pub(super) struct StdinUntilShutdown {
     file: ManuallyDrop<File>,
 }
