@@ -20,8 +20,9 @@ enum Target {
 pub(crate) struct LineSink {
     target: Target,
     stats: SinkStats,
-    /// Alerts counted delivered that are still in the write buffer. A failed flush may drop
-    /// them, so they move from delivered to lost.
+    /// Alerts counted delivered in the summary that are still in the write buffer. A failed
+    /// flush may drop them, so they move from delivered to lost. The live counter counts them
+    /// only once a flush has written them, because a live counter cannot go down.
     unflushed: u64,
     /// Whether a write or flush failed; later failures are counted without a log line each.
     write_error: bool,
@@ -87,7 +88,6 @@ impl LineSink {
                         Ok(true) => {
                             self.stats.delivered += 1;
                             self.unflushed += 1;
-                            live.delivered(1);
                         }
                         Ok(false) => self.stats.skipped += 1,
                         Err(error) => {
@@ -101,26 +101,30 @@ impl LineSink {
                         }
                     }
                     if receiver.is_empty() {
-                        self.flush();
+                        self.flush(&live);
                     }
                 }
                 Message::Flush(ack) => {
-                    self.flush();
+                    self.flush(&live);
                     let _ = ack.send(());
                 }
             }
         }
-        self.flush();
+        self.flush(&live);
         self.stats
     }
 
-    fn flush(&mut self) {
+    /// Writes the buffered alerts out and adds them to the live delivered counter.
+    fn flush(&mut self, live: &SinkMetrics) {
         let result = match &mut self.target {
             Target::File(file) => file.flush(),
             Target::Stdout(out) => out.flush(),
         };
         match result {
-            Ok(()) => self.unflushed = 0,
+            Ok(()) => {
+                live.delivered(self.unflushed);
+                self.unflushed = 0;
+            }
             Err(error) => {
                 // The failed write may have written part of the buffer, so the sink is also
                 // marked failed: its lost count is an upper bound.
@@ -140,5 +144,56 @@ impl LineSink {
         self.stats.delivered -= self.unflushed;
         self.stats.lost += self.unflushed;
         self.unflushed = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::sinks::AlertRecord;
+
+    /// Sends `alerts` alert lines through a file sink at `path` and returns its summary and
+    /// the live metrics' delivered counter.
+    fn run_file_sink(path: &Path, alerts: usize) -> (SinkStats, String) {
+        let metrics = Metrics::new();
+        let sink = LineSink::file(path, false).expect("create the alert file");
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        for index in 0..alerts {
+            let record = AlertRecord {
+                id: format!("a{index}"),
+                line: format!("{{\"alert_id\":\"a{index}\"}}"),
+            };
+            sender.send(Message::Alert(Arc::new(record))).unwrap();
+        }
+        drop(sender);
+        let stats = sink.run(receiver, metrics.sink("file"));
+        let delivered = metrics
+            .to_prometheus()
+            .lines()
+            .find(|line| line.starts_with("veer_sink_delivered_total{sink=\"file\"}"))
+            .expect("a delivered counter for the sink")
+            .to_string();
+        (stats, delivered)
+    }
+
+    #[test]
+    fn written_alerts_count_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (stats, delivered) = run_file_sink(&dir.path().join("alerts.jsonl"), 3);
+        assert_eq!(stats.delivered, 3);
+        assert_eq!(stats.lost, 0);
+        assert!(delivered.ends_with(" 3"), "{delivered}");
+    }
+
+    /// On a full disk the buffered alerts never reach the file, so neither the summary nor
+    /// the live counter counts them delivered.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn full_disk_counts_none_delivered() {
+        let (stats, delivered) = run_file_sink(Path::new("/dev/full"), 20);
+        assert_eq!(stats.delivered, 0);
+        assert_eq!(stats.lost, 20);
+        assert!(delivered.ends_with(" 0"), "{delivered}");
     }
 }
