@@ -463,8 +463,14 @@ fn read_one(
     let is_stdin = path == "-";
     loop {
         let cut_before = is_stdin && sources::stdin_cut_by_shutdown();
-        let next = match splitter.next_line() {
-            Ok(next) => next,
+        let mut input_ended = false;
+        let pushed = match splitter.next_line() {
+            Ok(None) => break,
+            Ok(Some(line)) if is_stdin && !cut_before && sources::stdin_cut_by_shutdown() => {
+                // The shutdown, not a newline, ended this line, so its end may be missing.
+                unfinished_line(line, counts)
+            }
+            Ok(Some(line)) => count_and_parse(&mut *parser, line, limit, counts, &mut batch),
             // A gzip stream cut by the shutdown ends in the middle of a member.
             Err(error) if is_stdin && sources::stdin_cut_by_shutdown() => {
                 tracing::warn!(
@@ -472,22 +478,13 @@ fn read_one(
                     %error,
                     "shutdown requested: the rest of the compressed input is not read"
                 );
-                break;
+                let Some(line) = splitter.take_unfinished() else {
+                    break;
+                };
+                input_ended = true;
+                unfinished_line(line, counts)
             }
             Err(error) => return Err(format!("failed reading {name}: {error}")),
-        };
-        let Some(line) = next else { break };
-        let pushed = if is_stdin && !cut_before && sources::stdin_cut_by_shutdown() {
-            // The shutdown, not a newline, ended this line, so its end may be missing.
-            counts.lines += 1;
-            counts.bytes += line.bytes.len() as u64;
-            Pushed::Bad(BadRecord::new(
-                line.number,
-                "line not finished when the shutdown was requested",
-                line.bytes,
-            ))
-        } else {
-            count_and_parse(&mut *parser, line, limit, counts, &mut batch)
         };
         if counts.lines.is_multiple_of(65_536) {
             progress
@@ -529,6 +526,9 @@ fn read_one(
                 }
             }
         }
+        if input_ended {
+            break;
+        }
     }
     progress
         .bytes
@@ -539,6 +539,18 @@ fn read_one(
         let _ = channel.chunks.send(Chunk::Events(batch, counts.clone()));
     }
     Ok(())
+}
+
+/// Counts a line that a shutdown ended before its newline and makes it a bad record, because
+/// its end may be missing.
+fn unfinished_line(line: sources::Line<'_>, counts: &mut LineCounts) -> Pushed {
+    counts.lines += 1;
+    counts.bytes += line.bytes.len() as u64;
+    Pushed::Bad(BadRecord::new(
+        line.number,
+        "line not finished when the shutdown was requested",
+        line.bytes,
+    ))
 }
 
 /// Returns whether a shutdown was requested, logging where the reader stops reading `name`.

@@ -259,8 +259,32 @@ fn sigterm_with_blocked_stdin_exits() {
 
 #[test]
 fn sigterm_counts_unfinished_stdin_line() {
+    check_unfinished_stdin_line(false);
+}
+
+/// A shutdown that cuts a gzip member still counts the decompressed part of its last line.
+#[test]
+fn sigterm_counts_unfinished_gzip_line() {
+    check_unfinished_stdin_line(true);
+}
+
+/// Writes 2,100 whole lines and one unfinished line to `veer run --input -`, plain or as one
+/// unfinished gzip member, then sends SIGTERM and checks that every line is counted and the
+/// unfinished one is a bad record.
+fn check_unfinished_stdin_line(gzip: bool) {
     let folder = tempfile::tempdir().unwrap();
     let (head, reference) = head_and_reference(folder.path());
+    let mut text = head.into_bytes();
+    text.extend_from_slice(br#"{"user":1600,"item":7,"category":4"#);
+    let bytes = if gzip {
+        // A sync flush makes the whole text decodable while the member stays unfinished.
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&text).unwrap();
+        encoder.flush().unwrap();
+        encoder.get_ref().clone()
+    } else {
+        text
+    };
 
     // The default order reads standard input to its end before the replay, so the signal
     // ends the input. The 2,100 whole lines are events and the unfinished one is bad.
@@ -277,8 +301,7 @@ fn sigterm_counts_unfinished_stdin_line() {
     ];
     let mut server = Server::start_with_stdin(&args, 0, Stdio::piped());
     let mut stdin = server.child.stdin.take().unwrap();
-    stdin.write_all(head.as_bytes()).unwrap();
-    stdin.write_all(br#"{"user":1600,"item":7,"category":4"#).unwrap();
+    stdin.write_all(&bytes).unwrap();
     stdin.flush().unwrap();
     std::thread::sleep(Duration::from_secs(1));
     server.signal(libc::SIGTERM);

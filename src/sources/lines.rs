@@ -36,6 +36,8 @@ pub struct LineSplitter<R: BufRead> {
     pending_consume: usize,
     /// Content of a line that spans more than one fill of the reader's buffer.
     spill: Vec<u8>,
+    /// Whether a read error interrupted a line after `spill` took its first bytes.
+    unfinished: bool,
     finished: bool,
 }
 
@@ -48,6 +50,7 @@ impl<R: BufRead> LineSplitter<R> {
             line_number: 0,
             pending_consume: 0,
             spill: Vec::new(),
+            unfinished: false,
             finished: false,
         }
     }
@@ -122,7 +125,10 @@ impl<R: BufRead> LineSplitter<R> {
             let buffer = match self.reader.fill_buf() {
                 Ok(buffer) => buffer,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(error),
+                Err(error) => {
+                    self.unfinished = total > 0;
+                    return Err(error);
+                }
             };
             if buffer.is_empty() {
                 self.finished = true;
@@ -159,6 +165,18 @@ impl<R: BufRead> LineSplitter<R> {
             self.line_number,
             self.max_line_bytes,
         )))
+    }
+
+    /// Returns the line that the last read error interrupted, as far as it was read, once.
+    ///
+    /// A caller that knows why the input ended early (a shutdown that cut a compressed
+    /// stream) can then report the line instead of dropping it unseen.
+    pub fn take_unfinished(&mut self) -> Option<Line<'_>> {
+        if !std::mem::take(&mut self.unfinished) {
+            return None;
+        }
+        self.line_number += 1;
+        Some(cut_line(&self.spill, self.line_number, self.max_line_bytes))
     }
 
     /// Reads the next line and parses it, turning a line over the limit into a bad record.
@@ -204,6 +222,40 @@ fn cut_line(mut content: &[u8], number: u64, max_line_bytes: usize) -> Line<'_> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader that returns its bytes and then fails, as a compressed stream cut short does.
+    struct FailsAfter(io::Cursor<Vec<u8>>);
+
+    impl io::Read for FailsAfter {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            match self.0.read(buffer)? {
+                0 => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "cut")),
+                read => Ok(read),
+            }
+        }
+    }
+
+    #[test]
+    fn read_error_keeps_unfinished_line() {
+        let reader =
+            io::BufReader::with_capacity(4, FailsAfter(io::Cursor::new(b"ab\ncde".to_vec())));
+        let mut splitter = LineSplitter::new(reader);
+        assert_eq!(splitter.next_line().unwrap().unwrap().bytes, b"ab");
+        assert!(splitter.next_line().is_err());
+        let line = splitter.take_unfinished().expect("the unfinished line");
+        assert_eq!(line.number, 2);
+        assert_eq!(line.bytes, b"cde");
+        assert!(splitter.take_unfinished().is_none());
+    }
+
+    #[test]
+    fn read_error_between_lines_leaves_none() {
+        let reader = io::BufReader::new(FailsAfter(io::Cursor::new(b"ab\n".to_vec())));
+        let mut splitter = LineSplitter::new(reader);
+        assert_eq!(splitter.next_line().unwrap().unwrap().bytes, b"ab");
+        assert!(splitter.next_line().is_err());
+        assert!(splitter.take_unfinished().is_none());
+    }
 
     /// Collects (number, content, truncated) for every line, reading through a small buffer so
     /// that lines span several buffer fills.
