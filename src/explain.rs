@@ -290,10 +290,15 @@ pub fn explain(request: &ExplainRequest) -> Result<UserTrace, ExplainError> {
 /// of the Taobao data) for Taobao UserBehavior CSV, UTC for every other format.
 ///
 /// The format is `options.format` or is detected from the first input's first line; an
-/// unreadable input gives UTC, and reading it later reports the error.
+/// unreadable input gives UTC, and reading it later reports the error. Standard input and
+/// other inputs that are not regular files, such as named pipes, also give UTC without
+/// `--format`, because detecting their format would consume the bytes that the replay reads.
 pub fn default_zone(inputs: &[String], options: &SourceOptions) -> TimeZone {
     let format = options.format.or_else(|| {
         let path = inputs.first().filter(|path| path.as_str() != "-")?;
+        if !std::fs::metadata(path).ok()?.is_file() {
+            return None;
+        }
         let mut reader = crate::sources::open_input(path).ok()?;
         let head = reader.fill_buf().ok()?;
         crate::sources::detect_format(head)

@@ -50,11 +50,19 @@ impl Progress {
     }
 
     /// Returns the total size of `paths` when every one is a plain file, so that its bytes
-    /// are the bytes read; `None` for standard input or a gzip file.
+    /// are the bytes read; `None` for standard input, a pipe or other special file, or a gzip
+    /// file.
+    ///
+    /// Only regular files are opened, because a read from a named pipe such as `/dev/stdin`
+    /// or `<(zcat …)` would take bytes that the input reader then never sees.
     pub fn plain_size(paths: &[String]) -> Option<u64> {
         let mut total = 0;
         for path in paths {
             if path == "-" {
+                return None;
+            }
+            let metadata = std::fs::metadata(path).ok()?;
+            if !metadata.is_file() {
                 return None;
             }
             let mut magic = [0u8; 2];
@@ -63,7 +71,7 @@ impl Progress {
             if read == 2 && magic == [0x1f, 0x8b] {
                 return None;
             }
-            total += file.metadata().ok()?.len();
+            total += metadata.len();
         }
         Some(total)
     }

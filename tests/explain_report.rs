@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{arg, generate_stream, run_veer_exact, shared, CommandOutput};
+use common::{
+    arg, generate_stream, run_veer_exact, run_veer_exact_with_stdin, shared, CommandOutput,
+};
 use scraper::{Html, Selector};
 
 /// The category names of user 2301 in the label case, as the input writes them.
@@ -413,6 +415,20 @@ fn text_view_matches_golden_file() {
          change):\n{actual}",
         golden.display()
     );
+}
+
+#[test]
+fn explain_reads_pipe_path_whole() {
+    // The time-zone probe must not read from a pipe that the replay reads after it.
+    let input = shared("cases/01-one-shift-one-alert/input.jsonl");
+    let from_file = succeed(&["explain", "--input", arg(&input), "--user", "101"]).stdout;
+    let bytes = std::fs::read(&input).expect("case input is readable");
+    let from_pipe = run_veer_exact_with_stdin(
+        &["explain", "--input", "/dev/stdin", "--user", "101"],
+        &bytes,
+    );
+    assert_eq!(from_pipe.status, 0, "{}", from_pipe.stderr);
+    assert_eq!(from_pipe.stdout, from_file);
 }
 
 #[test]

@@ -348,6 +348,30 @@ fn stdin_and_gzip_give_same_alerts() {
 }
 
 #[test]
+fn pipe_path_input_keeps_first_bytes() {
+    // `/dev/stdin` is the child's standard input pipe, read through its path as
+    // `<(zcat …)` or a named pipe would be. No probe may take bytes from it before the reader.
+    let input = shared(CASE_ONE_SHIFT);
+    let plain = std::fs::read(&input).expect("case input is readable");
+    let from_file = run_veer(&["--input", arg(&input)]);
+    assert_eq!(from_file.status, 0, "{}", from_file.stderr);
+
+    for format in [None, Some("jsonl")] {
+        let mut args = vec!["--input", "/dev/stdin"];
+        args.extend(format.iter().flat_map(|format| ["--format", *format]));
+        let from_pipe = run_veer_with_stdin(&args, &plain);
+        assert_eq!(from_pipe.status, 0, "{args:?}: {}", from_pipe.stderr);
+        assert_eq!(from_pipe.dead_lines("bad"), Vec::<u64>::new(), "{args:?}");
+        assert_eq!(
+            from_pipe.summary_count("events"),
+            from_file.summary_count("events"),
+            "{args:?}"
+        );
+        assert_eq!(from_pipe.alerts_text, from_file.alerts_text, "{args:?}");
+    }
+}
+
+#[test]
 fn eval_agrees_with_run_truth() {
     let folder = tempfile::tempdir().expect("temporary folder");
     let (events, truth) = generate_stream(folder.path(), 400, 9, 11);

@@ -147,20 +147,42 @@ pub fn run_veer_exact(args: &[&str]) -> CommandOutput {
 
 /// Runs `veer run` like [`run_veer`], with `input` written to the child's standard input.
 pub fn run_veer_with_stdin(args: &[&str], input: &[u8]) -> RunOutput {
-    use std::io::Write;
-    use std::process::Stdio;
-
     let folder = tempfile::tempdir().expect("temporary folder");
     let alerts_path = folder.path().join("alerts.jsonl");
     let dead_path = folder.path().join("dead.jsonl");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_veer"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_veer"));
+    command
         .arg("run")
         .args(args)
         .arg("--alerts")
         .arg(&alerts_path)
         .arg("--dead-letter")
         .arg(&dead_path)
-        .arg("--no-progress")
+        .arg("--no-progress");
+    let output = output_with_stdin(command, input);
+    RunOutput::read(output, &alerts_path, &dead_path)
+}
+
+/// Runs the `veer` binary with exactly `args`, like [`run_veer_exact`], with `input` written
+/// to its standard input.
+pub fn run_veer_exact_with_stdin(args: &[&str], input: &[u8]) -> CommandOutput {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_veer"));
+    command.args(args);
+    let output = output_with_stdin(command, input);
+    CommandOutput {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Runs `command` with warnings logged and `input` written to its standard input, and
+/// returns its output.
+fn output_with_stdin(mut command: Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    let mut child = command
         .env("VEER_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -177,8 +199,7 @@ pub fn run_veer_with_stdin(args: &[&str], input: &[u8]) -> RunOutput {
     });
     let output = child.wait_with_output().expect("the veer binary finishes");
     writer.join().expect("the stdin writer thread finishes");
-
-    RunOutput::read(output, &alerts_path, &dead_path)
+    output
 }
 
 /// Prefixes of the summary lines that differ between runs of the same input: timing, latency,
