@@ -23,6 +23,7 @@ pub mod model_file;
 mod model_path;
 pub mod pipeline;
 pub mod plot;
+pub mod profile_file;
 pub mod progress;
 pub mod query;
 pub mod replay;

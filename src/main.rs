@@ -745,6 +745,9 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
     if let Some(failure) = &summary.dead_letter_failure {
         anyhow::bail!("{failure}");
     }
+    if let Some(failure) = &summary.profile_failure {
+        anyhow::bail!("{failure}");
+    }
     if summary.sinks.failed() {
         anyhow::bail!(
             "{} alerts were lost by the alert sinks (see the log above)",

@@ -151,6 +151,8 @@ pub struct RunSummary {
     pub checkpoints: u64,
     /// The dead-letter file's write failure, if it could not be written.
     pub dead_letter_failure: Option<crate::ingest::DeadLetterFailure>,
+    /// The profile file's write failure, if it could not be written.
+    pub profile_failure: Option<crate::profile_file::ProfileFileFailure>,
 }
 
 impl RunSummary {
@@ -363,14 +365,12 @@ fn run_job(
         None if settings.profiles.is_some() => Some(AttributeFeed::new(Default::default(), None)),
         None => None,
     };
-    let profile_writer: Option<Box<dyn Write + Send>> = match &settings.profiles {
-        Some(path) => Some(Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path).map_err(|error| {
-                anyhow::anyhow!("cannot create profile file {}: {error}", path.display())
-            })?,
-        ))),
+    let profile_file = match &settings.profiles {
+        Some(path) => Some(crate::profile_file::ProfileFile::create(path)?),
         None => None,
     };
+    let profile_status = profile_file.as_ref().map(|file| file.status());
+    let profile_writer = profile_file.map(|file| Box::new(file) as Box<dyn Write + Send>);
 
     let bytes_read = Arc::new(AtomicU64::new(0));
     let input_label = match &settings.source {
@@ -507,6 +507,7 @@ fn run_job(
     }
     shared.dead_letter.flush();
     summary.dead_letter_failure = shared.dead_letter.failure();
+    summary.profile_failure = profile_status.and_then(|status| status.failure());
     summary.latency = shared.metrics.latency();
     summary.wall = started.elapsed();
     summary.sinks = sink_threads.finish();

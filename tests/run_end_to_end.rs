@@ -821,3 +821,48 @@ fn unwritable_dead_letter_fails_run() {
         run.stderr
     );
 }
+
+/// A profile file that cannot be written is logged once and fails the run with an error that
+/// names the file and counts the lines lost.
+#[test]
+fn unwritable_profile_file_fails_run() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipped: this system has no /dev/full");
+        return;
+    }
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let alerts = folder.path().join("alerts.jsonl");
+    let run = run_veer_exact(&[
+        "run",
+        "--input",
+        arg(&shared(CASE_ONE_SHIFT)),
+        "--alerts",
+        arg(&alerts),
+        "--profiles",
+        "/dev/full",
+        "--no-progress",
+    ]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("the profile file /dev/full could not be written"),
+        "no error naming the profile file:\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.matches("cannot write the profile file").count(),
+        1,
+        "the write error is not logged exactly once:\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.matches("failed to write a profile line").count(),
+        0,
+        "the operator logged a write error of its own:\n{}",
+        run.stderr
+    );
+    assert!(
+        !std::fs::read_to_string(&alerts).expect("alerts").is_empty(),
+        "the alerts were not written"
+    );
+}
