@@ -310,7 +310,14 @@ fn out_of_range(section: &str, key: &str, value: impl std::fmt::Display, expecte
     format!("invalid [{section}] {key} = {value}: expected {expected}")
 }
 
+/// Largest duration that [`parse_duration`] accepts: 1,000,000 days, about 2,700 years.
+///
+/// Durations are added to event times and converted to `i64` milliseconds, which a much
+/// larger value would overflow or wrap to a negative number.
+pub const MAX_DURATION: Duration = Duration::from_secs(1_000_000 * 86_400);
+
 /// Parses a duration such as `10s`, `100ms`, `5m`, `2h` or `3d`; a bare number is seconds.
+/// Rejects durations above [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -335,6 +342,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!(
             "invalid duration {text:?}: must be a non-negative number"
+        ));
+    }
+    if seconds > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "invalid duration {text:?}: the maximum is 1000000d (about 2,700 years)"
         ));
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -384,6 +396,17 @@ mod tests {
         assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn durations_above_maximum_rejected() {
+        assert_eq!(parse_duration("1000000d"), Ok(MAX_DURATION));
+        // Without the limit, 200000000000d wraps to a negative out-of-orderness in
+        // milliseconds, and 1e22 days overflows `Duration`.
+        for text in ["1000001d", "200000000000d", "9999999999999999999999d"] {
+            let error = parse_duration(text).expect_err(text);
+            assert!(error.contains("the maximum is 1000000d"), "{text}: {error}");
+        }
     }
 
     #[test]
