@@ -518,8 +518,16 @@ fn horizon_arg(text: &str) -> anyhow::Result<i64> {
 }
 
 /// Rejects an output path that is also an input or another output, because creating the
-/// output would empty the other file before it is read.
+/// output would empty the other file before it is read. Also rejects `-`, because only
+/// `--alerts` and `--input` read it as standard output or input, and these outputs would
+/// create a file named `-`.
 fn check_distinct_paths(inputs: &[String], outputs: &[(&str, &Path)]) -> anyhow::Result<()> {
+    if let Some((name, _)) = outputs.iter().find(|(_, path)| *path == Path::new("-")) {
+        anyhow::bail!(
+            "invalid --{name} -: this output cannot go to standard output; give a file path \
+             (only --alerts - writes to standard output)"
+        );
+    }
     // A path that does not exist yet is resolved through its folder.
     let canonical = |path: &Path| {
         std::fs::canonicalize(path).ok().or_else(|| {

@@ -5,6 +5,7 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
+use std::process::Command;
 
 use common::{
     arg, generate_stream, run_veer, run_veer_exact, run_veer_with_stdin, score_line, shared,
@@ -653,6 +654,50 @@ fn output_over_input_rejected() {
     ]);
     assert_eq!(same.status, 2, "{}", same.stderr);
     assert!(same.stderr.contains("are the same file"), "{}", same.stderr);
+}
+
+#[test]
+fn dash_for_file_outputs_rejected() {
+    // The runs start in an empty folder, so a file named `-` would show there.
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let input = shared(CASE_ONE_SHIFT);
+    let cases: [(&str, Vec<&str>); 4] = [
+        (
+            "dead-letter",
+            vec!["run", "--input", arg(&input), "--dead-letter", "-"],
+        ),
+        (
+            "profiles",
+            vec!["run", "--input", arg(&input), "--profiles", "-"],
+        ),
+        (
+            "out",
+            vec![
+                "generate", "--users", "50", "--days", "5", "--out", "-", "--truth", "t.jsonl",
+            ],
+        ),
+        (
+            "truth",
+            vec![
+                "generate", "--users", "50", "--days", "5", "--out", "e.jsonl", "--truth", "-",
+            ],
+        ),
+    ];
+    for (name, args) in cases {
+        let output = Command::new(env!("CARGO_BIN_EXE_veer"))
+            .args(&args)
+            .current_dir(folder.path())
+            .env("VEER_LOG", "warn")
+            .output()
+            .expect("the veer binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "--{name}: {stderr}");
+        assert!(stderr.contains(&format!("invalid --{name} -")), "{stderr}");
+        assert!(
+            !folder.path().join("-").exists(),
+            "--{name} created a file named -"
+        );
+    }
 }
 
 #[test]
