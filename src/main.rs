@@ -745,7 +745,7 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
             Some(timeline) => Some(timeline),
             None => Some(summary.timeline.iter().cloned().collect::<UserTimeline>()),
         };
-        print_score(&summary, &truth, timeline.as_ref(), horizon_secs);
+        print_score(&summary, &truth, timeline.as_ref(), horizon_secs)?;
     }
     if let Some(saver) = &model_saver {
         saver.finish()?;
@@ -776,7 +776,7 @@ fn print_score(
     truth: &[veer::truth::TruthRecord],
     timeline: Option<&UserTimeline>,
     horizon_secs: i64,
-) {
+) -> anyhow::Result<()> {
     let alerts: Vec<ScoredAlert> = summary
         .kept_alerts
         .iter()
@@ -787,8 +787,17 @@ fn print_score(
         })
         .collect();
     let score = eval::score(truth, &alerts, timeline, &EvalConfig { horizon_secs });
-    println!("{}", score.to_table());
-    println!("{}", score.to_json_line());
+    print_stdout(&format!("{}\n{}\n", score.to_table(), score.to_json_line()))
+}
+
+/// Writes `text` to standard output. A failed write (such as a full disk) is an error that
+/// names standard output, where `print!` would panic.
+fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|error| anyhow::anyhow!("cannot write to standard output: {error}"))
 }
 
 fn read_truth(path: &Path) -> anyhow::Result<Vec<veer::truth::TruthRecord>> {
@@ -877,16 +886,18 @@ fn eval_files(args: EvalArgs) -> anyhow::Result<()> {
     };
     let config = EvalConfig { horizon_secs };
     let score = eval::score(&truth, &alerts, timeline.as_ref(), &config);
-    println!("{}", score.to_table());
-    println!("{}", score.to_json_line());
+    print_stdout(&format!("{}\n{}\n", score.to_table(), score.to_json_line()))?;
     if let Some(path) = &args.baseline {
         let baseline_alerts = read_alert_file(path)?;
         let baseline = eval::score(&truth, &baseline_alerts, timeline.as_ref(), &config);
         let paired = eval::paired::compare_delays(&score, &baseline)
             .expect("both scores come from the same truth records");
-        println!("\nagainst the baseline {}", path.display());
-        println!("{}", paired.to_table());
-        println!("{}", paired.to_json_line());
+        print_stdout(&format!(
+            "\nagainst the baseline {}\n{}\n{}\n",
+            path.display(),
+            paired.to_table(),
+            paired.to_json_line()
+        ))?;
     }
     Ok(())
 }
@@ -899,18 +910,20 @@ fn read_alert_file(path: &Path) -> anyhow::Result<Vec<ScoredAlert>> {
 }
 
 fn print_stats(args: StatsArgs) -> anyhow::Result<()> {
-    println!("{}", veer::stats::StreamStats::markdown_header());
+    print_stdout(&format!(
+        "{}\n",
+        veer::stats::StreamStats::markdown_header()
+    ))?;
     if args.with_generated {
         let stream = generate::generate(&GenerateConfig::default());
-        println!(
-            "{}",
-            veer::stats::compute(&stream.events).to_markdown_row("generator, default")
-        );
+        let row = veer::stats::compute(&stream.events).to_markdown_row("generator, default");
+        print_stdout(&format!("{row}\n"))?;
     }
     for path in &args.input.inputs {
         let (events, _) =
             veer::ingest::read_events(vec![path.clone()], args.input.source_options())?;
-        println!("{}", veer::stats::compute(&events).to_markdown_row(path));
+        let row = veer::stats::compute(&events).to_markdown_row(path);
+        print_stdout(&format!("{row}\n"))?;
     }
     Ok(())
 }
@@ -986,7 +999,7 @@ fn explain_user(args: ExplainArgs) -> anyhow::Result<()> {
             write_output(path, &veer::plot::timeline::render(&trace, zone))?;
         }
         (Some(path), _) => write_output(path, &veer::explain::html_page(&trace, zone))?,
-        (None, _) => print!("{}", veer::explain::text_view(&trace, zone)),
+        (None, _) => print_stdout(&veer::explain::text_view(&trace, zone))?,
     }
     if let Some(path) = &args.out {
         eprintln!(
@@ -1041,11 +1054,11 @@ fn scan_file(args: ScanArgs) -> anyhow::Result<()> {
     let options = args.input.source_options();
     for path in &args.input.inputs {
         if veer::scan::scan_lines(path)?.lines == 0 {
-            println!("{path}: empty, nothing to measure");
+            print_stdout(&format!("{path}: empty, nothing to measure\n"))?;
             continue;
         }
         let rounds = veer::scan::scan_rounds(path, &options, args.rounds as usize)?;
-        print!("{}", veer::scan::summary(path, &rounds));
+        print_stdout(&veer::scan::summary(path, &rounds))?;
     }
     Ok(())
 }

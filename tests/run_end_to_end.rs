@@ -911,3 +911,53 @@ fn unwritable_profile_file_fails_run() {
         "the alerts were not written"
     );
 }
+
+/// Commands that print to standard output end with an error naming it when it is full,
+/// rather than with a panic.
+#[test]
+fn full_stdout_is_an_error() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipped: this system has no /dev/full");
+        return;
+    }
+    let input = shared(CASE_ONE_SHIFT);
+    let truth = shared("cases/01-one-shift-one-alert/truth.jsonl");
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let alerts = folder.path().join("alerts.jsonl");
+    let run = run_veer(&["--input", arg(&input)]);
+    std::fs::write(&alerts, &run.alerts_text).expect("write the alerts");
+
+    let commands: [Vec<&str>; 4] = [
+        vec!["eval", "--truth", arg(&truth), "--alerts", arg(&alerts)],
+        vec!["stats", "--input", arg(&input)],
+        vec!["explain", "--input", arg(&input), "--user", "101"],
+        vec![
+            "run",
+            "--input",
+            arg(&input),
+            "--truth",
+            arg(&truth),
+            "--alerts",
+            arg(&alerts),
+        ],
+    ];
+    for args in commands {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .expect("open /dev/full");
+        let output = Command::new(env!("CARGO_BIN_EXE_veer"))
+            .args(&args)
+            .env("VEER_LOG", "warn")
+            .stdout(full)
+            .output()
+            .expect("the veer binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot write to standard output"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
