@@ -619,6 +619,12 @@ fn open_detected(
         return Ok(None);
     }
     let format = sources::detect_format(head).ok_or_else(|| {
+        if head.starts_with(b"\xFF\xFE") || head.starts_with(b"\xFE\xFF") {
+            return format!(
+                "cannot read {name}: it starts with a UTF-16 byte order mark, and veer reads \
+                 UTF-8 only; convert it first, e.g. iconv -f UTF-16 -t UTF-8"
+            );
+        }
         format!(
             "cannot detect the format of {name}; pass --format jsonl|taobao|retailrocket|rees46"
         )

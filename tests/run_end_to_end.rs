@@ -912,6 +912,28 @@ fn unwritable_profile_file_fails_run() {
     );
 }
 
+/// A UTF-16 file (as some spreadsheet exports write) gets an error that names the encoding,
+/// rather than one that suggests `--format`.
+#[test]
+fn utf16_input_named_in_error() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let text = std::fs::read_to_string(shared(CASE_ONE_SHIFT)).expect("case input is UTF-8");
+    let mut utf16 = vec![0xFF, 0xFE];
+    for unit in text.encode_utf16() {
+        utf16.extend_from_slice(&unit.to_le_bytes());
+    }
+    let input = folder.path().join("input.jsonl");
+    std::fs::write(&input, &utf16).expect("write the UTF-16 copy");
+
+    let run = run_veer_exact(&["run", "--input", arg(&input), "--no-progress"]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("UTF-16 byte order mark"),
+        "the error does not name the encoding:\n{}",
+        run.stderr
+    );
+}
+
 /// Commands that print to standard output end with an error naming it when it is full,
 /// rather than with a panic.
 #[test]
