@@ -442,7 +442,7 @@ fn read_one(
     progress: &SourceProgress<'_>,
 ) -> Result<(), String> {
     let name = input_name(path);
-    let Some((reader, format)) = open_detected(path, options)? else {
+    let Some((reader, format, cut)) = open_detected(path, options)? else {
         return Ok(());
     };
     let events_path = (path != "-").then(|| PathBuf::from(path));
@@ -458,21 +458,22 @@ fn read_one(
     let mut batch = channel.pool.take();
     let mut splitter = LineSplitter::new(reader);
     let limit = splitter.max_line_bytes();
-    // On a shutdown, standard input ends by itself after the last line taken from the pipe
-    // (see `sources::stdin_cut_by_shutdown`). A file stops at the next batch.
-    let is_stdin = path == "-";
+    // On a shutdown, a pipe ends by itself after the last line taken from it (see
+    // `sources::ShutdownCut`). A regular file stops at the next batch.
+    let is_pipe = cut.is_some();
+    let cut_now = || cut.as_ref().is_some_and(sources::ShutdownCut::happened);
     loop {
-        let cut_before = is_stdin && sources::stdin_cut_by_shutdown();
+        let cut_before = cut_now();
         let mut input_ended = false;
         let pushed = match splitter.next_line() {
             Ok(None) => break,
-            Ok(Some(line)) if is_stdin && !cut_before && sources::stdin_cut_by_shutdown() => {
+            Ok(Some(line)) if !cut_before && cut_now() => {
                 // The shutdown, not a newline, ended this line, so its end may be missing.
                 unfinished_line(line, counts)
             }
             Ok(Some(line)) => count_and_parse(&mut *parser, line, limit, counts, &mut batch),
             // A gzip stream cut by the shutdown ends in the middle of a member.
-            Err(error) if is_stdin && sources::stdin_cut_by_shutdown() => {
+            Err(error) if cut_now() => {
                 tracing::warn!(
                     input = name,
                     %error,
@@ -490,7 +491,7 @@ fn read_one(
             progress
                 .bytes
                 .store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
-            if !is_stdin && stop_for_shutdown(name, counts) {
+            if !is_pipe && stop_for_shutdown(name, counts) {
                 break;
             }
         }
@@ -507,7 +508,7 @@ fn read_one(
                     {
                         return Ok(());
                     }
-                    if !is_stdin && stop_for_shutdown(name, counts) {
+                    if !is_pipe && stop_for_shutdown(name, counts) {
                         break;
                     }
                 }
@@ -598,18 +599,21 @@ fn warn_if_mostly_bad(
     );
 }
 
-/// Returns the format given in `options`, or the one detected from the first bytes of
-/// `reader`. Returns `None` when the format must be detected and the input is empty.
+/// An opened input, its format, and for a pipe the mark of a shutdown that ended it.
+type DetectedInput = (
+    Box<dyn std::io::BufRead + Send>,
+    sources::Format,
+    Option<sources::ShutdownCut>,
+);
+
 /// Opens `path` and returns it with its format: the `--format` given, or the one detected from
 /// the first bytes. Returns `None`, and logs it, for an empty input whose format was not given.
-fn open_detected(
-    path: &str,
-    options: &SourceOptions,
-) -> Result<Option<(Box<dyn std::io::BufRead + Send>, sources::Format)>, String> {
+fn open_detected(path: &str, options: &SourceOptions) -> Result<Option<DetectedInput>, String> {
     let name = input_name(path);
-    let mut reader = sources::open_input(path).map_err(|error| error.to_string())?;
+    let (mut reader, cut) =
+        sources::open_input_until_shutdown(path).map_err(|error| error.to_string())?;
     if let Some(format) = options.format {
-        return Ok(Some((reader, format)));
+        return Ok(Some((reader, format, cut)));
     }
     let head = reader
         .fill_buf()
@@ -629,7 +633,7 @@ fn open_detected(
             "cannot detect the format of {name}; pass --format jsonl|taobao|retailrocket|rees46"
         )
     })?;
-    Ok(Some((reader, format)))
+    Ok(Some((reader, format, cut)))
 }
 
 /// Counts one line in `counts` and parses it, pushing its event onto `events`. A line cut at
@@ -666,7 +670,7 @@ fn read_split(
     progress: &SourceProgress<'_>,
 ) -> Result<(), String> {
     let name = input_name(path);
-    let Some((_, format)) = open_detected(path, options)? else {
+    let Some((_, format, _)) = open_detected(path, options)? else {
         return Ok(());
     };
     if format == sources::Format::RetailRocket {

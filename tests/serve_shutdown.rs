@@ -257,6 +257,51 @@ fn sigterm_with_blocked_stdin_exits() {
     assert_eq!(ids, alert_ids(&reference));
 }
 
+/// A named pipe given by its path ends at a signal like standard input, although its writer
+/// keeps it open.
+#[test]
+fn sigterm_ends_named_pipe_input() {
+    let folder = tempfile::tempdir().unwrap();
+    let fifo = folder.path().join("events.pipe");
+    let fifo_name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `fifo_name` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo_name.as_ptr(), 0o600) }, 0);
+    let text = std::fs::read_to_string(case_file(CASE, "input.jsonl")).unwrap();
+    // The writer opens the pipe, which waits for veer to open it, writes every line and
+    // keeps the pipe open until the test ends.
+    let writer_path = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        let mut pipe = std::fs::OpenOptions::new()
+            .write(true)
+            .open(writer_path)
+            .unwrap();
+        pipe.write_all(text.as_bytes()).unwrap();
+        pipe
+    });
+
+    let alerts = folder.path().join("alerts.jsonl");
+    let args = [
+        "run",
+        "--input",
+        fifo.to_str().unwrap(),
+        "--order",
+        "arrival",
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ];
+    let mut server = Server::start(&args, 0);
+    let pipe = writer.join().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    server.signal(libc::SIGTERM);
+    let (code, took) = server.wait_exit(10);
+    drop(pipe);
+    assert_eq!(code, 0, "{}", server.log());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let log = server.log();
+    assert_eq!(summary_count(&log, "lines read"), 3000, "{log}");
+    assert_eq!(summary_count(&log, "events"), 3000, "{log}");
+}
+
 #[test]
 fn sigterm_counts_unfinished_stdin_line() {
     check_unfinished_stdin_line(false);

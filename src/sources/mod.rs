@@ -42,15 +42,15 @@ mod flat_json;
 mod item_catalog;
 mod jsonl;
 mod lines;
+mod pipe;
 mod rees46;
 mod retailrocket;
-mod stdin;
 mod taobao;
 mod time;
 
 pub use item_catalog::ItemCatalog;
 pub use lines::{Line, LineSplitter, DEFAULT_MAX_LINE_BYTES};
-pub use stdin::cut_by_shutdown as stdin_cut_by_shutdown;
+pub use pipe::ShutdownCut;
 
 /// Size of the read buffer of [`open_input`]. A large buffer keeps most lines on the fast path
 /// of [`LineSplitter`], which returns lines in place without copying.
@@ -293,19 +293,44 @@ pub enum SourceError {
 
 /// Opens a file, or stdin for `-`, and decodes it when it is gzip.
 ///
-/// Standard input ends early when a shutdown is requested (see [`stdin_cut_by_shutdown`]).
-///
 /// Gzip is recognised by its magic bytes `1f 8b`, whatever the file name, and concatenated
 /// gzip members are read one after the other. Errors name the path.
 pub fn open_input(path: &str) -> io::Result<Box<dyn BufRead + Send>> {
+    open_input_until_shutdown(path).map(|(reader, _)| reader)
+}
+
+/// Opens an input as [`open_input`] does, and returns with it the mark of a shutdown that
+/// ended it.
+///
+/// Standard input and any input that is not a regular file (a named pipe, a device) end early
+/// when a shutdown is requested. A regular file is read to its end, and gets `None`.
+pub fn open_input_until_shutdown(
+    path: &str,
+) -> io::Result<(Box<dyn BufRead + Send>, Option<ShutdownCut>)> {
     if path == "-" {
-        let stdin = stdin::StdinUntilShutdown::new();
-        return wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, stdin));
+        let stdin = pipe::PipeUntilShutdown::stdin();
+        let cut = stdin.cut();
+        let reader = wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, stdin))?;
+        return Ok((reader, Some(cut)));
     }
-    let file = File::open(path)
-        .map_err(|error| io::Error::new(error.kind(), format!("cannot open {path}: {error}")))?;
-    wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, file))
-        .map_err(|error| io::Error::new(error.kind(), format!("cannot read {path}: {error}")))
+    let cannot = |verb: &str, error: io::Error| {
+        io::Error::new(error.kind(), format!("cannot {verb} {path}: {error}"))
+    };
+    let file = File::open(path).map_err(|error| cannot("open", error))?;
+    let regular = file
+        .metadata()
+        .map_err(|error| cannot("read", error))?
+        .is_file();
+    if regular {
+        let reader = wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, file))
+            .map_err(|error| cannot("read", error))?;
+        return Ok((reader, None));
+    }
+    let pipe = pipe::PipeUntilShutdown::file(file);
+    let cut = pipe.cut();
+    let reader = wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, pipe))
+        .map_err(|error| cannot("read", error))?;
+    Ok((reader, Some(cut)))
 }
 
 fn wrap_decoder<R: Read + Send + 'static>(

@@ -1,0 +1,105 @@
+//! Standard input and other pipes that end when a shutdown is requested.
+//!
+//! A read on a pipe whose writer is silent blocks without limit. This reader waits for data
+//! with `poll(2)` in short steps and, once a shutdown is requested, reports the end of the
+//! input instead of reading on. The lines already read are then parsed and processed like
+//! those of an input that ended, so nothing taken from the pipe is lost. Named pipes,
+//! character devices and sockets given by path are read the same way; only regular files
+//! are read to their end.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// How long one wait for data lasts before the shutdown flag is checked again, in milliseconds.
+const POLL_MS: libc::c_int = 200;
+
+/// The mark a [`PipeUntilShutdown`] sets when a shutdown, not its writer, ended the input.
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownCut(Arc<AtomicBool>);
+
+impl ShutdownCut {
+    /// Returns whether a shutdown ended the input before its writer closed it.
+    pub fn happened(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// A pipe read without the buffer of [`std::io::Stdin`], so that `poll(2)` reports every byte
+/// not yet read.
+pub(super) struct PipeUntilShutdown {
+    /// The pipe. Standard input is never closed, so its `File` is not dropped.
+    file: ManuallyDrop<File>,
+    /// Whether `file` is this reader's own, to be closed on drop.
+    owned: bool,
+    cut: ShutdownCut,
+}
+
+impl PipeUntilShutdown {
+    /// Reads standard input (file descriptor 0).
+    pub(super) fn stdin() -> Self {
+        // SAFETY: descriptor 0 stays open for the life of the process, and `ManuallyDrop`
+        // keeps this `File` from closing it.
+        let file = unsafe { File::from_raw_fd(libc::STDIN_FILENO) };
+        PipeUntilShutdown {
+            file: ManuallyDrop::new(file),
+            owned: false,
+            cut: ShutdownCut::default(),
+        }
+    }
+
+    /// Reads an opened pipe or device, and closes it when dropped.
+    pub(super) fn file(file: File) -> Self {
+        PipeUntilShutdown {
+            file: ManuallyDrop::new(file),
+            owned: true,
+            cut: ShutdownCut::default(),
+        }
+    }
+
+    /// Returns the mark of a shutdown that ends this input.
+    pub(super) fn cut(&self) -> ShutdownCut {
+        self.cut.clone()
+    }
+}
+
+impl Drop for PipeUntilShutdown {
+    fn drop(&mut self) {
+        if self.owned {
+            // SAFETY: `file` is not used after this, and only an owned descriptor is closed here.
+            unsafe { ManuallyDrop::drop(&mut self.file) };
+        }
+    }
+}
+
+impl Read for PipeUntilShutdown {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if crate::shutdown::requested() {
+                self.cut.0.store(true, Ordering::Release);
+                return Ok(0);
+            }
+            let mut descriptor = libc::pollfd {
+                fd: self.file.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: `descriptor` is one valid `pollfd` that outlives the call.
+            let ready = unsafe { libc::poll(&mut descriptor, 1, POLL_MS) };
+            if ready < 0 {
+                let error = io::Error::last_os_error();
+                if error.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(error);
+            }
+            // Readable, closed by the writer or in error: the read reports which.
+            if ready > 0 {
+                return self.file.read(buffer);
+            }
+        }
+    }
+}
