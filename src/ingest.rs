@@ -399,13 +399,15 @@ impl SourceProgress<'_> {
 }
 
 /// Reads one input on the calling thread with the reader thread's code for one parse thread,
-/// sends its batches on `sender` and returns the input's line counts.
+/// sends its batches on `sender` and returns the input's line counts. Each batch is taken from
+/// `pool`, or allocated when the pool is empty.
 ///
 /// Bad records go to no dead-letter file. `veer scan` times this to measure the parse rate.
 pub(crate) fn read_input(
     path: &str,
     options: &SourceOptions,
     sender: &Sender<Chunk>,
+    pool: &BatchPool,
 ) -> Result<LineCounts, String> {
     let dead_letter = DeadLetter {
         inner: Arc::new(Mutex::new(None)),
@@ -415,11 +417,9 @@ pub(crate) fn read_input(
         bytes: &bytes,
         metrics: Metrics::new().source(input_name(path)),
     };
-    // Nothing gives batches back to this pool, so the reader allocates every batch and the
-    // parse rate is measured without reused batches.
     let channel = ReaderChannel {
         chunks: sender.clone(),
-        pool: BatchPool::new(),
+        pool: pool.clone(),
     };
     let mut counts = LineCounts::default();
     read_one(

@@ -1045,6 +1045,10 @@ struct ScanArgs {
     /// Rounds of a line scan followed by a parse; the medians are printed.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
+    /// Allocate every batch of 4,096 events anew, as a replay by event time does, instead of
+    /// reusing the emptied batches as a replay in arrival order does.
+    #[arg(long)]
+    new_batches: bool,
 }
 
 fn scan_file(args: ScanArgs) -> anyhow::Result<()> {
@@ -1057,8 +1061,12 @@ fn scan_file(args: ScanArgs) -> anyhow::Result<()> {
             print_stdout(&format!("{path}: empty, nothing to measure\n"))?;
             continue;
         }
-        let rounds = veer::scan::scan_rounds(path, &options, args.rounds as usize)?;
-        print_stdout(&veer::scan::summary(path, &rounds))?;
+        let memory = match args.new_batches {
+            true => veer::scan::BatchMemory::New,
+            false => veer::scan::BatchMemory::Reused,
+        };
+        let rounds = veer::scan::scan_rounds(path, &options, memory, args.rounds as usize)?;
+        print_stdout(&veer::scan::summary(path, memory, &rounds))?;
     }
     Ok(())
 }

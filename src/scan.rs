@@ -4,8 +4,12 @@
 //! Both measurements read the file through the same buffer of [`sources::open_input`] and the
 //! same [`LineSplitter`], so the line scan is the cost of the reader's own I/O and splitting. The
 //! parse runs the reader thread's loop with one parse thread ([`ingest::read_input`]): line
-//! counts, the parser, batches and the channel send. Another thread drops the batches, as the
-//! dataflow consumes them in a run.
+//! counts, the parser, batches and the channel send. Another thread empties the batches, as the
+//! dataflow consumes them in a run. By default it gives them back to the reader, as
+//! `veer run --order arrival` does, so the parse writes its events into memory it has used
+//! before. A replay by event time (the default for most files) keeps every batch until the
+//! input is read, so there each batch is new memory, whose page faults count in the parse:
+//! [`BatchMemory::New`] measures that case.
 //!
 //! Compare the rates per CPU-second of the measuring thread. Wall time also counts the time the
 //! thread waited for a core while other processes ran, which the involuntary context switches
@@ -15,6 +19,16 @@ use std::time::Instant;
 
 use crate::ingest;
 use crate::sources::{self, LineSplitter, SourceOptions};
+
+/// Where the parse gets the memory of its event batches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchMemory {
+    /// Emptied batches go back to the reader, as in a replay in arrival order.
+    Reused,
+    /// Every batch is allocated and freed, as in a replay by event time, which keeps every
+    /// batch until the input is read.
+    New,
+}
 
 /// Measurements of one scan.
 #[derive(Clone, Debug, Default)]
@@ -150,17 +164,32 @@ pub fn scan_lines(path: &str) -> anyhow::Result<ScanRate> {
     Ok(rate)
 }
 
-/// Reads `path` into batches of events with the reader thread's code, and drops them on
+/// Reads `path` into batches of events with the reader thread's code, and empties them on
 /// another thread: the parse rate.
-pub fn scan_parse(path: &str, options: &SourceOptions) -> anyhow::Result<ScanRate> {
+pub fn scan_parse(
+    path: &str,
+    options: &SourceOptions,
+    memory: BatchMemory,
+) -> anyhow::Result<ScanRate> {
     let (sender, receiver) = crossbeam_channel::bounded(ingest::CHANNEL_BATCHES);
-    let consumer = std::thread::spawn(move || receiver.into_iter().for_each(drop));
+    let pool = ingest::BatchPool::new();
+    let consumer = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            for chunk in receiver {
+                if let (ingest::Chunk::Events(batch, _), BatchMemory::Reused) = (chunk, memory) {
+                    pool.give_back(batch);
+                }
+            }
+        })
+    };
 
     // The reader logs the start of each input, which would repeat on every round.
     let quiet = tracing::subscriber::NoSubscriber::default();
     let clock = Clock::start();
-    let read =
-        tracing::subscriber::with_default(quiet, || ingest::read_input(path, options, &sender));
+    let read = tracing::subscriber::with_default(quiet, || {
+        ingest::read_input(path, options, &sender, &pool)
+    });
     let mut rate = ScanRate::default();
     clock.stop(&mut rate);
 
@@ -182,12 +211,13 @@ pub fn scan_parse(path: &str, options: &SourceOptions) -> anyhow::Result<ScanRat
 pub fn scan_rounds(
     path: &str,
     options: &SourceOptions,
+    memory: BatchMemory,
     rounds: usize,
 ) -> anyhow::Result<Vec<ScanRound>> {
     let mut results = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let lines = scan_lines(path)?;
-        let parse = scan_parse(path, options)?;
+        let parse = scan_parse(path, options, memory)?;
         results.push(ScanRound { lines, parse });
     }
     Ok(results)
@@ -197,15 +227,19 @@ pub fn scan_rounds(
 ///
 /// The per-CPU-second line comes first, because it depends least on other load. A note follows
 /// when the parse's CPU time was under 90% of its wall time.
-pub fn summary(path: &str, rounds: &[ScanRound]) -> String {
+pub fn summary(path: &str, memory: BatchMemory, rounds: &[ScanRound]) -> String {
     let median_of = |value: fn(&ScanRound) -> f64| median(rounds.iter().map(value).collect());
     let percents: Vec<String> = rounds
         .iter()
         .map(|round| format!("{:.1}%", round.cpu_percent()))
         .collect();
+    let batches = match memory {
+        BatchMemory::Reused => "reused batches",
+        BatchMemory::New => "new batches",
+    };
     let mut text = format!(
-        "{path}: per CPU-second, median of {} rounds: line scan {:.0} MB; parse {:.0} events \
-         ({:.0} MB), {:.1}% of the line scan (rounds: {})\n",
+        "{path}: per CPU-second, median of {} rounds, {batches}: line scan {:.0} MB; parse {:.0} \
+         events ({:.0} MB), {:.1}% of the line scan (rounds: {})\n",
         rounds.len(),
         median_of(|round| round.lines.megabytes_per_cpu_second()),
         median_of(|round| round.parse.events_per_cpu_second()),
@@ -271,14 +305,18 @@ mod tests {
         assert_eq!(lines.lines, 20_002);
         assert_eq!(lines.events, 0);
         assert_eq!(lines.bytes, text.len() as u64);
-        let parsed = scan_parse(path, &SourceOptions::default()).unwrap();
-        assert_eq!(parsed.lines, 20_002);
-        assert_eq!(
-            parsed.events, 20_000,
-            "the blank and the bad line are no events"
-        );
-        assert_eq!(parsed.bytes, text.len() as u64);
-        for rate in [&lines, &parsed] {
+        let mut rates = vec![lines.clone()];
+        for memory in [BatchMemory::Reused, BatchMemory::New] {
+            let parsed = scan_parse(path, &SourceOptions::default(), memory).unwrap();
+            assert_eq!(parsed.lines, 20_002, "{memory:?}");
+            assert_eq!(
+                parsed.events, 20_000,
+                "the blank and the bad line are no events"
+            );
+            assert_eq!(parsed.bytes, text.len() as u64, "{memory:?}");
+            rates.push(parsed);
+        }
+        for rate in &rates {
             // One thread does the whole scan, so its CPU time is positive and at most the
             // wall time (with a margin for the two clocks' separate reads).
             assert!(rate.cpu_seconds > 0.0, "{rate:?}");
@@ -288,7 +326,8 @@ mod tests {
 
     #[test]
     fn parse_of_unreadable_input_fails() {
-        let error = scan_parse("/nonexistent/events.csv", &SourceOptions::default())
+        let options = SourceOptions::default();
+        let error = scan_parse("/nonexistent/events.csv", &options, BatchMemory::Reused)
             .unwrap_err()
             .to_string();
         assert!(error.contains("/nonexistent/events.csv"), "{error}");
@@ -301,7 +340,8 @@ mod tests {
         let line = r#"{"user":1,"item":2,"category":3,"behavior":"view","ts":1511539200}"#;
         std::fs::write(&path, format!("{line}\n").repeat(1000)).unwrap();
 
-        let rounds = scan_rounds(path.to_str().unwrap(), &SourceOptions::default(), 2).unwrap();
+        let options = SourceOptions::default();
+        let rounds = scan_rounds(path.to_str().unwrap(), &options, BatchMemory::Reused, 2).unwrap();
         assert_eq!(rounds.len(), 2);
         for round in &rounds {
             assert_eq!(round.lines.lines, 1000);
@@ -325,9 +365,9 @@ mod tests {
             parse: rate(parse_bytes, 50, 0.5, 2),
         };
         let rounds = [round(100_000_000), round(300_000_000), round(200_000_000)];
-        let text = summary("f", &rounds);
+        let text = summary("f", BatchMemory::Reused, &rounds);
         assert!(
-            text.contains("median of 3 rounds: line scan 1000 MB;"),
+            text.contains("median of 3 rounds, reused batches: line scan 1000 MB;"),
             "{text}"
         );
         assert!(text.contains("parse 100 events (400 MB), 40.0%"), "{text}");
@@ -343,7 +383,9 @@ mod tests {
             lines: rate(1_000_000_000, 0, 1.0, 0),
             parse: rate(100_000_000, 50, 1.0, 0),
         }];
-        assert!(!summary("f", &idle).contains("note"));
+        let text = summary("f", BatchMemory::New, &idle);
+        assert!(text.contains("new batches"), "{text}");
+        assert!(!text.contains("note"), "{text}");
     }
 
     #[test]
