@@ -20,7 +20,7 @@ use std::time::Instant;
 use crate::ingest;
 use crate::sources::{self, LineSplitter, SourceOptions};
 
-/// Where the parse gets the memory of its event batches.
+/// The memory that the parse writes its event batches into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchMemory {
     /// Emptied batches go back to the reader, as in a replay in arrival order.

@@ -138,7 +138,7 @@ pub(crate) fn checked_run_value(line: &[u8], start: usize, end: usize) -> u64 {
 /// Returns the 8 bytes of `line` at `start..start + 8` as a little-endian word. The range must
 /// lie inside the line.
 #[inline(always)]
-fn exact_word(line: &[u8], start: usize) -> u64 {
+pub(crate) fn exact_word(line: &[u8], start: usize) -> u64 {
     u64::from_le_bytes(
         line[start..start + 8]
             .try_into()
@@ -148,7 +148,7 @@ fn exact_word(line: &[u8], start: usize) -> u64 {
 
 /// Returns the value of the first `count` bytes (1 to 8) of `word`, which must be digits.
 #[inline(always)]
-fn leading_digits_value(word: u64, count: usize) -> u64 {
+pub(crate) fn leading_digits_value(word: u64, count: usize) -> u64 {
     // A digit's low nibble is its value. Shifting the digits to the top leaves zero bytes
     // below them, which read as leading zeros.
     eight_digits_value((word & lanes(0x0F)) << (8 * (8 - count)))
@@ -179,13 +179,40 @@ pub(crate) fn non_digit_mask(line: &[u8]) -> u64 {
 /// Returns a mask with bit `i` set when byte `i` of `word` (lowest first) is not an ASCII
 /// digit.
 #[inline(always)]
-fn non_digit_bits(word: u64) -> u64 {
+pub(crate) fn non_digit_bits(word: u64) -> u64 {
     // After the XOR a digit byte is 0 to 9. Adding 0x76 to its low 7 bits sets the high bit
     // for 10 and above and never carries into the next byte, and the OR keeps bytes whose high
     // bit was set already. The multiplication gathers the 8 high bits into the top byte.
     let offset = word ^ lanes(b'0');
     let high_bits = (((offset & lanes(0x7F)) + lanes(0x76)) | offset) & lanes(0x80);
     (high_bits >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
+/// Returns a mask with bit `i` set when byte `i` of `word` (lowest first) equals `byte`.
+#[inline(always)]
+pub(crate) fn byte_bits(word: u64, byte: u8) -> u64 {
+    // After the XOR the matching bytes are zero. Adding 0x7F to the low 7 bits of a byte sets
+    // its high bit unless they are all zero, and it never carries into the next byte. The OR
+    // adds the bytes whose high bit was set already, so the high bit is clear only for a zero.
+    let offset = word ^ lanes(byte);
+    let nonzero = (((offset & lanes(0x7F)) + lanes(0x7F)) | offset) & lanes(0x80);
+    ((nonzero ^ lanes(0x80)) >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56
+}
+
+/// Returns the value of the first `count` bytes (1 to 16) of the 16 bytes `low` then `high`
+/// (each a little-endian word), which must be ASCII digits. The bytes after them may be
+/// anything.
+#[inline(always)]
+pub(crate) fn sixteen_digits_value(low: u64, high: u64, count: usize) -> u64 {
+    debug_assert!((1..=16).contains(&count), "{count} digits");
+    // Shifting the 16 bytes up by the missing digits drops the bytes after the run and puts
+    // zero bytes, read as leading zeros, below it. Then each word contains 8 digits, the lower
+    // word the more significant ones. The shift is under 128 because `count` is at least 1.
+    let nibbles = (u128::from(high) << 64 | u128::from(low)) & u128::from_ne_bytes([0x0F; 16]);
+    let digits = nibbles << (8 * (16 - count));
+    let leading = eight_digits_value(digits as u64);
+    let trailing = eight_digits_value((digits >> 64) as u64);
+    leading * POWERS_OF_TEN[8] + trailing
 }
 
 /// Returns a word with `lane` in each of its 4 lanes of 16 bits.
@@ -381,8 +408,66 @@ mod tests {
         assert_eq!(checked_run_value(b"0000000000000000000,", 0, 19), 0);
     }
 
+    #[test]
+    fn byte_bits_mark_every_byte_value() {
+        for byte in 0..=255u8 {
+            for position in 0..8 {
+                let mut text = *b"abcdefgh";
+                text[position] = byte;
+                let word = u64::from_le_bytes(text);
+                let expected = text
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &value)| value == b'"')
+                    .fold(0u64, |mask, (index, _)| mask | 1 << index);
+                assert_eq!(
+                    byte_bits(word, b'"'),
+                    expected,
+                    "byte {byte:#x} at {position}"
+                );
+            }
+        }
+        assert_eq!(byte_bits(0, 0), 0xFF);
+        assert_eq!(byte_bits(u64::MAX, 0xFF), 0xFF);
+    }
+
+    #[test]
+    fn sixteen_digit_values_of_every_length() {
+        let text = *b"1234567890123456";
+        let low = u64::from_le_bytes(text[..8].try_into().unwrap());
+        let high = u64::from_le_bytes(text[8..].try_into().unwrap());
+        for count in 1..=16 {
+            let expected = read_digits_bytewise(&text[..count], 0).1;
+            assert_eq!(sixteen_digits_value(low, high, count), expected, "{count}");
+        }
+        let zeros = u64::from_le_bytes(*b"00000000");
+        assert_eq!(sixteen_digits_value(zeros, zeros, 16), 0);
+        let nines = u64::from_le_bytes(*b"99999999");
+        assert_eq!(
+            sixteen_digits_value(nines, nines, 16),
+            9_999_999_999_999_999
+        );
+        let garbage = u64::from_le_bytes(*b"7,\xff\"}{ab");
+        assert_eq!(sixteen_digits_value(garbage, u64::MAX, 1), 7);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(5000))]
+
+        #[test]
+        fn sixteen_digit_values_match_bytewise(
+            digits in "[0-9]{1,16}",
+            after in prop::collection::vec(any::<u8>(), 16),
+        ) {
+            let mut bytes = digits.clone().into_bytes();
+            bytes.extend_from_slice(&after[..16 - digits.len()]);
+            let low = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+            let high = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+            prop_assert_eq!(
+                sixteen_digits_value(low, high, digits.len()),
+                digits.parse::<u64>().unwrap()
+            );
+        }
 
         #[test]
         fn non_digit_mask_matches_bytewise(

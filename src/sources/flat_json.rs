@@ -12,7 +12,10 @@
 use veer_models::{Behavior, Event, Id};
 
 use super::digits;
+use super::row::push_in_place;
 use super::time;
+
+mod plain_layout;
 
 /// A value of the flat subset, borrowed from the line.
 #[derive(Clone, Copy)]
@@ -148,6 +151,8 @@ impl EventFields {
 #[derive(Debug, Default)]
 pub(crate) struct FlatParser {
     layout: Layout,
+    /// The layout again, prepared for lines of the five required fields with plain values.
+    plain: plain_layout::PlainLayout,
 }
 
 /// The bytes of a flat line outside its values, and the field of each value.
@@ -227,6 +232,9 @@ impl FlatParser {
     /// subset or its values need the full reader's checks and messages.
     #[inline]
     pub(crate) fn parse(&mut self, line: &[u8], line_no: u64) -> Option<Event> {
+        if let Some(row) = self.plain.read(line) {
+            return Some(row.into_event(line_no));
+        }
         let mut fields = EventFields::default();
         self.read_fields(line, &mut fields)?;
         fields.into_event(line_no)
@@ -241,21 +249,15 @@ impl FlatParser {
         line_no: u64,
         events: &mut Vec<Event>,
     ) -> bool {
+        if let Some(row) = self.plain.read(line) {
+            row.push_into(line_no, events);
+            return true;
+        }
         let mut fields = EventFields::default();
         if self.read_fields(line, &mut fields).is_none() {
             return false;
         }
-        // Reserving before the event is built lets the compiler write its fields straight into
-        // the vector instead of building it on the stack and copying it.
-        events.reserve(1);
-        let Some(event) = fields.into_event(line_no) else {
-            return false;
-        };
-        events.spare_capacity_mut()[0].write(event);
-        // SAFETY: the slot at `len` is within the capacity reserved above, and the line above
-        // initialised it.
-        unsafe { events.set_len(events.len() + 1) };
-        true
+        push_in_place(events, || fields.into_event(line_no))
     }
 
     /// Reads the fields of a line into `fields`, which must be empty. Returns `None` where
@@ -268,7 +270,9 @@ impl FlatParser {
             Lookup::Invalid => None,
             Lookup::Other => {
                 *fields = EventFields::default();
-                scan_object(line, &mut self.layout, fields)
+                let read = scan_object(line, &mut self.layout, fields);
+                self.plain.update(&self.layout);
+                read
             }
         }
     }

@@ -45,6 +45,7 @@ mod lines;
 mod pipe;
 mod rees46;
 mod retailrocket;
+mod row;
 mod taobao;
 mod time;
 

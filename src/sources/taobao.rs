@@ -7,6 +7,7 @@ use veer_models::{Behavior, Event, Id};
 
 use super::digits;
 use super::fields::{self, invalid_value, wrong_field_count};
+use super::row::IntegerRow;
 use super::time;
 use super::{BadRecord, LineParser, Parsed, Pushed};
 
@@ -32,14 +33,7 @@ impl LineParser for TaobaoParser {
 
     fn parse_into(&mut self, line_no: u64, line: &[u8], events: &mut Vec<Event>) -> Pushed {
         if let Some(row) = parse_row(line) {
-            // Reserving first lets the compiler write the fields into the vector. With `push`,
-            // the growth call comes after the event is built, so the event is built on the
-            // stack and copied.
-            events.reserve(1);
-            events.spare_capacity_mut()[0].write(row.into_event(line_no));
-            // SAFETY: the slot at `len` is within the capacity reserved above, and the line
-            // above initialised it.
-            unsafe { events.set_len(events.len() + 1) };
+            row.push_into(line_no, events);
             return Pushed::Event;
         }
         parse_other(line_no, line).push_into(events)
@@ -58,40 +52,12 @@ fn parse_other(line_no: u64, line: &[u8]) -> Parsed {
     }
 }
 
-/// The values of a row read in one pass, kept in registers until the event is written.
-struct CommonRow {
-    user: u64,
-    item: u64,
-    category: u64,
-    behavior: Behavior,
-    seconds: u64,
-}
-
-impl CommonRow {
-    #[inline(always)]
-    fn into_event(self, line_no: u64) -> Event {
-        Event {
-            ts_ms: self.seconds as i64 * 1000,
-            user: Id::from(self.user),
-            category: Id::from(self.category),
-            item: Id::from(self.item),
-            behavior: self.behavior,
-            topic: None,
-            price: None,
-            brand: None,
-            dwell_ms: None,
-            session: None,
-            line: line_no,
-        }
-    }
-}
-
 /// Reads a row of the common shape (ids and a timestamp of 1 to 19 digits) with
 /// [`parse_masked_row`] or, for lines of under 16 or over 64 bytes, with
 /// [`parse_common_row`]. Returns `None` for any other row, which [`parse_event`] then parses or
 /// rejects with a reason.
 #[inline(always)]
-fn parse_row(line: &[u8]) -> Option<CommonRow> {
+fn parse_row(line: &[u8]) -> Option<IntegerRow> {
     if (16..=64).contains(&line.len()) {
         parse_masked_row(line)
     } else {
@@ -103,7 +69,7 @@ fn parse_row(line: &[u8]) -> Option<CommonRow> {
 /// are found without a loop over the bytes and each number is read with one to three word
 /// loads. Accepts exactly the rows that [`parse_common_row`] accepts, with the same values.
 #[inline(always)]
-fn parse_masked_row(line: &[u8]) -> Option<CommonRow> {
+fn parse_masked_row(line: &[u8]) -> Option<IntegerRow> {
     let mut others = digits::non_digit_mask(line);
 
     // The three lowest non-digit bytes must be the commas after the three ids.
@@ -141,19 +107,19 @@ fn parse_masked_row(line: &[u8]) -> Option<CommonRow> {
     if seconds >= 1 << 53 {
         return None;
     }
-    Some(CommonRow {
+    Some(IntegerRow {
+        ts_ms: seconds as i64 * 1000,
         user: digits::checked_run_value(line, 0, user_end),
         item: digits::checked_run_value(line, user_end + 1, item_end),
         category: digits::checked_run_value(line, item_end + 1, category_end),
         behavior,
-        seconds,
     })
 }
 
 /// Reads a row in one pass when every id has at most 19 digits, the common case. Returns
 /// `None` for any other row, which [`parse_event`] then parses or rejects with a reason.
 #[inline(always)]
-fn parse_common_row(line: &[u8]) -> Option<CommonRow> {
+fn parse_common_row(line: &[u8]) -> Option<IntegerRow> {
     let mut position = 0;
     let user = fields::take_digits(line, &mut position)?;
     let item = fields::take_digits(line, &mut position)?;
@@ -164,12 +130,12 @@ fn parse_common_row(line: &[u8]) -> Option<CommonRow> {
     if position != line.len() + 1 || seconds >= 1 << 53 {
         return None;
     }
-    Some(CommonRow {
+    Some(IntegerRow {
+        ts_ms: seconds as i64 * 1000,
         user,
         item,
         category,
         behavior,
-        seconds,
     })
 }
 

@@ -1,0 +1,433 @@
+//! A reader of flat lines for one common layout: exactly the five required fields, whose
+//! values are integers of 1 to 15 digits and a behaviour name.
+//!
+//! The line is copied into a buffer padded with zero bytes, so every step loads 16 bytes at
+//! once without checking the line's length. A piece of the layout's text is compared with two
+//! masked words, an integer's length comes from a mask of non-digit bytes, and its value is
+//! converted from the same two words. A line that differs in any way gets `None` and goes to
+//! [`Layout::read_values`], which reads the same values from the same layout, so both give the
+//! same event.
+
+use veer_models::Behavior;
+
+use super::{Field, Layout, Segment};
+use crate::sources::digits;
+use crate::sources::row::IntegerRow;
+
+/// Maximum length of a line read here, in bytes. Longer lines take the general reader.
+const MAX_LINE_BYTES: usize = 240;
+
+/// Zero bytes after the line in the padded copy. Every load starts at or before the line's
+/// end and reads 16 bytes.
+const PADDING: usize = 16;
+
+/// Epoch numbers from this value up are milliseconds, as in `time::epoch_millis`.
+const MILLIS_FROM: u64 = 1_000_000_000_000;
+
+/// The layout of the last flat line, when it has the shape read here, and the buffer for the
+/// padded copy of each line.
+pub(super) struct PlainLayout {
+    /// The text before each value and the value's field, in line order, then the text after
+    /// the last value. `None` when the last layout has another shape.
+    pieces: Option<([Step; 5], Segment)>,
+    /// The current line followed by at least [`PADDING`] zero bytes. A layout's text contains
+    /// no zero byte, so a piece never matches past the line's end.
+    padded: [u8; MAX_LINE_BYTES + PADDING],
+}
+
+/// A piece of the layout's text and the field of the value after it.
+#[derive(Clone, Copy)]
+struct Step {
+    before: Segment,
+    /// Index of the value in [`PlainLayout::read`]'s integers, or [`BEHAVIOR_SLOT`].
+    slot: usize,
+}
+
+/// The slot of the behaviour, which is read as a name instead of an integer.
+const BEHAVIOR_SLOT: usize = 4;
+
+impl Default for PlainLayout {
+    fn default() -> Self {
+        PlainLayout {
+            pieces: None,
+            padded: [0; MAX_LINE_BYTES + PADDING],
+        }
+    }
+}
+
+impl std::fmt::Debug for PlainLayout {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("PlainLayout")
+            .field("known", &self.pieces.is_some())
+            .finish()
+    }
+}
+
+impl PlainLayout {
+    /// Takes the pieces of `layout` when it has exactly the fields `user`, `item`, `category`,
+    /// `behavior` and `ts`, once each, and every piece of its text is at most 16 bytes long.
+    /// Otherwise lines are left to the general reader until the next layout.
+    pub(super) fn update(&mut self, layout: &Layout) {
+        self.pieces = plain_pieces(&layout.segments);
+    }
+
+    /// Reads `line` if it has the layout and plain values, and returns its values with the
+    /// time converted to milliseconds. Returns `None` for any other line.
+    #[inline(always)]
+    pub(super) fn read(&mut self, line: &[u8]) -> Option<IntegerRow> {
+        let (steps, tail) = self.pieces.as_ref()?;
+        let length = line.len();
+        if length > MAX_LINE_BYTES {
+            return None;
+        }
+        self.padded[..length].copy_from_slice(line);
+        self.padded[length..length + PADDING].fill(0);
+        let padded = &self.padded;
+
+        // `at` never passes the line's end: a matched piece and a value end at or before the
+        // first zero byte of the padding.
+        let mut at = 0;
+        let mut integers = [0u64; 4];
+        let mut behavior = Behavior::View;
+        for step in steps {
+            if !matches(&step.before, padded, at) {
+                return None;
+            }
+            at += step.before.length;
+            let low = digits::exact_word(padded, at);
+            let high = digits::exact_word(padded, at + 8);
+            if step.slot == BEHAVIOR_SLOT {
+                let (name_length, name) = behavior_name(padded, at, low, high)?;
+                behavior = name;
+                at += name_length + 2;
+                continue;
+            }
+            let (count, value) = read_integer(low, high)?;
+            integers[step.slot] = value;
+            at += count;
+        }
+        if at + tail.length != length || !matches(tail, padded, at) {
+            return None;
+        }
+
+        let [user, item, category, epoch] = integers;
+        // At most 15 digits, so the milliseconds fit in `i64`.
+        let ts_ms = if epoch >= MILLIS_FROM {
+            epoch
+        } else {
+            epoch * 1000
+        };
+        Some(IntegerRow {
+            ts_ms: ts_ms as i64,
+            user,
+            item,
+            category,
+            behavior,
+        })
+    }
+}
+
+/// Returns the steps and the tail of `segments` when [`PlainLayout::update`] takes them.
+fn plain_pieces(segments: &[Segment]) -> Option<([Step; 5], Segment)> {
+    let (tail, pieces) = segments.split_last()?;
+    if pieces.len() != 5 || segments.iter().any(|segment| segment.length > 16) {
+        return None;
+    }
+    let mut seen = [false; 5];
+    let mut steps = [Step {
+        before: *tail,
+        slot: 0,
+    }; 5];
+    for (step, segment) in steps.iter_mut().zip(pieces) {
+        let slot = match segment.field? {
+            Field::User => 0,
+            Field::Item => 1,
+            Field::Category => 2,
+            Field::Ts => 3,
+            Field::Behavior => BEHAVIOR_SLOT,
+            _ => return None,
+        };
+        if std::mem::replace(&mut seen[slot], true) {
+            return None;
+        }
+        *step = Step {
+            before: *segment,
+            slot,
+        };
+    }
+    Some((steps, *tail))
+}
+
+/// Returns whether the padded line contains the piece `segment` (at most 16 bytes) at `at`.
+#[inline(always)]
+fn matches(segment: &Segment, padded: &[u8], at: usize) -> bool {
+    let first = (digits::exact_word(padded, at) ^ segment.words[0]) & segment.masks[0];
+    let second = (digits::exact_word(padded, at + 8) ^ segment.words[1]) & segment.masks[1];
+    first | second == 0
+}
+
+/// Reads a JSON integer of 1 to 15 digits without a sign at the start of the 16 bytes `low`
+/// then `high`, and returns its number of digits and its value. Returns `None` for anything
+/// else.
+///
+/// A fraction or an exponent after the digits is left to the next piece of the layout, which
+/// starts with whitespace, `,` or `}` and so does not match it.
+#[inline(always)]
+fn read_integer(low: u64, high: u64) -> Option<(usize, u64)> {
+    // JSON allows no leading zero, so a number that starts with 0 is the 0 alone.
+    let leading_zero = low as u8 == b'0';
+    let low_others = digits::non_digit_bits(low);
+    if low_others != 0 {
+        // Under 8 digits: the second word is not needed.
+        let count = low_others.trailing_zeros() as usize;
+        if count == 0 || (count > 1 && leading_zero) {
+            return None;
+        }
+        return Some((count, digits::leading_digits_value(low, count)));
+    }
+    let count = 8 + (digits::non_digit_bits(high) | 1 << 8).trailing_zeros() as usize;
+    if count == 16 || leading_zero {
+        return None;
+    }
+    Some((count, digits::sixteen_digits_value(low, high, count)))
+}
+
+/// Reads a string of up to 14 bytes at `at` that is a behaviour name, and returns its length
+/// without the quotes and the behaviour. `low` and `high` are the 16 bytes at `at`.
+#[inline(always)]
+fn behavior_name(padded: &[u8], at: usize, low: u64, high: u64) -> Option<(usize, Behavior)> {
+    let quotes = digits::byte_bits(low, b'"') | digits::byte_bits(high, b'"') << 8;
+    if quotes & 1 == 0 {
+        return None;
+    }
+    // A name that matches has no escape, so the next quote closes the string.
+    let length = (quotes >> 1 | 1 << 15).trailing_zeros() as usize;
+    if length == 15 {
+        return None;
+    }
+    let behavior = Behavior::parse_bytes(&padded[at + 1..at + 1 + length])?;
+    Some((length, behavior))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use veer_models::{Event, Id};
+
+    use super::*;
+    use crate::sources::flat_json::FlatParser;
+    use crate::sources::jsonl::JsonlParser;
+    use crate::sources::{LineParser, Parsed};
+
+    /// Returns a line of the generated streams' layout with the given values, written as JSON.
+    fn usual(user: &str, item: &str, behavior: &str, ts: &str) -> String {
+        format!(
+            r#"{{"user":{user},"item":{item},"category":4434995,"behavior":{behavior},"ts":{ts}}}"#
+        )
+    }
+
+    /// Returns a flat reader that has read `first`, and so stores the layout of `first`.
+    fn reader_after(first: &str) -> FlatParser {
+        let mut reader = FlatParser::default();
+        assert!(reader.parse(first.as_bytes(), 1).is_some(), "{first}");
+        reader
+    }
+
+    /// Returns the event of the serde_json reader, the reference for every faster path.
+    fn full_reader(line: &str) -> Parsed {
+        JsonlParser::new().parse_full(2, line.as_bytes())
+    }
+
+    #[test]
+    fn usual_lines_read_by_plain_layout() {
+        let first = usual("1", "2", "\"view\"", "1511539241");
+        let mut reader = reader_after(&first);
+        let next = usual("915564", "1750863839", "\"cart\"", "1511539242");
+        let row = reader
+            .plain
+            .read(next.as_bytes())
+            .expect("the layout is plain");
+        let event = row.into_event(2);
+        assert_eq!(Parsed::Event(event.clone()), full_reader(&next));
+        assert_eq!(event.user, Id::int(915_564));
+        assert_eq!(event.item, Id::int(1_750_863_839));
+        assert_eq!(event.category, Id::int(4_434_995));
+        assert_eq!(event.behavior, Behavior::Cart);
+        assert_eq!(event.ts_ms, 1_511_539_242_000);
+    }
+
+    #[test]
+    fn other_layouts_not_plain() {
+        let long_piece = format!(
+            r#"{{"user":1,"item":2,"category":3,"behavior":"view",{}"ts":4}}"#,
+            " ".repeat(12)
+        );
+        for first in [
+            // A sixth field, a missing item, a repeated key, and a piece of 18 bytes.
+            r#"{"user":1,"item":2,"category":3,"behavior":"view","ts":4,"price":5}"#,
+            r#"{"user":1,"category":3,"behavior":"view","ts":4}"#,
+            r#"{"user":1,"user":1,"category":3,"behavior":"view","ts":4}"#,
+            long_piece.as_str(),
+        ] {
+            let mut reader = FlatParser::default();
+            reader.parse(first.as_bytes(), 1);
+            assert!(reader.plain.read(first.as_bytes()).is_none(), "{first}");
+        }
+    }
+
+    #[test]
+    fn values_outside_plain_left_to_layout_reader() {
+        let first = usual("1", "2", "\"view\"", "1511539241");
+        let declined = [
+            usual("1234567890123456", "2", "\"view\"", "1"),
+            usual("1", "1234567890123456789", "\"view\"", "1"),
+            usual("01", "2", "\"view\"", "1"),
+            usual("00", "2", "\"view\"", "1"),
+            usual("-1", "2", "\"view\"", "1"),
+            usual("-0", "2", "\"view\"", "1"),
+            usual("1.5", "2", "\"view\"", "1"),
+            usual("1e3", "2", "\"view\"", "1"),
+            usual("1E3", "2", "\"view\"", "1"),
+            usual("\"7\"", "2", "\"view\"", "1"),
+            usual("null", "null", "\"view\"", "1"),
+            usual("1", "2", "\"remove_from_cart\"", "1"),
+            usual("1", "2", "\"View\"", "1"),
+            usual("1", "2", "\"\"", "1"),
+            usual("1", "2", "\"vi\\\"ew\"", "1"),
+            usual("1", "2", "7", "1"),
+            usual("1", "2", "\"view\"", "\"1511539241\""),
+            usual("1", "2", "\"view\"", "1511539241 "),
+            usual("1", "2", "\"view\"", "1511539241\r"),
+            format!("{} ", usual("1", "2", "\"view\"", "1")),
+            format!(" {}", usual("1", "2", "\"view\"", "1")),
+            usual("1", "2", "\"view\"", "1").replace('}', ""),
+            format!("{}}}", usual("1", "2", "\"view\"", "1")),
+            format!(
+                r#"{{"user":1,"item":2,"category":3,"behavior":"view","ts":1{}}}"#,
+                " ".repeat(240)
+            ),
+        ];
+        for next in declined {
+            let mut reader = reader_after(&first);
+            assert!(reader.plain.read(next.as_bytes()).is_none(), "{next}");
+            let mut parser = JsonlParser::new();
+            parser.parse(1, first.as_bytes());
+            assert_eq!(
+                parser.parse(2, next.as_bytes()),
+                full_reader(&next),
+                "{next}"
+            );
+        }
+    }
+
+    #[test]
+    fn edge_values_match_full_reader() {
+        let first = usual("1", "2", "\"view\"", "1511539241");
+        let accepted = [
+            usual("0", "0", "\"view\"", "0"),
+            usual("123456789012345", "999999999999999", "\"buy\"", "1"),
+            usual("12345678", "123456789", "\"pv\"", "999999999999"),
+            usual("1", "2", "\"add_to_cart\"", "1000000000000"),
+            usual("1", "2", "\"transaction\"", "999999999999999"),
+            usual("1", "2", "\"search\"", "1511539241123"),
+        ];
+        for next in accepted {
+            let mut reader = reader_after(&first);
+            let row = reader.plain.read(next.as_bytes());
+            let event = row.map(|row| row.into_event(2)).expect("plain values");
+            assert_eq!(Parsed::Event(event), full_reader(&next), "{next}");
+        }
+    }
+
+    /// Returns a strategy for the text of an id or `ts`: mostly plain, with values that the
+    /// plain reader leaves to the layout reader.
+    fn integer_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            12 => (0u64..10_000_000_000).prop_map(|number| number.to_string()),
+            2 => "[1-9][0-9]{10,19}",
+            1 => "0[0-9]{1,3}",
+            1 => "-[0-9]{1,3}",
+            1 => "[0-9]{1,3}(\\.[0-9]|e3|E3)",
+            1 => "\"[a-z0-9_]{0,17}\"",
+            1 => Just("null".to_string()),
+        ]
+    }
+
+    /// Returns a strategy for the text of a behaviour: mostly names, some of them over 14
+    /// bytes or unknown, and other values.
+    fn behavior_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => prop::sample::select(vec![
+                "\"view\"", "\"pv\"", "\"cart\"", "\"fav\"", "\"buy\"", "\"search\"",
+                "\"remove_from_cart\"", "\"add_to_cart\"", "\"View\"", "\"vi\\\"ew\"",
+                "\"\"",
+            ])
+            .prop_map(str::to_string),
+            1 => integer_value(),
+        ]
+    }
+
+    /// Returns a strategy for two lines of one layout of the five required fields, in any
+    /// order and spacing. The first line has plain values and the second any values.
+    fn line_pair() -> impl Strategy<Value = (String, String)> {
+        let keys = Just(vec!["user", "item", "category", "behavior", "ts"]).prop_shuffle();
+        let spaces = prop::collection::vec(prop::sample::select(vec!["", " ", "\t"]), 5);
+        let integers = prop::collection::vec(integer_value(), 4);
+        let end = prop::sample::select(vec!["", " ", "\r", "  \r"]);
+        (keys, spaces, integers, behavior_value(), end).prop_map(
+            |(keys, spaces, integers, behavior, end)| {
+                let line = |values: &[String]| {
+                    let pairs: Vec<String> = keys
+                        .iter()
+                        .zip(&spaces)
+                        .zip(values)
+                        .map(|((key, space), value)| format!("\"{key}\":{space}{value}"))
+                        .collect();
+                    format!("{{{}}}{end}", pairs.join(","))
+                };
+                let mut integers = integers.into_iter();
+                let (plain, values): (Vec<String>, Vec<String>) = keys
+                    .iter()
+                    .map(|&key| match key {
+                        "behavior" => ("\"view\"".to_string(), behavior.clone()),
+                        _ => ("7".to_string(), integers.next().expect("four integers")),
+                    })
+                    .unzip();
+                (line(&plain), line(&values))
+            },
+        )
+    }
+
+    #[test]
+    fn generated_pairs_often_plain() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+
+        let mut runner = TestRunner::deterministic();
+        let strategy = line_pair();
+        let plain = (0..2000)
+            .filter(|_| {
+                let (first, second) = strategy.new_tree(&mut runner).unwrap().current();
+                reader_after(&first).plain.read(second.as_bytes()).is_some()
+            })
+            .count();
+        assert!(plain >= 200, "only {plain} of 2000 second lines were plain");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn plain_layout_agrees_with_full_reader((first, second) in line_pair()) {
+            let mut reader = reader_after(&first);
+            if let Some(row) = reader.plain.read(second.as_bytes()) {
+                let event: Event = row.into_event(2);
+                prop_assert_eq!(Parsed::Event(event), full_reader(&second), "{} after {}", second, first);
+            }
+            let mut parser = JsonlParser::new();
+            parser.parse(1, first.as_bytes());
+            prop_assert_eq!(parser.parse(2, second.as_bytes()), full_reader(&second));
+        }
+    }
+}
