@@ -1045,8 +1045,8 @@ struct ScanArgs {
     /// Rounds of a line scan followed by a parse; the medians are printed.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
-    /// Allocate every batch of 4,096 events anew, as a replay by event time does, instead of
-    /// reusing the emptied batches as a replay in arrival order does.
+    /// Allocate every batch of 4,096 events anew, as `veer run` does with --order auto or
+    /// event-time, instead of reusing the emptied batches as it does with --order arrival.
     #[arg(long)]
     new_batches: bool,
 }

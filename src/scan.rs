@@ -7,9 +7,9 @@
 //! counts, the parser, batches and the channel send. Another thread empties the batches, as the
 //! dataflow consumes them in a run. By default it gives them back to the reader, as
 //! `veer run --order arrival` does, so the parse writes its events into memory it has used
-//! before. A replay by event time (the default for most files) keeps every batch until the
-//! input is read, so there each batch is new memory, whose page faults count in the parse:
-//! [`BatchMemory::New`] measures that case.
+//! before. With `--order auto` (the default) or `event-time`, `veer run` keeps every batch
+//! until the input is read, so there each batch is new memory, whose page faults count in the
+//! parse: [`BatchMemory::New`] measures that case.
 //!
 //! Compare the rates per CPU-second of the measuring thread. Wall time also counts the time the
 //! thread waited for a core while other processes ran, which the involuntary context switches
@@ -23,10 +23,10 @@ use crate::sources::{self, LineSplitter, SourceOptions};
 /// The memory that the parse writes its event batches into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchMemory {
-    /// Emptied batches go back to the reader, as in a replay in arrival order.
+    /// Emptied batches go back to the reader, as with `veer run --order arrival`.
     Reused,
-    /// Every batch is allocated and freed, as in a replay by event time, which keeps every
-    /// batch until the input is read.
+    /// Every batch is allocated and freed, as with `--order auto` or `event-time`, which keep
+    /// every batch until the input is read.
     New,
 }
 
