@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::CategoryShare;
 use crate::event::Id;
 use crate::groups::{GroupKey, GroupMap};
-use crate::sorted_map::{sum_by_key, SortedVecMap};
+use crate::sorted_map::{add_in_key_order, SortedVecMap};
 
 /// Decayed category weights, with the decay applied lazily through a shared scale.
 ///
@@ -124,13 +124,13 @@ impl DecayedWeights {
                 std::cmp::Ordering::Equal => shared_group.take().expect("one category is first"),
                 std::cmp::Ordering::Greater => group_of(category),
             };
-            sums.push((group, *weight));
+            // Sums in category order (the map's order), so that float results do not depend
+            // on the order in which categories arrived. Weights are positive, so starting a
+            // sum at the first weight gives the same bits as adding it to 0.0. A group is
+            // named by its smallest category, so most groups arrive in key order and are
+            // appended.
+            add_in_key_order(&mut sums, group, *weight);
         }
-        // Sums in category order (the map's order), so that float results do not depend on
-        // the order in which categories arrived. The stable sort keeps that order within each
-        // group. Weights are positive, so starting a sum at the first weight gives the same
-        // bits as adding it to 0.0.
-        sum_by_key(&mut sums);
         self.groups = Some(SortedVecMap::from_sorted(sums));
     }
 

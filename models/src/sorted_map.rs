@@ -155,6 +155,28 @@ impl<K: Clone, V: Clone> From<SortedVecMap<K, V>> for Vec<(K, V)> {
     }
 }
 
+/// Adds `value` to the entry of `key` in `entries`, which is sorted by key with each key once,
+/// and inserts a new entry in key order when `key` is missing.
+///
+/// Calling it for a sequence of entries gives the same entries, bit for bit, as
+/// [`sum_by_key`] on that sequence: each key's sum starts at its first value and adds the later
+/// ones in call order. A key above the last entry is appended without a search, so keys that
+/// arrive mostly in order cost about one comparison each.
+pub fn add_in_key_order<K: Ord, V: std::ops::AddAssign>(
+    entries: &mut Vec<(K, V)>,
+    key: K,
+    value: V,
+) {
+    if entries.last().is_none_or(|last| last.0 < key) {
+        entries.push((key, value));
+        return;
+    }
+    match entries.binary_search_by(|entry| entry.0.cmp(&key)) {
+        Ok(index) => entries[index].1 += value,
+        Err(index) => entries.insert(index, (key, value)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +204,49 @@ mod tests {
         assert_eq!(entries[0], (1, 6.0));
         assert_eq!(entries[1], (2, 1e16));
         assert_eq!(entries[2], (3, 0.5));
+    }
+
+    #[test]
+    fn add_in_key_order_matches_sum_by_key() {
+        // Values of very different sizes, so that a different order of additions would show in
+        // the sums' bits.
+        let mut state: u64 = 7;
+        let mut next = move |below: u64| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % below
+        };
+        for round in 0..200 {
+            let length = next(40) as usize;
+            let entries: Vec<(u64, f64)> = (0..length)
+                .map(|at| {
+                    // Mostly rising keys, as a user's categories give, with some going back.
+                    let key = if next(4) == 0 {
+                        next(50)
+                    } else {
+                        at as u64 * 2
+                    };
+                    let value = 10f64.powi(next(32) as i32 - 16) * (1.0 + next(1000) as f64);
+                    (key, value)
+                })
+                .collect();
+            let mut expected = entries.clone();
+            sum_by_key(&mut expected);
+            let mut added = Vec::new();
+            for (key, value) in entries {
+                add_in_key_order(&mut added, key, value);
+            }
+            assert_eq!(added.len(), expected.len(), "round {round}");
+            for (at, (got, want)) in added.iter().zip(&expected).enumerate() {
+                assert_eq!(got.0, want.0, "round {round}, entry {at}");
+                assert_eq!(
+                    got.1.to_bits(),
+                    want.1.to_bits(),
+                    "round {round}, entry {at}"
+                );
+            }
+        }
     }
 
     #[test]
