@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::event::Id;
+use crate::event::{Id, IdValue};
 
 /// The kind of an alert.
 #[derive(
@@ -127,9 +127,109 @@ impl Alert {
     }
 
     /// Encodes the alert as one line of JSON, without the trailing newline.
+    ///
+    /// The line equals `to_json().to_string()` byte for byte, but is written directly instead
+    /// of through a `serde_json::Value`, which cost an allocation per field. Strings and
+    /// floats go through serde_json's own encoders, so escapes and float digits are the same.
     pub fn to_json_line(&self) -> String {
-        self.to_json().to_string()
+        let mut line = Vec::with_capacity(512);
+        line.extend_from_slice(b"{\"alert_id\":");
+        write_json(&mut line, &self.alert_id());
+        line.extend_from_slice(b",\"user\":");
+        write_id(&mut line, &self.user);
+        line.extend_from_slice(b",\"kind\":");
+        write_json(&mut line, self.kind.name());
+        line.extend_from_slice(b",\"ts\":");
+        write_json(&mut line, &self.ts);
+        line.extend_from_slice(b",\"onset_ts\":");
+        write_json(&mut line, &self.onset_ts);
+        line.extend_from_slice(b",\"score\":");
+        write_rounded(&mut line, self.score);
+        line.extend_from_slice(b",\"severity\":");
+        write_json(&mut line, self.severity());
+        line.extend_from_slice(b",\"from\":");
+        write_shares(&mut line, &self.from);
+        line.extend_from_slice(b",\"to\":");
+        write_shares(&mut line, &self.to);
+        line.extend_from_slice(b",\"signals\":{");
+        let mut first = true;
+        for (at, (name, _)) in self.signals.iter().enumerate() {
+            // A JSON object keeps one value per key: `to_json` keeps the first position of a
+            // repeated name and its last value.
+            if self.signals[..at]
+                .iter()
+                .any(|(earlier, _)| earlier == name)
+            {
+                continue;
+            }
+            let value = self.signals[at..]
+                .iter()
+                .rev()
+                .find(|(later, _)| later == name)
+                .map_or(f64::NAN, |(_, value)| *value);
+            if !first {
+                line.push(b',');
+            }
+            first = false;
+            write_json(&mut line, name.as_str());
+            line.push(b':');
+            write_rounded(&mut line, value);
+        }
+        line.extend_from_slice(b"},\"events_since_onset\":");
+        write_json(&mut line, &self.events_since_onset);
+        if let Some(segment) = self.segment_before {
+            line.extend_from_slice(b",\"segment_before\":");
+            write_json(&mut line, &segment);
+        }
+        if let Some(segment) = self.segment_after {
+            line.extend_from_slice(b",\"segment_after\":");
+            write_json(&mut line, &segment);
+        }
+        line.push(b'}');
+        String::from_utf8(line).expect("serde_json writes UTF-8 and the keys are ASCII")
     }
+}
+
+/// Appends `value` as JSON to `line`.
+fn write_json<T: serde::Serialize + ?Sized>(line: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(line, value).expect("strings and numbers encode into memory");
+}
+
+/// Appends an id as [`Id::to_json`] encodes it: a number for an integer, a string for text.
+fn write_id(line: &mut Vec<u8>, id: &Id) {
+    match id.value() {
+        IdValue::Int(value) => {
+            use std::io::Write;
+            write!(line, "{value}").expect("writing into memory does not fail");
+        }
+        IdValue::Text(text) => write_json(line, text),
+    }
+}
+
+/// Appends `value` as [`round4`] encodes it: rounded to four decimals, `null` when not finite.
+fn write_rounded(line: &mut Vec<u8>, value: f64) {
+    if !value.is_finite() {
+        line.extend_from_slice(b"null");
+        return;
+    }
+    // The serializer writes `null` for a rounded value that overflowed, as `round4` does.
+    write_json(line, &((value * 10_000.0).round() / 10_000.0));
+}
+
+/// Appends a `from` or `to` list of category shares.
+fn write_shares(line: &mut Vec<u8>, shares: &[CategoryShare]) {
+    line.push(b'[');
+    for (at, entry) in shares.iter().enumerate() {
+        if at > 0 {
+            line.push(b',');
+        }
+        line.extend_from_slice(b"{\"category\":");
+        write_id(line, &entry.category);
+        line.extend_from_slice(b",\"share\":");
+        write_rounded(line, entry.share);
+        line.push(b'}');
+    }
+    line.push(b']');
 }
 
 /// Rounds to four decimals so that alert files compare byte for byte across platforms.
@@ -152,5 +252,91 @@ pub fn id_from_json(value: &Value) -> Option<Id> {
         }
         Value::String(text) => Some(Id::text(text.as_str())),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn share(category: Id, share: f64) -> CategoryShare {
+        CategoryShare { category, share }
+    }
+
+    /// Alerts with the values whose encoding could differ between the two writers: text and
+    /// wide ids, escapes, floats that are not finite or that overflow when rounded, negative
+    /// zero, a repeated signal name and the optional segments.
+    fn unusual_alerts() -> Vec<Alert> {
+        let plain = Alert {
+            user: Id::from(1_000_228u64),
+            kind: AlertKind::InterestShift,
+            ts: 1_511_758_281,
+            onset_ts: 1_511_755_118,
+            score: 0.692_54,
+            from: vec![
+                share(Id::from(1_859_277u64), 0.171_66),
+                share(Id::from(2u64), 1.0 / 3.0),
+            ],
+            to: vec![share(Id::from(3_378_887u64), 1.0)],
+            signals: vec![
+                ("cusum".into(), 8.916_44),
+                ("novel_share".into(), 1.0),
+                ("entropy_change".into(), -1.414_25),
+            ],
+            events_since_onset: 7,
+            segment_before: None,
+            segment_after: None,
+        };
+        vec![
+            plain.clone(),
+            Alert {
+                user: Id::text("u\"ser\\\n\u{1}é"),
+                kind: AlertKind::Anomaly,
+                ts: -5,
+                onset_ts: i64::MIN,
+                score: f64::NAN,
+                from: Vec::new(),
+                to: vec![
+                    share(Id::text("cat\t"), -0.0),
+                    share(Id::int(u128::MAX), 1e300),
+                ],
+                signals: vec![
+                    ("cusum".into(), f64::INFINITY),
+                    ("sessions".into(), 2.0),
+                    ("cusum".into(), 1e-9),
+                    ("na\"me".into(), -1e21),
+                ],
+                events_since_onset: u64::MAX,
+                segment_before: Some(3),
+                segment_after: Some(0),
+            },
+            Alert {
+                score: 1e20,
+                signals: Vec::new(),
+                segment_after: Some(usize::MAX),
+                ..plain
+            },
+        ]
+    }
+
+    #[test]
+    fn json_line_matches_value_encoding() {
+        for alert in unusual_alerts() {
+            assert_eq!(alert.to_json_line(), alert.to_json().to_string());
+        }
+    }
+
+    #[test]
+    fn json_line_keeps_contract_form() {
+        let line = unusual_alerts()[0].to_json_line();
+        let expected = concat!(
+            r#"{"alert_id":"1000228-1511758281-interest_shift","user":1000228,"#,
+            r#""kind":"interest_shift","ts":1511758281,"onset_ts":1511755118,"score":0.6925,"#,
+            r#""severity":"medium","from":[{"category":1859277,"share":0.1717},"#,
+            r#"{"category":2,"share":0.3333}],"to":[{"category":3378887,"share":1.0}],"#,
+            r#""signals":{"cusum":8.9164,"novel_share":1.0,"entropy_change":-1.4143},"#,
+            r#""events_since_onset":7}"#
+        );
+        assert_eq!(line, expected);
     }
 }
