@@ -244,7 +244,7 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                 // every window before its own has arrived.
                 let events_bound = events_frontier.frontier().first().copied();
                 let population_bound = population_frontier.frontier().first().copied();
-                let ready = state.pending.release(|time| {
+                let ready = state.pending.drain_ready(|time| {
                     let window_start = time - time % window_ms;
                     events_bound.is_none_or(|bound| time < bound)
                         && population_bound.is_none_or(|bound| window_start < bound)

@@ -29,6 +29,8 @@ impl ReleaseBuffer {
         if self.events.is_empty() {
             self.sorted = true;
         }
+        let events = events.into_iter();
+        self.events.reserve(events.size_hint().0);
         for event in events {
             let time = event.ts_ms as u64;
             self.earliest = Some(self.earliest.map_or(time, |earliest| earliest.min(time)));
@@ -48,8 +50,19 @@ impl ReleaseBuffer {
     /// Equal events leave in the order they arrived, as a stable sort of the ready events
     /// alone would leave them.
     pub fn release(&mut self, ready: impl Fn(u64) -> bool) -> Vec<Event> {
+        self.drain_ready(ready).collect()
+    }
+
+    /// Removes every event whose time satisfies `ready` and iterates over them in the order
+    /// of [`ReleaseBuffer::release`], without collecting them into a new vector first.
+    ///
+    /// Events that the iterator has not yielded when it is dropped are dropped with it.
+    pub fn drain_ready(
+        &mut self,
+        ready: impl Fn(u64) -> bool,
+    ) -> std::collections::vec_deque::Drain<'_, Event> {
         if self.earliest.is_none_or(|earliest| !ready(earliest)) {
-            return Vec::new();
+            return self.events.drain(..0);
         }
         if !self.sorted {
             // The standard library's stable sort finds the sorted runs that arrived and
@@ -62,9 +75,8 @@ impl ReleaseBuffer {
         let count = self
             .events
             .partition_point(|event| ready(event.ts_ms as u64));
-        let released: Vec<Event> = self.events.drain(..count).collect();
-        self.earliest = self.events.front().map(|event| event.ts_ms as u64);
-        released
+        self.earliest = self.events.get(count).map(|event| event.ts_ms as u64);
+        self.events.drain(..count)
     }
 
     /// Returns every buffered event, in no particular order.
@@ -152,6 +164,22 @@ mod tests {
                 "seed {seed}"
             );
             assert_eq!(buffer.earliest(), None, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn drain_ready_matches_release() {
+        let events = arrivals(9);
+        let mut drained = ReleaseBuffer::default();
+        let mut released = ReleaseBuffer::default();
+        for (batch, chunk) in events.chunks(25).enumerate() {
+            drained.extend(chunk.iter().cloned());
+            released.extend(chunk.iter().cloned());
+            let bound = batch as u64 * 150;
+            let from_drain: Vec<Event> = drained.drain_ready(|time| time < bound).collect();
+            let from_release = released.release(|time| time < bound);
+            assert_eq!(from_drain, from_release, "bound {bound}");
+            assert_eq!(drained.earliest(), released.earliest(), "bound {bound}");
         }
     }
 
