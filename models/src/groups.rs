@@ -13,6 +13,7 @@
 //! components of those links are the groups. Because the deltas are summed in window order and
 //! every tie is broken by id, the map is the same whatever the number of workers.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -140,6 +141,11 @@ pub struct GroupMap {
     trending: HashMap<GroupKey, f64>,
     /// Increases on every update, so that per-user caches can tell when to rebuild.
     pub version: u64,
+    /// The groups of the latest update, sorted by leaf, for merging with the next update.
+    /// Empty when that list was not sorted, and after a checkpoint restore, which does not
+    /// store it because `representative` contains the same pairs.
+    #[serde(skip)]
+    last_groups: Vec<(Id, Id)>,
 }
 
 impl GroupMap {
@@ -147,10 +153,61 @@ impl GroupMap {
     /// window order, because one without groups keeps the previous ones.
     pub fn apply(&mut self, info: &PopulationInfo) {
         if let Some(groups) = &info.groups {
-            self.representative = groups.iter().cloned().collect();
+            self.replace_groups(groups);
             self.version += 1;
         }
         self.trending = info.trending.iter().cloned().collect();
+    }
+
+    /// Makes the map contain exactly `groups`, as collecting them into a new map would.
+    ///
+    /// The population model sends every group after each window in which the groups change,
+    /// sorted by leaf, and few entries differ from the last list. The new list is therefore
+    /// merged with the last one, and only the leaves that joined, moved or left a group
+    /// change the map. Without a last list (the first list, or after a checkpoint restore),
+    /// or for a list not strictly sorted by leaf, the map is collected anew.
+    fn replace_groups(&mut self, groups: &[(Id, Id)]) {
+        let sorted = groups.windows(2).all(|pair| pair[0].0 < pair[1].0);
+        if !sorted || self.last_groups.is_empty() {
+            self.representative = groups.iter().cloned().collect();
+        } else {
+            self.apply_changes(groups);
+        }
+        self.last_groups = if sorted { groups.to_vec() } else { Vec::new() };
+    }
+
+    /// Changes the map from `last_groups` to `groups`, both sorted by leaf with each leaf once.
+    fn apply_changes(&mut self, groups: &[(Id, Id)]) {
+        let last = &self.last_groups;
+        let (mut at_last, mut at_new) = (0, 0);
+        while at_last < last.len() || at_new < groups.len() {
+            let order = match (last.get(at_last), groups.get(at_new)) {
+                (Some((left, _)), Some((joined, _))) => left.cmp(joined),
+                (Some(_), None) => Ordering::Less,
+                (None, _) => Ordering::Greater,
+            };
+            match order {
+                Ordering::Less => {
+                    self.representative.remove(&last[at_last].0);
+                    at_last += 1;
+                }
+                Ordering::Greater => {
+                    let (leaf, representative) = &groups[at_new];
+                    self.representative
+                        .insert(leaf.clone(), representative.clone());
+                    at_new += 1;
+                }
+                Ordering::Equal => {
+                    let (leaf, representative) = &groups[at_new];
+                    if last[at_last].1 != *representative {
+                        self.representative
+                            .insert(leaf.clone(), representative.clone());
+                    }
+                    at_last += 1;
+                    at_new += 1;
+                }
+            }
+        }
     }
 
     /// Returns the group of a leaf category, preferring the input's own topic when it has one.
@@ -637,6 +694,45 @@ mod tests {
         assert_eq!(map.group_of(&id(9), None), GroupKey::Learned(id(7)));
         assert_ne!(map.group_of(&id(1), None), map.group_of(&id(7), None));
         assert_eq!(map.group_of(&id(42), None), GroupKey::Learned(id(42)));
+    }
+
+    #[test]
+    fn applied_groups_replace_earlier_ones() {
+        let pairs = |list: &[(u64, u64)]| -> Vec<(Id, Id)> {
+            list.iter()
+                .map(|(leaf, representative)| (id(*leaf), id(*representative)))
+                .collect()
+        };
+        // Leaves join, move and leave groups from one list to the next. The map is restored
+        // from a checkpoint after the second list, and the last list is not sorted, so both
+        // of those updates collect a new map.
+        let lists = [
+            pairs(&[(1, 1), (2, 1), (5, 5), (6, 5)]),
+            pairs(&[(1, 1), (2, 1), (3, 1), (5, 5), (6, 5)]),
+            pairs(&[(2, 2), (3, 2), (5, 5), (6, 5), (7, 5)]),
+            pairs(&[(5, 5), (6, 6), (7, 6)]),
+            pairs(&[(7, 5), (5, 5), (9, 5)]),
+        ];
+        let mut map = GroupMap::default();
+        for (at, list) in lists.iter().enumerate() {
+            map.apply(&PopulationInfo {
+                window_end: 3_600_000 * (at as u64 + 1),
+                groups: Some(list.clone()),
+                trending: Vec::new(),
+            });
+            let expected: HashMap<Id, Id> = list.iter().cloned().collect();
+            assert_eq!(map.representative, expected, "list {at}");
+            assert_eq!(map.version, at as u64 + 1, "list {at}");
+            if at == 1 {
+                // A restored map has no last list and is collected anew on the next update.
+                let encoded = bincode::serialize(&map).expect("a group map encodes");
+                map = bincode::deserialize(&encoded).expect("and decodes");
+                assert!(map.last_groups.is_empty());
+            }
+        }
+        assert_eq!(map.grouped_categories(), 3);
+        assert_eq!(map.group_of(&id(2), None), GroupKey::Learned(id(2)));
+        assert_eq!(map.group_of(&id(9), None), GroupKey::Learned(id(5)));
     }
 
     #[test]
