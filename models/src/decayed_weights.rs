@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::CategoryShare;
 use crate::event::Id;
 use crate::groups::{GroupKey, GroupMap};
-use crate::sorted_map::{add_in_key_order, SortedVecMap};
+use crate::sorted_map::{add_in_key_order, InlineOneMap, SortedVecMap};
 
 /// Decayed category weights, with the decay applied lazily through a shared scale.
 ///
@@ -21,14 +21,20 @@ use crate::sorted_map::{add_in_key_order, SortedVecMap};
 /// plus one category weight and both maps get the same additions and scalings.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct DecayedWeights {
-    categories: SortedVecMap<Id, f64>,
+    /// Weight per category. A single category is stored inline.
+    categories: InlineOneMap<Id, f64>,
     /// Weight per group under the group map version `groups_version`, or `None` while each
     /// group is `GroupKey::Learned` of one category with that category's weight.
     groups: Option<SortedVecMap<GroupKey, f64>>,
-    groups_version: u64,
+    /// Low 32 bits of the group map version that `groups` follows. A user would have to miss
+    /// exactly 2^32 group map changes (one per population window at most) for a stale
+    /// version to match.
+    groups_version: u32,
     total: f64,
     scale: f64,
-    pub(crate) events: u64,
+    /// Events added, saturating at `u32::MAX`. The detector only compares it with a `u32`
+    /// setting.
+    pub(crate) events: u32,
 }
 
 impl DecayedWeights {
@@ -69,7 +75,7 @@ impl DecayedWeights {
             *groups.entry_or_default(group) += stored;
         }
         self.total += stored;
-        self.events += 1;
+        self.events = self.events.saturating_add(1);
     }
 
     pub(crate) fn scale_all(&mut self, factor: f64) {
@@ -94,10 +100,11 @@ impl DecayedWeights {
 
     /// Rebuilds the per-group weights when the group map has changed since the last call.
     pub(crate) fn sync_groups(&mut self, groups: &GroupMap, topics: Option<&HashMap<Id, Id>>) {
-        if self.groups_version == groups.version {
+        let version = groups.version as u32;
+        if self.groups_version == version {
             return;
         }
-        self.groups_version = groups.version;
+        self.groups_version = version;
         let group_of = |category: &Id| {
             let topic = topics.and_then(|topics| topics.get(category));
             groups.group_of(category, topic)

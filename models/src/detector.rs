@@ -35,7 +35,6 @@ use std::collections::BTreeMap;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use serde::{Deserialize, Serialize};
-use smallvec::SmallVec;
 
 pub use crate::behavior::BehaviorProfile;
 
@@ -43,6 +42,7 @@ use crate::alert::{Alert, AlertKind, CategoryShare};
 use crate::decayed_weights::DecayedWeights;
 use crate::event::{Event, Id};
 use crate::groups::{GroupKey, GroupMap};
+use crate::recent_events::RecentEvents;
 use crate::session::{SessionMark, SessionRule};
 
 /// Settings of the shift detector; see the module documentation for their roles.
@@ -255,7 +255,7 @@ struct RunEvent {
     category: Id,
     group: GroupKey,
     weight: f64,
-    session: u64,
+    session: u32,
     novel: bool,
 }
 
@@ -316,7 +316,10 @@ pub struct UserState {
     /// The current run, present exactly while `cusum` is above zero. Boxed because most users
     /// have none most of the time.
     run: Option<Box<Run>>,
-    session: u64,
+    /// Number of the current session, counting from 0 and saturating at `u32::MAX`. A session
+    /// starts only with an event, so saturation needs 4,294,967,295 events of one user, after
+    /// which all later events count as one session.
+    session: u32,
     session_mark: SessionMark,
     /// Whether the current session has had an event in a group of the user's reference,
     /// and how many sessions in a row before it had none, for the trend rule.
@@ -326,7 +329,7 @@ pub struct UserState {
     /// Times and categories of the latest events, for burst detection: at most
     /// `burst_events`, and none older than `burst_span_secs` before the latest event. A user
     /// who browses at a person's pace has one, which is stored inline.
-    recent: SmallVec<[(i64, Id); 1]>,
+    recent: RecentEvents,
     in_burst: bool,
     refractory_events: u32,
     refractory_until_ts: i64,
@@ -353,30 +356,24 @@ pub struct UserState {
 struct ReferenceSessions {
     /// Distinct sessions seen, up to the required number.
     count: u32,
-    /// Number of the latest session counted, low half first. Two halves give the struct a
-    /// 4-byte alignment, so it packs beside the state's other 4-byte fields and the state
-    /// fits a 16-byte smaller heap chunk.
-    latest: [u32; 2],
+    /// Number of the latest session counted.
+    latest: u32,
 }
 
 impl ReferenceSessions {
     /// Records `session`, where `required` is the number of distinct sessions asked for.
-    fn insert(&mut self, session: u64, required: u32) {
+    fn insert(&mut self, session: u32, required: u32) {
         if self.reached(required) {
             return;
         }
         debug_assert!(
-            self.count == 0 || session >= self.latest(),
+            self.count == 0 || session >= self.latest,
             "sessions before the reference is warm come in order"
         );
-        if self.count == 0 || session != self.latest() {
+        if self.count == 0 || session != self.latest {
             self.count += 1;
-            self.latest = [session as u32, (session >> 32) as u32];
+            self.latest = session;
         }
-    }
-
-    fn latest(&self) -> u64 {
-        u64::from(self.latest[0]) | (u64::from(self.latest[1]) << 32)
     }
 
     /// Returns whether `required` distinct sessions have been seen.
@@ -481,7 +478,7 @@ impl ShiftDetector {
             event.session.as_deref(),
         );
         if new_session {
-            state.session += 1;
+            state.session = state.session.saturating_add(1);
             state.sessions_without_usual = if std::mem::take(&mut state.usual_in_session) {
                 0
             } else {
@@ -512,19 +509,17 @@ impl ShiftDetector {
         // browses at a person's pace.
         let expired = state
             .recent
+            .as_slice()
             .iter()
             .take_while(|entry| ts - entry.0 > self.config.burst_span_secs)
             .count();
         let over = (state.recent.len() + 1).saturating_sub(self.config.burst_events);
-        state.recent.drain(..expired.max(over));
-        if state.recent.is_empty() && state.recent.spilled() {
-            state.recent = SmallVec::new();
-        }
+        state.recent.remove_oldest(expired.max(over));
         state.recent.push((ts, event.category.clone()));
         if state.in_burst || state.recent.len() < self.config.burst_events {
             return None;
         }
-        let first_ts = state.recent.first().map_or(ts, |entry| entry.0);
+        let first_ts = state.recent.as_slice().first().map_or(ts, |entry| entry.0);
         if ts == first_ts {
             // Events that all carry one timestamp are a batched upload with coarse times,
             // not a measured rate.
@@ -546,7 +541,7 @@ impl ShiftDetector {
             }
         }
         let mut counts: BTreeMap<&Id, usize> = BTreeMap::new();
-        for (_, category) in &state.recent {
+        for (_, category) in state.recent.as_slice() {
             *counts.entry(category).or_default() += 1;
         }
         let span = (ts - first_ts).max(1) as f64;
@@ -575,7 +570,7 @@ impl ShiftDetector {
         category: &Id,
         group: &GroupKey,
         weight: f64,
-        session: u64,
+        session: u32,
     ) {
         state.reference.decay(self.config.reference_decay);
         state.reference.add(category, group, weight);
@@ -633,7 +628,7 @@ impl ShiftDetector {
             return false;
         }
         // Per session of the run, newest first: (session, judged events, novel events).
-        let mut sessions: Vec<(u64, u32, u32)> = Vec::new();
+        let mut sessions: Vec<(u32, u32, u32)> = Vec::new();
         for entry in run.events.iter().rev() {
             match sessions.last_mut() {
                 Some(last) if last.0 == entry.session => {
@@ -701,7 +696,7 @@ impl ShiftDetector {
             *counts.entry(&entry.category).or_default() += 1;
             *run_groups.entry(entry.group.clone()).or_default() += 1.0 / novel.len() as f64;
         }
-        let sessions: HashSet<u64> = novel.iter().map(|entry| entry.session).collect();
+        let sessions: HashSet<u32> = novel.iter().map(|entry| entry.session).collect();
         let reference_groups = state.reference.group_distribution();
         let divergence = jensen_shannon(&reference_groups, &run_groups);
         let entropy_change = entropy(&run_groups) - entropy(&reference_groups);
@@ -809,7 +804,7 @@ impl ShiftDetector {
         let group = groups.group_of(&event.category, event.topic.as_ref());
         trace.group = Some(group.clone());
         let session = state.session;
-        let warm = state.reference.events >= u64::from(self.config.min_reference_events)
+        let warm = state.reference.events >= self.config.min_reference_events
             && state
                 .reference_sessions
                 .reached(self.config.min_reference_sessions);
@@ -957,10 +952,11 @@ mod tests {
 
     #[test]
     fn user_state_size_bounded() {
-        // Every tracked user keeps one boxed state. glibc serves a request of n bytes from a
-        // chunk of n + 8 rounded up to 16, so up to 264 bytes take a 272-byte chunk.
+        // Every tracked user keeps one boxed entry: this state, the latest event time and the
+        // latest alert (16 bytes). glibc serves a request of n bytes from a chunk of n + 8
+        // rounded up to 16, so a state of up to 248 bytes takes a 272-byte chunk.
         let size = std::mem::size_of::<UserState>();
-        assert!(size <= 264, "UserState is {size} bytes");
+        assert!(size <= 248, "UserState is {size} bytes");
     }
 
     fn with_candidates(candidate_sessions: u32, candidate_recurring_events: u32) -> DetectorConfig {

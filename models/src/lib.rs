@@ -17,6 +17,7 @@ pub mod fusion;
 pub mod groups;
 pub mod ml;
 pub mod profile;
+mod recent_events;
 pub mod session;
 mod sorted_map;
 
