@@ -1114,7 +1114,7 @@ impl ArrivalReplay {
             feeder.catch_up(&skipped)?;
         }
         let watermark = self.watermark.current();
-        for event in self.held.release(|time| time < watermark) {
+        for event in self.held.drain_ready(|time| time < watermark) {
             feeder.send(event);
         }
         feeder.advance_and_wait(worker, watermark);
@@ -1133,9 +1133,13 @@ impl ArrivalReplay {
             let skipped = self.held.release(|time| time < position.cut_ms);
             feeder.catch_up(&skipped)?;
         }
-        for event in self.held.release(|_| true) {
+        // Drained, not collected, because this takes every held event at once.
+        for event in self.held.drain_ready(|_| true) {
             feeder.send(event);
         }
+        // The empty buffer still has the capacity of its fullest moment, so it is freed
+        // before the dataflow takes in those events.
+        self.held = veer_operators::release::ReleaseBuffer::default();
         Ok(())
     }
 }

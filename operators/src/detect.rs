@@ -244,6 +244,8 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                 // every window before its own has arrived.
                 let events_bound = events_frontier.frontier().first().copied();
                 let population_bound = population_frontier.frontier().first().copied();
+                // Drained, not collected, because at the end of the input every buffered
+                // event is ready at once.
                 let ready = state.pending.drain_ready(|time| {
                     let window_start = time - time % window_ms;
                     events_bound.is_none_or(|bound| time < bound)
