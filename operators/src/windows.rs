@@ -1,6 +1,6 @@
 //! Per-user windows of the model path, built on the worker that owns each user.
 
-use std::collections::{btree_map, BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
 use rustc_hash::FxHashMap;
@@ -50,7 +50,10 @@ pub struct OpenWindow {
 #[derive(Default, Serialize, Deserialize)]
 pub struct UserWindows {
     history: UserHistory,
-    open: BTreeMap<u64, OpenWindow>,
+    /// Open windows by start (Unix milliseconds), sorted by start. A user usually has one or
+    /// two, so a vector is cheaper than a map. It is freed when the last window closes, as a map's
+    /// node is. Serialised as a map would be by bincode: a length, then the pairs.
+    open: Vec<(u64, OpenWindow)>,
     /// The user's attribute row from each event time (Unix milliseconds) on; `None` after the
     /// row was removed.
     attributes: BTreeMap<u64, Option<UserAttributes>>,
@@ -71,7 +74,18 @@ pub struct WindowsState {
     pub applied_window_end: u64,
     /// Whether a window failed to close, so later failures are not logged.
     pub failed: bool,
+    /// Emptied event buffers of closed windows, reused by windows that open later. Not in
+    /// checkpoints.
+    #[serde(skip)]
+    pub spare_events: Vec<Vec<WindowEvent>>,
 }
+
+/// Maximum number of emptied event buffers a worker keeps for reuse.
+const MAX_SPARE_BUFFERS: usize = 1024;
+
+/// Maximum capacity, in events, of a buffer kept for reuse. Larger buffers are freed, so the
+/// spare buffers have room for at most 1024 x 64 events (about 4 MiB).
+const MAX_SPARE_CAPACITY: usize = 64;
 
 impl WindowsState {
     /// Returns the start of the earliest open window.
@@ -86,7 +100,49 @@ pub type WindowsHandle = Rc<std::cell::RefCell<WindowsState>>;
 impl UserWindows {
     /// Returns the starts of the user's open windows, in Unix milliseconds.
     pub fn open_starts(&self) -> impl Iterator<Item = u64> + '_ {
-        self.open.keys().copied()
+        self.open.iter().map(|(start, _)| *start)
+    }
+
+    /// Returns the open window that starts at `start`, and whether it was opened now. A new
+    /// window takes its event buffer from `spare_events` when one is there.
+    fn open_window(
+        &mut self,
+        start: u64,
+        spare_events: &mut Vec<Vec<WindowEvent>>,
+    ) -> (&mut OpenWindow, bool) {
+        // Events come in time order, so the window is almost always the last one.
+        let found = match self.open.last() {
+            Some((last, _)) if *last == start => Ok(self.open.len() - 1),
+            Some((last, _)) if *last < start => Err(self.open.len()),
+            None => Err(0),
+            Some(_) => self.open.binary_search_by_key(&start, |(known, _)| *known),
+        };
+        match found {
+            Ok(index) => (&mut self.open[index].1, false),
+            Err(index) => {
+                let window = OpenWindow {
+                    events: spare_events.pop().unwrap_or_default(),
+                    ..OpenWindow::default()
+                };
+                // Room for one window, where the vector's first growth would make room for 4.
+                self.open.reserve_exact(1);
+                self.open.insert(index, (start, window));
+                (&mut self.open[index].1, true)
+            }
+        }
+    }
+
+    /// Removes and returns the open window that starts at `start`.
+    fn take_window(&mut self, start: u64) -> Option<OpenWindow> {
+        let index = self
+            .open
+            .binary_search_by_key(&start, |(known, _)| *known)
+            .ok()?;
+        let window = self.open.remove(index).1;
+        if self.open.is_empty() {
+            self.open = Vec::new();
+        }
+        Some(window)
     }
 
     /// Returns the attribute row in force at `time_ms`, and forgets the versions before it.
@@ -150,6 +206,7 @@ pub fn build_user_windows<'scope>(
                 groups,
                 applied_window_end,
                 failed,
+                spare_events,
             } = &mut *guard;
             let port = output.output_index();
             input.for_each_stamp(|capability, data| {
@@ -161,13 +218,10 @@ pub fn build_user_windows<'scope>(
                                 let time = observed.event.ts_ms as u64;
                                 let start = time - time % window_ms;
                                 let entry = users.entry(observed.user.clone()).or_default();
-                                let window = match entry.open.entry(start) {
-                                    btree_map::Entry::Occupied(window) => window.into_mut(),
-                                    btree_map::Entry::Vacant(vacant) => {
-                                        open.insert((start, observed.user));
-                                        vacant.insert(OpenWindow::default())
-                                    }
-                                };
+                                let (window, opened) = entry.open_window(start, spare_events);
+                                if opened {
+                                    open.insert((start, observed.user));
+                                }
                                 window.events.push(observed.event);
                                 window.burst |= observed.burst;
                                 window.alerts.extend(observed.alerts);
@@ -210,7 +264,7 @@ pub fn build_user_windows<'scope>(
                     }
                     let (_, user) = open.pop_first().expect("checked above");
                     let entry = users.get_mut(&user).expect("every open user has an entry");
-                    let window = entry.open.remove(&start).expect("listed as open");
+                    let window = entry.take_window(start).expect("listed as open");
                     let last_ms = window.events.last().map_or(0, |event| event.ts_ms as u64);
                     let row = entry.attributes_at(last_ms);
                     let result = entry.history.close(
@@ -233,6 +287,13 @@ pub fn build_user_windows<'scope>(
                         window: window_features.map(Rc::new),
                         alerts: window.alerts,
                     });
+                    let mut events = window.events;
+                    if events.capacity() <= MAX_SPARE_CAPACITY
+                        && spare_events.len() < MAX_SPARE_BUFFERS
+                    {
+                        events.clear();
+                        spare_events.push(events);
+                    }
                 }
             }
             if !closed.is_empty() {

@@ -417,6 +417,7 @@ fn merge_models(merged: &mut ModelPart, part: ModelPart, least_advanced: &mut Op
         groups,
         applied_window_end,
         failed,
+        spare_events: _,
     } = windows;
     merged.windows.users.extend(users);
     merged.windows.failed |= failed;
