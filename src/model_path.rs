@@ -24,7 +24,8 @@ use crate::replay::ModelRunSettings;
 
 /// Runs the detector and fuses its alerts with the models' signals per user window. Returns
 /// the fused alerts and the updates of each user's segment, which also go to the segment
-/// store of `model_state`.
+/// store of `model_state`. With `emit_segment_updates` false the updates only go to the
+/// store, and the returned stream is empty.
 ///
 /// `probe` follows the detector, not the fused alerts, so the feeder does not wait while
 /// windows after the bootstrap period are held for the model fit. The operators keep their
@@ -41,6 +42,7 @@ pub(crate) fn fused_alerts<'scope, D: Detector>(
     models: &ModelRunSettings,
     probe: &ProbeHandle<u64>,
     model_state: &ModelState,
+    emit_segment_updates: bool,
 ) -> (
     StreamVec<'scope, u64, Alert>,
     StreamVec<'scope, u64, SegmentUpdate>,
@@ -87,7 +89,8 @@ pub(crate) fn fused_alerts<'scope, D: Detector>(
         model_state.score.clone(),
         model_state.traffic.clone(),
     );
-    let (alerts, segment_updates) = split_scored(scored, model_state.segments.clone());
+    let (alerts, segment_updates) =
+        split_scored(scored, model_state.segments.clone(), emit_segment_updates);
     (
         keep_last_alerts(alerts, state, detect_settings.idle_ms),
         segment_updates,

@@ -745,6 +745,7 @@ where
                         models,
                         &probe,
                         model_state,
+                        shared.profiles_on,
                     );
                     (alerts, Some(segment_updates.probe_with(&model_probe)))
                 }

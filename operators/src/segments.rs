@@ -117,6 +117,9 @@ pub type SegmentStore = Rc<RefCell<FxHashMap<Id, UserSegment>>>;
 /// Splits the output of [`crate::score_windows`] into the alerts and the updates of the
 /// segment collection, and keeps `store` at each user's latest segment.
 ///
+/// With `emit_updates` false the update stream stays empty and only `store` is kept, for runs
+/// that read no profiles. Nearly every update has its own time, so each one costs a message.
+///
 /// A user's segment changes by a retraction of the old one and an insertion of the new one at
 /// the new window's `from_ms`. A window in the same segment as the one before sends nothing.
 /// Each user's windows arrive in the order of their start, because the window operator emits
@@ -132,6 +135,7 @@ pub type SegmentStore = Rc<RefCell<FxHashMap<Id, UserSegment>>>;
 pub fn split_scored<'scope>(
     scored: StreamVec<'scope, u64, Scored>,
     store: SegmentStore,
+    emit_updates: bool,
 ) -> (
     StreamVec<'scope, u64, Alert>,
     StreamVec<'scope, u64, SegmentUpdate>,
@@ -141,7 +145,7 @@ pub fn split_scored<'scope>(
         Scored::Segment(_) => None,
     });
     let updates = scored.unary(Pipeline, "SegmentUpdates", move |initial, _| {
-        let mut restored = Some((initial, restored_updates(&store.borrow())));
+        let mut restored = emit_updates.then(|| (initial, restored_updates(&store.borrow())));
         move |input, output| {
             let port = output.output_index();
             if let Some((capability, updates)) = restored.take() {
@@ -176,7 +180,7 @@ pub fn split_scored<'scope>(
                     let earlier = store
                         .insert(user.clone(), latest)
                         .map(|earlier| earlier.segment);
-                    if earlier == Some(segment) {
+                    if !emit_updates || earlier == Some(segment) {
                         continue;
                     }
                     // The window's capability is at or before its first event, so before
