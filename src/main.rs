@@ -843,12 +843,17 @@ fn generate_files(args: GenerateArgs) -> anyhow::Result<()> {
             .map(std::io::BufWriter::new)
             .map_err(|error| anyhow::anyhow!("cannot create {}: {error}", path.display()))
     };
+    let cannot_write = |path: &Path, error: std::io::Error| {
+        anyhow::anyhow!("cannot write {}: {error}", path.display())
+    };
     let mut out = create(&args.out)?;
-    generate::write_events(&stream.events, format, &mut out)?;
-    out.flush()?;
+    generate::write_events(&stream.events, format, &mut out)
+        .and_then(|()| out.flush())
+        .map_err(|error| cannot_write(&args.out, error))?;
     let mut truth = create(&args.truth)?;
-    generate::write_truth(&stream.truth, &mut truth)?;
-    truth.flush()?;
+    generate::write_truth(&stream.truth, &mut truth)
+        .and_then(|()| truth.flush())
+        .map_err(|error| cannot_write(&args.truth, error))?;
     eprintln!(
         "wrote {} events of {} users to {} and {} truth records to {} in {:.2}s",
         stream.events.len(),

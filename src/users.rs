@@ -44,8 +44,17 @@ pub fn table_columns(path: &Path) -> anyhow::Result<Vec<String>> {
 }
 
 fn read_table(path: &Path) -> anyhow::Result<(AttributeTable, LoadReport)> {
-    let text = std::fs::read_to_string(path).map_err(|error| {
+    let bytes = std::fs::read(path).map_err(|error| {
         anyhow::anyhow!("cannot read the user table {}: {error}", path.display())
+    })?;
+    let text = String::from_utf8(bytes).map_err(|error| {
+        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&byte| byte == b'\n').count() + 1;
+        anyhow::anyhow!(
+            "user table {}: line {line} is not valid UTF-8; convert the file to UTF-8 \
+             (e.g. iconv -f LATIN1 -t UTF-8)",
+            path.display()
+        )
     })?;
     AttributeTable::parse(&text)
         .map_err(|error| anyhow::anyhow!("user table {}: {error}", path.display()))
@@ -129,12 +138,21 @@ impl AttributeWatch {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let mut seen = stamp(&path);
+        let mut missing = false;
         std::thread::Builder::new()
             .name("veer-users".into())
             .spawn(move || {
                 while !stopped.load(Ordering::Relaxed) {
                     std::thread::sleep(poll_interval);
                     let current = stamp(&path);
+                    if current.is_none() && !missing {
+                        tracing::warn!(
+                            file = %path.display(),
+                            "the user table is missing; the previous version stays until the \
+                             file is back"
+                        );
+                    }
+                    missing = current.is_none();
                     if current.is_none() || current == seen {
                         continue;
                     }
@@ -312,4 +330,19 @@ pub fn build_profiles<'scope, S: ProfileView + 'static>(
     let segments = segments.map(AsCollection::as_collection);
     let joined = join_attributes(cores, attributes.as_collection(), segments);
     write_profiles(joined, writer, store);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_utf8_table_names_its_line() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("users.csv");
+        std::fs::write(&path, b"user,region\n1,north\n2,M\xfcnchen\n").unwrap();
+        let error = format!("{:#}", load(&path).unwrap_err());
+        assert!(error.contains("line 3 is not valid UTF-8"), "{error}");
+        assert!(error.contains("users.csv"), "{error}");
+    }
 }

@@ -983,3 +983,29 @@ fn full_stdout_is_an_error() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// `veer generate` on a full disk names the file it could not write.
+#[test]
+fn generate_full_disk_names_file() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipped: this system has no /dev/full");
+        return;
+    }
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let truth = folder.path().join("truth.jsonl");
+    let output = Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args([
+            "generate",
+            "--users",
+            "50",
+            "--out",
+            "/dev/full",
+            "--truth",
+            arg(&truth),
+        ])
+        .output()
+        .expect("the veer binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot write /dev/full"), "{stderr}");
+}

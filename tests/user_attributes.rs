@@ -487,3 +487,37 @@ fn profile_query_shows_attribute_row() {
     let seen = log.finish();
     assert!(status.success(), "veer failed:\n{}", seen.join("\n"));
 }
+
+/// A user table that disappears during a run is reported once, the previous version stays,
+/// and the file is loaded again when it comes back.
+#[test]
+fn missing_user_table_reported_and_reloaded() {
+    let folder = tempfile::tempdir().unwrap();
+    let users = folder.path().join("users.csv");
+    std::fs::copy(case_file("users-v1.csv"), &users).unwrap();
+    let mut child = stdin_run()
+        .arg("--users")
+        .arg(&users)
+        .arg("--alerts")
+        .arg(folder.path().join("alerts.jsonl"))
+        .spawn()
+        .expect("veer starts");
+    let mut log = common::Log::capture(&mut child);
+    let stdin = child.stdin.take().unwrap();
+    log.wait_for(&["user table loaded", "rows=6"], Duration::from_secs(20));
+
+    std::fs::remove_file(&users).unwrap();
+    log.wait_for(&["the user table is missing"], Duration::from_secs(10));
+    std::fs::copy(case_file("users-v2.csv"), &users).unwrap();
+    log.wait_for(&["user table loaded", "rows=5"], Duration::from_secs(10));
+
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let seen = log.finish();
+    assert!(status.success(), "veer failed:\n{}", seen.join("\n"));
+    let missing = seen
+        .iter()
+        .filter(|line| line.contains("the user table is missing"))
+        .count();
+    assert_eq!(missing, 1, "{}", seen.join("\n"));
+}
