@@ -7,21 +7,14 @@ use crate::event::Id;
 /// Event times (Unix seconds) and categories of a user's latest events, oldest first.
 ///
 /// A user who browses at a person's pace has at most one entry, which is stored inline. A
-/// longer queue is boxed, and stays boxed until it is empty. The queue is 24 bytes, because the tag of the inline entry's category
+/// longer queue is boxed. The queue is 24 bytes, because the tag of the inline entry's category
 /// id also marks which form is in use. Its serde form is a sequence of pairs, as a `Vec`'s is.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(from = "Vec<(i64, Id)>", into = "Vec<(i64, Id)>")]
 pub(crate) struct RecentEvents(Queue);
 
-/// Queues are equal when their entries are: a box with one entry equals the inline entry.
-impl PartialEq for RecentEvents {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-/// The storage of [`RecentEvents`]. `Many` contains at least one entry.
-#[derive(Clone, Debug, Default)]
+/// The storage of [`RecentEvents`]. `Many` contains at least two entries.
+#[derive(Clone, Debug, Default, PartialEq)]
 enum Queue {
     #[default]
     Empty,
@@ -45,33 +38,33 @@ impl RecentEvents {
 
     /// Appends an entry at the back.
     pub(crate) fn push(&mut self, entry: (i64, Id)) {
-        match &mut self.0 {
-            Queue::Many(entries) => entries.push(entry),
-            Queue::Empty => self.0 = Queue::One(entry),
-            Queue::One(_) => {
-                let Queue::One(first) = std::mem::take(&mut self.0) else {
-                    unreachable!("the queue held one entry");
-                };
-                self.0 = Queue::Many(Box::new(vec![first, entry]));
+        self.0 = match std::mem::take(&mut self.0) {
+            Queue::Empty => Queue::One(entry),
+            Queue::One(first) => Queue::Many(Box::new(vec![first, entry])),
+            Queue::Many(mut entries) => {
+                entries.push(entry);
+                Queue::Many(entries)
             }
-        }
+        };
     }
 
-    /// Removes the `count` oldest entries (all of them when there are fewer). A boxed queue
-    /// keeps its box until it is empty, so a user whose queue moves between one entry and two
-    /// does not allocate and free it on each move.
+    /// Removes the `count` oldest entries (all of them when there are fewer), and frees the
+    /// box once at most one entry is left.
     pub(crate) fn remove_oldest(&mut self, count: usize) {
         if count == 0 {
             return;
         }
-        match &mut self.0 {
-            Queue::Empty => {}
-            Queue::One(_) => self.0 = Queue::Empty,
-            Queue::Many(entries) if count >= entries.len() => self.0 = Queue::Empty,
-            Queue::Many(entries) => {
-                entries.drain(..count);
-            }
-        }
+        // Taking the storage leaves the queue empty, which is the result for one entry.
+        let mut entries = match std::mem::take(&mut self.0) {
+            Queue::Empty | Queue::One(_) => return,
+            Queue::Many(entries) => entries,
+        };
+        entries.drain(..count.min(entries.len()));
+        self.0 = match entries.len() {
+            0 => Queue::Empty,
+            1 => Queue::One(entries.pop().expect("one entry")),
+            _ => Queue::Many(entries),
+        };
     }
 
     /// Removes every entry.
@@ -127,7 +120,7 @@ mod tests {
         recent.remove_oldest(2);
         assert_eq!(times(&recent), vec![3, 4]);
         recent.remove_oldest(1);
-        assert!(matches!(recent.0, Queue::Many(_)), "the box stays until empty");
+        assert!(matches!(recent.0, Queue::One(_)), "one entry moves inline");
         assert_eq!(times(&recent), vec![4]);
         recent.push(entry(5));
         assert_eq!(times(&recent), vec![4, 5]);
