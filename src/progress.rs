@@ -54,7 +54,7 @@ impl Progress {
     /// file.
     ///
     /// Only regular files are opened, because a read from a named pipe such as `/dev/stdin`
-    /// or `<(zcat …)` would take bytes that the input reader then never sees.
+    /// or `<(zcat …)` would consume bytes before the input reader reads them.
     pub fn plain_size(paths: &[String]) -> Option<u64> {
         let mut total = 0;
         for path in paths {
