@@ -205,14 +205,14 @@ pub(crate) fn byte_bits(word: u64, byte: u8) -> u64 {
 #[inline(always)]
 pub(crate) fn sixteen_digits_value(low: u64, high: u64, count: usize) -> u64 {
     debug_assert!((1..=16).contains(&count), "{count} digits");
-    // Shifting the 16 bytes up by the missing digits drops the bytes after the run and puts
-    // zero bytes, read as leading zeros, below it. Then each word contains 8 digits, the lower
-    // word the more significant ones. The shift is under 128 because `count` is at least 1.
-    let nibbles = (u128::from(high) << 64 | u128::from(low)) & u128::from_ne_bytes([0x0F; 16]);
-    let digits = nibbles << (8 * (16 - count));
-    let leading = eight_digits_value(digits as u64);
-    let trailing = eight_digits_value((digits >> 64) as u64);
-    leading * POWERS_OF_TEN[8] + trailing
+    if count <= 8 {
+        return leading_digits_value(low, count);
+    }
+    // Each word is converted on its own, which avoids shifting the 16 bytes as one `u128` by
+    // a variable count.
+    let high_count = count - 8;
+    leading_digits_value(low, 8) * POWERS_OF_TEN[high_count]
+        + leading_digits_value(high, high_count)
 }
 
 /// Returns a word with `lane` in each of its 4 lanes of 16 bits.

@@ -1,12 +1,16 @@
 //! A reader of flat lines for one common layout: exactly the five required fields, whose
 //! values are integers of 1 to 15 digits and a behaviour name.
 //!
-//! The line is copied into a buffer padded with zero bytes, so every step loads 16 bytes at
-//! once without checking the line's length. A piece of the layout's text is compared with two
-//! masked words, an integer's length comes from a mask of non-digit bytes, and its value is
-//! converted from the same two words. A line that differs in any way gets `None` and goes to
-//! [`Layout::read_values`], which reads the same values from the same layout, so both give the
-//! same event.
+//! Every step loads the 16 bytes at its position straight from the line, as if the line were
+//! followed by zero bytes. Near the end it loads the line's last 16 bytes and shifts out those
+//! before the position. A piece of the layout's text is compared with two masked words, an
+//! integer's length is the run of digit bytes in the same words, and its value is converted
+//! from them. A line that differs in any way gets `None` and goes to [`Layout::read_values`],
+//! which reads the same values from the same layout, so both give the same event.
+//!
+//! The line is not copied. With a padded copy, the loads right after the copy were the slowest
+//! instructions in `perf` profiles, likely because an 8-byte load cannot take its bytes from
+//! the copy's wider stores while those are still pending.
 
 use veer_models::Behavior;
 
@@ -14,25 +18,49 @@ use super::{Field, Layout, Segment};
 use crate::sources::digits;
 use crate::sources::row::IntegerRow;
 
-/// Maximum length of a line read here, in bytes. Longer lines take the general reader.
-const MAX_LINE_BYTES: usize = 240;
-
-/// Zero bytes after the line in the padded copy. Every load starts at or before the line's
-/// end and reads 16 bytes.
-const PADDING: usize = 16;
+/// Minimum length of a line read here, in bytes, so that the line's last 16 bytes can be
+/// loaded. A line of the five required fields is longer.
+const MIN_LINE_BYTES: usize = 16;
 
 /// Epoch numbers from this value up are milliseconds, as in `time::epoch_millis`.
 const MILLIS_FROM: u64 = 1_000_000_000_000;
 
-/// The layout of the last flat line, when it has the shape read here, and the buffer for the
-/// padded copy of each line.
+/// The layout of the last flat line, when it has the shape read here, and the behaviour names
+/// read so far.
+#[derive(Default)]
 pub(super) struct PlainLayout {
     /// The text before each value and the value's field, in line order, then the text after
     /// the last value. `None` when the last layout has another shape.
     pieces: Option<([Step; 5], Segment)>,
-    /// The current line followed by at least [`PADDING`] zero bytes. A layout's text contains
-    /// no zero byte, so a piece never matches past the line's end.
-    padded: [u8; MAX_LINE_BYTES + PADDING],
+    names: KnownNames,
+}
+
+/// Behaviour names read before, so that a repeated name costs one to four masked comparisons
+/// instead of a search for its closing quote and a call to [`Behavior::parse_bytes`].
+#[derive(Default)]
+struct KnownNames {
+    /// The names, at most [`KNOWN_NAMES`], in the order they were first read. Files usually
+    /// use fewer names, and further names replace the entries in turn.
+    names: Vec<KnownName>,
+    /// The entry that the next new name replaces once `names` is full.
+    next: usize,
+}
+
+/// The maximum number of names in [`KnownNames`].
+const KNOWN_NAMES: usize = 4;
+
+/// A behaviour name as a JSON string and its behaviour.
+#[derive(Clone, Copy)]
+struct KnownName {
+    /// The string's bytes from the opening to the closing quote as a little-endian number.
+    /// The name contains no quote, so 16 bytes that start with these bytes start with the
+    /// same string.
+    string: u128,
+    /// The mask of the string's bytes in `string`.
+    mask: u128,
+    /// The name's length without the quotes.
+    length: usize,
+    behavior: Behavior,
 }
 
 /// A piece of the layout's text and the field of the value after it.
@@ -45,15 +73,6 @@ struct Step {
 
 /// The slot of the behaviour, which is read as a name instead of an integer.
 const BEHAVIOR_SLOT: usize = 4;
-
-impl Default for PlainLayout {
-    fn default() -> Self {
-        PlainLayout {
-            pieces: None,
-            padded: [0; MAX_LINE_BYTES + PADDING],
-        }
-    }
-}
 
 impl std::fmt::Debug for PlainLayout {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,36 +97,32 @@ impl PlainLayout {
     pub(super) fn read(&mut self, line: &[u8]) -> Option<IntegerRow> {
         let (steps, tail) = self.pieces.as_ref()?;
         let length = line.len();
-        if length > MAX_LINE_BYTES {
+        if length < MIN_LINE_BYTES {
             return None;
         }
-        self.padded[..length].copy_from_slice(line);
-        self.padded[length..length + PADDING].fill(0);
-        let padded = &self.padded;
 
         // `at` never passes the line's end: a matched piece and a value end at or before the
-        // first zero byte of the padding.
+        // first of the zero bytes that `load_pair` reads past the end.
         let mut at = 0;
         let mut integers = [0u64; 4];
         let mut behavior = Behavior::View;
         for step in steps {
-            if !matches(&step.before, padded, at) {
+            if !matches(&step.before, load_pair(line, at)) {
                 return None;
             }
             at += step.before.length;
-            let low = digits::exact_word(padded, at);
-            let high = digits::exact_word(padded, at + 8);
+            let (low, high) = load_pair(line, at);
             if step.slot == BEHAVIOR_SLOT {
-                let (name_length, name) = behavior_name(padded, at, low, high)?;
+                let (name_length, name) = self.names.read(line, at, low, high)?;
                 behavior = name;
                 at += name_length + 2;
                 continue;
             }
             let (count, value) = read_integer(low, high)?;
-            integers[step.slot] = value;
+            integers[step.slot & 3] = value;
             at += count;
         }
-        if at + tail.length != length || !matches(tail, padded, at) {
+        if at + tail.length != length || !matches(tail, load_pair(line, at)) {
             return None;
         }
 
@@ -159,11 +174,28 @@ fn plain_pieces(segments: &[Segment]) -> Option<([Step; 5], Segment)> {
     Some((steps, *tail))
 }
 
-/// Returns whether the padded line contains the piece `segment` (at most 16 bytes) at `at`.
+/// Returns the 16 bytes of `line` at `at` as two little-endian words, with zero bytes past the
+/// line's end. The line must be at least [`MIN_LINE_BYTES`] long and `at` at most its length.
 #[inline(always)]
-fn matches(segment: &Segment, padded: &[u8], at: usize) -> bool {
-    let first = (digits::exact_word(padded, at) ^ segment.words[0]) & segment.masks[0];
-    let second = (digits::exact_word(padded, at + 8) ^ segment.words[1]) & segment.masks[1];
+fn load_pair(line: &[u8], at: usize) -> (u64, u64) {
+    let last_start = line.len() - MIN_LINE_BYTES;
+    if at <= last_start {
+        let bytes = &line[at..at + 16];
+        return (digits::exact_word(bytes, 0), digits::exact_word(bytes, 8));
+    }
+    // Load the line's last 16 bytes and shift out those before `at`, which keeps the load
+    // inside the line. A shift of all 16 bytes gives zero.
+    let last = u128::from_le_bytes(line[last_start..].try_into().expect("16 bytes"));
+    let bytes = last.checked_shr(8 * (at - last_start) as u32).unwrap_or(0);
+    (bytes as u64, (bytes >> 64) as u64)
+}
+
+/// Returns whether the 16 bytes `low` then `high` start with the piece `segment` (at most 16
+/// bytes).
+#[inline(always)]
+fn matches(segment: &Segment, (low, high): (u64, u64)) -> bool {
+    let first = (low ^ segment.words[0]) & segment.masks[0];
+    let second = (high ^ segment.words[1]) & segment.masks[1];
     first | second == 0
 }
 
@@ -177,37 +209,67 @@ fn matches(segment: &Segment, padded: &[u8], at: usize) -> bool {
 fn read_integer(low: u64, high: u64) -> Option<(usize, u64)> {
     // JSON allows no leading zero, so a number that starts with 0 is the 0 alone.
     let leading_zero = low as u8 == b'0';
-    let low_others = digits::non_digit_bits(low);
-    if low_others != 0 {
+    let count = digits::digit_run(low);
+    if count < 8 {
         // Under 8 digits: the second word is not needed.
-        let count = low_others.trailing_zeros() as usize;
         if count == 0 || (count > 1 && leading_zero) {
             return None;
         }
         return Some((count, digits::leading_digits_value(low, count)));
     }
-    let count = 8 + (digits::non_digit_bits(high) | 1 << 8).trailing_zeros() as usize;
+    let count = 8 + digits::digit_run(high);
     if count == 16 || leading_zero {
         return None;
     }
     Some((count, digits::sixteen_digits_value(low, high, count)))
 }
 
-/// Reads a string of up to 14 bytes at `at` that is a behaviour name, and returns its length
-/// without the quotes and the behaviour. `low` and `high` are the 16 bytes at `at`.
-#[inline(always)]
-fn behavior_name(padded: &[u8], at: usize, low: u64, high: u64) -> Option<(usize, Behavior)> {
-    let quotes = digits::byte_bits(low, b'"') | digits::byte_bits(high, b'"') << 8;
-    if quotes & 1 == 0 {
-        return None;
+impl KnownNames {
+    /// Reads a string of up to 14 bytes at `at` of `line` that is a behaviour name, and
+    /// returns its length without the quotes and the behaviour. `low` and `high` are the 16
+    /// bytes at `at`.
+    #[inline(always)]
+    fn read(&mut self, line: &[u8], at: usize, low: u64, high: u64) -> Option<(usize, Behavior)> {
+        let bytes = u128::from(high) << 64 | u128::from(low);
+        for known in &self.names {
+            if bytes & known.mask == known.string {
+                return Some((known.length, known.behavior));
+            }
+        }
+        self.read_new(line, at, bytes)
     }
-    // A name that matches has no escape, so the next quote closes the string.
-    let length = (quotes >> 1 | 1 << 15).trailing_zeros() as usize;
-    if length == 15 {
-        return None;
+
+    /// Reads a name that is not among the known names, as [`KnownNames::read`] does, and
+    /// stores it, replacing the entries in turn once [`KNOWN_NAMES`] are stored.
+    #[cold]
+    fn read_new(&mut self, line: &[u8], at: usize, bytes: u128) -> Option<(usize, Behavior)> {
+        let quotes = digits::byte_bits(bytes as u64, b'"')
+            | digits::byte_bits((bytes >> 64) as u64, b'"') << 8;
+        if quotes & 1 == 0 {
+            return None;
+        }
+        // A name that matches has no escape, so the next quote closes the string.
+        let length = (quotes >> 1 | 1 << 15).trailing_zeros() as usize;
+        if length == 15 {
+            return None;
+        }
+        let behavior = Behavior::parse_bytes(&line[at + 1..at + 1 + length])?;
+        // The string with its quotes is 2 to 16 bytes long.
+        let mask = u128::MAX >> (8 * (14 - length));
+        let known = KnownName {
+            string: bytes & mask,
+            mask,
+            length,
+            behavior,
+        };
+        if self.names.len() < KNOWN_NAMES {
+            self.names.push(known);
+        } else {
+            self.names[self.next] = known;
+            self.next = (self.next + 1) % KNOWN_NAMES;
+        }
+        Some((length, behavior))
     }
-    let behavior = Behavior::parse_bytes(&padded[at + 1..at + 1 + length])?;
-    Some((length, behavior))
 }
 
 #[cfg(test)]
@@ -318,6 +380,74 @@ mod tests {
                 full_reader(&next),
                 "{next}"
             );
+        }
+    }
+
+    #[test]
+    fn load_pair_zero_past_end() {
+        let line: Vec<u8> = (1..=40).collect();
+        for length in MIN_LINE_BYTES..=line.len() {
+            let line = &line[..length];
+            for at in 0..=length {
+                let mut expected = [0u8; 16];
+                let available = (length - at).min(16);
+                expected[..available].copy_from_slice(&line[at..at + available]);
+                let (low, high) = load_pair(line, at);
+                assert_eq!(low.to_le_bytes(), expected[..8], "length {length}, at {at}");
+                assert_eq!(
+                    high.to_le_bytes(),
+                    expected[8..],
+                    "length {length}, at {at}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn known_names_match_exact_strings() {
+        let first = usual("1", "2", "\"view\"", "1511539241");
+        let mut reader = reader_after(&first);
+        // More valid names than `KnownNames` keeps, each followed by strings that share its
+        // bytes but not its length, and repeats after entries were replaced.
+        let names = [
+            "view",
+            "vie",
+            "views",
+            "buy",
+            "bu",
+            "buyy",
+            "pv",
+            "p",
+            "cart",
+            "fav",
+            "like",
+            "order",
+            "search",
+            "view",
+            "buy",
+            "detail",
+            "click",
+            "pv",
+            "favorite",
+            "purchase",
+            "addtocart",
+            "add_to_cart",
+            "transaction",
+            "transactions",
+            "cart",
+            "fav",
+            "v\0",
+            "buy\0",
+            "b\0y",
+        ];
+        for name in names {
+            let next = usual("3", "4", &format!("\"{name}\""), "1511539242");
+            let plain = reader.plain.read(next.as_bytes());
+            let expected = full_reader(&next);
+            match plain {
+                Some(row) => assert_eq!(Parsed::Event(row.into_event(2)), expected, "{name:?}"),
+                None => assert!(!matches!(expected, Parsed::Event(_)), "{name:?}"),
+            }
         }
     }
 
