@@ -11,14 +11,19 @@
 //!    that has its usual `min_sessions` mostly-novel sessions in a row. The candidate needs
 //!    only [`FusionConfig::recurring_events`] novel events that return to groups of earlier
 //!    sessions, fewer than the alarm needs. A candidate whose window has a surprise of at least
-//!    [`FusionConfig::candidate_surprise`] becomes a shift alert at once. Otherwise it is
+//!    [`FusionConfig::candidate_surprise`], and whose run's CUSUM statistic is at least
+//!    [`FusionConfig::candidate_cusum`], becomes a shift alert at once. Otherwise it is
 //!    dropped and the shift waits for the detector's alarm, if one comes, because a user who
 //!    explores a family for a session or two is less surprising to the interest model than one
-//!    whose interests moved. Once a candidate is alerted, the user's later candidates in the
-//!    next [`FusionConfig::same_run_secs`] are dropped, as the detector's refractory period
-//!    would drop a second alarm. The detector's alarm of the same run (same onset) is dropped
-//!    as a repeat when it comes within [`FusionConfig::same_run_alarm_secs`] of the
-//!    candidate, and kept when it comes later. Alarms of other runs pass.
+//!    whose interests moved. The CUSUM bound, well above the detector's own threshold, drops
+//!    most candidates of runs that the detector never alarms on, because their statistic is
+//!    lower than that of candidates that find a shift. On the generated streams of
+//!    BENCHMARKS.md about nine in ten of those candidates are false alarms. Once a candidate
+//!    is alerted, the user's later candidates in the next [`FusionConfig::same_run_secs`] are
+//!    dropped, as the detector's refractory period would drop a second alarm. The detector's
+//!    alarm of the same run (same onset) is dropped as a repeat when it comes within
+//!    [`FusionConfig::same_run_alarm_secs`] of the candidate, and kept when it comes later.
+//!    Alarms of other runs pass.
 //!
 //!    With `same_run_alarm_secs = 0` every alarm is kept (except one in the candidate's
 //!    second, which would repeat the candidate's alert id and time). Every alert of the
@@ -104,6 +109,10 @@ pub struct FusionConfig {
     /// Surprise (nats) of a window at and above which the models confirm a candidate, so the
     /// shift is alerted before the detector's alarm.
     pub candidate_surprise: f64,
+    /// CUSUM statistic of the run (the alert's `cusum` signal, a natural-log likelihood
+    /// ratio like the detector's `threshold`) at and above which the models can confirm a
+    /// candidate.
+    pub candidate_cusum: f64,
     /// Novel events that must return to groups of the run's earlier sessions for a candidate,
     /// in place of the detector's `min_recurring_events`. At or above that setting the
     /// detector raises no candidates.
@@ -130,7 +139,8 @@ impl Default for FusionConfig {
             anomaly_threshold: 0.75,
             surprise_floor: 0.5,
             surprise_weight: 0.2,
-            candidate_surprise: 1.0,
+            candidate_surprise: 0.65,
+            candidate_cusum: 16.0,
             recurring_events: 1,
             same_run_secs: 3 * 24 * 3600,
             same_run_alarm_secs: 3 * 24 * 3600,
@@ -179,6 +189,7 @@ impl FusionConfig {
         };
         nats("surprise_floor", self.surprise_floor)?;
         nats("candidate_surprise", self.candidate_surprise)?;
+        nats("candidate_cusum", self.candidate_cusum)?;
         for (name, value) in [
             ("same_run_secs", self.same_run_secs),
             ("same_run_alarm_secs", self.same_run_alarm_secs),
@@ -218,9 +229,9 @@ pub struct UserFusion {
 
 impl UserFusion {
     /// Applies rule 1 of the module documentation to a shift alert, removing its candidate
-    /// mark, and returns whether the alert goes on. `confirmed` is whether the models
-    /// confirm a candidate in the alert's window.
-    fn admit(&mut self, alert: &mut Alert, confirmed: bool, config: &FusionConfig) -> bool {
+    /// mark, and returns whether the alert goes on. `surprising` is whether the alert's
+    /// window has the surprise that confirms a candidate.
+    fn admit(&mut self, alert: &mut Alert, surprising: bool, config: &FusionConfig) -> bool {
         if !is_candidate(alert) {
             // An alarm goes on unless it is the alerted run's, soon after its candidate.
             return self.alerted_run.is_none_or(|(onset, alerted_ts)| {
@@ -231,12 +242,21 @@ impl UserFusion {
         let quiet = self
             .alerted_run
             .is_some_and(|(_, alerted_ts)| alert.ts - alerted_ts <= config.same_run_secs);
-        if quiet || !confirmed {
+        if quiet || !surprising || run_cusum(alert) < config.candidate_cusum {
             return false;
         }
         self.alerted_run = Some((alert.onset_ts, alert.ts));
         true
     }
+}
+
+/// Returns the CUSUM statistic that the detector wrote into the alert, or 0 without one.
+fn run_cusum(alert: &Alert) -> f64 {
+    alert
+        .signals
+        .iter()
+        .find(|(name, _)| name == "cusum")
+        .map_or(0.0, |(_, value)| *value)
 }
 
 /// Returns whether the detector raised the alert as a candidate, not as an alarm.
@@ -301,14 +321,14 @@ impl FusionRule {
         };
         let anomalous =
             self.config.use_anomaly && signals.anomaly() >= self.config.anomaly_threshold;
-        let confirmed = signals
+        let surprising = signals
             .surprise
             .is_some_and(|surprise| surprise >= self.config.candidate_surprise);
         let mut fused = Vec::with_capacity(detector_alerts.len() + 1);
         let mut suppressed: Option<Alert> = None;
         for mut alert in detector_alerts {
             if alert.kind == AlertKind::InterestShift {
-                if !user.admit(&mut alert, confirmed, &self.config) {
+                if !user.admit(&mut alert, surprising, &self.config) {
                     continue;
                 }
                 if anomalous && window.burst {
@@ -582,10 +602,18 @@ mod tests {
         FusionConfig::default().candidate_surprise + 0.5
     }
 
+    /// Returns a candidate whose run has a CUSUM statistic above the default
+    /// `candidate_cusum`, so the window's surprise decides whether it is alerted.
     fn candidate(onset_ts: i64) -> Alert {
         let mut alert = shift(0.6);
         alert.onset_ts = onset_ts;
-        alert.signals.push((CANDIDATE_SIGNAL.into(), 1.0));
+        alert.signals = vec![
+            (
+                "cusum".into(),
+                FusionConfig::default().candidate_cusum + 1.0,
+            ),
+            (CANDIDATE_SIGNAL.into(), 1.0),
+        ];
         alert
     }
 
@@ -687,6 +715,44 @@ mod tests {
         let fused = rule.fuse(&mut user, &window(false, 0.1, Some(0.1)), vec![alarm(50)]);
         assert_eq!(fused.len(), 1);
         assert_eq!(fused[0].onset_ts, 50);
+    }
+
+    #[test]
+    fn low_cusum_candidate_waits_for_alarm() {
+        let rule = rule();
+        let candidate_cusum = FusionConfig::default().candidate_cusum;
+        let surprising = window(false, 0.1, Some(confirming_surprise()));
+        let mut user = UserFusion::default();
+
+        let mut weak = candidate(50);
+        weak.signals[0].1 = candidate_cusum - 0.01;
+        let fused = rule.fuse(&mut user, &surprising, vec![weak]);
+        assert!(
+            fused.is_empty(),
+            "a candidate below the CUSUM bound: {fused:?}"
+        );
+        assert_eq!(user, UserFusion::default());
+
+        let mut without_cusum = candidate(50);
+        without_cusum.signals.retain(|(name, _)| name != "cusum");
+        let fused = rule.fuse(&mut user, &surprising, vec![without_cusum]);
+        assert!(
+            fused.is_empty(),
+            "a candidate without a CUSUM signal: {fused:?}"
+        );
+
+        let mut at_bound = candidate(50);
+        at_bound.ts = 110;
+        at_bound.signals[0].1 = candidate_cusum;
+        let fused = rule.fuse(&mut user, &surprising, vec![at_bound]);
+        assert_eq!(fused.len(), 1, "a candidate at the CUSUM bound: {fused:?}");
+        assert_eq!(fused[0].ts, 110);
+
+        let fused = rule.fuse(&mut user, &surprising, vec![alarm(50)]);
+        assert!(
+            fused.is_empty(),
+            "the run's alarm after its candidate: {fused:?}"
+        );
     }
 
     #[test]
@@ -876,5 +942,17 @@ mod tests {
             FusionRule::new(config).unwrap_err().name,
             "candidate_surprise"
         );
+    }
+
+    #[test]
+    fn invalid_candidate_cusum_is_rejected() {
+        for candidate_cusum in [-1.0, f64::NAN, f64::INFINITY] {
+            let config = FusionConfig {
+                candidate_cusum,
+                ..FusionConfig::default()
+            };
+            let error = FusionRule::new(config).unwrap_err();
+            assert_eq!(error.name, "candidate_cusum", "{candidate_cusum}");
+        }
     }
 }
