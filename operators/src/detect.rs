@@ -317,8 +317,12 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                         (bound, None) => bound,
                         (None, earliest) => earliest,
                     };
-                    if let Some(now) = now {
-                        sweep_idle(state, now as i64, idle);
+                    match now {
+                        Some(now) => sweep_idle(state, now as i64, idle),
+                        // The sweeps above run at frontiers that depend on timing, so the
+                        // input's end evicts at a time every run and worker count agree on.
+                        None if population_bound.is_none() => sweep_idle_at_end(state, idle),
+                        None => {}
                     }
                 }
                 held.settle(state.pending.earliest());
@@ -347,6 +351,31 @@ fn sweep_idle<S>(state: &mut DetectState<S>, now_ms: i64, idle_ms: i64) {
     if now_ms.saturating_sub(state.swept_at_ms) < every {
         return;
     }
+    remove_idle(state, now_ms, idle_ms);
+}
+
+/// Removes the users idle for longer than `idle_ms` at the end of the last population window,
+/// once the input has ended.
+///
+/// Every worker receives every window's population info, so that end is the end of the window
+/// of the newest event of the whole input, whatever the worker. A user idle at any earlier
+/// sweep is idle then too, so the evicted and tracked counts at the end depend only on the
+/// input and the settings.
+fn sweep_idle_at_end<S>(state: &mut DetectState<S>, idle_ms: i64) {
+    let last_window_end = state
+        .infos
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(0)
+        .max(state.applied_window_end);
+    // A live run advances event time by the wall clock, so an earlier sweep may be later.
+    let end_ms = (last_window_end.min(i64::MAX as u64) as i64).max(state.swept_at_ms);
+    remove_idle(state, end_ms, idle_ms);
+}
+
+/// Removes the users idle for longer than `idle_ms` at event time `now_ms`, and counts them.
+fn remove_idle<S>(state: &mut DetectState<S>, now_ms: i64, idle_ms: i64) {
     state.swept_at_ms = now_ms;
     let before = state.users.len();
     state
@@ -361,5 +390,86 @@ fn sweep_idle<S>(state: &mut DetectState<S>, now_ms: i64, idle_ms: i64) {
             now_ms,
             "evicted idle users"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use timely::dataflow::operators::vec::Input;
+    use veer_models::{Alert, Behavior, Detector, Event, GroupConfig, GroupMap};
+
+    use super::{detect_shifts, DetectSettings, DetectStats};
+    use crate::state::{CooccurrenceState, DetectState, PopulationState};
+    use crate::{population_groups, session_cooccurrence};
+
+    const HOUR_MS: i64 = 3_600_000;
+    const DAY_MS: i64 = 24 * HOUR_MS;
+
+    struct NoAlerts;
+
+    impl Detector for NoAlerts {
+        type State = ();
+        fn observe(&self, _: &mut (), _: &Event, _: &GroupMap, _: &mut Vec<Alert>) {}
+    }
+
+    /// Runs the detect operator on `events` with a 7-day eviction time and returns the evicted
+    /// and tracked counts. With `stepwise`, the input advances to each event's time and the
+    /// dataflow steps in between. Otherwise every event is sent at time 0 before the input
+    /// closes, so the operator sees no frontier before the empty one.
+    fn evicted_and_tracked(events: Vec<Event>, stepwise: bool) -> (u64, usize) {
+        timely::execute_directly(move |worker| {
+            let users = Rc::new(RefCell::new(DetectState::default()));
+            let handle = users.clone();
+            let mut input = worker.dataflow::<u64, _, _>(move |scope| {
+                let (input, events) = scope.new_input::<Event>();
+                let sessions = Rc::new(RefCell::new(CooccurrenceState::new(
+                    veer_models::session::SessionRule::default(),
+                )));
+                let deltas = session_cooccurrence(events.clone(), HOUR_MS as u64, sessions);
+                let model = Rc::new(RefCell::new(PopulationState::new(GroupConfig::default())));
+                let population = population_groups(deltas, model);
+                let settings = DetectSettings {
+                    window_ms: HOUR_MS as u64,
+                    idle_ms: Some(7 * DAY_MS),
+                };
+                let stats = Rc::new(RefCell::new(DetectStats::default()));
+                detect_shifts(events, population, NoAlerts, settings, handle, stats);
+                input
+            });
+            for event in events {
+                if stepwise {
+                    input.advance_to(event.ts_ms as u64);
+                    worker.step();
+                }
+                input.send(event);
+                if stepwise {
+                    worker.step();
+                }
+            }
+            drop(input);
+            while worker.step() {}
+            let state = users.borrow();
+            (state.evicted_users(), state.tracked_users())
+        })
+    }
+
+    #[test]
+    fn eviction_counts_ignore_frontier_steps() {
+        let view = |user: u64, ts_ms: i64| Event::plain(ts_ms, user, 5, 500, Behavior::View);
+        // User 1 is idle for 9 days before the input ends, user 2 for 4 days, and user 3 for
+        // an hour.
+        let events = vec![
+            view(1, HOUR_MS),
+            view(2, 5 * DAY_MS),
+            view(3, 9 * DAY_MS),
+            view(3, 10 * DAY_MS),
+        ];
+        let stepwise = evicted_and_tracked(events.clone(), true);
+        let at_once = evicted_and_tracked(events, false);
+        assert_eq!(stepwise, (1, 2), "frontier advanced event by event");
+        assert_eq!(at_once, (1, 2), "frontier empty at the first step");
     }
 }
