@@ -174,11 +174,6 @@ impl RunSummary {
         }
         let counts = &self.counts;
         let seconds = self.wall.as_secs_f64();
-        let rate = if seconds > 0.0 {
-            self.unique_events() as f64 / seconds
-        } else {
-            0.0
-        };
         let alert = |kind| self.alerts.get(&kind).copied().unwrap_or(0);
         let order = if self.replayed_sorted {
             "sorted by event time"
@@ -247,9 +242,33 @@ impl RunSummary {
             text.push_str(&format!("workers           {:>12}\n", self.workers));
         }
         text.push_str(&format!("wall time         {:>11.3}s\n", seconds));
-        text.push_str(&format!("events per second {:>12.0}\n", rate));
+        // Lines and unique events both, because a stream of duplicates (a client that
+        // resends) is read fast but adds few events.
+        text.push_str(&format!(
+            "lines per second  {:>12}\n",
+            format_rate(counts.lines, seconds)
+        ));
+        text.push_str(&format!(
+            "events per second {:>12}  (unique events)\n",
+            format_rate(self.unique_events(), seconds)
+        ));
         text.push_str(&self.sinks.to_text());
         text
+    }
+}
+
+/// Formats `count` per second of `seconds`, with two decimals below 10 so that a slow live
+/// stream does not read as 0.
+fn format_rate(count: u64, seconds: f64) -> String {
+    let rate = if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    };
+    if rate < 10.0 {
+        format!("{rate:.2}")
+    } else {
+        format!("{rate:.0}")
     }
 }
 
@@ -1457,4 +1476,44 @@ fn send_sorted(
     }
     feeder.hooks.mark_sent(newest, batch_started);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::RunSummary;
+    use crate::ingest::LineCounts;
+
+    fn summary_line<'a>(text: &'a str, name: &str) -> &'a str {
+        text.lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("no `{name}` line in:\n{text}"))
+    }
+
+    #[test]
+    fn summary_rates_of_duplicate_stream() {
+        // A live run of 20 s that read 100,000 lines, all but 3 of them duplicates.
+        let summary = RunSummary {
+            counts: LineCounts {
+                lines: 100_000,
+                events: 100_000,
+                ..Default::default()
+            },
+            duplicates: 99_997,
+            wall: Duration::from_secs(20),
+            workers: 1,
+            processes: 1,
+            ..Default::default()
+        };
+        let text = summary.to_text();
+        assert_eq!(
+            summary_line(&text, "lines per second"),
+            "lines per second          5000"
+        );
+        assert_eq!(
+            summary_line(&text, "events per second"),
+            "events per second         0.15  (unique events)"
+        );
+    }
 }

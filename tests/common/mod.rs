@@ -204,8 +204,9 @@ fn output_with_stdin(mut command: Command, input: &[u8]) -> std::process::Output
 
 /// Prefixes of the summary lines that differ between runs of the same input: timing, latency,
 /// the worker count itself, and the sink lines, which name each run's temporary alert file.
-const TIMING_SUMMARY_LINES: [&str; 5] = [
+const TIMING_SUMMARY_LINES: [&str; 6] = [
     "wall time",
+    "lines per second",
     "events per second",
     "workers",
     "latency",
