@@ -257,15 +257,21 @@ fn sigterm_with_blocked_stdin_exits() {
     assert_eq!(ids, alert_ids(&reference));
 }
 
+/// Creates the named pipe `events.pipe` in `folder` and returns its path.
+fn make_fifo(folder: &std::path::Path) -> std::path::PathBuf {
+    let fifo = folder.join("events.pipe");
+    let fifo_name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: `fifo_name` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo_name.as_ptr(), 0o600) }, 0);
+    fifo
+}
+
 /// A named pipe given by its path ends at a signal like standard input, although its writer
 /// keeps it open.
 #[test]
 fn sigterm_ends_named_pipe_input() {
     let folder = tempfile::tempdir().unwrap();
-    let fifo = folder.path().join("events.pipe");
-    let fifo_name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: `fifo_name` is a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(fifo_name.as_ptr(), 0o600) }, 0);
+    let fifo = make_fifo(folder.path());
     let text = std::fs::read_to_string(case_file(CASE, "input.jsonl")).unwrap();
     // The writer opens the pipe, which waits for veer to open it, writes every line and
     // keeps the pipe open until the test ends.
@@ -398,4 +404,29 @@ fn second_sigint_exits_at_once() {
     assert!(server.log().contains("in flight may be lost"));
     // Only whole lines, whatever was written before the exit.
     read_json_lines(&alerts);
+}
+
+/// A named pipe that no writer has opened ends at a signal too: opening it must not block.
+#[test]
+fn sigterm_ends_named_pipe_without_writer() {
+    let folder = tempfile::tempdir().unwrap();
+    let fifo = make_fifo(folder.path());
+    let alerts = folder.path().join("alerts.jsonl");
+    let args = [
+        "run",
+        "--input",
+        fifo.to_str().unwrap(),
+        "--order",
+        "arrival",
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ];
+    let mut server = Server::start(&args, 0);
+    std::thread::sleep(Duration::from_secs(1));
+    server.signal(libc::SIGTERM);
+    let (code, took) = server.wait_exit(10);
+    assert_eq!(code, 0, "{}", server.log());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let log = server.log();
+    assert_eq!(summary_count(&log, "lines read"), 0, "{log}");
 }

@@ -31,6 +31,8 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -317,12 +319,19 @@ pub fn open_input_until_shutdown(
     let cannot = |verb: &str, error: io::Error| {
         io::Error::new(error.kind(), format!("cannot {verb} {path}: {error}"))
     };
-    let file = File::open(path).map_err(|error| cannot("open", error))?;
+    // A named pipe without a writer would block a plain open until one connects, out of
+    // reach of a shutdown. Opened without blocking, it waits in the reader's poll loop.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|error| cannot("open", error))?;
     let regular = file
         .metadata()
         .map_err(|error| cannot("read", error))?
         .is_file();
     if regular {
+        set_blocking(&file).map_err(|error| cannot("open", error))?;
         let reader = wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, file))
             .map_err(|error| cannot("read", error))?;
         return Ok((reader, None));
@@ -332,6 +341,22 @@ pub fn open_input_until_shutdown(
     let reader = wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, pipe))
         .map_err(|error| cannot("read", error))?;
     Ok((reader, Some(cut)))
+}
+
+/// Clears `O_NONBLOCK` on an opened file.
+fn set_blocking(file: &File) -> io::Result<()> {
+    let descriptor = file.as_raw_fd();
+    // SAFETY: `descriptor` is open for the life of `file`, and F_GETFL and F_SETFL only read
+    // and set its status flags.
+    let flags = unsafe { libc::fcntl(descriptor, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(descriptor, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn wrap_decoder<R: Read + Send + 'static>(

@@ -51,7 +51,8 @@ impl PipeUntilShutdown {
         }
     }
 
-    /// Reads an opened pipe or device, and closes it when dropped.
+    /// Reads an opened pipe or device, and closes it when dropped. The file may be
+    /// non-blocking: a named pipe without a writer then waits in `poll(2)` like a silent one.
     pub(super) fn file(file: File) -> Self {
         PipeUntilShutdown {
             file: ManuallyDrop::new(file),
@@ -96,9 +97,13 @@ impl Read for PipeUntilShutdown {
                 }
                 return Err(error);
             }
-            // Readable, closed by the writer or in error: the read reports which.
+            // Readable, closed by the writer or in error: the read reports which. A named pipe
+            // is opened without blocking, so its read may still find nothing to read.
             if ready > 0 {
-                return self.file.read(buffer);
+                match self.file.read(buffer) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                    result => return result,
+                }
             }
         }
     }
