@@ -281,7 +281,7 @@ impl Metrics {
     /// the bytes that ended the event's line, so it includes parsing and the channel to
     /// worker 0. It includes the wait for the event-time frontier that ordering needs, so it
     /// grows with the out-of-orderness allowed. For files and standard input it excludes the
-    /// reader's batching and its channel (up to 64 batches of 4096 events). It always
+    /// reader's batching and its channel (up to 8 batches of 4096 events). It always
     /// excludes the time a sink then takes to deliver.
     pub fn record_latency(&self, latency: Duration) {
         let micros = (latency.as_micros() as u64).clamp(1, LATENCY_MAX_MICROS);
