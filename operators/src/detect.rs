@@ -271,9 +271,10 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                     if let Some(timeline) = &mut stats.timeline {
                         timeline.push((event.user.clone(), event.ts_secs()));
                     }
-                    let tracked = state.users.entry(event.user.clone()).or_insert_with(|| {
+                    let tracked = state.users.get_or_insert_with(&event.user, || {
                         stats.users += 1;
                         Box::new(TrackedUser {
+                            user: event.user.clone(),
                             last_event_ms: event.ts_ms,
                             state: D::State::default(),
                             last_alert: None,
@@ -380,7 +381,7 @@ fn remove_idle<S>(state: &mut DetectState<S>, now_ms: i64, idle_ms: i64) {
     let before = state.users.len();
     state
         .users
-        .retain(|_, tracked| now_ms - tracked.last_event_ms <= idle_ms);
+        .retain(|tracked| now_ms - tracked.last_event_ms <= idle_ms);
     let removed = before - state.users.len();
     if removed > 0 {
         state.evicted += removed as u64;

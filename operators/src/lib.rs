@@ -35,6 +35,7 @@ pub mod score;
 pub mod segments;
 pub mod sink;
 pub mod state;
+pub mod user_map;
 pub mod versions;
 pub mod windows;
 
@@ -50,4 +51,5 @@ pub use population::{
 pub use score::score_windows;
 pub use sink::{write_alerts, AlertCounter, AlertSink, AlertTally, JsonLines};
 pub use state::{DetectHandle, DetectState, TrackedUser, WorkerState};
+pub use user_map::UserMap;
 pub use windows::{build_user_windows, WindowRecord};

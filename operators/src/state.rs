@@ -13,7 +13,6 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use veer_models::groups::SessionCounter;
 use veer_models::session::SessionRule;
@@ -23,13 +22,17 @@ use veer_models::{
 
 use crate::profiles::CoreRecorder;
 use crate::release::ReleaseBuffer;
+use crate::user_map::UserMap;
 
 /// One user's entry in the detect operator: the detector's state and the user's activity.
 ///
-/// The user map keeps each entry boxed, so that a map slot is 24 bytes (the key and a pointer)
-/// and its free slots cost no state (a detector state is hundreds of bytes).
+/// The user map keeps each entry boxed, so that a map slot is a pointer and its free slots
+/// cost no state (a detector state is hundreds of bytes).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrackedUser<S> {
+    /// The user's id, the key of the entry in [`UserMap`]. It is the first field so that the
+    /// map's bincode form is that of a map from id to the other fields.
+    pub user: Id,
     /// Event time of the user's latest event, in Unix milliseconds.
     pub last_event_ms: i64,
     /// The detector's per-user state.
@@ -47,9 +50,8 @@ pub struct TrackedUser<S> {
 /// [`DetectState::groups`] is the group map applied so far.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DetectState<S> {
-    /// Per-user entries of the users this worker owns. A boxed entry has the serde form of the
-    /// entry itself.
-    pub users: FxHashMap<Id, Box<TrackedUser<S>>>,
+    /// Per-user entries of the users this worker owns.
+    pub users: UserMap<S>,
     /// Learned groups and trends applied so far, in window order.
     pub groups: GroupMap,
     /// End of the latest population window applied to `groups`, in Unix milliseconds.
@@ -75,7 +77,7 @@ fn no_recorder<S>() -> Option<CoreRecorder<S>> {
 impl<S> Default for DetectState<S> {
     fn default() -> Self {
         DetectState {
-            users: FxHashMap::default(),
+            users: UserMap::default(),
             groups: GroupMap::default(),
             applied_window_end: 0,
             infos: BTreeMap::new(),
@@ -95,14 +97,14 @@ impl<S> DetectState<S> {
 
     /// Returns the tracked entry of `user`, with the time of the user's latest event.
     pub fn tracked(&self, user: &Id) -> Option<&TrackedUser<S>> {
-        self.users.get(user).map(|tracked| &**tracked)
+        self.users.get(user)
     }
 
     /// Iterates the users this worker tracks, in no particular order.
     pub fn users(&self) -> impl Iterator<Item = (&Id, &S)> {
         self.users
             .iter()
-            .map(|(user, tracked)| (user, &tracked.state))
+            .map(|tracked| (&tracked.user, &tracked.state))
     }
 
     /// Returns the number of users this worker tracks now.

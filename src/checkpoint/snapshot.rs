@@ -236,7 +236,7 @@ pub fn encode_part<S: Serialize>(
 
 /// The state of every old worker merged, ready to be split among new workers.
 pub struct Restored<S> {
-    users: Vec<(Id, Box<TrackedUser<S>>)>,
+    users: Vec<Box<TrackedUser<S>>>,
     detect_view: DetectState<S>,
     pending: Vec<Event>,
     cooccurrence: CooccurrenceState,
@@ -363,8 +363,8 @@ impl<S> Restored<S> {
                 }
             })
             .collect();
-        for (user, tracked) in self.users {
-            parts[owner(&user)].detect.users.insert(user, tracked);
+        for tracked in self.users {
+            parts[owner(&tracked.user)].detect.users.insert(tracked);
         }
         // Events still buffered at the cut re-enter where their user's events are ordered.
         for event in self.pending {
@@ -503,6 +503,7 @@ mod tests {
             segment_after: None,
         };
         let tracked = Box::new(TrackedUser {
+            user: Id::from(7u64),
             last_event_ms: 1_511_700_000_000,
             state: 42,
             last_alert: Some(Box::new(alert.clone())),
@@ -511,7 +512,7 @@ mod tests {
             .detect
             .borrow_mut()
             .users
-            .insert(Id::from(7u64), tracked);
+            .insert(tracked);
 
         let bytes = encode_part(
             &state,
@@ -532,5 +533,25 @@ mod tests {
         assert_eq!(restored.len(), 1);
         assert_eq!(restored[0].state, 42);
         assert_eq!(restored[0].last_alert.as_deref(), Some(&alert));
+    }
+
+    #[test]
+    fn user_map_encodes_as_id_map() {
+        let mut users = veer_operators::UserMap::default();
+        users.insert(Box::new(TrackedUser {
+            user: Id::from(7u64),
+            last_event_ms: 1_511_700_000_000,
+            state: 42u64,
+            last_alert: None,
+        }));
+        let mut by_id = BTreeMap::new();
+        by_id.insert(
+            Id::from(7u64),
+            (1_511_700_000_000i64, 42u64, None::<Box<Alert>>),
+        );
+
+        let encoded = super::super::file::encode_payload(&users).expect("the map encodes");
+        let expected = super::super::file::encode_payload(&by_id).expect("the map encodes");
+        assert_eq!(encoded, expected, "the bincode form of a map from id to entry");
     }
 }
