@@ -306,9 +306,8 @@ pub struct StepTrace {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct UserState {
     reference: DecayedWeights,
-    /// Topic of each category seen with one, so a group map change keeps topics. Boxed and
-    /// absent until the first event with a topic, because most inputs have none.
-    topics: Option<Box<HashMap<Id, Id>>>,
+    /// Topics and the refractory period after an alarm, absent while the user needs neither.
+    rare: Option<Box<RareState>>,
     /// Decayed counts of novel and all judged events, for the exploring rate.
     explore_novel: f64,
     explore_total: f64,
@@ -325,14 +324,16 @@ pub struct UserState {
     /// and how many sessions in a row before it had none, for the trend rule.
     usual_in_session: bool,
     sessions_without_usual: u32,
-    reference_sessions: ReferenceSessions,
+    /// Distinct sessions that have taught the reference, counted up to
+    /// `min_reference_sessions` (see [`UserState::count_reference_session`]).
+    reference_sessions: u32,
+    /// Whether the current session is counted in `reference_sessions`.
+    session_in_reference: bool,
     /// Times and categories of the latest events, for burst detection: at most
     /// `burst_events`, and none older than `burst_span_secs` before the latest event. A user
     /// who browses at a person's pace has one, which is stored inline.
     recent: RecentEvents,
     in_burst: bool,
-    refractory_events: u32,
-    refractory_until_ts: i64,
     /// Whether the latest event was part of a burst, for [`Detector::in_burst`].
     latest_in_burst: bool,
     /// Events observed, including skipped ones, saturating at `u32::MAX`. 32 bits, like
@@ -345,44 +346,56 @@ pub struct UserState {
     pub behavior: BehaviorProfile,
 }
 
-/// The number of distinct sessions that have taught the reference, counted up to the number
-/// the detector requires.
-///
-/// The detector only checks for at least `min_reference_sessions`, and once that many sessions
-/// have been seen the check stays true. Until then the user is not judged, so no run exists and
-/// every event that teaches the reference comes from the current session, whose number never
-/// decreases. Counting changes of the session number therefore counts distinct sessions.
+/// The parts of a user's state that few users need, kept in one box that is absent while
+/// every field has its default value.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct ReferenceSessions {
-    /// Distinct sessions seen, up to the required number.
-    count: u32,
-    /// Number of the latest session counted.
-    latest: u32,
-}
-
-impl ReferenceSessions {
-    /// Records `session`, where `required` is the number of distinct sessions asked for.
-    fn insert(&mut self, session: u32, required: u32) {
-        if self.reached(required) {
-            return;
-        }
-        debug_assert!(
-            self.count == 0 || session >= self.latest,
-            "sessions before the reference is warm come in order"
-        );
-        if self.count == 0 || session != self.latest {
-            self.count += 1;
-            self.latest = session;
-        }
-    }
-
-    /// Returns whether `required` distinct sessions have been seen.
-    fn reached(&self, required: u32) -> bool {
-        self.count >= required
-    }
+struct RareState {
+    /// Topic of each category seen with one, so a group map change keeps topics. Empty unless
+    /// the input has topics.
+    topics: HashMap<Id, Id>,
+    /// Events after an alarm that still teach the reference instead of being judged.
+    refractory_events: u32,
+    /// Event time, in Unix seconds, before which events teach the reference instead of being
+    /// judged.
+    refractory_until_ts: i64,
 }
 
 impl UserState {
+    /// Counts the current session as one that has taught the reference, unless it is counted
+    /// already or `required` sessions are.
+    ///
+    /// The detector only checks for at least `min_reference_sessions`, and once that many
+    /// sessions have been counted the check stays true. Until then the user is not judged, so
+    /// no run exists and every event that teaches the reference comes from the current
+    /// session. A flag that a new session clears therefore counts distinct sessions.
+    fn count_reference_session(&mut self, required: u32) {
+        if self.reference_sessions >= required || self.session_in_reference {
+            return;
+        }
+        self.reference_sessions += 1;
+        self.session_in_reference = true;
+    }
+
+    /// Returns whether an event at `ts` (Unix seconds) falls in the refractory period after an
+    /// alarm, and frees the rare part of the state when the period is over and no topics need
+    /// it.
+    fn in_refractory(&mut self, ts: i64) -> bool {
+        let Some(rare) = &self.rare else {
+            // An absent box has the default fields, so no events are left and the period
+            // ends at time 0.
+            return ts < 0;
+        };
+        if rare.refractory_events > 0 || ts < rare.refractory_until_ts {
+            return true;
+        }
+        // A user's events come in time order, so from here on the period stays over, as it is
+        // for the default fields once `ts` is not negative.
+        if rare.topics.is_empty() && ts >= 0 {
+            self.rare = None;
+        }
+        false
+    }
+
     /// Returns the user's current interest: the top categories of the reference with shares.
     pub fn interest(&self, count: usize) -> Vec<CategoryShare> {
         self.reference.top_categories(count)
@@ -478,7 +491,12 @@ impl ShiftDetector {
             event.session.as_deref(),
         );
         if new_session {
-            state.session = state.session.saturating_add(1);
+            let next = state.session.saturating_add(1);
+            // At saturation the session stays the same one, and so does its count.
+            if next != state.session {
+                state.session_in_reference = false;
+            }
+            state.session = next;
             state.sessions_without_usual = if std::mem::take(&mut state.usual_in_session) {
                 0
             } else {
@@ -570,24 +588,15 @@ impl ShiftDetector {
         category: &Id,
         group: &GroupKey,
         weight: f64,
-        session: u32,
     ) {
         state.reference.decay(self.config.reference_decay);
         state.reference.add(category, group, weight);
-        state
-            .reference_sessions
-            .insert(session, self.config.min_reference_sessions);
+        state.count_reference_session(self.config.min_reference_sessions);
     }
 
     /// Adds an event of the run to the reference.
     fn add_run_entry(&self, state: &mut UserState, entry: &RunEvent) {
-        self.add_to_reference(
-            state,
-            &entry.category,
-            &entry.group,
-            entry.weight,
-            entry.session,
-        );
+        self.add_to_reference(state, &entry.category, &entry.group, entry.weight);
     }
 
     /// Moves a run that ended without an alarm into the reference and the exploring rate.
@@ -679,8 +688,9 @@ impl ShiftDetector {
             self.add_run_entry(state, entry);
         }
         state.cusum = 0.0;
-        state.refractory_events = self.config.refractory_events;
-        state.refractory_until_ts = event.ts_secs() + self.config.refractory_secs;
+        let rare = state.rare.get_or_insert_with(Box::default);
+        rare.refractory_events = self.config.refractory_events;
+        rare.refractory_until_ts = event.ts_secs() + self.config.refractory_secs;
         state.alerts = state.alerts.saturating_add(1);
         alert
     }
@@ -782,8 +792,9 @@ impl ShiftDetector {
         }
         if let Some(topic) = &event.topic {
             state
-                .topics
+                .rare
                 .get_or_insert_with(Box::default)
+                .topics
                 .insert(event.category.clone(), topic.clone());
         }
         self.track_session(state, event);
@@ -800,16 +811,16 @@ impl ShiftDetector {
             return;
         }
 
-        state.reference.sync_groups(groups, state.topics.as_deref());
+        state
+            .reference
+            .sync_groups(groups, topics_of(state.rare.as_deref()));
         let group = groups.group_of(&event.category, event.topic.as_ref());
         trace.group = Some(group.clone());
         let session = state.session;
         let warm = state.reference.events >= self.config.min_reference_events
-            && state
-                .reference_sessions
-                .reached(self.config.min_reference_sessions);
+            && state.reference_sessions >= self.config.min_reference_sessions;
         if !warm {
-            self.add_to_reference(state, &event.category, &group, weight, session);
+            self.add_to_reference(state, &event.category, &group, weight);
             return;
         }
 
@@ -826,11 +837,13 @@ impl ShiftDetector {
             return;
         }
 
-        if state.refractory_events > 0 || event.ts_secs() < state.refractory_until_ts {
+        if state.in_refractory(event.ts_secs()) {
             // Right after an alarm the new interests are still forming; they teach the
             // reference instead of starting a second alarm for the same shift.
-            state.refractory_events = state.refractory_events.saturating_sub(1);
-            self.add_to_reference(state, &event.category, &group, weight, session);
+            if let Some(rare) = &mut state.rare {
+                rare.refractory_events = rare.refractory_events.saturating_sub(1);
+            }
+            self.add_to_reference(state, &event.category, &group, weight);
             return;
         }
 
@@ -853,7 +866,7 @@ impl ShiftDetector {
                 self.dissolve_run(state);
             }
             self.count_exploration(state, novel);
-            self.add_to_reference(state, &event.category, &group, weight, session);
+            self.add_to_reference(state, &event.category, &group, weight);
             return;
         }
         // The run is out of the state while this event works on it, and goes back unless an
@@ -907,6 +920,12 @@ impl ShiftDetector {
     }
 }
 
+/// Returns the topics seen with a user's categories, or `None` before the first topic.
+fn topics_of(rare: Option<&RareState>) -> Option<&HashMap<Id, Id>> {
+    rare.map(|rare| &rare.topics)
+        .filter(|topics| !topics.is_empty())
+}
+
 /// Turns category counts into shares, largest first, ties by id.
 fn shares_of_counts(counts: BTreeMap<&Id, usize>, total: usize) -> Vec<CategoryShare> {
     let mut entries: Vec<(&Id, usize)> = counts.into_iter().collect();
@@ -949,14 +968,52 @@ pub fn jensen_shannon(left: &BTreeMap<GroupKey, f64>, right: &BTreeMap<GroupKey,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Behavior;
 
     #[test]
     fn user_state_size_bounded() {
-        // Every tracked user keeps one boxed entry: this state, the latest event time and the
-        // latest alert (16 bytes). glibc serves a request of n bytes from a chunk of n + 8
-        // rounded up to 16, so a state of up to 248 bytes takes a 272-byte chunk.
+        // Every tracked user keeps one boxed entry: the user's id, this state, the latest event
+        // time and the latest alert (32 bytes). glibc serves a request of n bytes from a chunk
+        // of n + 8 rounded up to 16, so a state of up to 232 bytes takes a 272-byte chunk.
         let size = std::mem::size_of::<UserState>();
-        assert!(size <= 248, "UserState is {size} bytes");
+        assert!(size <= 232, "UserState is {size} bytes");
+    }
+
+    #[test]
+    fn rare_state_freed_after_refractory() {
+        let mut state = UserState::default();
+        assert!(state.in_refractory(-5), "the default period ends at time 0");
+        assert!(!state.in_refractory(0));
+
+        state.rare = Some(Box::new(RareState {
+            refractory_events: 1,
+            refractory_until_ts: 100,
+            ..RareState::default()
+        }));
+        assert!(state.in_refractory(200), "one refractory event is left");
+        state.rare.as_mut().expect("present").refractory_events = 0;
+        assert!(state.in_refractory(50), "the period lasts until time 100");
+        assert!(!state.in_refractory(100));
+        assert!(
+            state.rare.is_none(),
+            "an expired period without topics is freed"
+        );
+    }
+
+    #[test]
+    fn rare_state_kept_for_topics() {
+        let detector = ShiftDetector::new(DetectorConfig::default()).expect("valid settings");
+        let groups = GroupMap::default();
+        let mut state = UserState::default();
+        let mut alerts = Vec::new();
+        let mut event = Event::plain(1_000_000, 7u64, 3u64, 300u64, Behavior::View);
+        event.topic = Some(Id::from(9u64));
+        detector.observe(&mut state, &event, &groups, &mut alerts);
+
+        let topics = topics_of(state.rare.as_deref()).expect("the topic is stored");
+        assert_eq!(topics.get(&Id::from(3u64)), Some(&Id::from(9u64)));
+        assert!(!state.in_refractory(2_000));
+        assert!(state.rare.is_some(), "topics keep the box after the period");
     }
 
     fn with_candidates(candidate_sessions: u32, candidate_recurring_events: u32) -> DetectorConfig {
