@@ -18,6 +18,16 @@
 //!   squared distances of the last assignment.
 //! - The runs share one random generator, and the first run with the lowest inertia wins.
 //!
+//! These shortcuts skip work without changing any value:
+//!
+//! - After the first assignment of a run, Hamerly's distance bounds (see [`DistanceBounds`])
+//!   keep a row's centroid without computing its distances when the bounds prove that the
+//!   centroid is still strictly the nearest.
+//! - The squared distances for the inertia are computed once, after the last assignment.
+//! - The sums of each cluster's rows are kept when no row changed cluster.
+//! - k-means++ keeps each row's distance to its nearest chosen centroid and compares it with
+//!   the newest centroid only.
+//!
 //! Like linfa, the returned model's cluster counts come from the last run's assignment, not
 //! the winning run's. The model is linfa's `KMeans`, built through its serde form, so saved
 //! models and predictions are unchanged.
@@ -72,27 +82,32 @@ pub(super) fn fit_kmeans_like_linfa<R: Rng>(
     let mut memberships = vec![0usize; rows];
     // An ndarray vector, so that the inertia is summed by ndarray's `sum`, as in linfa.
     let mut distances = Array1::<f64>::zeros(rows);
+    let mut bounds = DistanceBounds::new(&data, width, clusters);
+    let mut member_sums = MemberSums::new(width, clusters);
     let mut lowest_inertia = f64::INFINITY;
     let mut best: Option<Vec<f64>> = None;
     for _ in 0..settings.runs {
         let mut centroids = plus_plus_centroids(&data, rows, width, clusters, rng);
+        bounds.assign_all(&data, &centroids, &mut memberships);
         let mut iterations = 0u64;
-        let inertia = loop {
-            let distances_slice = distances
-                .as_slice_mut()
-                .expect("a new ndarray vector is contiguous");
-            assign_rows(&data, width, &centroids, &mut memberships, distances_slice);
-            let moved = updated_centroids(&centroids, &data, width, &memberships);
+        let (inertia, last) = loop {
+            member_sums.refresh(&data, &memberships, bounds.changed);
+            let moved = member_sums.moved(&centroids);
             let shift = squared_distance(&centroids, &moved).sqrt();
-            centroids = moved;
             iterations += 1;
             if shift < settings.tolerance || iterations == settings.max_iterations {
-                break distances.sum();
+                let distances_slice = distances
+                    .as_slice_mut()
+                    .expect("a new ndarray vector is contiguous");
+                assigned_distances(&data, width, &centroids, &memberships, distances_slice);
+                break (distances.sum(), moved);
             }
+            bounds.assign_moved(&data, &centroids, &moved, &mut memberships);
+            centroids = moved;
         };
         if inertia < lowest_inertia {
             lowest_inertia = inertia;
-            best = Some(centroids);
+            best = Some(last);
         }
     }
     let Some(centroids) = best else {
@@ -147,10 +162,16 @@ fn plus_plus_centroids<R: Rng>(
         .expect("at least one row of weight 1");
     let first = uniform.sample(rng);
     centroids[..width].copy_from_slice(row(first));
-    let mut distances = vec![0.0f64; rows];
+    // Each row's squared distance to its nearest chosen centroid, updated with each new
+    // centroid. The minimum is the value that `nearest_centroid` returns over all of them.
+    let mut distances = vec![f64::INFINITY; rows];
     for chosen in 1..clusters {
+        let newest = &centroids[(chosen - 1) * width..chosen * width];
         for (index, distance) in distances.iter_mut().enumerate() {
-            *distance = nearest_centroid(&centroids[..chosen * width], width, row(index)).1;
+            let candidate = squared_distance(newest, row(index));
+            if candidate < *distance {
+                *distance = candidate;
+            }
         }
         // linfa multiplies the distances by weights of 1 here, which changes no value.
         let next = WeightedIndex::new(distances.iter())
@@ -163,6 +184,7 @@ fn plus_plus_centroids<R: Rng>(
 
 /// Returns the index of the centroid nearest to `point` and its squared distance. Of equally
 /// near centroids the first wins.
+#[cfg(test)]
 fn nearest_centroid(centroids: &[f64], width: usize, point: &[f64]) -> (usize, f64) {
     let mut nearest = (0, squared_distance(&centroids[..width], point));
     for (index, centroid) in centroids.chunks_exact(width).enumerate().skip(1) {
@@ -174,41 +196,46 @@ fn nearest_centroid(centroids: &[f64], width: usize, point: &[f64]) -> (usize, f
     nearest
 }
 
-/// Centroids whose distances to a row [`assign_rows`] sums side by side.
+/// Centroids whose distances to a row [`InterleavedCentroids`] sums side by side.
 const LANES: usize = 4;
 
-/// Assigns each row of `data` to its nearest centroid and stores its squared distance, with
-/// the same result as [`nearest_centroid`] for each row.
-///
-/// The centroids are stored feature by feature, [`LANES`] of them side by side, so the
-/// compiler can compute their distances in vector registers. Each distance is still summed
-/// over the features in index order, so every value is that of [`squared_distance`].
-fn assign_rows(
-    data: &[f64],
+/// Centroids stored feature by feature, [`LANES`] of them side by side, so the compiler can
+/// compute a row's distances to them in vector registers. Each distance is still summed over
+/// the features in index order, so every value is that of [`squared_distance`].
+struct InterleavedCentroids {
     width: usize,
-    centroids: &[f64],
-    memberships: &mut [usize],
-    distances: &mut [f64],
-) {
-    let clusters = centroids.len() / width;
-    let blocks = clusters.div_ceil(LANES);
-    // Block b holds centroids b * LANES.. as `width` groups of LANES values, padded with 0.
-    let mut interleaved = vec![0.0; blocks * width * LANES];
-    for (cluster, centroid) in centroids.chunks_exact(width).enumerate() {
-        let (block, lane) = (cluster / LANES, cluster % LANES);
-        for (feature, value) in centroid.iter().enumerate() {
-            interleaved[(block * width + feature) * LANES + lane] = *value;
+    clusters: usize,
+    /// Block b holds centroids b * LANES.. as `width` groups of LANES values, padded with 0.
+    values: Vec<f64>,
+    /// The squared distances of the last row, padded to whole blocks.
+    sums: Vec<f64>,
+}
+
+impl InterleavedCentroids {
+    fn new(centroids: &[f64], width: usize) -> Self {
+        let clusters = centroids.len() / width;
+        let blocks = clusters.div_ceil(LANES);
+        let mut values = vec![0.0; blocks * width * LANES];
+        for (cluster, centroid) in centroids.chunks_exact(width).enumerate() {
+            let (block, lane) = (cluster / LANES, cluster % LANES);
+            for (feature, value) in centroid.iter().enumerate() {
+                values[(block * width + feature) * LANES + lane] = *value;
+            }
+        }
+        InterleavedCentroids {
+            width,
+            clusters,
+            values,
+            sums: vec![0.0; blocks * LANES],
         }
     }
-    let mut sums = vec![0.0; blocks * LANES];
-    for ((point, membership), distance) in data
-        .chunks_exact(width)
-        .zip(memberships.iter_mut())
-        .zip(distances.iter_mut())
-    {
-        for (block, sum) in interleaved
-            .chunks_exact(width * LANES)
-            .zip(sums.chunks_exact_mut(LANES))
+
+    /// Returns the squared distances of `point` to every centroid, in centroid order.
+    fn distances(&mut self, point: &[f64]) -> &[f64] {
+        for (block, sum) in self
+            .values
+            .chunks_exact(self.width * LANES)
+            .zip(self.sums.chunks_exact_mut(LANES))
         {
             let mut lanes = [0.0f64; LANES];
             for (value, group) in point.iter().zip(block.chunks_exact(LANES)) {
@@ -219,15 +246,207 @@ fn assign_rows(
             }
             sum.copy_from_slice(&lanes);
         }
-        // The first of equally near centroids wins, as in `nearest_centroid`.
-        let mut nearest = (0, sums[0]);
-        for (cluster, &candidate) in sums[..clusters].iter().enumerate().skip(1) {
-            if candidate < nearest.1 {
-                nearest = (cluster, candidate);
-            }
+        &self.sums[..self.clusters]
+    }
+}
+
+/// Returns the index of the smallest of `distances`, the first of equal ones as in
+/// [`nearest_centroid`], with its value and the smallest of the others (infinity when there
+/// are none).
+fn nearest_two(distances: &[f64]) -> (usize, f64, f64) {
+    let mut nearest = (0, distances[0]);
+    for (cluster, &candidate) in distances.iter().enumerate().skip(1) {
+        if candidate < nearest.1 {
+            nearest = (cluster, candidate);
         }
-        *membership = nearest.0;
-        *distance = nearest.1;
+    }
+    let second = distances
+        .iter()
+        .enumerate()
+        .filter(|(cluster, _)| *cluster != nearest.0)
+        .fold(f64::INFINITY, |low, (_, &distance)| low.min(distance));
+    (nearest.0, nearest.1, second)
+}
+
+/// Assigns each row of `data` to its nearest centroid and stores its squared distance, with
+/// the same result as [`nearest_centroid`] for each row.
+#[cfg(test)]
+fn assign_rows(
+    data: &[f64],
+    width: usize,
+    centroids: &[f64],
+    memberships: &mut [usize],
+    distances: &mut [f64],
+) {
+    let mut interleaved = InterleavedCentroids::new(centroids, width);
+    for ((point, membership), distance) in data
+        .chunks_exact(width)
+        .zip(memberships.iter_mut())
+        .zip(distances.iter_mut())
+    {
+        let (nearest, value, _) = nearest_two(interleaved.distances(point));
+        *membership = nearest;
+        *distance = value;
+    }
+}
+
+/// Stores each row's squared distance to the centroid it is assigned to.
+fn assigned_distances(
+    data: &[f64],
+    width: usize,
+    centroids: &[f64],
+    memberships: &[usize],
+    distances: &mut [f64],
+) {
+    for ((point, &cluster), distance) in data
+        .chunks_exact(width)
+        .zip(memberships)
+        .zip(distances.iter_mut())
+    {
+        *distance = squared_distance(&centroids[cluster * width..(cluster + 1) * width], point);
+    }
+}
+
+/// Values above which [`DistanceBounds`] is not used: below it no squared distance of the
+/// rows or of their means can overflow, so every computed distance has a small relative error.
+const BOUNDED_MAGNITUDE: f64 = 1e100;
+
+/// Absolute slack of each bound, far above the error of a squared distance whose terms fall
+/// below the smallest normal float.
+const BOUND_FLOOR: f64 = 1e-140;
+
+/// Hamerly's bounds for k-means: per row, an upper bound on the distance to its assigned
+/// centroid and a lower bound on the distance to every other centroid. A row whose upper
+/// bound is below its lower bound, or below half the distance from its centroid to the
+/// nearest other centroid, keeps its centroid without computing any distance.
+///
+/// The assignments are those of computing every distance, bit for bit. Each bound carries a
+/// relative slack (`slack`) many times the rounding error of a squared distance, so a row is
+/// skipped only when the computed distance to its centroid is strictly smaller than every
+/// other computed distance. Ties and near ties are always computed, and the first of equally
+/// near centroids wins as in [`nearest_centroid`].
+struct DistanceBounds {
+    width: usize,
+    upper: Vec<f64>,
+    lower: Vec<f64>,
+    /// Whether the bounds are used. False when a value reaches [`BOUNDED_MAGNITUDE`].
+    enabled: bool,
+    slack: f64,
+    /// Whether the last assignment moved any row to another cluster.
+    changed: bool,
+    /// The rows whose bounds did not settle their cluster, first in the buffer.
+    pending: Vec<usize>,
+}
+
+impl DistanceBounds {
+    fn new(data: &[f64], width: usize, clusters: usize) -> Self {
+        let rows = data.len() / width;
+        let enabled = clusters > 1 && data.iter().all(|value| value.abs() < BOUNDED_MAGNITUDE);
+        // A squared distance over `width` features has a relative error of at most about
+        // (width + 2) * EPSILON, and each bound update adds a few EPSILON more.
+        let slack = (1e-9f64).max(1024.0 * (width as f64 + 2.0) * f64::EPSILON);
+        DistanceBounds {
+            width,
+            upper: vec![0.0; rows],
+            lower: vec![0.0; rows],
+            enabled,
+            slack,
+            changed: true,
+            pending: vec![0; rows],
+        }
+    }
+
+    /// Returns `value` raised by the slack, for an upper bound.
+    fn raised(&self, value: f64) -> f64 {
+        value * (1.0 + self.slack) + BOUND_FLOOR
+    }
+
+    /// Returns `value` lowered by the slack, for a lower bound.
+    fn lowered(&self, value: f64) -> f64 {
+        value * (1.0 - self.slack) - BOUND_FLOOR
+    }
+
+    /// Assigns every row to its nearest centroid by computing all distances, and sets the
+    /// bounds.
+    fn assign_all(&mut self, data: &[f64], centroids: &[f64], memberships: &mut [usize]) {
+        self.changed = true;
+        let mut interleaved = InterleavedCentroids::new(centroids, self.width);
+        for (row, point) in data.chunks_exact(self.width).enumerate() {
+            let (nearest, distance, second) = nearest_two(interleaved.distances(point));
+            memberships[row] = nearest;
+            self.upper[row] = self.raised(distance.sqrt());
+            self.lower[row] = self.lowered(second.sqrt());
+        }
+    }
+
+    /// Assigns every row to its nearest centroid of `moved`, the centroids after one update
+    /// from `centroids`, with the same result as [`DistanceBounds::assign_all`].
+    fn assign_moved(
+        &mut self,
+        data: &[f64],
+        centroids: &[f64],
+        moved: &[f64],
+        memberships: &mut [usize],
+    ) {
+        if !self.enabled {
+            self.assign_all(data, moved, memberships);
+            return;
+        }
+        let width = self.width;
+        let centroid = |cluster: usize| &moved[cluster * width..(cluster + 1) * width];
+
+        // How far each centroid moved, and the largest move of any other centroid.
+        let shifts: Vec<f64> = centroids
+            .chunks_exact(width)
+            .zip(moved.chunks_exact(width))
+            .map(|(old, new)| self.raised(squared_distance(old, new).sqrt()))
+            .collect();
+        let other_shifts: Vec<f64> = (0..shifts.len())
+            .map(|cluster| {
+                shifts
+                    .iter()
+                    .enumerate()
+                    .filter(|(other, _)| *other != cluster)
+                    .fold(0.0f64, |high, (_, &shift)| high.max(shift))
+            })
+            .collect();
+        // Half the distance from each centroid to its nearest other centroid: a row nearer
+        // than that to its centroid is nearer to it than to any other.
+        let half_gaps: Vec<f64> = (0..shifts.len())
+            .map(|cluster| {
+                let nearest_other = (0..shifts.len())
+                    .filter(|other| *other != cluster)
+                    .map(|other| squared_distance(centroid(cluster), centroid(other)))
+                    .fold(f64::INFINITY, f64::min);
+                self.lowered(nearest_other.sqrt() / 2.0)
+            })
+            .collect();
+
+        // First every bound moves with the centroids, and the rows that the bounds do not
+        // settle are listed, without a branch per row. Then those rows get every distance.
+        let mut pending = 0;
+        for (row, &cluster) in memberships.iter().enumerate() {
+            let upper = self.raised(self.upper[row] + shifts[cluster]);
+            let lower = self.lowered(self.lower[row] - other_shifts[cluster]);
+            self.upper[row] = upper;
+            self.lower[row] = lower;
+            let settled = upper < half_gaps[cluster].max(lower);
+            self.pending[pending] = row;
+            pending += usize::from(!settled);
+        }
+
+        self.changed = false;
+        let mut interleaved = InterleavedCentroids::new(moved, width);
+        for &row in &self.pending[..pending] {
+            let point = &data[row * width..(row + 1) * width];
+            let (nearest, distance, second) = nearest_two(interleaved.distances(point));
+            if nearest != memberships[row] {
+                self.changed = true;
+                memberships[row] = nearest;
+            }
+            self.upper[row] = self.raised(distance.sqrt());
+            self.lower[row] = self.lowered(second.sqrt());
+        }
     }
 }
 
@@ -242,32 +461,54 @@ fn squared_distance(a: &[f64], b: &[f64]) -> f64 {
     sum
 }
 
-/// Returns the centroids after one update: each is the sum of its rows, plus its old position,
-/// divided by the number of its rows plus one.
-fn updated_centroids(
-    centroids: &[f64],
-    data: &[f64],
+/// Each cluster's sum of its rows, and its row count plus one. The sums depend only on which
+/// rows each cluster has, so when no row changed cluster they are kept from the previous
+/// iteration, bit for bit the values that summing again would give.
+struct MemberSums {
     width: usize,
-    memberships: &[usize],
-) -> Vec<f64> {
-    let clusters = centroids.len() / width;
-    let mut sums = vec![0.0; centroids.len()];
-    let mut counts = vec![1usize; clusters];
-    for (point, &cluster) in data.chunks_exact(width).zip(memberships) {
-        let sum = &mut sums[cluster * width..(cluster + 1) * width];
-        for (total, value) in sum.iter_mut().zip(point) {
-            *total += value;
+    sums: Vec<f64>,
+    counts: Vec<usize>,
+}
+
+impl MemberSums {
+    fn new(width: usize, clusters: usize) -> Self {
+        MemberSums {
+            width,
+            sums: vec![0.0; clusters * width],
+            counts: vec![1; clusters],
         }
-        counts[cluster] += 1;
     }
-    for (total, old) in sums.iter_mut().zip(centroids) {
-        *total += old;
+
+    /// Sums the rows of every cluster again, in row order, unless `changed` is false.
+    fn refresh(&mut self, data: &[f64], memberships: &[usize], changed: bool) {
+        if !changed {
+            return;
+        }
+        let width = self.width;
+        self.sums.fill(0.0);
+        self.counts.fill(1);
+        for (point, &cluster) in data.chunks_exact(width).zip(memberships) {
+            let sum = &mut self.sums[cluster * width..(cluster + 1) * width];
+            for (total, value) in sum.iter_mut().zip(point) {
+                *total += value;
+            }
+            self.counts[cluster] += 1;
+        }
     }
-    for (sum, count) in sums.chunks_exact_mut(width).zip(&counts) {
-        let count = *count as f64;
-        sum.iter_mut().for_each(|value| *value /= count);
+
+    /// Returns the centroids after one update: each is the sum of its rows, plus its old
+    /// position, divided by the number of its rows plus one.
+    fn moved(&self, centroids: &[f64]) -> Vec<f64> {
+        let mut moved = self.sums.clone();
+        for (total, old) in moved.iter_mut().zip(centroids) {
+            *total += old;
+        }
+        for (sum, count) in moved.chunks_exact_mut(self.width).zip(&self.counts) {
+            let count = *count as f64;
+            sum.iter_mut().for_each(|value| *value /= count);
+        }
+        moved
     }
-    sums
 }
 
 #[cfg(test)]
@@ -311,6 +552,8 @@ mod tests {
             (500, 7, 5, 2),
             (200, 3, 8, 3),
             (40, 2, 3, 4),
+            // Enough rows and clusters that most rows keep their centroid by the bounds.
+            (3000, 6, 8, 5),
         ] {
             let records = clumps(rows, width, seed);
             // A column-major copy, the layout the feature selector returns.
@@ -363,6 +606,43 @@ mod tests {
                     "k = {clusters}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn bounded_assignment_equals_nearest_centroid() {
+        let width = 4;
+        let rows = 600;
+        let records = clumps(rows, width, 8);
+        let data: Vec<f64> = records.iter().copied().collect();
+        let clusters = 6;
+        // Centroids from the rows, the last two equal to each other, so ties occur.
+        let mut centroids: Vec<f64> = (0..clusters)
+            .flat_map(|cluster| records.row(cluster * 37 % rows).to_vec())
+            .collect();
+        centroids.copy_within(4 * width..5 * width, 5 * width);
+        let mut memberships = vec![0usize; rows];
+        let mut bounds = DistanceBounds::new(&data, width, clusters);
+        bounds.assign_all(&data, &centroids, &mut memberships);
+
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        for step in 0..40 {
+            // Small moves, and every fifth step a large one, as early k-means iterations make.
+            let scale = if step % 5 == 0 { 1.0 } else { 0.01 };
+            let mut moved: Vec<f64> = centroids
+                .iter()
+                .map(|value| value + scale * rng.gen_range(-1.0..1.0))
+                .collect();
+            if step % 2 == 0 {
+                moved.copy_within(4 * width..5 * width, 5 * width);
+            }
+
+            bounds.assign_moved(&data, &centroids, &moved, &mut memberships);
+            for (row, point) in data.chunks_exact(width).enumerate() {
+                let (nearest, _) = nearest_centroid(&moved, width, point);
+                assert_eq!(memberships[row], nearest, "step {step}, row {row}");
+            }
+            centroids = moved;
         }
     }
 

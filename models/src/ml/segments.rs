@@ -289,13 +289,17 @@ fn silhouette_sample(records: ArrayView2<'_, f64>, max_rows: usize, seed: u64) -
 
 fn pairwise_distances(records: ArrayView2<'_, f64>) -> Array2<f64> {
     let rows = records.nrows();
+    let standard = records.as_standard_layout();
+    let values = standard
+        .as_slice()
+        .expect("a standard-layout array is one slice");
+    let row = |index: usize| &values[index * records.ncols()..(index + 1) * records.ncols()];
     let mut distances = Array2::zeros((rows, rows));
     for i in 0..rows {
         for j in (i + 1)..rows {
-            let distance = records
-                .row(i)
+            let distance = row(i)
                 .iter()
-                .zip(records.row(j).iter())
+                .zip(row(j))
                 .map(|(a, b)| (a - b).powi(2))
                 .sum::<f64>()
                 .sqrt();
@@ -321,8 +325,8 @@ fn silhouette(distances: &Array2<f64>, labels: &[usize], k: usize) -> f64 {
             continue;
         }
         sums.iter_mut().for_each(|sum| *sum = 0.0);
-        for (other, &other_label) in labels.iter().enumerate() {
-            sums[other_label] += distances[[row, other]];
+        for (&other_label, distance) in labels.iter().zip(distances.row(row)) {
+            sums[other_label] += distance;
         }
         let own = sums[label] / (sizes[label] - 1) as f64;
         let nearest = (0..k)
