@@ -17,6 +17,7 @@
 //! block's time before it waits, so the worker with the lowest next block always waits for a
 //! time that every input has reached.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use timely::dataflow::{InputHandleVec as InputHandle, ProbeHandle};
 use veer_models::Event;
 
+use crate::buffered::BufferedBatch;
 use crate::ingest::Watermark;
 use crate::live::WorkerHooks;
 
@@ -43,6 +45,8 @@ const DECISION_POLL: Duration = Duration::from_millis(1);
 /// Events to be sent from every worker, cut into blocks in sending order.
 pub(crate) struct FeedPlan {
     blocks: Vec<Block>,
+    /// The events of a sorted plan's blocks, which stay in the reader's batches until sent.
+    sorted: Option<SortedEvents>,
     workers: usize,
     /// Events sent so far by all workers, for the progress display.
     sent: AtomicU64,
@@ -53,17 +57,64 @@ struct Block {
     time: u64,
     /// Latest event time in this block and the ones before it.
     newest_ms: i64,
-    /// The events, taken by the worker that sends them.
-    events: Mutex<Vec<Event>>,
+    events: BlockEvents,
+}
+
+/// Storage of a block's events until the worker that sends them takes them.
+enum BlockEvents {
+    /// A batch of the block's own, taken whole.
+    Owned(Mutex<BufferedBatch>),
+    /// A range of [`SortedEvents::order`].
+    Sorted(Range<usize>),
+}
+
+/// The reader's batches of a sorted plan and the order in which their events are sent.
+///
+/// Sorting positions instead of events leaves the events in their compact form until they are
+/// sent. It also saves three copies: joining the whole input into one vector, a stable sort
+/// that moves every event several times, and cutting each block out of that vector.
+struct SortedEvents {
+    /// The reader's batches. The worker that sends an event's block takes the event.
+    batches: Mutex<Vec<SortedBatch>>,
+    /// Every event's time and position in `batches`, in processing order.
+    order: Vec<Slot>,
+}
+
+/// A batch of the reader's events, freed once every event is taken.
+struct SortedBatch {
+    events: BufferedBatch,
+    /// Events not yet taken.
+    remaining: usize,
+}
+
+/// An event's time and position in the reader's batches.
+#[derive(Clone, Copy)]
+struct Slot {
+    ts_ms: i64,
+    batch: u32,
+    index: u32,
 }
 
 impl FeedPlan {
-    /// Plans events sorted by [`Event::processing_cmp`] for `workers` workers.
-    pub(crate) fn sorted(events: Vec<Event>, workers: usize) -> FeedPlan {
+    /// Plans the events of the reader's `batches` for `workers` workers, in the order of a
+    /// stable sort of the batches joined by [`Event::processing_cmp`].
+    pub(crate) fn sorted(batches: Vec<BufferedBatch>, workers: usize) -> FeedPlan {
+        let order = sending_order(&batches);
         let mut cuts = Cuts::default();
-        for (at, event) in events.iter().enumerate() {
-            cuts.keep(at, event, event.ts_ms.max(0) as u64);
+        for (at, slot) in order.iter().enumerate() {
+            cuts.keep(at, slot.ts_ms, slot.ts_ms.max(0) as u64);
         }
+        let batches = batches
+            .into_iter()
+            .map(|events| SortedBatch {
+                remaining: events.len(),
+                events,
+            })
+            .collect();
+        let events = SortedEvents {
+            batches: Mutex::new(batches),
+            order,
+        };
         cuts.into_plan(events, workers)
     }
 
@@ -74,7 +125,7 @@ impl FeedPlan {
     /// before it holds fewer than half of [`BLOCK_EVENTS`]; small batches are joined so that
     /// the bound on blocks in flight still bounds events.
     pub(crate) fn arrival(
-        batches: Vec<Vec<Event>>,
+        batches: Vec<BufferedBatch>,
         watermark: &mut Watermark,
         workers: usize,
         mut late: impl FnMut(&Event, u64),
@@ -83,36 +134,43 @@ impl FeedPlan {
         let mut newest_ms = i64::MIN;
         for mut batch in batches {
             let mut time = None;
-            batch.retain(|event| {
-                let current = watermark.current();
-                if watermark.observe(event.ts_ms) {
-                    late(event, current);
-                    return false;
-                }
-                time.get_or_insert(current);
-                newest_ms = newest_ms.max(event.ts_ms);
-                true
-            });
+            batch.retain_by_time(
+                |ts_ms| {
+                    let current = watermark.current();
+                    if watermark.observe(ts_ms) {
+                        return Err(current);
+                    }
+                    time.get_or_insert(current);
+                    newest_ms = newest_ms.max(ts_ms);
+                    Ok(())
+                },
+                &mut late,
+            );
             let Some(time) = time else { continue };
-            if let Some(last) = blocks.last_mut() {
-                let events = last
-                    .events
+            if let Some(Block {
+                newest_ms: last_newest_ms,
+                events: BlockEvents::Owned(events),
+                ..
+            }) = blocks.last_mut()
+            {
+                let events = events
                     .get_mut()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
                 if events.len() < BLOCK_EVENTS / 2 {
-                    events.append(&mut batch);
-                    last.newest_ms = newest_ms;
+                    events.append(batch);
+                    *last_newest_ms = newest_ms;
                     continue;
                 }
             }
             blocks.push(Block {
                 time,
                 newest_ms,
-                events: Mutex::new(batch),
+                events: BlockEvents::Owned(Mutex::new(batch)),
             });
         }
         FeedPlan {
             blocks,
+            sorted: None,
             workers: workers.max(1),
             sent: AtomicU64::new(0),
         }
@@ -157,7 +215,7 @@ impl FeedPlan {
                 }
             }
             let started = Instant::now();
-            let mut events = std::mem::take(&mut *lock(&block.events));
+            let mut events = self.take_events(block);
             let count = events.len() as u64;
             // The block goes on as one message, so its events are not copied one by one into
             // the input's buffer.
@@ -166,6 +224,61 @@ impl FeedPlan {
             hooks.mark_sent(block.newest_ms, started);
         }
     }
+
+    /// Takes `block`'s events out of the plan, in sending order.
+    fn take_events(&self, block: &Block) -> Vec<Event> {
+        match &block.events {
+            BlockEvents::Owned(events) => {
+                let empty = BufferedBatch::Compact(Vec::new());
+                std::mem::replace(&mut *lock(events), empty).into_events()
+            }
+            BlockEvents::Sorted(range) => {
+                let sorted = self
+                    .sorted
+                    .as_ref()
+                    .expect("a plan with sorted blocks keeps their events");
+                let slots = &sorted.order[range.clone()];
+                let mut batches = lock(&sorted.batches);
+                let mut events = Vec::with_capacity(slots.len());
+                for slot in slots {
+                    let batch = &mut batches[slot.batch as usize];
+                    events.push(batch.events.take(slot.index as usize));
+                    batch.remaining -= 1;
+                    if batch.remaining == 0 {
+                        batch.events = BufferedBatch::Compact(Vec::new());
+                    }
+                }
+                events
+            }
+        }
+    }
+}
+
+/// Returns the time and position of every event of `batches`, sorted stably by
+/// [`Event::processing_cmp`] as if the batches were joined in order.
+///
+/// The comparison reads the events only for equal times, because the processing order
+/// compares times first.
+fn sending_order(batches: &[BufferedBatch]) -> Vec<Slot> {
+    let count = batches.iter().map(BufferedBatch::len).sum();
+    let mut order = Vec::with_capacity(count);
+    for (batch, events) in batches.iter().enumerate() {
+        let batch_index = u32::try_from(batch).expect("fewer than 2^32 batches");
+        for index in 0..events.len() {
+            order.push(Slot {
+                ts_ms: events.ts_ms(index),
+                batch: batch_index,
+                index: u32::try_from(index).expect("fewer than 2^32 events in a batch"),
+            });
+        }
+    }
+    let event = |slot: &Slot| batches[slot.batch as usize].event(slot.index as usize);
+    order.sort_by(|a, b| {
+        a.ts_ms
+            .cmp(&b.ts_ms)
+            .then_with(|| event(a).processing_cmp(&event(b)))
+    });
+    order
 }
 
 /// Block boundaries of a sorted plan, found in one pass over the events in sending order.
@@ -178,11 +291,9 @@ struct Cuts {
 }
 
 impl Cuts {
-    /// Keeps the event at index `at`, which may be sent at `time` or earlier.
-    fn keep(&mut self, at: usize, event: &Event, time: u64) {
-        let newest = self
-            .newest_ms
-            .map_or(event.ts_ms, |newest| newest.max(event.ts_ms));
+    /// Keeps the event at index `at`, of time `ts_ms`, which may be sent at `time` or earlier.
+    fn keep(&mut self, at: usize, ts_ms: i64, time: u64) {
+        let newest = self.newest_ms.map_or(ts_ms, |newest| newest.max(ts_ms));
         self.newest_ms = Some(newest);
         if self.kept_in_block == 0 {
             self.starts.push((at, time, newest));
@@ -195,22 +306,23 @@ impl Cuts {
         }
     }
 
-    /// Moves the events into their blocks. Blocks are cut from the end of `events`, whose
-    /// memory shrinks as they go, so the input is not held twice.
-    fn into_plan(self, mut events: Vec<Event>, workers: usize) -> FeedPlan {
-        let mut blocks = Vec::with_capacity(self.starts.len());
-        for &(start, time, newest_ms) in self.starts.iter().rev() {
-            let block = events.split_off(start);
-            events.shrink_to_fit();
-            blocks.push(Block {
+    /// Cuts the sending order of `events` into blocks.
+    fn into_plan(self, events: SortedEvents, workers: usize) -> FeedPlan {
+        let ends = self.starts.iter().skip(1).map(|&(start, ..)| start);
+        let ends = ends.chain([events.order.len()]);
+        let blocks = self
+            .starts
+            .iter()
+            .zip(ends)
+            .map(|(&(start, time, newest_ms), end)| Block {
                 time,
                 newest_ms,
-                events: Mutex::new(block),
-            });
-        }
-        blocks.reverse();
+                events: BlockEvents::Sorted(start..end),
+            })
+            .collect();
         FeedPlan {
             blocks,
+            sorted: Some(events),
             workers: workers.max(1),
             sent: AtomicU64::new(0),
         }
@@ -277,15 +389,22 @@ mod tests {
         Event::plain(ts_ms, user, 1u64, 2u64, Behavior::View)
     }
 
-    /// Cuts `events` into batches of `size`, as the reader sends them.
-    fn batches(events: Vec<Event>, size: usize) -> Vec<Vec<Event>> {
-        events.chunks(size).map(<[Event]>::to_vec).collect()
+    /// Cuts `events` into batches of `size`, as the reader sends them, and stores them as
+    /// the feeder does.
+    fn batches(events: Vec<Event>, size: usize) -> Vec<BufferedBatch> {
+        events
+            .chunks(size)
+            .map(|batch| BufferedBatch::store(batch.to_vec()).0)
+            .collect()
     }
 
     fn block_sizes(plan: &FeedPlan) -> Vec<usize> {
         plan.blocks
             .iter()
-            .map(|block| block.events.lock().unwrap().len())
+            .map(|block| match &block.events {
+                BlockEvents::Owned(events) => events.lock().unwrap().len(),
+                BlockEvents::Sorted(range) => range.len(),
+            })
             .collect()
     }
 
@@ -323,9 +442,8 @@ mod tests {
         let after: Vec<Event> = (0..10).map(|at| view(3, 10_005_000 + at as i64)).collect();
         let mut watermark = Watermark::new(600_000, 86_400_000);
         let mut dropped = 0;
-        let plan = FeedPlan::arrival(vec![early, late, after], &mut watermark, 2, |_, _| {
-            dropped += 1
-        });
+        let stored = [early, late, after].map(|batch| BufferedBatch::store(batch).0);
+        let plan = FeedPlan::arrival(stored.into(), &mut watermark, 2, |_, _| dropped += 1);
         assert_eq!(dropped, 4_096);
         assert_eq!(block_sizes(&plan), vec![4_096, 10]);
     }
@@ -345,11 +463,7 @@ mod tests {
             |event, frontier| late.push((event.ts_ms, frontier)),
         );
         assert_eq!(late, vec![(0, 1_000_000 + 9_999_000 - 600_000)]);
-        let kept: usize = plan
-            .blocks
-            .iter()
-            .map(|b| b.events.lock().unwrap().len())
-            .sum();
+        let kept: usize = block_sizes(&plan).iter().sum();
         assert_eq!(kept, 10_000);
         assert_eq!(plan.newest_ms(), 1_000_000 + 9_999_000);
     }
@@ -370,7 +484,7 @@ mod tests {
         for block in &plan.blocks {
             assert!(block.time >= previous, "block times never decrease");
             previous = block.time;
-            for event in block.events.lock().unwrap().iter() {
+            for event in plan.take_events(block) {
                 assert!(
                     event.ts_ms as u64 >= block.time,
                     "{} < {}",
@@ -380,5 +494,61 @@ mod tests {
             }
         }
         assert!(plan.blocks.len() > 3);
+    }
+
+    /// Takes every block's events in block order, as the workers send them.
+    fn sent_events(plan: &FeedPlan) -> Vec<Event> {
+        plan.blocks
+            .iter()
+            .flat_map(|block| plan.take_events(block))
+            .collect()
+    }
+
+    #[test]
+    fn sorted_plan_matches_stable_sort() {
+        // Users in runs of 300 events out of time order, many equal times across users,
+        // events that differ only in their line, and one priced event, which keeps its batch
+        // in the full form.
+        let mut events = Vec::new();
+        for user in 0..30u64 {
+            for at in 0..300i64 {
+                let mut event = view(user % 11, 2_000_000 + (at * 37 + user as i64) % 900);
+                event.line = (at % 3) as u64;
+                events.push(event);
+            }
+        }
+        events[5_000].price = Some(1.5);
+        let mut expected = events.clone();
+        expected.sort_by(Event::processing_cmp);
+
+        let stored = batches(events, 4_096);
+        assert!(matches!(stored[1], BufferedBatch::Full(_)));
+        assert!(matches!(stored[2], BufferedBatch::Compact(_)));
+        let plan = FeedPlan::sorted(stored, 2);
+        assert_eq!(block_sizes(&plan), vec![4_096, 4_096, 808]);
+        assert_eq!(plan.newest_ms(), 2_000_000 + 899);
+        for (at, block) in plan.blocks.iter().enumerate() {
+            assert_eq!(block.time, expected[at * 4_096].ts_ms as u64, "block {at}");
+        }
+        assert_eq!(sent_events(&plan), expected);
+    }
+
+    #[test]
+    fn sorted_plan_frees_taken_batches() {
+        let events = spread_views(10_000);
+        let plan = FeedPlan::sorted(batches(events.clone(), 4_096), 1);
+        assert_eq!(sent_events(&plan), events);
+        let sorted = plan.sorted.as_ref().unwrap();
+        for batch in lock(&sorted.batches).iter() {
+            assert_eq!(batch.remaining, 0);
+            assert_eq!(batch.events.len(), 0, "a batch is freed once taken");
+        }
+    }
+
+    #[test]
+    fn sorted_plan_of_no_events() {
+        let plan = FeedPlan::sorted(batches(Vec::new(), 4_096), 2);
+        assert!(plan.blocks.is_empty());
+        assert_eq!(plan.newest_ms(), i64::MIN);
     }
 }

@@ -5,6 +5,7 @@
 //! generator ([`generate`]) and the scorer ([`eval`]). Operators live in `veer-operators` and
 //! the pure detectors in `veer-models`.
 
+mod buffered;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;

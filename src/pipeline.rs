@@ -24,6 +24,7 @@ use veer_operators::{
     WorkerState,
 };
 
+use crate::buffered::BufferedBatch;
 use crate::config::{DetectorChoice, ReplayOrder};
 use crate::http::HttpServer;
 use crate::ingest::{self, Chunk, DeadLetter, LineCounts, Watermark};
@@ -1203,7 +1204,6 @@ fn feed_input(
             Ok((counts, false))
         }
         Feed::Memory(mut events) => {
-            events.sort_by(Event::processing_cmp);
             let mut counts = LineCounts {
                 lines: events.len() as u64,
                 events: events.len() as u64,
@@ -1212,11 +1212,13 @@ fn feed_input(
             progress.processing(events.len() as u64);
             match board {
                 Some(board) => {
-                    let plan = crate::feed_share::FeedPlan::sorted(events, worker.peers());
+                    let (events, _) = BufferedBatch::store(events);
+                    let plan = crate::feed_share::FeedPlan::sorted(vec![events], worker.peers());
                     send_shared(worker, &mut feeder, board, plan, &progress);
                 }
                 None => {
                     feed_alone();
+                    events.sort_by(Event::processing_cmp);
                     send_sorted(worker, &mut feeder, events, &progress)?;
                 }
             }
@@ -1225,9 +1227,10 @@ fn feed_input(
             Ok((counts, true))
         }
         Feed::Reader(receiver, pool) => {
-            // The reader's batches are kept as they arrive: a fed plan sends them as blocks,
-            // so the events are not copied into one vector unless they must be sorted.
-            let mut buffered: Vec<Vec<Event>> = Vec::new();
+            // The reader's batches are kept as they arrive, compactly where they fit, and the
+            // reader reuses the emptied ones. A fed plan sends them as blocks, so the events are
+            // not copied into one vector unless they must be sorted without a plan.
+            let mut buffered: Vec<BufferedBatch> = Vec::new();
             let mut profiler = ingest::OrderProfiler::new(shared.out_of_orderness_ms);
             let mut counts;
             let stream_arrival = shared.order == ReplayOrder::Arrival;
@@ -1262,7 +1265,11 @@ fn feed_input(
                     }
                     Chunk::Events(events, _) => {
                         profiler.observe(&events);
+                        let (events, emptied) = BufferedBatch::store(events);
                         buffered.push(events);
+                        if let Some(emptied) = emptied {
+                            pool.give_back(emptied);
+                        }
                     }
                     Chunk::Done(done) => {
                         counts = done;
@@ -1282,7 +1289,7 @@ fn feed_input(
 
             let profile = profiler.finish();
             counts.out_of_order = profile.out_of_order;
-            let buffered_events = buffered.iter().map(Vec::len).sum();
+            let buffered_events = buffered.iter().map(BufferedBatch::len).sum();
             let sorted = ingest::replay_sorted(shared.order, &profile, buffered_events);
             if sorted && profile.out_of_order > 0 {
                 tracing::info!(
@@ -1294,8 +1301,7 @@ fn feed_input(
             progress.processing(buffered_events as u64);
             if let Some(board) = board {
                 let plan = if sorted {
-                    let events = sorted_events(buffered, buffered_events);
-                    crate::feed_share::FeedPlan::sorted(events, worker.peers())
+                    crate::feed_share::FeedPlan::sorted(buffered, worker.peers())
                 } else {
                     let plan = crate::feed_share::FeedPlan::arrival(
                         buffered,
@@ -1331,7 +1337,7 @@ fn feed_input(
                 }
                 let mut since_step = 0usize;
                 let mut batch_started = Instant::now();
-                for event in buffered.into_iter().flatten() {
+                for event in buffered.into_iter().flat_map(BufferedBatch::into_events) {
                     newest = newest.max(event.ts_ms);
                     if !arrival.offer(&mut feeder, shared, event) {
                         continue;
@@ -1357,10 +1363,10 @@ fn feed_input(
 }
 
 /// Joins the reader's batches of `count` events in all and sorts them in processing order.
-fn sorted_events(batches: Vec<Vec<Event>>, count: usize) -> Vec<Event> {
+fn sorted_events(batches: Vec<BufferedBatch>, count: usize) -> Vec<Event> {
     let mut events = Vec::with_capacity(count);
-    for mut batch in batches {
-        events.append(&mut batch);
+    for batch in batches {
+        events.append(&mut batch.into_events());
     }
     events.sort_by(Event::processing_cmp);
     events
