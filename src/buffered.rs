@@ -95,11 +95,13 @@ impl BufferedBatch {
                 events.clear();
                 (BufferedBatch::Compact(compact), Some(events))
             }
-            None => {
-                let full = events.into_iter().map(Some).collect();
-                (BufferedBatch::Full(full), None)
-            }
+            None => (BufferedBatch::store_full(events), None),
         }
+    }
+
+    /// Stores `events` in full, as they are.
+    pub(crate) fn store_full(events: Vec<Event>) -> BufferedBatch {
+        BufferedBatch::Full(events.into_iter().map(Some).collect())
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -1265,10 +1265,17 @@ fn feed_input(
                     }
                     Chunk::Events(events, _) => {
                         profiler.observe(&events);
-                        let (events, emptied) = BufferedBatch::store(events);
-                        buffered.push(events);
-                        if let Some(emptied) = emptied {
-                            pool.give_back(emptied);
+                        // With more workers, each would rebuild its blocks' events in its own
+                        // allocator arena and another worker would free them: more page faults
+                        // and a slower run than keeping the events in full (BENCHMARKS step 41).
+                        if worker.peers() == 1 {
+                            let (events, emptied) = BufferedBatch::store(events);
+                            buffered.push(events);
+                            if let Some(emptied) = emptied {
+                                pool.give_back(emptied);
+                            }
+                        } else {
+                            buffered.push(BufferedBatch::store_full(events));
                         }
                     }
                     Chunk::Done(done) => {
