@@ -363,13 +363,7 @@ fn sweep_idle<S>(state: &mut DetectState<S>, now_ms: i64, idle_ms: i64) {
 /// sweep is idle then too, so the evicted and tracked counts at the end depend only on the
 /// input and the settings.
 fn sweep_idle_at_end<S>(state: &mut DetectState<S>, idle_ms: i64) {
-    let last_window_end = state
-        .infos
-        .keys()
-        .next_back()
-        .copied()
-        .unwrap_or(0)
-        .max(state.applied_window_end);
+    let last_window_end = state.last_window_end();
     // A live run advances event time by the wall clock, so an earlier sweep may be later.
     let end_ms = (last_window_end.min(i64::MAX as u64) as i64).max(state.swept_at_ms);
     remove_idle(state, end_ms, idle_ms);
@@ -395,19 +389,21 @@ fn remove_idle<S>(state: &mut DetectState<S>, now_ms: i64, idle_ms: i64) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
     use timely::dataflow::operators::vec::Input;
+    use timely::dataflow::{InputHandleVec, StreamVec};
+    use timely::worker::Worker;
     use veer_models::{Alert, Behavior, Detector, Event, GroupConfig, GroupMap};
 
     use super::{detect_shifts, DetectSettings, DetectStats};
-    use crate::state::{CooccurrenceState, DetectState, PopulationState};
+    use crate::state::{CooccurrenceState, DetectHandle, DetectState, PopulationState};
     use crate::{population_groups, session_cooccurrence};
 
-    const HOUR_MS: i64 = 3_600_000;
-    const DAY_MS: i64 = 24 * HOUR_MS;
+    pub(crate) const HOUR_MS: i64 = 3_600_000;
+    pub(crate) const DAY_MS: i64 = 24 * HOUR_MS;
 
     struct NoAlerts;
 
@@ -416,42 +412,64 @@ mod tests {
         fn observe(&self, _: &mut (), _: &Event, _: &GroupMap, _: &mut Vec<Alert>) {}
     }
 
+    /// Builds the session, population and detect operators on `events` with hour windows and
+    /// the eviction time `idle_ms`, and returns the alerts.
+    pub(crate) fn detect_hourly<'scope, D: Detector>(
+        events: StreamVec<'scope, u64, Event>,
+        detector: D,
+        idle_ms: i64,
+        state: DetectHandle<D::State>,
+    ) -> StreamVec<'scope, u64, Alert> {
+        let sessions = Rc::new(RefCell::new(CooccurrenceState::new(
+            veer_models::session::SessionRule::default(),
+        )));
+        let deltas = session_cooccurrence(events.clone(), HOUR_MS as u64, sessions);
+        let model = Rc::new(RefCell::new(PopulationState::new(GroupConfig::default())));
+        let population = population_groups(deltas, model);
+        let settings = DetectSettings {
+            window_ms: HOUR_MS as u64,
+            idle_ms: Some(idle_ms),
+        };
+        let stats = Rc::new(RefCell::new(DetectStats::default()));
+        detect_shifts(events, population, detector, settings, state, stats)
+    }
+
+    /// Sends `events` to `input`, closes it and steps `worker` until the dataflow ends. With
+    /// `stepwise`, the input advances to each event's time and the dataflow steps in between.
+    /// Otherwise every event is sent at time 0 before the input closes, so the operators see
+    /// no frontier before the empty one.
+    pub(crate) fn feed_events(
+        worker: &mut Worker,
+        mut input: InputHandleVec<u64, Event>,
+        events: Vec<Event>,
+        stepwise: bool,
+    ) {
+        for event in events {
+            if stepwise {
+                input.advance_to(event.ts_ms as u64);
+                worker.step();
+            }
+            input.send(event);
+            if stepwise {
+                worker.step();
+            }
+        }
+        drop(input);
+        while worker.step() {}
+    }
+
     /// Runs the detect operator on `events` with a 7-day eviction time and returns the evicted
-    /// and tracked counts. With `stepwise`, the input advances to each event's time and the
-    /// dataflow steps in between. Otherwise every event is sent at time 0 before the input
-    /// closes, so the operator sees no frontier before the empty one.
+    /// and tracked counts, feeding the events as [`feed_events`] does.
     fn evicted_and_tracked(events: Vec<Event>, stepwise: bool) -> (u64, usize) {
         timely::execute_directly(move |worker| {
             let users = Rc::new(RefCell::new(DetectState::default()));
             let handle = users.clone();
-            let mut input = worker.dataflow::<u64, _, _>(move |scope| {
+            let input = worker.dataflow::<u64, _, _>(move |scope| {
                 let (input, events) = scope.new_input::<Event>();
-                let sessions = Rc::new(RefCell::new(CooccurrenceState::new(
-                    veer_models::session::SessionRule::default(),
-                )));
-                let deltas = session_cooccurrence(events.clone(), HOUR_MS as u64, sessions);
-                let model = Rc::new(RefCell::new(PopulationState::new(GroupConfig::default())));
-                let population = population_groups(deltas, model);
-                let settings = DetectSettings {
-                    window_ms: HOUR_MS as u64,
-                    idle_ms: Some(7 * DAY_MS),
-                };
-                let stats = Rc::new(RefCell::new(DetectStats::default()));
-                detect_shifts(events, population, NoAlerts, settings, handle, stats);
+                detect_hourly(events, NoAlerts, 7 * DAY_MS, handle);
                 input
             });
-            for event in events {
-                if stepwise {
-                    input.advance_to(event.ts_ms as u64);
-                    worker.step();
-                }
-                input.send(event);
-                if stepwise {
-                    worker.step();
-                }
-            }
-            drop(input);
-            while worker.step() {}
+            feed_events(worker, input, events, stepwise);
             let state = users.borrow();
             (state.evicted_users(), state.tracked_users())
         })

@@ -243,13 +243,16 @@ fn core_of<V: ProfileView>(state: &V, top_categories: usize) -> ProfileCore {
 ///
 /// With `idle_ms`, a user without events for longer than `idle_ms` of event time loses the
 /// profile. Its core is retracted at the first whole hour of event time at which the frontier
-/// shows the user idle that long. The collection, the join's arrangements and the profile
-/// store then hold only the users seen within the eviction time. The detector's
-/// `--evict-after` uses the same rule, so a returning user starts afresh in both.
+/// shows the user idle that long. When the input ends, the cores of users idle that long at
+/// the end of the last population window (the detector's `last_window_end`) are retracted
+/// too. The collection, the join's arrangements and the profile store then hold only the
+/// users seen within the eviction time. The detector's `--evict-after` uses the same rule,
+/// so the users with an end-of-input line are the users the detector tracks at the end, for
+/// any worker count.
 ///
-/// NOTE: the frontier's last hour before the input ends depends on timing, so a user who
-/// became idle for `idle_ms` within about an hour of the end may or may not keep an
-/// end-of-input profile.
+/// NOTE: a user who returns after `idle_ms` before an hourly sweep has retracted the core keeps
+/// the old core's latest alert and gets no `new_user` line, while a swept user gets both. So
+/// the `reasons`, `ts` and `last_alert` of such a user's lines still depend on the timing.
 pub fn profile_cores<'scope, S: ProfileView + 'static>(
     alerts: StreamVec<'scope, u64, Alert>,
     states: DetectHandle<S>,
@@ -319,9 +322,19 @@ pub fn profile_cores<'scope, S: ProfileView + 'static>(
                 let Some(capability) = held.as_mut() else {
                     return;
                 };
-                if let (Some(idle_ms), Some(bound)) = (idle_ms, bound) {
+                if let Some(idle_ms) = idle_ms {
                     let floor = *capability.time();
-                    tracker.evict_idle(bound, idle_ms as u64, floor, &mut updates);
+                    match bound {
+                        Some(bound) => {
+                            tracker.evict_idle(bound, idle_ms as u64, floor, &mut updates);
+                        }
+                        // The hourly sweeps run at frontiers that depend on timing, so the
+                        // input's end evicts at a time every run and worker count agree on.
+                        None => {
+                            let end_ms = states.borrow().last_window_end();
+                            tracker.evict_idle_at_end(end_ms, idle_ms as u64, floor, &mut updates);
+                        }
+                    }
                 }
                 // Updates carry their own times, none below the capability's.
                 if !updates.is_empty() {
@@ -374,7 +387,8 @@ struct CoreTracker {
     latest_alerts: FxHashMap<Id, LastAlert>,
     /// Event time of each user's latest event, in Unix milliseconds.
     last_event_ms: FxHashMap<Id, u64>,
-    /// Whole hour of event time of the latest eviction sweep, in Unix milliseconds.
+    /// Event time of the latest eviction sweep, in Unix milliseconds: a whole hour, or the end
+    /// of the last population window for the sweep at the input's end.
     swept_at_ms: u64,
 }
 
@@ -393,14 +407,41 @@ impl CoreTracker {
         if hour <= self.swept_at_ms {
             return;
         }
-        self.swept_at_ms = hour;
+        self.remove_idle(hour, idle_ms, hour.max(floor), updates);
+    }
+
+    /// Retracts the cores of users idle for longer than `idle_ms` at `last_window_end`, the end
+    /// of the last population window, once the input has ended. That end is the same on every
+    /// worker and at or after every earlier sweep, so which users keep an end-of-input profile
+    /// depends only on the input and the settings. The detector evicts at the same time.
+    fn evict_idle_at_end(
+        &mut self,
+        last_window_end: u64,
+        idle_ms: u64,
+        floor: u64,
+        updates: &mut Vec<((Id, ProfileCore), u64, isize)>,
+    ) {
+        // A live run advances event time by the wall clock, so an earlier sweep may be later.
+        let end_ms = last_window_end.max(self.swept_at_ms);
+        self.remove_idle(end_ms, idle_ms, end_ms.max(floor), updates);
+    }
+
+    /// Retracts, at `time`, the cores of users idle for longer than `idle_ms` at event time
+    /// `now_ms`, and drops their latest events, alerts and unsent cores.
+    fn remove_idle(
+        &mut self,
+        now_ms: u64,
+        idle_ms: u64,
+        time: u64,
+        updates: &mut Vec<((Id, ProfileCore), u64, isize)>,
+    ) {
+        self.swept_at_ms = now_ms;
         let idle: Vec<Id> = self
             .last_event_ms
             .iter()
-            .filter(|(_, last)| hour.saturating_sub(**last) > idle_ms)
+            .filter(|(_, last)| now_ms.saturating_sub(**last) > idle_ms)
             .map(|(user, _)| user.clone())
             .collect();
-        let time = hour.max(floor);
         for user in idle {
             self.last_event_ms.remove(&user);
             self.latest_alerts.remove(&user);
@@ -727,6 +768,7 @@ fn refresh_store(store: &ProfileStore, pending: &PendingUpdates, touched: BTreeM
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::tests::{detect_hourly, feed_events, DAY_MS, HOUR_MS};
 
     fn profile(events: u64, region: Option<&str>) -> JoinedProfile {
         JoinedProfile {
@@ -788,6 +830,93 @@ mod tests {
     #[test]
     fn store_drops_retracted_user() {
         assert_eq!(store_after(&[vec![(profile(3, None), -1)]]), None);
+    }
+
+    /// Counts each user's events and raises no alerts.
+    struct CountEvents;
+
+    #[derive(Default, Serialize, Deserialize)]
+    struct EventCount(u64);
+
+    impl ProfileView for EventCount {
+        fn interest(&self, _count: usize) -> Vec<CategoryShare> {
+            Vec::new()
+        }
+
+        fn events(&self) -> u64 {
+            self.0
+        }
+    }
+
+    impl veer_models::Detector for CountEvents {
+        type State = EventCount;
+        fn observe(
+            &self,
+            state: &mut EventCount,
+            _: &veer_models::Event,
+            _: &veer_models::GroupMap,
+            _: &mut Vec<Alert>,
+        ) {
+            state.0 += 1;
+        }
+    }
+
+    /// Runs the detect and profile-core operators on `events` with a 7-day eviction time and
+    /// returns the users whose cores are left when the input ends, feeding the events as
+    /// [`feed_events`] does.
+    fn users_with_cores(events: Vec<veer_models::Event>, stepwise: bool) -> Vec<Id> {
+        use std::cell::RefCell;
+        use std::rc::Rc;
+        use timely::dataflow::operators::vec::Input;
+        use timely::dataflow::operators::Inspect;
+
+        use crate::state::DetectState;
+
+        timely::execute_directly(move |worker| {
+            let counts: Rc<RefCell<BTreeMap<Id, isize>>> = Rc::default();
+            let sink = counts.clone();
+            let idle_ms = 7 * DAY_MS;
+            let input = worker.dataflow::<u64, _, _>(move |scope| {
+                let (input, events) = scope.new_input::<veer_models::Event>();
+                let states = Rc::new(RefCell::new(DetectState::default()));
+                let alerts = detect_hourly(events, CountEvents, idle_ms, states.clone());
+                let settings = ProfileSettings::default();
+                let cores = profile_cores(alerts, states, settings, Some(idle_ms));
+                cores.inner.inspect(move |((user, _), _, diff)| {
+                    *sink.borrow_mut().entry(user.clone()).or_default() += diff;
+                });
+                input
+            });
+            feed_events(worker, input, events, stepwise);
+            let counts = counts.borrow();
+            counts
+                .iter()
+                .filter(|(_, count)| **count > 0)
+                .map(|(user, _)| user.clone())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn end_of_input_eviction_ignores_frontier_steps() {
+        let view = |user: u64, ts_ms: i64| {
+            veer_models::Event::plain(ts_ms, user, 5, 500, veer_models::Behavior::View)
+        };
+        // The newest event is at 10 days and 30 minutes, so the last population window ends
+        // at 10 days and 1 hour. User 1 is then idle for 9 days and user 2 for 7 days and
+        // 50 minutes, although the last whole hour a frontier shows (10 days) finds user 2
+        // idle for less than 7 days. User 3 is idle for 30 minutes.
+        let events = vec![
+            view(1, 1 + DAY_MS + HOUR_MS),
+            view(2, 3 * DAY_MS + 10 * 60_000),
+            view(3, 9 * DAY_MS),
+            view(3, 10 * DAY_MS + 30 * 60_000),
+        ];
+        let kept = vec![Id::from(3u64)];
+        let stepwise = users_with_cores(events.clone(), true);
+        let at_once = users_with_cores(events, false);
+        assert_eq!(stepwise, kept, "frontier advanced event by event");
+        assert_eq!(at_once, kept, "frontier empty at the first step");
     }
 
     #[test]

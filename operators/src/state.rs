@@ -117,6 +117,18 @@ impl<S> DetectState<S> {
         self.evicted
     }
 
+    /// Returns the end of the last population window this worker has received, applied or
+    /// not, in Unix milliseconds. Every worker receives every window's info, so once the input
+    /// has ended this is the end of the newest event's window on every worker.
+    pub fn last_window_end(&self) -> u64 {
+        self.infos
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(self.applied_window_end)
+    }
+
     /// Returns the group map that the detectors on this worker read.
     pub fn groups(&self) -> &GroupMap {
         &self.groups
