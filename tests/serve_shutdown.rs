@@ -286,16 +286,7 @@ fn sigterm_ends_named_pipe_input() {
     });
 
     let alerts = folder.path().join("alerts.jsonl");
-    let args = [
-        "run",
-        "--input",
-        fifo.to_str().unwrap(),
-        "--order",
-        "arrival",
-        "--alerts",
-        alerts.to_str().unwrap(),
-    ];
-    let mut server = Server::start(&args, 0);
+    let mut server = start_on_fifo(&fifo, &alerts);
     let pipe = writer.join().unwrap();
     std::thread::sleep(Duration::from_secs(1));
     server.signal(libc::SIGTERM);
@@ -412,6 +403,18 @@ fn sigterm_ends_named_pipe_without_writer() {
     let folder = tempfile::tempdir().unwrap();
     let fifo = make_fifo(folder.path());
     let alerts = folder.path().join("alerts.jsonl");
+    let mut server = start_on_fifo(&fifo, &alerts);
+    std::thread::sleep(Duration::from_secs(1));
+    server.signal(libc::SIGTERM);
+    let (code, took) = server.wait_exit(10);
+    assert_eq!(code, 0, "{}", server.log());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let log = server.log();
+    assert_eq!(summary_count(&log, "lines read"), 0, "{log}");
+}
+
+/// Starts `veer run` reading the named pipe `fifo` in arrival order, with alerts in `alerts`.
+fn start_on_fifo(fifo: &std::path::Path, alerts: &std::path::Path) -> Server {
     let args = [
         "run",
         "--input",
@@ -421,12 +424,5 @@ fn sigterm_ends_named_pipe_without_writer() {
         "--alerts",
         alerts.to_str().unwrap(),
     ];
-    let mut server = Server::start(&args, 0);
-    std::thread::sleep(Duration::from_secs(1));
-    server.signal(libc::SIGTERM);
-    let (code, took) = server.wait_exit(10);
-    assert_eq!(code, 0, "{}", server.log());
-    assert!(took < Duration::from_secs(5), "took {took:?}");
-    let log = server.log();
-    assert_eq!(summary_count(&log, "lines read"), 0, "{log}");
+    Server::start(&args, 0)
 }
