@@ -842,6 +842,7 @@ where
                         plan,
                         shared.window_ms,
                         shared.board.clone(),
+                        shared.metrics.clone(),
                     ),
                     encode_local: &encode_local,
                     flush_alerts: &mut flush_alerts,

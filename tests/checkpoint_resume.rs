@@ -98,6 +98,12 @@ fn resume_matches_reference(order: &str, workers: &str, resume_workers: &str) {
         stderr.contains("checkpoint written"),
         "no checkpoint: {stderr}"
     );
+    let written = stderr.matches("checkpoint written").count();
+    let summary_line = format!("checkpoints {written:>18}");
+    assert!(
+        stderr.contains(&summary_line),
+        "summary lacks `{summary_line}`: {stderr}"
+    );
 
     // The newest checkpoint cuts the run: alerts before its cut stay in `first`, the resume
     // writes the rest. Keep only the alerts before the cut, as a kill right after it would.

@@ -64,6 +64,8 @@ pub struct Checkpointer {
     board: Arc<Board>,
     answered: u64,
     meta: CheckpointMeta,
+    /// Run metrics that count each checkpoint written or failed (summary and `/metrics`).
+    metrics: Arc<crate::metrics::Metrics>,
     /// Checkpoints written by this run.
     pub written: u64,
 }
@@ -72,7 +74,12 @@ impl Checkpointer {
     /// Creates the checkpointer from the run's plan; the first checkpoint gets number
     /// `plan.after + 1`. The plan's metadata carries the run's settings; its sequence, time,
     /// feed position and alert count are filled in at each checkpoint.
-    pub fn new(plan: &CheckpointPlan, window_ms: u64, board: Arc<Board>) -> Self {
+    pub fn new(
+        plan: &CheckpointPlan,
+        window_ms: u64,
+        board: Arc<Board>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         Checkpointer {
             dir: plan.dir.clone(),
             interval: plan.interval,
@@ -83,6 +90,7 @@ impl Checkpointer {
             board,
             answered: 0,
             meta: plan.meta.clone(),
+            metrics,
             written: 0,
         }
     }
@@ -113,6 +121,7 @@ impl Checkpointer {
         self.last = started;
         if let Err(error) = flush_alerts() {
             tracing::error!(%error, "failed to flush the alerts before a checkpoint; checkpoint skipped");
+            self.metrics.checkpoint_failed();
             return;
         }
         self.sequence += 1;
@@ -129,6 +138,7 @@ impl Checkpointer {
             Ok(parts) => parts,
             Err(error) => {
                 tracing::error!(%error, sequence = self.sequence, "failed to encode a checkpoint");
+                self.metrics.checkpoint_failed();
                 return;
             }
         };
@@ -152,6 +162,8 @@ impl Checkpointer {
         match written {
             Ok((path, bytes)) => {
                 self.written += 1;
+                self.metrics
+                    .checkpoint_written(started.elapsed(), bytes as u64);
                 tracing::info!(
                     sequence = self.sequence,
                     file = %path.display(),
@@ -161,12 +173,15 @@ impl Checkpointer {
                     "checkpoint written"
                 );
             }
-            Err(error) => tracing::error!(
-                %error,
-                sequence = self.sequence,
-                folder = %self.dir.display(),
-                "failed to write a checkpoint"
-            ),
+            Err(error) => {
+                tracing::error!(
+                    %error,
+                    sequence = self.sequence,
+                    folder = %self.dir.display(),
+                    "failed to write a checkpoint"
+                );
+                self.metrics.checkpoint_failed();
+            }
         }
     }
 }
