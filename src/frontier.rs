@@ -77,6 +77,14 @@ impl InputFrontier {
         self
     }
 
+    /// Ends the startup hold, so the next [`advance`](Self::advance) may move the frontier.
+    /// Returns whether the hold was still in force at `now`.
+    pub fn end_hold(&mut self, now: Instant) -> bool {
+        let holding = self.hold_until.is_some_and(|until| now < until);
+        self.hold_until = None;
+        holding
+    }
+
     /// Returns the frontier in Unix milliseconds (0 before the first event).
     pub fn current(&self) -> u64 {
         self.current
@@ -256,6 +264,18 @@ mod tests {
         assert_eq!(clock.observe(1, 100 * MINUTE, start), None);
         assert_eq!(clock.observe(2, 500 * MINUTE, start), None);
         assert_eq!(clock.advance(start).frontier, 90 * MINUTE as u64);
+    }
+
+    #[test]
+    fn ended_hold_lets_frontier_move() {
+        let (clock, start) = frontier();
+        let mut clock = clock.hold_until(start + Duration::from_secs(30));
+        clock.open(1, start);
+        clock.observe(1, 100 * MINUTE, start);
+        assert_eq!(clock.advance(start).frontier, 0, "the hold is in force");
+        assert!(clock.end_hold(start));
+        assert_eq!(clock.advance(start).frontier, 90 * MINUTE as u64);
+        assert!(!clock.end_hold(start), "the hold has already ended");
     }
 
     #[test]

@@ -250,3 +250,53 @@ fn troublesome_clients_do_not_stall_others() {
         "peak RSS {mix_kib} KiB against {base_kib} KiB"
     );
 }
+
+/// A client that sends more events than `--max-buffered-events` allows during the startup hold
+/// is read to its end at once, because the hold ends early instead of pausing every connection
+/// until it expires.
+#[test]
+fn full_buffer_ends_startup_hold() {
+    let folder = tempfile::tempdir().unwrap();
+    let alerts = folder.path().join("alerts.jsonl");
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--startup-hold",
+        "120s",
+        "--max-buffered-events",
+        "1000",
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ];
+    let mut server = Server::start(&args, 1);
+    // Far more than the socket buffers take, so the reader cannot take it all before worker 0
+    // counts the buffered events.
+    let lines: String = (0..100_000u64)
+        .map(|index| {
+            format!(
+                "{{\"user\":{},\"item\":{index},\"category\":{},\"behavior\":\"view\",\"ts\":{}}}\n",
+                index % 50,
+                index % 7,
+                1_511_539_200 + index
+            )
+        })
+        .collect();
+    let address = server.addresses[0];
+    // A paused reader blocks the send, so it runs on its own thread.
+    std::thread::spawn(move || {
+        if let Ok(mut stream) = TcpStream::connect(address) {
+            let _ = stream.write_all(lines.as_bytes());
+        }
+    });
+
+    // Without the early end, the reader would pause until the 120 s hold ends.
+    server.wait_for(|log| log.contains("connection closed"), 30);
+    assert!(server.log().contains("startup hold ended early"));
+
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(10).0, 0);
+    let log = server.log();
+    assert_eq!(summary_count(&log, "lines read"), 100_000);
+    assert_eq!(summary_count(&log, "late"), 0);
+}

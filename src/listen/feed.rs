@@ -202,6 +202,17 @@ pub(crate) fn feed(
         }
 
         let now = Instant::now();
+        // Beyond the buffer limit every connection ahead of the frontier is paused, and during
+        // the hold that is every connection with events, so the hold would stall all input.
+        let limit = settings.limits.max_buffered_events;
+        if buffered.total > limit && clock.end_hold(now) {
+            tracing::warn!(
+                buffered = buffered.total,
+                max_buffered_events = limit,
+                "startup hold ended early: more events wait for the frontier than \
+                 max_buffered_events allows; events of clients that connect later may be late"
+            );
+        }
         let advance = clock.advance(now);
         for source in &advance.became_idle {
             let label = sources.get(source).map_or("tcp", |known| &known.label);
