@@ -113,6 +113,11 @@ pub struct FusionConfig {
     /// ratio like the detector's `threshold`) at and above which the models can confirm a
     /// candidate.
     pub candidate_cusum: f64,
+    /// Mostly-novel sessions in a row that a candidate needs, in place of the detector's
+    /// `min_sessions`. A value above that setting acts as that setting. With 1, a candidate
+    /// can come in the run's first session, and it then needs `recurring_events = 0`,
+    /// because a return to an earlier session's group needs a second session.
+    pub candidate_sessions: u32,
     /// Novel events that must return to groups of the run's earlier sessions for a candidate,
     /// in place of the detector's `min_recurring_events`. At or above that setting the
     /// detector raises no candidates.
@@ -141,6 +146,7 @@ impl Default for FusionConfig {
             surprise_weight: 0.2,
             candidate_surprise: 0.65,
             candidate_cusum: 16.0,
+            candidate_sessions: 2,
             recurring_events: 1,
             same_run_secs: 3 * 24 * 3600,
             same_run_alarm_secs: 3 * 24 * 3600,
@@ -190,6 +196,13 @@ impl FusionConfig {
         nats("surprise_floor", self.surprise_floor)?;
         nats("candidate_surprise", self.candidate_surprise)?;
         nats("candidate_cusum", self.candidate_cusum)?;
+        if self.candidate_sessions == 0 {
+            return Err(FusionConfigError {
+                name: "candidate_sessions",
+                value: 0.0,
+                expected: "a number of sessions >= 1",
+            });
+        }
         for (name, value) in [
             ("same_run_secs", self.same_run_secs),
             ("same_run_alarm_secs", self.same_run_alarm_secs),
@@ -206,15 +219,18 @@ impl FusionConfig {
     }
 
     /// Returns the detector settings for a run with these fusion settings: `base`, which
-    /// sets the alarms, with candidates at `base.min_sessions` sessions and
-    /// `recurring_events` recurring events. Without the surprise signal, or when
-    /// `recurring_events` is not below `base.min_recurring_events`, it returns `base`
+    /// sets the alarms, with candidates at `candidate_sessions` sessions and
+    /// `recurring_events` recurring events, each at most `base`'s setting. Without the
+    /// surprise signal, or when neither is below `base`'s setting, it returns `base`
     /// unchanged.
     pub fn detector_config(&self, base: &DetectorConfig) -> DetectorConfig {
         let mut config = base.clone();
-        if self.use_surprise && self.recurring_events < base.min_recurring_events {
-            config.candidate_sessions = base.min_sessions;
-            config.candidate_recurring_events = self.recurring_events;
+        let sessions = self.candidate_sessions.clamp(1, base.min_sessions.max(1));
+        let recurring_events = self.recurring_events.min(base.min_recurring_events);
+        let looser = sessions < base.min_sessions || recurring_events < base.min_recurring_events;
+        if self.use_surprise && looser {
+            config.candidate_sessions = sessions;
+            config.candidate_recurring_events = recurring_events;
         }
         config
     }
@@ -930,6 +946,49 @@ mod tests {
             ..FusionConfig::default()
         };
         assert_eq!(same_recurrence.detector_config(&base), base);
+    }
+
+    #[test]
+    fn detector_config_first_session_candidates() {
+        let base = DetectorConfig::default();
+        let first_session = FusionConfig {
+            candidate_sessions: 1,
+            recurring_events: 0,
+            ..FusionConfig::default()
+        };
+        let config = first_session.detector_config(&base);
+        assert_eq!(config.candidate_sessions, 1);
+        assert_eq!(config.candidate_recurring_events, 0);
+        assert_eq!(config.min_sessions, base.min_sessions);
+        assert!(config.validate().is_ok());
+
+        // Fewer sessions alone are enough for candidates, and more act as min_sessions.
+        let fewer_sessions = FusionConfig {
+            candidate_sessions: 1,
+            recurring_events: base.min_recurring_events,
+            ..FusionConfig::default()
+        };
+        let config = fewer_sessions.detector_config(&base);
+        assert_eq!(config.candidate_sessions, 1);
+        assert_eq!(config.candidate_recurring_events, base.min_recurring_events);
+        let more_sessions = FusionConfig {
+            candidate_sessions: base.min_sessions + 3,
+            recurring_events: base.min_recurring_events,
+            ..FusionConfig::default()
+        };
+        assert_eq!(more_sessions.detector_config(&base), base);
+    }
+
+    #[test]
+    fn zero_candidate_sessions_is_rejected() {
+        let config = FusionConfig {
+            candidate_sessions: 0,
+            ..FusionConfig::default()
+        };
+        assert_eq!(
+            FusionRule::new(config).unwrap_err().name,
+            "candidate_sessions"
+        );
     }
 
     #[test]
