@@ -8,7 +8,8 @@
 //!
 //! 1. Confirmation by surprise. The detector's own alarms are those of the detector alone.
 //!    With the models on, it also raises a *candidate* (see [`CANDIDATE_SIGNAL`]) for a run
-//!    that has its usual `min_sessions` mostly-novel sessions in a row. The candidate needs
+//!    that has [`FusionConfig::candidate_sessions`] mostly-novel sessions in a row (by default
+//!    the detector's own `min_sessions`). The candidate needs
 //!    only [`FusionConfig::recurring_events`] novel events that return to groups of earlier
 //!    sessions, fewer than the alarm needs. A candidate whose window has a surprise of at least
 //!    [`FusionConfig::candidate_surprise`], and whose run's CUSUM statistic is at least
