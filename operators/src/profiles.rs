@@ -20,7 +20,7 @@
 //!    end of the input. It also keeps the latest profile of every user in a [`ProfileStore`]
 //!    that other threads can read while the run goes on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::{Arc, RwLock};
 
@@ -242,17 +242,17 @@ fn core_of<V: ProfileView>(state: &V, top_categories: usize) -> ProfileCore {
 /// exact counts.
 ///
 /// With `idle_ms`, a user without events for longer than `idle_ms` of event time loses the
-/// profile. Its core is retracted at the first whole hour of event time at which the frontier
-/// shows the user idle that long. When the input ends, the cores of users idle that long at
-/// the end of the last population window (the detector's `last_window_end`) are retracted
-/// too. The collection, the join's arrangements and the profile store then hold only the
-/// users seen within the eviction time. The detector's `--evict-after` uses the same rule,
-/// so the users with an end-of-input line are the users the detector tracks at the end, for
-/// any worker count.
-///
-/// NOTE: a user who returns after `idle_ms` before an hourly sweep has retracted the core keeps
-/// the old core's latest alert and gets no `new_user` line, while a swept user gets both. So
-/// the `reasons`, `ts` and `last_alert` of such a user's lines still depend on the timing.
+/// profile. Its core is retracted at its *eviction time*, the first millisecond at which the
+/// user has been idle that long (the latest event's time plus `idle_ms` plus one), once the
+/// frontier has passed that time. When the input ends, the users whose eviction time is at or
+/// before the end of the last population window (the detector's `last_window_end`) lose the
+/// core too. The detector's `--evict-after` uses the same rule, so the users with an
+/// end-of-input line are the users the detector tracks at the end. A user who returns after
+/// the eviction time gets a `new_user` line without the earlier alert, as the detector starts
+/// the user afresh. The retraction carries the eviction time itself, not the time at which
+/// the frontier happened to pass it, so the lines depend neither on the timing nor on the
+/// number of workers. The collection, the join's arrangements and the profile store hold only
+/// the users seen within the eviction time.
 pub fn profile_cores<'scope, S: ProfileView + 'static>(
     alerts: StreamVec<'scope, u64, Alert>,
     states: DetectHandle<S>,
@@ -263,16 +263,9 @@ pub fn profile_cores<'scope, S: ProfileView + 'static>(
     alerts
         .unary_frontier(Pipeline, "ProfileCores", move |initial, _| {
             let mut held: Option<Capability<u64>> = Some(initial);
-            let mut touched: BTreeMap<u64, Vec<(Id, ProfileCore)>> = BTreeMap::new();
+            let mut touched = TouchedCores::new();
             let mut alerts_waiting: BTreeMap<u64, Vec<(Id, LastAlert)>> = BTreeMap::new();
-            let mut tracker = CoreTracker {
-                settings,
-                sent: FxHashMap::default(),
-                unsent: FxHashMap::default(),
-                latest_alerts: FxHashMap::default(),
-                last_event_ms: FxHashMap::default(),
-                swept_at_ms: 0,
-            };
+            let mut tracker = CoreTracker::new(settings, idle_ms);
             move |(alerts_in, alerts_frontier), output| {
                 if let Some(recorder) = states.borrow_mut().cores.as_mut() {
                     for (time, user, core) in recorder.take() {
@@ -304,39 +297,26 @@ pub fn profile_cores<'scope, S: ProfileView + 'static>(
                 });
 
                 let bound = alerts_frontier.frontier().first().copied();
+                // A user's core from before its eviction time can still arrive until the
+                // frontier has passed that time. Once the input has ended, users are evicted up to the end
+                // of the last population window, as in the detector.
+                let eviction_limit = match bound {
+                    Some(bound) => bound.checked_sub(1),
+                    None => Some(states.borrow().last_window_end()),
+                };
                 let mut updates: Vec<((Id, ProfileCore), u64, isize)> = Vec::new();
-                while let Some(entry) = touched.first_entry() {
-                    let time = *entry.key();
-                    if bound.is_some_and(|bound| time >= bound) {
-                        break;
-                    }
-                    tracker.record_alerts_until(&mut alerts_waiting, time);
-                    let mut cores = entry.remove();
-                    // Each user has one core per time; the order of users is fixed.
-                    cores.sort_by(|left, right| left.0.cmp(&right.0));
-                    for (user, core) in cores {
-                        tracker.last_event_ms.insert(user.clone(), time);
-                        tracker.update(&user, core, time, false, &mut updates);
-                    }
-                }
+                tracker.take_on(
+                    &mut touched,
+                    &mut alerts_waiting,
+                    bound,
+                    eviction_limit,
+                    &mut updates,
+                );
                 let Some(capability) = held.as_mut() else {
                     return;
                 };
-                if let Some(idle_ms) = idle_ms {
-                    let floor = *capability.time();
-                    match bound {
-                        Some(bound) => {
-                            tracker.evict_idle(bound, idle_ms as u64, floor, &mut updates);
-                        }
-                        // The hourly sweeps run at frontiers that depend on timing, so the
-                        // input's end evicts at a time every run and worker count agree on.
-                        None => {
-                            let end_ms = states.borrow().last_window_end();
-                            tracker.evict_idle_at_end(end_ms, idle_ms as u64, floor, &mut updates);
-                        }
-                    }
-                }
-                // Updates carry their own times, none below the capability's.
+                // Updates carry their own times, none below the capability's, because an
+                // eviction time not yet applied is at or after the frontier that set it.
                 if !updates.is_empty() {
                     output
                         .session(&*capability)
@@ -375,79 +355,110 @@ pub fn profile_cores<'scope, S: ProfileView + 'static>(
         .as_collection()
 }
 
-/// Event time between two eviction sweeps of [`profile_cores`], in milliseconds.
-const SWEEP_EVERY_MS: u64 = 3_600_000;
+/// Cores recorded by the detector but not yet taken on, by event time.
+type TouchedCores = BTreeMap<u64, Vec<(Id, ProfileCore)>>;
 
-/// The last core sent for each user, and each user's latest alert.
+/// The last core sent for each user, each user's latest alert, and the users' eviction times.
 struct CoreTracker {
     settings: ProfileSettings,
     sent: FxHashMap<Id, ProfileCore>,
     /// The latest core of each user whose change since the core sent was not material.
     unsent: FxHashMap<Id, ProfileCore>,
     latest_alerts: FxHashMap<Id, LastAlert>,
-    /// Event time of each user's latest event, in Unix milliseconds.
+    /// Event time without events after which a user loses the core, in milliseconds; `None`
+    /// keeps every user.
+    idle_ms: Option<u64>,
+    /// Event time of each user's latest event, in Unix milliseconds; kept only with `idle_ms`.
     last_event_ms: FxHashMap<Id, u64>,
-    /// Event time of the latest eviction sweep, in Unix milliseconds: a whole hour, or the end
-    /// of the last population window for the sweep at the input's end.
-    swept_at_ms: u64,
+    /// Each user's eviction time (Unix milliseconds) with the user, in time order.
+    evict_at: BTreeSet<(u64, Id)>,
 }
 
 impl CoreTracker {
-    /// Retracts the cores of users idle for longer than `idle_ms` at the latest whole hour
-    /// below `bound`, once per hour of event time. Retractions carry that hour, or `floor`
-    /// (the output capability's time) when it is later.
-    fn evict_idle(
-        &mut self,
-        bound: u64,
-        idle_ms: u64,
-        floor: u64,
-        updates: &mut Vec<((Id, ProfileCore), u64, isize)>,
-    ) {
-        let hour = bound - bound % SWEEP_EVERY_MS;
-        if hour <= self.swept_at_ms {
-            return;
+    fn new(settings: ProfileSettings, idle_ms: Option<i64>) -> Self {
+        CoreTracker {
+            settings,
+            sent: FxHashMap::default(),
+            unsent: FxHashMap::default(),
+            latest_alerts: FxHashMap::default(),
+            idle_ms: idle_ms.map(|idle_ms| idle_ms.max(0) as u64),
+            last_event_ms: FxHashMap::default(),
+            evict_at: BTreeSet::new(),
         }
-        self.remove_idle(hour, idle_ms, hour.max(floor), updates);
     }
 
-    /// Retracts the cores of users idle for longer than `idle_ms` at `last_window_end`, the end
-    /// of the last population window, once the input has ended. That end is the same on every
-    /// worker and at or after every earlier sweep, so which users keep an end-of-input profile
-    /// depends only on the input and the settings. The detector evicts at the same time.
-    fn evict_idle_at_end(
+    /// Takes on, in event time order, the cores of `touched` before `bound` (all of them when
+    /// `bound` is `None`) and the evictions at or before `eviction_limit`. At each time, the
+    /// alerts waiting up to it are recorded first, then the users whose eviction time it is
+    /// are evicted, and then its cores are compared with the ones sent. So a user who returns
+    /// at or after the eviction time is new, whether or not the frontier passed the eviction
+    /// time in an earlier step.
+    fn take_on(
         &mut self,
-        last_window_end: u64,
-        idle_ms: u64,
-        floor: u64,
+        touched: &mut TouchedCores,
+        alerts_waiting: &mut BTreeMap<u64, Vec<(Id, LastAlert)>>,
+        bound: Option<u64>,
+        eviction_limit: Option<u64>,
         updates: &mut Vec<((Id, ProfileCore), u64, isize)>,
     ) {
-        // A live run advances event time by the wall clock, so an earlier sweep may be later.
-        let end_ms = last_window_end.max(self.swept_at_ms);
-        self.remove_idle(end_ms, idle_ms, end_ms.max(floor), updates);
+        loop {
+            let next_cores = touched
+                .keys()
+                .next()
+                .copied()
+                .filter(|time| bound.is_none_or(|bound| *time < bound));
+            let next_eviction = self
+                .evict_at
+                .first()
+                .map(|(time, _)| *time)
+                .filter(|time| eviction_limit.is_some_and(|limit| *time <= limit));
+            let Some(time) = next_cores.into_iter().chain(next_eviction).min() else {
+                return;
+            };
+            self.record_alerts_until(alerts_waiting, time);
+            self.evict_until(time, updates);
+            if next_cores != Some(time) {
+                continue;
+            }
+            let mut cores = touched.remove(&time).unwrap_or_default();
+            // Each user has one core per time; the order of users is fixed.
+            cores.sort_by(|left, right| left.0.cmp(&right.0));
+            for (user, core) in cores {
+                self.record_event(&user, time);
+                self.update(&user, core, time, false, updates);
+            }
+        }
     }
 
-    /// Retracts, at `time`, the cores of users idle for longer than `idle_ms` at event time
-    /// `now_ms`, and drops their latest events, alerts and unsent cores.
-    fn remove_idle(
-        &mut self,
-        now_ms: u64,
-        idle_ms: u64,
-        time: u64,
-        updates: &mut Vec<((Id, ProfileCore), u64, isize)>,
-    ) {
-        self.swept_at_ms = now_ms;
-        let idle: Vec<Id> = self
-            .last_event_ms
-            .iter()
-            .filter(|(_, last)| now_ms.saturating_sub(**last) > idle_ms)
-            .map(|(user, _)| user.clone())
-            .collect();
-        for user in idle {
+    /// Records `user`'s event at `time_ms` and moves the user's eviction time after it.
+    fn record_event(&mut self, user: &Id, time_ms: u64) {
+        let Some(idle_ms) = self.idle_ms else {
+            return;
+        };
+        if let Some(previous_ms) = self.last_event_ms.insert(user.clone(), time_ms) {
+            self.evict_at
+                .remove(&(eviction_time(previous_ms, idle_ms), user.clone()));
+        }
+        self.evict_at
+            .insert((eviction_time(time_ms, idle_ms), user.clone()));
+    }
+
+    /// Retracts, each at its eviction time, the cores of the users whose eviction time is at
+    /// or before `time`, and drops their latest events, alerts and unsent cores.
+    fn evict_until(&mut self, time: u64, updates: &mut Vec<((Id, ProfileCore), u64, isize)>) {
+        while self
+            .evict_at
+            .first()
+            .is_some_and(|(evict_ms, _)| *evict_ms <= time)
+        {
+            let Some((evict_ms, user)) = self.evict_at.pop_first() else {
+                return;
+            };
             self.last_event_ms.remove(&user);
             self.latest_alerts.remove(&user);
             self.unsent.remove(&user);
             if let Some(core) = self.sent.remove(&user) {
-                updates.push(((user, core), time, -1));
+                updates.push(((user, core), evict_ms, -1));
             }
         }
     }
@@ -468,6 +479,10 @@ impl CoreTracker {
         }
     }
 
+    /// Keeps `alert` as `user`'s latest alert unless a later one is kept.
+    ///
+    /// NOTE: with `--models`, an alert whose window is scored after the user's eviction time
+    /// is kept for the user's return, because nothing tells which stay of the user raised it.
     fn record_alert(&mut self, user: Id, alert: LastAlert) {
         let newer = self
             .latest_alerts
@@ -507,6 +522,12 @@ impl CoreTracker {
         }
         updates.push(((user.clone(), core), time, 1));
     }
+}
+
+/// Returns the eviction time of a user whose latest event is at `last_event_ms`: the first
+/// millisecond at which the user has been idle for longer than `idle_ms`.
+fn eviction_time(last_event_ms: u64, idle_ms: u64) -> u64 {
+    last_event_ms.saturating_add(idle_ms).saturating_add(1)
 }
 
 /// Joins profile cores with the attribute table and, when given, with the users' segments,
@@ -861,10 +882,14 @@ mod tests {
         }
     }
 
-    /// Runs the detect and profile-core operators on `events` with a 7-day eviction time and
-    /// returns the users whose cores are left when the input ends, feeding the events as
-    /// [`feed_events`] does.
-    fn users_with_cores(events: Vec<veer_models::Event>, stepwise: bool) -> Vec<Id> {
+    /// One update of the profile cores: the user, the core's event count, the time and the
+    /// count change.
+    type CoreUpdate = (Id, u64, u64, isize);
+
+    /// Runs the detect and profile-core operators on `events` with a 7-day eviction time,
+    /// feeding the events as [`feed_events`] does, and returns every update of the cores in
+    /// time order, then by user.
+    fn core_updates(events: Vec<veer_models::Event>, stepwise: bool) -> Vec<CoreUpdate> {
         use std::cell::RefCell;
         use std::rc::Rc;
         use timely::dataflow::operators::vec::Input;
@@ -873,8 +898,8 @@ mod tests {
         use crate::state::DetectState;
 
         timely::execute_directly(move |worker| {
-            let counts: Rc<RefCell<BTreeMap<Id, isize>>> = Rc::default();
-            let sink = counts.clone();
+            let updates: Rc<RefCell<Vec<CoreUpdate>>> = Rc::default();
+            let sink = updates.clone();
             let idle_ms = 7 * DAY_MS;
             let input = worker.dataflow::<u64, _, _>(move |scope| {
                 let (input, events) = scope.new_input::<veer_models::Event>();
@@ -882,19 +907,67 @@ mod tests {
                 let alerts = detect_hourly(events, CountEvents, idle_ms, states.clone());
                 let settings = ProfileSettings::default();
                 let cores = profile_cores(alerts, states, settings, Some(idle_ms));
-                cores.inner.inspect(move |((user, _), _, diff)| {
-                    *sink.borrow_mut().entry(user.clone()).or_default() += diff;
+                cores.inner.inspect(move |((user, core), time, diff)| {
+                    sink.borrow_mut()
+                        .push((user.clone(), core.events, *time, *diff));
                 });
                 input
             });
             feed_events(worker, input, events, stepwise);
-            let counts = counts.borrow();
-            counts
-                .iter()
-                .filter(|(_, count)| **count > 0)
-                .map(|(user, _)| user.clone())
-                .collect()
+            let mut updates = updates.borrow().clone();
+            updates.sort_by_key(|(user, events, time, diff)| (*time, user.clone(), *diff, *events));
+            updates
         })
+    }
+
+    /// Returns the users whose cores are left when the input ends.
+    fn users_with_cores(events: Vec<veer_models::Event>, stepwise: bool) -> Vec<Id> {
+        let mut counts: BTreeMap<Id, isize> = BTreeMap::new();
+        for (user, _, _, diff) in core_updates(events, stepwise) {
+            *counts.entry(user).or_default() += diff;
+        }
+        counts
+            .into_iter()
+            .filter(|(_, count)| *count > 0)
+            .map(|(user, _)| user)
+            .collect()
+    }
+
+    #[test]
+    fn returning_user_evicted_at_eviction_time() {
+        let view = |user: u64, ts_ms: i64| {
+            veer_models::Event::plain(ts_ms, user, 5, 500, veer_models::Behavior::View)
+        };
+        // User 1 returns 7 days and 1 second after its last event, before any whole hour
+        // passes its eviction time; user 2 keeps event time moving every 6 hours.
+        let last_ms = 2 * HOUR_MS + 10 * 60_000;
+        let return_ms = last_ms + 7 * DAY_MS + 1_000;
+        let mut events = vec![view(1, HOUR_MS), view(1, last_ms), view(1, return_ms)];
+        for step in 0..40 {
+            events.push(view(2, step * 6 * HOUR_MS + 1));
+        }
+        events.sort_by_key(|event| event.ts_ms);
+        let stepwise = core_updates(events.clone(), true);
+        let at_once = core_updates(events, false);
+        assert_eq!(
+            stepwise, at_once,
+            "updates differ with the frontier's steps"
+        );
+
+        let user = Id::from(1u64);
+        let returning: Vec<(u64, u64, isize)> = stepwise
+            .iter()
+            .filter(|(id, ..)| *id == user)
+            .filter(|(_, _, time, _)| *time < END_OF_INPUT_TIME)
+            .map(|(_, events, time, diff)| (*events, *time, *diff))
+            .collect();
+        let eviction_ms = (last_ms + 7 * DAY_MS + 1) as u64;
+        let expected = vec![
+            (1, HOUR_MS as u64, 1),
+            (1, eviction_ms, -1),
+            (1, return_ms as u64, 1),
+        ];
+        assert_eq!(returning, expected, "user 1: (events, time, diff)");
     }
 
     #[test]
