@@ -146,14 +146,22 @@ impl IsolationForest {
             });
         }
         let max_depth = (sample_size as f64).log2().ceil() as usize;
+        let columns = Columns::of(records);
 
         let trees = (0..params.trees)
             .map(|tree| {
                 let mut rng = ChaCha8Rng::seed_from_u64(seed);
                 rng.set_stream(tree as u64);
-                let rows = sample(&mut rng, records.nrows(), sample_size).into_vec();
+                let mut rows = sample(&mut rng, records.nrows(), sample_size).into_vec();
                 let mut nodes = Vec::new();
-                grow_isolation_tree(records, rows, 0, max_depth, &mut rng, &mut nodes);
+                let mut grower = TreeGrower {
+                    columns: &columns,
+                    max_depth,
+                    ranges: Vec::with_capacity(columns.width),
+                    rng: &mut rng,
+                    nodes: &mut nodes,
+                };
+                grower.grow(&mut rows, 0);
                 nodes
             })
             .collect();
@@ -265,56 +273,107 @@ fn score_of_mean_path(mean_path: f64, normaliser: f64) -> f64 {
 /// of the cutoff.
 const TREES_PER_CUTOFF_CHECK: usize = 8;
 
-/// Appends the subtree for `rows` to `nodes` and returns its root's index.
-fn grow_isolation_tree(
-    records: ArrayView2<'_, f64>,
-    rows: Vec<usize>,
-    depth: usize,
-    max_depth: usize,
-    rng: &mut ChaCha8Rng,
-    nodes: &mut Vec<IsolationNode>,
-) -> usize {
-    let at = nodes.len();
-    nodes.push(IsolationNode {
-        feature: LEAF,
-        right: 0,
-        value: depth as f64 + average_path_length(rows.len()),
-    });
-    if rows.len() <= 1 || depth >= max_depth {
-        return at;
-    }
-    let ranges: Vec<(usize, f64, f64)> = (0..records.ncols())
-        .filter_map(|feature| {
-            let values = rows.iter().map(|row| records[[*row, feature]]);
-            let min = values.clone().fold(f64::INFINITY, f64::min);
-            let max = values.fold(f64::NEG_INFINITY, f64::max);
-            (max > min).then_some((feature, min, max))
-        })
-        .collect();
-    if ranges.is_empty() {
-        return at;
+/// The fit's rows stored feature by feature, so that a node reads one feature of its rows from
+/// one slice.
+struct Columns {
+    rows: usize,
+    width: usize,
+    values: Vec<f64>,
+}
+
+impl Columns {
+    fn of(records: ArrayView2<'_, f64>) -> Columns {
+        let rows = records.nrows();
+        let mut values = Vec::with_capacity(rows * records.ncols());
+        for column in records.columns() {
+            values.extend(column.iter().copied());
+        }
+        Columns {
+            rows,
+            width: records.ncols(),
+            values,
+        }
     }
 
-    let (feature, min, max) = ranges[rng.gen_range(0..ranges.len())];
-    // A threshold in [min, max) keeps the minimum on the left and the maximum on the right.
-    // Interpolating, rather than sampling `min..max`, stays finite when `max - min` overflows.
-    let fraction: f64 = rng.gen();
-    let mut threshold = min * (1.0 - fraction) + max * fraction;
-    if threshold >= max {
-        threshold = min;
+    fn column(&self, feature: usize) -> &[f64] {
+        &self.values[feature * self.rows..(feature + 1) * self.rows]
     }
-    let (left_rows, right_rows): (Vec<usize>, Vec<usize>) = rows
-        .into_iter()
-        .partition(|row| records[[*row, feature]] <= threshold);
-    grow_isolation_tree(records, left_rows, depth + 1, max_depth, rng, nodes);
-    let right = grow_isolation_tree(records, right_rows, depth + 1, max_depth, rng, nodes);
-    // The fit checked that columns and node indices fit in u32.
-    nodes[at] = IsolationNode {
-        feature: feature as u32,
-        right: right as u32,
-        value: threshold,
-    };
-    at
+}
+
+/// Grows one isolation tree, with the buffers its nodes share.
+struct TreeGrower<'a> {
+    columns: &'a Columns,
+    max_depth: usize,
+    /// The features that vary among a node's rows, with their minimum and maximum.
+    ranges: Vec<(usize, f64, f64)>,
+    rng: &'a mut ChaCha8Rng,
+    nodes: &'a mut Vec<IsolationNode>,
+}
+
+impl TreeGrower<'_> {
+    /// Appends the subtree for `rows` to the nodes and returns its root's index.
+    ///
+    /// The rows are reordered in place, left rows first. A node depends only on the set of
+    /// its rows, not on their order, because the minimum and maximum of finite values are
+    /// exact in any order and the random draws do not depend on the rows.
+    fn grow(&mut self, rows: &mut [usize], depth: usize) -> usize {
+        let at = self.nodes.len();
+        self.nodes.push(IsolationNode {
+            feature: LEAF,
+            right: 0,
+            value: depth as f64 + average_path_length(rows.len()),
+        });
+        if rows.len() <= 1 || depth >= self.max_depth {
+            return at;
+        }
+        self.ranges.clear();
+        for feature in 0..self.columns.width {
+            let column = self.columns.column(feature);
+            let values = rows.iter().map(|row| column[*row]);
+            let min = values.clone().fold(f64::INFINITY, f64::min);
+            let max = values.fold(f64::NEG_INFINITY, f64::max);
+            if max > min {
+                self.ranges.push((feature, min, max));
+            }
+        }
+        if self.ranges.is_empty() {
+            return at;
+        }
+
+        let (feature, min, max) = self.ranges[self.rng.gen_range(0..self.ranges.len())];
+        // A threshold in [min, max) keeps the minimum on the left and the maximum on the
+        // right. Interpolating, rather than sampling `min..max`, stays finite when `max - min`
+        // overflows.
+        let fraction: f64 = self.rng.gen();
+        let mut threshold = min * (1.0 - fraction) + max * fraction;
+        if threshold >= max {
+            threshold = min;
+        }
+        let column = self.columns.column(feature);
+        let split = partition_in_place(rows, |row| column[row] <= threshold);
+        let (left_rows, right_rows) = rows.split_at_mut(split);
+        self.grow(left_rows, depth + 1);
+        let right = self.grow(right_rows, depth + 1);
+        // The fit checked that columns and node indices fit in u32.
+        self.nodes[at] = IsolationNode {
+            feature: feature as u32,
+            right: right as u32,
+            value: threshold,
+        };
+        at
+    }
+}
+
+/// Moves the rows for which `left` is true to the front and returns how many there are.
+fn partition_in_place(rows: &mut [usize], left: impl Fn(usize) -> bool) -> usize {
+    let mut split = 0;
+    for index in 0..rows.len() {
+        if left(rows[index]) {
+            rows.swap(split, index);
+            split += 1;
+        }
+    }
+    split
 }
 
 /// Returns the path length of `row` in `tree`, as stored in the leaf it reaches.
@@ -555,7 +614,7 @@ mod tests {
     use linfa::dataset::Pr;
     use linfa::prelude::*;
     use linfa_svm::Svm;
-    use ndarray::array;
+    use ndarray::{array, Array2};
 
     #[test]
     fn path_length_constants() {
@@ -563,6 +622,41 @@ mod tests {
         assert_eq!(average_path_length(2), 1.0);
         let c256 = average_path_length(256);
         assert!((c256 - 10.24).abs() < 0.01, "{c256}");
+    }
+
+    #[test]
+    fn isolation_tree_ignores_row_order() {
+        let records = Array2::from_shape_fn((64, 3), |(row, feature)| {
+            ((row * 7 + feature * 13) % 17) as f64 - 0.25 * feature as f64
+        });
+        let columns = Columns::of(records.view());
+        let grow = |mut rows: Vec<usize>| {
+            let mut rng = ChaCha8Rng::seed_from_u64(5);
+            let mut nodes = Vec::new();
+            TreeGrower {
+                columns: &columns,
+                max_depth: 6,
+                ranges: Vec::new(),
+                rng: &mut rng,
+                nodes: &mut nodes,
+            }
+            .grow(&mut rows, 0);
+            nodes
+        };
+        let forward = grow((0..64).collect());
+        let backward = grow((0..64).rev().collect());
+        assert!(forward.len() > 1, "the tree did not split");
+        assert_eq!(forward, backward);
+    }
+
+    #[test]
+    fn partition_moves_left_rows_first() {
+        let mut rows = vec![5, 2, 8, 1, 9, 4];
+        let split = partition_in_place(&mut rows, |row| row < 5);
+        assert_eq!(split, 3);
+        let (left, right) = rows.split_at(split);
+        assert!(left.iter().all(|row| *row < 5), "{left:?}");
+        assert!(right.iter().all(|row| *row >= 5), "{right:?}");
     }
 
     #[test]
