@@ -10,6 +10,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::error::{check_row, check_unit_open, invalid, MlError};
 use crate::attributes::{Age, UserAttributes};
@@ -23,6 +24,9 @@ pub const TOP_GROUPS: usize = 3;
 
 /// Slots of a [`Shares`] vector: the user's top groups, then all other groups together.
 pub const SHARE_SLOTS: usize = TOP_GROUPS + 1;
+
+/// Events of a window that [`ReferenceProfile::window_features_of`] lists without allocating.
+const INLINE_EVENTS: usize = 16;
 
 /// Interest-weighted shares of a user's top groups (by reference weight, largest first) and,
 /// in the last slot, of every other group. The slots sum to 1, or are all 0 for no activity.
@@ -424,10 +428,14 @@ impl ReferenceProfile {
         }
         let total: f64 = weights.clone().map(|(_, weight)| weight).sum();
         let shares: Vec<(GroupKey, f64)> = if total > 0.0 {
-            weights
-                .filter(|(_, weight)| **weight > 0.0)
-                .map(|(group, weight)| (group.clone(), weight / total))
-                .collect()
+            // Room for every group, so the vector is not grown while it is filled.
+            let mut shares = Vec::with_capacity(weights.size_hint().0);
+            shares.extend(
+                weights
+                    .filter(|(_, weight)| **weight > 0.0)
+                    .map(|(group, weight)| (group.clone(), weight / total)),
+            );
+            shares
         } else {
             Vec::new()
         };
@@ -531,7 +539,8 @@ impl ReferenceProfile {
         config: &WindowConfig,
     ) -> Result<WindowFeatures, MlError> {
         config.validate()?;
-        let mut weighted_events: Vec<&WindowEvent> = events
+        // Both lists stay inline for windows of up to INLINE_EVENTS events, which are most.
+        let mut weighted_events: SmallVec<[&WindowEvent; INLINE_EVENTS]> = events
             .iter()
             .filter(|event| event.behavior.interest_weight() > 0.0)
             .collect();
@@ -547,7 +556,7 @@ impl ReferenceProfile {
 
         let count = weighted_events.len() as f64;
         let sessions = count_sessions(&weighted_events, config.session_rule()) as f64;
-        let mut categories: Vec<_> = weighted_events
+        let mut categories: SmallVec<[&Id; INLINE_EVENTS]> = weighted_events
             .iter()
             .map(|event| &event.category)
             .collect();
@@ -607,7 +616,17 @@ impl ReferenceProfile {
 /// Both sides are walked in group order, the order in which `jensen_shannon` visits the
 /// groups, so the terms and their sum are the same.
 fn jensen_shannon_sorted(left: &[(GroupKey, f64)], right: &[(GroupKey, f64)]) -> f64 {
-    let term = |p: f64, m: f64| if p > 0.0 { p * (p / m).ln() } else { 0.0 };
+    // A group on one side only has m = p / 2, so its ratio is almost always exactly 2, and
+    // the logarithm of 2 is computed once. Other ratios call `ln`, so every term is the same.
+    let ln_two = 2f64.ln();
+    let term = |p: f64, m: f64| {
+        if p > 0.0 {
+            let ratio = p / m;
+            p * if ratio == 2.0 { ln_two } else { ratio.ln() }
+        } else {
+            0.0
+        }
+    };
     let mut divergence = 0.0;
     let mut left = left.iter().map(|(group, share)| (group, *share)).peekable();
     let mut right = right
