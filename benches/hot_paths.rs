@@ -153,7 +153,7 @@ fn profile_update(criterion: &mut Criterion) {
             let mut counter = SessionCounter::new(veer_models::session::SessionRule::default());
             let mut delta = PopulationDelta::default();
             for event in &events {
-                counter.count(event.clone(), &mut delta);
+                counter.count(event, &mut delta);
             }
             delta.pairs.len()
         })

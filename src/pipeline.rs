@@ -19,9 +19,8 @@ use veer_operators::model_state::{ModelState, ModelTraffic};
 use veer_operators::profiles::{ProfileSettings, ProfileStore, ProfileView};
 use veer_operators::segments::SegmentStore;
 use veer_operators::{
-    detect_shifts, order_by_event_time, population_groups, population_groups_on_thread,
-    session_cooccurrence, write_alerts, AlertCounter, AlertSink, DetectSettings, DetectStats,
-    WorkerState,
+    detect_shifts, order_and_count_sessions, population_groups, population_groups_on_thread,
+    write_alerts, AlertCounter, AlertSink, DetectSettings, DetectStats, WorkerState,
 };
 
 use crate::buffered::BufferedBatch;
@@ -742,8 +741,12 @@ where
         let model_probe = model_probe.clone();
         let model_state = model_state.clone();
         worker.dataflow::<u64, _, _>(move |scope| {
-            let events = order_by_event_time(input.to_stream(scope), state.order);
-            let deltas = session_cooccurrence(events.clone(), window_ms, state.cooccurrence);
+            let (events, deltas) = order_and_count_sessions(
+                input.to_stream(scope),
+                state.order,
+                window_ms,
+                state.cooccurrence,
+            );
             // Checkpoints snapshot the model between steps, so it stays on the worker then.
             let population = if scope.peers() > 1 && shared.checkpoints.is_none() {
                 population_groups_on_thread(deltas, state.population)

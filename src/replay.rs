@@ -103,7 +103,7 @@ fn replay_traced(
             window_end: end,
             ..Default::default()
         });
-        counter.count(event.clone(), delta);
+        counter.count(&event, delta);
 
         let (last_ts_ms, state) = users
             .entry(event.user.clone())

@@ -262,7 +262,7 @@ struct OpenSession {
 /// let mut delta = PopulationDelta::default();
 /// // One session visits 10 and 11 (10 twice); a second, 45 minutes later, visits 10 again.
 /// for (category, ts) in [(10, 0), (11, 60), (10, 120), (10, 2_900)] {
-///     counter.count(view(1, category, ts), &mut delta);
+///     counter.count(&view(1, category, ts), &mut delta);
 /// }
 /// assert_eq!(delta.sessions[&Id::from(10u64)], 2);
 /// assert_eq!(delta.sessions[&Id::from(11u64)], 1);
@@ -296,13 +296,17 @@ impl SessionCounter {
     }
 
     /// Adds one event to `delta`, which must be the delta of the event's window.
-    pub fn count(&mut self, event: Event, delta: &mut PopulationDelta) {
+    pub fn count(&mut self, event: &Event, delta: &mut PopulationDelta) {
         if event.behavior.interest_weight() <= 0.0 {
             return;
         }
         *delta.events.entry(event.category.clone()).or_default() += 1;
         let ts = event.ts_secs();
-        let session = self.sessions.entry(event.user).or_default();
+        // A lookup first, so that the user's id is cloned only for a new entry.
+        let session = match self.sessions.get_mut(&event.user) {
+            Some(session) => session,
+            None => self.sessions.entry(event.user.clone()).or_default(),
+        };
         if self
             .rule
             .advance(&mut session.mark, ts, event.session.as_deref())
@@ -328,7 +332,7 @@ impl SessionCounter {
         // One slot more at a time: most sessions visit one or two categories, and `push`
         // alone would double the capacity.
         session.categories.reserve_exact(1);
-        session.categories.push(event.category);
+        session.categories.push(event.category.clone());
     }
 
     /// Returns the number of users with an open session.
@@ -406,10 +410,10 @@ impl SessionCounter {
 /// let mut counter = SessionCounter::new(veer_models::session::SessionRule::default());
 /// let mut delta = PopulationDelta { window_end: 3_600_000, ..Default::default() };
 /// for user in 1..=4 {
-///     counter.count(view(user, 10, 0), &mut delta);
-///     counter.count(view(user, 11, 60), &mut delta);
+///     counter.count(&view(user, 10, 0), &mut delta);
+///     counter.count(&view(user, 11, 60), &mut delta);
 /// }
-/// counter.count(view(9, 12, 0), &mut delta);
+/// counter.count(&view(9, 12, 0), &mut delta);
 /// let mut model = PopulationModel::new(GroupConfig::default());
 /// let info = model.add_window(&delta);
 /// assert_eq!(info.window_end, 3_600_000);
@@ -816,11 +820,11 @@ mod tests {
         let mut delta = PopulationDelta::default();
         for user in 0..10_000u64 {
             let event = Event::plain(0, user, 1u64, 100u64, crate::Behavior::View);
-            counter.count(event, &mut delta);
+            counter.count(&event, &mut delta);
         }
         // One user stays active; the other sessions have passed their gap a day later.
         let late = Event::plain(86_400_000, 0u64, 1u64, 100u64, crate::Behavior::View);
-        counter.count(late, &mut delta);
+        counter.count(&late, &mut delta);
         let peak = counter.sessions.capacity();
         assert!(peak >= 10_000);
 

@@ -3,11 +3,14 @@
 //! The graph that `veer run` builds, per worker:
 //!
 //! ```text
-//! input (worker 0 reads) -> order_by_event_time (exchange by user; sort, dedupe)
-//!     -> session_cooccurrence -> population_groups (last worker) -> broadcast --+
-//!     -> detect_shifts <----------------------------------------------------------+
+//! input (worker 0 reads) -> order_and_count_sessions (exchange by user; sort, dedupe, count)
+//!     -> window counts -> population_groups (last worker) -> broadcast ---+
+//!     -> ordered events -> detect_shifts <--------------------------------+
 //!     -> write_alerts (worker 0, canonical order)
 //! ```
+//!
+//! `order_and_count_sessions` is `order_by_event_time` and `session_cooccurrence` in one
+//! operator, so the ordered events are not copied for the counter.
 //!
 //! With the model path (`veer run --models`), `detect_shifts_observed` takes the place of
 //! `detect_shifts`, and the alerts pass through three more operators before the sink:
@@ -44,7 +47,7 @@ pub use detect::{
     Observation,
 };
 pub use fit::{fit_models, FitSettings, FittedVersion, ModelUpdate};
-pub use order::order_by_event_time;
+pub use order::{order_and_count_sessions, order_by_event_time};
 pub use population::{
     population_groups, population_groups_on_thread, session_cooccurrence, window_end,
 };

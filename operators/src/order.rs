@@ -3,14 +3,17 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::{Operator, OutputBuilder};
 use timely::dataflow::StreamVec;
-use veer_models::Event;
+use veer_models::{Event, PopulationDelta};
 
 use crate::capability::HeldCapability;
+use crate::population::forget_closed_sessions;
 use crate::route::user_owner;
-use crate::state::OrderState;
+use crate::state::{CooccurrenceState, OrderState};
 
 /// Exchanges events by user and releases them once the frontier has passed their time.
 ///
@@ -73,12 +76,7 @@ pub fn order_by_event_time<'scope>(
             });
 
             let bound = frontier.frontier().first().copied();
-            let mut ready = state
-                .pending
-                .release(|time| bound.is_none_or(|bound| time < bound));
-            let before = ready.len();
-            ready.dedup_by(|later, earlier| later.same_content(earlier));
-            state.duplicates += (before - ready.len()) as u64;
+            let mut ready = release_deduplicated(&mut state, bound);
             if !ready.is_empty() {
                 if let Some(capability) = held.get() {
                     output.session(capability).give_container(&mut ready);
@@ -87,4 +85,103 @@ pub fn order_by_event_time<'scope>(
             held.settle(state.pending.earliest());
         }
     })
+}
+
+/// Orders events as [`order_by_event_time`] does and counts their sessions as
+/// [`crate::session_cooccurrence`] does, in one operator with two outputs: the ordered events
+/// and the window counts.
+///
+/// The counter reads each released event before it leaves, so the ordered stream needs no
+/// copy of every batch for a second reader. The outputs are those of the two operators in a
+/// row: a window's counts leave once the input frontier has passed the window's end, when
+/// every event before that end has been released and counted. Both states keep their types,
+/// so checkpoints keep their format.
+pub fn order_and_count_sessions<'scope>(
+    events: StreamVec<'scope, u64, Event>,
+    order: Rc<RefCell<OrderState>>,
+    window_ms: u64,
+    sessions: Rc<RefCell<CooccurrenceState>>,
+) -> (
+    StreamVec<'scope, u64, Event>,
+    StreamVec<'scope, u64, PopulationDelta>,
+) {
+    let scope = events.scope();
+    let peers = scope.peers();
+    let route = Exchange::new(move |event: &Event| user_owner(&event.user, peers) as u64);
+    let mut builder = OperatorBuilder::new("OrderAndCountSessions".to_owned(), scope);
+    let mut input = builder.new_input(events, route);
+    let (ordered_output, ordered) = builder.new_output();
+    let (deltas_output, deltas) = builder.new_output();
+    let mut ordered_output: OutputBuilder<_, CapacityContainerBuilder<Vec<Event>>> =
+        OutputBuilder::from(ordered_output);
+    let mut deltas_output: OutputBuilder<_, CapacityContainerBuilder<Vec<PopulationDelta>>> =
+        OutputBuilder::from(deltas_output);
+    builder.build(move |mut capabilities| {
+        let deltas_initial = capabilities.pop().expect("a capability for the counts");
+        let ordered_initial = capabilities.pop().expect("a capability for the events");
+        let pending_earliest = order.borrow().pending.earliest();
+        let mut held_ordered = HeldCapability::restored(ordered_initial, pending_earliest);
+        // A window's counts need a capability at or below both the window's end and the times
+        // of the events still buffered, whose windows may not have counts yet.
+        let counts_earliest = |order: &OrderState, sessions: &CooccurrenceState| {
+            let earliest = [order.pending.earliest(), sessions.earliest_open()];
+            earliest.into_iter().flatten().min()
+        };
+        let restored = counts_earliest(&order.borrow(), &sessions.borrow());
+        let mut held_deltas = HeldCapability::restored(deltas_initial, restored);
+        move |frontiers| {
+            let mut ordered_handle = ordered_output.activate();
+            let mut deltas_handle = deltas_output.activate();
+            let mut order = order.borrow_mut();
+            let mut sessions = sessions.borrow_mut();
+            input.for_each_stamp(|capability, data| {
+                held_ordered.hold(&capability, ORDERED_PORT);
+                held_deltas.hold(&capability, DELTAS_PORT);
+                for batch in data {
+                    order.pending.extend(batch.drain(..));
+                }
+            });
+
+            let bound = frontiers[0].frontier().first().copied();
+            let mut ready = release_deduplicated(&mut order, bound);
+            for event in &ready {
+                sessions.count(event, window_ms);
+            }
+            if !ready.is_empty() {
+                if let Some(capability) = held_ordered.get() {
+                    ordered_handle
+                        .session(capability)
+                        .give_container(&mut ready);
+                }
+            }
+            held_ordered.settle(order.pending.earliest());
+
+            while let Some(delta) = sessions.pop_closed(bound) {
+                if let Some(capability) = held_deltas.at(delta.window_end) {
+                    deltas_handle.session(&capability).give(delta);
+                }
+            }
+            forget_closed_sessions(&mut sessions, bound);
+            held_deltas.settle(counts_earliest(&order, &sessions));
+        }
+    });
+    (ordered, deltas)
+}
+
+/// Output port of [`order_and_count_sessions`] for the ordered events.
+const ORDERED_PORT: usize = 0;
+
+/// Output port of [`order_and_count_sessions`] for the window counts.
+const DELTAS_PORT: usize = 1;
+
+/// Releases the buffered events before `bound` (a frontier's time, `None` once the input is
+/// complete) in processing order, and drops exact duplicates, counting them in `duplicates`.
+fn release_deduplicated(state: &mut OrderState, bound: Option<u64>) -> Vec<Event> {
+    let mut ready = state
+        .pending
+        .release(|time| bound.is_none_or(|bound| time < bound));
+    let before = ready.len();
+    ready.dedup_by(|later, earlier| later.same_content(earlier));
+    state.duplicates += (before - ready.len()) as u64;
+    ready
 }

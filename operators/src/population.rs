@@ -87,45 +87,41 @@ pub fn session_cooccurrence<'scope>(
     state: Rc<RefCell<CooccurrenceState>>,
 ) -> StreamVec<'scope, u64, PopulationDelta> {
     events.unary_frontier(Pipeline, "SessionCooccurrence", move |initial, _| {
-        let earliest = state.borrow().open.keys().next().copied();
-        let mut held = HeldCapability::restored(initial, earliest);
+        let mut held = HeldCapability::restored(initial, state.borrow().earliest_open());
         move |(input, frontier), output| {
             let port = output.output_index();
-            let mut guard = state.borrow_mut();
-            let state = &mut *guard;
+            let mut state = state.borrow_mut();
             input.for_each_stamp(|capability, data| {
                 held.hold(&capability, port);
                 for batch in data {
                     for event in batch.drain(..) {
-                        let end = window_end(event.ts_ms as u64, window_ms);
-                        let delta = state.open.entry(end).or_insert_with(|| PopulationDelta {
-                            window_end: end,
-                            ..Default::default()
-                        });
-                        state.counter.count(event, delta);
+                        state.count(&event, window_ms);
                     }
                 }
             });
 
-            while let Some(entry) = state.open.first_entry() {
-                if frontier.less_than(entry.key()) {
-                    break;
-                }
-                let end = *entry.key();
-                let delta = entry.remove();
-                if let Some(capability) = held.at(end) {
+            let bound = frontier.frontier().first().copied();
+            while let Some(delta) = state.pop_closed(bound) {
+                if let Some(capability) = held.at(delta.window_end) {
                     output.session(&capability).give(delta);
                 }
             }
-            // Sessions whose gap has passed would be reset by the next event anyway. Dropping
-            // them every half gap of event time, rather than once per window, keeps the table
-            // to the users active in the last one and a half gaps.
-            if let Some(now) = frontier.frontier().first() {
-                state.counter.forget_closed_if_due(*now as i64);
-            }
-            held.settle(state.open.keys().next().copied());
+            forget_closed_sessions(&mut state, bound);
+            held.settle(state.earliest_open());
         }
     })
+}
+
+/// Forgets the open sessions that an event at `bound` (a frontier's time) or later would
+/// close anyway.
+///
+/// Such sessions would be reset by the user's next event, so counts do not change. Dropping
+/// them every half gap of event time, rather than once per window, keeps the table to the users
+/// active in the last one and a half gaps.
+pub(crate) fn forget_closed_sessions(state: &mut CooccurrenceState, bound: Option<u64>) {
+    if let Some(now) = bound {
+        state.counter.forget_closed_if_due(now as i64);
+    }
 }
 
 /// Sums every worker's window counts on the last worker and emits the groups and trends after
@@ -423,12 +419,25 @@ mod tests {
     /// Runs the population operators on `workers` workers and returns the infos of the last
     /// worker and the windows its model has seen after the run.
     fn run(workers: usize, on_thread: bool) -> (Vec<PopulationInfo>, u64) {
+        let (infos, windows, _) = run_ordered(workers, on_thread, false);
+        (infos, windows)
+    }
+
+    /// Runs [`run`]'s dataflow, ordering and counting with [`crate::order_and_count_sessions`]
+    /// when `fused` is true, and also returns each worker's ordered events as (user, time).
+    fn run_ordered(
+        workers: usize,
+        on_thread: bool,
+        fused: bool,
+    ) -> (Vec<PopulationInfo>, u64, Vec<Vec<(Id, i64)>>) {
         let guards = timely::execute(timely::Config::process(workers), move |worker| {
             let index = worker.index();
             let peers = worker.peers();
             let infos = Rc::new(RefCell::new(Vec::new()));
+            let ordered_events = Rc::new(RefCell::new(Vec::new()));
             let model = Rc::new(RefCell::new(PopulationState::new(GroupConfig::default())));
             let (seen, state) = (infos.clone(), model.clone());
+            let seen_events = ordered_events.clone();
             worker.dataflow::<u64, _, _>(move |scope| {
                 let mine: Vec<Event> = events()
                     .into_iter()
@@ -438,11 +447,24 @@ mod tests {
                     .collect();
                 let sessions =
                     Rc::new(RefCell::new(CooccurrenceState::new(SessionRule::default())));
-                let ordered = crate::order_by_event_time(
-                    mine.to_stream(scope),
-                    Rc::new(RefCell::new(Default::default())),
-                );
-                let deltas = session_cooccurrence(ordered, 3_600_000, sessions);
+                let order = Rc::new(RefCell::new(Default::default()));
+                let (ordered, deltas) = if fused {
+                    crate::order_and_count_sessions(
+                        mine.to_stream(scope),
+                        order,
+                        3_600_000,
+                        sessions,
+                    )
+                } else {
+                    let ordered = crate::order_by_event_time(mine.to_stream(scope), order);
+                    let deltas = session_cooccurrence(ordered.clone(), 3_600_000, sessions);
+                    (ordered, deltas)
+                };
+                ordered.inspect(move |event| {
+                    seen_events
+                        .borrow_mut()
+                        .push((event.user.clone(), event.ts_ms))
+                });
                 let infos = if on_thread {
                     population_groups_on_thread(deltas, state)
                 } else {
@@ -453,7 +475,8 @@ mod tests {
             while worker.step() {}
             let infos = infos.borrow().clone();
             let windows = model.borrow().model.windows_seen();
-            (infos, windows)
+            let ordered = ordered_events.borrow().clone();
+            (infos, windows, ordered)
         })
         .expect("timely starts");
         let results: Vec<_> = guards
@@ -461,7 +484,29 @@ mod tests {
             .into_iter()
             .map(|result| result.expect("a worker does not panic"))
             .collect();
-        results.last().cloned().expect("one result per worker")
+        let ordered = results
+            .iter()
+            .map(|(_, _, ordered)| ordered.clone())
+            .collect();
+        let (infos, windows, _) = results.last().cloned().expect("one result per worker");
+        (infos, windows, ordered)
+    }
+
+    #[test]
+    fn fused_order_and_count_match_chain() {
+        for workers in [1, 2] {
+            let (chain, chain_windows, chain_events) = run_ordered(workers, false, false);
+            let (fused, fused_windows, fused_events) = run_ordered(workers, false, true);
+            assert_eq!(chain.len(), 12, "one info per window");
+            assert_eq!(fused, chain, "infos with {workers} workers");
+            assert_eq!(fused_windows, chain_windows);
+            assert_eq!(
+                fused_events, chain_events,
+                "ordered events with {workers} workers"
+            );
+            let released: usize = fused_events.iter().map(Vec::len).sum();
+            assert_eq!(released, events().len(), "every event is released once");
+        }
     }
 
     #[test]

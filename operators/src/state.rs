@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use veer_models::groups::SessionCounter;
 use veer_models::session::SessionRule;
 use veer_models::{
-    Alert, GroupConfig, GroupMap, Id, PopulationDelta, PopulationInfo, PopulationModel,
+    Alert, Event, GroupConfig, GroupMap, Id, PopulationDelta, PopulationInfo, PopulationModel,
 };
 
 use crate::profiles::CoreRecorder;
@@ -163,6 +163,31 @@ impl CooccurrenceState {
             counter: SessionCounter::new(rule),
             open: BTreeMap::new(),
         }
+    }
+
+    /// Adds one event, in its user's time order, to the counts of its window of `window_ms`.
+    pub fn count(&mut self, event: &Event, window_ms: u64) {
+        let end = crate::window_end(event.ts_ms as u64, window_ms);
+        let delta = self.open.entry(end).or_insert_with(|| PopulationDelta {
+            window_end: end,
+            ..Default::default()
+        });
+        self.counter.count(event, delta);
+    }
+
+    /// Removes and returns the counts of the earliest window that ends at or before `bound`
+    /// (a frontier's time, `None` once the input is complete).
+    pub fn pop_closed(&mut self, bound: Option<u64>) -> Option<PopulationDelta> {
+        let entry = self.open.first_entry()?;
+        if bound.is_some_and(|bound| bound < *entry.key()) {
+            return None;
+        }
+        Some(entry.remove())
+    }
+
+    /// Returns the end of the earliest window with counts.
+    pub fn earliest_open(&self) -> Option<u64> {
+        self.open.keys().next().copied()
     }
 }
 
