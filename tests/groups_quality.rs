@@ -24,7 +24,7 @@ fn learned_groups(config: &GenerateConfig) -> (GroupMap, HashMap<Id, u64>) {
             window_end: end,
             ..Default::default()
         });
-        counter.count(event, delta);
+        counter.count(&event, delta);
     }
     let mut map = GroupMap::default();
     for delta in windows.values() {

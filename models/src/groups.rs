@@ -843,7 +843,7 @@ mod tests {
         let mut delta = PopulationDelta::default();
         let view =
             |user: u64, ts_ms: i64| Event::plain(ts_ms, user, 1u64, 100u64, crate::Behavior::View);
-        counter.count(view(1, 0), &mut delta);
+        counter.count(&view(1, 0), &mut delta);
 
         // Two thirds of a gap in, user 1's session is still open.
         let first_ms = gap_ms * 2 / 3;
@@ -852,7 +852,7 @@ mod tests {
         // Past the gap user 1's session has ended, but half a gap has not passed since the
         // first forget, so the session stays.
         let past_gap_ms = gap_ms + 1_000;
-        counter.count(view(2, past_gap_ms), &mut delta);
+        counter.count(&view(2, past_gap_ms), &mut delta);
         assert_eq!(counter.forget_closed_if_due(past_gap_ms), 0);
         assert_eq!(counter.users(), 2);
 
