@@ -300,3 +300,73 @@ fn full_buffer_ends_startup_hold() {
     assert_eq!(summary_count(&log, "lines read"), 100_000);
     assert_eq!(summary_count(&log, "late"), 0);
 }
+
+/// A client held back because a silent client holds the frontier is logged once its pause
+/// lasts a second, and again when it resumes after the silent client leaves.
+#[test]
+fn long_pause_is_logged() {
+    let folder = tempfile::tempdir().unwrap();
+    let alerts = folder.path().join("alerts.jsonl");
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--startup-hold",
+        "0s",
+        "--idle-timeout",
+        "120s",
+        "--max-buffered-events",
+        "1000",
+        "--alerts",
+        alerts.to_str().unwrap(),
+    ];
+    let mut server = Server::start(&args, 1);
+    let address = server.addresses[0];
+    let event = |user: u64, item: u64, ts: u64| {
+        format!(
+            "{{\"user\":{user},\"item\":{item},\"category\":{},\"behavior\":\"view\",\"ts\":{ts}}}\n",
+            item % 7
+        )
+    };
+    // The silent client sends one event and keeps its connection open, so it holds the
+    // frontier at that event's time.
+    let mut silent = TcpStream::connect(address).unwrap();
+    silent.write_all(event(1, 0, 1_511_539_200).as_bytes()).unwrap();
+    // The sender goes on in chunks until the pause is logged: on a loaded machine the reader
+    // can take a fixed amount before worker 0 counts the buffered events. A paused reader
+    // blocks the send, so it runs on its own thread and returns the lines it sent.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut stream = TcpStream::connect(address).unwrap();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) && sent < 2_000_000 {
+                let chunk: String = (sent..sent + 1_000)
+                    .map(|index| event(2 + index % 50, index, 1_511_625_600 + index))
+                    .collect();
+                stream.write_all(chunk.as_bytes()).unwrap();
+                sent += 1_000;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            sent
+        })
+    };
+
+    server.wait_for(|log| log.contains("connection paused"), 30);
+    stop.store(true, Ordering::Relaxed);
+    assert!(
+        !server.log().contains("connection resumed"),
+        "the pause lasts while the silent client holds the frontier"
+    );
+    drop(silent);
+    server.wait_for(|log| log.contains("connection resumed after a pause"), 30);
+    let sent = sender.join().unwrap();
+
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(10).0, 0);
+    let log = server.log();
+    assert_eq!(summary_count(&log, "lines read"), sent + 1);
+    assert_eq!(summary_count(&log, "late"), 0);
+    assert_eq!(log.matches("connection paused").count(), 1, "{log}");
+}

@@ -17,6 +17,10 @@ use crate::sources::{self, BadRecord, Format, LineParser, Parsed, SourceOptions}
 /// Sleep between two checks while a connection is held back because it is ahead.
 const PAUSE: Duration = Duration::from_millis(20);
 
+/// Length of a pause after which it is logged, with its end. Shorter pauses are the normal
+/// backpressure of a fast client and are not logged, so each logged pause lasts at least this.
+const PAUSE_LOG_AFTER: Duration = Duration::from_secs(1);
+
 /// Maximum bytes a connection reads after a shutdown request: data the system has already
 /// received, which is at most its receive buffer unless the client keeps sending.
 const SHUTDOWN_READ_BYTES: usize = 64 << 20;
@@ -119,14 +123,17 @@ impl Connection {
             return Ending::Failed(error);
         }
         let mut buffer = vec![0u8; READ_BYTES];
+        let mut pause = PauseLog::default();
         loop {
             if crate::shutdown::requested() {
                 return self.read_received(lines, &mut buffer);
             }
             if self.is_ahead(watermark) {
+                pause.paused(self);
                 std::thread::sleep(PAUSE);
                 continue;
             }
+            pause.resumed(self);
             let count = match read_some(&mut self.stream, &mut buffer) {
                 Ok(Some(0)) => return Ending::PeerClosed,
                 Ok(Some(count)) => count,
@@ -209,6 +216,20 @@ impl Connection {
             );
         }
         ending
+    }
+
+    /// Logs that this connection has been paused for `paused_for`, and why.
+    fn log_pause(&self, paused_for: Duration) {
+        tracing::warn!(
+            connection = self.id,
+            peer = %self.peer,
+            paused_ms = paused_for.as_millis() as u64,
+            buffered_events = self.shared.buffered_events.load(Ordering::Relaxed),
+            max_buffered_events = self.settings.limits.max_buffered_events,
+            "connection paused: more events wait for the frontier than max_buffered_events \
+             allows, and this client is ahead of it; reading resumes when slower or idle \
+             connections let the frontier move (see --idle-timeout)"
+        );
     }
 
     /// Returns whether this connection must wait: too many events wait for the frontier and
@@ -496,4 +517,35 @@ fn read_some(stream: &mut TcpStream, buffer: &mut [u8]) -> std::io::Result<Optio
 fn ack_at_once(stream: &TcpStream) {
     // A failure only leaves the ACK delayed, so it is ignored.
     let _ = crate::socket_option::set_int(stream, libc::IPPROTO_TCP, libc::TCP_QUICKACK, 1);
+}
+
+/// A connection's current pause, logged once it lasts [`PAUSE_LOG_AFTER`].
+#[derive(Default)]
+struct PauseLog {
+    since: Option<Instant>,
+    logged: bool,
+}
+
+impl PauseLog {
+    fn paused(&mut self, connection: &Connection) {
+        let since = *self.since.get_or_insert_with(Instant::now);
+        let paused_for = since.elapsed();
+        if !self.logged && paused_for >= PAUSE_LOG_AFTER {
+            connection.log_pause(paused_for);
+            self.logged = true;
+        }
+    }
+
+    fn resumed(&mut self, connection: &Connection) {
+        if let Some(since) = self.since.take() {
+            if std::mem::take(&mut self.logged) {
+                tracing::info!(
+                    connection = connection.id,
+                    peer = %connection.peer,
+                    paused_ms = since.elapsed().as_millis() as u64,
+                    "connection resumed after a pause"
+                );
+            }
+        }
+    }
 }
