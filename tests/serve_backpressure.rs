@@ -315,6 +315,8 @@ fn long_pause_is_logged() {
         "0s",
         "--idle-timeout",
         "120s",
+        "--status-interval",
+        "100ms",
         "--max-buffered-events",
         "1000",
         "--alerts",
@@ -332,8 +334,11 @@ fn long_pause_is_logged() {
     // frontier at that event's time.
     let mut silent = TcpStream::connect(address).unwrap();
     silent.write_all(event(1, 0, 1_511_539_200).as_bytes()).unwrap();
-    // The sender goes on in chunks until the pause is logged: on a loaded machine the reader
-    // can take a fixed amount before worker 0 counts the buffered events. A paused reader
+    // Worker 0 must know the silent client before the sender connects. Otherwise event time
+    // follows the sender alone, nothing waits, and the silent client's event is late.
+    server.wait_for(|log| log.contains("lines=1 events=1 late=0"), 30);
+    // The sender goes on in chunks until the pause is logged, so the test does not depend on
+    // how much the reader takes before worker 0 counts the buffered events. A paused reader
     // blocks the send, so it runs on its own thread and returns the lines it sent.
     let stop = Arc::new(AtomicBool::new(false));
     let sender = {

@@ -939,7 +939,7 @@ mod tests {
             veer_models::Event::plain(ts_ms, user, 5, 500, veer_models::Behavior::View)
         };
         // User 1 returns 7 days and 1 second after its last event, before any whole hour
-        // passes its eviction time; user 2 keeps event time moving every 6 hours.
+        // passes its eviction time. User 2 keeps event time moving every 6 hours.
         let last_ms = 2 * HOUR_MS + 10 * 60_000;
         let return_ms = last_ms + 7 * DAY_MS + 1_000;
         let mut events = vec![view(1, HOUR_MS), view(1, last_ms), view(1, return_ms)];
