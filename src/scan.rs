@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use crate::ingest;
 use crate::sources::{self, LineSplitter, SourceOptions};
+use crate::stats::median;
 
 /// The memory that the parse writes its event batches into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,20 +273,6 @@ pub fn summary(path: &str, memory: BatchMemory, rounds: &[ScanRound]) -> String 
     text
 }
 
-/// Returns the median of `values`, or NaN when there are none.
-pub fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[middle]
-    } else {
-        (values[middle - 1] + values[middle]) / 2.0
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,12 +373,5 @@ mod tests {
         let text = summary("f", BatchMemory::New, &idle);
         assert!(text.contains("new batches"), "{text}");
         assert!(!text.contains("note"), "{text}");
-    }
-
-    #[test]
-    fn median_of_odd_and_even_counts() {
-        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
-        assert!(median(Vec::new()).is_nan());
     }
 }

@@ -317,7 +317,7 @@ impl PerUser {
 }
 
 /// Returns the median, averaging the two middle values of an even count, or NaN when empty.
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }
@@ -333,6 +333,13 @@ fn median(mut values: Vec<f64>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert!(median(Vec::new()).is_nan());
+    }
 
     fn event(user: u64, category: u64, behavior: Behavior, ts_secs: i64) -> Event {
         Event::plain(ts_secs * 1000, user, category, 1u64, behavior)
