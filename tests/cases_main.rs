@@ -175,5 +175,22 @@ fn rees46_duplicates_change_nothing() {
     assert_eq!(doubled.summary_count("duplicates"), 132);
     assert_eq!(clean.summary_count("duplicates"), 0);
     assert_eq!(doubled.alerts_text, clean.alerts_text);
-    assert!(doubled.alerts_text.contains("\"category\":"));
+
+    // The 19-digit category ids are printed whole, with the digits the input has.
+    let input = std::fs::read_to_string(shared("cases/12-rees46-duplicate-rows/input.csv"))
+        .expect("the case input is UTF-8");
+    for alert in &doubled.alerts {
+        for side in ["from", "to"] {
+            let entries = alert[side].as_array().expect("from and to are arrays");
+            assert!(!entries.is_empty(), "{side} of {alert}");
+            for entry in entries {
+                let category = entry["category"].to_string();
+                assert_eq!(category.len(), 19, "{side} of {alert}");
+                assert!(
+                    input.contains(&format!(",{category},")),
+                    "category {category} is not in the input"
+                );
+            }
+        }
+    }
 }
