@@ -607,32 +607,41 @@ type DetectedInput = (
 );
 
 /// Opens `path` and returns it with its format: the `--format` given, or the one detected from
-/// the first bytes. Returns `None`, and logs it, for an empty input whose format was not given.
+/// its first complete lines. Returns `None`, and logs it, for an empty input whose format was
+/// not given. An input of blank lines alone is read as JSON lines, which skips them all.
 fn open_detected(path: &str, options: &SourceOptions) -> Result<Option<DetectedInput>, String> {
     let name = input_name(path);
-    let (mut reader, cut) =
+    let (reader, cut) =
         sources::open_input_until_shutdown(path).map_err(|error| error.to_string())?;
     if let Some(format) = options.format {
         return Ok(Some((reader, format, cut)));
     }
-    let head = reader
-        .fill_buf()
+    let (reader, head) = sources::detect_input_format(reader)
         .map_err(|error| format!("cannot read input {name}: {error}"))?;
-    if head.is_empty() {
-        tracing::info!(input = name, "input is empty");
-        return Ok(None);
-    }
-    let format = sources::detect_format(head).ok_or_else(|| {
-        if head.starts_with(b"\xFF\xFE") || head.starts_with(b"\xFE\xFF") {
-            return format!(
+    let format = match head {
+        sources::InputHead::Detected(format) => format,
+        sources::InputHead::Empty => {
+            tracing::info!(input = name, "input is empty");
+            return Ok(None);
+        }
+        // Every format skips blank lines, so any parser counts them.
+        sources::InputHead::OnlyBlankLines => {
+            tracing::info!(input = name, "input has only blank lines");
+            sources::Format::Jsonl
+        }
+        sources::InputHead::Unknown { utf16: true } => {
+            return Err(format!(
                 "cannot read {name}: it starts with a UTF-16 byte order mark, and veer reads \
                  UTF-8 only; convert it first, e.g. iconv -f UTF-16 -t UTF-8"
-            );
+            ));
         }
-        format!(
-            "cannot detect the format of {name}; pass --format jsonl|taobao|retailrocket|rees46"
-        )
-    })?;
+        sources::InputHead::Unknown { utf16: false } => {
+            return Err(format!(
+                "cannot detect the format of {name}; pass --format \
+                 jsonl|taobao|retailrocket|rees46"
+            ));
+        }
+    };
     Ok(Some((reader, format, cut)))
 }
 

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 use common::{
-    arg, generate_stream, run_veer, run_veer_exact, run_veer_with_stdin, score_line, shared,
-    RunOutput,
+    arg, generate_stream, run_veer, run_veer_exact, run_veer_with_stdin, run_veer_with_stdin_parts,
+    score_line, shared, RunOutput,
 };
 use serde_json::Value;
 
@@ -594,6 +594,46 @@ fn empty_input_gives_empty_run() {
     let from_stdin = run_veer_with_stdin(&["--input", "-"], b"");
     assert_eq!(from_stdin.status, 0, "{}", from_stdin.stderr);
     assert_eq!(from_stdin.summary_count("events"), 0);
+}
+
+/// An input of blank lines (and a byte order mark) contains no record to detect a format from,
+/// so it runs like an empty input and counts its lines as skipped.
+#[test]
+fn blank_lines_only_input_runs_empty() {
+    let folder = tempfile::tempdir().unwrap();
+    let path = folder.path().join("blank.csv");
+    std::fs::write(&path, b"\xEF\xBB\xBF\r\n\n  \n").unwrap();
+    for run in [
+        run_veer(&["--input", arg(&path)]),
+        run_veer_with_stdin(&["--input", "-"], &std::fs::read(&path).unwrap()),
+    ] {
+        assert_eq!(run.status, 0, "{}", run.stderr);
+        assert_eq!(run.summary_count("lines read"), 3);
+        assert_eq!(run.summary_count("skipped"), 3);
+        assert_eq!(run.summary_count("bad"), 0);
+        assert!(run.alerts_text.is_empty(), "{}", run.alerts_text);
+    }
+}
+
+/// A pipe whose first read ends inside the first line, or contains only a blank line, must not
+/// fail format detection: the format is detected from the first complete line.
+#[test]
+fn stdin_format_detected_from_whole_line() {
+    let sample = std::fs::read_to_string(shared(TAOBAO_USERSORTED)).unwrap();
+    let head: String = sample
+        .lines()
+        .take(300)
+        .map(|line| format!("{line}\n"))
+        .collect();
+    // The reader gets only the first part from its first read when the rest comes this much later.
+    let pause = std::time::Duration::from_millis(500);
+    for (first, rest) in [(&head[..10], &head[10..]), ("\n", &head[..])] {
+        let parts = [first.as_bytes(), rest.as_bytes()];
+        let run = run_veer_with_stdin_parts(&["--input", "-"], &parts, pause);
+        assert_eq!(run.status, 0, "first read {first:?}: {}", run.stderr);
+        assert_eq!(run.summary_count("events"), 300, "first read {first:?}");
+        assert_eq!(run.summary_count("bad"), 0, "first read {first:?}");
+    }
 }
 
 /// Scoring a run read from stdin must use the events of that run, because stdin cannot be

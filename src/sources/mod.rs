@@ -41,6 +41,7 @@ use veer_models::Event;
 mod digits;
 mod fields;
 mod flat_json;
+mod head;
 mod item_catalog;
 mod jsonl;
 mod lines;
@@ -51,6 +52,7 @@ mod row;
 mod taobao;
 mod time;
 
+pub use head::{detect_input_format, InputHead};
 pub use item_catalog::ItemCatalog;
 pub use lines::{Line, LineSplitter, DEFAULT_MAX_LINE_BYTES};
 pub use pipe::ShutdownCut;

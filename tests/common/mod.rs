@@ -147,6 +147,16 @@ pub fn run_veer_exact(args: &[&str]) -> CommandOutput {
 
 /// Runs `veer run` like [`run_veer`], with `input` written to the child's standard input.
 pub fn run_veer_with_stdin(args: &[&str], input: &[u8]) -> RunOutput {
+    run_veer_with_stdin_parts(args, &[input], std::time::Duration::ZERO)
+}
+
+/// Runs `veer run` like [`run_veer_with_stdin`], writing `parts` to its standard input with
+/// `pause` between them, as a slow writer into a pipe does.
+pub fn run_veer_with_stdin_parts(
+    args: &[&str],
+    parts: &[&[u8]],
+    pause: std::time::Duration,
+) -> RunOutput {
     let folder = tempfile::tempdir().expect("temporary folder");
     let alerts_path = folder.path().join("alerts.jsonl");
     let dead_path = folder.path().join("dead.jsonl");
@@ -159,7 +169,7 @@ pub fn run_veer_with_stdin(args: &[&str], input: &[u8]) -> RunOutput {
         .arg("--dead-letter")
         .arg(&dead_path)
         .arg("--no-progress");
-    let output = output_with_stdin(command, input);
+    let output = output_with_stdin(command, parts, pause);
     RunOutput::read(output, &alerts_path, &dead_path)
 }
 
@@ -168,7 +178,7 @@ pub fn run_veer_with_stdin(args: &[&str], input: &[u8]) -> RunOutput {
 pub fn run_veer_exact_with_stdin(args: &[&str], input: &[u8]) -> CommandOutput {
     let mut command = Command::new(env!("CARGO_BIN_EXE_veer"));
     command.args(args);
-    let output = output_with_stdin(command, input);
+    let output = output_with_stdin(command, &[input], std::time::Duration::ZERO);
     CommandOutput {
         status: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -176,9 +186,13 @@ pub fn run_veer_exact_with_stdin(args: &[&str], input: &[u8]) -> CommandOutput {
     }
 }
 
-/// Runs `command` with warnings logged and `input` written to its standard input, and
-/// returns its output.
-fn output_with_stdin(mut command: Command, input: &[u8]) -> std::process::Output {
+/// Runs `command` with warnings logged and `parts` written to its standard input, with
+/// `pause` before each part after the first, and returns its output.
+fn output_with_stdin(
+    mut command: Command,
+    parts: &[&[u8]],
+    pause: std::time::Duration,
+) -> std::process::Output {
     use std::io::Write;
     use std::process::Stdio;
 
@@ -192,10 +206,17 @@ fn output_with_stdin(mut command: Command, input: &[u8]) -> std::process::Output
     // A separate thread writes standard input, so that a child that fills its output pipes
     // before reading all of its input cannot block the test.
     let mut stdin = child.stdin.take().expect("piped stdin");
-    let bytes = input.to_vec();
+    let parts: Vec<Vec<u8>> = parts.iter().map(|part| part.to_vec()).collect();
     let writer = std::thread::spawn(move || {
-        // A child that exits early closes the pipe, and its exit code reports why.
-        let _ = stdin.write_all(&bytes);
+        for (index, part) in parts.iter().enumerate() {
+            if index > 0 {
+                std::thread::sleep(pause);
+            }
+            // A child that exits early closes the pipe, and its exit code reports why.
+            if stdin.write_all(part).and_then(|()| stdin.flush()).is_err() {
+                return;
+            }
+        }
     });
     let output = child.wait_with_output().expect("the veer binary finishes");
     writer.join().expect("the stdin writer thread finishes");
