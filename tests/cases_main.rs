@@ -75,6 +75,23 @@ fn late_events_are_accounted() {
         assert!(shifts[0]["onset_ts"].as_i64().unwrap() >= 1_511_798_400 - 86_400);
         assert!(run.alerts_of("402").is_empty());
     }
+
+    // The late lines change no alert. Line 191, in user 401's old category after the onset,
+    // neither adds an alert nor moves the onset.
+    let text = std::fs::read_to_string(&input).unwrap();
+    let on_time: String = text
+        .lines()
+        .enumerate()
+        .filter(|(index, _)| ![175, 191, 208, 224].contains(&(index + 1)))
+        .map(|(_, line)| format!("{line}\n"))
+        .collect();
+    let folder = tempfile::tempdir().unwrap();
+    let on_time_path = folder.path().join("on-time.jsonl");
+    std::fs::write(&on_time_path, on_time).unwrap();
+    let without_late = run_veer(&["--input", arg(&on_time_path)]);
+    assert_eq!(without_late.summary_count("late"), 0);
+    let with_late = run_veer(&["--input", arg(&input)]);
+    assert_eq!(with_late.alerts_text, without_late.alerts_text);
 }
 
 /// A CSV dialect (BOM, CRLF, final blank line, quoted comma) and a time-varying item to
