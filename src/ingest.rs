@@ -51,6 +51,25 @@ pub struct LineCounts {
     pub out_of_order: u64,
     /// Bytes of (decompressed) input read.
     pub bytes: u64,
+    /// Inputs whose reading failed part way, such as a truncated gzip file. Each was read up
+    /// to the damage and its later lines are not counted.
+    pub damaged: Vec<InputDamage>,
+}
+
+/// A read error that ended one input early, such as a gzip file cut in the middle. The lines
+/// before it are processed, and the rest of that input is not read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("input {input} is damaged after line {lines} (uncompressed byte {bytes}): {error}")]
+pub struct InputDamage {
+    /// The input's name, as the log and the dead-letter file give it.
+    pub input: String,
+    /// Whole lines of this input read before the damage.
+    pub lines: u64,
+    /// Bytes of this input read before the damage, counted after gzip decompression, the
+    /// unfinished line included.
+    pub bytes: u64,
+    /// The read error.
+    pub error: String,
 }
 
 impl LineCounts {
@@ -442,8 +461,20 @@ fn read_one(
     progress: &SourceProgress<'_>,
 ) -> Result<(), String> {
     let name = input_name(path);
-    let Some((reader, format, cut)) = open_detected(path, options)? else {
-        return Ok(());
+    let (reader, format, cut) = match open_detected(path, options)? {
+        Opened::Ready(input) => input,
+        Opened::Empty => return Ok(()),
+        Opened::Damaged(error) => {
+            let damage = InputDamage {
+                input: name.to_string(),
+                lines: 0,
+                bytes: 0,
+                error: error.to_string(),
+            };
+            tracing::error!(input = name, %error, "input is damaged at its start: not read");
+            counts.damaged.push(damage);
+            return Ok(());
+        }
     };
     let events_path = (path != "-").then(|| PathBuf::from(path));
     let (mut parser, warnings) = sources::make_parser(format, options, events_path.as_deref())
@@ -469,7 +500,7 @@ fn read_one(
             Ok(None) => break,
             Ok(Some(line)) if !cut_before && cut_now() => {
                 // The shutdown, not a newline, ended this line, so its end may be missing.
-                unfinished_line(line, counts)
+                cut_line(line, SHUTDOWN_CUT_REASON, counts)
             }
             Ok(Some(line)) => count_and_parse(&mut *parser, line, limit, counts, &mut batch),
             // A gzip stream cut by the shutdown ends in the middle of a member.
@@ -483,9 +514,34 @@ fn read_one(
                     break;
                 };
                 input_ended = true;
-                unfinished_line(line, counts)
+                cut_line(line, SHUTDOWN_CUT_REASON, counts)
             }
-            Err(error) => return Err(format!("failed reading {name}: {error}")),
+            Err(error) => {
+                let mut damage = InputDamage {
+                    input: name.to_string(),
+                    lines: counts.lines - before.lines,
+                    bytes: 0,
+                    error: error.to_string(),
+                };
+                input_ended = true;
+                let pushed = splitter
+                    .take_unfinished()
+                    .map(|line| cut_line(line, "line cut off where the input is damaged", counts));
+                damage.bytes = counts.bytes - before.bytes;
+                tracing::error!(
+                    input = name,
+                    lines = damage.lines,
+                    bytes = damage.bytes,
+                    %error,
+                    "input is damaged: the lines before the damage are processed and the rest \
+                     of the input is not read"
+                );
+                counts.damaged.push(damage);
+                match pushed {
+                    Some(pushed) => pushed,
+                    None => break,
+                }
+            }
         };
         if counts.lines.is_multiple_of(65_536) {
             progress
@@ -542,16 +598,15 @@ fn read_one(
     Ok(())
 }
 
-/// Counts a line that a shutdown ended before its newline and makes it a bad record, because
-/// its end may be missing.
-fn unfinished_line(line: sources::Line<'_>, counts: &mut LineCounts) -> Pushed {
+/// Bad-record reason of a line that a shutdown ended before its newline.
+const SHUTDOWN_CUT_REASON: &str = "line not finished when the shutdown was requested";
+
+/// Counts a line that ended before its newline, by a shutdown or by damage to the input, and
+/// makes it a bad record with `reason`, because its end may be missing.
+fn cut_line(line: sources::Line<'_>, reason: &str, counts: &mut LineCounts) -> Pushed {
     counts.lines += 1;
     counts.bytes += line.bytes.len() as u64;
-    Pushed::Bad(BadRecord::new(
-        line.number,
-        "line not finished when the shutdown was requested",
-        line.bytes,
-    ))
+    Pushed::Bad(BadRecord::new(line.number, reason, line.bytes))
 }
 
 /// Returns whether a shutdown was requested, logging where the reader stops reading `name`.
@@ -606,23 +661,36 @@ type DetectedInput = (
     Option<sources::ShutdownCut>,
 );
 
+/// An input as [`open_detected`] opened it.
+enum Opened {
+    /// The input and its format.
+    Ready(DetectedInput),
+    /// An empty input whose format was not given.
+    Empty,
+    /// An input whose first bytes could not be read or decompressed, such as a gzip file
+    /// damaged in its first block.
+    Damaged(std::io::Error),
+}
+
 /// Opens `path` and returns it with its format: the `--format` given, or the one detected from
-/// its first complete lines. Returns `None`, and logs it, for an empty input whose format was
-/// not given. An input of blank lines alone is read as JSON lines, which skips them all.
-fn open_detected(path: &str, options: &SourceOptions) -> Result<Option<DetectedInput>, String> {
+/// its first complete lines. An input of blank lines alone is read as JSON lines, which skips
+/// them all. An empty input whose format was not given is logged.
+fn open_detected(path: &str, options: &SourceOptions) -> Result<Opened, String> {
     let name = input_name(path);
     let (reader, cut) =
         sources::open_input_until_shutdown(path).map_err(|error| error.to_string())?;
     if let Some(format) = options.format {
-        return Ok(Some((reader, format, cut)));
+        return Ok(Opened::Ready((reader, format, cut)));
     }
-    let (reader, head) = sources::detect_input_format(reader)
-        .map_err(|error| format!("cannot read input {name}: {error}"))?;
+    let (reader, head) = match sources::detect_input_format(reader) {
+        Ok(read) => read,
+        Err(error) => return Ok(Opened::Damaged(error)),
+    };
     let format = match head {
         sources::InputHead::Detected(format) => format,
         sources::InputHead::Empty => {
             tracing::info!(input = name, "input is empty");
-            return Ok(None);
+            return Ok(Opened::Empty);
         }
         // Every format skips blank lines, so any parser counts them.
         sources::InputHead::OnlyBlankLines => {
@@ -642,7 +710,7 @@ fn open_detected(path: &str, options: &SourceOptions) -> Result<Option<DetectedI
             ));
         }
     };
-    Ok(Some((reader, format, cut)))
+    Ok(Opened::Ready((reader, format, cut)))
 }
 
 /// Counts one line in `counts` and parses it, pushing its event onto `events`. A line cut at
@@ -679,8 +747,10 @@ fn read_split(
     progress: &SourceProgress<'_>,
 ) -> Result<(), String> {
     let name = input_name(path);
-    let Some((_, format, _)) = open_detected(path, options)? else {
-        return Ok(());
+    let format = match open_detected(path, options)? {
+        Opened::Ready((_, format, _)) => format,
+        Opened::Empty => return Ok(()),
+        Opened::Damaged(error) => return Err(format!("cannot read input {name}: {error}")),
     };
     if format == sources::Format::RetailRocket {
         return read_one(path, options, dead_letter, channel, counts, progress);
@@ -718,7 +788,8 @@ fn read_split(
     Ok(())
 }
 
-/// Reads every event of `paths` in file order, without a dead-letter file.
+/// Reads every event of `paths` in file order, without a dead-letter file. A damaged input is
+/// an error.
 pub fn read_events(
     paths: Vec<String>,
     options: SourceOptions,
@@ -735,7 +806,12 @@ pub fn read_events(
     for chunk in receiver {
         match chunk {
             Chunk::Events(mut batch, _) => events.append(&mut batch),
-            Chunk::Done(counts) => return Ok((events, counts)),
+            // These callers (explain, report, stats, eval) read every event before they work,
+            // so a damaged input fails them rather than give results of part of it.
+            Chunk::Done(counts) => match counts.damaged.first() {
+                Some(damage) => anyhow::bail!("{damage}"),
+                None => return Ok((events, counts)),
+            },
             Chunk::Failed(message) => anyhow::bail!(message),
         }
     }

@@ -21,6 +21,16 @@ struct Cli {
     command: Command,
 }
 
+/// The exit codes of `veer run`, as its help lists them.
+const RUN_EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  2    an error: the run did not start, or it lost alerts, dead-letter records or profile lines
+  3    every alert is safe, but some went only to the webhook's dead-letter file
+  4    an input is damaged (such as a truncated gzip file): its lines before the damage were
+       processed, the rest was not read
+  130  a second SIGINT stopped the run at once";
+
 // The command is parsed once, so the size of its largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
@@ -28,6 +38,7 @@ enum Command {
     /// Read behaviour events and write an alert for each user whose interests shift.
     ///
     /// Without --input, generates a labelled stream in memory, runs it and prints the score.
+    #[command(after_help = RUN_EXIT_CODES)]
     Run(RunArgs),
     /// Accept events over TCP and write alerts as they happen, until SIGTERM or SIGINT.
     ///
@@ -470,9 +481,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            match error.downcast_ref::<veer::sinks::SinksDegraded>() {
-                Some(_) => ExitCode::from(veer::sinks::SinksDegraded::EXIT_CODE),
-                None => ExitCode::from(2),
+            if error.is::<veer::sinks::SinksDegraded>() {
+                ExitCode::from(veer::sinks::SinksDegraded::EXIT_CODE)
+            } else if error.is::<InputDamaged>() {
+                ExitCode::from(InputDamaged::EXIT_CODE)
+            } else {
+                ExitCode::from(2)
             }
         }
     }
@@ -758,9 +772,16 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
     }
     if summary.sinks.failed() {
         anyhow::bail!(
-            "{} alerts were lost by the alert sinks (see the log above)",
-            summary.sinks.lost()
+            "{} alerts were lost by the alert sinks: {}",
+            summary.sinks.lost(),
+            summary.sinks.failures()
         );
+    }
+    if !summary.counts.damaged.is_empty() {
+        return Err(InputDamaged {
+            damages: summary.counts.damaged.clone(),
+        }
+        .into());
     }
     if summary.sinks.dead_lettered() > 0 {
         return Err(veer::sinks::SinksDegraded {
@@ -770,6 +791,38 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The error of a run that processed every line it could read, but stopped reading at least
+/// one input at a read error. `veer run` exits with [`InputDamaged::EXIT_CODE`] for it.
+#[derive(Debug)]
+struct InputDamaged {
+    /// The damaged inputs, in reading order; never empty.
+    damages: Vec<veer::ingest::InputDamage>,
+}
+
+impl InputDamaged {
+    /// Exit code of `veer run` when an input was damaged.
+    const EXIT_CODE: u8 = 4;
+}
+
+impl std::fmt::Display for InputDamaged {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "{}", self.damages[0])?;
+        if self.damages.len() > 1 {
+            write!(
+                formatter,
+                " ({} more damaged inputs are listed in the summary)",
+                self.damages.len() - 1
+            )?;
+        }
+        write!(
+            formatter,
+            "; the lines before the damage were processed, the rest of the input was not read"
+        )
+    }
+}
+
+impl std::error::Error for InputDamaged {}
 
 fn print_score(
     summary: &RunSummary,

@@ -197,6 +197,12 @@ impl RunSummary {
             "out of order      {:>12}  (older than an earlier line; replay: {order})\n",
             counts.out_of_order
         ));
+        for damage in &counts.damaged {
+            text.push_str(&format!(
+                "damaged input     {}: read stopped after line {} (uncompressed byte {}): {}\n",
+                damage.input, damage.lines, damage.bytes, damage.error
+            ));
+        }
         text.push_str(&format!(
             "user states       {:>12}  (one per user, one more after each return from eviction)\n",
             self.users

@@ -278,6 +278,7 @@ pub(crate) fn feed(
         late,
         out_of_order: 0,
         bytes: shared.bytes.load(Ordering::Relaxed),
+        damaged: Vec::new(),
     })
 }
 

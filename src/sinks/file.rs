@@ -7,11 +7,19 @@
 //! [`AlertFile::open_append`] cuts that torn line, loads the `alert_id` of every line, and
 //! from then on skips alerts with those ids. A run resumed from a checkpoint can thus send
 //! again every alert after the checkpoint, and the file still contains each alert once.
+//!
+//! A write that fails part way (a full disk, a file size limit) is cut back at once to the end
+//! of the last whole line it wrote, so the file contains whole lines only. The file counts
+//! exactly the lines that reached it ([`AlertFile::lines_written`]) and the lines it dropped
+//! ([`AlertFile::lines_dropped`]).
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+/// Bytes of lines buffered before they are written out, as `std::io::BufWriter` buffers.
+const BUFFER_BYTES: usize = 8 * 1024;
 
 /// Findings of [`AlertFile::open_append`] in an existing file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,7 +61,20 @@ pub struct Reopened {
 /// ```
 pub struct AlertFile {
     path: PathBuf,
-    writer: BufWriter<File>,
+    file: File,
+    /// Length of the file: whole lines only, unless `torn` is set.
+    length: u64,
+    /// Lines not yet written out, each with its newline.
+    buffer: Vec<u8>,
+    /// End offset in `buffer` of each line in it.
+    line_ends: Vec<usize>,
+    /// Lines written to the file by this process.
+    written: u64,
+    /// Lines dropped by failed writes.
+    dropped: u64,
+    /// Whether a failed write left a torn line that could not be cut, so that later lines
+    /// would be joined to it. Every later line is then dropped.
+    torn: bool,
     /// Ids already in the file, tracked only in append mode.
     seen: Option<HashSet<String>>,
     skipped: u64,
@@ -63,12 +84,22 @@ impl AlertFile {
     /// Creates the file, or truncates it when it exists (the default of `veer run`).
     pub fn create(path: &Path) -> std::io::Result<AlertFile> {
         let file = File::create(path)?;
-        Ok(AlertFile {
+        Ok(AlertFile::with_file(path, file, 0, None))
+    }
+
+    fn with_file(path: &Path, file: File, length: u64, seen: Option<HashSet<String>>) -> AlertFile {
+        AlertFile {
             path: path.to_path_buf(),
-            writer: BufWriter::new(file),
-            seen: None,
+            file,
+            length,
+            buffer: Vec::with_capacity(BUFFER_BYTES),
+            line_ends: Vec::new(),
+            written: 0,
+            dropped: 0,
+            torn: false,
+            seen,
             skipped: 0,
-        })
+        }
     }
 
     /// Opens the file for appending, creating it when missing: cuts a torn last line, loads
@@ -130,20 +161,16 @@ impl AlertFile {
         drop(file);
 
         let file = OpenOptions::new().append(true).open(path)?;
-        let alert_file = AlertFile {
-            path: path.to_path_buf(),
-            writer: BufWriter::new(file),
-            seen: Some(seen),
-            skipped: 0,
-        };
+        let alert_file = AlertFile::with_file(path, file, whole_end, Some(seen));
         Ok((alert_file, reopened))
     }
 
     /// Appends one alert line (without its newline) unless its id is already in the file.
-    /// Returns whether the line was appended.
+    /// Returns whether the line was taken.
     ///
-    /// The line and its newline go to the buffer as one piece, and the buffer writes whole
-    /// pieces, so a kill can tear at most the last line.
+    /// Lines are buffered and written out when the buffer is full or on [`flush`](Self::flush).
+    /// An error is that of the write the line started, and the lines it dropped are counted in
+    /// [`lines_dropped`](Self::lines_dropped).
     pub fn append(&mut self, id: &str, line: &str) -> std::io::Result<bool> {
         if let Some(seen) = self.seen.as_mut() {
             if seen.contains(id) {
@@ -152,23 +179,108 @@ impl AlertFile {
             }
             seen.insert(id.to_string());
         }
-        let mut bytes = Vec::with_capacity(line.len() + 1);
-        bytes.extend_from_slice(line.as_bytes());
-        bytes.push(b'\n');
-        self.writer.write_all(&bytes)?;
+        self.buffer.extend_from_slice(line.as_bytes());
+        self.buffer.push(b'\n');
+        self.line_ends.push(self.buffer.len());
+        if self.buffer.len() >= BUFFER_BYTES {
+            self.flush()?;
+        }
         Ok(true)
     }
 
     /// Hands the buffered lines to the operating system, so they survive a kill of veer.
+    ///
+    /// When the write fails part way, the file is cut back to the end of the last whole line
+    /// written, and the lines not written are dropped and counted.
     pub fn flush(&mut self) -> std::io::Result<()> {
-        self.writer.flush()
+        if self.line_ends.is_empty() {
+            return Ok(());
+        }
+        if self.torn {
+            self.drop_buffer(0);
+            return Err(std::io::Error::other(format!(
+                "an earlier failed write left a torn line at the end of {}",
+                self.path.display()
+            )));
+        }
+        let mut done = 0;
+        let failure = loop {
+            if done == self.buffer.len() {
+                break None;
+            }
+            match self.file.write(&self.buffer[done..]) {
+                Ok(0) => break Some(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                Ok(bytes) => done += bytes,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => break Some(error),
+            }
+        };
+        let Some(error) = failure else {
+            self.length += done as u64;
+            self.written += self.line_ends.len() as u64;
+            self.buffer.clear();
+            self.line_ends.clear();
+            return Ok(());
+        };
+
+        let whole_lines = self.line_ends.partition_point(|&end| end <= done);
+        let whole_bytes = match whole_lines {
+            0 => 0,
+            lines => self.line_ends[lines - 1],
+        };
+        self.written += whole_lines as u64;
+        self.drop_buffer(whole_lines);
+        if done > whole_bytes {
+            let whole_end = self.length + whole_bytes as u64;
+            let cut = self
+                .file
+                .set_len(whole_end)
+                .and_then(|()| self.file.seek(SeekFrom::Start(whole_end)).map(|_| ()));
+            if let Err(cut_error) = cut {
+                self.torn = true;
+                self.length += done as u64;
+                return Err(std::io::Error::new(
+                    error.kind(),
+                    format!(
+                        "{error}, and cutting the torn last line of {} failed: {cut_error}",
+                        self.path.display()
+                    ),
+                ));
+            }
+        }
+        self.length += whole_bytes as u64;
+        Err(error)
+    }
+
+    /// Counts the buffered lines after the first `kept` as dropped and empties the buffer.
+    fn drop_buffer(&mut self, kept: usize) {
+        self.dropped += (self.line_ends.len() - kept) as u64;
+        self.buffer.clear();
+        self.line_ends.clear();
     }
 
     /// Flushes and syncs the file to disk (`fdatasync`), so the lines also survive a crash
     /// of the machine.
     pub fn sync(&mut self) -> std::io::Result<()> {
-        self.writer.flush()?;
-        self.writer.get_ref().sync_data()
+        self.flush()?;
+        self.file.sync_data()
+    }
+
+    /// Returns the lines this process wrote to the file. Lines still in the buffer are not
+    /// counted.
+    pub fn lines_written(&self) -> u64 {
+        self.written
+    }
+
+    /// Returns the lines dropped by failed writes.
+    pub fn lines_dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Returns whether the file ends in a torn line that a failed write left and that could not
+    /// be cut; the next [`open_append`](Self::open_append) cuts it.
+    pub fn is_torn(&self) -> bool {
+        self.torn
     }
 
     /// Returns the alerts skipped because their ids were already in the file.

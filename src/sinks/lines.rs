@@ -20,9 +20,10 @@ enum Target {
 pub(crate) struct LineSink {
     target: Target,
     stats: SinkStats,
-    /// Alerts counted delivered in the summary that are still in the write buffer. A failed
-    /// flush may drop them, so they move from delivered to lost. The live counter counts them
-    /// only once a flush has written them, because a live counter cannot go down.
+    /// Alerts of standard output counted delivered in the summary that are still in the write
+    /// buffer. A failed flush may drop them, so they move from delivered to lost. The live
+    /// counter counts them only once a flush has written them, because a live counter cannot
+    /// go down. The alert file counts its own lines.
     unflushed: u64,
     /// Whether a write or flush failed; later failures are counted without a log line each.
     write_error: bool,
@@ -79,25 +80,18 @@ impl LineSink {
             match message {
                 Message::Alert(record) => {
                     self.stats.received += 1;
-                    let result = match &mut self.target {
-                        Target::File(file) => file.append(&record.id, &record.line),
-                        Target::Stdout(out) => writeln!(out, "{}", record.line).map(|_| true),
-                    };
                     live.attempt();
-                    match result {
-                        Ok(true) => {
-                            self.stats.delivered += 1;
-                            self.unflushed += 1;
-                        }
-                        Ok(false) => self.stats.skipped += 1,
-                        Err(error) => {
-                            self.stats.lost += 1;
-                            live.failure();
-                            self.lose_unflushed();
-                            if !self.write_error {
-                                self.write_error = true;
-                                tracing::error!(sink = %self.stats.name, alert_id = %record.id, %error, "alert lost: write failed; later failures are counted in the summary");
+                    match &mut self.target {
+                        Target::File(file) => {
+                            let result = file.append(&record.id, &record.line);
+                            if let Ok(false) = result {
+                                self.stats.skipped += 1;
                             }
+                            self.settle_file(result.map(|_| ()), &live);
+                        }
+                        Target::Stdout(out) => {
+                            let result = writeln!(out, "{}", record.line);
+                            self.settle_stdout(result, &record.id, &live);
                         }
                     }
                     if receiver.is_empty() {
@@ -116,30 +110,82 @@ impl LineSink {
 
     /// Writes the buffered alerts out and adds them to the live delivered counter.
     fn flush(&mut self, live: &SinkMetrics) {
-        let result = match &mut self.target {
-            Target::File(file) => file.flush(),
-            Target::Stdout(out) => out.flush(),
+        match &mut self.target {
+            Target::File(file) => {
+                let result = file.flush();
+                self.settle_file(result, live);
+            }
+            Target::Stdout(out) => match out.flush() {
+                Ok(()) => {
+                    live.delivered(self.unflushed);
+                    self.unflushed = 0;
+                }
+                Err(error) => {
+                    // The failed write may have written part of the buffer, so the sink is
+                    // also marked failed: its lost count is an upper bound.
+                    self.stats.failed = true;
+                    self.lose_unflushed();
+                    self.log_first_error(&error, None);
+                }
+            },
+        }
+    }
+
+    /// Takes the delivered and lost counts from the alert file after an append or a flush,
+    /// which count exactly the lines that reached the file and the lines a failed write
+    /// dropped.
+    fn settle_file(&mut self, result: std::io::Result<()>, live: &SinkMetrics) {
+        let Target::File(file) = &self.target else {
+            return;
         };
+        let (written, dropped) = (file.lines_written(), file.lines_dropped());
+        live.delivered(written - self.stats.delivered);
+        for _ in self.stats.lost..dropped {
+            live.failure();
+        }
+        self.stats.delivered = written;
+        self.stats.lost = dropped;
+        self.stats.failed |= file.is_torn();
+        if let Err(error) = result {
+            self.log_first_error(&error, None);
+        }
+    }
+
+    /// Counts one alert written to the standard output buffer, or lost by a failed write.
+    fn settle_stdout(&mut self, result: std::io::Result<()>, id: &str, live: &SinkMetrics) {
         match result {
             Ok(()) => {
-                live.delivered(self.unflushed);
-                self.unflushed = 0;
+                self.stats.delivered += 1;
+                self.unflushed += 1;
             }
             Err(error) => {
-                // The failed write may have written part of the buffer, so the sink is also
-                // marked failed: its lost count is an upper bound.
-                self.stats.failed = true;
+                self.stats.lost += 1;
+                live.failure();
                 self.lose_unflushed();
-                if !self.write_error {
-                    self.write_error = true;
-                    tracing::error!(sink = %self.stats.name, %error, "failed to flush alerts; later failures are counted in the summary");
-                }
+                self.log_first_error(&error, Some(id));
             }
         }
     }
 
-    /// Counts the alerts still in the write buffer as lost instead of delivered, after a
-    /// write or flush error that may have dropped them.
+    /// Logs the sink's first write error and keeps it for the summary. Later errors are only
+    /// counted.
+    fn log_first_error(&mut self, error: &std::io::Error, alert_id: Option<&str>) {
+        if self.write_error {
+            return;
+        }
+        self.write_error = true;
+        self.stats.error = Some(error.to_string());
+        tracing::error!(
+            sink = %self.stats.name,
+            alert_id,
+            %error,
+            "failed to write alerts; the lines that reached the sink are counted delivered, \
+             the rest lost, and later failures are counted in the summary"
+        );
+    }
+
+    /// Counts the alerts still in the standard output buffer as lost instead of delivered,
+    /// after a write or flush error that may have dropped them.
     fn lose_unflushed(&mut self) {
         self.stats.delivered -= self.unflushed;
         self.stats.lost += self.unflushed;

@@ -27,6 +27,8 @@ pub struct SinkStats {
     pub dropped_subscribers: u64,
     /// Whether the sink hit an error whose losses it cannot count (a failed flush, a panic).
     pub failed: bool,
+    /// The sink's first write error, such as a full disk.
+    pub error: Option<String>,
 }
 
 impl SinkStats {
@@ -85,6 +87,28 @@ impl SinkReport {
     /// Returns whether a sink lost alerts or failed in a way it could not count.
     pub fn failed(&self) -> bool {
         self.lost() > 0 || self.sinks.iter().any(|sink| sink.failed)
+    }
+
+    /// Describes the sinks that lost alerts or failed: each one's name, lost count and first
+    /// error, such as `file alerts.jsonl lost 633 (No space left on device (os error 28))`.
+    pub fn failures(&self) -> String {
+        let failed = self
+            .sinks
+            .iter()
+            .filter(|sink| sink.lost > 0 || sink.failed);
+        let described: Vec<String> = failed
+            .map(|sink| {
+                let mut text = format!("{} lost {}", sink.name, sink.lost);
+                if sink.failed {
+                    text.push_str(" or more");
+                }
+                if let Some(error) = &sink.error {
+                    text.push_str(&format!(" ({error})"));
+                }
+                text
+            })
+            .collect();
+        described.join("; ")
     }
 
     /// Renders one summary line per sink.
