@@ -12,8 +12,8 @@ pub struct ListenArgs {
     /// for several. `veer serve` uses [listen] address (127.0.0.1:7700) when none is given.
     #[arg(long = "listen", value_name = "HOST:PORT")]
     pub listen: Vec<String>,
-    /// Time without events after which a connection stops holding back event time, e.g. 30s
-    /// (default 30s, [time] idle_timeout).
+    /// Time without events after which a connection stops holding back event time, e.g. 30s;
+    /// must be positive (default 30s, [time] idle_timeout).
     #[arg(long, value_name = "DURATION")]
     pub idle_timeout: Option<String>,
     /// Time after the start during which event time does not move, so that clients that
@@ -54,6 +54,12 @@ impl ListenArgs {
         serve: bool,
     ) -> anyhow::Result<Option<ListenSettings>> {
         if self.listen.is_empty() && !serve {
+            if let Some(option) = self.given_options().first() {
+                anyhow::bail!(
+                    "--{option} sets the TCP input, which this run does not read; add \
+                     --listen HOST:PORT or drop --{option}"
+                );
+            }
             return Ok(None);
         }
         let duration = |name: &str, text: &str| {
@@ -83,12 +89,16 @@ impl ListenArgs {
         if let Some(text) = &self.status_interval {
             limits.status_interval = duration("status-interval", text)?;
         }
-        let idle_timeout = match &self.idle_timeout {
-            Some(text) => duration("idle-timeout", text)?,
-            None => file.time.idle_timeout,
+        let (idle_timeout, origin) = match &self.idle_timeout {
+            Some(text) => (duration("idle-timeout", text)?, "--idle-timeout"),
+            None => (file.time.idle_timeout, "idle_timeout under [time]"),
         };
         if idle_timeout.is_zero() {
-            anyhow::bail!("invalid --idle-timeout 0s: use a positive duration such as 30s");
+            anyhow::bail!(
+                "invalid {origin} 0s: every connection would be idle at once, so event time \
+                 would follow the wall clock and make events late; use a positive duration \
+                 such as 30s"
+            );
         }
         let startup_hold = match &self.startup_hold {
             Some(text) => duration("startup-hold", text)?,
@@ -101,6 +111,26 @@ impl ListenArgs {
             idle_timeout,
             startup_hold,
         }))
+    }
+}
+
+impl ListenArgs {
+    /// Returns the names of the TCP source options given on the command line, `--listen`
+    /// aside.
+    fn given_options(&self) -> Vec<&'static str> {
+        [
+            ("idle-timeout", self.idle_timeout.is_some()),
+            ("startup-hold", self.startup_hold.is_some()),
+            ("max-line-bytes", self.max_line_bytes.is_some()),
+            ("max-clients", self.max_clients.is_some()),
+            ("line-timeout", self.line_timeout.is_some()),
+            ("max-bad-lines", self.max_bad_lines.is_some()),
+            ("max-buffered-events", self.max_buffered_events.is_some()),
+            ("status-interval", self.status_interval.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
     }
 }
 
@@ -124,6 +154,46 @@ mod tests {
             ..ListenArgs::default()
         };
         assert_eq!(settings_of(&args).startup_hold, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn zero_idle_timeout_rejected_by_run_and_serve() {
+        // `veer run --listen`, `veer serve --listen` and `veer serve` on its default address.
+        for (listen, serve) in [(true, false), (true, true), (false, true)] {
+            let args = ListenArgs {
+                listen: listen
+                    .then(|| "127.0.0.1:0".to_string())
+                    .into_iter()
+                    .collect(),
+                idle_timeout: Some("0s".into()),
+                ..ListenArgs::default()
+            };
+            let error = args
+                .settings(&FileConfig::default(), None, serve)
+                .expect_err("0s is rejected");
+            assert!(
+                error.to_string().contains("invalid --idle-timeout 0s"),
+                "listen {listen}, serve {serve}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn tcp_options_rejected_without_listen() {
+        let args = ListenArgs {
+            idle_timeout: Some("0s".into()),
+            ..ListenArgs::default()
+        };
+        let error = args
+            .settings(&FileConfig::default(), None, false)
+            .expect_err("a TCP option without --listen is rejected");
+        assert!(
+            error
+                .to_string()
+                .contains("--idle-timeout sets the TCP input"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("add --listen"), "{error}");
     }
 
     #[test]
