@@ -23,6 +23,14 @@
 //! let json = serde_json::to_string(&profile).unwrap();
 //! assert!(json.starts_with(r#"{"user":42,"events":3,"#));
 //! assert!(json.contains(r#""interest":[{"category":"shoes","share":1.0}]"#));
+//!
+//! // Shares are written with four decimals, as profile lines write them.
+//! let shares = UserProfile {
+//!     interest: vec![ProfileShare { category: Id::from(7u64), share: 2.0 / 3.0 }],
+//!     ..profile
+//! };
+//! let json = serde_json::to_string(&shares).unwrap();
+//! assert!(json.contains(r#""interest":[{"category":7,"share":0.6667}]"#));
 //! assert!(json.contains(r#""segment":null"#));
 //! ```
 
@@ -68,8 +76,20 @@ pub struct ProfileShare {
     /// The category, as the input wrote the id.
     #[serde(serialize_with = "serialize_id")]
     pub category: Id,
-    /// Share of the user's interest, in 0..=1.
+    /// Share of the user's interest, in 0..=1. It is written rounded to four decimals, as
+    /// profile lines and alerts write shares.
+    #[serde(serialize_with = "serialize_share")]
     pub share: f64,
+}
+
+/// Writes a share rounded to four decimals, or `null` when it is not finite.
+fn serialize_share<S: Serializer>(share: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    let rounded = (share * 10_000.0).round() / 10_000.0;
+    if rounded.is_finite() {
+        serializer.serialize_f64(rounded)
+    } else {
+        serializer.serialize_none()
+    }
 }
 
 impl From<CategoryShare> for ProfileShare {
