@@ -20,20 +20,64 @@ use serving::{alert_ids, case_file, read_json_lines, summary_count, Server};
 const CASE: &str = "20-tcp-slow-client-backpressure";
 const FIREHOSE_EVENTS: u64 = 200_000;
 
-/// Samples the resident memory of the server every 100 ms into `peak` until `stop` is set.
-fn sample_rss(pid: u32, peak: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let rss = status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0);
-            peak.fetch_max(rss, Ordering::Relaxed);
-            std::thread::sleep(Duration::from_millis(100));
+/// Peak resident memory of a process, sampled every 100 ms on a thread of its own.
+struct PeakRss {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    sampler: JoinHandle<()>,
+}
+
+impl PeakRss {
+    /// Starts sampling the process `pid`.
+    fn start(pid: u32) -> PeakRss {
+        let (peak, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let sampler = {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let status =
+                        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                    let rss = status
+                        .lines()
+                        .find_map(|line| line.strip_prefix("VmRSS:"))
+                        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+                        .unwrap_or(0);
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            })
+        };
+        PeakRss {
+            peak,
+            stop,
+            sampler,
         }
-    })
+    }
+
+    /// Stops sampling and returns the peak in KiB.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.sampler.join().unwrap();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// Returns one JSON event line of the view behaviour, with its newline.
+fn view_event(user: u64, item: u64, category: u64, ts: u64) -> String {
+    format!(
+        "{{\"user\":{user},\"item\":{item},\"category\":{category},\"behavior\":\"view\",\"ts\":{ts}}}\n"
+    )
+}
+
+/// Starts `veer serve` on a free loopback port with `options`, writing alerts to `alerts`.
+fn serve_with(alerts: &std::path::Path, options: &[&str]) -> Server {
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(options);
+    args.extend(["--alerts", alerts.to_str().unwrap()]);
+    Server::start(&args, 1)
 }
 
 /// Sends a client file in 10 slices, 300 ms apart, and returns the open connection.
@@ -57,11 +101,11 @@ fn firehose(address: SocketAddr) -> (TcpStream, Duration) {
     let mut batch = String::new();
     for index in 0..FIREHOSE_EVENTS {
         let category = if index % 3 == 0 { 15 } else { 12 };
-        batch.push_str(&format!(
-            "{{\"user\":{},\"item\":{},\"category\":{category},\"behavior\":\"view\",\"ts\":{}}}\n",
+        batch.push_str(&view_event(
             2100 + index % 100,
             category * 1000 + index % 40,
-            start + index * span / FIREHOSE_EVENTS
+            category,
+            start + index * span / FIREHOSE_EVENTS,
         ));
         if index % 1000 == 999 {
             let before = Instant::now();
@@ -110,21 +154,17 @@ fn start_normal_clients(address: SocketAddr) -> Vec<JoinHandle<TcpStream>> {
         .collect()
 }
 
+/// Starts the server of the mix test: 4 workers and an idle timeout of 3 s.
 fn serve(alerts: &std::path::Path) -> Server {
-    let args = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
+    let options = [
         "--workers",
         "4",
         "--idle-timeout",
         "3s",
         "--status-interval",
         "200ms",
-        "--alerts",
-        alerts.to_str().unwrap(),
     ];
-    Server::start(&args, 1)
+    serve_with(alerts, &options)
 }
 
 #[test]
@@ -135,11 +175,7 @@ fn troublesome_clients_do_not_stall_others() {
     let base = folder.path().join("base.jsonl");
     let mut server = serve(&base);
     let address = server.addresses[0];
-    let (peak_base, stop) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let sampler = sample_rss(server.child.id(), peak_base.clone(), stop.clone());
+    let peak_base = PeakRss::start(server.child.id());
     let normal = start_normal_clients(address);
     let normal: Vec<TcpStream> = normal
         .into_iter()
@@ -149,8 +185,7 @@ fn troublesome_clients_do_not_stall_others() {
     drop(normal);
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit(10).0, 0);
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
+    let base_kib = peak_base.finish();
     let log = server.log();
     assert_eq!(summary_count(&log, "lines read"), 1396);
     assert_eq!(summary_count(&log, "late"), 0);
@@ -171,11 +206,7 @@ fn troublesome_clients_do_not_stall_others() {
     let mix = folder.path().join("mix.jsonl");
     let mut server = serve(&mix);
     let address = server.addresses[0];
-    let (peak_mix, stop) = (
-        Arc::new(AtomicU64::new(0)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let sampler = sample_rss(server.child.id(), peak_mix.clone(), stop.clone());
+    let peak_mix = PeakRss::start(server.child.id());
     let troublesome = troublesome(address);
     let hose = std::thread::spawn(move || firehose(address));
     let normal = start_normal_clients(address);
@@ -224,8 +255,7 @@ fn troublesome_clients_do_not_stall_others() {
     let (code, took) = server.wait_exit(10);
     assert_eq!(code, 0);
     assert!(took < Duration::from_secs(10));
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
+    let mix_kib = peak_mix.finish();
 
     let log = server.log();
     let long_line = log
@@ -241,10 +271,6 @@ fn troublesome_clients_do_not_stall_others() {
     assert_eq!(summary_count(&log, "bad"), 1 + u64::from(trickle_cut));
     assert_eq!(alert_ids(&mix), alert_ids(&base));
 
-    let (base_kib, mix_kib) = (
-        peak_base.load(Ordering::Relaxed),
-        peak_mix.load(Ordering::Relaxed),
-    );
     assert!(
         mix_kib <= base_kib + 256 * 1024,
         "peak RSS {mix_kib} KiB against {base_kib} KiB"
@@ -258,29 +284,12 @@ fn troublesome_clients_do_not_stall_others() {
 fn full_buffer_ends_startup_hold() {
     let folder = tempfile::tempdir().unwrap();
     let alerts = folder.path().join("alerts.jsonl");
-    let args = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--startup-hold",
-        "120s",
-        "--max-buffered-events",
-        "1000",
-        "--alerts",
-        alerts.to_str().unwrap(),
-    ];
-    let mut server = Server::start(&args, 1);
+    let options = ["--startup-hold", "120s", "--max-buffered-events", "1000"];
+    let mut server = serve_with(&alerts, &options);
     // Far more than the socket buffers take, so the reader cannot take it all before worker 0
     // counts the buffered events.
     let lines: String = (0..100_000u64)
-        .map(|index| {
-            format!(
-                "{{\"user\":{},\"item\":{index},\"category\":{},\"behavior\":\"view\",\"ts\":{}}}\n",
-                index % 50,
-                index % 7,
-                1_511_539_200 + index
-            )
-        })
+        .map(|index| view_event(index % 50, index, index % 7, 1_511_539_200 + index))
         .collect();
     let address = server.addresses[0];
     // A paused reader blocks the send, so it runs on its own thread.
@@ -307,10 +316,7 @@ fn full_buffer_ends_startup_hold() {
 fn long_pause_is_logged() {
     let folder = tempfile::tempdir().unwrap();
     let alerts = folder.path().join("alerts.jsonl");
-    let args = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
+    let options = [
         "--startup-hold",
         "0s",
         "--idle-timeout",
@@ -319,21 +325,16 @@ fn long_pause_is_logged() {
         "100ms",
         "--max-buffered-events",
         "1000",
-        "--alerts",
-        alerts.to_str().unwrap(),
     ];
-    let mut server = Server::start(&args, 1);
+    let mut server = serve_with(&alerts, &options);
     let address = server.addresses[0];
-    let event = |user: u64, item: u64, ts: u64| {
-        format!(
-            "{{\"user\":{user},\"item\":{item},\"category\":{},\"behavior\":\"view\",\"ts\":{ts}}}\n",
-            item % 7
-        )
-    };
+    let event = |user: u64, item: u64, ts: u64| view_event(user, item, item % 7, ts);
     // The silent client sends one event and keeps its connection open, so it holds the
     // frontier at that event's time.
     let mut silent = TcpStream::connect(address).unwrap();
-    silent.write_all(event(1, 0, 1_511_539_200).as_bytes()).unwrap();
+    silent
+        .write_all(event(1, 0, 1_511_539_200).as_bytes())
+        .unwrap();
     // Worker 0 must know the silent client before the sender connects. Otherwise event time
     // follows the sender alone, nothing waits, and the silent client's event is late.
     server.wait_for(|log| log.contains("lines=1 events=1 late=0"), 30);
