@@ -1,5 +1,6 @@
 //! A user's decayed interest weights per category and per group: the detector's reference.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -124,21 +125,28 @@ impl DecayedWeights {
         // Each category's group, looked up once: the categories before `first_shared` are
         // their own groups.
         let mut shared_group = Some(shared_group);
-        let mut sums: Vec<(GroupKey, f64)> = Vec::with_capacity(self.categories.len());
-        for (position, (category, weight)) in self.categories.iter().enumerate() {
-            let group = match position.cmp(&first_shared) {
-                std::cmp::Ordering::Less => GroupKey::Learned(category.clone()),
-                std::cmp::Ordering::Equal => shared_group.take().expect("one category is first"),
-                std::cmp::Ordering::Greater => group_of(category),
-            };
-            // Sums in category order (the map's order), so that float results do not depend
-            // on the order in which categories arrived. Weights are positive, so starting a
-            // sum at the first weight gives the same bits as adding it to 0.0. A group is
-            // named by its smallest category, so most groups arrive in key order and are
-            // appended.
-            add_in_key_order(&mut sums, group, *weight);
-        }
-        self.groups = Some(SortedVecMap::from_sorted(sums));
+        REBUILT_GROUPS.with_borrow_mut(|sums| {
+            sums.clear();
+            for (position, (category, weight)) in self.categories.iter().enumerate() {
+                let group = match position.cmp(&first_shared) {
+                    std::cmp::Ordering::Less => GroupKey::Learned(category.clone()),
+                    std::cmp::Ordering::Equal => {
+                        shared_group.take().expect("one category is first")
+                    }
+                    std::cmp::Ordering::Greater => group_of(category),
+                };
+                // Sums in category order (the map's order), so that float results do not
+                // depend on the order in which categories arrived. Weights are positive, so
+                // starting a sum at the first weight gives the same bits as adding it to
+                // 0.0. A group is named by its smallest category, so most groups arrive in
+                // key order and are appended.
+                add_in_key_order(sums, group, *weight);
+            }
+            // A rebuild that gives the same groups as the last one reuses their slice.
+            self.groups
+                .get_or_insert_with(SortedVecMap::default)
+                .assign_sorted(sums);
+        });
     }
 
     /// Returns the weight of `group`, 0 for a group the user has no weight in.
@@ -205,6 +213,12 @@ impl DecayedWeights {
         }
         distribution
     }
+}
+
+thread_local! {
+    /// The group sums of the latest [`DecayedWeights::sync_groups`] rebuild on this thread,
+    /// kept so that a rebuild allocates only when a user's set of groups changes.
+    static REBUILT_GROUPS: RefCell<Vec<(GroupKey, f64)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Returns whether `group` is the learned group named by `category` itself.

@@ -102,6 +102,38 @@ impl<K, V> SortedVecMap<K, V> {
     pub fn clear(&mut self) {
         self.entries = Box::default();
     }
+
+    /// Makes the map contain exactly `entries`, which must be sorted by key with each key
+    /// once, and leaves `entries` empty with its capacity kept.
+    ///
+    /// When the map already has exactly those keys, only the values are copied, so the
+    /// slice is neither allocated nor freed. Otherwise the map gets a new slice of exactly
+    /// `entries.len()` slots.
+    pub fn assign_sorted(&mut self, entries: &mut Vec<(K, V)>)
+    where
+        K: PartialEq,
+    {
+        debug_assert!(
+            entries.windows(2).all(|pair| pair[0].0 != pair[1].0),
+            "entries must contain each key once"
+        );
+        let same_keys = self.entries.len() == entries.len()
+            && self
+                .entries
+                .iter()
+                .zip(entries.iter())
+                .all(|(kept, new)| kept.0 == new.0);
+        if same_keys {
+            for (kept, (_, value)) in self.entries.iter_mut().zip(entries.drain(..)) {
+                kept.1 = value;
+            }
+        } else {
+            // `drain` reports its exact length, so the collected vector has no spare slot and
+            // the conversion to a boxed slice does not reallocate.
+            let exact: Vec<(K, V)> = entries.drain(..).collect();
+            self.entries = exact.into_boxed_slice();
+        }
+    }
 }
 
 impl<K: Ord, V> From<Vec<(K, V)>> for SortedVecMap<K, V> {
@@ -351,6 +383,33 @@ mod tests {
         assert_eq!(map.get(&1), Some(&2.0));
         assert_eq!(map.get(&4), None);
         assert_eq!(map.len(), 4);
+    }
+
+    #[test]
+    fn assign_sorted_replaces_entries() {
+        let mut map = SortedVecMap::from(vec![(1u32, 1.0), (4, 4.0)]);
+        let kept_slice = map.entries.as_ptr();
+
+        // The same keys: the values change in place.
+        let mut entries = vec![(1, 10.0), (4, 40.0)];
+        map.assign_sorted(&mut entries);
+        assert_eq!(map.get(&1), Some(&10.0));
+        assert_eq!(map.get(&4), Some(&40.0));
+        assert_eq!(map.entries.as_ptr(), kept_slice);
+        assert!(entries.is_empty());
+
+        // Other keys: the map contains exactly the new entries.
+        let mut entries = Vec::with_capacity(8);
+        entries.extend([(2, 2.0), (4, 4.5), (7, 7.0)]);
+        map.assign_sorted(&mut entries);
+        let contents: Vec<(u32, f64)> = map.iter().map(|(key, value)| (*key, *value)).collect();
+        assert_eq!(contents, vec![(2, 2.0), (4, 4.5), (7, 7.0)]);
+        assert!(entries.is_empty());
+        assert_eq!(entries.capacity(), 8);
+
+        // No entries: the map becomes empty.
+        map.assign_sorted(&mut entries);
+        assert!(map.is_empty());
     }
 
     #[test]
