@@ -85,6 +85,14 @@ impl Id {
         }
     }
 
+    /// Returns the value of an integer id that fits in a `u64`, or `None` for any other id.
+    pub fn as_u64(&self) -> Option<u64> {
+        match &self.0 {
+            IdRepr::Int(value) => Some(*value),
+            IdRepr::Wide(_) | IdRepr::Text(_) => None,
+        }
+    }
+
     /// Returns the text, or `None` for an integer id.
     pub fn as_text(&self) -> Option<&str> {
         match self.value() {

@@ -23,6 +23,7 @@ use smallvec::SmallVec;
 
 use crate::category_graph::{CategoryGraph, GraphMaps};
 use crate::event::{Event, Id};
+use crate::representatives::Representatives;
 use crate::session::{SessionMark, SessionRule};
 use crate::sorted_map::sum_by_key;
 
@@ -136,16 +137,47 @@ pub struct PopulationInfo {
 /// assert_eq!(map.trend(&GroupKey::Learned(Id::from(10u64))), Some(3.0));
 /// ```
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(from = "GroupMapRecord", into = "GroupMapRecord")]
 pub struct GroupMap {
-    representative: HashMap<Id, Id>,
+    representative: Representatives,
     trending: HashMap<GroupKey, f64>,
     /// Increases on every update, so that per-user caches can tell when to rebuild.
     pub version: u64,
     /// The groups of the latest update, sorted by leaf, for merging with the next update.
     /// Empty when that list was not sorted, and after a checkpoint restore, which does not
     /// store it because `representative` contains the same pairs.
-    #[serde(skip)]
     last_groups: Vec<(Id, Id)>,
+}
+
+/// [`GroupMap`] as checkpoints store it, with the representatives in one map keyed by [`Id`]:
+/// the fields and types that the derived encoding of `GroupMap` had, so the format is
+/// unchanged.
+#[derive(Serialize, Deserialize)]
+struct GroupMapRecord {
+    representative: HashMap<Id, Id>,
+    trending: HashMap<GroupKey, f64>,
+    version: u64,
+}
+
+impl From<GroupMap> for GroupMapRecord {
+    fn from(map: GroupMap) -> Self {
+        GroupMapRecord {
+            representative: map.representative.to_pairs().into_iter().collect(),
+            trending: map.trending,
+            version: map.version,
+        }
+    }
+}
+
+impl From<GroupMapRecord> for GroupMap {
+    fn from(record: GroupMapRecord) -> Self {
+        GroupMap {
+            representative: record.representative.into_iter().collect(),
+            trending: record.trending,
+            version: record.version,
+            last_groups: Vec::new(),
+        }
+    }
 }
 
 impl GroupMap {
@@ -724,7 +756,7 @@ mod tests {
                 groups: Some(list.clone()),
                 trending: Vec::new(),
             });
-            let expected: HashMap<Id, Id> = list.iter().cloned().collect();
+            let expected: Representatives = list.iter().cloned().collect();
             assert_eq!(map.representative, expected, "list {at}");
             assert_eq!(map.version, at as u64 + 1, "list {at}");
             if at == 1 {

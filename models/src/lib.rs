@@ -18,6 +18,7 @@ pub mod groups;
 pub mod ml;
 pub mod profile;
 mod recent_events;
+mod representatives;
 pub mod session;
 mod sorted_map;
 
