@@ -415,18 +415,7 @@ impl ReferenceProfile {
     pub(crate) fn from_sorted<'a>(
         weights: impl Iterator<Item = (&'a GroupKey, &'a f64)> + Clone,
     ) -> Result<ReferenceProfile, MlError> {
-        if let Some((group, weight)) = weights
-            .clone()
-            .find(|(_, weight)| !weight.is_finite() || **weight < 0.0)
-        {
-            return Err(MlError::InvalidShares {
-                input: "reference profile",
-                detail: format!(
-                    "group {group:?} has weight {weight}; expected a finite weight >= 0"
-                ),
-            });
-        }
-        let total: f64 = weights.clone().map(|(_, weight)| weight).sum();
+        let total = checked_total(weights.clone())?;
         let shares: Vec<(GroupKey, f64)> = if total > 0.0 {
             // Room for every group, so the vector is not grown while it is filled.
             let mut shares = Vec::with_capacity(weights.size_hint().0);
@@ -439,35 +428,26 @@ impl ReferenceProfile {
         } else {
             Vec::new()
         };
-
-        // The first TOP_GROUPS entries of the shares sorted by share, largest first, then by
-        // group, kept in order by insertion.
-        let mut ranked: Vec<&(GroupKey, f64)> = Vec::with_capacity(TOP_GROUPS + 1);
-        let before = |a: &(GroupKey, f64), b: &(GroupKey, f64)| {
-            b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)).is_lt()
-        };
-        for entry in &shares {
-            if ranked.len() == TOP_GROUPS && !before(entry, ranked[TOP_GROUPS - 1]) {
-                continue;
-            }
-            let at = ranked.partition_point(|known| before(known, entry));
-            ranked.insert(at, entry);
-            ranked.truncate(TOP_GROUPS);
-        }
-        let top: Vec<GroupKey> = ranked.iter().map(|(group, _)| group.clone()).collect();
-
-        let mut top_shares = [0.0; SHARE_SLOTS];
-        if !shares.is_empty() {
-            for (slot, (_, share)) in ranked.iter().enumerate() {
-                top_shares[slot] = *share;
-            }
-            top_shares[TOP_GROUPS] = (1.0 - top_shares[..TOP_GROUPS].iter().sum::<f64>()).max(0.0);
-        }
+        let mut top = Vec::new();
+        let top_shares = rank_top_groups(
+            shares.iter().map(|(group, share)| (group, *share)),
+            &mut top,
+        );
         Ok(ReferenceProfile {
             shares,
             top,
             top_shares,
         })
+    }
+
+    /// Returns the profile as a view, whose shares are its own over a total of 1.
+    fn view(&self) -> ReferenceView<'_> {
+        ReferenceView {
+            weights: &self.shares,
+            total: 1.0,
+            top: &self.top,
+            top_shares: self.top_shares,
+        }
     }
 
     /// Returns the top groups, largest reference share first.
@@ -480,14 +460,6 @@ impl ReferenceProfile {
         self.top_shares
     }
 
-    /// Returns the reference's share of `group`, 0 for a group outside it.
-    fn share_of(&self, group: &GroupKey) -> f64 {
-        match self.shares.binary_search_by(|(known, _)| known.cmp(group)) {
-            Ok(index) => self.shares[index].1,
-            Err(_) => 0.0,
-        }
-    }
-
     /// Returns the interest-weighted shares of the top groups in `events`, or `None` when no
     /// event carries interest weight (an empty window). This is the interest model's target.
     pub fn slot_shares(&self, events: &[Event], groups: &GroupMap) -> Option<Shares> {
@@ -496,22 +468,7 @@ impl ReferenceProfile {
 
     /// Returns [`ReferenceProfile::slot_shares`] from the window's group distribution.
     pub fn slot_shares_of(&self, distribution: &GroupDistribution) -> Option<Shares> {
-        distribution
-            .shares
-            .as_ref()
-            .map(|shares| self.slots_of(shares))
-    }
-
-    fn slots_of(&self, distribution: &[(GroupKey, f64)]) -> Shares {
-        let mut shares = [0.0; SHARE_SLOTS];
-        for (slot, group) in self.top.iter().enumerate() {
-            shares[slot] = match distribution.binary_search_by(|(known, _)| known.cmp(group)) {
-                Ok(index) => distribution[index].1,
-                Err(_) => 0.0,
-            };
-        }
-        shares[TOP_GROUPS] = (1.0 - shares[..TOP_GROUPS].iter().sum::<f64>()).max(0.0);
-        shares
+        slot_shares_of(&self.top, distribution)
     }
 
     /// Computes the features of one user's window of events, with the attribute columns of a
@@ -538,6 +495,130 @@ impl ReferenceProfile {
         distribution: &GroupDistribution,
         config: &WindowConfig,
     ) -> Result<WindowFeatures, MlError> {
+        self.view().window_features_of(events, distribution, config)
+    }
+}
+
+/// Sums reference weights per group, rejecting a negative or non-finite weight.
+pub(crate) fn checked_total<'a>(
+    weights: impl Iterator<Item = (&'a GroupKey, &'a f64)> + Clone,
+) -> Result<f64, MlError> {
+    if let Some((group, weight)) = weights
+        .clone()
+        .find(|(_, weight)| !weight.is_finite() || **weight < 0.0)
+    {
+        return Err(MlError::InvalidShares {
+            input: "reference profile",
+            detail: format!("group {group:?} has weight {weight}; expected a finite weight >= 0"),
+        });
+    }
+    Ok(weights.map(|(_, weight)| weight).sum())
+}
+
+/// Ranks groups with shares, given in group order, and keeps in `top` the first
+/// [`TOP_GROUPS`] by share, largest first, then by group. Returns the shares of these groups
+/// and of all others together, or all 0 without groups.
+pub(crate) fn rank_top_groups<'a>(
+    shares: impl Iterator<Item = (&'a GroupKey, f64)>,
+    top: &mut Vec<GroupKey>,
+) -> Shares {
+    // Kept in order by insertion, and inline because it never contains more than
+    // TOP_GROUPS + 1 entries.
+    let mut ranked: SmallVec<[(&GroupKey, f64); TOP_GROUPS + 1]> = SmallVec::new();
+    let before = |a: &(&GroupKey, f64), b: &(&GroupKey, f64)| {
+        b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0)).is_lt()
+    };
+    for entry in shares {
+        if ranked.len() == TOP_GROUPS && !before(&entry, &ranked[TOP_GROUPS - 1]) {
+            continue;
+        }
+        let at = ranked.partition_point(|known| before(known, &entry));
+        ranked.insert(at, entry);
+        ranked.truncate(TOP_GROUPS);
+    }
+    top.clear();
+    top.extend(ranked.iter().map(|(group, _)| (*group).clone()));
+
+    let mut top_shares = [0.0; SHARE_SLOTS];
+    if !ranked.is_empty() {
+        for (slot, (_, share)) in ranked.iter().enumerate() {
+            top_shares[slot] = *share;
+        }
+        top_shares[TOP_GROUPS] = (1.0 - top_shares[..TOP_GROUPS].iter().sum::<f64>()).max(0.0);
+    }
+    top_shares
+}
+
+/// Returns the window's shares of the `top` groups and of all others together, as
+/// [`ReferenceProfile::slot_shares_of`] does.
+pub(crate) fn slot_shares_of(top: &[GroupKey], distribution: &GroupDistribution) -> Option<Shares> {
+    distribution
+        .shares
+        .as_ref()
+        .map(|shares| slots_of(top, shares))
+}
+
+fn slots_of(top: &[GroupKey], distribution: &[(GroupKey, f64)]) -> Shares {
+    let mut shares = [0.0; SHARE_SLOTS];
+    for (slot, group) in top.iter().enumerate() {
+        shares[slot] = match distribution.binary_search_by(|(known, _)| known.cmp(group)) {
+            Ok(index) => distribution[index].1,
+            Err(_) => 0.0,
+        };
+    }
+    shares[TOP_GROUPS] = (1.0 - shares[..TOP_GROUPS].iter().sum::<f64>()).max(0.0);
+    shares
+}
+
+/// Returns the groups with a weight greater than 0 and their shares of `total`, in the order
+/// of `weights`.
+pub(crate) fn positive_shares(
+    weights: &[(GroupKey, f64)],
+    total: f64,
+) -> impl Iterator<Item = (&GroupKey, f64)> + '_ {
+    weights
+        .iter()
+        .filter(|(_, weight)| *weight > 0.0)
+        .map(move |(group, weight)| (group, weight / total))
+}
+
+/// A reference read in place, where each group's share is its weight over `total`. A user's
+/// decayed weights serve without a normalised copy, and a [`ReferenceProfile`] is the view of
+/// its own shares over a total of 1.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ReferenceView<'a> {
+    /// Weights by group, sorted by group, or empty for a reference without weight.
+    pub(crate) weights: &'a [(GroupKey, f64)],
+    /// Sum of all weights, greater than 0 when `weights` is not empty.
+    pub(crate) total: f64,
+    /// Up to [`TOP_GROUPS`] groups by share, as [`rank_top_groups`] keeps them.
+    pub(crate) top: &'a [GroupKey],
+    /// The shares that [`rank_top_groups`] returned with `top`.
+    pub(crate) top_shares: Shares,
+}
+
+impl ReferenceView<'_> {
+    /// Returns the groups with a share greater than 0 and their shares, in group order.
+    fn shares(&self) -> impl Iterator<Item = (&GroupKey, f64)> + '_ {
+        positive_shares(self.weights, self.total)
+    }
+
+    /// Returns the reference's share of `group`, 0 for a group outside it.
+    fn share_of(&self, group: &GroupKey) -> f64 {
+        match self.weights.binary_search_by(|(known, _)| known.cmp(group)) {
+            Ok(index) if self.weights[index].1 > 0.0 => self.weights[index].1 / self.total,
+            _ => 0.0,
+        }
+    }
+
+    /// Computes [`ReferenceProfile::window_features`] from the events and their group
+    /// distribution, which must come from the same events.
+    pub(crate) fn window_features_of(
+        &self,
+        events: &[WindowEvent],
+        distribution: &GroupDistribution,
+        config: &WindowConfig,
+    ) -> Result<WindowFeatures, MlError> {
         config.validate()?;
         // Both lists stay inline for windows of up to INLINE_EVENTS events, which are most.
         let mut weighted_events: SmallVec<[&WindowEvent; INLINE_EVENTS]> = events
@@ -548,7 +629,7 @@ impl ReferenceProfile {
 
         let mut values = [0.0; FEATURE_COUNT];
         values[REFERENCE_SHARES_AT..REFERENCE_SHARES_AT + SHARE_SLOTS]
-            .copy_from_slice(&self.reference_shares());
+            .copy_from_slice(&self.top_shares);
         values[ATTRIBUTES_AT..].copy_from_slice(&attribute_values(None));
         let Some(distribution) = &distribution.shares else {
             return WindowFeatures::from_array(values);
@@ -580,7 +661,7 @@ impl ReferenceProfile {
             .filter(|share| *share > 0.0)
             .map(|share| -share * share.ln())
             .sum();
-        let (novel, divergence) = if self.shares.is_empty() {
+        let (novel, divergence) = if self.weights.is_empty() {
             // A user with no history: every group is new, and the windows share nothing.
             (1.0, std::f64::consts::LN_2)
         } else {
@@ -589,7 +670,7 @@ impl ReferenceProfile {
                 .filter(|(group, _)| self.share_of(group) < config.novel_share)
                 .map(|(_, share)| share)
                 .sum();
-            (novel, jensen_shannon_sorted(&self.shares, distribution))
+            (novel, jensen_shannon_sorted(self.shares(), distribution))
         };
 
         values[0] = count.ln_1p();
@@ -605,7 +686,7 @@ impl ReferenceProfile {
         values[11] = divergence;
         values[12] = peak_events_per_minute(&weighted_events) as f64;
         values[WINDOW_SHARES_AT..WINDOW_SHARES_AT + SHARE_SLOTS]
-            .copy_from_slice(&self.slots_of(distribution));
+            .copy_from_slice(&slots_of(self.top, distribution));
         WindowFeatures::from_array(values)
     }
 }
@@ -615,7 +696,10 @@ impl ReferenceProfile {
 ///
 /// Both sides are walked in group order, the order in which `jensen_shannon` visits the
 /// groups, so the terms and their sum are the same.
-fn jensen_shannon_sorted(left: &[(GroupKey, f64)], right: &[(GroupKey, f64)]) -> f64 {
+fn jensen_shannon_sorted<'a>(
+    left: impl Iterator<Item = (&'a GroupKey, f64)>,
+    right: &[(GroupKey, f64)],
+) -> f64 {
     // A group on one side only has m = p / 2, so its ratio is almost always exactly 2, and
     // the logarithm of 2 is computed once. Other ratios call `ln`, so every term is the same.
     let ln_two = 2f64.ln();
@@ -628,7 +712,7 @@ fn jensen_shannon_sorted(left: &[(GroupKey, f64)], right: &[(GroupKey, f64)]) ->
         }
     };
     let mut divergence = 0.0;
-    let mut left = left.iter().map(|(group, share)| (group, *share)).peekable();
+    let mut left = left.peekable();
     let mut right = right
         .iter()
         .map(|(group, share)| (group, *share))
@@ -791,7 +875,7 @@ mod tests {
             let right: BTreeMap<GroupKey, f64> = right_profile.shares.iter().cloned().collect();
             let left_map: BTreeMap<GroupKey, f64> = left.shares.iter().cloned().collect();
             assert_eq!(
-                jensen_shannon_sorted(&left.shares, &right_profile.shares).to_bits(),
+                jensen_shannon_sorted(left.view().shares(), &right_profile.shares).to_bits(),
                 jensen_shannon(&left_map, &right).to_bits(),
                 "{left_groups} and {right_groups} groups"
             );

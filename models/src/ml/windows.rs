@@ -14,6 +14,9 @@ use crate::event::Id;
 use crate::fusion::{ModelSignals, WindowVerdict};
 use crate::groups::{GroupKey, GroupMap};
 
+use super::features::{
+    checked_total, positive_shares, rank_top_groups, slot_shares_of, ReferenceView,
+};
 use super::{
     surprise, GroupDistribution, InterestPredictor, MlError, ModelSet, ReferenceProfile, Shares,
     TrainingRow, UpdatedShares, WindowConfig, WindowEvent, WindowFeatures, SHARE_SLOTS,
@@ -47,14 +50,83 @@ pub struct ClosedWindow {
 
 /// What a user's earlier windows leave behind: the decayed reference group weights and the
 /// previous window.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+///
+/// Checkpoints keep the layout of the time when the previous window stored a full
+/// [`ReferenceProfile`]. Writing one rebuilds the profile from the reference, and reading one
+/// keeps only its top groups.
+#[derive(Clone, Debug, Default)]
 pub struct UserHistory {
     /// Decayed interest weight per group, sorted by group. Serialised as a map would be by
     /// bincode: a length, then the pairs.
     reference: Vec<(GroupKey, f64)>,
-    /// Top groups of the reference after the previous window, and that window's start,
-    /// features and updated shares.
-    previous: Option<(ReferenceProfile, u64, WindowFeatures, UpdatedShares)>,
+    previous: Option<PreviousWindow>,
+}
+
+/// The reference's top groups after the user's previous window, and that window's start,
+/// features and updated shares. The reference has not changed since, so the top groups and
+/// the reference weights give that window's [`ReferenceProfile`].
+#[derive(Clone, Debug)]
+struct PreviousWindow {
+    top: Vec<GroupKey>,
+    top_shares: Shares,
+    /// Sum of the reference weights.
+    total: f64,
+    start_ms: u64,
+    features: WindowFeatures,
+    updated_shares: UpdatedShares,
+}
+
+/// The checkpoint layout of [`UserHistory`], with the previous window's profile as `P`.
+#[derive(Serialize, Deserialize)]
+struct StoredHistory<R, P> {
+    reference: R,
+    previous: Option<(P, u64, WindowFeatures, UpdatedShares)>,
+}
+
+impl Serialize for UserHistory {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let previous = match &self.previous {
+            Some(previous) => {
+                let profile = ReferenceProfile::from_sorted(reference_entries(&self.reference))
+                    .map_err(serde::ser::Error::custom)?;
+                Some((
+                    profile,
+                    previous.start_ms,
+                    previous.features.clone(),
+                    previous.updated_shares,
+                ))
+            }
+            None => None,
+        };
+        StoredHistory {
+            reference: &self.reference,
+            previous,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for UserHistory {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let stored =
+            StoredHistory::<Vec<(GroupKey, f64)>, ReferenceProfile>::deserialize(deserializer)?;
+        let previous = match stored.previous {
+            Some((profile, start_ms, features, updated_shares)) => Some(PreviousWindow {
+                top: profile.top_groups().to_vec(),
+                top_shares: profile.reference_shares(),
+                total: checked_total(reference_entries(&stored.reference))
+                    .map_err(serde::de::Error::custom)?,
+                start_ms,
+                features,
+                updated_shares,
+            }),
+            None => None,
+        };
+        Ok(UserHistory {
+            reference: stored.reference,
+            previous,
+        })
+    }
 }
 
 /// Settings of [`UserHistory::close`].
@@ -82,39 +154,68 @@ impl UserHistory {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
             return Ok(None);
         };
-        // The reference has not changed since the previous window stored its profile.
-        let built;
-        let profile = match &self.previous {
-            Some((reference, ..)) => reference,
+        // The reference has not changed since the previous window ranked its top groups, so
+        // the profile is read from the weights in place.
+        let mut top = Vec::new();
+        let (total, top_shares) = match &self.previous {
+            Some(previous) => (previous.total, previous.top_shares),
             None => {
-                built = ReferenceProfile::from_sorted(reference_entries(&self.reference))?;
-                &built
+                let total = checked_total(reference_entries(&self.reference))?;
+                (
+                    total,
+                    rank_top_groups(positive_shares(&self.reference, total), &mut top),
+                )
             }
+        };
+        let profile = ReferenceView {
+            weights: if total > 0.0 { &self.reference } else { &[] },
+            total,
+            top: self
+                .previous
+                .as_ref()
+                .map_or(&top, |previous| &previous.top),
+            top_shares,
         };
         let mut event_groups = Vec::with_capacity(events.len());
         let distribution = GroupDistribution::with_event_groups(events, groups, &mut event_groups);
         let features = profile
             .window_features_of(events, &distribution, &settings.features)?
             .with_attributes(attributes);
-        let (shares_vs_previous, previous) = match &self.previous {
-            Some((reference, previous_start, previous_features, previous_shares)) => (
-                reference.slot_shares_of(&distribution),
-                Some((*previous_start, previous_features.clone(), *previous_shares)),
-            ),
-            None => (None, None),
-        };
+        let shares_vs_previous = self
+            .previous
+            .as_ref()
+            .and_then(|previous| slot_shares_of(&previous.top, &distribution));
         self.add_to_reference(events, &distribution, &event_groups);
         for (_, weight) in self.reference.iter_mut() {
             *weight *= settings.reference_decay;
         }
-        let updated = ReferenceProfile::from_sorted(reference_entries(&self.reference))?;
-        let updated_shares = UpdatedShares {
-            window: updated
-                .slot_shares_of(&distribution)
-                .unwrap_or([0.0; SHARE_SLOTS]),
-            reference: updated.reference_shares(),
+
+        let total = checked_total(reference_entries(&self.reference))?;
+        // The previous window's top groups are replaced, so their vector is reused.
+        let previous = match self.previous.take() {
+            Some(previous) => {
+                top = previous.top;
+                Some((
+                    previous.start_ms,
+                    previous.features,
+                    previous.updated_shares,
+                ))
+            }
+            None => None,
         };
-        self.previous = Some((updated, start_ms, features.clone(), updated_shares));
+        let reference_shares = rank_top_groups(positive_shares(&self.reference, total), &mut top);
+        let updated_shares = UpdatedShares {
+            window: slot_shares_of(&top, &distribution).unwrap_or([0.0; SHARE_SLOTS]),
+            reference: reference_shares,
+        };
+        self.previous = Some(PreviousWindow {
+            top,
+            top_shares: reference_shares,
+            total,
+            start_ms,
+            features: features.clone(),
+            updated_shares,
+        });
         Ok(Some(ClosedWindow {
             user: user.clone(),
             start_ms,
@@ -459,6 +560,132 @@ mod tests {
             "category 5 is absent from the second window"
         );
         assert!(second.burst);
+    }
+
+    /// Windows over categories 1-6 with views, carts, buys and removals, so that a group leaves
+    /// the top, ties and new groups occur.
+    fn varied_windows() -> Vec<(u64, Vec<WindowEvent>)> {
+        let mut windows = Vec::new();
+        for index in 0..12u64 {
+            let start = index * 1000;
+            let mut events = Vec::new();
+            for slot in 0..(index % 4 + 1) {
+                let category = (index * 7 + slot * 3) % 6 + 1;
+                let behavior = match (index + slot) % 5 {
+                    0 => Behavior::Cart,
+                    1 => Behavior::Buy,
+                    2 => Behavior::RemoveFromCart,
+                    _ => Behavior::View,
+                };
+                let ts_ms = (start + slot * 10) as i64;
+                events.push(WindowEvent::from(Event::plain(
+                    ts_ms,
+                    1u64,
+                    category,
+                    category * 10,
+                    behavior,
+                )));
+            }
+            windows.push((start, events));
+        }
+        windows
+    }
+
+    #[test]
+    fn features_match_a_copied_profile() {
+        // Decay 0 leaves a reference of zero weights, which reads as no history.
+        for decay in [0.9, 0.5, 0.0] {
+            let settings = WindowSettings {
+                features: WindowConfig::default(),
+                reference_decay: decay,
+            };
+            let groups = GroupMap::default();
+            let mut history = UserHistory::default();
+            for (start, events) in varied_windows() {
+                let reference: std::collections::BTreeMap<GroupKey, f64> =
+                    history.reference.iter().cloned().collect();
+                let profile = ReferenceProfile::new(&reference).unwrap();
+                let distribution = GroupDistribution::of(&events, &groups);
+                let expected = profile
+                    .window_features_of(&events, &distribution, &settings.features)
+                    .unwrap();
+                let closed = history
+                    .close(
+                        &Id::from(1u64),
+                        start,
+                        &events,
+                        false,
+                        &groups,
+                        None,
+                        &settings,
+                    )
+                    .unwrap()
+                    .unwrap();
+                let bits = |features: &WindowFeatures| -> Vec<u64> {
+                    features
+                        .values()
+                        .iter()
+                        .map(|value| value.to_bits())
+                        .collect()
+                };
+                assert_eq!(
+                    bits(&closed.features),
+                    bits(&expected),
+                    "window {start}, decay {decay}"
+                );
+                let previous = history.previous.as_ref().unwrap();
+                let updated =
+                    ReferenceProfile::from_sorted(reference_entries(&history.reference)).unwrap();
+                assert_eq!(previous.top, updated.top_groups(), "window {start}");
+                assert_eq!(
+                    previous.top_shares,
+                    updated.reference_shares(),
+                    "window {start}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn checkpoint_keeps_the_profile_layout() {
+        let settings = settings();
+        let groups = GroupMap::default();
+        let user = Id::from(1u64);
+        let windows = varied_windows();
+        let (last, earlier) = windows.split_last().unwrap();
+        let mut history = UserHistory::default();
+        for (start, events) in earlier {
+            history
+                .close(&user, *start, events, false, &groups, None, &settings)
+                .unwrap();
+        }
+
+        // The layout of a history that kept its previous window's full profile.
+        let previous = history.previous.as_ref().unwrap();
+        let reference: std::collections::BTreeMap<GroupKey, f64> =
+            history.reference.iter().cloned().collect();
+        let stored = StoredHistory {
+            reference: &history.reference,
+            previous: Some((
+                ReferenceProfile::new(&reference).unwrap(),
+                previous.start_ms,
+                previous.features.clone(),
+                previous.updated_shares,
+            )),
+        };
+        let bytes = bincode::serialize(&history).unwrap();
+        assert_eq!(bytes, bincode::serialize(&stored).unwrap());
+
+        let mut resumed: UserHistory = bincode::deserialize(&bytes).unwrap();
+        let (start, events) = last;
+        let expected = history
+            .close(&user, *start, events, false, &groups, None, &settings)
+            .unwrap();
+        let closed = resumed
+            .close(&user, *start, events, false, &groups, None, &settings)
+            .unwrap();
+        assert_eq!(closed, expected);
+        assert!(closed.unwrap().previous.is_some());
     }
 
     #[test]
