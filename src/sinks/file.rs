@@ -9,7 +9,9 @@
 //! again every alert after the checkpoint, and the file still contains each alert once.
 //!
 //! A write that fails part way (a full disk, a file size limit) is cut back at once to the end
-//! of the last whole line it wrote, so the file contains whole lines only. The file counts
+//! of the last whole line it wrote, so the file contains whole lines only. After a failed
+//! write the file takes no more lines: a later line that fits in space freed meanwhile would
+//! leave a gap, and the file would no longer be a prefix of the alerts. The file counts
 //! exactly the lines that reached it ([`AlertFile::lines_written`]) and the lines it dropped
 //! ([`AlertFile::lines_dropped`]).
 
@@ -73,8 +75,11 @@ pub struct AlertFile {
     /// Lines dropped by failed writes.
     dropped: u64,
     /// Whether a failed write left a torn line that could not be cut, so that later lines
-    /// would be joined to it. Every later line is then dropped.
+    /// would be joined to it.
     torn: bool,
+    /// Whether a write failed. Every later line is then dropped, so the file stays a prefix
+    /// of the alerts.
+    stopped: bool,
     /// Ids already in the file, tracked only in append mode.
     seen: Option<HashSet<String>>,
     skipped: u64,
@@ -97,6 +102,7 @@ impl AlertFile {
             written: 0,
             dropped: 0,
             torn: false,
+            stopped: false,
             seen,
             skipped: 0,
         }
@@ -196,10 +202,15 @@ impl AlertFile {
         if self.line_ends.is_empty() {
             return Ok(());
         }
-        if self.torn {
+        if self.stopped {
             self.drop_buffer(0);
+            let reason = if self.torn {
+                "left a torn line at its end"
+            } else {
+                "stopped it, so that it stays a prefix of the alerts"
+            };
             return Err(std::io::Error::other(format!(
-                "an earlier failed write left a torn line at the end of {}",
+                "an earlier failed write to {} {reason}",
                 self.path.display()
             )));
         }
@@ -230,6 +241,7 @@ impl AlertFile {
         };
         self.written += whole_lines as u64;
         self.drop_buffer(whole_lines);
+        self.stopped = true;
         if done > whole_bytes {
             let whole_end = self.length + whole_bytes as u64;
             let cut = self
