@@ -86,7 +86,7 @@ pub fn detect_input_format(
 }
 
 /// Returns the buffered bytes of `reader`, reading more when its buffer is empty.
-fn fill(reader: &mut dyn BufRead) -> io::Result<&[u8]> {
+pub(super) fn fill(reader: &mut dyn BufRead) -> io::Result<&[u8]> {
     loop {
         match reader.fill_buf() {
             Ok(_) => break,

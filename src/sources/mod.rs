@@ -361,26 +361,38 @@ fn set_blocking(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// The first two bytes of a gzip stream.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Returns `reader` decompressed when it starts with the gzip magic bytes, or as it is.
 fn wrap_decoder<R: Read + Send + 'static>(
     mut reader: BufReader<R>,
 ) -> io::Result<Box<dyn BufRead + Send>> {
-    let head = loop {
-        match reader.fill_buf() {
-            Ok(head) => break head,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(error),
+    let head = head::fill(&mut reader)?;
+    if head == &GZIP_MAGIC[..1] {
+        // A pipe can return the first byte alone, which hides the second magic byte: read on
+        // until both are known, then put them back in front of the rest.
+        let mut first = vec![head[0]];
+        reader.consume(1);
+        if let Some(&second) = head::fill(&mut reader)?.first() {
+            first.push(second);
+            reader.consume(1);
         }
-    };
-    // NOTE: a first read that returns a single byte (possible on a pipe) hides the magic bytes,
-    // and such gzip input is then read as text and fails line by line.
-    if head.starts_with(&[0x1f, 0x8b]) {
-        let decoder = flate2::read::MultiGzDecoder::new(reader);
-        return Ok(Box::new(BufReader::with_capacity(
-            READ_BUFFER_BYTES,
-            decoder,
-        )));
+        let gzip = first == GZIP_MAGIC;
+        return Ok(decode_if(gzip, io::Cursor::new(first).chain(reader)));
     }
-    Ok(Box::new(reader))
+    let gzip = head.starts_with(&GZIP_MAGIC);
+    Ok(decode_if(gzip, reader))
+}
+
+/// Boxes `reader`, behind a gzip decoder when `gzip` is set.
+fn decode_if<B: BufRead + Send + 'static>(gzip: bool, reader: B) -> Box<dyn BufRead + Send> {
+    if gzip {
+        let decoder = flate2::read::MultiGzDecoder::new(reader);
+        Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, decoder))
+    } else {
+        Box::new(reader)
+    }
 }
 
 /// Guesses the format from the first bytes of the decoded input.
@@ -466,6 +478,45 @@ pub fn make_parser(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader that returns its first byte alone, as a pipe can, then the rest.
+    struct FirstByteAlone {
+        bytes: Vec<u8>,
+        position: usize,
+    }
+
+    impl Read for FirstByteAlone {
+        fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+            let limit = if self.position == 0 { 1 } else { buffer.len() };
+            let rest = &self.bytes[self.position..];
+            let count = rest.len().min(limit).min(buffer.len());
+            buffer[..count].copy_from_slice(&rest[..count]);
+            self.position += count;
+            Ok(count)
+        }
+    }
+
+    fn read_through_decoder(bytes: Vec<u8>) -> Vec<u8> {
+        let reader = BufReader::new(FirstByteAlone { bytes, position: 0 });
+        let mut out = Vec::new();
+        wrap_decoder(reader).unwrap().read_to_end(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn wrap_decoder_gzip_with_one_byte_first_read() {
+        let text = b"{\"user\":1}\n{\"user\":2}\n".to_vec();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, &text).unwrap();
+        let compressed = encoder.finish().unwrap();
+        assert_eq!(read_through_decoder(compressed), text);
+    }
+
+    #[test]
+    fn wrap_decoder_lone_magic_byte_as_text() {
+        assert_eq!(read_through_decoder(vec![0x1f, b'a', b'\n']), vec![0x1f, b'a', b'\n']);
+        assert_eq!(read_through_decoder(vec![0x1f]), vec![0x1f]);
+    }
 
     #[test]
     fn format_names_round_trip() {
