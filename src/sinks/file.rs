@@ -264,9 +264,10 @@ impl AlertFile {
         Err(error)
     }
 
-    /// Counts the buffered lines after the first `kept` as dropped and empties the buffer.
-    fn drop_buffer(&mut self, kept: usize) {
-        self.dropped += (self.line_ends.len() - kept) as u64;
+    /// Counts the buffered lines after the first `written_lines` as dropped and empties the
+    /// buffer.
+    fn drop_buffer(&mut self, written_lines: usize) {
+        self.dropped += (self.line_ends.len() - written_lines) as u64;
         self.buffer.clear();
         self.line_ends.clear();
     }
