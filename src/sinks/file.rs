@@ -197,7 +197,8 @@ impl AlertFile {
     /// Hands the buffered lines to the operating system, so they survive a kill of veer.
     ///
     /// When the write fails part way, the file is cut back to the end of the last whole line
-    /// written, and the lines not written are dropped and counted.
+    /// written, and the lines not written are dropped and counted. After a failed write every
+    /// later flush drops its lines and returns an error.
     pub fn flush(&mut self) -> std::io::Result<()> {
         if self.line_ends.is_empty() {
             return Ok(());
