@@ -3,7 +3,7 @@
 //! Each category gets a `u32` index when it is first seen. Session counts, pair counts and
 //! links are then vectors read by index. The work after each window (adding the window's pair
 //! counts, refreshing the strongest partners of the categories it touched, rebuilding the
-//! groups) therefore hashes a 16-byte [`Id`] once per category and pair, not once per partner
+//! groups) therefore looks up an [`Id`] once per category and pair, not once per partner
 //! visited. Indices follow the order in which hash maps yield new categories, which depends on
 //! how the window counts were merged, so every result is ordered and tie-broken by [`Id`],
 //! never by index.
@@ -12,6 +12,7 @@ use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::event::Id;
 use crate::groups::GroupConfig;
+use crate::id_map::IdMap;
 
 /// Session counts, pair counts and links of every category seen so far.
 #[derive(Clone, Debug, Default)]
@@ -20,7 +21,7 @@ pub(crate) struct CategoryGraph {
     ids: Vec<Id>,
     /// Every index, sorted by its category's id.
     by_id: Vec<u32>,
-    index: HashMap<Id, u32>,
+    index: IdMap<u32>,
     /// Sessions that touched each category.
     sessions: Vec<u64>,
     /// `1 / sqrt(sessions)` of each category, for the screen in
@@ -60,10 +61,21 @@ fn pair_key(low: u32, high: u32) -> u64 {
 }
 
 impl CategoryGraph {
+    /// Returns the index of `category`, giving it the next index when it has none.
+    ///
+    /// `add_window` calls this for every category and pair of every window, and nearly every
+    /// call finds an index, so the lookup is inlined and the insertion is not.
+    #[inline]
     fn intern(&mut self, category: &Id) -> u32 {
-        if let Some(at) = self.index.get(category) {
-            return *at;
+        match self.index.get(category) {
+            Some(at) => *at,
+            None => self.insert_new(category),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn insert_new(&mut self, category: &Id) -> u32 {
         let at = u32::try_from(self.ids.len()).expect("more than u32::MAX categories");
         let rank = self
             .by_id

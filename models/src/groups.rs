@@ -23,7 +23,7 @@ use smallvec::SmallVec;
 
 use crate::category_graph::{CategoryGraph, GraphMaps};
 use crate::event::{Event, Id};
-use crate::representatives::Representatives;
+use crate::id_map::IdMap;
 use crate::session::{SessionMark, SessionRule};
 use crate::sorted_map::sum_by_key;
 
@@ -139,7 +139,7 @@ pub struct PopulationInfo {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(from = "GroupMapRecord", into = "GroupMapRecord")]
 pub struct GroupMap {
-    representative: Representatives,
+    representative: IdMap<Id>,
     trending: HashMap<GroupKey, f64>,
     /// Increases on every update, so that per-user caches can tell when to rebuild.
     pub version: u64,
@@ -756,7 +756,7 @@ mod tests {
                 groups: Some(list.clone()),
                 trending: Vec::new(),
             });
-            let expected: Representatives = list.iter().cloned().collect();
+            let expected: IdMap<Id> = list.iter().cloned().collect();
             assert_eq!(map.representative, expected, "list {at}");
             assert_eq!(map.version, at as u64 + 1, "list {at}");
             if at == 1 {

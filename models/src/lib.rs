@@ -15,10 +15,10 @@ mod decayed_weights;
 pub mod detector;
 pub mod fusion;
 pub mod groups;
+mod id_map;
 pub mod ml;
 pub mod profile;
 mod recent_events;
-mod representatives;
 pub mod session;
 mod sorted_map;
 
