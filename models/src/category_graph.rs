@@ -25,7 +25,7 @@ pub(crate) struct CategoryGraph {
     /// Sessions that touched each category.
     sessions: Vec<u64>,
     /// `1 / sqrt(sessions)` of each category, for the screen in
-    /// [`CategoryGraph::strongest_partners`]. Checkpoints leave it out, because `sessions`
+    /// [`CategoryGraph::offer_strong_partners`]. Checkpoints leave it out, because `sessions`
     /// determines it.
     inverse_sqrt_sessions: Vec<f64>,
     /// Partners of each category with the sessions shared with them, in both directions. The
@@ -183,14 +183,18 @@ impl CategoryGraph {
             }
         }
         // Links read only session and pair counts, never other links, so the order in which
-        // categories are refreshed does not change the result.
+        // categories are refreshed does not change the result. One ranking serves every
+        // category, so a refresh allocates only for links that change.
+        let mut top = TopPartners::new(config, &self.ids);
         let mut changed = false;
         for category in touched {
-            let partners = self.strongest_partners(category, config);
-            if partners == self.links[category as usize] {
+            top.clear();
+            self.offer_strong_partners(category, config, &mut top);
+            if top.partners().eq(self.links[category as usize].iter().copied()) {
                 continue;
             }
             changed = true;
+            let partners: Vec<u32> = top.partners().collect();
             let previous = std::mem::replace(&mut self.links[category as usize], partners);
             let current = &self.links[category as usize];
             for partner in previous.iter().filter(|partner| !current.contains(partner)) {
@@ -203,22 +207,31 @@ impl CategoryGraph {
         changed
     }
 
-    /// Returns the categories that `category` co-occurs with most strongly (cosine of session
-    /// counts), strongest first and ties by id, at most `links_per_category` of them.
+    /// Returns the categories that `category` co-occurs with most strongly, as
+    /// [`CategoryGraph::offer_strong_partners`] ranks them.
+    #[cfg(test)]
+    fn strongest_partners(&self, category: u32, config: &GroupConfig) -> Vec<u32> {
+        let mut top = TopPartners::new(config, &self.ids);
+        self.offer_strong_partners(category, config, &mut top);
+        top.into_partners()
+    }
+
+    /// Offers to `top`, which must be empty, the partners that `category` co-occurs with most
+    /// strongly (cosine of session counts). `top` then keeps at most `links_per_category` of
+    /// them, strongest first and ties by id.
     ///
     /// NOTE: links are refreshed only for categories seen in a window and for categories
     /// linked to one of those, so a link to a partner outside the current top few may lag. A
     /// full rebuild over every pair after every window cost more than all other work of the
     /// pipeline together.
-    fn strongest_partners(&self, category: u32, config: &GroupConfig) -> Vec<u32> {
+    fn offer_strong_partners(&self, category: u32, config: &GroupConfig, top: &mut TopPartners) {
         let floor = u64::from(config.min_sessions);
         let own_sessions = self.sessions[category as usize];
         if own_sessions < floor || config.links_per_category == 0 {
-            return Vec::new();
+            return;
         }
         // A running top few, so that a refresh neither collects nor selects among every
         // partner above the threshold.
-        let mut top = TopPartners::new(config, &self.ids);
         let own_scale = self.inverse_sqrt_sessions[category as usize];
         let mut screen = top.screen();
         let strong = self.strong_partners[category as usize] as usize;
@@ -237,7 +250,6 @@ impl CategoryGraph {
             top.offer(association, other);
             screen = top.screen();
         }
-        top.into_partners()
     }
 
     /// Rebuilds the groups from the links and returns them as (leaf, representative) pairs
@@ -395,7 +407,13 @@ impl<'a> TopPartners<'a> {
         }
     }
 
+    /// Removes every partner offered so far.
+    fn clear(&mut self) {
+        self.strongest.clear();
+    }
+
     /// Returns whether `a` ranks before `b`: stronger, or as strong with the smaller id.
+    #[inline]
     fn ranks_before(&self, a: (f64, u32), b: (f64, u32)) -> bool {
         b.0.total_cmp(&a.0)
             .then_with(|| self.ids[a.1 as usize].cmp(&self.ids[b.1 as usize]))
@@ -410,6 +428,7 @@ impl<'a> TopPartners<'a> {
     /// relative) of the exact quotient, so a partner whose estimate falls below this value
     /// would also be refused by `offer`. Returns minus infinity, which rules nothing out,
     /// when the required association is not positive.
+    #[inline]
     fn screen(&self) -> f64 {
         let mut required = self.min_association;
         if self.strongest.len() == self.keep {
@@ -424,6 +443,7 @@ impl<'a> TopPartners<'a> {
         }
     }
 
+    #[inline]
     fn offer(&mut self, association: f64, partner: u32) {
         // Written so that a NaN association is left out.
         if !(association >= self.min_association) {
@@ -442,11 +462,14 @@ impl<'a> TopPartners<'a> {
         self.strongest.truncate(self.keep);
     }
 
+    /// Iterates over the partners kept, strongest first.
+    fn partners(&self) -> impl Iterator<Item = u32> + '_ {
+        self.strongest.iter().map(|(_, partner)| *partner)
+    }
+
+    #[cfg(test)]
     fn into_partners(self) -> Vec<u32> {
-        self.strongest
-            .into_iter()
-            .map(|(_, partner)| partner)
-            .collect()
+        self.partners().collect()
     }
 }
 
