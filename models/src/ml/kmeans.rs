@@ -197,12 +197,12 @@ fn nearest_centroid(centroids: &[f64], width: usize, point: &[f64]) -> (usize, f
 }
 
 /// Centroids whose distances to a row [`InterleavedCentroids`] sums side by side.
-const LANES: usize = 4;
+pub(super) const LANES: usize = 4;
 
 /// Centroids stored feature by feature, [`LANES`] of them side by side, so the compiler can
 /// compute a row's distances to them in vector registers. Each distance is still summed over
 /// the features in index order, so every value is that of [`squared_distance`].
-struct InterleavedCentroids {
+pub(super) struct InterleavedCentroids {
     width: usize,
     clusters: usize,
     /// Block b holds centroids b * LANES.. as `width` groups of LANES values, padded with 0.
@@ -212,7 +212,8 @@ struct InterleavedCentroids {
 }
 
 impl InterleavedCentroids {
-    fn new(centroids: &[f64], width: usize) -> Self {
+    /// Stores the rows of `centroids`, a row-major buffer of rows of `width` values.
+    pub(super) fn new(centroids: &[f64], width: usize) -> Self {
         let clusters = centroids.len() / width;
         let blocks = clusters.div_ceil(LANES);
         let mut values = vec![0.0; blocks * width * LANES];
@@ -232,10 +233,16 @@ impl InterleavedCentroids {
 
     /// Returns the squared distances of `point` to every centroid, in centroid order.
     fn distances(&mut self, point: &[f64]) -> &[f64] {
-        for (block, sum) in self
-            .values
-            .chunks_exact(self.width * LANES)
-            .zip(self.sums.chunks_exact_mut(LANES))
+        self.distances_from(point, 0)
+    }
+
+    /// Returns the squared distances of `point` to the centroids from `first_block * LANES`
+    /// on, in centroid order.
+    pub(super) fn distances_from(&mut self, point: &[f64], first_block: usize) -> &[f64] {
+        let block_len = self.width * LANES;
+        for (block, sum) in self.values[first_block * block_len..]
+            .chunks_exact(block_len)
+            .zip(self.sums[first_block * LANES..].chunks_exact_mut(LANES))
         {
             let mut lanes = [0.0f64; LANES];
             for (value, group) in point.iter().zip(block.chunks_exact(LANES)) {
@@ -246,7 +253,7 @@ impl InterleavedCentroids {
             }
             sum.copy_from_slice(&lanes);
         }
-        &self.sums[..self.clusters]
+        &self.sums[first_block * LANES..self.clusters]
     }
 }
 
@@ -401,36 +408,42 @@ impl DistanceBounds {
             .zip(moved.chunks_exact(width))
             .map(|(old, new)| self.raised(squared_distance(old, new).sqrt()))
             .collect();
-        let other_shifts: Vec<f64> = (0..shifts.len())
+        let clusters: Vec<ClusterMove> = (0..shifts.len())
             .map(|cluster| {
-                shifts
+                let other_shift = shifts
                     .iter()
                     .enumerate()
                     .filter(|(other, _)| *other != cluster)
-                    .fold(0.0f64, |high, (_, &shift)| high.max(shift))
-            })
-            .collect();
-        // Half the distance from each centroid to its nearest other centroid: a row nearer
-        // than that to its centroid is nearer to it than to any other.
-        let half_gaps: Vec<f64> = (0..shifts.len())
-            .map(|cluster| {
+                    .fold(0.0f64, |high, (_, &shift)| high.max(shift));
+                // Half the distance from the centroid to its nearest other centroid: a row
+                // nearer than that to its centroid is nearer to it than to any other.
                 let nearest_other = (0..shifts.len())
                     .filter(|other| *other != cluster)
                     .map(|other| squared_distance(centroid(cluster), centroid(other)))
                     .fold(f64::INFINITY, f64::min);
-                self.lowered(nearest_other.sqrt() / 2.0)
+                ClusterMove {
+                    shift: shifts[cluster],
+                    other_shift,
+                    half_gap: self.lowered(nearest_other.sqrt() / 2.0),
+                }
             })
             .collect();
 
         // First every bound moves with the centroids, and the rows that the bounds do not
         // settle are listed, without a branch per row. Then those rows get every distance.
+        let (raise, lower_by) = (1.0 + self.slack, 1.0 - self.slack);
         let mut pending = 0;
-        for (row, &cluster) in memberships.iter().enumerate() {
-            let upper = self.raised(self.upper[row] + shifts[cluster]);
-            let lower = self.lowered(self.lower[row] - other_shifts[cluster]);
-            self.upper[row] = upper;
-            self.lower[row] = lower;
-            let settled = upper < half_gaps[cluster].max(lower);
+        for (row, ((&cluster, upper), lower)) in memberships
+            .iter()
+            .zip(self.upper.iter_mut())
+            .zip(self.lower.iter_mut())
+            .enumerate()
+        {
+            let change = &clusters[cluster];
+            // The same arithmetic as `raised` and `lowered`.
+            *upper = (*upper + change.shift) * raise + BOUND_FLOOR;
+            *lower = (*lower - change.other_shift) * lower_by - BOUND_FLOOR;
+            let settled = *upper < change.half_gap.max(*lower);
             self.pending[pending] = row;
             pending += usize::from(!settled);
         }
@@ -448,6 +461,16 @@ impl DistanceBounds {
             self.lower[row] = self.lowered(second.sqrt());
         }
     }
+}
+
+/// How one centroid moved in an update, for [`DistanceBounds::assign_moved`].
+struct ClusterMove {
+    /// Distance the centroid moved, raised by the slack.
+    shift: f64,
+    /// The largest distance any other centroid moved, raised by the slack.
+    other_shift: f64,
+    /// Half the distance to the nearest other centroid after the move, lowered by the slack.
+    half_gap: f64,
 }
 
 /// Returns the squared Euclidean distance, summed in index order as ndarray-stats'
@@ -488,10 +511,7 @@ impl MemberSums {
         self.sums.fill(0.0);
         self.counts.fill(1);
         for (point, &cluster) in data.chunks_exact(width).zip(memberships) {
-            let sum = &mut self.sums[cluster * width..(cluster + 1) * width];
-            for (total, value) in sum.iter_mut().zip(point) {
-                *total += value;
-            }
+            add_row(&mut self.sums[cluster * width..(cluster + 1) * width], point);
             self.counts[cluster] += 1;
         }
     }
@@ -508,6 +528,27 @@ impl MemberSums {
             sum.iter_mut().for_each(|value| *value /= count);
         }
         moved
+    }
+}
+
+/// Adds `row` to `sum` element by element. The fixed groups of four let the compiler use
+/// vector registers without checking at run time whether the two slices overlap.
+fn add_row(sum: &mut [f64], row: &[f64]) {
+    let mut sum_groups = sum.chunks_exact_mut(4);
+    let mut row_groups = row.chunks_exact(4);
+    for (totals, values) in (&mut sum_groups).zip(&mut row_groups) {
+        let totals: &mut [f64; 4] = totals.try_into().expect("a group of four");
+        let values: &[f64; 4] = values.try_into().expect("a group of four");
+        for (total, value) in totals.iter_mut().zip(values) {
+            *total += value;
+        }
+    }
+    for (total, value) in sum_groups
+        .into_remainder()
+        .iter_mut()
+        .zip(row_groups.remainder())
+    {
+        *total += value;
     }
 }
 
