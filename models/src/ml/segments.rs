@@ -25,7 +25,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::error::{check_matrix, check_positive_count, check_row, invalid, FitWarning, MlError};
-use super::kmeans::{fit_kmeans_like_linfa, KMeansSettings};
+use super::kmeans::{fit_kmeans_like_linfa, InterleavedCentroids, KMeansSettings, LANES};
 
 /// Smallest k tried when choosing k from the data.
 pub const AUTO_K_MIN: usize = 2;
@@ -287,22 +287,22 @@ fn silhouette_sample(records: ArrayView2<'_, f64>, max_rows: usize, seed: u64) -
     records.select(Axis(0), &indices)
 }
 
+/// Returns the Euclidean distance of every pair of rows, which must have at least one column.
+/// Each squared distance is summed over the features in index order, four pairs side by side.
 fn pairwise_distances(records: ArrayView2<'_, f64>) -> Array2<f64> {
-    let rows = records.nrows();
+    let (rows, width) = records.dim();
     let standard = records.as_standard_layout();
     let values = standard
         .as_slice()
         .expect("a standard-layout array is one slice");
-    let row = |index: usize| &values[index * records.ncols()..(index + 1) * records.ncols()];
+    let mut interleaved = InterleavedCentroids::new(values, width);
     let mut distances = Array2::zeros((rows, rows));
-    for i in 0..rows {
+    for (i, point) in values.chunks_exact(width).enumerate() {
+        // Only the pairs with j > i are computed: the blocks from the one that holds i + 1.
+        let first_block = (i + 1) / LANES;
+        let squared = interleaved.distances_from(point, first_block);
         for j in (i + 1)..rows {
-            let distance = row(i)
-                .iter()
-                .zip(row(j))
-                .map(|(a, b)| (a - b).powi(2))
-                .sum::<f64>()
-                .sqrt();
+            let distance = squared[j - first_block * LANES].sqrt();
             distances[[i, j]] = distance;
             distances[[j, i]] = distance;
         }
@@ -318,15 +318,28 @@ fn silhouette(distances: &Array2<f64>, labels: &[usize], k: usize) -> f64 {
         return -1.0;
     }
 
+    // The rows sorted by segment, each segment's rows in row order (a stable sort), so each
+    // segment's sum below adds the same distances in the same order as a pass over all rows.
+    let mut by_segment: Vec<usize> = (0..labels.len()).collect();
+    by_segment.sort_by_key(|row| labels[*row]);
+    let standard = distances.as_standard_layout();
+    let values = standard
+        .as_slice()
+        .expect("a standard-layout array is one slice");
+
     let mut total = 0.0;
     let mut sums = vec![0.0; k];
-    for (row, &label) in labels.iter().enumerate() {
+    for (&label, distance_row) in labels.iter().zip(values.chunks_exact(labels.len())) {
         if sizes[label] == 1 {
             continue;
         }
-        sums.iter_mut().for_each(|sum| *sum = 0.0);
-        for (&other_label, distance) in labels.iter().zip(distances.row(row)) {
-            sums[other_label] += distance;
+        let mut members = &by_segment[..];
+        for (sum, size) in sums.iter_mut().zip(&sizes) {
+            let (segment, rest) = members.split_at(*size);
+            *sum = segment
+                .iter()
+                .fold(0.0, |sum, other| sum + distance_row[*other]);
+            members = rest;
         }
         let own = sums[label] / (sizes[label] - 1) as f64;
         let nearest = (0..k)
@@ -345,6 +358,7 @@ fn silhouette(distances: &Array2<f64>, labels: &[usize], k: usize) -> f64 {
 mod tests {
     use super::*;
     use ndarray::array;
+    use rand::Rng;
 
     #[test]
     fn silhouette_of_separated_pairs_is_high() {
@@ -357,10 +371,82 @@ mod tests {
     }
 
     #[test]
+    fn pairwise_distances_equal_row_by_row_sums() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for rows in [1, 2, 5, 9] {
+            let records = Array2::from_shape_fn((rows, 3), |_| rng.gen_range(-2.0..2.0));
+            let distances = pairwise_distances(records.view());
+            for i in 0..rows {
+                for j in 0..rows {
+                    let expected = records
+                        .row(i)
+                        .iter()
+                        .zip(records.row(j))
+                        .map(|(a, b)| (a - b).powi(2))
+                        .sum::<f64>()
+                        .sqrt();
+                    let expected = if i == j { 0.0 } else { expected };
+                    let found = distances[[i, j]];
+                    assert_eq!(found.to_bits(), expected.to_bits(), "{rows} rows, ({i}, {j})");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn silhouette_scores_singletons_zero() {
         let rows = array![[0.0], [1.0], [2.0]];
         let distances = pairwise_distances(rows.view());
         assert_eq!(silhouette(&distances, &[0, 1, 2], 3), 0.0);
+    }
+
+    /// The silhouette as a pass over all rows in row order computes it, for comparison.
+    fn silhouette_in_row_order(distances: &Array2<f64>, labels: &[usize], k: usize) -> f64 {
+        let mut sizes = vec![0usize; k];
+        labels.iter().for_each(|label| sizes[*label] += 1);
+        if sizes.iter().filter(|size| **size > 0).count() < 2 {
+            return -1.0;
+        }
+        let mut total = 0.0;
+        for (row, &label) in labels.iter().enumerate() {
+            if sizes[label] == 1 {
+                continue;
+            }
+            let mut sums = vec![0.0; k];
+            for (&other_label, distance) in labels.iter().zip(distances.row(row)) {
+                sums[other_label] += distance;
+            }
+            let own = sums[label] / (sizes[label] - 1) as f64;
+            let nearest = (0..k)
+                .filter(|segment| *segment != label && sizes[*segment] > 0)
+                .map(|segment| sums[segment] / sizes[segment] as f64)
+                .fold(f64::INFINITY, f64::min);
+            let spread = own.max(nearest);
+            if spread > 0.0 {
+                total += (nearest - own) / spread;
+            }
+        }
+        total / labels.len() as f64
+    }
+
+    #[test]
+    fn silhouette_equals_row_order_sums() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let rows = Array2::from_shape_fn((300, 4), |_| rng.gen_range(-3.0..3.0));
+        let distances = pairwise_distances(rows.view());
+        for k in 2..=8 {
+            // Labels in runs and at random, with an empty segment and a singleton for k > 3.
+            let labels: Vec<usize> = (0..300)
+                .map(|row| match row {
+                    0 if k > 3 => k - 2,
+                    _ if k > 3 => rng.gen_range(0..k - 2),
+                    _ => (row / 7) % k,
+                })
+                .collect();
+            let expected = silhouette_in_row_order(&distances, &labels, k);
+            let found = silhouette(&distances, &labels, k);
+            assert_eq!(found.to_bits(), expected.to_bits(), "k = {k}");
+        }
     }
 
     #[test]
