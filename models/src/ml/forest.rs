@@ -328,28 +328,29 @@ impl TreeBuilder<'_> {
         let parent_score = totals.iter().map(|sum| sum * sum).sum::<f64>() / count as f64;
 
         let mut best: Option<SplitChoice> = None;
-        let mut ordered: Vec<(f64, usize)> = Vec::with_capacity(count);
+        let mut ordered: Vec<u128> = Vec::with_capacity(count);
         let mut left_sums = vec![0.0; outputs];
         for feature in sample(rng, self.records.ncols(), self.features_per_split) {
             ordered.clear();
             ordered.extend(
                 indices
                     .iter()
-                    .map(|row| (self.records[[*row, feature]], *row)),
+                    .map(|row| sort_key(self.records[[*row, feature]], *row)),
             );
-            // Equal pairs are equal bit for bit (a row drawn twice), so an unstable sort gives
-            // the order of a stable one without its scratch buffer.
-            ordered.sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            // The keys sort as the (value, row) pairs by `f64::total_cmp`, then row. Equal keys
+            // are the same row drawn twice, so an unstable sort gives the order of a stable one
+            // without its scratch buffer.
+            ordered.sort_unstable();
             left_sums.iter_mut().for_each(|sum| *sum = 0.0);
 
             for position in 0..count - 1 {
-                let (value, row) = ordered[position];
+                let (value, row) = pair_of(ordered[position]);
                 for (sum, target) in left_sums.iter_mut().zip(self.targets.row(row)) {
                     *sum += target;
                 }
                 let left_count = position + 1;
                 let right_count = count - left_count;
-                let next_value = ordered[position + 1].0;
+                let next_value = pair_of(ordered[position + 1]).0;
                 if left_count < min_leaf || right_count < min_leaf || value >= next_value {
                     continue;
                 }
@@ -379,6 +380,31 @@ impl TreeBuilder<'_> {
         }
         best.filter(|best| best.score > parent_score * (1.0 + 1e-12) + 1e-12)
     }
+}
+
+/// Returns a key whose unsigned order is the order of `(value, row)` by `f64::total_cmp`,
+/// then by row: the value's bits mapped to that order in the high 64 bits, the row below.
+fn sort_key(value: f64, row: usize) -> u128 {
+    let bits = value.to_bits();
+    // `total_cmp` compares the bits as an i64 after flipping the low 63 bits of a negative
+    // value. Flipping the sign bit as well turns that signed order into the unsigned one.
+    let ordered = if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    };
+    (u128::from(ordered) << 64) | row as u128
+}
+
+/// Returns the value and row of a key made by [`sort_key`].
+fn pair_of(key: u128) -> (f64, usize) {
+    let ordered = (key >> 64) as u64;
+    let bits = if ordered >> 63 == 1 {
+        ordered & !(1 << 63)
+    } else {
+        !ordered
+    };
+    (f64::from_bits(bits), key as u64 as usize)
 }
 
 #[cfg(test)]
@@ -470,6 +496,43 @@ mod tests {
         };
         let tree = builder.build((0..4).collect(), &mut ChaCha8Rng::seed_from_u64(1));
         assert_eq!(tree.nodes.len(), 1);
+    }
+
+    #[test]
+    fn sort_keys_follow_total_order_then_row() {
+        let values = [
+            f64::NEG_INFINITY,
+            -1e300,
+            -2.5,
+            -f64::MIN_POSITIVE,
+            -5e-324,
+            -0.0,
+            0.0,
+            5e-324,
+            f64::MIN_POSITIVE,
+            1.0,
+            1.0 + f64::EPSILON,
+            1e300,
+            f64::INFINITY,
+        ];
+        let mut pairs: Vec<(f64, usize)> = Vec::new();
+        for (index, value) in values.iter().enumerate() {
+            for row in [0, 7, usize::MAX >> 1] {
+                pairs.push((*value, row + index % 3));
+            }
+        }
+        for (value, row) in &pairs {
+            let (decoded, decoded_row) = pair_of(sort_key(*value, *row));
+            assert_eq!(decoded.to_bits(), value.to_bits());
+            assert_eq!(decoded_row, *row);
+        }
+        for a in &pairs {
+            for b in &pairs {
+                let expected = a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+                let found = sort_key(a.0, a.1).cmp(&sort_key(b.0, b.1));
+                assert_eq!(found, expected, "{a:?} against {b:?}");
+            }
+        }
     }
 
     #[test]
