@@ -464,7 +464,23 @@ mod tests {
         assert!(reason_for("\"yesterday\"").contains("is not Unix seconds"));
         assert!(reason_for("\"2017-11-25\"").contains("is not"));
         assert!(reason_for("null").contains("ts is null"));
-        assert!(reason_for("99999999999999999999").contains("too large"));
+        assert!(reason_for("99999999999999999999").contains("more than 13 digits"));
+    }
+
+    #[test]
+    fn microsecond_timestamps_are_bad() {
+        for value in [
+            "1511539241000000",
+            "\"1511539241000000\"",
+            "1511539241000000.0",
+            "1511539241000000000",
+            "15115392410000",
+        ] {
+            let line = format!(r#"{{"user":1,"category":1,"behavior":"view","ts":{value}}}"#);
+            let reason = reason(&line);
+            assert!(reason.contains("more than 13 digits"), "{value}: {reason}");
+            assert!(reason.contains("microseconds"), "{value}: {reason}");
+        }
     }
 
     #[test]

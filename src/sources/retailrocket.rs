@@ -238,6 +238,7 @@ mod tests {
         assert!(reason(b"1438829821179,1,scroll,400,").contains("event \"scroll\""));
         assert!(reason(b"1438829821179,,view,400,").contains("visitorid is empty"));
         assert!(reason(b"-1438829821179,1,view,400,").contains("negative"));
+        assert!(reason(b"1438829821179000,1,view,400,").contains("more than 13 digits"));
     }
 
     #[test]

@@ -103,8 +103,9 @@ fn parse_masked_row(line: &[u8]) -> Option<IntegerRow> {
         return None;
     }
 
+    // Seconds of 13 digits or more take the full parser, which rejects them with a reason.
     let seconds = digits::checked_run_value(line, seconds_start, line.len());
-    if seconds >= 1 << 53 {
+    if seconds >= time::MILLIS_FROM {
         return None;
     }
     Some(IntegerRow {
@@ -126,8 +127,9 @@ fn parse_common_row(line: &[u8]) -> Option<IntegerRow> {
     let category = fields::take_digits(line, &mut position)?;
     let behavior = take_behavior(line, &mut position)?;
     let seconds = fields::take_digits(line, &mut position)?;
-    // The timestamp must be the last field, and small enough for milliseconds in `i64`.
-    if position != line.len() + 1 || seconds >= 1 << 53 {
+    // The timestamp must be the last field. Seconds of 13 digits or more take the full parser,
+    // which rejects them with a reason.
+    if position != line.len() + 1 || seconds >= time::MILLIS_FROM {
         return None;
     }
     Some(IntegerRow {
@@ -294,7 +296,7 @@ mod tests {
             b"1,2,3,pv,9007199254740992",
             b"1,2,3,pv, 1",
             b"1,2,3,PV,1",
-            b"1,2,3,pv,9007199254740991",
+            b"1,2,3,pv,999999999999",
             b"1,2,3,pv,18446744073709551616",
             b"1,2,3,pv,99999999999999999999",
             b"-1,2,3,pv,1",
@@ -338,7 +340,7 @@ mod tests {
             assert!(common_event(lines[index]).is_some(), "{shown}");
         }
         assert!(common_event(lines[3]).is_none(), "20 digits");
-        assert!(common_event(lines[6]).is_none(), "2^53 seconds");
+        assert!(common_event(lines[6]).is_none(), "more than 12 digits");
         assert!(common_event(lines[16]).is_none(), "carriage return");
     }
 
@@ -374,7 +376,7 @@ mod tests {
         fn one_pass_parse_reads_usual_rows(
             ids in prop::array::uniform3(0u64..10_000_000_000_000_000_000),
             behavior in prop::sample::select(vec!["pv", "cart", "fav", "buy"]),
-            seconds in 0u64..(1 << 53),
+            seconds in 0u64..time::MILLIS_FROM,
         ) {
             let line = format!("{},{},{},{behavior},{seconds}", ids[0], ids[1], ids[2]);
             let event = common_event(line.as_bytes());
@@ -424,6 +426,10 @@ mod tests {
         assert!(reason(b"1,2,3,clk,5").contains("behavior_type \"clk\""));
         assert!(reason(b"1,2,3,pv,15116OO200").contains("timestamp \"15116OO200\""));
         assert!(reason(b"1,2,3,pv,-5").contains("negative"));
+        for milliseconds in [&b"1,2,3,pv,1511544070000"[..], b"1,2,3,pv,1511544070000000"] {
+            let reason = reason(milliseconds);
+            assert!(reason.contains("more than 12 digits"), "{reason}");
+        }
         assert!(reason(b"1,2,3,\xff\xfe,5").contains("behavior_type is not valid UTF-8"));
         assert!(reason(b"1,2\xc3,3,pv,5").contains("item id is not valid UTF-8"));
         assert!(reason(b"1,,3,pv,5").contains("item id \"\""));

@@ -1,12 +1,19 @@
 //! Event-time parsing into Unix milliseconds: epoch numbers, RFC 3339 and REES46's `... UTC`.
 //!
 //! Times are not checked against a plausible range, because the engine's late-data policy
-//! decides what to do with events far from the rest. Only text that cannot be read as a time,
-//! a negative time, or a time that overflows `i64` milliseconds is rejected.
+//! decides what to do with events far from the rest. The parsers reject text that cannot be
+//! read as a time, a negative time, a time that overflows `i64` milliseconds, and an epoch
+//! number with more digits than its unit has. Every reader takes Unix seconds of at most 12
+//! digits and Unix milliseconds of at most 13, so a time in microseconds (16 digits) or
+//! nanoseconds (19) is a bad record, not a date thousands of years ahead.
 
-/// Epoch numbers from this value up are milliseconds and smaller ones are seconds. As seconds it
-/// would be the year 33658, and as milliseconds it is September 2001.
-const MILLIS_FROM: u128 = 1_000_000_000_000;
+/// Epoch numbers from this value up (13 digits) are milliseconds and smaller ones are seconds.
+/// As seconds it would be the year 33658, and as milliseconds it is September 2001.
+pub(crate) const MILLIS_FROM: u64 = 1_000_000_000_000;
+
+/// Epoch numbers from this value up have more than 13 digits, so they are neither Unix seconds
+/// nor Unix milliseconds, and are rejected. As milliseconds it is November 2286.
+pub(crate) const EPOCH_END: u64 = 10_000_000_000_000;
 
 /// Reason a time could not be parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +24,8 @@ pub(crate) enum TimeError {
     Negative,
     /// Does not fit in `i64` milliseconds.
     OutOfRange,
+    /// An epoch number with more digits than this maximum of its unit.
+    TooManyDigits(u32),
 }
 
 impl TimeError {
@@ -27,11 +36,16 @@ impl TimeError {
             TimeError::Invalid => super::fields::invalid_value(name, field, expected),
             TimeError::Negative => format!("{name} {shown} is before 1970 (negative)"),
             TimeError::OutOfRange => format!("{name} {shown} is too large"),
+            TimeError::TooManyDigits(max_digits) => format!(
+                "{name} {shown} has more than {max_digits} digits, so it is not {expected}. \
+                 Convert a time in microseconds or another finer unit before reading it."
+            ),
         }
     }
 }
 
-/// Parses an epoch number: seconds below 10^12, milliseconds from 10^12 on.
+/// Parses an epoch number: seconds below 10^12, milliseconds from 10^12 on, and rejected from
+/// 10^13 on.
 ///
 /// Accepts decimal digits with an optional fraction, so `1511539200.25` is 1511539200250 ms.
 /// Fractions of a millisecond are dropped. An exponent form such as `1.5e9` is accepted too.
@@ -39,7 +53,9 @@ pub(crate) fn parse_epoch(text: &[u8]) -> Result<i64, TimeError> {
     if let Some(rest) = text.strip_prefix(b"-") {
         return match parse_epoch(rest) {
             Ok(0) => Ok(0),
-            Ok(_) | Err(TimeError::OutOfRange) => Err(TimeError::Negative),
+            Ok(_) | Err(TimeError::OutOfRange | TimeError::TooManyDigits(_)) => {
+                Err(TimeError::Negative)
+            }
             Err(error) => Err(error),
         };
     }
@@ -53,11 +69,11 @@ pub(crate) fn parse_epoch(text: &[u8]) -> Result<i64, TimeError> {
     }
 
     let significant = trim_leading_zeros(integer);
-    if significant.len() > 38 {
-        return Err(TimeError::OutOfRange);
+    if significant.len() > 13 {
+        return Err(TimeError::TooManyDigits(13));
     }
     let value = super::fields::parse_decimal(significant).unwrap_or(0);
-    let Some(digits) = fraction.filter(|_| value < MILLIS_FROM) else {
+    let Some(digits) = fraction.filter(|_| value < u128::from(MILLIS_FROM)) else {
         return epoch_millis(value);
     };
     let mut sub_second: u128 = 0;
@@ -69,9 +85,12 @@ pub(crate) fn parse_epoch(text: &[u8]) -> Result<i64, TimeError> {
 }
 
 /// Returns the Unix milliseconds of a whole epoch number: seconds below 10^12, milliseconds
-/// from 10^12 on.
+/// from 10^12 on, and an error from 10^13 on.
 pub(crate) fn epoch_millis(value: u128) -> Result<i64, TimeError> {
-    let millis = if value >= MILLIS_FROM {
+    if value >= u128::from(EPOCH_END) {
+        return Err(TimeError::TooManyDigits(13));
+    }
+    let millis = if value >= u128::from(MILLIS_FROM) {
         value
     } else {
         value * 1000
@@ -93,30 +112,31 @@ fn parse_epoch_float(text: &[u8]) -> Result<i64, TimeError> {
     if !value.is_finite() {
         return Err(TimeError::OutOfRange);
     }
+    if value >= EPOCH_END as f64 {
+        return Err(TimeError::TooManyDigits(13));
+    }
     let millis = if value >= MILLIS_FROM as f64 {
         value.floor()
     } else {
         (value * 1000.0).floor()
     };
-    // `i64::MAX as f64` rounds up to 2^63, which is itself out of range.
-    if millis >= i64::MAX as f64 {
-        return Err(TimeError::OutOfRange);
-    }
     Ok(millis as i64)
 }
 
-/// Parses whole Unix seconds written as decimal digits only, and returns milliseconds.
+/// Parses whole Unix seconds of at most 12 digits, written as decimal digits only, and returns
+/// milliseconds. A longer number would be read as milliseconds by `parse_epoch`.
 pub(crate) fn parse_seconds_digits(text: &[u8]) -> Result<i64, TimeError> {
-    let seconds = parse_digits_i64(text)?;
-    seconds.checked_mul(1000).ok_or(TimeError::OutOfRange)
+    let seconds = parse_digits_i64(text, 12)?;
+    Ok(seconds * 1000)
 }
 
-/// Parses Unix milliseconds written as decimal digits only.
+/// Parses Unix milliseconds of at most 13 digits, written as decimal digits only.
 pub(crate) fn parse_millis_digits(text: &[u8]) -> Result<i64, TimeError> {
-    parse_digits_i64(text)
+    parse_digits_i64(text, 13)
 }
 
-fn parse_digits_i64(text: &[u8]) -> Result<i64, TimeError> {
+/// Parses a decimal number of at most `max_digits` digits, not counting leading zeros.
+fn parse_digits_i64(text: &[u8], max_digits: u32) -> Result<i64, TimeError> {
     let (negative, digits) = match text.strip_prefix(b"-") {
         Some(rest) => (true, rest),
         None => (false, text),
@@ -128,8 +148,8 @@ fn parse_digits_i64(text: &[u8]) -> Result<i64, TimeError> {
     if negative && !significant.is_empty() {
         return Err(TimeError::Negative);
     }
-    if significant.len() > 19 {
-        return Err(TimeError::OutOfRange);
+    if significant.len() > max_digits as usize {
+        return Err(TimeError::TooManyDigits(max_digits));
     }
     let value = super::fields::parse_decimal(significant).unwrap_or(0);
     i64::try_from(value).map_err(|_| TimeError::OutOfRange)
@@ -294,9 +314,9 @@ mod tests {
         assert_eq!(parse_epoch(b"+5"), Err(TimeError::Invalid));
         assert_eq!(
             parse_epoch(b"99999999999999999999"),
-            Err(TimeError::OutOfRange)
+            Err(TimeError::TooManyDigits(13))
         );
-        assert_eq!(parse_epoch(&[b'9'; 60]), Err(TimeError::OutOfRange));
+        assert_eq!(parse_epoch(&[b'9'; 60]), Err(TimeError::TooManyDigits(13)));
         assert_eq!(parse_epoch(b"1e400"), Err(TimeError::OutOfRange));
         assert_eq!(parse_epoch(b"e9"), Err(TimeError::Invalid));
     }
@@ -314,15 +334,74 @@ mod tests {
         );
         assert_eq!(
             parse_seconds_digits(b"9223372036854775807"),
-            Err(TimeError::OutOfRange)
+            Err(TimeError::TooManyDigits(12))
         );
         assert_eq!(parse_millis_digits(b"1431328072718"), Ok(1_431_328_072_718));
         assert_eq!(parse_millis_digits(b"00012"), Ok(12));
         assert_eq!(
             parse_millis_digits(b"99999999999999999999"),
-            Err(TimeError::OutOfRange)
+            Err(TimeError::TooManyDigits(13))
         );
         assert_eq!(parse_millis_digits(b""), Err(TimeError::Invalid));
+    }
+
+    #[test]
+    fn epoch_digit_limits() {
+        let micros = b"1511539241000000";
+        let millis = b"1511539241000";
+        assert_eq!(parse_epoch(micros), Err(TimeError::TooManyDigits(13)));
+        assert_eq!(
+            parse_epoch(b"1511539241000000.5"),
+            Err(TimeError::TooManyDigits(13))
+        );
+        assert_eq!(
+            parse_epoch(b"1.511539241e15"),
+            Err(TimeError::TooManyDigits(13))
+        );
+        assert_eq!(parse_epoch(b"-1511539241000000"), Err(TimeError::Negative));
+
+        // The largest accepted values, and leading zeros, which do not count.
+        assert_eq!(
+            epoch_millis(1_511_539_241_000_000),
+            Err(TimeError::TooManyDigits(13))
+        );
+        assert_eq!(
+            epoch_millis(u128::from(EPOCH_END) - 1),
+            Ok(9_999_999_999_999)
+        );
+        assert_eq!(parse_epoch(b"9999999999999"), Ok(9_999_999_999_999));
+        assert_eq!(parse_epoch(b"00001511539241000"), Ok(1_511_539_241_000));
+
+        // Readers whose format fixes the unit: milliseconds and seconds.
+        assert_eq!(parse_millis_digits(millis), Ok(1_511_539_241_000));
+        assert_eq!(
+            parse_millis_digits(micros),
+            Err(TimeError::TooManyDigits(13))
+        );
+        assert_eq!(
+            parse_seconds_digits(b"999999999999"),
+            Ok(999_999_999_999_000)
+        );
+        assert_eq!(
+            parse_seconds_digits(millis),
+            Err(TimeError::TooManyDigits(12))
+        );
+        assert_eq!(
+            parse_seconds_digits(b"0001511539241"),
+            Ok(1_511_539_241_000)
+        );
+    }
+
+    #[test]
+    fn too_many_digits_reason_names_the_units() {
+        let reason = TimeError::TooManyDigits(13).reason(
+            "ts",
+            b"1511539241000000",
+            "Unix seconds, Unix milliseconds or an RFC 3339 time",
+        );
+        assert!(reason.contains("1511539241000000"), "{reason}");
+        assert!(reason.contains("more than 13 digits"), "{reason}");
+        assert!(reason.contains("microseconds"), "{reason}");
     }
 
     #[test]

@@ -17,13 +17,11 @@ use veer_models::Behavior;
 use super::{Field, Layout, Segment};
 use crate::sources::digits;
 use crate::sources::row::IntegerRow;
+use crate::sources::time;
 
 /// Minimum length of a line read here, in bytes, so that the line's last 16 bytes can be
 /// loaded. A line of the five required fields is longer.
 const MIN_LINE_BYTES: usize = 16;
-
-/// Epoch numbers from this value up are milliseconds, as in `time::epoch_millis`.
-const MILLIS_FROM: u64 = 1_000_000_000_000;
 
 /// The layout of the last flat line, when it has the shape read here, and the behaviour names
 /// read so far.
@@ -127,8 +125,11 @@ impl PlainLayout {
         }
 
         let [user, item, category, epoch] = integers;
-        // At most 15 digits, so the milliseconds fit in `i64`.
-        let ts_ms = if epoch >= MILLIS_FROM {
+        // An epoch of more than 13 digits takes the full parser, which rejects it with a reason.
+        if epoch >= time::EPOCH_END {
+            return None;
+        }
+        let ts_ms = if epoch >= time::MILLIS_FROM {
             epoch
         } else {
             epoch * 1000
@@ -357,6 +358,8 @@ mod tests {
             usual("1", "2", "\"View\"", "1"),
             usual("1", "2", "\"\"", "1"),
             usual("1", "2", "\"vi\\\"ew\"", "1"),
+            usual("1", "2", "\"view\"", "1511539241000000"),
+            usual("1", "2", "\"view\"", "10000000000000"),
             usual("1", "2", "7", "1"),
             usual("1", "2", "\"view\"", "\"1511539241\""),
             usual("1", "2", "\"view\"", "1511539241 "),
@@ -459,7 +462,7 @@ mod tests {
             usual("123456789012345", "999999999999999", "\"buy\"", "1"),
             usual("12345678", "123456789", "\"pv\"", "999999999999"),
             usual("1", "2", "\"add_to_cart\"", "1000000000000"),
-            usual("1", "2", "\"transaction\"", "999999999999999"),
+            usual("1", "2", "\"transaction\"", "9999999999999"),
             usual("1", "2", "\"search\"", "1511539241123"),
         ];
         for next in accepted {
