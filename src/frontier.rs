@@ -2,8 +2,9 @@
 //!
 //! Each source keeps its own [`Watermark`]: its newest event time less the allowed
 //! out-of-orderness. The input frontier of the whole run is the minimum over the sources that
-//! are not idle, so a slow source is never made late by a fast one. A source that has sent no
-//! event yet holds the frontier where it is, because its first events may be old.
+//! are not idle, so a slow source is never made late by a fast one. A source whose watermark
+//! has not started yet (before its eighth event, see [`Watermark`]) holds the frontier where it
+//! is, because its first events may be old, or far in the future and followed by older ones.
 //!
 //! A source that delivers no event for the idle timeout stops holding the frontier back. When
 //! every source is idle (or none is connected), event time advances by processing time: the
@@ -39,7 +40,6 @@ pub struct InputFrontier {
 #[derive(Debug)]
 struct SourceClock {
     watermark: Watermark,
-    has_events: bool,
     last_active: Instant,
     idle: bool,
 }
@@ -100,8 +100,8 @@ impl InputFrontier {
         self.sources.len()
     }
 
-    /// Registers a new source. Until its first event it holds the frontier in place, unless
-    /// it stays silent for the idle timeout.
+    /// Registers a new source. Until its watermark starts it holds the frontier in place,
+    /// unless it stays silent for the idle timeout.
     pub fn open(&mut self, source: u64, now: Instant) {
         let clock = self.new_source(now);
         self.sources.insert(source, clock);
@@ -110,7 +110,6 @@ impl InputFrontier {
     fn new_source(&self, now: Instant) -> SourceClock {
         SourceClock {
             watermark: Watermark::new(self.out_of_orderness_ms, self.max_future_skew_ms),
-            has_events: false,
             last_active: now,
             idle: false,
         }
@@ -121,11 +120,10 @@ impl InputFrontier {
         self.sources.remove(&source);
     }
 
-    /// Returns the watermark of a source in Unix milliseconds, or 0 before its first event.
+    /// Returns the watermark of a source in Unix milliseconds, or 0 before it starts.
     pub fn source_watermark(&self, source: u64) -> u64 {
         self.sources
             .get(&source)
-            .filter(|clock| clock.has_events)
             .map_or(0, |clock| clock.watermark.current())
     }
 
@@ -167,9 +165,10 @@ impl InputFrontier {
         let candidate = if active.peek().is_some() {
             let mut lowest = Some(u64::MAX);
             for clock in active {
-                lowest = match clock.has_events {
+                lowest = match clock.watermark.is_started() {
                     true => lowest.map(|low| low.min(clock.watermark.current())),
-                    // A source without events may still send old ones: hold the frontier.
+                    // A source before its watermark starts may still send old events: hold
+                    // the frontier.
                     false => None,
                 };
             }
@@ -223,7 +222,9 @@ impl SourceEvents<'_> {
         if self.clock.watermark.observe(ts_ms) {
             return Some(bound.max(self.frontier));
         }
-        self.clock.has_events = true;
+        if !self.clock.watermark.is_started() {
+            return None;
+        }
         let watermark = self.clock.watermark.current();
         *self.newest_watermark = Some(
             self.newest_watermark
@@ -232,20 +233,17 @@ impl SourceEvents<'_> {
         None
     }
 
-    /// Returns the source's watermark in Unix milliseconds, or 0 before its first event, as
+    /// Returns the source's watermark in Unix milliseconds, or 0 before it starts, as
     /// [`InputFrontier::source_watermark`] does.
     pub fn watermark(&self) -> u64 {
-        if self.clock.has_events {
-            self.clock.watermark.current()
-        } else {
-            0
-        }
+        self.clock.watermark.current()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ingest::FAR_STREAK;
 
     const MINUTE: i64 = 60_000;
 
@@ -256,13 +254,20 @@ mod tests {
         )
     }
 
+    /// Starts the watermark of `source` with `FAR_STREAK` events at `ts_ms`.
+    fn start_source(clock: &mut InputFrontier, source: u64, ts_ms: i64, now: Instant) {
+        for _ in 0..FAR_STREAK {
+            assert_eq!(clock.observe(source, ts_ms, now), None);
+        }
+    }
+
     #[test]
     fn frontier_is_minimum_of_active_sources() {
         let (mut clock, start) = frontier();
         clock.open(1, start);
         clock.open(2, start);
-        assert_eq!(clock.observe(1, 100 * MINUTE, start), None);
-        assert_eq!(clock.observe(2, 500 * MINUTE, start), None);
+        start_source(&mut clock, 1, 100 * MINUTE, start);
+        start_source(&mut clock, 2, 500 * MINUTE, start);
         assert_eq!(clock.advance(start).frontier, 90 * MINUTE as u64);
     }
 
@@ -271,7 +276,7 @@ mod tests {
         let (clock, start) = frontier();
         let mut clock = clock.hold_until(start + Duration::from_secs(30));
         clock.open(1, start);
-        clock.observe(1, 100 * MINUTE, start);
+        start_source(&mut clock, 1, 100 * MINUTE, start);
         assert_eq!(clock.advance(start).frontier, 0, "the hold is in force");
         assert!(clock.end_hold(start));
         assert_eq!(clock.advance(start).frontier, 90 * MINUTE as u64);
@@ -283,7 +288,7 @@ mod tests {
         let (mut clock, start) = frontier();
         clock.open(1, start);
         clock.open(2, start);
-        clock.observe(1, 100 * MINUTE, start);
+        start_source(&mut clock, 1, 100 * MINUTE, start);
         assert_eq!(clock.advance(start).frontier, 0);
         let later = start + Duration::from_secs(31);
         clock.observe(1, 101 * MINUTE, later);
@@ -297,8 +302,8 @@ mod tests {
         let (mut clock, start) = frontier();
         clock.open(1, start);
         clock.open(2, start);
-        clock.observe(2, 10 * MINUTE, start);
-        clock.observe(1, 1000 * MINUTE, start);
+        start_source(&mut clock, 2, 10 * MINUTE, start);
+        start_source(&mut clock, 1, 1000 * MINUTE, start);
         assert_eq!(clock.advance(start).frontier, 0);
         let later = start + Duration::from_secs(20);
         clock.observe(1, 1001 * MINUTE, later);
@@ -316,7 +321,7 @@ mod tests {
     fn all_idle_advances_by_processing_time_only() {
         let (mut clock, start) = frontier();
         clock.open(1, start);
-        clock.observe(1, 100 * MINUTE, start);
+        start_source(&mut clock, 1, 100 * MINUTE, start);
         assert_eq!(clock.advance(start).frontier, 90 * MINUTE as u64);
         let idle = start + Duration::from_secs(40);
         let advance = clock.advance(idle);
@@ -343,8 +348,8 @@ mod tests {
         let (mut clock, start) = frontier();
         clock.open(1, start);
         clock.open(2, start);
-        clock.observe(1, 100 * MINUTE, start);
-        clock.observe(2, 200 * MINUTE, start);
+        start_source(&mut clock, 1, 100 * MINUTE, start);
+        start_source(&mut clock, 2, 200 * MINUTE, start);
         assert_eq!(clock.advance(start).frontier, 90 * MINUTE as u64);
         clock.close(1);
         assert_eq!(clock.advance(start).frontier, 190 * MINUTE as u64);
@@ -354,10 +359,10 @@ mod tests {
     fn frontier_never_moves_back() {
         let (mut clock, start) = frontier();
         clock.open(1, start);
-        clock.observe(1, 100 * MINUTE, start);
+        start_source(&mut clock, 1, 100 * MINUTE, start);
         clock.advance(start);
         clock.open(2, start);
-        clock.observe(2, 95 * MINUTE, start);
+        start_source(&mut clock, 2, 95 * MINUTE, start);
         assert_eq!(clock.advance(start).frontier, 90 * MINUTE as u64);
         assert_eq!(
             clock.observe(2, 80 * MINUTE, start),
@@ -367,7 +372,12 @@ mod tests {
 
     #[test]
     fn batch_observer_matches_single_observe() {
-        let times = [100, 130, 95, 80, 170, 120, 400, 389, 391].map(|minutes| minutes * MINUTE);
+        // Seven events start the watermark together with the first of the listed ones.
+        let listed = [100, 130, 95, 80, 170, 120, 400, 389, 391];
+        let times: Vec<i64> = std::iter::repeat_n(100, 7)
+            .chain(listed)
+            .map(|minutes| minutes * MINUTE)
+            .collect();
         let (mut single, start) = frontier();
         let (mut batched, _) = frontier();
         single.open(1, start);
@@ -392,13 +402,60 @@ mod tests {
     fn batch_observer_sees_frontier_as_late_bound() {
         let (mut clock, start) = frontier();
         clock.open(1, start);
-        clock.observe(1, 100 * MINUTE, start);
+        start_source(&mut clock, 1, 100 * MINUTE, start);
         clock.advance(start);
         let mut events = clock.source_events(2, start);
         assert_eq!(events.watermark(), 0, "no event of source 2 yet");
         assert_eq!(events.observe(85 * MINUTE), Some(90 * MINUTE as u64));
-        assert_eq!(events.observe(95 * MINUTE), None);
+        for _ in 0..FAR_STREAK {
+            assert_eq!(events.watermark(), 0, "source 2 has not started");
+            assert_eq!(events.observe(95 * MINUTE), None);
+        }
         assert_eq!(events.watermark(), 85 * MINUTE as u64);
+    }
+
+    #[test]
+    fn far_future_first_event_leaves_frontier() {
+        let (mut clock, start) = frontier();
+        clock.open(1, start);
+        let far_future = 99_999_999_999_000;
+        assert_eq!(clock.observe(1, far_future, start), None);
+        assert_eq!(clock.advance(start).frontier, 0);
+        for minute in 0..2_000 {
+            assert_eq!(clock.observe(1, (100 + minute) * MINUTE, start), None);
+        }
+        assert_eq!(clock.advance(start).frontier, 2_089 * MINUTE as u64);
+    }
+
+    #[test]
+    fn unstarted_source_holds_frontier() {
+        let (mut clock, start) = frontier();
+        start_source(&mut clock, 1, 100 * MINUTE, start);
+        assert_eq!(clock.advance(start).frontier, 90 * MINUTE as u64);
+        for _ in 0..FAR_STREAK - 1 {
+            assert_eq!(clock.observe(2, 200 * MINUTE, start), None);
+        }
+        assert_eq!(clock.observe(1, 150 * MINUTE, start), None);
+        assert_eq!(
+            clock.advance(start).frontier,
+            90 * MINUTE as u64,
+            "source 2 has 7 events, one short of starting"
+        );
+        assert_eq!(clock.observe(2, 200 * MINUTE, start), None);
+        assert_eq!(clock.advance(start).frontier, 140 * MINUTE as u64);
+    }
+
+    #[test]
+    fn unstarted_source_idle_advances_from_zero() {
+        let (mut clock, start) = frontier();
+        clock.observe(1, 100 * MINUTE, start);
+        let idle = start + Duration::from_secs(40);
+        let advance = clock.advance(idle);
+        assert!(advance.by_processing_time);
+        assert_eq!(
+            advance.frontier, 0,
+            "one event gives no watermark to advance from"
+        );
     }
 
     #[test]

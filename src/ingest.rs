@@ -925,18 +925,27 @@ pub fn replay_sorted(order: ReplayOrder, profile: &OrderProfile, events: usize) 
 }
 
 /// The watermark of an arrival-order replay: the newest event time less the allowed
-/// out-of-orderness, guarded against single far-future timestamps.
+/// out-of-orderness, guarded against far-future timestamps.
+///
+/// An event more than `max_future_skew_ms` ahead of the newest event moves the watermark only
+/// when [`FAR_STREAK`] such events arrive in a row, and then to the earliest of them. Before the
+/// first events there is no newest event to compare with, so every event counts as far ahead:
+/// the watermark stays at 0 until the `FAR_STREAK`-th event and then starts from the earliest
+/// of the first `FAR_STREAK`. A far-future first event thus does not make the events after it
+/// late.
 #[derive(Clone, Debug)]
 pub struct Watermark {
     out_of_orderness_ms: i64,
     max_future_skew_ms: i64,
+    /// The newest event time, `None` until the first `FAR_STREAK` events have arrived.
     newest: Option<i64>,
     far_streak: u32,
     far_earliest: i64,
 }
 
-/// Consecutive far-ahead events that convince the watermark the stream really jumped.
-const FAR_STREAK: u32 = 8;
+/// Consecutive far-ahead events that convince the watermark the stream really jumped, and the
+/// number of first events that start it.
+pub const FAR_STREAK: u32 = 8;
 
 impl Watermark {
     /// Creates a watermark with the given tolerances in milliseconds.
@@ -950,34 +959,38 @@ impl Watermark {
         }
     }
 
-    /// Returns the current watermark in milliseconds (0 before any event).
+    /// Returns the current watermark in milliseconds (0 before the watermark has started).
     pub fn current(&self) -> u64 {
         self.newest.map_or(0, |newest| {
             newest.saturating_sub(self.out_of_orderness_ms).max(0) as u64
         })
     }
 
+    /// Returns whether the first `FAR_STREAK` events have arrived, so that the watermark follows
+    /// the newest event time.
+    pub fn is_started(&self) -> bool {
+        self.newest.is_some()
+    }
+
     /// Returns whether an event at `ts_ms` is late, and otherwise takes it into account.
     pub fn observe(&mut self, ts_ms: i64) -> bool {
-        if (ts_ms as u64) < self.current() && self.newest.is_some() {
-            return true;
-        }
-        match self.newest {
-            None => self.newest = Some(ts_ms),
-            Some(newest) if ts_ms > newest.saturating_add(self.max_future_skew_ms) => {
-                self.far_streak += 1;
-                self.far_earliest = self.far_earliest.min(ts_ms);
-                if self.far_streak >= FAR_STREAK {
-                    self.newest = Some(self.far_earliest);
-                    self.far_streak = 0;
-                    self.far_earliest = i64::MAX;
-                }
-            }
-            Some(newest) => {
+        let far_ahead = match self.newest {
+            None => true,
+            Some(_) if (ts_ms as u64) < self.current() => return true,
+            Some(newest) => ts_ms > newest.saturating_add(self.max_future_skew_ms),
+        };
+        if far_ahead {
+            self.far_streak += 1;
+            self.far_earliest = self.far_earliest.min(ts_ms);
+            if self.far_streak >= FAR_STREAK {
+                self.newest = Some(self.far_earliest);
                 self.far_streak = 0;
                 self.far_earliest = i64::MAX;
-                self.newest = Some(newest.max(ts_ms));
             }
+        } else {
+            self.far_streak = 0;
+            self.far_earliest = i64::MAX;
+            self.newest = self.newest.map(|newest| newest.max(ts_ms));
         }
         false
     }
@@ -987,10 +1000,18 @@ impl Watermark {
 mod tests {
     use super::*;
 
+    /// Returns a watermark started by `FAR_STREAK` events at `ts_ms`.
+    fn started_at(ts_ms: i64, out_of_orderness_ms: i64, max_future_skew_ms: i64) -> Watermark {
+        let mut watermark = Watermark::new(out_of_orderness_ms, max_future_skew_ms);
+        for _ in 0..FAR_STREAK {
+            assert!(!watermark.observe(ts_ms));
+        }
+        watermark
+    }
+
     #[test]
     fn watermark_marks_late_events() {
-        let mut watermark = Watermark::new(600_000, 86_400_000);
-        assert!(!watermark.observe(10_000_000));
+        let mut watermark = started_at(10_000_000, 600_000, 86_400_000);
         assert!(!watermark.observe(9_970_000), "30 s behind is on time");
         assert!(watermark.observe(9_000_000), "1000 s behind is late");
         assert_eq!(watermark.current(), 9_400_000);
@@ -998,8 +1019,7 @@ mod tests {
 
     #[test]
     fn watermark_ignores_one_far_future_event() {
-        let mut watermark = Watermark::new(600_000, 86_400_000);
-        watermark.observe(10_000_000);
+        let mut watermark = started_at(10_000_000, 600_000, 86_400_000);
         watermark.observe(10_000_000 + 400 * 86_400_000);
         assert_eq!(watermark.current(), 9_400_000);
         assert!(!watermark.observe(10_001_000));
@@ -1007,11 +1027,86 @@ mod tests {
 
     #[test]
     fn watermark_follows_a_real_jump() {
-        let mut watermark = Watermark::new(0, 1000);
-        watermark.observe(0);
+        let mut watermark = started_at(0, 0, 1000);
         for step in 0..FAR_STREAK {
             watermark.observe(1_000_000 + i64::from(step));
         }
         assert_eq!(watermark.current(), 1_000_000);
+    }
+
+    #[test]
+    fn watermark_starts_at_earliest_first_event() {
+        let mut watermark = Watermark::new(600_000, 86_400_000);
+        let first = [
+            10_000_000, 9_000_000, 10_500_000, 9_500_000, 11_000_000, 10_000_000, 12_000_000,
+        ];
+        for ts_ms in first {
+            assert!(!watermark.observe(ts_ms));
+            assert_eq!(
+                watermark.current(),
+                0,
+                "not started before event {FAR_STREAK}"
+            );
+            assert!(!watermark.is_started());
+        }
+        assert!(!watermark.observe(11_000_000));
+        assert!(watermark.is_started());
+        assert_eq!(watermark.current(), 9_000_000 - 600_000);
+    }
+
+    #[test]
+    fn far_future_first_event_makes_nothing_late() {
+        let far_future = 99_999_999_999_000;
+        let skew_two_days = 10_000_000 + 2 * 86_400_000;
+        for first in [far_future, skew_two_days] {
+            let mut watermark = Watermark::new(600_000, 86_400_000);
+            assert!(!watermark.observe(first));
+            for step in 0..2_000 {
+                let ts_ms = 10_000_000 + step * 1000;
+                assert!(
+                    !watermark.observe(ts_ms),
+                    "event {step} after {first} is late"
+                );
+            }
+            assert_eq!(watermark.current(), 10_000_000 + 1_999_000 - 600_000);
+        }
+    }
+
+    #[test]
+    fn far_future_first_events_short_of_a_streak() {
+        let mut watermark = Watermark::new(600_000, 86_400_000);
+        for _ in 0..FAR_STREAK - 1 {
+            watermark.observe(99_999_999_999_000);
+        }
+        assert!(!watermark.observe(10_000_000));
+        assert_eq!(watermark.current(), 10_000_000 - 600_000);
+        assert!(!watermark.observe(10_001_000));
+    }
+
+    #[test]
+    fn far_future_first_streak_moves_watermark() {
+        let mut watermark = Watermark::new(600_000, 86_400_000);
+        for step in 0..FAR_STREAK {
+            watermark.observe(99_999_999_999_000 + i64::from(step));
+        }
+        assert_eq!(watermark.current(), 99_999_999_999_000 - 600_000);
+        assert!(
+            watermark.observe(10_000_000),
+            "eight far events in a row are the new time"
+        );
+    }
+
+    #[test]
+    fn far_past_first_event_delays_start_only() {
+        let base = 1_511_539_200_000;
+        let mut watermark = Watermark::new(600_000, 86_400_000);
+        assert!(!watermark.observe(1_000));
+        // The first eight start the watermark at 1 s, and the next eight jump from there.
+        for step in 0..2 * i64::from(FAR_STREAK) - 1 {
+            assert!(!watermark.observe(base + step * 1000));
+        }
+        assert_eq!(watermark.current(), (base + 7_000 - 600_000) as u64);
+        assert!(!watermark.observe(base + 15_000));
+        assert_eq!(watermark.current(), (base + 15_000 - 600_000) as u64);
     }
 }

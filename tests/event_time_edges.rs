@@ -1,10 +1,13 @@
-//! Event-time edge cases of the real binary: microsecond timestamps.
+//! Event-time edge cases of the real binary: a far-future first event and microsecond
+//! timestamps.
 
 mod common;
+mod serving;
 
 use std::path::{Path, PathBuf};
 
-use common::{arg, run_veer};
+use common::{arg, run_veer, RunOutput};
+use serving::{connect_and_send, summary_count, Server};
 
 /// 2017-11-24T16:00:00Z in Unix seconds.
 const START_SECS: i64 = 1_511_539_200;
@@ -34,6 +37,109 @@ fn write(folder: &Path, name: &str, text: &str) -> PathBuf {
 /// Returns a view at `ts` as a JSON line.
 fn view_at(ts: &str) -> String {
     format!("{{\"user\":1,\"item\":1,\"category\":1,\"behavior\":\"view\",\"ts\":{ts}}}\n")
+}
+
+/// Far-future first lines: year 5138, and two days ahead of the events after them.
+fn far_first_lines() -> [String; 2] {
+    [
+        view_at("99999999999"),
+        view_at(&(START_SECS + 2 * 86_400).to_string()),
+    ]
+}
+
+fn assert_nothing_late(run: &RunOutput, label: &str, events: u64) {
+    assert_eq!(run.status, 0, "{label}: {}", run.stderr);
+    assert_eq!(run.summary_count("late"), 0, "{label}: {}", run.stderr);
+    assert_eq!(
+        run.summary_count("events"),
+        events,
+        "{label}: {}",
+        run.stderr
+    );
+    assert!(run.dead_letter.is_empty(), "{label}: {:?}", run.dead_letter);
+}
+
+#[test]
+fn far_future_first_event_makes_nothing_late() {
+    let folder = tempfile::tempdir().unwrap();
+    for (index, first) in far_first_lines().iter().enumerate() {
+        let text = format!("{first}{}", views(2_000, START_SECS));
+        let input = write(folder.path(), &format!("far-{index}.jsonl"), &text);
+        for workers in ["1", "2"] {
+            let run = run_veer(&[
+                "--input",
+                arg(&input),
+                "--order",
+                "arrival",
+                "--workers",
+                workers,
+            ]);
+            assert_nothing_late(&run, &format!("{first} with {workers} workers"), 2_001);
+        }
+    }
+}
+
+#[test]
+fn far_future_first_event_of_each_input() {
+    let folder = tempfile::tempdir().unwrap();
+    let [far, _] = far_first_lines();
+    let earlier = write(folder.path(), "a.jsonl", &views(500, START_SECS));
+    let text = format!("{far}{}", views(500, START_SECS + 500 * 60));
+    let later = write(folder.path(), "b.jsonl", &text);
+    let empty = write(folder.path(), "empty.jsonl", "");
+    for inputs in [[&earlier, &later], [&empty, &later]] {
+        let events = if inputs[0] == &empty { 501 } else { 1_001 };
+        let run = run_veer(&[
+            "--input",
+            arg(inputs[0]),
+            "--input",
+            arg(inputs[1]),
+            "--order",
+            "arrival",
+        ]);
+        assert_nothing_late(&run, &format!("{inputs:?}"), events);
+    }
+}
+
+#[test]
+fn far_future_streak_moves_watermark() {
+    let folder = tempfile::tempdir().unwrap();
+    let [far, _] = far_first_lines();
+    let text = format!("{}{}", far.repeat(8), views(100, START_SECS));
+    let input = write(folder.path(), "streak.jsonl", &text);
+    let run = run_veer(&["--input", arg(&input), "--order", "arrival"]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.summary_count("late"), 100, "{}", run.stderr);
+}
+
+#[test]
+fn far_future_first_event_of_a_connection() {
+    let folder = tempfile::tempdir().unwrap();
+    let alerts = folder.path().join("alerts.jsonl");
+    let dead = folder.path().join("dead.jsonl");
+    let mut server = Server::start(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--alerts",
+            arg(&alerts),
+            "--dead-letter",
+            arg(&dead),
+        ],
+        1,
+    );
+    let [far, _] = far_first_lines();
+    let text = format!("{far}{}", views(2_000, START_SECS));
+    let connection = connect_and_send(server.addresses[0], text.as_bytes());
+    drop(connection);
+    server.wait_for(|log| log.contains("connection closed"), 20);
+    server.signal(libc::SIGTERM);
+    let (code, _) = server.wait_exit(20);
+    let log = server.log();
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(summary_count(&log, "lines read"), 2_001, "{log}");
+    assert_eq!(summary_count(&log, "late"), 0, "{log}");
 }
 
 #[test]
