@@ -119,7 +119,8 @@ impl FeedPlan {
     }
 
     /// Plans batches of events in arrival (file) order for `workers` workers. Events behind
-    /// the watermark are left out and passed to `late` with the watermark they missed.
+    /// the watermark are left out and passed to `late` with the index of their batch in
+    /// `batches` and the watermark they missed.
     ///
     /// Each batch becomes a block as it is, without copying its events, unless the block
     /// before it holds fewer than half of [`BLOCK_EVENTS`]; small batches are joined so that
@@ -128,11 +129,11 @@ impl FeedPlan {
         batches: Vec<BufferedBatch>,
         watermark: &mut Watermark,
         workers: usize,
-        mut late: impl FnMut(&Event, u64),
+        mut late: impl FnMut(usize, &Event, u64),
     ) -> FeedPlan {
         let mut blocks: Vec<Block> = Vec::with_capacity(batches.len());
         let mut newest_ms = i64::MIN;
-        for mut batch in batches {
+        for (index, mut batch) in batches.into_iter().enumerate() {
             let mut time = None;
             batch.retain_by_time(
                 |ts_ms| {
@@ -144,7 +145,7 @@ impl FeedPlan {
                     newest_ms = newest_ms.max(ts_ms);
                     Ok(())
                 },
-                &mut late,
+                |event, frontier| late(index, event, frontier),
             );
             let Some(time) = time else { continue };
             if let Some(Block {
@@ -419,7 +420,7 @@ mod tests {
     fn arrival_plan_joins_small_batches() {
         let events = spread_views(5_000);
         let mut watermark = Watermark::new(600_000, 86_400_000);
-        let plan = FeedPlan::arrival(batches(events, 1_000), &mut watermark, 2, |_, _| {});
+        let plan = FeedPlan::arrival(batches(events, 1_000), &mut watermark, 2, |_, _, _| {});
         assert_eq!(block_sizes(&plan), vec![3_000, 2_000]);
         assert_eq!(plan.newest_ms(), 1_000_000 + 4_999);
         assert_eq!(plan.blocks[1].newest_ms, 1_000_000 + 4_999);
@@ -429,7 +430,7 @@ mod tests {
     fn arrival_plan_keeps_full_batches_whole() {
         let events = spread_views(9_000);
         let mut watermark = Watermark::new(600_000, 86_400_000);
-        let plan = FeedPlan::arrival(batches(events, 4_096), &mut watermark, 2, |_, _| {});
+        let plan = FeedPlan::arrival(batches(events, 4_096), &mut watermark, 2, |_, _, _| {});
         assert_eq!(block_sizes(&plan), vec![4_096, 4_096, 808]);
     }
 
@@ -441,10 +442,16 @@ mod tests {
         let late: Vec<Event> = (0..4_096).map(|at| view(2, at as i64)).collect();
         let after: Vec<Event> = (0..10).map(|at| view(3, 10_005_000 + at as i64)).collect();
         let mut watermark = Watermark::new(600_000, 86_400_000);
-        let mut dropped = 0;
+        let mut dropped = Vec::new();
         let stored = [early, late, after].map(|batch| BufferedBatch::store(batch).0);
-        let plan = FeedPlan::arrival(stored.into(), &mut watermark, 2, |_, _| dropped += 1);
-        assert_eq!(dropped, 4_096);
+        let plan = FeedPlan::arrival(stored.into(), &mut watermark, 2, |batch, _, _| {
+            dropped.push(batch)
+        });
+        assert_eq!(dropped.len(), 4_096);
+        assert!(
+            dropped.iter().all(|&batch| batch == 1),
+            "late events are in batch 1"
+        );
         assert_eq!(block_sizes(&plan), vec![4_096, 10]);
     }
 
@@ -460,7 +467,7 @@ mod tests {
             batches(events, 4096),
             &mut watermark,
             2,
-            |event, frontier| late.push((event.ts_ms, frontier)),
+            |_, event, frontier| late.push((event.ts_ms, frontier)),
         );
         assert_eq!(late, vec![(0, 1_000_000 + 9_999_000 - 600_000)]);
         let kept: usize = block_sizes(&plan).iter().sum();
@@ -479,7 +486,7 @@ mod tests {
             })
             .collect();
         let mut watermark = Watermark::new(600_000, 86_400_000);
-        let plan = FeedPlan::arrival(batches(events, 4096), &mut watermark, 3, |_, _| {});
+        let plan = FeedPlan::arrival(batches(events, 4096), &mut watermark, 3, |_, _, _| {});
         let mut previous = 0;
         for block in &plan.blocks {
             assert!(block.time >= previous, "block times never decrease");

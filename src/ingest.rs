@@ -85,8 +85,9 @@ impl LineCounts {
 
 /// One message from the reader thread.
 pub enum Chunk {
-    /// Parsed events in file order, and the counts of every line read up to the last of them.
-    Events(Vec<Event>, LineCounts),
+    /// Parsed events in file order, the counts of every line read up to the last of them, and
+    /// the index of their input in the reader's paths (a batch never mixes inputs).
+    Events(Vec<Event>, LineCounts, usize),
     /// The reader finished; its counts of lines, skipped and bad records and bytes.
     Done(LineCounts),
     /// An input could not be opened or read.
@@ -141,6 +142,8 @@ impl Default for BatchPool {
 pub(crate) struct ReaderChannel {
     pub(crate) chunks: Sender<Chunk>,
     pub(crate) pool: BatchPool,
+    /// Index of the input being read in the reader's paths, sent with each batch.
+    pub(crate) input: usize,
 }
 
 /// The dead-letter output: one JSON object per bad or late line.
@@ -345,12 +348,13 @@ pub fn spawn_split_reader(
     std::thread::Builder::new()
         .name("veer-reader".into())
         .spawn(move || {
-            let channel = ReaderChannel {
-                chunks: sender,
-                pool,
-            };
             let mut counts = LineCounts::default();
-            for path in &paths {
+            for (input, path) in paths.iter().enumerate() {
+                let channel = ReaderChannel {
+                    chunks: sender.clone(),
+                    pool: pool.clone(),
+                    input,
+                };
                 if crate::shutdown::requested() {
                     tracing::info!(
                         input = input_name(path),
@@ -382,7 +386,7 @@ pub fn spawn_split_reader(
                 }
             }
             dead_letter.flush();
-            let _ = channel.chunks.send(Chunk::Done(counts));
+            let _ = sender.send(Chunk::Done(counts));
         })
         .expect("the reader thread starts");
     receiver
@@ -439,6 +443,7 @@ pub(crate) fn read_input(
     let channel = ReaderChannel {
         chunks: sender.clone(),
         pool: pool.clone(),
+        input: 0,
     };
     let mut counts = LineCounts::default();
     read_one(
@@ -559,7 +564,7 @@ fn read_one(
                     let full = std::mem::replace(&mut batch, channel.pool.take());
                     if channel
                         .chunks
-                        .send(Chunk::Events(full, counts.clone()))
+                        .send(Chunk::Events(full, counts.clone(), channel.input))
                         .is_err()
                     {
                         return Ok(());
@@ -593,7 +598,9 @@ fn read_one(
     progress.publish(counts, &mut published);
     warn_if_mostly_bad(name, format, &before, counts);
     if !batch.is_empty() {
-        let _ = channel.chunks.send(Chunk::Events(batch, counts.clone()));
+        let _ = channel
+            .chunks
+            .send(Chunk::Events(batch, counts.clone(), channel.input));
     }
     Ok(())
 }
@@ -778,7 +785,8 @@ fn read_split(
         for (batch, in_range) in output.batches {
             let mut so_far = counts.clone();
             so_far.add_lines(&in_range);
-            if channel.chunks.send(Chunk::Events(batch, so_far)).is_err() {
+            let chunk = Chunk::Events(batch, so_far, channel.input);
+            if channel.chunks.send(chunk).is_err() {
                 return Ok(());
             }
         }
@@ -805,7 +813,7 @@ pub fn read_events(
     let mut events = Vec::new();
     for chunk in receiver {
         match chunk {
-            Chunk::Events(mut batch, _) => events.append(&mut batch),
+            Chunk::Events(mut batch, _, _) => events.append(&mut batch),
             // These callers (explain, report, stats, eval) read every event before they work,
             // so a damaged input fails them rather than give results of part of it.
             Chunk::Done(counts) => match counts.damaged.first() {

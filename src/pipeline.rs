@@ -398,14 +398,13 @@ fn run_job(
     let profile_writer = profile_file.map(|file| Box::new(file) as Box<dyn Write + Send>);
 
     let bytes_read = Arc::new(AtomicU64::new(0));
-    let input_label = match &settings.source {
+    let input_names = match &settings.source {
         EventSource::Inputs { paths, .. } => paths
             .iter()
-            .map(|path| ingest::input_name(path))
-            .collect::<Vec<_>>()
-            .join(","),
-        EventSource::Memory(_) => "<generated>".to_string(),
-        EventSource::Listen(_) => "<tcp>".to_string(),
+            .map(|path| ingest::input_name(path).to_string())
+            .collect(),
+        EventSource::Memory(_) => vec!["<generated>".to_string()],
+        EventSource::Listen(_) => vec!["<tcp>".to_string()],
     };
     let input_bytes = match &settings.source {
         EventSource::Inputs { paths, .. } => crate::progress::Progress::plain_size(paths),
@@ -443,7 +442,7 @@ fn run_job(
         // live runs need no separate flush of the alert output.
         live_alerts: None,
         dead_letter,
-        input_label,
+        input_names,
         input_bytes,
         order: settings.order,
         out_of_orderness_ms: settings.out_of_orderness.as_millis() as i64,
@@ -563,8 +562,8 @@ struct Shared {
     /// The alert sinks' dispatcher, taken by worker 0 (or by the model path after the run).
     dispatcher: Mutex<Option<crate::sinks::Dispatcher>>,
     dead_letter: DeadLetter,
-    /// Input names for late records, which no longer know their file.
-    input_label: String,
+    /// Input names for late records, indexed like the reader's paths (`Chunk::Events`).
+    input_names: Vec<String>,
     /// Total size of the inputs when all are plain files, for the progress display.
     input_bytes: Option<u64>,
     order: ReplayOrder,
@@ -1114,8 +1113,15 @@ struct ArrivalReplay {
 }
 
 impl ArrivalReplay {
-    /// Takes one event in arrival order; returns false when it is late.
-    fn offer(&mut self, feeder: &mut Feeder<'_>, shared: &Shared, event: Event) -> bool {
+    /// Takes one event of the input with index `input` in arrival order; returns false when it
+    /// is late.
+    fn offer(
+        &mut self,
+        feeder: &mut Feeder<'_>,
+        shared: &Shared,
+        event: Event,
+        input: usize,
+    ) -> bool {
         feeder.tally.read += 1;
         let current = self.watermark.current();
         if self.watermark.observe(event.ts_ms) {
@@ -1123,7 +1129,7 @@ impl ArrivalReplay {
             feeder.hooks.metrics().add_late(1);
             shared
                 .dead_letter
-                .late(&shared.input_label, &event, current);
+                .late(&shared.input_names[input], &event, current);
             return false;
         }
         self.held.extend(std::iter::once(event));
@@ -1241,6 +1247,8 @@ fn feed_input(
             // reader reuses the emptied ones. A fed plan sends them as blocks, so the events are
             // not copied into one vector unless they must be sorted without a plan.
             let mut buffered: Vec<BufferedBatch> = Vec::new();
+            // The input index of each buffered batch, for late records.
+            let mut buffered_inputs: Vec<usize> = Vec::new();
             let mut profiler = ingest::OrderProfiler::new(shared.out_of_orderness_ms);
             let mut counts;
             let stream_arrival = shared.order == ReplayOrder::Arrival;
@@ -1255,13 +1263,13 @@ fn feed_input(
                 let received = Instant::now();
                 progress.reading(shared.bytes_read.load(Ordering::Relaxed));
                 match chunk {
-                    Chunk::Events(mut events, _) if stream_arrival => {
+                    Chunk::Events(mut events, _, input) if stream_arrival => {
                         for event in events.drain(..) {
                             if event.ts_ms < newest {
                                 out_of_order += 1;
                             }
                             newest = newest.max(event.ts_ms);
-                            arrival.offer(&mut feeder, shared, event);
+                            arrival.offer(&mut feeder, shared, event, input);
                         }
                         pool.give_back(events);
                         feeder.hooks.mark_sent(newest, received);
@@ -1273,8 +1281,9 @@ fn feed_input(
                         }
                         progress.processed(feeder.tally.sent);
                     }
-                    Chunk::Events(events, _) => {
+                    Chunk::Events(events, _, input) => {
                         profiler.observe(&events);
+                        buffered_inputs.push(input);
                         // With more workers, each would rebuild its blocks' events in its own
                         // allocator arena and another worker would free them: more page faults
                         // and a slower run than keeping the events in full (BENCHMARKS step 41).
@@ -1324,12 +1333,11 @@ fn feed_input(
                         buffered,
                         &mut arrival.watermark,
                         worker.peers(),
-                        |event, frontier| {
+                        |batch, event, frontier| {
                             arrival.late += 1;
                             shared.metrics.add_late(1);
-                            shared
-                                .dead_letter
-                                .late(&shared.input_label, event, frontier);
+                            let input = &shared.input_names[buffered_inputs[batch]];
+                            shared.dead_letter.late(input, event, frontier);
                         },
                     );
                     counts.late = arrival.late;
@@ -1354,18 +1362,20 @@ fn feed_input(
                 }
                 let mut since_step = 0usize;
                 let mut batch_started = Instant::now();
-                for event in buffered.into_iter().flat_map(BufferedBatch::into_events) {
-                    newest = newest.max(event.ts_ms);
-                    if !arrival.offer(&mut feeder, shared, event) {
-                        continue;
-                    }
-                    since_step += 1;
-                    if since_step >= FEED_BATCH {
-                        since_step = 0;
-                        feeder.hooks.mark_sent(newest, batch_started);
-                        arrival.release(worker, &mut feeder)?;
-                        progress.processed(feeder.tally.sent);
-                        batch_started = Instant::now();
+                for (batch, input) in buffered.into_iter().zip(buffered_inputs) {
+                    for event in batch.into_events() {
+                        newest = newest.max(event.ts_ms);
+                        if !arrival.offer(&mut feeder, shared, event, input) {
+                            continue;
+                        }
+                        since_step += 1;
+                        if since_step >= FEED_BATCH {
+                            since_step = 0;
+                            feeder.hooks.mark_sent(newest, batch_started);
+                            arrival.release(worker, &mut feeder)?;
+                            progress.processed(feeder.tally.sent);
+                            batch_started = Instant::now();
+                        }
                     }
                 }
                 arrival.finish(&mut feeder)?;

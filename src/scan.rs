@@ -178,7 +178,7 @@ pub fn scan_parse(
         let pool = pool.clone();
         std::thread::spawn(move || {
             for chunk in receiver {
-                if let (ingest::Chunk::Events(batch, _), BatchMemory::Reused) = (chunk, memory) {
+                if let (ingest::Chunk::Events(batch, ..), BatchMemory::Reused) = (chunk, memory) {
                     pool.give_back(batch);
                 }
             }

@@ -235,7 +235,7 @@ mod tests {
         let mut events = Vec::new();
         for chunk in receiver {
             match chunk {
-                Chunk::Events(mut batch, _) => events.append(&mut batch),
+                Chunk::Events(mut batch, _, _) => events.append(&mut batch),
                 Chunk::Done(counts) => {
                     let text = std::fs::read_to_string(letters.path()).unwrap();
                     return (events, counts, text);

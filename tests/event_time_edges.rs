@@ -1,5 +1,5 @@
-//! Event-time edge cases of the real binary: a far-future first event and microsecond
-//! timestamps.
+//! Event-time edge cases of the real binary: a far-future first event, microsecond timestamps,
+//! and late records of a run with several inputs.
 
 mod common;
 mod serving;
@@ -168,6 +168,43 @@ fn microsecond_timestamps_are_bad_records() {
             let expected = format!("more than {max_digits} digits");
             assert!(reason.contains(&expected), "{input:?}: {reason}");
             assert!(reason.contains("microseconds"), "{input:?}: {reason}");
+        }
+    }
+}
+
+#[test]
+fn late_records_name_their_input() {
+    let folder = tempfile::tempdir().unwrap();
+    let first = write(folder.path(), "late-a.jsonl", &views(1_000, START_SECS));
+    // Ten events from the first input's start, so they are late after its end.
+    let second = write(folder.path(), "late-b.jsonl", &views(10, START_SECS));
+    let runs = [
+        ("arrival", "1"),
+        ("arrival", "2"),
+        ("auto", "1"),
+        ("auto", "2"),
+    ];
+    for (order, workers) in runs {
+        let label = format!("--order {order} --workers {workers}");
+        let run = run_veer(&[
+            "--input",
+            arg(&first),
+            "--input",
+            arg(&second),
+            "--order",
+            order,
+            "--workers",
+            workers,
+        ]);
+        assert_eq!(run.status, 0, "{label}: {}", run.stderr);
+        assert_eq!(run.summary_count("late"), 10, "{label}: {}", run.stderr);
+        assert_eq!(
+            run.dead_lines("late"),
+            (1..=10).collect::<Vec<u64>>(),
+            "{label}"
+        );
+        for record in &run.dead_letter {
+            assert_eq!(record["file"], arg(&second), "{label}: {record}");
         }
     }
 }
