@@ -264,9 +264,17 @@ impl FileConfig {
         Ok(config)
     }
 
-    /// Checks the `[groups]`, `[profiles]` and `[detector]` keys whose ranges no `validate`
-    /// of their own section covers, and returns the first value out of range.
+    /// Checks the `[time]`, `[groups]`, `[profiles]` and `[detector]` keys whose ranges no
+    /// `validate` of their own section covers, and returns the first value out of range.
     fn check_ranges(&self) -> Result<(), String> {
+        if self.time.idle_timeout.is_zero() {
+            return Err(out_of_range(
+                "time",
+                "idle_timeout",
+                "\"0s\"",
+                &format!("a positive duration such as \"30s\", because {ZERO_IDLE_TIMEOUT}"),
+            ));
+        }
         let groups = &self.groups;
         if !(0.0..=1.0).contains(&groups.min_association) {
             return Err(out_of_range(
@@ -304,6 +312,10 @@ impl FileConfig {
         Ok(())
     }
 }
+
+/// Reason why an idle timeout of zero is rejected, in the config file and on the command line.
+pub(crate) const ZERO_IDLE_TIMEOUT: &str = "every connection would be idle at once, so event \
+     time would follow the wall clock and make events late";
 
 /// Returns the message for a configuration value out of its range.
 fn out_of_range(section: &str, key: &str, value: impl std::fmt::Display, expected: &str) -> String {
@@ -441,6 +453,14 @@ mod tests {
             (
                 "[profiles]\nmin_share_change = 1.5",
                 "invalid [profiles] min_share_change = 1.5",
+            ),
+            (
+                "[time]\nidle_timeout = \"0s\"",
+                "invalid [time] idle_timeout = \"0s\": expected a positive duration such as \"30s\"",
+            ),
+            (
+                "[time]\nidle_timeout = \"0ms\"",
+                "invalid [time] idle_timeout = \"0s\"",
             ),
         ] {
             std::fs::write(&path, text).expect("write the config file");

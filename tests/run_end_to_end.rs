@@ -531,6 +531,33 @@ fn unknown_config_key_names_file() {
 }
 
 #[test]
+fn zero_idle_timeout_in_config_rejected() {
+    // A run without --listen reads no TCP input, but the file's value is still checked.
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let config = folder.path().join("veer-idle.toml");
+    std::fs::write(&config, "[time]\nidle_timeout = \"0s\"\n").expect("write config");
+    let run = run_veer(&[
+        "--input",
+        arg(&shared(CASE_ONE_SHIFT)),
+        "--config",
+        arg(&config),
+    ]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains(arg(&config)),
+        "the error does not name the file:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("invalid [time] idle_timeout = \"0s\": expected a positive duration"),
+        "the error does not name the key:\n{}",
+        run.stderr
+    );
+    assert!(run.alerts.is_empty(), "the run must not start");
+}
+
+#[test]
 fn retailrocket_without_properties_warns() {
     let run = run_veer(&[
         "--input",

@@ -1,6 +1,6 @@
 //! Command-line options of the TCP source, shared by `veer serve` and `veer run --listen`.
 
-use crate::config::{parse_duration, FileConfig};
+use crate::config::{parse_duration, FileConfig, ZERO_IDLE_TIMEOUT};
 use crate::sources::Format;
 
 use super::ListenSettings;
@@ -89,17 +89,21 @@ impl ListenArgs {
         if let Some(text) = &self.status_interval {
             limits.status_interval = duration("status-interval", text)?;
         }
-        let (idle_timeout, origin) = match &self.idle_timeout {
-            Some(text) => (duration("idle-timeout", text)?, "--idle-timeout"),
-            None => (file.time.idle_timeout, "idle_timeout under [time]"),
+        // `FileConfig::load` rejects a zero `idle_timeout` under [time] for every run, so only
+        // the command-line value is checked here.
+        let idle_timeout = match &self.idle_timeout {
+            Some(text) => {
+                let idle_timeout = duration("idle-timeout", text)?;
+                if idle_timeout.is_zero() {
+                    anyhow::bail!(
+                        "invalid --idle-timeout {text}: {ZERO_IDLE_TIMEOUT}; use a positive \
+                         duration such as 30s"
+                    );
+                }
+                idle_timeout
+            }
+            None => file.time.idle_timeout,
         };
-        if idle_timeout.is_zero() {
-            anyhow::bail!(
-                "invalid {origin} 0s: every connection would be idle at once, so event time \
-                 would follow the wall clock and make events late; use a positive duration \
-                 such as 30s"
-            );
-        }
         let startup_hold = match &self.startup_hold {
             Some(text) => duration("startup-hold", text)?,
             None => idle_timeout,
