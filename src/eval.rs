@@ -31,7 +31,7 @@ use std::fmt::Write as _;
 use std::io::BufRead;
 
 use serde_json::{Map, Value};
-use veer_models::alert::{id_from_json, AlertKind};
+use veer_models::alert::{id_from_json, round_to_four_decimals, AlertKind};
 use veer_models::Id;
 
 use crate::truth::{DecoyKind, TruthRecord};
@@ -610,7 +610,7 @@ fn score_anomalies(
 fn json_ratio(value: Option<f64>) -> Value {
     value
         .filter(|value| value.is_finite())
-        .and_then(|value| serde_json::Number::from_f64((value * 10_000.0).round() / 10_000.0))
+        .and_then(|value| serde_json::Number::from_f64(round_to_four_decimals(value)))
         .map_or(Value::Null, Value::Number)
 }
 

@@ -213,7 +213,7 @@ fn write_rounded(line: &mut Vec<u8>, value: f64) {
         return;
     }
     // The serializer writes `null` for a rounded value that overflowed, as `round4` does.
-    write_json(line, &((value * 10_000.0).round() / 10_000.0));
+    write_json(line, &round_to_four_decimals(value));
 }
 
 /// Appends a `from` or `to` list of category shares.
@@ -232,13 +232,19 @@ fn write_shares(line: &mut Vec<u8>, shares: &[CategoryShare]) {
     line.push(b']');
 }
 
-/// Rounds to four decimals so that alert files compare byte for byte across platforms.
+/// Rounds a share, score or signal to the four decimals that alerts, profile lines and the
+/// `/users/{id}` response write, so that their output compares byte for byte across platforms.
+/// A value above about 1.8e304 becomes infinite.
+pub fn round_to_four_decimals(value: f64) -> f64 {
+    (value * 10_000.0).round() / 10_000.0
+}
+
+/// Encodes `value` rounded to four decimals, or `null` when it is not finite.
 fn round4(value: f64) -> Value {
     if !value.is_finite() {
         return Value::Null;
     }
-    let rounded = (value * 10_000.0).round() / 10_000.0;
-    serde_json::Number::from_f64(rounded).map_or(Value::Null, Value::Number)
+    serde_json::Number::from_f64(round_to_four_decimals(value)).map_or(Value::Null, Value::Number)
 }
 
 /// Converts a JSON id (number or string) into an [`Id`], keeping every digit.

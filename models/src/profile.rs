@@ -36,7 +36,7 @@
 
 use serde::{Serialize, Serializer};
 
-use crate::alert::CategoryShare;
+use crate::alert::{round_to_four_decimals, CategoryShare};
 use crate::detector::UserState;
 use crate::event::{Id, IdValue};
 
@@ -62,7 +62,9 @@ pub struct UserProfile {
     /// and before the first scored window.
     pub segment: Option<usize>,
     /// Values of the attribute columns that the segment model uses, from the window that gave
-    /// `segment`, before standardisation; `None` without a segment.
+    /// `segment`, before standardisation; `None` without a segment. Each is written rounded to
+    /// four decimals, as shares are.
+    #[serde(serialize_with = "serialize_features")]
     pub segment_features: Option<std::collections::BTreeMap<&'static str, f64>>,
     /// Alerts raised for the user so far.
     pub alerts: u64,
@@ -82,13 +84,35 @@ pub struct ProfileShare {
     pub share: f64,
 }
 
+/// A number that serialises rounded to four decimals, or as `null` when it is not finite.
+struct Rounded(f64);
+
+impl Serialize for Rounded {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let rounded = round_to_four_decimals(self.0);
+        if rounded.is_finite() {
+            serializer.serialize_f64(rounded)
+        } else {
+            serializer.serialize_none()
+        }
+    }
+}
+
 /// Writes a share rounded to four decimals, or `null` when it is not finite.
 fn serialize_share<S: Serializer>(share: &f64, serializer: S) -> Result<S::Ok, S::Error> {
-    let rounded = (share * 10_000.0).round() / 10_000.0;
-    if rounded.is_finite() {
-        serializer.serialize_f64(rounded)
-    } else {
-        serializer.serialize_none()
+    Rounded(*share).serialize(serializer)
+}
+
+/// Writes the segment features with each value rounded as [`serialize_share`] rounds a share.
+fn serialize_features<S: Serializer>(
+    features: &Option<std::collections::BTreeMap<&'static str, f64>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match features {
+        Some(features) => {
+            serializer.collect_map(features.iter().map(|(name, value)| (name, Rounded(*value))))
+        }
+        None => serializer.serialize_none(),
     }
 }
 
@@ -170,5 +194,37 @@ mod tests {
             "{json}"
         );
         assert!(json.contains(r#""segment":2"#), "{json}");
+    }
+
+    #[test]
+    fn segment_features_rounded_like_shares() {
+        let features = [
+            ("active_hours", 2.0 / 3.0),
+            ("gender_female", 1.0),
+            ("spend", f64::NAN),
+        ];
+        let profile = UserProfile {
+            interest: vec![ProfileShare {
+                category: Id::from(7u64),
+                share: 2.0 / 3.0,
+            }],
+            segment: Some(1),
+            segment_features: Some(features.into_iter().collect()),
+            ..UserProfile::empty(Id::from(1u64))
+        };
+        let json = serde_json::to_string(&profile).unwrap();
+        assert!(json.contains(r#""share":0.6667"#), "{json}");
+        assert!(
+            json.contains(
+                r#""segment_features":{"active_hours":0.6667,"gender_female":1.0,"spend":null}"#
+            ),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn missing_segment_features_written_as_null() {
+        let json = serde_json::to_string(&UserProfile::empty(Id::from(1u64))).unwrap();
+        assert!(json.contains(r#""segment_features":null"#), "{json}");
     }
 }
