@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use veer::cluster::ClusterSettings;
@@ -92,7 +93,7 @@ struct ReportArgs {
     #[arg(long, value_name = "PATH")]
     alerts: PathBuf,
     /// Event file of the run: adds line counts, delays in events and explain pictures.
-    #[arg(long = "events", value_name = "PATH")]
+    #[arg(long = "events", value_name = "PATH", value_parser = NonEmptyStringValueParser::new())]
     events: Vec<String>,
     /// Format of --events; detected when absent.
     #[arg(long, value_enum)]
@@ -156,7 +157,7 @@ enum MissingCategoryArg {
 #[derive(Args, Default)]
 struct InputArgs {
     /// Input file, plain or gzip-compressed; `-` for standard input. Repeat for several files.
-    #[arg(long = "input", value_name = "PATH")]
+    #[arg(long = "input", value_name = "PATH", value_parser = NonEmptyStringValueParser::new())]
     inputs: Vec<String>,
     /// Input format; detected from the file's first line when absent.
     #[arg(long, value_enum)]
@@ -192,7 +193,7 @@ struct RunArgs {
     #[command(flatten)]
     input: InputArgs,
     /// Alert output: a file of JSON lines, or `-` for standard output.
-    #[arg(long, value_name = "PATH|-")]
+    #[arg(long, value_name = "PATH|-", value_parser = NonEmptyStringValueParser::new())]
     alerts: Option<String>,
     /// Dead-letter file: one JSON line per bad or late input line, with its line number.
     #[arg(long, value_name = "PATH")]
@@ -286,7 +287,7 @@ struct ServeArgs {
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
     /// Alert output: a file of JSON lines, or `-` for standard output (default `-`).
-    #[arg(long, value_name = "PATH|-")]
+    #[arg(long, value_name = "PATH|-", value_parser = NonEmptyStringValueParser::new())]
     alerts: Option<String>,
     /// Dead-letter file: one JSON line per bad or late line, with its connection and line.
     #[arg(long, value_name = "PATH")]
@@ -436,7 +437,7 @@ struct EvalArgs {
     #[arg(long, value_name = "PATH")]
     alerts: PathBuf,
     /// Events of the run, for delays in events (optional).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = NonEmptyStringValueParser::new())]
     events: Option<String>,
     /// Format of --events; detected when absent.
     #[arg(long, value_enum)]

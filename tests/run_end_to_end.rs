@@ -724,6 +724,79 @@ fn output_over_input_rejected() {
 }
 
 #[test]
+fn empty_paths_rejected() {
+    // Each case is a command with its other required options, and the path option that gets
+    // an empty value after them.
+    let explain: &[&str] = &["explain", "--user", "1", "--input", "e.jsonl"];
+    let report: &[&str] = &["report", "--alerts", "a.jsonl"];
+    let eval: &[&str] = &["eval", "--truth", "t.jsonl", "--alerts", "a.jsonl"];
+    let cases: [(&[&str], &str); 38] = [
+        (&["run"], "input"),
+        (&["run", "--input", "e.jsonl"], "input"),
+        (&["run"], "alerts"),
+        (&["run"], "dead-letter"),
+        (&["run"], "config"),
+        (&["run"], "truth"),
+        (&["run"], "checkpoint-dir"),
+        (&["run"], "resume"),
+        (&["run"], "users"),
+        (&["run"], "profiles"),
+        (&["run"], "models-save"),
+        (&["run"], "models-load"),
+        (&["run"], "item-properties"),
+        (&["run"], "category-tree"),
+        (&["run"], "hostfile"),
+        (&["run"], "webhook-dead-letter"),
+        (&["serve"], "alerts"),
+        (&["serve"], "dead-letter"),
+        (&["serve"], "config"),
+        (&["serve"], "users"),
+        (&["serve"], "profiles"),
+        (&["generate", "--truth", "t.jsonl"], "out"),
+        (&["generate", "--out", "e.jsonl"], "truth"),
+        (&["eval", "--alerts", "a.jsonl"], "truth"),
+        (&["eval", "--truth", "t.jsonl"], "alerts"),
+        (eval, "events"),
+        (eval, "baseline"),
+        (&["stats"], "input"),
+        (&["scan"], "input"),
+        (&["explain", "--user", "1"], "input"),
+        (explain, "alerts"),
+        (explain, "out"),
+        (explain, "config"),
+        (&["report"], "alerts"),
+        (report, "events"),
+        (report, "truth"),
+        (report, "out"),
+        (report, "config"),
+    ];
+    // The commands start in an empty folder, so that no case can read or write a real file.
+    let folder = tempfile::tempdir().expect("temporary folder");
+    for (command, option) in cases {
+        let flag = format!("--{option}");
+        let mut args = command.to_vec();
+        args.extend([flag.as_str(), ""]);
+        let output = Command::new(env!("CARGO_BIN_EXE_veer"))
+            .args(&args)
+            .current_dir(folder.path())
+            .env("VEER_LOG", "warn")
+            .output()
+            .expect("the veer binary runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("a value is required for '{flag} ")),
+            "{args:?}: the error does not name {flag}:\n{stderr}"
+        );
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+}
+
+#[test]
 fn dash_for_file_outputs_rejected() {
     // The runs start in an empty folder, so a file named `-` would show there.
     let folder = tempfile::tempdir().expect("temporary folder");
