@@ -968,23 +968,22 @@ fn read_alert_file(path: &Path) -> anyhow::Result<Vec<ScoredAlert>> {
         .map_err(|error| anyhow::anyhow!("alert file {}: {error}", path.display()))
 }
 
+/// Prints the statistics table once every input is read. An input that cannot be read, or whose
+/// format cannot be detected, thus fails the command before anything reaches standard output.
 fn print_stats(args: StatsArgs) -> anyhow::Result<()> {
-    print_stdout(&format!(
-        "{}\n",
-        veer::stats::StreamStats::markdown_header()
-    ))?;
+    let mut table = format!("{}\n", veer::stats::StreamStats::markdown_header());
     if args.with_generated {
         let stream = generate::generate(&GenerateConfig::default());
         let row = veer::stats::compute(&stream.events).to_markdown_row("generator, default");
-        print_stdout(&format!("{row}\n"))?;
+        table += &format!("{row}\n");
     }
     for path in &args.input.inputs {
         let (events, _) =
             veer::ingest::read_events(vec![path.clone()], args.input.source_options())?;
         let row = veer::stats::compute(&events).to_markdown_row(path);
-        print_stdout(&format!("{row}\n"))?;
+        table += &format!("{row}\n");
     }
-    Ok(())
+    print_stdout(&table)
 }
 
 /// Reads the configuration file, if any, and returns the replay settings it implies.

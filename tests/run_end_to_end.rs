@@ -797,6 +797,46 @@ fn empty_paths_rejected() {
 }
 
 #[test]
+fn stats_input_error_prints_nothing() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let unknown = folder.path().join("notes.txt");
+    std::fs::write(&unknown, "hello world\nfoo bar\n").expect("write the input");
+    let missing = folder.path().join("no-such-events.jsonl");
+    let good = shared(CASE_ONE_SHIFT);
+    let cases = [
+        (vec![arg(&unknown)], "cannot detect the format of", &unknown),
+        (
+            vec![arg(&good), "--input", arg(&unknown)],
+            "cannot detect the format of",
+            &unknown,
+        ),
+        (vec![arg(&missing)], "cannot open", &missing),
+    ];
+    for (inputs, expected, failed) in cases {
+        let mut args = vec!["stats", "--input"];
+        args.extend(inputs);
+        let run = run_veer_exact(&args);
+        // 2 is the exit code of every input error, such as a missing file.
+        assert_eq!(run.status, 2, "{args:?}: {}", run.stderr);
+        assert!(run.stdout.is_empty(), "{args:?}: stdout:\n{}", run.stdout);
+        let error = format!("{expected} {}", arg(failed));
+        assert!(run.stderr.contains(&error), "{args:?}: {}", run.stderr);
+    }
+    let good_run = run_veer_exact(&["stats", "--input", arg(&good)]);
+    assert_eq!(good_run.status, 0, "{}", good_run.stderr);
+    assert!(
+        good_run.stdout.starts_with("| stream |"),
+        "{}",
+        good_run.stdout
+    );
+    assert_eq!(
+        good_run.stdout.lines().count(),
+        3,
+        "header, rule and one row"
+    );
+}
+
+#[test]
 fn dash_for_file_outputs_rejected() {
     // The runs start in an empty folder, so a file named `-` would show there.
     let folder = tempfile::tempdir().expect("temporary folder");
