@@ -344,52 +344,99 @@ pub fn spawn_split_reader(
     threads: usize,
     pool: BatchPool,
 ) -> Receiver<Chunk> {
-    let (sender, receiver) = crossbeam_channel::bounded(CHANNEL_BATCHES);
-    std::thread::Builder::new()
-        .name("veer-reader".into())
-        .spawn(move || {
-            let mut counts = LineCounts::default();
-            for (input, path) in paths.iter().enumerate() {
-                let channel = ReaderChannel {
-                    chunks: sender.clone(),
-                    pool: pool.clone(),
-                    input,
-                };
-                if crate::shutdown::requested() {
-                    tracing::info!(
-                        input = input_name(path),
-                        "shutdown requested: the input is not read"
-                    );
-                    continue;
-                }
-                let source = SourceProgress {
-                    bytes: &progress,
-                    metrics: metrics.source(input_name(path)),
-                };
-                let read = match crate::split_read::plan_ranges(path, threads) {
-                    Ok(Some(ranges)) => read_split(
-                        path,
-                        &ranges,
-                        &options,
-                        &dead_letter,
-                        &channel,
-                        &mut counts,
-                        &source,
-                    ),
-                    Ok(None) | Err(_) => {
-                        read_one(path, &options, &dead_letter, &channel, &mut counts, &source)
-                    }
-                };
-                if let Err(message) = read {
-                    let _ = channel.chunks.send(Chunk::Failed(message));
-                    return;
-                }
+    let reader = SplitReader {
+        paths,
+        options,
+        dead_letter,
+        progress,
+        metrics,
+        threads,
+    };
+    reader.spawn(pool, crate::split_read::FileRanges)
+}
+
+/// The reader thread of [`spawn_split_reader`]: the inputs it reads, and where it sends their
+/// bad records and progress.
+pub(crate) struct SplitReader {
+    pub(crate) paths: Vec<String>,
+    pub(crate) options: SourceOptions,
+    pub(crate) dead_letter: DeadLetter,
+    pub(crate) progress: Arc<std::sync::atomic::AtomicU64>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Parse threads of a plain file of 4 MiB or more.
+    pub(crate) threads: usize,
+}
+
+impl SplitReader {
+    /// Starts the reader thread, which reads the ranges of each split file through `source`,
+    /// and returns the channel its chunks arrive on.
+    pub(crate) fn spawn(
+        self,
+        pool: BatchPool,
+        source: impl crate::split_read::RangeSource + Send + 'static,
+    ) -> Receiver<Chunk> {
+        let (sender, receiver) = crossbeam_channel::bounded(CHANNEL_BATCHES);
+        std::thread::Builder::new()
+            .name("veer-reader".into())
+            .spawn(move || self.read_all(&sender, &pool, &source))
+            .expect("the reader thread starts");
+        receiver
+    }
+
+    /// Reads the inputs in order and sends their chunks, then `Done`, or `Failed` at the first
+    /// input that cannot be read.
+    fn read_all(
+        self,
+        sender: &crossbeam_channel::Sender<Chunk>,
+        pool: &BatchPool,
+        source: &impl crate::split_read::RangeSource,
+    ) {
+        let mut counts = LineCounts::default();
+        for (input, path) in self.paths.iter().enumerate() {
+            let channel = ReaderChannel {
+                chunks: sender.clone(),
+                pool: pool.clone(),
+                input,
+            };
+            if crate::shutdown::requested() {
+                tracing::info!(
+                    input = input_name(path),
+                    "shutdown requested: the input is not read"
+                );
+                continue;
             }
-            dead_letter.flush();
-            let _ = sender.send(Chunk::Done(counts));
-        })
-        .expect("the reader thread starts");
-    receiver
+            let progress = SourceProgress {
+                bytes: &self.progress,
+                metrics: self.metrics.source(input_name(path)),
+            };
+            let read = match crate::split_read::plan_ranges(path, self.threads) {
+                Ok(Some(ranges)) => read_split(
+                    path,
+                    &ranges,
+                    source,
+                    &self.options,
+                    &self.dead_letter,
+                    &channel,
+                    &mut counts,
+                    &progress,
+                ),
+                Ok(None) | Err(_) => read_one(
+                    path,
+                    &self.options,
+                    &self.dead_letter,
+                    &channel,
+                    &mut counts,
+                    &progress,
+                ),
+            };
+            if let Err(message) = read {
+                let _ = channel.chunks.send(Chunk::Failed(message));
+                return;
+            }
+        }
+        self.dead_letter.flush();
+        let _ = sender.send(Chunk::Done(counts));
+    }
 }
 
 /// Destination of the reader's progress on one input.
@@ -470,14 +517,7 @@ fn read_one(
         Opened::Ready(input) => input,
         Opened::Empty => return Ok(()),
         Opened::Damaged(error) => {
-            let damage = InputDamage {
-                input: name.to_string(),
-                lines: 0,
-                bytes: 0,
-                error: error.to_string(),
-            };
-            tracing::error!(input = name, %error, "input is damaged at its start: not read");
-            counts.damaged.push(damage);
+            record_damage_at_start(name, &error, counts);
             return Ok(());
         }
     };
@@ -522,26 +562,18 @@ fn read_one(
                 cut_line(line, SHUTDOWN_CUT_REASON, counts)
             }
             Err(error) => {
-                let mut damage = InputDamage {
-                    input: name.to_string(),
-                    lines: counts.lines - before.lines,
-                    bytes: 0,
-                    error: error.to_string(),
-                };
+                let lines = counts.lines - before.lines;
                 input_ended = true;
                 let pushed = splitter
                     .take_unfinished()
-                    .map(|line| cut_line(line, "line cut off where the input is damaged", counts));
-                damage.bytes = counts.bytes - before.bytes;
-                tracing::error!(
-                    input = name,
-                    lines = damage.lines,
-                    bytes = damage.bytes,
-                    %error,
-                    "input is damaged: the lines before the damage are processed and the rest \
-                     of the input is not read"
-                );
-                counts.damaged.push(damage);
+                    .map(|line| cut_line(line, DAMAGE_CUT_REASON, counts));
+                let damage = InputDamage {
+                    input: name.to_string(),
+                    lines,
+                    bytes: counts.bytes - before.bytes,
+                    error: error.to_string(),
+                };
+                record_damage(damage, counts);
                 match pushed {
                     Some(pushed) => pushed,
                     None => break,
@@ -608,9 +640,37 @@ fn read_one(
 /// Bad-record reason of a line that a shutdown ended before its newline.
 const SHUTDOWN_CUT_REASON: &str = "line not finished when the shutdown was requested";
 
+/// Bad-record reason of a line that a read error ended before its newline.
+pub(crate) const DAMAGE_CUT_REASON: &str = "line cut off where the input is damaged";
+
+/// Logs `damage` and adds it to `counts`.
+fn record_damage(damage: InputDamage, counts: &mut LineCounts) {
+    tracing::error!(
+        input = damage.input.as_str(),
+        lines = damage.lines,
+        bytes = damage.bytes,
+        error = damage.error.as_str(),
+        "input is damaged: the lines before the damage are processed and the rest of the input \
+         is not read"
+    );
+    counts.damaged.push(damage);
+}
+
+/// Logs that the first bytes of input `name` could not be read, and adds the damage to
+/// `counts`.
+fn record_damage_at_start(name: &str, error: &std::io::Error, counts: &mut LineCounts) {
+    tracing::error!(input = name, %error, "input is damaged at its start: not read");
+    counts.damaged.push(InputDamage {
+        input: name.to_string(),
+        lines: 0,
+        bytes: 0,
+        error: error.to_string(),
+    });
+}
+
 /// Counts a line that ended before its newline, by a shutdown or by damage to the input, and
 /// makes it a bad record with `reason`, because its end may be missing.
-fn cut_line(line: sources::Line<'_>, reason: &str, counts: &mut LineCounts) -> Pushed {
+pub(crate) fn cut_line(line: sources::Line<'_>, reason: &str, counts: &mut LineCounts) -> Pushed {
     counts.lines += 1;
     counts.bytes += line.bytes.len() as u64;
     Pushed::Bad(BadRecord::new(line.number, reason, line.bytes))
@@ -741,12 +801,15 @@ pub(crate) fn count_and_parse(
     parser.parse_into(line.number, line.bytes, events)
 }
 
-/// Reads one plain file split into `ranges`, one thread per range, and sends its events in
-/// file order. Formats whose parser needs more than the line itself (RetailRocket, which
-/// loads an item catalog) are read by one thread.
+/// Reads one plain file split into `ranges`, one thread per range, through `source`, and
+/// sends its events in file order. Formats whose parser needs more than the line itself
+/// (RetailRocket, which loads an item catalog) are read by one thread. A read error ends the
+/// input as in [`read_one`]: the lines before it are sent and the damage is added to `counts`.
+#[allow(clippy::too_many_arguments)]
 fn read_split(
     path: &str,
     ranges: &[std::ops::Range<u64>],
+    source: &impl crate::split_read::RangeSource,
     options: &SourceOptions,
     dead_letter: &DeadLetter,
     channel: &ReaderChannel,
@@ -757,7 +820,10 @@ fn read_split(
     let format = match open_detected(path, options)? {
         Opened::Ready((_, format, _)) => format,
         Opened::Empty => return Ok(()),
-        Opened::Damaged(error) => return Err(format!("cannot read input {name}: {error}")),
+        Opened::Damaged(error) => {
+            record_damage_at_start(name, &error, counts);
+            return Ok(());
+        }
     };
     if format == sources::Format::RetailRocket {
         return read_one(path, options, dead_letter, channel, counts, progress);
@@ -777,7 +843,7 @@ fn read_split(
     // NOTE: the whole file is parsed before any count arrives here, so a split file gets only
     // the end-of-input warning of `warn_if_mostly_bad`, not the early one of `read_one`.
     let before = counts.clone();
-    let outputs = crate::split_read::parse_ranges(path, ranges, parsers, progress)?;
+    let outputs = crate::split_read::parse_ranges(source, path, ranges, parsers, progress);
     for output in outputs {
         for record in &output.bad {
             dead_letter.bad(name, record);
@@ -790,7 +856,16 @@ fn read_split(
                 return Ok(());
             }
         }
+        let damage = output.damage.map(|damage| InputDamage {
+            input: name.to_string(),
+            lines: counts.lines - before.lines + damage.lines,
+            bytes: counts.bytes - before.bytes + damage.bytes,
+            error: damage.error,
+        });
         counts.add_lines(&output.counts);
+        if let Some(damage) = damage {
+            record_damage(damage, counts);
+        }
     }
     warn_if_mostly_bad(name, format, &before, counts);
     Ok(())

@@ -28,8 +28,8 @@ Exit codes:
   0    success
   2    an error: the run did not start, or it lost alerts, dead-letter records or profile lines
   3    every alert is safe, but some went only to the webhook's dead-letter file
-  4    an input is damaged (such as a truncated gzip file): its lines before the damage were
-       processed, the rest was not read
+  4    an input is damaged (such as a truncated gzip file or a disk read error): its lines
+       before the damage were processed, the rest was not read
   130  a second SIGINT stopped the run at once";
 
 // The command is parsed once, so the size of its largest variant does not matter.
