@@ -354,30 +354,10 @@ mod tests {
     #[test]
     fn split_read_equals_sequential_read() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        let mut writer = std::io::BufWriter::new(file.as_file_mut());
         // About 6 MB of Taobao rows with blank, bad, CRLF and over-long lines spread through.
-        for line in 0..200_000u64 {
-            let time = 1_511_658_000 + line;
-            match line % 9_973 {
-                17 => writeln!(writer).unwrap(),
-                18 => writeln!(writer, "not,a,row").unwrap(),
-                19 => write!(writer, "{line},{},{},pv,{time}\r\n", line * 3, line % 97).unwrap(),
-                20 if line == 10 * 9_973 + 20 => {
-                    writeln!(writer, "{}", "x".repeat(2 << 20)).unwrap()
-                }
-                _ => writeln!(
-                    writer,
-                    "{},{},{},pv,{time}",
-                    line % 5_000,
-                    line * 3,
-                    line % 97
-                )
-                .unwrap(),
-            }
-        }
+        write_rows(file.as_file_mut(), true);
         // A last line without a newline.
-        write!(writer, "1,2,3,buy,1511900000").unwrap();
-        drop(writer);
+        write!(file, "1,2,3,buy,1511900000").unwrap();
         let path = file.path().to_str().unwrap().to_string();
         assert!(super::plan_ranges(&path, 3)
             .unwrap()
@@ -452,14 +432,22 @@ mod tests {
     }
 
     /// Writes about 6 MB of Taobao rows with a blank line and a bad row every 9,973 lines.
-    /// Every line ends in `\n` alone, so a line's counted bytes are its bytes in the file.
-    fn write_plain_rows(file: &mut std::fs::File) {
+    /// With `crlf_and_long_line`, a row every 9,973 lines ends in `\r\n` and one line is 2 MiB
+    /// long. Without it every line ends in `\n` alone and is whole, so a line's counted bytes
+    /// are its bytes in the file.
+    fn write_rows(file: &mut std::fs::File, crlf_and_long_line: bool) {
         let mut writer = std::io::BufWriter::new(file);
         for line in 0..200_000u64 {
             let time = 1_511_658_000 + line;
             match line % 9_973 {
                 17 => writeln!(writer).unwrap(),
                 18 => writeln!(writer, "not,a,row").unwrap(),
+                19 if crlf_and_long_line => {
+                    write!(writer, "{line},{},{},pv,{time}\r\n", line * 3, line % 97).unwrap()
+                }
+                20 if crlf_and_long_line && line == 10 * 9_973 + 20 => {
+                    writeln!(writer, "{}", "x".repeat(2 << 20)).unwrap()
+                }
                 _ => writeln!(
                     writer,
                     "{},{},{},pv,{time}",
@@ -475,7 +463,7 @@ mod tests {
     #[test]
     fn split_read_error_is_damage() {
         let mut file = tempfile::NamedTempFile::new().unwrap();
-        write_plain_rows(file.as_file_mut());
+        write_rows(file.as_file_mut(), false);
         let path = file.path().to_str().unwrap().to_string();
         let text = std::fs::read(&path).unwrap();
         let ranges = plan_ranges(&path, 3).unwrap().expect("the file is split");

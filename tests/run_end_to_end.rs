@@ -723,6 +723,16 @@ fn output_over_input_rejected() {
     assert!(same.stderr.contains("are the same file"), "{}", same.stderr);
 }
 
+/// Runs the `veer` binary with `args` in `folder`, with warnings logged.
+fn run_in_folder(folder: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_veer"))
+        .args(args)
+        .current_dir(folder)
+        .env("VEER_LOG", "warn")
+        .output()
+        .expect("the veer binary runs")
+}
+
 #[test]
 fn empty_paths_rejected() {
     // Each case is a command with its other required options, and the path option that gets
@@ -776,12 +786,7 @@ fn empty_paths_rejected() {
         let flag = format!("--{option}");
         let mut args = command.to_vec();
         args.extend([flag.as_str(), ""]);
-        let output = Command::new(env!("CARGO_BIN_EXE_veer"))
-            .args(&args)
-            .current_dir(folder.path())
-            .env("VEER_LOG", "warn")
-            .output()
-            .expect("the veer binary runs");
+        let output = run_in_folder(folder.path(), &args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(
@@ -864,12 +869,7 @@ fn dash_for_file_outputs_rejected() {
         ),
     ];
     for (name, args) in cases {
-        let output = Command::new(env!("CARGO_BIN_EXE_veer"))
-            .args(&args)
-            .current_dir(folder.path())
-            .env("VEER_LOG", "warn")
-            .output()
-            .expect("the veer binary runs");
+        let output = run_in_folder(folder.path(), &args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "--{name}: {stderr}");
         assert!(stderr.contains(&format!("invalid --{name} -")), "{stderr}");
