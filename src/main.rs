@@ -30,7 +30,10 @@ Exit codes:
   3    every alert is safe, but some went only to the webhook's dead-letter file
   4    an input is damaged (such as a truncated gzip file or a disk read error): its lines
        before the damage were processed, the rest was not read
-  130  a second SIGINT stopped the run at once";
+  5    the alerts are complete, but checkpoints failed, so --resume starts from an older
+       checkpoint or finds none
+  130  a second SIGINT stopped the run at once
+Of several outcomes, 2 comes before 4, 4 before 3, and 3 before 5.";
 
 // The command is parsed once, so the size of its largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
@@ -486,6 +489,8 @@ fn main() -> ExitCode {
                 ExitCode::from(veer::sinks::SinksDegraded::EXIT_CODE)
             } else if error.is::<InputDamaged>() {
                 ExitCode::from(InputDamaged::EXIT_CODE)
+            } else if error.is::<CheckpointsFailed>() {
+                ExitCode::from(CheckpointsFailed::EXIT_CODE)
             } else {
                 ExitCode::from(2)
             }
@@ -790,7 +795,32 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
         }
         .into());
     }
+    if summary.checkpoint_failures > 0 {
+        return Err(CheckpointsFailed {
+            failed: summary.checkpoint_failures,
+            written: summary.checkpoints,
+        }
+        .into());
+    }
     Ok(())
+}
+
+/// The error of a run whose alerts are complete, but some of whose checkpoints failed.
+/// `veer run` exits with [`CheckpointsFailed::EXIT_CODE`] for it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{failed} checkpoints failed and {written} were written; the alerts are complete, but \
+     --resume starts from the newest checkpoint written, if any. The log names the file and \
+     the error, such as a full disk"
+)]
+struct CheckpointsFailed {
+    failed: u64,
+    written: u64,
+}
+
+impl CheckpointsFailed {
+    /// Exit code of `veer run` when checkpoints failed.
+    const EXIT_CODE: u8 = 5;
 }
 
 /// The error of a run that processed every line it could read, but stopped reading at least

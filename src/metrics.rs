@@ -258,6 +258,11 @@ impl Metrics {
         self.checkpoints.load(Ordering::Relaxed)
     }
 
+    /// Returns the checkpoints that failed so far.
+    pub fn checkpoint_failures(&self) -> u64 {
+        self.checkpoint_failures.load(Ordering::Relaxed)
+    }
+
     /// Records a checkpoint that was written in `took` and is `bytes` long.
     pub fn checkpoint_written(&self, took: Duration, bytes: u64) {
         self.checkpoints.fetch_add(1, Ordering::Relaxed);

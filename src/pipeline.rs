@@ -149,6 +149,8 @@ pub struct RunSummary {
     pub resumed: Option<crate::checkpoint::ResumeInfo>,
     /// Checkpoints written.
     pub checkpoints: u64,
+    /// Checkpoints that failed: not written, or written but not synced to disk.
+    pub checkpoint_failures: u64,
     /// The dead-letter file's write failure, if it could not be written.
     pub dead_letter_failure: Option<crate::ingest::DeadLetterFailure>,
     /// The profile file's write failure, if it could not be written.
@@ -234,8 +236,14 @@ impl RunSummary {
                 resumed.alerts_before_cut
             ));
         }
-        if self.checkpoints > 0 {
+        if self.checkpoints > 0 || self.checkpoint_failures > 0 {
             text.push_str(&format!("checkpoints       {:>12}\n", self.checkpoints));
+        }
+        if self.checkpoint_failures > 0 {
+            text.push_str(&format!(
+                "  failed          {:>12}  (the log names the file and the error)\n",
+                self.checkpoint_failures
+            ));
         }
         if self.processes > 1 {
             text.push_str(&format!(
@@ -544,6 +552,7 @@ fn run_job(
     }
     summary.resumed = prepared.resumed;
     summary.checkpoints = shared.metrics.checkpoints_written();
+    summary.checkpoint_failures = shared.metrics.checkpoint_failures();
     Ok(summary)
 }
 

@@ -1,7 +1,7 @@
 //! Failed reads and writes of `veer run`: a gzip input cut in the middle or damaged at its
-//! start, and an alert file on a disk that fills up. The lines read before the damage are
-//! processed, the alert file keeps whole lines only, the summary counts what happened, and
-//! the error names the file.
+//! start, and an alert file or checkpoints on a disk that fills up. The lines read before the
+//! damage are processed, the alert file keeps whole lines only, failed checkpoints leave no
+//! file, the summary counts what happened, and the error names the file.
 
 mod common;
 
@@ -117,10 +117,17 @@ fn gzip_damaged_at_start_reads_later_inputs() {
 /// writing the alert file fails as on a full disk, and returns the exit code and standard
 /// error.
 fn run_with_file_limit(input: &Path, alerts: &Path, limit_bytes: u64) -> (i32, String) {
+    let args = ["--input", arg(input), "--alerts", arg(alerts)];
+    run_with_limit(&args, limit_bytes)
+}
+
+/// Runs `veer run --no-progress` with `args` and its files limited to `limit_bytes`
+/// (`RLIMIT_FSIZE`), and returns the exit code and standard error.
+fn run_with_limit(args: &[&str], limit_bytes: u64) -> (i32, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_veer"));
     command
-        .args(["run", "--no-progress", "--input", arg(input), "--alerts"])
-        .arg(alerts)
+        .args(["run", "--no-progress"])
+        .args(args)
         .env("VEER_LOG", "warn");
     // SAFETY: between fork and exec the closure only calls `signal` and `setrlimit`, which are
     // async-signal-safe. An ignored SIGXFSZ stays ignored across exec, so a write past the
@@ -176,4 +183,65 @@ fn full_disk_leaves_whole_alert_lines() {
         "{error}"
     );
     assert!(error.contains(arg(&alerts)), "{error}");
+}
+
+#[test]
+fn failed_checkpoints_exit_5_and_leave_no_files() {
+    let folder = tempfile::tempdir().unwrap();
+    let (events, _) = common::generate_stream(folder.path(), 300, 9, 5);
+    let checkpoints = folder.path().join("ck");
+    // The alerts go to a device, which the file-size limit does not cover, so only the
+    // checkpoint files pass the limit.
+    let args = [
+        "--input",
+        arg(&events),
+        "--alerts",
+        "/dev/null",
+        "--checkpoint-dir",
+        arg(&checkpoints),
+        "--checkpoint-interval",
+        "1ms",
+    ];
+    let (status, stderr) = run_with_limit(&args, 1000);
+    assert_eq!(status, 5, "{stderr}");
+
+    let failed: u64 = summary_line(&stderr, "  failed")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no count in the `failed` line:\n{stderr}"));
+    assert!(failed > 0, "{stderr}");
+    assert_eq!(
+        summary_line(&stderr, "checkpoints")
+            .split_whitespace()
+            .nth(1),
+        Some("0"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "files left in the checkpoint folder: {left:?}"
+    );
+
+    // Every failure has the same cause, so only the 1st, 2nd, 4th, ... failure is logged.
+    let logged: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("checkpoint failed;"))
+        .collect();
+    assert_eq!(logged.len() as u32, failed.ilog2() + 1, "{stderr}");
+    assert!(
+        logged[0].contains(".checkpoint-0000000001.veer.tmp"),
+        "{}",
+        logged[0]
+    );
+    assert!(logged[0].contains("File too large"), "{}", logged[0]);
+    let error = summary_line(&stderr, "error:");
+    assert!(
+        error.contains(&format!("{failed} checkpoints failed")),
+        "{error}"
+    );
 }

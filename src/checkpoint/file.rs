@@ -66,6 +66,8 @@ pub enum CheckpointError {
     Invalid { path: PathBuf, reason: String },
     #[error("checkpoint folder {path}: holds no checkpoint (no {PREFIX}*{SUFFIX} file)")]
     Missing { path: PathBuf },
+    #[error("checkpoint {path}: failed to write it: {reason}")]
+    Unwritable { path: PathBuf, reason: String },
 }
 
 /// Returns the bincode options used for payloads: fixed-width integers, little-endian, and
@@ -197,24 +199,41 @@ pub fn latest(dir: &Path) -> Result<(u64, PathBuf), CheckpointError> {
 /// Writes `bytes` as checkpoint number `sequence` in `dir`, atomically: a temporary file is
 /// written and synced, renamed into place, and the folder is synced so the rename is durable.
 /// Then every checkpoint but the newest `keep` is removed. Returns the new file's path.
+///
+/// On failure the temporary file is removed, so a run that keeps failing (a full disk) does not
+/// fill the folder, and the error names the file or folder that failed.
 pub fn write_atomic(
     dir: &Path,
     sequence: u64,
     bytes: &[u8],
     keep: usize,
-) -> std::io::Result<PathBuf> {
-    fs::create_dir_all(dir)?;
+) -> Result<PathBuf, CheckpointError> {
+    let unwritable = |path: &Path, error: std::io::Error| CheckpointError::Unwritable {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    };
+    fs::create_dir_all(dir).map_err(|error| unwritable(dir, error))?;
     let path = dir.join(format!("{PREFIX}{sequence:010}{SUFFIX}"));
     let temporary = dir.join(format!(".{PREFIX}{sequence:010}{SUFFIX}.tmp"));
-    {
-        let mut file = File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+    let written = write_synced(&temporary, bytes)
+        .map_err(|error| unwritable(&temporary, error))
+        .and_then(|()| fs::rename(&temporary, &path).map_err(|error| unwritable(&path, error)));
+    if let Err(error) = written {
+        remove_temporary(&temporary);
+        return Err(error);
     }
-    fs::rename(&temporary, &path)?;
-    File::open(dir)?.sync_all()?;
+    File::open(dir)
+        .and_then(|folder| folder.sync_all())
+        .map_err(|error| unwritable(dir, error))?;
 
-    let files = list(dir)?;
+    // The new checkpoint is durable from here on, so a failure to prune is only a warning.
+    let files = match list(dir) {
+        Ok(files) => files,
+        Err(error) => {
+            tracing::warn!(%error, folder = %dir.display(), "failed to list old checkpoints to remove");
+            return Ok(path);
+        }
+    };
     let remove = files.len().saturating_sub(keep.max(1));
     for (_, old) in &files[..remove] {
         if let Err(error) = fs::remove_file(old) {
@@ -222,6 +241,24 @@ pub fn write_atomic(
         }
     }
     Ok(path)
+}
+
+/// Creates `path` with `bytes` as its contents and syncs it to disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Removes the temporary file of a failed checkpoint write, if it was created.
+fn remove_temporary(temporary: &Path) {
+    match fs::remove_file(temporary) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            tracing::warn!(%error, file = %temporary.display(), "failed to remove the temporary file of a failed checkpoint");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -291,5 +328,26 @@ mod tests {
         let numbers: Vec<u64> = files.iter().map(|(number, _)| *number).collect();
         assert_eq!(numbers, vec![4, 5]);
         assert_eq!(latest(dir.path()).unwrap().0, 5);
+    }
+
+    #[test]
+    fn failed_write_removes_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A non-empty folder where the checkpoint file belongs makes the rename fail after
+        // the temporary file was written.
+        let blocker = dir.path().join(format!("{PREFIX}{:010}{SUFFIX}", 1));
+        fs::create_dir(&blocker).unwrap();
+        fs::write(blocker.join("inside"), b"x").unwrap();
+
+        let error = write_atomic(dir.path(), 1, &encode(&sample()).unwrap(), 2).unwrap_err();
+        assert!(
+            matches!(&error, CheckpointError::Unwritable { path, .. } if *path == blocker),
+            "{error}"
+        );
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![format!("{PREFIX}{:010}{SUFFIX}", 1)]);
     }
 }

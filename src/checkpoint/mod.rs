@@ -68,6 +68,10 @@ pub struct Checkpointer {
     metrics: Arc<crate::metrics::Metrics>,
     /// Checkpoints written by this run.
     pub written: u64,
+    /// Checkpoints that failed in this run.
+    failed: u64,
+    /// Cause of the last failed checkpoint, so a repeat of it is logged only now and then.
+    last_cause: String,
 }
 
 impl Checkpointer {
@@ -92,6 +96,8 @@ impl Checkpointer {
             meta: plan.meta.clone(),
             metrics,
             written: 0,
+            failed: 0,
+            last_cause: String::new(),
         }
     }
 
@@ -107,8 +113,9 @@ impl Checkpointer {
     /// The caller has advanced the input to the cut, sent nothing at or after it, and stepped
     /// the dataflow until the probe after the alert sink passed it. `flush_alerts` hands the
     /// alerts written so far to the operating system, so none written before the cut can be
-    /// lost by a kill after the checkpoint exists. A failed write is logged and the run goes
-    /// on, because its alerts are still correct.
+    /// lost by a kill after the checkpoint exists. A failed checkpoint is counted and logged,
+    /// and the run goes on, because its alerts are still correct. `veer run` reports the
+    /// count in its summary and exit code.
     pub fn take(
         &mut self,
         worker: &mut timely::worker::Worker,
@@ -120,8 +127,8 @@ impl Checkpointer {
         let started = Instant::now();
         self.last = started;
         if let Err(error) = flush_alerts() {
-            tracing::error!(%error, "failed to flush the alerts before a checkpoint; checkpoint skipped");
-            self.metrics.checkpoint_failed();
+            let error = format!("failed to flush the alerts before it: {error}");
+            self.fail(self.sequence + 1, error.clone(), error);
             return;
         }
         self.sequence += 1;
@@ -137,8 +144,8 @@ impl Checkpointer {
         let parts = match parts {
             Ok(parts) => parts,
             Err(error) => {
-                tracing::error!(%error, sequence = self.sequence, "failed to encode a checkpoint");
-                self.metrics.checkpoint_failed();
+                let error = format!("failed to encode it: {error}");
+                self.fail(self.sequence, error.clone(), error);
                 return;
             }
         };
@@ -152,12 +159,23 @@ impl Checkpointer {
             meta: self.meta.clone(),
             parts,
         };
+        // Each failure comes with the cause that tells its repeats apart, without the file name
+        // that changes with every sequence number.
         let written = file::encode(&contents)
-            .map_err(|error| error.to_string())
+            .map_err(|error| {
+                let error = format!("failed to encode it: {error}");
+                (error.clone(), error)
+            })
             .and_then(|bytes| {
                 file::write_atomic(&self.dir, self.sequence, &bytes, self.keep)
                     .map(|path| (path, bytes.len()))
-                    .map_err(|error| error.to_string())
+                    .map_err(|error| {
+                        let cause = match &error {
+                            file::CheckpointError::Unwritable { reason, .. } => reason.clone(),
+                            other => other.to_string(),
+                        };
+                        (error.to_string(), cause)
+                    })
             });
         match written {
             Ok((path, bytes)) => {
@@ -173,16 +191,27 @@ impl Checkpointer {
                     "checkpoint written"
                 );
             }
-            Err(error) => {
-                tracing::error!(
-                    %error,
-                    sequence = self.sequence,
-                    folder = %self.dir.display(),
-                    "failed to write a checkpoint"
-                );
-                self.metrics.checkpoint_failed();
-            }
+            Err((error, cause)) => self.fail(self.sequence, error, cause),
         }
+    }
+
+    /// Counts and logs failed checkpoint `sequence`. A failure whose `cause` repeats the
+    /// previous one is logged only when the count of failures reaches a power of two, so a full
+    /// disk does not flood the log; the summary gives the total.
+    fn fail(&mut self, sequence: u64, error: String, cause: String) {
+        self.failed += 1;
+        self.metrics.checkpoint_failed();
+        if cause != self.last_cause || self.failed.is_power_of_two() {
+            tracing::error!(
+                %error,
+                sequence,
+                folder = %self.dir.display(),
+                failures = self.failed,
+                "checkpoint failed; the run goes on, but a --resume starts from an older \
+                 checkpoint, if any"
+            );
+        }
+        self.last_cause = cause;
     }
 }
 
