@@ -16,6 +16,7 @@ use std::ops::Range;
 use veer_models::Event;
 
 use crate::ingest::{LineCounts, SourceProgress, DAMAGE_CUT_REASON};
+use crate::sources::sized::SizedFile;
 use crate::sources::{BadRecord, LineParser, LineSplitter, Pushed};
 
 /// Smallest file worth splitting; smaller files are read by one thread.
@@ -65,14 +66,16 @@ pub(crate) trait RangeSource: Sync {
 pub(crate) struct FileRanges;
 
 impl RangeSource for FileRanges {
-    type Reader = BufReader<std::io::Take<File>>;
+    type Reader = BufReader<SizedFile>;
 
+    /// Opens a reader of `range` alone. A file that has shrunk below the range's end gives a
+    /// read error there.
     fn open(&self, path: &str, range: &Range<u64>) -> std::io::Result<Self::Reader> {
         let mut file = File::open(path)?;
         file.seek(SeekFrom::Start(range.start))?;
         Ok(BufReader::with_capacity(
             READ_BUFFER_BYTES,
-            file.take(range.end - range.start),
+            SizedFile::new(file, range.start, range.end),
         ))
     }
 }
@@ -527,5 +530,33 @@ mod tests {
                 .any(|line| line.contains(&cut_record) && line.contains(DAMAGE_CUT_REASON));
             assert_eq!(cut_reported, cut == 1, "fail_at {fail_at}: {letters}");
         }
+    }
+
+    #[test]
+    fn range_of_shrunk_file_is_read_error() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let text: String = (0..400_000u64)
+            .map(|line| {
+                format!(
+                    "{},{},{},pv,{}\n",
+                    line % 5_000,
+                    line,
+                    line % 97,
+                    1_511_658_000 + line
+                )
+            })
+            .collect();
+        file.write_all(text.as_bytes()).unwrap();
+        let path = file.path().to_str().unwrap().to_string();
+        let ranges = super::plan_ranges(&path, 2)
+            .unwrap()
+            .expect("a file to split");
+        let last = ranges.last().unwrap().clone();
+
+        // The file loses its second half after the ranges were planned at its size then.
+        file.as_file().set_len(last.start + 10).unwrap();
+        let error = super::count_newlines(&FileRanges, &path, &last).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(error.to_string().contains("the file shrank"), "{error}");
     }
 }

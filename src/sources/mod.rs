@@ -49,6 +49,7 @@ mod pipe;
 mod rees46;
 mod retailrocket;
 mod row;
+pub(crate) mod sized;
 mod taobao;
 mod time;
 
@@ -308,7 +309,9 @@ pub fn open_input(path: &str) -> io::Result<Box<dyn BufRead + Send>> {
 /// ended it.
 ///
 /// Standard input and any input that is not a regular file (a named pipe, a device) end early
-/// when a shutdown is requested. A regular file is read to its end, and gets `None`.
+/// when a shutdown is requested. A regular file is read up to the size it had when it was
+/// opened, and gets `None`; one that shrinks before then ends with a read error (see
+/// [`sized::SizedFile`]).
 pub fn open_input_until_shutdown(
     path: &str,
 ) -> io::Result<(Box<dyn BufRead + Send>, Option<ShutdownCut>)> {
@@ -334,6 +337,7 @@ pub fn open_input_until_shutdown(
         .is_file();
     if regular {
         set_blocking(&file).map_err(|error| cannot("open", error))?;
+        let file = sized::SizedFile::whole(file).map_err(|error| cannot("read", error))?;
         let reader = wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, file))
             .map_err(|error| cannot("read", error))?;
         return Ok((reader, None));
@@ -572,5 +576,50 @@ mod tests {
         assert_eq!(detect_format(b"\n\n  {\"user\":1}"), Some(Format::Jsonl));
         assert_eq!(detect_format(b"hello world\n"), None);
         assert_eq!(detect_format(b""), None);
+    }
+
+    /// Writes `lines` numbered lines to a temporary file, more than one read buffer's worth
+    /// when `lines` is large, so that opening it does not read all of it.
+    fn numbered_file(lines: usize) -> tempfile::NamedTempFile {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let text: String = (0..lines).map(|line| format!("line {line:08}\n")).collect();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn regular_file_read_to_size_at_open() {
+        use std::io::Write;
+        let mut file = numbered_file(100_000);
+        let size = file.as_file().metadata().unwrap().len();
+        let (mut reader, cut) = open_input_until_shutdown(file.path().to_str().unwrap()).unwrap();
+        assert!(cut.is_none());
+        file.write_all(b"appended after the open\n").unwrap();
+
+        let mut text = Vec::new();
+        reader.read_to_end(&mut text).unwrap();
+        assert_eq!(text.len() as u64, size);
+        assert!(text.ends_with(b"line 00099999\n"));
+    }
+
+    #[test]
+    fn regular_file_shrunk_after_open_is_read_error() {
+        let file = numbered_file(100_000);
+        let path = file.path().to_str().unwrap();
+        let (reader, _) = open_input_until_shutdown(path).unwrap();
+        file.as_file().set_len(500_000).unwrap();
+
+        let mut splitter = LineSplitter::new(reader);
+        let mut lines = 0u64;
+        let error = loop {
+            match splitter.next_line() {
+                Ok(Some(_)) => lines += 1,
+                Ok(None) => panic!("the read ended without an error after {lines} lines"),
+                Err(error) => break error,
+            }
+        };
+        assert_eq!(lines, 500_000 / 14, "whole lines before the new end");
+        assert!(error.to_string().contains("the file shrank"), "{error}");
     }
 }

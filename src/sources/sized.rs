@@ -1,0 +1,108 @@
+//! Reading a regular file up to the size it had when it was opened.
+//!
+//! A file that grows during the read (a log still being written) is read up to its size at
+//! open, so every run and every worker count reads the same lines. A file that shrinks before
+//! the reader reaches that size ends with a read error, which the reader reports as damaged
+//! input, instead of a short read that looks like a complete file.
+
+use std::fs::File;
+use std::io::{self, Read};
+
+/// A byte range of an opened regular file, read as if the file kept the size it had at open.
+pub struct SizedFile {
+    file: File,
+    /// Offset of the next byte to read.
+    position: u64,
+    /// Offset where the read ends: the file's size at open, or the end of a range of it.
+    end: u64,
+}
+
+impl SizedFile {
+    /// Reads `file` from its current offset `start` up to `end`, an offset the file had reached
+    /// when it was opened.
+    pub fn new(file: File, start: u64, end: u64) -> SizedFile {
+        SizedFile {
+            file,
+            position: start,
+            end: end.max(start),
+        }
+    }
+
+    /// Reads the whole of `file`, which must be at offset 0, up to its size now.
+    pub fn whole(file: File) -> io::Result<SizedFile> {
+        let size = file.metadata()?.len();
+        Ok(SizedFile::new(file, 0, size))
+    }
+}
+
+impl Read for SizedFile {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let left = self.end - self.position;
+        if left == 0 || buffer.is_empty() {
+            return Ok(0);
+        }
+        let wanted = buffer
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        let read = self.file.read(&mut buffer[..wanted])?;
+        if read == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file shrank while it was read: it ended at byte {}, but had at least {} \
+                     bytes when it was opened",
+                    self.position, self.end
+                ),
+            ));
+        }
+        self.position += read as u64;
+        Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Seek, SeekFrom, Write};
+
+    use super::*;
+
+    #[test]
+    fn growth_after_open_is_not_read() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"one\ntwo\n").unwrap();
+        let mut reader = SizedFile::whole(File::open(file.path()).unwrap()).unwrap();
+        file.write_all(b"three\n").unwrap();
+
+        let mut text = String::new();
+        reader.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "one\ntwo\n");
+    }
+
+    #[test]
+    fn shrink_after_open_is_read_error() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"one\ntwo\nthree\n").unwrap();
+        let mut reader = SizedFile::whole(File::open(file.path()).unwrap()).unwrap();
+        file.as_file().set_len(5).unwrap();
+
+        let mut text = Vec::new();
+        let error = reader.read_to_end(&mut text).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(text, b"one\nt");
+        assert!(error.to_string().contains("ended at byte 5"), "{error}");
+        assert!(error.to_string().contains("at least 14 bytes"), "{error}");
+    }
+
+    #[test]
+    fn range_ends_at_its_end() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(b"one\ntwo\nthree\n").unwrap();
+        let mut opened = File::open(file.path()).unwrap();
+        opened.seek(SeekFrom::Start(4)).unwrap();
+        let mut reader = SizedFile::new(opened, 4, 8);
+
+        let mut text = String::new();
+        reader.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "two\n");
+    }
+}
