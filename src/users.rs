@@ -47,8 +47,11 @@ fn read_table(path: &Path) -> anyhow::Result<(AttributeTable, LoadReport)> {
     let bytes = std::fs::read(path).map_err(|error| {
         anyhow::anyhow!("cannot read the user table {}: {error}", path.display())
     })?;
-    let text = String::from_utf8(bytes).map_err(|error| {
-        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+    // Spreadsheet programs on Windows save CSV with a byte order mark, which event files may
+    // also have.
+    let content = crate::sources::strip_utf8_bom(&bytes);
+    let text = std::str::from_utf8(content).map_err(|error| {
+        let valid = &content[..error.valid_up_to()];
         let line = valid.iter().filter(|&&byte| byte == b'\n').count() + 1;
         anyhow::anyhow!(
             "user table {}: line {line} is not valid UTF-8; convert the file to UTF-8 \
@@ -56,7 +59,7 @@ fn read_table(path: &Path) -> anyhow::Result<(AttributeTable, LoadReport)> {
             path.display()
         )
     })?;
-    AttributeTable::parse(&text)
+    AttributeTable::parse(text)
         .map_err(|error| anyhow::anyhow!("user table {}: {error}", path.display()))
 }
 
@@ -344,5 +347,15 @@ mod tests {
         let error = format!("{:#}", load(&path).unwrap_err());
         assert!(error.contains("line 3 is not valid UTF-8"), "{error}");
         assert!(error.contains("users.csv"), "{error}");
+    }
+
+    #[test]
+    fn table_with_byte_order_mark_loads() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("users.csv");
+        std::fs::write(&path, b"\xEF\xBB\xBFuser,age,gender\r\n915564,30,F\r\n").unwrap();
+        let table = load(&path).unwrap();
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.columns(), ["age", "gender"]);
     }
 }

@@ -28,8 +28,6 @@ const SHUTDOWN_READ_BYTES: usize = 64 << 20;
 /// Maximum time a connection reads after a shutdown request.
 const SHUTDOWN_READ_TIME: Duration = Duration::from_secs(2);
 
-const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
-
 /// An accepted connection, run on its own thread.
 pub(super) struct Connection {
     pub(super) stream: TcpStream,
@@ -419,7 +417,7 @@ impl Lines {
         let shared = &connection.shared;
         let mut content = bytes.strip_suffix(b"\r").unwrap_or(bytes);
         if self.line == 0 {
-            content = content.strip_prefix(UTF8_BOM).unwrap_or(content);
+            content = crate::sources::strip_utf8_bom(content);
         }
         if content.len() > self.max_line_bytes {
             return Err(self.too_long(content, connection));

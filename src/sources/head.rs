@@ -133,7 +133,7 @@ impl LineScan {
 }
 
 fn only_blank(bytes: &[u8]) -> bool {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let bytes = super::strip_utf8_bom(bytes);
     bytes.trim_ascii().is_empty()
 }
 

@@ -7,7 +7,13 @@ use super::{BadRecord, LineParser, Parsed};
 /// Default maximum length of one line, in bytes, before it is cut and reported as a bad record.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
 
+/// The UTF-8 byte order mark, which some Windows tools write at the start of a text file.
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Returns `bytes` without a UTF-8 byte order mark at its start.
+pub fn strip_utf8_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes)
+}
 
 /// One physical line of the input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,7 +216,7 @@ fn cut_line(mut content: &[u8], number: u64, max_line_bytes: usize) -> Line<'_> 
         content = &content[..max_line_bytes];
     }
     if number == 1 {
-        content = content.strip_prefix(UTF8_BOM).unwrap_or(content);
+        content = strip_utf8_bom(content);
     }
     Line {
         number,

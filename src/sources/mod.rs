@@ -55,7 +55,7 @@ mod time;
 
 pub use head::{detect_input_format, InputHead};
 pub use item_catalog::ItemCatalog;
-pub use lines::{Line, LineSplitter, DEFAULT_MAX_LINE_BYTES};
+pub use lines::{strip_utf8_bom, Line, LineSplitter, DEFAULT_MAX_LINE_BYTES};
 pub use pipe::ShutdownCut;
 
 /// Size of the read buffer of [`open_input`]. A large buffer keeps most lines on the fast path
@@ -406,7 +406,7 @@ fn decode_if<B: BufRead + Send + 'static>(gzip: bool, reader: B) -> Box<dyn BufR
 /// ignored. The Taobao header `user_id,item_id,...` gives `Taobao`, although the format has no
 /// header, so that the reader reports that line as bad rather than the whole input as unknown.
 pub fn detect_format(head: &[u8]) -> Option<Format> {
-    let head = head.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(head);
+    let head = strip_utf8_bom(head);
     head.split(|&byte| byte == b'\n')
         .map(|line| line.trim_ascii())
         .filter(|line| !line.is_empty())
