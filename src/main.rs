@@ -458,9 +458,12 @@ fn main() -> ExitCode {
     // Like other command-line tools, end quietly when the reader of standard output goes
     // away (`veer run | head`), instead of failing on the broken pipe.
     #[cfg(unix)]
-    // SAFETY: restoring the default action of one signal before any thread starts.
+    // SAFETY: setting the action of two signals before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        // A write past a file-size limit (RLIMIT_FSIZE) then fails with EFBIG, which the
+        // writers report like a full disk, instead of killing the process mid-line.
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -130,11 +130,11 @@ fn run_with_limit(args: &[&str], limit_bytes: u64) -> (i32, String) {
         .args(args)
         .env("VEER_LOG", "warn");
     // SAFETY: between fork and exec the closure only calls `signal` and `setrlimit`, which are
-    // async-signal-safe. An ignored SIGXFSZ stays ignored across exec, so a write past the
-    // limit fails with EFBIG instead of killing the process.
+    // async-signal-safe. SIGXFSZ keeps its default action, which kills a process that writes
+    // past the limit unless it ignores the signal itself, as veer does.
     unsafe {
         command.pre_exec(move || {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            libc::signal(libc::SIGXFSZ, libc::SIG_DFL);
             let limit = libc::rlimit {
                 rlim_cur: limit_bytes,
                 rlim_max: limit_bytes,
