@@ -241,7 +241,8 @@ struct RunArgs {
     /// Folder for periodic checkpoints of all state (default: none).
     #[arg(long, value_name = "DIR")]
     checkpoint_dir: Option<PathBuf>,
-    /// Wall-clock time between checkpoints, e.g. 10s or 100ms (default 10s).
+    /// Wall-clock time between checkpoints, e.g. 10s or 100ms (default 10s); needs
+    /// --checkpoint-dir or --resume.
     #[arg(long, value_name = "DURATION")]
     checkpoint_interval: Option<String>,
     /// Resume from the newest checkpoint in DIR, and keep writing checkpoints there; the
@@ -514,12 +515,19 @@ fn state_settings(
         Some(text) => duration_arg("checkpoint-interval", text)?,
         None => file.state.checkpoint_interval,
     };
+    let checkpoint_dir = args
+        .checkpoint_dir
+        .clone()
+        .or_else(|| file.state.checkpoint_dir.clone());
+    if args.checkpoint_interval.is_some() && checkpoint_dir.is_none() && args.resume.is_none() {
+        anyhow::bail!(
+            "--checkpoint-interval sets how often checkpoints are written, but this run writes \
+             none; add --checkpoint-dir DIR or drop --checkpoint-interval"
+        );
+    }
     Ok(veer::checkpoint::StateSettings {
         evict_idle: (!evict_after.is_zero()).then_some(evict_after),
-        checkpoint_dir: args
-            .checkpoint_dir
-            .clone()
-            .or_else(|| file.state.checkpoint_dir.clone()),
+        checkpoint_dir,
         checkpoint_interval,
         checkpoint_keep: file.state.checkpoint_keep,
         resume_dir: args.resume.clone(),

@@ -1,0 +1,29 @@
+//! Options of `veer run` that are checked before anything is read: a value that would make
+//! the run misbehave later is rejected at start with exit code 2, and a device as an output
+//! is accepted.
+
+mod common;
+
+use common::{arg, run_veer_exact, shared};
+
+const CASE_ONE_SHIFT: &str = "cases/01-one-shift-one-alert/input.jsonl";
+
+#[test]
+fn checkpoint_interval_without_folder_rejected() {
+    let input = shared(CASE_ONE_SHIFT);
+    let run = run_veer_exact(&[
+        "run",
+        "--input",
+        arg(&input),
+        "--alerts",
+        "/dev/null",
+        "--checkpoint-interval",
+        "1s",
+    ]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("add --checkpoint-dir DIR"),
+        "{}",
+        run.stderr
+    );
+}
