@@ -27,3 +27,28 @@ fn checkpoint_interval_without_folder_rejected() {
         run.stderr
     );
 }
+
+#[test]
+fn malformed_webhook_url_rejected_at_start() {
+    let input = shared(CASE_ONE_SHIFT);
+    let folder = tempfile::tempdir().unwrap();
+    let dead_letter = folder.path().join("webhook-dead.jsonl");
+    let run = run_veer_exact(&[
+        "run",
+        "--input",
+        arg(&input),
+        "--alerts",
+        "/dev/null",
+        "--webhook",
+        "http://[::1/x",
+        "--webhook-dead-letter",
+        arg(&dead_letter),
+    ]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("no closing `]`"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("lines read"),
+        "the run started: {}",
+        run.stderr
+    );
+}

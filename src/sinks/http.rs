@@ -47,18 +47,45 @@ impl Url {
                 .map_err(|_| format!("invalid port {port:?} in webhook URL {text:?}"))
         };
         // An IPv6 host is written in brackets, and its colons are not the port's.
-        let (host, port) = match (authority.starts_with('['), authority.find(']')) {
-            (true, Some(close)) => match authority[close + 1..].strip_prefix(':') {
-                Some(port) => (&authority[..=close], parse_port(port)?),
-                None => (&authority[..=close], 80),
-            },
-            _ => match authority.rsplit_once(':') {
+        let (host, port) = if authority.starts_with('[') {
+            let Some(close) = authority.find(']') else {
+                return Err(format!(
+                    "invalid webhook URL {text:?}: the IPv6 address has no closing `]`"
+                ));
+            };
+            let address = &authority[1..close];
+            if address.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!(
+                    "invalid webhook URL {text:?}: {address:?} is not an IPv6 address"
+                ));
+            }
+            match &authority[close + 1..] {
+                "" => (&authority[..=close], 80),
+                after => match after.strip_prefix(':') {
+                    Some(port) => (&authority[..=close], parse_port(port)?),
+                    None => {
+                        return Err(format!(
+                            "invalid webhook URL {text:?}: expected `:port` or `/` after `]`"
+                        ))
+                    }
+                },
+            }
+        } else {
+            match authority.rsplit_once(':') {
                 Some((host, port)) => (host, parse_port(port)?),
                 None => (authority, 80),
-            },
+            }
         };
         if host.is_empty() {
             return Err(format!("invalid webhook URL {text:?}: the host is missing"));
+        }
+        let name_character =
+            |character: char| character.is_ascii_alphanumeric() || "-._".contains(character);
+        if !host.starts_with('[') && !host.chars().all(name_character) {
+            return Err(format!(
+                "invalid webhook URL {text:?}: the host {host:?} is not a host name or IPv4 \
+                 address; write an IPv6 address in brackets, such as http://[::1]:8080/"
+            ));
         }
         Ok(Url {
             host: host.to_string(),
@@ -223,6 +250,25 @@ mod tests {
         assert!(Url::parse("ftp://x/").is_err());
         assert!(Url::parse("http://:80/").is_err());
         assert!(Url::parse("http://host:port/").is_err());
+    }
+
+    #[test]
+    fn url_rejects_malformed_hosts() {
+        let cases = [
+            ("http://[::1/x", "no closing `]`"),
+            ("http://[::1", "no closing `]`"),
+            ("http://[zz]:80/", "not an IPv6 address"),
+            ("http://[::1]x/", "expected `:port`"),
+            ("http://::1:80/", "write an IPv6 address in brackets"),
+            ("http://a b:80/", "not a host name"),
+            ("http://user@host/", "not a host name"),
+        ];
+        for (text, expected) in cases {
+            let error = Url::parse(text).unwrap_err();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+        assert!(Url::parse("http://[::1]/").is_ok());
+        assert!(Url::parse("http://my-host.example_1:9/").is_ok());
     }
 
     #[test]
