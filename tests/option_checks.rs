@@ -52,3 +52,14 @@ fn malformed_webhook_url_rejected_at_start() {
         run.stderr
     );
 }
+
+#[test]
+fn zero_line_timeout_rejected() {
+    let run = run_veer_exact(&["run", "--listen", "127.0.0.1:0", "--line-timeout", "0s"]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("invalid --line-timeout 0s"),
+        "{}",
+        run.stderr
+    );
+}

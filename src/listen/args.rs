@@ -29,7 +29,7 @@ pub struct ListenArgs {
     #[arg(long, value_name = "COUNT")]
     pub max_clients: Option<usize>,
     /// Time a line may take from its first byte to its end before the connection is closed,
-    /// e.g. 10s (default 10s).
+    /// e.g. 10s; must be positive (default 10s).
     #[arg(long, value_name = "DURATION")]
     pub line_timeout: Option<String>,
     /// Consecutive bad lines after which a connection is closed (default 1000).
@@ -79,6 +79,16 @@ impl ListenArgs {
         }
         if let Some(text) = &self.line_timeout {
             limits.line_timeout = duration("line-timeout", text)?;
+        }
+        if limits.line_timeout.is_zero() {
+            let origin = match self.line_timeout {
+                Some(_) => "--line-timeout",
+                None => "line_timeout under [listen]",
+            };
+            anyhow::bail!(
+                "invalid {origin} 0s: a line would be cut whenever its sender paused between \
+                 two reads; use a positive duration such as 10s"
+            );
         }
         if let Some(count) = self.max_bad_lines {
             limits.max_bad_lines = count;
