@@ -551,7 +551,8 @@ fn horizon_arg(text: &str) -> anyhow::Result<i64> {
 /// Rejects an output path that is also an input or another output, because creating the
 /// output would empty the other file before it is read. Also rejects `-`, because only
 /// `--alerts` and `--input` read it as standard output or input, and these outputs would
-/// create a file named `-`.
+/// create a file named `-`. An output that exists and is not a regular file, such as
+/// `/dev/null`, may be named more than once.
 fn check_distinct_paths(inputs: &[String], outputs: &[(&str, &Path)]) -> anyhow::Result<()> {
     if let Some((name, _)) = outputs.iter().find(|(_, path)| *path == Path::new("-")) {
         anyhow::bail!(
@@ -570,6 +571,10 @@ fn check_distinct_paths(inputs: &[String], outputs: &[(&str, &Path)]) -> anyhow:
         })
     };
     for (index, (name, output)) in outputs.iter().enumerate() {
+        // Writing to a device or a named pipe, such as /dev/null, empties no file.
+        if std::fs::metadata(output).is_ok_and(|metadata| !metadata.is_file()) {
+            continue;
+        }
         let Some(output_path) = canonical(output) else {
             continue;
         };

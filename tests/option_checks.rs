@@ -63,3 +63,19 @@ fn zero_line_timeout_rejected() {
         run.stderr
     );
 }
+
+#[test]
+fn dev_null_as_input_and_outputs_accepted() {
+    let run = run_veer_exact(&[
+        "run",
+        "--no-progress",
+        "--input",
+        "/dev/null",
+        "--alerts",
+        "/dev/null",
+        "--dead-letter",
+        "/dev/null",
+    ]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("lines read"), "{}", run.stderr);
+}
