@@ -8,44 +8,12 @@ use common::{arg, run_veer_exact, shared};
 
 const CASE_ONE_SHIFT: &str = "cases/01-one-shift-one-alert/input.jsonl";
 
-#[test]
-fn checkpoint_interval_without_folder_rejected() {
-    let input = shared(CASE_ONE_SHIFT);
-    let run = run_veer_exact(&[
-        "run",
-        "--input",
-        arg(&input),
-        "--alerts",
-        "/dev/null",
-        "--checkpoint-interval",
-        "1s",
-    ]);
+/// Runs `veer run` with `args` and checks that it stops before reading any input, with exit
+/// code 2 and an error that contains `expected`.
+fn assert_rejected(args: &[&str], expected: &str) {
+    let run = run_veer_exact(&[&["run"], args].concat());
     assert_eq!(run.status, 2, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("add --checkpoint-dir DIR"),
-        "{}",
-        run.stderr
-    );
-}
-
-#[test]
-fn malformed_webhook_url_rejected_at_start() {
-    let input = shared(CASE_ONE_SHIFT);
-    let folder = tempfile::tempdir().unwrap();
-    let dead_letter = folder.path().join("webhook-dead.jsonl");
-    let run = run_veer_exact(&[
-        "run",
-        "--input",
-        arg(&input),
-        "--alerts",
-        "/dev/null",
-        "--webhook",
-        "http://[::1/x",
-        "--webhook-dead-letter",
-        arg(&dead_letter),
-    ]);
-    assert_eq!(run.status, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("no closing `]`"), "{}", run.stderr);
+    assert!(run.stderr.contains(expected), "{}", run.stderr);
     assert!(
         !run.stderr.contains("lines read"),
         "the run started: {}",
@@ -54,14 +22,41 @@ fn malformed_webhook_url_rejected_at_start() {
 }
 
 #[test]
+fn checkpoint_interval_without_folder_rejected() {
+    let input = shared(CASE_ONE_SHIFT);
+    let args = [
+        "--input",
+        arg(&input),
+        "--alerts",
+        "/dev/null",
+        "--checkpoint-interval",
+        "1s",
+    ];
+    assert_rejected(&args, "add --checkpoint-dir DIR");
+}
+
+#[test]
+fn malformed_webhook_url_rejected_at_start() {
+    let input = shared(CASE_ONE_SHIFT);
+    let folder = tempfile::tempdir().unwrap();
+    let dead_letter = folder.path().join("webhook-dead.jsonl");
+    let args = [
+        "--input",
+        arg(&input),
+        "--alerts",
+        "/dev/null",
+        "--webhook",
+        "http://[::1/x",
+        "--webhook-dead-letter",
+        arg(&dead_letter),
+    ];
+    assert_rejected(&args, "no closing `]`");
+}
+
+#[test]
 fn zero_line_timeout_rejected() {
-    let run = run_veer_exact(&["run", "--listen", "127.0.0.1:0", "--line-timeout", "0s"]);
-    assert_eq!(run.status, 2, "{}", run.stderr);
-    assert!(
-        run.stderr.contains("invalid --line-timeout 0s"),
-        "{}",
-        run.stderr
-    );
+    let args = ["--listen", "127.0.0.1:0", "--line-timeout", "0s"];
+    assert_rejected(&args, "invalid --line-timeout 0s");
 }
 
 #[test]
