@@ -159,8 +159,8 @@ impl Checkpointer {
             meta: self.meta.clone(),
             parts,
         };
-        // Each failure comes with the cause that tells its repeats apart, without the file name
-        // that changes with every sequence number.
+        // Each failure carries its cause without the file name, which changes with every
+        // sequence number, so that repeats of one cause compare equal.
         let written = file::encode(&contents)
             .map_err(|error| {
                 let error = format!("failed to encode it: {error}");
@@ -197,7 +197,7 @@ impl Checkpointer {
 
     /// Counts and logs failed checkpoint `sequence`. A failure whose `cause` repeats the
     /// previous one is logged only when the count of failures reaches a power of two, so a full
-    /// disk does not flood the log; the summary gives the total.
+    /// disk does not flood the log. The summary gives the total.
     fn fail(&mut self, sequence: u64, error: String, cause: String) {
         self.failed += 1;
         self.metrics.checkpoint_failed();

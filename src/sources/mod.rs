@@ -309,8 +309,8 @@ pub fn open_input(path: &str) -> io::Result<Box<dyn BufRead + Send>> {
 /// ended it.
 ///
 /// Standard input and any input that is not a regular file (a named pipe, a device) end early
-/// when a shutdown is requested. A regular file is read up to the size it had when it was
-/// opened, and gets `None`; one that shrinks before then ends with a read error (see
+/// when a shutdown is requested. A regular file gets `None` and is read up to the size it had
+/// when it was opened. One that shrinks before then ends with a read error (see
 /// [`sized::SizedFile`]).
 pub fn open_input_until_shutdown(
     path: &str,

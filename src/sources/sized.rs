@@ -41,10 +41,10 @@ impl Read for SizedFile {
         if left == 0 || buffer.is_empty() {
             return Ok(0);
         }
-        let wanted = buffer
+        let requested = buffer
             .len()
             .min(usize::try_from(left).unwrap_or(usize::MAX));
-        let read = self.file.read(&mut buffer[..wanted])?;
+        let read = self.file.read(&mut buffer[..requested])?;
         if read == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
