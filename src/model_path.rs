@@ -12,7 +12,7 @@ use veer_models::fusion::FusionRule;
 use veer_models::{Alert, Detector, Event, PopulationInfo};
 use veer_operators::fit::{fit_models, FitSettings};
 use veer_operators::model_state::ModelState;
-use veer_operators::profiles::AttributeRow;
+use veer_operators::profiles::{AttributeRow, ProfileView};
 use veer_operators::score::score_windows;
 use veer_operators::segments::{split_scored, SegmentUpdate};
 use veer_operators::windows::build_user_windows;
@@ -46,7 +46,10 @@ pub(crate) fn fused_alerts<'scope, D: Detector>(
 ) -> (
     StreamVec<'scope, u64, Alert>,
     StreamVec<'scope, u64, SegmentUpdate>,
-) {
+)
+where
+    D::State: ProfileView,
+{
     let observed = detect_shifts_observed(
         events,
         population.clone(),
@@ -91,8 +94,5 @@ pub(crate) fn fused_alerts<'scope, D: Detector>(
     );
     let (alerts, segment_updates) =
         split_scored(scored, model_state.segments.clone(), emit_segment_updates);
-    (
-        keep_last_alerts(alerts, state, detect_settings.idle_ms),
-        segment_updates,
-    )
+    (keep_last_alerts(alerts, state), segment_updates)
 }

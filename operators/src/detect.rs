@@ -11,6 +11,7 @@ use veer_models::ml::WindowEvent;
 use veer_models::{Alert, Detector, Event, Id, PopulationInfo};
 
 use crate::capability::HeldCapability;
+use crate::profiles::ProfileView;
 use crate::state::{DetectHandle, DetectState, TrackedUser};
 
 /// Per-worker counts that the run summary reports.
@@ -164,22 +165,23 @@ pub fn detect_shifts_observed<'scope, D: Detector>(
 /// this because its alerts are not the detector's own: fusion with the model scores may drop
 /// an alert, change its kind or raise one from a candidate.
 ///
-/// Runs on the worker that owns the alerts' users. An alert older than the user's latest
-/// event by more than `idle_ms` belongs to a state reset for inactivity since, and is not kept.
-pub fn keep_last_alerts<'scope, S: 'static>(
+/// Runs on the worker that owns the alerts' users. An alert raised before the first event of
+/// the user's state belongs to an earlier stay, one that ended when the state was reset for
+/// inactivity, and is not kept. A state that keeps no first event time keeps every alert.
+pub fn keep_last_alerts<'scope, S: ProfileView + 'static>(
     alerts: StreamVec<'scope, u64, Alert>,
     state: DetectHandle<S>,
-    idle_ms: Option<i64>,
 ) -> StreamVec<'scope, u64, Alert> {
     alerts.inspect(move |alert: &Alert| {
         let mut state = state.borrow_mut();
         let Some(tracked) = state.users.get_mut(&alert.user) else {
             return;
         };
-        let reset_since = idle_ms.is_some_and(|idle| {
-            tracked.last_event_ms - alert.ts.saturating_mul(1000) > idle
-        });
-        if !reset_since {
+        let earlier_stay = tracked
+            .state
+            .first_ts()
+            .is_some_and(|first_ts| alert.ts < first_ts);
+        if !earlier_stay {
             tracked.last_alert = Some(Box::new(alert.clone()));
         }
     })

@@ -20,6 +20,7 @@
 //!    end of the input. It also keeps the latest profile of every user in a [`ProfileStore`]
 //!    that other threads can read while the run goes on.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::sync::{Arc, RwLock};
@@ -52,6 +53,10 @@ pub trait ProfileView {
     fn interest(&self, count: usize) -> Vec<CategoryShare>;
     /// Returns the number of the user's events the detector has seen.
     fn events(&self) -> u64;
+    /// Returns the time of the state's first event in Unix seconds, or `None` when the state
+    /// keeps no such time. A state reset for inactivity starts again, so this is the first
+    /// event of the user's current stay.
+    fn first_ts(&self) -> Option<i64>;
 }
 
 impl ProfileView for veer_models::UserState {
@@ -61,6 +66,10 @@ impl ProfileView for veer_models::UserState {
 
     fn events(&self) -> u64 {
         u64::from(self.events)
+    }
+
+    fn first_ts(&self) -> Option<i64> {
+        self.behavior.first_ts()
     }
 }
 
@@ -72,6 +81,11 @@ impl ProfileView for veer_models::baseline::BaselineState {
 
     fn events(&self) -> u64 {
         self.events()
+    }
+
+    /// Returns `None`, because the baseline detector keeps only its latest event's time.
+    fn first_ts(&self) -> Option<i64> {
+        None
     }
 }
 
@@ -181,9 +195,22 @@ pub type ProfileStore = Arc<RwLock<FxHashMap<Id, StoredProfile>>>;
 #[derive(Debug)]
 pub struct CoreRecorder<S> {
     core_of: fn(&S, usize) -> ProfileCore,
+    first_ts_of: fn(&S) -> Option<i64>,
     top_categories: usize,
-    /// Cores in event time order, with their times in Unix milliseconds; one per user and time.
-    recorded: Vec<(u64, Id, ProfileCore)>,
+    /// Cores in event time order, one per user and time.
+    recorded: Vec<RecordedCore>,
+}
+
+/// A user's core after an event, with the times the profile operator needs.
+#[derive(Debug)]
+struct RecordedCore {
+    /// Event time in Unix milliseconds.
+    time_ms: u64,
+    user: Id,
+    core: ProfileCore,
+    /// First event of the user's current stay in Unix seconds, as the detector's state keeps
+    /// it ([`ProfileView::first_ts`]).
+    stay_first_ts: Option<i64>,
 }
 
 impl<S: ProfileView> CoreRecorder<S> {
@@ -191,6 +218,7 @@ impl<S: ProfileView> CoreRecorder<S> {
     pub fn new(top_categories: usize) -> Self {
         CoreRecorder {
             core_of: core_of::<S>,
+            first_ts_of: S::first_ts,
             top_categories,
             recorded: Vec::new(),
         }
@@ -202,16 +230,23 @@ impl<S> CoreRecorder<S> {
     /// order, then by user, so a later event of the same user and time replaces the core.
     pub fn record(&mut self, time_ms: u64, user: &Id, state: &S) {
         let core = (self.core_of)(state, self.top_categories);
+        let stay_first_ts = (self.first_ts_of)(state);
         if let Some(last) = self.recorded.last_mut() {
-            if last.0 == time_ms && last.1 == *user {
-                last.2 = core;
+            if last.time_ms == time_ms && last.user == *user {
+                last.core = core;
+                last.stay_first_ts = stay_first_ts;
                 return;
             }
         }
-        self.recorded.push((time_ms, user.clone(), core));
+        self.recorded.push(RecordedCore {
+            time_ms,
+            user: user.clone(),
+            core,
+            stay_first_ts,
+        });
     }
 
-    fn take(&mut self) -> Vec<(u64, Id, ProfileCore)> {
+    fn take(&mut self) -> Vec<RecordedCore> {
         std::mem::take(&mut self.recorded)
     }
 }
@@ -268,8 +303,8 @@ pub fn profile_cores<'scope, S: ProfileView + 'static>(
             let mut tracker = CoreTracker::new(settings, idle_ms);
             move |(alerts_in, alerts_frontier), output| {
                 if let Some(recorder) = states.borrow_mut().cores.as_mut() {
-                    for (time, user, core) in recorder.take() {
-                        touched.entry(time).or_default().push((user, core));
+                    for recorded in recorder.take() {
+                        touched.entry(recorded.time_ms).or_default().push(recorded);
                     }
                 }
                 // An alert counts from the end of its second of event time, or from its
@@ -356,7 +391,7 @@ pub fn profile_cores<'scope, S: ProfileView + 'static>(
 }
 
 /// Cores recorded by the detector but not yet taken on, by event time.
-type TouchedCores = BTreeMap<u64, Vec<(Id, ProfileCore)>>;
+type TouchedCores = BTreeMap<u64, Vec<RecordedCore>>;
 
 /// The last core sent for each user, each user's latest alert, and the users' eviction times.
 struct CoreTracker {
@@ -368,8 +403,8 @@ struct CoreTracker {
     /// Event time without events after which a user loses the core, in milliseconds; `None`
     /// keeps every user.
     idle_ms: Option<u64>,
-    /// Event time of each user's latest event, in Unix milliseconds; kept only with `idle_ms`.
-    last_event_ms: FxHashMap<Id, u64>,
+    /// Each user's current stay, kept only with `idle_ms`.
+    stays: FxHashMap<Id, Stay>,
     /// Each user's eviction time (Unix milliseconds) with the user, in time order.
     evict_at: BTreeSet<(u64, Id)>,
 }
@@ -382,17 +417,18 @@ impl CoreTracker {
             unsent: FxHashMap::default(),
             latest_alerts: FxHashMap::default(),
             idle_ms: idle_ms.map(|idle_ms| idle_ms.max(0) as u64),
-            last_event_ms: FxHashMap::default(),
+            stays: FxHashMap::default(),
             evict_at: BTreeSet::new(),
         }
     }
 
     /// Takes on, in event time order, the cores of `touched` before `bound` (all of them when
     /// `bound` is `None`) and the evictions at or before `eviction_limit`. At each time, the
-    /// alerts waiting up to it are recorded first, then the users whose eviction time it is
-    /// are evicted, and then its cores are compared with the ones sent. So a user who returns
-    /// at or after the eviction time is new, whether or not the frontier passed the eviction
-    /// time in an earlier step.
+    /// users whose eviction time it is are evicted first, then the events of its cores extend
+    /// or start the users' stays, then the alerts waiting up to it are recorded, and then its
+    /// cores are compared with the ones sent. So a user who returns at or after the eviction
+    /// time is new, whether or not the frontier passed the eviction time in an earlier step,
+    /// and an alert raised by a stay's first event counts for that stay.
     fn take_on(
         &mut self,
         touched: &mut TouchedCores,
@@ -415,32 +451,56 @@ impl CoreTracker {
             let Some(time) = next_cores.into_iter().chain(next_eviction).min() else {
                 return;
             };
-            self.record_alerts_until(alerts_waiting, time);
             self.evict_until(time, updates);
-            if next_cores != Some(time) {
-                continue;
-            }
-            let mut cores = touched.remove(&time).unwrap_or_default();
+            let mut cores = if next_cores == Some(time) {
+                touched.remove(&time).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             // Each user has one core per time; the order of users is fixed.
-            cores.sort_by(|left, right| left.0.cmp(&right.0));
-            for (user, core) in cores {
-                self.record_event(&user, time);
-                self.update(&user, core, time, false, updates);
+            cores.sort_by(|left, right| left.user.cmp(&right.user));
+            for recorded in &cores {
+                self.record_event(recorded);
+            }
+            self.record_alerts_until(alerts_waiting, time);
+            for recorded in cores {
+                self.update(&recorded.user, recorded.core, time, false, updates);
             }
         }
     }
 
-    /// Records `user`'s event at `time_ms` and moves the user's eviction time after it.
-    fn record_event(&mut self, user: &Id, time_ms: u64) {
+    /// Records the event of a recorded core and moves the user's eviction time after it. The
+    /// event starts a stay when the user has none, and an alert kept from before the stay's
+    /// first event is dropped.
+    fn record_event(&mut self, recorded: &RecordedCore) {
         let Some(idle_ms) = self.idle_ms else {
             return;
         };
-        if let Some(previous_ms) = self.last_event_ms.insert(user.clone(), time_ms) {
-            self.evict_at
-                .remove(&(eviction_time(previous_ms, idle_ms), user.clone()));
+        let RecordedCore { time_ms, user, .. } = recorded;
+        match self.stays.get_mut(user) {
+            Some(stay) => {
+                self.evict_at
+                    .remove(&(eviction_time(stay.last_ms, idle_ms), user.clone()));
+                stay.last_ms = *time_ms;
+            }
+            None => {
+                // The detector's state keeps the stay's first event across a resume, when
+                // this operator starts without stays.
+                let first_ts = recorded.stay_first_ts.unwrap_or(second_of(*time_ms));
+                let stay = Stay {
+                    first_ts,
+                    last_ms: *time_ms,
+                };
+                if let Entry::Occupied(alert) = self.latest_alerts.entry(user.clone()) {
+                    if !stay.contains_alert(alert.get().ts) {
+                        alert.remove();
+                    }
+                }
+                self.stays.insert(user.clone(), stay);
+            }
         }
         self.evict_at
-            .insert((eviction_time(time_ms, idle_ms), user.clone()));
+            .insert((eviction_time(*time_ms, idle_ms), user.clone()));
     }
 
     /// Retracts, each at its eviction time, the cores of the users whose eviction time is at
@@ -454,7 +514,7 @@ impl CoreTracker {
             let Some((evict_ms, user)) = self.evict_at.pop_first() else {
                 return;
             };
-            self.last_event_ms.remove(&user);
+            self.stays.remove(&user);
             self.latest_alerts.remove(&user);
             self.unsent.remove(&user);
             if let Some(core) = self.sent.remove(&user) {
@@ -479,11 +539,16 @@ impl CoreTracker {
         }
     }
 
-    /// Keeps `alert` as `user`'s latest alert unless a later one is kept.
-    ///
-    /// NOTE: with `--models`, an alert whose window is scored after the user's eviction time
-    /// is kept for the user's return, because nothing tells which stay of the user raised it.
+    /// Keeps `alert` as `user`'s latest alert unless a later one is kept or the alert was
+    /// raised before the first event of the user's stay. The alert of a user without a stay
+    /// is kept until the user's next event, and dropped then if that event's stay began
+    /// after the alert.
     fn record_alert(&mut self, user: Id, alert: LastAlert) {
+        if let Some(stay) = self.stays.get(&user) {
+            if !stay.contains_alert(alert.ts) {
+                return;
+            }
+        }
         let newer = self
             .latest_alerts
             .get(&user)
@@ -522,6 +587,33 @@ impl CoreTracker {
         }
         updates.push(((user.clone(), core), time, 1));
     }
+}
+
+/// A user's stay: the events since the user's state was created or last evicted.
+#[derive(Clone, Copy, Debug)]
+struct Stay {
+    /// Time of the stay's first event, in Unix seconds.
+    first_ts: i64,
+    /// Time of the stay's latest event, in Unix milliseconds.
+    last_ms: u64,
+}
+
+impl Stay {
+    /// Returns whether an alert raised at `alert_ts` (Unix seconds) belongs to this stay,
+    /// that is, it was raised in the second of the stay's first event or later. The last
+    /// event of an earlier stay is older than the first event by more than the eviction time,
+    /// so with an eviction time of one second or more the test is exact.
+    ///
+    /// NOTE: with an eviction time under one second, an alert raised in the second in which
+    /// the next stay starts counts for that stay, because alerts carry whole seconds.
+    fn contains_alert(&self, alert_ts: i64) -> bool {
+        alert_ts >= self.first_ts
+    }
+}
+
+/// Returns the Unix second that contains `time_ms`.
+fn second_of(time_ms: u64) -> i64 {
+    (time_ms / 1000) as i64
 }
 
 /// Returns the eviction time of a user whose latest event is at `last_event_ms`: the first
@@ -867,6 +959,10 @@ mod tests {
         fn events(&self) -> u64 {
             self.0
         }
+
+        fn first_ts(&self) -> Option<i64> {
+            None
+        }
     }
 
     impl veer_models::Detector for CountEvents {
@@ -990,6 +1086,62 @@ mod tests {
         let at_once = users_with_cores(events, false);
         assert_eq!(stepwise, kept, "frontier advanced event by event");
         assert_eq!(at_once, kept, "frontier empty at the first step");
+    }
+
+    /// Returns the latest alert that `tracker` keeps for `user`, by its time.
+    fn kept_alert_ts(tracker: &CoreTracker, user: &Id) -> Option<i64> {
+        tracker.latest_alerts.get(user).map(|alert| alert.ts)
+    }
+
+    fn alert_at(user: u64, ts: i64) -> LastAlert {
+        LastAlert {
+            alert_id: format!("{user}-{ts}-anomaly"),
+            kind: AlertKind::Anomaly,
+            ts,
+        }
+    }
+
+    fn recorded(user: u64, time_ms: u64, stay_first_ts: Option<i64>) -> RecordedCore {
+        RecordedCore {
+            time_ms,
+            user: Id::from(user),
+            core: ProfileCore::default(),
+            stay_first_ts,
+        }
+    }
+
+    #[test]
+    fn tracker_drops_alert_of_earlier_stay() {
+        let user = Id::from(7u64);
+        let mut tracker = CoreTracker::new(ProfileSettings::default(), Some(500));
+        tracker.record_event(&recorded(7, 101_000, Some(101)));
+        tracker.record_alert(user.clone(), alert_at(7, 100));
+        assert_eq!(
+            kept_alert_ts(&tracker, &user),
+            None,
+            "alert before the stay"
+        );
+        tracker.record_alert(user.clone(), alert_at(7, 101));
+        assert_eq!(
+            kept_alert_ts(&tracker, &user),
+            Some(101),
+            "alert of the stay"
+        );
+    }
+
+    #[test]
+    fn tracker_checks_alert_of_user_without_stay() {
+        // Alerts that arrive while the user has no stay wait for the user's next event.
+        let mut tracker = CoreTracker::new(ProfileSettings::default(), Some(500));
+        let (earlier, resumed) = (Id::from(7u64), Id::from(8u64));
+        tracker.record_alert(earlier.clone(), alert_at(7, 100));
+        tracker.record_alert(resumed.clone(), alert_at(8, 100));
+        // User 7 starts a new stay at 102 s. User 8's state began at 90 s, before a resume
+        // that left this operator without stays.
+        tracker.record_event(&recorded(7, 102_000, Some(102)));
+        tracker.record_event(&recorded(8, 102_000, Some(90)));
+        assert_eq!(kept_alert_ts(&tracker, &earlier), None, "user 7");
+        assert_eq!(kept_alert_ts(&tracker, &resumed), Some(100), "user 8");
     }
 
     #[test]
