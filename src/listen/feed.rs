@@ -99,6 +99,8 @@ pub struct LiveFeed<'a> {
 struct Source {
     label: Arc<str>,
     watermark: Arc<AtomicU64>,
+    /// Newest event time the connection has sent, for the out-of-order count.
+    newest_ms: i64,
 }
 
 /// Feeds the dataflow from the TCP source until a shutdown has ended every connection.
@@ -137,6 +139,9 @@ pub(crate) fn feed(
     let mut buffered = Buffered::default();
     let mut received = 0u64;
     let mut late = 0u64;
+    // Events older than an earlier line of the same connection, as a file run counts them
+    // against earlier lines of the file.
+    let mut out_of_order = 0u64;
     let mut by_processing_time = false;
     let mut status = Status::new(settings.limits.status_interval);
 
@@ -161,7 +166,14 @@ pub(crate) fn feed(
                     watermark,
                 } => {
                     clock.open(source, now);
-                    sources.insert(source, Source { label, watermark });
+                    sources.insert(
+                        source,
+                        Source {
+                            label,
+                            watermark,
+                            newest_ms: i64::MIN,
+                        },
+                    );
                 }
                 SourceMessage::Events {
                     source,
@@ -174,8 +186,14 @@ pub(crate) fn feed(
                     let label = sources
                         .get(&source)
                         .map_or_else(|| Arc::from("tcp"), |known| known.label.clone());
+                    let mut source_newest =
+                        sources.get(&source).map_or(i64::MIN, |known| known.newest_ms);
                     let mut observed = clock.source_events(source, now);
                     for event in events {
+                        if event.ts_ms < source_newest {
+                            out_of_order += 1;
+                        }
+                        source_newest = source_newest.max(event.ts_ms);
                         if let Some(bound) = observed.observe(event.ts_ms) {
                             late += 1;
                             feeder.hooks.metrics().add_late(1);
@@ -190,8 +208,9 @@ pub(crate) fn feed(
                     if newest > i64::MIN {
                         feeder.hooks.mark_sent(newest, read_at);
                     }
-                    if let Some(known) = sources.get(&source) {
+                    if let Some(known) = sources.get_mut(&source) {
                         known.watermark.store(watermark, Ordering::Relaxed);
+                        known.newest_ms = source_newest;
                     }
                 }
                 SourceMessage::Closed { source } => {
@@ -276,7 +295,7 @@ pub(crate) fn feed(
         skipped: shared.skipped.load(Ordering::Relaxed),
         bad: shared.bad.load(Ordering::Relaxed),
         late,
-        out_of_order: 0,
+        out_of_order,
         bytes: shared.bytes.load(Ordering::Relaxed),
         damaged: Vec::new(),
     })
