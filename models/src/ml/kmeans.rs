@@ -463,7 +463,7 @@ impl DistanceBounds {
     }
 }
 
-/// How one centroid moved in an update, for [`DistanceBounds::assign_moved`].
+/// Movement of one centroid in an update, for [`DistanceBounds::assign_moved`].
 struct ClusterMove {
     /// Distance the centroid moved, raised by the slack.
     shift: f64,

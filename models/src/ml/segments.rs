@@ -400,7 +400,8 @@ mod tests {
         assert_eq!(silhouette(&distances, &[0, 1, 2], 3), 0.0);
     }
 
-    /// The silhouette as a pass over all rows in row order computes it, for comparison.
+    /// Computes the silhouette by one pass over all rows in row order: the reference that the
+    /// per-segment sums must match bit for bit.
     fn silhouette_in_row_order(distances: &Array2<f64>, labels: &[usize], k: usize) -> f64 {
         let mut sizes = vec![0usize; k];
         labels.iter().for_each(|label| sizes[*label] += 1);
