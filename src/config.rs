@@ -260,8 +260,41 @@ impl FileConfig {
             .map_err(|error| anyhow::anyhow!("{}: [models.fusion] {error}", path.display()))?;
         config
             .check_ranges()
+            .and_then(|()| config.check_paths())
             .map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))?;
         Ok(config)
+    }
+
+    /// Rejects an empty path in any path key, as the command line rejects an empty path
+    /// option. An empty path names no file, and some keys would otherwise be ignored without
+    /// a word.
+    fn check_paths(&self) -> Result<(), String> {
+        let paths = [
+            ("run", "dead_letter", &self.run.dead_letter),
+            ("models", "save", &self.models.save),
+            ("models", "load", &self.models.load),
+            ("cluster", "hostfile", &self.cluster.hostfile),
+            ("state", "checkpoint_dir", &self.state.checkpoint_dir),
+            (
+                "sinks.webhook",
+                "dead_letter",
+                &self.sinks.webhook.dead_letter,
+            ),
+        ];
+        for (section, key, path) in paths {
+            if path
+                .as_ref()
+                .is_some_and(|path| path.as_os_str().is_empty())
+            {
+                return Err(out_of_range(
+                    section,
+                    key,
+                    "\"\"",
+                    "a path that is not empty; remove the key to leave it unset",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Checks the `[time]`, `[groups]`, `[profiles]` and `[detector]` keys whose ranges no
@@ -470,6 +503,34 @@ mod tests {
                 error.contains(path.to_str().unwrap()),
                 "{text}: the error does not name the file: {error}"
             );
+        }
+    }
+
+    #[test]
+    fn empty_paths_rejected() {
+        let folder = tempfile::tempdir().expect("temporary folder");
+        let path = folder.path().join("veer.toml");
+        for (section, key) in [
+            ("run", "dead_letter"),
+            ("models", "save"),
+            ("models", "load"),
+            ("cluster", "hostfile"),
+            ("state", "checkpoint_dir"),
+            ("sinks.webhook", "dead_letter"),
+        ] {
+            let text = format!("[{section}]\n{key} = \"\"\n");
+            std::fs::write(&path, &text).expect("write the config file");
+            let error = FileConfig::load(&path).expect_err(&text).to_string();
+            let expected = format!("invalid [{section}] {key} = \"\": expected a path");
+            assert!(error.contains(&expected), "{text}: {error}");
+            assert!(
+                error.contains(path.to_str().unwrap()),
+                "{text}: the error does not name the file: {error}"
+            );
+
+            let text = format!("[{section}]\n{key} = \"x\"\n");
+            std::fs::write(&path, &text).expect("write the config file");
+            assert!(FileConfig::load(&path).is_ok(), "{text}");
         }
     }
 
