@@ -58,8 +58,10 @@ pub(crate) trait RangeSource: Sync {
     /// Reader of one range's bytes.
     type Reader: std::io::BufRead;
 
-    /// Opens a reader of the bytes of `range` of the file at `path` alone.
-    fn open(&self, path: &str, range: &Range<u64>) -> std::io::Result<Self::Reader>;
+    /// Opens a reader of the bytes of `range` of the file at `path` alone. `file_size` is the
+    /// file's size when the ranges were planned.
+    fn open(&self, path: &str, range: &Range<u64>, file_size: u64)
+        -> std::io::Result<Self::Reader>;
 }
 
 /// The [`RangeSource`] of a run: each range is read from the file itself.
@@ -70,17 +72,23 @@ impl RangeSource for FileRanges {
 
     /// Opens a reader of `range` alone. A file that has shrunk below the range's end gives a
     /// read error there.
-    fn open(&self, path: &str, range: &Range<u64>) -> std::io::Result<Self::Reader> {
+    fn open(
+        &self,
+        path: &str,
+        range: &Range<u64>,
+        file_size: u64,
+    ) -> std::io::Result<Self::Reader> {
         let mut file = File::open(path)?;
         file.seek(SeekFrom::Start(range.start))?;
         Ok(BufReader::with_capacity(
             READ_BUFFER_BYTES,
-            SizedFile::new(file, range.start, range.end),
+            SizedFile::new(file, range.start, range.end, file_size),
         ))
     }
 }
 
-/// Cuts the file at `path` into at most `threads` ranges of whole lines.
+/// Cuts the file at `path` into at most `threads` ranges of whole lines. The last range ends
+/// at the file's size.
 ///
 /// Returns `None` when the file should be read by one thread: standard input, a file that is
 /// not a regular file, gzip input (recognised by its magic bytes) or a file under 4 MiB.
@@ -141,8 +149,9 @@ fn count_newlines(
     source: &impl RangeSource,
     path: &str,
     range: &Range<u64>,
+    file_size: u64,
 ) -> std::io::Result<u64> {
-    let mut reader = source.open(path, range)?;
+    let mut reader = source.open(path, range, file_size)?;
     let mut newlines = 0u64;
     loop {
         let buffer = std::io::BufRead::fill_buf(&mut reader)?;
@@ -170,10 +179,12 @@ pub(crate) fn parse_ranges(
     progress: &SourceProgress<'_>,
 ) -> Vec<RangeOutput> {
     assert_eq!(ranges.len(), parsers.len(), "one parser per range");
+    // The ranges cover the file as planned, so the last one ends at its size then.
+    let file_size = ranges.last().map_or(0, |range| range.end);
     let newlines: Vec<std::io::Result<u64>> = std::thread::scope(|scope| {
         let counters: Vec<_> = ranges
             .iter()
-            .map(|range| scope.spawn(move || count_newlines(source, path, range)))
+            .map(|range| scope.spawn(move || count_newlines(source, path, range, file_size)))
             .collect();
         counters
             .into_iter()
@@ -195,7 +206,12 @@ pub(crate) fn parse_ranges(
             let first_line = lines_before;
             lines_before += newlines.as_ref().map_or(0, |newlines| *newlines);
             threads.push(scope.spawn(move || {
-                parse_range(source.open(path, range), first_line, parser, progress)
+                parse_range(
+                    source.open(path, range, file_size),
+                    first_line,
+                    parser,
+                    progress,
+                )
             }));
         }
         threads
@@ -394,7 +410,7 @@ mod tests {
     impl RangeSource for FailingRanges {
         type Reader = BufReader<FailAt<std::io::Take<File>>>;
 
-        fn open(&self, path: &str, range: &Range<u64>) -> std::io::Result<Self::Reader> {
+        fn open(&self, path: &str, range: &Range<u64>, _: u64) -> std::io::Result<Self::Reader> {
             let mut file = File::open(path)?;
             file.seek(SeekFrom::Start(range.start))?;
             let readable = (path == self.path && range.contains(&self.fail_at))
@@ -555,8 +571,12 @@ mod tests {
 
         // The file loses its second half after the ranges were planned at its size then.
         file.as_file().set_len(last.start + 10).unwrap();
-        let error = super::count_newlines(&FileRanges, &path, &last).unwrap_err();
+        let error = super::count_newlines(&FileRanges, &path, &last, last.end).unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
         assert!(error.to_string().contains("the file shrank"), "{error}");
+        let opened = format!("had {} bytes when it was opened", last.end);
+        assert!(error.to_string().contains(&opened), "{error}");
+        let now = format!("has {} bytes now", last.start + 10);
+        assert!(error.to_string().contains(&now), "{error}");
     }
 }
