@@ -906,15 +906,26 @@ pub fn read_events(
 pub struct OrderProfile {
     /// Events older than an event on an earlier line.
     pub out_of_order: u64,
-    /// Events that would be late if replayed in arrival order.
+    /// Events that an arrival-order replay would see out of order: older than the newest event
+    /// time its [`Watermark`] follows. Unlike `out_of_order`, this leaves out the first
+    /// [`FAR_STREAK`] events and the events behind a far-future event that did not move the
+    /// watermark.
+    pub out_of_order_in_arrival: u64,
+    /// Events that would be late if replayed in arrival order, by the [`Watermark`] of that
+    /// replay.
     pub late_in_arrival: u64,
     /// Each user's events form one contiguous block, as in dumps sorted by user.
     pub grouped_by_user: bool,
 }
 
-/// Measures how far `events` (in file order) are from time order.
+/// Measures how far `events` (in file order) are from time order, with the default
+/// `max_future_skew` of [`crate::config::TimeConfig`].
+///
+/// NOTE: a run with another `max_future_skew` can profile its input differently; use
+/// [`OrderProfiler`] with the run's value to decide as that run does.
 pub fn profile_order(events: &[Event], out_of_orderness_ms: i64) -> OrderProfile {
-    let mut profiler = OrderProfiler::new(out_of_orderness_ms);
+    let max_future_skew = crate::config::TimeConfig::default().max_future_skew;
+    let mut profiler = OrderProfiler::new(out_of_orderness_ms, max_future_skew.as_millis() as i64);
     profiler.observe(events);
     profiler.finish()
 }
@@ -924,24 +935,27 @@ pub fn profile_order(events: &[Event], out_of_orderness_ms: i64) -> OrderProfile
 #[derive(Debug)]
 pub struct OrderProfiler {
     profile: OrderProfile,
-    out_of_orderness_ms: i64,
+    /// The newest event time so far, far-future events included.
     newest: i64,
+    /// The watermark of an arrival-order replay of the same events, which judges lateness
+    /// with the guard against far-future events.
+    watermark: Watermark,
     /// Users whose block of events has ended, while the input may still be grouped by user.
     finished_users: rustc_hash::FxHashSet<Id>,
     current_user: Option<Id>,
 }
 
 impl OrderProfiler {
-    /// Creates a profiler that counts an event as late when it is older than the newest event
-    /// before it by more than `out_of_orderness_ms`.
-    pub fn new(out_of_orderness_ms: i64) -> Self {
+    /// Creates a profiler that judges lateness as an arrival-order replay with these
+    /// tolerances in milliseconds does (see [`Watermark::new`]).
+    pub fn new(out_of_orderness_ms: i64, max_future_skew_ms: i64) -> Self {
         OrderProfiler {
             profile: OrderProfile {
                 grouped_by_user: true,
                 ..Default::default()
             },
-            out_of_orderness_ms,
             newest: i64::MIN,
+            watermark: Watermark::new(out_of_orderness_ms, max_future_skew_ms),
             finished_users: Default::default(),
             current_user: None,
         }
@@ -952,11 +966,18 @@ impl OrderProfiler {
         for event in events {
             if event.ts_ms < self.newest {
                 self.profile.out_of_order += 1;
-                if event.ts_ms < self.newest.saturating_sub(self.out_of_orderness_ms) {
-                    self.profile.late_in_arrival += 1;
-                }
             }
             self.newest = self.newest.max(event.ts_ms);
+            if self
+                .watermark
+                .newest()
+                .is_some_and(|newest| event.ts_ms < newest)
+            {
+                self.profile.out_of_order_in_arrival += 1;
+            }
+            if self.watermark.observe(event.ts_ms) {
+                self.profile.late_in_arrival += 1;
+            }
         }
         if self.profile.grouped_by_user {
             self.check_grouped(events);
@@ -998,7 +1019,7 @@ pub fn replay_sorted(order: ReplayOrder, profile: &OrderProfile, events: usize) 
         ReplayOrder::EventTime => true,
         ReplayOrder::Arrival => false,
         ReplayOrder::Auto => {
-            if profile.out_of_order == 0 {
+            if profile.out_of_order_in_arrival == 0 {
                 return false;
             }
             let late_share = profile.late_in_arrival as f64 / events.max(1) as f64;
@@ -1053,6 +1074,12 @@ impl Watermark {
     /// the newest event time.
     pub fn is_started(&self) -> bool {
         self.newest.is_some()
+    }
+
+    /// Returns the newest event time that the watermark follows, or `None` before it has
+    /// started. A far-future event that did not move the watermark is not part of it.
+    pub fn newest(&self) -> Option<i64> {
+        self.newest
     }
 
     /// Returns whether an event at `ts_ms` is late, and otherwise takes it into account.
@@ -1177,6 +1204,74 @@ mod tests {
             watermark.observe(10_000_000),
             "eight far events in a row are the new time"
         );
+    }
+
+    /// Returns two inputs of 40 users who view in turn, one event a second: one in time order,
+    /// and one grouped by user.
+    fn order_cases() -> [(&'static str, Vec<Event>); 2] {
+        let view = |index: i64| {
+            let user = (index % 40) as u64;
+            let ts_ms = 1_511_539_200_000 + index * 1000;
+            Event::plain(ts_ms, user, 7u64, 70u64, veer_models::Behavior::View)
+        };
+        let in_order: Vec<Event> = (0..2_000).map(view).collect();
+        let mut grouped = in_order.clone();
+        grouped.sort_by_key(|event| event.user.clone());
+        [("in time order", in_order), ("grouped by user", grouped)]
+    }
+
+    /// Returns the replay decision of `--order auto` and the profile of `events`.
+    fn auto_decision(events: &[Event]) -> (bool, OrderProfile) {
+        let mut profiler = OrderProfiler::new(600_000, 86_400_000);
+        profiler.observe(events);
+        let profile = profiler.finish();
+        let sorted = replay_sorted(ReplayOrder::Auto, &profile, events.len());
+        (sorted, profile)
+    }
+
+    #[test]
+    fn far_future_event_leaves_auto_decision() {
+        let far_future = 99_999_999_999_000;
+        for (label, events) in order_cases() {
+            let (sorted, profile) = auto_decision(&events);
+            // Each far-future event is a view of the user of the line after it, so a grouped
+            // input stays grouped.
+            let far_view = |of: &Event| Event {
+                ts_ms: far_future,
+                ..of.clone()
+            };
+            let mut far_first = vec![far_view(&events[0])];
+            far_first.extend(events.iter().cloned());
+            let mut far_inside = events.clone();
+            far_inside.insert(1_000, far_view(&events[1_000]));
+            for (place, with_far) in [("first", far_first), ("at line 1001", far_inside)] {
+                let (sorted_with_far, profile_with_far) = auto_decision(&with_far);
+                assert_eq!(sorted_with_far, sorted, "{label}, far-future event {place}");
+                assert_eq!(
+                    profile_with_far.late_in_arrival, profile.late_in_arrival,
+                    "{label}, far-future event {place}"
+                );
+                assert_eq!(
+                    profile_with_far.grouped_by_user, profile.grouped_by_user,
+                    "{label}, far-future event {place}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn auto_decision_of_order_cases() {
+        let [(_, in_order), (_, grouped)] = order_cases();
+        let (sorted, profile) = auto_decision(&in_order);
+        assert!(
+            !sorted,
+            "an input in time order is replayed in arrival order"
+        );
+        assert_eq!(profile.out_of_order, 0);
+        let (sorted, profile) = auto_decision(&grouped);
+        assert!(sorted, "an input grouped by user is sorted");
+        assert!(profile.grouped_by_user);
+        assert!(profile.late_in_arrival > 1_000, "{profile:?}");
     }
 
     #[test]

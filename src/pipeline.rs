@@ -1258,7 +1258,8 @@ fn feed_input(
             let mut buffered: Vec<BufferedBatch> = Vec::new();
             // The input index of each buffered batch, for late records.
             let mut buffered_inputs: Vec<usize> = Vec::new();
-            let mut profiler = ingest::OrderProfiler::new(shared.out_of_orderness_ms);
+            let mut profiler =
+                ingest::OrderProfiler::new(shared.out_of_orderness_ms, shared.max_future_skew_ms);
             let mut counts;
             let stream_arrival = shared.order == ReplayOrder::Arrival;
             let mut out_of_order = 0u64;

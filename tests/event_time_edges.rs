@@ -142,6 +142,53 @@ fn far_future_first_event_of_a_connection() {
     assert_eq!(summary_count(&log, "late"), 0, "{log}");
 }
 
+/// Returns the replay order that a run's summary names on its `out of order` line.
+fn replay_order(run: &RunOutput) -> &str {
+    let line = run
+        .stderr
+        .lines()
+        .find(|line| line.starts_with("out of order"))
+        .unwrap_or_else(|| panic!("no `out of order` line:\n{}", run.stderr));
+    let (_, order) = line
+        .split_once("replay: ")
+        .unwrap_or_else(|| panic!("no replay order in {line:?}"));
+    order.trim_end_matches(')')
+}
+
+#[test]
+fn far_future_first_event_keeps_auto_order() {
+    let folder = tempfile::tempdir().unwrap();
+    let (events, _) = common::generate_stream(folder.path(), 200, 5, 7);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let [far, _] = far_first_lines();
+    let far = far.replace("\"user\":1,", &format!("\"user\":{},", first["user"]));
+    let with_far = write(folder.path(), "far.jsonl", &format!("{far}{text}"));
+
+    let plain = run_veer(&["--input", arg(&events)]);
+    let far_run = run_veer(&["--input", arg(&with_far)]);
+    assert_eq!(plain.status, 0, "{}", plain.stderr);
+    assert_eq!(far_run.status, 0, "{}", far_run.stderr);
+    assert_eq!(replay_order(&plain), "arrival order", "{}", plain.stderr);
+    assert_eq!(
+        replay_order(&far_run),
+        replay_order(&plain),
+        "{}",
+        far_run.stderr
+    );
+    assert!(!plain.alerts.is_empty(), "no alerts to compare");
+    assert_eq!(far_run.alerts_text, plain.alerts_text);
+    // The far-future line is one more event, and nothing else changes.
+    for (name, more) in [("lines read", 1), ("events", 1), ("late", 0), ("bad", 0)] {
+        assert_eq!(
+            far_run.summary_count(name),
+            plain.summary_count(name) + more,
+            "{name}: {}",
+            far_run.stderr
+        );
+    }
+}
+
 #[test]
 fn microsecond_timestamps_are_bad_records() {
     let folder = tempfile::tempdir().unwrap();
