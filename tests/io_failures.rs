@@ -1,7 +1,8 @@
 //! Failed reads and writes of `veer run`: a gzip input cut in the middle or damaged at its
-//! start, and an alert file or checkpoints on a disk that fills up. The lines read before the
-//! damage are processed, the alert file keeps whole lines only, failed checkpoints leave no
-//! file, the summary counts what happened, and the error names the file.
+//! start, a standard input that cannot be read, and an alert file or checkpoints on a disk that
+//! fills up. The lines read before the damage are processed, the alert file keeps whole lines
+//! only, failed checkpoints leave no file, the summary counts what happened, and the error
+//! names the file.
 
 mod common;
 
@@ -111,6 +112,79 @@ fn gzip_damaged_at_start_reads_later_inputs() {
         error.contains("after line 0 (uncompressed byte 0)"),
         "{error}"
     );
+}
+
+/// How `veer run --input -` finds its standard input.
+enum Stdin {
+    /// Descriptor 0 closed, as `<&-` in a shell leaves it.
+    Closed,
+    /// A file opened for writing only, so a read fails with EBADF.
+    WriteOnly(std::fs::File),
+    /// `/dev/null`.
+    Null,
+}
+
+/// Runs `veer run --input -` with `stdin` and returns the exit code and standard error.
+fn run_with_stdin(stdin: Stdin) -> (i32, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_veer"));
+    command
+        .args(["run", "--no-progress", "--input", "-"])
+        .env("VEER_LOG", "warn");
+    match stdin {
+        Stdin::Closed => {
+            // SAFETY: between fork and exec the closure only calls `close`, which is
+            // async-signal-safe.
+            unsafe {
+                command.pre_exec(|| {
+                    libc::close(libc::STDIN_FILENO);
+                    Ok(())
+                });
+            }
+        }
+        Stdin::WriteOnly(file) => {
+            command.stdin(file);
+        }
+        Stdin::Null => {
+            command.stdin(std::process::Stdio::null());
+        }
+    }
+    let output = command.output().expect("the veer binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn unusable_stdin_is_input_error() {
+    let folder = tempfile::tempdir().unwrap();
+    let write_only = std::fs::File::create(folder.path().join("write-only")).unwrap();
+    for (label, stdin) in [
+        ("closed", Stdin::Closed),
+        ("write-only", Stdin::WriteOnly(write_only)),
+    ] {
+        let (status, stderr) = run_with_stdin(stdin);
+        assert_eq!(status, 2, "{label}: {stderr}");
+        let error = summary_line(&stderr, "error:");
+        assert!(
+            error.contains("cannot read standard input (--input -)"),
+            "{label}: {error}"
+        );
+        assert!(
+            error.contains("file descriptor 0 is closed or not open for reading"),
+            "{label}: {error}"
+        );
+    }
+}
+
+#[test]
+fn null_or_empty_stdin_is_empty_input() {
+    let (status, stderr) = run_with_stdin(Stdin::Null);
+    assert_eq!(status, 0, "/dev/null: {stderr}");
+    let lines = summary_line(&stderr, "lines read");
+    assert_eq!(lines.split_whitespace().last(), Some("0"), "{stderr}");
+
+    let run = common::run_veer_with_stdin(&["--input", "-"], b"");
+    assert_eq!(run.status, 0, "empty pipe: {}", run.stderr);
+    assert_eq!(run.summary_count("lines read"), 0, "{}", run.stderr);
 }
 
 /// Runs `veer run` on `input` with its files limited to `limit_bytes` (`RLIMIT_FSIZE`), so that

@@ -316,9 +316,10 @@ pub fn open_input_until_shutdown(
     path: &str,
 ) -> io::Result<(Box<dyn BufRead + Send>, Option<ShutdownCut>)> {
     if path == "-" {
-        let stdin = pipe::PipeUntilShutdown::stdin();
+        let stdin = pipe::PipeUntilShutdown::stdin().map_err(stdin_error)?;
         let cut = stdin.cut();
-        let reader = wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, stdin))?;
+        let reader = wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, stdin))
+            .map_err(stdin_error)?;
         return Ok((reader, Some(cut)));
     }
     let cannot = |verb: &str, error: io::Error| {
@@ -347,6 +348,21 @@ pub fn open_input_until_shutdown(
     let reader = wrap_decoder(BufReader::with_capacity(READ_BUFFER_BYTES, pipe))
         .map_err(|error| cannot("read", error))?;
     Ok((reader, Some(cut)))
+}
+
+/// Returns the error of a standard input that cannot be read. EBADF, a descriptor 0 that is
+/// closed or open only for writing, gets what to do about it.
+fn stdin_error(error: io::Error) -> io::Error {
+    let hint = if error.raw_os_error() == Some(libc::EBADF) {
+        ": file descriptor 0 is closed or not open for reading. Send the events through a pipe \
+         or `< FILE`, or name the file with --input PATH"
+    } else {
+        ""
+    };
+    io::Error::new(
+        error.kind(),
+        format!("cannot read standard input (--input -): {error}{hint}"),
+    )
 }
 
 /// Clears `O_NONBLOCK` on an opened file.

@@ -17,6 +17,30 @@ use std::sync::Arc;
 /// How long one wait for data lasts before the shutdown flag is checked again, in milliseconds.
 const POLL_MS: libc::c_int = 200;
 
+/// Whether file descriptor 0 was closed when the process started. Rust's runtime opens
+/// `/dev/null` on a closed standard descriptor before `main` (`sanitize_standard_fds` in std's
+/// Unix `init`, Rust 1.95), so a read could not tell a closed standard input from an empty one.
+static STDIN_CLOSED_AT_START: AtomicBool = AtomicBool::new(false);
+
+/// Records whether file descriptor 0 is closed. The C runtime calls it from `.init_array`
+/// before `main`, so before Rust's runtime replaces a closed descriptor.
+///
+/// NOTE: only on Linux. Elsewhere a closed standard input reads as an empty one.
+#[cfg(target_os = "linux")]
+extern "C" fn record_stdin_at_start() {
+    // SAFETY: F_GETFD only reads the flags of descriptor 0, and fails with EBADF when it is
+    // closed.
+    let flags = unsafe { libc::fcntl(libc::STDIN_FILENO, libc::F_GETFD) };
+    if flags == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::EBADF) {
+        STDIN_CLOSED_AT_START.store(true, Ordering::Relaxed);
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array"]
+static RECORD_STDIN_AT_START: extern "C" fn() = record_stdin_at_start;
+
 /// The mark a [`PipeUntilShutdown`] sets when a shutdown, not its writer, ended the input.
 #[derive(Clone, Debug, Default)]
 pub struct ShutdownCut(Arc<AtomicBool>);
@@ -39,16 +63,26 @@ pub(super) struct PipeUntilShutdown {
 }
 
 impl PipeUntilShutdown {
-    /// Reads standard input (file descriptor 0).
-    pub(super) fn stdin() -> Self {
-        // SAFETY: descriptor 0 stays open for the life of the process, and `ManuallyDrop`
-        // keeps this `File` from closing it.
+    /// Reads standard input (file descriptor 0). Fails with EBADF when the descriptor was
+    /// closed when the process started or is not open now.
+    pub(super) fn stdin() -> io::Result<Self> {
+        if STDIN_CLOSED_AT_START.load(Ordering::Relaxed) {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        let mut status = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: fstat writes at most one `stat` into `status`, which is only checked for
+        // the call's result and then dropped.
+        if unsafe { libc::fstat(libc::STDIN_FILENO, status.as_mut_ptr()) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: descriptor 0 is open and stays open for the life of the process, and
+        // `ManuallyDrop` keeps this `File` from closing it.
         let file = unsafe { File::from_raw_fd(libc::STDIN_FILENO) };
-        PipeUntilShutdown {
+        Ok(PipeUntilShutdown {
             file: ManuallyDrop::new(file),
             owned: false,
             cut: ShutdownCut::default(),
-        }
+        })
     }
 
     /// Reads an opened pipe or device, and closes it when dropped. The file may be
