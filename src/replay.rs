@@ -7,7 +7,7 @@
 //! it, and explanations use it to trace one user's events with the detector's state after
 //! each of them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use veer_models::attributes::AttributeHistory;
 use veer_models::fusion::{FusionConfig, FusionRule, UserFusion};
@@ -59,18 +59,19 @@ pub fn replay(
     settings: &ReplaySettings,
     mut observe: impl FnMut(&Event, &UserState, &StepTrace, &[Alert]),
 ) -> Result<Vec<Alert>, veer_models::detector::ConfigError> {
-    let (alerts, _) = replay_traced(events, settings, |event, state, trace, raised, _| {
+    let (alerts, _) = replay_traced(events, settings, |event, state, trace, raised, _, _| {
         observe(event, state, trace, raised)
     })?;
     Ok(alerts)
 }
 
-/// Runs [`replay`], also passing `observe` the group map that the event was judged with, and
-/// returns the alerts with the last group map.
+/// Runs [`replay`] and returns the alerts with the last group map. `observe` also gets the
+/// group map that the event was judged with, and whether the event started a stay of its
+/// user: the user's first event, or the first after an eviction.
 fn replay_traced(
     events: &[Event],
     settings: &ReplaySettings,
-    mut observe: impl FnMut(&Event, &UserState, &StepTrace, &[Alert], &GroupMap),
+    mut observe: impl FnMut(&Event, &UserState, &StepTrace, &[Alert], &GroupMap, bool),
 ) -> Result<(Vec<Alert>, GroupMap), veer_models::detector::ConfigError> {
     let detector = ShiftDetector::new(settings.detector.clone())?;
     let window_ms = settings.window_ms.max(1);
@@ -105,19 +106,22 @@ fn replay_traced(
         });
         counter.count(&event, delta);
 
-        let (last_ts_ms, state) = users
-            .entry(event.user.clone())
-            .or_insert_with(|| (event.ts_ms, UserState::default()));
+        let mut new_stay = false;
+        let (last_ts_ms, state) = users.entry(event.user.clone()).or_insert_with(|| {
+            new_stay = true;
+            (event.ts_ms, UserState::default())
+        });
         if settings
             .evict_idle_ms
             .is_some_and(|idle| event.ts_ms - *last_ts_ms > idle)
         {
             *state = UserState::default();
+            new_stay = true;
         }
         *last_ts_ms = event.ts_ms;
         raised.clear();
         let trace = detector.observe_traced(state, event, &groups, &mut raised);
-        observe(event, state, &trace, &raised, &groups);
+        observe(event, state, &trace, &raised, &groups, new_stay);
         alerts.append(&mut raised);
     }
     alerts.sort_by(|a, b| (a.ts, &a.user, a.kind).cmp(&(b.ts, &b.user, b.kind)));
@@ -245,7 +249,7 @@ pub fn replay_with_models(
         ..settings.clone()
     };
     let window_ms = settings.window_ms.max(1);
-    let (closed, detector_alerts) = user_windows(events, settings, models)?;
+    let (closed, detector_alerts, new_stays) = user_windows(events, settings, models)?;
     let mut output = ModelRunOutput::default();
     let schedule = decide_schedule(&closed, models.schedule_settings(window_ms));
     output.bootstrap_start_ms = schedule.as_ref().map(|schedule| schedule.start_ms);
@@ -271,6 +275,10 @@ pub fn replay_with_models(
     let mut alerts = Vec::new();
     let mut users: HashMap<Id, UserFusion> = HashMap::new();
     for window in &closed {
+        // A user back after an eviction starts the rule afresh, as in the pipeline.
+        if new_stays.contains(&(window.user.clone(), window.start_ms)) {
+            users.remove(&window.user);
+        }
         let raised = by_window
             .remove(&(window.user.clone(), window.start_ms))
             .unwrap_or_default();
@@ -329,7 +337,7 @@ pub fn evaluate_interest(
     grid: &InterestGrid,
 ) -> anyhow::Result<InterestBenchmark> {
     let window_ms = settings.window_ms.max(1);
-    let (closed, _) = user_windows(events, settings, models)?;
+    let (closed, _, _) = user_windows(events, settings, models)?;
     let schedule = decide_schedule(&closed, models.schedule_settings(window_ms))
         .ok_or_else(|| anyhow::anyhow!("no windows to evaluate on"))?;
     let bootstrap_end = schedule.applies_from(0);
@@ -390,18 +398,20 @@ pub fn model_windows(
     settings: &ReplaySettings,
     models: &ModelRunSettings,
 ) -> anyhow::Result<Vec<(Id, u64, WindowFeatures)>> {
-    let (closed, _) = user_windows(events, settings, models)?;
+    let (closed, _, _) = user_windows(events, settings, models)?;
     Ok(closed
         .into_iter()
         .map(|window| (window.user, window.start_ms, window.features))
         .collect())
 }
 
-/// The events of one user window and whether any was part of a burst.
+/// The events of one user window, whether any was part of a burst, and whether one started a
+/// stay of the user.
 #[derive(Default)]
 struct WindowEvents {
     events: Vec<WindowEvent>,
     burst: bool,
+    new_stay: bool,
 }
 
 /// Decides the start of the bootstrap period from every window, as the fit operator does at
@@ -456,7 +466,8 @@ fn fit_versions(
 }
 
 /// Builds every user window of the replay, sorted by user and window start, and returns them
-/// with the detector's alerts.
+/// with the detector's alerts and the windows (user and start) whose events started a stay of
+/// their user.
 ///
 /// Each window is closed with the group map that its own events were judged with, and with
 /// the attribute row in force at its last event.
@@ -464,33 +475,42 @@ fn user_windows(
     events: &[Event],
     settings: &ReplaySettings,
     models: &ModelRunSettings,
-) -> anyhow::Result<(Vec<ClosedWindow>, Vec<Alert>)> {
+) -> anyhow::Result<(Vec<ClosedWindow>, Vec<Alert>, BTreeSet<(Id, u64)>)> {
     models.window.validate()?;
     let window_ms = settings.window_ms.max(1);
     let mut by_user: BTreeMap<Id, BTreeMap<u64, WindowEvents>> = BTreeMap::new();
     let mut groups_by_window: HashMap<u64, GroupMap> = HashMap::new();
     let mut detector_alerts: Vec<Alert> = Vec::new();
-    replay_traced(events, settings, |event, _, trace, raised, groups| {
-        let time = event.ts_ms as u64;
-        let start = time - time % window_ms;
-        groups_by_window
-            .entry(start)
-            .or_insert_with(|| groups.clone());
-        let window = by_user
-            .entry(event.user.clone())
-            .or_default()
-            .entry(start)
-            .or_default();
-        window.events.push(WindowEvent::from(event));
-        window.burst |= trace.in_burst;
-        detector_alerts.extend_from_slice(raised);
-    })?;
+    replay_traced(
+        events,
+        settings,
+        |event, _, trace, raised, groups, new_stay| {
+            let time = event.ts_ms as u64;
+            let start = time - time % window_ms;
+            groups_by_window
+                .entry(start)
+                .or_insert_with(|| groups.clone());
+            let window = by_user
+                .entry(event.user.clone())
+                .or_default()
+                .entry(start)
+                .or_default();
+            window.events.push(WindowEvent::from(event));
+            window.burst |= trace.in_burst;
+            window.new_stay |= new_stay;
+            detector_alerts.extend_from_slice(raised);
+        },
+    )?;
 
     let window_settings = models.window_settings();
     let mut closed = Vec::new();
+    let mut new_stays = BTreeSet::new();
     for (user, windows) in by_user {
         let mut history = UserHistory::default();
         for (start, window) in windows {
+            if window.new_stay {
+                new_stays.insert((user.clone(), start));
+            }
             let last_ms = window.events.last().map_or(0, |event| event.ts_ms as u64);
             let closed_window = history.close(
                 &user,
@@ -504,5 +524,5 @@ fn user_windows(
             closed.extend(closed_window);
         }
     }
-    Ok((closed, detector_alerts))
+    Ok((closed, detector_alerts, new_stays))
 }

@@ -260,3 +260,108 @@ fn fusion_not_worse_than_core_on_default_stream() {
         );
     }
 }
+
+/// Users of [`returning_user_starts_fusion_afresh`]: one back after an eviction, and one whose
+/// pause is shorter than the eviction time.
+const RETURNING_USER: u64 = 777_001;
+const STAYING_USER: u64 = 777_002;
+
+/// Appends one session of views of `categories`, a minute apart from `start_secs`.
+fn push_session(lines: &mut Vec<(i64, String)>, user: u64, categories: &[u64], start_secs: i64) {
+    for (step, category) in categories.iter().enumerate() {
+        let ts = start_secs + 60 * step as i64;
+        let item = category * 10;
+        let line = format!(
+            r#"{{"user":{user},"item":{item},"category":{category},"behavior":"view","ts":{ts}}}"#
+        );
+        lines.push((ts, line));
+    }
+}
+
+/// Appends a stay of `user` from `start_secs`: seven sessions in the usual categories 1001 to
+/// 1003, then two sessions in the new pair `novel`, 40 minutes apart. Returns the time of the
+/// stay's last event.
+fn push_stay(lines: &mut Vec<(i64, String)>, user: u64, start_secs: i64, novel: [u64; 2]) -> i64 {
+    let gap = 40 * 60;
+    let mut start = start_secs;
+    for _ in 0..7 {
+        push_session(lines, user, &[1001, 1002, 1003, 1001, 1002], start);
+        start += gap;
+    }
+    let [a, b] = novel;
+    for _ in 0..2 {
+        push_session(lines, user, &[a, b, a, b, a], start);
+        start += gap;
+    }
+    start - gap + 4 * 60
+}
+
+/// Writes the generated stream of 200 users and 5 days with two users who each shift twice,
+/// the second time within the 3 days in which the fusion rule drops a user's later
+/// candidates. The returning user pauses 8 hours between the shifts, longer than the eviction
+/// time of 6 hours, and the staying user 4 hours.
+fn write_returning_stream(folder: &std::path::Path) -> std::path::PathBuf {
+    let (events, _) = generate_stream(folder, 200, 5, 7);
+    let text = std::fs::read_to_string(&events).unwrap();
+    let mut lines: Vec<(i64, String)> = text
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            (value["ts"].as_i64().unwrap(), line.to_string())
+        })
+        .collect();
+    let start = lines.iter().map(|(ts, _)| *ts).min().unwrap() + 3 * 86_400;
+    // Other users visit each new pair together, so that each pair forms a group.
+    for helper in 0..6 {
+        let mut session_start = start - 20 * 3_600 + 600 * helper as i64;
+        for _ in 0..4 {
+            let (first, second) = (900_000 + helper, 910_000 + helper);
+            push_session(&mut lines, first, &[2001, 2002, 2001, 2002], session_start);
+            push_session(&mut lines, second, &[3001, 3002, 3001, 3002], session_start);
+            session_start += 3 * 3_600;
+        }
+    }
+    for (user, pause) in [(RETURNING_USER, 8 * 3_600), (STAYING_USER, 4 * 3_600)] {
+        let end = push_stay(&mut lines, user, start, [2001, 2002]);
+        push_stay(&mut lines, user, end + pause, [3001, 3002]);
+    }
+    lines.sort_by_key(|(ts, _)| *ts);
+    let path = folder.join("returning.jsonl");
+    let text: String = lines.iter().map(|(_, line)| format!("{line}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn returning_user_starts_fusion_afresh() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let events = write_returning_stream(folder.path());
+    // Only candidates raise shift alerts: alarms need 20 recurring events, and every
+    // candidate whose window follows an earlier window of the user is confirmed.
+    let config = folder.path().join("veer.toml");
+    let settings = "[detector]\nmin_recurring_events = 20\n\
+                    [models.fusion]\ncandidate_surprise = 0.0\ncandidate_cusum = 0.0\n\
+                    use_anomaly = false\n";
+    std::fs::write(&config, settings).unwrap();
+    let run = run_veer(&[
+        "--input",
+        arg(&events),
+        "--models",
+        "--config",
+        arg(&config),
+        "--evict-after",
+        "6h",
+    ]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+
+    // The staying user's second candidate comes within 3 days of the first alerted one, so
+    // the rule drops it. The returning user's state was evicted, so the rule starts afresh.
+    let returning = run.shifts_of(&RETURNING_USER.to_string());
+    let staying = run.shifts_of(&STAYING_USER.to_string());
+    assert_eq!(staying.len(), 1, "{staying:?}");
+    assert_eq!(returning.len(), 2, "{returning:?}");
+    assert_eq!(returning[0]["ts"], staying[0]["ts"], "{returning:?}");
+    let to_of = |alert: &serde_json::Value| alert["to"][0]["category"].as_u64();
+    assert_eq!(to_of(returning[0]), Some(2001), "{returning:?}");
+    assert_eq!(to_of(returning[1]), Some(3001), "{returning:?}");
+}

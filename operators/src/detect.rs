@@ -111,9 +111,10 @@ pub fn detect_shifts<'scope, D: Detector>(
     state: DetectHandle<D::State>,
     stats: Rc<RefCell<DetectStats>>,
 ) -> StreamVec<'scope, u64, Alert> {
-    let emit = |_: Event, _: &D::State, alerts: &mut Vec<Alert>, output: &mut Vec<Alert>| {
-        output.append(alerts);
-    };
+    let emit =
+        |_: Event, _: bool, _: &D::State, alerts: &mut Vec<Alert>, output: &mut Vec<Alert>| {
+            output.append(alerts);
+        };
     detect_and_emit(
         events, population, detector, settings, state, stats, true, emit,
     )
@@ -131,6 +132,7 @@ pub fn detect_shifts_observed<'scope, D: Detector>(
     stats: Rc<RefCell<DetectStats>>,
 ) -> StreamVec<'scope, u64, Observation> {
     let emit = |event: Event,
+                new_stay: bool,
                 state: &D::State,
                 alerts: &mut Vec<Alert>,
                 output: &mut Vec<Observation>| {
@@ -153,6 +155,7 @@ pub fn detect_shifts_observed<'scope, D: Detector>(
                 session,
             },
             burst: D::in_burst(state),
+            new_stay,
             alerts: std::mem::take(alerts),
         });
     };
@@ -195,12 +198,16 @@ pub struct Observation {
     pub event: WindowEvent,
     /// Whether the detector counted the event as part of a burst.
     pub burst: bool,
+    /// Whether the event started a stay of the user: it is the user's first event, or the
+    /// first after an eviction (`--evict-after`) dropped or reset the user's state.
+    pub new_stay: bool,
     /// Alerts the event raised.
     pub alerts: Vec<Alert>,
 }
 
-/// The operator behind [`detect_shifts`]: after each event, `emit` moves the event, the
-/// user's state and the alerts it raised into output records. With `keep_last_alert`, each
+/// The operator behind [`detect_shifts`]: after each event, `emit` moves the event, whether it
+/// started a stay of the user ([`Observation::new_stay`]), the user's state and the alerts it
+/// raised into output records. With `keep_last_alert`, each
 /// user's latest alert is kept for `/users/{id}`; without it, the caller keeps the alerts it
 /// finally sends with [`keep_last_alerts`].
 #[allow(clippy::too_many_arguments)]
@@ -212,7 +219,7 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
     state: DetectHandle<D::State>,
     stats: Rc<RefCell<DetectStats>>,
     keep_last_alert: bool,
-    emit: impl Fn(Event, &D::State, &mut Vec<Alert>, &mut Vec<R>) + 'static,
+    emit: impl Fn(Event, bool, &D::State, &mut Vec<Alert>, &mut Vec<R>) + 'static,
 ) -> StreamVec<'scope, u64, R> {
     let window_ms = settings.window_ms;
     events.binary_frontier(
@@ -273,7 +280,9 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                     if let Some(timeline) = &mut stats.timeline {
                         timeline.push((event.user.clone(), event.ts_secs()));
                     }
+                    let mut new_stay = false;
                     let tracked = state.users.get_or_insert_with(&event.user, || {
+                        new_stay = true;
                         stats.users += 1;
                         Box::new(TrackedUser {
                             user: event.user.clone(),
@@ -293,6 +302,7 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                         tracked.last_alert = None;
                         state.evicted += 1;
                         stats.users += 1;
+                        new_stay = true;
                     }
                     tracked.last_event_ms = event.ts_ms;
                     let earlier_alerts = alerts.len();
@@ -305,7 +315,7 @@ fn detect_and_emit<'scope, D: Detector, R: Clone + 'static>(
                             tracked.last_alert = Some(Box::new(alert.clone()));
                         }
                     }
-                    emit(event, &tracked.state, &mut alerts, &mut records);
+                    emit(event, new_stay, &tracked.state, &mut alerts, &mut records);
                 }
                 if !records.is_empty() {
                     if let Some(capability) = held.get() {

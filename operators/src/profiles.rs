@@ -307,10 +307,13 @@ pub fn profile_cores<'scope, S: ProfileView + 'static>(
                         touched.entry(recorded.time_ms).or_default().push(recorded);
                     }
                 }
-                // An alert counts from the end of its second of event time, or from its
-                // stamp when later (the model path's alerts wait for their window). So a
-                // core never shows an alert raised after it, and the alerts a core shows
-                // have all arrived once the frontier passes the core's time.
+                // An alert counts from the end of its second of event time. So a core never
+                // shows an alert raised after it, and the alerts a core shows have all
+                // arrived once the frontier passes the core's time. Both alert paths stamp an
+                // alert at or before its event time: the model path's alerts wait for their
+                // window in processing time only, stamped at or before the window's first
+                // event. The `max` with the stamp only keeps the key at or after the
+                // capability, should a stamp ever be later.
                 alerts_in.for_each_stamp(|capability, data| {
                     let Some(stamp) = capability.least().copied() else {
                         return;

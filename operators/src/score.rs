@@ -116,10 +116,15 @@ fn score_ready(
 /// [`FusionRule::pass_unscored`]. Each user's windows arrive, and are fused, in time order.
 ///
 /// Each scored window also sends its segment. `state` may come from a checkpoint. `traffic`
-/// counts the updates received and the windows waiting, for checkpoints.
+/// counts the updates received and the windows waiting, for checkpoints. A window that starts
+/// a stay of its user ([`WindowRecord::new_stay_of`]) drops the user's rule state first, so a
+/// user back after an eviction starts the rule afresh, as the detector does.
 ///
-/// NOTE: the rule's state is kept for every user with an alerted candidate whose run has not
-/// ended in an alarm, for the whole run.
+/// NOTE: the rule's state is kept for every user with a window that had alerts or was
+/// anomalous. It is dropped only when the user returns after an eviction, so an evicted user
+/// who never returns keeps it for the whole run. With an eviction time shorter than the
+/// window, a window can also hold the end of the earlier stay, whose alerts are then fused
+/// afresh too.
 pub fn score_windows<'scope>(
     windows: StreamVec<'scope, u64, WindowRecord>,
     updates: StreamVec<'scope, u64, ModelUpdate>,
@@ -211,6 +216,9 @@ pub fn score_windows<'scope>(
                     }
                 });
                 for ((record, models), signals) in ready.into_iter().zip(signals) {
+                    if let Some(user) = &record.new_stay_of {
+                        users.remove(user);
+                    }
                     let raised = record.alerts;
                     match (record.window, models, signals) {
                         (Some(window), Some(models), Some(WindowSignals::Full(signals))) => {

@@ -28,6 +28,9 @@ pub struct WindowRecord {
     /// every reader but the last.
     pub window: Option<Rc<ClosedWindow>>,
     pub alerts: Vec<Alert>,
+    /// The window's user when one of its events started a stay of the user
+    /// ([`Observation::new_stay`]), so that the fusion rule starts afresh; `None` otherwise.
+    pub new_stay_of: Option<Id>,
 }
 
 /// One input of [`build_user_windows`], merged into one stream.
@@ -44,6 +47,8 @@ pub struct OpenWindow {
     events: Vec<WindowEvent>,
     burst: bool,
     alerts: Vec<Alert>,
+    /// Whether one of the events started a stay of the user ([`Observation::new_stay`]).
+    new_stay: bool,
 }
 
 /// Everything the operator keeps about one user.
@@ -224,6 +229,7 @@ pub fn build_user_windows<'scope>(
                                 }
                                 window.events.push(observed.event);
                                 window.burst |= observed.burst;
+                                window.new_stay |= observed.new_stay;
                                 window.alerts.extend(observed.alerts);
                             }
                             WindowInput::Population(info) => {
@@ -286,6 +292,7 @@ pub fn build_user_windows<'scope>(
                     closed.push(WindowRecord {
                         window: window_features.map(Rc::new),
                         alerts: window.alerts,
+                        new_stay_of: window.new_stay.then(|| user.clone()),
                     });
                     let mut events = window.events;
                     if events.capacity() <= MAX_SPARE_CAPACITY
