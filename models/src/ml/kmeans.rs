@@ -182,10 +182,9 @@ fn plus_plus_centroids<R: Rng>(
     centroids
 }
 
-/// Returns the index of the centroid nearest to `point` and its squared distance. Of equally
-/// near centroids the first wins.
-#[cfg(test)]
-fn nearest_centroid(centroids: &[f64], width: usize, point: &[f64]) -> (usize, f64) {
+/// Returns the index of the centroid nearest to `point` and its squared distance, as linfa's
+/// `closest_centroid` does for `L2Dist`. Of equally near centroids the first wins.
+pub(super) fn nearest_centroid(centroids: &[f64], width: usize, point: &[f64]) -> (usize, f64) {
     let mut nearest = (0, squared_distance(&centroids[..width], point));
     for (index, centroid) in centroids.chunks_exact(width).enumerate().skip(1) {
         let distance = squared_distance(centroid, point);
