@@ -302,8 +302,9 @@ impl ModelSet {
 
     /// Returns the model input for a window: its selected features, standardized.
     pub fn model_input(&self, window: &WindowFeatures) -> Result<Vec<f64>, MlError> {
-        let selected = self.selector.select_row(window.values())?;
-        self.standardizer.transform_row(&selected)
+        let mut input = self.selector.select_row(window.values())?;
+        self.standardizer.transform_in_place(&mut input)?;
+        Ok(input)
     }
 
     /// Returns the window's segment.

@@ -57,18 +57,22 @@ impl Standardizer {
 
     /// Scales one row, rejecting a wrong width or a NaN or infinite value.
     pub fn transform_row(&self, row: &[f64]) -> Result<Vec<f64>, MlError> {
+        let mut scaled = row.to_vec();
+        self.transform_in_place(&mut scaled)?;
+        Ok(scaled)
+    }
+
+    /// Scales one row in place, as [`Standardizer::transform_row`] does.
+    pub fn transform_in_place(&self, row: &mut [f64]) -> Result<(), MlError> {
         check_row("standardizer", row, self.width(), None)?;
-        Ok(row
-            .iter()
-            .zip(self.means.iter().zip(&self.scales))
-            .map(|(value, (mean, scale))| {
-                if *scale == 0.0 {
-                    0.0
-                } else {
-                    (value - mean) / scale
-                }
-            })
-            .collect())
+        for (value, (mean, scale)) in row.iter_mut().zip(self.means.iter().zip(&self.scales)) {
+            *value = if *scale == 0.0 {
+                0.0
+            } else {
+                (*value - mean) / scale
+            };
+        }
+        Ok(())
     }
 
     /// Scales every row of a matrix, and returns the rows in row-major (standard) layout.
