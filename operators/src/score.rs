@@ -17,7 +17,7 @@ use veer_models::{Alert, Id};
 use crate::capability::HeldCapability;
 use crate::fit::ModelUpdate;
 use crate::model_state::ModelTraffic;
-use crate::segments::{Scored, WindowSegment};
+use crate::segments::{AttributeColumns, Scored, WindowSegment};
 use crate::versions::{Lookup, ModelVersions};
 use crate::windows::WindowRecord;
 
@@ -105,6 +105,21 @@ fn score_ready(
     signals
 }
 
+/// Returns the attribute columns of `models`, from `cache` when they were computed for the same
+/// model set.
+fn attribute_columns<'a>(
+    cache: &'a mut Option<(Arc<ModelSet>, AttributeColumns)>,
+    models: &Arc<ModelSet>,
+) -> &'a AttributeColumns {
+    let known = cache
+        .as_ref()
+        .is_some_and(|(cached, _)| Arc::ptr_eq(cached, models));
+    if !known {
+        *cache = Some((Arc::clone(models), AttributeColumns::of(models)));
+    }
+    &cache.as_ref().expect("the cache is set above").1
+}
+
 /// Fuses each window's detector alerts with the models' signals, by [`FusionRule::fuse`].
 ///
 /// `windows` come from [`crate::build_user_windows`] on the same worker and `updates` from
@@ -147,6 +162,7 @@ pub fn score_windows<'scope>(
             let mut waiting_checked = 0;
             let logs = windows_scope_index == 0;
             let mut failures = 0u64;
+            let mut columns: Option<(Arc<ModelSet>, AttributeColumns)> = None;
             move |(windows_in, windows_frontier), (updates_in, updates_frontier), output| {
                 let mut guard = state.borrow_mut();
                 let ScoreState { versions, users } = &mut *guard;
@@ -222,13 +238,15 @@ pub fn score_windows<'scope>(
                     let raised = record.alerts;
                     match (record.window, models, signals) {
                         (Some(window), Some(models), Some(WindowSignals::Full(signals))) => {
-                            segments.push(WindowSegment::of(&window, signals.segment, &models));
+                            let columns = attribute_columns(&mut columns, &models);
+                            segments.push(WindowSegment::with_columns(&window, signals.segment, columns));
                             let user = users.entry(window.user.clone()).or_default();
                             alerts.extend(rule.fuse(user, &verdict(&window, Some(signals)), raised));
                         }
                         (Some(window), Some(models), Some(WindowSignals::Quiet { segment })) => {
                             debug_assert!(raised.is_empty(), "only windows without alerts are quiet");
-                            segments.push(WindowSegment::of(&window, segment, &models));
+                            let columns = attribute_columns(&mut columns, &models);
+                            segments.push(WindowSegment::with_columns(&window, segment, columns));
                         }
                         _ => alerts.extend(pass(users, raised)),
                     }

@@ -40,18 +40,17 @@ pub struct WindowSegment {
 }
 
 impl WindowSegment {
-    /// Returns `window`'s `segment`, with the attribute features that `models` select.
-    pub fn of(window: &ClosedWindow, segment: usize, models: &ModelSet) -> WindowSegment {
-        let attribute_names = &FEATURE_NAMES[FEATURE_NAMES.len() - ATTRIBUTE_FEATURE_COUNT..];
-        let attribute_features = attribute_names
+    /// Returns `window`'s `segment`, with the attribute features of `columns`.
+    pub fn with_columns(
+        window: &ClosedWindow,
+        segment: usize,
+        columns: &AttributeColumns,
+    ) -> WindowSegment {
+        let values = window.features.values();
+        let attribute_features = columns
+            .columns
             .iter()
-            .filter(|name| {
-                models
-                    .selected_features()
-                    .iter()
-                    .any(|selected| selected == *name)
-            })
-            .filter_map(|name| Some((*name, window.features.get(name)?)))
+            .map(|(name, column)| (*name, values[*column]))
             .collect();
         WindowSegment {
             user: window.user.clone(),
@@ -59,6 +58,34 @@ impl WindowSegment {
             from_ms: window.last_ms.max(0) as u64 + 1,
             attribute_features,
         }
+    }
+}
+
+/// The attribute columns that a model set selected, by name and index in [`FEATURE_NAMES`].
+/// Finding them compares names, so a caller computes them once per model set and builds each
+/// window's segment with [`WindowSegment::with_columns`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AttributeColumns {
+    columns: Vec<(&'static str, usize)>,
+}
+
+impl AttributeColumns {
+    /// Returns the attribute columns that `models` select, in [`FEATURE_NAMES`] order.
+    pub fn of(models: &ModelSet) -> AttributeColumns {
+        let first = FEATURE_NAMES.len() - ATTRIBUTE_FEATURE_COUNT;
+        let columns = FEATURE_NAMES
+            .iter()
+            .enumerate()
+            .skip(first)
+            .filter(|(_, name)| {
+                models
+                    .selected_features()
+                    .iter()
+                    .any(|selected| selected == *name)
+            })
+            .map(|(column, name)| (*name, column))
+            .collect();
+        AttributeColumns { columns }
     }
 }
 
