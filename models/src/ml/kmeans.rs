@@ -24,7 +24,7 @@
 //!   keep a row's centroid without computing its distances when the bounds prove that the
 //!   centroid is still strictly the nearest.
 //! - The squared distances for the inertia are computed once, after the last assignment.
-//! - The sums of each cluster's rows are kept when no row changed cluster.
+//! - The sums of each cluster's rows are kept when no row joined or left the cluster.
 //! - k-means++ keeps each row's distance to its nearest chosen centroid and compares it with
 //!   the newest centroid only.
 //!
@@ -91,7 +91,7 @@ pub(super) fn fit_kmeans_like_linfa<R: Rng>(
         bounds.assign_all(&data, &centroids, &mut memberships);
         let mut iterations = 0u64;
         let (inertia, last) = loop {
-            member_sums.refresh(&data, &memberships, bounds.changed);
+            member_sums.refresh(&data, &memberships, &bounds.changed);
             let moved = member_sums.moved(&centroids);
             let shift = squared_distance(&centroids, &moved).sqrt();
             iterations += 1;
@@ -338,8 +338,8 @@ struct DistanceBounds {
     /// Whether the bounds are used. False when a value reaches [`BOUNDED_MAGNITUDE`].
     enabled: bool,
     slack: f64,
-    /// Whether the last assignment moved any row to another cluster.
-    changed: bool,
+    /// Per cluster, whether the last assignment moved a row into or out of it.
+    changed: Vec<bool>,
     /// The rows whose bounds did not settle their cluster, first in the buffer.
     pending: Vec<usize>,
 }
@@ -357,7 +357,7 @@ impl DistanceBounds {
             lower: vec![0.0; rows],
             enabled,
             slack,
-            changed: true,
+            changed: vec![true; clusters],
             pending: vec![0; rows],
         }
     }
@@ -375,7 +375,7 @@ impl DistanceBounds {
     /// Assigns every row to its nearest centroid by computing all distances, and sets the
     /// bounds.
     fn assign_all(&mut self, data: &[f64], centroids: &[f64], memberships: &mut [usize]) {
-        self.changed = true;
+        self.changed.fill(true);
         let mut interleaved = InterleavedCentroids::new(centroids, self.width);
         for (row, point) in data.chunks_exact(self.width).enumerate() {
             let (nearest, distance, second) = nearest_two(interleaved.distances(point));
@@ -447,13 +447,14 @@ impl DistanceBounds {
             pending += usize::from(!settled);
         }
 
-        self.changed = false;
+        self.changed.fill(false);
         let mut interleaved = InterleavedCentroids::new(moved, width);
         for &row in &self.pending[..pending] {
             let point = &data[row * width..(row + 1) * width];
             let (nearest, distance, second) = nearest_two(interleaved.distances(point));
             if nearest != memberships[row] {
-                self.changed = true;
+                self.changed[memberships[row]] = true;
+                self.changed[nearest] = true;
                 memberships[row] = nearest;
             }
             self.upper[row] = self.raised(distance.sqrt());
@@ -483,9 +484,9 @@ fn squared_distance(a: &[f64], b: &[f64]) -> f64 {
     sum
 }
 
-/// Each cluster's sum of its rows, and its row count plus one. The sums depend only on which
-/// rows each cluster has, so when no row changed cluster they are kept from the previous
-/// iteration, bit for bit the values that summing again would give.
+/// Each cluster's sum of its rows, and its row count plus one. A cluster's sum depends only on
+/// which rows it has, so the sum of a cluster that no row joined or left is kept from the
+/// previous iteration, bit for bit the value that summing again would give.
 struct MemberSums {
     width: usize,
     sums: Vec<f64>,
@@ -501,17 +502,24 @@ impl MemberSums {
         }
     }
 
-    /// Sums the rows of every cluster again, in row order, unless `changed` is false.
-    fn refresh(&mut self, data: &[f64], memberships: &[usize], changed: bool) {
-        if !changed {
+    /// Sums the rows of each cluster marked in `changed` again, in row order.
+    fn refresh(&mut self, data: &[f64], memberships: &[usize], changed: &[bool]) {
+        if !changed.contains(&true) {
             return;
         }
         let width = self.width;
-        self.sums.fill(0.0);
-        self.counts.fill(1);
+        for (cluster, _) in changed.iter().enumerate().filter(|(_, changed)| **changed) {
+            self.sums[cluster * width..(cluster + 1) * width].fill(0.0);
+            self.counts[cluster] = 1;
+        }
         for (point, &cluster) in data.chunks_exact(width).zip(memberships) {
-            add_row(&mut self.sums[cluster * width..(cluster + 1) * width], point);
-            self.counts[cluster] += 1;
+            if changed[cluster] {
+                add_row(
+                    &mut self.sums[cluster * width..(cluster + 1) * width],
+                    point,
+                );
+                self.counts[cluster] += 1;
+            }
         }
     }
 
@@ -664,6 +672,8 @@ mod tests {
         let mut memberships = vec![0usize; rows];
         let mut bounds = DistanceBounds::new(&data, width, clusters);
         bounds.assign_all(&data, &centroids, &mut memberships);
+        let mut member_sums = MemberSums::new(width, clusters);
+        member_sums.refresh(&data, &memberships, &bounds.changed);
 
         let mut rng = ChaCha8Rng::seed_from_u64(8);
         for step in 0..40 {
@@ -681,6 +691,14 @@ mod tests {
             for (row, point) in data.chunks_exact(width).enumerate() {
                 let (nearest, _) = nearest_centroid(&moved, width, point);
                 assert_eq!(memberships[row], nearest, "step {step}, row {row}");
+            }
+            // Sums kept for the clusters that no row joined or left equal sums from scratch.
+            member_sums.refresh(&data, &memberships, &bounds.changed);
+            let mut fresh = MemberSums::new(width, clusters);
+            fresh.refresh(&data, &memberships, &vec![true; clusters]);
+            assert_eq!(member_sums.counts, fresh.counts, "step {step}");
+            for (kept, summed) in member_sums.sums.iter().zip(&fresh.sums) {
+                assert_eq!(kept.to_bits(), summed.to_bits(), "step {step}");
             }
             centroids = moved;
         }
