@@ -83,18 +83,68 @@ pub struct ScoredAlert {
     pub ts: i64,
 }
 
+/// A torn last line of an alert file: bytes after the last newline that are not valid JSON
+/// (or not UTF-8), as a run killed in the middle of a write leaves them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TornLine {
+    /// 1-based line number.
+    pub line: u64,
+    /// Length of the line in bytes.
+    pub bytes: u64,
+}
+
+impl TornLine {
+    /// Logs a warning that the line of the alert file `path` was skipped.
+    pub fn warn(&self, path: &std::path::Path) {
+        tracing::warn!(
+            path = %path.display(),
+            line = self.line,
+            bytes = self.bytes,
+            skipped_lines = 1,
+            "skipped a torn last line of the alert file: it has no newline and is not valid \
+             JSON, as a run killed while writing leaves it"
+        );
+    }
+}
+
+/// Records read from an alert file, and the torn last line skipped, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertLines<T> {
+    /// The alerts, in file order.
+    pub alerts: Vec<T>,
+    /// The last line, when it has no newline and is not valid JSON.
+    pub torn_last_line: Option<TornLine>,
+}
+
 /// Reads alerts in the contract's JSON-lines form, skipping blank lines.
 ///
 /// `user` may be a JSON number or string and keeps every digit. `kind` must be `interest_shift`
 /// or `anomaly`, and `ts` must be an integer (a JSON number or a string of digits). Other fields
-/// are not checked. The first invalid line stops reading with an error that names its number.
-pub fn read_alerts(reader: impl BufRead) -> Result<Vec<ScoredAlert>, EvalError> {
+/// are not checked. The first invalid line stops reading with an error that names its number,
+/// except a torn last line (see [`for_each_alert_line`]), which is skipped and returned.
+pub fn read_alerts(reader: impl BufRead) -> Result<AlertLines<ScoredAlert>, EvalError> {
     let mut alerts = Vec::new();
-    for_each_record(reader, |line| {
+    let torn_last_line = for_each_alert_line(reader, |line| {
         alerts.push(parse_alert_line(line)?);
         Ok(())
     })?;
-    Ok(alerts)
+    Ok(AlertLines {
+        alerts,
+        torn_last_line,
+    })
+}
+
+/// Calls `parse` on every non-blank line of an alert file, adding the 1-based line number to
+/// its errors.
+///
+/// A last line without a newline that is not valid JSON or not UTF-8 is not passed to `parse`
+/// but returned, because a run killed while writing leaves such a line. A last line without a
+/// newline that is valid JSON is parsed like any other line.
+pub fn for_each_alert_line(
+    reader: impl BufRead,
+    parse: impl FnMut(&str) -> Result<(), String>,
+) -> Result<Option<TornLine>, EvalError> {
+    for_each_record(reader, true, parse)
 }
 
 /// Reads a truth file with [`TruthRecord::parse_line`], skipping blank lines.
@@ -102,33 +152,69 @@ pub fn read_alerts(reader: impl BufRead) -> Result<Vec<ScoredAlert>, EvalError> 
 /// The first invalid line stops reading with an error that names its number.
 pub fn read_truth(reader: impl BufRead) -> Result<Vec<TruthRecord>, EvalError> {
     let mut records = Vec::new();
-    for_each_record(reader, |line| {
+    for_each_record(reader, false, |line| {
         records.push(TruthRecord::parse_line(line)?);
         Ok(())
     })?;
     Ok(records)
 }
 
-/// Calls `parse` on every non-blank line, adding the 1-based line number to its errors.
+/// Calls `parse` on every non-blank line, adding the 1-based line number to its errors. With
+/// `skip_torn_end`, a torn last line is returned instead of parsed.
 fn for_each_record(
-    reader: impl BufRead,
+    mut reader: impl BufRead,
+    skip_torn_end: bool,
     mut parse: impl FnMut(&str) -> Result<(), String>,
-) -> Result<(), EvalError> {
-    for (index, line) in reader.lines().enumerate() {
-        let number = index as u64 + 1;
-        let line = line.map_err(|source| EvalError::Read {
+) -> Result<Option<TornLine>, EvalError> {
+    let mut bytes = Vec::new();
+    let mut number = 0u64;
+    loop {
+        bytes.clear();
+        let read = reader
+            .read_until(b'\n', &mut bytes)
+            .map_err(|source| EvalError::Read {
+                line: number + 1,
+                source,
+            })?;
+        if read == 0 {
+            return Ok(None);
+        }
+        number += 1;
+        let whole = bytes.last() == Some(&b'\n');
+        if whole {
+            bytes.pop();
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
+            }
+        }
+        let torn = TornLine {
             line: number,
-            source,
-        })?;
+            bytes: read as u64,
+        };
+        let line = match std::str::from_utf8(&bytes) {
+            Ok(line) => line,
+            Err(_) if skip_torn_end && !whole => return Ok(Some(torn)),
+            Err(error) => {
+                return Err(EvalError::Read {
+                    line: number,
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, error),
+                })
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        parse(&line).map_err(|message| EvalError::InvalidLine {
+        if skip_torn_end
+            && !whole
+            && serde_json::from_str::<serde::de::IgnoredAny>(line).is_err()
+        {
+            return Ok(Some(torn));
+        }
+        parse(line).map_err(|message| EvalError::InvalidLine {
             line: number,
             message,
         })?;
     }
-    Ok(())
 }
 
 fn parse_alert_line(line: &str) -> Result<ScoredAlert, String> {

@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -144,8 +143,11 @@ impl AlertRecord {
     }
 }
 
-/// Reads an alert file of JSON lines, skipping blank lines.
-pub fn read_alert_file(path: &Path) -> Result<Vec<AlertRecord>, ExplainError> {
+/// Reads an alert file of JSON lines, skipping blank lines and, with a warning, a torn last
+/// line (see [`crate::eval::for_each_alert_line`]).
+pub fn read_alert_file(
+    path: &Path,
+) -> Result<crate::eval::AlertLines<AlertRecord>, ExplainError> {
     let failure = |message: String| ExplainError::AlertFile {
         path: path.to_path_buf(),
         message,
@@ -153,17 +155,19 @@ pub fn read_alert_file(path: &Path) -> Result<Vec<AlertRecord>, ExplainError> {
     let file =
         std::fs::File::open(path).map_err(|error| failure(format!("cannot open: {error}")))?;
     let mut alerts = Vec::new();
-    for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let number = index + 1;
-        let line = line.map_err(|error| failure(format!("line {number}: read failed: {error}")))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let alert = AlertRecord::parse_line(&line)
-            .map_err(|message| failure(format!("line {number}: {message}")))?;
-        alerts.push(alert);
+    let torn_last_line =
+        crate::eval::for_each_alert_line(std::io::BufReader::new(file), |line| {
+            alerts.push(AlertRecord::parse_line(line)?);
+            Ok(())
+        })
+        .map_err(|error| failure(error.to_string()))?;
+    if let Some(torn) = &torn_last_line {
+        torn.warn(path);
     }
-    Ok(alerts)
+    Ok(crate::eval::AlertLines {
+        alerts,
+        torn_last_line,
+    })
 }
 
 /// One event of a traced user, with what the detector did with it.
@@ -269,7 +273,7 @@ pub fn explain(request: &ExplainRequest) -> Result<UserTrace, ExplainError> {
     let user = find_user(&events, &request.user)
         .ok_or_else(|| unknown_user(&events, &request.user, &input))?;
     let file_alerts = match &request.alerts {
-        Some(path) => Some(read_alert_file(path)?),
+        Some(path) => Some(read_alert_file(path)?.alerts),
         None => None,
     };
     let users = HashSet::from([user.clone()]);

@@ -92,7 +92,8 @@ struct ExplainArgs {
 
 #[derive(Args)]
 struct ReportArgs {
-    /// Alert file of the run (JSON lines).
+    /// Alert file of the run (JSON lines). A torn last line, as a killed run leaves it, is
+    /// skipped with a warning.
     #[arg(long, value_name = "PATH")]
     alerts: PathBuf,
     /// Event file of the run: adds line counts, delays in events and explain pictures.
@@ -437,7 +438,8 @@ struct EvalArgs {
     /// Truth file (JSON lines).
     #[arg(long, value_name = "PATH")]
     truth: PathBuf,
-    /// Alert file (JSON lines).
+    /// Alert file (JSON lines). A torn last line, as a killed run leaves it, is skipped with a
+    /// warning.
     #[arg(long, value_name = "PATH")]
     alerts: PathBuf,
     /// Events of the run, for delays in events (optional).
@@ -1010,8 +1012,12 @@ fn eval_files(args: EvalArgs) -> anyhow::Result<()> {
 fn read_alert_file(path: &Path) -> anyhow::Result<Vec<ScoredAlert>> {
     let file = std::fs::File::open(path)
         .map_err(|error| anyhow::anyhow!("cannot open alert file {}: {error}", path.display()))?;
-    eval::read_alerts(std::io::BufReader::new(file))
-        .map_err(|error| anyhow::anyhow!("alert file {}: {error}", path.display()))
+    let lines = eval::read_alerts(std::io::BufReader::new(file))
+        .map_err(|error| anyhow::anyhow!("alert file {}: {error}", path.display()))?;
+    if let Some(torn) = &lines.torn_last_line {
+        torn.warn(path);
+    }
+    Ok(lines.alerts)
 }
 
 /// Prints the statistics table once every input is read. An input that cannot be read, or whose

@@ -64,7 +64,9 @@ struct EventFacts {
 
 /// Reads the inputs of a report and returns its HTML text.
 pub fn build(request: &ReportRequest) -> Result<String, ExplainError> {
-    let alerts = explain::read_alert_file(&request.alerts)?;
+    let alert_lines = explain::read_alert_file(&request.alerts)?;
+    let torn_lines = u64::from(alert_lines.torn_last_line.is_some());
+    let alerts = alert_lines.alerts;
     let alert_error = |error: eval::EvalError| ExplainError::AlertFile {
         path: request.alerts.clone(),
         message: error.to_string(),
@@ -75,7 +77,9 @@ pub fn build(request: &ReportRequest) -> Result<String, ExplainError> {
             message: format!("cannot open: {error}"),
         })?;
     // The scorer reads the file with its own reader, exactly as `veer eval` does.
-    let scored = eval::read_alerts(std::io::BufReader::new(alert_file)).map_err(alert_error)?;
+    let scored = eval::read_alerts(std::io::BufReader::new(alert_file))
+        .map_err(alert_error)?
+        .alerts;
 
     let events = match &request.events {
         Some(paths) => Some(
@@ -134,7 +138,7 @@ pub fn build(request: &ReportRequest) -> Result<String, ExplainError> {
         escape(&request.zone.label()),
         env!("CARGO_PKG_VERSION"),
     );
-    write_summary(&mut body, &alerts, facts.as_ref(), request.zone);
+    write_summary(&mut body, &alerts, torn_lines, facts.as_ref(), request.zone);
     write_alerts_over_time(&mut body, &alerts, request.zone);
     write_categories(&mut body, &alerts);
     write_score_distribution(&mut body, &alerts);
@@ -197,6 +201,7 @@ fn table_row(body: &mut String, name: &str, value: &str) {
 fn write_summary(
     body: &mut String,
     alerts: &[AlertRecord],
+    torn_lines: u64,
     facts: Option<&EventFacts>,
     zone: TimeZone,
 ) {
@@ -222,6 +227,13 @@ fn write_summary(
     }
     let users: HashSet<&Id> = alerts.iter().map(|alert| &alert.user).collect();
     table_row(body, "alerts", &alerts.len().to_string());
+    if torn_lines > 0 {
+        table_row(
+            body,
+            "torn last line skipped (a killed run)",
+            &torn_lines.to_string(),
+        );
+    }
     let mut by_kind: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     for alert in alerts {
         *by_kind

@@ -198,7 +198,8 @@ fn adjacent_large_ids_stay_apart() {
     let alerts = read_alerts(
         r#"{"user": 9196877626998785, "kind": "interest_shift", "ts": 1511700010}"#.as_bytes(),
     )
-    .unwrap();
+    .unwrap()
+    .alerts;
     assert_eq!(alerts[0].user, Id::int(9_196_877_626_998_785));
     let result = score(&truth, &alerts, None, &EvalConfig::default());
     assert_eq!(result.detected, 0);
@@ -208,7 +209,7 @@ fn adjacent_large_ids_stay_apart() {
 #[test]
 fn ids_beyond_u64_keep_every_digit() {
     let text = r#"{"user": 123456789012345678901234567890, "kind": "anomaly", "ts": 5}"#;
-    let alerts = read_alerts(text.as_bytes()).unwrap();
+    let alerts = read_alerts(text.as_bytes()).unwrap().alerts;
     assert_eq!(
         alerts[0].user,
         Id::int(123_456_789_012_345_678_901_234_567_890)
@@ -230,7 +231,8 @@ fn string_and_number_ids_differ() {
         )
         .as_bytes(),
     )
-    .unwrap();
+    .unwrap()
+    .alerts;
     assert_eq!(alerts[0].user, Id::int(42));
     assert_eq!(alerts[1].user, Id::text("42"));
     let result = score(&truth, &alerts, None, &EvalConfig::default());
@@ -582,7 +584,7 @@ fn table_lists_values_aligned() {
 fn read_alerts_skips_blank_lines() {
     let text = "\n{\"user\": 1, \"kind\": \"interest_shift\", \"ts\": 10, \"score\": 0.5}\r\n   \n\
                 {\"user\": \"a\", \"kind\": \"anomaly\", \"ts\": 20}\n";
-    let alerts = read_alerts(text.as_bytes()).unwrap();
+    let alerts = read_alerts(text.as_bytes()).unwrap().alerts;
     assert_eq!(
         alerts,
         vec![
@@ -637,6 +639,59 @@ fn read_alerts_error_display_names_line() {
     let error = read_alerts("\n\n\n{\"user\": 1}".as_bytes()).unwrap_err();
     let text = error.to_string();
     assert!(text.starts_with("line 4: "), "{text}");
+}
+
+#[test]
+fn read_alerts_skips_torn_last_line() {
+    let good = r#"{"user": 1, "kind": "interest_shift", "ts": 10}"#;
+    let torn = r#"{"alert_id":"2-20-interest_shift","user":2,"ki"#;
+    let text = format!("{good}\n{good}\n{torn}");
+
+    let lines = read_alerts(text.as_bytes()).unwrap();
+    assert_eq!(lines.alerts.len(), 2);
+    let skipped = lines.torn_last_line.expect("the torn line is reported");
+    assert_eq!(skipped.line, 3);
+    assert_eq!(skipped.bytes, torn.len() as u64);
+}
+
+#[test]
+fn read_alerts_skips_last_line_torn_inside_character() {
+    // A kill can cut a line inside a multi-byte UTF-8 character.
+    let mut bytes = br#"{"user": 1, "kind": "anomaly", "ts": 1}"#.to_vec();
+    bytes.extend_from_slice(b"\n{\"user\":\"\xc3");
+
+    let lines = read_alerts(bytes.as_slice()).unwrap();
+    assert_eq!(lines.alerts.len(), 1);
+    assert_eq!(lines.torn_last_line.map(|torn| torn.line), Some(2));
+}
+
+#[test]
+fn read_alerts_keeps_valid_last_line_without_newline() {
+    let good = r#"{"user": 1, "kind": "interest_shift", "ts": 10}"#;
+    let lines = read_alerts(format!("{good}\n{good}").as_bytes()).unwrap();
+    assert_eq!(lines.alerts.len(), 2);
+    assert_eq!(lines.torn_last_line, None);
+}
+
+#[test]
+fn read_alerts_rejects_torn_line_in_middle() {
+    let good = r#"{"user": 1, "kind": "interest_shift", "ts": 10}"#;
+    let (line, message) = alert_error(&format!("{good}\n{{\"user\":2,\"ki\n{good}\n"));
+    assert_eq!(line, 2);
+    assert!(message.contains("invalid JSON"), "{message}");
+}
+
+#[test]
+fn read_alerts_rejects_newline_ended_bad_last_line() {
+    let good = r#"{"user": 1, "kind": "interest_shift", "ts": 10}"#;
+    let (line, _) = alert_error(&format!("{good}\n{{\"user\":2,\"ki\n"));
+    assert_eq!(line, 2);
+}
+
+#[test]
+fn read_truth_rejects_torn_last_line() {
+    let text = r#"{"user": 42, "kind": "interest_shift", "onset_ts": 15117"#;
+    assert!(read_truth(text.as_bytes()).is_err());
 }
 
 #[test]

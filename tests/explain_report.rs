@@ -550,3 +550,47 @@ fn report_score_equals_eval() {
     assert!(facts.texts.iter().any(|text| text == "onset"));
     assert!(facts.texts.iter().any(|text| text == "time (UTC)"));
 }
+
+#[test]
+fn torn_alert_file_reads_with_warning() {
+    let folder = tempfile::tempdir().unwrap();
+    let (events, truth) = generate_stream(folder.path(), 200, 9, 5);
+    let alerts = run_alerts(&events, folder.path());
+    let whole = read(&alerts);
+    let first_line = whole.lines().next().expect("the run raised alerts");
+    // A kill in the middle of a write leaves part of a line without its newline.
+    let torn = folder.path().join("torn.jsonl");
+    std::fs::write(&torn, format!("{whole}{}", &first_line[..40])).unwrap();
+    let whole_lines = whole.lines().count();
+
+    let expected = succeed(&["eval", "--truth", arg(&truth), "--alerts", arg(&alerts)]);
+    let scored = succeed(&["eval", "--truth", arg(&truth), "--alerts", arg(&torn)]);
+    assert_eq!(scored.stdout, expected.stdout);
+    assert!(
+        scored.stderr.contains("skipped a torn last line"),
+        "{}",
+        scored.stderr
+    );
+    assert!(
+        scored.stderr.contains(&format!("line={}", whole_lines + 1)),
+        "{}",
+        scored.stderr
+    );
+
+    let report = folder.path().join("report.html");
+    let output = succeed(&["report", "--alerts", arg(&torn), "--out", arg(&report)]);
+    assert_eq!(output.stderr.matches("skipped a torn last line").count(), 1);
+    let (page, _) = parse_html(&read(&report), "report of a torn alert file");
+    assert_eq!(summary_value(&page, "alerts"), whole_lines.to_string());
+    assert_eq!(
+        summary_value(&page, "torn last line skipped (a killed run)"),
+        "1"
+    );
+
+    // The same bytes followed by more lines are a bad line, not a torn end.
+    let damaged = folder.path().join("damaged.jsonl");
+    std::fs::write(&damaged, format!("{}\n{whole}", &first_line[..40])).unwrap();
+    let failed = run_veer_exact(&["eval", "--truth", arg(&truth), "--alerts", arg(&damaged)]);
+    assert_eq!(failed.status, 2, "{}", failed.stderr);
+    assert!(failed.stderr.contains("line 1: invalid JSON"), "{}", failed.stderr);
+}
