@@ -4,7 +4,8 @@
 //! - `GET /metrics`: every [`Metrics`] value in the Prometheus text format.
 //! - `GET /users/{id}`: the user's [`veer_models::profile::UserProfile`] as JSON, read from the
 //!   live state of the worker that owns the user (see [`crate::query`]); 404 for a user no
-//!   worker tracks, 503 when the owner cannot reply in time.
+//!   worker tracks, 503 when the owner cannot reply in time. A quoted id (`/users/%227%22`)
+//!   is a text id, so the text id `"7"` and the integer id `7` can both be requested.
 //! - `GET /healthz`: `{"status":"ok"}` while the workers run, 503 once they have finished.
 //!
 //! The server is `tiny_http` (synchronous, no async runtime): its own threads accept and parse
@@ -168,13 +169,12 @@ fn route(
 }
 
 fn user_profile(encoded_id: &str, router: &QueryRouter) -> Reply {
-    let Some(id) = percent_decode(encoded_id) else {
-        return Reply::error(
-            400,
-            format!("invalid percent-encoding in user id {encoded_id:?}"),
-        );
+    let user = match requested_user(encoded_id) {
+        Ok(user) => user,
+        Err(message) => return Reply::error(400, message),
     };
-    let user = Id::from_field(&id);
+    // The id as JSON writes it, so the text id "7" and the integer 7 read apart.
+    let id = serde_json::to_string(&user).unwrap_or_else(|_| user.to_string());
     match router.query(user, QUERY_TIMEOUT) {
         Ok(Some(profile)) => match serde_json::to_value(&profile) {
             Ok(value) => Reply::json(200, value),
@@ -190,6 +190,29 @@ fn user_profile(encoded_id: &str, router: &QueryRouter) -> Reply {
             Reply::error(503, error.to_string())
         }
     }
+}
+
+/// Parses the `{id}` of `/users/{id}`: canonical decimal digits are an integer id and other
+/// text is a text id, as in the input formats. An id in double quotes (`%227%22`) is a JSON
+/// string and always a text id, so a text id that looks like a number can be requested.
+fn requested_user(encoded_id: &str) -> Result<Id, String> {
+    let Some(id) = percent_decode(encoded_id) else {
+        return Err(format!(
+            "invalid percent-encoding in user id {encoded_id:?}"
+        ));
+    };
+    let quoted = id.len() >= 2 && id.starts_with('"') && id.ends_with('"');
+    if !quoted {
+        return Ok(Id::from_field(&id));
+    }
+    serde_json::from_str::<String>(&id)
+        .map(|text| Id::text(&text))
+        .map_err(|error| {
+            format!(
+                "invalid quoted user id {id}: {error}; a quoted id is a JSON string, such as \
+                 %227%22 for the text id \"7\""
+            )
+        })
 }
 
 /// Decodes `%XX` escapes; returns `None` for a malformed escape or invalid UTF-8.
@@ -221,6 +244,29 @@ mod tests {
         assert_eq!(percent_decode("%zz"), None);
         assert_eq!(percent_decode("%2"), None);
         assert_eq!(percent_decode("%FF"), None, "not UTF-8");
+    }
+
+    #[test]
+    fn quoted_user_id_is_text() {
+        assert_eq!(requested_user("7"), Ok(Id::int(7)));
+        assert_eq!(requested_user("%227%22"), Ok(Id::text("7")));
+        assert_eq!(requested_user("\"7\""), Ok(Id::text("7")));
+        assert_eq!(requested_user("abc"), Ok(Id::text("abc")));
+        assert_eq!(requested_user("007"), Ok(Id::text("007")));
+        // A text id with quotes in it is written as a JSON string with escapes.
+        assert_eq!(
+            requested_user("%22%5C%22x%5C%22%22"),
+            Ok(Id::text("\"x\""))
+        );
+        // A single quote character is not a quoted id.
+        assert_eq!(requested_user("%22"), Ok(Id::text("\"")));
+    }
+
+    #[test]
+    fn invalid_quoted_user_id_is_rejected() {
+        let error = requested_user("%22a%5Cq%22").unwrap_err();
+        assert!(error.contains("invalid quoted user id"), "{error}");
+        assert!(requested_user("%zz").unwrap_err().contains("percent-encoding"));
     }
 
     #[test]

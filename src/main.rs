@@ -237,6 +237,7 @@ struct RunArgs {
     no_progress: bool,
     /// Serve /metrics, /users/{id} and /healthz over HTTP on this address during the run, e.g.
     /// 127.0.0.1:9464 (port 0 picks a free port, named in the log). Off by default.
+    /// /users/7 requests the integer id 7, /users/%227%22 (quoted) the text id "7".
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
     /// Folder for periodic checkpoints of all state (default: none).
@@ -315,6 +316,7 @@ struct ServeArgs {
     detector: Option<DetectorChoice>,
     /// Serve /metrics, /users/{id} and /healthz over HTTP on this address, e.g.
     /// 127.0.0.1:9464 (port 0 picks a free port, named in the log). Off by default.
+    /// /users/7 requests the integer id 7, /users/%227%22 (quoted) the text id "7".
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
     /// User attribute table joined into the profiles; watched while the server runs.

@@ -263,3 +263,65 @@ fn live_run_with_models_serves_the_sent_alert() {
         "{body}"
     );
 }
+
+/// The text id "7" and the integer id 7 are two users: `/users/7` returns the integer one and
+/// the quoted form `/users/%227%22` the text one.
+#[test]
+fn text_and_integer_ids_read_apart() {
+    let folder = tempfile::tempdir().unwrap();
+    let alerts_path = folder.path().join("alerts.jsonl");
+    let (mut child, address, log) = start_veer(&alerts_path, &[]);
+    let mut lines = Vec::new();
+    let mut ts = START_TS;
+    for _ in 0..30 {
+        lines.push(event_line(7, 100, ts));
+        lines.push(format!(
+            "{{\"user\":\"7\",\"item\":5001,\"category\":500,\"behavior\":\"view\",\"ts\":{ts}}}\n"
+        ));
+        ts += 30;
+    }
+    // Filler users make two full reader batches, so the reader hands every line on while the
+    // pipe stays open.
+    let mut filler = 0u64;
+    while lines.len() < EVENTS {
+        lines.push(event_line(1000 + filler % 97, 400 + filler % 13, ts));
+        ts += 1;
+        filler += 1;
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(lines.concat().as_bytes()).unwrap();
+    stdin.flush().unwrap();
+
+    let profile_of = |path: &str| {
+        common::poll(Duration::from_secs(60), Duration::from_millis(50), || {
+            let (status, body) = common::http_get(address, path);
+            let profile: Value = serde_json::from_str(&body).map_err(|error| error.to_string())?;
+            if status == 200 && profile["events"] == 30 {
+                Ok(profile)
+            } else {
+                Err(format!("{path} returned {status}: {body}"))
+            }
+        })
+    };
+    let integer = profile_of("/users/7");
+    assert_eq!(integer["user"], 7);
+    assert_eq!(integer["interest"][0]["category"], 100);
+    let text = profile_of("/users/%227%22");
+    assert_eq!(text["user"], "7");
+    assert_eq!(text["interest"][0]["category"], 500);
+
+    let (status, body) = common::http_get(address, "/users/%228%22");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("not tracked"), "{body}");
+    let (status, body) = common::http_get(address, "/users/%22a%5Cq%22");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("invalid quoted user id"), "{body}");
+
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "veer exited with {status}:\n{}",
+        log.finish().join("\n")
+    );
+}
