@@ -204,8 +204,10 @@ impl DeadLetter {
     pub fn create(path: Option<&Path>) -> anyhow::Result<DeadLetter> {
         let file = match path {
             Some(path) => Some(DeadLetterFile {
-                writer: BufWriter::new(File::create(path).map_err(|error| {
-                    anyhow::anyhow!("cannot create dead-letter file {}: {error}", path.display())
+                writer: BufWriter::new(crate::output_file::create(path).map_err(|error| {
+                    crate::output_file::describe_error(error, || {
+                        format!("cannot create dead-letter file {}", path.display())
+                    })
                 })?),
                 path: path.to_path_buf(),
                 error: None,

@@ -21,6 +21,7 @@ pub mod listen;
 pub mod live;
 pub mod metrics;
 pub mod model_file;
+pub mod output_file;
 mod model_path;
 pub mod pipeline;
 pub mod plot;

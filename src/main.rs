@@ -25,7 +25,8 @@ struct Cli {
 /// The exit codes of `veer run`, as its help lists them.
 const RUN_EXIT_CODES: &str = "\
 Exit codes:
-  0    success
+  0    success, or a stop by the first SIGTERM or SIGINT (also one that came while an
+       output named pipe waited for its reader, before the run started)
   2    an error: the run did not start, or it lost alerts, dead-letter records or profile lines
   3    every alert is safe, but some went only to the webhook's dead-letter file
   4    an input is damaged (such as a truncated gzip file or a disk read error): its lines
@@ -196,7 +197,8 @@ impl InputArgs {
 struct RunArgs {
     #[command(flatten)]
     input: InputArgs,
-    /// Alert output: a file of JSON lines, or `-` for standard output.
+    /// Alert output: a file of JSON lines, or `-` for standard output. A named pipe is
+    /// waited for until a process opens it for reading; SIGTERM or SIGINT stops the wait.
     #[arg(long, value_name = "PATH|-", value_parser = NonEmptyStringValueParser::new())]
     alerts: Option<String>,
     /// Dead-letter file: one JSON line per bad or late input line, with its line number.
@@ -292,7 +294,9 @@ struct ServeArgs {
     /// first line when absent.
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
-    /// Alert output: a file of JSON lines, or `-` for standard output (default `-`).
+    /// Alert output: a file of JSON lines, or `-` for standard output (default `-`). A named
+    /// pipe is waited for until a process opens it for reading; SIGTERM or SIGINT stops the
+    /// wait.
     #[arg(long, value_name = "PATH|-", value_parser = NonEmptyStringValueParser::new())]
     alerts: Option<String>,
     /// Dead-letter file: one JSON line per bad or late line, with its connection and line.
@@ -491,6 +495,11 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A stop before the run started is still a stop, which exits 0 like any other.
+        Err(error) if error.is::<veer::output_file::StoppedWaitingForReader>() => {
+            tracing::warn!("{error}");
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             if error.is::<veer::sinks::SinksDegraded>() {

@@ -48,8 +48,10 @@ impl std::fmt::Display for ProfileFileFailure {
 impl ProfileFile {
     /// Creates or truncates the file at `path`.
     pub fn create(path: &Path) -> anyhow::Result<ProfileFile> {
-        let file = File::create(path).map_err(|error| {
-            anyhow::anyhow!("cannot create profile file {}: {error}", path.display())
+        let file = crate::output_file::create(path).map_err(|error| {
+            crate::output_file::describe_error(error, || {
+                format!("cannot create profile file {}", path.display())
+            })
         })?;
         Ok(ProfileFile {
             writer: Some(BufWriter::new(file)),

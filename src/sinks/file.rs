@@ -86,9 +86,10 @@ pub struct AlertFile {
 }
 
 impl AlertFile {
-    /// Creates the file, or truncates it when it exists (the default of `veer run`).
+    /// Creates the file, or truncates it when it exists (the default of `veer run`). A named
+    /// pipe is waited for as [`crate::output_file::open`] describes.
     pub fn create(path: &Path) -> std::io::Result<AlertFile> {
-        let file = File::create(path)?;
+        let file = crate::output_file::create(path)?;
         Ok(AlertFile::with_file(path, file, 0, None))
     }
 
@@ -113,7 +114,18 @@ impl AlertFile {
     ///
     /// From then on [`append`](Self::append) skips any alert whose id is in the file or was
     /// appended since. The ids are held in memory, about 40 bytes plus the id per alert.
+    ///
+    /// A path that exists and is not a regular file, such as a named pipe or `/dev/null`, has
+    /// nothing to read back: it is opened for writing only, as [`create`](Self::create) opens
+    /// it, and no id is skipped.
     pub fn open_append(path: &Path) -> std::io::Result<(AlertFile, Reopened)> {
+        if std::fs::metadata(path).is_ok_and(|metadata| !metadata.is_file()) {
+            let mut options = OpenOptions::new();
+            options.append(true);
+            let file = crate::output_file::open(path, &options)?;
+            let alert_file = AlertFile::with_file(path, file, 0, Some(HashSet::new()));
+            return Ok((alert_file, Reopened::default()));
+        }
         let mut reopened = Reopened::default();
         let mut seen = HashSet::new();
         let mut file = OpenOptions::new()

@@ -44,10 +44,9 @@ impl LineSink {
         let mut stats = SinkStats::named(&format!("file {}", path.display()));
         let file = if append {
             let (file, reopened) = AlertFile::open_append(path).map_err(|error| {
-                anyhow::anyhow!(
-                    "cannot open alert file {} to append: {error}",
-                    path.display()
-                )
+                crate::output_file::describe_error(error, || {
+                    format!("cannot open alert file {} to append", path.display())
+                })
             })?;
             tracing::info!(
                 path = %path.display(),
@@ -60,7 +59,9 @@ impl LineSink {
             file
         } else {
             AlertFile::create(path).map_err(|error| {
-                anyhow::anyhow!("cannot create alert file {}: {error}", path.display())
+                crate::output_file::describe_error(error, || {
+                    format!("cannot create alert file {}", path.display())
+                })
             })?
         };
         Ok(LineSink {

@@ -342,16 +342,13 @@ struct DeadLetterFile {
 
 impl DeadLetterFile {
     fn open(path: &Path) -> anyhow::Result<DeadLetterFile> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|error| {
-                anyhow::anyhow!(
-                    "cannot open webhook dead-letter file {}: {error}",
-                    path.display()
-                )
-            })?;
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        let file = crate::output_file::open(path, &options).map_err(|error| {
+            crate::output_file::describe_error(error, || {
+                format!("cannot open webhook dead-letter file {}", path.display())
+            })
+        })?;
         Ok(DeadLetterFile {
             path: path.display().to_string(),
             file,

@@ -511,3 +511,22 @@ pub fn poll<T>(
         std::thread::sleep(every);
     }
 }
+
+/// Sends `signal` to `child` and waits up to `limit` for it to exit. Returns the exit code and
+/// the time from the signal to the exit; fails the test, after killing the child, past `limit`.
+pub fn signal_and_wait(child: &mut Child, signal: i32, limit: Duration) -> (i32, Duration) {
+    let sent = Instant::now();
+    // SAFETY: kill(2) with the id of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+    loop {
+        if let Some(status) = child.try_wait().expect("the child's status") {
+            return (status.code().unwrap_or(-1), sent.elapsed());
+        }
+        if sent.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child did not exit within {limit:?} of signal {signal}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
