@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
+use std::time::Instant;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -19,6 +20,7 @@ use signal_hook::iterator::Signals;
 pub const FORCED_EXIT_CODE: i32 = 130;
 
 static REQUESTED: AtomicBool = AtomicBool::new(false);
+static REQUESTED_AT: OnceLock<Instant> = OnceLock::new();
 static WAKERS: Mutex<Vec<Thread>> = Mutex::new(Vec::new());
 static INSTALLED: OnceLock<()> = OnceLock::new();
 
@@ -27,8 +29,14 @@ pub fn requested() -> bool {
     REQUESTED.load(Ordering::Acquire)
 }
 
+/// Returns when the first shutdown request came, or `None` before one.
+pub fn requested_at() -> Option<Instant> {
+    REQUESTED_AT.get().copied()
+}
+
 /// Requests a shutdown, as the first SIGTERM or SIGINT does, and wakes registered threads.
 pub fn request() {
+    REQUESTED_AT.get_or_init(Instant::now);
     REQUESTED.store(true, Ordering::Release);
     let wakers = WAKERS
         .lock()

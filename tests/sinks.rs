@@ -595,3 +595,94 @@ fn alert_file_on_full_disk_counts_lost() {
         .count();
     assert_eq!(errors, 1, "the write error is not logged once:\n{stderr}");
 }
+
+/// Starts `veer run` on the case input with a webhook at `url`, logging at info level to a
+/// pipe, and returns the child and its log.
+fn start_webhook_run(folder: &Path, url: &str, extra: &[&str]) -> (Child, common::Log) {
+    let mut child = veer()
+        .args(["run", "--no-progress", "--input"])
+        .arg(shared(CASE).join("input.jsonl"))
+        .arg("--alerts")
+        .arg(folder.join("file.jsonl"))
+        .args(["--webhook", url, "--webhook-dead-letter"])
+        .arg(folder.join("dead.jsonl"))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("veer starts");
+    let log = common::Log::capture(&mut child);
+    (child, log)
+}
+
+/// Sends SIGTERM to the child and waits up to 20 s for its exit. Returns the exit code, the
+/// time from the signal to the exit and the whole log.
+fn stop_run(mut child: Child, log: common::Log) -> (i32, Duration, String) {
+    let (code, took) =
+        common::signal_and_wait(&mut child, libc::SIGTERM, Duration::from_secs(20));
+    (code, took, log.finish().join("\n"))
+}
+
+/// Checks a run stopped while its webhook failed: exit code 3, every alert of the alert file
+/// in the dead-letter file, and all of them counted as given up at the stop.
+fn check_given_up(folder: &Path, code: i32, log: &str) {
+    assert_eq!(code, 3, "{log}");
+    let written = alert_ids(&folder.join("file.jsonl"));
+    assert!(!written.is_empty(), "{log}");
+    let dead: BTreeSet<String> = std::fs::read_to_string(folder.join("dead.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("a whole JSON line"))
+        .map(|record| record["alert_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(dead, written);
+    let count = written.len() as u64;
+    assert_eq!(webhook_count(log, "given up at the stop"), count, "{log}");
+    assert_eq!(webhook_count(log, "dead-lettered"), count, "{log}");
+    assert_eq!(webhook_count(log, "delivered"), 0, "{log}");
+    assert_eq!(webhook_count(log, "lost"), 0, "{log}");
+    assert!(log.contains("given_up_at_stop="), "{log}");
+}
+
+#[test]
+fn webhook_refused_stops_without_retries() {
+    let folder = tempfile::tempdir().unwrap();
+    // Nothing listens on the port, so every connection is refused. The default retry budget
+    // would hold the exit for up to 60 s.
+    let url = format!("http://127.0.0.1:{}/alerts", free_port());
+    let (child, mut log) = start_webhook_run(folder.path(), &url, &[]);
+    log.wait_for(&["webhook attempt failed; retrying"], Duration::from_secs(60));
+
+    let (code, took, log) = stop_run(child, log);
+    assert!(took < Duration::from_secs(10), "took {took:?}:\n{log}");
+    check_given_up(folder.path(), code, &log);
+}
+
+#[test]
+fn webhook_silent_receiver_stops_in_bounded_time() {
+    let folder = tempfile::tempdir().unwrap();
+    // A receiver that accepts connections and never replies.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/alerts", listener.local_addr().unwrap());
+    let (accepted, connections) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut open_connections = Vec::new();
+        for stream in listener.incoming() {
+            open_connections.push(stream);
+            if accepted.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let (child, log) =
+        start_webhook_run(folder.path(), &url, &["--webhook-timeout", "60s"]);
+    connections
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the webhook connects");
+
+    let (code, took, log) = stop_run(child, log);
+    // The attempt in flight ends 2 s after the signal; the rest is the run's own stop.
+    assert!(took >= Duration::from_secs(2), "took {took:?}:\n{log}");
+    assert!(took < Duration::from_secs(12), "took {took:?}:\n{log}");
+    check_given_up(folder.path(), code, &log);
+}

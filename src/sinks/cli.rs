@@ -31,7 +31,8 @@ pub struct SinkArgs {
     #[arg(long = "webhook", value_name = "URL")]
     pub webhooks: Vec<String>,
     /// File that keeps, one JSON line each, the alerts a webhook did not accept within its
-    /// retry budget; appended to, never truncated. Required with --webhook.
+    /// retry budget, or gave up at a stop; appended to, never truncated. Required with
+    /// --webhook.
     #[arg(long, value_name = "PATH")]
     pub webhook_dead_letter: Option<PathBuf>,
     /// Time one webhook request may take, connect to reply, e.g. 5s (default 10s).
@@ -55,6 +56,8 @@ pub struct SinkArgs {
     #[arg(long, value_name = "COUNT")]
     pub webhook_max_attempts: Option<u32>,
     /// Time from an alert's first attempt after which no retry starts, e.g. 60s (default 60s).
+    /// After SIGTERM or SIGINT, an alert gets one more attempt of at most 2s instead, and a
+    /// failed one sends the alerts not yet delivered to the dead-letter file.
     #[arg(long, value_name = "DURATION")]
     pub webhook_retry_budget: Option<String>,
 }

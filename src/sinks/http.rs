@@ -131,21 +131,28 @@ fn is_timeout(error: &std::io::Error) -> bool {
     )
 }
 
-/// Sends one POST and returns the reply's status code. `timeout` bounds the whole request.
+/// Maximum single wait for the reply, so that a deadline moved earlier while a request runs
+/// takes effect within this time.
+const READ_SLICE: Duration = Duration::from_millis(100);
+
+/// Sends one POST and returns the reply's status code. `deadline` returns the time by which
+/// the whole request must end. It is called again before each step and at least every
+/// [`READ_SLICE`] while waiting for the reply, so the caller can move it earlier.
 pub(crate) fn post(
     url: &Url,
     headers: &[(&str, &str)],
     body: &[u8],
-    timeout: Duration,
+    deadline: &dyn Fn() -> Instant,
 ) -> Result<u16, HttpError> {
-    let deadline = Instant::now() + timeout;
     let remaining = || {
-        deadline
+        deadline()
             .checked_duration_since(Instant::now())
             .filter(|left| !left.is_zero())
             .ok_or(HttpError::Timeout)
     };
 
+    // NOTE: connecting waits up to the deadline as it is when the connect starts. A deadline
+    // moved earlier during the connect applies only once the connect ends.
     let mut stream = connect(url, remaining()?)?;
     let mut request = format!(
         "POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\n\
@@ -176,8 +183,15 @@ pub(crate) fn post(
     let mut reply = Vec::new();
     let mut chunk = [0u8; 512];
     while !reply.contains(&b'\n') {
-        stream.set_read_timeout(Some(remaining()?)).map_err(io)?;
-        let read = stream.read(&mut chunk).map_err(io)?;
+        stream
+            .set_read_timeout(Some(remaining()?.min(READ_SLICE)))
+            .map_err(io)?;
+        let read = match stream.read(&mut chunk) {
+            Ok(read) => read,
+            // The next `remaining` ends the request once the deadline has passed.
+            Err(error) if is_timeout(&error) => continue,
+            Err(error) => return Err(HttpError::Io(error)),
+        };
         if read == 0 {
             return Err(HttpError::Io(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -291,7 +305,29 @@ mod tests {
             .unwrap()
             .port();
         let url = Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap();
-        let error = post(&url, &[], b"{}", Duration::from_secs(2)).unwrap_err();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let error = post(&url, &[], b"{}", &|| deadline).unwrap_err();
         assert!(matches!(error, HttpError::Connect(_)), "{error}");
+    }
+
+    #[test]
+    fn deadline_moved_earlier_ends_wait_for_reply() {
+        // A receiver that accepts and never replies.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let started = Instant::now();
+        let moved = started + Duration::from_millis(300);
+        // The deadline is 30 s until 100 ms have passed, then 300 ms after the start.
+        let deadline = || {
+            if started.elapsed() < Duration::from_millis(100) {
+                started + Duration::from_secs(30)
+            } else {
+                moved
+            }
+        };
+        let error = post(&url, &[], b"{}", &deadline).unwrap_err();
+        assert!(matches!(error, HttpError::Timeout), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        drop(listener);
     }
 }

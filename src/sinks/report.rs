@@ -17,8 +17,13 @@ pub struct SinkStats {
     pub attempts: u64,
     /// Requests that failed: an error status, a timeout, a reset or a refused connection.
     pub failed_attempts: u64,
-    /// Alerts written to the dead-letter file after the retry budget was spent.
+    /// Alerts written to the dead-letter file after the retry budget was spent, or given up at
+    /// a stop.
     pub dead_lettered: u64,
+    /// Alerts the webhook gave up on because an attempt failed after the run was stopped.
+    /// They are written to the dead-letter file too, so `dead_lettered` counts them, or `lost`
+    /// when that write failed.
+    pub given_up_at_stop: u64,
     /// Alerts neither delivered nor dead-lettered. Must be 0.
     pub lost: u64,
     /// Subscribers that connected (subscriber socket).
@@ -53,6 +58,9 @@ impl SinkStats {
             parts.push(format!("attempts {}", self.attempts));
             parts.push(format!("failed attempts {}", self.failed_attempts));
             parts.push(format!("dead-lettered {}", self.dead_lettered));
+            if self.given_up_at_stop > 0 {
+                parts.push(format!("given up at the stop {}", self.given_up_at_stop));
+            }
         }
         if self.name.starts_with("subscribers") {
             parts.push(format!("subscribers {}", self.subscribers));

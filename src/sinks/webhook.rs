@@ -19,6 +19,13 @@
 //! time, at most `retry_window` deliveries are in retry at once, and each waits out its own
 //! growing backoff. A receiver therefore sees at most `max_attempts` requests per alert (per
 //! batch), and later alerts wait in the queue, which holds back the dataflow when it fills.
+//!
+//! A stop (SIGTERM or SIGINT) does not wait out the retries. Each delivery in retry gets one
+//! more attempt at once, and every attempt after the stop ends within [`STOP_ATTEMPT_TIMEOUT`]
+//! of the stop or of its own start, whichever is later. The first attempt that fails after
+//! the stop gives up every alert not yet delivered, including those the run releases later:
+//! they go to the dead-letter file and are counted as given up at the stop. A receiver that
+//! works keeps getting alerts until the run ends.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -33,6 +40,16 @@ use super::backoff::Backoff;
 use super::http::{self, Url};
 use super::{AlertRecord, Message, SinkStats, WebhookConfig};
 use crate::metrics::SinkMetrics;
+
+/// Maximum time an attempt runs after a stop: it ends this long after the stop or after its
+/// own start, whichever is later, or sooner at its `timeout`.
+pub const STOP_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Maximum wait of a sink with deliveries in retry, so that it acts on a stop within this time.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// Returns when the run was asked to stop, or `None` before that.
+type StopClock = Box<dyn Fn() -> Option<Instant> + Send>;
 
 /// One body sent until it is accepted or dead-lettered.
 struct Delivery {
@@ -53,6 +70,8 @@ enum Outcome {
     Delivered,
     Retry,
     DeadLetter,
+    /// The attempt failed after a stop, so the sink gives up every undelivered alert.
+    GiveUpAtStop,
 }
 
 /// The webhook sink of one receiver URL.
@@ -66,6 +85,11 @@ pub(crate) struct WebhookSink {
     /// Live counters, for the metrics endpoint.
     live: Arc<SinkMetrics>,
     sequence: u64,
+    stop_requested_at: StopClock,
+    /// Whether the sink has seen the stop and moved its retries to now.
+    stopping: bool,
+    /// Whether an attempt failed after the stop, so no alert is sent any more.
+    given_up: bool,
 }
 
 impl WebhookSink {
@@ -86,6 +110,9 @@ impl WebhookSink {
             stats: SinkStats::named(&format!("webhook {url_text}")),
             live: Arc::default(),
             sequence: 0,
+            stop_requested_at: Box::new(crate::shutdown::requested_at),
+            stopping: false,
+            given_up: false,
         })
     }
 
@@ -111,7 +138,14 @@ impl WebhookSink {
         let mut flush_acks: Vec<Sender<()>> = Vec::new();
 
         loop {
-            let draining = !open || !flush_acks.is_empty();
+            if !self.stopping && (self.stop_requested_at)().is_some() {
+                self.stopping = true;
+                self.retry_now(&mut active);
+            }
+            if self.given_up {
+                self.give_up(&mut waiting, &mut active);
+            }
+            let draining = !open || !flush_acks.is_empty() || self.stopping;
             self.form_deliveries(&mut waiting, &mut active, draining);
             if waiting.is_empty() && active.is_empty() {
                 for ack in flush_acks.drain(..) {
@@ -135,6 +169,10 @@ impl WebhookSink {
                         Outcome::Delivered => {}
                         Outcome::Retry => active.push(delivery),
                         Outcome::DeadLetter => self.write_dead_letter(&delivery),
+                        Outcome::GiveUpAtStop => {
+                            self.given_up = true;
+                            active.push(delivery);
+                        }
                     }
                     continue;
                 }
@@ -147,7 +185,9 @@ impl WebhookSink {
                 }
                 _ => None,
             };
-            let wake = [next.map(|(_, due)| due), batch_due]
+            // Deliveries in retry may wait long; a stop moves their next attempt to now.
+            let stop_check = (!self.stopping && !active.is_empty()).then(|| now + STOP_POLL);
+            let wake = [next.map(|(_, due)| due), batch_due, stop_check]
                 .into_iter()
                 .flatten()
                 .min();
@@ -171,16 +211,64 @@ impl WebhookSink {
             }
         }
 
+        if self.stats.given_up_at_stop > 0 {
+            tracing::warn!(
+                url = %self.url_text,
+                given_up_at_stop = self.stats.given_up_at_stop,
+                dead_letter = %self.dead_letter.path,
+                "the run was stopped while the webhook receiver failed: alerts not delivered \
+                 are in the dead-letter file and in the alert output"
+            );
+        }
         tracing::info!(
             url = %self.url_text,
             delivered = self.stats.delivered,
             attempts = self.stats.attempts,
             failed_attempts = self.stats.failed_attempts,
             dead_lettered = self.stats.dead_lettered,
+            given_up_at_stop = self.stats.given_up_at_stop,
             lost = self.stats.lost,
             "webhook sink stopped"
         );
         self.stats
+    }
+
+    /// Moves the next attempt of every delivery in retry to now, because a stop allows one
+    /// more attempt each instead of the rest of their backoff.
+    fn retry_now(&mut self, active: &mut [Delivery]) {
+        let now = Instant::now();
+        for delivery in active.iter_mut() {
+            delivery.due = delivery.due.min(now);
+        }
+        tracing::info!(
+            url = %self.url_text,
+            in_retry = active.len(),
+            stop_attempt_timeout = ?STOP_ATTEMPT_TIMEOUT,
+            "run stopped: each webhook delivery in retry gets one more attempt; the first \
+             failure gives up every alert not yet delivered"
+        );
+    }
+
+    /// Writes every delivery in retry and every waiting alert to the dead-letter file, after
+    /// an attempt failed during a stop.
+    fn give_up(
+        &mut self,
+        waiting: &mut VecDeque<(Instant, Arc<AlertRecord>)>,
+        active: &mut Vec<Delivery>,
+    ) {
+        let now = Instant::now();
+        while !waiting.is_empty() {
+            let take = waiting.len().min(self.config.batch);
+            let alerts: Vec<Arc<AlertRecord>> =
+                waiting.drain(..take).map(|(_, record)| record).collect();
+            let mut delivery = self.delivery(alerts, now);
+            delivery.last_error = "not sent: the receiver failed after the run was stopped".into();
+            active.push(delivery);
+        }
+        for delivery in active.drain(..) {
+            self.stats.given_up_at_stop += delivery.alerts.len() as u64;
+            self.write_dead_letter(&delivery);
+        }
     }
 
     /// Moves waiting alerts into deliveries while the retry window has room: one alert per
@@ -242,7 +330,10 @@ impl WebhookSink {
         self.stats.attempts += 1;
         self.live.attempt();
         let headers = [("Idempotency-Key", delivery.key.as_str())];
-        let result = http::post(&self.url, &headers, &delivery.body, self.config.timeout);
+        let timeout = self.config.timeout;
+        let stop_requested_at = &self.stop_requested_at;
+        let deadline = || attempt_deadline(started, timeout, stop_requested_at());
+        let result = http::post(&self.url, &headers, &delivery.body, &deadline);
 
         let retryable = match result {
             Ok(status) if (200..300).contains(&status) => {
@@ -263,6 +354,18 @@ impl WebhookSink {
         self.stats.failed_attempts += 1;
         self.live.failure();
 
+        if retryable && (self.stop_requested_at)().is_some() {
+            tracing::warn!(
+                url = %self.url_text,
+                key = %delivery.key,
+                alerts = delivery.alerts.len(),
+                attempt = delivery.attempts,
+                error = %delivery.last_error,
+                "webhook attempt failed after the run was stopped; giving up every alert not \
+                 yet delivered"
+            );
+            return Outcome::GiveUpAtStop;
+        }
         let delay = self.backoff.delay(delivery.attempts, rng);
         let now = Instant::now();
         let within_budget = now + delay <= first_attempt + self.config.retry_budget;
@@ -317,6 +420,17 @@ impl WebhookSink {
                 );
             }
         }
+    }
+}
+
+/// Returns when an attempt that started at `started` must end: after `timeout`, or
+/// [`STOP_ATTEMPT_TIMEOUT`] after the stop or the start, whichever is later, once the run was
+/// stopped at `stopped_at`.
+fn attempt_deadline(started: Instant, timeout: Duration, stopped_at: Option<Instant>) -> Instant {
+    let deadline = started + timeout;
+    match stopped_at {
+        Some(stopped_at) => deadline.min(stopped_at.max(started) + STOP_ATTEMPT_TIMEOUT),
+        None => deadline,
     }
 }
 
@@ -517,6 +631,154 @@ mod tests {
         sink.write_dead_letter(&delivery);
         assert_eq!(sink.stats.lost, 1);
         assert_eq!(sink.stats.dead_lettered, 0);
+    }
+
+    /// Starts a sink whose stop is `stop` instead of a signal, and returns its queue and thread.
+    fn start_stoppable_sink(
+        url: &str,
+        config: &WebhookConfig,
+        stop: &Arc<std::sync::OnceLock<Instant>>,
+    ) -> (
+        Sender<Message>,
+        std::thread::JoinHandle<SinkStats>,
+    ) {
+        let mut sink = WebhookSink::new(url, config).unwrap();
+        let stop = stop.clone();
+        sink.stop_requested_at = Box::new(move || stop.get().copied());
+        let (sender, receiver) = crossbeam_channel::bounded(8);
+        let thread = std::thread::spawn(move || sink.run(receiver, Arc::default()));
+        (sender, thread)
+    }
+
+    /// Waits up to 10 s until `count` reaches `expected`.
+    fn wait_for_count(count: &std::sync::atomic::AtomicU64, expected: u64) {
+        let started = Instant::now();
+        while count.load(std::sync::atomic::Ordering::SeqCst) < expected {
+            assert!(started.elapsed() < Duration::from_secs(10), "count stayed below {expected}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn stop_gives_up_after_one_more_attempt() {
+        let folder = tempfile::tempdir().unwrap();
+        let dead = folder.path().join("dead.jsonl");
+        let (url, requests) = receiver(503);
+        // Without a stop, the next attempts would wait 10 s each.
+        let config = WebhookConfig {
+            backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(10),
+            max_attempts: 8,
+            ..config(&dead)
+        };
+        let stop = Arc::new(std::sync::OnceLock::new());
+        let (sender, thread) = start_stoppable_sink(&url, &config, &stop);
+        sender.send(Message::Alert(record("a"))).unwrap();
+        sender.send(Message::Alert(record("b"))).unwrap();
+        wait_for_count(&requests, 2);
+
+        let stopped = Instant::now();
+        stop.set(stopped).unwrap();
+        sender.send(Message::Alert(record("c"))).unwrap();
+        drop(sender);
+        let stats = thread.join().unwrap();
+        assert!(stopped.elapsed() < Duration::from_secs(5), "{:?}", stopped.elapsed());
+        // Two attempts before the stop and at most one after it. The second reply may reach
+        // the sink only after the stop, which then counts as that one attempt.
+        assert!(stats.attempts <= 3, "{} attempts", stats.attempts);
+        assert_eq!(
+            requests.load(std::sync::atomic::Ordering::SeqCst),
+            stats.attempts
+        );
+        assert_eq!(stats.given_up_at_stop, 3);
+        assert_eq!(stats.dead_lettered, 3);
+        assert_eq!(stats.delivered, 0);
+        assert_eq!(stats.lost, 0);
+        let text = std::fs::read_to_string(&dead).unwrap();
+        let mut ids: Vec<String> = text
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .map(|line| line["alert_id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn stop_cuts_attempt_in_flight() {
+        let folder = tempfile::tempdir().unwrap();
+        let dead = folder.path().join("dead.jsonl");
+        // A receiver that accepts connections and never replies.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            let mut open_connections = Vec::new();
+            for stream in listener.incoming() {
+                open_connections.push(stream.unwrap());
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let config = WebhookConfig {
+            timeout: Duration::from_secs(60),
+            ..config(&dead)
+        };
+        let stop = Arc::new(std::sync::OnceLock::new());
+        let (sender, thread) = start_stoppable_sink(&url, &config, &stop);
+        sender.send(Message::Alert(record("a"))).unwrap();
+        wait_for_count(&accepted, 1);
+
+        let stopped = Instant::now();
+        stop.set(stopped).unwrap();
+        drop(sender);
+        let stats = thread.join().unwrap();
+        let took = stopped.elapsed();
+        assert!(took >= STOP_ATTEMPT_TIMEOUT, "{took:?}");
+        assert!(took < STOP_ATTEMPT_TIMEOUT + Duration::from_secs(3), "{took:?}");
+        assert_eq!(stats.attempts, 1);
+        assert_eq!(stats.given_up_at_stop, 1);
+        assert_eq!(stats.dead_lettered, 1);
+    }
+
+    #[test]
+    fn working_receiver_gets_alerts_after_stop() {
+        let folder = tempfile::tempdir().unwrap();
+        let dead = folder.path().join("dead.jsonl");
+        let (url, requests) = receiver(200);
+        let stop = Arc::new(std::sync::OnceLock::new());
+        stop.set(Instant::now()).unwrap();
+        let (sender, thread) = start_stoppable_sink(&url, &config(&dead), &stop);
+        for id in ["a", "b", "c"] {
+            sender.send(Message::Alert(record(id))).unwrap();
+        }
+        drop(sender);
+        let stats = thread.join().unwrap();
+        assert_eq!(stats.delivered, 3);
+        assert_eq!(stats.given_up_at_stop, 0);
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn attempt_deadline_after_stop() {
+        let start = Instant::now();
+        let timeout = Duration::from_secs(10);
+        assert_eq!(attempt_deadline(start, timeout, None), start + timeout);
+        // A stop during the attempt ends it STOP_ATTEMPT_TIMEOUT after the stop.
+        let stop = start + Duration::from_secs(1);
+        assert_eq!(
+            attempt_deadline(start, timeout, Some(stop)),
+            stop + STOP_ATTEMPT_TIMEOUT
+        );
+        // An attempt that starts after the stop gets STOP_ATTEMPT_TIMEOUT from its start.
+        let later = start + Duration::from_secs(30);
+        assert_eq!(
+            attempt_deadline(later, timeout, Some(start)),
+            later + STOP_ATTEMPT_TIMEOUT
+        );
+        // A shorter timeout still applies.
+        let short = Duration::from_millis(500);
+        assert_eq!(attempt_deadline(start, short, Some(start)), start + short);
     }
 
     #[test]
