@@ -514,12 +514,7 @@ impl ShiftDetector {
 
     /// Tracks the event rate; on the start of a burst, rolls the session's events out of the
     /// run and returns an anomaly alert.
-    fn track_burst(
-        &self,
-        state: &mut UserState,
-        event: &Event,
-        user_ref: &DecayedWeights,
-    ) -> Option<Alert> {
+    fn track_burst(&self, state: &mut UserState, event: &Event) -> Option<Alert> {
         let ts = event.ts_secs();
         // A burst is `burst_events` events within `burst_span_secs`, and a user's events come
         // in time order, so an entry older than the span before this event can never be in a
@@ -532,8 +527,9 @@ impl ShiftDetector {
             .take_while(|entry| ts - entry.0 > self.config.burst_span_secs)
             .count();
         let over = (state.recent.len() + 1).saturating_sub(self.config.burst_events);
-        state.recent.remove_oldest(expired.max(over));
-        state.recent.push((ts, event.category.clone()));
+        state
+            .recent
+            .push_after_removing(expired.max(over), (ts, event.category.clone()));
         if state.in_burst || state.recent.len() < self.config.burst_events {
             return None;
         }
@@ -570,7 +566,7 @@ impl ShiftDetector {
             ts,
             onset_ts: first_ts,
             score: (rate_per_minute / (rate_per_minute + 20.0)).clamp(0.0, 1.0),
-            from: user_ref.top_categories(LISTED_CATEGORIES),
+            from: state.reference.top_categories(LISTED_CATEGORIES),
             to: shares_of_counts(counts, state.recent.len()),
             signals: vec![
                 ("rate_per_minute".into(), rate_per_minute),
@@ -798,10 +794,7 @@ impl ShiftDetector {
                 .insert(event.category.clone(), topic.clone());
         }
         self.track_session(state, event);
-        let reference = std::mem::take(&mut state.reference);
-        let burst = self.track_burst(state, event, &reference);
-        state.reference = reference;
-        if let Some(alert) = burst {
+        if let Some(alert) = self.track_burst(state, event) {
             state.alerts = state.alerts.saturating_add(1);
             alerts.push(alert);
         }

@@ -38,14 +38,32 @@ impl RecentEvents {
 
     /// Appends an entry at the back.
     pub(crate) fn push(&mut self, entry: (i64, Id)) {
+        if let Queue::Many(entries) = &mut self.0 {
+            entries.push(entry);
+            return;
+        }
         self.0 = match std::mem::take(&mut self.0) {
-            Queue::Empty => Queue::One(entry),
             Queue::One(first) => Queue::Many(Box::new(vec![first, entry])),
-            Queue::Many(mut entries) => {
-                entries.push(entry);
-                Queue::Many(entries)
-            }
+            Queue::Empty => Queue::One(entry),
+            Queue::Many(_) => unreachable!("a boxed queue appends in place"),
         };
+    }
+
+    /// Removes the `count` oldest entries, as [`RecentEvents::remove_oldest`] does, then
+    /// appends `entry`.
+    ///
+    /// A boxed queue that keeps an entry stays boxed, so a user whose events come closer than
+    /// the burst span does not free the box and allocate a new one for every event.
+    pub(crate) fn push_after_removing(&mut self, count: usize, entry: (i64, Id)) {
+        if let Queue::Many(entries) = &mut self.0 {
+            if count < entries.len() {
+                entries.drain(..count);
+                entries.push(entry);
+                return;
+            }
+        }
+        self.remove_oldest(count);
+        self.push(entry);
     }
 
     /// Removes the `count` oldest entries (all of them when there are fewer), and frees the
@@ -127,6 +145,30 @@ mod tests {
         recent.remove_oldest(9);
         assert_eq!(recent.len(), 0);
         assert!(matches!(recent.0, Queue::Empty));
+    }
+
+    #[test]
+    fn push_after_removing_keeps_order() {
+        let mut recent = RecentEvents::default();
+        recent.push_after_removing(0, entry(1));
+        assert!(matches!(recent.0, Queue::One(_)));
+        recent.push_after_removing(0, entry(2));
+        recent.push_after_removing(0, entry(3));
+        assert_eq!(times(&recent), vec![1, 2, 3]);
+
+        recent.push_after_removing(2, entry(4));
+        assert_eq!(times(&recent), vec![3, 4]);
+        assert!(matches!(recent.0, Queue::Many(_)));
+        recent.push_after_removing(1, entry(5));
+        assert_eq!(times(&recent), vec![4, 5]);
+
+        // Removing every entry leaves the new one inline, as push alone would.
+        recent.push_after_removing(2, entry(6));
+        assert_eq!(times(&recent), vec![6]);
+        assert!(matches!(recent.0, Queue::One(_)));
+        recent.push_after_removing(5, entry(7));
+        assert_eq!(times(&recent), vec![7]);
+        assert!(matches!(recent.0, Queue::One(_)));
     }
 
     #[test]
