@@ -106,34 +106,25 @@ impl DecayedWeights {
             return;
         }
         self.groups_version = version;
-        let group_of = |category: &Id| {
-            let topic = topics.and_then(|topics| topics.get(category));
-            groups.group_of(category, topic)
-        };
-        let first_shared =
-            self.categories
-                .iter()
-                .enumerate()
-                .find_map(|(position, (category, _))| {
-                    let group = group_of(category);
-                    (!is_own_group(category, &group)).then_some((position, group))
-                });
-        let Some((first_shared, shared_group)) = first_shared else {
+        let topic_of = |category: &Id| topics.and_then(|topics| topics.get(category));
+        // The scan checks the categories up to the first one in a shared group without
+        // building a group key for each.
+        let first_shared = self
+            .categories
+            .iter()
+            .position(|(category, _)| !groups.is_own_group(category, topic_of(category)));
+        let Some(first_shared) = first_shared else {
             self.groups = None;
             return;
         };
-        // Each category's group, looked up once: the categories before `first_shared` are
-        // their own groups.
-        let mut shared_group = Some(shared_group);
         REBUILT_GROUPS.with_borrow_mut(|sums| {
             sums.clear();
             for (position, (category, weight)) in self.categories.iter().enumerate() {
-                let group = match position.cmp(&first_shared) {
-                    std::cmp::Ordering::Less => GroupKey::Learned(category.clone()),
-                    std::cmp::Ordering::Equal => {
-                        shared_group.take().expect("one category is first")
-                    }
-                    std::cmp::Ordering::Greater => group_of(category),
+                // The categories before `first_shared` are their own groups.
+                let group = if position < first_shared {
+                    GroupKey::Learned(category.clone())
+                } else {
+                    groups.group_of(category, topic_of(category))
                 };
                 // Sums in category order (the map's order), so that float results do not
                 // depend on the order in which categories arrived. Weights are positive, so

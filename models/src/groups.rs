@@ -251,6 +251,17 @@ impl GroupMap {
         GroupKey::Learned(representative.clone())
     }
 
+    /// Returns whether the group of a leaf category is the learned group of its own name, as
+    /// when `group_of(category, topic)` is `GroupKey::Learned(category)`.
+    #[inline]
+    pub fn is_own_group(&self, category: &Id, topic: Option<&Id>) -> bool {
+        topic.is_none()
+            && self
+                .representative
+                .get(category)
+                .is_none_or(|representative| representative == category)
+    }
+
     /// Returns the trend ratio of a group, or `None` when it is not trending.
     pub fn trend(&self, group: &GroupKey) -> Option<f64> {
         self.trending.get(group).copied()
@@ -685,6 +696,35 @@ mod tests {
 
     fn id(value: u64) -> Id {
         Id::from(value)
+    }
+
+    #[test]
+    fn own_group_matches_group_of() {
+        let mut map = GroupMap::default();
+        map.apply(&PopulationInfo {
+            window_end: 3_600_000,
+            groups: Some(vec![(id(10), id(10)), (id(11), id(10))]),
+            trending: Vec::new(),
+        });
+        let topic = Id::text("toys");
+        for category in [id(10), id(11), id(12), Id::text("shoes")] {
+            for topic in [None, Some(&topic)] {
+                let own = matches!(
+                    map.group_of(&category, topic),
+                    GroupKey::Learned(name) if name == category
+                );
+                assert_eq!(
+                    map.is_own_group(&category, topic),
+                    own,
+                    "category {category}, topic {topic:?}"
+                );
+            }
+        }
+        assert!(
+            map.is_own_group(&id(10), None),
+            "a representative is its own group"
+        );
+        assert!(!map.is_own_group(&id(11), None));
     }
 
     fn delta_with_sessions(sessions: &[&[u64]]) -> PopulationDelta {
