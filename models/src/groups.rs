@@ -49,7 +49,40 @@ pub struct PopulationDelta {
     pub events: HashMap<Id, u32>,
 }
 
+/// Numbers of entries in the maps of a [`PopulationDelta`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeltaSizes {
+    pub sessions: usize,
+    pub pairs: usize,
+    pub events: usize,
+}
+
 impl PopulationDelta {
+    /// Creates empty counts of the window that ends at `window_end` (Unix milliseconds), with
+    /// room for `sizes` entries in each map.
+    ///
+    /// A map that grows from empty rehashes all its entries at each doubling of its capacity.
+    /// Neighbouring windows usually count similar numbers of categories and pairs, so maps
+    /// sized like the previous window's rarely grow. The capacity changes the maps' iteration
+    /// order, which no count depends on.
+    pub fn with_sizes(window_end: u64, sizes: DeltaSizes) -> Self {
+        PopulationDelta {
+            window_end,
+            sessions: HashMap::with_capacity_and_hasher(sizes.sessions, Default::default()),
+            pairs: HashMap::with_capacity_and_hasher(sizes.pairs, Default::default()),
+            events: HashMap::with_capacity_and_hasher(sizes.events, Default::default()),
+        }
+    }
+
+    /// Returns the number of entries in each map.
+    pub fn sizes(&self) -> DeltaSizes {
+        DeltaSizes {
+            sessions: self.sessions.len(),
+            pairs: self.pairs.len(),
+            events: self.events.len(),
+        }
+    }
+
     /// Adds another worker's counts for the same window.
     pub fn merge(&mut self, other: PopulationDelta) {
         for (category, count) in other.sessions {
@@ -725,6 +758,24 @@ mod tests {
             "a representative is its own group"
         );
         assert!(!map.is_own_group(&id(11), None));
+    }
+
+    #[test]
+    fn delta_with_sizes_starts_empty() {
+        let previous = delta_with_sessions(&[&[1, 2, 3], &[2, 3]]);
+        let sizes = previous.sizes();
+        assert_eq!((sizes.sessions, sizes.pairs, sizes.events), (3, 3, 3));
+        let sized = PopulationDelta::with_sizes(3_600_000, sizes);
+        assert!(sized.sessions.capacity() >= 3);
+        assert!(sized.pairs.capacity() >= 3);
+        assert!(sized.events.capacity() >= 3);
+        assert_eq!(
+            sized,
+            PopulationDelta {
+                window_end: 3_600_000,
+                ..Default::default()
+            }
+        );
     }
 
     fn delta_with_sessions(sessions: &[&[u64]]) -> PopulationDelta {

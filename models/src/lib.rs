@@ -27,5 +27,5 @@ pub use detector::{
     BehaviorProfile, Detector, DetectorConfig, ShiftDetector, StepTrace, UserState,
 };
 pub use groups::{
-    GroupConfig, GroupKey, GroupMap, PopulationDelta, PopulationInfo, PopulationModel,
+    DeltaSizes, GroupConfig, GroupKey, GroupMap, PopulationDelta, PopulationInfo, PopulationModel,
 };

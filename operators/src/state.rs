@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use veer_models::groups::SessionCounter;
 use veer_models::session::SessionRule;
 use veer_models::{
-    Alert, Event, GroupConfig, GroupMap, Id, PopulationDelta, PopulationInfo, PopulationModel,
+    Alert, DeltaSizes, Event, GroupConfig, GroupMap, Id, PopulationDelta, PopulationInfo,
+    PopulationModel,
 };
 
 use crate::profiles::CoreRecorder;
@@ -154,6 +155,10 @@ pub struct CooccurrenceState {
     pub counter: SessionCounter,
     /// Counts of windows that the frontier has not passed yet, by window end.
     pub open: BTreeMap<u64, PopulationDelta>,
+    /// Sizes of the latest closed window's counts, for the maps of the next window. Checkpoints
+    /// leave it out, so a restored state starts with empty maps.
+    #[serde(skip)]
+    last_sizes: DeltaSizes,
 }
 
 impl CooccurrenceState {
@@ -162,16 +167,18 @@ impl CooccurrenceState {
         CooccurrenceState {
             counter: SessionCounter::new(rule),
             open: BTreeMap::new(),
+            last_sizes: DeltaSizes::default(),
         }
     }
 
     /// Adds one event, in its user's time order, to the counts of its window of `window_ms`.
     pub fn count(&mut self, event: &Event, window_ms: u64) {
         let end = crate::window_end(event.ts_ms as u64, window_ms);
-        let delta = self.open.entry(end).or_insert_with(|| PopulationDelta {
-            window_end: end,
-            ..Default::default()
-        });
+        let sizes = self.last_sizes;
+        let delta = self
+            .open
+            .entry(end)
+            .or_insert_with(|| PopulationDelta::with_sizes(end, sizes));
         self.counter.count(event, delta);
     }
 
@@ -182,7 +189,9 @@ impl CooccurrenceState {
         if bound.is_some_and(|bound| bound < *entry.key()) {
             return None;
         }
-        Some(entry.remove())
+        let delta = entry.remove();
+        self.last_sizes = delta.sizes();
+        Some(delta)
     }
 
     /// Returns the end of the earliest window with counts.
