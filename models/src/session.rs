@@ -92,6 +92,7 @@ impl SessionRule {
     ///
     /// An event without a session id never ends a session by its id; events must come in
     /// time order per user.
+    #[inline]
     pub fn advance(&self, mark: &mut SessionMark, ts: i64, id: Option<&str>) -> bool {
         let new_session = !mark.started()
             || id.is_some_and(|id| mark.id.as_deref().map(|kept| &**kept) != Some(id))
@@ -107,6 +108,7 @@ impl SessionRule {
     /// Returns true when an event at `now` (Unix seconds) or later would start a new session
     /// after `mark`, whatever its session id, so the mark may be forgotten. A mark that has
     /// seen no event has ended.
+    #[inline]
     pub fn has_ended(&self, mark: &SessionMark, now: i64) -> bool {
         !mark.started()
             || now.saturating_sub(mark.last_ts) > self.gap_secs
