@@ -918,6 +918,14 @@ where
     result.stats = stats.borrow().clone();
     let timeline = result.stats.timeline.take().unwrap_or_default();
     let mut tally = alert_counts.borrow_mut();
+    if tally.dropped > 0 {
+        tracing::info!(
+            alerts = tally.dropped,
+            "alerts released after the run stopped at its cut were not written, because they \
+             come from windows closed before their end; a --resume writes the alerts of those \
+             windows"
+        );
+    }
     result.alerts = tally.by_kind.clone();
     result.kept_alerts = std::mem::take(&mut tally.kept);
     drop(tally);
@@ -1044,15 +1052,24 @@ impl Feeder<'_> {
             self.hooks.between_steps();
         }
         let cut = *self.input.time();
-        let Some(cuts) = self.cuts.as_mut() else {
-            return;
-        };
-        if cut == 0 || !cuts.checkpointer.due(cut) {
-            return;
+        let due = self
+            .cuts
+            .as_ref()
+            .is_some_and(|cuts| cuts.checkpointer.due(cut));
+        if due {
+            self.checkpoint(worker, cut);
         }
+    }
+
+    /// Takes a checkpoint at `cut`, the input's time, once the model path has caught up with
+    /// it. Returns whether the checkpoint was written.
+    fn checkpoint(&mut self, worker: &mut timely::worker::Worker, cut: u64) -> bool {
+        let Some(cuts) = self.cuts.as_mut() else {
+            return false;
+        };
         if let Some(models) = &cuts.models {
             if !models.settle(worker, self.hooks, cut) {
-                return;
+                return false;
             }
         }
         let position = crate::checkpoint::snapshot::FeedPosition {
@@ -1069,7 +1086,54 @@ impl Feeder<'_> {
             alerts_written,
             cuts.encode_local,
             cuts.flush_alerts,
-        );
+        )
+    }
+
+    /// Returns whether a shutdown that cuts the input short stops this run at a checkpoint
+    /// cut ([`stop_at_cut`](Self::stop_at_cut)): true when the run writes checkpoints.
+    fn stops_at_cut(&self) -> bool {
+        self.cuts.is_some()
+    }
+
+    /// Ends the feed of a run that writes checkpoints when a shutdown has cut its input short.
+    ///
+    /// Closing the input would close every open window as at the end of the input, and the
+    /// alerts of those partial windows (their model scores, for example) differ from the ones
+    /// an uninterrupted run writes. A resume would then skip the right alerts as already in
+    /// the alert file. So the feed stops at the input's time: it writes a last checkpoint
+    /// there, and the sink drops every alert released after it. `unsent` counts the events
+    /// read but not sent, which a `--resume` processes.
+    fn stop_at_cut(&mut self, worker: &mut timely::worker::Worker, unsent: u64) {
+        let cut = *self.input.time();
+        self.advance_and_wait(worker, cut);
+        let Some(cuts) = self.cuts.as_ref() else {
+            return;
+        };
+        let checkpointer = &cuts.checkpointer;
+        if checkpointer.may_cut(cut) && checkpointer.newest_cut_ms() != Some(cut) {
+            self.checkpoint(worker, cut);
+        }
+        let Some(cuts) = self.cuts.as_ref() else {
+            return;
+        };
+        let checkpointer = &cuts.checkpointer;
+        match checkpointer.newest_cut_ms() {
+            Some(newest) if newest == cut => tracing::info!(
+                sequence = checkpointer.sequence(),
+                cut_ms = cut,
+                unsent,
+                "run interrupted by the shutdown: stopped at the newest checkpoint; \
+                 --resume goes on from it with the events not sent and the rest of the input"
+            ),
+            newest => tracing::info!(
+                cut_ms = cut,
+                newest_checkpoint_cut_ms = newest,
+                unsent,
+                "run interrupted by the shutdown: stopped where no checkpoint could be \
+                 taken; --resume goes on from the newest checkpoint, if any"
+            ),
+        }
+        cuts.alerts.borrow_mut().stopped = true;
     }
 
     /// Checks the events a resumed run skips against its checkpoint, and moves the input to
@@ -1092,6 +1156,9 @@ impl Feeder<'_> {
         }
         if position.cut_ms > *self.input.time() {
             self.input.advance_to(position.cut_ms);
+        }
+        if let Some(cuts) = self.cuts.as_mut() {
+            cuts.checkpointer.resumed_at(position.cut_ms);
         }
         tracing::info!(
             skipped = skipped.len(),
@@ -1265,6 +1332,8 @@ fn feed_input(
             let mut out_of_order = 0u64;
             let mut newest = i64::MIN;
             let mut shutdown_seen = false;
+            // Events of the chunks received after a shutdown that stops the run at a cut.
+            let mut unsent = 0u64;
             if stream_arrival {
                 feed_alone();
             }
@@ -1273,6 +1342,10 @@ fn feed_input(
                 let received = Instant::now();
                 progress.reading(shared.bytes_read.load(Ordering::Relaxed));
                 match chunk {
+                    Chunk::Events(events, _, _) if shutdown_seen && feeder.stops_at_cut() => {
+                        unsent += events.len() as u64;
+                        pool.give_back(events);
+                    }
                     Chunk::Events(mut events, _, input) if stream_arrival => {
                         for event in events.drain(..) {
                             if event.ts_ms < newest {
@@ -1313,6 +1386,17 @@ fn feed_input(
                     }
                     Chunk::Failed(message) => return Err(message),
                 }
+            }
+            if shutdown_seen && feeder.stops_at_cut() {
+                // Buffered events were not sent yet, and held ones are at or after the cut.
+                unsent += arrival.held.len() as u64;
+                unsent += buffered.iter().map(BufferedBatch::len).sum::<usize>() as u64;
+                feeder.stop_at_cut(worker, unsent);
+                counts.late = arrival.late;
+                counts.events -= arrival.late;
+                counts.out_of_order = out_of_order.max(profiler.finish().out_of_order);
+                progress.finish();
+                return Ok((counts, false));
             }
             if stream_arrival {
                 arrival.finish(&mut feeder)?;
@@ -1440,6 +1524,7 @@ fn send_shared(
 ///
 /// A shutdown request ends the input at the reader, which then sends what it has read and
 /// its counts, so the chunks are received to the reader's last one even after the request.
+/// A run that stops at a checkpoint cut counts those chunks but does not send them.
 fn receive_chunk(
     worker: &mut timely::worker::Worker,
     feeder: &mut Feeder<'_>,
@@ -1447,11 +1532,20 @@ fn receive_chunk(
     shutdown_seen: &mut bool,
 ) -> Result<Chunk, String> {
     loop {
+        // Checked after the wait, so the chunks that a shutdown ended arrive with it seen.
+        let received = feeder.hooks.receive_timeout(receiver, SHUTDOWN_POLL);
         if !*shutdown_seen && crate::shutdown::requested() {
             *shutdown_seen = true;
-            tracing::info!("shutdown requested: the input is treated as ended");
+            if feeder.stops_at_cut() {
+                tracing::info!(
+                    "shutdown requested: the run stops at a checkpoint cut, and a --resume \
+                     processes the events read after it"
+                );
+            } else {
+                tracing::info!("shutdown requested: the input is treated as ended");
+            }
         }
-        match feeder.hooks.receive_timeout(receiver, SHUTDOWN_POLL) {
+        match received {
             Ok(chunk) => return Ok(chunk),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 // A new user table applies while the input is idle.

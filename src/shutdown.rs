@@ -2,9 +2,11 @@
 //!
 //! The first signal sets a process-wide flag: sources stop accepting and reading, the events
 //! already read are processed, the last windows close as at the end of the input, outputs are
-//! flushed and the run exits 0. Code that must act on shutdown (a final checkpoint, for
-//! example) reads [`requested`]; threads that park register with [`wake_on_request`] so the
-//! signal wakes them. A second SIGINT ends the process at once with exit code 130, because a
+//! flushed and the run exits 0. A run that writes checkpoints stops differently, because a
+//! `--resume` continues it: it sends no more events, writes a last checkpoint at the cut it
+//! has reached, and writes none of the alerts that closing the open windows early releases.
+//! Code that must act on shutdown reads [`requested`]; threads that park register with
+//! [`wake_on_request`] so the signal wakes them. A second SIGINT ends the process at once with exit code 130, because a
 //! shutdown that stalls must still be stoppable; results in flight are then lost, but the alert
 //! writer only ever writes whole lines.
 

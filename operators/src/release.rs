@@ -90,6 +90,16 @@ impl ReleaseBuffer {
     pub fn earliest(&self) -> Option<u64> {
         self.earliest
     }
+
+    /// Returns the number of buffered events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Returns whether no event is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,11 @@ pub struct AlertTally {
     pub kept: Vec<Alert>,
     /// Called with each alert just before it is written, for metrics such as latency.
     pub on_alert: Option<Box<dyn FnMut(&Alert)>>,
+    /// Whether the run stopped at a checkpoint cut. The alerts released from then on come from
+    /// windows closed before their end, so they are counted in `dropped`, not written.
+    pub stopped: bool,
+    /// Alerts not written because the run had stopped.
+    pub dropped: u64,
 }
 
 impl std::fmt::Debug for AlertTally {
@@ -31,6 +36,8 @@ impl std::fmt::Debug for AlertTally {
             .field("keep", &self.keep)
             .field("kept", &self.kept.len())
             .field("on_alert", &self.on_alert.is_some())
+            .field("stopped", &self.stopped)
+            .field("dropped", &self.dropped)
             .finish()
     }
 }
@@ -75,7 +82,7 @@ impl<W: Write> AlertSink for JsonLines<W> {
 /// the output's bytes do not depend on the number of workers. `sink` is only used on worker
 /// 0; other workers may pass `None`. The sink is closed once the frontier is empty. The returned
 /// stream carries no data; a probe on it tells when the sink has taken every alert before a
-/// time.
+/// time. Once [`AlertTally::stopped`] is set, the alerts released are only counted.
 ///
 /// # Examples
 ///
@@ -155,6 +162,10 @@ pub fn write_alerts<'scope>(
                 let mut batch = entry.remove();
                 batch.sort_by(|a, b| (a.ts, &a.user, a.kind).cmp(&(b.ts, &b.user, b.kind)));
                 let mut tally = counter.borrow_mut();
+                if tally.stopped {
+                    tally.dropped += batch.len() as u64;
+                    continue;
+                }
                 for alert in batch {
                     *tally.by_kind.entry(alert.kind).or_default() += 1;
                     if let Some(observe) = tally.on_alert.as_mut() {

@@ -72,6 +72,8 @@ pub struct Checkpointer {
     failed: u64,
     /// Cause of the last failed checkpoint, so a repeat of it is logged only now and then.
     last_cause: String,
+    /// Cut of the newest checkpoint in the folder, written by this run or resumed from.
+    newest_cut_ms: Option<u64>,
 }
 
 impl Checkpointer {
@@ -98,6 +100,7 @@ impl Checkpointer {
             written: 0,
             failed: 0,
             last_cause: String::new(),
+            newest_cut_ms: None,
         }
     }
 
@@ -105,7 +108,29 @@ impl Checkpointer {
     /// population window boundary: at a boundary the window's counts leave the worker at the
     /// cut time itself, and a probe at that time cannot tell whether they have arrived.
     pub fn due(&self, cut_ms: u64) -> bool {
-        self.last.elapsed() >= self.interval && cut_ms % self.window_ms != 0
+        self.last.elapsed() >= self.interval && self.may_cut(cut_ms)
+    }
+
+    /// Returns whether `cut_ms` may be a cut: not 0 and not a population window boundary (see
+    /// [`due`](Self::due)).
+    pub fn may_cut(&self, cut_ms: u64) -> bool {
+        cut_ms != 0 && cut_ms % self.window_ms != 0
+    }
+
+    /// Returns the cut of the newest checkpoint in the folder: the last one this run wrote, or
+    /// the one it resumed from.
+    pub fn newest_cut_ms(&self) -> Option<u64> {
+        self.newest_cut_ms
+    }
+
+    /// Records that the run resumed from a checkpoint at `cut_ms`.
+    pub fn resumed_at(&mut self, cut_ms: u64) {
+        self.newest_cut_ms = Some(cut_ms);
+    }
+
+    /// Returns the sequence number of the newest checkpoint in the folder.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
     }
 
     /// Takes a checkpoint at the cut `position.cut_ms`.
@@ -115,7 +140,7 @@ impl Checkpointer {
     /// alerts written so far to the operating system, so none written before the cut can be
     /// lost by a kill after the checkpoint exists. A failed checkpoint is counted and logged,
     /// and the run goes on, because its alerts are still correct. `veer run` reports the
-    /// count in its summary and exit code.
+    /// count in its summary and exit code. Returns whether the checkpoint was written.
     pub fn take(
         &mut self,
         worker: &mut timely::worker::Worker,
@@ -123,13 +148,13 @@ impl Checkpointer {
         alerts_written: u64,
         encode_local: &dyn Fn() -> Result<Vec<u8>, String>,
         flush_alerts: &mut dyn FnMut() -> std::io::Result<()>,
-    ) {
+    ) -> bool {
         let started = Instant::now();
         self.last = started;
         if let Err(error) = flush_alerts() {
             let error = format!("failed to flush the alerts before it: {error}");
             self.fail(self.sequence + 1, error.clone(), error);
-            return;
+            return false;
         }
         self.sequence += 1;
         self.board.request(self.sequence);
@@ -146,7 +171,7 @@ impl Checkpointer {
             Err(error) => {
                 let error = format!("failed to encode it: {error}");
                 self.fail(self.sequence, error.clone(), error);
-                return;
+                return false;
             }
         };
         self.meta.sequence = self.sequence;
@@ -180,6 +205,7 @@ impl Checkpointer {
         match written {
             Ok((path, bytes)) => {
                 self.written += 1;
+                self.newest_cut_ms = Some(contents.meta.feed.cut_ms);
                 self.metrics
                     .checkpoint_written(started.elapsed(), bytes as u64);
                 tracing::info!(
@@ -190,8 +216,12 @@ impl Checkpointer {
                     millis = started.elapsed().as_millis() as u64,
                     "checkpoint written"
                 );
+                true
             }
-            Err((error, cause)) => self.fail(self.sequence, error, cause),
+            Err((error, cause)) => {
+                self.fail(self.sequence, error, cause);
+                false
+            }
         }
     }
 
