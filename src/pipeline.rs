@@ -1105,35 +1105,48 @@ impl Feeder<'_> {
     /// read but not sent, which a `--resume` processes.
     fn stop_at_cut(&mut self, worker: &mut timely::worker::Worker, unsent: u64) {
         let cut = *self.input.time();
-        self.advance_and_wait(worker, cut);
-        let Some(cuts) = self.cuts.as_ref() else {
-            return;
-        };
-        let checkpointer = &cuts.checkpointer;
-        if checkpointer.may_cut(cut) && checkpointer.newest_cut_ms() != Some(cut) {
-            self.checkpoint(worker, cut);
+        if let Some(position) = &self.resume {
+            tracing::info!(
+                checkpoint_cut_ms = position.cut_ms,
+                events_read = self.tally.read,
+                checkpoint_events_read = position.events_read,
+                "run interrupted by the shutdown while the resume was still reading the events \
+                 before its checkpoint: no alert and no checkpoint was written, so resume again \
+                 with the same input"
+            );
+        } else {
+            self.advance_and_wait(worker, cut);
+            let Some(cuts) = self.cuts.as_ref() else {
+                return;
+            };
+            let checkpointer = &cuts.checkpointer;
+            if checkpointer.may_cut(cut) && checkpointer.newest_cut_ms() != Some(cut) {
+                self.checkpoint(worker, cut);
+            }
+            let Some(cuts) = self.cuts.as_ref() else {
+                return;
+            };
+            let checkpointer = &cuts.checkpointer;
+            match checkpointer.newest_cut_ms() {
+                Some(newest) if newest == cut => tracing::info!(
+                    sequence = checkpointer.sequence(),
+                    cut_ms = cut,
+                    unsent,
+                    "run interrupted by the shutdown: stopped at the newest checkpoint; \
+                     --resume goes on from it with the events not sent and the rest of the input"
+                ),
+                newest => tracing::info!(
+                    cut_ms = cut,
+                    newest_checkpoint_cut_ms = newest,
+                    unsent,
+                    "run interrupted by the shutdown: stopped where no checkpoint could be \
+                     taken; --resume goes on from the newest checkpoint, if any"
+                ),
+            }
         }
-        let Some(cuts) = self.cuts.as_ref() else {
-            return;
-        };
-        let checkpointer = &cuts.checkpointer;
-        match checkpointer.newest_cut_ms() {
-            Some(newest) if newest == cut => tracing::info!(
-                sequence = checkpointer.sequence(),
-                cut_ms = cut,
-                unsent,
-                "run interrupted by the shutdown: stopped at the newest checkpoint; \
-                 --resume goes on from it with the events not sent and the rest of the input"
-            ),
-            newest => tracing::info!(
-                cut_ms = cut,
-                newest_checkpoint_cut_ms = newest,
-                unsent,
-                "run interrupted by the shutdown: stopped where no checkpoint could be \
-                 taken; --resume goes on from the newest checkpoint, if any"
-            ),
+        if let Some(cuts) = &self.cuts {
+            cuts.alerts.borrow_mut().stopped = true;
         }
-        cuts.alerts.borrow_mut().stopped = true;
     }
 
     /// Checks the events a resumed run skips against its checkpoint, and moves the input to

@@ -76,6 +76,20 @@ fn watermark_after(events: &str, lines: usize) -> u64 {
     newest * 1000 - OUT_OF_ORDERNESS_MS
 }
 
+/// Returns every file in `folder` with its bytes, sorted by name.
+fn folder_contents(folder: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(folder)
+        .expect("folder")
+        .map(|entry| {
+            let path = entry.expect("entry").path();
+            let bytes = std::fs::read(&path).expect("file");
+            (path, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 /// Generates the test stream in `folder`: 600 users over 9 days, about 70,000 events.
 fn generate(folder: &Path) -> PathBuf {
     let (events, _) = common::generate_stream(folder, 600, 9, 7);
@@ -182,4 +196,47 @@ fn sigint_then_resume_with_models() {
 #[test]
 fn sigint_then_resume_without_models() {
     stop_and_resume_match_reference(9, &["--workers", "2"]);
+}
+
+#[test]
+fn sigint_during_resume_replay() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let events = generate(folder.path());
+    let alerts = folder.path().join("alerts.jsonl");
+    let checkpoints = folder.path().join("ck");
+    stop_after_batches(&events, &alerts, &checkpoints, 9, &[]);
+    let checkpoints_before = folder_contents(&checkpoints);
+    let alerts_before = std::fs::read(&alerts).expect("alert file");
+
+    // The resume gets fewer lines than its checkpoint's run had read, and a SIGINT while it
+    // reads them.
+    let mut child = start_on_stdin(&alerts, &["--resume", common::arg(&checkpoints)]);
+    let mut log = Log::capture(&mut child);
+    let mut stdin = child.stdin.take().expect("piped standard input");
+    let text = std::fs::read_to_string(&events).expect("events file");
+    for line in text.lines().take(READER_BATCH) {
+        writeln!(stdin, "{line}").expect("write to veer");
+    }
+    stdin.flush().expect("flush to veer");
+    log.wait_for(&["resuming from checkpoint"], LOG_WAIT);
+    interrupt(&child);
+    let status = child.wait().expect("veer exits");
+    drop(stdin);
+    let lines = log.finish();
+    let log_text = lines.join("\n");
+
+    assert!(status.success(), "interrupted resume failed: {log_text}");
+    assert!(
+        log_text.contains("while the resume was still reading"),
+        "no interruption message: {log_text}"
+    );
+    assert!(log_text.contains("lines read"), "no summary: {log_text}");
+    assert!(
+        folder_contents(&checkpoints) == checkpoints_before,
+        "the checkpoint folder changed"
+    );
+    assert!(
+        std::fs::read(&alerts).expect("alert file") == alerts_before,
+        "the alert file changed"
+    );
 }
