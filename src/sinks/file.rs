@@ -112,6 +112,10 @@ impl AlertFile {
     /// Opens the file for appending, creating it when missing: cuts a torn last line, loads
     /// the `alert_id` of every whole line, and returns what it found.
     ///
+    /// Only the start of an alert line (what a killed run leaves) is cut. A file whose last
+    /// line has no newline and is not the start of an alert line is not an alert file. It is
+    /// left unchanged, and the error kind is `InvalidData`.
+    ///
     /// From then on [`append`](Self::append) skips any alert whose id is in the file or was
     /// appended since. The ids are held in memory, about 40 bytes plus the id per alert.
     ///
@@ -145,6 +149,9 @@ impl AlertFile {
                 break;
             }
             if line.last() != Some(&b'\n') {
+                if !is_torn_alert_line(&line) {
+                    return Err(not_an_alert_file(&line));
+                }
                 reopened.truncated_bytes = read as u64;
                 break;
             }
@@ -320,6 +327,30 @@ impl AlertFile {
     }
 }
 
+/// First bytes of every alert line that veer writes ([`veer_models::Alert::to_json_line`]).
+const ALERT_LINE_START: &[u8] = b"{\"alert_id\":\"";
+
+/// Returns whether `line`, the unfinished last line of a file, can be the start of an alert
+/// line that a kill tore: it begins with [`ALERT_LINE_START`], or is a shorter part of it.
+fn is_torn_alert_line(line: &[u8]) -> bool {
+    let shared = line.len().min(ALERT_LINE_START.len());
+    line[..shared] == ALERT_LINE_START[..shared]
+}
+
+/// Returns the error of an append to a file whose unfinished last line `line` is not a torn
+/// alert line.
+fn not_an_alert_file(line: &[u8]) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!(
+            "not an alert file: the last {} bytes have no final newline and are not the start of \
+             an alert line ({{\"alert_id\":\"...), so nothing was cut and the file is unchanged; \
+             give --alerts a new file, or an alert file that veer wrote",
+            line.len()
+        ),
+    )
+}
+
 /// Returns the `alert_id` of one JSON line, or `None` when the line is not an alert object.
 fn alert_id_of(line: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -360,6 +391,38 @@ mod tests {
         assert_eq!(
             text,
             format!("{}\n{}\n{}\n", line("1"), line("2"), line("3"))
+        );
+    }
+
+    #[test]
+    fn reopen_rejects_unfinished_other_line() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("data.bin");
+        let contents = b"\x00\x01binary\nno newline at the end \xff".to_vec();
+        std::fs::write(&path, &contents).unwrap();
+
+        let error = AlertFile::open_append(&path)
+            .err()
+            .expect("not an alert file");
+        assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
+        assert!(
+            error.to_string().starts_with("not an alert file"),
+            "{error}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), contents);
+    }
+
+    #[test]
+    fn reopen_cuts_short_torn_start() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("a.jsonl");
+        std::fs::write(&path, format!("{}\n{{\"al", line("1"))).unwrap();
+
+        let (_, reopened) = AlertFile::open_append(&path).unwrap();
+        assert_eq!(reopened.truncated_bytes, 4);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", line("1"))
         );
     }
 
