@@ -17,6 +17,7 @@ pub mod frontier;
 pub mod generate;
 pub mod http;
 pub mod ingest;
+mod json_diff;
 pub mod listen;
 pub mod live;
 pub mod metrics;

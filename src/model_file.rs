@@ -323,26 +323,9 @@ fn setting_name(key: &str) -> String {
 /// Returns the dotted key and both values of the first leaf where `saved` and `current`
 /// differ, or `None` when they are equal.
 fn first_difference(key: &str, saved: &Value, current: &Value) -> Option<(String, String, String)> {
-    let join = |name: &str| match key {
-        "" => name.to_string(),
-        _ => format!("{key}.{name}"),
-    };
-    match (saved, current) {
-        (Value::Object(saved_fields), Value::Object(current_fields)) => {
-            for (name, current_value) in current_fields {
-                let saved_value = saved_fields.get(name).unwrap_or(&Value::Null);
-                if let Some(found) = first_difference(&join(name), saved_value, current_value) {
-                    return Some(found);
-                }
-            }
-            saved_fields
-                .iter()
-                .find(|(name, _)| !current_fields.contains_key(*name))
-                .map(|(name, value)| (join(name), value.to_string(), "no such setting".into()))
-        }
-        _ if saved == current => None,
-        _ => Some((key.to_string(), saved.to_string(), current.to_string())),
-    }
+    crate::json_diff::differences(key, saved, current)
+        .into_iter()
+        .next()
 }
 
 /// Writes `bytes` to `path` atomically: to a temporary file in the same folder, synced, then

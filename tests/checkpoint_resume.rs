@@ -212,3 +212,62 @@ fn corrupt_checkpoint_rejected() {
     assert!(!ok);
     assert!(stderr.contains("holds no checkpoint"), "{stderr}");
 }
+
+#[test]
+fn resume_errors_name_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = generate(dir.path());
+    let checkpoints = dir.path().join("ck");
+    let (ok, stderr) = run_job(
+        &events,
+        &dir.path().join("a.jsonl"),
+        &[
+            "--checkpoint-dir",
+            checkpoints.to_str().unwrap(),
+            "--checkpoint-interval",
+            "1ms",
+        ],
+    );
+    assert!(ok, "checkpointed run failed: {stderr}");
+    let resume = |name: &str, folder: &Path, extra: &[&str]| {
+        let mut options = vec!["--resume", folder.to_str().unwrap()];
+        options.extend_from_slice(extra);
+        let (ok, stderr) = run_job(&events, &dir.path().join(name), &options);
+        assert!(!ok, "the resume was accepted: {stderr}");
+        stderr
+    };
+
+    // Another eviction time: the error names the option and both values.
+    let stderr = resume("evict.jsonl", &checkpoints, &["--evict-after", "1d"]);
+    assert!(
+        stderr.contains(
+            "--evict-after in milliseconds (null: never): checkpoint 604800000, this run 86400000"
+        ),
+        "{stderr}"
+    );
+
+    // A missing folder is not found, rather than empty.
+    let stderr = resume("missing.jsonl", &dir.path().join("absent"), &[]);
+    assert!(stderr.contains("absent not found"), "{stderr}");
+
+    // A damaged newest checkpoint: the error names the intact older one and the fix.
+    let newest = newest_checkpoint(&checkpoints);
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+    let stderr = resume("damaged.jsonl", &checkpoints, &[]);
+    assert!(stderr.contains("truncated"), "{stderr}");
+    assert!(stderr.contains("is intact: move"), "{stderr}");
+
+    // Without an older one, the error advises a start without --resume.
+    let older: Vec<_> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| *path != newest)
+        .collect();
+    assert!(!older.is_empty(), "only one checkpoint was kept");
+    for path in older {
+        std::fs::remove_file(path).unwrap();
+    }
+    let stderr = resume("alone.jsonl", &checkpoints, &[]);
+    assert!(stderr.contains("no older checkpoint"), "{stderr}");
+}

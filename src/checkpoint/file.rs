@@ -66,6 +66,8 @@ pub enum CheckpointError {
     Invalid { path: PathBuf, reason: String },
     #[error("checkpoint folder {path}: holds no checkpoint (no {PREFIX}*{SUFFIX} file)")]
     Missing { path: PathBuf },
+    #[error("checkpoint folder {path} not found; check the folder given to --resume")]
+    FolderNotFound { path: PathBuf },
     #[error("checkpoint {path}: failed to write it: {reason}")]
     Unwritable { path: PathBuf, reason: String },
 }
@@ -183,7 +185,11 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 pub fn latest(dir: &Path) -> Result<(u64, PathBuf), CheckpointError> {
     let files = match list(dir) {
         Ok(files) => files,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(CheckpointError::FolderNotFound {
+                path: dir.to_path_buf(),
+            })
+        }
         Err(error) => {
             return Err(CheckpointError::Unreadable {
                 path: dir.to_path_buf(),

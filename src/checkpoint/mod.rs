@@ -280,7 +280,8 @@ pub fn load<S: DeserializeOwned>(
         models,
     } = *expected;
     let (_, path) = file::latest(dir)?;
-    let contents: CheckpointFile = file::read(&path)?;
+    let contents: CheckpointFile = file::read(&path)
+        .map_err(|error| anyhow::anyhow!("{error}; {}", older_checkpoint_advice(dir, &path)))?;
     let meta = contents.meta;
     check_models(&path, meta.models.as_deref(), models)?;
     if meta.detector != detector {
@@ -293,9 +294,10 @@ pub fn load<S: DeserializeOwned>(
     }
     if meta.settings != settings {
         anyhow::bail!(
-            "checkpoint {}: written with other settings; resume with the same veer.toml and options, or start without --resume\n  checkpoint: {}\n  this run:   {settings}",
+            "checkpoint {}: written with other settings ({}); resume with the same veer.toml \
+             and options, or start without --resume",
             path.display(),
-            meta.settings
+            describe_differences(&meta.settings, settings, run_setting_name)
         );
     }
     if meta.inputs != inputs {
@@ -335,6 +337,32 @@ pub fn load<S: DeserializeOwned>(
     Ok(Loaded { path, meta, parts })
 }
 
+/// Returns what to do when the newest checkpoint, `newest` in `dir`, cannot be read: resume
+/// from the next older checkpoint if it reads, else start again.
+fn older_checkpoint_advice(dir: &std::path::Path, newest: &std::path::Path) -> String {
+    let older = file::list(dir)
+        .ok()
+        .and_then(|files| files.into_iter().rev().find(|(_, path)| path != newest));
+    let Some((_, older)) = older else {
+        return format!(
+            "no older checkpoint is in {}, so start without --resume",
+            dir.display()
+        );
+    };
+    match file::read::<CheckpointFile>(&older) {
+        Ok(_) => format!(
+            "the older checkpoint {} is intact: move {} out of {} and resume again to start \
+             from it",
+            older.display(),
+            newest.display(),
+            dir.display()
+        ),
+        Err(error) => format!(
+            "the older checkpoint cannot be read either ({error}), so start without --resume"
+        ),
+    }
+}
+
 /// Checks that the checkpoint at `path` was written with `--models` exactly when the run has
 /// it, and with the same model settings. Both arguments are [`prepare::models_fingerprint`]
 /// values.
@@ -357,11 +385,63 @@ fn check_models(
             path.display()
         ),
         (Some(written), Some(run)) => anyhow::bail!(
-            "checkpoint {}: written with other model settings; resume with the same [models] \
-             settings and --models-load file, or start without --resume\n  checkpoint: \
-             {written}\n  this run:   {run}",
-            path.display()
+            "checkpoint {}: written with other model settings ({}); resume with the same \
+             [models] settings and --models-load file, or start without --resume",
+            path.display(),
+            describe_differences(written, run, model_setting_name)
         ),
+    }
+}
+
+/// Describes each setting that differs between the fingerprints `written` (the checkpoint's)
+/// and `run` (this run's), as `NAME: checkpoint VALUE, this run VALUE`. `name` turns a
+/// fingerprint key into the option or `veer.toml` key that sets it. Fingerprints that are
+/// not JSON objects are shown whole.
+fn describe_differences(written: &str, run: &str, name: fn(&str) -> String) -> String {
+    let parsed = (
+        serde_json::from_str::<serde_json::Value>(written),
+        serde_json::from_str::<serde_json::Value>(run),
+    );
+    let (Ok(written_value), Ok(run_value)) = parsed else {
+        return format!("checkpoint {written}, this run {run}");
+    };
+    let found = crate::json_diff::differences("", &written_value, &run_value);
+    if found.is_empty() {
+        return format!("checkpoint {written}, this run {run}");
+    }
+    found
+        .iter()
+        .map(|(key, written, run)| format!("{}: checkpoint {written}, this run {run}", name(key)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Returns the option or `veer.toml` key that sets the run setting with fingerprint key `key`
+/// ([`prepare::settings_fingerprint`]).
+fn run_setting_name(key: &str) -> String {
+    if let Some(field) = key.strip_prefix("detector_config.") {
+        return format!("[detector] {field}");
+    }
+    if let Some(field) = key.strip_prefix("groups.") {
+        return format!("[groups] {field}");
+    }
+    match key {
+        "window_ms" => "--window in milliseconds".into(),
+        "order" => "--order".into(),
+        "out_of_orderness_ms" => "--out-of-orderness in milliseconds".into(),
+        "max_future_skew_ms" => "[time] max_future_skew in milliseconds".into(),
+        "evict_idle_ms" => "--evict-after in milliseconds (null: never)".into(),
+        other => format!("setting `{other}`"),
+    }
+}
+
+/// Returns the `veer.toml` key that sets the model setting with fingerprint key `key`
+/// ([`prepare::models_fingerprint`]).
+fn model_setting_name(key: &str) -> String {
+    match key.strip_prefix("loaded.") {
+        Some(field) => format!("--models-load file's {field}"),
+        None if key == "loaded" => "--models-load file".into(),
+        None => format!("model setting `{key}`"),
     }
 }
 
