@@ -102,11 +102,14 @@ struct SavedHeader {
 pub enum ModelFileError {
     #[error("model file {path} not found; check the path, or write one first with --models-save")]
     NotFound { path: PathBuf },
-    #[error("failed to read model file {path}: {source}")]
+    /// The cause is part of the message and not a `source`, so an error chain prints it once.
+    #[error("failed to read model file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+    #[error("model file {path} is a folder; give the path of a file that --models-save wrote")]
+    IsFolder { path: PathBuf },
     #[error(
         "model file {path} is truncated ({detail}); save the models again, or copy the whole \
          file"
@@ -162,13 +165,18 @@ pub enum ModelFileError {
 /// Reads a model file and checks its format versions. [`ModelFile::check`] then checks its
 /// settings against a run's.
 pub fn load(path: &Path) -> Result<ModelFile, ModelFileError> {
-    let bytes = std::fs::read(path).map_err(|source| match source.kind() {
+    if path.is_dir() {
+        return Err(ModelFileError::IsFolder {
+            path: path.to_path_buf(),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|cause| match cause.kind() {
         std::io::ErrorKind::NotFound => ModelFileError::NotFound {
             path: path.to_path_buf(),
         },
         _ => ModelFileError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         },
     })?;
     let corrupt = |detail: String| ModelFileError::Corrupt {
@@ -209,6 +217,7 @@ pub fn load(path: &Path) -> Result<ModelFile, ModelFileError> {
             found,
             expected,
         },
+        MlError::Load(error) => corrupt(format!("invalid `models`: {error}")),
         other => corrupt(format!("invalid `models`: {other}")),
     })?;
     let header: SavedHeader = serde_json::from_value(Value::Object(fields))

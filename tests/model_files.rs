@@ -606,3 +606,28 @@ fn loaded_models_match_reference() {
         }
     }
 }
+
+#[test]
+fn model_load_errors_name_one_cause() {
+    let saved = saved_models();
+    assert_load_fails(&saved, saved.folder.path(), &[], "is a folder");
+    let run = run_loaded(&saved, saved.folder.path(), "folder.alerts", &[]);
+    assert!(
+        !run.stderr.contains("os error 21"),
+        "the error repeats the system's cause: {}",
+        run.stderr
+    );
+
+    let broken = edited(&saved, |document| {
+        document["models"]["segmenter"] = 5.into()
+    });
+    let path = saved.folder.path().join("broken.json");
+    std::fs::write(&path, broken).expect("broken model file");
+    let run = run_loaded(&saved, &path, "broken.alerts", &[]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("save or load"),
+        "the error does not say which: {}",
+        run.stderr
+    );
+}

@@ -55,9 +55,17 @@ pub enum MlError {
     )]
     VersionMismatch { found: String, expected: u32 },
 
-    /// A model set that could not be written or parsed.
-    #[error("failed to save or load models: {0}")]
-    Serialization(#[from] serde_json::Error),
+    /// A model set that could not be written.
+    #[error("failed to save models: {0}")]
+    Save(serde_json::Error),
+
+    /// A saved model set that could not be parsed.
+    #[error("failed to load models: {0}")]
+    Load(serde_json::Error),
+
+    /// Fitted k-means centroids that could not be turned into linfa's model.
+    #[error("failed to build the k-means model from its centroids: {0}")]
+    KMeansBuild(serde_json::Error),
 
     /// A failure inside linfa's k-means.
     #[error("k-means failed: {0}")]

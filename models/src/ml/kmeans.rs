@@ -127,8 +127,8 @@ pub(super) fn fit_kmeans_like_linfa<R: Rng>(
     };
     // A serde_json value stores each f64 as a number, not as text, so the model gets the
     // exact values.
-    let value = serde_json::to_value(fields)?;
-    Ok(serde_json::from_value(value)?)
+    let value = serde_json::to_value(fields).map_err(MlError::KMeansBuild)?;
+    serde_json::from_value(value).map_err(MlError::KMeansBuild)
 }
 
 /// Rejects the settings that linfa's parameter check rejects, with its errors.

@@ -412,7 +412,7 @@ impl ModelSet {
 
     /// Writes the models as one JSON document.
     pub fn save(&self, writer: &mut impl Write) -> Result<(), MlError> {
-        serde_json::to_writer(writer, self)?;
+        serde_json::to_writer(writer, self).map_err(MlError::Save)?;
         Ok(())
     }
 
@@ -421,7 +421,7 @@ impl ModelSet {
     /// NOTE: beyond the version and the JSON structure, the file is trusted. A hand-edited file
     /// whose widths or node indices disagree can load and then panic on prediction.
     pub fn load(reader: impl Read) -> Result<ModelSet, MlError> {
-        ModelSet::from_document(serde_json::from_reader(reader)?)
+        ModelSet::from_document(serde_json::from_reader(reader).map_err(MlError::Load)?)
     }
 
     /// Reads models from a JSON document already parsed, as [`ModelSet::load`] does, for a
@@ -434,7 +434,7 @@ impl ModelSet {
                 expected: MODEL_VERSION,
             });
         }
-        Ok(serde_json::from_value(document)?)
+        serde_json::from_value(document).map_err(MlError::Load)
     }
 }
 
