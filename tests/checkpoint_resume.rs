@@ -56,6 +56,24 @@ fn newest_checkpoint(folder: &Path) -> std::path::PathBuf {
         .expect("the checkpoint folder contains no file")
 }
 
+/// Runs on `events` with a checkpoint after every input step, alerts to `a.jsonl` in `dir`,
+/// and returns the checkpoint folder, `ck` in `dir`.
+fn write_checkpoints(events: &str, dir: &Path) -> std::path::PathBuf {
+    let checkpoints = dir.join("ck");
+    let (ok, stderr) = run_job(
+        events,
+        &dir.join("a.jsonl"),
+        &[
+            "--checkpoint-dir",
+            checkpoints.to_str().unwrap(),
+            "--checkpoint-interval",
+            "1ms",
+        ],
+    );
+    assert!(ok, "checkpointed run failed: {stderr}");
+    checkpoints
+}
+
 /// Runs with checkpoints, resumes from the newest one, and checks that the alerts written
 /// before its cut plus the resumed run's alerts equal the reference.
 fn resume_matches_reference(order: &str, workers: &str, resume_workers: &str) {
@@ -160,18 +178,7 @@ fn resume_sorted_replay_one_worker() {
 fn corrupt_checkpoint_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let events = generate(dir.path());
-    let checkpoints = dir.path().join("ck");
-    let (ok, stderr) = run_job(
-        &events,
-        &dir.path().join("a.jsonl"),
-        &[
-            "--checkpoint-dir",
-            checkpoints.to_str().unwrap(),
-            "--checkpoint-interval",
-            "1ms",
-        ],
-    );
-    assert!(ok, "checkpointed run failed: {stderr}");
+    let checkpoints = write_checkpoints(&events, dir.path());
     let newest = newest_checkpoint(&checkpoints);
     let mut bytes = std::fs::read(&newest).unwrap();
     let middle = bytes.len() / 2;
@@ -217,18 +224,7 @@ fn corrupt_checkpoint_rejected() {
 fn resume_errors_name_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let events = generate(dir.path());
-    let checkpoints = dir.path().join("ck");
-    let (ok, stderr) = run_job(
-        &events,
-        &dir.path().join("a.jsonl"),
-        &[
-            "--checkpoint-dir",
-            checkpoints.to_str().unwrap(),
-            "--checkpoint-interval",
-            "1ms",
-        ],
-    );
-    assert!(ok, "checkpointed run failed: {stderr}");
+    let checkpoints = write_checkpoints(&events, dir.path());
     let resume = |name: &str, folder: &Path, extra: &[&str]| {
         let mut options = vec!["--resume", folder.to_str().unwrap()];
         options.extend_from_slice(extra);
