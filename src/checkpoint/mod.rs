@@ -106,9 +106,12 @@ impl Checkpointer {
 
     /// Returns whether a checkpoint is due and `cut_ms` may be a cut. A cut never falls on a
     /// population window boundary: at a boundary the window's counts leave the worker at the
-    /// cut time itself, and a probe at that time cannot tell whether they have arrived.
+    /// cut time itself, and a probe at that time cannot tell whether they have arrived. No
+    /// checkpoint is due at the cut of the newest one, because it would store the same state.
     pub fn due(&self, cut_ms: u64) -> bool {
-        self.last.elapsed() >= self.interval && self.may_cut(cut_ms)
+        self.last.elapsed() >= self.interval
+            && self.may_cut(cut_ms)
+            && self.newest_cut_ms != Some(cut_ms)
     }
 
     /// Returns whether `cut_ms` may be a cut: not 0 and not a population window boundary (see
