@@ -29,6 +29,7 @@ pub mod plot;
 pub mod profile_file;
 pub mod progress;
 pub mod query;
+mod rate_limit;
 pub mod replay;
 pub mod report;
 pub mod scan;

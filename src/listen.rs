@@ -30,6 +30,7 @@ use serde::Deserialize;
 use veer_models::Event;
 
 use crate::ingest::DeadLetter;
+use crate::rate_limit::RateLimited;
 use crate::sources::{self, Format};
 
 mod args;
@@ -328,35 +329,4 @@ fn wait_readable(listener: &TcpListener, timeout: Duration) -> bool {
     // SAFETY: one valid pollfd, owned by this frame, for the duration of the call.
     let ready = unsafe { libc::poll(&mut poll, 1, timeout.as_millis() as libc::c_int) };
     ready > 0
-}
-
-/// Lets one log line through per interval and counts the ones held back.
-struct RateLimited {
-    interval: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimited {
-    fn new(interval: Duration) -> Self {
-        RateLimited {
-            interval,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// Returns `Some(number held back since the last line)` when a line may be logged now.
-    fn allow(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|last| now.duration_since(last) < self.interval)
-        {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
 }

@@ -443,12 +443,7 @@ fn subscriber_socket_drops_slow_client() {
         .spawn()
         .unwrap();
     let mut log = LogWatcher::new(&mut child);
-    let line = log.wait_for("alert subscriber socket listening", 1);
-    let address = line
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("address="))
-        .expect("the log line names the address")
-        .to_string();
+    let address = subscriber_address(&mut log);
 
     let mut fast = TcpStream::connect(&address).unwrap();
     let reader = std::thread::spawn(move || {
@@ -496,6 +491,70 @@ fn subscriber_socket_drops_slow_client() {
         stderr.contains("subscribers 2, dropped as slow 1"),
         "{stderr}"
     );
+}
+
+/// Returns the address from the "alert subscriber socket listening" log line.
+fn subscriber_address(log: &mut LogWatcher) -> String {
+    let line = log.wait_for("alert subscriber socket listening", 1);
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("address="))
+        .expect("the log line names the address")
+        .to_string()
+}
+
+#[test]
+fn subscriber_slot_freed_on_close() {
+    let folder = tempfile::tempdir().unwrap();
+    let (events, _) = common::generate_stream(folder.path(), 600, 9, 7);
+    let alerts = folder.path().join("alerts.jsonl");
+    let config = folder.path().join("veer.toml");
+    std::fs::write(&config, "[sinks.subscribers]\nmax_clients = 2\n").unwrap();
+
+    let mut child = veer()
+        .args([
+            "run",
+            "--no-progress",
+            "--input",
+            "-",
+            "--alerts",
+            arg(&alerts),
+        ])
+        .args(["--config", arg(&config), "--alerts-listen", "127.0.0.1:0"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = LogWatcher::new(&mut child);
+    let address = subscriber_address(&mut log);
+
+    // Before any alert is written, five subscribers connect and leave one after the other:
+    // each must free its slot, or the third one is rejected.
+    for round in 1..=5 {
+        let subscriber = TcpStream::connect(&address).unwrap();
+        log.wait_for("alert subscriber connected", round);
+        drop(subscriber);
+        let line = log.wait_for("alert subscriber disconnected", round);
+        assert!(line.contains("closed the connection"), "{line}");
+    }
+    let mut last = TcpStream::connect(&address).unwrap();
+    log.wait_for("alert subscriber connected", 6);
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        last.read_to_string(&mut text).unwrap();
+        text
+    });
+
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&std::fs::read(&events).unwrap()).unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let stderr = log.rest();
+
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("alert subscriber rejected"), "{stderr}");
+    let written = std::fs::read_to_string(&alerts).unwrap();
+    assert!(!written.is_empty(), "no alerts for the test");
+    assert_eq!(reader.join().unwrap(), written);
 }
 
 #[test]

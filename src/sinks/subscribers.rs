@@ -7,9 +7,15 @@
 //! (it reads more slowly than alerts arrive) or one write to it blocks longer than
 //! `write_timeout`. So a slow subscriber holds back the others and the dataflow 50 ms at most. Subscribers are a live feed: an
 //! alert counts as delivered by this sink once it is queued to every connected subscriber.
+//!
+//! A subscriber that closes its connection frees its slot within about 20 ms, even when no
+//! alert is written: the accept thread polls every subscriber's socket for end of stream or an
+//! error. Bytes a subscriber sends are read and discarded. A subscriber that shuts down only
+//! its sending side is dropped too, because that looks the same as a closed connection.
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -19,6 +25,7 @@ use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TrySendErro
 
 use super::{send_all, AlertRecord, Message, SinkStats, SubscriberConfig};
 use crate::metrics::SinkMetrics;
+use crate::rate_limit::RateLimited;
 
 /// Time a full subscriber queue may take to make room before the subscriber is dropped.
 const FULL_QUEUE_GRACE: Duration = Duration::from_millis(50);
@@ -182,6 +189,10 @@ fn lock(clients: &Mutex<Vec<Client>>) -> std::sync::MutexGuard<'_, Vec<Client>> 
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Time the accept thread waits for a new subscriber, or for input from a connected one,
+/// before it checks the stop flag again.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
 fn accept_loop(
     listener: TcpListener,
     config: &SubscriberConfig,
@@ -189,22 +200,42 @@ fn accept_loop(
     counters: &Arc<Counters>,
     stop: &AtomicBool,
 ) {
+    let mut rejections = RateLimited::new(Duration::from_secs(1));
+    let mut sockets = Vec::new();
     while !stop.load(Ordering::Relaxed) {
+        wait_for_sockets(&listener, clients, &mut sockets);
+        let (listener_socket, client_sockets) = sockets.split_first().expect("listener polled");
+        let readable: Vec<RawFd> = client_sockets
+            .iter()
+            .filter(|socket| socket.revents != 0)
+            .map(|socket| socket.fd)
+            .collect();
+        if !readable.is_empty() {
+            remove_departed(clients, &readable);
+        }
+        if listener_socket.revents == 0 {
+            continue;
+        }
+
         let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
-            Err(error) if error.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
+            Err(error) if error.kind() == ErrorKind::WouldBlock => continue,
             Err(error) => {
                 tracing::warn!(%error, "failed to accept an alert subscriber");
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(POLL_INTERVAL);
                 continue;
             }
         };
         let mut clients = lock(clients);
         if clients.len() >= config.max_clients {
-            tracing::warn!(%peer, max_clients = config.max_clients, "alert subscriber rejected: too many subscribers");
+            if let Some(suppressed) = rejections.allow() {
+                tracing::warn!(
+                    %peer,
+                    max_clients = config.max_clients,
+                    suppressed,
+                    "alert subscriber rejected: too many subscribers"
+                );
+            }
             continue;
         }
         match start_client(stream, peer, config, counters) {
@@ -214,6 +245,93 @@ fn accept_loop(
                 clients.push(client);
             }
             Err(error) => tracing::warn!(%peer, %error, "failed to set up an alert subscriber"),
+        }
+    }
+}
+
+/// Waits up to `POLL_INTERVAL` until the listener has a connection to accept or a subscriber
+/// has sent bytes, closed its connection or failed. `sockets` gets the listener first, then
+/// every subscriber, each with the events that poll(2) reported.
+fn wait_for_sockets(
+    listener: &TcpListener,
+    clients: &Mutex<Vec<Client>>,
+    sockets: &mut Vec<libc::pollfd>,
+) {
+    let readable = |fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    sockets.clear();
+    sockets.push(readable(listener.as_raw_fd()));
+    sockets.extend(
+        lock(clients)
+            .iter()
+            .map(|client| readable(client.stream.as_raw_fd())),
+    );
+    // SAFETY: `sockets` is a live array of as many pollfd entries as passed. A descriptor
+    // closed meanwhile is reported as POLLNVAL, and remove_departed ignores it because no
+    // listed subscriber has it any more.
+    let ready = unsafe {
+        libc::poll(
+            sockets.as_mut_ptr(),
+            sockets.len() as libc::nfds_t,
+            POLL_INTERVAL.as_millis() as libc::c_int,
+        )
+    };
+    if ready < 0 {
+        // Interrupted by a signal: the next round polls again.
+        sockets.iter_mut().for_each(|socket| socket.revents = 0);
+    }
+}
+
+/// Frees the slots of the subscribers, among those whose sockets in `ready` poll(2) reported,
+/// that closed their connection or whose socket failed.
+fn remove_departed(clients: &Mutex<Vec<Client>>, ready: &[RawFd]) {
+    let mut clients = lock(clients);
+    for &fd in ready {
+        // The sink thread may have dropped the subscriber since the poll.
+        let Some(index) = clients
+            .iter()
+            .position(|client| client.stream.as_raw_fd() == fd)
+        else {
+            continue;
+        };
+        let Some(reason) = read_departure(&clients[index].stream) else {
+            continue;
+        };
+        let client = clients.swap_remove(index);
+        tracing::info!(peer = %client.peer, reason = %reason, "alert subscriber disconnected");
+        // Dropping the client closes its queue, so its writer thread ends.
+        let _ = client.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Reads, without blocking, what a subscriber sent, and returns why the subscriber is gone
+/// when it closed its connection or its socket failed. Subscribers are not expected to send
+/// anything, so bytes they send are discarded. A subscriber that only shuts down its sending
+/// side also counts as gone, because end of stream looks the same as a closed connection.
+fn read_departure(stream: &TcpStream) -> Option<String> {
+    let mut discarded = [0u8; 4096];
+    // SAFETY: `discarded` is a live buffer of the length passed, and the descriptor belongs
+    // to `stream`, which outlives the call.
+    let read = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            discarded.as_mut_ptr().cast(),
+            discarded.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    match read {
+        0 => Some("the subscriber closed the connection".to_string()),
+        read if read > 0 => None,
+        _ => {
+            let error = std::io::Error::last_os_error();
+            match error.kind() {
+                ErrorKind::WouldBlock | ErrorKind::Interrupted => None,
+                _ => Some(error.to_string()),
+            }
         }
     }
 }
