@@ -2,7 +2,7 @@
 //! each version into the dataflow's attribute collection.
 //!
 //! The file is the whole table. A thread polls its size, modification time and inode, and
-//! re-reads it when one of them changes. [`AttributeFeed`] on worker 0 compares each new
+//! re-reads it when one of them has changed and then stayed the same for one poll interval. [`AttributeFeed`] on worker 0 compares each new
 //! version with the one in force. It sends the difference at the current event time, as a
 //! retraction of the old row and an insertion of the new one per changed user, so the new
 //! values apply from then on.
@@ -126,9 +126,13 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 
 /// A thread that re-reads the table whenever its file changes.
 ///
-/// A version that cannot be read or parsed is logged and skipped, and the previous one stays
-/// in force, because a file seen half-written or briefly missing is more likely than a table
-/// meant to be empty. Dropping the watch stops the thread at its next poll.
+/// A changed file is read once its size, modification time and inode have stayed the same
+/// for one poll interval. The read is dropped when they change during it, so a file that is
+/// being rewritten in place is not read part way. A version that cannot be read or parsed
+/// is logged and skipped, and the previous one stays in force, because a file seen
+/// half-written or briefly missing is more likely than a table meant to be empty. For the same
+/// reason an empty file (0 bytes) is not applied: a table with a header and no rows removes
+/// every row. Dropping the watch stops the thread at its next poll.
 pub struct AttributeWatch {
     receiver: crossbeam_channel::Receiver<AttributeTable>,
     stop: Arc<AtomicBool>,
@@ -140,36 +144,16 @@ impl AttributeWatch {
         let (sender, receiver) = crossbeam_channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        let mut seen = stamp(&path);
-        let mut missing = false;
+        let mut poller = FilePoller::new(path);
         std::thread::Builder::new()
             .name("veer-users".into())
             .spawn(move || {
                 while !stopped.load(Ordering::Relaxed) {
                     std::thread::sleep(poll_interval);
-                    let current = stamp(&path);
-                    if current.is_none() && !missing {
-                        tracing::warn!(
-                            file = %path.display(),
-                            "the user table is missing; the previous version stays until the \
-                             file is back"
-                        );
-                    }
-                    missing = current.is_none();
-                    if current.is_none() || current == seen {
-                        continue;
-                    }
-                    seen = current;
-                    match load(&path) {
-                        Ok(table) => {
-                            if sender.send(table).is_err() {
-                                break;
-                            }
+                    if let Some(table) = poller.poll() {
+                        if sender.send(table).is_err() {
+                            break;
                         }
-                        Err(error) => tracing::warn!(
-                            error = %format!("{error:#}"),
-                            "the changed user table was not loaded; the previous version stays"
-                        ),
                     }
                 }
             })
@@ -186,6 +170,87 @@ impl AttributeWatch {
 impl Drop for AttributeWatch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The watch's view of the table's file between two polls.
+struct FilePoller {
+    path: PathBuf,
+    /// Stamp of the version last read, applied or not.
+    seen: Option<FileStamp>,
+    /// Stamp of a changed version seen on the previous poll, read when it is still the same.
+    pending: Option<FileStamp>,
+    missing: bool,
+    /// Whether the current empty file was logged already.
+    empty_logged: bool,
+}
+
+impl FilePoller {
+    fn new(path: PathBuf) -> FilePoller {
+        let seen = stamp(&path);
+        FilePoller {
+            path,
+            seen,
+            pending: None,
+            missing: false,
+            empty_logged: false,
+        }
+    }
+
+    /// Checks the file once and returns a new version when one was read completely.
+    fn poll(&mut self) -> Option<AttributeTable> {
+        let current = stamp(&self.path);
+        if current.is_none() && !self.missing {
+            tracing::warn!(
+                file = %self.path.display(),
+                "the user table is missing; the previous version stays until the file is back"
+            );
+        }
+        self.missing = current.is_none();
+        let current = current?;
+        if Some(current) == self.seen {
+            self.pending = None;
+            return None;
+        }
+        // A writer that rewrites the file in place changes its size or modification time until
+        // it is done, so a changed version is read only on the next poll that finds it the same.
+        if Some(current) != self.pending {
+            self.pending = Some(current);
+            return None;
+        }
+        if current.len == 0 {
+            if !self.empty_logged {
+                tracing::warn!(
+                    file = %self.path.display(),
+                    "the user table is empty (0 bytes); the previous version stays until the \
+                     file has at least a header"
+                );
+                self.empty_logged = true;
+            }
+            return None;
+        }
+        self.empty_logged = false;
+
+        let read = read_table(&self.path);
+        if stamp(&self.path) != Some(current) {
+            // Changed during the read: the new version is read once it stays the same.
+            self.pending = None;
+            return None;
+        }
+        self.seen = Some(current);
+        match read {
+            Ok((table, report)) => {
+                log_report(&self.path, &table, &report);
+                Some(table)
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = %format!("{error:#}"),
+                    "the changed user table was not loaded; the previous version stays"
+                );
+                None
+            }
+        }
     }
 }
 
@@ -347,6 +412,43 @@ mod tests {
         let error = format!("{:#}", load(&path).unwrap_err());
         assert!(error.contains("line 3 is not valid UTF-8"), "{error}");
         assert!(error.contains("users.csv"), "{error}");
+    }
+
+    #[test]
+    fn poller_reads_changed_file_once_stable() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("users.csv");
+        std::fs::write(&path, "user,age\n1,30\n").unwrap();
+        let mut poller = FilePoller::new(path.clone());
+        assert!(
+            poller.poll().is_none(),
+            "the loaded version is not read again"
+        );
+
+        std::fs::write(&path, "user,age\n1,30\n2,40\n").unwrap();
+        assert!(poller.poll().is_none(), "a change waits one poll");
+        std::fs::write(&path, "user,age\n1,30\n2,40\n3,50\n").unwrap();
+        assert!(poller.poll().is_none(), "a file still growing is not read");
+        let table = poller.poll().expect("a stable file is read");
+        assert_eq!(table.len(), 3);
+        assert!(poller.poll().is_none(), "the same version is read once");
+    }
+
+    #[test]
+    fn poller_keeps_version_over_empty_file() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("users.csv");
+        std::fs::write(&path, "user,age\n1,30\n").unwrap();
+        let mut poller = FilePoller::new(path.clone());
+
+        std::fs::write(&path, "").unwrap();
+        for _ in 0..3 {
+            assert!(poller.poll().is_none(), "an empty file is not applied");
+        }
+        std::fs::write(&path, "user,age\n").unwrap();
+        assert!(poller.poll().is_none());
+        let table = poller.poll().expect("a header without rows is a table");
+        assert!(table.is_empty());
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! which [`AttributeTable::get`] returns as `None`, never as filled-in defaults.
 //!
 //! Problems in single rows are not fatal: a later row for the same user replaces the earlier
-//! one, and a value that cannot be read (an age of `abc`) is unknown. Both are listed in the
-//! [`LoadReport`] with their line numbers, for the log.
+//! one, a value that cannot be read (an age of `abc`) is unknown, and a row without a user id
+//! or whose CSV field count differs from the header's is left out. Each is listed in the
+//! [`LoadReport`] with its line number, for the log.
 //!
 //! `veer run --users` loads the table, watches the file, and joins each version into the
 //! per-user profiles. [`AttributeTable::changes`] turns two versions of the table into the
@@ -108,7 +109,8 @@ pub struct InvalidValue {
     pub value: String,
 }
 
-/// A row left out of the table because it has no user id or cannot be parsed.
+/// A row left out of the table because it has no user id, has another field count than the
+/// CSV header, or cannot be parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SkippedRow {
     pub line: u64,
@@ -156,8 +158,9 @@ impl AttributeTable {
     /// Parses a whole table, CSV with a header or JSON lines (detected from the first
     /// non-blank character, `{` for JSON).
     ///
-    /// Only a CSV header without a `user` column is an error. A row without a user id, or a
-    /// JSON line that is not an object, is left out and listed in the report's `skipped`.
+    /// Only a CSV header without a `user` column is an error. A row without a user id, a CSV
+    /// row whose field count differs from the header's, or a JSON line that is not an object,
+    /// is left out and listed in the report's `skipped`.
     pub fn parse(text: &str) -> Result<(AttributeTable, LoadReport), AttributeError> {
         let json = text.trim_start().starts_with('{');
         let mut table = AttributeTable::default();
@@ -184,10 +187,22 @@ impl AttributeTable {
                 }
             } else if let Some(names) = &header {
                 let values = split_csv(line);
+                if values.len() != names.len() {
+                    report.rows += 1;
+                    report.skipped.push(SkippedRow {
+                        line: number,
+                        reason: format!(
+                            "expected {} comma-separated fields as in the header, found {}",
+                            names.len(),
+                            values.len()
+                        ),
+                    });
+                    continue;
+                }
                 names
                     .iter()
                     .cloned()
-                    .zip(values.into_iter().map(Some).chain(std::iter::repeat(None)))
+                    .zip(values.into_iter().map(Some))
                     .collect()
             } else {
                 let names: Vec<String> = split_csv(line)
@@ -593,6 +608,33 @@ mod tests {
                     reason: "missing user id".into()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn csv_row_with_wrong_field_count_is_skipped() {
+        let text = "user,age,gender,region,vip_level\n\
+                    2401,2\n\
+                    2402,30,M,north,1,extra,more\n\
+                    2403,41,F,west,0\n";
+        let (table, report) = AttributeTable::parse(text).unwrap();
+        assert_eq!(report.rows, 3);
+        assert_eq!(table.len(), 1);
+        assert!(table.get(&Id::from(2401u64)).is_none());
+        assert!(table.get(&Id::from(2402u64)).is_none());
+        assert_eq!(
+            table.get(&Id::from(2403u64)).unwrap().age,
+            Some(Age::Years(41))
+        );
+        let lines: Vec<u64> = report.skipped.iter().map(|row| row.line).collect();
+        assert_eq!(lines, vec![2, 3]);
+        assert_eq!(
+            report.skipped[0].reason,
+            "expected 5 comma-separated fields as in the header, found 2"
+        );
+        assert_eq!(
+            report.skipped[1].reason,
+            "expected 5 comma-separated fields as in the header, found 7"
         );
     }
 
