@@ -297,8 +297,9 @@ impl FileConfig {
         Ok(())
     }
 
-    /// Checks the `[time]`, `[groups]`, `[profiles]` and `[detector]` keys whose ranges no
-    /// `validate` of their own section covers, and returns the first value out of range.
+    /// Checks the `[time]`, `[users]`, `[groups]`, `[profiles]` and `[detector]` keys whose
+    /// ranges no `validate` of their own section covers, and returns the first value out of
+    /// range.
     fn check_ranges(&self) -> Result<(), String> {
         if self.time.idle_timeout.is_zero() {
             return Err(out_of_range(
@@ -306,6 +307,15 @@ impl FileConfig {
                 "idle_timeout",
                 "\"0s\"",
                 &format!("a positive duration such as \"30s\", because {ZERO_IDLE_TIMEOUT}"),
+            ));
+        }
+        if self.users.poll_interval.is_zero() {
+            return Err(out_of_range(
+                "users",
+                "poll_interval",
+                "\"0s\"",
+                "a positive duration such as \"1s\", because a zero interval checks the user \
+                 table's file without pause",
             ));
         }
         let groups = &self.groups;
@@ -494,6 +504,10 @@ mod tests {
             (
                 "[time]\nidle_timeout = \"0ms\"",
                 "invalid [time] idle_timeout = \"0s\"",
+            ),
+            (
+                "[users]\npoll_interval = \"0s\"",
+                "invalid [users] poll_interval = \"0s\": expected a positive duration such as \"1s\"",
             ),
         ] {
             std::fs::write(&path, text).expect("write the config file");
