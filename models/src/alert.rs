@@ -261,6 +261,40 @@ pub fn id_from_json(value: &Value) -> Option<Id> {
     }
 }
 
+/// Reads the id field `name` of an input record: an integer or a non-empty string. The
+/// error names the field and the value's JSON type.
+pub fn input_id(value: &Value, name: &str) -> Result<Id, String> {
+    // The contract allows integer or string ids, so a number written with a fraction or an
+    // exponent (`3.5`, `3.0`, `1e3`) is rejected rather than kept as the text id "3.5".
+    if let Value::Number(number) = value {
+        if number.as_str().contains(['.', 'e', 'E']) {
+            return Err(format!(
+                "{name} {number} is not an integer; ids are integers or strings"
+            ));
+        }
+    }
+    match id_from_json(value) {
+        Some(id) if id.as_text() == Some("") => Err(format!("{name} is an empty string")),
+        Some(id) => Ok(id),
+        None => Err(format!(
+            "{name} is {}, expected an integer or a string",
+            json_type(value)
+        )),
+    }
+}
+
+/// Returns the name of a JSON value's type with its article, such as "an array", for messages.
+pub fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

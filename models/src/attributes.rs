@@ -1,9 +1,11 @@
 //! The user attribute table: age, gender, region and other columns per user.
 //!
 //! [`AttributeTable::parse`] reads a CSV file with a header line or JSON lines. The `user`
-//! column is required. `age` is an integer or a band such as `25-34`, and `gender` and
-//! `region` are text. Any other column is kept as text, so `vip_level` `0` stays the text
-//! `"0"`. An empty or `null` value is unknown. A user without a row has no attributes at all,
+//! column is required, and in JSON it is an integer or a string, as in events. `age` is an
+//! integer or a band such as `25-34`, from 0 to 150 years, and `gender` and `region` are text.
+//! Any other column is kept as text, so `vip_level` `0` stays the text `"0"`; JSON numbers and
+//! booleans become their text, and a JSON array or object is an invalid value. An empty or
+//! `null` value is unknown. A user without a row has no attributes at all,
 //! which [`AttributeTable::get`] returns as `None`, never as filled-in defaults.
 //!
 //! Problems in single rows are not fatal: a later row for the same user replaces the earlier
@@ -20,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::alert::id_from_json;
+use crate::alert::input_id;
 use crate::event::Id;
 
 /// A user's age: whole years, or a band of years with both ends included.
@@ -31,15 +33,20 @@ pub enum Age {
 }
 
 impl Age {
-    /// Parses `31` or `25-34`, returning `None` for anything else.
+    /// Maximum age in years, for a value or a band's upper end. Older values are invalid.
+    pub const MAX_YEARS: u32 = 150;
+
+    /// Parses `31` or `25-34`, returning `None` for anything else, a band whose ends are
+    /// reversed, or an age above [`Age::MAX_YEARS`].
     pub fn parse(text: &str) -> Option<Age> {
         let text = text.trim();
         if let Some((low, high)) = text.split_once('-') {
             let low: u32 = low.trim().parse().ok()?;
             let high: u32 = high.trim().parse().ok()?;
-            return (low <= high).then_some(Age::Band { low, high });
+            return (low <= high && high <= Age::MAX_YEARS).then_some(Age::Band { low, high });
         }
-        text.parse().ok().map(Age::Years)
+        let years: u32 = text.parse().ok()?;
+        (years <= Age::MAX_YEARS).then_some(Age::Years(years))
     }
 
     /// Returns the age as JSON: years as a number, a band as its text such as `"25-34"`.
@@ -173,9 +180,13 @@ impl AttributeTable {
             if line.trim().is_empty() {
                 continue;
             }
+            let mut compound = Vec::new();
             let fields: Vec<(String, Option<String>)> = if json {
                 match json_fields(line, number) {
-                    Ok(fields) => fields,
+                    Ok(row) => {
+                        compound = row.compound;
+                        row.fields
+                    }
                     Err(error) => {
                         report.rows += 1;
                         report.skipped.push(SkippedRow {
@@ -233,6 +244,13 @@ impl AttributeTable {
                 });
                 continue;
             };
+            report
+                .invalid
+                .extend(compound.into_iter().map(|(column, value)| InvalidValue {
+                    line: number,
+                    column,
+                    value,
+                }));
             let attributes = read_attributes(fields, number, &mut report);
             if let Some(earlier_line) = lines_of.insert(user.clone(), number) {
                 report.duplicates.push(DuplicateUser {
@@ -390,29 +408,45 @@ fn read_attributes(
     attributes
 }
 
-/// Returns the fields of one JSON object line. Numbers become their text and `null` unknown.
-fn json_fields(line: &str, number: u64) -> Result<Vec<(String, Option<String>)>, AttributeError> {
-    let value: Value = serde_json::from_str(line).map_err(|error| AttributeError::InvalidLine {
+/// Returns the fields of one JSON object line, and the values that are arrays or objects.
+///
+/// Numbers and booleans become their text and `null` unknown. An array or object is not an
+/// attribute value, so its field is unknown and it is returned for the report. A `user` that
+/// is not an integer or a string, such as `2405.5` or `[1]`, makes the line an error, as it
+/// makes an event line a bad record.
+fn json_fields(line: &str, number: u64) -> Result<JsonRow, AttributeError> {
+    let invalid_line = |detail: String| AttributeError::InvalidLine {
         line: number,
-        detail: format!("invalid JSON: {error}"),
-    })?;
-    let Value::Object(object) = value else {
-        return Err(AttributeError::InvalidLine {
-            line: number,
-            detail: "expected a JSON object".into(),
-        });
+        detail,
     };
-    let mut fields = Vec::with_capacity(object.len());
+    let value: Value = serde_json::from_str(line)
+        .map_err(|error| invalid_line(format!("invalid JSON: {error}")))?;
+    let Value::Object(object) = value else {
+        return Err(invalid_line("expected a JSON object".into()));
+    };
+    let mut row = JsonRow::default();
     for (key, value) in object {
         let text = match &value {
             Value::Null => None,
             Value::String(text) => Some(text.clone()),
-            _ if key == "user" => id_from_json(&value).map(|id| id.to_string()),
+            _ if key == "user" => Some(input_id(&value, "user").map_err(invalid_line)?.to_string()),
+            Value::Array(_) | Value::Object(_) => {
+                row.compound.push((key.clone(), value.to_string()));
+                None
+            }
             other => Some(other.to_string()),
         };
-        fields.push((key, text));
+        row.fields.push((key, text));
     }
-    Ok(fields)
+    Ok(row)
+}
+
+/// The fields of one JSON line, with the keys whose values are arrays or objects.
+#[derive(Default)]
+struct JsonRow {
+    fields: Vec<(String, Option<String>)>,
+    /// Key and JSON text of each array or object value, which is unknown in `fields`.
+    compound: Vec<(String, String)>,
 }
 
 /// Splits one CSV line at commas outside double quotes, with `""` as an escaped quote.
@@ -649,6 +683,70 @@ mod tests {
         assert!(report.skipped[0].reason.starts_with("invalid JSON"));
         assert_eq!(report.skipped[1].reason, "expected a JSON object");
         assert_eq!(report.skipped[2].reason, "missing user id");
+    }
+
+    #[test]
+    fn json_ids_rejected_like_event_ids() {
+        let lines = "{\"user\":2405.5,\"age\":30}\n\
+                     {\"user\":[1],\"age\":30}\n\
+                     {\"user\":true}\n\
+                     {\"user\":null,\"age\":30}\n\
+                     {\"user\":2406,\"age\":30}\n";
+        let (table, report) = AttributeTable::parse(lines).unwrap();
+        assert_eq!(table.len(), 1);
+        assert!(table.get(&Id::from(2406u64)).is_some());
+        let reasons: Vec<&str> = report
+            .skipped
+            .iter()
+            .map(|row| row.reason.as_str())
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                "user 2405.5 is not an integer; ids are integers or strings",
+                "user is an array, expected an integer or a string",
+                "user is a boolean, expected an integer or a string",
+                "missing user id",
+            ]
+        );
+    }
+
+    #[test]
+    fn json_arrays_and_objects_are_invalid() {
+        let line = "{\"user\":1,\"gender\":{\"x\":\"F\"},\"age\":[30],\"tier\":[\"a\"],\
+                    \"region\":\"east\",\"vip\":true}\n";
+        let (table, report) = AttributeTable::parse(line).unwrap();
+        let user = table.get(&Id::from(1u64)).unwrap();
+        assert_eq!(user.gender, None);
+        assert_eq!(user.age, None);
+        assert!(!user.other.contains_key("tier"));
+        assert_eq!(user.region.as_deref(), Some("east"));
+        assert_eq!(user.other["vip"], "true");
+        let columns: Vec<&str> = report
+            .invalid
+            .iter()
+            .map(|value| value.column.as_str())
+            .collect();
+        assert_eq!(
+            columns,
+            ["gender", "age", "tier"],
+            "in the line's key order"
+        );
+        assert_eq!(report.invalid[0].value, "{\"x\":\"F\"}");
+        assert_eq!(table.columns(), ["age", "gender", "region", "tier", "vip"]);
+    }
+
+    #[test]
+    fn ages_above_maximum_are_invalid() {
+        assert_eq!(Age::parse("150"), Some(Age::Years(150)));
+        assert_eq!(Age::parse("151"), None);
+        assert_eq!(Age::parse("250"), None);
+        assert_eq!(Age::parse("-5"), None);
+        assert_eq!(Age::parse("0-150"), Some(Age::Band { low: 0, high: 150 }));
+        assert_eq!(Age::parse("140-160"), None);
+        let (_, report) = AttributeTable::parse("user,age\n1,250\n").unwrap();
+        assert_eq!(report.invalid.len(), 1);
+        assert_eq!(report.invalid[0].value, "250");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
-use veer_models::alert::id_from_json;
+use veer_models::alert::{input_id, json_type};
 use veer_models::{Behavior, Event, Id};
 
 use super::flat_json;
@@ -166,7 +166,7 @@ impl EventFields {
         // kept as an empty text id.
         let item = match self.item {
             None | Some(Value::Null) => Id::text(""),
-            Some(value) => id(&value, "item")?,
+            Some(value) => input_id(&value, "item")?,
         };
         Ok(Event {
             ts_ms,
@@ -177,7 +177,7 @@ impl EventFields {
             topic: None,
             price: price(self.price)?,
             brand: optional(self.brand)
-                .map(|value| id(&value, "brand"))
+                .map(|value| input_id(&value, "brand"))
                 .transpose()?,
             dwell_ms: dwell(self.dwell_ms)?,
             session: session(self.session)?,
@@ -195,38 +195,7 @@ fn required_id(value: Option<Value>, name: &str) -> Result<Id, String> {
     match value {
         None => Err(format!("missing field {name}")),
         Some(Value::Null) => Err(format!("{name} is null")),
-        Some(value) => id(&value, name),
-    }
-}
-
-fn id(value: &Value, name: &str) -> Result<Id, String> {
-    // The contract allows integer or string ids, so a number written with a fraction or an
-    // exponent (`3.5`, `3.0`, `1e3`) is rejected rather than kept as the text id "3.5".
-    if let Value::Number(number) = value {
-        if number.as_str().contains(['.', 'e', 'E']) {
-            return Err(format!(
-                "{name} {number} is not an integer; ids are integers or strings"
-            ));
-        }
-    }
-    match id_from_json(value) {
-        Some(id) if id.as_text() == Some("") => Err(format!("{name} is an empty string")),
-        Some(id) => Ok(id),
-        None => Err(format!(
-            "{name} is {}, expected an integer or a string",
-            json_type(value)
-        )),
-    }
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        Some(value) => input_id(&value, name),
     }
 }
 
