@@ -54,6 +54,14 @@ pub enum ExplainError {
         /// Description of the failure, with the line number where one applies.
         message: String,
     },
+    /// A truth file could not be opened or contains an invalid line.
+    #[error("truth file {path}: {message}")]
+    TruthFile {
+        /// The file's path.
+        path: PathBuf,
+        /// Description of the failure, with the line number where one applies.
+        message: String,
+    },
     /// The detector settings are invalid.
     #[error(transparent)]
     Config(#[from] veer_models::detector::ConfigError),

@@ -94,14 +94,14 @@ pub fn build(request: &ReportRequest) -> Result<String, ExplainError> {
 
     let score = match &request.truth {
         Some(path) => {
-            let file = std::fs::File::open(path).map_err(|error| ExplainError::AlertFile {
+            let file = std::fs::File::open(path).map_err(|error| ExplainError::TruthFile {
                 path: path.clone(),
-                message: format!("cannot open truth file: {error}"),
+                message: format!("cannot open: {error}"),
             })?;
             let truth = eval::read_truth(std::io::BufReader::new(file)).map_err(|error| {
-                ExplainError::AlertFile {
+                ExplainError::TruthFile {
                     path: path.clone(),
-                    message: format!("invalid truth file: {error}"),
+                    message: error.to_string(),
                 }
             })?;
             let timeline = events.as_ref().map(|(events, _)| {

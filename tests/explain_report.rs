@@ -392,6 +392,29 @@ fn explain_errors_name_the_problem() {
 }
 
 #[test]
+fn report_names_invalid_truth_file() {
+    let folder = tempfile::tempdir().unwrap();
+    let alerts = folder.path().join("alerts.jsonl");
+    let truth = folder.path().join("garbage.jsonl");
+    std::fs::write(&alerts, "").unwrap();
+    std::fs::write(&truth, "not json\n").unwrap();
+    let out = folder.path().join("report.html");
+    let run = run_veer_exact(&[
+        "report",
+        "--alerts",
+        arg(&alerts),
+        "--truth",
+        arg(&truth),
+        "--out",
+        arg(&out),
+    ]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    let named = format!("truth file {}: line 1", truth.display());
+    assert!(run.stderr.contains(&named), "{}", run.stderr);
+    assert!(!run.stderr.contains("alert file"), "{}", run.stderr);
+}
+
+#[test]
 fn text_view_matches_golden_file() {
     let input = shared("cases/01-one-shift-one-alert/input.jsonl");
     let actual = succeed(&[
