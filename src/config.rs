@@ -297,9 +297,9 @@ impl FileConfig {
         Ok(())
     }
 
-    /// Checks the `[time]`, `[users]`, `[groups]`, `[profiles]` and `[detector]` keys whose
-    /// ranges no `validate` of their own section covers, and returns the first value out of
-    /// range.
+    /// Checks the `[time]`, `[run]`, `[users]`, `[groups]`, `[profiles]` and `[detector]` keys
+    /// whose ranges no `validate` of their own section covers, and returns the first value out
+    /// of range.
     fn check_ranges(&self) -> Result<(), String> {
         if self.time.idle_timeout.is_zero() {
             return Err(out_of_range(
@@ -307,6 +307,18 @@ impl FileConfig {
                 "idle_timeout",
                 "\"0s\"",
                 &format!("a positive duration such as \"30s\", because {ZERO_IDLE_TIMEOUT}"),
+            ));
+        }
+        let workers = self.run.workers;
+        if !(1..=crate::pipeline::MAX_WORKERS).contains(&workers) {
+            return Err(out_of_range(
+                "run",
+                "workers",
+                workers,
+                &format!(
+                    "1 to {} worker threads per process",
+                    crate::pipeline::MAX_WORKERS
+                ),
             ));
         }
         if self.users.poll_interval.is_zero() {
@@ -505,6 +517,11 @@ mod tests {
                 "[time]\nidle_timeout = \"0ms\"",
                 "invalid [time] idle_timeout = \"0s\"",
             ),
+            (
+                "[run]\nworkers = 0",
+                "invalid [run] workers = 0: expected 1 to 1024 worker threads per process",
+            ),
+            ("[run]\nworkers = 1025", "invalid [run] workers = 1025"),
             (
                 "[users]\npoll_interval = \"0s\"",
                 "invalid [users] poll_interval = \"0s\": expected a positive duration such as \"1s\"",

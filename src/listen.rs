@@ -176,18 +176,28 @@ impl ListenSource {
                  joined from files; use jsonl, taobao or rees46"
             );
         }
-        if settings.limits.max_line_bytes == 0 || settings.limits.max_clients == 0 {
-            anyhow::bail!(
-                "invalid listen limits: max_line_bytes and max_clients must be at least 1"
-            );
+        let limits = [
+            ("max_line_bytes", settings.limits.max_line_bytes),
+            ("max_clients", settings.limits.max_clients),
+        ];
+        for (key, value) in limits {
+            if value == 0 {
+                anyhow::bail!(
+                    "invalid {key} 0 (--{} or {key} under [listen]): it must be at least 1",
+                    key.replace('_', "-")
+                );
+            }
         }
         let mut listeners = Vec::new();
-        for address in &settings.addresses {
-            let address = normalize_address(address);
+        let mut bound: Vec<String> = Vec::new();
+        for given in &settings.addresses {
+            let address = normalize_address(given);
+            check_listen_address(given, &address, &bound)?;
             let listener = TcpListener::bind(&address)
                 .map_err(|error| anyhow::anyhow!("cannot listen on {address}: {error}"))?;
             let local = listener.local_addr()?;
             listeners.push((listener, local));
+            bound.push(address);
         }
         Ok(ListenSource {
             addresses: listeners.iter().map(|(_, address)| *address).collect(),
@@ -246,6 +256,24 @@ fn normalize_address(address: &str) -> String {
     } else {
         address.to_string()
     }
+}
+
+/// Rejects a `--listen` address that lacks a port or repeats one bound already (`bound`), with
+/// a message that names the fix. A repeated port 0 is allowed, because each picks its own port.
+fn check_listen_address(given: &str, address: &str, bound: &[String]) -> anyhow::Result<()> {
+    if let Ok(ip) = address.parse::<std::net::IpAddr>() {
+        let example = SocketAddr::new(ip, 7700);
+        anyhow::bail!(
+            "invalid --listen {given}: the address has no port; add one, such as {example}"
+        );
+    }
+    let port_zero = address
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port == "0");
+    if !port_zero && bound.iter().any(|earlier| earlier == address) {
+        anyhow::bail!("invalid --listen {given}: the address {address} is given twice");
+    }
+    Ok(())
 }
 
 struct Acceptor {

@@ -74,3 +74,30 @@ fn dev_null_as_input_and_outputs_accepted() {
     assert_eq!(run.status, 0, "{}", run.stderr);
     assert!(run.stderr.contains("lines read"), "{}", run.stderr);
 }
+
+#[test]
+fn listen_address_mistakes_rejected() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let loopback = format!("127.0.0.1:{port}");
+    assert_rejected(
+        &["--listen", "::1"],
+        "invalid --listen ::1: the address has no port; add one, such as [::1]:7700",
+    );
+    assert_rejected(
+        &["--listen", &port, "--listen", &loopback],
+        &format!("the address {loopback} is given twice"),
+    );
+    assert_rejected(
+        &["--listen", "127.0.0.1:0", "--max-clients", "0"],
+        "invalid max_clients 0 (--max-clients or max_clients under [listen])",
+    );
+    assert_rejected(
+        &["--listen", "127.0.0.1:0", "--max-line-bytes", "0"],
+        "invalid max_line_bytes 0 (--max-line-bytes",
+    );
+}
