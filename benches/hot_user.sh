@@ -5,12 +5,12 @@
 # Goals: throughput ratio >= 0.5 and RSS ratio <= 2.
 #
 # Usage: bash benches/hot_user.sh [WORK_DIR]   (needs python3 and ../shared beside the repo)
+# Environment: VEER, a veer binary to measure instead of building one (benches/common.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-$(mktemp -d)}
 mkdir -p "$work"
-cargo build --release --quiet
-veer=$PWD/target/release/veer
+source benches/common.sh
 script=$PWD/../shared/cases/14-hot-user-skew/generate.py
 [ -f "$work/hot.jsonl" ] || (cd "$work" && python3 "$script" 1000000)
 

@@ -3,12 +3,14 @@
 # the standard input of `veer run` (arrival order), open loop, and the run summary's latency
 # percentiles are printed.
 # Usage: bash benches/latency.sh [EVENTS_PER_SECOND] [USERS] [WORK_DIR]
+# Environment: VEER, a veer binary to measure instead of building one (benches/common.sh).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 rate=${1:-100000}
 users=${2:-2000}
 work=${3:-$(mktemp -d)}
-cargo build --release --quiet
-veer=target/release/veer
+mkdir -p "$work"
+source benches/common.sh
 events="$work/events-$users.csv"
 [ -f "$events" ] || "$veer" generate --users "$users" --format taobao --out "$events" --truth "$work/truth-$users.jsonl"
 # Writes the file in slices every 10 ms so the offered load is `rate` lines per second,

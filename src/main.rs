@@ -151,6 +151,25 @@ impl From<FormatArg> for Format {
     }
 }
 
+/// Formats that `veer serve` reads from sockets. RetailRocket is not one of them, because its
+/// categories are joined from item property files.
+#[derive(Clone, Copy, ValueEnum)]
+enum StreamFormatArg {
+    Jsonl,
+    Taobao,
+    Rees46,
+}
+
+impl From<StreamFormatArg> for FormatArg {
+    fn from(value: StreamFormatArg) -> FormatArg {
+        match value {
+            StreamFormatArg::Jsonl => FormatArg::Jsonl,
+            StreamFormatArg::Taobao => FormatArg::Taobao,
+            StreamFormatArg::Rees46 => FormatArg::Rees46,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum MissingCategoryArg {
     /// An event whose item has no category is a bad record.
@@ -290,10 +309,9 @@ struct ServeArgs {
     listen: veer::listen::ListenArgs,
     #[command(flatten)]
     sinks: veer::sinks::SinkArgs,
-    /// Format of every connection (jsonl, taobao or rees46); detected per connection from its
-    /// first line when absent.
+    /// Format of every connection; detected per connection from its first line when absent.
     #[arg(long, value_enum)]
-    format: Option<FormatArg>,
+    format: Option<StreamFormatArg>,
     /// Alert output: a file of JSON lines, or `-` for standard output (default `-`). A named
     /// pipe is waited for until a process opens it for reading; SIGTERM or SIGINT stops the
     /// wait.
@@ -335,7 +353,7 @@ impl ServeArgs {
     fn into_run_args(self) -> RunArgs {
         RunArgs {
             input: InputArgs {
-                format: self.format,
+                format: self.format.map(FormatArg::from),
                 ..InputArgs::default()
             },
             alerts: self.alerts,

@@ -101,3 +101,24 @@ fn listen_address_mistakes_rejected() {
         "invalid max_line_bytes 0 (--max-line-bytes",
     );
 }
+
+#[test]
+fn serve_format_lists_only_socket_formats() {
+    let help = run_veer_exact(&["serve", "--help"]);
+    assert_eq!(help.status, 0, "{}", help.stderr);
+    assert!(
+        help.stdout
+            .contains("[possible values: jsonl, taobao, rees46]"),
+        "{}",
+        help.stdout
+    );
+    assert!(!help.stdout.contains("retailrocket"), "{}", help.stdout);
+
+    let run = run_veer_exact(&["serve", "--format", "retailrocket"]);
+    assert_eq!(run.status, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("invalid value 'retailrocket'"),
+        "{}",
+        run.stderr
+    );
+}
