@@ -438,8 +438,8 @@ fn run_setting_name(key: &str) -> String {
     }
 }
 
-/// Returns the `veer.toml` key that sets the model setting with fingerprint key `key`
-/// ([`prepare::models_fingerprint`]).
+/// Returns how a resume error names the model setting with fingerprint key `key`
+/// ([`prepare::models_fingerprint`]): a field of the `--models-load` file, or the key.
 fn model_setting_name(key: &str) -> String {
     match key.strip_prefix("loaded.") {
         Some(field) => format!("--models-load file's {field}"),
