@@ -190,9 +190,9 @@ impl ListenSource {
         }
         let mut listeners = Vec::new();
         let mut bound: Vec<String> = Vec::new();
-        for given in &settings.addresses {
-            let address = normalize_address(given);
-            check_listen_address(given, &address, &bound)?;
+        for option in &settings.addresses {
+            let address = normalize_address(option);
+            check_listen_address(option, &address, &bound)?;
             let listener = TcpListener::bind(&address)
                 .map_err(|error| anyhow::anyhow!("cannot listen on {address}: {error}"))?;
             let local = listener.local_addr()?;
@@ -258,20 +258,21 @@ fn normalize_address(address: &str) -> String {
     }
 }
 
-/// Rejects a `--listen` address that lacks a port or repeats one bound already (`bound`), with
-/// a message that names the fix. A repeated port 0 is allowed, because each picks its own port.
-fn check_listen_address(given: &str, address: &str, bound: &[String]) -> anyhow::Result<()> {
+/// Rejects a `--listen` value (`option`, normalized to `address`) that lacks a port or repeats
+/// an address bound already (`bound`), with a message that names the fix. A repeated port 0
+/// is allowed, because each picks its own port.
+fn check_listen_address(option: &str, address: &str, bound: &[String]) -> anyhow::Result<()> {
     if let Ok(ip) = address.parse::<std::net::IpAddr>() {
         let example = SocketAddr::new(ip, 7700);
         anyhow::bail!(
-            "invalid --listen {given}: the address has no port; add one, such as {example}"
+            "invalid --listen {option}: the address has no port; add one, such as {example}"
         );
     }
     let port_zero = address
         .rsplit_once(':')
         .is_some_and(|(_, port)| port == "0");
     if !port_zero && bound.iter().any(|earlier| earlier == address) {
-        anyhow::bail!("invalid --listen {given}: the address {address} is given twice");
+        anyhow::bail!("invalid --listen {option}: the address {address} is given twice");
     }
     Ok(())
 }

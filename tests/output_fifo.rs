@@ -13,8 +13,8 @@ use common::{arg, generate_stream};
 fn make_fifo(path: &Path) {
     let name = std::ffi::CString::new(arg(path)).unwrap();
     // SAFETY: `name` is a valid NUL-terminated path for the whole call.
-    let made = unsafe { libc::mkfifo(name.as_ptr(), 0o600) };
-    assert_eq!(made, 0, "mkfifo {}", path.display());
+    let status = unsafe { libc::mkfifo(name.as_ptr(), 0o600) };
+    assert_eq!(status, 0, "mkfifo {}", path.display());
 }
 
 /// Starts `veer run` on `input` with `output_args`, logging at info level to a pipe.
