@@ -220,7 +220,7 @@ fn parse_category_row(line: &[u8]) -> Result<Option<(Id, i64, Id)>, String> {
         return Err(format!("categoryid value {} contains a comma", show(value)));
     }
     let timestamp = unquote(&line[..first]);
-    let ts_ms = time::parse_millis_digits(timestamp)
+    let ts_ms = time::parse_epoch_digits(timestamp)
         .map_err(|error| error.reason("timestamp", timestamp, "Unix milliseconds"))?;
     let item = required_id(unquote(&line[first + 1..second]), "itemid")?;
     let category = required_id(unquote(value), "categoryid value")?;
@@ -333,6 +333,15 @@ mod tests {
                 1_431_226_800_000,
                 Id::from(1338u64)
             )))
+        );
+        assert_eq!(
+            parse_category_row(b"1431226800,200,categoryid,1338"),
+            Ok(Some((
+                Id::from(200u64),
+                1_431_226_800_000,
+                Id::from(1338u64)
+            ))),
+            "a time in seconds is read as seconds, as in the events"
         );
         assert_eq!(
             parse_category_row(b"1,400,283,\"n12.000,n5.000\""),

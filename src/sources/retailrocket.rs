@@ -1,6 +1,8 @@
 //! Reader of RetailRocket `events.csv`: `timestamp,visitorid,event,itemid,transactionid`.
 //!
-//! Timestamps are Unix milliseconds, `event` is `view`, `addtocart` or `transaction`, and
+//! Timestamps are Unix milliseconds. Some exports divide the column by 1000, so a value below
+//! 10^12 (before September 2001 as milliseconds) is read as Unix seconds, as the other readers
+//! do. `event` is `view`, `addtocart` or `transaction`, and
 //! `transactionid` (empty, or a float such as `14418.0` in pandas exports) is not used. The
 //! category comes from an [`ItemCatalog`], and the topic from the category tree's root.
 
@@ -89,7 +91,7 @@ impl RetailRocketParser {
         }
         let [timestamp, visitor, event, item, _transaction] = columns;
 
-        let ts_ms = time::parse_millis_digits(timestamp)
+        let ts_ms = time::parse_epoch_digits(timestamp)
             .map_err(|error| error.reason("timestamp", timestamp, "Unix milliseconds"))?;
         let user = required_id(visitor, "visitorid")?;
         let behavior = std::str::from_utf8(event)
@@ -212,6 +214,19 @@ mod tests {
         assert_eq!(event.category, Id::int(325_310));
         assert_eq!(event.topic, None);
         assert_eq!(event.line, 3);
+    }
+
+    #[test]
+    fn timestamp_in_seconds_read_as_seconds() {
+        let parse = |line: &[u8]| match parser(MissingCategory::Item).parse(2, line) {
+            Parsed::Event(event) => event.ts_ms,
+            other => panic!("expected an event, got {other:?}"),
+        };
+        assert_eq!(parse(b"1433221332,257597,view,355908,"), 1_433_221_332_000);
+        assert_eq!(
+            parse(b"1433221332117,257597,view,355908,"),
+            1_433_221_332_117
+        );
     }
 
     #[test]

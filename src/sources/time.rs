@@ -135,6 +135,18 @@ pub(crate) fn parse_millis_digits(text: &[u8]) -> Result<i64, TimeError> {
     parse_digits_i64(text, 13)
 }
 
+/// Parses an epoch number of at most 13 digits, written as decimal digits only, and returns
+/// milliseconds. As in [`parse_epoch`], a value below 10^12 is seconds and a larger one is
+/// milliseconds.
+///
+/// This suits a column documented as milliseconds that some exports fill with seconds, which
+/// read as milliseconds would fall in January 1970.
+pub(crate) fn parse_epoch_digits(text: &[u8]) -> Result<i64, TimeError> {
+    // Never negative: `parse_digits_i64` rejects a minus sign before a non-zero value.
+    let value = parse_millis_digits(text)?;
+    epoch_millis(u128::from(value.unsigned_abs()))
+}
+
 /// Parses a decimal number of at most `max_digits` digits, not counting leading zeros.
 fn parse_digits_i64(text: &[u8], max_digits: u32) -> Result<i64, TimeError> {
     let (negative, digits) = match text.strip_prefix(b"-") {
@@ -319,6 +331,21 @@ mod tests {
         assert_eq!(parse_epoch(&[b'9'; 60]), Err(TimeError::TooManyDigits(13)));
         assert_eq!(parse_epoch(b"1e400"), Err(TimeError::OutOfRange));
         assert_eq!(parse_epoch(b"e9"), Err(TimeError::Invalid));
+    }
+
+    #[test]
+    fn epoch_digits_seconds_below_boundary() {
+        assert_eq!(parse_epoch_digits(b"1433221332"), Ok(1_433_221_332_000));
+        assert_eq!(parse_epoch_digits(b"999999999999"), Ok(999_999_999_999_000));
+        assert_eq!(parse_epoch_digits(b"1000000000000"), Ok(1_000_000_000_000));
+        assert_eq!(parse_epoch_digits(b"1433221332117"), Ok(1_433_221_332_117));
+        assert_eq!(parse_epoch_digits(b"0"), Ok(0));
+        assert_eq!(
+            parse_epoch_digits(b"14332213321170"),
+            Err(TimeError::TooManyDigits(13))
+        );
+        assert_eq!(parse_epoch_digits(b"-1"), Err(TimeError::Negative));
+        assert_eq!(parse_epoch_digits(b"1433221332.5"), Err(TimeError::Invalid));
     }
 
     #[test]
