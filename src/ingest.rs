@@ -6,6 +6,7 @@
 //! event. Exact duplicates are found later, after events are routed by user, and are counted
 //! out of the events sent, so that `lines = events + duplicates + late + bad + skipped`.
 
+use std::borrow::Borrow;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -871,6 +872,18 @@ fn read_split(
     }
     warn_if_mostly_bad(name, format, &before, counts);
     Ok(())
+}
+
+/// Sorts `events` into processing order and drops exact duplicates (every field equal but the
+/// line), as `veer run` does. Returns the number of duplicates dropped.
+pub fn drop_exact_duplicates<E: Borrow<Event>>(events: &mut Vec<E>) -> u64 {
+    fn event<E: Borrow<Event>>(item: &E) -> &Event {
+        item.borrow()
+    }
+    events.sort_by(|a, b| event(a).processing_cmp(event(b)));
+    let before = events.len();
+    events.dedup_by(|later, earlier| event(later).same_content(event(earlier)));
+    (before - events.len()) as u64
 }
 
 /// Reads every event of `paths` in file order, without a dead-letter file. A damaged input is

@@ -1009,8 +1009,7 @@ fn eval_files(args: EvalArgs) -> anyhow::Result<()> {
             };
             let (mut events, _) = veer::ingest::read_events(vec![path.clone()], options)?;
             // Exact duplicates are dropped by `veer run`, so they are not events of the user.
-            events.sort_by(veer_models::Event::processing_cmp);
-            events.dedup_by(|later, earlier| later.same_content(earlier));
+            veer::ingest::drop_exact_duplicates(&mut events);
             Some(
                 events
                     .iter()
@@ -1059,8 +1058,17 @@ fn print_stats(args: StatsArgs) -> anyhow::Result<()> {
         table += &format!("{row}\n");
     }
     for path in &args.input.inputs {
-        let (events, _) =
+        let (mut events, _) =
             veer::ingest::read_events(vec![path.clone()], args.input.source_options())?;
+        // `veer run` drops exact duplicates, so they would only inflate the rates.
+        let duplicates = veer::ingest::drop_exact_duplicates(&mut events);
+        if duplicates > 0 {
+            tracing::info!(
+                input = %path,
+                duplicates,
+                "exact duplicate rows dropped, as veer run drops them"
+            );
+        }
         let row = veer::stats::compute(&events).to_markdown_row(path);
         table += &format!("{row}\n");
     }

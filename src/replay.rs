@@ -76,8 +76,7 @@ fn replay_traced(
     let detector = ShiftDetector::new(settings.detector.clone())?;
     let window_ms = settings.window_ms.max(1);
     let mut sorted: Vec<&Event> = events.iter().collect();
-    sorted.sort_by(|a, b| a.processing_cmp(b));
-    sorted.dedup_by(|later, earlier| later.same_content(earlier));
+    crate::ingest::drop_exact_duplicates(&mut sorted);
 
     let mut counter = SessionCounter::new(settings.detector.session_rule());
     let mut model = PopulationModel::new(settings.groups.clone());

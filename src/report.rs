@@ -171,10 +171,7 @@ fn event_facts(events: &[Event], counts: &LineCounts, time: &TimeConfig) -> Even
             }
         }
     }
-    kept.sort_by(|a, b| a.processing_cmp(b));
-    let before = kept.len();
-    kept.dedup_by(|later, earlier| later.same_content(earlier));
-    let duplicates = (before - kept.len()) as u64;
+    let duplicates = crate::ingest::drop_exact_duplicates(&mut kept);
     let users: HashSet<&Id> = kept.iter().map(|event| &event.user).collect();
     EventFacts {
         counts: counts.clone(),

@@ -842,6 +842,23 @@ fn stats_input_error_prints_nothing() {
 }
 
 #[test]
+fn stats_drop_duplicate_rows() {
+    // In input.csv every row of one user appears two or three times. input-dedup.csv has
+    // each row once.
+    let columns_after_name = |relative: &str| {
+        let path = shared(relative);
+        let run = run_veer_exact(&["stats", "--input", arg(&path)]);
+        assert_eq!(run.status, 0, "{relative}: {}", run.stderr);
+        let row = run.stdout.lines().nth(2).expect("a row after the header");
+        row.split('|').skip(2).map(str::to_string).collect::<Vec<_>>()
+    };
+    let with_copies = columns_after_name("cases/12-rees46-duplicate-rows/input.csv");
+    let without = columns_after_name("cases/12-rees46-duplicate-rows/input-dedup.csv");
+    assert_eq!(with_copies[1].trim(), "215", "events of input.csv");
+    assert_eq!(with_copies, without, "statistics differ");
+}
+
+#[test]
 fn dash_for_file_outputs_rejected() {
     // The runs start in an empty folder, so a file named `-` would show there.
     let folder = tempfile::tempdir().expect("temporary folder");
