@@ -364,7 +364,7 @@ fn run_job(
         models.validate()?;
     }
     let prepared = crate::checkpoint::prepare::prepare(&settings, models.as_ref())?;
-    let fingerprint = crate::cluster::settings_fingerprint(&settings);
+    let fingerprint = crate::cluster::settings_fingerprint(&settings, models.as_ref());
     let settings = crate::cluster::local_part(settings);
     let dead_letter = DeadLetter::create(settings.dead_letter.as_deref())?;
     let (dispatcher, sink_threads) =

@@ -122,6 +122,21 @@ fn run_cluster(args: &[&str], hostfile: &Path, processes: usize, workers: usize)
         .collect()
 }
 
+/// Starts process `process` of a 2-process cluster with `options` after the cluster options.
+fn start_one_of_two(process: &str, hostfile: &Path, options: &[&str]) -> Child {
+    let mut args = vec![
+        "run",
+        "--processes",
+        "2",
+        "--process",
+        process,
+        "--hostfile",
+        arg(hostfile),
+    ];
+    args.extend_from_slice(options);
+    veer(&args).spawn().expect("veer starts")
+}
+
 /// Runs `args` on one process with one worker and on 2 processes with 2 workers each, with
 /// the alert and dead-letter paths in `folder`, and asserts identical outputs and totals.
 fn assert_cluster_matches_single(args: &[&str], folder: &Path) {
@@ -242,19 +257,7 @@ fn peer_that_never_connects_times_out() {
     let hostfile = loopback_hostfile(folder.path(), 2);
     for process in ["0", "1"] {
         let started = Instant::now();
-        let child = veer(&[
-            "run",
-            "--processes",
-            "2",
-            "--process",
-            process,
-            "--hostfile",
-            arg(&hostfile),
-            "--connect-timeout",
-            "1s",
-        ])
-        .spawn()
-        .expect("veer starts");
+        let child = start_one_of_two(process, &hostfile, &["--connect-timeout", "1s"]);
         let output = finish(child, "lone process");
         let stderr = text(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "process {process}: {stderr}");
@@ -272,21 +275,11 @@ fn mismatched_workers_rejected_by_both() {
     let folder = tempfile::tempdir().expect("temporary folder");
     let hostfile = loopback_hostfile(folder.path(), 2);
     let start = |process: &str, workers: &str| {
-        veer(&[
-            "run",
-            "--processes",
-            "2",
-            "--process",
+        start_one_of_two(
             process,
-            "--workers",
-            workers,
-            "--hostfile",
-            arg(&hostfile),
-            "--connect-timeout",
-            "30s",
-        ])
-        .spawn()
-        .expect("veer starts")
+            &hostfile,
+            &["--workers", workers, "--connect-timeout", "30s"],
+        )
     };
     let second = start("1", "1");
     let first = start("0", "2");
@@ -296,6 +289,38 @@ fn mismatched_workers_rejected_by_both() {
         assert_eq!(output.status.code(), Some(2), "process {process}: {stderr}");
         assert!(stderr.contains("does not match this process"), "{stderr}");
         assert!(stderr.contains("--workers"), "{stderr}");
+    }
+}
+
+#[test]
+fn mismatched_dataflow_options_rejected_by_both() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let input = shared("cases/01-one-shift-one-alert/input.jsonl");
+    let profiles = folder.path().join("profiles.jsonl");
+    // Options given to one process only. Each changes the dataflow or the alerts of that
+    // process's users, so the processes would hang or disagree if they ran.
+    let cases: [(&[&str], &[&str]); 2] = [
+        (&["--profiles", arg(&profiles)], &[]),
+        (&["--evict-after", "1h"], &[]),
+    ];
+    for (first_only, second_only) in cases {
+        let hostfile = loopback_hostfile(folder.path(), 2);
+        let start = |process: &str, only: &[&str]| {
+            let mut options = vec!["--input", arg(&input), "--alerts", "-"];
+            options.extend_from_slice(&["--connect-timeout", "30s"]);
+            options.extend_from_slice(only);
+            start_one_of_two(process, &hostfile, &options)
+        };
+        let second = start("1", second_only);
+        let first = start("0", first_only);
+        let label = format!("{first_only:?} on process 0, {second_only:?} on process 1");
+        for (process, child) in [(0, first), (1, second)] {
+            let output = finish(child, &format!("process {process}, {label}"));
+            let stderr = text(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "process {process}, {label}: {stderr}");
+            assert!(stderr.contains("does not match this process"), "{label}: {stderr}");
+            assert!(stderr.contains("--profiles"), "{label}: {stderr}");
+        }
     }
 }
 

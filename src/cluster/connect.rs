@@ -4,8 +4,8 @@
 //! be writing alerts. This module makes the same sockets itself: process `i` listens on its
 //! hostfile address, connects to every process below it and accepts every process above it.
 //! Each new connection starts with a hello in both directions (a magic tag, the number of
-//! processes, the sender's index, its workers per process and a fingerprint of the detector
-//! settings). timely then takes over the sockets, in the order its
+//! processes, the sender's index, its workers per process and a fingerprint of the settings
+//! that decide alerts). timely then takes over the sockets, in the order its
 //! `initialize_networking_from_sockets` expects.
 
 use std::io::{self, Read, Write};
@@ -84,8 +84,9 @@ impl Hello {
         }
         if peer.fingerprint != self.fingerprint {
             return Some(
-                "its detector, group or window settings differ from this process's; give \
-                 every process the same configuration file and options"
+                "it runs with other settings: the detector, groups, window, --evict-after, \
+                 --models, and whether --profiles or --users is given, must be the same in \
+                 every process; give every process the same configuration file and options"
                     .to_string(),
             );
         }

@@ -20,6 +20,7 @@ use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
 use timely::communication::{Hooks, WorkerGuards};
 
 use crate::pipeline::{AlertOutput, EventSource, RunSettings};
+use crate::replay::ModelRunSettings;
 
 mod connect;
 mod hostfile;
@@ -295,17 +296,25 @@ pub fn part_summary_text(summary: &crate::pipeline::RunSummary) -> String {
     text
 }
 
-/// Returns a fingerprint of the settings that decide alerts on every worker: the detector,
-/// its settings, group learning and the window. FNV-1a over their debug form, so it is the
-/// same in every process of one build.
-pub fn settings_fingerprint(settings: &RunSettings) -> u64 {
+/// Returns a fingerprint of the settings that decide alerts or the shape of the dataflow on
+/// every worker. These are the detector and its settings, group learning, the window, the
+/// eviction time, whether profiles are built (`--profiles` or `--users`), and the model path's
+/// settings (`models`, `None` without `--models`).
+///
+/// The hash is FNV-1a over their text form, so it is the same in every process of one build.
+/// Processes whose dataflows differ would wait for each other for ever, and a process with
+/// other detector or eviction settings would raise other alerts for its share of the users.
+pub fn settings_fingerprint(settings: &RunSettings, models: Option<&ModelRunSettings>) -> u64 {
+    let profiles_on = settings.profiles.is_some() || settings.users.is_some();
+    let models = models.map(crate::checkpoint::prepare::models_fingerprint);
     let text = format!(
-        "{}|{:?}|{:?}|{:?}|{:?}",
+        "{}|{:?}|{:?}|{:?}|{:?}|{:?}|{profiles_on}|{models:?}",
         env!("CARGO_PKG_VERSION"),
         settings.detector,
         settings.detector_config,
         settings.groups,
-        settings.window
+        settings.window,
+        settings.state.evict_idle_ms(),
     );
     text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
