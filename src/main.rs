@@ -785,7 +785,9 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
         }
     }
     let mut model_saver = None;
-    let summary = if models && reads_input {
+    // Every process of a cluster runs the model path, so that their dataflows match, and
+    // every process loads the models to score its users. Only process 0 saves them.
+    let summary = if models {
         let mut model_settings = file.models.run_settings();
         let user_columns = match &settings.users {
             Some(users) => Some(veer::users::table_columns(&users.path)?),
@@ -796,7 +798,10 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
             settings.window.as_millis() as u64,
             user_columns,
             args.models_load.as_deref().or(file.models.load.as_deref()),
-            args.models_save.as_deref().or(file.models.save.as_deref()),
+            args.models_save
+                .as_deref()
+                .or(file.models.save.as_deref())
+                .filter(|_| reads_input),
         )?;
         pipeline::run_with_models(settings, model_settings)?
     } else {

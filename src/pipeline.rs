@@ -468,7 +468,10 @@ fn run_job(
         state: settings.state,
         router,
         board: Arc::new(crate::checkpoint::board::Board::new(settings.workers)),
-        model_traffic: Arc::new(ModelTraffic::new(settings.workers)),
+        // Operators record their traffic under their worker index in the whole cluster, so
+        // there is a slot for every worker. Those of other processes stay at zero, which only
+        // checkpoints read, and checkpoints run in one process only.
+        model_traffic: Arc::new(ModelTraffic::new(processes * settings.workers)),
         checkpoints: prepared.plan,
         restored: Mutex::new(prepared.restored),
         resume_position: prepared.position,

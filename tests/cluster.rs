@@ -245,6 +245,30 @@ fn generated_stream_2x2_matches_1x1() {
 }
 
 #[test]
+fn models_2x2_matches_1x1() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let events = folder.path().join("events.jsonl");
+    let generated = veer(&[
+        "generate",
+        "--users",
+        "800",
+        "--days",
+        "9",
+        "--seed",
+        "29",
+        "--out",
+        arg(&events),
+        "--truth",
+        arg(&folder.path().join("truth.jsonl")),
+    ])
+    .output()
+    .expect("veer generate runs");
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    // Every process runs the model path; worker 0 fits the models and broadcasts them.
+    assert_cluster_matches_single(&["--input", arg(&events), "--models"], folder.path());
+}
+
+#[test]
 fn taobao_sample_2x2_matches_1x1() {
     let folder = tempfile::tempdir().expect("temporary folder");
     let input = shared("data/taobao_ub_usersorted/UserBehavior.csv");
@@ -299,8 +323,9 @@ fn mismatched_dataflow_options_rejected_by_both() {
     let profiles = folder.path().join("profiles.jsonl");
     // Options given to one process only. Each changes the dataflow or the alerts of that
     // process's users, so the processes would hang or disagree if they ran.
-    let cases: [(&[&str], &[&str]); 2] = [
+    let cases: [(&[&str], &[&str]); 3] = [
         (&["--profiles", arg(&profiles)], &[]),
+        (&[], &["--models"]),
         (&["--evict-after", "1h"], &[]),
     ];
     for (first_only, second_only) in cases {
