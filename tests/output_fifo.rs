@@ -8,14 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{arg, generate_stream};
-
-fn make_fifo(path: &Path) {
-    let name = std::ffi::CString::new(arg(path)).unwrap();
-    // SAFETY: `name` is a valid NUL-terminated path for the whole call.
-    let status = unsafe { libc::mkfifo(name.as_ptr(), 0o600) };
-    assert_eq!(status, 0, "mkfifo {}", path.display());
-}
+use common::{arg, generate_stream, make_fifo};
 
 /// Starts `veer run` on `input` with `output_args`, logging at info level to a pipe.
 fn start_run(input: &Path, output_args: &[&str]) -> (Child, common::Log) {

@@ -257,21 +257,13 @@ fn sigterm_with_blocked_stdin_exits() {
     assert_eq!(ids, alert_ids(&reference));
 }
 
-/// Creates the named pipe `events.pipe` in `folder` and returns its path.
-fn make_fifo(folder: &std::path::Path) -> std::path::PathBuf {
-    let fifo = folder.join("events.pipe");
-    let fifo_name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: `fifo_name` is a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(fifo_name.as_ptr(), 0o600) }, 0);
-    fifo
-}
-
 /// A named pipe given by its path ends at a signal like standard input, although its writer
 /// keeps it open.
 #[test]
 fn sigterm_ends_named_pipe_input() {
     let folder = tempfile::tempdir().unwrap();
-    let fifo = make_fifo(folder.path());
+    let fifo = folder.path().join("events.pipe");
+    common::make_fifo(&fifo);
     let text = std::fs::read_to_string(case_file(CASE, "input.jsonl")).unwrap();
     // The writer opens the pipe, which waits for veer to open it, writes every line and
     // keeps the pipe open until the test ends.
@@ -401,7 +393,8 @@ fn second_sigint_exits_at_once() {
 #[test]
 fn sigterm_ends_named_pipe_without_writer() {
     let folder = tempfile::tempdir().unwrap();
-    let fifo = make_fifo(folder.path());
+    let fifo = folder.path().join("events.pipe");
+    common::make_fifo(&fifo);
     let alerts = folder.path().join("alerts.jsonl");
     let mut server = start_on_fifo(&fifo, &alerts);
     std::thread::sleep(Duration::from_secs(1));

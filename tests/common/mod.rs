@@ -129,6 +129,14 @@ pub struct CommandOutput {
     pub stdout: String,
     pub stderr: String,
 }
+/// Creates a named pipe at `path`, readable and writable by the owner only.
+pub fn make_fifo(path: &Path) {
+    let name = std::ffi::CString::new(arg(path)).unwrap();
+    // SAFETY: `name` is a valid NUL-terminated path for the whole call.
+    let status = unsafe { libc::mkfifo(name.as_ptr(), 0o600) };
+    assert_eq!(status, 0, "mkfifo {}", path.display());
+}
+
 
 /// Runs the `veer` binary with exactly `args`: no alert, dead-letter or progress option is
 /// added, and standard input is empty.
