@@ -83,11 +83,13 @@ pub(super) fn fit_kmeans_like_linfa<R: Rng>(
     // An ndarray vector, so that the inertia is summed by ndarray's `sum`, as in linfa.
     let mut distances = Array1::<f64>::zeros(rows);
     let mut bounds = DistanceBounds::new(&data, width, clusters);
-    let mut member_sums = MemberSums::new(width, clusters);
+    let mut member_sums = MemberSums::new(rows, width, clusters);
+    let mut interleaved_rows = InterleavedCentroids::new(&data, width);
     let mut lowest_inertia = f64::INFINITY;
     let mut best: Option<Vec<f64>> = None;
     for _ in 0..settings.runs {
-        let mut centroids = plus_plus_centroids(&data, rows, width, clusters, rng);
+        let mut centroids =
+            plus_plus_centroids(&data, &mut interleaved_rows, rows, width, clusters, rng);
         bounds.assign_all(&data, &centroids, &mut memberships);
         let mut iterations = 0u64;
         let (inertia, last) = loop {
@@ -148,9 +150,11 @@ fn check_settings(settings: &KMeansSettings) -> Result<(), MlError> {
 }
 
 /// Draws the initial centroids by k-means++, as linfa's `KMeansInit::KMeansPlusPlus` does,
-/// and returns them row-major.
+/// and returns them row-major. `interleaved_rows` contains the rows of `data`, so that the
+/// distances of a centroid to four rows are summed side by side.
 fn plus_plus_centroids<R: Rng>(
     data: &[f64],
+    interleaved_rows: &mut InterleavedCentroids,
     rows: usize,
     width: usize,
     clusters: usize,
@@ -167,8 +171,8 @@ fn plus_plus_centroids<R: Rng>(
     let mut distances = vec![f64::INFINITY; rows];
     for chosen in 1..clusters {
         let newest = &centroids[(chosen - 1) * width..chosen * width];
-        for (index, distance) in distances.iter_mut().enumerate() {
-            let candidate = squared_distance(newest, row(index));
+        for (distance, &candidate) in distances.iter_mut().zip(interleaved_rows.distances(newest))
+        {
             if candidate < *distance {
                 *distance = candidate;
             }
@@ -239,10 +243,10 @@ impl InterleavedCentroids {
     /// on, in centroid order.
     pub(super) fn distances_from(&mut self, point: &[f64], first_block: usize) -> &[f64] {
         let block_len = self.width * LANES;
-        for (block, sum) in self.values[first_block * block_len..]
-            .chunks_exact(block_len)
-            .zip(self.sums[first_block * LANES..].chunks_exact_mut(LANES))
-        {
+        // Blocks are counted in chunks of the constant LANES, because splitting `values` into
+        // chunks of `block_len` would divide by a variable on every call.
+        for (index, sum) in self.sums.chunks_exact_mut(LANES).enumerate().skip(first_block) {
+            let block = &self.values[index * block_len..(index + 1) * block_len];
             let mut lanes = [0.0f64; LANES];
             for (value, group) in point.iter().zip(block.chunks_exact(LANES)) {
                 for (total, coordinate) in lanes.iter_mut().zip(group) {
@@ -431,19 +435,20 @@ impl DistanceBounds {
         // First every bound moves with the centroids, and the rows that the bounds do not
         // settle are listed, without a branch per row. Then those rows get every distance.
         let (raise, lower_by) = (1.0 + self.slack, 1.0 - self.slack);
+        let rows = memberships.len();
+        let (uppers, lowers) = (&mut self.upper[..rows], &mut self.lower[..rows]);
+        let pending_rows = &mut self.pending[..rows];
         let mut pending = 0;
-        for (row, ((&cluster, upper), lower)) in memberships
-            .iter()
-            .zip(self.upper.iter_mut())
-            .zip(self.lower.iter_mut())
-            .enumerate()
-        {
+        for (row, &cluster) in memberships.iter().enumerate() {
             let change = &clusters[cluster];
             // The same arithmetic as `raised` and `lowered`.
-            *upper = (*upper + change.shift) * raise + BOUND_FLOOR;
-            *lower = (*lower - change.other_shift) * lower_by - BOUND_FLOOR;
-            let settled = *upper < change.half_gap.max(*lower);
-            self.pending[pending] = row;
+            let upper = (uppers[row] + change.shift) * raise + BOUND_FLOOR;
+            let lower = (lowers[row] - change.other_shift) * lower_by - BOUND_FLOOR;
+            uppers[row] = upper;
+            lowers[row] = lower;
+            // `upper < half_gap.max(lower)`, without the branches of `max`'s NaN handling.
+            let settled = (upper < change.half_gap) | (upper < lower);
+            pending_rows[pending] = row;
             pending += usize::from(!settled);
         }
 
@@ -488,17 +493,22 @@ fn squared_distance(a: &[f64], b: &[f64]) -> f64 {
 /// which rows it has, so the sum of a cluster that no row joined or left is kept from the
 /// previous iteration, bit for bit the value that summing again would give.
 struct MemberSums {
+    rows: usize,
     width: usize,
     sums: Vec<f64>,
     counts: Vec<usize>,
+    /// Cluster c's rows in row order at `members[c * rows..]`, `counts[c] - 1` of them.
+    members: Vec<usize>,
 }
 
 impl MemberSums {
-    fn new(width: usize, clusters: usize) -> Self {
+    fn new(rows: usize, width: usize, clusters: usize) -> Self {
         MemberSums {
+            rows,
             width,
             sums: vec![0.0; clusters * width],
             counts: vec![1; clusters],
+            members: vec![0; clusters * rows],
         }
     }
 
@@ -507,19 +517,21 @@ impl MemberSums {
         if !changed.contains(&true) {
             return;
         }
-        let width = self.width;
-        for (cluster, _) in changed.iter().enumerate().filter(|(_, changed)| **changed) {
-            self.sums[cluster * width..(cluster + 1) * width].fill(0.0);
-            self.counts[cluster] = 1;
+        let (rows, width) = (self.rows, self.width);
+        self.counts.fill(1);
+        for (row, &cluster) in memberships.iter().enumerate() {
+            self.members[cluster * rows + self.counts[cluster] - 1] = row;
+            self.counts[cluster] += 1;
         }
-        for (point, &cluster) in data.chunks_exact(width).zip(memberships) {
-            if changed[cluster] {
-                add_row(
-                    &mut self.sums[cluster * width..(cluster + 1) * width],
-                    point,
-                );
-                self.counts[cluster] += 1;
-            }
+        for (cluster, _) in changed.iter().enumerate().filter(|(_, changed)| **changed) {
+            let start = cluster * rows;
+            let members = &self.members[start..start + self.counts[cluster] - 1];
+            sum_rows(
+                data,
+                width,
+                members,
+                &mut self.sums[cluster * width..(cluster + 1) * width],
+            );
         }
     }
 
@@ -538,25 +550,49 @@ impl MemberSums {
     }
 }
 
-/// Adds `row` to `sum` element by element. The fixed groups of four let the compiler use
-/// vector registers without checking at run time whether the two slices overlap.
-fn add_row(sum: &mut [f64], row: &[f64]) {
-    let mut sum_groups = sum.chunks_exact_mut(4);
-    let mut row_groups = row.chunks_exact(4);
-    for (totals, values) in (&mut sum_groups).zip(&mut row_groups) {
-        let totals: &mut [f64; 4] = totals.try_into().expect("a group of four");
-        let values: &[f64; 4] = values.try_into().expect("a group of four");
+/// Stores in `sum` the element-wise sum of the rows `members` of `data`, added in the order
+/// of `members` from 0.
+///
+/// The columns are summed in groups of [`SUM_GROUP`] (then 4, then one at a time), each
+/// group's totals in registers, so no total goes through memory between two rows.
+fn sum_rows(data: &[f64], width: usize, members: &[usize], sum: &mut [f64]) {
+    let mut column = 0;
+    while column + SUM_GROUP <= width {
+        sum[column..column + SUM_GROUP].copy_from_slice(&column_totals::<SUM_GROUP>(
+            data, width, members, column,
+        ));
+        column += SUM_GROUP;
+    }
+    if column + 4 <= width {
+        sum[column..column + 4].copy_from_slice(&column_totals::<4>(data, width, members, column));
+        column += 4;
+    }
+    for column in column..width {
+        sum[column] = column_totals::<1>(data, width, members, column)[0];
+    }
+}
+
+/// Columns that [`sum_rows`] sums at once: 8 totals fit in 4 SSE2 registers.
+const SUM_GROUP: usize = 8;
+
+/// Returns the sums of the `N` columns from `column` over the rows `members` of `data`.
+fn column_totals<const N: usize>(
+    data: &[f64],
+    width: usize,
+    members: &[usize],
+    column: usize,
+) -> [f64; N] {
+    let mut totals = [0.0; N];
+    for &row in members {
+        let start = row * width + column;
+        let values: &[f64; N] = data[start..start + N]
+            .try_into()
+            .expect("a slice of N values");
         for (total, value) in totals.iter_mut().zip(values) {
             *total += value;
         }
     }
-    for (total, value) in sum_groups
-        .into_remainder()
-        .iter_mut()
-        .zip(row_groups.remainder())
-    {
-        *total += value;
-    }
+    totals
 }
 
 #[cfg(test)]
@@ -602,6 +638,10 @@ mod tests {
             (40, 2, 3, 4),
             // Enough rows and clusters that most rows keep their centroid by the bounds.
             (3000, 6, 8, 5),
+            // Widths whose member sums take groups of 8, 4 and single columns, and the
+            // segmenter's 20 features.
+            (600, 13, 4, 6),
+            (1500, 20, 8, 7),
         ] {
             let records = clumps(rows, width, seed);
             // A column-major copy, the layout the feature selector returns.
@@ -672,7 +712,7 @@ mod tests {
         let mut memberships = vec![0usize; rows];
         let mut bounds = DistanceBounds::new(&data, width, clusters);
         bounds.assign_all(&data, &centroids, &mut memberships);
-        let mut member_sums = MemberSums::new(width, clusters);
+        let mut member_sums = MemberSums::new(rows, width, clusters);
         member_sums.refresh(&data, &memberships, &bounds.changed);
 
         let mut rng = ChaCha8Rng::seed_from_u64(8);
@@ -694,7 +734,7 @@ mod tests {
             }
             // Sums kept for the clusters that no row joined or left equal sums from scratch.
             member_sums.refresh(&data, &memberships, &bounds.changed);
-            let mut fresh = MemberSums::new(width, clusters);
+            let mut fresh = MemberSums::new(rows, width, clusters);
             fresh.refresh(&data, &memberships, &vec![true; clusters]);
             assert_eq!(member_sums.counts, fresh.counts, "step {step}");
             for (kept, summed) in member_sums.sums.iter().zip(&fresh.sums) {
