@@ -13,6 +13,8 @@
 //! every variable stays active, so linfa's gradient of the bounded variables and its
 //! shrinking steps change no result and are left out.
 
+use super::kmeans::InterleavedCentroids;
+
 /// The Gaussian kernel of the rows of a row-major buffer, `exp(-|x - y|^2 / eps)`, with each
 /// row computed when first read.
 pub(super) struct GaussianKernel<'a> {
@@ -20,6 +22,9 @@ pub(super) struct GaussianKernel<'a> {
     width: usize,
     eps: f64,
     rows: Vec<Option<Box<[f64]>>>,
+    /// The rows of `data` four side by side, so that a row's squared distances to the others
+    /// are summed four at a time. `None` without rows.
+    interleaved: Option<InterleavedCentroids>,
 }
 
 impl<'a> GaussianKernel<'a> {
@@ -32,6 +37,7 @@ impl<'a> GaussianKernel<'a> {
             width,
             eps,
             rows: vec![None; size],
+            interleaved: (size > 0).then(|| InterleavedCentroids::new(data, width)),
         }
     }
 
@@ -57,15 +63,25 @@ impl<'a> GaussianKernel<'a> {
 
     /// Computes row `index` unless it is cached. Entries of rows already cached are copied from
     /// them, since the kernel is symmetric.
+    ///
+    /// Each squared distance is summed over the features in index order from 0, and
+    /// `(y - x)^2` equals `(x - y)^2`, so every value is that of [`GaussianKernel::value`].
     fn compute(&mut self, index: usize) {
         if self.rows[index].is_some() {
             return;
         }
-        let record = self.record(index);
-        let row: Box<[f64]> = (0..self.size())
-            .map(|other| match &self.rows[other] {
+        let record = &self.data[index * self.width..(index + 1) * self.width];
+        let interleaved = self
+            .interleaved
+            .as_mut()
+            .expect("a kernel with a row to compute has interleaved rows");
+        let squared = interleaved.distances_from(record, 0);
+        let row: Box<[f64]> = squared
+            .iter()
+            .zip(&self.rows)
+            .map(|(distance, cached)| match cached {
                 Some(cached) => cached[index],
-                None => GaussianKernel::value(record, self.record(other), self.eps),
+                None => (-distance / self.eps).exp(),
             })
             .collect();
         self.rows[index] = Some(row);
