@@ -65,6 +65,7 @@ where
         attributes,
         detect_settings.window_ms,
         models.window_settings(),
+        detect_settings.idle_ms,
         model_state.windows.clone(),
         model_state.traffic.clone(),
     );
@@ -90,6 +91,7 @@ where
         updates,
         rule,
         model_state.score.clone(),
+        model_state.windows.clone(),
         model_state.traffic.clone(),
     );
     let (alerts, segment_updates) =

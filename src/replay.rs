@@ -509,6 +509,7 @@ fn user_windows(
         for (start, window) in windows {
             if window.new_stay {
                 new_stays.insert((user.clone(), start));
+                history = UserHistory::default();
             }
             let last_ms = window.events.last().map_or(0, |event| event.ts_ms as u64);
             let closed_window = history.close(

@@ -355,7 +355,7 @@ pub struct DetectSettings {
 }
 
 /// Event time between two eviction sweeps, at most, in milliseconds.
-const SWEEP_EVERY_MS: i64 = 3_600_000;
+pub(crate) const SWEEP_EVERY_MS: i64 = 3_600_000;
 
 /// Removes the users idle for longer than `idle_ms` at event time `now_ms`, at most once per
 /// [`SWEEP_EVERY_MS`] (or a quarter of `idle_ms`, when shorter) of event time.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
@@ -19,7 +19,7 @@ use crate::fit::ModelUpdate;
 use crate::model_state::ModelTraffic;
 use crate::segments::{AttributeColumns, Scored, WindowSegment};
 use crate::versions::{Lookup, ModelVersions};
-use crate::windows::WindowRecord;
+use crate::windows::{WindowRecord, WindowsHandle, WindowsState};
 
 /// The model signals of a window, as much of them as the fusion rule needs.
 #[derive(Clone, Copy)]
@@ -105,6 +105,35 @@ fn score_ready(
     signals
 }
 
+/// Removes `user`'s rule state when it is a new user's, which [`score_windows`] creates again
+/// when needed.
+fn forget_if_new(users: &mut FxHashMap<Id, UserFusion>, user: &Id) {
+    if users.get(user).is_some_and(|fusion| *fusion == UserFusion::default()) {
+        users.remove(user);
+    }
+}
+
+/// Removes the rule state of the users that `windows` has evicted and that have no window in
+/// `pending`. Returns whether every evicted user's state is gone; otherwise a later call
+/// must check again, after those windows are fused.
+fn forget_evicted(
+    users: &mut FxHashMap<Id, UserFusion>,
+    pending: &[(u64, WindowRecord)],
+    windows: &WindowsState,
+) -> bool {
+    let waiting: FxHashSet<&Id> = pending.iter().map(|(_, record)| &record.user).collect();
+    let mut complete = true;
+    users.retain(|user, _| {
+        if windows.tracks(user) {
+            return true;
+        }
+        let has_waiting_window = waiting.contains(user);
+        complete &= !has_waiting_window;
+        has_waiting_window
+    });
+    complete
+}
+
 /// Returns the attribute columns of `models`, from `cache` when they were computed for the same
 /// model set.
 fn attribute_columns<'a>(
@@ -135,16 +164,17 @@ fn attribute_columns<'a>(
 /// a stay of its user ([`WindowRecord::new_stay_of`]) drops the user's rule state first, so a
 /// user back after an eviction starts the rule afresh, as the detector does.
 ///
-/// NOTE: the rule's state is kept for every user with a window that had alerts or was
-/// anomalous. It is dropped only when the user returns after an eviction, so an evicted user
-/// who never returns keeps it for the whole run. With an eviction time shorter than the
-/// window, a window can also hold the end of the earlier stay, whose alerts are then fused
-/// afresh too.
+/// A user's rule state is kept only while it differs from a new user's. It is also dropped
+/// once `window_state`, the state of the window operator that sends `windows`, has evicted
+/// the user and none of the user's windows waits here: the user's next window then starts a
+/// stay, which would drop it anyway. With an eviction time shorter than the window, a window
+/// can also hold the end of the earlier stay, whose alerts are then fused afresh too.
 pub fn score_windows<'scope>(
     windows: StreamVec<'scope, u64, WindowRecord>,
     updates: StreamVec<'scope, u64, ModelUpdate>,
     rule: FusionRule,
     state: ScoreHandle,
+    window_state: WindowsHandle,
     traffic: std::sync::Arc<ModelTraffic>,
 ) -> StreamVec<'scope, u64, Scored> {
     let windows_scope_index = windows.scope().index();
@@ -163,6 +193,9 @@ pub fn score_windows<'scope>(
             let logs = windows_scope_index == 0;
             let mut failures = 0u64;
             let mut columns: Option<(Arc<ModelSet>, AttributeColumns)> = None;
+            // The window operator's sweep count at the last complete check for evicted users;
+            // `None` checks at the first activation, which covers a restored state.
+            let mut checked_sweeps: Option<u64> = None;
             move |(windows_in, windows_frontier), (updates_in, updates_frontier), output| {
                 let mut guard = state.borrow_mut();
                 let ScoreState { versions, users } = &mut *guard;
@@ -203,8 +236,10 @@ pub fn score_windows<'scope>(
                     let Some(first) = raised.first() else {
                         return Vec::new();
                     };
-                    let user = users.entry(first.user.clone()).or_default();
-                    rule.pass_unscored(user, raised)
+                    let user = first.user.clone();
+                    let passed = rule.pass_unscored(users.entry(user.clone()).or_default(), raised);
+                    forget_if_new(users, &user);
+                    passed
                 };
                 // Windows whose version is known leave `pending`, in arrival order, with the
                 // models that score them, or `None` to pass their alerts on unchanged.
@@ -242,6 +277,7 @@ pub fn score_windows<'scope>(
                             segments.push(WindowSegment::with_columns(&window, signals.segment, columns));
                             let user = users.entry(window.user.clone()).or_default();
                             alerts.extend(rule.fuse(user, &verdict(&window, Some(signals)), raised));
+                            forget_if_new(users, &window.user);
                         }
                         (Some(window), Some(models), Some(WindowSignals::Quiet { segment })) => {
                             debug_assert!(raised.is_empty(), "only windows without alerts are quiet");
@@ -257,6 +293,12 @@ pub fn score_windows<'scope>(
                         session.give_iterator(alerts.drain(..).map(Scored::Alert));
                         session.give_iterator(segments.drain(..).map(Scored::Segment));
                     }
+                }
+                let sweeps = window_state.borrow().sweeps;
+                if checked_sweeps != Some(sweeps)
+                    && forget_evicted(users, &pending, &window_state.borrow())
+                {
+                    checked_sweeps = Some(sweeps);
                 }
                 held.settle(pending.iter().map(|(time, _)| *time).min());
                 // A window that arrives later starts at or after its time, so at or after the

@@ -157,8 +157,9 @@ pub type SegmentStore = Rc<RefCell<FxHashMap<Id, UserSegment>>>;
 /// cut, as in an uninterrupted run. Without a resume the store starts empty and nothing extra
 /// is sent.
 ///
-/// NOTE: segments are not retracted when a user's profile is evicted, so the collection contains
-/// one row per user ever scored, as the window operator's history does.
+/// NOTE: segments are not retracted when a user is evicted, so the collection and `store`
+/// contain one row per user ever scored. A returning user's profile shows the segment of the
+/// earlier stay until a window of the new stay is scored.
 pub fn split_scored<'scope>(
     scored: StreamVec<'scope, u64, Scored>,
     store: SegmentStore,

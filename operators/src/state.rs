@@ -122,18 +122,27 @@ impl<S> DetectState<S> {
     /// not, in Unix milliseconds. Every worker receives every window's info, so once the input
     /// has ended this is the end of the newest event's window on every worker.
     pub fn last_window_end(&self) -> u64 {
-        self.infos
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(0)
-            .max(self.applied_window_end)
+        last_window_end(&self.infos, self.applied_window_end)
     }
 
     /// Returns the group map that the detectors on this worker read.
     pub fn groups(&self) -> &GroupMap {
         &self.groups
     }
+}
+
+/// Returns the end of the last population window received, in Unix milliseconds: the latest
+/// key of `infos` (infos not yet applied), or `applied_window_end` when that is later.
+pub(crate) fn last_window_end(
+    infos: &BTreeMap<u64, PopulationInfo>,
+    applied_window_end: u64,
+) -> u64 {
+    infos
+        .keys()
+        .next_back()
+        .copied()
+        .unwrap_or(0)
+        .max(applied_window_end)
 }
 
 /// Shared handle to a worker's [`DetectState`].

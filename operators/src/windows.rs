@@ -27,6 +27,8 @@ pub struct WindowRecord {
     /// both the fit and the score operator read each window, and timely clones a record for
     /// every reader but the last.
     pub window: Option<Rc<ClosedWindow>>,
+    /// The window's user, also when closing the window failed.
+    pub user: Id,
     pub alerts: Vec<Alert>,
     /// The window's user when one of its events started a stay of the user
     /// ([`Observation::new_stay`]), so that the fusion rule starts afresh; `None` otherwise.
@@ -62,6 +64,9 @@ pub struct UserWindows {
     /// The user's attribute row from each event time (Unix milliseconds) on; `None` after the
     /// row was removed.
     attributes: BTreeMap<u64, Option<UserAttributes>>,
+    /// Event time of the user's latest event, in Unix milliseconds. It is `None` before the
+    /// user's first event and after an eviction, when the entry keeps only attribute rows.
+    last_event_ms: Option<i64>,
 }
 
 /// State of [`build_user_windows`] on one worker.
@@ -83,6 +88,14 @@ pub struct WindowsState {
     /// checkpoints.
     #[serde(skip)]
     pub spare_events: Vec<Vec<WindowEvent>>,
+    /// Event time of the latest eviction sweep, in Unix milliseconds, or 0 before the first.
+    /// Not in checkpoints, so a restored state sweeps at its first chance.
+    #[serde(skip)]
+    pub swept_at_ms: i64,
+    /// Number of sweeps that evicted at least one user since this state was created. Not in
+    /// checkpoints. [`crate::score_windows`] drops evicted users' fusion state when it grows.
+    #[serde(skip)]
+    pub sweeps: u64,
 }
 
 /// Maximum number of emptied event buffers a worker keeps for reuse.
@@ -96,6 +109,74 @@ impl WindowsState {
     /// Returns the start of the earliest open window.
     pub fn earliest_open(&self) -> Option<u64> {
         self.open.first().map(|(start, _)| *start)
+    }
+
+    /// Returns whether `user` has a stay here: an event since the user's entry was created
+    /// or last evicted.
+    pub fn tracks(&self, user: &Id) -> bool {
+        self.users
+            .get(user)
+            .is_some_and(|entry| entry.last_event_ms.is_some())
+    }
+
+    /// Returns the number of users with a stay here, whose window history is kept.
+    pub fn tracked_users(&self) -> usize {
+        self.users
+            .values()
+            .filter(|entry| entry.last_event_ms.is_some())
+            .count()
+    }
+
+    /// Returns the end of the last population window received, applied or not, in Unix
+    /// milliseconds, as [`crate::state::DetectState::last_window_end`] does.
+    fn last_window_end(&self) -> u64 {
+        crate::state::last_window_end(&self.infos, self.applied_window_end)
+    }
+
+    /// Evicts the users idle for longer than `idle_ms` at event time `now_ms`, at most once per
+    /// [`crate::detect::SWEEP_EVERY_MS`] (or a quarter of `idle_ms`, when shorter) of event
+    /// time. With `now_ms` `None` (the input has ended), evicts at the end of the last
+    /// population window, as the detector does.
+    fn sweep_idle(&mut self, now_ms: Option<i64>, idle_ms: i64) {
+        let now_ms = match now_ms {
+            Some(now_ms) => {
+                let every = crate::detect::SWEEP_EVERY_MS.min(idle_ms / 4).max(1);
+                if now_ms.saturating_sub(self.swept_at_ms) < every {
+                    return;
+                }
+                now_ms
+            }
+            // A live run advances event time by the wall clock, so an earlier sweep may be
+            // later.
+            None => (self.last_window_end().min(i64::MAX as u64) as i64).max(self.swept_at_ms),
+        };
+        self.swept_at_ms = now_ms;
+        let before = self.users.len();
+        let mut evicted = 0usize;
+        self.users.retain(|_, entry| {
+            let idle = entry
+                .last_event_ms
+                .is_some_and(|last| now_ms - last > idle_ms);
+            // A user with an open window keeps it until the frontier passes the window's end;
+            // a later sweep evicts the user.
+            if !idle || !entry.open.is_empty() {
+                return true;
+            }
+            evicted += 1;
+            entry.history = UserHistory::default();
+            entry.last_event_ms = None;
+            !entry.attributes.is_empty()
+        });
+        if evicted > 0 {
+            self.sweeps += 1;
+            tracing::debug!(
+                evicted,
+                removed = before - self.users.len(),
+                remaining = self.users.len(),
+                now_ms,
+                "evicted the window history of idle users"
+            );
+        }
     }
 }
 
@@ -175,14 +256,21 @@ impl UserWindows {
 /// had buffered them. After each activation the operator stores its input frontier in
 /// `traffic`, so a checkpoint can tell when it has taken every record before its cut.
 ///
-/// NOTE: a user's history is kept for the whole run, as the reference replay keeps it, so
-/// memory grows with the number of users ever seen.
+/// A window in which a user starts a stay ([`Observation::new_stay`]) is closed with an empty
+/// history, so a user back after an eviction starts afresh, as in the detector. With
+/// `idle_ms`, a user without events for longer than `idle_ms` of event time, and without open
+/// windows, loses the history (and the entry, unless it contains attribute rows). That user's
+/// next event starts a stay, so the eviction changes no window, whenever the sweep runs. When
+/// the input ends, the users idle at the end of the last population window are evicted, so
+/// the users left are those the detector tracks at the end.
+#[allow(clippy::too_many_arguments)]
 pub fn build_user_windows<'scope>(
     observations: StreamVec<'scope, u64, Observation>,
     population: StreamVec<'scope, u64, PopulationInfo>,
     attributes: StreamVec<'scope, u64, (AttributeRow, u64, isize)>,
     window_ms: u64,
     settings: WindowSettings,
+    idle_ms: Option<i64>,
     state: WindowsHandle,
     traffic: std::sync::Arc<ModelTraffic>,
 ) -> StreamVec<'scope, u64, WindowRecord> {
@@ -212,6 +300,7 @@ pub fn build_user_windows<'scope>(
                 applied_window_end,
                 failed,
                 spare_events,
+                ..
             } = &mut *guard;
             let port = output.output_index();
             input.for_each_stamp(|capability, data| {
@@ -223,6 +312,7 @@ pub fn build_user_windows<'scope>(
                                 let time = observed.event.ts_ms as u64;
                                 let start = time - time % window_ms;
                                 let entry = users.entry(observed.user.clone()).or_default();
+                                entry.last_event_ms = Some(observed.event.ts_ms);
                                 let (window, opened) = entry.open_window(start, spare_events);
                                 if opened {
                                     open.insert((start, observed.user));
@@ -273,6 +363,9 @@ pub fn build_user_windows<'scope>(
                     let window = entry.take_window(start).expect("listed as open");
                     let last_ms = window.events.last().map_or(0, |event| event.ts_ms as u64);
                     let row = entry.attributes_at(last_ms);
+                    if window.new_stay {
+                        entry.history = UserHistory::default();
+                    }
                     let result = entry.history.close(
                         &user,
                         start,
@@ -291,6 +384,7 @@ pub fn build_user_windows<'scope>(
                     });
                     closed.push(WindowRecord {
                         window: window_features.map(Rc::new),
+                        user: user.clone(),
                         alerts: window.alerts,
                         new_stay_of: window.new_stay.then(|| user.clone()),
                     });
@@ -307,6 +401,11 @@ pub fn build_user_windows<'scope>(
                 if let Some(capability) = held.get() {
                     output.session(capability).give_iterator(closed.drain(..));
                 }
+            }
+            // Every later event is at or after the frontier, because the detector sends each
+            // at or before its time.
+            if let Some(idle_ms) = idle_ms {
+                guard.sweep_idle(bound.map(|bound| bound.min(i64::MAX as u64) as i64), idle_ms);
             }
             // The capability stays at or below every open window's first event, so each window
             // goes out at or before its first event time.

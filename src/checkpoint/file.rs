@@ -27,7 +27,7 @@ use serde::Serialize;
 /// First bytes of every checkpoint file.
 pub const MAGIC: &[u8; 8] = b"VEERCKPT";
 /// Version of the layout and of the payload's types; a change to either bumps it.
-pub const FORMAT_VERSION: u32 = 10;
+pub const FORMAT_VERSION: u32 = 11;
 /// Bytes before the payload.
 pub const HEADER_LEN: usize = 24;
 /// File name prefix of checkpoints; the rest is a zero-padded sequence number.

@@ -418,6 +418,8 @@ fn merge_models(merged: &mut ModelPart, part: ModelPart, least_advanced: &mut Op
         applied_window_end,
         failed,
         spare_events: _,
+        swept_at_ms: _,
+        sweeps: _,
     } = windows;
     merged.windows.users.extend(users);
     merged.windows.failed |= failed;
