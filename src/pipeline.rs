@@ -125,6 +125,8 @@ pub struct RunSummary {
     pub users_evicted: u64,
     /// Users tracked at the end of the run.
     pub users_tracked: u64,
+    /// With `--models`, the users whose model path state is kept at the end of the run.
+    pub model_users: Option<ModelUsers>,
     /// Alerts written, by kind.
     pub alerts: BTreeMap<AlertKind, u64>,
     /// Whether the input was replayed sorted by event time rather than in arrival order.
@@ -155,6 +157,16 @@ pub struct RunSummary {
     pub dead_letter_failure: Option<crate::ingest::DeadLetterFailure>,
     /// The profile file's write failure, if it could not be written.
     pub profile_failure: Option<crate::profile_file::ProfileFileFailure>,
+}
+
+/// Users whose model path state is kept at the end of a run. With `--evict-after`, both are
+/// at most the users tracked at the end.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelUsers {
+    /// Users whose window history is kept.
+    pub window_histories: u64,
+    /// Users whose fusion rule state differs from a new user's.
+    pub fusion_states: u64,
 }
 
 impl RunSummary {
@@ -214,6 +226,16 @@ impl RunSummary {
             self.users_evicted
         ));
         text.push_str(&format!("  tracked at end  {:>12}\n", self.users_tracked));
+        if let Some(model_users) = &self.model_users {
+            text.push_str(&format!(
+                "  window history  {:>12}  (at end, --models)\n",
+                model_users.window_histories
+            ));
+            text.push_str(&format!(
+                "  fusion state    {:>12}  (at end, --models)\n",
+                model_users.fusion_states
+            ));
+        }
         text.push_str(&format!(
             "alerts            {:>12}\n",
             alert(AlertKind::InterestShift) + alert(AlertKind::Anomaly)
@@ -310,6 +332,7 @@ struct WorkerResult {
     duplicates: u64,
     evicted: u64,
     tracked: u64,
+    model_users: ModelUsers,
     stats: DetectStats,
     alerts: BTreeMap<AlertKind, u64>,
     kept_alerts: Vec<veer_models::Alert>,
@@ -364,6 +387,7 @@ fn run_job(
         models.validate()?;
     }
     let prepared = crate::checkpoint::prepare::prepare(&settings, models.as_ref())?;
+    let with_models = models.is_some();
     let fingerprint = crate::cluster::settings_fingerprint(&settings, models.as_ref());
     let settings = crate::cluster::local_part(settings);
     let dead_letter = DeadLetter::create(settings.dead_letter.as_deref())?;
@@ -507,6 +531,7 @@ fn run_job(
         workers: settings.workers,
         processes: cluster.map_or(1, |cluster| cluster.processes),
         process: cluster.map_or(0, |cluster| cluster.process),
+        model_users: with_models.then(ModelUsers::default),
         ..Default::default()
     };
     let mut cluster_total = None;
@@ -518,6 +543,10 @@ fn run_job(
         summary.duplicates += result.duplicates;
         summary.users_evicted += result.evicted;
         summary.users_tracked += result.tracked;
+        if let Some(model_users) = &mut summary.model_users {
+            model_users.window_histories += result.model_users.window_histories;
+            model_users.fusion_states += result.model_users.fusion_states;
+        }
         summary.users += result.stats.users;
         for (kind, count) in result.alerts {
             *summary.alerts.entry(kind).or_default() += count;
@@ -534,6 +563,10 @@ fn run_job(
         summary.users = total.users;
         summary.users_evicted = total.users_evicted;
         summary.users_tracked = total.users_tracked;
+        if let Some(model_users) = &mut summary.model_users {
+            model_users.window_histories = total.window_histories;
+            model_users.fusion_states = total.fusion_states;
+        }
         summary.alerts = total.alerts;
         summary.timeline = total.timeline;
     }
@@ -918,6 +951,12 @@ where
     result.duplicates = state.order.borrow().duplicates;
     result.evicted = state.detect.borrow().evicted_users();
     result.tracked = state.detect.borrow().tracked_users() as u64;
+    if let Some(models) = &model_state {
+        result.model_users = ModelUsers {
+            window_histories: models.windows.borrow().tracked_users() as u64,
+            fusion_states: models.score.borrow().users.len() as u64,
+        };
+    }
     result.stats = stats.borrow().clone();
     let timeline = result.stats.timeline.take().unwrap_or_default();
     let mut tally = alert_counts.borrow_mut();
@@ -937,6 +976,8 @@ where
         users: result.stats.users,
         users_evicted: result.evicted,
         users_tracked: result.tracked,
+        window_histories: result.model_users.window_histories,
+        fusion_states: result.model_users.fusion_states,
         alerts: result.alerts.clone(),
         timeline,
     };

@@ -365,3 +365,86 @@ fn returning_user_starts_fusion_afresh() {
     assert_eq!(to_of(returning[0]), Some(2001), "{returning:?}");
     assert_eq!(to_of(returning[1]), Some(3001), "{returning:?}");
 }
+
+/// Writes a churn stream in time order: every 10 minutes of 8 days, 4 new users each make 12
+/// views 15 minutes apart (about 3 hours) and never return. Every fifth user moves to another
+/// interest group halfway. Returns the path and the number of users.
+fn write_churn_stream(folder: &std::path::Path) -> (std::path::PathBuf, u64) {
+    const START_SECS: i64 = 1_511_539_200;
+    const GROUP_SIZE: u64 = 4;
+    let groups = 8 * 24 * 6;
+    let mut lines: Vec<(i64, String)> = Vec::new();
+    for group in 0..groups {
+        for member in 0..GROUP_SIZE {
+            let user = group * GROUP_SIZE + member;
+            let interest = user % 50;
+            let start = START_SECS + 600 * group as i64 + 11 * member as i64;
+            for step in 0..12u64 {
+                let shifted = user % 5 == 0 && step >= 6;
+                let group_of_step = if shifted { (interest + 17) % 50 } else { interest };
+                let category = 3 * group_of_step + (step + user) % 3;
+                let ts = start + 900 * step as i64;
+                let item = category * 1000 + step % 7;
+                let line = format!(
+                    r#"{{"user":{user},"item":{item},"category":{category},"behavior":"view","ts":{ts}}}"#
+                );
+                lines.push((ts, line));
+            }
+        }
+    }
+    lines.sort_by_key(|(ts, _)| *ts);
+    let path = folder.join("churn.jsonl");
+    let text: String = lines.iter().map(|(_, line)| format!("{line}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    (path, groups * GROUP_SIZE)
+}
+
+#[test]
+fn evicted_users_leave_model_state() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let (events, users) = write_churn_stream(folder.path());
+    let run = |workers: &str, evict_after: &str| {
+        let run = run_veer(&[
+            "--input",
+            arg(&events),
+            "--models",
+            "--workers",
+            workers,
+            "--evict-after",
+            evict_after,
+        ]);
+        assert_eq!(run.status, 0, "{}", run.stderr);
+        run
+    };
+
+    // Without eviction the model path keeps a window history for every user ever seen.
+    let without_eviction = run("1", "0");
+    assert_eq!(without_eviction.summary_count("user states"), users);
+    assert_eq!(without_eviction.summary_count("window history"), users);
+
+    for workers in ["1", "2"] {
+        let evicted = run(workers, "6h");
+        let tracked = evicted.summary_count("tracked at end");
+        let histories = evicted.summary_count("window history");
+        let fusion = evicted.summary_count("fusion state");
+        assert_eq!(
+            evicted.summary_count("user states"),
+            users,
+            "{workers} workers"
+        );
+        assert!(tracked > 0, "{workers} workers: no user active at the end");
+        assert!(
+            tracked * 10 < users,
+            "{workers} workers: {tracked} of {users} users tracked"
+        );
+        assert_eq!(histories, tracked, "{workers} workers: window histories");
+        assert!(
+            fusion <= tracked,
+            "{workers} workers: {fusion} fusion states, {tracked} users tracked"
+        );
+        assert_eq!(
+            evicted.alerts_text, without_eviction.alerts_text,
+            "{workers} workers: no user returns, so eviction changes no alert"
+        );
+    }
+}

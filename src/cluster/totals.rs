@@ -22,6 +22,10 @@ pub struct WorkerCounts {
     pub users_evicted: u64,
     /// Users tracked at the end of the run.
     pub users_tracked: u64,
+    /// With `--models`, users whose window history is kept at the end of the run.
+    pub window_histories: u64,
+    /// With `--models`, users whose fusion rule state is kept at the end of the run.
+    pub fusion_states: u64,
     /// Alerts written, by kind.
     pub alerts: BTreeMap<AlertKind, u64>,
     /// User and time (Unix seconds) of every event fed to a detector, when kept for scoring.
@@ -35,6 +39,8 @@ impl WorkerCounts {
         self.users += other.users;
         self.users_evicted += other.users_evicted;
         self.users_tracked += other.users_tracked;
+        self.window_histories += other.window_histories;
+        self.fusion_states += other.fusion_states;
         for (kind, count) in other.alerts {
             *self.alerts.entry(kind).or_default() += count;
         }
@@ -92,6 +98,8 @@ mod tests {
                 users: 10 * index,
                 users_evicted: 1,
                 users_tracked: index,
+                window_histories: index,
+                fusion_states: 1,
                 alerts: BTreeMap::from([(AlertKind::Anomaly, 1)]),
                 timeline: vec![(Id::from(index), index as i64)],
             };
@@ -106,6 +114,8 @@ mod tests {
         assert_eq!(total.users, 60);
         assert_eq!(total.users_evicted, 4);
         assert_eq!(total.users_tracked, 6);
+        assert_eq!(total.window_histories, 6);
+        assert_eq!(total.fusion_states, 4);
         assert_eq!(total.alerts[&AlertKind::Anomaly], 4);
         assert_eq!(total.timeline.len(), 4);
     }
