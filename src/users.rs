@@ -297,11 +297,16 @@ impl AttributeFeed {
         }
         let changes = self.current.changes(&table);
         for change in &changes {
-            if let Some(before) = &change.before {
-                input.send(((change.user.clone(), before.clone()), at, -1));
-            }
-            if let Some(after) = &change.after {
-                input.send(((change.user.clone(), after.clone()), at, 1));
+            // The table's key 7 matches the event ids 7 and "7", but the join and the user
+            // windows compare ids exactly, so the row is sent under each form.
+            // NOTE: a table of integer ids is therefore held twice in the join's arrangement.
+            for user in change.user.join_forms() {
+                if let Some(before) = &change.before {
+                    input.send(((user.clone(), before.clone()), at, -1));
+                }
+                if let Some(after) = &change.after {
+                    input.send(((user, after.clone()), at, 1));
+                }
             }
         }
         tracing::info!(

@@ -176,28 +176,49 @@ fn get_json(address: SocketAddr, path: &str) -> Value {
     serde_json::from_str(&body).expect("a JSON body")
 }
 
-/// Polls `/users/{user}` until `accept` holds for the profile, and returns it.
-fn wait_for_profile(address: SocketAddr, user: u64, accept: impl Fn(&Value) -> bool) -> Value {
+/// Polls `path` (`/users/{id}`) until `accept` returns true for the profile, and returns it.
+fn wait_for_profile(address: SocketAddr, path: &str, accept: impl Fn(&Value) -> bool) -> Value {
     common::poll(Duration::from_secs(30), Duration::from_millis(100), || {
-        let profile = get_json(address, &format!("/users/{user}"));
+        let profile = get_json(address, path);
         if accept(&profile) {
             Ok(profile)
         } else {
-            Err(format!("user {user} never reached the state: {profile}"))
+            Err(format!("{path} never reached the state: {profile}"))
         }
     })
 }
 
 #[test]
 fn live_attribute_change_reaches_segment_features() {
+    attribute_change_reaches_segment_features(false);
+}
+
+/// The CSV table's rows reach users whose events quote their ids (`"user":"2406"`), in the
+/// profile join and in the model path's windows, before and after the table changes.
+#[test]
+fn attribute_change_reaches_quoted_ids() {
+    attribute_change_reaches_segment_features(true);
+}
+
+/// Runs the case with the table replaced during the run and checks user 2406, whose events
+/// write the id quoted when `quoted` is true.
+fn attribute_change_reaches_segment_features(quoted: bool) {
     let folder = tempfile::tempdir().unwrap();
     let users = folder.path().join("users.csv");
     let profiles = folder.path().join("profiles.jsonl");
     let config = folder.path().join("veer.toml");
     std::fs::write(&config, ONE_DAY_BOOTSTRAP).unwrap();
     std::fs::copy(case_file("users-v1.csv"), &users).unwrap();
-    let part1 = std::fs::read_to_string(case_file("part1.jsonl")).unwrap();
-    let part2 = std::fs::read_to_string(case_file("part2.jsonl")).unwrap();
+    let mut part1 = std::fs::read_to_string(case_file("part1.jsonl")).unwrap();
+    let mut part2 = std::fs::read_to_string(case_file("part2.jsonl")).unwrap();
+    let (user, path) = match quoted {
+        true => (Value::from("2406"), "/users/%222406%22"),
+        false => (Value::from(2406), "/users/2406"),
+    };
+    if quoted {
+        part1 = common::quote_users(&part1);
+        part2 = common::quote_users(&part2);
+    }
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_veer"))
         .args([
@@ -246,7 +267,7 @@ fn live_attribute_change_reaches_segment_features() {
         !used.is_empty(),
         "no attribute column of 2406's change is selected: {fitted}"
     );
-    let before = wait_for_profile(address, 2406, |profile| profile["segment"].is_u64());
+    let before = wait_for_profile(address, path, |profile| profile["segment"].is_u64());
     assert_eq!(before["attributes"], Value::Null, "{before}");
     let expected_before = BTreeMap::from([
         ("has_attributes", 0.0),
@@ -277,7 +298,7 @@ fn live_attribute_change_reaches_segment_features() {
     common::send_copies(&mut stdin, &part2, 6);
     // The attributes reach the endpoint through the profile store and the segment features
     // through the scored windows, so either may come first.
-    let after = wait_for_profile(address, 2406, |profile| {
+    let after = wait_for_profile(address, path, |profile| {
         let scored = profile["segment_features"]["has_attributes"].as_f64() == Some(1.0)
             || profile["segment_features"]["gender_female"].as_f64() == Some(1.0);
         scored && !profile["attributes"].is_null()
@@ -307,7 +328,7 @@ fn live_attribute_change_reaches_segment_features() {
 
     // The profile lines show the new row from the change on, and segments once scored.
     let written = common::read_json_lines(&profiles);
-    let of_2406: Vec<&Value> = written.iter().filter(|line| line["user"] == 2406).collect();
+    let of_2406: Vec<&Value> = written.iter().filter(|line| line["user"] == user).collect();
     let changed = of_2406
         .iter()
         .find(|line| line["ts"].as_i64() == Some(change_ts) && has_reason(line, "attributes"))

@@ -324,6 +324,97 @@ fn duplicate_winner_same_for_any_workers() {
     );
 }
 
+/// Rewrites the case's CSV table as JSON lines, with the user ids quoted (`"user":"2401"`) or
+/// bare (`"user":2401`). Empty values are left out.
+fn csv_table_as_json(csv: &str, quoted: bool) -> String {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().expect("a header").split(',').collect();
+    let mut json = String::new();
+    for line in lines {
+        let mut object = serde_json::Map::new();
+        for (column, value) in header.iter().zip(line.split(',')) {
+            if value.is_empty() {
+                continue;
+            }
+            let value = match *column {
+                "user" if !quoted => Value::from(value.parse::<u64>().expect("a numeric id")),
+                _ => Value::from(value),
+            };
+            object.insert(column.to_string(), value);
+        }
+        json.push_str(&Value::Object(object).to_string());
+        json.push('\n');
+    }
+    json
+}
+
+/// Events with bare and with quoted user ids join the rows of the CSV table and of JSON tables
+/// with bare and with quoted ids, for 1 and 3 workers. Profile lines repeat each user id as
+/// the events wrote it.
+#[test]
+fn tables_join_bare_and_quoted_ids() {
+    let folder = tempfile::tempdir().unwrap();
+    let events = [case_file("part1.jsonl"), case_file("part2.jsonl")]
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .concat();
+    let bare_events = folder.path().join("events-bare.jsonl");
+    let quoted_events = folder.path().join("events-quoted.jsonl");
+    std::fs::write(&bare_events, &events).unwrap();
+    std::fs::write(&quoted_events, common::quote_users(&events)).unwrap();
+    let csv = std::fs::read_to_string(case_file("users-v1.csv")).unwrap();
+    let bare_table = folder.path().join("users-bare.jsonl");
+    let quoted_table = folder.path().join("users-quoted.jsonl");
+    std::fs::write(&bare_table, csv_table_as_json(&csv, false)).unwrap();
+    std::fs::write(&quoted_table, csv_table_as_json(&csv, true)).unwrap();
+
+    for (events, quoted) in [(&bare_events, false), (&quoted_events, true)] {
+        for table in [
+            case_file("users-v1.csv"),
+            bare_table.clone(),
+            quoted_table.clone(),
+        ] {
+            for workers in ["1", "3"] {
+                let label = format!(
+                    "events {}, table {}, {workers} workers",
+                    events.display(),
+                    table.display()
+                );
+                let profiles = folder.path().join("profiles.jsonl");
+                let output = veer()
+                    .args(["run", "--no-progress", "--workers", workers, "--alerts"])
+                    .arg(folder.path().join("alerts.jsonl"))
+                    .arg("--input")
+                    .arg(events)
+                    .arg("--users")
+                    .arg(&table)
+                    .arg("--profiles")
+                    .arg(&profiles)
+                    .output()
+                    .unwrap();
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                assert!(output.status.success(), "{label}: {stderr}");
+                let lines = common::read_json_lines(&profiles);
+                assert!(
+                    lines.iter().all(|line| line["user"].is_string() == quoted),
+                    "{label}: a profile line changed the type of its user id"
+                );
+                let finals = final_profiles(&lines);
+                for (user, has_row, expected) in expected_v1() {
+                    let key = if quoted {
+                        format!("\"{user}\"")
+                    } else {
+                        user.to_string()
+                    };
+                    let profile = finals
+                        .get(&key)
+                        .unwrap_or_else(|| panic!("{label}: no final profile of {key}"));
+                    assert_attributes(profile, has_row, &expected, &format!("{label}: {key}"));
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn profiles_without_users_table() {
     let folder = tempfile::tempdir().unwrap();

@@ -1,7 +1,9 @@
 //! The user attribute table: age, gender, region and other columns per user.
 //!
 //! [`AttributeTable::parse`] reads a CSV file with a header line or JSON lines. The `user`
-//! column is required, and in JSON it is an integer or a string, as in events. `age` is an
+//! column is required, and in JSON it is an integer or a string, as in events. The table is
+//! a second file joined to the events, so rows are keyed by [`Id::join_key`]: the user `7`,
+//! `"7"` in JSON or `7` in CSV is one key, which matches the event ids `7` and `"7"`. `age` is an
 //! integer or a band such as `25-34`, from 0 to 150 years, and `gender` and `region` are text.
 //! Any other column is kept as text, so `vip_level` `0` stays the text `"0"`; JSON numbers and
 //! booleans become their text, and a JSON array or object is an invalid value. An empty or
@@ -95,6 +97,7 @@ impl UserAttributes {
 /// One user's row before and after a change of the table. `None` means no row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RowChange {
+    /// The user's [`Id::join_key`].
     pub user: Id,
     pub before: Option<UserAttributes>,
     pub after: Option<UserAttributes>,
@@ -270,12 +273,13 @@ impl AttributeTable {
         &self.columns
     }
 
-    /// Returns a user's attributes, or `None` when the table has no row for the user.
+    /// Returns a user's attributes, or `None` when the table has no row for the user. The
+    /// event ids `7` and `"7"` both find the row of user 7.
     pub fn get(&self, user: &Id) -> Option<&UserAttributes> {
-        self.users.get(user)
+        self.users.get(&*user.join_key())
     }
 
-    /// Returns every user's row, in user order.
+    /// Returns every user's row by [`Id::join_key`], in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&Id, &UserAttributes)> {
         self.users.iter()
     }
@@ -367,7 +371,10 @@ impl AttributeHistory {
     }
 }
 
-/// Returns the row's user id, or `None` when the `user` field is missing or blank.
+/// Returns the row's user key, or `None` when the `user` field is missing or blank.
+///
+/// The field is the id's text for CSV and JSON alike, so [`Id::from_field`] gives the same key
+/// as [`Id::join_key`]: a JSON string of canonical digits and a JSON integer are one user.
 fn row_user(fields: &[(String, Option<String>)]) -> Option<Id> {
     let (_, value) = fields.iter().find(|(column, _)| column == "user")?;
     let value = value.as_deref()?.trim();
@@ -608,6 +615,35 @@ mod tests {
         assert_eq!(first.other["vip_level"], "1");
         let second = table.get(&Id::text("u2")).unwrap();
         assert_eq!(second.other["segment_hint"], "a,b");
+    }
+
+    #[test]
+    fn rows_match_integer_and_text_event_ids() {
+        let json = "{\"user\":\"7\",\"region\":\"north\"}\n\
+                    {\"user\":8,\"region\":\"south\"}\n\
+                    {\"user\":\"007\",\"region\":\"east\"}\n";
+        let csv = "user,region\n7,north\n8,south\n007,east\n";
+        for text in [json, csv] {
+            let (table, report) = AttributeTable::parse(text).unwrap();
+            assert!(report.duplicates.is_empty(), "{text}");
+            let region = |user: Id| table.get(&user).and_then(|row| row.region.clone());
+            assert_eq!(region(Id::int(7)).as_deref(), Some("north"), "{text}");
+            assert_eq!(region(Id::text("7")).as_deref(), Some("north"), "{text}");
+            assert_eq!(region(Id::int(8)).as_deref(), Some("south"), "{text}");
+            assert_eq!(region(Id::text("8")).as_deref(), Some("south"), "{text}");
+            assert_eq!(region(Id::text("007")).as_deref(), Some("east"), "{text}");
+            assert_eq!(region(Id::text("07")), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn quoted_and_bare_json_user_are_duplicates() {
+        let text = "{\"user\":7,\"region\":\"north\"}\n{\"user\":\"7\",\"region\":\"south\"}\n";
+        let (table, report) = AttributeTable::parse(text).unwrap();
+        assert_eq!(table.len(), 1);
+        assert_eq!(report.duplicates.len(), 1);
+        let row = table.get(&Id::text("7")).unwrap();
+        assert_eq!(row.region.as_deref(), Some("south"));
     }
 
     #[test]

@@ -68,6 +68,39 @@ impl Id {
         field.parse().ok()
     }
 
+    /// Returns the key under which the id matches ids read from another file.
+    ///
+    /// Within one stream the integer 7 and the text "7" are two ids. A join of two files
+    /// (attributes to events, truth to alerts) compares keys instead, so a text id that
+    /// [`Id::parse_int`] accepts becomes the integer of that value. Other ids are their own key.
+    ///
+    /// ```
+    /// use veer_models::Id;
+    ///
+    /// assert_eq!(*Id::text("7").join_key(), Id::int(7));
+    /// assert_eq!(*Id::text("007").join_key(), Id::text("007"));
+    /// assert_eq!(*Id::int(7).join_key(), Id::int(7));
+    /// ```
+    pub fn join_key(&self) -> Cow<'_, Id> {
+        match self.as_text().and_then(Id::parse_int) {
+            Some(value) => Cow::Owned(Id::int(value)),
+            None => Cow::Borrowed(self),
+        }
+    }
+
+    /// Returns every id whose [`Id::join_key`] is `self`'s key: for an integer, itself and the
+    /// text of its digits; for any other id, only itself.
+    pub fn join_forms(&self) -> Vec<Id> {
+        let key = self.join_key().into_owned();
+        match key.as_int() {
+            Some(value) => {
+                let digits = Id::text(&value.to_string());
+                vec![key, digits]
+            }
+            None => vec![key],
+        }
+    }
+
     /// Returns the id's value for matching.
     pub fn value(&self) -> IdValue<'_> {
         match &self.0 {
@@ -467,5 +500,36 @@ mod tests {
         assert_eq!(ids, expected);
         assert_eq!(Id::int(5), Id::from(5));
         assert_ne!(Id::int(5), Id::text("5"));
+    }
+
+    #[test]
+    fn join_key_merges_only_canonical_digits() {
+        let wide = u128::from(u64::MAX) + 1;
+        let cases = [
+            (Id::text("7"), Id::int(7)),
+            (Id::text("0"), Id::int(0)),
+            (Id::text(&wide.to_string()), Id::int(wide)),
+            (Id::int(7), Id::int(7)),
+            (Id::text("007"), Id::text("007")),
+            (Id::text("-7"), Id::text("-7")),
+            (Id::text("+7"), Id::text("+7")),
+            (Id::text(" 7"), Id::text(" 7")),
+            (Id::text("7a"), Id::text("7a")),
+            (Id::text(&"9".repeat(39)), Id::text(&"9".repeat(39))),
+        ];
+        for (id, key) in cases {
+            assert_eq!(*id.join_key(), key, "{id:?}");
+        }
+    }
+
+    #[test]
+    fn join_forms_list_both_types_of_integers() {
+        assert_eq!(Id::int(7).join_forms(), [Id::int(7), Id::text("7")]);
+        assert_eq!(Id::text("7").join_forms(), [Id::int(7), Id::text("7")]);
+        assert_eq!(Id::text("u-7").join_forms(), [Id::text("u-7")]);
+        assert_eq!(Id::text("007").join_forms(), [Id::text("007")]);
+        for form in Id::int(42).join_forms() {
+            assert_eq!(*form.join_key(), Id::int(42), "{form:?}");
+        }
     }
 }
