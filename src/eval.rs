@@ -20,12 +20,14 @@
 //!   anomaly alert in a burst's window is a hit, further ones in that window are ignored, and
 //!   all other anomaly alerts are anomaly FPs.
 //!
-//! Ids compare exactly as [`Id`] does: the JSON string `"42"` and the JSON number `42` are
-//! different users, because the contract writes user ids as they appeared in the input. Large
-//! integer ids keep every digit, so `9196877626998784` and `9196877626998785` stay apart.
+//! The truth file, the alert file and the events are separate files, so users match by
+//! [`Id::join_key`]: the JSON string `"42"` and the JSON number `42` are one user, while
+//! `"042"` and `"u42"` match only themselves. Large integer ids keep every digit, so
+//! `9196877626998784` and `9196877626998785` stay apart.
 //!
 //! All timestamps here are Unix seconds.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::BufRead;
@@ -249,6 +251,8 @@ pub fn parse_alert_fields(line: &str) -> Result<(ScoredAlert, Map<String, Value>
 }
 
 /// Sorted event times of each user, used to count events between a shift's onset and its alert.
+///
+/// Users are keyed by [`Id::join_key`], so the truth's `42` finds the events of `"42"`.
 #[derive(Clone, Debug, Default)]
 pub struct UserTimeline {
     times: HashMap<Id, Vec<i64>>,
@@ -258,11 +262,16 @@ impl UserTimeline {
     /// Builds the timeline from `(user, event ts in Unix seconds)` pairs in any order.
     ///
     /// Only users that appear in the truth file matter to [`score`], so a caller with a large
-    /// stream can filter the pairs by [`truth_users`] first to save memory.
+    /// stream can filter the pairs by [`truth_users`] first to save memory, comparing each
+    /// user's [`Id::join_key`].
     pub fn new(events: impl IntoIterator<Item = (Id, i64)>) -> UserTimeline {
         let mut times: HashMap<Id, Vec<i64>> = HashMap::new();
         for (user, ts) in events {
-            times.entry(user).or_default().push(ts);
+            let key = match user.join_key() {
+                Cow::Borrowed(_) => user,
+                Cow::Owned(key) => key,
+            };
+            times.entry(key).or_default().push(ts);
         }
         for list in times.values_mut() {
             list.sort_unstable();
@@ -272,7 +281,7 @@ impl UserTimeline {
 
     /// Counts the user's events with `start <= ts <= end`. Unknown users have none.
     pub fn count_between(&self, user: &Id, start: i64, end: i64) -> u64 {
-        let Some(list) = self.times.get(user) else {
+        let Some(list) = self.times.get(&*user.join_key()) else {
             return 0;
         };
         if end < start {
@@ -283,7 +292,7 @@ impl UserTimeline {
         (past_last - first) as u64
     }
 
-    /// Returns the number of users with at least one event.
+    /// Returns the number of user keys with at least one event.
     pub fn user_count(&self) -> usize {
         self.times.len()
     }
@@ -295,9 +304,12 @@ impl FromIterator<(Id, i64)> for UserTimeline {
     }
 }
 
-/// Returns every user named by a truth record, shift or decoy.
+/// Returns the [`Id::join_key`] of every user named by a truth record, shift or decoy.
 pub fn truth_users(truth: &[TruthRecord]) -> std::collections::HashSet<Id> {
-    truth.iter().map(|record| record.user().clone()).collect()
+    truth
+        .iter()
+        .map(|record| record.user().join_key().into_owned())
+        .collect()
 }
 
 /// Settings of the scorer.
@@ -444,13 +456,13 @@ struct Matching {
 /// Because all windows have the same length, taking windows by start time is the same as taking
 /// them by end time, which maximises the number of matched windows.
 fn match_alerts(
-    windows: &[(&Id, i64)],
-    alert_times: &HashMap<&Id, Vec<i64>>,
+    windows: &[(Cow<'_, Id>, i64)],
+    alert_times: &AlertTimes<'_>,
     horizon: i64,
 ) -> Matching {
     let mut windows_by_user: HashMap<&Id, Vec<usize>> = HashMap::new();
     for (index, (user, _)) in windows.iter().enumerate() {
-        windows_by_user.entry(*user).or_default().push(index);
+        windows_by_user.entry(&**user).or_default().push(index);
     }
     for indices in windows_by_user.values_mut() {
         indices.sort_by_key(|&index| (windows[index].1, index));
@@ -462,7 +474,7 @@ fn match_alerts(
         ignored: 0,
     };
     for (user, times) in alert_times {
-        let user_windows = windows_by_user.get(user).map_or(&[][..], Vec::as_slice);
+        let user_windows = windows_by_user.get(&**user).map_or(&[][..], Vec::as_slice);
         for &ts in times {
             let mut inside_any = false;
             let mut matched = false;
@@ -494,11 +506,17 @@ fn match_alerts(
     matching
 }
 
-/// Groups the alert times of one kind by user, each list sorted.
-fn alert_times_by_user(alerts: &[ScoredAlert], kind: AlertKind) -> HashMap<&Id, Vec<i64>> {
-    let mut times: HashMap<&Id, Vec<i64>> = HashMap::new();
+/// Alert times by the user's [`Id::join_key`].
+type AlertTimes<'a> = HashMap<Cow<'a, Id>, Vec<i64>>;
+
+/// Groups the alert times of one kind by user key, each list sorted.
+fn alert_times_by_user(alerts: &[ScoredAlert], kind: AlertKind) -> AlertTimes<'_> {
+    let mut times: AlertTimes<'_> = HashMap::new();
     for alert in alerts.iter().filter(|alert| alert.kind == kind) {
-        times.entry(&alert.user).or_default().push(alert.ts);
+        times
+            .entry(alert.user.join_key())
+            .or_default()
+            .push(alert.ts);
     }
     for list in times.values_mut() {
         list.sort_unstable();
@@ -546,10 +564,12 @@ pub fn score(
     let shift_alerts = alert_times_by_user(alerts, AlertKind::InterestShift);
     let anomaly_alerts = alert_times_by_user(alerts, AlertKind::Anomaly);
 
-    let shifts: Vec<(&Id, i64)> = truth
+    let shifts: Vec<(Cow<'_, Id>, i64)> = truth
         .iter()
         .filter_map(|record| match record {
-            TruthRecord::InterestShift { user, onset_ts, .. } => Some((user, *onset_ts)),
+            TruthRecord::InterestShift { user, onset_ts, .. } => {
+                Some((user.join_key(), *onset_ts))
+            }
             TruthRecord::Decoy { .. } => None,
         })
         .collect();
@@ -558,11 +578,11 @@ pub fn score(
     let shift_delays: Vec<Option<ShiftDelay>> = shifts
         .iter()
         .zip(&matching.first_alert)
-        .map(|(&(user, onset), first_alert)| {
+        .map(|((user, onset), first_alert)| {
             let alert_ts = (*first_alert)?;
             Some(ShiftDelay {
                 secs: alert_ts - onset,
-                events: timeline.map(|timeline| timeline.count_between(user, onset, alert_ts)),
+                events: timeline.map(|timeline| timeline.count_between(user, *onset, alert_ts)),
             })
         })
         .collect();
@@ -583,9 +603,9 @@ pub fn score(
     let ceiling = timeline.and_then(|timeline| {
         let reachable = shifts
             .iter()
-            .filter(|&&(user, onset)| {
+            .filter(|(user, onset)| {
                 let end = onset.saturating_add(horizon);
-                timeline.count_between(user, onset, end) >= CEILING_MIN_EVENTS
+                timeline.count_between(user, *onset, end) >= CEILING_MIN_EVENTS
             })
             .count();
         ratio(reachable, shifts.len())
@@ -618,7 +638,7 @@ pub fn score(
 /// Counts, per decoy kind, the decoys followed by an alert within the horizon.
 fn score_decoys(
     truth: &[TruthRecord],
-    shift_alerts: &HashMap<&Id, Vec<i64>>,
+    shift_alerts: &AlertTimes<'_>,
     horizon: i64,
 ) -> Vec<DecoyScore> {
     DECOY_KINDS
@@ -637,7 +657,9 @@ fn score_decoys(
                     continue;
                 }
                 count += 1;
-                let times = shift_alerts.get(user).map_or(&[][..], Vec::as_slice);
+                let times = shift_alerts
+                    .get(&*user.join_key())
+                    .map_or(&[][..], Vec::as_slice);
                 // The first alert at or after the decoy decides, because the times are sorted.
                 let first = times.partition_point(|&alert_ts| alert_ts < *ts);
                 if times
@@ -659,10 +681,10 @@ fn score_decoys(
 
 fn score_anomalies(
     truth: &[TruthRecord],
-    anomaly_alerts: &HashMap<&Id, Vec<i64>>,
+    anomaly_alerts: &AlertTimes<'_>,
     horizon: i64,
 ) -> AnomalyScore {
-    let bursts: Vec<(&Id, i64)> = truth
+    let bursts: Vec<(Cow<'_, Id>, i64)> = truth
         .iter()
         .filter_map(|record| match record {
             TruthRecord::Decoy {
@@ -670,7 +692,7 @@ fn score_anomalies(
                 decoy: DecoyKind::Burst,
                 ts,
                 ..
-            } => Some((user, *ts)),
+            } => Some((user.join_key(), *ts)),
             _ => None,
         })
         .collect();

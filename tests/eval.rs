@@ -217,8 +217,8 @@ fn ids_beyond_u64_keep_every_digit() {
 }
 
 #[test]
-fn string_and_number_ids_differ() {
-    // The contract writes ids as they appeared in the input, so "42" and 42 are two users.
+fn string_and_number_ids_match() {
+    // Truth and alerts are two files, so the truth's "42" matches the alerts' 42 and "42".
     let truth = read_truth(
         r#"{"user": "42", "kind": "interest_shift", "onset_ts": 1511700000}"#.as_bytes(),
     )
@@ -237,8 +237,65 @@ fn string_and_number_ids_differ() {
     assert_eq!(alerts[1].user, Id::text("42"));
     let result = score(&truth, &alerts, None, &EvalConfig::default());
     assert_eq!(result.tp, 1);
+    assert_eq!(result.fp, 0);
+    assert_eq!(result.ignored, 1);
+    assert_eq!(result.delay_secs, vec![10]);
+}
+
+#[test]
+fn bare_truth_ids_match_quoted_alerts_and_events() {
+    let truth = read_truth(
+        concat!(
+            r#"{"user": 42, "kind": "interest_shift", "onset_ts": 1511700000}"#,
+            "\n",
+            r#"{"user": 43, "kind": "decoy", "decoy": "one_off", "ts": 1511700000}"#,
+            "\n",
+            r#"{"user": 44, "kind": "decoy", "decoy": "burst", "ts": 1511700000}"#,
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let alerts = read_alerts(
+        concat!(
+            r#"{"user": "42", "kind": "interest_shift", "ts": 1511700030}"#,
+            "\n",
+            r#"{"user": "43", "kind": "interest_shift", "ts": 1511700030}"#,
+            "\n",
+            r#"{"user": "44", "kind": "anomaly", "ts": 1511700030}"#,
+        )
+        .as_bytes(),
+    )
+    .unwrap()
+    .alerts;
+    let events = [0, 10, 20, 30, 40].map(|offset| (Id::text("42"), 1_511_700_000 + offset));
+    let timeline = UserTimeline::new(events);
+    let result = score(&truth, &alerts, Some(&timeline), &EvalConfig::default());
+    assert_eq!(result.tp, 1);
+    assert_eq!(
+        result.fp, 1,
+        "the decoy user's alert is still a false positive"
+    );
+    assert_eq!(result.delay_events, vec![4]);
+    let one_off = &result.decoys[0];
+    assert_eq!(one_off.kind, DecoyKind::OneOff);
+    assert_eq!(one_off.false_alarms, 1);
+    assert_eq!(result.anomaly.hits, 1);
+    assert_eq!(result.anomaly.fp, 0);
+}
+
+#[test]
+fn leading_zero_ids_match_only_themselves() {
+    let truth = read_truth(
+        r#"{"user": "042", "kind": "interest_shift", "onset_ts": 1511700000}"#.as_bytes(),
+    )
+    .unwrap();
+    let alerts =
+        read_alerts(r#"{"user": 42, "kind": "interest_shift", "ts": 1511700010}"#.as_bytes())
+            .unwrap()
+            .alerts;
+    let result = score(&truth, &alerts, None, &EvalConfig::default());
+    assert_eq!(result.tp, 0);
     assert_eq!(result.fp, 1);
-    assert_eq!(result.delay_secs, vec![20]);
 }
 
 // --- Delay ---

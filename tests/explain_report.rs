@@ -183,6 +183,16 @@ fn run_alerts(input: &Path, folder: &Path) -> PathBuf {
     alerts
 }
 
+/// Returns the text of the report's `veer eval` output block.
+fn eval_output(page: &Html) -> String {
+    let selector = Selector::parse("pre#eval-output").unwrap();
+    page.select(&selector)
+        .next()
+        .expect("the scorer's output in the report")
+        .text()
+        .collect()
+}
+
 /// Returns the value cell of the report's summary row named `name`.
 fn summary_value(page: &Html, name: &str) -> String {
     let rows = Selector::parse("tr").unwrap();
@@ -539,13 +549,7 @@ fn report_score_equals_eval() {
         "3",
     ]);
     let (page, pictures) = parse_html(&read(&report), "generated report");
-    let selector = Selector::parse("pre#eval-output").unwrap();
-    let scored: String = page
-        .select(&selector)
-        .next()
-        .expect("the scorer's output in the report")
-        .text()
-        .collect();
+    let scored = eval_output(&page);
     assert_eq!(scored.trim(), eval.stdout.trim());
     assert!(pictures.len() >= 6, "report: {} pictures", pictures.len());
 
@@ -572,6 +576,61 @@ fn report_score_equals_eval() {
     let facts = parse_svg(&read(&svg), "planted shift");
     assert!(facts.texts.iter().any(|text| text == "onset"));
     assert!(facts.texts.iter().any(|text| text == "time (UTC)"));
+}
+
+/// Alerts and events that quote numeric user ids (`"user":"42"`) score against a truth file
+/// with bare ids (`"user": 42`) exactly as the same files with bare ids do, in `veer eval` and
+/// in `veer report`.
+#[test]
+fn quoted_user_ids_score_as_bare() {
+    let folder = tempfile::tempdir().unwrap();
+    let (events, truth) = generate_stream(folder.path(), 200, 9, 5);
+    let alerts = run_alerts(&events, folder.path());
+    let quoted_events = folder.path().join("quoted-events.jsonl");
+    let quoted_alerts = folder.path().join("quoted-alerts.jsonl");
+    std::fs::write(&quoted_events, common::quote_users(&read(&events))).unwrap();
+    std::fs::write(&quoted_alerts, common::quote_users(&read(&alerts))).unwrap();
+    assert!(read(&quoted_alerts).contains("\"user\":\""));
+    assert!(
+        !read(&truth).contains("\"user\":\""),
+        "the truth has bare ids"
+    );
+
+    let eval = |alerts: &Path, events: &Path| {
+        succeed(&[
+            "eval",
+            "--truth",
+            arg(&truth),
+            "--alerts",
+            arg(alerts),
+            "--events",
+            arg(events),
+        ])
+        .stdout
+    };
+    let bare = eval(&alerts, &events);
+    let score = common::score_line(&bare);
+    assert!(score["detected"].as_u64() > Some(0), "{bare}");
+    assert!(score["delay_events_median"].as_u64() > Some(0), "{bare}");
+    assert_eq!(eval(&quoted_alerts, &quoted_events), bare);
+
+    let report = folder.path().join("report.html");
+    succeed(&[
+        "report",
+        "--alerts",
+        arg(&quoted_alerts),
+        "--events",
+        arg(&quoted_events),
+        "--truth",
+        arg(&truth),
+        "--out",
+        arg(&report),
+        "--top",
+        "1",
+    ]);
+    let (page, _) = parse_html(&read(&report), "report of quoted ids");
+    let scored = eval_output(&page);
+    assert_eq!(scored.trim(), bare.trim());
 }
 
 #[test]
