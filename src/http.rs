@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tiny_http::{Header, Method, Response, Server};
-use veer_models::Id;
+use veer_models::{Id, IdValue};
 
 use crate::metrics::Metrics;
 use crate::query::{QueryError, QueryRouter};
@@ -175,7 +175,7 @@ fn user_profile(encoded_id: &str, router: &QueryRouter) -> Reply {
     };
     // The id as JSON writes it, so the text id "7" and the integer 7 read apart.
     let id = serde_json::to_string(&user).unwrap_or_else(|_| user.to_string());
-    match router.query(user, QUERY_TIMEOUT) {
+    match router.query(user.clone(), QUERY_TIMEOUT) {
         Ok(Some(profile)) => match serde_json::to_value(&profile) {
             Ok(value) => Reply::json(200, value),
             Err(error) => {
@@ -183,13 +183,29 @@ fn user_profile(encoded_id: &str, router: &QueryRouter) -> Reply {
                 Reply::error(500, format!("failed to encode the profile: {error}"))
             }
         },
-        Ok(None) => Reply::error(404, format!("user {id} is not tracked")),
+        Ok(None) => Reply::error(404, not_tracked_message(&user, &id)),
         Err(error @ QueryError::Remote { .. }) => Reply::error(421, error.to_string()),
         Err(error) => {
             tracing::warn!(%error, user = %id, "user query failed");
             Reply::error(503, error.to_string())
         }
     }
+}
+
+/// Returns the 404 message for `user`, written `id` in JSON. A query matches the stream's ids
+/// exactly, so for a numeric id the message names the request of the other type, which may be
+/// the one the input used.
+fn not_tracked_message(user: &Id, id: &str) -> String {
+    let other = match user.value() {
+        IdValue::Int(value) => {
+            format!("for the text id \"{value}\" request /users/%22{value}%22")
+        }
+        IdValue::Text(text) => match Id::parse_int(text) {
+            Some(value) => format!("for the integer id {value} request /users/{value}"),
+            None => return format!("user {id} is not tracked"),
+        },
+    };
+    format!("user {id} is not tracked; {other}")
 }
 
 /// Parses the `{id}` of `/users/{id}`: canonical decimal digits are an integer id and other
@@ -260,6 +276,16 @@ mod tests {
         );
         // A single quote character is not a quoted id.
         assert_eq!(requested_user("%22"), Ok(Id::text("\"")));
+    }
+
+    #[test]
+    fn not_tracked_message_names_other_form() {
+        let integer = not_tracked_message(&Id::int(7), "7");
+        assert!(integer.contains("/users/%227%22"), "{integer}");
+        let text = not_tracked_message(&Id::text("7"), "\"7\"");
+        assert!(text.contains("/users/7"), "{text}");
+        let word = not_tracked_message(&Id::text("abc"), "\"abc\"");
+        assert_eq!(word, "user \"abc\" is not tracked");
     }
 
     #[test]

@@ -264,13 +264,17 @@ fn live_run_with_models_serves_the_sent_alert() {
     );
 }
 
-/// The text id "7" and the integer id 7 are two users: `/users/7` returns the integer one and
-/// the quoted form `/users/%227%22` the text one.
+/// The text id "7" and the integer id 7 are two users of the stream: `/users/7` returns the
+/// integer one and the quoted form `/users/%227%22` the text one. The user table is another
+/// file, so its row of user 7 joins both.
 #[test]
 fn text_and_integer_ids_read_apart() {
     let folder = tempfile::tempdir().unwrap();
     let alerts_path = folder.path().join("alerts.jsonl");
-    let (mut child, address, log) = start_veer(&alerts_path, &[]);
+    let users_path = folder.path().join("users.csv");
+    std::fs::write(&users_path, "user,region\n7,north\n").unwrap();
+    let users = users_path.to_str().unwrap();
+    let (mut child, address, log) = start_veer(&alerts_path, &["--users", users]);
     let mut lines = Vec::new();
     let mut ts = START_TS;
     for _ in 0..30 {
@@ -296,7 +300,7 @@ fn text_and_integer_ids_read_apart() {
         common::poll(Duration::from_secs(60), Duration::from_millis(50), || {
             let (status, body) = common::http_get(address, path);
             let profile: Value = serde_json::from_str(&body).map_err(|error| error.to_string())?;
-            if status == 200 && profile["events"] == 30 {
+            if status == 200 && profile["events"] == 30 && profile["attributes"].is_object() {
                 Ok(profile)
             } else {
                 Err(format!("{path} returned {status}: {body}"))
@@ -306,13 +310,19 @@ fn text_and_integer_ids_read_apart() {
     let integer = profile_of("/users/7");
     assert_eq!(integer["user"], 7);
     assert_eq!(integer["interest"][0]["category"], 100);
+    assert_eq!(integer["attributes"]["region"], "north");
     let text = profile_of("/users/%227%22");
     assert_eq!(text["user"], "7");
     assert_eq!(text["interest"][0]["category"], 500);
+    assert_eq!(text["attributes"]["region"], "north");
 
     let (status, body) = common::http_get(address, "/users/%228%22");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("not tracked"), "{body}");
+    assert!(body.contains("request /users/8"), "{body}");
+    let (status, body) = common::http_get(address, "/users/8");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("request /users/%228%22"), "{body}");
     let (status, body) = common::http_get(address, "/users/%22a%5Cq%22");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("invalid quoted user id"), "{body}");
