@@ -173,8 +173,9 @@ fn user_profile(encoded_id: &str, router: &QueryRouter) -> Reply {
         Ok(user) => user,
         Err(message) => return Reply::error(400, message),
     };
-    // The id as JSON writes it, so the text id "7" and the integer 7 read apart.
-    let id = serde_json::to_string(&user).unwrap_or_else(|_| user.to_string());
+    // The id as JSON writes it, so the text id "7" and the integer 7 read apart. `Id`'s serde
+    // form is the checkpoint encoding (`{"Int":7}`), not this.
+    let id = user.to_json().to_string();
     match router.query(user.clone(), QUERY_TIMEOUT) {
         Ok(Some(profile)) => match serde_json::to_value(&profile) {
             Ok(value) => Reply::json(200, value),

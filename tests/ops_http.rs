@@ -322,6 +322,7 @@ fn text_and_integer_ids_read_apart() {
     assert!(body.contains("request /users/8"), "{body}");
     let (status, body) = common::http_get(address, "/users/8");
     assert_eq!(status, 404, "{body}");
+    assert!(body.contains("user 8 is not tracked"), "{body}");
     assert!(body.contains("request /users/%228%22"), "{body}");
     let (status, body) = common::http_get(address, "/users/%22a%5Cq%22");
     assert_eq!(status, 400, "{body}");
