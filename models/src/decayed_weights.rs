@@ -106,6 +106,9 @@ impl DecayedWeights {
             return;
         }
         self.groups_version = version;
+        if topics.is_none() && self.rebuild_integer_groups(groups) {
+            return;
+        }
         let topic_of = |category: &Id| topics.and_then(|topics| topics.get(category));
         // The scan checks the categories up to the first one in a shared group without
         // building a group key for each.
@@ -138,6 +141,44 @@ impl DecayedWeights {
                 .get_or_insert_with(SortedVecMap::default)
                 .assign_sorted(sums);
         });
+    }
+
+    /// Rebuilds the per-group weights as [`DecayedWeights::sync_groups`] does when every
+    /// category and every representative is an integer id that fits in a `u64`, which then
+    /// keys the sums. Returns false, with the weights unchanged, for any other id.
+    ///
+    /// The `u64` values sort like the learned group keys they name, so the sums run in the
+    /// same order and give the same bits as the rebuild over `GroupKey`s, without a key built,
+    /// compared or dropped per category.
+    fn rebuild_integer_groups(&mut self, groups: &GroupMap) -> bool {
+        REBUILT_INTEGER_GROUPS.with_borrow_mut(|sums| {
+            sums.clear();
+            let mut any_shared = false;
+            for (category, weight) in self.categories.iter() {
+                let Some(leaf) = category.as_u64() else {
+                    return false;
+                };
+                let Some(representative) = groups.learned_representative_u64(leaf) else {
+                    return false;
+                };
+                any_shared |= representative != leaf;
+                add_in_key_order(sums, representative, *weight);
+            }
+            if !any_shared {
+                self.groups = None;
+                return true;
+            }
+            self.groups
+                .get_or_insert_with(SortedVecMap::default)
+                .assign_sorted_by(
+                    sums,
+                    |representative, kept| {
+                        matches!(kept, GroupKey::Learned(id) if id.as_u64() == Some(*representative))
+                    },
+                    |representative| GroupKey::Learned(Id::from(representative)),
+                );
+            true
+        })
     }
 
     /// Returns the weight of `group`, 0 for a group the user has no weight in.
@@ -210,9 +251,128 @@ thread_local! {
     /// The group sums of the latest [`DecayedWeights::sync_groups`] rebuild on this thread,
     /// kept so that a rebuild allocates only when a user's set of groups changes.
     static REBUILT_GROUPS: RefCell<Vec<(GroupKey, f64)>> = const { RefCell::new(Vec::new()) };
+    /// The sums of the latest [`DecayedWeights::rebuild_integer_groups`] on this thread, keyed
+    /// by representative.
+    static REBUILT_INTEGER_GROUPS: RefCell<Vec<(u64, f64)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Returns whether `group` is the learned group named by `category` itself.
 fn is_own_group(category: &Id, group: &GroupKey) -> bool {
     matches!(group, GroupKey::Learned(name) if name == category)
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::groups::PopulationInfo;
+
+    fn id(value: u64) -> Id {
+        Id::from(value)
+    }
+
+    /// Returns weights with random additions to `categories`, in random order.
+    fn weights_over(categories: &[Id], rng: &mut ChaCha8Rng) -> DecayedWeights {
+        let mut weights = DecayedWeights::default();
+        for _ in 0..200 {
+            let category = &categories[rng.gen_range(0..categories.len())];
+            weights.decay(0.99);
+            let weight = [1.0, 2.0, 3.0][rng.gen_range(0..3)];
+            weights.add(category, &GroupKey::Learned(category.clone()), weight);
+        }
+        weights
+    }
+
+    fn map_of(groups: Vec<(Id, Id)>) -> GroupMap {
+        let mut map = GroupMap::default();
+        map.apply(&PopulationInfo {
+            window_end: 3_600_000,
+            groups: Some(groups),
+            trending: Vec::new(),
+        });
+        map
+    }
+
+    /// Returns the group weights with their bits, so that a comparison is exact.
+    fn group_bits(weights: &DecayedWeights) -> Option<Vec<(GroupKey, u64)>> {
+        let groups = weights.groups.as_ref()?;
+        Some(
+            groups
+                .iter()
+                .map(|(group, weight)| (group.clone(), weight.to_bits()))
+                .collect(),
+        )
+    }
+
+    /// Syncs two copies of `weights`, one through the integer rebuild and one through the
+    /// rebuild over group keys (which an empty topic map selects), and checks that they agree
+    /// bit for bit.
+    fn assert_rebuilds_agree(weights: &DecayedWeights, map: &GroupMap) {
+        let no_topics = HashMap::default();
+        let mut integer = weights.clone();
+        integer.sync_groups(map, None);
+        let mut keyed = weights.clone();
+        keyed.sync_groups(map, Some(&no_topics));
+        assert_eq!(group_bits(&integer), group_bits(&keyed));
+        assert_eq!(integer.groups_version, keyed.groups_version);
+    }
+
+    #[test]
+    fn integer_rebuild_matches_keyed_rebuild() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let categories: Vec<Id> = (0..30).map(|at| id(1_000 + at * 7)).collect();
+        for round in 0..20 {
+            let mut weights = weights_over(&categories, &mut rng);
+            // Leaves join the group of a random smaller id, a category of the user or not, so
+            // groups interleave in category order.
+            let mut groups = Vec::new();
+            for (at, leaf) in categories.iter().enumerate() {
+                if rng.gen_bool(0.6) {
+                    let offset = if rng.gen_bool(0.5) { 3 } else { 0 };
+                    let representative = id(1_000 + rng.gen_range(0..=at as u64) * 7 - offset);
+                    groups.push((leaf.clone(), representative));
+                }
+            }
+            let map = map_of(groups);
+            assert_rebuilds_agree(&weights, &map);
+
+            // The next version's rebuild starts from group weights that an event added to.
+            weights.sync_groups(&map, None);
+            let category = &categories[round % categories.len()];
+            let group = map.group_of(category, None);
+            weights.add(category, &group, 2.0);
+            let mut next = map.clone();
+            next.version += 1;
+            assert_rebuilds_agree(&weights, &next);
+        }
+    }
+
+    #[test]
+    fn integer_rebuild_without_shared_groups_keeps_none() {
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let categories: Vec<Id> = (1..=5).map(id).collect();
+        let mut weights = weights_over(&categories, &mut rng);
+        let map = map_of(vec![(id(9), id(8)), (id(3), id(3))]);
+        weights.sync_groups(&map, None);
+        assert!(weights.groups.is_none());
+        assert_eq!(weights.groups_version, 1);
+    }
+
+    #[test]
+    fn rebuild_with_text_ids_uses_group_keys() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        // A text category, and an integer leaf whose representative is text.
+        let categories = vec![id(1), id(2), id(3), Id::text("shoes")];
+        let weights = weights_over(&categories, &mut rng);
+        let map = map_of(vec![(id(2), id(1)), (Id::text("shoes"), id(1))]);
+        assert_rebuilds_agree(&weights, &map);
+        let text_representative = map_of(vec![(id(2), Id::text("boots")), (id(3), id(1))]);
+        assert_rebuilds_agree(&weights, &text_representative);
+        let mut synced = weights.clone();
+        synced.sync_groups(&text_representative, None);
+        let groups = synced.groups.as_ref().expect("shared groups");
+        assert!(groups.get(&GroupKey::Learned(Id::text("boots"))).is_some());
+    }
 }

@@ -284,6 +284,20 @@ impl GroupMap {
         GroupKey::Learned(representative.clone())
     }
 
+    /// Returns the representative of the integer leaf category `category` when it is in a
+    /// group of two or more, as an integer, and `Some(category)` when it is a group of its own.
+    /// Returns `None` for a representative that is not an integer id fitting in a `u64`.
+    ///
+    /// It serves callers that key groups by `u64`, for inputs without topics: the group is
+    /// then `GroupKey::Learned` of the returned value, as [`GroupMap::group_of`] returns it.
+    #[inline]
+    pub(crate) fn learned_representative_u64(&self, category: u64) -> Option<u64> {
+        match self.representative.get_u64(category) {
+            Some(representative) => representative.as_u64(),
+            None => Some(category),
+        }
+    }
+
     /// Returns whether the group of a leaf category is the learned group of its own name, as
     /// when `group_of(category, topic)` is `GroupKey::Learned(category)`.
     #[inline]

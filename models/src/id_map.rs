@@ -35,6 +35,12 @@ impl<V> IdMap<V> {
         }
     }
 
+    /// Returns the value of the integer id `key`, as [`IdMap::get`] does for `Id::from(key)`.
+    #[inline]
+    pub(crate) fn get_u64(&self, key: u64) -> Option<&V> {
+        self.narrow.get(&key)
+    }
+
     /// Sets the value of `key`, replacing any previous one.
     pub(crate) fn insert(&mut self, key: Id, value: V) {
         match key.as_u64() {

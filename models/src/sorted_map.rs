@@ -113,16 +113,27 @@ impl<K, V> SortedVecMap<K, V> {
     where
         K: PartialEq,
     {
-        debug_assert!(
-            entries.windows(2).all(|pair| pair[0].0 != pair[1].0),
-            "entries must contain each key once"
-        );
+        self.assign_sorted_by(entries, |new, kept| new == kept, |key| key);
+    }
+
+    /// Makes the map contain `entries` with each key converted by `to_key`, as
+    /// [`SortedVecMap::assign_sorted`] does. `entries` must be sorted by their converted keys
+    /// with each key once, and `same` must return whether an entry's key converts to a kept
+    /// key. Keys are converted only when the set of keys changes.
+    pub fn assign_sorted_by<E>(
+        &mut self,
+        entries: &mut Vec<(E, V)>,
+        same: impl Fn(&E, &K) -> bool,
+        to_key: impl Fn(E) -> K,
+    ) where
+        K: PartialEq,
+    {
         let same_keys = self.entries.len() == entries.len()
             && self
                 .entries
                 .iter()
                 .zip(entries.iter())
-                .all(|(kept, new)| kept.0 == new.0);
+                .all(|(kept, new)| same(&new.0, &kept.0));
         if same_keys {
             for (kept, (_, value)) in self.entries.iter_mut().zip(entries.drain(..)) {
                 kept.1 = value;
@@ -130,7 +141,14 @@ impl<K, V> SortedVecMap<K, V> {
         } else {
             // `drain` reports its exact length, so the collected vector has no spare slot and
             // the conversion to a boxed slice does not reallocate.
-            let exact: Vec<(K, V)> = entries.drain(..).collect();
+            let exact: Vec<(K, V)> = entries
+                .drain(..)
+                .map(|(key, value)| (to_key(key), value))
+                .collect();
+            debug_assert!(
+                exact.windows(2).all(|pair| pair[0].0 != pair[1].0),
+                "entries must contain each key once"
+            );
             self.entries = exact.into_boxed_slice();
         }
     }
