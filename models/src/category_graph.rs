@@ -11,7 +11,7 @@
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use crate::event::Id;
-use crate::groups::GroupConfig;
+use crate::groups::{GroupConfig, GroupKey};
 use crate::id_map::IdMap;
 
 /// Session counts, pair counts and links of every category seen so far.
@@ -190,7 +190,10 @@ impl CategoryGraph {
         for category in touched {
             top.clear();
             self.offer_strong_partners(category, config, &mut top);
-            if top.partners().eq(self.links[category as usize].iter().copied()) {
+            if top
+                .partners()
+                .eq(self.links[category as usize].iter().copied())
+            {
                 continue;
             }
             changed = true;
@@ -302,6 +305,29 @@ impl CategoryGraph {
             Some(at) => &self.ids[self.representative[*at as usize] as usize],
             None => category,
         }
+    }
+
+    /// Sums `counts` per learned group as of the last [`CategoryGraph::build_groups`] and
+    /// returns the sums sorted by group, or `None` when a category has no index.
+    ///
+    /// The sums are kept per representative's index and read out in id order, so no group key
+    /// is built per category and none is sorted.
+    pub fn group_counts(&self, counts: &HashMap<Id, u32>) -> Option<Vec<(GroupKey, u64)>> {
+        let mut sums: Vec<Option<u64>> = vec![None; self.ids.len()];
+        for (category, count) in counts {
+            let at = *self.index.get(category)?;
+            let sum = &mut sums[self.representative[at as usize] as usize];
+            *sum = Some(sum.unwrap_or(0) + u64::from(*count));
+        }
+        let grouped = self
+            .by_id
+            .iter()
+            .filter_map(|&at| {
+                let sum = sums[at as usize]?;
+                Some((GroupKey::Learned(self.ids[at as usize].clone()), sum))
+            })
+            .collect();
+        Some(grouped)
     }
 
     /// Sets the representatives from stored groups, as `build_groups` left them.

@@ -642,17 +642,12 @@ impl PopulationModel {
             groups_changed = groups != self.groups;
             self.groups = groups;
         }
-        // Summing in a sorted vector and building the map at once costs fewer instructions
-        // than one map insert per category.
-        let mut counts: Vec<(GroupKey, u64)> = delta
-            .events
-            .iter()
-            .map(|(category, count)| {
-                let representative = self.graph.representative(category);
-                (GroupKey::Learned(representative.clone()), u64::from(*count))
-            })
-            .collect();
-        sum_by_key(&mut counts);
+        // Building the map at once from sums sorted by group costs fewer instructions than one
+        // map insert per category.
+        let counts = self
+            .graph
+            .group_counts(&delta.events)
+            .unwrap_or_else(|| self.sort_group_counts(&delta.events));
         let window_counts: BTreeMap<GroupKey, u64> = counts.into_iter().collect();
         let trending = self.update_trends(window_counts);
         self.windows_seen += 1;
@@ -663,6 +658,21 @@ impl PopulationModel {
             trending,
         };
         &self.current
+    }
+
+    /// Sums `counts` per learned group and returns the sums sorted by group. Unlike
+    /// [`CategoryGraph::group_counts`] it accepts categories that the graph has not indexed,
+    /// each a group of its own.
+    fn sort_group_counts(&self, counts: &HashMap<Id, u32>) -> Vec<(GroupKey, u64)> {
+        let mut sums: Vec<(GroupKey, u64)> = counts
+            .iter()
+            .map(|(category, count)| {
+                let representative = self.graph.representative(category);
+                (GroupKey::Learned(representative.clone()), u64::from(*count))
+            })
+            .collect();
+        sum_by_key(&mut sums);
+        sums
     }
 
     /// Records a window's per-group counts and returns the groups now trending.
@@ -874,6 +884,37 @@ mod tests {
         assert_eq!(map.grouped_categories(), 3);
         assert_eq!(map.group_of(&id(2), None), GroupKey::Learned(id(2)));
         assert_eq!(map.group_of(&id(9), None), GroupKey::Learned(id(5)));
+    }
+
+    #[test]
+    fn group_counts_match_sorted_sums() {
+        let mut model = PopulationModel::new(GroupConfig::default());
+        let sessions: Vec<&[u64]> = vec![
+            &[30, 20],
+            &[20, 10],
+            &[10, 30, 20],
+            &[30, 10],
+            &[50, 40],
+            &[40, 50],
+            &[60, 50, 40],
+            &[70],
+        ];
+        model.add_window(&delta_with_sessions(&sessions));
+        assert_eq!(model.graph.representative(&id(30)), &id(10));
+
+        let mut next = delta_with_sessions(&[&[30, 40, 70], &[20], &[60, 70]]);
+        let indexed = model
+            .graph
+            .group_counts(&next.events)
+            .expect("every category has an index");
+        assert_eq!(indexed, model.sort_group_counts(&next.events));
+        assert_eq!(indexed[0], (GroupKey::Learned(id(10)), 2));
+
+        // A category the graph has never seen has no index.
+        next.events.insert(id(5), 1);
+        assert_eq!(model.graph.group_counts(&next.events), None);
+        let sorted = model.sort_group_counts(&next.events);
+        assert_eq!(sorted[0], (GroupKey::Learned(id(5)), 1));
     }
 
     #[test]
