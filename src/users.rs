@@ -309,11 +309,15 @@ impl AttributeFeed {
                 }
             }
         }
-        tracing::info!(
-            changed_users = changes.len(),
-            event_time_ms = at,
-            "user table applied"
-        );
+        // A feed without a watch has no `--users` file: it only starts the join empty, so
+        // there is no table to report.
+        if self.watch.is_some() {
+            tracing::info!(
+                changed_users = changes.len(),
+                event_time_ms = at,
+                "user table applied"
+            );
+        }
         let table = Arc::new(table);
         self.history.push(at, table.clone());
         self.current = table;

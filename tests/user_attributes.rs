@@ -426,13 +426,14 @@ fn profiles_without_users_table() {
         .arg(case_file("part1.jsonl"))
         .arg("--profiles")
         .arg(&profiles)
+        .env("VEER_LOG", "info")
         .output()
         .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{log}");
+    // Without `--users` there is no table, so the log must not report one as applied.
+    assert!(log.contains("INFO"), "no info lines were logged: {log}");
+    assert!(!log.contains("user table"), "{log}");
     let finals = final_profiles(&common::read_json_lines(&profiles));
     assert_eq!(finals.len(), 7);
     for profile in finals.values() {
