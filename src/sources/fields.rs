@@ -32,6 +32,20 @@ pub(crate) fn split_plain<'a>(line: &'a [u8], fields: &mut [&'a [u8]]) -> usize 
     count + 1
 }
 
+/// Returns whether `line` is `header`, written plain or with every field quoted.
+pub(crate) fn is_header(line: &[u8], header: &[u8]) -> bool {
+    line == header
+        || (line.first() == Some(&b'"') && unquoted(line).is_some_and(|plain| plain == header))
+}
+
+/// Returns the fields of a line that contains a `"`, without their quotes and joined by
+/// commas, or `None` for a line without quotes or with a quote that is not closed.
+pub(crate) fn unquoted(line: &[u8]) -> Option<Vec<u8>> {
+    memchr::memchr(b'"', line)?;
+    let fields = split_quoted(line).ok()?;
+    Some(fields.join(&b","[..]))
+}
+
 /// Splits one CSV line into fields with RFC 4180 quoting: a field that starts with `"` ends at
 /// the next lone `"`, and `""` inside it is one quote character.
 ///
@@ -179,6 +193,16 @@ pub(crate) fn wrong_field_count(expected: usize, found: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_matches_plain_and_quoted() {
+        assert!(is_header(b"a,b,c", b"a,b,c"));
+        assert!(is_header(b"\"a\",\"b\",\"c\"", b"a,b,c"));
+        assert!(is_header(b"\"a\",b,\"c\"", b"a,b,c"));
+        assert!(!is_header(b"\"a\",\"b\"", b"a,b,c"));
+        assert!(!is_header(b"\"a,b,c", b"a,b,c"));
+        assert!(!is_header(b"a,b,d", b"a,b,c"));
+    }
 
     #[test]
     fn plain_split_counts_all_fields() {

@@ -187,7 +187,7 @@ fn read_rows(
     let mut lines = LineSplitter::new(reader);
     while let Some(line) = lines.next_line().map_err(io_error)? {
         if line.number == 1 {
-            if line.bytes != header.as_bytes() {
+            if !fields::is_header(line.bytes, header.as_bytes()) {
                 return Err(SourceError::InvalidHeader {
                     path: path.to_path_buf(),
                     found: String::from_utf8_lossy(line.bytes).into_owned(),

@@ -408,10 +408,69 @@ fn wrap_decoder<R: Read + Send + 'static>(
 /// Boxes `reader`, behind a gzip decoder when `gzip` is set.
 fn decode_if<B: BufRead + Send + 'static>(gzip: bool, reader: B) -> Box<dyn BufRead + Send> {
     if gzip {
-        let decoder = flate2::read::MultiGzDecoder::new(reader);
+        let decoder = GzipMembers {
+            member: Some(flate2::bufread::GzDecoder::new(reader)),
+        };
         Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, decoder))
     } else {
         Box::new(reader)
+    }
+}
+
+/// Decoder of a gzip stream of one or more members, read as `gzip -d` reads it: zero bytes
+/// after the last member (the padding that block copies leave) end the stream.
+///
+/// flate2's `MultiGzDecoder` reads such padding as the header of another member and fails.
+struct GzipMembers<R: BufRead> {
+    /// The member being decoded; `None` once the stream has ended.
+    member: Option<flate2::bufread::GzDecoder<R>>,
+}
+
+impl<R: BufRead> Read for GzipMembers<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(member) = self.member.as_mut() else {
+                return Ok(0);
+            };
+            let count = member.read(buffer)?;
+            if count > 0 || buffer.is_empty() {
+                return Ok(count);
+            }
+            // The member ended: the stream ends here or after zero padding, or a new member
+            // starts.
+            let Some(member) = self.member.take() else {
+                return Ok(0);
+            };
+            let mut rest = member.into_inner();
+            if !ends_after_zero_padding(&mut rest)? {
+                self.member = Some(flate2::bufread::GzDecoder::new(rest));
+            }
+        }
+    }
+}
+
+/// Consumes the zero bytes at the front of `reader` and returns whether the input ends after
+/// them. Returns false when other data follows at once (the next gzip member), and an error
+/// when it follows the zero bytes.
+fn ends_after_zero_padding<R: BufRead>(reader: &mut R) -> io::Result<bool> {
+    let mut zeros: u64 = 0;
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(true);
+        }
+        let leading = available.iter().take_while(|&&byte| byte == 0).count();
+        if leading == 0 {
+            if zeros == 0 {
+                return Ok(false);
+            }
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("data after {zeros} zero bytes that follow a gzip member"),
+            ));
+        }
+        reader.consume(leading);
+        zeros += leading as u64;
     }
 }
 
@@ -434,6 +493,15 @@ fn detect_line_format(line: &[u8]) -> Option<Format> {
     if line.starts_with(b"{") {
         return Some(Format::Jsonl);
     }
+    // A CSV writer may quote every field, the header's too.
+    match fields::unquoted(line) {
+        Some(plain) => detect_csv_format(&plain),
+        None => detect_csv_format(line),
+    }
+}
+
+/// Guesses the CSV format of one line without quotes: a known header or a data row.
+fn detect_csv_format(line: &[u8]) -> Option<Format> {
     if line.starts_with(b"timestamp,visitorid,event,itemid") {
         return Some(Format::RetailRocket);
     }
@@ -532,6 +600,52 @@ mod tests {
         assert_eq!(read_through_decoder(compressed), text);
     }
 
+    fn gzip(text: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut encoder, text).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn wrap_decoder_gzip_members_and_zero_padding() {
+        let mut members = gzip(b"a\n");
+        members.extend(gzip(b"b\n"));
+        assert_eq!(read_through_decoder(members.clone()), b"a\nb\n");
+
+        let mut padded = members.clone();
+        padded.extend([0u8; 1000]);
+        assert_eq!(read_through_decoder(padded), b"a\nb\n");
+
+        let mut one_zero = gzip(b"a\n");
+        one_zero.push(0);
+        assert_eq!(read_through_decoder(one_zero), b"a\n");
+    }
+
+    #[test]
+    fn wrap_decoder_rejects_data_after_padding() {
+        let mut damaged = gzip(b"a\n");
+        damaged.extend([0u8; 10]);
+        damaged.extend(b"text");
+        let reader = BufReader::new(FirstByteAlone {
+            bytes: damaged,
+            position: 0,
+        });
+        let mut out = Vec::new();
+        let error = wrap_decoder(reader)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap_err();
+        assert!(error.to_string().contains("after 10 zero bytes"), "{error}");
+
+        let mut garbage = gzip(b"a\n");
+        garbage.extend(b"text");
+        let reader = BufReader::new(FirstByteAlone {
+            bytes: garbage,
+            position: 0,
+        });
+        assert!(wrap_decoder(reader).unwrap().read_to_end(&mut out).is_err());
+    }
+
     #[test]
     fn wrap_decoder_lone_magic_byte_as_text() {
         assert_eq!(read_through_decoder(vec![0x1f, b'a', b'\n']), vec![0x1f, b'a', b'\n']);
@@ -592,6 +706,22 @@ mod tests {
         assert_eq!(detect_format(b"\n\n  {\"user\":1}"), Some(Format::Jsonl));
         assert_eq!(detect_format(b"hello world\n"), None);
         assert_eq!(detect_format(b""), None);
+    }
+
+    #[test]
+    fn detects_quoted_headers_and_rows() {
+        let header = b"\"event_time\",\"event_type\",\"product_id\",\"category_id\",\"category_code\",\"brand\",\"price\",\"user_id\",\"user_session\"\n";
+        assert_eq!(detect_format(header), Some(Format::Rees46));
+        assert_eq!(
+            detect_format(b"\"2019-10-01 00:00:00 UTC\",\"view\",\"1\",\"2\",\"\",\"\",\"1.0\",\"3\",\"s\"\n"),
+            Some(Format::Rees46)
+        );
+        assert_eq!(
+            detect_format(b"\"timestamp\",\"visitorid\",\"event\",\"itemid\",\"transactionid\"\n"),
+            Some(Format::RetailRocket)
+        );
+        assert_eq!(detect_format(b"\"hello\",\"world\"\n"), None);
+        assert_eq!(detect_format(b"\"not closed\n"), None);
     }
 
     /// Writes `lines` numbered lines to a temporary file, more than one read buffer's worth

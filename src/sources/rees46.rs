@@ -29,7 +29,7 @@ impl Rees46Parser {
 
 impl LineParser for Rees46Parser {
     fn parse(&mut self, line_no: u64, line: &[u8]) -> Parsed {
-        if line.is_empty() || line == HEADER {
+        if line.is_empty() || fields::is_header(line, HEADER) {
             return Parsed::Skip;
         }
         if line_no == 1 && line.first().is_some_and(u8::is_ascii_alphabetic) {
@@ -207,6 +207,15 @@ mod tests {
     fn header_and_blank_lines_skip() {
         assert_eq!(parse(HEADER), Parsed::Skip);
         assert_eq!(parse(b""), Parsed::Skip);
+    }
+
+    #[test]
+    fn quoted_header_skips() {
+        let quoted = b"\"event_time\",\"event_type\",\"product_id\",\"category_id\",\"category_code\",\"brand\",\"price\",\"user_id\",\"user_session\"";
+        assert_eq!(Rees46Parser::new().parse(1, quoted), Parsed::Skip);
+        // A quoted line that is not the header is still judged as a row.
+        let other = b"\"event_time\",\"event_type\",\"product_id\",\"user_id\"";
+        assert!(matches!(Rees46Parser::new().parse(1, other), Parsed::Bad(_)));
     }
 
     #[test]

@@ -130,7 +130,7 @@ impl RetailRocketParser {
 
 impl LineParser for RetailRocketParser {
     fn parse(&mut self, line_no: u64, line: &[u8]) -> Parsed {
-        if line.is_empty() || line == HEADER {
+        if line.is_empty() || fields::is_header(line, HEADER) {
             return Parsed::Skip;
         }
         if line_no == 1 && line.first().is_some_and(u8::is_ascii_alphabetic) {
