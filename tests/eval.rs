@@ -255,6 +255,7 @@ fn bare_truth_ids_match_quoted_alerts_and_events() {
         .as_bytes(),
     )
     .unwrap();
+
     let alerts = read_alerts(
         concat!(
             r#"{"user": "42", "kind": "interest_shift", "ts": 1511700030}"#,
@@ -270,12 +271,14 @@ fn bare_truth_ids_match_quoted_alerts_and_events() {
     let events = [0, 10, 20, 30, 40].map(|offset| (Id::text("42"), 1_511_700_000 + offset));
     let timeline = UserTimeline::new(events);
     let result = score(&truth, &alerts, Some(&timeline), &EvalConfig::default());
+
     assert_eq!(result.tp, 1);
     assert_eq!(
         result.fp, 1,
         "the decoy user's alert is still a false positive"
     );
     assert_eq!(result.delay_events, vec![4]);
+
     let one_off = &result.decoys[0];
     assert_eq!(one_off.kind, DecoyKind::OneOff);
     assert_eq!(one_off.false_alarms, 1);

@@ -357,11 +357,16 @@ pub struct DetectSettings {
 /// Event time between two eviction sweeps, at most, in milliseconds.
 pub(crate) const SWEEP_EVERY_MS: i64 = 3_600_000;
 
+/// Returns the event time between two sweeps for the eviction time `idle_ms`:
+/// [`SWEEP_EVERY_MS`], or a quarter of `idle_ms` when that is shorter, and at least 1 ms.
+pub(crate) fn sweep_interval_ms(idle_ms: i64) -> i64 {
+    SWEEP_EVERY_MS.min(idle_ms / 4).max(1)
+}
+
 /// Removes the users idle for longer than `idle_ms` at event time `now_ms`, at most once per
-/// [`SWEEP_EVERY_MS`] (or a quarter of `idle_ms`, when shorter) of event time.
+/// [`sweep_interval_ms`] of event time.
 fn sweep_idle<S>(state: &mut DetectState<S>, now_ms: i64, idle_ms: i64) {
-    let every = SWEEP_EVERY_MS.min(idle_ms / 4).max(1);
-    if now_ms.saturating_sub(state.swept_at_ms) < every {
+    if now_ms.saturating_sub(state.swept_at_ms) < sweep_interval_ms(idle_ms) {
         return;
     }
     remove_idle(state, now_ms, idle_ms);

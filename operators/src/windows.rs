@@ -134,20 +134,19 @@ impl WindowsState {
     }
 
     /// Evicts the users idle for longer than `idle_ms` at event time `now_ms`, at most once per
-    /// [`crate::detect::SWEEP_EVERY_MS`] (or a quarter of `idle_ms`, when shorter) of event
-    /// time. With `now_ms` `None` (the input has ended), evicts at the end of the last
-    /// population window, as the detector does.
+    /// [`crate::detect::sweep_interval_ms`] of event time, as the detector does. With `now_ms`
+    /// `None` (the input has ended), evicts at the end of the last population window.
     fn sweep_idle(&mut self, now_ms: Option<i64>, idle_ms: i64) {
         let now_ms = match now_ms {
             Some(now_ms) => {
-                let every = crate::detect::SWEEP_EVERY_MS.min(idle_ms / 4).max(1);
+                let every = crate::detect::sweep_interval_ms(idle_ms);
                 if now_ms.saturating_sub(self.swept_at_ms) < every {
                     return;
                 }
                 now_ms
             }
-            // A live run advances event time by the wall clock, so an earlier sweep may be
-            // later.
+            // A live run advances event time by the wall clock, so an earlier sweep may have
+            // run at a later time than this window end.
             None => (self.last_window_end().min(i64::MAX as u64) as i64).max(self.swept_at_ms),
         };
         self.swept_at_ms = now_ms;
@@ -157,8 +156,8 @@ impl WindowsState {
             let idle = entry
                 .last_event_ms
                 .is_some_and(|last| now_ms - last > idle_ms);
-            // A user with an open window keeps it until the frontier passes the window's end;
-            // a later sweep evicts the user.
+            // A user with an open window keeps it until the frontier passes the window's end.
+            // A later sweep evicts the user.
             if !idle || !entry.open.is_empty() {
                 return true;
             }
