@@ -7,14 +7,17 @@ use crate::event::Id;
 /// Event times (Unix seconds) and categories of a user's latest events, oldest first.
 ///
 /// A user who browses at a person's pace has at most one entry, which is stored inline. A
-/// longer queue is boxed. The queue is 24 bytes, because the tag of the inline entry's category
-/// id also marks which form is in use. Its serde form is a sequence of pairs, as a `Vec`'s is.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// longer queue is boxed, and the box is kept when entries expire, until [`RecentEvents::clear`]
+/// when the user's next session starts. The queue is 24 bytes, because the tag of the inline entry's
+/// category id also marks which form is in use. Its serde form is a sequence of pairs, as a
+/// `Vec`'s is.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(from = "Vec<(i64, Id)>", into = "Vec<(i64, Id)>")]
 pub(crate) struct RecentEvents(Queue);
 
-/// The storage of [`RecentEvents`]. `Many` contains at least two entries.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The storage of [`RecentEvents`]. `Many` contains at least one entry, because it is created
+/// with two and every removal is followed by a push.
+#[derive(Clone, Debug, Default)]
 enum Queue {
     #[default]
     Empty,
@@ -49,45 +52,33 @@ impl RecentEvents {
         };
     }
 
-    /// Removes the `count` oldest entries, as [`RecentEvents::remove_oldest`] does, then
-    /// appends `entry`.
+    /// Removes the `count` oldest entries (all of them when there are fewer), then appends
+    /// `entry`.
     ///
-    /// A boxed queue that keeps an entry stays boxed, so a user whose events come closer than
-    /// the burst span does not free the box and allocate a new one for every event.
+    /// A boxed queue stays boxed even when every old entry is removed. A user whose events come
+    /// in pairs closer than the burst span, with longer pauses in between, would otherwise
+    /// free the box and allocate a new one for each pair.
     pub(crate) fn push_after_removing(&mut self, count: usize, entry: (i64, Id)) {
-        if let Queue::Many(entries) = &mut self.0 {
-            if count < entries.len() {
-                entries.drain(..count);
+        match &mut self.0 {
+            Queue::Many(entries) => {
+                entries.drain(..count.min(entries.len()));
                 entries.push(entry);
-                return;
             }
+            Queue::One(_) if count > 0 => self.0 = Queue::One(entry),
+            Queue::One(_) | Queue::Empty => self.push(entry),
         }
-        self.remove_oldest(count);
-        self.push(entry);
-    }
-
-    /// Removes the `count` oldest entries (all of them when there are fewer), and frees the
-    /// box once at most one entry is left.
-    pub(crate) fn remove_oldest(&mut self, count: usize) {
-        if count == 0 {
-            return;
-        }
-        // Taking the storage leaves the queue empty, which is the result for one entry.
-        let mut entries = match std::mem::take(&mut self.0) {
-            Queue::Empty | Queue::One(_) => return,
-            Queue::Many(entries) => entries,
-        };
-        entries.drain(..count.min(entries.len()));
-        self.0 = match entries.len() {
-            0 => Queue::Empty,
-            1 => Queue::One(entries.pop().expect("one entry")),
-            _ => Queue::Many(entries),
-        };
     }
 
     /// Removes every entry.
     pub(crate) fn clear(&mut self) {
         self.0 = Queue::Empty;
+    }
+}
+
+/// Compares the entries, so a boxed queue of one entry equals the inline form of that entry.
+impl PartialEq for RecentEvents {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
     }
 }
 
@@ -129,22 +120,15 @@ mod tests {
     }
 
     #[test]
-    fn push_and_remove_keep_order() {
+    fn push_keeps_order() {
         let mut recent = RecentEvents::default();
-        for ts in 1..=4 {
+        recent.push(entry(1));
+        assert!(matches!(recent.0, Queue::One(_)));
+        for ts in 2..=4 {
             recent.push(entry(ts));
         }
         assert_eq!(times(&recent), vec![1, 2, 3, 4]);
-        recent.remove_oldest(2);
-        assert_eq!(times(&recent), vec![3, 4]);
-        recent.remove_oldest(1);
-        assert!(matches!(recent.0, Queue::One(_)), "one entry moves inline");
-        assert_eq!(times(&recent), vec![4]);
-        recent.push(entry(5));
-        assert_eq!(times(&recent), vec![4, 5]);
-        recent.remove_oldest(9);
-        assert_eq!(recent.len(), 0);
-        assert!(matches!(recent.0, Queue::Empty));
+        assert!(matches!(recent.0, Queue::Many(_)));
     }
 
     #[test]
@@ -161,25 +145,41 @@ mod tests {
         assert!(matches!(recent.0, Queue::Many(_)));
         recent.push_after_removing(1, entry(5));
         assert_eq!(times(&recent), vec![4, 5]);
-
-        // Removing every entry leaves the new one inline, as push alone would.
-        recent.push_after_removing(2, entry(6));
+        recent.push_after_removing(5, entry(6));
         assert_eq!(times(&recent), vec![6]);
-        assert!(matches!(recent.0, Queue::One(_)));
-        recent.push_after_removing(5, entry(7));
-        assert_eq!(times(&recent), vec![7]);
-        assert!(matches!(recent.0, Queue::One(_)));
     }
 
     #[test]
-    fn remove_from_inline_entry() {
+    fn boxed_queue_stays_boxed() {
         let mut recent = RecentEvents::default();
-        recent.push(entry(1));
-        recent.remove_oldest(0);
-        assert_eq!(times(&recent), vec![1]);
-        recent.remove_oldest(1);
+        recent.push_after_removing(0, entry(1));
+        recent.push_after_removing(0, entry(2));
+        let boxed_at = recent.as_slice().as_ptr();
+        recent.push_after_removing(2, entry(3));
+        assert_eq!(times(&recent), vec![3]);
+        assert!(matches!(recent.0, Queue::Many(_)));
+        let json = serde_json::to_string(&recent).expect("serialise");
+        assert_eq!(json, serde_json::to_string(&vec![entry(3)]).expect("serialise"));
+        let back: RecentEvents = serde_json::from_str(&json).expect("deserialise");
+        assert!(matches!(back.0, Queue::One(_)), "one entry is read back inline");
+        assert_eq!(back, recent);
+        recent.push_after_removing(0, entry(4));
+        assert_eq!(times(&recent), vec![3, 4]);
+        assert_eq!(recent.as_slice().as_ptr(), boxed_at, "no new allocation");
+        recent.clear();
         assert_eq!(recent.len(), 0);
         assert!(matches!(recent.0, Queue::Empty));
+    }
+
+    #[test]
+    fn inline_entry_replaced_or_kept() {
+        let mut recent = RecentEvents::default();
+        recent.push_after_removing(0, entry(1));
+        recent.push_after_removing(1, entry(2));
+        assert_eq!(times(&recent), vec![2]);
+        assert!(matches!(recent.0, Queue::One(_)), "a replaced entry stays inline");
+        recent.push_after_removing(0, entry(3));
+        assert_eq!(times(&recent), vec![2, 3]);
     }
 
     #[test]
