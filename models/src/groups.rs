@@ -419,9 +419,9 @@ impl SessionCounter {
             };
             *delta.pairs.entry(pair).or_default() += 1;
         }
-        // One slot more at a time: most sessions visit one or two categories, and `push`
-        // alone would double the capacity.
-        session.categories.reserve_exact(1);
+        // `push` doubles the capacity of a spilled list, so the list grows at most four times
+        // up to `SESSION_CATEGORIES`, not once per category. The spare slots live only as long
+        // as the open session, which a new session or `forget_closed` drops.
         session.categories.push(event.category.clone());
     }
 
