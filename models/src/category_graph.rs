@@ -40,11 +40,20 @@ pub(crate) struct CategoryGraph {
     links: Vec<Vec<u32>>,
     /// Categories whose links contain each category.
     linked_by: Vec<Vec<u32>>,
+    /// Upper bound on the association of each category with every strong partner outside its
+    /// links, set by its last full ranking, or infinity when unknown. Associations only fall
+    /// while a category's pair counts stay the same, so the bound stays valid until
+    /// [`CategoryGraph::add_pair`] resets it. Checkpoints leave it out, so a restored graph
+    /// ranks every category in full once.
+    unlinked_bound: Vec<f64>,
     /// Categories seen since the links were last refreshed, with a flag per index.
     stale: Vec<u32>,
     is_stale: Vec<bool>,
     /// Group representative of each index (itself when in no group of two or more).
     representative: Vec<u32>,
+    /// Link refreshes that kept the links without a full ranking.
+    #[cfg(test)]
+    skipped_rankings: usize,
 }
 
 /// The graph in the shape that checkpoints store, keyed by id.
@@ -58,6 +67,15 @@ pub(crate) struct GraphMaps {
 
 fn pair_key(low: u32, high: u32) -> u64 {
     (u64::from(low) << 32) | u64::from(high)
+}
+
+/// Returns the cosine association of two categories: `shared / sqrt(own * other)`.
+///
+/// Every ranking computes it here, so that the same counts always give the same bits. It does
+/// not rise when `own` or `other` grows.
+#[inline]
+fn association(shared: u64, own_sessions: u64, other_sessions: u64) -> f64 {
+    shared as f64 / ((own_sessions * other_sessions) as f64).sqrt()
 }
 
 impl CategoryGraph {
@@ -89,6 +107,7 @@ impl CategoryGraph {
         self.strong_partners.push(0);
         self.links.push(Vec::new());
         self.linked_by.push(Vec::new());
+        self.unlinked_bound.push(f64::INFINITY);
         self.is_stale.push(false);
         self.representative.push(at);
         at
@@ -117,6 +136,9 @@ impl CategoryGraph {
     pub fn add_pair(&mut self, left: &Id, right: &Id, count: u64, strong_at: u64) {
         let (left, right) = (self.intern(left), self.intern(right));
         let (low, high) = (left.min(right), left.max(right));
+        // A pair count that grows can raise an association above the bound.
+        self.unlinked_bound[low as usize] = f64::INFINITY;
+        self.unlinked_bound[high as usize] = f64::INFINITY;
         let slots = match self.pair_slots.get(&pair_key(low, high)) {
             Some(slots) => *slots,
             None => {
@@ -189,7 +211,16 @@ impl CategoryGraph {
         let mut changed = false;
         for category in touched {
             top.clear();
-            self.offer_strong_partners(category, config, &mut top);
+            if self.rank_links_only(category, config, &mut top) {
+                #[cfg(test)]
+                {
+                    self.skipped_rankings += 1;
+                }
+            } else {
+                top.clear();
+                let bound = self.offer_strong_partners(category, config, &mut top);
+                self.unlinked_bound[category as usize] = bound;
+            }
             if top
                 .partners()
                 .eq(self.links[category as usize].iter().copied())
@@ -219,20 +250,70 @@ impl CategoryGraph {
         top.into_partners()
     }
 
+    /// Offers to `top`, which must be empty, the current links of `category` with their
+    /// current associations, and returns whether they are its strongest partners. When it
+    /// returns false, `top` must be cleared and [`CategoryGraph::offer_strong_partners`] run.
+    ///
+    /// The links are the strongest partners when the weakest of them is still stronger than
+    /// the category's `unlinked_bound`, or, with fewer links than `links_per_category`, when
+    /// the bound is below `min_association`. Associations are computed as in the full
+    /// ranking, and the ranking's order and ties are kept, so skipping it changes no link.
+    fn rank_links_only(&self, category: u32, config: &GroupConfig, top: &mut TopPartners) -> bool {
+        let bound = self.unlinked_bound[category as usize];
+        if bound == f64::INFINITY {
+            return false;
+        }
+        let own_sessions = self.sessions[category as usize];
+        for &partner in &self.links[category as usize] {
+            let association = association(
+                self.shared_sessions(category, partner),
+                own_sessions,
+                self.sessions[partner as usize],
+            );
+            // A link that falls below the threshold leaves room for other partners.
+            if !(association >= config.min_association) || top.offer(association, partner).is_some()
+            {
+                return false;
+            }
+        }
+        match top.weakest_if_full() {
+            Some(weakest) => weakest > bound,
+            None => bound < config.min_association,
+        }
+    }
+
+    /// Returns the sessions shared by `category` and its strong partner `partner`.
+    fn shared_sessions(&self, category: u32, partner: u32) -> u64 {
+        let (low, high) = (category.min(partner), category.max(partner));
+        let slots = self.pair_slots[&pair_key(low, high)];
+        self.adjacency[low as usize][slots.0 as usize].1
+    }
+
     /// Offers to `top`, which must be empty, the partners that `category` co-occurs with most
     /// strongly (cosine of session counts). `top` then keeps at most `links_per_category` of
-    /// them, strongest first and ties by id.
+    /// them, strongest first and ties by id. Returns an upper bound on the association of
+    /// every strong partner that `top` does not keep, or infinity when the category cannot
+    /// be linked.
     ///
     /// NOTE: links are refreshed only for categories seen in a window and for categories
     /// linked to one of those, so a link to a partner outside the current top few may lag. A
     /// full rebuild over every pair after every window cost more than all other work of the
     /// pipeline together.
-    fn offer_strong_partners(&self, category: u32, config: &GroupConfig, top: &mut TopPartners) {
+    fn offer_strong_partners(
+        &self,
+        category: u32,
+        config: &GroupConfig,
+        top: &mut TopPartners,
+    ) -> f64 {
         let floor = u64::from(config.min_sessions);
         let own_sessions = self.sessions[category as usize];
         if own_sessions < floor || config.links_per_category == 0 {
-            return;
+            return f64::INFINITY;
         }
+        // The largest estimate and the largest association of the partners left out. The
+        // comparisons are written so that a NaN is kept, and a NaN bound skips no ranking.
+        let mut estimate_max = f64::NEG_INFINITY;
+        let mut dropped_max = f64::NEG_INFINITY;
         // A running top few, so that a refresh neither collects nor selects among every
         // partner above the threshold.
         let own_scale = self.inverse_sqrt_sessions[category as usize];
@@ -243,16 +324,33 @@ impl CategoryGraph {
             // are ruled out by an estimate made of two multiplications.
             let estimate = shared as f64 * own_scale * self.inverse_sqrt_sessions[other as usize];
             if estimate < screen {
+                if !(estimate <= estimate_max) {
+                    estimate_max = estimate;
+                }
                 continue;
             }
             let other_sessions = self.sessions[other as usize];
             if other_sessions < floor {
+                // The partner may reach the floor later, so it counts towards the bound.
+                if !(estimate <= estimate_max) {
+                    estimate_max = estimate;
+                }
                 continue;
             }
-            let association = shared as f64 / ((own_sessions * other_sessions) as f64).sqrt();
-            top.offer(association, other);
+            let association = association(shared, own_sessions, other_sessions);
+            if let Some(dropped) = top.offer(association, other) {
+                if !(dropped <= dropped_max) {
+                    dropped_max = dropped;
+                }
+            }
             screen = top.screen();
         }
+        // The estimate is within about 1e-15 (relative) of the association, as for the screen.
+        let bound = estimate_max * (1.0 + 1e-9);
+        if bound.is_nan() || dropped_max.is_nan() {
+            return f64::NAN;
+        }
+        bound.max(dropped_max)
     }
 
     /// Rebuilds the groups from the links and returns them as (leaf, representative) pairs
@@ -284,13 +382,17 @@ impl CategoryGraph {
             }
         }
         // `union` keeps the smaller root and `members` is sorted by id, so each root is its
-        // component's smallest id.
+        // component's smallest id. Every parent is at most its child, so in one forward pass a
+        // parent's entry already contains its root.
+        for at in 0..parent.len() {
+            parent[at] = parent[parent[at]];
+        }
         for (at, representative) in self.representative.iter_mut().enumerate() {
             *representative = at as u32;
         }
         let mut groups = Vec::with_capacity(members.len());
         for at in 0..members.len() {
-            let root = members[find(&mut parent, at)];
+            let root = members[parent[at]];
             let leaf = members[at];
             self.representative[leaf as usize] = root;
             groups.push((ids[leaf as usize].clone(), ids[root as usize].clone()));
@@ -469,23 +571,37 @@ impl<'a> TopPartners<'a> {
         }
     }
 
+    /// Offers a partner and returns the association of the partner left out, if any: this one,
+    /// or the weakest kept so far when this one takes its place.
     #[inline]
-    fn offer(&mut self, association: f64, partner: u32) {
+    fn offer(&mut self, association: f64, partner: u32) -> Option<f64> {
         // Written so that a NaN association is left out.
         if !(association >= self.min_association) {
-            return;
+            return Some(association);
         }
         let entry = (association, partner);
         if self.strongest.len() == self.keep
             && !self.ranks_before(entry, self.strongest[self.keep - 1])
         {
-            return;
+            return Some(association);
         }
         let position = self
             .strongest
             .partition_point(|ranked| self.ranks_before(*ranked, entry));
         self.strongest.insert(position, entry);
-        self.strongest.truncate(self.keep);
+        if self.strongest.len() > self.keep {
+            return self.strongest.pop().map(|(dropped, _)| dropped);
+        }
+        None
+    }
+
+    /// Returns the association of the weakest partner kept when `links_per_category` are kept.
+    fn weakest_if_full(&self) -> Option<f64> {
+        if self.strongest.len() == self.keep {
+            self.strongest.last().map(|(association, _)| *association)
+        } else {
+            None
+        }
     }
 
     /// Iterates over the partners kept, strongest first.
@@ -652,6 +768,61 @@ mod tests {
             grouped_windows > 30,
             "groups formed after {grouped_windows} of 60 windows"
         );
+    }
+
+    #[test]
+    fn skipped_rankings_match_full_rankings() {
+        let configs = [
+            GroupConfig::default(),
+            GroupConfig {
+                links_per_category: 1,
+                min_association: 0.2,
+                min_sessions: 1,
+                ..GroupConfig::default()
+            },
+            GroupConfig {
+                links_per_category: 5,
+                min_association: 0.0,
+                min_sessions: 6,
+                ..GroupConfig::default()
+            },
+        ];
+        for (seed, config) in configs.into_iter().enumerate() {
+            // One model ranks every refreshed category in full, because its bounds are unknown.
+            let mut skipping = PopulationModel::new(config.clone());
+            let mut full = PopulationModel::new(config);
+            let mut linked = 0;
+            for delta in random_windows(seed as u64 + 20, 80) {
+                full.graph.unlinked_bound.fill(f64::INFINITY);
+                assert_eq!(
+                    skipping.add_window(&delta),
+                    full.add_window(&delta),
+                    "config {seed}, window ending at {}",
+                    delta.window_end
+                );
+                assert_eq!(
+                    skipping.graph.links, full.graph.links,
+                    "config {seed}, window ending at {}",
+                    delta.window_end
+                );
+                linked += skipping
+                    .graph
+                    .links
+                    .iter()
+                    .filter(|links| !links.is_empty())
+                    .count();
+            }
+            assert_eq!(full.graph.skipped_rankings, 0, "config {seed}");
+            assert!(
+                skipping.graph.skipped_rankings > 100,
+                "config {seed}: {} rankings skipped",
+                skipping.graph.skipped_rankings
+            );
+            assert!(
+                linked > 100,
+                "config {seed}: {linked} linked categories over all windows"
+            );
+        }
     }
 
     /// Returns the strongest partners of `category` from an association computed exactly for
