@@ -693,3 +693,52 @@ fn retailrocket_options_warn_for_other_formats() {
         warnings[0]
     );
 }
+
+#[test]
+fn jsonl_ids_over_38_digits_bad() {
+    // A 39-digit integer kept as text would print as a JSON string and merge with the string
+    // id of the same digits, so it is rejected like a fraction.
+    let long = "1".repeat(39);
+    let max = "9".repeat(38);
+    let line = |user: &str, item: &str, category: &str| {
+        format!(
+            r#"{{"user":{user},"item":{item},"category":{category},"behavior":"view","ts":1511539200}}"#
+        )
+    };
+    let input = [
+        line(&long, "1", "1"),
+        line(&format!("\"{long}\""), "1", "1"),
+        line("1", &long, "1"),
+        line("1", "1", &long),
+        line(&max, "1", "1"),
+        line(&"7".repeat(400), "1", "1"),
+    ]
+    .join("\n");
+    let outcome = read_lines(
+        LineSplitter::new(input.as_bytes()),
+        Format::Jsonl,
+        &SourceOptions::default(),
+        None,
+    );
+
+    assert_eq!(outcome.bad_lines(), vec![1, 3, 4, 6]);
+    assert_eq!(
+        outcome.bad_line(1).reason,
+        "user is an integer of 39 digits, but integer ids have at most 38; write a longer id \
+         as a JSON string"
+    );
+    assert!(outcome
+        .bad_line(3)
+        .reason
+        .starts_with("item is an integer of 39 digits"));
+    assert!(outcome
+        .bad_line(4)
+        .reason
+        .starts_with("category is an integer of 39 digits"));
+    assert!(outcome
+        .bad_line(6)
+        .reason
+        .starts_with("user is an integer of 400 digits"));
+    assert_eq!(outcome.event_at(2).user, Id::text(&long));
+    assert_eq!(outcome.event_at(5).user, Id::int(max.parse().unwrap()));
+}

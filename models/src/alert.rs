@@ -272,6 +272,16 @@ pub fn input_id(value: &Value, name: &str) -> Result<Id, String> {
                 "{name} {number} is not an integer; ids are integers or strings"
             ));
         }
+        // An integer id is stored as a number of at most 38 digits. A longer one kept as text
+        // would be printed as a JSON string and merge with the string id of the same digits.
+        let digits = number.as_str();
+        if !digits.starts_with('-') && Id::parse_int(digits).is_none() {
+            return Err(format!(
+                "{name} is an integer of {} digits, but integer ids have at most 38; write a \
+                 longer id as a JSON string",
+                digits.len()
+            ));
+        }
     }
     match id_from_json(value) {
         Some(id) if id.as_text() == Some("") => Err(format!("{name} is an empty string")),
