@@ -742,3 +742,50 @@ fn jsonl_ids_over_38_digits_bad() {
     assert_eq!(outcome.event_at(2).user, Id::text(&long));
     assert_eq!(outcome.event_at(5).user, Id::int(max.parse().unwrap()));
 }
+
+#[test]
+fn byte_order_marks_of_joined_files_removed() {
+    // `cat a.csv b.csv` of two files saved with a byte order mark puts the second mark at the
+    // start of a later line: a repeated header must still be skipped, and a row still read.
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    let rees46 = std::fs::read(shared("cases/12-rees46-duplicate-rows/input-dedup.csv")).unwrap();
+    let with_bom = [BOM, rees46.as_slice()].concat();
+    let joined = [with_bom.as_slice(), with_bom.as_slice()].concat();
+    let outcome = read_lines(
+        LineSplitter::new(joined.as_slice()),
+        Format::Rees46,
+        &SourceOptions::default(),
+        None,
+    );
+    let rows = rees46.iter().filter(|&&byte| byte == b'\n').count() as u64;
+    assert_eq!(outcome.bad_lines(), Vec::<u64>::new());
+    assert_eq!(outcome.skipped, vec![1, rows + 1]);
+    assert_eq!(outcome.events.len() as u64, 2 * (rows - 1));
+
+    let taobao = [
+        BOM,
+        b"1,2,3,pv,1511539200\n",
+        BOM,
+        b"4,5,6,buy,1511539201\n",
+    ]
+    .concat();
+    let outcome = read_lines(
+        LineSplitter::new(taobao.as_slice()),
+        Format::Taobao,
+        &SourceOptions::default(),
+        None,
+    );
+    assert_eq!(outcome.bad_lines(), Vec::<u64>::new());
+    assert_eq!(outcome.event_at(2).user, Id::int(4));
+
+    let event = br#"{"user":7,"item":1,"category":2,"behavior":"view","ts":1511539200}"#;
+    let jsonl = [BOM, event, b"\n", BOM, event, b"\n"].concat();
+    let outcome = read_lines(
+        LineSplitter::new(jsonl.as_slice()),
+        Format::Jsonl,
+        &SourceOptions::default(),
+        None,
+    );
+    assert_eq!(outcome.bad_lines(), Vec::<u64>::new());
+    assert_eq!(outcome.events.len(), 2);
+}

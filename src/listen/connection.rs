@@ -415,10 +415,9 @@ impl Lines {
     /// Handles one complete line, given without its `\n`.
     fn line(&mut self, bytes: &[u8], connection: &Connection) -> Result<(), Cutoff> {
         let shared = &connection.shared;
-        let mut content = bytes.strip_suffix(b"\r").unwrap_or(bytes);
-        if self.line == 0 {
-            content = crate::sources::strip_utf8_bom(content);
-        }
+        // A byte order mark can start any line of files joined with `cat`, as in file input.
+        let content = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let content = crate::sources::strip_utf8_bom(content);
         if content.len() > self.max_line_bytes {
             return Err(self.too_long(content, connection));
         }

@@ -72,7 +72,7 @@ impl<R: BufRead> LineSplitter<R> {
     }
 
     /// Numbers the lines from `lines_before + 1`, for a reader that starts after
-    /// `lines_before` lines of the input. A byte order mark is removed only from line 1.
+    /// `lines_before` lines of the input.
     pub fn with_lines_before(mut self, lines_before: u64) -> Self {
         self.line_number = lines_before;
         self
@@ -209,15 +209,14 @@ impl<R: BufRead> LineSplitter<R> {
 }
 
 /// Builds a line from its content without the line ending: cuts the content to the limit and
-/// removes a byte order mark from line 1.
+/// removes a UTF-8 byte order mark from its start. A mark starts line 1 of a file saved with
+/// one, and the first line of every such file in a concatenation (`cat a.csv b.csv`).
 fn cut_line(mut content: &[u8], number: u64, max_line_bytes: usize) -> Line<'_> {
     let truncated = content.len() > max_line_bytes;
     if truncated {
         content = &content[..max_line_bytes];
     }
-    if number == 1 {
-        content = strip_utf8_bom(content);
-    }
+    content = strip_utf8_bom(content);
     Line {
         number,
         bytes: content,
