@@ -155,7 +155,8 @@ pub struct DeadLetter {
 
 /// An open dead-letter file, and what was lost after it could not be written.
 struct DeadLetterFile {
-    writer: BufWriter<File>,
+    /// `None` after the first error, when the buffered records have been dropped.
+    writer: Option<BufWriter<File>>,
     path: PathBuf,
     /// The first write or flush error; records after it are counted, not written.
     error: Option<String>,
@@ -165,14 +166,27 @@ struct DeadLetterFile {
 
 impl DeadLetterFile {
     /// Keeps the first error and logs it once, so a full disk does not log one line per record.
+    /// Drops the buffered records and cuts a torn last line that the failed write left.
     fn fail(&mut self, error: std::io::Error) {
-        if self.error.is_none() {
+        if self.error.is_some() {
+            return;
+        }
+        tracing::error!(
+            path = %self.path.display(),
+            %error,
+            "cannot write the dead-letter file; later records are counted but not written"
+        );
+        self.error = Some(error.to_string());
+        // `into_parts` drops the buffer without the write that dropping a `BufWriter` tries.
+        let Some((file, _buffer)) = self.writer.take().map(BufWriter::into_parts) else {
+            return;
+        };
+        if let Err(cut_error) = crate::output_file::cut_torn_line(&self.path, &file) {
             tracing::error!(
                 path = %self.path.display(),
-                %error,
-                "cannot write the dead-letter file; later records are counted but not written"
+                error = %cut_error,
+                "cannot cut the torn last line of the dead-letter file"
             );
-            self.error = Some(error.to_string());
         }
     }
 }
@@ -205,11 +219,13 @@ impl DeadLetter {
     pub fn create(path: Option<&Path>) -> anyhow::Result<DeadLetter> {
         let file = match path {
             Some(path) => Some(DeadLetterFile {
-                writer: BufWriter::new(crate::output_file::create(path).map_err(|error| {
-                    crate::output_file::describe_error(error, || {
-                        format!("cannot create dead-letter file {}", path.display())
-                    })
-                })?),
+                writer: Some(BufWriter::new(crate::output_file::create(path).map_err(
+                    |error| {
+                        crate::output_file::describe_error(error, || {
+                            format!("cannot create dead-letter file {}", path.display())
+                        })
+                    },
+                )?)),
                 path: path.to_path_buf(),
                 error: None,
                 unwritten: 0,
@@ -232,11 +248,11 @@ impl DeadLetter {
         let Some(file) = guard.as_mut() else {
             return;
         };
-        if file.error.is_some() {
+        let Some(writer) = file.writer.as_mut() else {
             file.unwritten += 1;
             return;
-        }
-        if let Err(error) = writeln!(file.writer, "{}", Value::Object(object)) {
+        };
+        if let Err(error) = writeln!(writer, "{}", Value::Object(object)) {
             file.unwritten += 1;
             file.fail(error);
         }
@@ -278,12 +294,11 @@ impl DeadLetter {
     /// Flushes buffered records to the file.
     pub fn flush(&self) {
         let mut guard = self.lock();
-        if let Some(file) = guard.as_mut() {
-            if file.error.is_none() {
-                if let Err(error) = file.writer.flush() {
-                    file.fail(error);
-                }
-            }
+        let Some(file) = guard.as_mut() else {
+            return;
+        };
+        if let Some(Err(error)) = file.writer.as_mut().map(BufWriter::flush) {
+            file.fail(error);
         }
     }
 

@@ -62,6 +62,61 @@ pub fn describe_error(error: std::io::Error, context: impl FnOnce() -> String) -
     }
 }
 
+/// Cuts the regular file `file`, opened for writing at `path`, back to the end of its last
+/// whole line, and moves its write position there. A write that fails part way, such as on a
+/// full disk, then leaves no torn line for a JSON-lines reader to trip on. Returns the bytes
+/// cut. A named pipe or a device cannot be cut and is left alone, and so is a file that `path`
+/// no longer names.
+pub fn cut_torn_line(path: &Path, file: &File) -> std::io::Result<u64> {
+    #[cfg(unix)]
+    {
+        cut_torn_line_unix(path, file)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, file);
+        Ok(0)
+    }
+}
+
+#[cfg(unix)]
+fn cut_torn_line_unix(path: &Path, file: &File) -> std::io::Result<u64> {
+    use std::io::Seek;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+
+    // The writer's descriptor may be write-only, so the tail is read through a second one.
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Ok(0);
+    }
+    let reader = File::open(path)?;
+    let reader_metadata = reader.metadata()?;
+    if (reader_metadata.dev(), reader_metadata.ino()) != (metadata.dev(), metadata.ino()) {
+        return Ok(0);
+    }
+    let length = metadata.len();
+    const CHUNK_BYTES: u64 = 64 * 1024;
+    let mut buffer = vec![0u8; CHUNK_BYTES as usize];
+    let mut end = length;
+    let mut whole_end = 0;
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK_BYTES);
+        let chunk = &mut buffer[..(end - start) as usize];
+        reader.read_exact_at(chunk, start)?;
+        if let Some(newline) = memchr::memrchr(b'\n', chunk) {
+            whole_end = start + newline as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if whole_end < length {
+        file.set_len(whole_end)?;
+    }
+    let mut position = file;
+    position.seek(std::io::SeekFrom::Start(whole_end))?;
+    Ok(length - whole_end)
+}
+
 #[cfg(unix)]
 fn open_unix(path: &Path, options: &OpenOptions) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;

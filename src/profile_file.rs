@@ -67,19 +67,27 @@ impl ProfileFile {
         self.status.clone()
     }
 
-    /// Logs and stores the first error and drops the buffered lines. The failure counts them
-    /// and the newlines of `rejected`, the bytes of the failed call.
+    /// Logs and stores the first error, drops the buffered lines and cuts a torn last line
+    /// that the failed write left. The failure counts the buffered lines and the newlines of
+    /// `rejected`, the bytes of the failed call.
     fn fail(&mut self, error: std::io::Error, rejected: &[u8]) {
         tracing::error!(
             path = %self.status.path.display(),
             %error,
             "cannot write the profile file; later profile lines are counted but not written"
         );
-        let buffered = match self.writer.take() {
-            // The buffer is dropped without another write attempt.
-            Some(writer) => newlines(writer.buffer()),
-            None => 0,
-        };
+        let mut buffered = 0;
+        // `into_parts` drops the buffer without the write that dropping a `BufWriter` tries.
+        if let Some((file, buffer)) = self.writer.take().map(BufWriter::into_parts) {
+            buffered = buffer.map_or(0, |buffer| newlines(&buffer));
+            if let Err(cut_error) = crate::output_file::cut_torn_line(&self.status.path, &file) {
+                tracing::error!(
+                    path = %self.status.path.display(),
+                    error = %cut_error,
+                    "cannot cut the torn last line of the profile file"
+                );
+            }
+        }
         *self.status.lock() = Some(ProfileFileFailure {
             path: self.status.path.clone(),
             error: error.to_string(),

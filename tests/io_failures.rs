@@ -319,3 +319,110 @@ fn failed_checkpoints_exit_5_and_leave_no_files() {
         "{error}"
     );
 }
+
+/// Checks that `path` contains whole JSON lines only, as a JSON-lines reader needs, and returns
+/// how many.
+fn assert_whole_json_lines(path: &Path) -> usize {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "a torn last line is left in {}: {:?}",
+        path.display(),
+        &text[text.len().saturating_sub(200)..]
+    );
+    for line in text.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "invalid JSON line in {}: {line}",
+            path.display()
+        );
+    }
+    text.lines().count()
+}
+
+#[test]
+fn full_disk_dead_letter_whole_lines() {
+    let folder = tempfile::tempdir().unwrap();
+    let input = folder.path().join("events.csv");
+    let mut text = String::new();
+    for line in 0..2000 {
+        text.push_str(&format!("user-{line},1,1,click,1511539200\n"));
+    }
+    std::fs::write(&input, text).unwrap();
+    let dead_letter = folder.path().join("dead.jsonl");
+    let args = [
+        "--input",
+        arg(&input),
+        "--format",
+        "taobao",
+        "--alerts",
+        "/dev/null",
+        "--dead-letter",
+        arg(&dead_letter),
+    ];
+    let (status, stderr) = run_with_limit(&args, 20_000);
+    assert_eq!(status, 2, "{stderr}");
+
+    let written = assert_whole_json_lines(&dead_letter);
+    assert!(written > 0, "{stderr}");
+    let error = summary_line(&stderr, "error:");
+    assert!(error.contains(arg(&dead_letter)), "{error}");
+}
+
+#[test]
+fn full_disk_profiles_whole_lines() {
+    let folder = tempfile::tempdir().unwrap();
+    let (events, _) = common::generate_stream(folder.path(), 300, 9, 5);
+    let profiles = folder.path().join("profiles.jsonl");
+    let args = [
+        "--input",
+        arg(&events),
+        "--alerts",
+        "/dev/null",
+        "--profiles",
+        arg(&profiles),
+    ];
+    let (status, stderr) = run_with_limit(&args, 20_000);
+    assert_eq!(status, 2, "{stderr}");
+
+    let written = assert_whole_json_lines(&profiles);
+    assert!(written > 0, "{stderr}");
+    let error = summary_line(&stderr, "error:");
+    assert!(error.contains(arg(&profiles)), "{error}");
+}
+
+#[test]
+fn full_disk_webhook_dead_letter_whole_lines() {
+    let folder = tempfile::tempdir().unwrap();
+    let (events, _) = common::generate_stream(folder.path(), 300, 9, 5);
+    // A port that was free a moment ago refuses the connection, so every alert is given up.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/alerts");
+    let dead_letter = folder.path().join("webhook-dead.jsonl");
+    let args = [
+        "--input",
+        arg(&events),
+        "--alerts",
+        "/dev/null",
+        "--webhook",
+        &url,
+        "--webhook-max-attempts",
+        "1",
+        "--webhook-dead-letter",
+        arg(&dead_letter),
+    ];
+    let (status, stderr) = run_with_limit(&args, 6_000);
+    assert_eq!(status, 2, "{stderr}");
+
+    let written = assert_whole_json_lines(&dead_letter);
+    assert!(written > 0, "{stderr}");
+    let sink = summary_line(&stderr, "sink webhook");
+    assert!(
+        sink.contains(&format!("dead-lettered {written},")),
+        "the summary does not count the {written} lines of the file: {sink}"
+    );
+}

@@ -488,7 +488,24 @@ impl DeadLetterFile {
                 record.line
             ));
         }
-        self.file.write_all(text.as_bytes())?;
+        // A write that fails part way is cut back to the file's earlier end, so the file keeps
+        // whole lines and none of this delivery's alerts, which all count as lost.
+        let start = self.file.metadata()?.len();
+        let result = self.file.write_all(text.as_bytes());
+        if let Err(error) = result {
+            if self.file.metadata()?.is_file() {
+                if let Err(cut_error) = self.file.set_len(start) {
+                    return Err(std::io::Error::new(
+                        error.kind(),
+                        format!(
+                            "{error}, and cutting the torn last line of {} failed: {cut_error}",
+                            self.path
+                        ),
+                    ));
+                }
+            }
+            return Err(error);
+        }
         self.file.flush()
     }
 }
