@@ -247,12 +247,13 @@ struct RunArgs {
     /// Truth file to score the alerts against after the run.
     #[arg(long, value_name = "PATH")]
     truth: Option<PathBuf>,
-    /// Scoring horizon, e.g. 3d (default 3d).
-    #[arg(long, default_value = "3d", value_name = "DURATION")]
-    horizon: String,
-    /// Users of the built-in generated stream, when no --input is given.
-    #[arg(long, default_value_t = 2000)]
-    generate_users: usize,
+    /// Scoring horizon of --truth or of the built-in stream, e.g. 3d (default 3d).
+    #[arg(long, value_name = "DURATION")]
+    horizon: Option<String>,
+    /// Users of the built-in generated stream, which runs when no --input is given (default
+    /// 2000).
+    #[arg(long, value_name = "COUNT")]
+    generate_users: Option<usize>,
     /// Hide the progress display.
     #[arg(long)]
     no_progress: bool,
@@ -365,8 +366,8 @@ impl ServeArgs {
             window: self.window,
             detector: self.detector,
             truth: None,
-            horizon: "3d".into(),
-            generate_users: 0,
+            horizon: None,
+            generate_users: None,
             no_progress: true,
             models: false,
             models_save: None,
@@ -414,6 +415,18 @@ impl ClusterArgs {
         };
         let hostfile = self.hostfile.as_deref().or(file.hostfile.as_deref());
         let processes = self.processes.unwrap_or(file.processes);
+        let cluster_option = [
+            ("hostfile", self.hostfile.is_some()),
+            ("connect-timeout", self.connect_timeout.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(name, given)| given.then_some(name));
+        if let (1, Some(option)) = (processes, cluster_option) {
+            anyhow::bail!(
+                "--{option} sets up a cluster run, but this run has one process; add \
+                 --processes N or drop --{option}"
+            );
+        }
         Ok(ClusterSettings::from_options(
             processes,
             self.process,
@@ -569,6 +582,27 @@ fn duration_arg(name: &str, text: &str) -> anyhow::Result<std::time::Duration> {
     parse_duration(text).map_err(|message| anyhow::anyhow!("--{name}: {message}"))
 }
 
+/// Scoring horizon of `veer run` when `--horizon` is absent.
+const DEFAULT_HORIZON: &str = "3d";
+
+/// Rejects `--generate-users` when the run reads an input instead of the built-in stream, and
+/// `--horizon` when it scores nothing: with an input but without `--truth`.
+fn check_generated_stream_options(args: &RunArgs, generated: bool) -> anyhow::Result<()> {
+    if args.generate_users.is_some() && !generated {
+        anyhow::bail!(
+            "--generate-users sets the users of the built-in stream, but this run reads \
+             --input or --listen; drop --generate-users"
+        );
+    }
+    if args.horizon.is_some() && !generated && args.truth.is_none() {
+        anyhow::bail!(
+            "--horizon sets the scoring horizon, but this run scores nothing; add --truth FILE \
+             or drop --horizon"
+        );
+    }
+    Ok(())
+}
+
 /// Parses `--horizon` into whole seconds. A horizon under one second is rejected, because
 /// scoring with it would count every alert as false.
 fn horizon_arg(text: &str) -> anyhow::Result<i64> {
@@ -665,20 +699,23 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
     if let Some(text) = &args.window {
         time.window = duration_arg("window", text)?;
     }
-    let horizon_secs = horizon_arg(&args.horizon)?;
     let cluster = args.cluster.settings(&file.cluster)?;
     let reads_input = veer::cluster::reads_input(cluster.as_ref());
     let format = args.input.format.map(Format::from);
     let listen = args.listen.settings(&file, format, serve)?;
+    let generated = args.input.inputs.is_empty() && listen.is_none();
+    check_generated_stream_options(&args, generated)?;
+    let horizon_secs = horizon_arg(args.horizon.as_deref().unwrap_or(DEFAULT_HORIZON))?;
     veer::shutdown::install()?;
 
-    let generated = args.input.inputs.is_empty() && listen.is_none();
     let (source, truth, timeline) = if generated && !reads_input {
         // Process 0 generates the stream and scores the run.
         (EventSource::Memory(Vec::new()), None, None)
     } else if generated {
         let config = GenerateConfig {
-            users: args.generate_users,
+            users: args
+                .generate_users
+                .unwrap_or(GenerateConfig::default().users),
             ..GenerateConfig::default()
         };
         tracing::info!(

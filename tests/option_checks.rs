@@ -122,3 +122,70 @@ fn serve_format_lists_only_socket_formats() {
         run.stderr
     );
 }
+
+#[test]
+fn unused_options_rejected() {
+    // Each option below would be ignored by a run on an input file of one process.
+    let input = shared(CASE_ONE_SHIFT);
+    let base = ["--input", arg(&input), "--alerts", "/dev/null"];
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--generate-users", "5"],
+            "--generate-users sets the users of the built-in stream, but this run reads --input",
+        ),
+        (
+            &["--horizon", "1d"],
+            "--horizon sets the scoring horizon, but this run scores nothing; add --truth FILE",
+        ),
+        (
+            &["--hostfile", "hosts.txt"],
+            "--hostfile sets up a cluster run, but this run has one process",
+        ),
+        (
+            &["--connect-timeout", "5s"],
+            "--connect-timeout sets up a cluster run, but this run has one process",
+        ),
+    ];
+    for (extra, expected) in cases {
+        assert_rejected(&[&base[..], extra].concat(), expected);
+    }
+}
+
+#[test]
+fn horizon_accepted_when_scoring() {
+    let input = shared(CASE_ONE_SHIFT);
+    let truth = shared("cases/01-one-shift-one-alert/truth.jsonl");
+    let with_truth = run_veer_exact(&[
+        "run",
+        "--no-progress",
+        "--input",
+        arg(&input),
+        "--alerts",
+        "/dev/null",
+        "--truth",
+        arg(&truth),
+        "--horizon",
+        "1d",
+    ]);
+    assert_eq!(with_truth.status, 0, "{}", with_truth.stderr);
+    assert!(
+        with_truth.stdout.contains("horizon (seconds)        86400"),
+        "{}",
+        with_truth.stdout
+    );
+
+    let built_in = run_veer_exact(&[
+        "run",
+        "--no-progress",
+        "--generate-users",
+        "20",
+        "--horizon",
+        "1d",
+    ]);
+    assert_eq!(built_in.status, 0, "{}", built_in.stderr);
+    assert!(
+        built_in.stdout.contains("horizon (seconds)        86400"),
+        "{}",
+        built_in.stdout
+    );
+}
