@@ -63,9 +63,17 @@ fn read_table(path: &Path) -> anyhow::Result<(AttributeTable, LoadReport)> {
         .map_err(|error| anyhow::anyhow!("user table {}: {error}", path.display()))
 }
 
+/// Rows of each kind of problem (duplicate, invalid value, skipped row) that are logged one by
+/// one at each load. The load line counts them all, so a table with many bad rows, which is
+/// read again at each change, does not flood the log.
+const LOGGED_ROWS_PER_KIND: usize = 20;
+
+/// Bytes of an invalid value shown in its log line; a longer value is cut.
+const LOGGED_VALUE_BYTES: usize = 200;
+
 fn log_report(path: &Path, table: &AttributeTable, report: &LoadReport) {
     let file = path.display().to_string();
-    for duplicate in &report.duplicates {
+    for duplicate in report.duplicates.iter().take(LOGGED_ROWS_PER_KIND) {
         tracing::warn!(
             %file,
             user = %duplicate.user,
@@ -74,22 +82,37 @@ fn log_report(path: &Path, table: &AttributeTable, report: &LoadReport) {
             "duplicate user in the user table; the later row is kept"
         );
     }
-    for invalid in &report.invalid {
+    for invalid in report.invalid.iter().take(LOGGED_ROWS_PER_KIND) {
         tracing::warn!(
             %file,
             line = invalid.line,
             column = %invalid.column,
-            value = %invalid.value,
+            value = %cut_value(&invalid.value),
             "invalid value in the user table; it is treated as unknown"
         );
     }
-    for skipped in &report.skipped {
+    for skipped in report.skipped.iter().take(LOGGED_ROWS_PER_KIND) {
         tracing::warn!(
             %file,
             line = skipped.line,
             reason = %skipped.reason,
             "row skipped in the user table"
         );
+    }
+    let unlogged = [
+        ("duplicates", report.duplicates.len()),
+        ("invalid values", report.invalid.len()),
+        ("skipped rows", report.skipped.len()),
+    ];
+    for (kind, count) in unlogged {
+        if count > LOGGED_ROWS_PER_KIND {
+            tracing::warn!(
+                %file,
+                more = count - LOGGED_ROWS_PER_KIND,
+                "more {kind} in the user table than the first {LOGGED_ROWS_PER_KIND} logged; \
+                 the load line counts them all"
+            );
+        }
     }
     tracing::info!(
         %file,
@@ -100,6 +123,19 @@ fn log_report(path: &Path, table: &AttributeTable, report: &LoadReport) {
         skipped = report.skipped.len(),
         "user table loaded"
     );
+}
+
+/// Returns `value` cut to [`LOGGED_VALUE_BYTES`] on a character boundary, with the full length
+/// after a cut.
+fn cut_value(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.len() <= LOGGED_VALUE_BYTES {
+        return value.into();
+    }
+    let mut end = LOGGED_VALUE_BYTES;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &value[..end], value.len()).into()
 }
 
 /// Size, modification time and inode: the identity of one version of a file, read without

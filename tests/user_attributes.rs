@@ -610,3 +610,72 @@ fn missing_user_table_reported_and_reloaded() {
         .count();
     assert_eq!(missing, 1, "{}", seen.join("\n"));
 }
+
+#[test]
+fn bad_table_rows_logged_with_limit() {
+    let folder = tempfile::tempdir().unwrap();
+    let table = folder.path().join("users.csv");
+    // The first invalid value is 5000 digits long, so its log line must cut it.
+    let mut text = format!("user,age\n300,{}\n", "9".repeat(5000));
+    for user in 0..100 {
+        text.push_str(&format!("{user},abc\n"));
+    }
+    for user in 100..200 {
+        text.push_str(&format!("{user}\n"));
+    }
+    for _ in 0..100 {
+        text.push_str("7,30\n");
+    }
+    std::fs::write(&table, text).unwrap();
+    let input = common::shared("cases/01-one-shift-one-alert/input.jsonl");
+    let output = veer()
+        .args(["run", "--no-progress", "--alerts", "/dev/null", "--input"])
+        .arg(&input)
+        .arg("--users")
+        .arg(&table)
+        .env("VEER_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+
+    let count = |text: &str| stderr.lines().filter(|line| line.contains(text)).count();
+    assert_eq!(count("invalid value in the user table"), 20, "{stderr}");
+    assert_eq!(count("row skipped in the user table"), 20, "{stderr}");
+    assert_eq!(count("duplicate user in the user table"), 20, "{stderr}");
+    assert_eq!(
+        count("more invalid values in the user table"),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(count("more skipped rows in the user table"), 1, "{stderr}");
+    assert_eq!(count("more duplicates in the user table"), 1, "{stderr}");
+    // 101 invalid values (the long one and 100 `abc`), 100 skipped rows and 100 duplicates of
+    // user 7.
+    assert_eq!(count("more=81"), 1, "{stderr}");
+    assert_eq!(count("more=80"), 2, "{stderr}");
+    assert!(stderr.contains("... (5000 bytes)"), "{stderr}");
+    let longest = stderr.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 1000, "a log line of {longest} bytes");
+}
+
+#[test]
+fn table_header_with_column_twice_rejected() {
+    let folder = tempfile::tempdir().unwrap();
+    let table = folder.path().join("users.csv");
+    std::fs::write(&table, "user,age,region,age\n101,25,west,40\n").unwrap();
+    let input = common::shared("cases/01-one-shift-one-alert/input.jsonl");
+    let output = veer()
+        .args(["run", "--no-progress", "--alerts", "/dev/null", "--input"])
+        .arg(&input)
+        .arg("--users")
+        .arg(&table)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("column `age` appears more than once in the attribute table header"),
+        "{stderr}"
+    );
+}

@@ -142,6 +142,9 @@ pub struct LoadReport {
 pub enum AttributeError {
     #[error("missing `user` column in the attribute table header")]
     MissingUserColumn,
+    /// A column name that the header repeats, so which value counts would be arbitrary.
+    #[error("column `{name}` appears more than once in the attribute table header; keep one")]
+    DuplicateColumn { name: String },
     #[error("line {line}: {detail}")]
     InvalidLine { line: u64, detail: String },
 }
@@ -168,7 +171,7 @@ impl AttributeTable {
     /// Parses a whole table, CSV with a header or JSON lines (detected from the first
     /// non-blank character, `{` for JSON).
     ///
-    /// Only a CSV header without a `user` column is an error. A row without a user id, a CSV
+    /// Only a CSV header without a `user` column, or with a column twice, is an error. A row without a user id, a CSV
     /// row whose field count differs from the header's, or a JSON line that is not an object,
     /// is left out and listed in the report's `skipped`.
     pub fn parse(text: &str) -> Result<(AttributeTable, LoadReport), AttributeError> {
@@ -225,6 +228,10 @@ impl AttributeTable {
                     .collect();
                 if !names.iter().any(|name| name == "user") {
                     return Err(AttributeError::MissingUserColumn);
+                }
+                let mut seen = BTreeSet::new();
+                if let Some(name) = names.iter().find(|name| !seen.insert(name.as_str())) {
+                    return Err(AttributeError::DuplicateColumn { name: name.clone() });
                 }
                 columns.extend(names.iter().filter(|name| *name != "user").cloned());
                 header = Some(names);
