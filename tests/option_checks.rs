@@ -125,10 +125,11 @@ fn serve_format_lists_only_socket_formats() {
 
 #[test]
 fn unused_options_rejected() {
-    // Each option below would be ignored by a run on an input file of one process.
+    // Each option below would be ignored by a run of one process on an input file, without
+    // a webhook or alert subscribers.
     let input = shared(CASE_ONE_SHIFT);
     let base = ["--input", arg(&input), "--alerts", "/dev/null"];
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["--generate-users", "5"],
             "--generate-users sets the users of the built-in stream, but this run reads --input",
@@ -144,6 +145,18 @@ fn unused_options_rejected() {
         (
             &["--connect-timeout", "5s"],
             "--connect-timeout sets up a cluster run, but this run has one process",
+        ),
+        (
+            &["--webhook-dead-letter", "webhook-dead.jsonl"],
+            "--webhook-dead-letter sets the webhook sink, but this run has no webhook",
+        ),
+        (
+            &["--webhook-timeout", "5s"],
+            "--webhook-timeout sets the webhook sink, but this run has no webhook",
+        ),
+        (
+            &["--subscriber-queue", "8"],
+            "--subscriber-queue sets the alert subscribers, but this run accepts none",
         ),
     ];
     for (extra, expected) in cases {

@@ -107,6 +107,38 @@ impl SinkArgs {
             webhook.retry_budget = duration("webhook-retry-budget", text)?;
         }
 
+        self.reject_unused_options(config)?;
         config.validate()
+    }
+
+    /// Rejects a webhook option when no webhook is configured, and `--subscriber-queue`
+    /// without subscribers, because the run would ignore them.
+    fn reject_unused_options(&self, config: &SinkConfig) -> anyhow::Result<()> {
+        let webhook_options = [
+            ("webhook-dead-letter", self.webhook_dead_letter.is_some()),
+            ("webhook-timeout", self.webhook_timeout.is_some()),
+            ("webhook-batch", self.webhook_batch.is_some()),
+            ("webhook-batch-wait", self.webhook_batch_wait.is_some()),
+            ("webhook-backoff", self.webhook_backoff.is_some()),
+            ("webhook-max-backoff", self.webhook_max_backoff.is_some()),
+            ("webhook-max-attempts", self.webhook_max_attempts.is_some()),
+            ("webhook-retry-budget", self.webhook_retry_budget.is_some()),
+        ];
+        let unused_webhook_option = webhook_options
+            .into_iter()
+            .find_map(|(name, given)| given.then_some(name));
+        if let (true, Some(name)) = (config.webhook.urls.is_empty(), unused_webhook_option) {
+            anyhow::bail!(
+                "--{name} sets the webhook sink, but this run has no webhook; add --webhook URL \
+                 or drop --{name}"
+            );
+        }
+        if self.subscriber_queue.is_some() && config.subscribers.listen.is_none() {
+            anyhow::bail!(
+                "--subscriber-queue sets the alert subscribers, but this run accepts none; add \
+                 --alerts-listen ADDR or drop --subscriber-queue"
+            );
+        }
+        Ok(())
     }
 }
