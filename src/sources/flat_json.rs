@@ -401,12 +401,20 @@ fn scan_object(line: &[u8], layout: &mut Layout, fields: &mut EventFields) -> Op
     valid.then_some(())
 }
 
-/// Returns the id of a value as the full reader builds it: an integer that fits in 128 bits
-/// as a number, any other integer and any non-empty string as text.
+/// Returns the id of a value as the full reader builds it: an integer of at most 38 digits as
+/// a number, a negative integer and any non-empty string as text. A longer integer returns
+/// `None`, so that the full reader rejects it.
 fn id(value: Scalar) -> Option<Id> {
     match value {
         Scalar::Integer(_, Some(value)) => Some(Id::from(value)),
-        Scalar::Integer(digits, None) => Some(Id::from_field(ascii(digits)?)),
+        Scalar::Integer(digits, None) => {
+            let text = ascii(digits)?;
+            match Id::parse_int(text) {
+                Some(value) => Some(Id::int(value)),
+                None if text.starts_with('-') => Some(Id::text(text)),
+                None => None,
+            }
+        }
         Scalar::Text(text) if !text.is_empty() => Some(Id::text(text)),
         _ => None,
     }
