@@ -300,12 +300,16 @@ mod tests {
     }
 
     #[test]
-    fn bom_removed_only_from_line_one() {
+    fn bom_removed_from_every_line() {
         for capacity in [1, 2, 8192] {
-            let lines = split(b"\xEF\xBB\xBFa\n\xEF\xBB\xBFb", capacity, 100);
+            let lines = split(
+                b"\xEF\xBB\xBFa\n\xEF\xBB\xBFb\nc\xEF\xBB\xBF",
+                capacity,
+                100,
+            );
             assert_eq!(
                 contents(&lines),
-                vec![&b"a"[..], b"\xEF\xBB\xBFb"],
+                vec![&b"a"[..], b"b", b"c\xEF\xBB\xBF"],
                 "{capacity}"
             );
         }
