@@ -845,6 +845,9 @@ fn run(args: RunArgs, serve: bool) -> anyhow::Result<()> {
         pipeline::run(settings)?
     };
     eprint!("{}", summary.to_text());
+    if let Some(reason) = &summary.cut_short {
+        anyhow::bail!("{reason}");
+    }
     if !summary.accounts_for_every_line() {
         tracing::error!("line counts do not add up; please report this with the input");
     }

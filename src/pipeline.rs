@@ -157,6 +157,10 @@ pub struct RunSummary {
     pub dead_letter_failure: Option<crate::ingest::DeadLetterFailure>,
     /// The profile file's write failure, if it could not be written.
     pub profile_failure: Option<crate::profile_file::ProfileFileFailure>,
+    /// Error of a cluster run that stopped before its end because a connection to another
+    /// process failed. The counts are then missing, and the outputs hold what was written
+    /// before the failure.
+    pub cut_short: Option<String>,
 }
 
 /// Users whose model path state is kept at the end of a run. With `--evict-after`, both are
@@ -183,6 +187,9 @@ impl RunSummary {
 
     /// Renders the end-of-run summary as aligned text.
     pub fn to_text(&self) -> String {
+        if self.cut_short.is_some() {
+            return crate::cluster::cut_short_summary_text(self);
+        }
         if self.process > 0 {
             return crate::cluster::part_summary_text(self);
         }
@@ -535,7 +542,13 @@ fn run_job(
         ..Default::default()
     };
     let mut cluster_total = None;
-    for result in guards.join() {
+    let results = guards.join();
+    // A worker that panicked because a connection failed leaves every count incomplete, so
+    // none is summed.
+    summary.cut_short = cluster
+        .filter(|_| results.iter().any(Result::is_err))
+        .and_then(crate::cluster::peer_loss::error_text);
+    for result in results.into_iter().filter(|_| summary.cut_short.is_none()) {
         let result = result.map_err(|error| anyhow::anyhow!("a worker failed: {error}"))?;
         if let Some(error) = result.error {
             anyhow::bail!(error);
@@ -572,6 +585,16 @@ fn run_job(
     }
     if let Some(server) = &http {
         server.set_finished();
+    }
+    if summary.cut_short.is_some() {
+        // Worker 0 may have failed before it took the dispatcher, whose queues keep the sink
+        // threads waiting.
+        drop(
+            shared
+                .dispatcher
+                .lock()
+                .map(|mut dispatcher| dispatcher.take()),
+        );
     }
     shared.dead_letter.flush();
     summary.dead_letter_failure = shared.dead_letter.failure();

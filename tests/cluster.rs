@@ -393,3 +393,183 @@ fn invalid_cluster_options_rejected() {
         assert!(stderr.contains(expected), "{options:?}: {stderr}");
     }
 }
+
+/// Writes a generated stream of 1,500 users over 9 days to `folder`, in time order.
+fn generated_events(folder: &Path) -> PathBuf {
+    let events = folder.join("events.jsonl");
+    let generated = veer(&[
+        "generate",
+        "--users",
+        "1500",
+        "--days",
+        "9",
+        "--seed",
+        "31",
+        "--out",
+        arg(&events),
+        "--truth",
+        arg(&folder.join("truth.jsonl")),
+    ])
+    .output()
+    .expect("veer generate runs");
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    events
+}
+
+/// A 2-process cluster, 2 workers each, whose process 0 reads standard input in arrival order
+/// and writes its alerts to `alerts`.
+struct StreamingCluster {
+    first: Child,
+    second: Child,
+    stdin: std::process::ChildStdin,
+    hostfile: PathBuf,
+}
+
+impl StreamingCluster {
+    fn start(folder: &Path, alerts: &Path) -> StreamingCluster {
+        let hostfile = loopback_hostfile(folder, 2);
+        let options = [
+            "--no-progress",
+            "--workers",
+            "2",
+            "--order",
+            "arrival",
+            "--input",
+            "-",
+            "--alerts",
+            arg(alerts),
+            "--connect-timeout",
+            "60s",
+        ];
+        let second = start_one_of_two("1", &hostfile, &options);
+        let mut args = vec!["run", "--processes", "2", "--process", "0"];
+        args.extend_from_slice(&["--hostfile", arg(&hostfile)]);
+        args.extend_from_slice(&options);
+        let mut first = veer(&args)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("veer starts");
+        let stdin = first.stdin.take().expect("standard input is piped");
+        StreamingCluster {
+            first,
+            second,
+            stdin,
+            hostfile,
+        }
+    }
+
+    /// Returns the hostfile address of `process`.
+    fn address(&self, process: usize) -> String {
+        let text = std::fs::read_to_string(&self.hostfile).expect("hostfile");
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .nth(process)
+            .expect("an address per process")
+            .to_string()
+    }
+
+    /// Sends the first half of `events` and waits until process 0 has written an alert, so
+    /// that the dataflow runs across both processes.
+    fn send_half_until_alert(&mut self, events: &Path, alerts: &Path) {
+        use std::io::Write;
+        let text = std::fs::read_to_string(events).expect("events");
+        let lines: Vec<&str> = text.lines().collect();
+        for line in &lines[..lines.len() / 2] {
+            writeln!(self.stdin, "{line}").expect("process 0 reads standard input");
+        }
+        self.stdin.flush().expect("standard input flushed");
+        common::poll(
+            PROCESS_LIMIT,
+            Duration::from_millis(50),
+            || match std::fs::metadata(alerts).map(|metadata| metadata.len()) {
+                Ok(length) if length > 0 => Ok(()),
+                _ => Err("process 0 has written no alert".to_string()),
+            },
+        );
+    }
+}
+
+/// Asserts that a process that lost `peer` at `address` stopped with one error line naming
+/// it, exit code 2, a cut-short summary, and no panic message.
+fn assert_stopped_for_lost_peer(output: &Output, peer: usize, address: &str) {
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        !stderr.contains("panicked"),
+        "a panic was printed:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("MergeQueue"),
+        "timely's message was printed:\n{stderr}"
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "not one error line:\n{stderr}");
+    let expected = format!("error: lost the connection to process {peer} at {address} (");
+    assert!(errors[0].starts_with(&expected), "{stderr}");
+    assert!(errors[0].contains("cut short"), "{stderr}");
+    assert!(
+        stderr.contains("cut short, no totals"),
+        "no cut-short summary:\n{stderr}"
+    );
+}
+
+#[test]
+fn lost_process_one_stops_process_zero() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let events = generated_events(folder.path());
+    let single_alerts = folder.path().join("single-alerts.jsonl");
+    let single = veer(&["run", "--no-progress", "--order", "arrival"])
+        .args(["--input", arg(&events), "--alerts", arg(&single_alerts)])
+        .output()
+        .expect("veer runs");
+    assert!(single.status.success(), "{}", text(&single.stderr));
+
+    let alerts = folder.path().join("alerts.jsonl");
+    let mut cluster = StreamingCluster::start(folder.path(), &alerts);
+    cluster.send_half_until_alert(&events, &alerts);
+    cluster.second.kill().expect("process 1 killed");
+    cluster.second.wait().expect("process 1 reaped");
+    // Standard input stays open, so process 0 must notice the loss while it waits for input.
+    let address = cluster.address(1);
+    let output = finish(cluster.first, "process 0");
+    drop(cluster.stdin);
+    assert_stopped_for_lost_peer(&output, 1, &address);
+
+    // The alerts written before the loss are whole lines, flushed, and the start of the
+    // alerts of an uninterrupted run.
+    let written = std::fs::read(&alerts).expect("alerts of process 0");
+    let complete = std::fs::read(&single_alerts).expect("alerts of the single process");
+    assert!(!written.is_empty(), "no alert before the loss");
+    assert!(written.ends_with(b"\n"), "the last alert line is torn");
+    assert!(
+        written.len() < complete.len(),
+        "the cut-short run wrote every alert"
+    );
+    assert!(
+        complete.starts_with(&written),
+        "the alerts written are not the start of the uninterrupted run's"
+    );
+    let lines = written.iter().filter(|&&byte| byte == b'\n').count();
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains(&format!("delivered {lines}, lost 0")),
+        "the summary does not count the {lines} alerts written:\n{stderr}"
+    );
+}
+
+#[test]
+fn lost_process_zero_stops_process_one() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let events = generated_events(folder.path());
+    let alerts = folder.path().join("alerts.jsonl");
+    let mut cluster = StreamingCluster::start(folder.path(), &alerts);
+    cluster.send_half_until_alert(&events, &alerts);
+    cluster.first.kill().expect("process 0 killed");
+    cluster.first.wait().expect("process 0 reaped");
+    let address = cluster.address(0);
+    let output = finish(cluster.second, "process 1");
+    assert_stopped_for_lost_peer(&output, 0, &address);
+}

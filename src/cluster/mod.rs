@@ -15,7 +15,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+use timely::communication::allocator::zero_copy::initialize::{
+    initialize_networking_from_sockets, CommsGuard,
+};
 use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
 use timely::communication::{Hooks, WorkerGuards};
 
@@ -24,6 +26,7 @@ use crate::replay::ModelRunSettings;
 
 mod connect;
 mod hostfile;
+pub mod peer_loss;
 pub mod totals;
 
 pub use hostfile::{parse_hostfile, read_hostfile};
@@ -256,6 +259,7 @@ where
             .map_err(|error| anyhow::anyhow!("failed to start the timely workers: {error}"));
     };
     let sockets = connect::connect_peers(cluster, workers, fingerprint)?;
+    peer_loss::install_hook();
     let hooks = Hooks::default();
     let process_allocators =
         ProcessBuilder::new_typed_vector(workers, hooks.refill.clone(), hooks.spill.clone());
@@ -270,11 +274,39 @@ where
     let builders = builders.into_iter().map(AllocatorBuilder::Tcp).collect();
     timely::execute::execute_from(
         builders,
-        Box::new(guard),
+        Box::new(NetworkThreads(Some(guard))),
         timely::WorkerConfig::default(),
         func,
     )
     .map_err(|error| anyhow::anyhow!("failed to start the timely workers: {error}"))
+}
+
+/// The join guard of timely's network threads, which joins them only when no connection
+/// failed. After a failure, the threads of the other connections can still wait for a
+/// process that is alive, and joining a panicked thread panics, so they are left to end with
+/// the process.
+struct NetworkThreads(Option<CommsGuard>);
+
+impl Drop for NetworkThreads {
+    fn drop(&mut self) {
+        let Some(guard) = self.0.take() else {
+            return;
+        };
+        if peer_loss::lost_peer().is_some() {
+            std::mem::forget(guard);
+            return;
+        }
+        // A connection that fails while the threads are joined is recorded by the hook.
+        let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(guard)));
+        if joined.is_err() {
+            let loss = peer_loss::lost_peer();
+            tracing::warn!(
+                peer = loss.map(|loss| loss.peer),
+                cause = loss.map(|loss| loss.cause.as_str()),
+                "a cluster network thread failed after the workers had finished"
+            );
+        }
+    }
 }
 
 /// Renders the summary of a process other than process 0: its own part of the run.
@@ -293,6 +325,21 @@ pub fn part_summary_text(summary: &crate::pipeline::RunSummary) -> String {
         "wall time         {:>11.3}s\n",
         summary.wall.as_secs_f64()
     ));
+    text
+}
+
+/// Renders the summary of a run that a lost connection cut short, with what is known
+/// without the workers' counts. The error that follows the summary gives the reason.
+pub fn cut_short_summary_text(summary: &crate::pipeline::RunSummary) -> String {
+    let mut text = format!(
+        "process {} of {}: cut short, no totals (a connection to another process failed)\n",
+        summary.process, summary.processes
+    );
+    text.push_str(&format!(
+        "wall time         {:>11.3}s\n",
+        summary.wall.as_secs_f64()
+    ));
+    text.push_str(&summary.sinks.to_text());
     text
 }
 
