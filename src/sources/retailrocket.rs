@@ -83,13 +83,31 @@ impl RetailRocketParser {
         Ok((parser, warnings))
     }
 
+    /// Parses a row. A row that contains a `"` is split with CSV quoting, because some exports
+    /// quote every field, so a quoted comma or doubled quote stays inside its field.
     fn parse_event(&self, line_no: u64, line: &[u8]) -> Result<Event, String> {
-        let mut columns: [&[u8]; FIELD_COUNT] = [b""; FIELD_COUNT];
-        let count = fields::split_plain(line, &mut columns);
+        if memchr::memchr(b'"', line).is_none() {
+            let mut columns: [&[u8]; FIELD_COUNT] = [b""; FIELD_COUNT];
+            let count = fields::split_plain(line, &mut columns);
+            return self.parse_fields(line_no, &columns, count);
+        }
+        let quoted = fields::split_quoted(line)?;
+        self.parse_fields(line_no, &quoted, quoted.len())
+    }
+
+    /// Parses the fields of a row, without their quotes. `count` is the row's number of
+    /// fields, which a plain split counts past the end of `columns`.
+    fn parse_fields<F: AsRef<[u8]>>(
+        &self,
+        line_no: u64,
+        columns: &[F],
+        count: usize,
+    ) -> Result<Event, String> {
         if count != FIELD_COUNT {
             return Err(wrong_field_count(FIELD_COUNT, count));
         }
-        let [timestamp, visitor, event, item, _transaction] = columns;
+        let column = |index: usize| columns[index].as_ref();
+        let (timestamp, visitor, event, item) = (column(0), column(1), column(2), column(3));
 
         let ts_ms = time::parse_epoch_digits(timestamp)
             .map_err(|error| error.reason("timestamp", timestamp, "Unix milliseconds"))?;
@@ -271,8 +289,58 @@ mod tests {
     }
 
     #[test]
+    fn quoted_rows() {
+        let parse = |line: &[u8]| parser(MissingCategory::Item).parse(7, line);
+        let plain = parse(b"1433221332117,257597,view,355908,");
+        assert!(matches!(plain, Parsed::Event(_)), "{plain:?}");
+        let rows: [&[u8]; 3] = [
+            b"\"1433221332117\",\"257597\",\"view\",\"355908\",\"\"",
+            b"1433221332117,\"257597\",view,355908,",
+            // The transaction id is not read, so its quoted comma and quote change nothing.
+            b"\"1433221332117\",\"257597\",\"view\",\"355908\",\"1,\"\"2\"\"\"",
+        ];
+        for row in rows {
+            assert_eq!(parse(row), plain, "{}", String::from_utf8_lossy(row));
+        }
+    }
+
+    #[test]
+    fn quoted_comma_and_quote_kept_in_field() {
+        let parse = |line: &[u8]| parser(MissingCategory::Item).parse(7, line);
+        let user = |line: &[u8]| match parse(line) {
+            Parsed::Event(event) => event.user,
+            other => panic!("expected an event, got {other:?}"),
+        };
+        assert_eq!(
+            user(b"\"1433221332117\",\"25,7597\",\"view\",\"355908\",\"\""),
+            Id::text("25,7597")
+        );
+        assert_eq!(
+            user(b"\"1433221332117\",\"25\"\"7597\",\"view\",\"355908\",\"\""),
+            Id::text("25\"7597")
+        );
+        let reason = |line: &[u8]| match parse(line) {
+            Parsed::Bad(record) => record.reason,
+            other => panic!("expected a bad record, got {other:?}"),
+        };
+        let split_time = reason(b"\"1433221332,117\",\"257597\",\"view\",\"355908\",\"\"");
+        assert!(split_time.contains("timestamp"), "{split_time}");
+        let open = reason(b"\"1433221332117\",\"257597,view,355908,");
+        assert!(open.contains("not closed"), "{open}");
+        let after_quote = reason(b"\"1433221332117\"x,257597,view,355908,");
+        assert!(
+            after_quote.contains("after a closing quote"),
+            "{after_quote}"
+        );
+        let six = reason(b"\"1433221332117\",\"257597\",\"view\",\"355908\",\"\",\"\"");
+        assert!(six.contains("found 6"), "{six}");
+    }
+
+    #[test]
     fn header_skips() {
         assert_eq!(parser(MissingCategory::Item).parse(1, HEADER), Parsed::Skip);
         assert_eq!(parser(MissingCategory::Item).parse(52, b""), Parsed::Skip);
+        let quoted = b"\"timestamp\",\"visitorid\",\"event\",\"itemid\",\"transactionid\"";
+        assert_eq!(parser(MissingCategory::Item).parse(1, quoted), Parsed::Skip);
     }
 }
