@@ -62,6 +62,8 @@ struct Checkpointed {
     folder: tempfile::TempDir,
     events: PathBuf,
     config: PathBuf,
+    /// Options of the checkpointed run besides the checkpoints, which the resume repeats.
+    options: Vec<String>,
     /// The alerts of the checkpointed run.
     alerts: String,
     checkpoints: Vec<Written>,
@@ -69,28 +71,26 @@ struct Checkpointed {
     bootstrap_end_ms: u64,
 }
 
-fn checkpointed(workers: &str) -> Checkpointed {
+fn checkpointed(workers: &str, options: &[&str]) -> Checkpointed {
     let folder = tempfile::tempdir().expect("temporary folder");
     let (events, _) = generate_stream(folder.path(), 1500, 6, 7);
     let config = folder.path().join("keep.toml");
     std::fs::write(&config, "[state]\ncheckpoint_keep = 1000\n").expect("config file");
     let alerts = folder.path().join("checkpointed.jsonl");
     let checkpoints = folder.path().join("checkpoints");
-    let first = run(
-        &events,
-        &alerts,
-        &[
-            "--models",
-            "--workers",
-            workers,
-            "--config",
-            arg(&config),
-            "--checkpoint-dir",
-            arg(&checkpoints),
-            "--checkpoint-interval",
-            "1ms",
-        ],
-    );
+    let mut first_options = vec![
+        "--models",
+        "--workers",
+        workers,
+        "--config",
+        arg(&config),
+        "--checkpoint-dir",
+        arg(&checkpoints),
+        "--checkpoint-interval",
+        "1ms",
+    ];
+    first_options.extend_from_slice(options);
+    let first = run(&events, &alerts, &first_options);
     assert!(first.ok, "checkpointed run failed: {}", first.stderr);
     let bootstrap_end_ms = first
         .stderr
@@ -102,6 +102,7 @@ fn checkpointed(workers: &str) -> Checkpointed {
     Checkpointed {
         events,
         config,
+        options: options.iter().map(|option| option.to_string()).collect(),
         alerts: std::fs::read_to_string(&alerts).expect("alerts"),
         checkpoints: checkpoints_written(&first.stderr),
         bootstrap_end_ms,
@@ -138,21 +139,19 @@ fn assert_resume_matches(
     left_behind.push('\n');
     std::fs::write(&alerts, left_behind).expect("alert file");
 
-    let resumed = run(
-        &run_with.events,
-        &alerts,
-        &[
-            "--models",
-            "--workers",
-            workers,
-            "--config",
-            arg(&run_with.config),
-            "--resume",
-            arg(&folder),
-            "--checkpoint-interval",
-            "1h",
-        ],
-    );
+    let mut options = vec![
+        "--models",
+        "--workers",
+        workers,
+        "--config",
+        arg(&run_with.config),
+        "--resume",
+        arg(&folder),
+        "--checkpoint-interval",
+        "1h",
+    ];
+    options.extend(run_with.options.iter().map(String::as_str));
+    let resumed = run(&run_with.events, &alerts, &options);
     assert!(resumed.ok, "resume from {name} failed: {}", resumed.stderr);
     assert!(
         resumed.stderr.contains("resumed from"),
@@ -171,7 +170,7 @@ fn assert_resume_matches(
 
 #[test]
 fn models_resume_before_and_after_fit() {
-    let run_with = checkpointed("2");
+    let run_with = checkpointed("2", &[]);
     let plain_alerts = run_with.folder.path().join("plain.jsonl");
     let plain = run(&run_with.events, &plain_alerts, &["--models"]);
     assert!(plain.ok, "run without checkpoints failed: {}", plain.stderr);
@@ -195,6 +194,69 @@ fn models_resume_before_and_after_fit() {
         .expect("a checkpoint after the first fit");
     assert_resume_matches(&run_with, &before_fit.file, "1", &expected);
     assert_resume_matches(&run_with, &after_fit.file, "3", &expected);
+}
+
+/// Returns the value of a count in a summary printed on standard error.
+fn summary_count(stderr: &str, name: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|line| line.trim_start().strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no `{name}` count in the summary:\n{stderr}"))
+}
+
+#[test]
+fn models_resume_with_eviction() {
+    // Users idle for 12 hours are evicted, so some leave and return on both sides of a cut,
+    // and the resume must restore who is tracked with the model path's per-user state.
+    let eviction = ["--evict-after", "12h"];
+    let run_with = checkpointed("2", &eviction);
+    let plain_alerts = run_with.folder.path().join("plain.jsonl");
+    let mut plain_options = vec!["--models"];
+    plain_options.extend_from_slice(&eviction);
+    let plain = run(&run_with.events, &plain_alerts, &plain_options);
+    assert!(plain.ok, "run without checkpoints failed: {}", plain.stderr);
+    assert!(
+        summary_count(&plain.stderr, "evicted") > 100,
+        "too few evictions to test:\n{}",
+        plain.stderr
+    );
+    let expected = std::fs::read_to_string(&plain_alerts).expect("alerts");
+    assert!(expected.lines().count() > 20, "too few alerts to test");
+    assert!(
+        run_with.alerts == expected,
+        "checkpoints changed the alerts"
+    );
+
+    let before_fit = run_with
+        .checkpoints
+        .iter()
+        .filter(|written| written.cut_ms < run_with.bootstrap_end_ms)
+        .last()
+        .expect("a checkpoint before the end of the bootstrap period");
+    let after_fit: Vec<&Written> = run_with
+        .checkpoints
+        .iter()
+        .filter(|written| written.cut_ms > run_with.bootstrap_end_ms + 3_600_000)
+        .collect();
+    assert!(
+        after_fit.len() >= 2,
+        "too few checkpoints after the first fit"
+    );
+    assert_resume_matches(&run_with, &before_fit.file, "1", &expected);
+    assert_resume_matches(
+        &run_with,
+        &after_fit[after_fit.len() / 2].file,
+        "2",
+        &expected,
+    );
+    assert_resume_matches(
+        &run_with,
+        &after_fit[after_fit.len() - 1].file,
+        "3",
+        &expected,
+    );
 }
 
 #[test]
@@ -250,7 +312,7 @@ fn models_setting_mismatch_rejected() {
 
 #[test]
 fn models_checkpoint_needs_models() {
-    let run_with = checkpointed("1");
+    let run_with = checkpointed("1", &[]);
     let last = run_with.checkpoints.last().expect("a checkpoint");
     let folder = run_with.folder.path().join("without-models");
     std::fs::create_dir(&folder).expect("folder");

@@ -194,6 +194,13 @@ fn sigint_then_resume_with_models() {
 }
 
 #[test]
+fn sigint_then_resume_with_models_and_eviction() {
+    // Users idle for 12 hours are evicted (about 3,400 times on this stream), so users leave
+    // and return on both sides of the stop.
+    stop_and_resume_match_reference(9, &["--models", "--workers", "2", "--evict-after", "12h"]);
+}
+
+#[test]
 fn sigint_then_resume_without_models() {
     stop_and_resume_match_reference(9, &["--workers", "2"]);
 }
