@@ -168,11 +168,13 @@ fn assert_resume_matches(
     );
 }
 
-#[test]
-fn models_resume_before_and_after_fit() {
-    let run_with = checkpointed("2", &[]);
+/// Runs the checkpointed run's options without checkpoints, checks that the checkpoints
+/// changed no alert, and returns the alerts and the log of that run.
+fn run_uninterrupted(run_with: &Checkpointed) -> (String, String) {
     let plain_alerts = run_with.folder.path().join("plain.jsonl");
-    let plain = run(&run_with.events, &plain_alerts, &["--models"]);
+    let mut options = vec!["--models"];
+    options.extend(run_with.options.iter().map(String::as_str));
+    let plain = run(&run_with.events, &plain_alerts, &options);
     assert!(plain.ok, "run without checkpoints failed: {}", plain.stderr);
     let expected = std::fs::read_to_string(&plain_alerts).expect("alerts");
     assert!(expected.lines().count() > 20, "too few alerts to test");
@@ -180,13 +182,24 @@ fn models_resume_before_and_after_fit() {
         run_with.alerts == expected,
         "checkpoints changed the alerts"
     );
+    (expected, plain.stderr)
+}
 
-    let before_fit = run_with
+/// Returns the last checkpoint before the end of the bootstrap period.
+fn last_before_fit(run_with: &Checkpointed) -> &Written {
+    run_with
         .checkpoints
         .iter()
         .filter(|written| written.cut_ms < run_with.bootstrap_end_ms)
         .last()
-        .expect("a checkpoint before the end of the bootstrap period");
+        .expect("a checkpoint before the end of the bootstrap period")
+}
+
+#[test]
+fn models_resume_before_and_after_fit() {
+    let run_with = checkpointed("2", &[]);
+    let (expected, _) = run_uninterrupted(&run_with);
+    let before_fit = last_before_fit(&run_with);
     let after_fit = run_with
         .checkpoints
         .last()
@@ -210,31 +223,13 @@ fn summary_count(stderr: &str, name: &str) -> u64 {
 fn models_resume_with_eviction() {
     // Users idle for 12 hours are evicted, so some leave and return on both sides of a cut,
     // and the resume must restore who is tracked with the model path's per-user state.
-    let eviction = ["--evict-after", "12h"];
-    let run_with = checkpointed("2", &eviction);
-    let plain_alerts = run_with.folder.path().join("plain.jsonl");
-    let mut plain_options = vec!["--models"];
-    plain_options.extend_from_slice(&eviction);
-    let plain = run(&run_with.events, &plain_alerts, &plain_options);
-    assert!(plain.ok, "run without checkpoints failed: {}", plain.stderr);
+    let run_with = checkpointed("2", &["--evict-after", "12h"]);
+    let (expected, log) = run_uninterrupted(&run_with);
     assert!(
-        summary_count(&plain.stderr, "evicted") > 100,
-        "too few evictions to test:\n{}",
-        plain.stderr
+        summary_count(&log, "evicted") > 100,
+        "too few evictions to test:\n{log}"
     );
-    let expected = std::fs::read_to_string(&plain_alerts).expect("alerts");
-    assert!(expected.lines().count() > 20, "too few alerts to test");
-    assert!(
-        run_with.alerts == expected,
-        "checkpoints changed the alerts"
-    );
-
-    let before_fit = run_with
-        .checkpoints
-        .iter()
-        .filter(|written| written.cut_ms < run_with.bootstrap_end_ms)
-        .last()
-        .expect("a checkpoint before the end of the bootstrap period");
+    let before_fit = last_before_fit(&run_with);
     let after_fit: Vec<&Written> = run_with
         .checkpoints
         .iter()

@@ -468,6 +468,24 @@ impl StreamingCluster {
             .to_string()
     }
 
+    /// Sends the first half of `events`, kills process `killed` once process 0 has written an
+    /// alert, and waits for the other process. Returns its output and the hostfile address
+    /// of the killed process.
+    fn kill_mid_run(mut self, killed: usize, events: &Path, alerts: &Path) -> (Output, String) {
+        self.send_half_until_alert(events, alerts);
+        let address = self.address(killed);
+        let (mut victim, survivor) = match killed {
+            0 => (self.first, self.second),
+            _ => (self.second, self.first),
+        };
+        victim.kill().expect("the process is killed");
+        victim.wait().expect("the killed process is reaped");
+        // Standard input stays open, so process 0 must notice a loss while it waits for input.
+        let output = finish(survivor, &format!("the process that lost process {killed}"));
+        drop(self.stdin);
+        (output, address)
+    }
+
     /// Sends the first half of `events` and waits until process 0 has written an alert, so
     /// that the dataflow runs across both processes.
     fn send_half_until_alert(&mut self, events: &Path, alerts: &Path) {
@@ -528,14 +546,8 @@ fn lost_process_one_stops_process_zero() {
     assert!(single.status.success(), "{}", text(&single.stderr));
 
     let alerts = folder.path().join("alerts.jsonl");
-    let mut cluster = StreamingCluster::start(folder.path(), &alerts);
-    cluster.send_half_until_alert(&events, &alerts);
-    cluster.second.kill().expect("process 1 killed");
-    cluster.second.wait().expect("process 1 reaped");
-    // Standard input stays open, so process 0 must notice the loss while it waits for input.
-    let address = cluster.address(1);
-    let output = finish(cluster.first, "process 0");
-    drop(cluster.stdin);
+    let cluster = StreamingCluster::start(folder.path(), &alerts);
+    let (output, address) = cluster.kill_mid_run(1, &events, &alerts);
     assert_stopped_for_lost_peer(&output, 1, &address);
 
     // The alerts written before the loss are whole lines, flushed, and the start of the
@@ -565,11 +577,7 @@ fn lost_process_zero_stops_process_one() {
     let folder = tempfile::tempdir().expect("temporary folder");
     let events = generated_events(folder.path());
     let alerts = folder.path().join("alerts.jsonl");
-    let mut cluster = StreamingCluster::start(folder.path(), &alerts);
-    cluster.send_half_until_alert(&events, &alerts);
-    cluster.first.kill().expect("process 0 killed");
-    cluster.first.wait().expect("process 0 reaped");
-    let address = cluster.address(0);
-    let output = finish(cluster.second, "process 1");
+    let cluster = StreamingCluster::start(folder.path(), &alerts);
+    let (output, address) = cluster.kill_mid_run(0, &events, &alerts);
     assert_stopped_for_lost_peer(&output, 0, &address);
 }
