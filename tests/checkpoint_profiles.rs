@@ -39,6 +39,8 @@ struct Line {
     ts: i64,
     end_of_input: bool,
     segment: Option<u64>,
+    /// Whether the user table had a row for the user.
+    has_attributes: bool,
 }
 
 fn read_lines(path: &Path) -> Vec<Line> {
@@ -51,6 +53,7 @@ fn read_lines(path: &Path) -> Vec<Line> {
                 ts: value["ts"].as_i64().expect("ts"),
                 end_of_input: value["reasons"][0] == "end_of_input",
                 segment: value["segment"].as_u64(),
+                has_attributes: value["has_attributes"] == true,
             }
         })
         .collect()
@@ -70,34 +73,77 @@ fn segment_at(lines: &[Line], user: &str, ts: i64) -> Option<Option<u64>> {
 fn resumed_profiles_keep_segments() {
     let folder = tempfile::tempdir().expect("temporary folder");
     let (events, _) = generate_stream(folder.path(), 1000, 6, 7);
-    let checkpoints = folder.path().join("checkpoints");
-    let log = run_models(
-        &events,
-        folder.path(),
-        "reference",
-        &[
-            "--checkpoint-dir",
-            arg(&checkpoints),
-            "--checkpoint-interval",
-            "1ms",
-        ],
+    assert_resume_keeps_segments(folder.path(), &events, &[]);
+}
+
+#[test]
+fn resumed_text_ids_keep_table_rows() {
+    // The events write every user id as text ("7") and the user table as an integer (7),
+    // which joins both. A resume sends the table again from event time 0 under both forms,
+    // so the rows reach the text ids after the cut as in a run that was never stopped.
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let (generated, _) = generate_stream(folder.path(), 1000, 6, 7);
+    let text = std::fs::read_to_string(&generated).expect("generated events");
+    let events = folder.path().join("text-ids.jsonl");
+    std::fs::write(&events, common::quote_users(&text)).expect("events with text ids");
+    let mut users: Vec<u64> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok()?["user"].as_u64())
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    let mut table = String::from("user,age,gender\n");
+    for user in &users {
+        let age = ["18-24", "25-34", "35-44"][(*user % 3) as usize];
+        let gender = ["F", "M"][(*user % 2) as usize];
+        table.push_str(&format!("{user},{age},{gender}\n"));
+    }
+    let table_path = folder.path().join("users.csv");
+    std::fs::write(&table_path, table).expect("user table");
+
+    let resumed =
+        assert_resume_keeps_segments(folder.path(), &events, &["--users", arg(&table_path)]);
+    let rowless: Vec<&Line> = resumed.iter().filter(|line| !line.has_attributes).collect();
+    assert!(
+        rowless.is_empty(),
+        "{} of {} resumed profile lines have no table row, the first of user {} at {}",
+        rowless.len(),
+        resumed.len(),
+        rowless[0].user,
+        rowless[0].ts
     );
+    assert!(
+        resumed.iter().all(|line| line.user.starts_with('"')),
+        "the resumed lines name integer users, not the text ids of the input"
+    );
+}
+
+/// Runs `veer run --models --profiles` on `events` with a checkpoint at every step, resumes
+/// from the newest one, and asserts that the resumed profile lines show the segments of the
+/// run that was not stopped. Returns the resumed run's profile lines.
+fn assert_resume_keeps_segments(folder: &Path, events: &Path, options: &[&str]) -> Vec<Line> {
+    let checkpoints = folder.join("checkpoints");
+    let mut first_options = vec![
+        "--checkpoint-dir",
+        arg(&checkpoints),
+        "--checkpoint-interval",
+        "1ms",
+    ];
+    first_options.extend_from_slice(options);
+    let log = run_models(events, folder, "reference", &first_options);
     // The newest checkpoint is the last one written, on the last day, after the first fit.
     assert!(log.contains("checkpoint written"), "no checkpoint: {log}");
     assert!(
         log.contains("models fitted"),
         "no fit before the checkpoints: {log}"
     );
-    let resumed_log = run_models(
-        &events,
-        folder.path(),
-        "resumed",
-        &["--resume", arg(&checkpoints), "--checkpoint-interval", "1h"],
-    );
+    let mut resume_options = vec!["--resume", arg(&checkpoints), "--checkpoint-interval", "1h"];
+    resume_options.extend_from_slice(options);
+    let resumed_log = run_models(events, folder, "resumed", &resume_options);
     assert!(resumed_log.contains("resumed from"), "{resumed_log}");
 
-    let reference = read_lines(&folder.path().join("reference.profiles"));
-    let resumed = read_lines(&folder.path().join("resumed.profiles"));
+    let reference = read_lines(&folder.join("reference.profiles"));
+    let resumed = read_lines(&folder.join("resumed.profiles"));
 
     // A resumed user's last line of a second against the reference's segment at that second.
     let mut last_of_second: BTreeMap<(&str, i64), Option<u64>> = BTreeMap::new();
@@ -134,4 +180,5 @@ fn resumed_profiles_keep_segments() {
             line.user
         );
     }
+    resumed
 }
