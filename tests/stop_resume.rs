@@ -195,9 +195,9 @@ fn sigint_then_resume_with_models() {
 
 #[test]
 fn sigint_then_resume_with_models_and_eviction() {
-    // Users idle for 12 hours are evicted (about 3,400 times on this stream), so users leave
-    // and return on both sides of the stop.
-    stop_and_resume_match_reference(9, &["--models", "--workers", "2", "--evict-after", "12h"]);
+    // Users idle for a day are evicted (about 1,300 times on this stream), so users leave and
+    // return on both sides of the stop.
+    stop_and_resume_match_reference(9, &["--models", "--workers", "2", "--evict-after", "1d"]);
 }
 
 #[test]
