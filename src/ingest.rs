@@ -632,8 +632,8 @@ fn read_one(
                     tracing::warn!(
                         input = name,
                         format = %format,
-                        "the first {EARLY_BAD_LINES} lines are all bad records as {format}; \
-                         check --format, or omit it to detect the format"
+                        "the first {EARLY_BAD_LINES} lines are all bad records as {format}; {}",
+                        format_advice(options.format.is_some())
                     );
                 }
             }
@@ -646,7 +646,7 @@ fn read_one(
         .bytes
         .store(counts.bytes, std::sync::atomic::Ordering::Relaxed);
     progress.publish(counts, &mut published);
-    warn_if_mostly_bad(name, format, &before, counts);
+    warn_if_mostly_bad(name, format, options.format.is_some(), &before, counts);
     if !batch.is_empty() {
         let _ = channel
             .chunks
@@ -716,11 +716,13 @@ const EARLY_BAD_LINES: u64 = 1_000;
 const MOSTLY_BAD_SHARE: f64 = 0.9;
 
 /// Warns when more than [`MOSTLY_BAD_SHARE`] of the lines that one input parsed (events and
-/// bad records, not skipped lines) were bad, the usual sign of a wrong `--format`. `before`
-/// and `after` are the reader's counts before and after the input.
+/// bad records, not skipped lines) were bad, the usual sign of a wrong `--format`. `given`
+/// is true for a format given with `--format` and false for a detected one; `before` and
+/// `after` are the reader's counts before and after the input.
 fn warn_if_mostly_bad(
     name: &str,
     format: sources::Format,
+    given: bool,
     before: &LineCounts,
     after: &LineCounts,
 ) {
@@ -734,9 +736,20 @@ fn warn_if_mostly_bad(
         format = %format,
         bad,
         parsed,
-        "{bad} of {parsed} lines are bad records as {format}; check --format, or omit it to \
-         detect the format"
+        "{bad} of {parsed} lines are bad records as {format}; {}",
+        format_advice(given)
     );
+}
+
+/// Advice for an input whose lines are mostly bad records: a `--format` that was given may be
+/// wrong, and a detected one came from the first lines, which may differ from the rest.
+fn format_advice(given: bool) -> &'static str {
+    if given {
+        "check --format, or omit it to detect the format"
+    } else {
+        "the format was detected from the first lines; if the rest is another format, split \
+         the input or pass --format"
+    }
 }
 
 /// An opened input, its format, and for a pipe the mark of a shutdown that ended it.
@@ -885,7 +898,7 @@ fn read_split(
             record_damage(damage, counts);
         }
     }
-    warn_if_mostly_bad(name, format, &before, counts);
+    warn_if_mostly_bad(name, format, options.format.is_some(), &before, counts);
     Ok(())
 }
 

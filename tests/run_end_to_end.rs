@@ -949,6 +949,41 @@ fn wrong_format_warns_at_end() {
 }
 
 #[test]
+fn detected_format_mostly_bad_warns_without_omit_advice() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let csv = write_taobao_rows(folder.path(), 1);
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&csv)
+        .expect("open the events file");
+    for _ in 0..20 {
+        writeln!(file, "not,a,taobao,row,x").expect("append a bad row");
+    }
+    drop(file);
+
+    let run = run_veer(&["--input", arg(&csv)]);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    assert_eq!(run.summary_count("bad"), 20, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("20 of 21 lines are bad records as taobao"),
+        "no warning with the bad share and the format:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("the format was detected from the first lines"),
+        "the warning does not say the format was detected:\n{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("omit it"),
+        "the warning tells to omit a --format that was not given:\n{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn wrong_format_warns_early() {
     let folder = tempfile::tempdir().expect("temporary folder");
     let csv = write_taobao_rows(folder.path(), 1_500);
