@@ -716,13 +716,13 @@ const EARLY_BAD_LINES: u64 = 1_000;
 const MOSTLY_BAD_SHARE: f64 = 0.9;
 
 /// Warns when more than [`MOSTLY_BAD_SHARE`] of the lines that one input parsed (events and
-/// bad records, not skipped lines) were bad, the usual sign of a wrong `--format`. `given`
-/// is true for a format given with `--format` and false for a detected one; `before` and
-/// `after` are the reader's counts before and after the input.
+/// bad records, not skipped lines) were bad, the usual sign of a wrong `--format`.
+/// `format_given` is true for a format given with `--format` and false for a detected one.
+/// `before` and `after` are the reader's counts before and after the input.
 fn warn_if_mostly_bad(
     name: &str,
     format: sources::Format,
-    given: bool,
+    format_given: bool,
     before: &LineCounts,
     after: &LineCounts,
 ) {
@@ -737,14 +737,14 @@ fn warn_if_mostly_bad(
         bad,
         parsed,
         "{bad} of {parsed} lines are bad records as {format}; {}",
-        format_advice(given)
+        format_advice(format_given)
     );
 }
 
-/// Advice for an input whose lines are mostly bad records: a `--format` that was given may be
-/// wrong, and a detected one came from the first lines, which may differ from the rest.
-fn format_advice(given: bool) -> &'static str {
-    if given {
+/// Returns the advice for an input of mostly bad records. A given `--format` may be wrong, and
+/// a detected one comes from the first lines, which may differ from the rest.
+fn format_advice(format_given: bool) -> &'static str {
+    if format_given {
         "check --format, or omit it to detect the format"
     } else {
         "the format was detected from the first lines; if the rest is another format, split \

@@ -949,7 +949,7 @@ fn wrong_format_warns_at_end() {
 }
 
 #[test]
-fn detected_format_mostly_bad_warns_without_omit_advice() {
+fn detected_format_gets_own_advice() {
     let folder = tempfile::tempdir().expect("temporary folder");
     let csv = write_taobao_rows(folder.path(), 1);
     let mut file = std::fs::OpenOptions::new()

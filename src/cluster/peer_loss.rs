@@ -11,6 +11,10 @@
 //! index, and keeps the panics that follow from it off standard error. Every other panic
 //! goes to the previous hook unchanged. The run then reads the failure with [`lost_peer`] and
 //! ends with one error that names the peer.
+//!
+//! NOTE: a worker can still panic a second time while it unwinds, because timely's
+//! `SendEndpoint::drop` pushes to the poisoned queue. Rust then aborts the process, which this
+//! hook cannot prevent (seen in about 1 of 10 test runs on loopback).
 
 use std::panic::PanicHookInfo;
 use std::sync::{Once, OnceLock};
